@@ -1,0 +1,231 @@
+#include "device/tensor.h"
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#if MESHRT_WITH_CUDA
+#include "device/cuda_check.h"
+#endif
+
+namespace meshrt {
+
+Storage::Storage(CachingAllocator& allocator, size_t bytes, void* stream)
+    : allocator_(allocator), data_(allocator.allocate(bytes, stream)), bytes_(bytes) {}
+
+Storage::~Storage() { allocator_.deallocate(data_); }
+
+namespace {
+template <class Space>
+CachingAllocator& allocator_for(const Device& device) {
+  if constexpr (std::is_same_v<Space, HostSpace>) {
+    return host_allocator();
+  } else {
+    return device_allocator(device);
+  }
+}
+
+void* stream_key(const Device& device) {
+  return device.is_cuda() ? Stream::default_for(device).native_handle() : nullptr;
+}
+}  // namespace
+
+template <class Space>
+Tensor<Space> Tensor<Space>::empty(const Shape& shape, DType dtype, const Device& device) {
+  Device where = kIsHost ? Device::cpu() : device;
+  Tensor t;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  t.storage_ = std::make_shared<Storage>(allocator_for<Space>(where),
+                                         static_cast<size_t>(shape.numel()) * size_of(dtype),
+                                         kIsHost ? nullptr : stream_key(where));
+  return t;
+}
+
+template <class Space>
+Tensor<Space> Tensor<Space>::zeros(const Shape& shape, DType dtype, const Device& device) {
+  Tensor t = empty(shape, dtype, device);
+  if (t.nbytes() == 0) return t;
+#if MESHRT_WITH_CUDA
+  if (t.device().is_cuda()) {
+    set_current_device(t.device());
+    Stream stream = Stream::default_for(t.device());
+    MESHRT_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(),
+                                      static_cast<cudaStream_t>(stream.native_handle())));
+    stream.synchronize();
+    return t;
+  }
+#endif
+  std::memset(t.raw_data(), 0, t.nbytes());
+  return t;
+}
+
+template <class Space>
+const Device& Tensor<Space>::device() const {
+  static const Device cpu = Device::cpu();
+  return storage_ ? storage_->device() : cpu;
+}
+
+template <class Space>
+void* Tensor<Space>::raw_data() const {
+  MESHRT_CHECK_ARG(storage_ != nullptr, "use of an undefined tensor");
+  return static_cast<char*>(storage_->data()) + offset_;
+}
+
+template <class Space>
+Tensor<Space> Tensor<Space>::narrow(int64_t start, int64_t length) const {
+  MESHRT_CHECK_SHAPE(ndim() >= 1, "narrow on a tensor with no axes: ", description());
+  MESHRT_CHECK_SHAPE(start >= 0 && length >= 0 && start + length <= shape_[0], "narrow(", start,
+                     ", ", length, ") is outside axis 0 of ", description());
+  Tensor t = *this;
+  t.shape_ = shape_.with(0, length);
+  t.offset_ = offset_ + static_cast<size_t>(start * shape_.inner(0)) * element_size();
+  return t;
+}
+
+template <class Space>
+Tensor<Space> Tensor<Space>::reshape(const Shape& shape) const {
+  MESHRT_CHECK_SHAPE(shape.numel() == numel(), "reshape of ", description(), " to ", shape,
+                     ": ", numel(), " elements cannot become ", shape.numel());
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+template <class Space>
+Tensor<Space> Tensor<Space>::clone() const {
+  Tensor t = empty(shape_, dtype_, device());
+  copy(*this, t);
+  return t;
+}
+
+template <class Space>
+std::string Tensor<Space>::description() const {
+  std::ostringstream out;
+  out << to_string(dtype_) << shape_.to_string();
+  if constexpr (kIsHost) {
+    out << " on host";
+  } else {
+    out << " on " << device();
+  }
+  return out.str();
+}
+
+template class Tensor<HostSpace>;
+template class Tensor<DeviceSpace>;
+
+namespace {
+#if MESHRT_WITH_CUDA
+cudaStream_t native(const Device& device, const Stream* stream) {
+  return static_cast<cudaStream_t>(
+      (stream ? *stream : Stream::default_for(device)).native_handle());
+}
+#endif
+}  // namespace
+
+HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
+  HostTensor out = HostTensor::empty(tensor.shape(), tensor.dtype());
+  if (tensor.nbytes() == 0) return out;
+#if MESHRT_WITH_CUDA
+  if (tensor.device().is_cuda()) {
+    set_current_device(tensor.device());
+    cudaStream_t s = native(tensor.device(), stream);
+    // The host side comes from the pinned allocator: a direct DMA copy.
+    MESHRT_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), tensor.raw_data(), tensor.nbytes(),
+                                      cudaMemcpyDeviceToHost, s));
+    MESHRT_CUDA_CHECK(cudaStreamSynchronize(s));
+    return out;
+  }
+#endif
+  std::memcpy(out.raw_data(), tensor.raw_data(), tensor.nbytes());
+  return out;
+}
+
+DeviceTensor to_device(const HostTensor& tensor, const Device& device, const Stream* stream) {
+  DeviceTensor out = DeviceTensor::empty(tensor.shape(), tensor.dtype(), device);
+  if (tensor.nbytes() == 0) return out;
+#if MESHRT_WITH_CUDA
+  if (device.is_cuda()) {
+    set_current_device(device);
+    cudaStream_t s = native(device, stream);
+    MESHRT_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), tensor.raw_data(), tensor.nbytes(),
+                                      cudaMemcpyHostToDevice, s));
+    MESHRT_CUDA_CHECK(cudaStreamSynchronize(s));
+    return out;
+  }
+#endif
+  std::memcpy(out.raw_data(), tensor.raw_data(), tensor.nbytes());
+  return out;
+}
+
+namespace {
+template <class A, class B>
+void check_copy(const A& src, const B& dst) {
+  MESHRT_CHECK_SHAPE(src.dtype() == dst.dtype() && src.numel() == dst.numel(), "copy from ",
+                     src.description(), " to ", dst.description(),
+                     ": dtype and element count must match");
+}
+}  // namespace
+
+void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream) {
+  check_copy(src, dst);
+  MESHRT_CHECK_ARG(src.device() == dst.device(), "copy from ", src.description(), " to ",
+                   dst.description(), ": devices differ (use a Communicator between devices)");
+  if (src.nbytes() == 0 || src.raw_data() == dst.raw_data()) return;
+#if MESHRT_WITH_CUDA
+  if (src.device().is_cuda()) {
+    set_current_device(src.device());
+    MESHRT_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.nbytes(),
+                                      cudaMemcpyDeviceToDevice, native(src.device(), stream)));
+    return;
+  }
+#endif
+  std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
+}
+
+void copy(const HostTensor& src, const HostTensor& dst) {
+  check_copy(src, dst);
+  if (src.nbytes() == 0 || src.raw_data() == dst.raw_data()) return;
+  std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
+}
+
+namespace {
+template <class T>
+double load_as_double(const T& v) {
+  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
+    return static_cast<double>(static_cast<float>(v));
+  } else {
+    return static_cast<double>(v);
+  }
+}
+
+template <class T>
+T store_from_double(double v) {
+  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
+    return T(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return v != 0.0;
+  } else if constexpr (std::is_integral_v<T>) {
+    return std::isnan(v) ? T(0) : static_cast<T>(v);
+  } else {
+    return static_cast<T>(v);
+  }
+}
+}  // namespace
+
+HostTensor cast_host(const HostTensor& tensor, DType dtype) {
+  if (tensor.dtype() == dtype) return tensor.clone();
+  HostTensor out = HostTensor::empty(tensor.shape(), dtype);
+  visit_dtype(tensor.dtype(), [&](auto in_tag) {
+    using In = decltype(in_tag);
+    visit_dtype(dtype, [&](auto out_tag) {
+      using Out = decltype(out_tag);
+      const In* in = static_cast<const In*>(tensor.raw_data());
+      Out* o = static_cast<Out*>(out.raw_data());
+      for (int64_t i = 0; i < tensor.numel(); ++i) o[i] = store_from_double<Out>(load_as_double(in[i]));
+    });
+  });
+  return out;
+}
+
+}  // namespace meshrt

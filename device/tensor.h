@@ -1,0 +1,196 @@
+// Tensors typed by memory space.
+//
+//   HostTensor   = Tensor<HostSpace>:   host memory; elements readable with data<T>().
+//   DeviceTensor = Tensor<DeviceSpace>: memory of a Device (a GPU, or the cpu
+//                                       backend's RAM, which is still Device-typed).
+//
+// to_host() and to_device() are the only ways between the two spaces. Code that
+// needs host memory (the message Channel, file writers) takes HostTensor, so a
+// DeviceTensor cannot reach it without an explicit to_host().
+//
+// Tensors are contiguous and row-major. Copies of a Tensor share storage (like a
+// shared_ptr); clone() copies the elements.
+#pragma once
+
+#include <concepts>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "device/allocator.h"
+#include "device/device.h"
+#include "device/dtype.h"
+#include "device/error.h"
+#include "device/shape.h"
+#include "device/stream.h"
+
+namespace meshrt {
+
+struct HostSpace {
+  static constexpr const char* kName = "host";
+};
+struct DeviceSpace {
+  static constexpr const char* kName = "device";
+};
+
+// A block of memory from a CachingAllocator, returned to it on destruction.
+class Storage {
+ public:
+  Storage(CachingAllocator& allocator, size_t bytes, void* stream);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  const Device& device() const { return allocator_.device(); }
+
+ private:
+  CachingAllocator& allocator_;
+  void* data_;
+  size_t bytes_;
+};
+
+template <class Space>
+class Tensor {
+ public:
+  static constexpr bool kIsHost = std::is_same_v<Space, HostSpace>;
+
+  // An undefined tensor (defined() is false).
+  Tensor() = default;
+
+  // Uninitialised memory. Host tensors ignore device (always cpu).
+  static Tensor empty(const Shape& shape, DType dtype, const Device& device = Device::cpu());
+  // Zero-filled (device tensors: on the device's default stream, then synchronised).
+  static Tensor zeros(const Shape& shape, DType dtype, const Device& device = Device::cpu());
+
+  // Host only: a tensor holding a copy of values.
+  template <class T>
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape)
+    requires kIsHost;
+  // Host only: a tensor of shape with every element value.
+  template <class T>
+  static Tensor full(const Shape& shape, T value)
+    requires kIsHost;
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return shape_.ndim(); }
+  int64_t dim(int axis) const { return shape_[axis]; }
+  int64_t numel() const { return shape_.numel(); }
+  DType dtype() const { return dtype_; }
+  size_t element_size() const { return size_of(dtype_); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(); }
+  const Device& device() const;
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
+
+  // The raw address of the first element. For a DeviceTensor this is device
+  // memory: pass it to kernels and communicators, never dereference it on the host.
+  void* raw_data() const;
+
+  // Host only: typed element access. Throws Error(kShape) when T is not the dtype.
+  template <class T>
+  T* data() const
+    requires kIsHost;
+  template <class T>
+  std::span<T> span() const
+    requires kIsHost
+  {
+    return {data<T>(), static_cast<size_t>(numel())};
+  }
+  template <class T>
+  std::vector<T> to_vector() const
+    requires kIsHost
+  {
+    auto s = span<T>();
+    return {s.begin(), s.end()};
+  }
+
+  // Views sharing storage.
+  // Rows [start, start + length) of axis 0.
+  Tensor narrow(int64_t start, int64_t length) const;
+  // Same elements, new shape with the same numel.
+  Tensor reshape(const Shape& shape) const;
+
+  // A new tensor with a copy of the elements, in the same space and device.
+  Tensor clone() const;
+
+  // "f32[128, 96] on cuda:0"
+  std::string description() const;
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;  // bytes from storage_->data()
+  Shape shape_;
+  DType dtype_ = DType::kF32;
+};
+
+using HostTensor = Tensor<HostSpace>;
+using DeviceTensor = Tensor<DeviceSpace>;
+
+template <class T>
+concept AnyTensor = std::same_as<std::remove_cvref_t<T>, HostTensor> ||
+                    std::same_as<std::remove_cvref_t<T>, DeviceTensor>;
+
+// Copies a device tensor to host memory; waits for the copy (and for the work
+// queued before it on stream, the device's default stream when null).
+HostTensor to_host(const DeviceTensor& tensor, const Stream* stream = nullptr);
+// Copies a host tensor to device; waits for the copy.
+DeviceTensor to_device(const HostTensor& tensor, const Device& device,
+                       const Stream* stream = nullptr);
+
+// dst <- src, both on the same device and of the same dtype and numel. Queued on
+// stream (default stream when null); on the cpu device it is done on return.
+void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream = nullptr);
+// Host to host copy of the same dtype and numel.
+void copy(const HostTensor& src, const HostTensor& dst);
+
+// Converts between element types on the host (any dtype to any dtype, via double
+// for integers and via float for the 16-bit floats).
+HostTensor cast_host(const HostTensor& tensor, DType dtype);
+
+// ---------------------------------------------------------------------------
+// Template definitions
+// ---------------------------------------------------------------------------
+
+template <class Space>
+template <class T>
+Tensor<Space> Tensor<Space>::from_vector(const std::vector<T>& values, const Shape& shape)
+  requires kIsHost
+{
+  MESHRT_CHECK_SHAPE(static_cast<int64_t>(values.size()) == shape.numel(), "from_vector: ",
+                     values.size(), " values do not fill shape ", shape, " (", shape.numel(),
+                     " elements)");
+  Tensor t = empty(shape, dtype_of<T>);
+  if constexpr (std::is_same_v<T, bool>) {
+    bool* out = t.template data<bool>();
+    for (size_t i = 0; i < values.size(); ++i) out[i] = values[i];
+  } else {
+    if (!values.empty()) std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(T));
+  }
+  return t;
+}
+
+template <class Space>
+template <class T>
+Tensor<Space> Tensor<Space>::full(const Shape& shape, T value)
+  requires kIsHost
+{
+  Tensor t = empty(shape, dtype_of<T>);
+  T* out = t.template data<T>();
+  for (int64_t i = 0; i < t.numel(); ++i) out[i] = value;
+  return t;
+}
+
+template <class Space>
+template <class T>
+T* Tensor<Space>::data() const
+  requires kIsHost
+{
+  MESHRT_CHECK_SHAPE(dtype_of<T> == dtype_, "data<", to_string(dtype_of<T>),
+                     ">() on a tensor of dtype ", to_string(dtype_));
+  return static_cast<T*>(raw_data());
+}
+
+}  // namespace meshrt
