@@ -1,0 +1,165 @@
+// CUDA twins of reduction_cpu.cc. Row-wise ops (softmax, norms, sums over the
+// last axis) use one block per row with block_reduce; other sums use one thread
+// per output element, reading along the reduced axis (coalesced across inner).
+#include <cmath>
+
+#include "kernels/backend.h"
+#include "kernels/cuda_common.cuh"
+
+namespace meshrt::kernels {
+namespace cuda_impl {
+namespace {
+
+template <class T>
+using sum_acc_t = std::conditional_t<std::is_integral_v<T>, long long, acc_t<T>>;
+
+template <class T>
+__global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols) {
+  using S = sum_acc_t<T>;
+  __shared__ S shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* in = x + r * cols;
+    S s = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += static_cast<S>(load(in[c]));
+    s = block_reduce(s, shared, SumOp{}, S(0));
+    if (threadIdx.x == 0) out[r] = Store<T>::from(s);
+  }
+}
+
+template <class T>
+__global__ void sum_strided_kernel(const T* x, T* out, int64_t outer, int64_t axis, int64_t inner) {
+  using S = sum_acc_t<T>;
+  int64_t total = outer * inner;
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < total;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t o = j / inner, i = j % inner;
+    const T* in = x + o * axis * inner + i;
+    S s = 0;
+    for (int64_t a = 0; a < axis; ++a) s += static_cast<S>(load(in[a * inner]));
+    out[j] = Store<T>::from(s);
+  }
+}
+
+template <class T>
+__global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t cols) {
+  using A = acc_t<T>;
+  __shared__ A shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* in = x + r * cols;
+    T* out = y + r * cols;
+    A m = -INFINITY;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      A v = load(in[c]);
+      m = v > m ? v : m;
+    }
+    m = block_reduce(m, shared, MaxOp{}, A(-INFINITY));
+    A s = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += exp(load(in[c]) - m);
+    s = block_reduce(s, shared, SumOp{}, A(0));
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      out[c] = Store<T>::from(exp(load(in[c]) - m) / s);
+    }
+  }
+}
+
+template <class T>
+__global__ void layernorm_kernel(const T* x, const T* gamma, const T* beta, double eps, T* y,
+                                 int64_t rows, int64_t cols) {
+  using A = acc_t<T>;
+  __shared__ A shared[32];
+  A n = static_cast<A>(cols);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* in = x + r * cols;
+    T* out = y + r * cols;
+    A s = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += load(in[c]);
+    A mean = block_reduce(s, shared, SumOp{}, A(0)) / n;
+    A v = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      A d = load(in[c]) - mean;
+      v += d * d;
+    }
+    A var = block_reduce(v, shared, SumOp{}, A(0)) / n;
+    A inv = A(1) / sqrt(var + static_cast<A>(eps));
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      out[c] = Store<T>::from((load(in[c]) - mean) * inv * load(gamma[c]) + load(beta[c]));
+    }
+  }
+}
+
+template <class T>
+__global__ void rmsnorm_kernel(const T* x, const T* gamma, double eps, T* y, int64_t rows,
+                               int64_t cols) {
+  using A = acc_t<T>;
+  __shared__ A shared[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* in = x + r * cols;
+    T* out = y + r * cols;
+    A s = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      A v = load(in[c]);
+      s += v * v;
+    }
+    A mean_square = block_reduce(s, shared, SumOp{}, A(0)) / static_cast<A>(cols);
+    A inv = A(1) / sqrt(mean_square + static_cast<A>(eps));
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      out[c] = Store<T>::from(load(in[c]) * inv * load(gamma[c]));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cuda_impl
+
+namespace cuda {
+using namespace cuda_impl;
+
+void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int64_t inner, int,
+         void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  visit_numeric(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (inner == 1) {
+      sum_rows_kernel<T><<<rows_grid(outer), kBlock, 0, s>>>(static_cast<const T*>(x),
+                                                             static_cast<T*>(out), outer, axis);
+    } else {
+      sum_strided_kernel<T><<<grid_for(outer * inner), kBlock, 0, s>>>(
+          static_cast<const T*>(x), static_cast<T*>(out), outer, axis, inner);
+    }
+  });
+  check_launch();
+}
+
+void softmax(const RowArgs& rows, const void* x, void* out, int, void* stream) {
+  visit_floating(rows.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    softmax_kernel<T><<<rows_grid(rows.rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(x), static_cast<T*>(out), rows.rows, rows.cols);
+  });
+  check_launch();
+}
+
+void layernorm(const RowArgs& rows, const void* x, const void* gamma, const void* beta, double eps,
+               void* out, int, void* stream) {
+  visit_floating(rows.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    layernorm_kernel<T><<<rows_grid(rows.rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), eps,
+        static_cast<T*>(out), rows.rows, rows.cols);
+  });
+  check_launch();
+}
+
+void rmsnorm(const RowArgs& rows, const void* x, const void* gamma, double eps, void* out, int,
+             void* stream) {
+  visit_floating(rows.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    rmsnorm_kernel<T><<<rows_grid(rows.rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(x), static_cast<const T*>(gamma), eps, static_cast<T*>(out),
+        rows.rows, rows.cols);
+  });
+  check_launch();
+}
+
+}  // namespace cuda
+}  // namespace meshrt::kernels

@@ -1,0 +1,34 @@
+// Reductions and row-wise normalisations, cpu and CUDA behind one call (see
+// elementwise.h for the stream and aliasing rules).
+//
+// dtypes: sum: f32, f64, f16, bf16, i32, i64 (floats accumulate in f32 on CUDA and
+//         f64 on the cpu, f64 in f64, integers in i64).
+//         softmax, layernorm, rmsnorm: f32, f64, f16, bf16 (compute in f32, f64 in f64).
+#pragma once
+
+#include "device/tensor.h"
+
+namespace meshrt::kernels {
+
+// Sum over axis: out has x's shape without that axis.
+void sum(const DeviceTensor& x, int axis, const DeviceTensor& out, const Stream* stream = nullptr);
+DeviceTensor sum(const DeviceTensor& x, int axis, const Stream* stream = nullptr);
+
+// Softmax over the last axis, max-subtracted for stability.
+void softmax(const DeviceTensor& x, const DeviceTensor& out, const Stream* stream = nullptr);
+DeviceTensor softmax(const DeviceTensor& x, const Stream* stream = nullptr);
+
+// Layer normalisation over the last axis (n): (x - mean) / sqrt(var + eps) * gamma + beta,
+// var the biased variance; gamma and beta have shape [n].
+void layernorm(const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
+               double eps, const DeviceTensor& out, const Stream* stream = nullptr);
+DeviceTensor layernorm(const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
+                       double eps = 1e-5, const Stream* stream = nullptr);
+
+// RMS normalisation over the last axis: x / sqrt(mean(x^2) + eps) * gamma.
+void rmsnorm(const DeviceTensor& x, const DeviceTensor& gamma, double eps, const DeviceTensor& out,
+             const Stream* stream = nullptr);
+DeviceTensor rmsnorm(const DeviceTensor& x, const DeviceTensor& gamma, double eps = 1e-6,
+                     const Stream* stream = nullptr);
+
+}  // namespace meshrt::kernels
