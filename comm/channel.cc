@@ -1,0 +1,249 @@
+#include "comm/channel.h"
+
+#include <mpi.h>
+
+#include <array>
+#include <cstring>
+#include <limits>
+#include <thread>
+
+#include "comm/communicator.h"
+#include "comm/mpi_check.h"
+#include "comm/world.h"
+
+namespace meshrt {
+
+namespace {
+constexpr uint32_t kMagic = 0x4d455348;  // "MESH"
+constexpr int kMaxDims = 16;
+
+// Every message is a fixed header followed by the payload, as two MPI messages
+// on the same (source, tag): MPI keeps them in order.
+struct Header {
+  uint32_t magic;
+  uint8_t kind;
+  uint8_t dtype;
+  uint8_t ndim;
+  uint8_t reserved;
+  uint64_t bytes;
+  int64_t dims[kMaxDims];
+};
+
+const char* kind_name(int kind) {
+  switch (kind) {
+    case 1: return "bytes";
+    case 2: return "a string";
+    case 3: return "a tensor";
+  }
+  return "an unknown message";
+}
+
+// Polls request until done or deadline; cancels it past the deadline.
+void wait_request(MPI_Request* request, MPI_Status* status, std::chrono::milliseconds timeout,
+                  const std::string& what) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto pause = std::chrono::microseconds(1);
+  for (;;) {
+    int done = 0;
+    MESHRT_MPI_CHECK(MPI_Test(request, &done, status));
+    if (done) return;
+    if (std::chrono::steady_clock::now() > deadline) {
+      MPI_Cancel(request);
+      MPI_Request_free(request);
+      throw Error(ErrorKind::kDeadlineExceeded,
+                  detail::cat(what, " did not complete within ", timeout.count(), " ms on rank ",
+                              error_rank()));
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(500));
+  }
+}
+
+int as_int(size_t bytes) {
+  MESHRT_CHECK_ARG(bytes <= static_cast<size_t>(std::numeric_limits<int>::max()),
+                   "Channel: a message of ", bytes, " bytes exceeds the 2 GiB limit of one message");
+  return static_cast<int>(bytes);
+}
+}  // namespace
+
+struct Channel::Impl {
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rank = 0, size = 1;
+};
+
+Channel Channel::world() {
+  World::get();
+  auto* impl = new Impl();
+  MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &impl->comm));
+  MPI_Comm_rank(impl->comm, &impl->rank);
+  MPI_Comm_size(impl->comm, &impl->size);
+  return Channel(impl);
+}
+
+Channel::Channel(Impl* impl) : impl_(impl), timeout_(default_comm_timeout()) {}
+
+Channel::~Channel() {
+  if (!impl_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&impl_->comm);
+  delete impl_;
+}
+
+Channel::Channel(Channel&& other) noexcept : impl_(other.impl_), timeout_(other.timeout_) {
+  other.impl_ = nullptr;
+}
+
+Channel& Channel::operator=(Channel&& other) noexcept {
+  std::swap(impl_, other.impl_);
+  std::swap(timeout_, other.timeout_);
+  return *this;
+}
+
+int Channel::rank() const { return impl_->rank; }
+int Channel::size() const { return impl_->size; }
+
+void Channel::send_tensor(const HostTensor& tensor, int dest, int tag) const {
+  MESHRT_CHECK_ARG(tensor.defined(), "Channel::send of an undefined tensor");
+  MESHRT_CHECK_ARG(tensor.ndim() <= kMaxDims, "Channel::send: ", tensor.description(), " has more than ",
+                   kMaxDims, " dimensions");
+  send_message(kTensor, tensor.raw_data(), tensor.nbytes(), dest, tag, &tensor);
+}
+
+void Channel::send_bytes(const void* data, size_t size, int dest, int tag) const {
+  MESHRT_CHECK_ARG(data != nullptr || size == 0, "Channel::send_bytes: null pointer with ", size, " bytes");
+  if (size > 0) {
+    MESHRT_CHECK_ARG(pointer_space(data) == MemorySpace::kHost, "Channel::send_bytes: ", data,
+                     " points to device memory; a Channel carries host memory only: copy it with "
+                     "to_host() first");
+  }
+  send_message(kBytes, data, size, dest, tag);
+}
+
+void Channel::send_message(Kind kind, const void* data, size_t size, int dest, int tag,
+                           const HostTensor* tensor) const {
+  MESHRT_CHECK_ARG(dest >= 0 && dest < impl_->size, "Channel::send: destination ", dest,
+                   " is not a rank (size ", impl_->size, ")");
+  MESHRT_CHECK_ARG(tag >= 0 && tag <= kMaxTag, "Channel::send: tag ", tag, " is outside 0..", kMaxTag);
+  Header header{};
+  header.magic = kMagic;
+  header.kind = kind;
+  header.bytes = size;
+  if (tensor) {
+    header.dtype = static_cast<uint8_t>(tensor->dtype());
+    header.ndim = static_cast<uint8_t>(tensor->ndim());
+    for (int i = 0; i < tensor->ndim(); ++i) header.dims[i] = tensor->dim(i);
+  }
+  std::string what = detail::cat("Channel::send of ", kind_name(kind), " (", size, " bytes) to rank ",
+                                 dest, " tag ", tag);
+  std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  MESHRT_MPI_CHECK(MPI_Isend(&header, sizeof header, MPI_BYTE, dest, tag, impl_->comm, &requests[0]));
+  MESHRT_MPI_CHECK(MPI_Isend(data, as_int(size), MPI_BYTE, dest, tag, impl_->comm, &requests[1]));
+  wait_request(&requests[0], MPI_STATUS_IGNORE, timeout_, what);
+  wait_request(&requests[1], MPI_STATUS_IGNORE, timeout_, what);
+}
+
+namespace {
+struct Incoming {
+  Header header;
+  int source;
+  std::string what;
+};
+
+// Receives the header of the next message on (source, tag). The matched probe
+// (MPI_Improbe + MPI_Mrecv) keeps concurrent receivers on other threads apart.
+Incoming receive_header(MPI_Comm comm, int source, int tag, std::chrono::milliseconds timeout,
+                        int expected_kind) {
+  Incoming in{};
+  in.what = detail::cat("Channel::recv of ", kind_name(expected_kind), " from ",
+                        source == Channel::kAnySource ? std::string("any rank")
+                                                      : detail::cat("rank ", source),
+                        " tag ", tag);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  MPI_Message message = MPI_MESSAGE_NULL;
+  MPI_Status status{};
+  auto pause = std::chrono::microseconds(1);
+  for (;;) {
+    int found = 0;
+    MESHRT_MPI_CHECK(MPI_Improbe(source == Channel::kAnySource ? MPI_ANY_SOURCE : source, tag, comm,
+                                 &found, &message, &status));
+    if (found) break;
+    MESHRT_CHECK(std::chrono::steady_clock::now() <= deadline, ErrorKind::kDeadlineExceeded,
+                 in.what, " did not complete within ", timeout.count(), " ms on rank ",
+                 error_rank());
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(500));
+  }
+  in.source = status.MPI_SOURCE;
+  int count = 0;
+  MESHRT_MPI_CHECK(MPI_Get_count(&status, MPI_BYTE, &count));
+  MESHRT_CHECK(count == static_cast<int>(sizeof(Header)), ErrorKind::kInternal, in.what,
+               ": expected a message header of ", sizeof(Header), " bytes, got ", count,
+               " bytes (is another program using this communicator?)");
+  MESHRT_MPI_CHECK(MPI_Mrecv(&in.header, sizeof in.header, MPI_BYTE, &message, MPI_STATUS_IGNORE));
+  MESHRT_CHECK(in.header.magic == kMagic, ErrorKind::kInternal, in.what, ": bad message header");
+  return in;
+}
+
+// Receives the payload that follows a header (same source, same tag: MPI keeps
+// them in order) into into, which holds in.header.bytes.
+void receive_payload(MPI_Comm comm, const Incoming& in, int tag, void* into,
+                     std::chrono::milliseconds timeout) {
+  MPI_Request request = MPI_REQUEST_NULL;
+  MESHRT_MPI_CHECK(MPI_Irecv(into, as_int(in.header.bytes), MPI_BYTE, in.source, tag, comm, &request));
+  wait_request(&request, MPI_STATUS_IGNORE, timeout, in.what);
+}
+
+// A message of another kind than expected: drain its payload, then say what came.
+[[noreturn]] void wrong_kind(MPI_Comm comm, const Incoming& in, int tag,
+                             std::chrono::milliseconds timeout) {
+  std::vector<uint8_t> drain(in.header.bytes);
+  receive_payload(comm, in, tag, drain.data(), timeout);
+  throw Error(ErrorKind::kShape,
+              detail::cat(in.what, ": rank ", in.source, " sent ", kind_name(in.header.kind)));
+}
+
+template <class Buffer>
+Buffer receive_buffer(MPI_Comm comm, int source, int tag, std::chrono::milliseconds timeout,
+                      int kind, int* from) {
+  Incoming in = receive_header(comm, source, tag, timeout, kind);
+  if (from) *from = in.source;
+  if (in.header.kind != kind) wrong_kind(comm, in, tag, timeout);
+  Buffer buffer(in.header.bytes, '\0');
+  receive_payload(comm, in, tag, buffer.data(), timeout);
+  return buffer;
+}
+}  // namespace
+
+HostTensor Channel::recv_tensor(int source, int tag, int* from) const {
+  Incoming in = receive_header(impl_->comm, source, tag, timeout_, kTensor);
+  if (from) *from = in.source;
+  if (in.header.kind != kTensor) wrong_kind(impl_->comm, in, tag, timeout_);
+  MESHRT_CHECK(in.header.ndim <= kMaxDims && in.header.dtype <= static_cast<uint8_t>(DType::kBool),
+               ErrorKind::kInternal, in.what, ": malformed tensor header");
+  std::vector<int64_t> dims(in.header.dims, in.header.dims + in.header.ndim);
+  HostTensor t = HostTensor::empty(Shape(dims), static_cast<DType>(in.header.dtype));
+  MESHRT_CHECK(t.nbytes() == in.header.bytes, ErrorKind::kInternal, in.what,
+               ": the tensor header and the payload size differ");
+  receive_payload(impl_->comm, in, tag, t.raw_data(), timeout_);
+  return t;
+}
+
+std::vector<uint8_t> Channel::recv_bytes(int source, int tag, int* from) const {
+  return receive_buffer<std::vector<uint8_t>>(impl_->comm, source, tag, timeout_, kBytes, from);
+}
+
+std::string Channel::recv_string(int source, int tag, int* from) const {
+  return receive_buffer<std::string>(impl_->comm, source, tag, timeout_, kString, from);
+}
+
+std::optional<int> Channel::probe(int source, int tag) const {
+  int found = 0;
+  MPI_Status status{};
+  MESHRT_MPI_CHECK(MPI_Iprobe(source == kAnySource ? MPI_ANY_SOURCE : source, tag, impl_->comm,
+                              &found, &status));
+  if (!found) return std::nullopt;
+  return status.MPI_SOURCE;
+}
+
+}  // namespace meshrt

@@ -1,0 +1,273 @@
+#include "comm/communicator.h"
+
+#include <cstdlib>
+#include <sstream>
+
+#include "comm/backend.h"
+#include "comm/world.h"
+
+namespace meshrt {
+
+const char* to_string(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return "sum";
+    case ReduceOp::kMax: return "max";
+    case ReduceOp::kMin: return "min";
+    case ReduceOp::kProd: return "prod";
+  }
+  return "?";
+}
+
+ReduceOp parse_reduce_op(const std::string& name) {
+  if (name == "sum") return ReduceOp::kSum;
+  if (name == "max") return ReduceOp::kMax;
+  if (name == "min") return ReduceOp::kMin;
+  if (name == "prod") return ReduceOp::kProd;
+  throw Error(ErrorKind::kInvalidArgument,
+              detail::cat("unknown reduction '", name, "': expected sum, max, min or prod"));
+}
+
+std::chrono::milliseconds default_comm_timeout() {
+  const char* value = std::getenv("MESHRT_COMM_TIMEOUT");
+  if (value && *value) {
+    char* end = nullptr;
+    double seconds = std::strtod(value, &end);
+    MESHRT_CHECK_ARG(end && *end == '\0' && seconds > 0, "MESHRT_COMM_TIMEOUT='", value,
+                     "' is not a positive number of seconds");
+    return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+  }
+  return std::chrono::seconds(300);
+}
+
+namespace detail {
+
+const char* to_string(Collective kind) {
+  switch (kind) {
+    case Collective::kAllReduce: return "all_reduce";
+    case Collective::kAllGather: return "all_gather";
+    case Collective::kReduceScatter: return "reduce_scatter";
+    case Collective::kBroadcast: return "broadcast";
+    case Collective::kSend: return "send";
+    case Collective::kRecv: return "recv";
+    case Collective::kAllToAll: return "all_to_all";
+    case Collective::kBarrier: return "barrier";
+  }
+  return "?";
+}
+
+CommBackend::CommBackend(std::string name, int rank, int size)
+    : name_(std::move(name)), rank_(rank), size_(size), timeout_ms_(default_comm_timeout().count()) {}
+
+std::string CommBackend::abort_reason() const {
+  std::lock_guard<std::mutex> lock(reason_mutex_);
+  return abort_reason_;
+}
+
+bool CommBackend::mark_aborted(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(reason_mutex_);
+  if (aborted_.load()) return false;
+  abort_reason_ = reason;
+  aborted_.store(true);
+  return true;
+}
+
+void CommBackend::check_not_aborted(const char* op) const {
+  MESHRT_CHECK(!aborted(), ErrorKind::kUnavailable, op, " on ", describe(),
+               ": the communicator was aborted: ", abort_reason());
+}
+
+std::string CommBackend::describe() const {
+  return cat(kind(), " communicator '", name_, "' (rank ", rank_, " of ", size_, ")");
+}
+
+}  // namespace detail
+
+Communicator Communicator::world(const Device& device, const std::string& name) {
+  World::get();
+  if (device.is_cpu()) return Communicator(detail::make_mpi_world(name), device);
+  check_device_usable(device);
+#if MESHRT_WITH_CUDA
+  return Communicator(detail::make_nccl_world(device, name), device);
+#else
+  throw Error(ErrorKind::kUnavailable, "unreachable: CUDA device usable without CUDA");
+#endif
+}
+
+Communicator Communicator::split(int color, int key, const std::string& name) const {
+  check_valid("split");
+  MESHRT_CHECK_ARG(color >= 0 || color == kNoColor, "split: color must be >= 0 or kNoColor, got ",
+                   color);
+  std::string sub_name = name.empty() ? detail::cat(backend_->name(), "/", color) : name;
+  auto backend = backend_->split(color, key, sub_name);
+  if (!backend) return Communicator();
+  return Communicator(std::move(backend), device_);
+}
+
+int Communicator::rank() const {
+  check_valid("rank");
+  return backend_->rank();
+}
+
+int Communicator::size() const {
+  check_valid("size");
+  return backend_->size();
+}
+
+const std::string& Communicator::name() const {
+  check_valid("name");
+  return backend_->name();
+}
+
+const char* Communicator::backend_name() const {
+  check_valid("backend_name");
+  return backend_->kind();
+}
+
+std::chrono::milliseconds Communicator::timeout() const {
+  check_valid("timeout");
+  return backend_->timeout();
+}
+
+void Communicator::set_timeout(std::chrono::milliseconds timeout) {
+  check_valid("set_timeout");
+  MESHRT_CHECK_ARG(timeout.count() > 0, "set_timeout: the timeout must be positive");
+  backend_->set_timeout(timeout);
+}
+
+void Communicator::check_valid(const char* op) const {
+  MESHRT_CHECK_ARG(valid(), op, " on an invalid communicator (this rank is not a member)");
+}
+
+void Communicator::check_tensor(const char* op, const DeviceTensor& t, const char* what) const {
+  MESHRT_CHECK_ARG(t.defined(), op, ": ", what, " is an undefined tensor");
+  MESHRT_CHECK_ARG(t.device() == device_, op, ": ", what, " is ", t.description(), " but ",
+                   backend_->describe(), " runs on ", device_);
+}
+
+namespace {
+using detail::Collective;
+using detail::CommOp;
+
+std::string describe_op(Collective kind, const DeviceTensor* tensor, const ReduceOp* op,
+                        const detail::CommBackend& backend, int peer = -1) {
+  std::ostringstream out;
+  out << to_string(kind) << "(";
+  if (tensor) out << tensor->description();
+  if (op) out << ", " << to_string(*op);
+  if (peer >= 0) out << (kind == Collective::kBroadcast ? ", root " : ", peer ") << peer;
+  out << ") on " << backend.describe();
+  return out.str();
+}
+
+// Starts c on backend; the Work keeps the tensors' memory alive until done.
+Work start(const std::shared_ptr<detail::CommBackend>& backend, const CommOp& c,
+           std::string description, std::initializer_list<const DeviceTensor*> keep) {
+  auto state = std::make_shared<detail::WorkState>(std::move(description), backend);
+  for (const DeviceTensor* t : keep) state->stash(t->storage());
+  backend->start(c, state);
+  return Work(state);
+}
+}  // namespace
+
+Work Communicator::all_reduce(const DeviceTensor& tensor, ReduceOp op) const {
+  return all_reduce(tensor, tensor, op);
+}
+
+Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, ReduceOp op) const {
+  check_valid("all_reduce");
+  check_tensor("all_reduce", in, "the input");
+  check_tensor("all_reduce", out, "the output");
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel(),
+                     "all_reduce: input ", in.description(), " and output ", out.description(),
+                     " must have the same dtype and element count");
+  CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
+           in.dtype(), op, 0};
+  return start(backend_, c, describe_op(Collective::kAllReduce, &in, &op, *backend_, -1), {&in, &out});
+}
+
+Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) const {
+  check_valid("all_gather");
+  check_tensor("all_gather", in, "the input");
+  check_tensor("all_gather", out, "the output");
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && out.numel() == in.numel() * size(),
+                     "all_gather over ", size(), " ranks: output ", out.description(),
+                     " must hold ", size(), " x ", in.numel(), " elements of ",
+                     to_string(in.dtype()), " (input ", in.description(), ")");
+  CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
+           in.dtype(), ReduceOp::kSum, 0};
+  return start(backend_, c, describe_op(Collective::kAllGather, &in, nullptr, *backend_, -1), {&in, &out});
+}
+
+Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
+                                  ReduceOp op) const {
+  check_valid("reduce_scatter");
+  check_tensor("reduce_scatter", in, "the input");
+  check_tensor("reduce_scatter", out, "the output");
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel() * size(),
+                     "reduce_scatter over ", size(), " ranks: input ", in.description(),
+                     " must hold ", size(), " x ", out.numel(), " elements of ",
+                     to_string(out.dtype()), " (output ", out.description(), ")");
+  CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
+           static_cast<size_t>(out.numel()), in.dtype(), op, 0};
+  return start(backend_, c, describe_op(Collective::kReduceScatter, &in, &op, *backend_, -1), {&in, &out});
+}
+
+Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
+  check_valid("broadcast");
+  check_tensor("broadcast", tensor, "the tensor");
+  MESHRT_CHECK_ARG(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of ",
+                   backend_->describe());
+  CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
+           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root};
+  return start(backend_, c, describe_op(Collective::kBroadcast, &tensor, nullptr, *backend_, root), {&tensor});
+}
+
+Work Communicator::send(const DeviceTensor& tensor, int peer) const {
+  check_valid("send");
+  check_tensor("send", tensor, "the tensor");
+  MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
+                   " must be another rank of ", backend_->describe());
+  CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
+           tensor.dtype(), ReduceOp::kSum, peer};
+  return start(backend_, c, describe_op(Collective::kSend, &tensor, nullptr, *backend_, peer), {&tensor});
+}
+
+Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
+  check_valid("recv");
+  check_tensor("recv", tensor, "the tensor");
+  MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
+                   " must be another rank of ", backend_->describe());
+  CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
+           tensor.dtype(), ReduceOp::kSum, peer};
+  return start(backend_, c, describe_op(Collective::kRecv, &tensor, nullptr, *backend_, peer), {&tensor});
+}
+
+Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) const {
+  check_valid("all_to_all");
+  check_tensor("all_to_all", in, "the input");
+  check_tensor("all_to_all", out, "the output");
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel() &&
+                         in.numel() % size() == 0,
+                     "all_to_all over ", size(), " ranks: input ", in.description(),
+                     " and output ", out.description(),
+                     " must match in dtype and element count, divisible by ", size());
+  CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
+           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0};
+  return start(backend_, c, describe_op(Collective::kAllToAll, &in, nullptr, *backend_, -1), {&in, &out});
+}
+
+void Communicator::barrier() const {
+  check_valid("barrier");
+  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0};
+  start(backend_, c, describe_op(Collective::kBarrier, nullptr, nullptr, *backend_), {})
+      .wait(backend_->timeout());
+}
+
+void Communicator::abort(const std::string& reason) const {
+  check_valid("abort");
+  backend_->abort(reason);
+}
+
+bool Communicator::aborted() const { return valid() && backend_->aborted(); }
+
+}  // namespace meshrt

@@ -1,0 +1,98 @@
+// Communicators carry collectives over DeviceTensors: NCCL for CUDA devices
+// (non-blocking communicators, so they can be aborted), MPI for the cpu device.
+// Every operation returns a Work; on CUDA it is queued on the device's default
+// stream, on the cpu it runs on the communicator's own thread. Operations on one
+// communicator run in the order they were issued (point-to-point sends and
+// receives are posted at once and complete in any order, so an exchange of
+// send + recv between two ranks cannot deadlock; a later collective waits for them).
+//
+// Tensor rules (as in NCCL): all ranks pass the same dtype and element counts;
+// tensors are contiguous on the communicator's device. Chunked operations split
+// tensors into size() equal chunks in rank order:
+//   all_gather:     out.numel() == size() * in.numel()
+//   reduce_scatter: in.numel() == size() * out.numel()
+//   all_to_all:     in.numel() == out.numel(), divisible by size(); chunk i goes to rank i
+// In place: all_reduce(t); all_gather with in = out's chunk at rank();
+// reduce_scatter with out = in's chunk at rank(); broadcast is always in place.
+//
+// Supported dtypes: all of them. Reductions over bool use logical or for sum and
+// max, logical and for prod and min. f16/bf16 reduce in f32 on MPI.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "comm/work.h"
+#include "device/tensor.h"
+
+namespace meshrt {
+
+enum class ReduceOp { kSum, kMax, kMin, kProd };
+const char* to_string(ReduceOp op);
+// "sum", "max", "min", "prod"; throws Error(kInvalidArgument) otherwise.
+ReduceOp parse_reduce_op(const std::string& name);
+
+namespace detail {
+class CommBackend;
+}
+
+class Communicator {
+ public:
+  // An invalid communicator (valid() is false), e.g. the result of split() with kNoColor.
+  Communicator() = default;
+
+  // A communicator over all ranks of the World for device (collective: every rank
+  // calls it). name appears in error messages.
+  static Communicator world(const Device& device, const std::string& name = "world");
+
+  // Collective over this communicator: ranks with the same color form a new
+  // communicator, ordered by key (then old rank). kNoColor: this rank joins none
+  // and gets an invalid communicator.
+  static constexpr int kNoColor = -1;
+  Communicator split(int color, int key, const std::string& name = "") const;
+
+  bool valid() const { return backend_ != nullptr; }
+  int rank() const;
+  int size() const;
+  const Device& device() const { return device_; }
+  const std::string& name() const;
+  // "mpi" or "nccl".
+  const char* backend_name() const;
+  // The deadline of wait() without arguments and of barrier().
+  std::chrono::milliseconds timeout() const;
+  void set_timeout(std::chrono::milliseconds timeout);
+
+  Work all_reduce(const DeviceTensor& tensor, ReduceOp op = ReduceOp::kSum) const;
+  Work all_reduce(const DeviceTensor& in, const DeviceTensor& out,
+                  ReduceOp op = ReduceOp::kSum) const;
+  Work all_gather(const DeviceTensor& in, const DeviceTensor& out) const;
+  Work reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
+                      ReduceOp op = ReduceOp::kSum) const;
+  Work broadcast(const DeviceTensor& tensor, int root) const;
+  Work send(const DeviceTensor& tensor, int peer) const;
+  Work recv(const DeviceTensor& tensor, int peer) const;
+  Work all_to_all(const DeviceTensor& in, const DeviceTensor& out) const;
+  // Waits (up to timeout()) until every rank has reached the barrier.
+  void barrier() const;
+
+  // Aborts the communicator: pending and later operations fail at once with
+  // reason. NCCL: ncclCommAbort. Safe to call from any thread.
+  void abort(const std::string& reason) const;
+  // True after abort() or after a failed or timed-out operation.
+  bool aborted() const;
+
+ private:
+  Communicator(std::shared_ptr<detail::CommBackend> backend, Device device)
+      : backend_(std::move(backend)), device_(device) {}
+  void check_valid(const char* op) const;
+  void check_tensor(const char* op, const DeviceTensor& t, const char* what) const;
+
+  std::shared_ptr<detail::CommBackend> backend_;
+  Device device_;
+};
+
+// The default communication deadline: MESHRT_COMM_TIMEOUT seconds, 300 if unset.
+std::chrono::milliseconds default_comm_timeout();
+
+}  // namespace meshrt

@@ -1,0 +1,316 @@
+// The MPI backend: collectives for the cpu device.
+//
+// Each communicator owns a duplicate MPI communicator and one thread that runs
+// its operations in issue order. Collectives call the blocking MPI functions
+// (MPI_Allreduce, ...), so meshrt gets the same algorithms, and the same speed,
+// as a program calling MPI directly (OpenMPI's non-blocking collectives use
+// different algorithms). Sends and receives are posted non-blocking and polled,
+// so a receive that never matches can be cancelled when the communicator is
+// aborted. A blocking collective cannot be cancelled: if one is stuck past its
+// deadline the World aborts the job at exit instead of hanging in MPI_Finalize.
+#include <mpi.h>
+
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <thread>
+
+#include "comm/backend.h"
+#include "comm/mpi_check.h"
+#include "comm/world.h"
+
+namespace meshrt::detail {
+
+namespace {
+
+constexpr int kTag = 7;
+
+// Element-wise reductions for f16 and bf16, computed in float.
+template <class T, class Op>
+void reduce_16bit(void* in, void* inout, int* length, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  Op op;
+  for (int i = 0; i < *length; ++i) b[i] = T(op(static_cast<float>(a[i]), static_cast<float>(b[i])));
+}
+struct Sum { float operator()(float a, float b) const { return a + b; } };
+struct Prod { float operator()(float a, float b) const { return a * b; } };
+struct Max { float operator()(float a, float b) const { return a > b ? a : b; } };
+struct Min { float operator()(float a, float b) const { return a < b ? a : b; } };
+
+struct UserOps {
+  MPI_Op half[4];
+  MPI_Op bfloat[4];
+};
+
+const UserOps& user_ops() {
+  static const UserOps ops = [] {
+    UserOps o{};
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<Half, Sum>, 1, &o.half[0]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<Half, Max>, 1, &o.half[1]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<Half, Min>, 1, &o.half[2]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<Half, Prod>, 1, &o.half[3]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<BFloat16, Sum>, 1, &o.bfloat[0]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<BFloat16, Max>, 1, &o.bfloat[1]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<BFloat16, Min>, 1, &o.bfloat[2]));
+    MESHRT_MPI_CHECK(MPI_Op_create(&reduce_16bit<BFloat16, Prod>, 1, &o.bfloat[3]));
+    return o;
+  }();
+  return ops;
+}
+
+MPI_Datatype transport_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kF64: return MPI_DOUBLE;
+    case DType::kF16:
+    case DType::kBF16: return MPI_UINT16_T;
+    case DType::kI32: return MPI_INT32_T;
+    case DType::kI64: return MPI_INT64_T;
+    case DType::kU8:
+    case DType::kBool: return MPI_UINT8_T;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op reduce_op(DType dtype, ReduceOp op) {
+  int index = static_cast<int>(op);  // kSum, kMax, kMin, kProd
+  if (dtype == DType::kF16) return user_ops().half[index];
+  if (dtype == DType::kBF16) return user_ops().bfloat[index];
+  if (dtype == DType::kBool) {  // 0/1 bytes: or = max, and = min
+    return op == ReduceOp::kSum || op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
+  }
+  switch (op) {
+    case ReduceOp::kSum: return MPI_SUM;
+    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kMin: return MPI_MIN;
+    case ReduceOp::kProd: return MPI_PROD;
+  }
+  return MPI_SUM;
+}
+
+int as_count(size_t count, const char* op) {
+  MESHRT_CHECK_ARG(count <= static_cast<size_t>(std::numeric_limits<int>::max()), op, ": ", count,
+                   " elements exceed the MPI count limit (2^31 - 1); split the tensor");
+  return static_cast<int>(count);
+}
+
+bool mpi_finalized() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  return finalized != 0;
+}
+
+class MpiBackend final : public CommBackend {
+ public:
+  MpiBackend(MPI_Comm comm, std::string name, int rank, int size)
+      : CommBackend(std::move(name), rank, size), comm_(comm) {
+    worker_ = std::thread([this] { worker_loop(); });
+  }
+
+  ~MpiBackend() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (in_blocking_call_.load()) {
+      // Stuck in a collective that will never finish: leave the thread (and the
+      // MPI communicator) to the process exit.
+      World::mark_stuck_operation();
+      worker_.detach();
+      return;
+    }
+    worker_.join();
+    if (!mpi_finalized()) MPI_Comm_free(&comm_);
+  }
+
+  const char* kind() const override { return "mpi"; }
+
+  void start(const CommOp& op, const std::shared_ptr<WorkState>& state) override {
+    check_not_aborted(to_string(op.kind));
+    enqueue(Task{op, state, nullptr});
+  }
+
+  std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) override {
+    check_not_aborted("split");
+    // MPI_Comm_split is a collective on comm_: run it on the worker, in order.
+    MPI_Comm sub = MPI_COMM_NULL;
+    auto state = std::make_shared<WorkState>(cat("split(color ", color, ", key ", key, ") on ", describe()),
+                                             std::weak_ptr<CommBackend>());
+    enqueue(Task{CommOp{}, state, [this, color, key, &sub] {
+                   MESHRT_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub));
+                 }});
+    state->wait(timeout());
+    if (sub == MPI_COMM_NULL) return nullptr;
+    int rank = 0, size = 0;
+    MESHRT_MPI_CHECK(MPI_Comm_rank(sub, &rank));
+    MESHRT_MPI_CHECK(MPI_Comm_size(sub, &size));
+    auto backend = std::make_shared<MpiBackend>(sub, name, rank, size);
+    backend->set_timeout(timeout());
+    return backend;
+  }
+
+  void abort(const std::string& reason) override {
+    if (!mark_aborted(reason)) return;
+    if (in_blocking_call_.load()) World::mark_stuck_operation();
+    cv_.notify_all();
+  }
+
+ private:
+  struct Task {
+    CommOp op;
+    std::shared_ptr<WorkState> state;
+    std::function<void()> custom;  // runs instead of op when set
+  };
+
+  void enqueue(Task task) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_all();
+  }
+
+  void worker_loop() {
+    for (;;) {
+      Task task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stop_ and nothing left
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      try {
+        check_not_aborted(task.custom ? "split" : to_string(task.op.kind));
+        if (task.custom) {
+          in_blocking_call_.store(true);
+          task.custom();
+          in_blocking_call_.store(false);
+        } else {
+          run(task.op);
+        }
+        task.state->complete();
+      } catch (...) {
+        in_blocking_call_.store(false);
+        task.state->fail(std::current_exception());
+      }
+    }
+  }
+
+  void run(const CommOp& c) {
+    const char* name = to_string(c.kind);
+    int count = as_count(c.count, name);
+    MPI_Datatype type = transport_type(c.dtype);
+    size_t bytes = c.count * size_of(c.dtype);
+    if (c.kind == Collective::kSend || c.kind == Collective::kRecv) {
+      run_point_to_point(c, count, type);
+      return;
+    }
+    in_blocking_call_.store(true);
+    switch (c.kind) {
+      case Collective::kAllReduce:
+        MESHRT_MPI_CHECK(MPI_Allreduce(c.send == c.recv ? MPI_IN_PLACE : c.send, c.recv, count,
+                                       type, reduce_op(c.dtype, c.op), comm_));
+        break;
+      case Collective::kAllGather: {
+        // In place (NCCL's convention): the input already sits at this rank's chunk.
+        bool in_place = c.send == static_cast<char*>(c.recv) + static_cast<size_t>(rank()) * bytes;
+        MESHRT_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : c.send, count, type, c.recv, count,
+                                       type, comm_));
+        break;
+      }
+      case Collective::kReduceScatter: {
+        // MPI's in-place form differs from NCCL's (out = in's chunk at rank):
+        // reduce into a temporary when the output overlaps the input.
+        const char* in = static_cast<const char*>(c.send);
+        char* out = static_cast<char*>(c.recv);
+        bool overlap = out >= in && out < in + static_cast<size_t>(size()) * bytes;
+        if (overlap) {
+          std::vector<char> temp(bytes);
+          MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, temp.data(), count, type,
+                                                    reduce_op(c.dtype, c.op), comm_));
+          std::memcpy(out, temp.data(), bytes);
+        } else {
+          MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count, type,
+                                                    reduce_op(c.dtype, c.op), comm_));
+        }
+        break;
+      }
+      case Collective::kBroadcast:
+        MESHRT_MPI_CHECK(MPI_Bcast(c.recv, count, type, c.peer, comm_));
+        break;
+      case Collective::kAllToAll:
+        MESHRT_MPI_CHECK(MPI_Alltoall(c.send == c.recv ? MPI_IN_PLACE : c.send, count, type,
+                                      c.recv, count, type, comm_));
+        break;
+      case Collective::kBarrier:
+        MESHRT_MPI_CHECK(MPI_Barrier(comm_));
+        break;
+      default:
+        break;
+    }
+    in_blocking_call_.store(false);
+  }
+
+  void run_point_to_point(const CommOp& c, int count, MPI_Datatype type) {
+    bool sending = c.kind == Collective::kSend;
+    MPI_Request request = MPI_REQUEST_NULL;
+    if (sending) {
+      MESHRT_MPI_CHECK(MPI_Isend(c.send, count, type, c.peer, kTag, comm_, &request));
+    } else {
+      MESHRT_MPI_CHECK(MPI_Irecv(c.recv, count, type, c.peer, kTag, comm_, &request));
+    }
+    MPI_Status status{};
+    int done = 0;
+    auto pause = std::chrono::microseconds(0);
+    for (;;) {
+      MESHRT_MPI_CHECK(MPI_Test(&request, &done, &status));
+      if (done) break;
+      if (aborted()) {
+        MPI_Cancel(&request);
+        if (sending) {
+          MPI_Request_free(&request);  // a matched send may not be cancellable
+        } else {
+          MPI_Wait(&request, MPI_STATUS_IGNORE);
+        }
+        check_not_aborted(to_string(c.kind));
+      }
+      // Spin briefly, then back off to at most 200 us between polls.
+      if (pause.count() == 0) {
+        std::this_thread::yield();
+        pause = std::chrono::microseconds(1);
+      } else {
+        std::this_thread::sleep_for(pause);
+        pause = std::min(pause * 2, std::chrono::microseconds(200));
+      }
+    }
+    if (!sending) {
+      int received = 0;
+      MESHRT_MPI_CHECK(MPI_Get_count(&status, type, &received));
+      MESHRT_CHECK_SHAPE(received == count, "recv on ", describe(), ": expected ", count,
+                         " elements of ", to_string(c.dtype), " from rank ", c.peer, ", got ",
+                         received);
+    }
+  }
+
+  MPI_Comm comm_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;
+  bool stop_ = false;
+  std::atomic<bool> in_blocking_call_{false};
+  std::thread worker_;
+};
+
+}  // namespace
+
+std::shared_ptr<CommBackend> make_mpi_world(const std::string& name) {
+  World& world = World::get();
+  MPI_Comm comm = MPI_COMM_NULL;
+  MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
+  return std::make_shared<MpiBackend>(comm, name, world.rank(), world.size());
+}
+
+}  // namespace meshrt::detail

@@ -1,0 +1,256 @@
+// The NCCL backend: collectives for CUDA devices (CUDA builds only).
+//
+// Communicators are created non-blocking (config.blocking = 0) so they can be
+// aborted safely: every NCCL call may return ncclInProgress, and we poll
+// ncclCommGetAsyncError until the communicator is ready again, up to the
+// communicator's deadline. Operations are queued on the device's default stream;
+// a Work polls an event recorded after the operation and the communicator's
+// asynchronous error, and aborts the communicator on error or deadline
+// (as nccl-tests' testStreamSynchronize does).
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <thread>
+
+#include "comm/backend.h"
+#include "comm/mpi_check.h"
+#include "comm/world.h"
+#include "device/cuda_check.h"
+
+#define MESHRT_NCCL_CHECK(expr)                                                              \
+  do {                                                                                       \
+    ncclResult_t meshrt_status_ = (expr);                                                    \
+    if (meshrt_status_ != ncclSuccess && meshrt_status_ != ncclInProgress) {                 \
+      ::meshrt::throw_library_error(::meshrt::ErrorKind::kNccl, #expr, __FILE__, __LINE__,   \
+                                    ::meshrt::detail::nccl_message(meshrt_status_));         \
+    }                                                                                        \
+  } while (0)
+
+namespace meshrt::detail {
+
+namespace {
+
+std::string nccl_message(ncclResult_t status) {
+  std::string message = ncclGetErrorString(status);
+  const char* last = ncclGetLastError(nullptr);
+  if (last && *last) message += std::string(": ") + last;
+  return message;
+}
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return ncclFloat32;
+    case DType::kF64: return ncclFloat64;
+    case DType::kF16: return ncclFloat16;
+    case DType::kBF16: return ncclBfloat16;
+    case DType::kI32: return ncclInt32;
+    case DType::kI64: return ncclInt64;
+    case DType::kU8:
+    case DType::kBool: return ncclUint8;
+  }
+  return ncclUint8;
+}
+
+ncclRedOp_t nccl_op(DType dtype, ReduceOp op) {
+  if (dtype == DType::kBool) {  // 0/1 bytes: or = max, and = min
+    return op == ReduceOp::kSum || op == ReduceOp::kMax ? ncclMax : ncclMin;
+  }
+  switch (op) {
+    case ReduceOp::kSum: return ncclSum;
+    case ReduceOp::kMax: return ncclMax;
+    case ReduceOp::kMin: return ncclMin;
+    case ReduceOp::kProd: return ncclProd;
+  }
+  return ncclSum;
+}
+
+ncclConfig_t nonblocking_config() {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  return config;
+}
+
+// Polls comm until it leaves ncclInProgress. Returns false past the deadline;
+// throws Error(kNccl) when the communicator reports an error.
+bool wait_ready(ncclComm_t comm, std::chrono::milliseconds timeout, const std::string& what) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    ncclResult_t state = ncclInProgress;
+    MESHRT_NCCL_CHECK(ncclCommGetAsyncError(comm, &state));
+    if (state == ncclSuccess) return true;
+    if (state != ncclInProgress) {
+      throw_library_error(ErrorKind::kNccl, what.c_str(), __FILE__, __LINE__, nccl_message(state));
+    }
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+}
+
+std::string not_ready_message(const std::string& what, std::chrono::milliseconds timeout) {
+  return cat(what, " was not ready within ", timeout.count(), " ms on rank ", error_rank(),
+             "; the communicator was aborted");
+}
+
+class NcclBackend final : public CommBackend, public std::enable_shared_from_this<NcclBackend> {
+ public:
+  NcclBackend(ncclComm_t comm, Device device, std::string name, int rank, int size)
+      : CommBackend(std::move(name), rank, size), comm_(comm), device_(device) {}
+
+  ~NcclBackend() override {
+    if (aborted() || !comm_) return;  // ncclCommAbort already released it
+    // Best effort, never throws: flush, wait up to the deadline, then destroy
+    // (or abort if the communicator does not settle).
+    cudaSetDevice(device_.index());
+    ncclCommFinalize(comm_);
+    auto deadline = std::chrono::steady_clock::now() + timeout();
+    ncclResult_t state = ncclInProgress;
+    while (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclInProgress &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+    }
+    if (state == ncclSuccess) {
+      ncclCommDestroy(comm_);
+    } else {
+      ncclCommAbort(comm_);
+    }
+  }
+
+  // wait_ready on this communicator; aborts it and throws Error(kDeadlineExceeded) past the deadline.
+  void ensure_ready(ncclComm_t comm, const std::string& what) {
+    if (wait_ready(comm, timeout(), what)) return;
+    std::string message = not_ready_message(what, timeout());
+    if (comm == comm_) {
+      abort(message);
+    } else {
+      ncclCommAbort(comm);
+    }
+    throw Error(ErrorKind::kDeadlineExceeded, message);
+  }
+
+  const char* kind() const override { return "nccl"; }
+
+  void start(const CommOp& c, const std::shared_ptr<WorkState>& state) override {
+    const char* name = to_string(c.kind);
+    check_not_aborted(name);
+    MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
+    Stream stream = Stream::default_for(device_);
+    auto s = static_cast<cudaStream_t>(stream.native_handle());
+    ncclDataType_t type = nccl_type(c.dtype);
+    size_t bytes = c.count * size_of(c.dtype);
+    std::string what = cat(name, " on ", describe());
+    switch (c.kind) {
+      case Collective::kAllReduce:
+        MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_op(c.dtype, c.op), comm_, s));
+        break;
+      case Collective::kAllGather:
+        MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
+        break;
+      case Collective::kReduceScatter:
+        MESHRT_NCCL_CHECK(
+            ncclReduceScatter(c.send, c.recv, c.count, type, nccl_op(c.dtype, c.op), comm_, s));
+        break;
+      case Collective::kBroadcast:
+        MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
+        break;
+      case Collective::kSend:
+        MESHRT_NCCL_CHECK(ncclSend(c.send, c.count, type, c.peer, comm_, s));
+        break;
+      case Collective::kRecv:
+        MESHRT_NCCL_CHECK(ncclRecv(c.recv, c.count, type, c.peer, comm_, s));
+        break;
+      case Collective::kAllToAll: {
+        const void* send = c.send;
+        if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
+          DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()},
+                                                    DType::kU8, device_);
+          MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(),
+                                            cudaMemcpyDeviceToDevice, s));
+          state->stash(staged.storage());
+          send = staged.raw_data();
+        }
+        MESHRT_NCCL_CHECK(ncclGroupStart());
+        for (int peer = 0; peer < size(); ++peer) {
+          MESHRT_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type,
+                                     peer, comm_, s));
+          MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer,
+                                     comm_, s));
+        }
+        MESHRT_NCCL_CHECK(ncclGroupEnd());
+        break;
+      }
+      case Collective::kBarrier: {
+        DeviceTensor token = DeviceTensor::zeros(Shape{1}, DType::kI32, device_);
+        state->stash(token.storage());
+        MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
+        break;
+      }
+    }
+    ensure_ready(comm_, what);
+    Event done(device_);
+    done.record(stream);
+    std::weak_ptr<NcclBackend> self = shared_from_this();
+    state->set_poller([self, done, what]() -> bool {
+      auto backend = self.lock();
+      MESHRT_CHECK(backend != nullptr, ErrorKind::kUnavailable, what,
+                   ": the communicator was destroyed before the operation finished");
+      backend->check_not_aborted(what.c_str());
+      ncclResult_t async = ncclSuccess;
+      MESHRT_NCCL_CHECK(ncclCommGetAsyncError(backend->comm_, &async));
+      if (async != ncclSuccess && async != ncclInProgress) {
+        std::string message = nccl_message(async);
+        backend->abort(cat(what, " failed: ", message));
+        throw_library_error(ErrorKind::kNccl, what.c_str(), __FILE__, __LINE__, message);
+      }
+      return done.query();
+    });
+  }
+
+  std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) override {
+    check_not_aborted("split");
+    MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
+    ncclConfig_t config = nonblocking_config();
+    ncclComm_t sub = nullptr;
+    MESHRT_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config));
+    ensure_ready(comm_, cat("split on ", describe()));
+    if (!sub) return nullptr;
+    ensure_ready(sub, cat("split on ", describe()));
+    int rank = 0, size = 0;
+    MESHRT_NCCL_CHECK(ncclCommUserRank(sub, &rank));
+    MESHRT_NCCL_CHECK(ncclCommCount(sub, &size));
+    auto backend = std::make_shared<NcclBackend>(sub, device_, name, rank, size);
+    backend->set_timeout(timeout());
+    return backend;
+  }
+
+  void abort(const std::string& reason) override {
+    if (!mark_aborted(reason)) return;
+    // Safe on a non-blocking communicator, from any thread, with work in flight.
+    ncclCommAbort(comm_);
+  }
+
+ private:
+  ncclComm_t comm_;
+  Device device_;
+};
+
+}  // namespace
+
+std::shared_ptr<CommBackend> make_nccl_world(const Device& device, const std::string& name) {
+  World& world = World::get();
+  ncclUniqueId id{};
+  if (world.rank() == 0) MESHRT_NCCL_CHECK(ncclGetUniqueId(&id));
+  MESHRT_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD));
+  MESHRT_CUDA_CHECK(cudaSetDevice(device.index()));
+  ncclConfig_t config = nonblocking_config();
+  ncclComm_t comm = nullptr;
+  MESHRT_NCCL_CHECK(ncclCommInitRankConfig(&comm, world.size(), id, world.rank(), &config));
+  std::string what = cat("ncclCommInitRankConfig for '", name, "' on ", device);
+  if (!wait_ready(comm, default_comm_timeout(), what)) {
+    ncclCommAbort(comm);
+    throw Error(ErrorKind::kDeadlineExceeded, not_ready_message(what, default_comm_timeout()));
+  }
+  return std::make_shared<NcclBackend>(comm, device, name, world.rank(), world.size());
+}
+
+}  // namespace meshrt::detail

@@ -1,0 +1,109 @@
+#include "comm/work.h"
+
+#include <thread>
+
+#include "comm/backend.h"
+
+namespace meshrt {
+
+namespace detail {
+
+WorkState::WorkState(std::string description, std::weak_ptr<CommBackend> backend)
+    : description_(std::move(description)), backend_(std::move(backend)) {}
+
+void WorkState::release_locked() {
+  stash_.clear();
+  poller_ = nullptr;
+}
+
+void WorkState::complete() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  done_ = true;
+  release_locked();
+  done_cv_.notify_all();
+}
+
+void WorkState::fail(std::exception_ptr error) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  done_ = true;
+  error_ = std::move(error);
+  release_locked();
+  done_cv_.notify_all();
+}
+
+void WorkState::set_poller(std::function<bool()> poller) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  poller_ = std::move(poller);
+}
+
+void WorkState::stash(std::shared_ptr<Storage> storage) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!done_) stash_.push_back(std::move(storage));
+}
+
+bool WorkState::is_completed() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!done_ && poller_) {
+    try {
+      if (poller_()) {
+        done_ = true;
+        release_locked();
+      }
+    } catch (...) {
+      done_ = true;
+      error_ = std::current_exception();
+      release_locked();
+    }
+  }
+  if (done_ && error_) std::rethrow_exception(error_);
+  return done_;
+}
+
+std::chrono::milliseconds WorkState::default_timeout() const {
+  auto backend = backend_.lock();
+  return backend ? backend->timeout() : default_comm_timeout();
+}
+
+void WorkState::wait(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool polled;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    polled = poller_ != nullptr;
+  }
+  if (polled) {
+    // Poll with a growing pause: fast for short operations, cheap for long ones.
+    auto pause = std::chrono::microseconds(1);
+    while (!is_completed()) {
+      if (std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    }
+  } else {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait_until(lock, deadline, [&] { return done_; });
+  }
+  if (is_completed()) return;
+  std::string message = detail::cat(description_, " did not complete within ", timeout.count(),
+                                    " ms on rank ", error_rank(),
+                                    ": a peer may have failed or not issued the same operation; "
+                                    "the communicator is now aborted");
+  if (auto backend = backend_.lock()) backend->abort(message);
+  throw Error(ErrorKind::kDeadlineExceeded, message);
+}
+
+}  // namespace detail
+
+bool Work::is_completed() const { return !state_ || state_->is_completed(); }
+
+void Work::wait() const {
+  if (state_) state_->wait(state_->default_timeout());
+}
+
+void Work::wait(std::chrono::milliseconds timeout) const {
+  if (state_) state_->wait(timeout);
+}
+
+std::string Work::description() const { return state_ ? state_->description() : "completed work"; }
+
+}  // namespace meshrt
