@@ -1,0 +1,326 @@
+// comm/: the World and every collective, run under mpiexec at 1, 2, 3 and 4
+// ranks (3 because non-powers of two break collective algorithms). Each test
+// computes the expected result from every rank's (reproducible) input, so every
+// rank checks the full answer. Runs on the cpu device (MPI backend) and, in the
+// cuda-labelled run, on cuda:N (NCCL backend), skipping with the reason otherwise.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "comm/communicator.h"
+#include "comm/world.h"
+#include "test_util.h"
+
+namespace meshrt {
+namespace {
+
+using testing::all_close;
+using testing::random_tensor;
+using testing::throws_error;
+
+const std::vector<int64_t> kCounts = {1, 7, 1023, 65537};  // odd counts on purpose
+
+// Relative error bound of a reduction over `ranks` values, each rounded to dtype
+// (MPI reduces f16/bf16 pairwise, rounding every partial result).
+double tol_for(DType dtype, int ranks) {
+  switch (dtype) {
+    case DType::kF32: return 1e-6 * ranks;
+    case DType::kF64: return 1e-14 * ranks;
+    case DType::kF16: return 1e-3 * ranks;
+    case DType::kBF16: return 8e-3 * ranks;
+    default: return 0;
+  }
+}
+// Inputs are at most 20 in magnitude: partial sums cancel, so bound absolute error by it.
+constexpr double kMagnitude = 20;
+
+// Rank r's input: values chosen so every reduction is exact or well-conditioned
+// (products near 1, integers small, bools 0/1).
+HostTensor input_of(int rank, int64_t count, DType dtype, ReduceOp op, uint64_t salt = 0) {
+  uint64_t seed = 1000 * static_cast<uint64_t>(rank) + static_cast<uint64_t>(count) + salt;
+  if (op == ReduceOp::kProd) {
+    return is_floating(dtype) ? random_tensor({count}, dtype, seed, 0.5, 1.5)
+                              : random_tensor({count}, dtype, seed, 1, 3);
+  }
+  if (dtype == DType::kU8) return random_tensor({count}, dtype, seed, 0, 60);
+  return random_tensor({count}, dtype, seed, -20, 20);
+}
+
+HostTensor reduce_reference(const std::vector<HostTensor>& inputs, ReduceOp op, DType dtype) {
+  HostTensor acc = cast_host(inputs[0], DType::kF64);
+  for (size_t r = 1; r < inputs.size(); ++r) {
+    std::vector<double> v = testing::values(inputs[r]);
+    double* a = acc.data<double>();
+    for (size_t i = 0; i < v.size(); ++i) {
+      bool boolean = dtype == DType::kBool;
+      switch (op) {
+        case ReduceOp::kSum: a[i] = boolean ? std::max(a[i], v[i]) : a[i] + v[i]; break;
+        case ReduceOp::kProd: a[i] = boolean ? std::min(a[i], v[i]) : a[i] * v[i]; break;
+        case ReduceOp::kMax: a[i] = std::max(a[i], v[i]); break;
+        case ReduceOp::kMin: a[i] = std::min(a[i], v[i]); break;
+      }
+    }
+  }
+  return cast_host(acc, dtype);
+}
+
+class Collectives : public ::testing::TestWithParam<DeviceKind> {
+ protected:
+  void SetUp() override {
+    World& world = World::get();
+    if (GetParam() == DeviceKind::kCuda) {
+      MESHRT_REQUIRE_CUDA();
+      if (world.local_size() > cuda_device_count()) {
+        GTEST_SKIP() << "NCCL needs one GPU per rank: " << world.local_size() << " ranks on this node, "
+                     << cuda_device_count() << " GPU(s)";
+      }
+      device_ = Device::cuda(world.local_rank());
+    }
+    comm_ = Communicator::world(device_, "test");
+    comm_.set_timeout(std::chrono::seconds(60));
+  }
+  DeviceTensor on_device(const HostTensor& h) const { return to_device(h, device_); }
+
+  Device device_ = Device::cpu();
+  Communicator comm_;
+};
+
+TEST(World, DescribesTheJob) {
+  World& w = World::get();
+  EXPECT_GE(w.rank(), 0);
+  EXPECT_LT(w.rank(), w.size());
+  EXPECT_LT(w.local_rank(), w.local_size());
+  EXPECT_LT(w.node_index(), w.node_count());
+  EXPECT_LE(w.node_count(), w.size());
+  EXPECT_FALSE(w.host_name().empty());
+  EXPECT_STREQ(w.thread_level(), "MPI_THREAD_MULTIPLE");
+  EXPECT_EQ(error_rank(), w.rank());
+}
+
+TEST_P(Collectives, AllReduceEveryDtypeOpAndOddCount) {
+  int n = comm_.size();
+  for (DType dtype : kAllDTypes) {
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin, ReduceOp::kProd}) {
+      for (int64_t count : kCounts) {
+        std::vector<HostTensor> inputs;
+        for (int r = 0; r < n; ++r) inputs.push_back(input_of(r, count, dtype, op));
+        HostTensor expected = reduce_reference(inputs, op, dtype);
+        double tol = tol_for(dtype, n);
+        DeviceTensor in = on_device(inputs[static_cast<size_t>(comm_.rank())]);
+        DeviceTensor out = DeviceTensor::empty(in.shape(), dtype, device_);
+        comm_.all_reduce(in, out, op).wait();
+        ASSERT_TRUE(all_close(to_host(out), expected, tol, tol * kMagnitude))
+            << "out of place, " << to_string(dtype) << " " << to_string(op) << " count " << count;
+        comm_.all_reduce(in, op).wait();  // in place
+        ASSERT_TRUE(all_close(to_host(in), expected, tol, tol * kMagnitude))
+            << "in place, " << to_string(dtype) << " " << to_string(op) << " count " << count;
+      }
+    }
+  }
+}
+
+TEST_P(Collectives, AllGatherInAndOutOfPlace) {
+  int n = comm_.size(), me = comm_.rank();
+  for (DType dtype : kAllDTypes) {
+    for (int64_t count : {int64_t{1}, int64_t{7}, int64_t{1001}}) {
+      HostTensor expected = HostTensor::empty({n * count}, dtype);
+      for (int r = 0; r < n; ++r) {
+        HostTensor part = input_of(r, count, dtype, ReduceOp::kSum);
+        std::memcpy(static_cast<char*>(expected.raw_data()) + r * part.nbytes(), part.raw_data(), part.nbytes());
+      }
+      DeviceTensor in = on_device(input_of(me, count, dtype, ReduceOp::kSum));
+      DeviceTensor out = DeviceTensor::zeros({n * count}, dtype, device_);
+      comm_.all_gather(in, out).wait();
+      ASSERT_TRUE(all_close(to_host(out), expected, 0, 0)) << to_string(dtype) << " " << count;
+      // In place: the input is this rank's chunk of the output.
+      DeviceTensor buffer = DeviceTensor::zeros({n * count}, dtype, device_);
+      DeviceTensor mine = buffer.narrow(me * count, count);
+      copy(in, mine);
+      comm_.all_gather(mine, buffer).wait();
+      ASSERT_TRUE(all_close(to_host(buffer), expected, 0, 0)) << "in place " << to_string(dtype);
+    }
+  }
+}
+
+TEST_P(Collectives, ReduceScatterInAndOutOfPlace) {
+  int n = comm_.size(), me = comm_.rank();
+  for (DType dtype : kAllDTypes) {
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kProd}) {
+      for (int64_t count : {int64_t{1}, int64_t{7}, int64_t{1001}}) {
+        std::vector<HostTensor> inputs;
+        for (int r = 0; r < n; ++r) inputs.push_back(input_of(r, n * count, dtype, op, 7));
+        HostTensor expected = reduce_reference(inputs, op, dtype).narrow(me * count, count).clone();
+        double tol = tol_for(dtype, n);
+        DeviceTensor in = on_device(inputs[static_cast<size_t>(me)]);
+        DeviceTensor out = DeviceTensor::empty({count}, dtype, device_);
+        comm_.reduce_scatter(in, out, op).wait();
+        ASSERT_TRUE(all_close(to_host(out), expected, tol, tol * kMagnitude)) << to_string(dtype) << " " << to_string(op);
+        DeviceTensor chunk = in.narrow(me * count, count);  // in place: out is this rank's chunk
+        comm_.reduce_scatter(in, chunk, op).wait();
+        ASSERT_TRUE(all_close(to_host(chunk), expected, tol, tol * kMagnitude)) << "in place " << to_string(dtype);
+      }
+    }
+  }
+}
+
+TEST_P(Collectives, BroadcastFromEveryRoot) {
+  int n = comm_.size(), me = comm_.rank();
+  for (DType dtype : kAllDTypes) {
+    for (int root = 0; root < n; ++root) {
+      HostTensor expected = input_of(root, 1001, dtype, ReduceOp::kSum, 3);
+      DeviceTensor t = me == root ? on_device(expected) : DeviceTensor::zeros({1001}, dtype, device_);
+      comm_.broadcast(t, root).wait();
+      ASSERT_TRUE(all_close(to_host(t), expected, 0, 0)) << to_string(dtype) << " root " << root;
+    }
+  }
+}
+
+TEST_P(Collectives, SendRecvAroundARing) {
+  int n = comm_.size(), me = comm_.rank();
+  if (n < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  int next = (me + 1) % n, prev = (me + n - 1) % n;
+  for (DType dtype : kAllDTypes) {
+    for (int64_t count : {int64_t{1}, int64_t{4097}}) {
+      DeviceTensor mine = on_device(input_of(me, count, dtype, ReduceOp::kSum, 5));
+      DeviceTensor got = DeviceTensor::zeros({count}, dtype, device_);
+      // Even ranks send first, odd ranks receive first: no cycle of blocked sends.
+      if (me % 2 == 0) {
+        comm_.send(mine, next).wait();
+        comm_.recv(got, prev).wait();
+      } else {
+        comm_.recv(got, prev).wait();
+        comm_.send(mine, next).wait();
+      }
+      ASSERT_TRUE(all_close(to_host(got), input_of(prev, count, dtype, ReduceOp::kSum, 5), 0, 0))
+          << to_string(dtype) << " " << count;
+    }
+  }
+}
+
+TEST_P(Collectives, AllToAllInAndOutOfPlace) {
+  int n = comm_.size(), me = comm_.rank();
+  for (DType dtype : kAllDTypes) {
+    int64_t chunk = 9;
+    std::vector<HostTensor> inputs;
+    for (int r = 0; r < n; ++r) inputs.push_back(input_of(r, n * chunk, dtype, ReduceOp::kSum, 11));
+    HostTensor expected = HostTensor::empty({n * chunk}, dtype);
+    size_t bytes = static_cast<size_t>(chunk) * size_of(dtype);
+    for (int r = 0; r < n; ++r) {  // chunk me of rank r lands at position r
+      std::memcpy(static_cast<char*>(expected.raw_data()) + r * bytes,
+                  static_cast<const char*>(inputs[static_cast<size_t>(r)].raw_data()) + me * bytes, bytes);
+    }
+    DeviceTensor in = on_device(inputs[static_cast<size_t>(me)]);
+    DeviceTensor out = DeviceTensor::empty({n * chunk}, dtype, device_);
+    comm_.all_to_all(in, out).wait();
+    ASSERT_TRUE(all_close(to_host(out), expected, 0, 0)) << to_string(dtype);
+    comm_.all_to_all(in, in).wait();
+    ASSERT_TRUE(all_close(to_host(in), expected, 0, 0)) << "in place " << to_string(dtype);
+  }
+}
+
+TEST_P(Collectives, AsynchronousWorkKeepsBuffersAlive) {
+  int n = comm_.size();
+  std::vector<Work> works;
+  std::vector<HostTensor> expected;
+  std::vector<DeviceTensor> outs;
+  for (int i = 0; i < 8; ++i) {
+    DeviceTensor in = on_device(HostTensor::full<float>({513}, static_cast<float>(i + comm_.rank())));
+    outs.push_back(DeviceTensor::empty({513}, DType::kF32, device_));
+    works.push_back(comm_.all_reduce(in, outs.back()));
+    // `in` goes out of scope here: the Work holds its memory until done.
+    expected.push_back(HostTensor::full<float>({513}, static_cast<float>(n * i + n * (n - 1) / 2)));
+  }
+  for (size_t i = 0; i < works.size(); ++i) {
+    works[i].wait();
+    EXPECT_TRUE(works[i].is_completed());
+    EXPECT_TRUE(all_close(to_host(outs[i]), expected[i], 0, 0)) << i;
+  }
+  EXPECT_NE(works[0].description().find("all_reduce(f32[513] on "), std::string::npos) << works[0].description();
+  comm_.barrier();
+}
+
+TEST_P(Collectives, SplitIntoSubCommunicators) {
+  int n = comm_.size(), me = comm_.rank();
+  Communicator parity = comm_.split(me % 2, -me);  // reversed order by key
+  int members = (n + 1 - me % 2) / 2;
+  ASSERT_TRUE(parity.valid());
+  EXPECT_EQ(parity.size(), members);
+  EXPECT_EQ(parity.rank(), members - 1 - me / 2);
+  DeviceTensor t = on_device(HostTensor::full<int64_t>({5}, me));
+  parity.all_reduce(t).wait();
+  int64_t expected = 0;
+  for (int r = me % 2; r < n; r += 2) expected += r;
+  EXPECT_EQ(to_host(t).to_vector<int64_t>(), std::vector<int64_t>(5, expected));
+  Communicator only_zero = comm_.split(me == 0 ? 0 : Communicator::kNoColor, 0);
+  EXPECT_EQ(only_zero.valid(), me == 0);
+  if (me != 0) {
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { only_zero.barrier(); }, {"not a member"}));
+  }
+}
+
+TEST_P(Collectives, ValidationErrorsNameWhatWasExpected) {
+  int n = comm_.size();
+  DeviceTensor a = DeviceTensor::zeros({5}, DType::kF32, device_);
+  DeviceTensor b = DeviceTensor::zeros({5 * n + 1}, DType::kF32, device_);
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { comm_.all_gather(a, b); },
+                           {"all_gather over", "must hold", "f32[5]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { comm_.reduce_scatter(b, a); }, {"reduce_scatter over"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape,
+                           [&] { comm_.all_reduce(a, DeviceTensor::zeros({5}, DType::kF64, device_)); },
+                           {"same dtype and element count"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { comm_.broadcast(a, n); }, {"root"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { comm_.send(a, comm_.rank()); }, {"another rank"}));
+  if (device_.is_cuda()) {
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
+                             [&] { comm_.all_reduce(DeviceTensor::zeros({4}, DType::kF32)); },
+                             {"f32[4] on cpu", "runs on cuda"}));
+  }
+}
+
+TEST_P(Collectives, AbortFailsLaterOperationsAtOnce) {
+  Communicator sub = comm_.split(0, comm_.rank());
+  sub.abort("the test aborted it");
+  EXPECT_TRUE(sub.aborted());
+  DeviceTensor t = DeviceTensor::zeros({3}, DType::kF32, device_);
+  EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { sub.all_reduce(t).wait(); },
+                           {"aborted", "the test aborted it"}));
+  comm_.barrier();  // the parent is unaffected
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, Collectives, ::testing::Values(DeviceKind::kCpu, DeviceKind::kCuda),
+                         [](const auto& info) { return info.param == DeviceKind::kCpu ? "cpu" : "cuda"; });
+
+// A receive that never matches ends in a clear error at its deadline, not a hang,
+// and leaves the communicator aborted. (MPI backend: the receive is cancelled.)
+TEST(Deadlines, UnmatchedReceiveTimesOut) {
+  Communicator world = Communicator::world(Device::cpu(), "deadline");
+  if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  if (world.rank() == 0) {
+    DeviceTensor t = DeviceTensor::zeros({8}, DType::kF32);
+    Work w = world.recv(t, 1);
+    auto start = std::chrono::steady_clock::now();
+    EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { w.wait(std::chrono::milliseconds(300)); },
+                             {"recv(f32[8] on cpu, peer 1)", "did not complete within 300 ms", "aborted"}));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+    EXPECT_TRUE(world.aborted());
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { world.barrier(); }, {"aborted"}));
+  }
+  Communicator::world(Device::cpu(), "after").barrier();
+}
+
+TEST(Deadlines, ShortMessageIsCheckedAgainstTheReceiveSize) {
+  Communicator world = Communicator::world(Device::cpu(), "sizes");
+  if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  if (world.rank() == 0) world.send(DeviceTensor::zeros({5}, DType::kF32), 1).wait();
+  if (world.rank() == 1) {
+    DeviceTensor t = DeviceTensor::zeros({10}, DType::kF32);
+    EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { world.recv(t, 0).wait(); },
+                             {"expected 10 elements of f32 from rank 0, got 5"}));
+  }
+  world.barrier();
+}
+
+}  // namespace
+}  // namespace meshrt

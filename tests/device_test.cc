@@ -1,0 +1,293 @@
+// device/: dtypes, 16-bit floats, shapes, devices, errors, tensors, the caching
+// allocator, memory-space rules, streams and events.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "device/allocator.h"
+#include "device/stream.h"
+#include "device/tensor.h"
+#include "test_util.h"
+
+namespace meshrt {
+namespace {
+
+using testing::throws_error;
+
+template <class T>
+concept HasHostElementAccess = requires(T t) { t.template data<float>(); };
+
+TEST(DType, SizesNamesAndParsing) {
+  EXPECT_EQ(size_of(DType::kF32), 4u);
+  EXPECT_EQ(size_of(DType::kBF16), 2u);
+  EXPECT_EQ(size_of(DType::kBool), 1u);
+  for (DType d : kAllDTypes) EXPECT_EQ(parse_dtype(to_string(d)), d);
+  EXPECT_EQ(parse_dtype("float32"), DType::kF32);
+  EXPECT_EQ(parse_dtype("FP16"), DType::kF16);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { parse_dtype("f8"); },
+                           {"unknown dtype 'f8'", "f32, f64"}));
+}
+
+TEST(Half, RoundTripsEveryHalfValue) {
+  for (uint32_t bits = 0; bits <= 0xffff; ++bits) {
+    Half h = Half::from_bits(static_cast<uint16_t>(bits));
+    float f = static_cast<float>(h);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(static_cast<float>(Half(f))));
+      continue;
+    }
+    ASSERT_EQ(Half(f).bits, bits) << "bits " << bits << " value " << f;
+  }
+}
+
+TEST(Half, RoundsToNearestEvenAndSaturates) {
+  EXPECT_EQ(static_cast<float>(Half(1.0f)), 1.0f);
+  EXPECT_EQ(static_cast<float>(Half(65504.0f)), 65504.0f);     // largest half
+  EXPECT_TRUE(std::isinf(static_cast<float>(Half(65520.0f))));  // rounds up to infinity
+  EXPECT_EQ(static_cast<float>(Half(65519.0f)), 65504.0f);
+  // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to even (1).
+  EXPECT_EQ(static_cast<float>(Half(1.0f + std::ldexp(1.0f, -11))), 1.0f);
+  EXPECT_EQ(static_cast<float>(Half(std::ldexp(1.0f, -24))), std::ldexp(1.0f, -24));  // subnormal
+  EXPECT_EQ(static_cast<float>(Half(std::ldexp(1.0f, -26))), 0.0f);
+  EXPECT_EQ(Half(-0.0f).bits, 0x8000);
+}
+
+TEST(BFloat16, RoundTripsAndRounds) {
+  for (uint32_t bits = 0; bits <= 0xffff; ++bits) {
+    BFloat16 b = BFloat16::from_bits(static_cast<uint16_t>(bits));
+    float f = static_cast<float>(b);
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(BFloat16(f).bits, bits);
+  }
+  EXPECT_EQ(static_cast<float>(BFloat16(1.0f + std::ldexp(1.0f, -8))), 1.0f);  // tie to even
+  EXPECT_EQ(static_cast<float>(BFloat16(1.0f + std::ldexp(3.0f, -8))), 1.0f + std::ldexp(1.0f, -6));
+  EXPECT_TRUE(std::isnan(static_cast<float>(BFloat16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+TEST(Shape, BasicsAndErrors) {
+  Shape s{2, 3, 4};
+  EXPECT_EQ(s.numel(), 24);
+  EXPECT_EQ(s[-1], 4);
+  EXPECT_EQ(s.outer(1), 2);
+  EXPECT_EQ(s.inner(1), 4);
+  EXPECT_EQ(s.to_string(), "[2, 3, 4]");
+  EXPECT_EQ(Shape{}.numel(), 1);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { (void)s[3]; }, {"axis 3", "[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [] { Shape{2, -1}; }, {"negative"}));
+}
+
+TEST(Device, Parsing) {
+  EXPECT_EQ(Device::parse("cpu"), Device::cpu());
+  EXPECT_EQ(Device::parse("cuda:3"), Device::cuda(3));
+  EXPECT_EQ(Device::cuda(1).to_string(), "cuda:1");
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Device::parse("tpu"); }, {"'tpu'"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Device::parse("cuda:x"); }, {"cuda:x"}));
+}
+
+TEST(Device, CudaAvailabilityIsReportedNotAssumed) {
+  if (cuda_device_count() == 0) {
+    EXPECT_FALSE(cuda_unavailable_reason().empty());
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable,
+                             [] { check_device_usable(Device::cuda(0)); }, {"cuda:0"}));
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable,
+                             [] { DeviceTensor::empty({4}, DType::kF32, Device::cuda(0)); },
+                             {"cuda:0 is not available"}));
+  } else {
+    EXPECT_TRUE(cuda_unavailable_reason().empty());
+  }
+}
+
+TEST(Error, KindAndMessage) {
+  Error e(ErrorKind::kShape, "x is wrong");
+  EXPECT_EQ(e.kind(), ErrorKind::kShape);
+  EXPECT_EQ(e.message(), "x is wrong");
+  EXPECT_STREQ(e.what(), "meshrt shape error: x is wrong");
+  try {
+    throw_library_error(ErrorKind::kMpi, "MPI_Foo(x)", "comm/a.cc", 12, "it broke");
+    FAIL();
+  } catch (const Error& err) {
+    std::string what = err.what();
+    EXPECT_NE(what.find("MPI_Foo(x) failed at comm/a.cc:12"), std::string::npos) << what;
+    EXPECT_NE(what.find("it broke"), std::string::npos);
+    EXPECT_NE(what.find("on rank "), std::string::npos) << "the World sets the rank: " << what;
+  }
+}
+
+TEST(Tensor, HostFromVectorAndViews) {
+  HostTensor t = HostTensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {3, 2});
+  EXPECT_EQ(t.shape(), (Shape{3, 2}));
+  EXPECT_EQ(t.dtype(), DType::kF32);
+  EXPECT_EQ(t.nbytes(), 24u);
+  HostTensor rows = t.narrow(1, 2);
+  EXPECT_EQ(rows.to_vector<float>(), (std::vector<float>{3, 4, 5, 6}));
+  rows.data<float>()[0] = 30;  // a view shares storage
+  EXPECT_EQ(t.data<float>()[2], 30);
+  HostTensor copy = t.clone();
+  copy.data<float>()[0] = -1;
+  EXPECT_EQ(t.data<float>()[0], 1);
+  EXPECT_EQ(t.reshape({6}).shape(), (Shape{6}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { t.reshape({4}); }, {"reshape", "[3, 2]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { t.narrow(2, 2); }, {"narrow(2, 2)"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { t.data<double>(); }, {"data<f64>", "f32"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape,
+                           [] { HostTensor::from_vector<int32_t>({1, 2, 3}, {2, 2}); },
+                           {"3 values", "[2, 2]"}));
+  EXPECT_EQ(t.description(), "f32[3, 2] on host");
+}
+
+TEST(Tensor, ToDeviceAndBackOnCpu) {
+  HostTensor h = testing::random_tensor({5, 7}, DType::kF32, 1);
+  DeviceTensor d = to_device(h, Device::cpu());
+  EXPECT_EQ(d.device(), Device::cpu());
+  EXPECT_NE(d.raw_data(), h.raw_data()) << "to_device copies";
+  HostTensor back = to_host(d);
+  EXPECT_EQ(back.to_vector<float>(), h.to_vector<float>());
+  EXPECT_EQ(d.description(), "f32[5, 7] on cpu");
+  DeviceTensor z = DeviceTensor::zeros({3}, DType::kI64);
+  EXPECT_EQ(to_host(z).to_vector<int64_t>(), (std::vector<int64_t>{0, 0, 0}));
+}
+
+TEST(Tensor, MemorySpacesAreTypes) {
+  // Host element access exists only on HostTensor.
+  static_assert(HasHostElementAccess<HostTensor>);
+  static_assert(!HasHostElementAccess<DeviceTensor>);
+  static_assert(!std::is_convertible_v<DeviceTensor, HostTensor>);
+  static_assert(!std::is_convertible_v<HostTensor, DeviceTensor>);
+  // The cpu device's memory is device-typed at run time too.
+  DeviceTensor d = DeviceTensor::empty({16}, DType::kF32, Device::cpu());
+  HostTensor h = HostTensor::empty({16}, DType::kF32);
+  EXPECT_EQ(pointer_space(d.raw_data()), MemorySpace::kDevice);
+  EXPECT_EQ(pointer_space(static_cast<char*>(d.raw_data()) + 8), MemorySpace::kDevice);
+  EXPECT_EQ(pointer_space(h.raw_data()), MemorySpace::kHost);
+  int on_stack = 0;
+  EXPECT_EQ(pointer_space(&on_stack), MemorySpace::kHost);
+}
+
+TEST(Tensor, CastHost) {
+  HostTensor f = HostTensor::from_vector<float>({-1.5f, 0.0f, 2.7f, 1e6f}, {4});
+  EXPECT_EQ(cast_host(f, DType::kI32).to_vector<int32_t>(), (std::vector<int32_t>{-1, 0, 2, 1000000}));
+  EXPECT_EQ(cast_host(f, DType::kBool).to_vector<bool>(), (std::vector<bool>{true, false, true, true}));
+  HostTensor h = cast_host(f, DType::kF16);
+  EXPECT_TRUE(std::isinf(static_cast<float>(h.data<Half>()[3])));
+  EXPECT_EQ(static_cast<float>(cast_host(f, DType::kBF16).data<BFloat16>()[0]), -1.5f);
+}
+
+TEST(CachingAllocator, ReusesFreedBlocksPerStream) {
+  int backend_calls = 0;
+  CachingAllocator a("test allocator", Device::cpu(),
+                     [&](size_t n) { ++backend_calls; return std::aligned_alloc(64, n); },
+                     [](void* p) { std::free(p); });
+  void* p = a.allocate(1000);
+  EXPECT_TRUE(a.owns(p));
+  EXPECT_TRUE(a.owns(static_cast<char*>(p) + 999));
+  EXPECT_EQ(a.stats().allocated_bytes, 1024u);  // rounded to the 512-byte granule
+  a.deallocate(p);
+  EXPECT_FALSE(a.owns(p));
+  void* q = a.allocate(900);  // same size class: served from the cache
+  EXPECT_EQ(q, p);
+  EXPECT_EQ(a.stats().cache_hits, 1u);
+  int stream_tag = 0;
+  void* r = a.allocate(900, &stream_tag);  // another stream: a new block
+  EXPECT_NE(r, q);
+  a.deallocate(q);
+  void* big = a.allocate(4096);  // the cached 1024-byte block is too small
+  EXPECT_NE(big, q);
+  a.deallocate(big);
+  void* small = a.allocate(100);  // takes the 1024-byte block (at most twice its 512 bytes)
+  EXPECT_EQ(small, q);
+  void* tiny = a.allocate(10);  // the cached 4096-byte block is more than twice 512 bytes
+  EXPECT_NE(tiny, big);
+  EXPECT_EQ(backend_calls, 4);
+  a.deallocate(r);
+  a.deallocate(small);
+  a.deallocate(tiny);
+  AllocatorStats s = a.stats();
+  EXPECT_EQ(s.allocated_bytes, 0u);
+  EXPECT_EQ(s.reserved_bytes, 1024u + 1024u + 4096u + 512u);
+  EXPECT_EQ(s.peak_allocated_bytes, 1024u + 4096u);  // r and big
+  a.empty_cache();
+  EXPECT_EQ(a.stats().reserved_bytes, 0u);
+  EXPECT_TRUE(throws_error(ErrorKind::kInternal, [&] { a.deallocate(&backend_calls); },
+                           {"did not hand out"}));
+}
+
+TEST(CachingAllocator, OutOfMemoryEmptiesCacheThenFailsClearly) {
+  size_t budget = 4096;
+  CachingAllocator a("budget allocator", Device::cpu(),
+                     [&](size_t n) -> void* {
+                       if (n > budget) return nullptr;
+                       budget -= n;
+                       return std::aligned_alloc(64, n);
+                     },
+                     [&](void* p) { std::free(p); budget += 2048; });
+  void* p = a.allocate(2048);
+  a.deallocate(p);                  // cached: budget still 2048
+  void* q = a.allocate(4096);       // needs the cached block returned first
+  EXPECT_NE(q, nullptr);
+  EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { a.allocate(1 << 20); },
+                           {"budget allocator", "out of memory", "1048576 bytes"}));
+  a.deallocate(q);
+}
+
+TEST(Tensor, DeviceTensorsComeFromTheCachingAllocator) {
+  CachingAllocator& a = device_allocator(Device::cpu());
+  uint64_t before = a.stats().allocations;
+  { DeviceTensor t = DeviceTensor::empty({1000}, DType::kF32); }
+  { DeviceTensor t = DeviceTensor::empty({1000}, DType::kF32); }
+  AllocatorStats s = a.stats();
+  EXPECT_EQ(s.allocations, before + 2);
+  EXPECT_GE(s.cache_hits, 1u);
+}
+
+TEST(StreamEvent, CpuStreamsAreSynchronous) {
+  Stream s = Stream::default_for(Device::cpu());
+  EXPECT_EQ(s.native_handle(), nullptr);
+  EXPECT_TRUE(s.query());
+  Event start(Device::cpu(), true), end(Device::cpu(), true);
+  start.record(s);
+  end.record(s);
+  EXPECT_TRUE(end.query());
+  EXPECT_GE(start.elapsed_ms(end), 0.0f);
+  Event untimed(Device::cpu());
+  untimed.record(s);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { untimed.elapsed_ms(end); },
+                           {"timing"}));
+}
+
+// ---- CUDA (skipped with the reason when no GPU is usable) ----
+
+TEST(CudaDevice, RoundTripThroughPinnedStaging) {
+  MESHRT_REQUIRE_CUDA();
+  for (DType dtype : kAllDTypes) {
+    HostTensor h = testing::random_tensor({33, 17}, dtype, 5, -10, 10);
+    DeviceTensor d = to_device(h, Device::cuda(0));
+    EXPECT_EQ(pointer_space(d.raw_data()), MemorySpace::kDevice);
+    DeviceTensor c = d.clone();
+    HostTensor back = to_host(c);
+    EXPECT_EQ(std::memcmp(back.raw_data(), h.raw_data(), h.nbytes()), 0) << to_string(dtype);
+  }
+  EXPECT_EQ(pointer_space(HostTensor::empty({4}, DType::kF32).raw_data()), MemorySpace::kHost);
+}
+
+TEST(CudaDevice, StreamsEventsAndAllocatorCache) {
+  MESHRT_REQUIRE_CUDA();
+  Stream s = Stream::create(Device::cuda(0));
+  EXPECT_NE(s.native_handle(), nullptr);
+  Event a(Device::cuda(0), true), b(Device::cuda(0), true);
+  a.record(s);
+  DeviceTensor z = DeviceTensor::zeros({1 << 20}, DType::kF32, Device::cuda(0));
+  b.record(s);
+  b.synchronize();
+  EXPECT_TRUE(b.query());
+  EXPECT_GE(a.elapsed_ms(b), 0.0f);
+  CachingAllocator& alloc = device_allocator(Device::cuda(0));
+  uint64_t hits = alloc.stats().cache_hits;
+  { DeviceTensor t = DeviceTensor::empty({1 << 16}, DType::kF32, Device::cuda(0)); }
+  { DeviceTensor t = DeviceTensor::empty({1 << 16}, DType::kF32, Device::cuda(0)); }
+  EXPECT_GT(alloc.stats().cache_hits, hits);
+}
+
+}  // namespace
+}  // namespace meshrt
