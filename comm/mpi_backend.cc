@@ -177,6 +177,14 @@ class MpiBackend final : public CommBackend {
       Task task;
       {
         std::unique_lock<std::mutex> lock(mutex_);
+        // Yield-poll briefly for the next operation before sleeping: back-to-back
+        // operations then start without a futex wake-up.
+        auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+        while (!stop_ && queue_.empty() && std::chrono::steady_clock::now() < spin_until) {
+          lock.unlock();
+          std::this_thread::yield();
+          lock.lock();
+        }
         cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
         if (queue_.empty()) return;  // stop_ and nothing left
         task = std::move(queue_.front());

@@ -80,7 +80,15 @@ void WorkState::wait(std::chrono::milliseconds timeout) {
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }
   } else {
+    // Short operations finish within microseconds: yield-poll briefly before
+    // sleeping on the condition variable (a futex wake-up costs tens of us).
+    auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
     std::unique_lock<std::mutex> lock(mutex_);
+    while (!done_ && std::chrono::steady_clock::now() < spin_until) {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+    }
     done_cv_.wait_until(lock, deadline, [&] { return done_; });
   }
   if (is_completed()) return;

@@ -1,0 +1,480 @@
+// meshrt-bench-collectives: collective bandwidth in the style of nccl-tests, with
+// the raw library call (MPI_Allreduce ... on the cpu, ncclAllReduce ... on GPUs)
+// timed at the same sizes in the same run, and the ratio of the two.
+//
+//   mpirun -np 4 meshrt-bench-collectives -b 8 -e 64M -f 2
+//
+// Columns: size (bytes of the whole buffer), count (elements), type, redop, root,
+// then for meshrt and for the raw call: time (us per operation, averaged over
+// ranks), algbw = size / time, busbw = algbw x the nccl-tests factor of the
+// collective (all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n;
+// broadcast 1), and #wrong (elements differing from the expected result, summed
+// over ranks, when -c 1). our/raw is meshrt's time over the raw time.
+#include <mpi.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "apps/bench_common.h"
+#include "comm/communicator.h"
+#include "comm/mpi_check.h"
+#include "comm/world.h"
+
+#if MESHRT_WITH_CUDA
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "device/cuda_check.h"
+#endif
+
+namespace meshrt::apps {
+namespace {
+
+enum class Kind { kAllReduce, kAllGather, kReduceScatter, kBroadcast, kAllToAll };
+
+struct CollectiveInfo {
+  Kind kind;
+  const char* name;
+  const char* raw_mpi;
+  const char* raw_nccl;
+};
+
+const CollectiveInfo kCollectives[] = {
+    {Kind::kAllReduce, "all_reduce", "MPI_Allreduce", "ncclAllReduce"},
+    {Kind::kAllGather, "all_gather", "MPI_Allgather", "ncclAllGather"},
+    {Kind::kReduceScatter, "reduce_scatter", "MPI_Reduce_scatter_block", "ncclReduceScatter"},
+    {Kind::kBroadcast, "broadcast", "MPI_Bcast", "ncclBroadcast"},
+    {Kind::kAllToAll, "all_to_all", "MPI_Alltoall", "ncclSend/ncclRecv (grouped)"},
+};
+
+double bus_factor(Kind kind, int n) {
+  switch (kind) {
+    case Kind::kAllReduce: return 2.0 * (n - 1) / n;
+    case Kind::kAllGather:
+    case Kind::kReduceScatter:
+    case Kind::kAllToAll: return static_cast<double>(n - 1) / n;
+    case Kind::kBroadcast: return 1.0;
+  }
+  return 1.0;
+}
+
+bool has_reduction(Kind kind) { return kind == Kind::kAllReduce || kind == Kind::kReduceScatter; }
+
+struct Options {
+  std::string min_bytes = "8", max_bytes = "32M";
+  double factor = 2;
+  std::string increment;
+  int iters = 20, warmup = 5, check = 1, root = 0;
+  std::string op = "sum", dtype = "f32", collective = "all_reduce", device;
+  bool no_raw = false;
+};
+
+// The value rank r holds at element i, and what every reduction of them gives:
+// small integers, so every dtype (f16 and bf16 too) represents results exactly.
+double value_of(int rank, int64_t i, ReduceOp op) {
+  if (op == ReduceOp::kProd) return 1 + ((i + rank) % 2);
+  if (op == ReduceOp::kSum) return 1 + ((i + rank) % 7);
+  return (i * 7 + rank) % 13;
+}
+
+double reduced(int ranks, int64_t i, ReduceOp op, DType dtype) {
+  double acc = value_of(0, i, op);
+  for (int r = 1; r < ranks; ++r) {
+    double v = value_of(r, i, op);
+    bool boolean = dtype == DType::kBool;
+    switch (op) {
+      case ReduceOp::kSum: acc = boolean ? std::max(acc, v) : acc + v; break;
+      case ReduceOp::kProd: acc = boolean ? std::min(acc, v) : acc * v; break;
+      case ReduceOp::kMax: acc = std::max(acc, v); break;
+      case ReduceOp::kMin: acc = std::min(acc, v); break;
+    }
+  }
+  return acc;
+}
+
+HostTensor filled(int64_t count, DType dtype, const std::function<double(int64_t)>& f) {
+  HostTensor d = HostTensor::empty({count}, DType::kF64);
+  for (int64_t i = 0; i < count; ++i) d.data<double>()[i] = f(i);
+  return cast_host(d, dtype);
+}
+
+int64_t count_wrong(const HostTensor& got, const HostTensor& expected) {
+  HostTensor a = cast_host(got, DType::kF64), b = cast_host(expected, DType::kF64);
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) wrong += a.data<double>()[i] != b.data<double>()[i];
+  return wrong;
+}
+
+// The buffers of one size: send and receive on the device, and the expected
+// receive buffer for the check.
+struct Buffers {
+  DeviceTensor send, recv;
+  HostTensor expected;
+  int64_t total = 0;  // elements in the "size" column
+};
+
+Buffers make_buffers(Kind kind, int64_t count, DType dtype, ReduceOp op, int root, int rank, int n,
+                     const Device& device) {
+  Buffers b;
+  int64_t per_rank = count / n;  // count is a multiple of n for chunked collectives
+  switch (kind) {
+    case Kind::kAllReduce:
+      b.send = to_device(filled(count, dtype, [&](int64_t i) { return value_of(rank, i, op); }), device);
+      b.recv = DeviceTensor::zeros({count}, dtype, device);
+      b.expected = filled(count, dtype, [&](int64_t i) { return reduced(n, i, op, dtype); });
+      break;
+    case Kind::kAllGather:
+      b.send = to_device(filled(per_rank, dtype, [&](int64_t i) { return value_of(rank, i, op); }), device);
+      b.recv = DeviceTensor::zeros({count}, dtype, device);
+      b.expected = filled(count, dtype, [&](int64_t i) { return value_of(static_cast<int>(i / per_rank), i % per_rank, op); });
+      break;
+    case Kind::kReduceScatter:
+      b.send = to_device(filled(count, dtype, [&](int64_t i) { return value_of(rank, i, op); }), device);
+      b.recv = DeviceTensor::zeros({per_rank}, dtype, device);
+      b.expected = filled(per_rank, dtype, [&](int64_t i) { return reduced(n, rank * per_rank + i, op, dtype); });
+      break;
+    case Kind::kBroadcast:
+      b.send = to_device(filled(count, dtype, [&](int64_t i) { return rank == root ? value_of(root, i, op) : 0; }), device);
+      b.recv = b.send;
+      b.expected = filled(count, dtype, [&](int64_t i) { return value_of(root, i, op); });
+      break;
+    case Kind::kAllToAll:
+      // Chunk p of rank r holds (31 r + p) mod 100: rank me receives chunk me of each rank.
+      b.send = to_device(filled(count, dtype, [&](int64_t i) { return (rank * 31 + i / per_rank) % 100; }), device);
+      b.recv = DeviceTensor::zeros({count}, dtype, device);
+      b.expected = filled(count, dtype, [&](int64_t i) { return (static_cast<int>(i / per_rank) * 31 + rank) % 100; });
+      break;
+  }
+  b.total = count;
+  return b;
+}
+
+Work run_meshrt(const Communicator& comm, Kind kind, Buffers& b, ReduceOp op, int root) {
+  switch (kind) {
+    case Kind::kAllReduce: return comm.all_reduce(b.send, b.recv, op);
+    case Kind::kAllGather: return comm.all_gather(b.send, b.recv);
+    case Kind::kReduceScatter: return comm.reduce_scatter(b.send, b.recv, op);
+    case Kind::kBroadcast: return comm.broadcast(b.send, root);
+    case Kind::kAllToAll: return comm.all_to_all(b.send, b.recv);
+  }
+  return Work();
+}
+
+// ---- raw baselines ----
+
+struct RawMpi {
+  MPI_Comm comm = MPI_COMM_NULL;
+  bool supported(DType dtype) const {
+    return dtype == DType::kF32 || dtype == DType::kF64 || dtype == DType::kI32 ||
+           dtype == DType::kI64 || dtype == DType::kU8;
+  }
+  static MPI_Datatype type(DType dtype) {
+    switch (dtype) {
+      case DType::kF32: return MPI_FLOAT;
+      case DType::kF64: return MPI_DOUBLE;
+      case DType::kI32: return MPI_INT32_T;
+      case DType::kI64: return MPI_INT64_T;
+      default: return MPI_UINT8_T;
+    }
+  }
+  static MPI_Op mpi_op(ReduceOp op) {
+    switch (op) {
+      case ReduceOp::kSum: return MPI_SUM;
+      case ReduceOp::kMax: return MPI_MAX;
+      case ReduceOp::kMin: return MPI_MIN;
+      case ReduceOp::kProd: return MPI_PROD;
+    }
+    return MPI_SUM;
+  }
+  void run(Kind kind, Buffers& b, DType dtype, ReduceOp op, int root, int n) const {
+    MPI_Datatype t = type(dtype);
+    int count = static_cast<int>(b.total), part = static_cast<int>(b.total / n);
+    switch (kind) {
+      case Kind::kAllReduce:
+        MESHRT_MPI_CHECK(MPI_Allreduce(b.send.raw_data(), b.recv.raw_data(), count, t, mpi_op(op), comm));
+        break;
+      case Kind::kAllGather:
+        MESHRT_MPI_CHECK(MPI_Allgather(b.send.raw_data(), part, t, b.recv.raw_data(), part, t, comm));
+        break;
+      case Kind::kReduceScatter:
+        MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(b.send.raw_data(), b.recv.raw_data(), part, t, mpi_op(op), comm));
+        break;
+      case Kind::kBroadcast:
+        MESHRT_MPI_CHECK(MPI_Bcast(b.send.raw_data(), count, t, root, comm));
+        break;
+      case Kind::kAllToAll:
+        MESHRT_MPI_CHECK(MPI_Alltoall(b.send.raw_data(), part, t, b.recv.raw_data(), part, t, comm));
+        break;
+    }
+  }
+};
+
+#if MESHRT_WITH_CUDA
+#define BENCH_NCCL_CHECK(expr)                                                                  \
+  do {                                                                                          \
+    ncclResult_t s_ = (expr);                                                                   \
+    if (s_ != ncclSuccess)                                                                      \
+      ::meshrt::throw_library_error(ErrorKind::kNccl, #expr, __FILE__, __LINE__, ncclGetErrorString(s_)); \
+  } while (0)
+
+struct RawNccl {
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  static ncclDataType_t type(DType dtype) {
+    switch (dtype) {
+      case DType::kF32: return ncclFloat32;
+      case DType::kF64: return ncclFloat64;
+      case DType::kF16: return ncclFloat16;
+      case DType::kBF16: return ncclBfloat16;
+      case DType::kI32: return ncclInt32;
+      case DType::kI64: return ncclInt64;
+      default: return ncclUint8;
+    }
+  }
+  static ncclRedOp_t nccl_op(ReduceOp op) {
+    switch (op) {
+      case ReduceOp::kSum: return ncclSum;
+      case ReduceOp::kMax: return ncclMax;
+      case ReduceOp::kMin: return ncclMin;
+      case ReduceOp::kProd: return ncclProd;
+    }
+    return ncclSum;
+  }
+  void run(Kind kind, Buffers& b, DType dtype, ReduceOp op, int root, int n) const {
+    ncclDataType_t t = type(dtype);
+    size_t count = static_cast<size_t>(b.total), part = count / static_cast<size_t>(n);
+    size_t bytes = part * size_of(dtype);
+    switch (kind) {
+      case Kind::kAllReduce:
+        BENCH_NCCL_CHECK(ncclAllReduce(b.send.raw_data(), b.recv.raw_data(), count, t, nccl_op(op), comm, stream));
+        break;
+      case Kind::kAllGather:
+        BENCH_NCCL_CHECK(ncclAllGather(b.send.raw_data(), b.recv.raw_data(), part, t, comm, stream));
+        break;
+      case Kind::kReduceScatter:
+        BENCH_NCCL_CHECK(ncclReduceScatter(b.send.raw_data(), b.recv.raw_data(), part, t, nccl_op(op), comm, stream));
+        break;
+      case Kind::kBroadcast:
+        BENCH_NCCL_CHECK(ncclBroadcast(b.send.raw_data(), b.send.raw_data(), count, t, root, comm, stream));
+        break;
+      case Kind::kAllToAll:
+        BENCH_NCCL_CHECK(ncclGroupStart());
+        for (int p = 0; p < n; ++p) {
+          BENCH_NCCL_CHECK(ncclSend(static_cast<char*>(b.send.raw_data()) + p * bytes, part, t, p, comm, stream));
+          BENCH_NCCL_CHECK(ncclRecv(static_cast<char*>(b.recv.raw_data()) + p * bytes, part, t, p, comm, stream));
+        }
+        BENCH_NCCL_CHECK(ncclGroupEnd());
+        break;
+    }
+  }
+};
+#endif
+
+double average_over_ranks(double value, MPI_Comm comm, int n) {
+  double sum = 0;
+  MPI_Allreduce(&value, &sum, 1, MPI_DOUBLE, MPI_SUM, comm);
+  return sum / n;
+}
+
+void print_rank_lines(const World& world, const Device& device, MPI_Comm comm) {
+  char line[256];
+  std::snprintf(line, sizeof line, "#  Rank %2d Group  0 Pid %6d on %10s device %s", world.rank(),
+                static_cast<int>(getpid()), world.host_name().c_str(), device.to_string().c_str());
+  std::vector<char> all(static_cast<size_t>(world.size()) * sizeof line);
+  MPI_Gather(line, sizeof line, MPI_CHAR, all.data(), sizeof line, MPI_CHAR, 0, comm);
+  if (world.rank() == 0) {
+    for (int r = 0; r < world.size(); ++r) std::printf("%s\n", all.data() + r * sizeof line);
+  }
+}
+
+int run(const Options& o) {
+  World& world = World::get();
+  int rank = world.rank(), n = world.size();
+  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  DType dtype = parse_dtype(o.dtype);
+  ReduceOp op = parse_reduce_op(o.op);
+  int64_t min_bytes = parse_size(o.min_bytes), max_bytes = parse_size(o.max_bytes);
+  int64_t increment = o.increment.empty() ? 0 : parse_size(o.increment);
+  MESHRT_CHECK_ARG(min_bytes > 0 && max_bytes >= min_bytes, "need 0 < -b (", min_bytes, ") <= -e (", max_bytes, ")");
+  MESHRT_CHECK_ARG(increment > 0 || o.factor > 1, "the step factor -f must be > 1 (or give -i)");
+  MESHRT_CHECK_ARG(o.iters > 0 && o.warmup >= 0, "-n must be > 0 and -w >= 0");
+  MESHRT_CHECK_ARG(o.root >= 0 && o.root < n, "root ", o.root, " is not a rank of ", n);
+
+  std::vector<const CollectiveInfo*> selected;
+  for (const auto& c : kCollectives) {
+    if (o.collective == "all" || o.collective == c.name) selected.push_back(&c);
+  }
+  MESHRT_CHECK_ARG(!selected.empty(), "unknown collective '", o.collective,
+                   "': expected all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all");
+
+  MPI_Comm raw_comm = MPI_COMM_NULL;
+  MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &raw_comm));
+  Communicator comm = Communicator::world(device, "bench");
+  RawMpi raw_mpi{raw_comm};
+#if MESHRT_WITH_CUDA
+  RawNccl raw_nccl;
+  if (device.is_cuda() && !o.no_raw) {
+    ncclUniqueId id{};
+    if (rank == 0) BENCH_NCCL_CHECK(ncclGetUniqueId(&id));
+    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, raw_comm);
+    MESHRT_CUDA_CHECK(cudaSetDevice(device.index()));
+    BENCH_NCCL_CHECK(ncclCommInitRank(&raw_nccl.comm, n, id, rank));
+    raw_nccl.stream = static_cast<cudaStream_t>(Stream::default_for(device).native_handle());
+  }
+#endif
+  bool raw_available = !o.no_raw && (device.is_cuda() || raw_mpi.supported(dtype));
+  const char* backend = comm.backend_name();
+
+  if (rank == 0) {
+    std::printf("# meshrt-bench-collectives: %d rank(s) on %d node(s), device %s, backend %s\n", n,
+                world.node_count(), device.is_cpu() ? "cpu" : "cuda", backend);
+    std::printf("# minBytes %lld maxBytes %lld step: %s warmup iters: %d iters: %d validation: %d dtype %s op %s\n",
+                static_cast<long long>(min_bytes), static_cast<long long>(max_bytes),
+                increment ? (std::to_string(increment) + " (bytes)").c_str() : (std::to_string(o.factor) + "(factor)").c_str(),
+                o.warmup, o.iters, o.check, to_string(dtype), to_string(op));
+    std::printf("#\n# Using devices\n");
+  }
+  print_rank_lines(world, device, raw_comm);
+
+  int64_t total_wrong = 0;
+  for (const CollectiveInfo* info : selected) {
+    Kind kind = info->kind;
+    const char* raw_name = device.is_cuda() ? info->raw_nccl : info->raw_mpi;
+    double bus_sum = 0;
+    int rows = 0;
+    if (rank == 0) {
+      std::printf("#\n# %s: meshrt %s vs raw %s%s\n", info->name, backend, raw_name,
+                  raw_available ? "" : " (not run: dtype unsupported by the raw call, or --no-raw)");
+      std::printf("#%11s %12s %6s %6s %5s %10s %8s %8s %7s %10s %8s %8s %8s\n", "size", "count", "type",
+                  "redop", "root", "time", "algbw", "busbw", "#wrong", "raw time", "algbw", "busbw", "our/raw");
+      std::printf("#%11s %12s %6s %6s %5s %10s %8s %8s %7s %10s %8s %8s %8s\n", "(B)", "(elements)", "", "",
+                  "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
+    }
+    for (int64_t bytes = min_bytes; bytes <= max_bytes;
+         bytes = increment ? bytes + increment : static_cast<int64_t>(std::ceil(bytes * o.factor))) {
+      int64_t count = bytes / static_cast<int64_t>(size_of(dtype));
+      bool chunked = kind == Kind::kAllGather || kind == Kind::kReduceScatter || kind == Kind::kAllToAll;
+      if (chunked) count -= count % n;
+      if (count == 0) continue;
+      Buffers b = make_buffers(kind, count, dtype, op, o.root, rank, n, device);
+      int64_t size = count * static_cast<int64_t>(size_of(dtype));
+
+      int64_t wrong = 0;
+      if (o.check) {
+        Buffers fresh = make_buffers(kind, count, dtype, op, o.root, rank, n, device);
+        run_meshrt(comm, kind, fresh, op, o.root).wait();
+        wrong = count_wrong(to_host(fresh.recv), fresh.expected);
+      }
+      auto raw_call = [&] {
+#if MESHRT_WITH_CUDA
+        if (device.is_cuda()) {
+          raw_nccl.run(kind, b, dtype, op, o.root, n);
+          Stream::default_for(device).synchronize();
+          return;
+        }
+#endif
+        raw_mpi.run(kind, b, dtype, op, o.root, n);
+      };
+      for (int i = 0; i < o.warmup; ++i) {
+        run_meshrt(comm, kind, b, op, o.root).wait();
+        if (raw_available) raw_call();
+      }
+      // meshrt and the raw call alternate, one operation each, so drifts of the
+      // machine (other load, caches, clocks) fall on both alike.
+      comm.barrier();
+      double ours = 0, raw = 0;
+      for (int i = 0; i < o.iters; ++i) {
+        auto start = std::chrono::steady_clock::now();
+        run_meshrt(comm, kind, b, op, o.root).wait();
+        ours += seconds_since(start);
+        if (raw_available) {
+          start = std::chrono::steady_clock::now();
+          raw_call();
+          raw += seconds_since(start);
+        }
+      }
+      ours = average_over_ranks(ours / o.iters, raw_comm, n);
+      raw = average_over_ranks(raw / o.iters, raw_comm, n);
+      int64_t wrong_all = 0;
+      MPI_Allreduce(&wrong, &wrong_all, 1, MPI_INT64_T, MPI_SUM, raw_comm);
+      total_wrong += wrong_all;
+      double algbw = size / ours / 1e9, busbw = algbw * bus_factor(kind, n);
+      bus_sum += busbw;
+      ++rows;
+      if (rank == 0) {
+        char root_text[16] = "-1";
+        if (kind == Kind::kBroadcast) std::snprintf(root_text, sizeof root_text, "%d", o.root);
+        std::printf("%12lld %12lld %6s %6s %5s %10.1f %8.2f %8.2f %7s", static_cast<long long>(size),
+                    static_cast<long long>(count), to_string(dtype), has_reduction(kind) ? to_string(op) : "none",
+                    root_text, ours * 1e6, algbw, busbw, o.check ? std::to_string(wrong_all).c_str() : "N/A");
+        if (raw_available) {
+          double raw_algbw = size / raw / 1e9;
+          std::printf(" %10.1f %8.2f %8.2f %8.3f\n", raw * 1e6, raw_algbw, raw_algbw * bus_factor(kind, n), ours / raw);
+        } else {
+          std::printf(" %10s %8s %8s %8s\n", "N/A", "N/A", "N/A", "N/A");
+        }
+        std::fflush(stdout);
+      }
+    }
+    if (rank == 0 && rows > 0) std::printf("# Avg bus bandwidth    : %g GB/s\n", bus_sum / rows);
+  }
+  if (rank == 0) {
+    std::printf("#\n# Out of bounds values : %lld %s\n#\n", static_cast<long long>(total_wrong),
+                total_wrong == 0 ? "OK" : "FAILED");
+  }
+#if MESHRT_WITH_CUDA
+  if (raw_nccl.comm) ncclCommDestroy(raw_nccl.comm);
+#endif
+  MPI_Comm_free(&raw_comm);
+  return total_wrong == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace meshrt::apps
+
+int main(int argc, char** argv) {
+  meshrt::World& world = meshrt::World::init(&argc, &argv);
+  meshrt::apps::Options o;
+  CLI::App app{
+      "meshrt-bench-collectives: bandwidth of meshrt's collectives against the raw library call\n"
+      "(MPI_Allreduce ... on the cpu device, ncclAllReduce ... on CUDA devices) in the same run.\n"
+      "Run it under mpirun, e.g.: mpirun -np 4 meshrt-bench-collectives -b 8 -e 64M -f 2"};
+  app.add_option("-b,--minbytes", o.min_bytes, "smallest buffer size, with K/M/G suffixes")->capture_default_str();
+  app.add_option("-e,--maxbytes", o.max_bytes, "largest buffer size, with K/M/G suffixes")->capture_default_str();
+  app.add_option("-f,--stepfactor", o.factor, "multiply the size by this factor between rows")->capture_default_str();
+  app.add_option("-i,--stepbytes", o.increment, "add this many bytes between rows instead of -f");
+  app.add_option("-n,--iters", o.iters, "timed iterations per size")->capture_default_str();
+  app.add_option("-w,--warmup_iters", o.warmup, "untimed iterations per size")->capture_default_str();
+  app.add_option("-c,--check", o.check, "check results (1) or not (0)")->capture_default_str();
+  app.add_option("-o,--op", o.op, "reduction: sum, prod, max, min")->capture_default_str();
+  app.add_option("-d,--datatype", o.dtype, "f32, f64, f16, bf16, i32, i64, u8, bool")->capture_default_str();
+  app.add_option("-r,--root", o.root, "root of broadcast")->capture_default_str();
+  app.add_option("-C,--collective", o.collective,
+                 "all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all")->capture_default_str();
+  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
+  app.add_flag("--no-raw", o.no_raw, "skip the raw library baseline");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
+    meshrt::World::finalize();
+    return code;
+  }
+  try {
+    int code = meshrt::apps::run(o);
+    meshrt::World::finalize();
+    return code;
+  } catch (const meshrt::Error& e) {
+    if (e.kind() == meshrt::ErrorKind::kInvalidArgument) {  // every rank sees the same options
+      if (world.rank() == 0) std::fprintf(stderr, "meshrt-bench-collectives: %s\n", e.message().c_str());
+      meshrt::World::finalize();
+      return 2;
+    }
+    std::fprintf(stderr, "meshrt-bench-collectives: rank %d: %s\n", world.rank(), e.what());
+    meshrt::World::abort(2, "benchmark failed");
+  }
+}

@@ -1,0 +1,230 @@
+// meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw BLAS call at the
+// same shapes in the same run: cblas_sgemm / cblas_dgemm on the cpu device,
+// cublasSgemm / cublasGemmEx on CUDA devices. One process (a world of one).
+//
+//   meshrt-bench-gemm --sizes 512,1024,2048 --dtype f32
+//
+// Columns: m n k, dtype, meshrt ms per GEMM and GFLOP/s (2mnk / time), the same
+// for the raw call, meshrt/raw (GFLOP/s ratio, 1.00 = the same speed), and the
+// largest |difference| between the two results.
+#include <cblas.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "apps/bench_common.h"
+#include "comm/world.h"
+#include "kernels/gemm.h"
+
+#if MESHRT_WITH_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "device/cuda_check.h"
+#endif
+
+namespace meshrt::apps {
+namespace {
+
+struct Options {
+  std::string sizes = "512,1024,2048";
+  std::string dtype = "f32";
+  int64_t m = 0, n = 0, k = 0;
+  int iters = 10, warmup = 2;
+  std::string device;
+  bool no_raw = false;
+};
+
+std::vector<int64_t> parse_list(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) out.push_back(parse_size(item));
+  MESHRT_CHECK_ARG(!out.empty(), "--sizes needs at least one size");
+  return out;
+}
+
+double max_difference(const DeviceTensor& a, const DeviceTensor& b) {
+  HostTensor x = cast_host(to_host(a), DType::kF64), y = cast_host(to_host(b), DType::kF64);
+  double d = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) d = std::max(d, std::fabs(x.data<double>()[i] - y.data<double>()[i]));
+  return d;
+}
+
+#if MESHRT_WITH_CUDA
+#define BENCH_CUBLAS_CHECK(expr)                                                               \
+  do {                                                                                         \
+    cublasStatus_t s_ = (expr);                                                                \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+      ::meshrt::throw_library_error(ErrorKind::kCublas, #expr, __FILE__, __LINE__, cublasGetStatusString(s_)); \
+  } while (0)
+#endif
+
+// The raw call for one shape, or null when there is none for this dtype/device.
+std::function<void()> raw_gemm(const Device& device, const std::string& dtype_name, DType dtype,
+                               int64_t m, int64_t n, int64_t k, const DeviceTensor& a,
+                               const DeviceTensor& b, const DeviceTensor& c, std::string* name) {
+  int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+  if (device.is_cpu()) {
+    if (dtype == DType::kF32) {
+      *name = "cblas_sgemm";
+      return [=] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, static_cast<const float*>(a.raw_data()), K,
+                    static_cast<const float*>(b.raw_data()), N, 0.0f, static_cast<float*>(c.raw_data()), N);
+      };
+    }
+    if (dtype == DType::kF64) {
+      *name = "cblas_dgemm";
+      return [=] {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0, static_cast<const double*>(a.raw_data()), K,
+                    static_cast<const double*>(b.raw_data()), N, 0.0, static_cast<double*>(c.raw_data()), N);
+      };
+    }
+    *name = "none (OpenBLAS has no f16/bf16 GEMM here)";
+    return nullptr;
+  }
+#if MESHRT_WITH_CUDA
+  static cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    BENCH_CUBLAS_CHECK(cublasCreate(&h));
+    return h;
+  }();
+  BENCH_CUBLAS_CHECK(cublasSetStream(handle, static_cast<cudaStream_t>(Stream::default_for(device).native_handle())));
+  // Row-major C = A B is column-major C^T = B^T A^T: pass B first.
+  if (dtype == DType::kF32 && dtype_name != "tf32") {
+    *name = "cublasSgemm";
+    return [=] {
+      float one = 1, zero = 0;
+      BENCH_CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, static_cast<const float*>(b.raw_data()), N,
+                                     static_cast<const float*>(a.raw_data()), K, &zero, static_cast<float*>(c.raw_data()), N));
+    };
+  }
+  cudaDataType type = dtype == DType::kF16 ? CUDA_R_16F : dtype == DType::kBF16 ? CUDA_R_16BF
+                                                                               : dtype == DType::kF64 ? CUDA_R_64F : CUDA_R_32F;
+  cublasComputeType_t compute = dtype == DType::kF64 ? CUBLAS_COMPUTE_64F
+                                : dtype_name == "tf32" ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  *name = "cublasGemmEx";
+  return [=] {
+    double one_d = 1, zero_d = 0;
+    float one_f = 1, zero_f = 0;
+    const void* alpha = dtype == DType::kF64 ? static_cast<const void*>(&one_d) : &one_f;
+    const void* beta = dtype == DType::kF64 ? static_cast<const void*>(&zero_d) : &zero_f;
+    BENCH_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, alpha, b.raw_data(), type, N, a.raw_data(),
+                                    type, K, beta, c.raw_data(), type, N, compute, CUBLAS_GEMM_DEFAULT));
+  };
+#else
+  *name = "none";
+  return nullptr;
+#endif
+}
+
+// Seconds per call of ours and theirs (null: not run), alternating one call of
+// each so that drifts of the machine fall on both alike.
+std::pair<double, double> time_pair(const std::function<void()>& ours, const std::function<void()>& theirs,
+                                    const Device& device, int warmup, int iters) {
+  Stream stream = Stream::default_for(device);
+  auto timed = [&](const std::function<void()>& call) {
+    auto start = std::chrono::steady_clock::now();
+    call();
+    stream.synchronize();
+    return seconds_since(start);
+  };
+  for (int i = 0; i < warmup; ++i) {
+    timed(ours);
+    if (theirs) timed(theirs);
+  }
+  double a = 0, b = 0;
+  for (int i = 0; i < iters; ++i) {
+    a += timed(ours);
+    if (theirs) b += timed(theirs);
+  }
+  return {a / iters, b / iters};
+}
+
+int run(const Options& o) {
+  World& world = World::get();
+  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  std::string dtype_name = o.dtype;
+  DType dtype = dtype_name == "tf32" ? DType::kF32 : parse_dtype(dtype_name);
+  MESHRT_CHECK_ARG(is_floating(dtype), "--dtype must be f32, tf32, f64, f16 or bf16, got ", o.dtype);
+  MESHRT_CHECK_ARG(o.iters > 0 && o.warmup >= 0, "--iters must be > 0 and --warmup >= 0");
+  std::vector<std::array<int64_t, 3>> shapes;
+  if (o.m || o.n || o.k) {
+    MESHRT_CHECK_ARG(o.m > 0 && o.n > 0 && o.k > 0, "-m, -n and -k must all be given and positive");
+    shapes.push_back({o.m, o.n, o.k});
+  } else {
+    for (int64_t s : parse_list(o.sizes)) shapes.push_back({s, s, s});
+  }
+  kernels::GemmOptions options;
+  options.math = dtype_name == "tf32" ? kernels::MathMode::kTf32 : kernels::MathMode::kDefault;
+
+  std::printf("# meshrt-bench-gemm: device %s, dtype %s, %d warmup + %d timed iterations per shape\n",
+              device.to_string().c_str(), dtype_name.c_str(), o.warmup, o.iters);
+  bool header = false;
+  double ratio_sum = 0;
+  int ratios = 0;
+  for (auto [m, n, k] : shapes) {
+    HostTensor ha = random_host({m, k}, dtype, 1), hb = random_host({k, n}, dtype, 2);
+    DeviceTensor a = to_device(ha, device), b = to_device(hb, device);
+    DeviceTensor c = DeviceTensor::zeros({m, n}, dtype, device), c_raw = DeviceTensor::zeros({m, n}, dtype, device);
+    std::string raw_name;
+    auto raw = o.no_raw ? std::function<void()>() : raw_gemm(device, dtype_name, dtype, m, n, k, a, b, c_raw, &raw_name);
+    if (!header) {
+      std::printf("# raw baseline: %s\n", o.no_raw ? "skipped (--no-raw)" : raw_name.c_str());
+      std::printf("#%7s %7s %7s %5s %10s %10s %10s %10s %11s %10s\n", "m", "n", "k", "type", "meshrt ms", "GFLOP/s",
+                  "raw ms", "GFLOP/s", "meshrt/raw", "max|diff|");
+      header = true;
+    }
+    double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+    auto [ours, theirs] = time_pair([&] { kernels::gemm(a, b, c, options); }, raw, device, o.warmup, o.iters);
+    std::printf("%8lld %7lld %7lld %5s %10.3f %10.1f", static_cast<long long>(m), static_cast<long long>(n),
+                static_cast<long long>(k), dtype_name.c_str(), ours * 1e3, flops / ours / 1e9);
+    if (raw) {
+      double ratio = theirs / ours;  // GFLOP/s ratio
+      ratio_sum += ratio;
+      ++ratios;
+      std::printf(" %10.3f %10.1f %11.3f %10.3g\n", theirs * 1e3, flops / theirs / 1e9, ratio,
+                  max_difference(c, c_raw));
+    } else {
+      std::printf(" %10s %10s %11s %10s\n", "N/A", "N/A", "N/A", "N/A");
+    }
+    std::fflush(stdout);
+  }
+  if (ratios) std::printf("# mean meshrt/raw GFLOP/s ratio: %.3f over %d shape(s)\n", ratio_sum / ratios, ratios);
+  return 0;
+}
+
+}  // namespace
+}  // namespace meshrt::apps
+
+int main(int argc, char** argv) {
+  meshrt::World::init(&argc, &argv);
+  meshrt::apps::Options o;
+  CLI::App app{
+      "meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw BLAS call at the same shapes\n"
+      "(cblas_sgemm/cblas_dgemm on the cpu, cublasSgemm/cublasGemmEx on CUDA devices).\n"
+      "Example: meshrt-bench-gemm --sizes 1024,2048 --dtype f32"};
+  app.add_option("-s,--sizes", o.sizes, "square sizes m = n = k, comma-separated, K/M suffixes allowed")
+      ->capture_default_str();
+  app.add_option("-m", o.m, "rows of a and c (with -n and -k instead of --sizes)");
+  app.add_option("-n", o.n, "columns of b and c");
+  app.add_option("-k", o.k, "the contracted extent");
+  app.add_option("-d,--dtype", o.dtype, "f32, tf32 (f32 on TF32 tensor cores), f64, f16, bf16")->capture_default_str();
+  app.add_option("-i,--iters", o.iters, "timed iterations per shape")->capture_default_str();
+  app.add_option("-w,--warmup", o.warmup, "untimed iterations per shape")->capture_default_str();
+  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:0 when a GPU exists, else cpu)");
+  app.add_flag("--no-raw", o.no_raw, "skip the raw BLAS baseline");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return meshrt::apps::run(o);
+  } catch (const meshrt::Error& e) {
+    std::fprintf(stderr, "meshrt-bench-gemm: %s\n", e.what());
+    return 2;
+  }
+}

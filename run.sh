@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# meshrt's one entry point. Each command installs what is missing (Debian
+# packages), configures and builds (CUDA too when nvcc is found), then runs.
+#
+#   ./run.sh demo          the main job: a multi-rank run on this machine (cpu backend)
+#   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
+#   ./run.sh build         install dependencies, configure and build only
+#   ./run.sh bench         the collectives and GEMM benchmarks on this machine
+#
+# Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
+# MESHRT_CMAKE_ARGS (extra configure arguments, e.g. -DMESHRT_ENABLE_CUDA=OFF).
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(pwd)
+build_dir=${MESHRT_BUILD_DIR:-build}
+ranks=${MESHRT_RANKS:-4}
+
+packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
+          libcli11-dev)
+
+say() { echo "run.sh: $*" >&2; }
+
+install_dependencies() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]}"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { say "need root (or sudo) to install: ${missing[*]}"; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+configure_and_build() {
+  if [ ! -f "$build_dir/build.ninja" ]; then
+    mkdir -p "$build_dir"
+    # shellcheck disable=SC2086
+    if ! cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MESHRT_CMAKE_ARGS:-} \
+        > "$build_dir/configure.log" 2>&1; then
+      cat "$build_dir/configure.log" >&2
+      say "configure failed"
+      exit 1
+    fi
+    grep -E "^-- meshrt:" "$build_dir/configure.log" | sed 's/^-- /run.sh: /' >&2 || true
+  fi
+  # ninja shows each file it compiles (the CUDA sources too), and nothing when up to date.
+  cmake --build "$build_dir" | sed -u '/^ninja: no work to do/d'
+}
+
+# OpenMPI refuses root and more ranks than cores unless told; these only apply to OpenMPI.
+mpi_environment() {
+  if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  fi
+  export OMPI_MCA_rmaps_base_oversubscribe=1
+}
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+  demo)
+    install_dependencies
+    configure_and_build
+    mpi_environment
+    echo "== meshrt demo: collectives on $ranks ranks of this machine (cpu backend) =="
+    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-bench-collectives -b 8 -e 16M -f 4"
+    exec mpirun -np "$ranks" "$build_dir/apps/meshrt-bench-collectives" -b 8 -e 16M -f 4 "$@"
+    ;;
+  test)
+    install_dependencies
+    configure_and_build
+    mpi_environment
+    cd "$build_dir"
+    exec ctest --output-on-failure -j "$(nproc)" "$@"
+    ;;
+  build)
+    install_dependencies
+    configure_and_build
+    ;;
+  bench)
+    install_dependencies
+    configure_and_build
+    mpi_environment
+    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" -b 1K -e 64M -f 8 "$@"
+    "$build_dir/apps/meshrt-bench-gemm" --sizes 512,1024,2048
+    ;;
+  *)
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || { say "unknown command '$command'"; exit 2; }
+    ;;
+esac
