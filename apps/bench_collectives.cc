@@ -22,12 +22,13 @@
 #include "apps/bench_common.h"
 #include "comm/communicator.h"
 #include "comm/mpi_check.h"
+#include "comm/mpi_types.h"
 #include "comm/world.h"
 
 #if MESHRT_WITH_CUDA
 #include <cuda_runtime.h>
-#include <nccl.h>
-
+#include "comm/nccl_check.h"
+#include "comm/nccl_types.h"
 #include "device/cuda_check.h"
 #endif
 
@@ -168,40 +169,19 @@ Work run_meshrt(const Communicator& comm, Kind kind, Buffers& b, ReduceOp op, in
 
 struct RawMpi {
   MPI_Comm comm = MPI_COMM_NULL;
-  bool supported(DType dtype) const {
-    return dtype == DType::kF32 || dtype == DType::kF64 || dtype == DType::kI32 ||
-           dtype == DType::kI64 || dtype == DType::kU8;
-  }
-  static MPI_Datatype type(DType dtype) {
-    switch (dtype) {
-      case DType::kF32: return MPI_FLOAT;
-      case DType::kF64: return MPI_DOUBLE;
-      case DType::kI32: return MPI_INT32_T;
-      case DType::kI64: return MPI_INT64_T;
-      default: return MPI_UINT8_T;
-    }
-  }
-  static MPI_Op mpi_op(ReduceOp op) {
-    switch (op) {
-      case ReduceOp::kSum: return MPI_SUM;
-      case ReduceOp::kMax: return MPI_MAX;
-      case ReduceOp::kMin: return MPI_MIN;
-      case ReduceOp::kProd: return MPI_PROD;
-    }
-    return MPI_SUM;
-  }
   void run(Kind kind, Buffers& b, DType dtype, ReduceOp op, int root, int n) const {
-    MPI_Datatype t = type(dtype);
+    MPI_Datatype t = detail::mpi_datatype(dtype);
+    MPI_Op reduce = detail::mpi_reduce_op(dtype, op);
     int count = static_cast<int>(b.total), part = static_cast<int>(b.total / n);
     switch (kind) {
       case Kind::kAllReduce:
-        MESHRT_MPI_CHECK(MPI_Allreduce(b.send.raw_data(), b.recv.raw_data(), count, t, mpi_op(op), comm));
+        MESHRT_MPI_CHECK(MPI_Allreduce(b.send.raw_data(), b.recv.raw_data(), count, t, reduce, comm));
         break;
       case Kind::kAllGather:
         MESHRT_MPI_CHECK(MPI_Allgather(b.send.raw_data(), part, t, b.recv.raw_data(), part, t, comm));
         break;
       case Kind::kReduceScatter:
-        MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(b.send.raw_data(), b.recv.raw_data(), part, t, mpi_op(op), comm));
+        MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(b.send.raw_data(), b.recv.raw_data(), part, t, reduce, comm));
         break;
       case Kind::kBroadcast:
         MESHRT_MPI_CHECK(MPI_Bcast(b.send.raw_data(), count, t, root, comm));
@@ -214,60 +194,34 @@ struct RawMpi {
 };
 
 #if MESHRT_WITH_CUDA
-#define BENCH_NCCL_CHECK(expr)                                                                  \
-  do {                                                                                          \
-    ncclResult_t s_ = (expr);                                                                   \
-    if (s_ != ncclSuccess)                                                                      \
-      ::meshrt::throw_library_error(ErrorKind::kNccl, #expr, __FILE__, __LINE__, ncclGetErrorString(s_)); \
-  } while (0)
-
 struct RawNccl {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
-  static ncclDataType_t type(DType dtype) {
-    switch (dtype) {
-      case DType::kF32: return ncclFloat32;
-      case DType::kF64: return ncclFloat64;
-      case DType::kF16: return ncclFloat16;
-      case DType::kBF16: return ncclBfloat16;
-      case DType::kI32: return ncclInt32;
-      case DType::kI64: return ncclInt64;
-      default: return ncclUint8;
-    }
-  }
-  static ncclRedOp_t nccl_op(ReduceOp op) {
-    switch (op) {
-      case ReduceOp::kSum: return ncclSum;
-      case ReduceOp::kMax: return ncclMax;
-      case ReduceOp::kMin: return ncclMin;
-      case ReduceOp::kProd: return ncclProd;
-    }
-    return ncclSum;
-  }
   void run(Kind kind, Buffers& b, DType dtype, ReduceOp op, int root, int n) const {
-    ncclDataType_t t = type(dtype);
+    ncclDataType_t t = detail::nccl_datatype(dtype);
+    ncclRedOp_t reduce = detail::nccl_reduce_op(dtype, op);
     size_t count = static_cast<size_t>(b.total), part = count / static_cast<size_t>(n);
     size_t bytes = part * size_of(dtype);
     switch (kind) {
       case Kind::kAllReduce:
-        BENCH_NCCL_CHECK(ncclAllReduce(b.send.raw_data(), b.recv.raw_data(), count, t, nccl_op(op), comm, stream));
+        MESHRT_NCCL_CHECK(ncclAllReduce(b.send.raw_data(), b.recv.raw_data(), count, t, reduce, comm, stream));
         break;
       case Kind::kAllGather:
-        BENCH_NCCL_CHECK(ncclAllGather(b.send.raw_data(), b.recv.raw_data(), part, t, comm, stream));
+        MESHRT_NCCL_CHECK(ncclAllGather(b.send.raw_data(), b.recv.raw_data(), part, t, comm, stream));
         break;
       case Kind::kReduceScatter:
-        BENCH_NCCL_CHECK(ncclReduceScatter(b.send.raw_data(), b.recv.raw_data(), part, t, nccl_op(op), comm, stream));
+        MESHRT_NCCL_CHECK(ncclReduceScatter(b.send.raw_data(), b.recv.raw_data(), part, t, reduce, comm, stream));
         break;
       case Kind::kBroadcast:
-        BENCH_NCCL_CHECK(ncclBroadcast(b.send.raw_data(), b.send.raw_data(), count, t, root, comm, stream));
+        MESHRT_NCCL_CHECK(ncclBroadcast(b.send.raw_data(), b.send.raw_data(), count, t, root, comm, stream));
         break;
       case Kind::kAllToAll:
-        BENCH_NCCL_CHECK(ncclGroupStart());
+        MESHRT_NCCL_CHECK(ncclGroupStart());
         for (int p = 0; p < n; ++p) {
-          BENCH_NCCL_CHECK(ncclSend(static_cast<char*>(b.send.raw_data()) + p * bytes, part, t, p, comm, stream));
-          BENCH_NCCL_CHECK(ncclRecv(static_cast<char*>(b.recv.raw_data()) + p * bytes, part, t, p, comm, stream));
+          MESHRT_NCCL_CHECK(ncclSend(static_cast<char*>(b.send.raw_data()) + p * bytes, part, t, p, comm, stream));
+          MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(b.recv.raw_data()) + p * bytes, part, t, p, comm, stream));
         }
-        BENCH_NCCL_CHECK(ncclGroupEnd());
+        MESHRT_NCCL_CHECK(ncclGroupEnd());
         break;
     }
   }
@@ -319,14 +273,14 @@ int run(const Options& o) {
   RawNccl raw_nccl;
   if (device.is_cuda() && !o.no_raw) {
     ncclUniqueId id{};
-    if (rank == 0) BENCH_NCCL_CHECK(ncclGetUniqueId(&id));
+    if (rank == 0) MESHRT_NCCL_CHECK(ncclGetUniqueId(&id));
     MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, raw_comm);
     MESHRT_CUDA_CHECK(cudaSetDevice(device.index()));
-    BENCH_NCCL_CHECK(ncclCommInitRank(&raw_nccl.comm, n, id, rank));
+    MESHRT_NCCL_CHECK(ncclCommInitRank(&raw_nccl.comm, n, id, rank));
     raw_nccl.stream = static_cast<cudaStream_t>(Stream::default_for(device).native_handle());
   }
 #endif
-  bool raw_available = !o.no_raw && (device.is_cuda() || raw_mpi.supported(dtype));
+  bool raw_available = !o.no_raw;
   const char* backend = comm.backend_name();
 
   if (rank == 0) {
@@ -348,7 +302,7 @@ int run(const Options& o) {
     int rows = 0;
     if (rank == 0) {
       std::printf("#\n# %s: meshrt %s vs raw %s%s\n", info->name, backend, raw_name,
-                  raw_available ? "" : " (not run: dtype unsupported by the raw call, or --no-raw)");
+                  raw_available ? "" : " (not run: --no-raw)");
       std::printf("#%11s %12s %6s %6s %5s %10s %8s %8s %7s %10s %8s %8s %8s\n", "size", "count", "type",
                   "redop", "root", "time", "algbw", "busbw", "#wrong", "raw time", "algbw", "busbw", "our/raw");
       std::printf("#%11s %12s %6s %6s %5s %10s %8s %8s %7s %10s %8s %8s %8s\n", "(B)", "(elements)", "", "",

@@ -19,10 +19,10 @@
 #include "kernels/gemm.h"
 
 #if MESHRT_WITH_CUDA
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "device/cuda_check.h"
+#include "kernels/cublas_check.h"
 #endif
 
 namespace meshrt::apps {
@@ -53,15 +53,6 @@ double max_difference(const DeviceTensor& a, const DeviceTensor& b) {
   return d;
 }
 
-#if MESHRT_WITH_CUDA
-#define BENCH_CUBLAS_CHECK(expr)                                                               \
-  do {                                                                                         \
-    cublasStatus_t s_ = (expr);                                                                \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
-      ::meshrt::throw_library_error(ErrorKind::kCublas, #expr, __FILE__, __LINE__, cublasGetStatusString(s_)); \
-  } while (0)
-#endif
-
 // The raw call for one shape, or null when there is none for this dtype/device.
 std::function<void()> raw_gemm(const Device& device, const std::string& dtype_name, DType dtype,
                                int64_t m, int64_t n, int64_t k, const DeviceTensor& a,
@@ -88,16 +79,16 @@ std::function<void()> raw_gemm(const Device& device, const std::string& dtype_na
 #if MESHRT_WITH_CUDA
   static cublasHandle_t handle = [] {
     cublasHandle_t h = nullptr;
-    BENCH_CUBLAS_CHECK(cublasCreate(&h));
+    MESHRT_CUBLAS_CHECK(cublasCreate(&h));
     return h;
   }();
-  BENCH_CUBLAS_CHECK(cublasSetStream(handle, static_cast<cudaStream_t>(Stream::default_for(device).native_handle())));
+  MESHRT_CUBLAS_CHECK(cublasSetStream(handle, static_cast<cudaStream_t>(Stream::default_for(device).native_handle())));
   // Row-major C = A B is column-major C^T = B^T A^T: pass B first.
   if (dtype == DType::kF32 && dtype_name != "tf32") {
     *name = "cublasSgemm";
     return [=] {
       float one = 1, zero = 0;
-      BENCH_CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, static_cast<const float*>(b.raw_data()), N,
+      MESHRT_CUBLAS_CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, static_cast<const float*>(b.raw_data()), N,
                                      static_cast<const float*>(a.raw_data()), K, &zero, static_cast<float*>(c.raw_data()), N));
     };
   }
@@ -111,7 +102,7 @@ std::function<void()> raw_gemm(const Device& device, const std::string& dtype_na
     float one_f = 1, zero_f = 0;
     const void* alpha = dtype == DType::kF64 ? static_cast<const void*>(&one_d) : &one_f;
     const void* beta = dtype == DType::kF64 ? static_cast<const void*>(&zero_d) : &zero_f;
-    BENCH_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, alpha, b.raw_data(), type, N, a.raw_data(),
+    MESHRT_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, alpha, b.raw_data(), type, N, a.raw_data(),
                                     type, K, beta, c.raw_data(), type, N, compute, CUBLAS_GEMM_DEFAULT));
   };
 #else

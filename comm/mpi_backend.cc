@@ -17,6 +17,7 @@
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
+#include "comm/mpi_types.h"
 #include "comm/world.h"
 
 namespace meshrt::detail {
@@ -57,36 +58,6 @@ const UserOps& user_ops() {
     return o;
   }();
   return ops;
-}
-
-MPI_Datatype transport_type(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return MPI_FLOAT;
-    case DType::kF64: return MPI_DOUBLE;
-    case DType::kF16:
-    case DType::kBF16: return MPI_UINT16_T;
-    case DType::kI32: return MPI_INT32_T;
-    case DType::kI64: return MPI_INT64_T;
-    case DType::kU8:
-    case DType::kBool: return MPI_UINT8_T;
-  }
-  return MPI_BYTE;
-}
-
-MPI_Op reduce_op(DType dtype, ReduceOp op) {
-  int index = static_cast<int>(op);  // kSum, kMax, kMin, kProd
-  if (dtype == DType::kF16) return user_ops().half[index];
-  if (dtype == DType::kBF16) return user_ops().bfloat[index];
-  if (dtype == DType::kBool) {  // 0/1 bytes: or = max, and = min
-    return op == ReduceOp::kSum || op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
-  }
-  switch (op) {
-    case ReduceOp::kSum: return MPI_SUM;
-    case ReduceOp::kMax: return MPI_MAX;
-    case ReduceOp::kMin: return MPI_MIN;
-    case ReduceOp::kProd: return MPI_PROD;
-  }
-  return MPI_SUM;
 }
 
 int as_count(size_t count, const char* op) {
@@ -210,7 +181,7 @@ class MpiBackend final : public CommBackend {
   void run(const CommOp& c) {
     const char* name = to_string(c.kind);
     int count = as_count(c.count, name);
-    MPI_Datatype type = transport_type(c.dtype);
+    MPI_Datatype type = mpi_datatype(c.dtype);
     size_t bytes = c.count * size_of(c.dtype);
     if (c.kind == Collective::kSend || c.kind == Collective::kRecv) {
       run_point_to_point(c, count, type);
@@ -220,7 +191,7 @@ class MpiBackend final : public CommBackend {
     switch (c.kind) {
       case Collective::kAllReduce:
         MESHRT_MPI_CHECK(MPI_Allreduce(c.send == c.recv ? MPI_IN_PLACE : c.send, c.recv, count,
-                                       type, reduce_op(c.dtype, c.op), comm_));
+                                       type, mpi_reduce_op(c.dtype, c.op), comm_));
         break;
       case Collective::kAllGather: {
         // In place (NCCL's convention): the input already sits at this rank's chunk.
@@ -238,11 +209,11 @@ class MpiBackend final : public CommBackend {
         if (overlap) {
           std::vector<char> temp(bytes);
           MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, temp.data(), count, type,
-                                                    reduce_op(c.dtype, c.op), comm_));
+                                                    mpi_reduce_op(c.dtype, c.op), comm_));
           std::memcpy(out, temp.data(), bytes);
         } else {
           MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count, type,
-                                                    reduce_op(c.dtype, c.op), comm_));
+                                                    mpi_reduce_op(c.dtype, c.op), comm_));
         }
         break;
       }
@@ -313,6 +284,36 @@ class MpiBackend final : public CommBackend {
 };
 
 }  // namespace
+
+MPI_Datatype mpi_datatype(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kF64: return MPI_DOUBLE;
+    case DType::kF16:
+    case DType::kBF16: return MPI_UINT16_T;
+    case DType::kI32: return MPI_INT32_T;
+    case DType::kI64: return MPI_INT64_T;
+    case DType::kU8:
+    case DType::kBool: return MPI_UINT8_T;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op mpi_reduce_op(DType dtype, ReduceOp op) {
+  int index = static_cast<int>(op);  // kSum, kMax, kMin, kProd
+  if (dtype == DType::kF16) return user_ops().half[index];
+  if (dtype == DType::kBF16) return user_ops().bfloat[index];
+  if (dtype == DType::kBool) {  // 0/1 bytes: or = max, and = min
+    return op == ReduceOp::kSum || op == ReduceOp::kMax ? MPI_MAX : MPI_MIN;
+  }
+  switch (op) {
+    case ReduceOp::kSum: return MPI_SUM;
+    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kMin: return MPI_MIN;
+    case ReduceOp::kProd: return MPI_PROD;
+  }
+  return MPI_SUM;
+}
 
 std::shared_ptr<CommBackend> make_mpi_world(const std::string& name) {
   World& world = World::get();

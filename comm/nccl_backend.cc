@@ -15,55 +15,14 @@
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
+#include "comm/nccl_check.h"
+#include "comm/nccl_types.h"
 #include "comm/world.h"
 #include "device/cuda_check.h"
-
-#define MESHRT_NCCL_CHECK(expr)                                                              \
-  do {                                                                                       \
-    ncclResult_t meshrt_status_ = (expr);                                                    \
-    if (meshrt_status_ != ncclSuccess && meshrt_status_ != ncclInProgress) {                 \
-      ::meshrt::throw_library_error(::meshrt::ErrorKind::kNccl, #expr, __FILE__, __LINE__,   \
-                                    ::meshrt::detail::nccl_message(meshrt_status_));         \
-    }                                                                                        \
-  } while (0)
 
 namespace meshrt::detail {
 
 namespace {
-
-std::string nccl_message(ncclResult_t status) {
-  std::string message = ncclGetErrorString(status);
-  const char* last = ncclGetLastError(nullptr);
-  if (last && *last) message += std::string(": ") + last;
-  return message;
-}
-
-ncclDataType_t nccl_type(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return ncclFloat32;
-    case DType::kF64: return ncclFloat64;
-    case DType::kF16: return ncclFloat16;
-    case DType::kBF16: return ncclBfloat16;
-    case DType::kI32: return ncclInt32;
-    case DType::kI64: return ncclInt64;
-    case DType::kU8:
-    case DType::kBool: return ncclUint8;
-  }
-  return ncclUint8;
-}
-
-ncclRedOp_t nccl_op(DType dtype, ReduceOp op) {
-  if (dtype == DType::kBool) {  // 0/1 bytes: or = max, and = min
-    return op == ReduceOp::kSum || op == ReduceOp::kMax ? ncclMax : ncclMin;
-  }
-  switch (op) {
-    case ReduceOp::kSum: return ncclSum;
-    case ReduceOp::kMax: return ncclMax;
-    case ReduceOp::kMin: return ncclMin;
-    case ReduceOp::kProd: return ncclProd;
-  }
-  return ncclSum;
-}
 
 ncclConfig_t nonblocking_config() {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -136,19 +95,19 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
     Stream stream = Stream::default_for(device_);
     auto s = static_cast<cudaStream_t>(stream.native_handle());
-    ncclDataType_t type = nccl_type(c.dtype);
+    ncclDataType_t type = nccl_datatype(c.dtype);
     size_t bytes = c.count * size_of(c.dtype);
     std::string what = cat(name, " on ", describe());
     switch (c.kind) {
       case Collective::kAllReduce:
-        MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_op(c.dtype, c.op), comm_, s));
+        MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
         break;
       case Collective::kAllGather:
         MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
         break;
       case Collective::kReduceScatter:
         MESHRT_NCCL_CHECK(
-            ncclReduceScatter(c.send, c.recv, c.count, type, nccl_op(c.dtype, c.op), comm_, s));
+            ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
         break;
       case Collective::kBroadcast:
         MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
@@ -235,6 +194,33 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
 };
 
 }  // namespace
+
+ncclDataType_t nccl_datatype(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return ncclFloat32;
+    case DType::kF64: return ncclFloat64;
+    case DType::kF16: return ncclFloat16;
+    case DType::kBF16: return ncclBfloat16;
+    case DType::kI32: return ncclInt32;
+    case DType::kI64: return ncclInt64;
+    case DType::kU8:
+    case DType::kBool: return ncclUint8;
+  }
+  return ncclUint8;
+}
+
+ncclRedOp_t nccl_reduce_op(DType dtype, ReduceOp op) {
+  if (dtype == DType::kBool) {  // 0/1 bytes: or = max, and = min
+    return op == ReduceOp::kSum || op == ReduceOp::kMax ? ncclMax : ncclMin;
+  }
+  switch (op) {
+    case ReduceOp::kSum: return ncclSum;
+    case ReduceOp::kMax: return ncclMax;
+    case ReduceOp::kMin: return ncclMin;
+    case ReduceOp::kProd: return ncclProd;
+  }
+  return ncclSum;
+}
 
 std::shared_ptr<CommBackend> make_nccl_world(const Device& device, const std::string& name) {
   World& world = World::get();
