@@ -189,6 +189,28 @@ void copy(const HostTensor& src, const HostTensor& dst) {
   std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
 }
 
+void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+               size_t row_bytes, size_t rows, const Stream* stream) {
+  if (rows == 0 || row_bytes == 0) return;
+#if MESHRT_WITH_CUDA
+  if (device.is_cuda()) {
+    set_current_device(device);
+    MESHRT_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
+                                        cudaMemcpyDeviceToDevice, native(device, stream)));
+    return;
+  }
+#endif
+  MESHRT_CHECK_ARG(device.is_cpu(), "copy_rows on ", device, ": meshrt was built without CUDA");
+  if (dst_pitch == row_bytes && src_pitch == row_bytes) {
+    std::memmove(dst, src, row_bytes * rows);
+    return;
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    std::memmove(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch,
+                 row_bytes);
+  }
+}
+
 namespace {
 template <class T>
 double load_as_double(const T& v) {

@@ -146,6 +146,13 @@ void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream
 // Host to host copy of the same dtype and numel.
 void copy(const HostTensor& src, const HostTensor& dst);
 
+// A strided block copy within one device's memory (or host memory for cpu):
+// rows rows of row_bytes bytes, row r from src + r * src_pitch to dst + r * dst_pitch.
+// cudaMemcpy2DAsync on CUDA (queued on stream, the default stream when null).
+// Cutting a tensor along an axis and putting blocks together are such copies.
+void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+               size_t row_bytes, size_t rows, const Stream* stream = nullptr);
+
 // Converts between element types on the host (any dtype to any dtype, via double
 // for integers and via float for the 16-bit floats).
 HostTensor cast_host(const HostTensor& tensor, DType dtype);

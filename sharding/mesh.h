@@ -1,0 +1,70 @@
+// Mesh: the ranks of the world arranged as a grid with named axes, row-major,
+// e.g. {{"data", 2}, {"model", 4}}: rank r has coordinates (r / 4, r % 4).
+// Each rank owns one device (its shards live there). Sub-communicators over an
+// axis, or a group of axes, connect the ranks that differ only along those axes;
+// their rank is the row-major index of the coordinates along those axes.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "device/device.h"
+
+namespace meshrt::sharding {
+
+struct MeshAxis {
+  std::string name;
+  int size;
+};
+
+class Mesh {
+ public:
+  Mesh() = default;
+  // Collective over the world. Throws Error(kInvalidArgument) when the product of
+  // the axis sizes differs from the number of ranks (naming both), on an empty or
+  // repeated axis name, or a size < 1. device: this rank's device (default: the
+  // World's default device).
+  explicit Mesh(std::vector<MeshAxis> axes);
+  Mesh(std::vector<MeshAxis> axes, const Device& device);
+  // "data=2,model=2" (also "2x2" for axes named x, y, z in order).
+  static std::vector<MeshAxis> parse_axes(const std::string& text);
+
+  bool valid() const { return impl_ != nullptr; }
+  int ndim() const;
+  const std::vector<MeshAxis>& axes() const;
+  // Index of the axis called name; throws Error(kInvalidArgument) listing the axes.
+  int axis_index(const std::string& name) const;
+  int axis_size(const std::string& name) const;
+  int size() const;  // number of ranks
+  int rank() const;  // this rank (world rank)
+  const Device& device() const;
+
+  // Coordinates of rank, and the rank at coordinates.
+  std::vector<int> coordinates(int rank) const;
+  int rank_at(const std::vector<int>& coordinates) const;
+  // This rank's coordinate along axis name.
+  int coordinate(const std::string& name) const;
+
+  // The communicator over the given axes (in the mesh's axis order); made once
+  // per group and cached. Collective the first time a group is asked for, so
+  // every rank must ask for the same groups in the same order (SPMD code does).
+  // Each axis's communicator is made when the mesh is.
+  const Communicator& communicator(const std::string& axis) const;
+  const Communicator& communicator(std::vector<std::string> axes) const;
+  // The communicator over all ranks of the mesh.
+  const Communicator& world_communicator() const;
+
+  // "Mesh(data=2, model=2)"
+  std::string to_string() const;
+  bool operator==(const Mesh& other) const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace meshrt::sharding

@@ -1,0 +1,198 @@
+// Redistribution between layouts, one mesh axis per step.
+//
+// Transition table (per mesh axis a; S(d) = a shards tensor dimension d as its
+// innermost axis, R = a unused, P = a partial):
+//
+//   from   to      collective over a      local work
+//   P      R       all_reduce             -
+//   P      S(d)    reduce_scatter         pack the blocks of d first
+//   S(d)   R       all_gather             put the gathered blocks side by side along d
+//   S(d)   S(e)    all_to_all             pack blocks of e, then join the received along d
+//   R      S(d)    -                      keep this rank's block of d (slice)
+//   R      P       -                      keep the value at coordinate 0, zeros elsewhere
+//   S(d)   P       all_gather, then R->P
+//   P      P, R R, S(d) S(d) (same position): nothing
+//
+// Order: partial axes are resolved first (reduce_scatter when the target shards
+// that axis innermost on a dimension whose other axes already match, otherwise
+// all_reduce); then axes that shard a dimension beyond the prefix it shares
+// with the target are removed innermost first (all_to_all when the target puts
+// that axis innermost on another dimension whose other axes match, otherwise
+// all_gather); then target axes are added by slicing; new partial axes last.
+// Every collective moves only the data of one shard over one mesh axis.
+#include "sharding/redistribute.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "sharding/blocks.h"
+#include "sharding/trace.h"
+
+namespace meshrt::sharding {
+
+const char* to_string(RedistributionStep::Kind kind) {
+  switch (kind) {
+    case RedistributionStep::Kind::kAllReduce: return "all_reduce";
+    case RedistributionStep::Kind::kReduceScatter: return "reduce_scatter";
+    case RedistributionStep::Kind::kAllGather: return "all_gather";
+    case RedistributionStep::Kind::kAllToAll: return "all_to_all";
+    case RedistributionStep::Kind::kSlice: return "slice";
+    case RedistributionStep::Kind::kZero: return "zero";
+  }
+  return "?";
+}
+
+namespace {
+using Kind = RedistributionStep::Kind;
+using Axes = std::vector<std::string>;
+
+bool starts_with(const Axes& longer, const Axes& prefix) {
+  return prefix.size() <= longer.size() && std::equal(prefix.begin(), prefix.end(), longer.begin());
+}
+
+Axes plus(Axes axes, const std::string& a) {
+  axes.push_back(a);
+  return axes;
+}
+
+size_t common_prefix(const Axes& a, const Axes& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
+bool used_in_dims(const Layout& l, const std::string& axis) { return l.dim_of(axis) >= 0; }
+}  // namespace
+
+std::vector<RedistributionStep> plan_redistribution(const Layout& from, const Layout& to) {
+  MESHRT_CHECK_SHAPE(from.ndim() == to.ndim(), "redistribution from ", from.to_string(), " to ", to.to_string(),
+                     ": the layouts have different numbers of dimensions");
+  std::vector<RedistributionStep> steps;
+  Layout cur = from;
+  auto step = [&](Kind kind, const std::string& axis, int dim, int to_dim, Layout next) {
+    steps.push_back({kind, axis, dim, to_dim, cur, next});
+    cur = std::move(next);
+  };
+  auto without_partial = [](const Layout& l, const std::string& a) {
+    Axes p = l.partial();
+    p.erase(std::find(p.begin(), p.end(), a));
+    return l.with_partial(p);
+  };
+
+  // 1. Partial axes the target does not keep partial.
+  for (const std::string& a : from.partial()) {
+    if (to.is_partial_over(a)) continue;
+    int d = to.dim_of(a);
+    if (d >= 0 && to.dim(d) == plus(cur.dim(d), a)) {
+      Layout next = without_partial(cur, a).with_dim(d, to.dim(d));
+      step(Kind::kReduceScatter, a, d, -1, next);
+    } else {
+      step(Kind::kAllReduce, a, -1, -1, without_partial(cur, a));
+    }
+  }
+
+  // 2./3. Remove extra shard axes (all_to_all or all_gather), then slice new ones.
+  for (;;) {
+    bool progressed = false;
+    // all_to_all: the innermost extra axis of d goes innermost on e.
+    for (int d = 0; d < cur.ndim() && !progressed; ++d) {
+      const Axes& axes = cur.dim(d);
+      if (axes.size() <= common_prefix(axes, to.dim(d))) continue;
+      const std::string a = axes.back();
+      int e = to.dim_of(a);
+      if (e >= 0 && e != d && to.dim(e) == plus(cur.dim(e), a)) {
+        Axes shorter(axes.begin(), axes.end() - 1);
+        step(Kind::kAllToAll, a, d, e, cur.with_dim(d, shorter).with_dim(e, to.dim(e)));
+        progressed = true;
+      }
+    }
+    // all_gather: the innermost extra axis of a dimension.
+    for (int d = 0; d < cur.ndim() && !progressed; ++d) {
+      const Axes& axes = cur.dim(d);
+      if (axes.size() <= common_prefix(axes, to.dim(d))) continue;
+      Axes shorter(axes.begin(), axes.end() - 1);
+      step(Kind::kAllGather, axes.back(), d, -1, cur.with_dim(d, shorter));
+      progressed = true;
+    }
+    if (progressed) continue;
+    // slice: the next target axis of a dimension, once that axis is free.
+    for (int d = 0; d < cur.ndim() && !progressed; ++d) {
+      const Axes& axes = cur.dim(d);
+      const Axes& target = to.dim(d);
+      if (axes.size() >= target.size() || !starts_with(target, axes)) continue;
+      const std::string& b = target[axes.size()];
+      if (used_in_dims(cur, b) || cur.is_partial_over(b)) continue;
+      step(Kind::kSlice, b, d, -1, cur.with_dim(d, plus(axes, b)));
+      progressed = true;
+    }
+    if (!progressed) break;
+  }
+  MESHRT_CHECK(cur.dims() == to.dims(), ErrorKind::kInternal, "redistribution planner stuck at ",
+               cur.to_string(), " on the way from ", from.to_string(), " to ", to.to_string());
+
+  // 4. New partial axes.
+  for (const std::string& a : to.partial()) {
+    if (cur.is_partial_over(a)) continue;
+    step(Kind::kZero, a, -1, -1, cur.with_partial(plus(cur.partial(), a)));
+  }
+  return steps;
+}
+
+namespace {
+DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const DeviceTensor& local) {
+  const Mesh& mesh = t.mesh();
+  int n = mesh.axis_size(s.axis);
+  int c = mesh.coordinate(s.axis);
+  switch (s.kind) {
+    case Kind::kAllReduce: {
+      DeviceTensor out = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
+      mesh.communicator(s.axis).all_reduce(local, out).wait();
+      return out;
+    }
+    case Kind::kReduceScatter: {
+      DeviceTensor packed = blocks::pack_blocks(local, s.dim, n);
+      DeviceTensor out = DeviceTensor::empty(local.shape().with(s.dim, local.dim(s.dim) / n), local.dtype(),
+                                             local.device());
+      mesh.communicator(s.axis).reduce_scatter(packed, out).wait();
+      return out;
+    }
+    case Kind::kAllGather: {
+      DeviceTensor gathered = DeviceTensor::empty({n * local.numel()}, local.dtype(), local.device());
+      mesh.communicator(s.axis).all_gather(local, gathered).wait();
+      return blocks::unpack_blocks(gathered, local.shape(), s.dim, n);
+    }
+    case Kind::kAllToAll: {
+      DeviceTensor packed = blocks::pack_blocks(local, s.to_dim, n);
+      DeviceTensor received = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
+      mesh.communicator(s.axis).all_to_all(packed, received).wait();
+      Shape block = local.shape().with(s.to_dim, local.dim(s.to_dim) / n);
+      return blocks::unpack_blocks(received, block, s.dim, n);
+    }
+    case Kind::kSlice:
+      return blocks::take_block(local, s.dim, c, n);
+    case Kind::kZero:
+      return c == 0 ? local : DeviceTensor::zeros(local.shape(), local.dtype(), local.device());
+  }
+  return local;
+}
+}  // namespace
+
+DTensor redistribute(const DTensor& t, const Layout& layout) {
+  MESHRT_CHECK_ARG(t.defined(), "redistribute of an undefined DTensor");
+  layout.check(t.mesh(), t.global_shape(), t.name());
+  DeviceTensor local = t.local();
+  Trace* trace = TraceScope::current();
+  for (const RedistributionStep& s : plan_redistribution(t.layout(), layout)) {
+    auto start = std::chrono::steady_clock::now();
+    long long bytes = static_cast<long long>(local.nbytes());
+    local = run_step(s, t, local);
+    if (trace) {
+      if (local.device().is_cuda()) Stream::default_for(local.device()).synchronize();
+      trace->add({to_string(s.kind), s.axis, t.name(), s.before.to_string(), s.after.to_string(), bytes,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
+    }
+  }
+  return DTensor(local, t.global_shape(), t.mesh(), layout, t.name());
+}
+
+}  // namespace meshrt::sharding

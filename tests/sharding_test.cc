@@ -1,0 +1,363 @@
+// sharding/: every redistribution and every sharded op checked against the same
+// computation on one rank, on random data, on each mesh the world size allows
+// (1-D always; 2x2 at 4 ranks; 2x3 and 3x2 at 6), plus the error messages.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+
+#include "comm/world.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
+#include "kernels/reduction.h"
+#include "sharding/ops.h"
+#include "sharding/redistribute.h"
+#include "sharding/tensor_parallel.h"
+#include "sharding/trace.h"
+#include "test_util.h"
+
+namespace meshrt::sharding {
+namespace {
+
+using meshrt::testing::all_close;
+using meshrt::testing::random_tensor;
+using meshrt::testing::throws_error;
+using Dims = std::vector<std::vector<std::string>>;
+
+std::vector<std::vector<MeshAxis>> meshes_for(int n) {
+  std::vector<std::vector<MeshAxis>> m = {{{"x", n}}};
+  if (n == 4) m.push_back({{"x", 2}, {"y", 2}});
+  if (n == 6) {
+    m.push_back({{"x", 2}, {"y", 3}});
+    m.push_back({{"x", 3}, {"y", 2}});
+  }
+  return m;
+}
+
+std::string mesh_name(const std::vector<MeshAxis>& axes) {
+  std::string s;
+  for (const auto& a : axes) s += (s.empty() ? "" : "x") + std::to_string(a.size);
+  return s;
+}
+
+// Every layout of a tensor with `ndim` dimensions on the mesh: each mesh axis is
+// unused, shards one dimension, or is partial; axes sharing a dimension in every order.
+std::vector<Layout> all_layouts(const Mesh& mesh, int ndim, bool with_partial = true) {
+  std::vector<Layout> out;
+  int roles = ndim + 1 + (with_partial ? 1 : 0);  // 0..ndim-1: shard that dim, ndim: unused, ndim+1: partial
+  int axes = mesh.ndim();
+  int combos = 1;
+  for (int i = 0; i < axes; ++i) combos *= roles;
+  for (int c = 0; c < combos; ++c) {
+    Dims dims(static_cast<size_t>(ndim));
+    std::vector<std::string> partial;
+    int rest = c;
+    for (int i = 0; i < axes; ++i) {
+      int role = rest % roles;
+      rest /= roles;
+      const std::string& name = mesh.axes()[static_cast<size_t>(i)].name;
+      if (role < ndim) dims[static_cast<size_t>(role)].push_back(name);
+      if (role == ndim + 1) partial.push_back(name);
+    }
+    // Every order of the axes within each dimension.
+    std::function<void(size_t, Dims&)> orders = [&](size_t d, Dims& current) {
+      if (d == current.size()) {
+        out.emplace_back(current, partial);
+        return;
+      }
+      std::sort(current[d].begin(), current[d].end());
+      do {
+        orders(d + 1, current);
+      } while (std::next_permutation(current[d].begin(), current[d].end()));
+    };
+    orders(0, dims);
+  }
+  return out;
+}
+
+// Small whole numbers in f32: sums of partial values are exact.
+HostTensor integers(const Shape& shape, uint64_t seed) {
+  return cast_host(random_tensor(shape, DType::kI32, seed, -8, 8), DType::kF32);
+}
+
+class Sharding : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    auto all = meshes_for(World::get().size());
+    if (GetParam() >= static_cast<int>(all.size())) {
+      GTEST_SKIP() << "no mesh #" << GetParam() << " at " << World::get().size() << " ranks (2-D meshes need 4 or 6 ranks)";
+    }
+    mesh_ = Mesh(all[static_cast<size_t>(GetParam())], Device::cpu());
+  }
+  Mesh mesh_;
+};
+
+TEST(Layout, ParsePrintAndValidate) {
+  Layout l = Layout::parse("[S(model), R] P(data)");
+  EXPECT_EQ(l.dim(0), std::vector<std::string>{"model"});
+  EXPECT_TRUE(l.dim(1).empty());
+  EXPECT_EQ(l.partial(), std::vector<std::string>{"data"});
+  EXPECT_EQ(l.to_string(), "[S(model), R] P(data)");
+  EXPECT_EQ(Layout::parse("S(x,y),R").to_string(), "[S(x,y), R]");
+  EXPECT_EQ(Layout::parse("R,R"), Layout::replicated(2));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[S(x), Q]"); }, {"layout '[S(x), Q]'"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("S(x),S(x)"); }, {"'x' is used twice"}));
+}
+
+TEST(Mesh, SizeMustMatchTheWorld) {
+  int n = World::get().size();
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { Mesh({{"data", 2}, {"model", n}}, Device::cpu()); },
+                           {"Mesh(data=2, model=" + std::to_string(n) + ") has " + std::to_string(2 * n) +
+                                " devices but the world has " + std::to_string(n) + " ranks"}));
+  EXPECT_EQ(Mesh::parse_axes("data=2,model=3")[1].name, "model");
+  EXPECT_EQ(Mesh::parse_axes("2x3")[1].size, 3);
+}
+
+TEST_P(Sharding, CoordinatesAndAxisCommunicators) {
+  std::vector<int> c = mesh_.coordinates(mesh_.rank());
+  EXPECT_EQ(mesh_.rank_at(c), mesh_.rank());
+  for (const MeshAxis& a : mesh_.axes()) {
+    const Communicator& comm = mesh_.communicator(a.name);
+    EXPECT_EQ(comm.size(), a.size);
+    EXPECT_EQ(comm.rank(), mesh_.coordinate(a.name));
+  }
+  std::vector<std::string> every_axis;  // in reverse order: the group is still in mesh order
+  for (const MeshAxis& a : mesh_.axes()) every_axis.insert(every_axis.begin(), a.name);
+  const Communicator& all = mesh_.communicator(every_axis);
+  EXPECT_EQ(all.size(), mesh_.size());
+  EXPECT_EQ(all.rank(), mesh_.rank());
+}
+
+TEST_P(Sharding, DivisibilityErrorNamesEverything) {
+  const std::string axis = mesh_.axes().back().name;
+  int size = mesh_.axes().back().size;
+  if (size == 1) GTEST_SKIP() << "every extent divides by 1";
+  int64_t extent = size + 1;
+  EXPECT_TRUE(throws_error(ErrorKind::kShape,
+                           [&] { DTensor::from_global(integers({extent, 4}, 1), mesh_, Layout::sharded(2, 0, axis), "x"); },
+                           {"dimension 0 of x (global size " + std::to_string(extent) + ") is sharded over mesh axis '" +
+                            axis + "' of size " + std::to_string(size) + ": " + std::to_string(extent) +
+                            " is not divisible by " + std::to_string(size)}));
+}
+
+TEST_P(Sharding, ImplicitHostReadIsAnErrorThatSaysHow) {
+  HostTensor g = integers({12, 6}, 2);
+  DTensor x = DTensor::from_global(g, mesh_, Layout::sharded(2, 0, mesh_.axes()[0].name), "x");
+  if (mesh_.axes()[0].size > 1) {
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { x.to_host(); },
+                             {"reading x: f32[12, 6] [S(x), R] on Mesh(", "x.gather()", "redistribute("}));
+  }
+  EXPECT_TRUE(all_close(x.gather(), g, 0, 0));
+  EXPECT_TRUE(all_close(DTensor::from_global(g, mesh_, Layout::replicated(2), "r").to_host(), g, 0, 0));
+}
+
+TEST_P(Sharding, EveryRedistributionPreservesTheValue) {
+  HostTensor g = integers({12, 12}, 3);
+  std::vector<Layout> layouts = all_layouts(mesh_, 2);
+  int pairs = 0;
+  for (const Layout& from : layouts) {
+    DTensor x = DTensor::from_global(g, mesh_, from, "x");
+    for (const Layout& to : layouts) {
+      DTensor y = redistribute(x, to);
+      ASSERT_EQ(y.layout(), to);
+      ASSERT_EQ(y.local().shape(), to.local_shape(mesh_, g.shape()));
+      ASSERT_TRUE(all_close(y.gather(), g, 0, 0)) << from.to_string() << " -> " << to.to_string();
+      ++pairs;
+    }
+  }
+  EXPECT_EQ(pairs, static_cast<int>(layouts.size() * layouts.size()));
+}
+
+TEST_P(Sharding, RedistributionUsesTheLeastCommunication) {
+  const std::string a = mesh_.axes()[0].name;
+  HostTensor g = integers({12, 12}, 4);
+  struct Case {
+    Layout from, to;
+    std::string collective;  // the only collective expected ("" for none)
+  };
+  std::vector<Case> cases = {
+      {Layout::sharded(2, 0, a), Layout::replicated(2), "all_gather"},
+      {Layout::replicated(2).with_partial({a}), Layout::replicated(2), "all_reduce"},
+      {Layout::replicated(2).with_partial({a}), Layout::sharded(2, 1, a), "reduce_scatter"},
+      {Layout::sharded(2, 0, a), Layout::sharded(2, 1, a), "all_to_all"},
+      {Layout::replicated(2), Layout::sharded(2, 1, a), ""},
+      {Layout::replicated(2), Layout::replicated(2).with_partial({a}), ""},
+  };
+  for (const Case& c : cases) {
+    DTensor x = DTensor::from_global(g, mesh_, c.from, "x");
+    Trace trace;
+    DTensor y;
+    {
+      TraceScope scope(trace);
+      y = redistribute(x, c.to);
+    }
+    EXPECT_EQ(trace.collectives(), c.collective.empty() ? 0 : 1) << c.from.to_string() << " -> " << c.to.to_string()
+                                                                  << "\n" << trace.to_string();
+    if (!c.collective.empty()) EXPECT_EQ(trace.count(c.collective), 1) << trace.to_string();
+    EXPECT_TRUE(all_close(y.gather(), g, 0, 0));
+  }
+}
+
+HostTensor one_rank_matmul(const HostTensor& a, const HostTensor& b) {
+  return meshrt::to_host(kernels::matmul(to_device(a, Device::cpu()), to_device(b, Device::cpu())));
+}
+
+TEST_P(Sharding, MatmulEveryOperandLayoutCombination) {
+  HostTensor ga = integers({12, 12}, 5), gb = integers({12, 6}, 6);
+  HostTensor expected = one_rank_matmul(ga, gb);
+  std::vector<Layout> layouts = all_layouts(mesh_, 2);
+  for (const Layout& la : layouts) {
+    DTensor a = DTensor::from_global(ga, mesh_, la, "a");
+    for (const Layout& lb : layouts) {
+      if (!lb.local_shape(mesh_, gb.shape()).numel()) continue;
+      bool fits = true;
+      for (int d = 0; d < 2; ++d) fits = fits && gb.shape()[d] % lb.parts(mesh_, d) == 0;
+      if (!fits) continue;
+      DTensor b = DTensor::from_global(gb, mesh_, lb, "b");
+      DTensor c = matmul(a, b);
+      ASSERT_TRUE(all_close(c.gather(), expected, 0, 0)) << la.to_string() << " @ " << lb.to_string() << " -> "
+                                                          << c.layout().to_string();
+    }
+  }
+}
+
+TEST_P(Sharding, MatmulLayoutRulesNeedNoCommunicationWhenAligned) {
+  const std::string a = mesh_.axes()[0].name;
+  HostTensor ga = integers({12, 12}, 7), gb = integers({12, 12}, 8);
+  HostTensor expected = one_rank_matmul(ga, gb);
+  struct Case {
+    Layout la, lb, result;
+  };
+  std::vector<Case> cases = {
+      // contracted dimension sharded on both: local GEMMs, partial result
+      {Layout(Dims{{}, {a}}), Layout(Dims{{a}, {}}), Layout(Dims{{}, {}}, {a})},
+      // output (row) sharding: none
+      {Layout(Dims{{a}, {}}), Layout::replicated(2), Layout(Dims{{a}, {}})},
+      // output (column) sharding of b: none
+      {Layout::replicated(2), Layout(Dims{{}, {a}}), Layout(Dims{{}, {a}})},
+      // partial a times replicated b stays partial
+      {Layout::replicated(2).with_partial({a}), Layout::replicated(2), Layout::replicated(2).with_partial({a})},
+  };
+  for (const Case& c : cases) {
+    DTensor x = DTensor::from_global(ga, mesh_, c.la, "a"), y = DTensor::from_global(gb, mesh_, c.lb, "b");
+    Trace trace;
+    DTensor z;
+    {
+      TraceScope scope(trace);
+      z = matmul(x, y);
+    }
+    EXPECT_EQ(trace.collectives(), 0) << trace.to_string();
+    EXPECT_EQ(z.layout(), c.result) << z.layout().to_string();
+    EXPECT_TRUE(all_close(z.gather(), expected, 0, 0));
+  }
+  // Batched: batch sharding needs no communication either.
+  HostTensor g3 = integers({6, 4, 12}, 9), gw = integers({12, 6}, 10);
+  if (6 % mesh_.axes()[0].size == 0) {
+    DTensor x = DTensor::from_global(g3, mesh_, Layout(Dims{{a}, {}, {}}), "x");
+    DTensor w = DTensor::from_global(gw, mesh_, Layout::replicated(2), "w");
+    Trace trace;
+    DTensor z;
+    {
+      TraceScope scope(trace);
+      z = matmul(x, w);
+    }
+    EXPECT_EQ(trace.collectives(), 0);
+    HostTensor expected3 = meshrt::to_host(kernels::matmul(to_device(g3, Device::cpu()), to_device(gw, Device::cpu())));
+    EXPECT_TRUE(all_close(z.gather(), expected3, 0, 0));
+  }
+}
+
+HostTensor one_rank(const std::function<DeviceTensor(const DeviceTensor&)>& f, const HostTensor& x) {
+  return meshrt::to_host(f(to_device(x, Device::cpu())));
+}
+
+TEST_P(Sharding, ElementwiseReductionsAndNormsMatchOneRank) {
+  HostTensor gx = random_tensor({12, 12}, DType::kF32, 11), gy = random_tensor({12, 12}, DType::kF32, 12);
+  HostTensor gbias = random_tensor({12}, DType::kF32, 13), ggamma = random_tensor({12}, DType::kF32, 14, 0.5, 1.5);
+  auto dx = to_device(gx, Device::cpu()), dy = to_device(gy, Device::cpu());
+  auto dbias = to_device(gbias, Device::cpu()), dgamma = to_device(ggamma, Device::cpu());
+  const double tol = 1e-5;
+  for (const Layout& l : all_layouts(mesh_, 2)) {
+    DTensor x = DTensor::from_global(gx, mesh_, l, "x");
+    DTensor y = DTensor::from_global(gy, mesh_, Layout::replicated(2), "y");
+    DTensor bias = DTensor::from_global(gbias, mesh_, Layout::replicated(1), "bias");
+    DTensor gamma = DTensor::from_global(ggamma, mesh_, Layout::replicated(1), "gamma");
+    std::string where = l.to_string();
+    EXPECT_TRUE(all_close(neg(x).gather(), one_rank([](auto& t) { return kernels::neg(t); }, gx), 0, 0)) << where;
+    EXPECT_TRUE(all_close(scale(x, 3).gather(), one_rank([](auto& t) { return kernels::scale(t, 3); }, gx), tol, tol)) << where;
+    EXPECT_TRUE(all_close(gelu(x).gather(), one_rank([](auto& t) { return kernels::gelu(t); }, gx), tol, tol)) << where;
+    EXPECT_TRUE(all_close(relu(x).gather(), one_rank([](auto& t) { return kernels::relu(t); }, gx), tol, tol)) << where;
+    EXPECT_TRUE(all_close(silu(x).gather(), one_rank([](auto& t) { return kernels::silu(t); }, gx), tol, tol)) << where;
+    EXPECT_TRUE(all_close(add(x, y).gather(), meshrt::to_host(kernels::add(dx, dy)), tol, tol)) << where;
+    EXPECT_TRUE(all_close(add(y, x).gather(), meshrt::to_host(kernels::add(dy, dx)), tol, tol)) << where;
+    EXPECT_TRUE(all_close(mul(x, y).gather(), meshrt::to_host(kernels::mul(dx, dy)), tol, tol)) << where;
+    EXPECT_TRUE(all_close(bias_add(x, bias).gather(), meshrt::to_host(kernels::bias_add(dx, dbias)), tol, tol)) << where;
+    for (int d : {0, 1}) {
+      EXPECT_TRUE(all_close(sum(x, d).gather(), meshrt::to_host(kernels::sum(dx, d)), tol, tol)) << where << " sum " << d;
+    }
+    EXPECT_TRUE(all_close(softmax(x).gather(), meshrt::to_host(kernels::softmax(dx)), tol, tol)) << where;
+    EXPECT_TRUE(all_close(rmsnorm(x, gamma).gather(), meshrt::to_host(kernels::rmsnorm(dx, dgamma)), tol, tol)) << where;
+    EXPECT_TRUE(all_close(layernorm(x, gamma, bias).gather(), meshrt::to_host(kernels::layernorm(dx, dgamma, dbias)),
+                          tol, tol)) << where;
+  }
+}
+
+TEST_P(Sharding, SumOfAShardedDimensionIsAPartialWithoutCommunication) {
+  const std::string a = mesh_.axes()[0].name;
+  DTensor x = DTensor::from_global(integers({12, 6}, 15), mesh_, Layout::sharded(2, 0, a), "x");
+  Trace trace;
+  DTensor s;
+  {
+    TraceScope scope(trace);
+    s = sum(x, 0);
+  }
+  EXPECT_EQ(trace.collectives(), 0);
+  EXPECT_EQ(s.layout(), Layout::replicated(1).with_partial({a}));
+}
+
+TEST_P(Sharding, TensorParallelMlpUsesOneAllReduce) {
+  const std::string model = mesh_.axes().back().name;
+  HostTensor w1 = random_tensor({12, 24}, DType::kF32, 20), b1 = random_tensor({24}, DType::kF32, 21);
+  HostTensor w2 = random_tensor({24, 12}, DType::kF32, 22), b2 = random_tensor({12}, DType::kF32, 23);
+  HostTensor gx = random_tensor({6, 12}, DType::kF32, 24);
+  auto d = [](const HostTensor& h) { return to_device(h, Device::cpu()); };
+  HostTensor expected = meshrt::to_host(kernels::bias_add(
+      kernels::matmul(kernels::gelu(kernels::bias_add(kernels::matmul(d(gx), d(w1)), d(b1))), d(w2)), d(b2)));
+  ParallelMLP mlp(mesh_, model, w1, b1, w2, b2);
+  // Data-parallel over the other axis when the mesh has one.
+  Layout input = mesh_.ndim() == 2 && 6 % mesh_.axes()[0].size == 0 ? Layout::sharded(2, 0, mesh_.axes()[0].name)
+                                                                    : Layout::replicated(2);
+  DTensor x = DTensor::from_global(gx, mesh_, input, "x");
+  Trace trace;
+  DTensor y;
+  {
+    TraceScope scope(trace);
+    y = mlp.forward(x);
+  }
+  int expected_reductions = mesh_.axis_size(model) > 1 ? 1 : 1;  // the all_reduce runs (trivially at size 1)
+  EXPECT_EQ(trace.collectives(), expected_reductions) << trace.to_string();
+  EXPECT_EQ(trace.count("all_reduce"), expected_reductions) << trace.to_string();
+  EXPECT_EQ(y.layout().dim(1), std::vector<std::string>{});
+  EXPECT_TRUE(all_close(y.gather(), expected, 1e-5, 1e-5));
+}
+
+TEST_P(Sharding, FromLocalShardsDerivesAndChecksTheGlobalShape) {
+  const std::string a = mesh_.axes()[0].name;
+  int n = mesh_.axes()[0].size;
+  HostTensor block = HostTensor::full<float>({2, 3}, static_cast<float>(mesh_.coordinate(a)));
+  DTensor x = DTensor::from_local_shards(block, mesh_, Layout::sharded(2, 0, a), "x");
+  EXPECT_EQ(x.global_shape(), (Shape{2 * n, 3}));
+  HostTensor g = x.gather();
+  for (int64_t r = 0; r < 2 * n; ++r) EXPECT_EQ(g.data<float>()[r * 3], static_cast<float>(r / 2));
+  if (mesh_.size() > 1) {
+    HostTensor odd = HostTensor::full<float>({mesh_.rank() == 1 ? 3 : 2, 3}, 0.0f);
+    EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { DTensor::from_local_shards(odd, mesh_, Layout::sharded(2, 0, a), "y"); },
+                             {"from_local_shards of y: rank", "f32[3, 3]", "same shape"}));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, Sharding, ::testing::Values(0, 1, 2),
+                         [](const auto& info) { return "mesh" + std::to_string(info.param); });
+
+}  // namespace
+}  // namespace meshrt::sharding
