@@ -212,10 +212,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  int code = 2;
   try {
-    return meshrt::apps::run(o);
+    code = meshrt::apps::run(o);
   } catch (const meshrt::Error& e) {
     std::fprintf(stderr, "meshrt-bench-gemm: %s\n", e.what());
-    return 2;
   }
+  meshrt::World::finalize();
+  return code;
 }

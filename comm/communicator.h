@@ -2,9 +2,10 @@
 // (non-blocking communicators, so they can be aborted), MPI for the cpu device.
 // Every operation returns a Work; on CUDA it is queued on the device's default
 // stream, on the cpu it runs on the communicator's own thread. Operations on one
-// communicator run in the order they were issued (point-to-point sends and
-// receives are posted at once and complete in any order, so an exchange of
-// send + recv between two ranks cannot deadlock; a later collective waits for them).
+// communicator run in the order they were issued, one after another, as on an
+// NCCL stream: a send finishes only once the peer's matching recv runs, so order
+// point-to-point calls so they match (for an exchange between two ranks, one
+// sends first and the other receives first; for a ring, even ranks send first).
 //
 // Tensor rules (as in NCCL): all ranks pass the same dtype and element counts;
 // tensors are contiguous on the communicator's device. Chunked operations split

@@ -7,10 +7,17 @@
 // a Work polls an event recorded after the operation and the communicator's
 // asynchronous error, and aborts the communicator on error or deadline
 // (as nccl-tests' testStreamSynchronize does).
+//
+// NCCL lets one thread at a time operate the communicators of a device (even
+// ncclCommGetAsyncError may complete pending group work), so every NCCL call
+// here holds that device's lock; abort() takes it too and then forgets the
+// freed communicator.
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
 
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "comm/backend.h"
@@ -46,6 +53,32 @@ bool wait_ready(ncclComm_t comm, std::chrono::milliseconds timeout, const std::s
   }
 }
 
+// One lock per CUDA device for all of its communicators. Recursive: an
+// operation that times out aborts its communicator while holding the lock.
+std::recursive_mutex& device_lock(int device) {
+  static std::mutex guard;
+  static std::map<int, std::recursive_mutex>* locks = new std::map<int, std::recursive_mutex>();
+  std::lock_guard<std::mutex> lock(guard);
+  return (*locks)[device];
+}
+
+// Closes an NCCL group on every path out of a scope, so an error thrown between
+// ncclGroupStart and ncclGroupEnd cannot leave this thread's group open.
+class GroupGuard {
+ public:
+  GroupGuard() { MESHRT_NCCL_CHECK(ncclGroupStart()); }
+  ~GroupGuard() {
+    if (open_) ncclGroupEnd();
+  }
+  void end() {
+    open_ = false;
+    MESHRT_NCCL_CHECK(ncclGroupEnd());
+  }
+
+ private:
+  bool open_ = true;
+};
+
 std::string not_ready_message(const std::string& what, std::chrono::milliseconds timeout) {
   return cat(what, " was not ready within ", timeout.count(), " ms on rank ", error_rank(),
              "; the communicator was aborted");
@@ -54,10 +87,11 @@ std::string not_ready_message(const std::string& what, std::chrono::milliseconds
 class NcclBackend final : public CommBackend, public std::enable_shared_from_this<NcclBackend> {
  public:
   NcclBackend(ncclComm_t comm, Device device, std::string name, int rank, int size)
-      : CommBackend(std::move(name), rank, size), comm_(comm), device_(device) {}
+      : CommBackend(std::move(name), rank, size), comm_(comm), device_(device), lock_(device_lock(device.index())) {}
 
   ~NcclBackend() override {
-    if (aborted() || !comm_) return;  // ncclCommAbort already released it
+    std::lock_guard<std::recursive_mutex> lock(lock_);
+    if (!comm_) return;  // aborted: ncclCommAbort already released it
     // Best effort, never throws: flush, wait up to the deadline, then destroy
     // (or abort if the communicator does not settle).
     cudaSetDevice(device_.index());
@@ -75,22 +109,11 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     }
   }
 
-  // wait_ready on this communicator; aborts it and throws Error(kDeadlineExceeded) past the deadline.
-  void ensure_ready(ncclComm_t comm, const std::string& what) {
-    if (wait_ready(comm, timeout(), what)) return;
-    std::string message = not_ready_message(what, timeout());
-    if (comm == comm_) {
-      abort(message);
-    } else {
-      ncclCommAbort(comm);
-    }
-    throw Error(ErrorKind::kDeadlineExceeded, message);
-  }
-
   const char* kind() const override { return "nccl"; }
 
   void start(const CommOp& c, const std::shared_ptr<WorkState>& state) override {
     const char* name = to_string(c.kind);
+    std::lock_guard<std::recursive_mutex> lock(lock_);
     check_not_aborted(name);
     MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
     Stream stream = Stream::default_for(device_);
@@ -106,8 +129,7 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
         MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
         break;
       case Collective::kReduceScatter:
-        MESHRT_NCCL_CHECK(
-            ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
+        MESHRT_NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
         break;
       case Collective::kBroadcast:
         MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
@@ -121,25 +143,24 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       case Collective::kAllToAll: {
         const void* send = c.send;
         if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
-          DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()},
-                                                    DType::kU8, device_);
-          MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(),
-                                            cudaMemcpyDeviceToDevice, s));
+          DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()}, DType::kU8, device_);
+          MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
           state->stash(staged.storage());
           send = staged.raw_data();
         }
-        MESHRT_NCCL_CHECK(ncclGroupStart());
+        GroupGuard group;
         for (int peer = 0; peer < size(); ++peer) {
-          MESHRT_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type,
-                                     peer, comm_, s));
-          MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer,
-                                     comm_, s));
+          MESHRT_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type, peer, comm_, s));
+          MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer, comm_, s));
         }
-        MESHRT_NCCL_CHECK(ncclGroupEnd());
+        group.end();
         break;
       }
       case Collective::kBarrier: {
-        DeviceTensor token = DeviceTensor::zeros(Shape{1}, DType::kI32, device_);
+        // Queued, not synchronised: a stuck earlier operation must reach the
+        // deadline in wait(), not hang here.
+        DeviceTensor token = DeviceTensor::empty(Shape{1}, DType::kI32, device_);
+        MESHRT_CUDA_CHECK(cudaMemsetAsync(token.raw_data(), 0, sizeof(int32_t), s));
         state->stash(token.storage());
         MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
         break;
@@ -150,9 +171,12 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     done.record(stream);
     std::weak_ptr<NcclBackend> self = shared_from_this();
     state->set_poller([self, done, what]() -> bool {
+      // The event first: a finished operation is done whatever happens later.
+      if (done.query()) return true;
       auto backend = self.lock();
       MESHRT_CHECK(backend != nullptr, ErrorKind::kUnavailable, what,
                    ": the communicator was destroyed before the operation finished");
+      std::lock_guard<std::recursive_mutex> lock(backend->lock_);
       backend->check_not_aborted(what.c_str());
       ncclResult_t async = ncclSuccess;
       MESHRT_NCCL_CHECK(ncclCommGetAsyncError(backend->comm_, &async));
@@ -161,16 +185,19 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
         backend->abort(cat(what, " failed: ", message));
         throw_library_error(ErrorKind::kNccl, what.c_str(), __FILE__, __LINE__, message);
       }
-      return done.query();
+      return false;
     });
   }
 
   std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) override {
+    std::lock_guard<std::recursive_mutex> lock(lock_);
     check_not_aborted("split");
     MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
     ncclConfig_t config = nonblocking_config();
     ncclComm_t sub = nullptr;
     MESHRT_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config));
+    // On a timeout the parent is aborted, which also ends its asynchronous split
+    // job, so nothing writes to `sub` after we return.
     ensure_ready(comm_, cat("split on ", describe()));
     if (!sub) return nullptr;
     ensure_ready(sub, cat("split on ", describe()));
@@ -184,13 +211,29 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
 
   void abort(const std::string& reason) override {
     if (!mark_aborted(reason)) return;
-    // Safe on a non-blocking communicator, from any thread, with work in flight.
-    ncclCommAbort(comm_);
+    // Safe on a non-blocking communicator with work in flight; the lock keeps
+    // every other NCCL call on this device out while the communicator is freed.
+    std::lock_guard<std::recursive_mutex> lock(lock_);
+    if (comm_) ncclCommAbort(comm_);
+    comm_ = nullptr;
   }
 
  private:
+  // wait_ready on comm; past the deadline aborts it and throws Error(kDeadlineExceeded).
+  void ensure_ready(ncclComm_t comm, const std::string& what) {
+    if (wait_ready(comm, timeout(), what)) return;
+    std::string message = not_ready_message(what, timeout());
+    if (comm == comm_) {
+      abort(message);
+    } else {
+      ncclCommAbort(comm);
+    }
+    throw Error(ErrorKind::kDeadlineExceeded, message);
+  }
+
   ncclComm_t comm_;
   Device device_;
+  std::recursive_mutex& lock_;
 };
 
 }  // namespace

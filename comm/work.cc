@@ -72,10 +72,17 @@ void WorkState::wait(std::chrono::milliseconds timeout) {
     polled = poller_ != nullptr;
   }
   if (polled) {
-    // Poll with a growing pause: fast for short operations, cheap for long ones.
-    auto pause = std::chrono::microseconds(1);
+    // Yield-poll for the first 200 us (short operations), then sleep with a
+    // growing pause of at most 1 ms (long ones).
+    auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    auto pause = std::chrono::microseconds(10);
     while (!is_completed()) {
-      if (std::chrono::steady_clock::now() >= deadline) break;
+      auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) break;
+      if (now < spin_until) {
+        std::this_thread::yield();
+        continue;
+      }
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }

@@ -27,6 +27,7 @@ CachingAllocator::~CachingAllocator() {
 void* CachingAllocator::allocate(size_t bytes, void* stream) {
   size_t size = (std::max<size_t>(bytes, 1) + kGranule - 1) / kGranule * kGranule;
   std::lock_guard<std::mutex> lock(mutex_);
+  collect_pending_locked();
   ++stats_.allocations;
   void* ptr = nullptr;
   auto per_stream = cache_.find(stream);
@@ -59,18 +60,38 @@ void* CachingAllocator::allocate(size_t bytes, void* stream) {
   return ptr;
 }
 
-void CachingAllocator::deallocate(void* ptr) {
+void CachingAllocator::deallocate(void* ptr, std::vector<Event> pending) {
   if (!ptr) return;
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = live_.find(reinterpret_cast<uintptr_t>(ptr));
   MESHRT_CHECK(it != live_.end(), ErrorKind::kInternal, name_, ": deallocate(", ptr,
                ") of a pointer this allocator did not hand out");
-  cache_[it->second.stream].emplace(it->second.size, ptr);
+  if (pending.empty()) {
+    cache_[it->second.stream].emplace(it->second.size, ptr);
+  } else {
+    pending_.push_back({ptr, it->second, std::move(pending)});
+  }
   stats_.allocated_bytes -= it->second.size;
   live_.erase(it);
 }
 
+void CachingAllocator::collect_pending_locked() {
+  for (size_t i = 0; i < pending_.size();) {
+    Pending& p = pending_[i];
+    bool done = true;
+    for (const Event& e : p.events) done = done && e.query();
+    if (!done) {
+      ++i;
+      continue;
+    }
+    cache_[p.block.stream].emplace(p.block.size, p.ptr);
+    pending_[i] = std::move(pending_.back());
+    pending_.pop_back();
+  }
+}
+
 void CachingAllocator::release_cached_locked() {
+  collect_pending_locked();
   for (auto& [stream, blocks] : cache_) {
     for (auto& [size, ptr] : blocks) {
       backend_free_(ptr);
@@ -138,8 +159,11 @@ CachingAllocator& device_allocator(const Device& device) {
         "CUDA caching allocator", device,
         [index](size_t bytes) -> void* {
           void* p = nullptr;
+          int previous = 0;
+          MESHRT_CUDA_CHECK(cudaGetDevice(&previous));
           MESHRT_CUDA_CHECK(cudaSetDevice(index));
           cudaError_t status = cudaMalloc(&p, bytes);
+          cudaSetDevice(previous);
           if (status == cudaErrorMemoryAllocation) {
             cudaGetLastError();
             return nullptr;
@@ -183,6 +207,7 @@ CachingAllocator& host_allocator() {
 
 MemorySpace pointer_space(const void* ptr) {
   if (device_allocator(Device::cpu()).owns(ptr)) return MemorySpace::kDevice;
+  if (host_allocator().owns(ptr)) return MemorySpace::kHost;
 #if MESHRT_WITH_CUDA
   if (cuda_device_count() > 0) {
     cudaPointerAttributes attributes{};

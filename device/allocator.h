@@ -11,8 +11,10 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "device/device.h"
+#include "device/stream.h"
 
 namespace meshrt {
 
@@ -41,7 +43,9 @@ class CachingAllocator {
   // throws Error(kUnavailable) with the request and the allocator's figures.
   void* allocate(size_t bytes, void* stream = nullptr);
   // Returns a block from allocate() to the cache. Throws on a pointer it never gave out.
-  void deallocate(void* ptr);
+  // With events, the block is cached only once they have all completed (work on
+  // other streams that still uses it; see Storage::record_stream).
+  void deallocate(void* ptr, std::vector<Event> pending = {});
   // Gives every cached block back to the backend.
   void empty_cache();
   AllocatorStats stats() const;
@@ -59,6 +63,7 @@ class CachingAllocator {
     void* stream;
   };
   void release_cached_locked();
+  void collect_pending_locked();
 
   std::string name_;
   Device device_;
@@ -67,6 +72,12 @@ class CachingAllocator {
   mutable std::mutex mutex_;
   std::map<uintptr_t, Block> live_;                      // handed out, by address
   std::map<void*, std::multimap<size_t, void*>> cache_;  // per stream: size -> block
+  struct Pending {
+    void* ptr;
+    Block block;
+    std::vector<Event> events;
+  };
+  std::vector<Pending> pending_;  // freed, waiting for other streams' work
   AllocatorStats stats_;
 };
 

@@ -1,5 +1,7 @@
 #include "device/tensor.h"
 
+#include "device/convert.h"
+
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -11,9 +13,38 @@
 namespace meshrt {
 
 Storage::Storage(CachingAllocator& allocator, size_t bytes, void* stream)
-    : allocator_(allocator), data_(allocator.allocate(bytes, stream)), bytes_(bytes) {}
+    : allocator_(allocator), data_(allocator.allocate(bytes, stream)), bytes_(bytes), stream_(stream) {}
 
-Storage::~Storage() { allocator_.deallocate(data_); }
+Storage::~Storage() {
+  std::vector<Event> pending;
+  for (const Stream& s : used_on_) {
+    Event done(s.device());
+    done.record(s);
+    pending.push_back(done);
+  }
+  allocator_.deallocate(data_, std::move(pending));
+}
+
+void Storage::record_stream(const Stream& stream) {
+  if (!stream.device().is_cuda() || stream.native_handle() == stream_) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Stream& s : used_on_) {
+    if (s.native_handle() == stream.native_handle()) return;
+  }
+  used_on_.push_back(stream);
+}
+
+void prepare_stream_use(const Stream* stream, std::initializer_list<const DeviceTensor*> tensors) {
+  if (!stream || !stream->device().is_cuda()) return;
+  Stream home = Stream::default_for(stream->device());
+  if (stream->native_handle() == home.native_handle()) return;
+  Event ready(stream->device());
+  ready.record(home);
+  ready.block(*stream);
+  for (const DeviceTensor* t : tensors) {
+    if (t->defined()) t->storage()->record_stream(*stream);
+  }
+}
 
 namespace {
 template <class Space>
@@ -123,7 +154,16 @@ cudaStream_t native(const Device& device, const Stream* stream) {
 #endif
 }  // namespace
 
+namespace {
+void check_stream(const char* op, const Device& device, const Stream* stream) {
+  MESHRT_CHECK_ARG(!stream || stream->device() == device, op, ": the tensor is on ", device,
+                   " but the stream is on ", stream ? stream->device() : device);
+}
+}  // namespace
+
 HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
+  check_stream("to_host", tensor.device(), stream);
+  prepare_stream_use(stream, {&tensor});
   HostTensor out = HostTensor::empty(tensor.shape(), tensor.dtype());
   if (tensor.nbytes() == 0) return out;
 #if MESHRT_WITH_CUDA
@@ -142,7 +182,9 @@ HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
 }
 
 DeviceTensor to_device(const HostTensor& tensor, const Device& device, const Stream* stream) {
+  check_stream("to_device", device, stream);
   DeviceTensor out = DeviceTensor::empty(tensor.shape(), tensor.dtype(), device);
+  prepare_stream_use(stream, {&out});
   if (tensor.nbytes() == 0) return out;
 #if MESHRT_WITH_CUDA
   if (device.is_cuda()) {
@@ -171,7 +213,9 @@ void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream
   check_copy(src, dst);
   MESHRT_CHECK_ARG(src.device() == dst.device(), "copy from ", src.description(), " to ",
                    dst.description(), ": devices differ (use a Communicator between devices)");
+  check_stream("copy", src.device(), stream);
   if (src.nbytes() == 0 || src.raw_data() == dst.raw_data()) return;
+  prepare_stream_use(stream, {&src, &dst});
 #if MESHRT_WITH_CUDA
   if (src.device().is_cuda()) {
     set_current_device(src.device());
@@ -228,7 +272,7 @@ T store_from_double(double v) {
   } else if constexpr (std::is_same_v<T, bool>) {
     return v != 0.0;
   } else if constexpr (std::is_integral_v<T>) {
-    return std::isnan(v) ? T(0) : static_cast<T>(v);
+    return saturate_to_integer<T>(v);
   } else {
     return static_cast<T>(v);
   }
@@ -244,7 +288,13 @@ HostTensor cast_host(const HostTensor& tensor, DType dtype) {
       using Out = decltype(out_tag);
       const In* in = static_cast<const In*>(tensor.raw_data());
       Out* o = static_cast<Out*>(out.raw_data());
-      for (int64_t i = 0; i < tensor.numel(); ++i) o[i] = store_from_double<Out>(load_as_double(in[i]));
+      for (int64_t i = 0; i < tensor.numel(); ++i) {
+        if constexpr (std::is_integral_v<In> && std::is_integral_v<Out> && !std::is_same_v<Out, bool>) {
+          o[i] = static_cast<Out>(in[i]);  // integers wrap, as in C++
+        } else {
+          o[i] = store_from_double<Out>(load_as_double(in[i]));
+        }
+      }
     });
   });
   return out;

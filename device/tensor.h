@@ -14,7 +14,9 @@
 
 #include <concepts>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -45,11 +47,18 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   const Device& device() const { return allocator_.device(); }
+  // Notes that work queued on stream (not the stream the memory was allocated
+  // for) uses this memory: when the Storage dies, the block is reused only after
+  // that work is done (PyTorch's record_stream contract).
+  void record_stream(const Stream& stream);
 
  private:
   CachingAllocator& allocator_;
   void* data_;
   size_t bytes_;
+  void* stream_;  // the stream the block was allocated for
+  std::mutex mutex_;
+  std::vector<Stream> used_on_;
 };
 
 template <class Space>
@@ -152,6 +161,13 @@ void copy(const HostTensor& src, const HostTensor& dst);
 // Cutting a tensor along an axis and putting blocks together are such copies.
 void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                size_t row_bytes, size_t rows, const Stream* stream = nullptr);
+
+// Before queuing work on a stream other than the device's default stream:
+// orders that stream after the default stream (where tensors' memory was
+// allocated and last written) and records the stream on their storage, so the
+// blocks are not reused while the work runs. No-op for null or default streams
+// and on the cpu. Kernels and copies call it for the streams they are given.
+void prepare_stream_use(const Stream* stream, std::initializer_list<const DeviceTensor*> tensors);
 
 // Converts between element types on the host (any dtype to any dtype, via double
 // for integers and via float for the 16-bit floats).

@@ -4,7 +4,8 @@
 
 namespace meshrt::kernels::detail {
 
-Launch launch_for(const char* op, const Device& device, const Stream* stream) {
+Launch launch_for(const char* op, const Device& device, const Stream* stream,
+                  std::initializer_list<const DeviceTensor*> tensors) {
   Launch launch;
   if (stream) {
     MESHRT_CHECK_ARG(stream->device() == device, op, ": tensors are on ", device,
@@ -14,6 +15,7 @@ Launch launch_for(const char* op, const Device& device, const Stream* stream) {
   MESHRT_CHECK(cuda_built(), ErrorKind::kUnavailable, op, " on ", device, ": ",
                cuda_unavailable_reason());
   set_current_device(device);
+  prepare_stream_use(stream, tensors);
   launch.cuda = true;
   launch.device = device.index();
   launch.stream = (stream ? *stream : Stream::default_for(device)).native_handle();

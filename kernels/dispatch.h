@@ -15,8 +15,10 @@ struct Launch {
 
 // The backend for tensors on `device`. Throws Error(kUnavailable) for a CUDA
 // device when meshrt was built without CUDA, and Error(kInvalidArgument) when
-// stream belongs to another device.
-Launch launch_for(const char* op, const Device& device, const Stream* stream);
+// stream belongs to another device. For a non-default stream, orders it after
+// the default stream and records it on the tensors' storage (prepare_stream_use).
+Launch launch_for(const char* op, const Device& device, const Stream* stream,
+                  std::initializer_list<const DeviceTensor*> tensors);
 
 // All tensors defined and on the same device as the first.
 void check_same_device(const char* op, std::initializer_list<const DeviceTensor*> tensors);

@@ -34,7 +34,7 @@ void unary(UnaryOp op, const DeviceTensor& x, const DeviceTensor& out, double al
   detail::check_dtype(name, x, numeric ? detail::kNumericTypes : detail::kFloatTypes);
   check_same_shape_dtype(name, x, out);
   if (x.numel() == 0) return;
-  detail::Launch launch = detail::launch_for(name, x.device(), stream);
+  detail::Launch launch = detail::launch_for(name, x.device(), stream, {&x, &out});
   MESHRT_DISPATCH(launch, unary, op, x.dtype(), x.raw_data(), out.raw_data(), x.numel(), alpha);
 }
 
@@ -46,7 +46,7 @@ void binary(BinaryOp op, const DeviceTensor& a, const DeviceTensor& b, const Dev
   check_same_shape_dtype(name, a, b);
   check_same_shape_dtype(name, a, out);
   if (a.numel() == 0) return;
-  detail::Launch launch = detail::launch_for(name, a.device(), stream);
+  detail::Launch launch = detail::launch_for(name, a.device(), stream, {&a, &b, &out});
   MESHRT_DISPATCH(launch, binary, op, a.dtype(), a.raw_data(), b.raw_data(), out.raw_data(),
                   a.numel());
 }
@@ -63,7 +63,7 @@ void bias_add(const DeviceTensor& x, const DeviceTensor& bias, const DeviceTenso
                      bias.description());
   if (x.numel() == 0) return;
   int64_t cols = x.dim(-1), rows = x.numel() / cols;
-  detail::Launch launch = detail::launch_for("bias_add", x.device(), stream);
+  detail::Launch launch = detail::launch_for("bias_add", x.device(), stream, {&x, &bias, &out});
   MESHRT_DISPATCH(launch, bias_add, x.dtype(), x.raw_data(), bias.raw_data(), out.raw_data(), rows,
                   cols);
 }
@@ -77,7 +77,7 @@ void cast(const DeviceTensor& x, const DeviceTensor& out, const Stream* stream) 
     copy(x, out, stream);
     return;
   }
-  detail::Launch launch = detail::launch_for("cast", x.device(), stream);
+  detail::Launch launch = detail::launch_for("cast", x.device(), stream, {&x, &out});
   MESHRT_DISPATCH(launch, cast, x.dtype(), out.dtype(), x.raw_data(), out.raw_data(), x.numel());
 }
 

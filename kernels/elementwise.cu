@@ -1,5 +1,6 @@
 // CUDA twins of elementwise_cpu.cc: grid-stride loops, one element per thread
 // per step. Dtypes were checked by elementwise.cc.
+#include "device/convert.h"
 #include "kernels/backend.h"
 #include "kernels/cuda_common.cuh"
 
@@ -57,7 +58,7 @@ __device__ __forceinline__ Out convert(In v) {
   } else {
     double d = static_cast<double>(load(v));
     if constexpr (std::is_integral_v<Out>) {
-      return isnan(d) ? Out(0) : static_cast<Out>(d);
+      return saturate_to_integer<Out>(d);
     } else {
       return Store<Out>::from(d);
     }

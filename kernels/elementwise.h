@@ -25,7 +25,9 @@ void binary(BinaryOp op, const DeviceTensor& a, const DeviceTensor& b, const Dev
 // out[..., j] = x[..., j] + bias[j]; bias has shape [x.shape[-1]].
 void bias_add(const DeviceTensor& x, const DeviceTensor& bias, const DeviceTensor& out,
               const Stream* stream = nullptr);
-// out = x converted to out.dtype(); floats to integers truncate toward zero, to bool test != 0.
+// out = x converted to out.dtype(). Floats to integers truncate toward zero, NaN gives
+// 0 and values out of range saturate (the same on every backend); integers to
+// integers wrap as in C++; anything to bool tests != 0.
 void cast(const DeviceTensor& x, const DeviceTensor& out, const Stream* stream = nullptr);
 
 // Allocating forms.

@@ -1,6 +1,7 @@
 // cpu twins of elementwise.cu. Dtypes were checked by elementwise.cc.
 #include <cmath>
 
+#include "device/convert.h"
 #include "kernels/backend.h"
 #include "kernels/cpu_types.h"
 
@@ -83,7 +84,7 @@ void cast(DType from, DType to, const void* x, void* out, int64_t n) {
           if constexpr (std::is_integral_v<In>) {
             o[i] = static_cast<Out>(in[i]);
           } else {
-            o[i] = std::isnan(v) ? Out(0) : static_cast<Out>(v);
+            o[i] = saturate_to_integer<Out>(v);
           }
         } else {
           o[i] = store<Out>(v);

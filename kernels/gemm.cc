@@ -69,7 +69,7 @@ void gemm(const DeviceTensor& a, const DeviceTensor& b, const DeviceTensor& c,
   args.alpha = options.alpha;
   args.beta = options.beta;
   if (args.m == 0 || args.n == 0 || batch == 0) return;
-  detail::Launch launch = detail::launch_for("gemm", a.device(), stream);
+  detail::Launch launch = detail::launch_for("gemm", a.device(), stream, {&a, &b, &c});
   MESHRT_DISPATCH(launch, gemm, args);
 }
 

@@ -13,14 +13,25 @@
 namespace meshrt::kernels::cuda {
 
 namespace {
-// One handle per device per thread: cublasSetStream on a shared handle would race.
+// One handle per device per thread: cublasSetStream on a shared handle would
+// race. Destroyed when the thread ends (with its workspace).
+struct Handles {
+  std::map<int, cublasHandle_t> by_device;
+  ~Handles() {
+    for (auto& [device, handle] : by_device) {
+      cudaSetDevice(device);
+      cublasDestroy(handle);
+    }
+  }
+};
+
 cublasHandle_t handle_for(int device) {
-  thread_local std::map<int, cublasHandle_t> handles;  // released at process exit by the driver
-  auto it = handles.find(device);
-  if (it != handles.end()) return it->second;
+  thread_local Handles handles;
+  auto it = handles.by_device.find(device);
+  if (it != handles.by_device.end()) return it->second;
   cublasHandle_t handle = nullptr;
   MESHRT_CUBLAS_CHECK(cublasCreate(&handle));
-  handles.emplace(device, handle);
+  handles.by_device.emplace(device, handle);
   return handle;
 }
 

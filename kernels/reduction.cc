@@ -42,7 +42,7 @@ void sum(const DeviceTensor& x, int axis, const DeviceTensor& out, const Stream*
                      " of ", x.description(), " gives ", to_string(x.dtype()), expected,
                      ", but out is ", out.description());
   if (out.numel() == 0) return;
-  detail::Launch launch = detail::launch_for("sum", x.device(), stream);
+  detail::Launch launch = detail::launch_for("sum", x.device(), stream, {&x, &out});
   MESHRT_DISPATCH(launch, sum, x.dtype(), x.raw_data(), out.raw_data(), x.shape().outer(a),
                   x.dim(a), x.shape().inner(a));
 }
@@ -59,7 +59,7 @@ void softmax(const DeviceTensor& x, const DeviceTensor& out, const Stream* strea
   detail::check_same_device("softmax", {&x, &out});
   RowArgs rows = rows_of("softmax", x, out);
   if (x.numel() == 0) return;
-  detail::Launch launch = detail::launch_for("softmax", x.device(), stream);
+  detail::Launch launch = detail::launch_for("softmax", x.device(), stream, {&x, &out});
   MESHRT_DISPATCH(launch, softmax, rows, x.raw_data(), out.raw_data());
 }
 
@@ -78,7 +78,7 @@ void layernorm(const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTen
   check_vector("layernorm", "beta", beta, x);
   MESHRT_CHECK_ARG(eps >= 0, "layernorm: eps must be >= 0, got ", eps);
   if (x.numel() == 0) return;
-  detail::Launch launch = detail::launch_for("layernorm", x.device(), stream);
+  detail::Launch launch = detail::launch_for("layernorm", x.device(), stream, {&x, &gamma, &beta, &out});
   MESHRT_DISPATCH(launch, layernorm, rows, x.raw_data(), gamma.raw_data(), beta.raw_data(), eps,
                   out.raw_data());
 }
@@ -98,7 +98,7 @@ void rmsnorm(const DeviceTensor& x, const DeviceTensor& gamma, double eps, const
   check_vector("rmsnorm", "gamma", gamma, x);
   MESHRT_CHECK_ARG(eps >= 0, "rmsnorm: eps must be >= 0, got ", eps);
   if (x.numel() == 0) return;
-  detail::Launch launch = detail::launch_for("rmsnorm", x.device(), stream);
+  detail::Launch launch = detail::launch_for("rmsnorm", x.device(), stream, {&x, &gamma, &out});
   MESHRT_DISPATCH(launch, rmsnorm, rows, x.raw_data(), gamma.raw_data(), eps, out.raw_data());
 }
 

@@ -10,8 +10,9 @@ namespace meshrt::kernels {
 namespace cuda_impl {
 namespace {
 
+// Sums accumulate in double (floats) or int64 (integers), as on the cpu.
 template <class T>
-using sum_acc_t = std::conditional_t<std::is_integral_v<T>, long long, acc_t<T>>;
+using sum_acc_t = std::conditional_t<std::is_integral_v<T>, long long, double>;
 
 template <class T>
 __global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols) {

@@ -1,8 +1,7 @@
 // Reductions and row-wise normalisations, cpu and CUDA behind one call (see
 // elementwise.h for the stream and aliasing rules).
 //
-// dtypes: sum: f32, f64, f16, bf16, i32, i64 (floats accumulate in f32 on CUDA and
-//         f64 on the cpu, f64 in f64, integers in i64).
+// dtypes: sum: f32, f64, f16, bf16, i32, i64 (floats accumulate in f64, integers in i64).
 //         softmax, layernorm, rmsnorm: f32, f64, f16, bf16 (compute in f32, f64 in f64).
 #pragma once
 

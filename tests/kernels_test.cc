@@ -129,6 +129,18 @@ TEST(Elementwise, CastBetweenEveryPairOfDtypes) {
   }
 }
 
+TEST(Elementwise, FloatToIntegerCastsSaturateTheSameEverywhere) {
+  HostTensor x = HostTensor::from_vector<float>({-5.3f, 300.0f, std::nanf(""), 3e9f, -3e9f, 7.9f}, {6});
+  EXPECT_EQ(to_host(cast(on(x), DType::kU8)).to_vector<uint8_t>(), (std::vector<uint8_t>{0, 255, 0, 255, 0, 7}));
+  EXPECT_EQ(to_host(cast(on(x), DType::kI32)).to_vector<int32_t>(),
+            (std::vector<int32_t>{-5, 300, 0, INT32_MAX, INT32_MIN, 7}));
+  EXPECT_EQ(cast_host(x, DType::kI32).to_vector<int32_t>(), to_host(cast(on(x), DType::kI32)).to_vector<int32_t>());
+  // Integers to integers wrap, as in C++.
+  HostTensor i = HostTensor::from_vector<int64_t>({-1, 256, 257}, {3});
+  EXPECT_EQ(to_host(cast(on(i), DType::kU8)).to_vector<uint8_t>(), (std::vector<uint8_t>{255, 0, 1}));
+  EXPECT_EQ(cast_host(i, DType::kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{255, 0, 1}));
+}
+
 TEST(Elementwise, ErrorsNameTheOpAndTheTensors) {
   DeviceTensor i = on(random_tensor({4}, DType::kI32, 1, 0, 9));
   DeviceTensor f = on(random_tensor({4}, DType::kF32, 1));
