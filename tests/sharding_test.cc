@@ -11,6 +11,7 @@
 #include "kernels/gemm.h"
 #include "kernels/reduction.h"
 #include "sharding/ops.h"
+#include "sharding/partitioner.h"
 #include "sharding/redistribute.h"
 #include "sharding/tensor_parallel.h"
 #include "sharding/trace.h"
@@ -102,6 +103,28 @@ TEST(Layout, ParsePrintAndValidate) {
   EXPECT_EQ(Layout::parse("R,R"), Layout::replicated(2));
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[S(x), Q]"); }, {"layout '[S(x), Q]'"}));
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("S(x),S(x)"); }, {"'x' is used twice"}));
+}
+
+TEST(Partitioners, FixedAndMinSizeAsInTensorFlow) {
+  // The seed example: an embedding of 8 x 16384 over two parameter servers.
+  FixedShardsPartitioner two(2);
+  Partition p = two(Shape{8, 16384}, DType::kF32);
+  EXPECT_EQ(p, (Partition{2, 1}));
+  std::vector<HostTensor> shards = split_variable(random_tensor({8, 16384}, DType::kF32, 1), p);
+  ASSERT_EQ(shards.size(), 2u);
+  EXPECT_EQ(shards[0].shape(), (Shape{4, 16384}));
+  EXPECT_EQ(FixedShardsPartitioner(5)(Shape{3, 2}, DType::kF32), (Partition{3, 1}));  // no more shards than rows
+  // MinSizePartitioner: shards of at least 256 KiB, at most max_shards.
+  MinSizePartitioner min_size(256 << 10, 4);
+  EXPECT_EQ(min_size(Shape{8, 16384}, DType::kF32), (Partition{2, 1}));    // 512 KiB -> 2
+  EXPECT_EQ(min_size(Shape{64, 16384}, DType::kF32), (Partition{4, 1}));   // 4 MiB -> capped at 4
+  EXPECT_EQ(min_size(Shape{10, 10}, DType::kF32), (Partition{1, 1}));      // small: one shard
+  EXPECT_EQ(shard_extents(10, 4), (std::vector<int64_t>{3, 3, 2, 2}));      // uneven: first ones larger
+  HostTensor v = random_tensor({10, 3}, DType::kF32, 2);
+  std::vector<HostTensor> uneven = split_variable(v, Partition{4, 1});
+  ASSERT_EQ(uneven.size(), 4u);
+  EXPECT_EQ(uneven[3].shape(), (Shape{2, 3}));
+  EXPECT_EQ(uneven[1].data<float>()[0], v.data<float>()[9]);  // rows 3..5
 }
 
 TEST(Mesh, SizeMustMatchTheWorld) {
@@ -339,6 +362,21 @@ TEST_P(Sharding, TensorParallelMlpUsesOneAllReduce) {
   EXPECT_EQ(trace.count("all_reduce"), expected_reductions) << trace.to_string();
   EXPECT_EQ(y.layout().dim(1), std::vector<std::string>{});
   EXPECT_TRUE(all_close(y.gather(), expected, 1e-5, 1e-5));
+}
+
+TEST_P(Sharding, PartitionedVariablesPlaceOneShardPerRank) {
+  const MeshAxis& a = mesh_.axes()[0];
+  Shape shape{static_cast<int64_t>(a.size) * 4, 6};
+  Partition p = FixedShardsPartitioner(a.size)(shape, DType::kF32);
+  Layout l = layout_for_partition(p, shape, mesh_, a.name);
+  HostTensor g = integers(shape, 30);
+  DTensor v = DTensor::from_global(g, mesh_, l, "v");
+  std::vector<HostTensor> shards = split_variable(g, p);
+  EXPECT_TRUE(all_close(meshrt::to_host(v.local()), shards[static_cast<size_t>(mesh_.coordinate(a.name))], 0, 0));
+  if (a.size > 1) {
+    EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { layout_for_partition(Partition{a.size + 1, 1}, shape, mesh_, a.name); },
+                             {"into " + std::to_string(a.size + 1) + " shards but mesh axis '" + a.name + "'"}));
+  }
 }
 
 TEST_P(Sharding, FromLocalShardsDerivesAndChecksTheGlobalShape) {

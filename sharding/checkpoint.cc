@@ -1,0 +1,387 @@
+#include "sharding/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "sharding/redistribute.h"
+#include "sharding/safetensors.h"
+
+namespace meshrt::sharding {
+
+namespace {
+
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
+
+[[noreturn]] void io_error(const std::string& what, const std::string& path) {
+  throw Error(ErrorKind::kUnavailable, detail::cat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+class File {
+ public:
+  File(const std::string& path, int flags, mode_t mode = 0644) : path_(path) {
+    fd_ = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+    if (fd_ < 0) io_error("cannot open", path);
+  }
+  ~File() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  void write_at(const void* data, size_t bytes, uint64_t offset) {
+    const char* p = static_cast<const char*>(data);
+    while (bytes > 0) {
+      ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) io_error("cannot write", path_);
+      p += n;
+      bytes -= static_cast<size_t>(n);
+      offset += static_cast<uint64_t>(n);
+    }
+  }
+  void read_at(void* data, size_t bytes, uint64_t offset) {
+    char* p = static_cast<char*>(data);
+    while (bytes > 0) {
+      ssize_t n = ::pread(fd_, p, bytes, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) io_error("cannot read", path_);
+      if (n == 0) {
+        throw Error(ErrorKind::kInvalidArgument, detail::cat("safetensors file ", path_, " ends early (truncated?)"));
+      }
+      p += n;
+      bytes -= static_cast<size_t>(n);
+      offset += static_cast<uint64_t>(n);
+    }
+  }
+  void resize(uint64_t bytes) {
+    if (::ftruncate(fd_, static_cast<off_t>(bytes)) != 0) io_error("cannot size", path_);
+  }
+  void sync() {
+    if (::fsync(fd_) != 0) io_error("cannot fsync", path_);
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+void sync_directory(const std::string& dir) {
+  File d(dir, O_RDONLY | O_DIRECTORY);
+  d.sync();
+}
+
+std::string join(const std::string& dir, const std::string& file) { return dir + "/" + file; }
+
+// A file name from an index must stay inside the checkpoint folder.
+void check_file_name(const std::string& file, const std::string& index) {
+  MESHRT_CHECK_ARG(!file.empty() && file.find('/') == std::string::npos && file != "." && file != "..",
+                   "checkpoint index ", index, " names the file '", file,
+                   "': files must be plain names inside the checkpoint folder");
+}
+
+struct Index {
+  std::map<std::string, std::string> weight_map;   // tensor -> file
+  std::map<std::string, std::string> layouts;      // tensor -> saved layout
+};
+
+Index read_index(const std::string& dir) {
+  std::string path = join(dir, kCheckpointIndex);
+  std::ifstream in(path, std::ios::binary);
+  MESHRT_CHECK_ARG(in.good(), "no checkpoint in ", dir, ": cannot open ", path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  MESHRT_CHECK_ARG(text.size() <= kMaxIndexBytes, "checkpoint index ", path, " is larger than ", kMaxIndexBytes,
+                   " bytes");
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, detail::cat("checkpoint index ", path, " is not valid JSON: ", e.what()));
+  }
+  MESHRT_CHECK_ARG(json.is_object() && json.contains("weight_map") && json["weight_map"].is_object(),
+                   "checkpoint index ", path, " has no \"weight_map\" object");
+  Index index;
+  for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
+    MESHRT_CHECK_ARG(it.value().is_string(), "checkpoint index ", path, ": the file of '", it.key(),
+                     "' is not a string");
+    std::string file = it.value().get<std::string>();
+    check_file_name(file, path);
+    index.weight_map[it.key()] = file;
+  }
+  if (json.contains("metadata") && json["metadata"].is_object() && json["metadata"].contains("layouts") &&
+      json["metadata"]["layouts"].is_object()) {
+    for (auto it = json["metadata"]["layouts"].begin(); it != json["metadata"]["layouts"].end(); ++it) {
+      if (it.value().is_string()) index.layouts[it.key()] = it.value().get<std::string>();
+    }
+  }
+  return index;
+}
+
+// Calls run(global_element_offset, block_element_offset, elements) for each
+// contiguous run of a block (at offsets, with extents block) inside a
+// row-major tensor of shape global.
+void for_each_run(const Shape& global, const std::vector<int64_t>& offsets, const Shape& block,
+                  const std::function<void(int64_t, int64_t, int64_t)>& run) {
+  int n = global.ndim();
+  if (block.numel() == 0) return;
+  if (n == 0) {
+    run(0, 0, 1);
+    return;
+  }
+  // j: the innermost dimension the block does not cover whole; runs span it and
+  // everything after it.
+  int j = n - 1;
+  while (j > 0 && block[j] == global[j]) --j;
+  std::vector<int64_t> stride(static_cast<size_t>(n), 1);
+  for (int d = n - 2; d >= 0; --d) stride[static_cast<size_t>(d)] = stride[static_cast<size_t>(d) + 1] * global[d + 1];
+  int64_t run_elements = block[j] * stride[static_cast<size_t>(j)];
+  std::vector<int64_t> index(static_cast<size_t>(j), 0);
+  int64_t block_offset = 0;
+  for (;;) {
+    int64_t offset = offsets[static_cast<size_t>(j)] * stride[static_cast<size_t>(j)];
+    for (int d = 0; d < j; ++d) offset += (offsets[static_cast<size_t>(d)] + index[static_cast<size_t>(d)]) * stride[static_cast<size_t>(d)];
+    run(offset, block_offset, run_elements);
+    block_offset += run_elements;
+    int d = j - 1;
+    while (d >= 0 && ++index[static_cast<size_t>(d)] == block[d]) index[static_cast<size_t>(d--)] = 0;
+    if (d < 0) break;
+  }
+}
+
+std::vector<int64_t> block_offsets(const Mesh& mesh, const Layout& layout, const Shape& global) {
+  std::vector<int> coordinates = mesh.coordinates(mesh.rank());
+  Shape local = layout.local_shape(mesh, global);
+  std::vector<int64_t> offsets;
+  for (int d = 0; d < global.ndim(); ++d) offsets.push_back(layout.block_index(mesh, d, coordinates) * local[d]);
+  return offsets;
+}
+
+// Whether this rank writes its block: one replica per block, the one at
+// coordinate 0 of every mesh axis the layout does not shard with.
+bool writes_block(const Mesh& mesh, const Layout& layout) {
+  for (const MeshAxis& a : mesh.axes()) {
+    if (layout.dim_of(a.name) < 0 && mesh.coordinate(a.name) != 0) return false;
+  }
+  return true;
+}
+
+// All ranks agree whether every rank succeeded; ok is this rank's result.
+bool everyone_ok(const Mesh& mesh, bool ok) {
+  DeviceTensor flag = to_device(HostTensor::full<int32_t>({1}, ok ? 1 : 0), mesh.device());
+  mesh.world_communicator().all_reduce(flag, ReduceOp::kMin).wait();
+  return meshrt::to_host(flag).data<int32_t>()[0] == 1;
+}
+
+std::string new_save_id(const Mesh& mesh) {
+  uint64_t id = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
+                (static_cast<uint64_t>(::getpid()) << 40);
+  DeviceTensor t = to_device(HostTensor::full<int64_t>({1}, static_cast<int64_t>(id)), mesh.device());
+  mesh.world_communicator().broadcast(t, 0).wait();
+  std::ostringstream out;
+  out << std::hex << static_cast<uint64_t>(meshrt::to_host(t).data<int64_t>()[0]);
+  return out.str();
+}
+
+std::vector<std::string> files_in(const std::string& dir) {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) out.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  return out;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors_in, const CheckpointOptions& options) {
+  MESHRT_CHECK_ARG(!tensors_in.empty(), "save_checkpoint: no tensors to save");
+  const Mesh& mesh = tensors_in[0].mesh();
+  std::set<std::string> names;
+  std::vector<DTensor> tensors;
+  for (const DTensor& t : tensors_in) {
+    MESHRT_CHECK_ARG(t.defined(), "save_checkpoint: an undefined DTensor");
+    MESHRT_CHECK_ARG(t.mesh() == mesh, "save_checkpoint: ", t.description(), " is not on ", mesh.to_string());
+    MESHRT_CHECK_ARG(!t.name().empty() && names.insert(t.name()).second, "save_checkpoint: the name '", t.name(),
+                     "' is empty or used twice");
+    // Partial values are reduced first: the file holds the value.
+    tensors.push_back(t.layout().is_partial() ? redistribute(t, t.layout().with_partial({})) : t);
+  }
+  std::sort(tensors.begin(), tensors.end(), [](const DTensor& a, const DTensor& b) { return a.name() < b.name(); });
+
+  // Group into files and lay the data out (the same on every rank).
+  std::vector<std::vector<SafetensorsEntry>> files;
+  uint64_t in_file = 0;
+  for (const DTensor& t : tensors) {
+    uint64_t bytes = static_cast<uint64_t>(t.global_shape().numel()) * size_of(t.dtype());
+    if (files.empty() || (in_file > 0 && in_file + bytes > options.max_file_bytes)) {
+      files.emplace_back();
+      in_file = 0;
+    }
+    files.back().push_back({t.name(), t.dtype(), t.global_shape(), in_file, in_file + bytes});
+    in_file += bytes;
+  }
+  std::string id = new_save_id(mesh);
+  std::vector<std::string> file_names;
+  for (size_t i = 0; i < files.size(); ++i) {
+    char name[128];
+    std::snprintf(name, sizeof name, "model-%s-%05zu-of-%05zu.safetensors", id.c_str(), i + 1, files.size());
+    file_names.push_back(name);
+  }
+  auto temp_path = [&](size_t i) { return join(dir, file_names[i] + ".partial"); };
+  std::map<std::string, std::string> metadata = {{"format", "pt"}, {"producer", "meshrt"}, {"save_id", id}};
+
+  // 1. Rank 0 creates the files at full size with their headers.
+  bool ok = true;
+  std::string failure;
+  std::vector<uint64_t> data_start(files.size());
+  for (size_t i = 0; i < files.size(); ++i) {
+    std::vector<uint8_t> header = make_safetensors_header(files[i], metadata);
+    data_start[i] = header.size();
+  }
+  if (mesh.rank() == 0) {
+    try {
+      ::mkdir(dir.c_str(), 0755);  // may exist
+      for (size_t i = 0; i < files.size(); ++i) {
+        std::vector<uint8_t> header = make_safetensors_header(files[i], metadata);
+        File f(temp_path(i), O_WRONLY | O_CREAT | O_TRUNC);
+        f.resize(header.size() + (files[i].empty() ? 0 : files[i].back().end));
+        f.write_at(header.data(), header.size(), 0);
+      }
+    } catch (const Error& e) {
+      ok = false;
+      failure = e.message();
+    }
+  }
+  MESHRT_CHECK(everyone_ok(mesh, ok), ErrorKind::kUnavailable, "save_checkpoint to ", dir,
+               " failed creating the files", failure.empty() ? "" : ": " + failure);
+
+  // 2. Every rank writes its blocks and flushes them.
+  try {
+    for (size_t i = 0; i < files.size(); ++i) {
+      std::unique_ptr<File> f;
+      for (const SafetensorsEntry& e : files[i]) {
+        const DTensor& t = *std::find_if(tensors.begin(), tensors.end(), [&](const DTensor& x) { return x.name() == e.name; });
+        if (!writes_block(mesh, t.layout())) continue;
+        if (!f) f = std::make_unique<File>(temp_path(i), O_WRONLY);
+        HostTensor block = meshrt::to_host(t.local());
+        size_t element = size_of(t.dtype());
+        for_each_run(t.global_shape(), block_offsets(mesh, t.layout(), t.global_shape()), block.shape(),
+                     [&](int64_t global, int64_t local, int64_t count) {
+                       f->write_at(static_cast<const char*>(block.raw_data()) + static_cast<size_t>(local) * element,
+                                   static_cast<size_t>(count) * element,
+                                   data_start[i] + e.begin + static_cast<uint64_t>(global) * element);
+                     });
+      }
+      if (f) f->sync();
+    }
+  } catch (const Error& e) {
+    ok = false;
+    failure = e.message();
+  }
+  MESHRT_CHECK(everyone_ok(mesh, ok), ErrorKind::kUnavailable, "save_checkpoint to ", dir,
+               " failed writing the data", failure.empty() ? "" : ": " + failure);
+  MESHRT_CHECK(!options.fail_before_commit, ErrorKind::kUnavailable, "save_checkpoint to ", dir,
+               ": stopped before the commit (CheckpointOptions::fail_before_commit)");
+
+  // 3. Rank 0 commits: data files into place, then the index by rename.
+  if (mesh.rank() == 0) {
+    try {
+      std::set<std::string> previous;
+      try {
+        for (const auto& [name, file] : read_index(dir).weight_map) previous.insert(file);
+      } catch (const Error&) {
+        // no previous checkpoint (or an unreadable one): nothing to clean up
+      }
+      for (size_t i = 0; i < files.size(); ++i) {
+        if (::rename(temp_path(i).c_str(), join(dir, file_names[i]).c_str()) != 0) io_error("cannot rename", temp_path(i));
+      }
+      nlohmann::json index;
+      uint64_t total = 0;
+      for (const auto& f : files) total += f.empty() ? 0 : f.back().end;
+      index["metadata"] = {{"total_size", total}, {"producer", "meshrt"}, {"save_id", id}, {"mesh", mesh.to_string()}};
+      for (size_t i = 0; i < files.size(); ++i) {
+        for (const SafetensorsEntry& e : files[i]) index["weight_map"][e.name] = file_names[i];
+      }
+      for (const DTensor& t : tensors_in) index["metadata"]["layouts"][t.name()] = t.layout().to_string();
+      std::string text = index.dump(2);
+      std::string index_temp = join(dir, std::string(kCheckpointIndex) + ".partial");
+      {
+        File f(index_temp, O_WRONLY | O_CREAT | O_TRUNC);
+        f.write_at(text.data(), text.size(), 0);
+        f.sync();
+      }
+      sync_directory(dir);
+      if (::rename(index_temp.c_str(), join(dir, kCheckpointIndex).c_str()) != 0) io_error("cannot rename", index_temp);
+      sync_directory(dir);
+      // The new checkpoint is committed: remove the old one's files and leftovers
+      // of interrupted saves.
+      std::set<std::string> current(file_names.begin(), file_names.end());
+      for (const std::string& f : files_in(dir)) {
+        bool stale_partial = f.rfind("model-", 0) == 0 && f.size() > 8 && f.substr(f.size() - 8) == ".partial";
+        if ((previous.count(f) && !current.count(f)) || stale_partial) ::unlink(join(dir, f).c_str());
+      }
+    } catch (const Error& e) {
+      ok = false;
+      failure = e.message();
+    }
+  }
+  MESHRT_CHECK(everyone_ok(mesh, ok), ErrorKind::kUnavailable, "save_checkpoint to ", dir,
+               " failed committing", failure.empty() ? "" : ": " + failure);
+}
+
+std::vector<CheckpointEntry> list_checkpoint(const std::string& dir) {
+  Index index = read_index(dir);
+  std::vector<CheckpointEntry> out;
+  std::map<std::string, SafetensorsHeader> headers;
+  for (const auto& [name, file] : index.weight_map) {
+    auto it = headers.find(file);
+    if (it == headers.end()) it = headers.emplace(file, read_safetensors_header(join(dir, file))).first;
+    const SafetensorsEntry& e = it->second.find(name);
+    out.push_back({name, e.dtype, e.shape, file, index.layouts.count(name) ? index.layouts[name] : ""});
+  }
+  return out;
+}
+
+DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout) {
+  Index index = read_index(dir);
+  auto it = index.weight_map.find(name);
+  MESHRT_CHECK_ARG(it != index.weight_map.end(), "checkpoint ", dir, " has no tensor '", name, "'");
+  std::string path = join(dir, it->second);
+  SafetensorsHeader header = read_safetensors_header(path);
+  const SafetensorsEntry& e = header.find(name);
+  layout.check(mesh, e.shape, name);
+  Shape local = layout.local_shape(mesh, e.shape);
+  bool holds_value = true;
+  for (const auto& a : layout.partial()) holds_value = holds_value && mesh.coordinate(a) == 0;
+  if (!holds_value) return DTensor(DeviceTensor::zeros(local, e.dtype, mesh.device()), e.shape, mesh, layout, name);
+  HostTensor block = HostTensor::empty(local, e.dtype);
+  size_t element = size_of(e.dtype);
+  File f(path, O_RDONLY);
+  for_each_run(e.shape, block_offsets(mesh, layout, e.shape), local, [&](int64_t global, int64_t at, int64_t count) {
+    f.read_at(static_cast<char*>(block.raw_data()) + static_cast<size_t>(at) * element, static_cast<size_t>(count) * element,
+              header.data_start + e.begin + static_cast<uint64_t>(global) * element);
+  });
+  return DTensor(to_device(block, mesh.device()), e.shape, mesh, layout, name);
+}
+
+std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
+                                               const std::map<std::string, Layout>& layouts) {
+  std::map<std::string, DTensor> out;
+  for (const CheckpointEntry& e : list_checkpoint(dir)) {
+    auto it = layouts.find(e.name);
+    out.emplace(e.name, load_tensor(dir, e.name, mesh, it != layouts.end() ? it->second : Layout::replicated(e.shape.ndim())));
+  }
+  return out;
+}
+
+}  // namespace meshrt::sharding

@@ -1,0 +1,63 @@
+// Sharded checkpoints in safetensors, loadable onto another mesh shape or number
+// of ranks.
+//
+// A checkpoint is a folder: safetensors files holding each tensor whole
+// (row-major, the global value) and model.safetensors.index.json naming the file
+// of each tensor (the Hugging Face index format, plus meshrt's metadata). When
+// saving, each rank writes only its own block (one replica per block writes);
+// when loading, each rank reads only the bytes of the block its layout gives it.
+//
+// Saving is atomic: files are written under new names (a per-save id), flushed
+// with fsync, and the index is replaced last by rename(); the previous
+// checkpoint's files are removed only after that. A crash at any point before
+// the rename leaves the previous checkpoint whole and loadable.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "sharding/dtensor.h"
+
+namespace meshrt::sharding {
+
+inline constexpr const char* kCheckpointIndex = "model.safetensors.index.json";
+
+struct CheckpointOptions {
+  // Tensors are grouped (by name) into files of at most this many bytes of data
+  // (a larger tensor gets a file of its own).
+  uint64_t max_file_bytes = 2ull << 30;
+  // For tests: stop with an error after every byte is written and before the
+  // commit, as a crash there would.
+  bool fail_before_commit = false;
+};
+
+// Saves tensors under their names. Collective over their (common) mesh; partial
+// tensors are reduced first. Throws Error(kUnavailable) on an I/O error, on every
+// rank, with nothing committed.
+void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors,
+                     const CheckpointOptions& options = {});
+
+struct CheckpointEntry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::string file;         // inside the checkpoint folder
+  std::string saved_layout; // the layout it had when saved (informational)
+};
+
+// The tensors of the checkpoint in dir (reads and validates the index and every
+// file's header).
+std::vector<CheckpointEntry> list_checkpoint(const std::string& dir);
+
+// Loads name onto mesh with layout: each rank reads only its block's bytes (for a
+// partial layout, coordinate 0 of the partial axes reads, the others get zeros).
+// No communication. Bad files are refused with Error(kInvalidArgument).
+DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout);
+
+// Every tensor of the checkpoint; layouts[name] when given, replicated otherwise.
+std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
+                                               const std::map<std::string, Layout>& layouts = {});
+
+}  // namespace meshrt::sharding
