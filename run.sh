@@ -2,10 +2,11 @@
 # meshrt's one entry point. Each command installs what is missing (Debian
 # packages), configures and builds (CUDA too when nvcc is found), then runs.
 #
-#   ./run.sh demo          the main job: a multi-rank run on this machine (cpu backend)
+#   ./run.sh demo [args]   the main job: a multi-rank run on this machine (cpu backend);
+#                          args go to meshrt-matmul-neg (e.g. --mesh model=4)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives and GEMM benchmarks on this machine
+#   ./run.sh bench         the collectives, GEMM and sharding benchmarks on this machine
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
 # MESHRT_CMAKE_ARGS (extra configure arguments, e.g. -DMESHRT_ENABLE_CUDA=OFF).
@@ -67,9 +68,9 @@ case "$command" in
     install_dependencies
     configure_and_build
     mpi_environment
-    echo "== meshrt demo: collectives on $ranks ranks of this machine (cpu backend) =="
-    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-bench-collectives -b 8 -e 16M -f 4"
-    exec mpirun -np "$ranks" "$build_dir/apps/meshrt-bench-collectives" -b 8 -e 16M -f 4 "$@"
+    echo "== meshrt demo: sharded MatMul+Neg on $ranks ranks of this machine (cpu backend) =="
+    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-matmul-neg $*"
+    exec mpirun -np "$ranks" "$build_dir/apps/meshrt-matmul-neg" "$@"
     ;;
   test)
     install_dependencies
@@ -86,11 +87,12 @@ case "$command" in
     install_dependencies
     configure_and_build
     mpi_environment
-    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" -b 1K -e 64M -f 8 "$@"
+    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" -b 1K -e 64M -f 8
     "$build_dir/apps/meshrt-bench-gemm" --sizes 512,1024,2048
+    for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding"; done
     ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || { say "unknown command '$command'"; exit 2; }
     ;;
 esac
