@@ -27,7 +27,10 @@ using Dims = std::vector<std::vector<std::string>>;
 
 std::vector<std::vector<MeshAxis>> meshes_for(int n) {
   std::vector<std::vector<MeshAxis>> m = {{{"x", n}}};
-  if (n == 4) m.push_back({{"x", 2}, {"y", 2}});
+  if (n == 4) {
+    m.push_back({{"x", 2}, {"y", 2}});
+    m.push_back({{"x", 2}, {"y", 1}, {"z", 2}});  // 3-D (one axis of size 1 to fit 4 ranks)
+  }
   if (n == 6) {
     m.push_back({{"x", 2}, {"y", 3}});
     m.push_back({{"x", 3}, {"y", 2}});
