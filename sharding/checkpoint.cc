@@ -356,7 +356,11 @@ DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh&
   Index index = read_index(dir);
   auto it = index.weight_map.find(name);
   MESHRT_CHECK_ARG(it != index.weight_map.end(), "checkpoint ", dir, " has no tensor '", name, "'");
-  std::string path = join(dir, it->second);
+  return load_safetensors_tensor(join(dir, it->second), name, mesh, layout);
+}
+
+DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
+                                const Layout& layout) {
   SafetensorsHeader header = read_safetensors_header(path);
   const SafetensorsEntry& e = header.find(name);
   layout.check(mesh, e.shape, name);

@@ -56,6 +56,11 @@ std::vector<CheckpointEntry> list_checkpoint(const std::string& dir);
 // No communication. Bad files are refused with Error(kInvalidArgument).
 DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout);
 
+// The same from one safetensors file (any file in the format, not only a
+// checkpoint's): each rank reads only its block's bytes.
+DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
+                                const Layout& layout);
+
 // Every tensor of the checkpoint; layouts[name] when given, replicated otherwise.
 std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
                                                const std::map<std::string, Layout>& layouts = {});

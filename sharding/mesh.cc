@@ -16,6 +16,7 @@ struct Mesh::Impl {
   Communicator world;
   mutable std::mutex mutex;
   mutable std::map<std::vector<int>, Communicator> groups;  // axis indices -> communicator
+  mutable std::map<std::string, Mesh> slices;              // by the axis sliced away
 };
 
 namespace {
@@ -176,6 +177,38 @@ const Communicator& Mesh::communicator(std::vector<std::string> names) const {
 const Communicator& Mesh::world_communicator() const {
   MESHRT_CHECK_ARG(valid(), "use of an empty Mesh");
   return impl_->world;
+}
+
+Mesh Mesh::slice(const std::string& axis) const {
+  int removed = axis_index(axis);
+  MESHRT_CHECK_ARG(ndim() > 1, "slice of ", to_string(), " along '", axis, "' would leave no axes");
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    auto it = impl_->slices.find(axis);
+    if (it != impl_->slices.end()) return it->second;
+  }
+  std::vector<std::string> rest;
+  std::vector<MeshAxis> axes;
+  for (int i = 0; i < ndim(); ++i) {
+    if (i == removed) continue;
+    rest.push_back(impl_->axes[static_cast<size_t>(i)].name);
+    axes.push_back(impl_->axes[static_cast<size_t>(i)]);
+  }
+  auto impl = std::make_shared<Impl>();
+  impl->axes = axes;
+  impl->device = impl_->device;
+  impl->world = communicator(rest);
+  impl->rank = impl->world.rank();
+  // The slice's groups are this mesh's groups of the same axes (same ranks, same order).
+  std::vector<std::vector<std::string>> groups;
+  for (const std::string& a : rest) groups.push_back({a});
+  for (size_t g = 0; g < groups.size(); ++g) {
+    impl->groups.emplace(std::vector<int>{static_cast<int>(g)}, communicator(groups[g]));
+  }
+  Mesh m;
+  m.impl_ = impl;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->slices.emplace(axis, m).first->second;
 }
 
 std::string Mesh::to_string() const {

@@ -58,6 +58,12 @@ class Mesh {
   // The communicator over all ranks of the mesh.
   const Communicator& world_communicator() const;
 
+  // The slice of this mesh at this rank's coordinate along axis: a mesh of the
+  // other axes over the ranks that share that coordinate (e.g. the ranks of one
+  // pipeline stage). Its rank() counts within the slice. Collective over this mesh
+  // the first time an axis is asked for (its communicators are this mesh's).
+  Mesh slice(const std::string& axis) const;
+
   // "Mesh(data=2, model=2)"
   std::string to_string() const;
   bool operator==(const Mesh& other) const;

@@ -19,6 +19,7 @@
 
 #include "device/dtype.h"
 #include "device/shape.h"
+#include "device/tensor.h"
 
 namespace meshrt::sharding {
 
@@ -59,5 +60,10 @@ SafetensorsHeader read_safetensors_header(const std::string& path);
 // its 8-byte length: the first bytes of the file.
 std::vector<uint8_t> make_safetensors_header(const std::vector<SafetensorsEntry>& entries,
                                              const std::map<std::string, std::string>& metadata);
+
+// Writes whole host tensors (in the given order) to one safetensors file at path,
+// atomically (a temporary file, fsync, rename). Throws Error(kUnavailable) on I/O errors.
+void write_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, HostTensor>>& tensors,
+                            const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace meshrt::sharding

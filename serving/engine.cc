@@ -1,0 +1,205 @@
+#include "serving/engine.h"
+
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+#include "comm/world.h"
+#include "sharding/redistribute.h"
+
+namespace meshrt::serving {
+
+using sharding::Layout;
+
+namespace {
+// Channel tags of the engine's messages.
+constexpr int kCommandTag = 1000;  // rank 0 -> all: "run ..." or "stop"
+constexpr int kInputTag = 1001;    // rank 0 -> first stage: the batch
+constexpr int kResultTag = 1002;   // last stage -> rank 0: "<batch id>" then the result
+constexpr int kErrorTag = 1003;    // any rank -> rank 0: "<batch id> <message>"
+}  // namespace
+
+std::vector<int64_t> split_rows(int64_t rows, int parts) {
+  parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parts, rows)));
+  std::vector<int64_t> out(static_cast<size_t>(parts), rows / parts);
+  for (int64_t i = 0; i < rows % parts; ++i) ++out[static_cast<size_t>(i)];
+  return out;
+}
+
+struct Engine::Placed {
+  Mesh mesh;        // {stage, model} over all ranks
+  Mesh stage_mesh;  // this rank's stage
+  int stage = 0, stages = 1, model_coordinate = 0;
+  std::vector<int64_t> input_widths;  // of each stage
+  std::unique_ptr<StageModule> module;
+};
+
+Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, EngineOptions options)
+    : servables_(std::move(servables)), device_(device), options_(options), channel_(Channel::world()) {
+  World& world = World::get();
+  channel_.set_timeout(options_.result_timeout);
+  for (ServableDefinition& s : servables_) {
+    complete_servable(s);
+    MESHRT_CHECK_ARG(s.rank_size == world.size(), "model '", s.name, "' needs rank_size = ", s.rank_size,
+                     " ranks but this job has ", world.size(), ": start it with mpirun -np ", s.rank_size);
+  }
+  for (const ServableDefinition& s : servables_) {
+    auto p = std::make_unique<Placed>();
+    p->mesh = Mesh({{"stage", s.stage_size}, {"model", s.rank_size / s.stage_size}}, device_);
+    p->stage_mesh = p->mesh.slice("stage");
+    p->stage = p->mesh.coordinate("stage");
+    p->stages = s.stage_size;
+    p->model_coordinate = p->mesh.coordinate("model");
+    p->input_widths.push_back(s.input.shape[1]);
+    for (size_t i = 0; i + 1 < s.stages.size(); ++i) p->input_widths.push_back(s.stages[i].output_width);
+    p->module = s.stages[static_cast<size_t>(p->stage)].build(p->stage_mesh);
+    placed_.push_back(std::move(p));
+  }
+}
+
+Engine::~Engine() = default;
+
+int Engine::find(const std::string& name, const std::string& version) const {
+  for (size_t i = 0; i < servables_.size(); ++i) {
+    if (servables_[i].name == name && (version.empty() || servables_[i].version == version)) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input) {
+  const ServableDefinition& def = servables_[static_cast<size_t>(index)];
+  Placed& p = *placed_[static_cast<size_t>(index)];
+  const Communicator& across = p.mesh.communicator("stage");  // rank there = stage index
+  bool first = p.stage == 0, last = p.stage == p.stages - 1;
+  int64_t width = p.input_widths[static_cast<size_t>(p.stage)];
+  std::vector<Work> sends;
+  std::vector<HostTensor> outputs;
+  int64_t row = 0;
+  for (int64_t rows : micro_rows) {
+    DTensor x;
+    if (first) {
+      x = def.hooks.client_preprocessing(
+          DTensor::from_global(input.narrow(row, rows), p.stage_mesh, Layout::replicated(2), def.input.name));
+    } else {
+      DeviceTensor buffer = DeviceTensor::empty({rows, width}, def.input.dtype, device_);
+      across.recv(buffer, p.stage - 1).wait();
+      x = DTensor(buffer, Shape{rows, width}, p.stage_mesh, Layout::replicated(2), "activation");
+    }
+    DTensor y = p.module->forward(x);
+    if (!y.layout().is_replicated()) y = sharding::redistribute(y, Layout::replicated(y.ndim()));
+    if (!last) {
+      sends.push_back(across.send(y.local(), p.stage + 1));  // overlaps the next micro-batch
+    } else {
+      outputs.push_back(def.hooks.distributed_postprocessing(def.hooks.client_postprocessing(y)));
+    }
+    row += rows;
+  }
+  for (const Work& w : sends) w.wait();
+  if (!last || p.model_coordinate != 0) return HostTensor();
+  // The whole batch's result, the micro-batches one after another.
+  int64_t total = 0;
+  for (const HostTensor& o : outputs) total += o.dim(0);
+  HostTensor result = HostTensor::empty({total, outputs.front().dim(1)}, outputs.front().dtype());
+  size_t at = 0;
+  for (const HostTensor& o : outputs) {
+    std::memcpy(static_cast<char*>(result.raw_data()) + at, o.raw_data(), o.nbytes());
+    at += o.nbytes();
+  }
+  if (World::get().rank() != 0) {
+    channel_.send(std::to_string(batch_id), 0, kResultTag);
+    channel_.send(result, 0, kResultTag);
+    return HostTensor();
+  }
+  return result;
+}
+
+HostTensor Engine::await_result(int index, uint64_t batch_id) {
+  const Placed& p = *placed_[static_cast<size_t>(index)];
+  int from = p.mesh.rank_at({p.stages - 1, 0});
+  auto deadline = std::chrono::steady_clock::now() + options_.result_timeout;
+  auto pause = std::chrono::microseconds(1);
+  for (;;) {
+    if (channel_.probe(Channel::kAnySource, kErrorTag)) {
+      int rank = -1;
+      std::string message = channel_.recv_string(Channel::kAnySource, kErrorTag, &rank);
+      std::istringstream in(message);
+      uint64_t id = 0;
+      in >> id;
+      if (id == batch_id) {
+        throw Error(ErrorKind::kUnavailable, detail::cat("rank ", rank, " failed: ", message.substr(message.find(' ') + 1)));
+      }
+      continue;  // a stale report of an earlier batch
+    }
+    if (channel_.probe(from, kResultTag)) {
+      uint64_t id = std::stoull(channel_.recv_string(from, kResultTag));
+      HostTensor result = channel_.recv_tensor(from, kResultTag);
+      if (id == batch_id) return result;
+      continue;
+    }
+    MESHRT_CHECK(std::chrono::steady_clock::now() < deadline, ErrorKind::kUnavailable, "the result of batch ",
+                 batch_id, " of '", servables_[static_cast<size_t>(index)].name, "' did not come from rank ", from,
+                 " within ", options_.result_timeout.count(), " ms: a worker is lost or stuck");
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(200));
+  }
+}
+
+HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches) {
+  World& world = World::get();
+  MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::run is for rank 0");
+  MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
+  const ServableDefinition& def = servables_.at(static_cast<size_t>(index));
+  MESHRT_CHECK_SHAPE(batch.ndim() == 2 && batch.dim(1) == def.input.shape[1] && batch.dtype() == def.input.dtype,
+                     "model '", def.name, "' takes ", kserve_datatype(def.input.dtype), "[-1, ", def.input.shape[1],
+                     "], got ", batch.description());
+  uint64_t id = next_batch_++;
+  std::vector<int64_t> micro = split_rows(batch.dim(0), micro_batches);
+  std::ostringstream command;
+  command << "run " << index << " " << id;
+  for (int64_t r : micro) command << " " << r;
+  HostTensor input = def.hooks.distributed_preprocessing(batch);
+  const Placed& p = *placed_[static_cast<size_t>(index)];
+  for (int r = 1; r < world.size(); ++r) {
+    channel_.send(command.str(), r, kCommandTag);
+    if (p.mesh.coordinates(r)[0] == 0) channel_.send(input, r, kInputTag);  // the first stage's ranks
+  }
+  HostTensor result = run_local(index, id, micro, input);
+  return result.defined() ? result : await_result(index, id);
+}
+
+void Engine::serve() {
+  World& world = World::get();
+  MESHRT_CHECK(world.rank() != 0, ErrorKind::kInternal, "Engine::serve is for the ranks other than 0");
+  Channel& channel = channel_;
+  for (;;) {
+    channel.set_timeout(std::chrono::hours(24 * 365));  // idle for as long as the server runs
+    std::string command = channel.recv_string(0, kCommandTag);
+    channel.set_timeout(options_.result_timeout);
+    if (command == "stop") return;
+    std::istringstream in(command);
+    std::string verb;
+    int index = -1;
+    uint64_t id = 0;
+    in >> verb >> index >> id;
+    std::vector<int64_t> micro;
+    for (int64_t r; in >> r;) micro.push_back(r);
+    try {
+      MESHRT_CHECK(verb == "run" && index >= 0 && index < servable_count() && !micro.empty(), ErrorKind::kInternal,
+                   "unknown engine command '", command, "'");
+      HostTensor input;
+      if (placed_[static_cast<size_t>(index)]->stage == 0) input = channel.recv_tensor(0, kInputTag);
+      run_local(index, id, micro, input);
+    } catch (const std::exception& e) {
+      channel.send(std::to_string(id) + " " + e.what(), 0, kErrorTag);
+    }
+  }
+}
+
+void Engine::stop() {
+  World& world = World::get();
+  if (stopped_ || world.rank() != 0) return;
+  stopped_ = true;
+  for (int r = 1; r < world.size(); ++r) channel_.send(std::string("stop"), r, kCommandTag);
+}
+
+}  // namespace meshrt::serving

@@ -1,0 +1,285 @@
+#include "serving/model_config.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "device/error.h"
+
+namespace meshrt::serving {
+
+namespace {
+using json = nlohmann::json;
+
+struct DatatypeName {
+  const char* name;
+  DType dtype;
+};
+constexpr DatatypeName kDatatypes[] = {{"FP32", DType::kF32},  {"FP64", DType::kF64},   {"FP16", DType::kF16},
+                                       {"BF16", DType::kBF16}, {"INT32", DType::kI32},  {"INT64", DType::kI64},
+                                       {"UINT8", DType::kU8},  {"BOOL", DType::kBool}};
+
+const std::set<std::string> kLayerTypes = {"linear", "bias_add", "neg",       "relu",    "gelu",
+                                           "silu",   "softmax",  "layernorm", "rmsnorm", "residual_add"};
+
+// Reading a config: every error names the file and the field.
+class Reader {
+ public:
+  explicit Reader(std::string path) : path_(std::move(path)) {}
+
+  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
+    throw Error(ErrorKind::kInvalidArgument, path_ + ": " + field + ": " + what);
+  }
+
+  const json& need(const json& object, const std::string& key, const std::string& field) const {
+    if (!object.is_object() || !object.contains(key)) fail(field, "missing");
+    return object[key];
+  }
+
+  std::string string(const json& v, const std::string& field) const {
+    if (!v.is_string()) fail(field, "expected a string, got " + v.dump());
+    return v.get<std::string>();
+  }
+
+  int64_t integer(const json& v, const std::string& field, int64_t min) const {
+    if (!v.is_number_integer()) fail(field, "expected an integer, got " + v.dump());
+    int64_t i = v.get<int64_t>();
+    if (i < min) fail(field, detail::cat("expected an integer >= ", min, ", got ", i));
+    return i;
+  }
+
+  TensorSpec tensor(const json& v, const std::string& field) const {
+    if (!v.is_object()) fail(field, "expected an object {name, datatype, shape}, got " + v.dump());
+    TensorSpec t;
+    t.name = string(need(v, "name", field + ".name"), field + ".name");
+    if (t.name.empty()) fail(field + ".name", "expected a non-empty name");
+    std::string datatype = string(need(v, "datatype", field + ".datatype"), field + ".datatype");
+    try {
+      t.dtype = parse_kserve_datatype(datatype);
+    } catch (const Error& e) {
+      fail(field + ".datatype", e.message());
+    }
+    const json& shape = need(v, "shape", field + ".shape");
+    if (!shape.is_array() || shape.size() != 2) fail(field + ".shape", "expected [-1, width], got " + shape.dump());
+    if (!shape[0].is_number_integer() || shape[0].get<int64_t>() != -1) {
+      fail(field + ".shape", "the first dimension must be -1 (the batch axis), got " + shape.dump());
+    }
+    t.shape = {-1, integer(shape[1], field + ".shape[1]", 1)};
+    return t;
+  }
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+}  // namespace
+
+const char* kserve_datatype(DType dtype) {
+  for (const auto& d : kDatatypes) {
+    if (d.dtype == dtype) return d.name;
+  }
+  return "?";
+}
+
+DType parse_kserve_datatype(const std::string& name) {
+  for (const auto& d : kDatatypes) {
+    if (name == d.name) return d.dtype;
+  }
+  throw Error(ErrorKind::kInvalidArgument,
+              "expected a datatype of FP32, FP64, FP16, BF16, INT32, INT64, UINT8 or BOOL, got \"" + name + "\"");
+}
+
+ModelConfig load_model_config(const std::string& model_dir) {
+  ModelConfig c;
+  c.directory = model_dir;
+  c.config_path = model_dir + "/config.json";
+  Reader r(c.config_path);
+  std::ifstream in(c.config_path, std::ios::binary);
+  if (!in) throw Error(ErrorKind::kInvalidArgument, c.config_path + ": cannot be read");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > (1u << 20)) r.fail("(file)", "larger than 1 MiB");
+  json v;
+  try {
+    v = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, c.config_path + ": not valid JSON: " + e.what());
+  }
+  if (!v.is_object()) r.fail("(top level)", "expected a JSON object");
+  static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
+                                              "weights", "stages", "batching", "description"};
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (!known.count(it.key())) r.fail(it.key(), "unknown field");
+  }
+  c.name = r.string(r.need(v, "name", "name"), "name");
+  std::string folder = model_dir.substr(model_dir.find_last_of('/') + 1);
+  if (c.name != folder) r.fail("name", "expected \"" + folder + "\" (the model's folder name), got \"" + c.name + "\"");
+  if (v.contains("version")) {
+    c.version = r.string(v["version"], "version");
+    if (c.version.empty() || c.version.find('/') != std::string::npos) r.fail("version", "expected a plain version name");
+  }
+  c.rank_size = static_cast<int>(r.integer(r.need(v, "rank_size", "rank_size"), "rank_size", 1));
+  c.stage_size = static_cast<int>(r.integer(r.need(v, "stage_size", "stage_size"), "stage_size", 1));
+  if (c.rank_size % c.stage_size != 0) {
+    r.fail("stage_size", detail::cat("expected a divisor of rank_size (", c.rank_size, "), got ", c.stage_size));
+  }
+  const json& inputs = r.need(v, "inputs", "inputs");
+  if (!inputs.is_array() || inputs.size() != 1) r.fail("inputs", "expected a list of exactly one input");
+  c.input = r.tensor(inputs[0], "inputs[0]");
+  const json& outputs = r.need(v, "outputs", "outputs");
+  if (!outputs.is_array() || outputs.size() != 1) r.fail("outputs", "expected a list of exactly one output");
+  c.output = r.tensor(outputs[0], "outputs[0]");
+  if (c.output.dtype != c.input.dtype) {
+    r.fail("outputs[0].datatype", std::string("expected ") + kserve_datatype(c.input.dtype) +
+                                      " like the input (one dtype flows through the stages)");
+  }
+
+  std::string weights = r.string(r.need(v, "weights", "weights"), "weights");
+  if (weights.empty() || weights.find("..") != std::string::npos || weights[0] == '/') {
+    r.fail("weights", "expected a file or folder name inside the model folder, got \"" + weights + "\"");
+  }
+  c.weights_path = model_dir + "/" + weights;
+  if (!is_file(c.weights_path) && !is_file(c.weights_path + "/model.safetensors.index.json")) {
+    r.fail("weights", "expected a safetensors file or checkpoint folder, but " + c.weights_path + " is neither");
+  }
+
+  const json& stages = r.need(v, "stages", "stages");
+  if (!stages.is_array() || static_cast<int>(stages.size()) != c.stage_size) {
+    r.fail("stages", detail::cat("expected a list of stage_size (", c.stage_size, ") stages"));
+  }
+  for (size_t s = 0; s < stages.size(); ++s) {
+    std::string sf = detail::cat("stages[", s, "]");
+    const json& layers = r.need(stages[s], "layers", sf + ".layers");
+    if (!layers.is_array()) r.fail(sf + ".layers", "expected a list of layers");
+    StageConfig stage;
+    std::set<std::string> saved;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      std::string lf = detail::cat(sf, ".layers[", l, "]");
+      const json& lv = layers[l];
+      if (!lv.is_object()) r.fail(lf, "expected an object with a \"type\"");
+      LayerConfig layer;
+      layer.where = lf;
+      layer.type = r.string(r.need(lv, "type", lf + ".type"), lf + ".type");
+      if (!kLayerTypes.count(layer.type)) {
+        r.fail(lf + ".type", "expected one of linear, bias_add, neg, relu, gelu, silu, softmax, layernorm, "
+                             "rmsnorm, residual_add, got \"" + layer.type + "\"");
+      }
+      static const std::set<std::string> layer_fields = {"type", "weight", "bias", "gamma", "beta", "parallel", "eps", "save", "from"};
+      for (auto it = lv.begin(); it != lv.end(); ++it) {
+        if (!layer_fields.count(it.key())) r.fail(lf + "." + it.key(), "unknown field");
+      }
+      auto name_field = [&](const char* key, bool required) {
+        if (!lv.contains(key)) {
+          if (required) r.fail(lf + "." + key, "missing (a tensor name in the weights)");
+          return std::string();
+        }
+        return r.string(lv[key], lf + "." + key);
+      };
+      if (layer.type == "linear") {
+        layer.weight = name_field("weight", true);
+        layer.bias = name_field("bias", false);
+        if (lv.contains("parallel")) layer.parallel = r.string(lv["parallel"], lf + ".parallel");
+        if (layer.parallel != "column" && layer.parallel != "row" && layer.parallel != "none") {
+          r.fail(lf + ".parallel", "expected column, row or none, got \"" + layer.parallel + "\"");
+        }
+      } else if (layer.type == "bias_add") {
+        layer.bias = name_field("bias", true);
+      } else if (layer.type == "layernorm") {
+        layer.gamma = name_field("gamma", true);
+        layer.beta = name_field("beta", true);
+      } else if (layer.type == "rmsnorm") {
+        layer.gamma = name_field("gamma", true);
+      } else if (layer.type == "residual_add") {
+        layer.from = name_field("from", true);
+        if (!saved.count(layer.from)) {
+          r.fail(lf + ".from", "expected the \"save\" name of an earlier layer of this stage, got \"" + layer.from + "\"");
+        }
+      }
+      if (lv.contains("eps")) {
+        if (!lv["eps"].is_number() || lv["eps"].get<double>() < 0) r.fail(lf + ".eps", "expected a number >= 0");
+        layer.eps = lv["eps"].get<double>();
+      } else if (layer.type == "rmsnorm") {
+        layer.eps = 1e-6;
+      }
+      if (lv.contains("save")) {
+        layer.save = r.string(lv["save"], lf + ".save");
+        saved.insert(layer.save);
+      }
+      stage.layers.push_back(layer);
+    }
+    c.stages.push_back(stage);
+  }
+
+  if (v.contains("batching")) {
+    const json& b = v["batching"];
+    if (!b.is_object()) r.fail("batching", "expected an object");
+    static const std::set<std::string> fields = {"enabled", "max_batch_size", "max_queue_delay_us",
+                                                 "preferred_batch_sizes", "micro_batches", "max_queue_size"};
+    for (auto it = b.begin(); it != b.end(); ++it) {
+      if (!fields.count(it.key())) r.fail("batching." + it.key(), "unknown field");
+    }
+    if (b.contains("enabled")) {
+      if (!b["enabled"].is_boolean()) r.fail("batching.enabled", "expected true or false");
+      c.batching.enabled = b["enabled"].get<bool>();
+    }
+    if (b.contains("max_batch_size")) c.batching.max_batch_size = r.integer(b["max_batch_size"], "batching.max_batch_size", 1);
+    if (b.contains("max_queue_delay_us")) {
+      c.batching.max_queue_delay_us = r.integer(b["max_queue_delay_us"], "batching.max_queue_delay_us", 0);
+    }
+    if (b.contains("micro_batches")) c.batching.micro_batches = static_cast<int>(r.integer(b["micro_batches"], "batching.micro_batches", 1));
+    if (b.contains("max_queue_size")) c.batching.max_queue_size = r.integer(b["max_queue_size"], "batching.max_queue_size", 1);
+    if (b.contains("preferred_batch_sizes")) {
+      const json& p = b["preferred_batch_sizes"];
+      if (!p.is_array()) r.fail("batching.preferred_batch_sizes", "expected a list of integers");
+      for (size_t i = 0; i < p.size(); ++i) {
+        int64_t size = r.integer(p[i], detail::cat("batching.preferred_batch_sizes[", i, "]"), 1);
+        if (size > c.batching.max_batch_size) {
+          r.fail(detail::cat("batching.preferred_batch_sizes[", i, "]"),
+                 detail::cat("expected at most max_batch_size (", c.batching.max_batch_size, "), got ", size));
+        }
+        c.batching.preferred_batch_sizes.push_back(size);
+      }
+      std::sort(c.batching.preferred_batch_sizes.begin(), c.batching.preferred_batch_sizes.end());
+    }
+  }
+  return c;
+}
+
+std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
+  if (!is_directory(repository_dir)) {
+    throw Error(ErrorKind::kInvalidArgument, "model repository " + repository_dir + " is not a folder");
+  }
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(repository_dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      if (is_file(repository_dir + "/" + name + "/config.json")) names.push_back(name);
+    }
+    ::closedir(d);
+  }
+  if (names.empty()) {
+    throw Error(ErrorKind::kInvalidArgument,
+                "model repository " + repository_dir + " holds no model (no folder with a config.json)");
+  }
+  std::sort(names.begin(), names.end());
+  std::vector<ModelConfig> out;
+  for (const auto& n : names) out.push_back(load_model_config(repository_dir + "/" + n));
+  return out;
+}
+
+}  // namespace meshrt::serving

@@ -1,0 +1,92 @@
+// Model repositories and model configs.
+//
+// A model repository is a folder with one folder per model; each holds
+// config.json and its weights in safetensors (one file, or a checkpoint folder
+// with model.safetensors.index.json). A config:
+//
+// {
+//   "name": "matmul_neg", "version": "1",
+//   "rank_size": 4, "stage_size": 2,                 // ranks in all; pipeline stages
+//   "inputs":  [{"name": "x", "datatype": "FP32", "shape": [-1, 96]}],   // -1: the batch axis
+//   "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 16]}],
+//   "weights": "weights.safetensors",
+//   "stages": [                                      // stage_size entries
+//     {"layers": [{"type": "linear", "weight": "w", "parallel": "row"}]},
+//     {"layers": [{"type": "neg"}]}
+//   ],
+//   "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000,
+//                "preferred_batch_sizes": [32], "micro_batches": 2, "max_queue_size": 256}
+// }
+//
+// Layers: linear {weight, bias?, parallel: column | row | none}, bias_add {bias},
+// neg, relu, gelu, silu, softmax, layernorm {gamma, beta, eps?}, rmsnorm {gamma,
+// eps?}, residual_add {from}. Any layer may carry "save": NAME to keep its output
+// for a later residual_add {"from": NAME} in the same stage. A column-parallel
+// linear keeps its weight [in, out] as [R, S(model)] (bias S(model)); a
+// row-parallel one as [S(model), R] (bias replicated); "none" replicates it.
+// Configs carry one input and one output, both [-1, width]; the C++ API
+// (servable.h) defines other servables.
+//
+// Everything is checked when the config is read; an error names the file, the
+// field and what was expected, e.g. "models/m/config.json: stages[0].layers[1].type:
+// expected one of linear, bias_add, ..., got \"conv\"".
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "device/dtype.h"
+
+namespace meshrt::serving {
+
+// KServe v2 / Open Inference Protocol datatype names: "FP32", "INT64", "BOOL", ...
+const char* kserve_datatype(DType dtype);
+// Throws Error(kInvalidArgument) naming the accepted names.
+DType parse_kserve_datatype(const std::string& name);
+
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;  // -1 marks the batch axis (the first)
+};
+
+struct LayerConfig {
+  std::string type;
+  std::string weight, bias, gamma, beta;  // tensor names in the weights
+  std::string parallel = "none";          // linear: column, row, none
+  double eps = 1e-5;
+  std::string save, from;                 // residual connections
+  std::string where;                      // "stages[0].layers[1]" (for messages)
+};
+
+struct StageConfig {
+  std::vector<LayerConfig> layers;
+};
+
+struct BatchingConfig {
+  bool enabled = true;
+  int64_t max_batch_size = 32;       // rows per batch
+  int64_t max_queue_delay_us = 1000; // how long the oldest request may wait for company
+  std::vector<int64_t> preferred_batch_sizes;
+  int micro_batches = 1;             // pipeline micro-batches per batch
+  int64_t max_queue_size = 128;      // requests waiting; more get 503 at once
+};
+
+struct ModelConfig {
+  std::string name, version = "1";
+  std::string directory, config_path, weights_path;
+  int rank_size = 1, stage_size = 1;
+  TensorSpec input, output;
+  std::vector<StageConfig> stages;
+  BatchingConfig batching;
+};
+
+// Reads and checks model_dir/config.json (not the weights: those are checked
+// when the model is built, against the config).
+ModelConfig load_model_config(const std::string& model_dir);
+// Every model of the repository (folders with a config.json), sorted by name.
+// Throws Error(kInvalidArgument) if the folder is missing or holds no model.
+std::vector<ModelConfig> load_repository(const std::string& repository_dir);
+
+}  // namespace meshrt::serving

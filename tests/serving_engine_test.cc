@@ -1,0 +1,244 @@
+// serving/: model configs, servables and the pipeline engine, without HTTP.
+// At 4 ranks it runs the example repository (2 stages x 2-way tensor parallel);
+// at every size it runs servables written for that size, checking results against
+// the same layers computed on one rank, and the order and place of the hooks.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "comm/world.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
+#include "kernels/reduction.h"
+#include "serving/engine.h"
+#include "sharding/ops.h"
+#include "sharding/safetensors.h"
+#include "test_util.h"
+
+namespace meshrt::serving {
+namespace {
+
+using meshrt::testing::all_close;
+using meshrt::testing::random_tensor;
+using meshrt::testing::throws_error;
+
+const std::string kExamples = MESHRT_SOURCE_DIR "/examples/models";
+
+// A tensor of a safetensors file, read whole on this rank (the one-rank reference).
+HostTensor read_whole(const std::string& path, const std::string& name) {
+  sharding::SafetensorsHeader h = sharding::read_safetensors_header(path);
+  const sharding::SafetensorsEntry& e = h.find(name);
+  HostTensor t = HostTensor::empty(e.shape, e.dtype);
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
+  in.read(static_cast<char*>(t.raw_data()), static_cast<std::streamsize>(t.nbytes()));
+  return t;
+}
+
+DeviceTensor dev(const HostTensor& h) { return to_device(h, Device::cpu()); }
+
+// Runs body on rank 0 with the engine, while the other ranks serve; then stops.
+void with_engine(Engine& engine, const std::function<void()>& body) {
+  if (World::get().rank() == 0) {
+    try {
+      body();
+    } catch (...) {
+      engine.stop();
+      throw;
+    }
+    engine.stop();
+  } else {
+    engine.serve();
+  }
+}
+
+TEST(ModelConfig, ExampleRepositoryLoads) {
+  std::vector<ModelConfig> models = load_repository(kExamples);
+  ASSERT_EQ(models.size(), 2u);
+  EXPECT_EQ(models[0].name, "matmul_neg");
+  EXPECT_EQ(models[0].rank_size, 4);
+  EXPECT_EQ(models[0].stage_size, 2);
+  EXPECT_EQ(models[0].stages[0].layers[0].parallel, "row");
+  EXPECT_EQ(models[1].name, "mlp");
+  EXPECT_EQ(models[1].batching.preferred_batch_sizes, (std::vector<int64_t>{32, 64}));
+  ServableDefinition s = servable_from_config(models[1]);
+  EXPECT_EQ(s.stages[0].output_width, 32);
+  EXPECT_EQ(s.stages[1].output_width, 8);
+}
+
+// Writes a model folder with the given config text and weights.
+std::string write_model(const std::string& root, const std::string& name, const std::string& config,
+                        const std::vector<std::pair<std::string, HostTensor>>& weights) {
+  std::string dir = root + "/" + name;
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << config;
+  sharding::write_safetensors_file(dir + "/weights.safetensors", weights);
+  return dir;
+}
+
+TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
+  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-config-" + std::to_string(World::get().rank()))).string();
+  std::filesystem::remove_all(root);
+  auto w = HostTensor::full<float>({8, 4}, 1.0f);
+  auto config = [](const std::string& name, const std::string& stages, const std::string& extra = "") {
+    return R"({"name": ")" + name + R"(", "rank_size": 1, "stage_size": 1,
+      "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}],
+      "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+      "weights": "weights.safetensors", "stages": )" + stages + extra + "}";
+  };
+  struct Case {
+    std::string name, stages, extra, fragment;
+  };
+  std::vector<Case> cases = {
+      {"bad_type", R"([{"layers": [{"type": "conv"}]}])", "", "stages[0].layers[0].type: expected one of linear"},
+      {"no_weight", R"([{"layers": [{"type": "linear", "weight": "v"}]}])", "", "stages[0].layers[0].weight: no tensor 'v' in"},
+      {"bad_parallel", R"([{"layers": [{"type": "linear", "weight": "w", "parallel": "diagonal"}]}])", "",
+       "stages[0].layers[0].parallel: expected column, row or none"},
+      {"bad_width", R"([{"layers": [{"type": "linear", "weight": "w"}, {"type": "linear", "weight": "w"}]}])", "",
+       "stages[0].layers[1].weight: tensor 'w'"},
+      {"bad_stages", R"([])", "", "stages: expected a list of stage_size (1) stages"},
+      {"bad_batching", R"([{"layers": [{"type": "linear", "weight": "w"}]}])", R"(, "batching": {"max_batch_size": 0})",
+       "batching.max_batch_size: expected an integer >= 1, got 0"},
+      {"bad_residual", R"([{"layers": [{"type": "residual_add", "from": "nothing"}]}])", "",
+       "stages[0].layers[0].from: expected the \"save\" name"},
+  };
+  for (const Case& c : cases) {
+    std::string dir = write_model(root, c.name, config(c.name, c.stages, c.extra), {{"w", w}});
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { servable_from_config(load_model_config(dir)); },
+                             {dir + "/config.json: ", c.fragment}))
+        << c.name;
+  }
+  std::string dir = write_model(root, "bad_json", "{\"name\": ", {{"w", w}});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_config(dir); }, {"config.json: not valid JSON"}));
+  dir = write_model(root, "other_name", config("elsewhere", "[]"), {{"w", w}});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_config(dir); },
+                           {"name: expected \"other_name\" (the model's folder name)"}));
+  std::filesystem::remove_all(root);
+}
+
+TEST(Engine, ExampleModelsOnFourRanks) {
+  if (World::get().size() != 4) GTEST_SKIP() << "the example models need rank_size 4 (this job has " << World::get().size() << ")";
+  std::vector<ServableDefinition> servables;
+  for (const ModelConfig& c : load_repository(kExamples)) servables.push_back(servable_from_config(c));
+  Engine engine(servables, Device::cpu());
+  with_engine(engine, [&] {
+    // MatMul+Neg: ones -> -48, in 1 and 2 micro-batches, odd batch sizes too.
+    int mm = engine.find("matmul_neg");
+    for (int64_t rows : {int64_t{128}, int64_t{7}, int64_t{1}}) {
+      for (int micro : {1, 2, 3}) {
+        HostTensor y = engine.run(mm, HostTensor::full<float>({rows, 96}, 1.0f), micro);
+        ASSERT_EQ(y.shape(), (Shape{rows, 16}));
+        for (float v : y.span<float>()) ASSERT_EQ(v, -48.0f) << rows << " rows, " << micro << " micro-batches";
+      }
+    }
+    // The MLP against the same layers on one rank.
+    std::string weights = kExamples + "/mlp/weights.safetensors";
+    auto wt = [&](const char* n) { return dev(read_whole(weights, n)); };
+    HostTensor x = random_tensor({19, 32}, DType::kF32, 5);
+    DeviceTensor h = kernels::bias_add(kernels::matmul(dev(x), wt("proj.weight")), wt("proj.bias"));
+    DeviceTensor f = kernels::layernorm(h, wt("ln.gamma"), wt("ln.beta"), 1e-5);
+    f = kernels::gelu(kernels::bias_add(kernels::matmul(f, wt("up.weight")), wt("up.bias")));
+    f = kernels::bias_add(kernels::matmul(f, wt("down.weight")), wt("down.bias"));
+    DeviceTensor o = kernels::add(f, h);
+    o = kernels::rmsnorm(o, wt("norm.gamma"), 1e-6);
+    o = kernels::softmax(kernels::bias_add(kernels::matmul(o, wt("head.weight")), wt("head.bias")));
+    HostTensor got = engine.run(engine.find("mlp"), x, 2);
+    EXPECT_TRUE(all_close(got, to_host(o), 1e-5, 1e-6));
+    // A batch of the wrong width is refused before anything is sent.
+    EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { engine.run(mm, HostTensor::full<float>({2, 95}, 1.0f), 1); },
+                             {"model 'matmul_neg' takes FP32[-1, 96]", "f32[2, 95]"}));
+  });
+}
+
+TEST(Engine, RankSizeMustMatchTheJob) {
+  if (World::get().size() == 4) GTEST_SKIP() << "the example models fit 4 ranks";
+  ServableDefinition s = servable_from_config(load_repository(kExamples)[0]);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { Engine engine({s}, Device::cpu()); },
+                           {"model 'matmul_neg' needs rank_size = 4 ranks but this job has " +
+                            std::to_string(World::get().size()) + ": start it with mpirun -np 4"}));
+}
+
+// A C++-defined servable on every rank of the job as pure pipeline stages: each
+// stage adds its index + 1; hooks log where and in which order they ran.
+struct HookLog {
+  std::vector<std::string> entries;
+};
+
+class AddStage : public StageModule {
+ public:
+  explicit AddStage(float amount) : amount_(amount) {}
+  DTensor forward(const DTensor& x) override {
+    DTensor one = DTensor::from_global(HostTensor::full<float>(x.global_shape(), amount_), x.mesh(),
+                                       sharding::Layout::replicated(2), "amount");
+    return sharding::add(x, one);
+  }
+
+ private:
+  float amount_;
+};
+
+TEST(Engine, PipelineOfEveryRankWithHooksInOrder) {
+  int n = World::get().size(), me = World::get().rank();
+  static HookLog log;
+  log.entries.clear();
+  ServableDefinition s;
+  s.name = "adder";
+  s.rank_size = n;
+  s.stage_size = n;
+  s.input = {"x", DType::kF32, {-1, 3}};
+  s.output = {"y", DType::kF32, {-1, 3}};
+  for (int i = 0; i < n; ++i) {
+    s.stages.push_back({3, [i](const Mesh&) { return std::make_unique<AddStage>(static_cast<float>(i + 1)); }});
+  }
+  s.hooks.distributed_preprocessing = [me](const HostTensor& x) {
+    log.entries.push_back("distributed_preprocessing@" + std::to_string(me));
+    return x;
+  };
+  s.hooks.client_preprocessing = [me](const DTensor& x) {
+    log.entries.push_back("client_preprocessing@" + std::to_string(me));
+    return x;
+  };
+  s.hooks.client_postprocessing = [me](const DTensor& x) {
+    log.entries.push_back("client_postprocessing@" + std::to_string(me));
+    return x;
+  };
+  s.hooks.distributed_postprocessing = [me](const DTensor& x) {
+    log.entries.push_back("distributed_postprocessing@" + std::to_string(me));
+    return x.gather();
+  };
+  Engine engine({s}, Device::cpu());
+  with_engine(engine, [&] {
+    HostTensor y = engine.run(0, HostTensor::full<float>({5, 3}, 10.0f), 2);
+    float expected = 10.0f + static_cast<float>(n * (n + 1) / 2);
+    for (float v : y.span<float>()) ASSERT_EQ(v, expected);
+  });
+  // Gather every rank's log on rank 0.
+  std::string mine;
+  for (const auto& e : log.entries) mine += e + ";";
+  mine.resize(256, ' ');
+  std::vector<char> all(static_cast<size_t>(n) * 256);
+  MPI_Gather(mine.data(), 256, MPI_CHAR, all.data(), 256, MPI_CHAR, 0, MPI_COMM_WORLD);
+  if (me == 0 && n == 1) {
+    // One rank does everything, micro-batch after micro-batch, hooks in order.
+    EXPECT_EQ(std::string(all.data(), 256).find("distributed_preprocessing@0;client_preprocessing@0;client_postprocessing@0;"
+                                                "distributed_postprocessing@0;client_preprocessing@0;client_postprocessing@0;"
+                                                "distributed_postprocessing@0;"),
+              0u)
+        << std::string(all.data(), 256);
+  } else if (me == 0) {
+    std::string last = std::to_string(n - 1);
+    std::string first_rank(all.data(), 256), last_rank(all.data() + (n - 1) * 256, 256);
+    // Rank 0: the sending side and the first stage (two micro-batches), nothing else.
+    EXPECT_EQ(first_rank.find("distributed_preprocessing@0;client_preprocessing@0;client_preprocessing@0; "), 0u) << first_rank;
+    // The last stage: post-processing once per micro-batch, client before distributed, nothing else.
+    EXPECT_EQ(last_rank.find("client_postprocessing@" + last + ";distributed_postprocessing@" + last + ";client_postprocessing@" +
+                             last + ";distributed_postprocessing@" + last + "; "),
+              0u)
+        << last_rank;
+  }
+}
+
+}  // namespace
+}  // namespace meshrt::serving
