@@ -1,0 +1,207 @@
+// meshrt-loadgen: a client and load generator for a KServe v2 server. For each
+// concurrency level (and JSON and/or binary tensors) it sends requests from that
+// many connections at once and prints requests per second, p50/p90/p99 latency,
+// and, from the server's /metrics, the mean queue and compute time, so that the
+// front end's overhead per request (latency - queue - compute) shows.
+//
+//   meshrt-loadgen --url localhost:8000 --model matmul_neg --concurrency 1,8,64 --requests 500
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "serving/http_client.h"
+
+namespace {
+
+using meshrt::serving::HttpClient;
+using meshrt::serving::HttpResponse;
+using json = nlohmann::json;
+
+struct Options {
+  std::string url = "localhost:8000", model = "matmul_neg", concurrency = "1,8,64", format = "both";
+  int requests = 200, warmup = 20;
+  int64_t rows = 1;
+  double value = 1.0;
+  double expect = 0;
+  bool check = false;
+};
+
+// Sum and count of a Prometheus histogram series for a model.
+std::pair<double, double> histogram(const std::string& metrics, const std::string& name, const std::string& model) {
+  auto value = [&](const std::string& suffix) {
+    std::string key = name + suffix + "{model=\"" + model + "\"";
+    size_t at = metrics.find(key);
+    if (at == std::string::npos) return 0.0;
+    size_t space = metrics.find("} ", at);
+    return std::stod(metrics.substr(space + 2, metrics.find('\n', space) - space - 2));
+  };
+  return {value("_sum"), value("_count")};
+}
+
+struct Request {
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+Request make_request(const json& metadata, int64_t rows, double value, bool binary) {
+  const json& input = metadata["inputs"][0];
+  std::string datatype = input["datatype"];
+  int64_t width = input["shape"][1];
+  int64_t n = rows * width;
+  json in = {{"name", input["name"]}, {"datatype", datatype}, {"shape", {rows, width}}};
+  json body = {{"id", "loadgen"}, {"inputs", json::array()}};
+  Request r;
+  if (binary) {
+    if (datatype != "FP32") throw std::runtime_error("binary requests are written for FP32 inputs only, not " + datatype);
+    in["parameters"] = {{"binary_data_size", n * 4}};
+    body["inputs"].push_back(in);
+    body["outputs"] = json::array({{{"name", metadata["outputs"][0]["name"]}, {"parameters", {{"binary_data", true}}}}});
+    r.body = body.dump();
+    r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(r.body.size()));
+    r.headers.emplace_back("Content-Type", "application/octet-stream");
+    std::vector<float> values(static_cast<size_t>(n), static_cast<float>(value));
+    r.body.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  } else {
+    in["data"] = std::vector<double>(static_cast<size_t>(n), value);
+    body["inputs"].push_back(in);
+    r.body = body.dump();
+    r.headers.emplace_back("Content-Type", "application/json");
+  }
+  return r;
+}
+
+// Whether every output value equals expected.
+bool output_is(const HttpResponse& r, double expected) {
+  auto header_length = std::find_if(r.headers.begin(), r.headers.end(), [](const auto& h) {
+    return strcasecmp(h.first.c_str(), "Inference-Header-Content-Length") == 0;
+  });
+  if (header_length != r.headers.end()) {
+    size_t n = std::stoull(header_length->second);
+    const char* data = r.body.data() + n;
+    size_t count = (r.body.size() - n) / sizeof(float);
+    for (size_t i = 0; i < count; ++i) {
+      float v;
+      std::memcpy(&v, data + i * sizeof(float), sizeof v);
+      if (v != static_cast<float>(expected)) return false;
+    }
+    return count > 0;
+  }
+  json body = json::parse(r.body);
+  for (const auto& v : body["outputs"][0]["data"]) {
+    if (v.get<double>() != expected) return false;
+  }
+  return true;
+}
+
+double percentile(std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
+  return sorted[std::min(i, sorted.size() - 1)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"meshrt-loadgen: load generator for a KServe v2 server (meshrt-serve): throughput and latency at\n"
+               "several concurrency levels, JSON and binary tensors, and the server's queue and compute time."};
+  app.add_option("--url", o.url, "server host:port")->capture_default_str();
+  app.add_option("--model", o.model, "model name")->capture_default_str();
+  app.add_option("--concurrency", o.concurrency, "comma-separated numbers of concurrent connections")->capture_default_str();
+  app.add_option("--requests", o.requests, "requests per concurrency level")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "untimed requests before each level")->capture_default_str();
+  app.add_option("--rows", o.rows, "rows per request (the batch axis)")->capture_default_str();
+  app.add_option("--value", o.value, "every input element")->capture_default_str();
+  app.add_option("--format", o.format, "json, binary or both")->check(CLI::IsMember({"json", "binary", "both"}))->capture_default_str();
+  auto* expect = app.add_option("--expect", o.expect, "check that every output element equals this value");
+  CLI11_PARSE(app, argc, argv);
+  o.check = expect->count() > 0;
+
+  size_t colon = o.url.rfind(':');
+  std::string host = colon == std::string::npos ? o.url : o.url.substr(0, colon);
+  uint16_t port = colon == std::string::npos ? 8000 : static_cast<uint16_t>(std::stoi(o.url.substr(colon + 1)));
+  std::vector<int> levels;
+  std::stringstream in(o.concurrency);
+  for (std::string item; std::getline(in, item, ',');) levels.push_back(std::stoi(item));
+  try {
+    HttpClient control(host, port);
+    HttpResponse meta = control.request("GET", "/v2/models/" + o.model);
+    if (meta.status != 200) {
+      std::fprintf(stderr, "meshrt-loadgen: GET /v2/models/%s: %d %s\n", o.model.c_str(), meta.status, meta.body.c_str());
+      return 1;
+    }
+    json metadata = json::parse(meta.body);
+    std::printf("# meshrt-loadgen: %s model %s, %lld row(s) per request, %d requests per level\n", o.url.c_str(),
+                o.model.c_str(), static_cast<long long>(o.rows), o.requests);
+    std::printf("#%6s %11s %9s %9s %9s %9s %9s %7s %9s %9s %9s %9s\n", "format", "concurrency", "req/s", "p50 ms",
+                "p90 ms", "p99 ms", "mean ms", "errors", "queue ms", "batch ms", "rows/bat", "overhead");
+    bool all_ok = true;
+    for (std::string format : {"json", "binary"}) {
+      if (o.format != "both" && o.format != format) continue;
+      Request request = make_request(metadata, o.rows, o.value, format == "binary");
+      for (int level : levels) {
+        // Warm up, then read the server's counters before and after the timed requests.
+        for (int i = 0; i < o.warmup; ++i) control.request("POST", "/v2/models/" + o.model + "/infer", request.body, request.headers);
+        std::string before = control.request("GET", "/metrics").body;
+        std::atomic<int> next{0};
+        std::atomic<int> errors{0};
+        std::mutex mutex;
+        std::vector<double> latencies;
+        auto start = std::chrono::steady_clock::now();
+        std::vector<std::thread> threads;
+        for (int t = 0; t < level; ++t) {
+          threads.emplace_back([&] {
+            HttpClient client(host, port);
+            std::vector<double> mine;
+            while (next.fetch_add(1) < o.requests) {
+              auto t0 = std::chrono::steady_clock::now();
+              try {
+                HttpResponse r = client.request("POST", "/v2/models/" + o.model + "/infer", request.body, request.headers);
+                if (r.status != 200 || (o.check && !output_is(r, o.expect))) ++errors;
+              } catch (const std::exception&) {
+                ++errors;
+              }
+              mine.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+            }
+            std::lock_guard<std::mutex> lock(mutex);
+            latencies.insert(latencies.end(), mine.begin(), mine.end());
+          });
+        }
+        for (auto& t : threads) t.join();
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::string after = control.request("GET", "/metrics").body;
+        auto delta = [&](const char* name) {
+          auto [s0, c0] = histogram(before, name, o.model);
+          auto [s1, c1] = histogram(after, name, o.model);
+          return std::make_pair(s1 - s0, c1 - c0);
+        };
+        auto [queue_sum, queue_count] = delta("meshrt_inference_queue_seconds");
+        auto [compute_sum, batches] = delta("meshrt_inference_compute_seconds");
+        auto [rows_sum, rows_batches] = delta("meshrt_batch_size");
+        std::sort(latencies.begin(), latencies.end());
+        double mean = 0;
+        for (double l : latencies) mean += l;
+        mean /= std::max<size_t>(1, latencies.size());
+        double queue_ms = queue_count > 0 ? 1e3 * queue_sum / queue_count : 0;
+        double batch_ms = batches > 0 ? 1e3 * compute_sum / batches : 0;
+        std::printf(" %6s %11d %9.1f %9.2f %9.2f %9.2f %9.2f %7d %9.2f %9.2f %9.1f %9.2f\n", format.c_str(), level,
+                    latencies.size() / seconds, percentile(latencies, 50), percentile(latencies, 90),
+                    percentile(latencies, 99), mean, errors.load(), queue_ms, batch_ms,
+                    rows_batches > 0 ? rows_sum / rows_batches : 0.0, mean - queue_ms - batch_ms);
+        std::fflush(stdout);
+        all_ok = all_ok && errors.load() == 0;
+      }
+    }
+    std::printf("# overhead = mean latency - mean queue time - mean batch compute time (HTTP, parsing, copies)\n");
+    return all_ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "meshrt-loadgen: %s\n", e.what());
+    return 1;
+  }
+}

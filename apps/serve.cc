@@ -1,0 +1,61 @@
+// meshrt-serve: distributed inference over HTTP (KServe v2 / Open Inference
+// Protocol). Every rank loads the model repository; rank 0 answers HTTP.
+//
+//   mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000
+//
+// Drain and stop: SIGTERM (or Ctrl-C) to rank 0, or SIGUSR1 to mpirun.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+
+#include "comm/world.h"
+#include "device/error.h"
+#include "serving/server.h"
+
+int main(int argc, char** argv) {
+  meshrt::World& world = meshrt::World::init(&argc, &argv);
+  meshrt::serving::install_drain_signal_handlers();
+  meshrt::serving::ServerOptions o;
+  double comm_timeout = 0;
+  int result_timeout_ms = static_cast<int>(o.result_timeout.count());
+  std::string batching = "on";
+  CLI::App app{"meshrt-serve: serves the models of a repository over HTTP (KServe v2 / Open Inference Protocol)\n"
+               "on all the ranks of the job: pipeline stages on the 'stage' axis, tensor parallel within.\n"
+               "Run it under mpirun with the models' rank_size, e.g.:\n"
+               "  mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000\n"
+               "Stop it with SIGTERM to rank 0 (or SIGUSR1 to mpirun): it drains, then exits 0."};
+  app.add_option("--model-repository", o.repository, "folder with one folder per model (config.json + weights)")->required();
+  app.add_option("--model", o.models, "load only this model (repeatable; default: every model)");
+  app.add_option("--http-port", o.http.port, "HTTP port on rank 0 (0: any free port)")->capture_default_str();
+  app.add_option("--http-address", o.http.address, "address to listen on")->capture_default_str();
+  app.add_option("--http-threads", o.http.threads, "HTTP threads")->capture_default_str();
+  app.add_option("--max-body-bytes", o.http.max_body_bytes, "largest request body accepted (413 above)")->capture_default_str();
+  app.add_option("--batching", batching, "dynamic batching: on (per the model configs) or off (each request alone)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  app.add_option("--result-timeout-ms", result_timeout_ms, "how long rank 0 waits for a batch before declaring a worker lost")
+      ->capture_default_str();
+  app.add_option("--comm-timeout", comm_timeout, "deadline of every collective, in seconds (default: MESHRT_COMM_TIMEOUT or 300)");
+  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
+  app.add_option("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
+  app.add_option("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+    meshrt::World::finalize();
+    return code;
+  }
+  o.batching = batching == "on";
+  o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
+  if (comm_timeout > 0) setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
+  int code = 2;
+  try {
+    code = meshrt::serving::run_server(o);
+  } catch (const meshrt::Error& e) {
+    std::fprintf(stderr, "meshrt-serve: rank %d: %s\n", world.rank(), e.what());
+    meshrt::World::abort(2, "the server failed");
+  }
+  meshrt::World::finalize();
+  return code;
+}

@@ -1,0 +1,78 @@
+#include "serving/http_client.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "device/error.h"
+
+namespace meshrt::serving {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+
+struct HttpClient::Impl {
+  std::string host;
+  uint16_t port;
+  std::chrono::seconds timeout;
+  net::io_context context;
+  std::optional<beast::tcp_stream> stream;
+  beast::flat_buffer buffer;
+
+  void connect() {
+    tcp::resolver resolver(context);
+    stream.emplace(context);
+    stream->expires_after(timeout);
+    stream->connect(resolver.resolve(host, std::to_string(port)));
+  }
+};
+
+HttpClient::HttpClient(std::string host, uint16_t port, std::chrono::seconds timeout) : impl_(std::make_unique<Impl>()) {
+  impl_->host = std::move(host);
+  impl_->port = port;
+  impl_->timeout = timeout;
+}
+
+HttpClient::~HttpClient() = default;
+
+HttpResponse HttpClient::request(const std::string& method, const std::string& target, const std::string& body,
+                                 const std::vector<std::pair<std::string, std::string>>& headers) {
+  http::request<http::string_body> req(http::string_to_verb(method), target, 11);
+  req.set(http::field::host, impl_->host);
+  req.keep_alive(true);
+  for (const auto& [k, v] : headers) req.set(k, v);
+  req.body() = body;
+  req.prepare_payload();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      if (!impl_->stream) impl_->connect();
+      impl_->stream->expires_after(impl_->timeout);
+      http::write(*impl_->stream, req);
+      http::response_parser<http::string_body> parser;
+      parser.body_limit(1ull << 32);
+      http::read(*impl_->stream, impl_->buffer, parser);
+      auto res = parser.release();
+      HttpResponse out;
+      out.status = static_cast<int>(res.result_int());
+      out.body = std::move(res.body());
+      for (const auto& f : res) {
+        if (f.name() == http::field::content_type) out.content_type = std::string(f.value());
+        out.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+      }
+      if (!res.keep_alive()) impl_->stream.reset();
+      return out;
+    } catch (const std::exception& e) {
+      impl_->stream.reset();  // a kept-alive connection the server closed: retry once on a new one
+      impl_->buffer.clear();
+      if (attempt == 1) {
+        throw Error(ErrorKind::kUnavailable,
+                    detail::cat(method, " http://", impl_->host, ":", impl_->port, target, " failed: ", e.what()));
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace meshrt::serving

@@ -1,0 +1,124 @@
+#include "serving/metrics.h"
+
+#include <cstdio>
+
+namespace meshrt::serving {
+
+namespace {
+std::string number(double v) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.10g", v);
+  return text;
+}
+
+std::string labels(const std::string& model, const std::string& version) {
+  return "model=\"" + model + "\",version=\"" + version + "\"";
+}
+}  // namespace
+
+Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+
+void Histogram::observe(double value) {
+  size_t i = 0;
+  while (i < bounds_.size() && value > bounds_[i]) ++i;
+  ++counts_[i];
+  sum_ += value;
+  ++count_;
+}
+
+void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
+  long long cumulative = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    std::string le = i < bounds_.size() ? number(bounds_[i]) : "+Inf";
+    out += name + "_bucket{" + labels + ",le=\"" + le + "\"} " + std::to_string(cumulative) + "\n";
+  }
+  out += name + "_sum{" + labels + "} " + number(sum_) + "\n";
+  out += name + "_count{" + labels + "} " + std::to_string(count_) + "\n";
+}
+
+Metrics::Model& Metrics::model(const std::string& model, const std::string& version) {
+  return models_[{model, version}];
+}
+
+void Metrics::add_model(const std::string& m, const std::string& v) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model(m, v);
+}
+
+void Metrics::request(const std::string& m, const std::string& v, int status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Model& x = model(m, v);
+  ++x.requests[status];
+  if (status >= 400) ++x.failures;
+}
+
+void Metrics::http_request(int status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++http_[status];
+}
+
+void Metrics::batch(const std::string& m, const std::string& v, int64_t rows, int64_t requests,
+                    const std::vector<double>& queue_seconds, double compute_seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Model& x = model(m, v);
+  x.batch_rows.observe(static_cast<double>(rows));
+  x.batch_requests.observe(static_cast<double>(requests));
+  for (double q : queue_seconds) x.queue.observe(q);
+  x.compute.observe(compute_seconds);
+}
+
+void Metrics::queue_size(const std::string& m, const std::string& v, int64_t waiting) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model(m, v).waiting = waiting;
+}
+
+void Metrics::ready(bool ready) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ready_ = ready;
+}
+
+std::string Metrics::render() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::string out;
+  out += "# HELP meshrt_ready Whether the server takes inference requests (0 while draining).\n";
+  out += "# TYPE meshrt_ready gauge\nmeshrt_ready " + std::string(ready_ ? "1" : "0") + "\n";
+  out += "# HELP meshrt_http_requests_total HTTP requests answered, by status code.\n";
+  out += "# TYPE meshrt_http_requests_total counter\n";
+  for (const auto& [code, n] : http_) out += "meshrt_http_requests_total{code=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
+  out += "# HELP meshrt_inference_requests_total Inference requests answered, by status code.\n";
+  out += "# TYPE meshrt_inference_requests_total counter\n";
+  for (const auto& [key, m] : models_) {
+    for (const auto& [code, n] : m.requests) {
+      out += "meshrt_inference_requests_total{" + labels(key.first, key.second) + ",code=\"" + std::to_string(code) +
+             "\"} " + std::to_string(n) + "\n";
+    }
+  }
+  out += "# HELP meshrt_inference_failures_total Inference requests answered with an error.\n";
+  out += "# TYPE meshrt_inference_failures_total counter\n";
+  for (const auto& [key, m] : models_) {
+    out += "meshrt_inference_failures_total{" + labels(key.first, key.second) + "} " + std::to_string(m.failures) + "\n";
+  }
+  out += "# HELP meshrt_queue_requests Requests waiting for a batch.\n# TYPE meshrt_queue_requests gauge\n";
+  for (const auto& [key, m] : models_) {
+    out += "meshrt_queue_requests{" + labels(key.first, key.second) + "} " + std::to_string(m.waiting) + "\n";
+  }
+  struct Family {
+    const char* name;
+    const char* help;
+    Histogram Model::*member;
+  };
+  const Family families[] = {
+      {"meshrt_inference_queue_seconds", "Time from a request's arrival to its batch's dispatch.", &Model::queue},
+      {"meshrt_inference_compute_seconds", "Time of each batch in the engine (all stages).", &Model::compute},
+      {"meshrt_batch_size", "Rows per batch.", &Model::batch_rows},
+      {"meshrt_batch_requests", "Requests per batch.", &Model::batch_requests},
+  };
+  for (const Family& f : families) {
+    out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " histogram\n";
+    for (const auto& [key, m] : models_) (m.*f.member).render(out, f.name, labels(key.first, key.second));
+  }
+  return out;
+}
+
+}  // namespace meshrt::serving

@@ -1,0 +1,66 @@
+// Server metrics in the Prometheus text format (GET /metrics):
+//   meshrt_inference_requests_total{model,version,code}   counter: answered infer requests by HTTP status
+//   meshrt_inference_failures_total{model,version}         counter: infer requests answered with an error
+//   meshrt_inference_queue_seconds{model,version}          histogram: time from arrival to dispatch
+//   meshrt_inference_compute_seconds{model,version}        histogram: time of each batch in the engine
+//   meshrt_batch_size{model,version}                       histogram: rows per batch
+//   meshrt_batch_requests{model,version}                   histogram: requests per batch
+//   meshrt_queue_requests{model,version}                   gauge: requests waiting
+//   meshrt_http_requests_total{code}                       counter: every HTTP request by status
+//   meshrt_ready                                           gauge: 1 while ready, 0 when draining
+// Thread-safe.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace meshrt::serving {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void observe(double value);
+  // Lines "<name>_bucket{<labels>,le=...} n", "<name>_sum{...}", "<name>_count{...}".
+  void render(std::string& out, const std::string& name, const std::string& labels) const;
+  double sum() const { return sum_; }
+  long long count() const { return count_; }
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<long long> counts_;  // per bucket (not cumulative)
+  double sum_ = 0;
+  long long count_ = 0;
+};
+
+class Metrics {
+ public:
+  void add_model(const std::string& model, const std::string& version);
+  void request(const std::string& model, const std::string& version, int status);
+  void http_request(int status);
+  void batch(const std::string& model, const std::string& version, int64_t rows, int64_t requests,
+             const std::vector<double>& queue_seconds, double compute_seconds);
+  void queue_size(const std::string& model, const std::string& version, int64_t waiting);
+  void ready(bool ready);
+  std::string render() const;
+
+ private:
+  struct Model {
+    std::map<int, long long> requests;  // by status
+    long long failures = 0;
+    Histogram queue{{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
+    Histogram compute{{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
+    Histogram batch_rows{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}};
+    Histogram batch_requests{{1, 2, 4, 8, 16, 32, 64, 128, 256}};
+    int64_t waiting = 0;
+  };
+  Model& model(const std::string& model, const std::string& version);
+
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::string, std::string>, Model> models_;
+  std::map<int, long long> http_;
+  bool ready_ = false;
+};
+
+}  // namespace meshrt::serving

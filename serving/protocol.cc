@@ -1,0 +1,245 @@
+#include "serving/protocol.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+namespace meshrt::serving {
+
+namespace {
+using json = nlohmann::json;
+
+[[noreturn]] void bad(const std::string& message) { throw RequestError(400, message); }
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Flattens (possibly nested) JSON arrays of scalars into values, row-major.
+void flatten(const json& v, std::vector<const json*>& out, const std::string& input, int depth) {
+  if (depth > 32) bad("input '" + input + "': data is nested too deeply");
+  if (v.is_array()) {
+    for (const auto& e : v) flatten(e, out, input, depth + 1);
+  } else {
+    out.push_back(&v);
+  }
+}
+
+template <class T>
+T integer_value(const json& v, const std::string& input, size_t index, const char* datatype) {
+  if (!v.is_number_integer()) {
+    bad("input '" + input + "': element " + std::to_string(index) + " is " + v.dump() + ", expected an integer for " + datatype);
+  }
+  if (v.is_number_unsigned()) {
+    uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+      bad("input '" + input + "': element " + std::to_string(index) + " = " + v.dump() + " is out of range for " + datatype);
+    }
+    return static_cast<T>(u);
+  }
+  int64_t i = v.get<int64_t>();
+  if (i < static_cast<int64_t>(std::numeric_limits<T>::lowest()) ||
+      (i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+    bad("input '" + input + "': element " + std::to_string(index) + " = " + v.dump() + " is out of range for " + datatype);
+  }
+  return static_cast<T>(i);
+}
+
+double float_value(const json& v, const std::string& input, size_t index, const char* datatype) {
+  if (!v.is_number()) {
+    bad("input '" + input + "': element " + std::to_string(index) + " is " + v.dump() + ", expected a number for " + datatype);
+  }
+  return v.get<double>();
+}
+
+void fill_from_json(HostTensor& t, const std::vector<const json*>& values, const std::string& input) {
+  const char* datatype = kserve_datatype(t.dtype());
+  for (size_t i = 0; i < values.size(); ++i) {
+    const json& v = *values[i];
+    switch (t.dtype()) {
+      case DType::kF32: t.data<float>()[i] = static_cast<float>(float_value(v, input, i, datatype)); break;
+      case DType::kF64: t.data<double>()[i] = float_value(v, input, i, datatype); break;
+      case DType::kF16: t.data<Half>()[i] = Half(static_cast<float>(float_value(v, input, i, datatype))); break;
+      case DType::kBF16: t.data<BFloat16>()[i] = BFloat16(static_cast<float>(float_value(v, input, i, datatype))); break;
+      case DType::kI32: t.data<int32_t>()[i] = integer_value<int32_t>(v, input, i, datatype); break;
+      case DType::kI64: t.data<int64_t>()[i] = integer_value<int64_t>(v, input, i, datatype); break;
+      case DType::kU8: t.data<uint8_t>()[i] = integer_value<uint8_t>(v, input, i, datatype); break;
+      case DType::kBool:
+        if (!v.is_boolean()) bad("input '" + input + "': element " + std::to_string(i) + " is " + v.dump() + ", expected true or false for BOOL");
+        t.data<bool>()[i] = v.get<bool>();
+        break;
+    }
+  }
+}
+
+json to_json_values(const HostTensor& t) {
+  json data = json::array();
+  int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DType::kF32: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<float>()[i]); break;
+    case DType::kF64: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<double>()[i]); break;
+    case DType::kF16: for (int64_t i = 0; i < n; ++i) data.push_back(static_cast<float>(t.data<Half>()[i])); break;
+    case DType::kBF16: for (int64_t i = 0; i < n; ++i) data.push_back(static_cast<float>(t.data<BFloat16>()[i])); break;
+    case DType::kI32: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<int32_t>()[i]); break;
+    case DType::kI64: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<int64_t>()[i]); break;
+    case DType::kU8: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<uint8_t>()[i]); break;
+    case DType::kBool: for (int64_t i = 0; i < n; ++i) data.push_back(static_cast<bool>(t.data<bool>()[i])); break;
+  }
+  return data;
+}
+
+bool binary_flag(const json& parameters, const char* key) {
+  return parameters.is_object() && parameters.contains(key) && parameters[key].is_boolean() && parameters[key].get<bool>();
+}
+}  // namespace
+
+InferRequest parse_infer_request(std::string_view body, std::optional<size_t> header_length,
+                                 const ServableDefinition& model, int64_t max_rows) {
+  size_t json_bytes = body.size();
+  if (header_length) {
+    if (*header_length > body.size()) {
+      bad("Inference-Header-Content-Length is " + std::to_string(*header_length) + " but the body has only " +
+          std::to_string(body.size()) + " bytes");
+    }
+    json_bytes = *header_length;
+  }
+  json request;
+  try {
+    request = json::parse(body.substr(0, json_bytes));
+  } catch (const json::exception& e) {
+    bad(std::string("the request body is not valid JSON: ") + e.what());
+  }
+  if (!request.is_object()) bad("the request body must be a JSON object with \"inputs\"");
+  InferRequest out;
+  if (request.contains("id")) {
+    if (!request["id"].is_string()) bad("\"id\" must be a string");
+    out.id = request["id"].get<std::string>();
+  }
+  if (request.contains("parameters")) out.binary_output = binary_flag(request["parameters"], "binary_data_output");
+  if (!request.contains("inputs") || !request["inputs"].is_array()) bad("the request has no \"inputs\" list");
+
+  const TensorSpec& spec = model.input;
+  size_t binary_at = json_bytes;  // where the next input's binary data starts
+  bool found = false;
+  for (const json& in : request["inputs"]) {
+    if (!in.is_object() || !in.contains("name") || !in["name"].is_string()) bad("every input needs a \"name\" string");
+    std::string name = in["name"].get<std::string>();
+    if (name != spec.name) bad("model '" + model.name + "' has no input '" + name + "' (its input is '" + spec.name + "')");
+    if (found) bad("input '" + name + "' is given twice");
+    found = true;
+    if (!in.contains("datatype") || !in["datatype"].is_string()) bad("input '" + name + "': \"datatype\" is missing");
+    std::string datatype = in["datatype"].get<std::string>();
+    if (datatype != kserve_datatype(spec.dtype)) {
+      bad("input '" + name + "': expected datatype " + kserve_datatype(spec.dtype) + ", got " + datatype);
+    }
+    if (!in.contains("shape") || !in["shape"].is_array()) bad("input '" + name + "': \"shape\" is missing");
+    std::vector<int64_t> shape;
+    for (const auto& d : in["shape"]) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + in["shape"].dump() + " must hold non-negative integers");
+      shape.push_back(d.get<int64_t>());
+    }
+    if (shape.size() != 2 || shape[1] != spec.shape[1] || shape[0] < 1) {
+      bad("input '" + name + "': expected shape [n, " + std::to_string(spec.shape[1]) + "] with n >= 1 (the model's [-1, " +
+          std::to_string(spec.shape[1]) + "]), got " + shape_text(shape));
+    }
+    if (shape[0] > max_rows) {
+      bad("input '" + name + "': " + std::to_string(shape[0]) + " rows exceed the model's max_batch_size of " +
+          std::to_string(max_rows));
+    }
+    HostTensor t = HostTensor::empty(Shape(shape), spec.dtype);
+    bool binary = in.contains("parameters") && in["parameters"].is_object() && in["parameters"].contains("binary_data_size");
+    if (binary) {
+      const json& size = in["parameters"]["binary_data_size"];
+      if (!size.is_number_unsigned()) bad("input '" + name + "': binary_data_size must be a non-negative integer");
+      size_t bytes = size.get<size_t>();
+      if (bytes != t.nbytes()) {
+        bad("input '" + name + "': binary_data_size is " + std::to_string(bytes) + " bytes but " + datatype +
+            shape_text(shape) + " needs " + std::to_string(t.nbytes()));
+      }
+      if (!header_length) bad("input '" + name + "' has binary data but the Inference-Header-Content-Length header is missing");
+      if (binary_at + bytes > body.size()) {
+        bad("input '" + name + "': the body ends after " + std::to_string(body.size() - binary_at) + " of its " +
+            std::to_string(bytes) + " binary bytes");
+      }
+      std::memcpy(t.raw_data(), body.data() + binary_at, bytes);
+      binary_at += bytes;
+      if (in.contains("data")) bad("input '" + name + "' has both binary data and \"data\"");
+    } else {
+      if (!in.contains("data")) bad("input '" + name + "' has no \"data\" (and no binary_data_size)");
+      std::vector<const json*> values;
+      flatten(in["data"], values, name, 0);
+      if (static_cast<int64_t>(values.size()) != t.numel()) {
+        bad("input '" + name + "': shape " + shape_text(shape) + " needs " + std::to_string(t.numel()) + " values, got " +
+            std::to_string(values.size()));
+      }
+      fill_from_json(t, values, name);
+    }
+    out.input = t;
+  }
+  if (!found) bad("input '" + spec.name + "' is missing");
+  if (binary_at != body.size()) {
+    bad("the body has " + std::to_string(body.size() - binary_at) + " bytes after the JSON header and the inputs' binary data");
+  }
+  if (request.contains("outputs")) {
+    if (!request["outputs"].is_array()) bad("\"outputs\" must be a list");
+    for (const json& o : request["outputs"]) {
+      if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) bad("every requested output needs a \"name\"");
+      std::string name = o["name"].get<std::string>();
+      if (name != model.output.name) {
+        bad("model '" + model.name + "' has no output '" + name + "' (its output is '" + model.output.name + "')");
+      }
+      if (o.contains("parameters") && o["parameters"].is_object() && o["parameters"].contains("binary_data")) {
+        out.binary_output = binary_flag(o["parameters"], "binary_data");
+      }
+    }
+  }
+  return out;
+}
+
+HttpPayload make_infer_response(const ServableDefinition& model, const InferRequest& request, const HostTensor& output) {
+  json response = {{"model_name", model.name}, {"model_version", model.version}};
+  if (!request.id.empty()) response["id"] = request.id;
+  json out = {{"name", model.output.name}, {"datatype", kserve_datatype(output.dtype())}, {"shape", output.shape().dims()}};
+  HttpPayload payload;
+  if (request.binary_output) {
+    out["parameters"] = {{"binary_data_size", output.nbytes()}};
+    response["outputs"] = json::array({out});
+    payload.body = response.dump();
+    payload.header_length = payload.body.size();
+    payload.body.append(static_cast<const char*>(output.raw_data()), output.nbytes());
+    payload.content_type = "application/octet-stream";
+  } else {
+    out["data"] = to_json_values(output);
+    response["outputs"] = json::array({out});
+    payload.body = response.dump();
+  }
+  return payload;
+}
+
+std::string model_metadata_json(const ServableDefinition& model) {
+  auto tensor = [](const TensorSpec& t) {
+    return json{{"name", t.name}, {"datatype", kserve_datatype(t.dtype)}, {"shape", t.shape}};
+  };
+  json m = {{"name", model.name},
+            {"versions", json::array({model.version})},
+            {"platform", "meshrt"},
+            {"inputs", json::array({tensor(model.input)})},
+            {"outputs", json::array({tensor(model.output)})},
+            {"parameters",
+             {{"rank_size", model.rank_size},
+              {"stage_size", model.stage_size},
+              {"max_batch_size", model.batching.max_batch_size},
+              {"dynamic_batching", model.batching.enabled}}}};
+  return m.dump();
+}
+
+std::string server_metadata_json() {
+  return json{{"name", "meshrt"}, {"version", "0.1.0"}, {"extensions", json::array({"binary_tensor_data"})}}.dump();
+}
+
+std::string error_json(const std::string& message) { return json{{"error", message}}.dump(); }
+
+}  // namespace meshrt::serving

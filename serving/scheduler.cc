@@ -1,0 +1,172 @@
+#include "serving/scheduler.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace meshrt::serving {
+
+Scheduler::Scheduler(Engine& engine, Metrics& metrics)
+    : engine_(engine), metrics_(metrics), queues_(static_cast<size_t>(engine.servable_count())) {
+  for (int m = 0; m < engine_.servable_count(); ++m) {
+    metrics_.add_model(engine_.servable(m).name, engine_.servable(m).version);
+  }
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  drain();
+  if (thread_.joinable()) thread_.join();
+}
+
+Admission Scheduler::submit(int model, HostTensor input, Completion done) {
+  const ServableDefinition& def = engine_.servable(model);
+  std::lock_guard<std::mutex> lock(mutex_);
+  Queue& q = queues_.at(static_cast<size_t>(model));
+  if (draining_) return Admission::kDraining;
+  if (!q.failure.empty()) return Admission::kModelUnavailable;
+  if (static_cast<int64_t>(q.requests.size()) >= def.batching.max_queue_size) return Admission::kQueueFull;
+  q.rows += input.dim(0);
+  q.requests.push_back({std::move(input), std::move(done), std::chrono::steady_clock::now()});
+  metrics_.queue_size(def.name, def.version, static_cast<int64_t>(q.requests.size()));
+  cv_.notify_all();
+  return Admission::kQueued;
+}
+
+bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model, std::vector<Request>* batch,
+                           std::chrono::steady_clock::time_point* wake) {
+  int count = static_cast<int>(queues_.size());
+  for (int k = 0; k < count; ++k) {
+    int m = (next_model_ + k) % count;
+    Queue& q = queues_[static_cast<size_t>(m)];
+    if (q.requests.empty()) continue;
+    const BatchingConfig& b = engine_.servable(m).batching;
+    int64_t limit = 0;
+    if (!b.enabled) {
+      limit = q.requests.front().input.dim(0);
+    } else if (q.rows >= b.max_batch_size || draining_) {
+      limit = b.max_batch_size;
+    } else {
+      for (int64_t p : b.preferred_batch_sizes) {
+        if (q.rows >= p) limit = p;  // sorted: the largest one reached
+      }
+      auto due = q.requests.front().arrived + std::chrono::microseconds(b.max_queue_delay_us);
+      if (limit == 0 && now >= due) limit = b.max_batch_size;
+      if (limit == 0) {
+        *wake = std::min(*wake, due);
+        continue;
+      }
+    }
+    int64_t rows = 0;
+    while (!q.requests.empty() && (batch->empty() || rows + q.requests.front().input.dim(0) <= limit)) {
+      rows += q.requests.front().input.dim(0);
+      q.rows -= q.requests.front().input.dim(0);
+      batch->push_back(std::move(q.requests.front()));
+      q.requests.pop_front();
+    }
+    *model = m;
+    next_model_ = (m + 1) % count;
+    metrics_.queue_size(engine_.servable(m).name, engine_.servable(m).version, static_cast<int64_t>(q.requests.size()));
+    return true;
+  }
+  return false;
+}
+
+void Scheduler::run_batch(int model, std::vector<Request>& batch) {
+  const ServableDefinition& def = engine_.servable(model);
+  auto start = std::chrono::steady_clock::now();
+  std::vector<double> queued;
+  int64_t rows = 0;
+  for (const Request& r : batch) {
+    queued.push_back(std::chrono::duration<double>(start - r.arrived).count());
+    rows += r.input.dim(0);
+  }
+  InferOutcome failure;
+  HostTensor output;
+  try {
+    // Stack the requests' rows (one copy), run, and cut the result back.
+    HostTensor input = HostTensor::empty({rows, def.input.shape[1]}, def.input.dtype);
+    size_t at = 0;
+    for (const Request& r : batch) {
+      std::memcpy(static_cast<char*>(input.raw_data()) + at, r.input.raw_data(), r.input.nbytes());
+      at += r.input.nbytes();
+    }
+    output = engine_.run(model, input, def.batching.micro_batches);
+    MESHRT_CHECK(output.ndim() == 2 && output.dim(0) == rows && output.dim(1) == def.output.shape[1] &&
+                     output.dtype() == def.output.dtype,
+                 ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,
+                 " rows (expected ", kserve_datatype(def.output.dtype), "[", rows, ", ", def.output.shape[1], "])");
+  } catch (const Error& e) {
+    bool worker = e.kind() == ErrorKind::kUnavailable || e.kind() == ErrorKind::kDeadlineExceeded ||
+                  e.kind() == ErrorKind::kMpi || e.kind() == ErrorKind::kNccl;
+    failure.status = worker ? 503 : 500;
+    failure.error = (worker ? "model '" + def.name + "' is unavailable: " : "internal error: ") + e.message();
+    if (worker) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queues_[static_cast<size_t>(model)].failure = e.message();
+    }
+  } catch (const std::exception& e) {
+    failure.status = 500;
+    failure.error = std::string("internal error: ") + e.what();
+  }
+  double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  metrics_.batch(def.name, def.version, rows, static_cast<int64_t>(batch.size()), queued, compute);
+  int64_t row = 0;
+  for (Request& r : batch) {
+    if (failure.status != 200) {
+      r.done(failure);
+      continue;
+    }
+    InferOutcome ok;
+    ok.output = output.narrow(row, r.input.dim(0)).clone();
+    row += r.input.dim(0);
+    r.done(std::move(ok));
+  }
+}
+
+void Scheduler::loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    auto now = std::chrono::steady_clock::now();
+    auto wake = now + std::chrono::hours(1);
+    int model = -1;
+    std::vector<Request> batch;
+    if (next_batch(now, &model, &batch, &wake)) {
+      lock.unlock();
+      run_batch(model, batch);
+      lock.lock();
+      continue;
+    }
+    bool empty = std::all_of(queues_.begin(), queues_.end(), [](const Queue& q) { return q.requests.empty(); });
+    if (draining_ && empty) break;
+    cv_.wait_until(lock, wake);
+  }
+  // Drained: the other ranks can stop.
+  lock.unlock();
+  try {
+    engine_.stop();
+  } catch (const std::exception&) {
+    // a lost worker cannot be told; the job ends anyway
+  }
+  lock.lock();
+  finished_ = true;
+  finished_cv_.notify_all();
+}
+
+void Scheduler::drain() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  draining_ = true;
+  cv_.notify_all();
+  finished_cv_.wait(lock, [&] { return finished_; });
+}
+
+bool Scheduler::model_ready(int model) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return !draining_ && queues_.at(static_cast<size_t>(model)).failure.empty();
+}
+
+std::string Scheduler::model_failure(int model) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queues_.at(static_cast<size_t>(model)).failure;
+}
+
+}  // namespace meshrt::serving

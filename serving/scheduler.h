@@ -1,0 +1,85 @@
+// The dynamic batcher on rank 0: per model, a bounded queue of requests, stacked
+// along the batch axis into batches and run by the engine; each request gets its
+// rows of the result back.
+//
+// A model's queue is dispatched when its rows reach max_batch_size, when they
+// reach one of its preferred batch sizes (the largest one reached is used), or
+// when its oldest request has waited max_queue_delay_us; a batch takes whole
+// requests in arrival order up to the limit. Requests are never split. With
+// batching disabled, every request runs alone. One thread runs the batches (the
+// engine runs one batch at a time across all ranks); requests queue meanwhile,
+// which is what makes batches under load.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "serving/engine.h"
+#include "serving/metrics.h"
+
+namespace meshrt::serving {
+
+struct InferOutcome {
+  int status = 200;   // HTTP status: 200, or 503 (a worker failed), 500 (a bug)
+  std::string error;  // when status != 200
+  HostTensor output;  // this request's rows of the output
+};
+using Completion = std::function<void(InferOutcome)>;
+
+enum class Admission { kQueued, kQueueFull, kDraining, kModelUnavailable };
+
+class Scheduler {
+ public:
+  // engine: the engine on rank 0; the scheduler's thread is the only one to use it.
+  Scheduler(Engine& engine, Metrics& metrics);
+  ~Scheduler();
+
+  // From any thread. input: [rows, width] of the model's input dtype; rows must
+  // not exceed max_batch_size (callers check). When queued, done is called
+  // exactly once, on the scheduler's thread; otherwise it is never called and the
+  // caller answers (503).
+  Admission submit(int model, HostTensor input, Completion done);
+  // Stops taking requests, runs every queued one, then stops the engine's other
+  // ranks. Returns when all of it is done. Idempotent.
+  void drain();
+  // False once a model's batch failed on a worker (its communicators are gone).
+  bool model_ready(int model) const;
+  std::string model_failure(int model) const;
+
+ private:
+  struct Request {
+    HostTensor input;
+    Completion done;
+    std::chrono::steady_clock::time_point arrived;
+  };
+  struct Queue {
+    std::deque<Request> requests;
+    int64_t rows = 0;
+    std::string failure;  // non-empty: the model is unavailable
+  };
+  void loop();
+  // Under the lock: the next batch to run (model and requests), or the time to
+  // wake up and look again.
+  bool next_batch(std::chrono::steady_clock::time_point now, int* model, std::vector<Request>* batch,
+                  std::chrono::steady_clock::time_point* wake);
+  void run_batch(int model, std::vector<Request>& batch);
+
+  Engine& engine_;
+  Metrics& metrics_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<Queue> queues_;
+  int next_model_ = 0;  // round-robin start among models with work
+  bool draining_ = false;
+  bool finished_ = false;
+  std::condition_variable finished_cv_;
+  std::thread thread_;
+};
+
+}  // namespace meshrt::serving

@@ -1,0 +1,256 @@
+#include "serving/server.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "comm/world.h"
+#include "serving/engine.h"
+#include "serving/metrics.h"
+#include "serving/protocol.h"
+#include "serving/scheduler.h"
+
+namespace meshrt::serving {
+
+namespace {
+// The self-pipe of the drain signals: the handler writes the signal number,
+// the server's signal thread reads it.
+int g_signal_pipe[2] = {-1, -1};
+
+void on_drain_signal(int signal) {
+  unsigned char byte = static_cast<unsigned char>(signal);
+  if (g_signal_pipe[1] >= 0) {
+    ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);  // async-signal-safe
+    (void)ignored;
+  }
+}
+}  // namespace
+
+void install_drain_signal_handlers() {
+  if (g_signal_pipe[0] < 0 && ::pipe(g_signal_pipe) != 0) {
+    throw Error(ErrorKind::kUnavailable, "cannot create the signal pipe");
+  }
+  struct sigaction action {};
+  action.sa_handler = on_drain_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &action, nullptr);
+}
+
+namespace {
+
+HttpResponse json_response(int status, std::string body) { return {status, std::move(body), "application/json", {}}; }
+HttpResponse error_response(int status, const std::string& message) { return json_response(status, error_json(message)); }
+
+// The KServe v2 routes on rank 0.
+class Frontend {
+ public:
+  Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics) : engine_(engine), scheduler_(scheduler), metrics_(metrics) {}
+
+  void set_draining() { draining_ = true; }
+
+  void handle(const HttpRequest& request, const Responder& respond) {
+    Responder counted = [this, respond](HttpResponse r) {
+      metrics_.http_request(r.status);
+      respond(std::move(r));
+    };
+    std::string path = request.target.substr(0, request.target.find('?'));
+    std::vector<std::string> parts;
+    for (size_t start = 1; start <= path.size();) {
+      size_t end = path.find('/', start);
+      if (end == std::string::npos) end = path.size();
+      if (end > start) parts.push_back(path.substr(start, end - start));
+      start = end + 1;
+    }
+    bool get = request.method == "GET", post = request.method == "POST";
+    auto method_not_allowed = [&](const char* allowed) {
+      counted(error_response(405, std::string("use ") + allowed + " for " + path));
+    };
+    if (parts == std::vector<std::string>{"metrics"}) {
+      if (!get) return method_not_allowed("GET");
+      return counted({200, metrics_.render(), "text/plain; version=0.0.4", {}});
+    }
+    if (parts.empty() || parts[0] != "v2") return counted(error_response(404, "no route for " + path));
+    if (parts.size() == 1) {
+      if (!get) return method_not_allowed("GET");
+      return counted(json_response(200, server_metadata_json()));
+    }
+    if (parts.size() == 3 && parts[1] == "health" && (parts[2] == "live" || parts[2] == "ready")) {
+      if (!get) return method_not_allowed("GET");
+      if (parts[2] == "live") return counted(json_response(200, R"({"live": true})"));
+      bool ready = !draining_;
+      return counted(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
+    }
+    if (parts.size() >= 3 && parts[1] == "models") {
+      // /v2/models/{name}[/versions/{v}][/ready | /infer]
+      std::string name = parts[2], version;
+      size_t next = 3;
+      if (parts.size() >= 5 && parts[3] == "versions") {
+        version = parts[4];
+        next = 5;
+      }
+      std::string action = next < parts.size() ? parts[next] : "";
+      if (next + (action.empty() ? 0 : 1) != parts.size() || (action != "" && action != "ready" && action != "infer")) {
+        return counted(error_response(404, "no route for " + path));
+      }
+      int model = engine_.find(name, version);
+      if (model < 0) {
+        bool name_known = engine_.find(name) >= 0;
+        return counted(error_response(404, name_known ? "model '" + name + "' has no version '" + version + "'"
+                                                      : "unknown model '" + name + "'"));
+      }
+      const ServableDefinition& def = engine_.servable(model);
+      if (action.empty()) {
+        if (!get) return method_not_allowed("GET");
+        return counted(json_response(200, model_metadata_json(def)));
+      }
+      if (action == "ready") {
+        if (!get) return method_not_allowed("GET");
+        bool ready = !draining_ && scheduler_.model_ready(model);
+        return counted(json_response(ready ? 200 : 503, std::string(R"({"name": ")") + def.name + R"(", "ready": )" +
+                                                            (ready ? "true" : "false") + "}"));
+      }
+      if (!post) return method_not_allowed("POST");
+      return infer(model, request, counted);
+    }
+    return counted(error_response(404, "no route for " + path));
+  }
+
+ private:
+  void infer(int model, const HttpRequest& request, const Responder& respond) {
+    const ServableDefinition& def = engine_.servable(model);
+    auto answer = [this, &def, respond](HttpResponse r) {
+      metrics_.request(def.name, def.version, r.status);
+      respond(std::move(r));
+    };
+    std::optional<size_t> header_length;
+    if (auto h = request.header("Inference-Header-Content-Length")) {
+      try {
+        size_t used = 0;
+        header_length = std::stoull(*h, &used);
+        if (used != h->size()) throw std::invalid_argument(*h);
+      } catch (const std::exception&) {
+        return answer(error_response(400, "Inference-Header-Content-Length '" + *h + "' is not a number"));
+      }
+    }
+    auto parsed = std::make_shared<InferRequest>();
+    try {
+      *parsed = parse_infer_request(request.body, header_length, def, def.batching.max_batch_size);
+    } catch (const RequestError& e) {
+      return answer(error_response(e.status(), e.what()));
+    } catch (const Error& e) {
+      return answer(error_response(400, e.message()));
+    }
+    Admission admitted = scheduler_.submit(model, parsed->input, [&def, parsed, answer](InferOutcome outcome) {
+      if (outcome.status != 200) return answer(error_response(outcome.status, outcome.error));
+      HttpPayload payload = make_infer_response(def, *parsed, outcome.output);
+      HttpResponse r{200, std::move(payload.body), payload.content_type, {}};
+      if (payload.header_length) r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(*payload.header_length));
+      answer(std::move(r));
+    });
+    switch (admitted) {
+      case Admission::kQueued: return;
+      case Admission::kQueueFull:
+        return answer(error_response(503, "model '" + def.name + "' is overloaded: its queue holds " +
+                                              std::to_string(def.batching.max_queue_size) + " requests; retry later"));
+      case Admission::kDraining: return answer(error_response(503, "the server is shutting down"));
+      case Admission::kModelUnavailable:
+        return answer(error_response(503, "model '" + def.name + "' is unavailable: " + scheduler_.model_failure(model)));
+    }
+  }
+
+  Engine& engine_;
+  Scheduler& scheduler_;
+  Metrics& metrics_;
+  std::atomic<bool> draining_{false};
+};
+
+void write_file(const std::string& path, const std::string& text) {
+  if (path.empty()) return;
+  std::ofstream out(path + ".partial", std::ios::trunc);
+  out << text << "\n";
+  out.close();
+  std::rename((path + ".partial").c_str(), path.c_str());
+}
+
+}  // namespace
+
+int run_server(const ServerOptions& o) {
+  World& world = World::get();
+  int rank = world.rank();
+  auto say = [&](const std::string& line) {
+    if (rank == 0) std::fprintf(stderr, "meshrt-serve: %s\n", line.c_str());
+  };
+  std::vector<ServableDefinition> servables;
+  try {
+    std::vector<ModelConfig> configs = load_repository(o.repository);
+    std::set<std::string> wanted(o.models.begin(), o.models.end());
+    for (const std::string& name : wanted) {
+      bool found = std::any_of(configs.begin(), configs.end(), [&](const ModelConfig& c) { return c.name == name; });
+      MESHRT_CHECK_ARG(found, "model '", name, "' is not in the repository ", o.repository);
+    }
+    for (const ModelConfig& c : configs) {
+      if (!wanted.empty() && !wanted.count(c.name)) continue;
+      MESHRT_CHECK_ARG(c.rank_size == world.size(), "model '", c.name, "' (", c.config_path, ") has rank_size ",
+                       c.rank_size, " but meshrt-serve runs on ", world.size(), " rank(s): start it with mpirun -np ",
+                       c.rank_size, ", or load other models with --model");
+      ServableDefinition s = servable_from_config(c);
+      if (!o.batching) s.batching.enabled = false;
+      servables.push_back(std::move(s));
+    }
+  } catch (const Error& e) {
+    say(e.message());  // every rank read the same files and fails alike
+    return 2;
+  }
+  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  Engine engine(servables, device, EngineOptions{o.result_timeout});
+  for (const ServableDefinition& s : servables) {
+    say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",
+                    s.stage_size, " (", s.rank_size / s.stage_size, "-way tensor parallel per stage), batching ",
+                    s.batching.enabled ? "on" : "off", ", max_batch_size ", s.batching.max_batch_size));
+  }
+  if (rank != 0) {
+    engine.serve();
+    return 0;
+  }
+
+  Metrics metrics;
+  Scheduler scheduler(engine, metrics);
+  Frontend frontend(engine, scheduler, metrics);
+  HttpServer http(o.http, [&](const HttpRequest& r, Responder respond) { frontend.handle(r, respond); });
+  write_file(o.port_file, std::to_string(http.port()));
+  write_file(o.pid_file, std::to_string(::getpid()));
+  metrics.ready(true);
+  say(detail::cat("listening on http://", o.http.address, ":", http.port(), " (", world.size(), " rank(s), device ",
+                  device.to_string(), ")"));
+
+  if (g_signal_pipe[0] < 0) install_drain_signal_handlers();
+  std::thread signals([&] {
+    unsigned char signal = 0;
+    while (::read(g_signal_pipe[0], &signal, 1) < 0 && errno == EINTR) {
+    }
+    say(detail::cat("signal ", static_cast<int>(signal), ": draining (not ready; finishing accepted requests)"));
+    frontend.set_draining();
+    metrics.ready(false);
+    scheduler.drain();  // runs what is queued, then stops the other ranks
+    auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
+    while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    say("drained; exiting");
+    http.stop();
+  });
+  http.run();
+  signals.join();
+  return 0;
+}
+
+}  // namespace meshrt::serving

@@ -1,0 +1,40 @@
+// meshrt-serve's server: every rank loads the model repository and builds its
+// stages; rank 0 serves KServe v2 over HTTP, batches requests and drives the
+// engine; the other ranks run what rank 0 sends.
+//
+// Draining: SIGTERM or SIGINT to rank 0 (or SIGUSR1 to mpirun, which forwards
+// it to every rank) makes readiness false and new inference requests get 503;
+// requests already accepted finish; then every rank exits with 0. Call
+// install_drain_signal_handlers() in main after World::init.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "serving/http_server.h"
+
+namespace meshrt::serving {
+
+struct ServerOptions {
+  std::string repository;
+  std::vector<std::string> models;  // to load; empty: every model of the repository
+  HttpServerOptions http;
+  bool batching = true;             // false: every request runs alone (dynamic batching off)
+  std::chrono::milliseconds result_timeout{120000};
+  std::chrono::seconds drain_timeout{60};
+  std::string port_file, pid_file;  // rank 0 writes its HTTP port / process id there
+  std::string device;               // "cpu", "cuda:N"; empty: the World's default
+};
+
+// Installs handlers for SIGTERM, SIGINT and SIGUSR1 that ask the server to drain
+// (on any thread the signal lands on: MPI's own threads do not block signals).
+// On ranks other than 0 the signals are then ignored: rank 0 tells them when to stop.
+void install_drain_signal_handlers();
+
+// Runs the server on this rank until drained. Returns the process exit code:
+// 0 after a clean drain, 2 when the models cannot be loaded (the reason is printed
+// by rank 0).
+int run_server(const ServerOptions& options);
+
+}  // namespace meshrt::serving
