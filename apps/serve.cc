@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
   app.add_option("--result-timeout-ms", result_timeout_ms, "how long rank 0 waits for a batch before declaring a worker lost")
       ->capture_default_str();
   app.add_option("--comm-timeout", comm_timeout, "deadline of every collective, in seconds (default: MESHRT_COMM_TIMEOUT or 300)");
+  int grace_ms = 0;
+  app.add_option("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
+      ->capture_default_str();
   app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   app.add_option("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
   app.add_option("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
@@ -47,6 +50,7 @@ int main(int argc, char** argv) {
     return code;
   }
   o.batching = batching == "on";
+  o.drain_grace = std::chrono::milliseconds(grace_ms);
   o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
   if (comm_timeout > 0) setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
   int code = 2;

@@ -49,10 +49,15 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& t
     try {
       if (!impl_->stream) impl_->connect();
       impl_->stream->expires_after(impl_->timeout);
-      http::write(*impl_->stream, req);
+      // A server may answer (413, 431) and close before reading the whole
+      // request: read its answer even when writing failed.
+      beast::error_code write_error;
+      http::write(*impl_->stream, req, write_error);
       http::response_parser<http::string_body> parser;
       parser.body_limit(1ull << 32);
-      http::read(*impl_->stream, impl_->buffer, parser);
+      beast::error_code read_error;
+      http::read(*impl_->stream, impl_->buffer, parser, read_error);
+      if (read_error) throw beast::system_error(write_error ? write_error : read_error);
       auto res = parser.release();
       HttpResponse out;
       out.status = static_cast<int>(res.result_int());

@@ -245,6 +245,7 @@ int run_server(const ServerOptions& o) {
     while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    if (o.drain_grace.count() > 0) std::this_thread::sleep_for(o.drain_grace);
     say("drained; exiting");
     http.stop();
   });

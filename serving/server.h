@@ -23,6 +23,9 @@ struct ServerOptions {
   bool batching = true;             // false: every request runs alone (dynamic batching off)
   std::chrono::milliseconds result_timeout{120000};
   std::chrono::seconds drain_timeout{60};
+  // After draining, keep answering (not ready; 503 to inference) this long
+  // before exiting, so that load balancers see the server go unready.
+  std::chrono::milliseconds drain_grace{0};
   std::string port_file, pid_file;  // rank 0 writes its HTTP port / process id there
   std::string device;               // "cpu", "cuda:N"; empty: the World's default
 };

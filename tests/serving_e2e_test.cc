@@ -1,0 +1,424 @@
+// End-to-end: real meshrt-serve jobs under mpiexec, spoken to over loopback HTTP
+// (KServe v2). This binary is not an MPI program itself: it starts the jobs.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "serving/http_client.h"
+#include "sharding/safetensors.h"
+
+extern char** environ;
+
+namespace meshrt::serving {
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+const std::string kExamples = MESHRT_SOURCE_DIR "/examples/models";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// A meshrt-serve job: mpiexec -n ranks meshrt-serve --model-repository ... on a free port.
+class ServerJob {
+ public:
+  ServerJob(int ranks, const std::string& repository, std::vector<std::string> extra = {}) {
+    dir_ = fs::temp_directory_path() / ("meshrt-e2e-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
+    fs::create_directories(dir_);
+    std::vector<std::string> args = {MPIEXEC_EXECUTABLE, "-n", std::to_string(ranks), MESHRT_SERVE,
+                                     "--model-repository", repository, "--http-port", "0",
+                                     "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t files;
+    posix_spawn_file_actions_init(&files);
+    std::string log = (dir_ / "log").string();
+    posix_spawn_file_actions_addopen(&files, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&files, 1, 2);
+    int rc = posix_spawn(&pid_, argv[0], &files, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&files);
+    if (rc != 0) throw std::runtime_error("cannot start mpiexec");
+  }
+
+  ~ServerJob() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  // Waits until rank 0 listens and says ready; false if the job ended first.
+  bool wait_ready(std::chrono::seconds timeout = std::chrono::seconds(120)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (exited(std::chrono::milliseconds(0))) return false;
+      if (fs::exists(dir_ / "port") && fs::exists(dir_ / "pid")) {
+        port_ = static_cast<uint16_t>(std::stoi(read_file((dir_ / "port").string())));
+        rank0_ = std::stoi(read_file((dir_ / "pid").string()));
+        try {
+          if (HttpClient("127.0.0.1", port_).request("GET", "/v2/health/ready").status == 200) return true;
+        } catch (const Error&) {
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  // Whether the job ended within timeout; its exit code in exit_code().
+  bool exited(std::chrono::milliseconds timeout) {
+    if (exited_) return true;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    do {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    } while (std::chrono::steady_clock::now() < deadline);
+    return false;
+  }
+
+  int exit_code() const { return exit_code_; }
+  uint16_t port() const { return port_; }
+  pid_t rank0() const { return rank0_; }
+  std::string log() const { return read_file((dir_ / "log").string()); }
+  HttpClient client() const { return HttpClient("127.0.0.1", port_); }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path dir_;
+  pid_t pid_ = -1, rank0_ = -1;
+  uint16_t port_ = 0;
+  bool exited_ = false;
+  int exit_code_ = -1;
+};
+
+std::string infer_body(const std::string& input, int64_t rows, int64_t width, double value, const std::string& id = "") {
+  json body = {{"inputs", {{{"name", input}, {"datatype", "FP32"}, {"shape", {rows, width}},
+                            {"data", std::vector<double>(static_cast<size_t>(rows * width), value)}}}}};
+  if (!id.empty()) body["id"] = id;
+  return body.dump();
+}
+
+const std::vector<std::pair<std::string, std::string>> kJson = {{"Content-Type", "application/json"}};
+
+// The shared 4-rank server of the example repository.
+class Examples : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    job_ = new ServerJob(4, kExamples, {"--max-body-bytes", "1048576"});
+    ASSERT_TRUE(job_->wait_ready()) << job_->log();
+  }
+  static void TearDownTestSuite() {
+    ::kill(job_->rank0(), SIGTERM);
+    EXPECT_TRUE(job_->exited(std::chrono::seconds(60))) << job_->log();
+    EXPECT_EQ(job_->exit_code(), 0) << job_->log();
+    delete job_;
+  }
+  void SetUp() override {
+    if (!job_ || job_->port() == 0) GTEST_SKIP() << "the server did not start";
+  }
+  static ServerJob* job_;
+};
+ServerJob* Examples::job_ = nullptr;
+
+TEST_F(Examples, HealthAndMetadata) {
+  HttpClient c = job_->client();
+  EXPECT_EQ(c.request("GET", "/v2/health/live").status, 200);
+  HttpResponse ready = c.request("GET", "/v2/health/ready");
+  EXPECT_EQ(ready.status, 200);
+  EXPECT_EQ(json::parse(ready.body)["ready"], true);
+  json server = json::parse(c.request("GET", "/v2").body);
+  EXPECT_EQ(server["name"], "meshrt");
+  EXPECT_NE(server["extensions"].dump().find("binary_tensor_data"), std::string::npos);
+  HttpResponse meta = c.request("GET", "/v2/models/matmul_neg");
+  ASSERT_EQ(meta.status, 200);
+  json m = json::parse(meta.body);
+  EXPECT_EQ(m["inputs"][0]["name"], "x");
+  EXPECT_EQ(m["inputs"][0]["shape"], json({-1, 96}));
+  EXPECT_EQ(m["outputs"][0]["datatype"], "FP32");
+  EXPECT_EQ(c.request("GET", "/v2/models/matmul_neg/versions/1").status, 200);
+  EXPECT_EQ(c.request("GET", "/v2/models/matmul_neg/ready").status, 200);
+  EXPECT_EQ(c.request("GET", "/v2/models/mlp/versions/1/ready").status, 200);
+  HttpResponse unknown = c.request("GET", "/v2/models/nothing");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(json::parse(unknown.body)["error"], "unknown model 'nothing'");
+  EXPECT_EQ(c.request("GET", "/v2/models/matmul_neg/versions/7").status, 404);
+  EXPECT_EQ(c.request("POST", "/v2/models/nothing/infer", "{}").status, 404);
+  EXPECT_EQ(c.request("GET", "/v3/whatever").status, 404);
+  EXPECT_EQ(c.request("GET", "/v2/models/matmul_neg/infer").status, 405);
+  EXPECT_EQ(c.request("DELETE", "/v2/health/live").status, 405);
+}
+
+TEST_F(Examples, MatMulNegGivesMinus48) {
+  HttpClient c = job_->client();
+  HttpResponse r = c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 128, 96, 1.0, "req-1"), kJson);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json out = json::parse(r.body);
+  EXPECT_EQ(out["id"], "req-1");
+  EXPECT_EQ(out["model_name"], "matmul_neg");
+  EXPECT_EQ(out["outputs"][0]["name"], "y");
+  EXPECT_EQ(out["outputs"][0]["shape"], json({128, 16}));
+  ASSERT_EQ(out["outputs"][0]["data"].size(), 128u * 16u);
+  for (const auto& v : out["outputs"][0]["data"]) ASSERT_EQ(v.get<double>(), -48.0);
+  // The same version explicitly.
+  EXPECT_EQ(c.request("POST", "/v2/models/matmul_neg/versions/1/infer", infer_body("x", 1, 96, 2.0), kJson).status, 200);
+}
+
+TEST_F(Examples, BinaryTensorDataBothWays) {
+  HttpClient c = job_->client();
+  json header = {{"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {3, 96}}, {"parameters", {{"binary_data_size", 3 * 96 * 4}}}}}},
+                 {"outputs", {{{"name", "y"}, {"parameters", {{"binary_data", true}}}}}}};
+  std::string body = header.dump();
+  size_t header_length = body.size();
+  std::vector<float> ones(3 * 96, 1.0f);
+  body.append(reinterpret_cast<const char*>(ones.data()), ones.size() * 4);
+  HttpResponse r = c.request("POST", "/v2/models/matmul_neg/infer", body,
+                             {{"Inference-Header-Content-Length", std::to_string(header_length)},
+                              {"Content-Type", "application/octet-stream"}});
+  ASSERT_EQ(r.status, 200) << r.body.substr(0, 300);
+  std::string length;
+  for (const auto& [k, v] : r.headers) {
+    if (strcasecmp(k.c_str(), "Inference-Header-Content-Length") == 0) length = v;
+  }
+  ASSERT_FALSE(length.empty());
+  size_t n = std::stoull(length);
+  json out = json::parse(r.body.substr(0, n));
+  EXPECT_EQ(out["outputs"][0]["parameters"]["binary_data_size"], 3 * 16 * 4);
+  ASSERT_EQ(r.body.size() - n, 3u * 16u * 4u);
+  for (size_t i = 0; i < 3 * 16; ++i) {
+    float v;
+    std::memcpy(&v, r.body.data() + n + i * 4, 4);
+    ASSERT_EQ(v, -48.0f);
+  }
+}
+
+TEST_F(Examples, ConcurrentRequestsAreBatchedAndAllCorrect) {
+  std::atomic<int> wrong{0}, done{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&, t] {
+      HttpClient c = job_->client();
+      for (int i = 0; i < 8; ++i) {
+        int64_t rows = 1 + (t + i) % 5;
+        double value = 1.0 + t;  // -(96 x value x 0.5)
+        HttpResponse r = c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", rows, 96, value), kJson);
+        if (r.status != 200) {
+          ++wrong;
+          continue;
+        }
+        json out = json::parse(r.body);
+        if (out["outputs"][0]["shape"] != json({rows, 16})) ++wrong;
+        for (const auto& v : out["outputs"][0]["data"]) {
+          if (v.get<double>() != -48.0 * value) {
+            ++wrong;
+            break;
+          }
+        }
+        ++done;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(done.load(), 16 * 8);
+  // Batching observed: some batch carried more than one request.
+  std::string metrics = job_->client().request("GET", "/metrics").body;
+  auto number = [&](const std::string& key) {
+    size_t at = metrics.find(key);
+    EXPECT_NE(at, std::string::npos) << key;
+    return at == std::string::npos ? 0.0 : std::stod(metrics.substr(metrics.find("} ", at) + 2));
+  };
+  double batches = number("meshrt_batch_requests_count{model=\"matmul_neg\"");
+  double single = number("meshrt_batch_requests_bucket{model=\"matmul_neg\",version=\"1\",le=\"1\"}");
+  double requests = number("meshrt_batch_requests_sum{model=\"matmul_neg\"");
+  EXPECT_GT(requests, batches) << "no batch held more than one request:\n" << metrics;
+  EXPECT_LT(single, batches);
+  EXPECT_NE(metrics.find("meshrt_inference_requests_total{model=\"matmul_neg\",version=\"1\",code=\"200\"}"), std::string::npos);
+  EXPECT_NE(metrics.find("meshrt_inference_compute_seconds_sum{model=\"matmul_neg\""), std::string::npos);
+}
+
+TEST_F(Examples, MlpAnswersProbabilities) {
+  HttpResponse r = job_->client().request("POST", "/v2/models/mlp/infer", infer_body("features", 5, 32, 0.25), kJson);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json out = json::parse(r.body);
+  ASSERT_EQ(out["outputs"][0]["shape"], json({5, 8}));
+  const auto& data = out["outputs"][0]["data"];
+  for (int row = 0; row < 5; ++row) {
+    double sum = 0;
+    for (int c = 0; c < 8; ++c) sum += data[static_cast<size_t>(row * 8 + c)].get<double>();
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+  }
+}
+
+TEST_F(Examples, MalformedRequestsGet400WithTheReason) {
+  HttpClient c = job_->client();
+  struct Case {
+    std::string body;
+    std::vector<std::pair<std::string, std::string>> headers;
+    int status;
+    std::string fragment;
+  };
+  std::string good_header = json({{"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {1, 96}},
+                                                {"parameters", {{"binary_data_size", 384}}}}}}}).dump();
+  std::vector<Case> cases = {
+      {"{\"inputs\": [", kJson, 400, "not valid JSON"},
+      {"[1, 2]", kJson, 400, "must be a JSON object"},
+      {"{}", kJson, 400, "no \"inputs\" list"},
+      {R"({"inputs": []})", kJson, 400, "input 'x' is missing"},
+      {infer_body("z", 1, 96, 1), kJson, 400, "has no input 'z' (its input is 'x')"},
+      {R"({"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 96], "data": [1]}]})", kJson, 400,
+       "input 'x': expected datatype FP32, got INT32"},
+      {infer_body("x", 2, 95, 1), kJson, 400, "input 'x': expected shape [n, 96] with n >= 1 (the model's [-1, 96]), got [2, 95]"},
+      {R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 96], "data": [1, 2, 3]}]})", kJson, 400,
+       "shape [2, 96] needs 192 values, got 3"},
+      {[] {
+         json body = json::parse(infer_body("x", 1, 96, 1));
+         body["inputs"][0]["data"][5] = "a";
+         return body.dump();
+       }(),
+       kJson, 400, "input 'x': element 5 is \"a\", expected a number for FP32"},
+      {infer_body("x", 300, 96, 1), kJson, 400, "300 rows exceed the model's max_batch_size of 256"},
+      {good_header + std::string(100, 'a'), {{"Inference-Header-Content-Length", std::to_string(good_header.size())}}, 400,
+       "the body ends after 100 of its 384 binary bytes"},
+      {good_header + std::string(400, 'a'), {{"Inference-Header-Content-Length", std::to_string(good_header.size())}}, 400,
+       "16 bytes after the JSON header"},
+      {good_header, {{"Inference-Header-Content-Length", "99999"}}, 400, "Inference-Header-Content-Length is 99999"},
+      {good_header, {{"Inference-Header-Content-Length", "ten"}}, 400, "is not a number"},
+      {good_header, kJson, 400, "the Inference-Header-Content-Length header is missing"},
+      {std::string(2u << 20, ' '), kJson, 413, "exceeds the limit of 1048576 bytes"},
+  };
+  for (const Case& k : cases) {
+    HttpResponse r = c.request("POST", "/v2/models/matmul_neg/infer", k.body, k.headers);
+    EXPECT_EQ(r.status, k.status) << k.fragment << ": " << r.body;
+    std::string error;
+    try {
+      error = json::parse(r.body)["error"].get<std::string>();
+    } catch (const std::exception&) {
+      error = r.body;
+    }
+    EXPECT_NE(error.find(k.fragment), std::string::npos) << "\"" << error << "\" lacks \"" << k.fragment << "\"";
+  }
+  std::vector<std::pair<std::string, std::string>> many;
+  for (int i = 0; i < 150; ++i) many.emplace_back("X-Header-" + std::to_string(i), "1");
+  EXPECT_EQ(c.request("GET", "/v2/health/live", "", many).status, 431);
+  // The server is still well after all that.
+  EXPECT_EQ(c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 1, 96, 1), kJson).status, 200);
+}
+
+// A repository with one slow model (64 x 1024 @ 1024 x 1024 per request, no
+// batching) and a queue of 2: floods overflow it.
+std::string slow_repository(const fs::path& root, int ranks, int64_t queue, int64_t delay_us, bool batching) {
+  fs::create_directories(root / "slow");
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-0.01f, 0.01f);
+  HostTensor w = HostTensor::empty({1024, 1024}, DType::kF32);
+  for (float& v : w.span<float>()) v = dist(rng);
+  for (int64_t i = 0; i < 1024; ++i) w.data<float>()[i * 1024 + i] = 1.0f;  // roughly the identity
+  sharding::write_safetensors_file((root / "slow" / "weights.safetensors").string(), {{"w", w}});
+  json config = {{"name", "slow"}, {"rank_size", ranks}, {"stage_size", 1},
+                 {"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {-1, 1024}}}}},
+                 {"outputs", {{{"name", "y"}, {"datatype", "FP32"}, {"shape", {-1, 1024}}}}},
+                 {"weights", "weights.safetensors"},
+                 {"stages", {{{"layers", {{{"type", "linear"}, {"weight", "w"}, {"parallel", "column"}}, {{"type", "linear"}, {"weight", "w"}, {"parallel", "row"}}}}}}},
+                 {"batching", {{"enabled", batching}, {"max_batch_size", 256}, {"max_queue_delay_us", delay_us}, {"max_queue_size", queue}}}};
+  std::ofstream(root / "slow" / "config.json") << config.dump(2);
+  return root.string();
+}
+
+TEST(Serving, QueueOverflowAnswersEveryRequest) {
+  fs::path root = fs::temp_directory_path() / ("meshrt-slow-" + std::to_string(::getpid()));
+  ServerJob job(2, slow_repository(root, 2, 2, 0, false));
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  std::atomic<int> ok{0}, overloaded{0}, other{0};
+  std::string other_status;
+  std::mutex mutex;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 24; ++t) {
+    threads.emplace_back([&] {
+      HttpClient c = job.client();
+      for (int i = 0; i < 4; ++i) {
+        HttpResponse r = c.request("POST", "/v2/models/slow/infer", infer_body("x", 64, 1024, 1.0), kJson);
+        if (r.status == 200) {
+          ++ok;
+        } else if (r.status == 503 && r.body.find("is overloaded") != std::string::npos) {
+          ++overloaded;
+        } else {
+          ++other;
+          std::lock_guard<std::mutex> lock(mutex);
+          other_status = std::to_string(r.status) + " " + r.body;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok + overloaded, 24 * 4) << "lost or odd answers: " << other_status;
+  EXPECT_GT(overloaded.load(), 0) << "the queue never overflowed";
+  EXPECT_GT(ok.load(), 0);
+  ::kill(job.rank0(), SIGTERM);
+  EXPECT_TRUE(job.exited(std::chrono::seconds(60)));
+  EXPECT_EQ(job.exit_code(), 0) << job.log();
+  fs::remove_all(root);
+}
+
+TEST(Serving, SigtermDrainsThenExitsZero) {
+  // Requests wait up to 1 s for company: SIGTERM arrives while they wait.
+  fs::path root = fs::temp_directory_path() / ("meshrt-drain-" + std::to_string(::getpid()));
+  ServerJob job(2, slow_repository(root, 2, 64, 1000000, true), {"--drain-grace-ms", "1500"});
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      HttpResponse r = job.client().request("POST", "/v2/models/slow/infer", infer_body("x", 2, 1024, 1.0), kJson);
+      if (r.status == 200 && json::parse(r.body)["outputs"][0]["shape"] == json({2, 1024})) ++ok;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(job.rank0(), SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  HttpClient c = job.client();
+  EXPECT_EQ(c.request("GET", "/v2/health/ready").status, 503) << "readiness must turn false while draining";
+  HttpResponse late = c.request("POST", "/v2/models/slow/infer", infer_body("x", 1, 1024, 1.0), kJson);
+  EXPECT_EQ(late.status, 503);
+  EXPECT_NE(late.body.find("shutting down"), std::string::npos) << late.body;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4) << "in-flight requests must finish";
+  EXPECT_TRUE(job.exited(std::chrono::seconds(60))) << job.log();
+  EXPECT_EQ(job.exit_code(), 0) << job.log();
+  EXPECT_NE(job.log().find("draining"), std::string::npos);
+  fs::remove_all(root);
+}
+
+TEST(Serving, RankCountMustMatchRankSize) {
+  ServerJob job(2, kExamples);
+  ASSERT_TRUE(job.exited(std::chrono::seconds(60)));
+  EXPECT_NE(job.exit_code(), 0);
+  EXPECT_NE(job.log().find("has rank_size 4 but meshrt-serve runs on 2 rank(s): start it with mpirun -np 4"), std::string::npos)
+      << job.log();
+}
+
+}  // namespace
+}  // namespace meshrt::serving
