@@ -2,8 +2,9 @@
 # meshrt's one entry point. Each command installs what is missing (Debian
 # packages), configures and builds (CUDA too when nvcc is found), then runs.
 #
-#   ./run.sh demo [args]   the main job: a multi-rank run on this machine (cpu backend);
-#                          args go to meshrt-matmul-neg (e.g. --mesh model=4)
+#   ./run.sh demo          the main job: the MatMul+Neg servable served on 4 ranks of this
+#                          machine (cpu backend), one request over HTTP, then a clean stop
+#   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
 #   ./run.sh bench         the collectives, GEMM and sharding benchmarks on this machine
@@ -17,7 +18,7 @@ build_dir=${MESHRT_BUILD_DIR:-build}
 ranks=${MESHRT_RANKS:-4}
 
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
-          libcli11-dev nlohmann-json3-dev)
+          libcli11-dev nlohmann-json3-dev libboost-dev)
 
 say() { echo "run.sh: $*" >&2; }
 
@@ -61,10 +62,51 @@ mpi_environment() {
   export OMPI_MCA_rmaps_base_oversubscribe=1
 }
 
+# Starts the MatMul+Neg servable (examples/models/matmul_neg: rank_size 4, 2 pipeline
+# stages x 2-way tensor parallel), sends it a 128x96 request of ones over HTTP, prints
+# the answer (-48 everywhere) and stops the server with SIGTERM (it drains, exits 0).
+serving_demo() {
+  local work port job rc
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  echo "== meshrt demo: the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend) =="
+  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository examples/models --model matmul_neg --http-port 0"
+  mpirun -np "$ranks" "$build_dir/apps/meshrt-serve" --model-repository examples/models --model matmul_neg \
+    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+  job=$!
+  for _ in $(seq 1 1200); do
+    [ -f "$work/port" ] && [ -f "$work/pid" ] && break
+    if ! kill -0 "$job" 2>/dev/null; then
+      cat "$work/server.log" >&2
+      say "the server did not start"
+      return 1
+    fi
+    sleep 0.1
+  done
+  port=$(cat "$work/port")
+  sed 's/^/  server: /' "$work/server.log"
+  echo "\$ $build_dir/apps/meshrt-infer --url 127.0.0.1:$port --model matmul_neg --rows 128 --value 1"
+  rc=0
+  "$build_dir/apps/meshrt-infer" --url "127.0.0.1:$port" --model matmul_neg --rows 128 --value 1 || rc=$?
+  echo "\$ kill -TERM <rank 0>   (drain and stop)"
+  kill -TERM "$(cat "$work/pid")"
+  local server_rc=0
+  wait "$job" || server_rc=$?
+  tail -n 2 "$work/server.log" | sed 's/^/  server: /'
+  echo "server exited with status $server_rc"
+  [ "$rc" -eq 0 ] && [ "$server_rc" -eq 0 ]
+}
+
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   demo)
+    install_dependencies
+    configure_and_build
+    mpi_environment
+    serving_demo
+    ;;
+  demo-sharding)
     install_dependencies
     configure_and_build
     mpi_environment
@@ -92,7 +134,7 @@ case "$command" in
     for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding"; done
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || { say "unknown command '$command'"; exit 2; }
     ;;
 esac
