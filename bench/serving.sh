@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Serving benchmark: starts meshrt-serve (the examples, 4 ranks) with dynamic
+# batching on and then off, and runs meshrt-loadgen against each: requests per
+# second and p50/p90/p99 latency at concurrency 1, 8 and 64, JSON and binary.
+#   bench/serving.sh [loadgen args...]      (from the repository root, after ./run.sh build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${MESHRT_BUILD_DIR:-build}
+if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_rmaps_base_oversubscribe=1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for batching in on off; do
+  rm -f "$work/port" "$work/pid"
+  mpirun -np 4 "$build/apps/meshrt-serve" --model-repository examples/models --model matmul_neg --batching "$batching" \
+    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+  job=$!
+  for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && break; sleep 0.1; done
+  echo "## dynamic batching $batching (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"
+  "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8,64 \
+    --requests 1000 --rows 1 --expect -48 "$@"
+  kill -TERM "$(cat "$work/pid")"
+  wait "$job"
+done
