@@ -384,9 +384,9 @@ TEST(Serving, QueueOverflowAnswersEveryRequest) {
 }
 
 TEST(Serving, SigtermDrainsThenExitsZero) {
-  // Requests wait up to 1 s for company: SIGTERM arrives while they wait.
+  // Requests wait up to 5 s for company: SIGTERM arrives while they wait.
   fs::path root = fs::temp_directory_path() / ("meshrt-drain-" + std::to_string(::getpid()));
-  ServerJob job(2, slow_repository(root, 2, 64, 1000000, true), {"--drain-grace-ms", "1500"});
+  ServerJob job(2, slow_repository(root, 2, 64, 5000000, true), {"--drain-grace-ms", "2000"});
   ASSERT_TRUE(job.wait_ready()) << job.log();
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
@@ -396,11 +396,20 @@ TEST(Serving, SigtermDrainsThenExitsZero) {
       if (r.status == 200 && json::parse(r.body)["outputs"][0]["shape"] == json({2, 1024})) ++ok;
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  ::kill(job.rank0(), SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Wait until all four are queued (the server's gauge says so), then SIGTERM.
   HttpClient c = job.client();
-  EXPECT_EQ(c.request("GET", "/v2/health/ready").status, 503) << "readiness must turn false while draining";
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (c.request("GET", "/metrics").body.find("meshrt_queue_requests{model=\"slow\",version=\"1\"} 4") == std::string::npos) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the requests never queued";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(job.rank0(), SIGTERM);
+  bool unready = false;
+  for (int i = 0; i < 100 && !unready; ++i) {
+    unready = c.request("GET", "/v2/health/ready").status == 503;
+    if (!unready) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(unready) << "readiness must turn false while draining";
   HttpResponse late = c.request("POST", "/v2/models/slow/infer", infer_body("x", 1, 1024, 1.0), kJson);
   EXPECT_EQ(late.status, 503);
   EXPECT_NE(late.body.find("shutting down"), std::string::npos) << late.body;
