@@ -19,7 +19,7 @@
 #include <functional>
 #include <vector>
 
-#include "apps/bench_common.h"
+#include "apps/app_common.h"
 #include "comm/communicator.h"
 #include "comm/mpi_check.h"
 #include "comm/mpi_types.h"
@@ -391,7 +391,7 @@ int run(const Options& o) {
 }  // namespace meshrt::apps
 
 int main(int argc, char** argv) {
-  meshrt::World& world = meshrt::World::init(&argc, &argv);
+  meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
   CLI::App app{
       "meshrt-bench-collectives: bandwidth of meshrt's collectives against the raw library call\n"
@@ -411,24 +411,5 @@ int main(int argc, char** argv) {
                  "all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all")->capture_default_str();
   app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   app.add_flag("--no-raw", o.no_raw, "skip the raw library baseline");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
-    meshrt::World::finalize();
-    return code;
-  }
-  try {
-    int code = meshrt::apps::run(o);
-    meshrt::World::finalize();
-    return code;
-  } catch (const meshrt::Error& e) {
-    if (e.kind() == meshrt::ErrorKind::kInvalidArgument) {  // every rank sees the same options
-      if (world.rank() == 0) std::fprintf(stderr, "meshrt-bench-collectives: %s\n", e.message().c_str());
-      meshrt::World::finalize();
-      return 2;
-    }
-    std::fprintf(stderr, "meshrt-bench-collectives: rank %d: %s\n", world.rank(), e.what());
-    meshrt::World::abort(2, "benchmark failed");
-  }
+  return meshrt::apps::run_mpi_app("meshrt-bench-collectives", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

@@ -14,7 +14,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "apps/bench_common.h"
+#include "apps/app_common.h"
 #include "comm/world.h"
 #include "kernels/gemm.h"
 

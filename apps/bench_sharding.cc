@@ -19,7 +19,7 @@
 #include <cstdio>
 #include <functional>
 
-#include "apps/bench_common.h"
+#include "apps/app_common.h"
 #include "comm/channel.h"
 #include "comm/world.h"
 #include "kernels/elementwise.h"
@@ -139,7 +139,7 @@ int run(const Options& o) {
 }  // namespace meshrt::apps
 
 int main(int argc, char** argv) {
-  meshrt::World& world = meshrt::World::init(&argc, &argv);
+  meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
   CLI::App app{"meshrt-bench-sharding: time per step of a sharded matmul and a tensor-parallel MLP at the job's\n"
                "number of ranks against one rank, and the share spent in communication.\n"
@@ -152,23 +152,5 @@ int main(int argc, char** argv) {
   app.add_option("-w,--warmup", o.warmup, "untimed steps")->capture_default_str();
   app.add_option("--blas-threads", o.blas_threads, "OpenBLAS threads per rank")->capture_default_str();
   app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
-    meshrt::World::finalize();
-    return code;
-  }
-  int code = 2;
-  try {
-    code = meshrt::apps::run(o);
-  } catch (const meshrt::Error& e) {
-    if (e.kind() != meshrt::ErrorKind::kInvalidArgument) {
-      std::fprintf(stderr, "meshrt-bench-sharding: rank %d: %s\n", world.rank(), e.what());
-      meshrt::World::abort(2, "benchmark failed");
-    }
-    if (world.rank() == 0) std::fprintf(stderr, "meshrt-bench-sharding: %s\n", e.message().c_str());
-  }
-  meshrt::World::finalize();
-  return code;
+  return meshrt::apps::run_mpi_app("meshrt-bench-sharding", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "apps/app_common.h"
 #include "comm/world.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -124,7 +125,7 @@ int run(const Options& o) {
 }  // namespace meshrt::apps
 
 int main(int argc, char** argv) {
-  meshrt::World& world = meshrt::World::init(&argc, &argv);
+  meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
   CLI::App app{"meshrt-matmul-neg: the distributed MatMul+Neg, y = -(x @ w), sharded over the ranks.\n"
                "Run it under mpirun, e.g.: mpirun -np 4 meshrt-matmul-neg --mesh data=2,model=2"};
@@ -137,25 +138,5 @@ int main(int argc, char** argv) {
   app.add_option("--x-value", o.x_value, "every element of x")->capture_default_str();
   app.add_option("--w-value", o.w_value, "every element of w")->capture_default_str();
   app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
-    meshrt::World::finalize();
-    return code;
-  }
-  int code = 2;
-  try {
-    code = meshrt::apps::run(o);
-  } catch (const meshrt::Error& e) {
-    if (e.kind() == meshrt::ErrorKind::kInvalidArgument || e.kind() == meshrt::ErrorKind::kShape) {
-      // Options are the same on every rank, so every rank refuses them alike.
-      if (world.rank() == 0) std::fprintf(stderr, "meshrt-matmul-neg: %s\n", e.message().c_str());
-    } else {
-      std::fprintf(stderr, "meshrt-matmul-neg: rank %d: %s\n", world.rank(), e.what());
-      meshrt::World::abort(2, "MatMul+Neg failed");
-    }
-  }
-  meshrt::World::finalize();
-  return code;
+  return meshrt::apps::run_mpi_app("meshrt-matmul-neg", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

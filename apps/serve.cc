@@ -9,11 +9,11 @@
 #include <cstdlib>
 
 #include "comm/world.h"
-#include "device/error.h"
+#include "apps/app_common.h"
 #include "serving/server.h"
 
 int main(int argc, char** argv) {
-  meshrt::World& world = meshrt::World::init(&argc, &argv);
+  meshrt::World::init(&argc, &argv);
   meshrt::serving::install_drain_signal_handlers();
   meshrt::serving::ServerOptions o;
   double comm_timeout = 0;
@@ -42,24 +42,11 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   app.add_option("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
   app.add_option("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
-    meshrt::World::finalize();
-    return code;
-  }
-  o.batching = batching == "on";
-  o.drain_grace = std::chrono::milliseconds(grace_ms);
-  o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
-  if (comm_timeout > 0) setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
-  int code = 2;
-  try {
-    code = meshrt::serving::run_server(o);
-  } catch (const meshrt::Error& e) {
-    std::fprintf(stderr, "meshrt-serve: rank %d: %s\n", world.rank(), e.what());
-    meshrt::World::abort(2, "the server failed");
-  }
-  meshrt::World::finalize();
-  return code;
+  return meshrt::apps::run_mpi_app("meshrt-serve", app, argc, argv, [&] {
+    o.batching = batching == "on";
+    o.drain_grace = std::chrono::milliseconds(grace_ms);
+    o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
+    if (comm_timeout > 0) setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
+    return meshrt::serving::run_server(o);
+  });
 }

@@ -1,17 +1,49 @@
-// Helpers shared by the benchmark apps: sizes with K/M/G suffixes, the MPI
-// world, and printing on rank 0 only.
+// Helpers shared by the apps: the main of an MPI app, sizes with K/M/G
+// suffixes, timing, random tensors.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
 
+#include "comm/world.h"
 #include "device/error.h"
 #include "device/tensor.h"
 
 namespace meshrt::apps {
+
+// The main of an app every rank runs under mpirun: the World is started, the
+// options are parsed on every rank (only rank 0 prints help and option errors),
+// body runs and its return value is the exit code. An Error of kind invalid
+// argument or shape comes from the options, which every rank sees alike: rank 0
+// prints it and every rank exits with 2. Any other Error is printed by the rank
+// that hit it and ends the whole job (MPI_Abort), so no rank waits forever.
+template <class Body>
+int run_mpi_app(const char* name, CLI::App& app, int argc, char** argv, Body body) {
+  World& world = World::get();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = world.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+    World::finalize();
+    return code;
+  }
+  int code = 2;
+  try {
+    code = body();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kInvalidArgument && e.kind() != ErrorKind::kShape) {
+      std::fprintf(stderr, "%s: rank %d: %s\n", name, world.rank(), e.what());
+      World::abort(2, std::string(name) + " failed");
+    }
+    if (world.rank() == 0) std::fprintf(stderr, "%s: %s\n", name, e.message().c_str());
+  }
+  World::finalize();
+  return code;
+}
 
 // "8", "64K", "1M", "2G" (binary multiples); throws Error(kInvalidArgument) otherwise.
 inline int64_t parse_size(const std::string& text) {
