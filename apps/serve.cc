@@ -35,7 +35,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--result-timeout-ms", result_timeout_ms, "how long rank 0 waits for a batch before declaring a worker lost")
       ->capture_default_str();
-  app.add_option("--comm-timeout", comm_timeout, "deadline of every collective, in seconds (default: MESHRT_COMM_TIMEOUT or 300)");
+  app.add_option("--comm-timeout", comm_timeout,
+                 "deadline of every collective, in seconds (default: MESHRT_COMM_TIMEOUT, or 60 for the server: "
+                 "shorter than --result-timeout-ms, so a stuck rank reports before rank 0 gives up on it)");
   int grace_ms = 0;
   app.add_option("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
       ->capture_default_str();
@@ -46,7 +48,11 @@ int main(int argc, char** argv) {
     o.batching = batching == "on";
     o.drain_grace = std::chrono::milliseconds(grace_ms);
     o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
-    if (comm_timeout > 0) setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
+    if (comm_timeout > 0) {
+      setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
+    } else if (!std::getenv("MESHRT_COMM_TIMEOUT")) {
+      setenv("MESHRT_COMM_TIMEOUT", "60", 1);
+    }
     return meshrt::serving::run_server(o);
   });
 }

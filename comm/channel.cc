@@ -3,6 +3,8 @@
 #include <mpi.h>
 
 #include <array>
+#include <memory>
+#include <mutex>
 #include <cstring>
 #include <limits>
 #include <thread>
@@ -38,25 +40,44 @@ const char* kind_name(int kind) {
   return "an unknown message";
 }
 
-// Polls request until done or deadline; cancels it past the deadline.
-void wait_request(MPI_Request* request, MPI_Status* status, std::chrono::milliseconds timeout,
-                  const std::string& what) {
+// Polls requests until all are done; false past the deadline (they stay active).
+bool wait_requests(MPI_Request* requests, int count, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   auto pause = std::chrono::microseconds(1);
   for (;;) {
     int done = 0;
-    MESHRT_MPI_CHECK(MPI_Test(request, &done, status));
-    if (done) return;
-    if (std::chrono::steady_clock::now() > deadline) {
-      MPI_Cancel(request);
-      MPI_Request_free(request);
-      throw Error(ErrorKind::kDeadlineExceeded,
-                  detail::cat(what, " did not complete within ", timeout.count(), " ms on rank ",
-                              error_rank()));
-    }
+    MESHRT_MPI_CHECK(MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
+    if (done) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::microseconds(500));
   }
+}
+
+[[noreturn]] void timed_out(const std::string& what, std::chrono::milliseconds timeout) {
+  throw Error(ErrorKind::kDeadlineExceeded,
+              detail::cat(what, " did not complete within ", timeout.count(), " ms on rank ", error_rank()));
+}
+
+// A receive past its deadline: cancel it and wait until MPI lets go of the
+// buffer (an unmatched receive is cancelled at once; a matched one completes).
+[[noreturn]] void abandon_receive(MPI_Request* request, const std::string& what, std::chrono::milliseconds timeout) {
+  MPI_Cancel(request);
+  MPI_Wait(request, MPI_STATUS_IGNORE);
+  timed_out(what, timeout);
+}
+
+// Sends past their deadline may still be read by MPI later (a matched send
+// cannot be cancelled): their buffers are kept here until the process ends.
+struct AbandonedSend {
+  std::unique_ptr<std::vector<char>> header, bytes;
+  std::shared_ptr<Storage> tensor;
+};
+void abandon(AbandonedSend buffers) {
+  static std::mutex mutex;
+  static auto* kept = new std::vector<AbandonedSend>();
+  std::lock_guard<std::mutex> lock(mutex);
+  kept->push_back(std::move(buffers));
 }
 
 int as_int(size_t bytes) {
@@ -136,11 +157,30 @@ void Channel::send_message(Kind kind, const void* data, size_t size, int dest, i
   }
   std::string what = detail::cat("Channel::send of ", kind_name(kind), " (", size, " bytes) to rank ",
                                  dest, " tag ", tag);
+  // The buffers MPI reads live on the heap (or in the tensor's storage), so that
+  // a send given up at its deadline cannot leave MPI reading freed memory.
+  AbandonedSend buffers;
+  buffers.header = std::make_unique<std::vector<char>>(sizeof header);
+  std::memcpy(buffers.header->data(), &header, sizeof header);
+  const void* payload = data;
+  if (tensor) {
+    buffers.tensor = tensor->storage();
+  } else {
+    buffers.bytes = std::make_unique<std::vector<char>>(static_cast<const char*>(data),
+                                                        static_cast<const char*>(data) + size);
+    payload = buffers.bytes->data();
+  }
   std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-  MESHRT_MPI_CHECK(MPI_Isend(&header, sizeof header, MPI_BYTE, dest, tag, impl_->comm, &requests[0]));
-  MESHRT_MPI_CHECK(MPI_Isend(data, as_int(size), MPI_BYTE, dest, tag, impl_->comm, &requests[1]));
-  wait_request(&requests[0], MPI_STATUS_IGNORE, timeout_, what);
-  wait_request(&requests[1], MPI_STATUS_IGNORE, timeout_, what);
+  MESHRT_MPI_CHECK(MPI_Isend(buffers.header->data(), sizeof header, MPI_BYTE, dest, tag, impl_->comm, &requests[0]));
+  MESHRT_MPI_CHECK(MPI_Isend(payload, as_int(size), MPI_BYTE, dest, tag, impl_->comm, &requests[1]));
+  if (wait_requests(requests.data(), 2, timeout_)) return;
+  for (MPI_Request& r : requests) {
+    if (r == MPI_REQUEST_NULL) continue;
+    MPI_Cancel(&r);
+    MPI_Request_free(&r);
+  }
+  abandon(std::move(buffers));
+  timed_out(what, timeout_);
 }
 
 namespace {
@@ -191,7 +231,7 @@ void receive_payload(MPI_Comm comm, const Incoming& in, int tag, void* into,
                      std::chrono::milliseconds timeout) {
   MPI_Request request = MPI_REQUEST_NULL;
   MESHRT_MPI_CHECK(MPI_Irecv(into, as_int(in.header.bytes), MPI_BYTE, in.source, tag, comm, &request));
-  wait_request(&request, MPI_STATUS_IGNORE, timeout, in.what);
+  if (!wait_requests(&request, 1, timeout)) abandon_receive(&request, in.what, timeout);
 }
 
 // A message of another kind than expected: drain its payload, then say what came.

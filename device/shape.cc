@@ -7,9 +7,15 @@
 namespace meshrt {
 namespace {
 void check_dims(const std::vector<int64_t>& dims) {
+  int64_t numel = 1;
+  bool overflow = false;
   for (size_t i = 0; i < dims.size(); ++i) {
     MESHRT_CHECK_SHAPE(dims[i] >= 0, "shape extent ", dims[i], " at axis ", i, " is negative");
+    overflow = overflow || __builtin_mul_overflow(numel, dims[i], &numel);
   }
+  // Element counts stay far below 2^62, so that count x element size fits in 64 bits.
+  MESHRT_CHECK_SHAPE(!overflow && numel <= (int64_t{1} << 58), "a shape with ", dims.size(),
+                     " extents holds more than 2^58 elements");
 }
 }  // namespace
 

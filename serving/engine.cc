@@ -55,6 +55,15 @@ Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, 
     p->module = s.stages[static_cast<size_t>(p->stage)].build(p->stage_mesh);
     placed_.push_back(std::move(p));
   }
+  failures_.resize(servables_.size());
+}
+
+void Engine::mark_failed(int index, const std::string& reason) {
+  std::string& failure = failures_[static_cast<size_t>(index)];
+  if (!failure.empty()) return;
+  failure = reason;
+  placed_[static_cast<size_t>(index)]->mesh.abort("model '" + servables_[static_cast<size_t>(index)].name +
+                                                  "' failed: " + reason);
 }
 
 Engine::~Engine() = default;
@@ -149,6 +158,7 @@ HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches) {
   MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::run is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
   const ServableDefinition& def = servables_.at(static_cast<size_t>(index));
+  MESHRT_CHECK(failure(index).empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", failure(index));
   MESHRT_CHECK_SHAPE(batch.ndim() == 2 && batch.dim(1) == def.input.shape[1] && batch.dtype() == def.input.dtype,
                      "model '", def.name, "' takes ", kserve_datatype(def.input.dtype), "[-1, ", def.input.shape[1],
                      "], got ", batch.description());
@@ -159,12 +169,19 @@ HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches) {
   for (int64_t r : micro) command << " " << r;
   HostTensor input = def.hooks.distributed_preprocessing(batch);
   const Placed& p = *placed_[static_cast<size_t>(index)];
-  for (int r = 1; r < world.size(); ++r) {
-    channel_.send(command.str(), r, kCommandTag);
-    if (p.mesh.coordinates(r)[0] == 0) channel_.send(input, r, kInputTag);  // the first stage's ranks
+  try {
+    for (int r = 1; r < world.size(); ++r) {
+      channel_.send(command.str(), r, kCommandTag);
+      if (p.mesh.coordinates(r)[0] == 0) channel_.send(input, r, kInputTag);  // the first stage's ranks
+    }
+    HostTensor result = run_local(index, id, micro, input);
+    return result.defined() ? result : await_result(index, id);
+  } catch (const std::exception& e) {
+    // The ranks may now be at different points of this batch: give the model up.
+    std::string reason = dynamic_cast<const Error*>(&e) ? static_cast<const Error&>(e).message() : e.what();
+    mark_failed(index, reason);
+    throw Error(ErrorKind::kUnavailable, detail::cat("batch ", id, " of model '", def.name, "' failed: ", reason));
   }
-  HostTensor result = run_local(index, id, micro, input);
-  return result.defined() ? result : await_result(index, id);
 }
 
 void Engine::serve() {
@@ -188,9 +205,12 @@ void Engine::serve() {
                    "unknown engine command '", command, "'");
       HostTensor input;
       if (placed_[static_cast<size_t>(index)]->stage == 0) input = channel.recv_tensor(0, kInputTag);
+      MESHRT_CHECK(failure(index).empty(), ErrorKind::kUnavailable, "failed earlier: ", failure(index));
       run_local(index, id, micro, input);
     } catch (const std::exception& e) {
-      channel.send(std::to_string(id) + " " + e.what(), 0, kErrorTag);
+      std::string reason = dynamic_cast<const Error*>(&e) ? static_cast<const Error&>(e).message() : e.what();
+      if (index >= 0 && index < servable_count()) mark_failed(index, reason);
+      channel.send(std::to_string(id) + " " + reason, 0, kErrorTag);
     }
   }
 }

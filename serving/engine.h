@@ -42,9 +42,14 @@ class Engine {
 
   // Rank 0 only, one call at a time: runs batch ([rows, input width], host) of
   // servable `index` on every rank in `micro_batches` micro-batches and returns
-  // [rows, output width]. Throws Error(kUnavailable) when a rank fails or the
-  // result does not come within result_timeout (message from the failing rank).
+  // [rows, output width]. Throws Error(kShape) for a batch of the wrong shape
+  // (nothing was sent). Any failure once the batch started (on any rank, or the
+  // result not coming within result_timeout) marks the servable failed: its
+  // communicators are aborted, so no rank can pair a later batch with this one's
+  // leftovers, and this and every later run() throws Error(kUnavailable).
   HostTensor run(int index, const HostTensor& batch, int micro_batches);
+  // Why servable `index` failed, or "" while it works.
+  std::string failure(int index) const { return failures_.at(static_cast<size_t>(index)); }
   // The other ranks: run what rank 0 sends until stop(). Errors of a batch are
   // reported to rank 0 and serving goes on.
   void serve();
@@ -55,9 +60,11 @@ class Engine {
   struct Placed;
   HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input);
   HostTensor await_result(int index, uint64_t batch_id);
+  void mark_failed(int index, const std::string& reason);
 
   std::vector<ServableDefinition> servables_;
   std::vector<std::unique_ptr<Placed>> placed_;
+  std::vector<std::string> failures_;  // per servable, "" while it works
   Device device_;
   EngineOptions options_;
   Channel channel_;

@@ -46,6 +46,8 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& t
   req.body() = body;
   req.prepare_payload();
   for (int attempt = 0; attempt < 2; ++attempt) {
+    bool reused = impl_->stream.has_value();
+    beast::error_code error;
     try {
       if (!impl_->stream) impl_->connect();
       impl_->stream->expires_after(impl_->timeout);
@@ -55,26 +57,36 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& t
       http::write(*impl_->stream, req, write_error);
       http::response_parser<http::string_body> parser;
       parser.body_limit(1ull << 32);
-      beast::error_code read_error;
-      http::read(*impl_->stream, impl_->buffer, parser, read_error);
-      if (read_error) throw beast::system_error(write_error ? write_error : read_error);
-      auto res = parser.release();
-      HttpResponse out;
-      out.status = static_cast<int>(res.result_int());
-      out.body = std::move(res.body());
-      for (const auto& f : res) {
-        if (f.name() == http::field::content_type) out.content_type = std::string(f.value());
-        out.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+      http::read(*impl_->stream, impl_->buffer, parser, error);
+      if (!error) {
+        auto res = parser.release();
+        HttpResponse out;
+        out.status = static_cast<int>(res.result_int());
+        out.body = std::move(res.body());
+        for (const auto& f : res) {
+          if (f.name() == http::field::content_type) out.content_type = std::string(f.value());
+          out.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+        }
+        if (!res.keep_alive()) impl_->stream.reset();
+        return out;
       }
-      if (!res.keep_alive()) impl_->stream.reset();
-      return out;
+      if (write_error) error = write_error;
     } catch (const std::exception& e) {
-      impl_->stream.reset();  // a kept-alive connection the server closed: retry once on a new one
+      impl_->stream.reset();
       impl_->buffer.clear();
-      if (attempt == 1) {
-        throw Error(ErrorKind::kUnavailable,
-                    detail::cat(method, " http://", impl_->host, ":", impl_->port, target, " failed: ", e.what()));
-      }
+      throw Error(ErrorKind::kUnavailable,
+                  detail::cat(method, " http://", impl_->host, ":", impl_->port, target, " failed: ", e.what()));
+    }
+    impl_->stream.reset();
+    impl_->buffer.clear();
+    // Retried once, on a new connection, only when a kept-alive connection turned
+    // out closed by the server before it answered; otherwise the server may have
+    // run the request, which must not be sent twice.
+    bool closed = error == http::error::end_of_stream || error == net::error::connection_reset ||
+                  error == net::error::broken_pipe || error == net::error::eof;
+    if (attempt == 1 || !reused || !closed) {
+      throw Error(ErrorKind::kUnavailable,
+                  detail::cat(method, " http://", impl_->host, ":", impl_->port, target, " failed: ", error.message()));
     }
   }
   return {};

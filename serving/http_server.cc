@@ -36,7 +36,9 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   net::io_context context;
   tcp::acceptor acceptor;
   std::atomic<size_t> in_flight{0};
+  std::atomic<size_t> connections{0};
   std::atomic<bool> accepting{true};
+  net::steady_timer retry_timer{context};
 
   Impl(HttpServerOptions o, HttpHandler h)
       : options(std::move(o)), handler(std::move(h)), context(std::max(1, options.threads)),
@@ -50,7 +52,10 @@ namespace {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, std::shared_ptr<HttpServer::Impl> server)
-      : stream_(std::move(socket)), server_(std::move(server)) {}
+      : stream_(std::move(socket)), server_(std::move(server)) {
+    ++server_->connections;
+  }
+  ~Session() { --server_->connections; }
 
   void start() { read(); }
 
@@ -147,7 +152,20 @@ class Session : public std::enable_shared_from_this<Session> {
 void HttpServer::Impl::accept() {
   acceptor.async_accept(net::make_strand(context), [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
     if (!self->accepting.load()) return;
-    if (!ec) std::make_shared<Session>(std::move(socket), self)->start();
+    if (ec) {
+      // Out of file descriptors or similar: wait a little instead of spinning.
+      self->retry_timer.expires_after(std::chrono::milliseconds(50));
+      self->retry_timer.async_wait([self](beast::error_code) {
+        if (self->accepting.load()) self->accept();
+      });
+      return;
+    }
+    if (self->connections.load() >= self->options.max_connections) {
+      beast::error_code ignored;
+      socket.close(ignored);  // over the limit: refuse this connection
+    } else {
+      std::make_shared<Session>(std::move(socket), self)->start();
+    }
     self->accept();
   });
 }

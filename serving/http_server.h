@@ -22,6 +22,7 @@ struct HttpServerOptions {
   size_t max_body_bytes = 64u << 20;
   uint32_t max_header_bytes = 16u << 10;
   size_t max_header_fields = 100;
+  size_t max_connections = 1024;  // more are closed at once
   std::chrono::seconds read_timeout{30};  // to receive a whole request once it started
   std::chrono::seconds idle_timeout{60};  // a kept-alive connection with no request
 };

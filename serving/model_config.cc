@@ -9,6 +9,7 @@
 #include <set>
 
 #include "device/error.h"
+#include "sharding/json_limits.h"
 
 namespace meshrt::serving {
 
@@ -41,19 +42,32 @@ class Reader {
   }
 
   std::string string(const json& v, const std::string& field) const {
-    if (!v.is_string()) fail(field, "expected a string, got " + v.dump());
+    if (!v.is_string()) fail(field, "expected a string, got " + json_limits::brief(v));
     return v.get<std::string>();
   }
 
-  int64_t integer(const json& v, const std::string& field, int64_t min) const {
-    if (!v.is_number_integer()) fail(field, "expected an integer, got " + v.dump());
+  int64_t integer(const json& v, const std::string& field, int64_t min, int64_t max) const {
+    if (!v.is_number_integer()) fail(field, "expected an integer, got " + json_limits::brief(v));
+    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max)) {
+      fail(field, detail::cat("expected an integer from ", min, " to ", max, ", got ", json_limits::brief(v)));
+    }
     int64_t i = v.get<int64_t>();
-    if (i < min) fail(field, detail::cat("expected an integer >= ", min, ", got ", i));
+    if (i < min || i > max) fail(field, detail::cat("expected an integer from ", min, " to ", max, ", got ", i));
     return i;
   }
 
+  // Refuses fields of an object that are not in allowed.
+  void only(const json& object, std::initializer_list<const char*> allowed, const std::string& field) const {
+    for (auto it = object.begin(); it != object.end(); ++it) {
+      bool known = false;
+      for (const char* a : allowed) known = known || it.key() == a;
+      if (!known) fail(field + "." + it.key(), "unknown field");
+    }
+  }
+
   TensorSpec tensor(const json& v, const std::string& field) const {
-    if (!v.is_object()) fail(field, "expected an object {name, datatype, shape}, got " + v.dump());
+    if (!v.is_object()) fail(field, "expected an object {name, datatype, shape}, got " + json_limits::brief(v));
+    only(v, {"name", "datatype", "shape"}, field);
     TensorSpec t;
     t.name = string(need(v, "name", field + ".name"), field + ".name");
     if (t.name.empty()) fail(field + ".name", "expected a non-empty name");
@@ -64,11 +78,11 @@ class Reader {
       fail(field + ".datatype", e.message());
     }
     const json& shape = need(v, "shape", field + ".shape");
-    if (!shape.is_array() || shape.size() != 2) fail(field + ".shape", "expected [-1, width], got " + shape.dump());
+    if (!shape.is_array() || shape.size() != 2) fail(field + ".shape", "expected [-1, width], got " + json_limits::brief(shape));
     if (!shape[0].is_number_integer() || shape[0].get<int64_t>() != -1) {
-      fail(field + ".shape", "the first dimension must be -1 (the batch axis), got " + shape.dump());
+      fail(field + ".shape", "the first dimension must be -1 (the batch axis), got " + json_limits::brief(shape));
     }
-    t.shape = {-1, integer(shape[1], field + ".shape[1]", 1)};
+    t.shape = {-1, integer(shape[1], field + ".shape[1]", 1, 1 << 24)};
     return t;
   }
 
@@ -109,15 +123,19 @@ ModelConfig load_model_config(const std::string& model_dir) {
   c.directory = model_dir;
   c.config_path = model_dir + "/config.json";
   Reader r(c.config_path);
+  struct stat st {};
+  if (::stat(c.config_path.c_str(), &st) != 0) throw Error(ErrorKind::kInvalidArgument, c.config_path + ": cannot be read");
+  if (st.st_size > (1 << 20)) r.fail("(file)", "larger than 1 MiB");
   std::ifstream in(c.config_path, std::ios::binary);
   if (!in) throw Error(ErrorKind::kInvalidArgument, c.config_path + ": cannot be read");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > (1u << 20)) r.fail("(file)", "larger than 1 MiB");
   json v;
   try {
-    v = json::parse(text);
+    v = json_limits::parse(text);
   } catch (const json::exception& e) {
     throw Error(ErrorKind::kInvalidArgument, c.config_path + ": not valid JSON: " + e.what());
+  } catch (const std::length_error& e) {
+    throw Error(ErrorKind::kInvalidArgument, c.config_path + ": " + e.what());
   }
   if (!v.is_object()) r.fail("(top level)", "expected a JSON object");
   static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
@@ -132,8 +150,8 @@ ModelConfig load_model_config(const std::string& model_dir) {
     c.version = r.string(v["version"], "version");
     if (c.version.empty() || c.version.find('/') != std::string::npos) r.fail("version", "expected a plain version name");
   }
-  c.rank_size = static_cast<int>(r.integer(r.need(v, "rank_size", "rank_size"), "rank_size", 1));
-  c.stage_size = static_cast<int>(r.integer(r.need(v, "stage_size", "stage_size"), "stage_size", 1));
+  c.rank_size = static_cast<int>(r.integer(r.need(v, "rank_size", "rank_size"), "rank_size", 1, 1 << 16));
+  c.stage_size = static_cast<int>(r.integer(r.need(v, "stage_size", "stage_size"), "stage_size", 1, c.rank_size));
   if (c.rank_size % c.stage_size != 0) {
     r.fail("stage_size", detail::cat("expected a divisor of rank_size (", c.rank_size, "), got ", c.stage_size));
   }
@@ -163,6 +181,8 @@ ModelConfig load_model_config(const std::string& model_dir) {
   }
   for (size_t s = 0; s < stages.size(); ++s) {
     std::string sf = detail::cat("stages[", s, "]");
+    if (!stages[s].is_object()) r.fail(sf, "expected an object {\"layers\": [...]}");
+    r.only(stages[s], {"layers"}, sf);
     const json& layers = r.need(stages[s], "layers", sf + ".layers");
     if (!layers.is_array()) r.fail(sf + ".layers", "expected a list of layers");
     StageConfig stage;
@@ -178,16 +198,29 @@ ModelConfig load_model_config(const std::string& model_dir) {
         r.fail(lf + ".type", "expected one of linear, bias_add, neg, relu, gelu, silu, softmax, layernorm, "
                              "rmsnorm, residual_add, got \"" + layer.type + "\"");
       }
-      static const std::set<std::string> layer_fields = {"type", "weight", "bias", "gamma", "beta", "parallel", "eps", "save", "from"};
-      for (auto it = lv.begin(); it != lv.end(); ++it) {
-        if (!layer_fields.count(it.key())) r.fail(lf + "." + it.key(), "unknown field");
+      // The fields each layer type takes; any other is refused (a misspelt or
+      // misplaced field must not be silently ignored).
+      if (layer.type == "linear") {
+        r.only(lv, {"type", "weight", "bias", "parallel", "save"}, lf);
+      } else if (layer.type == "bias_add") {
+        r.only(lv, {"type", "bias", "save"}, lf);
+      } else if (layer.type == "layernorm") {
+        r.only(lv, {"type", "gamma", "beta", "eps", "save"}, lf);
+      } else if (layer.type == "rmsnorm") {
+        r.only(lv, {"type", "gamma", "eps", "save"}, lf);
+      } else if (layer.type == "residual_add") {
+        r.only(lv, {"type", "from", "save"}, lf);
+      } else {
+        r.only(lv, {"type", "save"}, lf);
       }
       auto name_field = [&](const char* key, bool required) {
         if (!lv.contains(key)) {
           if (required) r.fail(lf + "." + key, "missing (a tensor name in the weights)");
           return std::string();
         }
-        return r.string(lv[key], lf + "." + key);
+        std::string name = r.string(lv[key], lf + "." + key);
+        if (name.empty()) r.fail(lf + "." + key, "expected a non-empty name");
+        return name;
       };
       if (layer.type == "linear") {
         layer.weight = name_field("weight", true);
@@ -217,6 +250,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
       }
       if (lv.contains("save")) {
         layer.save = r.string(lv["save"], lf + ".save");
+        if (layer.save.empty()) r.fail(lf + ".save", "expected a non-empty name");
         saved.insert(layer.save);
       }
       stage.layers.push_back(layer);
@@ -236,17 +270,23 @@ ModelConfig load_model_config(const std::string& model_dir) {
       if (!b["enabled"].is_boolean()) r.fail("batching.enabled", "expected true or false");
       c.batching.enabled = b["enabled"].get<bool>();
     }
-    if (b.contains("max_batch_size")) c.batching.max_batch_size = r.integer(b["max_batch_size"], "batching.max_batch_size", 1);
-    if (b.contains("max_queue_delay_us")) {
-      c.batching.max_queue_delay_us = r.integer(b["max_queue_delay_us"], "batching.max_queue_delay_us", 0);
+    if (b.contains("max_batch_size")) {
+      c.batching.max_batch_size = r.integer(b["max_batch_size"], "batching.max_batch_size", 1, 1 << 20);
     }
-    if (b.contains("micro_batches")) c.batching.micro_batches = static_cast<int>(r.integer(b["micro_batches"], "batching.micro_batches", 1));
-    if (b.contains("max_queue_size")) c.batching.max_queue_size = r.integer(b["max_queue_size"], "batching.max_queue_size", 1);
+    if (b.contains("max_queue_delay_us")) {
+      c.batching.max_queue_delay_us = r.integer(b["max_queue_delay_us"], "batching.max_queue_delay_us", 0, 60000000);
+    }
+    if (b.contains("micro_batches")) {
+      c.batching.micro_batches = static_cast<int>(r.integer(b["micro_batches"], "batching.micro_batches", 1, 1024));
+    }
+    if (b.contains("max_queue_size")) {
+      c.batching.max_queue_size = r.integer(b["max_queue_size"], "batching.max_queue_size", 1, 1 << 20);
+    }
     if (b.contains("preferred_batch_sizes")) {
       const json& p = b["preferred_batch_sizes"];
       if (!p.is_array()) r.fail("batching.preferred_batch_sizes", "expected a list of integers");
       for (size_t i = 0; i < p.size(); ++i) {
-        int64_t size = r.integer(p[i], detail::cat("batching.preferred_batch_sizes[", i, "]"), 1);
+        int64_t size = r.integer(p[i], detail::cat("batching.preferred_batch_sizes[", i, "]"), 1, 1 << 20);
         if (size > c.batching.max_batch_size) {
           r.fail(detail::cat("batching.preferred_batch_sizes[", i, "]"),
                  detail::cat("expected at most max_batch_size (", c.batching.max_batch_size, "), got ", size));

@@ -5,6 +5,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "sharding/json_limits.h"
+
 namespace meshrt::serving {
 
 namespace {
@@ -31,26 +33,26 @@ void flatten(const json& v, std::vector<const json*>& out, const std::string& in
 template <class T>
 T integer_value(const json& v, const std::string& input, size_t index, const char* datatype) {
   if (!v.is_number_integer()) {
-    bad("input '" + input + "': element " + std::to_string(index) + " is " + v.dump() + ", expected an integer for " + datatype);
+    bad("input '" + input + "': element " + std::to_string(index) + " is " + json_limits::brief(v) + ", expected an integer for " + datatype);
   }
   if (v.is_number_unsigned()) {
     uint64_t u = v.get<uint64_t>();
     if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
-      bad("input '" + input + "': element " + std::to_string(index) + " = " + v.dump() + " is out of range for " + datatype);
+      bad("input '" + input + "': element " + std::to_string(index) + " = " + json_limits::brief(v) + " is out of range for " + datatype);
     }
     return static_cast<T>(u);
   }
   int64_t i = v.get<int64_t>();
   if (i < static_cast<int64_t>(std::numeric_limits<T>::lowest()) ||
       (i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
-    bad("input '" + input + "': element " + std::to_string(index) + " = " + v.dump() + " is out of range for " + datatype);
+    bad("input '" + input + "': element " + std::to_string(index) + " = " + json_limits::brief(v) + " is out of range for " + datatype);
   }
   return static_cast<T>(i);
 }
 
 double float_value(const json& v, const std::string& input, size_t index, const char* datatype) {
   if (!v.is_number()) {
-    bad("input '" + input + "': element " + std::to_string(index) + " is " + v.dump() + ", expected a number for " + datatype);
+    bad("input '" + input + "': element " + std::to_string(index) + " is " + json_limits::brief(v) + ", expected a number for " + datatype);
   }
   return v.get<double>();
 }
@@ -68,7 +70,7 @@ void fill_from_json(HostTensor& t, const std::vector<const json*>& values, const
       case DType::kI64: t.data<int64_t>()[i] = integer_value<int64_t>(v, input, i, datatype); break;
       case DType::kU8: t.data<uint8_t>()[i] = integer_value<uint8_t>(v, input, i, datatype); break;
       case DType::kBool:
-        if (!v.is_boolean()) bad("input '" + input + "': element " + std::to_string(i) + " is " + v.dump() + ", expected true or false for BOOL");
+        if (!v.is_boolean()) bad("input '" + input + "': element " + std::to_string(i) + " is " + json_limits::brief(v) + ", expected true or false for BOOL");
         t.data<bool>()[i] = v.get<bool>();
         break;
     }
@@ -108,9 +110,11 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
   }
   json request;
   try {
-    request = json::parse(body.substr(0, json_bytes));
+    request = json_limits::parse(body.substr(0, json_bytes));
   } catch (const json::exception& e) {
     bad(std::string("the request body is not valid JSON: ") + e.what());
+  } catch (const std::length_error& e) {
+    bad(std::string("the request body is not accepted: ") + e.what());
   }
   if (!request.is_object()) bad("the request body must be a JSON object with \"inputs\"");
   InferRequest out;
@@ -138,7 +142,7 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
     if (!in.contains("shape") || !in["shape"].is_array()) bad("input '" + name + "': \"shape\" is missing");
     std::vector<int64_t> shape;
     for (const auto& d : in["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + in["shape"].dump() + " must hold non-negative integers");
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + json_limits::brief(in["shape"]) + " must hold non-negative integers");
       shape.push_back(d.get<int64_t>());
     }
     if (shape.size() != 2 || shape[1] != spec.shape[1] || shape[0] < 1) {
@@ -207,14 +211,14 @@ HttpPayload make_infer_response(const ServableDefinition& model, const InferRequ
   if (request.binary_output) {
     out["parameters"] = {{"binary_data_size", output.nbytes()}};
     response["outputs"] = json::array({out});
-    payload.body = response.dump();
+    payload.body = json_limits::dump(response);
     payload.header_length = payload.body.size();
     payload.body.append(static_cast<const char*>(output.raw_data()), output.nbytes());
     payload.content_type = "application/octet-stream";
   } else {
     out["data"] = to_json_values(output);
     response["outputs"] = json::array({out});
-    payload.body = response.dump();
+    payload.body = json_limits::dump(response);
   }
   return payload;
 }
@@ -233,13 +237,17 @@ std::string model_metadata_json(const ServableDefinition& model) {
               {"stage_size", model.stage_size},
               {"max_batch_size", model.batching.max_batch_size},
               {"dynamic_batching", model.batching.enabled}}}};
-  return m.dump();
+  return json_limits::dump(m);
+}
+
+std::string model_ready_json(const std::string& name, bool ready) {
+  return json_limits::dump(json{{"name", name}, {"ready", ready}});
 }
 
 std::string server_metadata_json() {
   return json{{"name", "meshrt"}, {"version", "0.1.0"}, {"extensions", json::array({"binary_tensor_data"})}}.dump();
 }
 
-std::string error_json(const std::string& message) { return json{{"error", message}}.dump(); }
+std::string error_json(const std::string& message) { return json_limits::dump(json{{"error", message}}); }
 
 }  // namespace meshrt::serving

@@ -53,6 +53,7 @@ struct HttpPayload {
 
 HttpPayload make_infer_response(const ServableDefinition& model, const InferRequest& request, const HostTensor& output);
 std::string model_metadata_json(const ServableDefinition& model);
+std::string model_ready_json(const std::string& name, bool ready);
 std::string server_metadata_json();
 std::string error_json(const std::string& message);
 

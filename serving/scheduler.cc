@@ -1,6 +1,7 @@
 #include "serving/scheduler.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace meshrt::serving {
@@ -39,6 +40,15 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
     int m = (next_model_ + k) % count;
     Queue& q = queues_[static_cast<size_t>(m)];
     if (q.requests.empty()) continue;
+    if (!q.failure.empty()) {  // a failed model: answer what waits (run_batch sees the failure)
+      while (!q.requests.empty()) {
+        batch->push_back(std::move(q.requests.front()));
+        q.requests.pop_front();
+      }
+      q.rows = 0;
+      *model = m;
+      return true;
+    }
     const BatchingConfig& b = engine_.servable(m).batching;
     int64_t limit = 0;
     if (!b.enabled) {
@@ -82,44 +92,65 @@ void Scheduler::run_batch(int model, std::vector<Request>& batch) {
   }
   InferOutcome failure;
   HostTensor output;
-  try {
-    // Stack the requests' rows (one copy), run, and cut the result back.
-    HostTensor input = HostTensor::empty({rows, def.input.shape[1]}, def.input.dtype);
-    size_t at = 0;
-    for (const Request& r : batch) {
-      std::memcpy(static_cast<char*>(input.raw_data()) + at, r.input.raw_data(), r.input.nbytes());
-      at += r.input.nbytes();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::string& failed = queues_[static_cast<size_t>(model)].failure;
+    if (!failed.empty()) {
+      failure.status = 503;
+      failure.error = "model '" + def.name + "' is unavailable: " + failed;
     }
-    output = engine_.run(model, input, def.batching.micro_batches);
-    MESHRT_CHECK(output.ndim() == 2 && output.dim(0) == rows && output.dim(1) == def.output.shape[1] &&
-                     output.dtype() == def.output.dtype,
-                 ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,
-                 " rows (expected ", kserve_datatype(def.output.dtype), "[", rows, ", ", def.output.shape[1], "])");
-  } catch (const Error& e) {
-    bool worker = e.kind() == ErrorKind::kUnavailable || e.kind() == ErrorKind::kDeadlineExceeded ||
-                  e.kind() == ErrorKind::kMpi || e.kind() == ErrorKind::kNccl;
-    failure.status = worker ? 503 : 500;
-    failure.error = (worker ? "model '" + def.name + "' is unavailable: " : "internal error: ") + e.message();
-    if (worker) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queues_[static_cast<size_t>(model)].failure = e.message();
+  }
+  if (failure.status == 200) {
+    try {
+      // Stack the requests' rows (one copy), run, and cut the result back.
+      HostTensor input = HostTensor::empty({rows, def.input.shape[1]}, def.input.dtype);
+      size_t at = 0;
+      for (const Request& r : batch) {
+        std::memcpy(static_cast<char*>(input.raw_data()) + at, r.input.raw_data(), r.input.nbytes());
+        at += r.input.nbytes();
+      }
+      output = engine_.run(model, input, def.batching.micro_batches);
+      MESHRT_CHECK(output.ndim() == 2 && output.dim(0) == rows && output.dim(1) == def.output.shape[1] &&
+                       output.dtype() == def.output.dtype,
+                   ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,
+                   " rows (expected ", kserve_datatype(def.output.dtype), "[", rows, ", ", def.output.shape[1], "])");
+    } catch (const Error& e) {
+      // The engine reports every failure after a batch started as kUnavailable
+      // (and gives the model up); anything else is a bug on rank 0 before it.
+      bool lost = e.kind() == ErrorKind::kUnavailable;
+      failure.status = lost ? 503 : 500;
+      failure.error = (lost ? "model '" + def.name + "' is unavailable: " : "internal error: ") + e.message();
+      if (lost) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        queues_[static_cast<size_t>(model)].failure = e.message();
+      }
+    } catch (const std::exception& e) {
+      failure.status = 500;
+      failure.error = std::string("internal error: ") + e.what();
     }
-  } catch (const std::exception& e) {
-    failure.status = 500;
-    failure.error = std::string("internal error: ") + e.what();
   }
   double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_.batch(def.name, def.version, rows, static_cast<int64_t>(batch.size()), queued, compute);
   int64_t row = 0;
   for (Request& r : batch) {
-    if (failure.status != 200) {
-      r.done(failure);
-      continue;
+    // Every request is answered once, whatever its completion does.
+    try {
+      if (failure.status != 200) {
+        r.done(failure);
+      } else {
+        InferOutcome ok;
+        ok.output = output.narrow(row, r.input.dim(0)).clone();
+        row += r.input.dim(0);
+        r.done(std::move(ok));
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "meshrt: answering a request of model '%s' failed: %s\n", def.name.c_str(), e.what());
+      try {
+        r.done({500, std::string("internal error: ") + e.what(), HostTensor()});
+      } catch (const std::exception&) {
+        // nothing more can be done for this one; the others still get their answers
+      }
     }
-    InferOutcome ok;
-    ok.output = output.narrow(row, r.input.dim(0)).clone();
-    row += r.input.dim(0);
-    r.done(std::move(ok));
   }
 }
 

@@ -1,5 +1,6 @@
 #include "serving/server.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -26,18 +27,23 @@ namespace {
 int g_signal_pipe[2] = {-1, -1};
 
 void on_drain_signal(int signal) {
+  int saved = errno;
   unsigned char byte = static_cast<unsigned char>(signal);
   if (g_signal_pipe[1] >= 0) {
-    ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);  // async-signal-safe
+    ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);  // async-signal-safe; never blocks
     (void)ignored;
   }
+  errno = saved;
 }
 }  // namespace
 
 void install_drain_signal_handlers() {
-  if (g_signal_pipe[0] < 0 && ::pipe(g_signal_pipe) != 0) {
+  if (g_signal_pipe[0] < 0 && ::pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
     throw Error(ErrorKind::kUnavailable, "cannot create the signal pipe");
   }
+  // The writing end never blocks: extra signals are dropped when nobody reads
+  // (on the other ranks, or once draining started).
+  ::fcntl(g_signal_pipe[1], F_SETFL, ::fcntl(g_signal_pipe[1], F_GETFL) | O_NONBLOCK);
   struct sigaction action {};
   action.sa_handler = on_drain_signal;
   sigemptyset(&action.sa_mask);
@@ -115,8 +121,7 @@ class Frontend {
       if (action == "ready") {
         if (!get) return method_not_allowed("GET");
         bool ready = !draining_ && scheduler_.model_ready(model);
-        return counted(json_response(ready ? 200 : 503, std::string(R"({"name": ")") + def.name + R"(", "ready": )" +
-                                                            (ready ? "true" : "false") + "}"));
+        return counted(json_response(ready ? 200 : 503, model_ready_json(def.name, ready)));
       }
       if (!post) return method_not_allowed("POST");
       return infer(model, request, counted);
@@ -151,9 +156,14 @@ class Frontend {
     }
     Admission admitted = scheduler_.submit(model, parsed->input, [&def, parsed, answer](InferOutcome outcome) {
       if (outcome.status != 200) return answer(error_response(outcome.status, outcome.error));
-      HttpPayload payload = make_infer_response(def, *parsed, outcome.output);
-      HttpResponse r{200, std::move(payload.body), payload.content_type, {}};
-      if (payload.header_length) r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(*payload.header_length));
+      HttpResponse r;
+      try {
+        HttpPayload payload = make_infer_response(def, *parsed, outcome.output);
+        r = {200, std::move(payload.body), payload.content_type, {}};
+        if (payload.header_length) r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(*payload.header_length));
+      } catch (const std::exception& e) {
+        r = error_response(500, std::string("internal error: ") + e.what());
+      }
       answer(std::move(r));
     });
     switch (admitted) {
@@ -211,7 +221,7 @@ int run_server(const ServerOptions& o) {
     return 2;
   }
   Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
-  Engine engine(servables, device, EngineOptions{o.result_timeout});
+  Engine engine(servables, device, EngineOptions{o.result_timeout});  // its communicators: MESHRT_COMM_TIMEOUT
   for (const ServableDefinition& s : servables) {
     say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",
                     s.stage_size, " (", s.rank_size / s.stage_size, "-way tensor parallel per stage), batching ",

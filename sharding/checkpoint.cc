@@ -12,9 +12,11 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 #include <sstream>
 
+#include "sharding/json_limits.h"
 #include "sharding/redistribute.h"
 #include "sharding/safetensors.h"
 
@@ -97,16 +99,20 @@ struct Index {
 
 Index read_index(const std::string& dir) {
   std::string path = join(dir, kCheckpointIndex);
+  struct stat st {};
+  MESHRT_CHECK_ARG(::stat(path.c_str(), &st) == 0, "no checkpoint in ", dir, ": cannot open ", path);
+  MESHRT_CHECK_ARG(static_cast<uint64_t>(st.st_size) <= kMaxIndexBytes, "checkpoint index ", path, " is larger than ",
+                   kMaxIndexBytes, " bytes");
   std::ifstream in(path, std::ios::binary);
   MESHRT_CHECK_ARG(in.good(), "no checkpoint in ", dir, ": cannot open ", path);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  MESHRT_CHECK_ARG(text.size() <= kMaxIndexBytes, "checkpoint index ", path, " is larger than ", kMaxIndexBytes,
-                   " bytes");
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(text);
+    json = json_limits::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::kInvalidArgument, detail::cat("checkpoint index ", path, " is not valid JSON: ", e.what()));
+  } catch (const std::length_error& e) {
+    throw Error(ErrorKind::kInvalidArgument, detail::cat("checkpoint index ", path, ": ", e.what()));
   }
   MESHRT_CHECK_ARG(json.is_object() && json.contains("weight_map") && json["weight_map"].is_object(),
                    "checkpoint index ", path, " has no \"weight_map\" object");
@@ -192,6 +198,13 @@ std::string new_save_id(const Mesh& mesh) {
   return out.str();
 }
 
+// The names of meshrt's checkpoint data files: model-<save id>-NNNNN-of-NNNNN.safetensors,
+// and the same with .partial while a save writes them.
+bool is_checkpoint_data_file(const std::string& name) {
+  static const std::regex pattern("model-[0-9a-f]+-[0-9]{5}-of-[0-9]{5}\\.safetensors(\\.partial)?");
+  return std::regex_match(name, pattern);
+}
+
 std::vector<std::string> files_in(const std::string& dir) {
   std::vector<std::string> out;
   if (DIR* d = ::opendir(dir.c_str())) {
@@ -257,9 +270,9 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
         f.resize(header.size() + (files[i].empty() ? 0 : files[i].back().end));
         f.write_at(header.data(), header.size(), 0);
       }
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       ok = false;
-      failure = e.message();
+      failure = e.what();
     }
   }
   MESHRT_CHECK(everyone_ok(mesh, ok), ErrorKind::kUnavailable, "save_checkpoint to ", dir,
@@ -284,9 +297,9 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
       }
       if (f) f->sync();
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     ok = false;
-    failure = e.message();
+    failure = e.what();
   }
   MESHRT_CHECK(everyone_ok(mesh, ok), ErrorKind::kUnavailable, "save_checkpoint to ", dir,
                " failed writing the data", failure.empty() ? "" : ": " + failure);
@@ -296,12 +309,6 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
   // 3. Rank 0 commits: data files into place, then the index by rename.
   if (mesh.rank() == 0) {
     try {
-      std::set<std::string> previous;
-      try {
-        for (const auto& [name, file] : read_index(dir).weight_map) previous.insert(file);
-      } catch (const Error&) {
-        // no previous checkpoint (or an unreadable one): nothing to clean up
-      }
       for (size_t i = 0; i < files.size(); ++i) {
         if (::rename(temp_path(i).c_str(), join(dir, file_names[i]).c_str()) != 0) io_error("cannot rename", temp_path(i));
       }
@@ -323,16 +330,15 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
       sync_directory(dir);
       if (::rename(index_temp.c_str(), join(dir, kCheckpointIndex).c_str()) != 0) io_error("cannot rename", index_temp);
       sync_directory(dir);
-      // The new checkpoint is committed: remove the old one's files and leftovers
-      // of interrupted saves.
+      // The new checkpoint is committed: remove every other data file of ours
+      // (the previous checkpoint's, and leftovers of interrupted saves).
       std::set<std::string> current(file_names.begin(), file_names.end());
       for (const std::string& f : files_in(dir)) {
-        bool stale_partial = f.rfind("model-", 0) == 0 && f.size() > 8 && f.substr(f.size() - 8) == ".partial";
-        if ((previous.count(f) && !current.count(f)) || stale_partial) ::unlink(join(dir, f).c_str());
+        if (is_checkpoint_data_file(f) && !current.count(f)) ::unlink(join(dir, f).c_str());
       }
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       ok = false;
-      failure = e.message();
+      failure = e.what();
     }
   }
   MESHRT_CHECK(everyone_ok(mesh, ok), ErrorKind::kUnavailable, "save_checkpoint to ", dir,

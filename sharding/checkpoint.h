@@ -10,7 +10,8 @@
 // Saving is atomic: files are written under new names (a per-save id), flushed
 // with fsync, and the index is replaced last by rename(); the previous
 // checkpoint's files are removed only after that. A crash at any point before
-// the rename leaves the previous checkpoint whole and loadable.
+// the rename leaves the previous checkpoint whole and loadable (the next save
+// removes the crashed one's files). One save at a time per folder.
 #pragma once
 
 #include <cstdint>

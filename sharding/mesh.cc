@@ -211,6 +211,17 @@ Mesh Mesh::slice(const std::string& axis) const {
   return impl_->slices.emplace(axis, m).first->second;
 }
 
+void Mesh::abort(const std::string& reason) const {
+  if (!valid()) return;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->world.abort(reason);
+  for (auto& [group, comm] : impl_->groups) comm.abort(reason);
+  for (auto& [axis, slice] : impl_->slices) {
+    slice.impl_->world.abort(reason);
+    for (auto& [group, comm] : slice.impl_->groups) comm.abort(reason);
+  }
+}
+
 std::string Mesh::to_string() const {
   if (!valid()) return "Mesh()";
   return "Mesh(" + axes_text(impl_->axes) + ")";

@@ -64,6 +64,10 @@ class Mesh {
   // the first time an axis is asked for (its communicators are this mesh's).
   Mesh slice(const std::string& axis) const;
 
+  // Aborts every communicator of this mesh (and of its slices): operations on
+  // them fail at once with reason. For giving up on a mesh after a failure.
+  void abort(const std::string& reason) const;
+
   // "Mesh(data=2, model=2)"
   std::string to_string() const;
   bool operator==(const Mesh& other) const;

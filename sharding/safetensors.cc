@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "device/error.h"
+#include "sharding/json_limits.h"
 
 namespace meshrt::sharding {
 
@@ -83,9 +84,11 @@ SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> prefix, uint
 
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(prefix.begin() + 8, prefix.begin() + 8 + static_cast<ptrdiff_t>(h.header_bytes));
+    json = json_limits::parse(std::string_view(reinterpret_cast<const char*>(prefix.data()) + 8, h.header_bytes));
   } catch (const nlohmann::json::exception& e) {
     refuse(source, std::string("the header is not valid JSON: ") + e.what());
+  } catch (const std::length_error& e) {
+    refuse(source, std::string("the header is not accepted: ") + e.what());
   }
   if (!json.is_object()) refuse(source, "the header is not a JSON object");
 
@@ -123,10 +126,10 @@ SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> prefix, uint
     std::vector<int64_t> dims;
     uint64_t numel = 1;
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned()) refuse(source, where + ": shape entries must be non-negative integers, got " + d.dump());
+      if (!d.is_number_unsigned()) refuse(source, where + ": shape entries must be non-negative integers, got " + json_limits::brief(d));
       uint64_t extent = d.get<uint64_t>();
-      if (extent > (1ull << 62) || (extent != 0 && numel > (1ull << 62) / extent)) {
-        refuse(source, where + ": the shape " + v["shape"].dump() + " has too many elements");
+      if (extent > (1ull << 58) || (extent != 0 && numel > (1ull << 58) / extent)) {
+        refuse(source, where + ": the shape " + json_limits::brief(v["shape"]) + " has too many elements");
       }
       numel *= extent;
       dims.push_back(static_cast<int64_t>(extent));
@@ -135,12 +138,12 @@ SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> prefix, uint
     e.shape = Shape(dims);
     const auto& offsets = v["data_offsets"];
     if (!offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
-      refuse(source, where + ": data_offsets must be non-negative integers, got " + offsets.dump());
+      refuse(source, where + ": data_offsets must be non-negative integers, got " + json_limits::brief(offsets));
     }
     e.begin = offsets[0].get<uint64_t>();
     e.end = offsets[1].get<uint64_t>();
     if (e.end < e.begin) refuse(source, detail::cat(where, ": data_offsets [", e.begin, ", ", e.end, "] end before they begin"));
-    uint64_t expected = numel * size_of(e.dtype);
+    uint64_t expected = numel * size_of(e.dtype);  // numel <= 2^58 (below): no overflow
     if (e.end - e.begin != expected) {
       refuse(source, detail::cat(where, ": shape ", e.shape, " of ", safetensors_dtype_name(e.dtype), " needs ", expected,
                                  " bytes but data_offsets [", e.begin, ", ", e.end, "] hold ", e.end - e.begin));
@@ -212,7 +215,7 @@ std::vector<uint8_t> make_safetensors_header(const std::vector<SafetensorsEntry>
     json[e.name] = {{"dtype", safetensors_dtype_name(e.dtype)}, {"shape", e.shape.dims()},
                     {"data_offsets", {e.begin, e.end}}};
   }
-  std::string text = json.dump();
+  std::string text = json_limits::dump(json);
   text.append((8 - text.size() % 8) % 8, ' ');
   std::vector<uint8_t> out(8 + text.size());
   uint64_t n = text.size();

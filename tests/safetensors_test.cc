@@ -74,6 +74,12 @@ TEST(Safetensors, RefusesEveryKindOfBadFile) {
   EXPECT_TRUE(refused(with_header(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8),
                       "too many elements"));
   EXPECT_TRUE(refused(with_header(a, 4), "run past the 4 bytes of data"));
+  // 2^61 + 1 elements of 8 bytes would wrap around to 8 bytes in 64-bit arithmetic.
+  EXPECT_TRUE(refused(with_header(R"({"a":{"dtype":"F64","shape":[2305843009213693953],"data_offsets":[0,8]}})", 8),
+                      "too many elements"));
+  // Nesting deep enough to overflow a recursive printer is refused by the parser.
+  EXPECT_TRUE(refused(with_header(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') + "]}}", 0),
+                      "nested deeper than 64 levels"));
   EXPECT_TRUE(refused(with_header(a, 12), "extra bytes at the end"));
   EXPECT_TRUE(refused(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "end before they begin"));
   EXPECT_TRUE(refused(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8), "data_offsets must be"));

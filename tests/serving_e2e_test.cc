@@ -309,6 +309,9 @@ TEST_F(Examples, MalformedRequestsGet400WithTheReason) {
       {good_header, {{"Inference-Header-Content-Length", "ten"}}, 400, "is not a number"},
       {good_header, kJson, 400, "the Inference-Header-Content-Length header is missing"},
       {std::string(2u << 20, ' '), kJson, 413, "exceeds the limit of 1048576 bytes"},
+      {R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": )" + std::string(100000, '[') + "]}]}", kJson, 400,
+       "nested deeper than 64 levels"},
+      {"{\"inputs\": \"\xff\xfe\"}", kJson, 400, "not valid JSON"},
   };
   for (const Case& k : cases) {
     HttpResponse r = c.request("POST", "/v2/models/matmul_neg/infer", k.body, k.headers);

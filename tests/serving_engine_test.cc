@@ -100,9 +100,12 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
        "stages[0].layers[1].weight: tensor 'w'"},
       {"bad_stages", R"([])", "", "stages: expected a list of stage_size (1) stages"},
       {"bad_batching", R"([{"layers": [{"type": "linear", "weight": "w"}]}])", R"(, "batching": {"max_batch_size": 0})",
-       "batching.max_batch_size: expected an integer >= 1, got 0"},
+       "batching.max_batch_size: expected an integer from 1 to 1048576, got 0"},
       {"bad_residual", R"([{"layers": [{"type": "residual_add", "from": "nothing"}]}])", "",
        "stages[0].layers[0].from: expected the \"save\" name"},
+      {"empty_save", R"([{"layers": [{"type": "neg", "save": ""}]}])", "", "stages[0].layers[0].save: expected a non-empty name"},
+      {"field_on_wrong_layer", R"([{"layers": [{"type": "neg", "weight": "w"}]}])", "", "stages[0].layers[0].weight: unknown field"},
+      {"unknown_top_field", R"([])", R"(, "micro": 1)", "micro: unknown field"},
   };
   for (const Case& c : cases) {
     std::string dir = write_model(root, c.name, config(c.name, c.stages, c.extra), {{"w", w}});
@@ -112,6 +115,11 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
   }
   std::string dir = write_model(root, "bad_json", "{\"name\": ", {{"w", w}});
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_config(dir); }, {"config.json: not valid JSON"}));
+  std::string huge = config("huge_stage_size", "[]");
+  huge.replace(huge.find("\"stage_size\": 1"), 15, "\"stage_size\": 4294967296");
+  dir = write_model(root, "huge_stage_size", huge, {{"w", w}});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_config(dir); },
+                           {"stage_size: expected an integer from 1 to 1, got 4294967296"}));
   dir = write_model(root, "other_name", config("elsewhere", "[]"), {{"w", w}});
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_config(dir); },
                            {"name: expected \"other_name\" (the model's folder name)"}));
@@ -238,6 +246,47 @@ TEST(Engine, PipelineOfEveryRankWithHooksInOrder) {
               0u)
         << last_rank;
   }
+}
+
+// A stage that fails on one value: the model is given up on every rank, with
+// the failing rank's message, and other models go on working.
+class FailingStage : public StageModule {
+ public:
+  DTensor forward(const DTensor& x) override {
+    if (x.gather().data<float>()[0] == 13.0f) throw Error(ErrorKind::kInternal, "boom on 13");
+    return x;
+  }
+};
+
+TEST(Engine, AFailureGivesTheModelUpEverywhereAndSparesTheOthers) {
+  int n = World::get().size();
+  ServableDefinition fragile;
+  fragile.name = "fragile";
+  fragile.rank_size = n;
+  fragile.stage_size = n;
+  fragile.input = {"x", DType::kF32, {-1, 2}};
+  fragile.output = {"y", DType::kF32, {-1, 2}};
+  for (int i = 0; i < n; ++i) {
+    fragile.stages.push_back({2, [i, n](const Mesh&) -> std::unique_ptr<StageModule> {
+                                if (i == n - 1) return std::make_unique<FailingStage>();
+                                return std::make_unique<AddStage>(0.0f);
+                              }});
+  }
+  ServableDefinition sturdy = fragile;
+  sturdy.name = "sturdy";
+  for (auto& stage : sturdy.stages) stage.build = [](const Mesh&) { return std::make_unique<AddStage>(1.0f); };
+  Engine engine({fragile, sturdy}, Device::cpu());
+  with_engine(engine, [&] {
+    EXPECT_EQ(engine.run(0, HostTensor::full<float>({3, 2}, 1.0f), 1).data<float>()[0], 1.0f);
+    std::string where = n == 1 ? "boom on 13" : "rank " + std::to_string(n - 1) + " failed: boom on 13";
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(0, HostTensor::full<float>({3, 2}, 13.0f), 2); },
+                             {"model 'fragile' failed", where}));
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(0, HostTensor::full<float>({3, 2}, 1.0f), 1); },
+                             {"failed earlier", "boom on 13"}));
+    EXPECT_FALSE(engine.failure(0).empty());
+    HostTensor y = engine.run(1, HostTensor::full<float>({4, 2}, 1.0f), 2);
+    for (float v : y.span<float>()) EXPECT_EQ(v, 1.0f + n);
+  });
 }
 
 }  // namespace
