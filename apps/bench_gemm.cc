@@ -207,17 +207,5 @@ int main(int argc, char** argv) {
   app.add_option("-w,--warmup", o.warmup, "untimed iterations per shape")->capture_default_str();
   app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:0 when a GPU exists, else cpu)");
   app.add_flag("--no-raw", o.no_raw, "skip the raw BLAS baseline");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  int code = 2;
-  try {
-    code = meshrt::apps::run(o);
-  } catch (const meshrt::Error& e) {
-    std::fprintf(stderr, "meshrt-bench-gemm: %s\n", e.what());
-  }
-  meshrt::World::finalize();
-  return code;
+  return meshrt::apps::run_mpi_app("meshrt-bench-gemm", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }
