@@ -138,10 +138,6 @@ class Tensor {
 using HostTensor = Tensor<HostSpace>;
 using DeviceTensor = Tensor<DeviceSpace>;
 
-template <class T>
-concept AnyTensor = std::same_as<std::remove_cvref_t<T>, HostTensor> ||
-                    std::same_as<std::remove_cvref_t<T>, DeviceTensor>;
-
 // Copies a device tensor to host memory; waits for the copy (and for the work
 // queued before it on stream, the device's default stream when null).
 HostTensor to_host(const DeviceTensor& tensor, const Stream* stream = nullptr);

@@ -43,10 +43,6 @@ inline T store(A v) {
   }
 }
 
-template <class T>
-inline constexpr bool kIsFloat = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                 std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
-
 // Calls f(T{}) for the floating dtypes; throws for others, naming the op.
 template <class F>
 void visit_floating(DType dtype, const char* op, F&& f) {

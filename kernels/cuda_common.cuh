@@ -55,10 +55,6 @@ struct Store<bool> {
   __device__ __forceinline__ static bool from(A v) { return v != A(0); }
 };
 
-template <class T>
-inline constexpr bool kIsFloat = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                 std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
-
 // Calls f(T{}) with T the device storage type of dtype.
 template <class F>
 void visit(DType dtype, F&& f) {

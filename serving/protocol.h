@@ -36,7 +36,6 @@ struct InferRequest {
   std::string id;
   HostTensor input;             // the model's one input, [rows, width]
   bool binary_output = false;   // return the output as binary data
-  bool output_requested = true; // false when "outputs" lists nothing of ours (never: checked)
 };
 
 // Parses and checks a request for model. header_length: the
