@@ -57,39 +57,49 @@ double float_value(const json& v, const std::string& input, size_t index, const 
   return v.get<double>();
 }
 
+template <class T>
+constexpr bool kSixteenBitFloat = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
+
+// One JSON value as element i of a T tensor; throws RequestError naming the input.
+template <class T>
+T element_from_json(const json& v, const std::string& input, size_t i, const char* datatype) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) {
+      bad("input '" + input + "': element " + std::to_string(i) + " is " + json_limits::brief(v) +
+          ", expected true or false for BOOL");
+    }
+    return v.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    return integer_value<T>(v, input, i, datatype);
+  } else if constexpr (kSixteenBitFloat<T>) {
+    return T(static_cast<float>(float_value(v, input, i, datatype)));
+  } else {
+    return static_cast<T>(float_value(v, input, i, datatype));
+  }
+}
+
 void fill_from_json(HostTensor& t, const std::vector<const json*>& values, const std::string& input) {
   const char* datatype = kserve_datatype(t.dtype());
-  for (size_t i = 0; i < values.size(); ++i) {
-    const json& v = *values[i];
-    switch (t.dtype()) {
-      case DType::kF32: t.data<float>()[i] = static_cast<float>(float_value(v, input, i, datatype)); break;
-      case DType::kF64: t.data<double>()[i] = float_value(v, input, i, datatype); break;
-      case DType::kF16: t.data<Half>()[i] = Half(static_cast<float>(float_value(v, input, i, datatype))); break;
-      case DType::kBF16: t.data<BFloat16>()[i] = BFloat16(static_cast<float>(float_value(v, input, i, datatype))); break;
-      case DType::kI32: t.data<int32_t>()[i] = integer_value<int32_t>(v, input, i, datatype); break;
-      case DType::kI64: t.data<int64_t>()[i] = integer_value<int64_t>(v, input, i, datatype); break;
-      case DType::kU8: t.data<uint8_t>()[i] = integer_value<uint8_t>(v, input, i, datatype); break;
-      case DType::kBool:
-        if (!v.is_boolean()) bad("input '" + input + "': element " + std::to_string(i) + " is " + json_limits::brief(v) + ", expected true or false for BOOL");
-        t.data<bool>()[i] = v.get<bool>();
-        break;
-    }
-  }
+  visit_dtype(t.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* out = t.data<T>();
+    for (size_t i = 0; i < values.size(); ++i) out[i] = element_from_json<T>(*values[i], input, i, datatype);
+  });
 }
 
 json to_json_values(const HostTensor& t) {
   json data = json::array();
-  int64_t n = t.numel();
-  switch (t.dtype()) {
-    case DType::kF32: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<float>()[i]); break;
-    case DType::kF64: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<double>()[i]); break;
-    case DType::kF16: for (int64_t i = 0; i < n; ++i) data.push_back(static_cast<float>(t.data<Half>()[i])); break;
-    case DType::kBF16: for (int64_t i = 0; i < n; ++i) data.push_back(static_cast<float>(t.data<BFloat16>()[i])); break;
-    case DType::kI32: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<int32_t>()[i]); break;
-    case DType::kI64: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<int64_t>()[i]); break;
-    case DType::kU8: for (int64_t i = 0; i < n; ++i) data.push_back(t.data<uint8_t>()[i]); break;
-    case DType::kBool: for (int64_t i = 0; i < n; ++i) data.push_back(static_cast<bool>(t.data<bool>()[i])); break;
-  }
+  visit_dtype(t.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = t.data<T>();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if constexpr (kSixteenBitFloat<T>) {
+        data.push_back(static_cast<float>(in[i]));
+      } else {
+        data.push_back(in[i]);
+      }
+    }
+  });
   return data;
 }
 
