@@ -3,14 +3,14 @@
 //
 //   meshrt-infer --url localhost:8000 --model matmul_neg --rows 128 --value 1
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
-#include <cstring>
-#include <nlohmann/json.hpp>
+#include <optional>
 
 #include "serving/http_client.h"
+#include "serving/protocol.h"
 
 int main(int argc, char** argv) {
-  using json = nlohmann::json;
   std::string url = "localhost:8000", model = "matmul_neg", version;
   int64_t rows = 1;
   double value = 1.0;
@@ -29,58 +29,35 @@ int main(int argc, char** argv) {
   std::string host = colon == std::string::npos ? url : url.substr(0, colon);
   uint16_t port = colon == std::string::npos ? 8000 : static_cast<uint16_t>(std::stoi(url.substr(colon + 1)));
   try {
-    meshrt::serving::HttpClient client(host, port);
+    using namespace meshrt;
+    serving::HttpClient client(host, port);
     std::string base = "/v2/models/" + model + (version.empty() ? "" : "/versions/" + version);
-    meshrt::serving::HttpResponse meta = client.request("GET", base);
+    serving::HttpResponse meta = client.request("GET", base);
     if (meta.status != 200) {
       std::fprintf(stderr, "meshrt-infer: GET %s: %d %s\n", base.c_str(), meta.status, meta.body.c_str());
       return 1;
     }
-    json m = json::parse(meta.body);
-    const json& input = m["inputs"][0];
-    int64_t width = input["shape"][1];
-    std::string datatype = input["datatype"];
-    json in = {{"name", input["name"]}, {"datatype", datatype}, {"shape", {rows, width}}};
-    std::vector<std::pair<std::string, std::string>> headers;
-    std::string body;
-    if (binary) {
-      if (datatype != "FP32") throw std::runtime_error("--binary sends FP32 inputs only, not " + datatype);
-      in["parameters"] = {{"binary_data_size", rows * width * 4}};
-      body = json({{"inputs", {in}}, {"parameters", {{"binary_data_output", true}}}}).dump();
-      headers.emplace_back("Inference-Header-Content-Length", std::to_string(body.size()));
-      std::vector<float> values(static_cast<size_t>(rows * width), static_cast<float>(value));
-      body.append(reinterpret_cast<const char*>(values.data()), values.size() * 4);
-    } else {
-      in["data"] = std::vector<double>(static_cast<size_t>(rows * width), value);
-      body = json({{"inputs", {in}}}).dump();
-      headers.emplace_back("Content-Type", "application/json");
-    }
-    std::printf("POST %s/infer: %s %s[%lld, %lld] of %g%s\n", base.c_str(), input["name"].get<std::string>().c_str(),
-                datatype.c_str(), static_cast<long long>(rows), static_cast<long long>(width), value,
-                binary ? " (binary)" : "");
-    meshrt::serving::HttpResponse r = client.request("POST", base + "/infer", body, headers);
+    serving::ModelSignature signature = serving::parse_model_metadata(meta.body);
+    const serving::TensorSpec& input = signature.input;
+    HostTensor data = cast_host(HostTensor::full<double>({rows, input.shape[1]}, value), input.dtype);
+    serving::HttpPayload request = serving::make_infer_request(input, data, binary);
+    serving::HttpHeaders headers = {{"Content-Type", request.content_type}};
+    if (request.header_length) headers.emplace_back("Inference-Header-Content-Length", std::to_string(*request.header_length));
+    std::printf("POST %s/infer: %s %s[%lld, %lld] of %g%s\n", base.c_str(), input.name.c_str(),
+                serving::kserve_datatype(input.dtype), static_cast<long long>(rows),
+                static_cast<long long>(input.shape[1]), value, binary ? " (binary)" : "");
+    serving::HttpResponse r = client.request("POST", base + "/infer", request.body, headers);
     if (r.status != 200) {
       std::fprintf(stderr, "meshrt-infer: %d %s\n", r.status, r.body.c_str());
       return 1;
     }
-    size_t header_length = r.body.size();
-    for (const auto& [k, v] : r.headers) {
-      if (strcasecmp(k.c_str(), "Inference-Header-Content-Length") == 0) header_length = std::stoull(v);
-    }
-    json out = json::parse(r.body.substr(0, header_length))["outputs"][0];
-    std::vector<double> values;
-    if (header_length < r.body.size()) {
-      for (size_t at = header_length; at + 4 <= r.body.size(); at += 4) {
-        float f;
-        std::memcpy(&f, r.body.data() + at, 4);
-        values.push_back(f);
-      }
-    } else {
-      for (const auto& v : out["data"]) values.push_back(v.get<double>());
-    }
-    int64_t out_rows = out["shape"][0], cols = out["shape"][1];
-    std::printf("%s: %s%s\n", out["name"].get<std::string>().c_str(), out["datatype"].get<std::string>().c_str(),
-                out["shape"].dump().c_str());
+    std::optional<size_t> header_length;
+    if (auto h = r.header("Inference-Header-Content-Length")) header_length = std::stoull(*h);
+    HostTensor output = serving::parse_infer_response(r.body, header_length);
+    std::vector<double> values = cast_host(output, DType::kF64).to_vector<double>();
+    int64_t out_rows = output.dim(0), cols = output.dim(1);
+    std::printf("%s: %s%s\n", signature.output.name.c_str(), serving::kserve_datatype(output.dtype()),
+                output.shape().to_string().c_str());
     for (int64_t row = 0; row < std::min<int64_t>(show, out_rows); ++row) {
       std::printf("  [");
       for (int64_t c = 0; c < std::min<int64_t>(8, cols); ++c) {

@@ -9,19 +9,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <cstring>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include "serving/http_client.h"
+#include "serving/protocol.h"
 
 namespace {
 
 using meshrt::serving::HttpClient;
 using meshrt::serving::HttpResponse;
-using json = nlohmann::json;
 
 struct Options {
   std::string url = "localhost:8000", model = "matmul_neg", concurrency = "1,8,64", format = "both";
@@ -46,57 +44,26 @@ std::pair<double, double> histogram(const std::string& metrics, const std::strin
 
 struct Request {
   std::string body;
-  std::vector<std::pair<std::string, std::string>> headers;
+  meshrt::serving::HttpHeaders headers;
 };
 
-Request make_request(const json& metadata, int64_t rows, double value, bool binary) {
-  const json& input = metadata["inputs"][0];
-  std::string datatype = input["datatype"];
-  int64_t width = input["shape"][1];
-  int64_t n = rows * width;
-  json in = {{"name", input["name"]}, {"datatype", datatype}, {"shape", {rows, width}}};
-  json body = {{"id", "loadgen"}, {"inputs", json::array()}};
-  Request r;
-  if (binary) {
-    if (datatype != "FP32") throw std::runtime_error("binary requests are written for FP32 inputs only, not " + datatype);
-    in["parameters"] = {{"binary_data_size", n * 4}};
-    body["inputs"].push_back(in);
-    body["outputs"] = json::array({{{"name", metadata["outputs"][0]["name"]}, {"parameters", {{"binary_data", true}}}}});
-    r.body = body.dump();
-    r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(r.body.size()));
-    r.headers.emplace_back("Content-Type", "application/octet-stream");
-    std::vector<float> values(static_cast<size_t>(n), static_cast<float>(value));
-    r.body.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
-  } else {
-    in["data"] = std::vector<double>(static_cast<size_t>(n), value);
-    body["inputs"].push_back(in);
-    r.body = body.dump();
-    r.headers.emplace_back("Content-Type", "application/json");
-  }
+Request make_request(const meshrt::serving::ModelSignature& model, int64_t rows, double value, bool binary) {
+  using namespace meshrt;
+  const serving::TensorSpec& input = model.input;
+  HostTensor data = cast_host(HostTensor::full<double>({rows, input.shape[1]}, value), input.dtype);
+  serving::HttpPayload payload = serving::make_infer_request(input, data, binary, "loadgen");
+  Request r{std::move(payload.body), {{"Content-Type", payload.content_type}}};
+  if (payload.header_length) r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(*payload.header_length));
   return r;
 }
 
 // Whether every output value equals expected.
 bool output_is(const HttpResponse& r, double expected) {
-  auto header_length = std::find_if(r.headers.begin(), r.headers.end(), [](const auto& h) {
-    return strcasecmp(h.first.c_str(), "Inference-Header-Content-Length") == 0;
-  });
-  if (header_length != r.headers.end()) {
-    size_t n = std::stoull(header_length->second);
-    const char* data = r.body.data() + n;
-    size_t count = (r.body.size() - n) / sizeof(float);
-    for (size_t i = 0; i < count; ++i) {
-      float v;
-      std::memcpy(&v, data + i * sizeof(float), sizeof v);
-      if (v != static_cast<float>(expected)) return false;
-    }
-    return count > 0;
-  }
-  json body = json::parse(r.body);
-  for (const auto& v : body["outputs"][0]["data"]) {
-    if (v.get<double>() != expected) return false;
-  }
-  return true;
+  std::optional<size_t> header_length;
+  if (auto h = r.header("Inference-Header-Content-Length")) header_length = std::stoull(*h);
+  std::vector<double> values =
+      meshrt::cast_host(meshrt::serving::parse_infer_response(r.body, header_length), meshrt::DType::kF64).to_vector<double>();
+  return !values.empty() && std::all_of(values.begin(), values.end(), [&](double v) { return v == expected; });
 }
 
 double percentile(std::vector<double>& sorted, double p) {
@@ -136,7 +103,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "meshrt-loadgen: GET /v2/models/%s: %d %s\n", o.model.c_str(), meta.status, meta.body.c_str());
       return 1;
     }
-    json metadata = json::parse(meta.body);
+    meshrt::serving::ModelSignature metadata = meshrt::serving::parse_model_metadata(meta.body);
     std::printf("# meshrt-loadgen: %s model %s, %lld row(s) per request, %d requests per level\n", o.url.c_str(),
                 o.model.c_str(), static_cast<long long>(o.rows), o.requests);
     std::printf("#%6s %11s %9s %9s %9s %9s %9s %7s %9s %9s %9s %9s\n", "format", "concurrency", "req/s", "p50 ms",

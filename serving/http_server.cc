@@ -18,7 +18,7 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
 
-std::optional<std::string> HttpRequest::header(const std::string& name) const {
+std::optional<std::string> find_header(const HttpHeaders& headers, const std::string& name) {
   auto lower = [](std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
     return s;

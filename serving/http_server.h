@@ -27,20 +27,24 @@ struct HttpServerOptions {
   std::chrono::seconds idle_timeout{60};  // a kept-alive connection with no request
 };
 
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+// The value of a header (case-insensitive name), if present.
+std::optional<std::string> find_header(const HttpHeaders& headers, const std::string& name);
+
 struct HttpRequest {
   std::string method;  // "GET", "POST", ...
   std::string target;  // path and query
   std::string body;
-  std::vector<std::pair<std::string, std::string>> headers;
-  // The value of a header (case-insensitive name), if present.
-  std::optional<std::string> header(const std::string& name) const;
+  HttpHeaders headers;
+  std::optional<std::string> header(const std::string& name) const { return find_header(headers, name); }
 };
 
 struct HttpResponse {
   int status = 200;
   std::string body;
   std::string content_type = "application/json";
-  std::vector<std::pair<std::string, std::string>> headers;
+  HttpHeaders headers;
+  std::optional<std::string> header(const std::string& name) const { return find_header(headers, name); }
 };
 
 using Responder = std::function<void(HttpResponse)>;

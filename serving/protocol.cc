@@ -250,6 +250,66 @@ std::string model_metadata_json(const ServableDefinition& model) {
   return json_limits::dump(m);
 }
 
+ModelSignature parse_model_metadata(std::string_view body) {
+  auto tensor = [](const json& t) {
+    TensorSpec spec;
+    spec.name = t.at("name").get<std::string>();
+    spec.dtype = parse_kserve_datatype(t.at("datatype").get<std::string>());
+    spec.shape = t.at("shape").get<std::vector<int64_t>>();
+    return spec;
+  };
+  try {
+    json m = json_limits::parse(body);
+    return {tensor(m.at("inputs").at(0)), tensor(m.at("outputs").at(0))};
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("malformed model metadata: ") + e.what());
+  }
+}
+
+HttpPayload make_infer_request(const TensorSpec& input, const HostTensor& data, bool binary, const std::string& id) {
+  json in = {{"name", input.name}, {"datatype", kserve_datatype(data.dtype())}, {"shape", data.shape().dims()}};
+  json request = {{"inputs", json::array()}};
+  if (!id.empty()) request["id"] = id;
+  HttpPayload payload;
+  if (binary) {
+    in["parameters"] = {{"binary_data_size", data.nbytes()}};
+    request["inputs"].push_back(in);
+    request["parameters"] = {{"binary_data_output", true}};
+    payload.body = json_limits::dump(request);
+    payload.header_length = payload.body.size();
+    payload.body.append(static_cast<const char*>(data.raw_data()), data.nbytes());
+    payload.content_type = "application/octet-stream";
+  } else {
+    in["data"] = to_json_values(data);
+    request["inputs"].push_back(in);
+    payload.body = json_limits::dump(request);
+  }
+  return payload;
+}
+
+HostTensor parse_infer_response(std::string_view body, std::optional<size_t> header_length) {
+  try {
+    size_t json_bytes = header_length.value_or(body.size());
+    if (json_bytes > body.size()) throw std::length_error("the header length runs past the body");
+    json out = json_limits::parse(body.substr(0, json_bytes)).at("outputs").at(0);
+    std::string name = out.at("name").get<std::string>();
+    std::vector<int64_t> shape = out.at("shape").get<std::vector<int64_t>>();
+    HostTensor t = HostTensor::empty(Shape(shape), parse_kserve_datatype(out.at("datatype").get<std::string>()));
+    if (out.contains("data")) {
+      std::vector<const json*> values;
+      flatten(out["data"], values, name, 0);
+      if (static_cast<int64_t>(values.size()) != t.numel()) throw std::length_error("data does not fill the shape");
+      fill_from_json(t, values, name);
+    } else {
+      if (body.size() - json_bytes != t.nbytes()) throw std::length_error("binary data does not fill the shape");
+      std::memcpy(t.raw_data(), body.data() + json_bytes, t.nbytes());
+    }
+    return t;
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("malformed inference response: ") + e.what());
+  }
+}
+
 std::string model_ready_json(const std::string& name, bool ready) {
   return json_limits::dump(json{{"name", name}, {"ready", ready}});
 }

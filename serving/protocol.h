@@ -52,6 +52,19 @@ struct HttpPayload {
 
 HttpPayload make_infer_response(const ServableDefinition& model, const InferRequest& request, const HostTensor& output);
 std::string model_metadata_json(const ServableDefinition& model);
+
+// The client side (meshrt-infer, meshrt-loadgen), with the same encodings.
+// A model's input and output, from the body of GET /v2/models/{name}.
+struct ModelSignature {
+  TensorSpec input, output;
+};
+ModelSignature parse_model_metadata(std::string_view body);
+// A request carrying data for input, as JSON values or as binary tensor data
+// (then the output is asked for in binary too).
+HttpPayload make_infer_request(const TensorSpec& input, const HostTensor& data, bool binary, const std::string& id = "");
+// The first output of a response body, whether JSON or binary. Throws
+// Error(kInvalidArgument) saying what is wrong with a malformed response.
+HostTensor parse_infer_response(std::string_view body, std::optional<size_t> header_length);
 std::string model_ready_json(const std::string& name, bool ready);
 std::string server_metadata_json();
 std::string error_json(const std::string& message);
