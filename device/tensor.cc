@@ -255,6 +255,26 @@ void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* sr
   }
 }
 
+HostTensor concat_rows(const std::vector<HostTensor>& parts) {
+  MESHRT_CHECK_ARG(!parts.empty(), "concat_rows of no tensors");
+  const HostTensor& first = parts.front();
+  MESHRT_CHECK_SHAPE(first.ndim() >= 1, "concat_rows of a tensor without axes: ", first.description());
+  int64_t rows = 0;
+  for (const HostTensor& p : parts) {
+    MESHRT_CHECK_SHAPE(p.dtype() == first.dtype() && p.ndim() == first.ndim() &&
+                           p.shape().with(0, 0) == first.shape().with(0, 0),
+                       "concat_rows: ", p.description(), " does not stack onto ", first.description());
+    rows += p.dim(0);
+  }
+  HostTensor out = HostTensor::empty(first.shape().with(0, rows), first.dtype());
+  size_t at = 0;
+  for (const HostTensor& p : parts) {
+    if (p.nbytes() > 0) std::memcpy(static_cast<char*>(out.raw_data()) + at, p.raw_data(), p.nbytes());
+    at += p.nbytes();
+  }
+  return out;
+}
+
 namespace {
 template <class T>
 double load_as_double(const T& v) {

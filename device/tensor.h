@@ -165,6 +165,10 @@ void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* sr
 // and on the cpu. Kernels and copies call it for the streams they are given.
 void prepare_stream_use(const Stream* stream, std::initializer_list<const DeviceTensor*> tensors);
 
+// Host tensors of one dtype and the same extents after axis 0, one after another
+// along axis 0 (stacking requests into a batch, joining micro-batches' results).
+HostTensor concat_rows(const std::vector<HostTensor>& parts);
+
 // Converts between element types on the host (any dtype to any dtype, via double
 // for integers and via float for the 16-bit floats).
 HostTensor cast_host(const HostTensor& tensor, DType dtype);

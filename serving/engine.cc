@@ -1,6 +1,5 @@
 #include "serving/engine.h"
 
-#include <cstring>
 #include <sstream>
 #include <thread>
 
@@ -105,15 +104,7 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
   }
   for (const Work& w : sends) w.wait();
   if (!last || p.model_coordinate != 0) return HostTensor();
-  // The whole batch's result, the micro-batches one after another.
-  int64_t total = 0;
-  for (const HostTensor& o : outputs) total += o.dim(0);
-  HostTensor result = HostTensor::empty({total, outputs.front().dim(1)}, outputs.front().dtype());
-  size_t at = 0;
-  for (const HostTensor& o : outputs) {
-    std::memcpy(static_cast<char*>(result.raw_data()) + at, o.raw_data(), o.nbytes());
-    at += o.nbytes();
-  }
+  HostTensor result = concat_rows(outputs);  // the micro-batches one after another
   if (World::get().rank() != 0) {
     channel_.send(std::to_string(batch_id), 0, kResultTag);
     channel_.send(result, 0, kResultTag);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 
 namespace meshrt::serving {
 
@@ -103,13 +102,9 @@ void Scheduler::run_batch(int model, std::vector<Request>& batch) {
   if (failure.status == 200) {
     try {
       // Stack the requests' rows (one copy), run, and cut the result back.
-      HostTensor input = HostTensor::empty({rows, def.input.shape[1]}, def.input.dtype);
-      size_t at = 0;
-      for (const Request& r : batch) {
-        std::memcpy(static_cast<char*>(input.raw_data()) + at, r.input.raw_data(), r.input.nbytes());
-        at += r.input.nbytes();
-      }
-      output = engine_.run(model, input, def.batching.micro_batches);
+      std::vector<HostTensor> inputs;
+      for (const Request& r : batch) inputs.push_back(r.input);
+      output = engine_.run(model, concat_rows(inputs), def.batching.micro_batches);
       MESHRT_CHECK(output.ndim() == 2 && output.dim(0) == rows && output.dim(1) == def.output.shape[1] &&
                        output.dtype() == def.output.dtype,
                    ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,

@@ -165,6 +165,15 @@ TEST(Tensor, MemorySpacesAreTypes) {
   EXPECT_EQ(pointer_space(&on_stack), MemorySpace::kHost);
 }
 
+TEST(Tensor, ConcatRows) {
+  HostTensor a = HostTensor::from_vector<int32_t>({1, 2}, {1, 2}), b = HostTensor::from_vector<int32_t>({3, 4, 5, 6}, {2, 2});
+  HostTensor c = concat_rows({a, b});
+  EXPECT_EQ(c.shape(), (Shape{3, 2}));
+  EXPECT_EQ(c.to_vector<int32_t>(), (std::vector<int32_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { concat_rows({a, HostTensor::full<int32_t>({1, 3}, 0)}); },
+                           {"does not stack onto", "i32[1, 2]"}));
+}
+
 TEST(Tensor, CastHost) {
   HostTensor f = HostTensor::from_vector<float>({-1.5f, 0.0f, 2.7f, 1e6f}, {4});
   EXPECT_EQ(cast_host(f, DType::kI32).to_vector<int32_t>(), (std::vector<int32_t>{-1, 0, 2, 1000000}));
