@@ -6,7 +6,6 @@
 // Drain and stop: SIGTERM (or Ctrl-C) to rank 0, or SIGUSR1 to mpirun.
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <cstdlib>
 
 #include "comm/world.h"
 #include "apps/app_common.h"
@@ -16,7 +15,7 @@ int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
   meshrt::serving::install_drain_signal_handlers();
   meshrt::serving::ServerOptions o;
-  double comm_timeout = 0;
+  double comm_timeout = 60;
   int result_timeout_ms = static_cast<int>(o.result_timeout.count());
   std::string batching = "on";
   CLI::App app{"meshrt-serve: serves the models of a repository over HTTP (KServe v2 / Open Inference Protocol)\n"
@@ -36,8 +35,9 @@ int main(int argc, char** argv) {
   app.add_option("--result-timeout-ms", result_timeout_ms, "how long rank 0 waits for a batch before declaring a worker lost")
       ->capture_default_str();
   app.add_option("--comm-timeout", comm_timeout,
-                 "deadline of every collective, in seconds (default: MESHRT_COMM_TIMEOUT, or 60 for the server: "
-                 "shorter than --result-timeout-ms, so a stuck rank reports before rank 0 gives up on it)");
+                 "deadline of every collective, in seconds (keep it below --result-timeout-ms, so a stuck rank "
+                 "reports before rank 0 gives up on it)")
+      ->capture_default_str();
   int grace_ms = 0;
   app.add_option("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
       ->capture_default_str();
@@ -48,11 +48,8 @@ int main(int argc, char** argv) {
     o.batching = batching == "on";
     o.drain_grace = std::chrono::milliseconds(grace_ms);
     o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
-    if (comm_timeout > 0) {
-      setenv("MESHRT_COMM_TIMEOUT", std::to_string(comm_timeout).c_str(), 1);
-    } else if (!std::getenv("MESHRT_COMM_TIMEOUT")) {
-      setenv("MESHRT_COMM_TIMEOUT", "60", 1);
-    }
+    MESHRT_CHECK_ARG(comm_timeout > 0, "--comm-timeout must be positive, got ", comm_timeout);
+    o.comm_timeout = std::chrono::milliseconds(static_cast<long long>(comm_timeout * 1000));
     return meshrt::serving::run_server(o);
   });
 }

@@ -45,6 +45,7 @@ Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, 
   for (const ServableDefinition& s : servables_) {
     auto p = std::make_unique<Placed>();
     p->mesh = Mesh({{"stage", s.stage_size}, {"model", s.rank_size / s.stage_size}}, device_);
+    if (options_.comm_timeout.count() > 0) p->mesh.set_timeout(options_.comm_timeout);
     p->stage_mesh = p->mesh.slice("stage");
     p->stage = p->mesh.coordinate("stage");
     p->stages = s.stage_size;

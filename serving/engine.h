@@ -24,6 +24,9 @@ namespace meshrt::serving {
 struct EngineOptions {
   // How long rank 0 waits for a batch's result before it declares a worker lost.
   std::chrono::milliseconds result_timeout{120000};
+  // The deadline of the servables' collectives (0: MESHRT_COMM_TIMEOUT). Keep it
+  // below result_timeout, so a stuck rank reports before rank 0 gives up on it.
+  std::chrono::milliseconds comm_timeout{0};
 };
 
 class Engine {

@@ -221,7 +221,7 @@ int run_server(const ServerOptions& o) {
     return 2;
   }
   Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
-  Engine engine(servables, device, EngineOptions{o.result_timeout});  // its communicators: MESHRT_COMM_TIMEOUT
+  Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout});
   for (const ServableDefinition& s : servables) {
     say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",
                     s.stage_size, " (", s.rank_size / s.stage_size, "-way tensor parallel per stage), batching ",

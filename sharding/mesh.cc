@@ -211,6 +211,16 @@ Mesh Mesh::slice(const std::string& axis) const {
   return impl_->slices.emplace(axis, m).first->second;
 }
 
+void Mesh::set_timeout(std::chrono::milliseconds timeout) const {
+  MESHRT_CHECK_ARG(valid(), "use of an empty Mesh");
+  // Copies of a communicator share its backend, and communicators split later
+  // inherit the deadline of the one they come from: the world and the groups
+  // made so far are all there is to set (slices hold this mesh's communicators).
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->world.set_timeout(timeout);
+  for (auto& [group, comm] : impl_->groups) comm.set_timeout(timeout);
+}
+
 void Mesh::abort(const std::string& reason) const {
   if (!valid()) return;
   std::lock_guard<std::mutex> lock(impl_->mutex);

@@ -5,6 +5,7 @@
 // their rank is the row-major index of the coordinates along those axes.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -63,6 +64,10 @@ class Mesh {
   // pipeline stage). Its rank() counts within the slice. Collective over this mesh
   // the first time an axis is asked for (its communicators are this mesh's).
   Mesh slice(const std::string& axis) const;
+
+  // The deadline of every communicator of this mesh, its slices, and those it
+  // makes later (default: MESHRT_COMM_TIMEOUT).
+  void set_timeout(std::chrono::milliseconds timeout) const;
 
   // Aborts every communicator of this mesh (and of its slices): operations on
   // them fail at once with reason. For giving up on a mesh after a failure.

@@ -154,6 +154,18 @@ TEST_P(Sharding, CoordinatesAndAxisCommunicators) {
   EXPECT_EQ(all.rank(), mesh_.rank());
 }
 
+TEST_P(Sharding, TimeoutReachesEveryCommunicatorOfTheMesh) {
+  mesh_.set_timeout(std::chrono::milliseconds(4321));
+  EXPECT_EQ(mesh_.world_communicator().timeout(), std::chrono::milliseconds(4321));
+  for (const MeshAxis& a : mesh_.axes()) EXPECT_EQ(mesh_.communicator(a.name).timeout(), std::chrono::milliseconds(4321));
+  if (mesh_.ndim() > 1) {
+    Mesh slice = mesh_.slice(mesh_.axes()[0].name);
+    EXPECT_EQ(slice.world_communicator().timeout(), std::chrono::milliseconds(4321));
+    std::vector<std::string> two = {mesh_.axes()[0].name, mesh_.axes()[1].name};  // made after set_timeout
+    EXPECT_EQ(mesh_.communicator(two).timeout(), std::chrono::milliseconds(4321));
+  }
+}
+
 TEST_P(Sharding, DivisibilityErrorNamesEverything) {
   const std::string axis = mesh_.axes().back().name;
   int size = mesh_.axes().back().size;
