@@ -7,10 +7,10 @@
 #include <mutex>
 #include <cstring>
 #include <limits>
-#include <thread>
 
 #include "comm/communicator.h"
 #include "comm/mpi_check.h"
+#include "comm/poll_pause.h"
 #include "comm/world.h"
 
 namespace meshrt {
@@ -43,14 +43,13 @@ const char* kind_name(int kind) {
 // Polls requests until all are done; false past the deadline (they stay active).
 bool wait_requests(MPI_Request* requests, int count, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto pause = std::chrono::microseconds(1);
+  PollPause pause(std::chrono::microseconds(500));
   for (;;) {
     int done = 0;
     MESHRT_MPI_CHECK(MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
     if (done) return true;
     if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds(500));
+    pause();
   }
 }
 
@@ -202,7 +201,7 @@ Incoming receive_header(MPI_Comm comm, int source, int tag, std::chrono::millise
   auto deadline = std::chrono::steady_clock::now() + timeout;
   MPI_Message message = MPI_MESSAGE_NULL;
   MPI_Status status{};
-  auto pause = std::chrono::microseconds(1);
+  PollPause pause(std::chrono::microseconds(500));
   for (;;) {
     int found = 0;
     MESHRT_MPI_CHECK(MPI_Improbe(source == Channel::kAnySource ? MPI_ANY_SOURCE : source, tag, comm,
@@ -211,8 +210,7 @@ Incoming receive_header(MPI_Comm comm, int source, int tag, std::chrono::millise
     MESHRT_CHECK(std::chrono::steady_clock::now() <= deadline, ErrorKind::kDeadlineExceeded,
                  in.what, " did not complete within ", timeout.count(), " ms on rank ",
                  error_rank());
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds(500));
+    pause();
   }
   in.source = status.MPI_SOURCE;
   int count = 0;

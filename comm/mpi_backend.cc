@@ -17,6 +17,7 @@
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
+#include "comm/poll_pause.h"
 #include "comm/mpi_types.h"
 #include "comm/world.h"
 
@@ -243,7 +244,7 @@ class MpiBackend final : public CommBackend {
     }
     MPI_Status status{};
     int done = 0;
-    auto pause = std::chrono::microseconds(0);
+    PollPause pause(std::chrono::microseconds(200));
     for (;;) {
       MESHRT_MPI_CHECK(MPI_Test(&request, &done, &status));
       if (done) break;
@@ -256,14 +257,7 @@ class MpiBackend final : public CommBackend {
         }
         check_not_aborted(to_string(c.kind));
       }
-      // Spin briefly, then back off to at most 200 us between polls.
-      if (pause.count() == 0) {
-        std::this_thread::yield();
-        pause = std::chrono::microseconds(1);
-      } else {
-        std::this_thread::sleep_for(pause);
-        pause = std::min(pause * 2, std::chrono::microseconds(200));
-      }
+      pause();
     }
     if (!sending) {
       int received = 0;

@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "comm/backend.h"
+#include "comm/poll_pause.h"
 
 namespace meshrt {
 
@@ -72,20 +73,8 @@ void WorkState::wait(std::chrono::milliseconds timeout) {
     polled = poller_ != nullptr;
   }
   if (polled) {
-    // Yield-poll for the first 200 us (short operations), then sleep with a
-    // growing pause of at most 1 ms (long ones).
-    auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-    auto pause = std::chrono::microseconds(10);
-    while (!is_completed()) {
-      auto now = std::chrono::steady_clock::now();
-      if (now >= deadline) break;
-      if (now < spin_until) {
-        std::this_thread::yield();
-        continue;
-      }
-      std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds(1000));
-    }
+    PollPause pause(std::chrono::microseconds(1000), std::chrono::microseconds(200));
+    while (!is_completed() && std::chrono::steady_clock::now() < deadline) pause();
   } else {
     // Short operations finish within microseconds: yield-poll briefly before
     // sleeping on the condition variable (a futex wake-up costs tens of us).

@@ -1,8 +1,8 @@
 #include "serving/engine.h"
 
 #include <sstream>
-#include <thread>
 
+#include "comm/poll_pause.h"
 #include "comm/world.h"
 #include "sharding/redistribute.h"
 
@@ -16,6 +16,11 @@ constexpr int kCommandTag = 1000;  // rank 0 -> all: "run ..." or "stop"
 constexpr int kInputTag = 1001;    // rank 0 -> first stage: the batch
 constexpr int kResultTag = 1002;   // last stage -> rank 0: "<batch id>" then the result
 constexpr int kErrorTag = 1003;    // any rank -> rank 0: "<batch id> <message>"
+// What went wrong, without the "meshrt ... error:" prefix of our own errors.
+std::string reason_of(const std::exception& e) {
+  const auto* error = dynamic_cast<const Error*>(&e);
+  return error ? error->message() : e.what();
+}
 }  // namespace
 
 std::vector<int64_t> split_rows(int64_t rows, int parts) {
@@ -118,7 +123,7 @@ HostTensor Engine::await_result(int index, uint64_t batch_id) {
   const Placed& p = *placed_[static_cast<size_t>(index)];
   int from = p.mesh.rank_at({p.stages - 1, 0});
   auto deadline = std::chrono::steady_clock::now() + options_.result_timeout;
-  auto pause = std::chrono::microseconds(1);
+  PollPause pause(std::chrono::microseconds(200));
   for (;;) {
     if (channel_.probe(Channel::kAnySource, kErrorTag)) {
       int rank = -1;
@@ -140,8 +145,7 @@ HostTensor Engine::await_result(int index, uint64_t batch_id) {
     MESHRT_CHECK(std::chrono::steady_clock::now() < deadline, ErrorKind::kUnavailable, "the result of batch ",
                  batch_id, " of '", servables_[static_cast<size_t>(index)].name, "' did not come from rank ", from,
                  " within ", options_.result_timeout.count(), " ms: a worker is lost or stuck");
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds(200));
+    pause();
   }
 }
 
@@ -170,7 +174,7 @@ HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches) {
     return result.defined() ? result : await_result(index, id);
   } catch (const std::exception& e) {
     // The ranks may now be at different points of this batch: give the model up.
-    std::string reason = dynamic_cast<const Error*>(&e) ? static_cast<const Error&>(e).message() : e.what();
+    std::string reason = reason_of(e);
     mark_failed(index, reason);
     throw Error(ErrorKind::kUnavailable, detail::cat("batch ", id, " of model '", def.name, "' failed: ", reason));
   }
@@ -200,7 +204,7 @@ void Engine::serve() {
       MESHRT_CHECK(failure(index).empty(), ErrorKind::kUnavailable, "failed earlier: ", failure(index));
       run_local(index, id, micro, input);
     } catch (const std::exception& e) {
-      std::string reason = dynamic_cast<const Error*>(&e) ? static_cast<const Error&>(e).message() : e.what();
+      std::string reason = reason_of(e);
       if (index >= 0 && index < servable_count()) mark_failed(index, reason);
       channel.send(std::to_string(id) + " " + reason, 0, kErrorTag);
     }
