@@ -1,12 +1,10 @@
 #include "serving/servable.h"
 
 #include <map>
-#include <sys/stat.h>
 
 #include "sharding/checkpoint.h"
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
-#include "sharding/safetensors.h"
 #include "sharding/tensor_parallel.h"
 
 namespace meshrt::serving {
@@ -51,40 +49,27 @@ namespace {
 using Dims = std::vector<std::vector<std::string>>;
 constexpr const char* kModelAxis = "model";
 
-// The weights of a model: one safetensors file or a checkpoint folder.
+// The weights of a model (one safetensors file or a checkpoint folder), with
+// the config's view of them: errors name the config field that asked.
 class Weights {
  public:
-  explicit Weights(std::string path) : path_(std::move(path)) {
-    struct stat st {};
-    folder_ = ::stat(path_.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-    if (folder_) {
-      for (const auto& e : sharding::list_checkpoint(path_)) shapes_[e.name] = {e.dtype, e.shape};
-    } else {
-      for (const auto& e : sharding::read_safetensors_header(path_).tensors) shapes_[e.name] = {e.dtype, e.shape};
-    }
-  }
-  // The shape of name; errors name the config field that asked for it.
+  explicit Weights(const std::string& path) : store_(path) {}
   const Shape& shape(const std::string& name, DType dtype, const std::string& config, const std::string& field) const {
-    auto it = shapes_.find(name);
-    if (it == shapes_.end()) {
-      throw Error(ErrorKind::kInvalidArgument, config + ": " + field + ": no tensor '" + name + "' in " + path_);
-    }
-    if (it->second.first != dtype) {
+    const sharding::CheckpointEntry* e = store_.find(name);
+    if (!e) throw Error(ErrorKind::kInvalidArgument, config + ": " + field + ": no tensor '" + name + "' in " + store_.path());
+    if (e->dtype != dtype) {
       throw Error(ErrorKind::kInvalidArgument,
-                  detail::cat(config, ": ", field, ": tensor '", name, "' in ", path_, " is ",
-                              kserve_datatype(it->second.first), " but the model runs in ", kserve_datatype(dtype)));
+                  detail::cat(config, ": ", field, ": tensor '", name, "' in ", store_.path(), " is ",
+                              kserve_datatype(e->dtype), " but the model runs in ", kserve_datatype(dtype)));
     }
-    return it->second.second;
+    return e->shape;
   }
   DTensor load(const std::string& name, const Mesh& mesh, const Layout& layout) const {
-    return folder_ ? sharding::load_tensor(path_, name, mesh, layout)
-                   : sharding::load_safetensors_tensor(path_, name, mesh, layout);
+    return store_.load(name, mesh, layout);
   }
 
  private:
-  std::string path_;
-  bool folder_ = false;
-  std::map<std::string, std::pair<DType, Shape>> shapes_;
+  sharding::TensorStore store_;
 };
 
 // A stage built from config layers.

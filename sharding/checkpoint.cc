@@ -345,29 +345,40 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
                " failed committing", failure.empty() ? "" : ": " + failure);
 }
 
-std::vector<CheckpointEntry> list_checkpoint(const std::string& dir) {
-  Index index = read_index(dir);
-  std::vector<CheckpointEntry> out;
-  std::map<std::string, SafetensorsHeader> headers;
-  for (const auto& [name, file] : index.weight_map) {
-    auto it = headers.find(file);
-    if (it == headers.end()) it = headers.emplace(file, read_safetensors_header(join(dir, file))).first;
-    const SafetensorsEntry& e = it->second.find(name);
-    out.push_back({name, e.dtype, e.shape, file, index.layouts.count(name) ? index.layouts[name] : ""});
+TensorStore::TensorStore(const std::string& path) : path_(path) {
+  struct stat st {};
+  bool folder = ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  auto add = [&](const SafetensorsEntry& e, const std::string& file, size_t header, const std::string& layout) {
+    by_name_[e.name] = {entries_.size(), header};
+    entries_.push_back({e.name, e.dtype, e.shape, file, layout});
+  };
+  if (!folder) {
+    headers_.emplace_back(path, read_safetensors_header(path));
+    for (const SafetensorsEntry& e : headers_[0].second.tensors) add(e, path.substr(path.find_last_of('/') + 1), 0, "");
+    return;
   }
-  return out;
+  Index index = read_index(path);
+  std::map<std::string, size_t> header_of;  // file -> index in headers_
+  for (const auto& [name, file] : index.weight_map) {
+    auto it = header_of.find(file);
+    if (it == header_of.end()) {
+      it = header_of.emplace(file, headers_.size()).first;
+      headers_.emplace_back(join(path, file), read_safetensors_header(join(path, file)));
+    }
+    auto layout = index.layouts.find(name);
+    add(headers_[it->second].second.find(name), file, it->second, layout == index.layouts.end() ? "" : layout->second);
+  }
 }
 
-DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout) {
-  Index index = read_index(dir);
-  auto it = index.weight_map.find(name);
-  MESHRT_CHECK_ARG(it != index.weight_map.end(), "checkpoint ", dir, " has no tensor '", name, "'");
-  return load_safetensors_tensor(join(dir, it->second), name, mesh, layout);
+const CheckpointEntry* TensorStore::find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &entries_[it->second.entry];
 }
 
-DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
-                                const Layout& layout) {
-  SafetensorsHeader header = read_safetensors_header(path);
+DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layout& layout) const {
+  auto it = by_name_.find(name);
+  MESHRT_CHECK_ARG(it != by_name_.end(), path_, " has no tensor '", name, "'");
+  const auto& [file, header] = headers_[it->second.header];
   const SafetensorsEntry& e = header.find(name);
   layout.check(mesh, e.shape, name);
   Shape local = layout.local_shape(mesh, e.shape);
@@ -376,7 +387,7 @@ DTensor load_safetensors_tensor(const std::string& path, const std::string& name
   if (!holds_value) return DTensor(DeviceTensor::zeros(local, e.dtype, mesh.device()), e.shape, mesh, layout, name);
   HostTensor block = HostTensor::empty(local, e.dtype);
   size_t element = size_of(e.dtype);
-  File f(path, O_RDONLY);
+  File f(file, O_RDONLY);
   for_each_run(e.shape, block_offsets(mesh, layout, e.shape), local, [&](int64_t global, int64_t at, int64_t count) {
     f.read_at(static_cast<char*>(block.raw_data()) + static_cast<size_t>(at) * element, static_cast<size_t>(count) * element,
               header.data_start + e.begin + static_cast<uint64_t>(global) * element);
@@ -384,12 +395,24 @@ DTensor load_safetensors_tensor(const std::string& path, const std::string& name
   return DTensor(to_device(block, mesh.device()), e.shape, mesh, layout, name);
 }
 
+std::vector<CheckpointEntry> list_checkpoint(const std::string& dir) { return TensorStore(dir).entries(); }
+
+DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout) {
+  return TensorStore(dir).load(name, mesh, layout);
+}
+
+DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
+                                const Layout& layout) {
+  return TensorStore(path).load(name, mesh, layout);
+}
+
 std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
                                                const std::map<std::string, Layout>& layouts) {
+  TensorStore store(dir);
   std::map<std::string, DTensor> out;
-  for (const CheckpointEntry& e : list_checkpoint(dir)) {
+  for (const CheckpointEntry& e : store.entries()) {
     auto it = layouts.find(e.name);
-    out.emplace(e.name, load_tensor(dir, e.name, mesh, it != layouts.end() ? it->second : Layout::replicated(e.shape.ndim())));
+    out.emplace(e.name, store.load(e.name, mesh, it != layouts.end() ? it->second : Layout::replicated(e.shape.ndim())));
   }
   return out;
 }

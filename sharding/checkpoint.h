@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "sharding/dtensor.h"
+#include "sharding/safetensors.h"
 
 namespace meshrt::sharding {
 
@@ -46,6 +47,31 @@ struct CheckpointEntry {
   Shape shape;
   std::string file;         // inside the checkpoint folder
   std::string saved_layout; // the layout it had when saved (informational)
+};
+
+// Tensors stored in safetensors: one file, or a checkpoint folder. The index and
+// every header are read and validated once, when the store is made; load() then
+// reads only the bytes of this rank's block. Errors name the path.
+class TensorStore {
+ public:
+  explicit TensorStore(const std::string& path);
+  const std::string& path() const { return path_; }
+  const std::vector<CheckpointEntry>& entries() const { return entries_; }
+  // The entry called name, or null.
+  const CheckpointEntry* find(const std::string& name) const;
+  // name on mesh with layout (for a partial layout, coordinate 0 of the partial
+  // axes reads, the others get zeros). No communication.
+  DTensor load(const std::string& name, const Mesh& mesh, const Layout& layout) const;
+
+ private:
+  struct Located {
+    size_t entry;   // in entries_
+    size_t header;  // in headers_
+  };
+  std::string path_;
+  std::vector<CheckpointEntry> entries_;
+  std::vector<std::pair<std::string, SafetensorsHeader>> headers_;  // file path, header
+  std::map<std::string, Located> by_name_;
 };
 
 // The tensors of the checkpoint in dir (reads and validates the index and every
