@@ -395,10 +395,19 @@ DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layou
   return DTensor(to_device(block, mesh.device()), e.shape, mesh, layout, name);
 }
 
-std::vector<CheckpointEntry> list_checkpoint(const std::string& dir) { return TensorStore(dir).entries(); }
+namespace {
+// The store of a checkpoint folder (which must be one).
+TensorStore checkpoint_store(const std::string& dir) {
+  struct stat st {};
+  MESHRT_CHECK_ARG(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), "no checkpoint in ", dir, ": not a folder");
+  return TensorStore(dir);
+}
+}  // namespace
+
+std::vector<CheckpointEntry> list_checkpoint(const std::string& dir) { return checkpoint_store(dir).entries(); }
 
 DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout) {
-  return TensorStore(dir).load(name, mesh, layout);
+  return checkpoint_store(dir).load(name, mesh, layout);
 }
 
 DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
@@ -408,7 +417,7 @@ DTensor load_safetensors_tensor(const std::string& path, const std::string& name
 
 std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
                                                const std::map<std::string, Layout>& layouts) {
-  TensorStore store(dir);
+  TensorStore store = checkpoint_store(dir);
   std::map<std::string, DTensor> out;
   for (const CheckpointEntry& e : store.entries()) {
     auto it = layouts.find(e.name);
