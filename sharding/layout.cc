@@ -110,6 +110,14 @@ Layout Layout::with_dim(int d, std::vector<std::string> axes) const {
 
 Layout Layout::with_partial(std::vector<std::string> axes) const { return Layout(dims_, std::move(axes)); }
 
+Layout Layout::without_axis(const std::string& axis) const {
+  auto dims = dims_;
+  for (auto& d : dims) d.erase(std::remove(d.begin(), d.end(), axis), d.end());
+  auto partial = partial_;
+  partial.erase(std::remove(partial.begin(), partial.end(), axis), partial.end());
+  return Layout(std::move(dims), std::move(partial));
+}
+
 void Layout::check(const Mesh& mesh, const Shape& global, const std::string& name) const {
   MESHRT_CHECK_SHAPE(ndim() == global.ndim(), "layout ", to_string(), " of ", name, " has ", ndim(),
                      " dimensions but ", name, " has global shape ", global, " (", global.ndim(), ")");

@@ -39,6 +39,8 @@ class Layout {
 
   Layout with_dim(int d, std::vector<std::string> axes) const;
   Layout with_partial(std::vector<std::string> axes) const;
+  // The same layout with mesh axis `axis` nowhere (not sharding, not partial).
+  Layout without_axis(const std::string& axis) const;
 
   // Checks the layout against mesh and a global shape; errors name the tensor,
   // e.g. "dimension 0 of x (global size 4) is sharded over mesh axis 'model' of

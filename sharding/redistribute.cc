@@ -73,21 +73,16 @@ std::vector<RedistributionStep> plan_redistribution(const Layout& from, const La
     steps.push_back({kind, axis, dim, to_dim, cur, next});
     cur = std::move(next);
   };
-  auto without_partial = [](const Layout& l, const std::string& a) {
-    Axes p = l.partial();
-    p.erase(std::find(p.begin(), p.end(), a));
-    return l.with_partial(p);
-  };
 
   // 1. Partial axes the target does not keep partial.
   for (const std::string& a : from.partial()) {
     if (to.is_partial_over(a)) continue;
     int d = to.dim_of(a);
     if (d >= 0 && to.dim(d) == plus(cur.dim(d), a)) {
-      Layout next = without_partial(cur, a).with_dim(d, to.dim(d));
+      Layout next = cur.without_axis(a).with_dim(d, to.dim(d));
       step(Kind::kReduceScatter, a, d, -1, next);
     } else {
-      step(Kind::kAllReduce, a, -1, -1, without_partial(cur, a));
+      step(Kind::kAllReduce, a, -1, -1, cur.without_axis(a));
     }
   }
 

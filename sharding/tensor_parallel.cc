@@ -1,6 +1,5 @@
 #include "sharding/tensor_parallel.h"
 
-#include <algorithm>
 
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
@@ -38,15 +37,8 @@ ColumnParallelLinear::ColumnParallelLinear(const std::string& axis, DTensor weig
 }
 
 DTensor ColumnParallelLinear::forward(const DTensor& x) const {
-  // The contracted (last) dimension of x must be whole and x not partial over axis.
-  Layout want = x.layout().with_dim(x.ndim() - 1, {});
-  if (want.is_partial_over(axis_) || want.dim_of(axis_) >= 0) {
-    std::vector<std::vector<std::string>> dims = want.dims();
-    for (auto& d : dims) d.erase(std::remove(d.begin(), d.end(), axis_), d.end());
-    std::vector<std::string> partial = want.partial();
-    partial.erase(std::remove(partial.begin(), partial.end(), axis_), partial.end());
-    want = Layout(dims, partial);
-  }
+  // The contracted (last) dimension of x must be whole and x not use axis.
+  Layout want = x.layout().with_dim(x.ndim() - 1, {}).without_axis(axis_);
   DTensor y = matmul(redistribute(x, want), weight_, weight_.name() + "(" + x.name() + ")");
   return bias_.defined() ? bias_add(y, bias_) : y;
 }
@@ -66,12 +58,7 @@ DTensor RowParallelLinear::forward(const DTensor& x) const {
   // x's last dimension sharded over axis, as the weight's rows are.
   Layout want = x.layout();
   if (want.dim(x.ndim() - 1) != std::vector<std::string>{axis_}) {
-    std::vector<std::vector<std::string>> dims = want.dims();
-    for (auto& d : dims) d.erase(std::remove(d.begin(), d.end(), axis_), d.end());
-    dims.back() = {axis_};
-    std::vector<std::string> partial = want.partial();
-    partial.erase(std::remove(partial.begin(), partial.end(), axis_), partial.end());
-    want = Layout(dims, partial);
+    want = want.without_axis(axis_).with_dim(x.ndim() - 1, {axis_});
   }
   DTensor y = matmul(redistribute(x, want), weight_, weight_.name() + "(" + x.name() + ")");  // partial over axis
   if (bias_.defined()) y = bias_add(y, bias_);
