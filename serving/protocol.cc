@@ -213,24 +213,32 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
   return out;
 }
 
+namespace {
+// A message whose list `list` (inputs or outputs) holds one tensor called name:
+// its values in the JSON, or, binary, its bytes after the JSON header.
+HttpPayload with_tensor(json message, const char* list, const std::string& name, const HostTensor& t, bool binary) {
+  json entry = {{"name", name}, {"datatype", kserve_datatype(t.dtype())}, {"shape", t.shape().dims()}};
+  if (binary) {
+    entry["parameters"] = {{"binary_data_size", t.nbytes()}};
+  } else {
+    entry["data"] = to_json_values(t);
+  }
+  message[list] = json::array({entry});
+  HttpPayload payload;
+  payload.body = json_limits::dump(message);
+  if (binary) {
+    payload.header_length = payload.body.size();
+    payload.body.append(static_cast<const char*>(t.raw_data()), t.nbytes());
+    payload.content_type = "application/octet-stream";
+  }
+  return payload;
+}
+}  // namespace
+
 HttpPayload make_infer_response(const ServableDefinition& model, const InferRequest& request, const HostTensor& output) {
   json response = {{"model_name", model.name}, {"model_version", model.version}};
   if (!request.id.empty()) response["id"] = request.id;
-  json out = {{"name", model.output.name}, {"datatype", kserve_datatype(output.dtype())}, {"shape", output.shape().dims()}};
-  HttpPayload payload;
-  if (request.binary_output) {
-    out["parameters"] = {{"binary_data_size", output.nbytes()}};
-    response["outputs"] = json::array({out});
-    payload.body = json_limits::dump(response);
-    payload.header_length = payload.body.size();
-    payload.body.append(static_cast<const char*>(output.raw_data()), output.nbytes());
-    payload.content_type = "application/octet-stream";
-  } else {
-    out["data"] = to_json_values(output);
-    response["outputs"] = json::array({out});
-    payload.body = json_limits::dump(response);
-  }
-  return payload;
+  return with_tensor(std::move(response), "outputs", model.output.name, output, request.binary_output);
 }
 
 std::string model_metadata_json(const ServableDefinition& model) {
@@ -267,24 +275,10 @@ ModelSignature parse_model_metadata(std::string_view body) {
 }
 
 HttpPayload make_infer_request(const TensorSpec& input, const HostTensor& data, bool binary, const std::string& id) {
-  json in = {{"name", input.name}, {"datatype", kserve_datatype(data.dtype())}, {"shape", data.shape().dims()}};
-  json request = {{"inputs", json::array()}};
+  json request = json::object();
   if (!id.empty()) request["id"] = id;
-  HttpPayload payload;
-  if (binary) {
-    in["parameters"] = {{"binary_data_size", data.nbytes()}};
-    request["inputs"].push_back(in);
-    request["parameters"] = {{"binary_data_output", true}};
-    payload.body = json_limits::dump(request);
-    payload.header_length = payload.body.size();
-    payload.body.append(static_cast<const char*>(data.raw_data()), data.nbytes());
-    payload.content_type = "application/octet-stream";
-  } else {
-    in["data"] = to_json_values(data);
-    request["inputs"].push_back(in);
-    payload.body = json_limits::dump(request);
-  }
-  return payload;
+  if (binary) request["parameters"] = {{"binary_data_output", true}};
+  return with_tensor(std::move(request), "inputs", input.name, data, binary);
 }
 
 HostTensor parse_infer_response(std::string_view body, std::optional<size_t> header_length) {
