@@ -13,13 +13,13 @@
 #include <mpi.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <vector>
 
 #include "apps/app_common.h"
+#include "apps/cli.h"
 #include "comm/communicator.h"
 #include "comm/mpi_check.h"
 #include "comm/mpi_types.h"
@@ -393,23 +393,23 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
-  CLI::App app{
+  meshrt::apps::CommandLine app{
       "meshrt-bench-collectives: bandwidth of meshrt's collectives against the raw library call\n"
       "(MPI_Allreduce ... on the cpu device, ncclAllReduce ... on CUDA devices) in the same run.\n"
       "Run it under mpirun, e.g.: mpirun -np 4 meshrt-bench-collectives -b 8 -e 64M -f 2"};
-  app.add_option("-b,--minbytes", o.min_bytes, "smallest buffer size, with K/M/G suffixes")->capture_default_str();
-  app.add_option("-e,--maxbytes", o.max_bytes, "largest buffer size, with K/M/G suffixes")->capture_default_str();
-  app.add_option("-f,--stepfactor", o.factor, "multiply the size by this factor between rows")->capture_default_str();
-  app.add_option("-i,--stepbytes", o.increment, "add this many bytes between rows instead of -f");
-  app.add_option("-n,--iters", o.iters, "timed iterations per size")->capture_default_str();
-  app.add_option("-w,--warmup_iters", o.warmup, "untimed iterations per size")->capture_default_str();
-  app.add_option("-c,--check", o.check, "check results (1) or not (0)")->capture_default_str();
-  app.add_option("-o,--op", o.op, "reduction: sum, prod, max, min")->capture_default_str();
-  app.add_option("-d,--datatype", o.dtype, "f32, f64, f16, bf16, i32, i64, u8, bool")->capture_default_str();
-  app.add_option("-r,--root", o.root, "root of broadcast")->capture_default_str();
-  app.add_option("-C,--collective", o.collective,
-                 "all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all")->capture_default_str();
-  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
-  app.add_flag("--no-raw", o.no_raw, "skip the raw library baseline");
+  app.add("-b,--minbytes", o.min_bytes, "smallest buffer size, with K/M/G suffixes").show_default();
+  app.add("-e,--maxbytes", o.max_bytes, "largest buffer size, with K/M/G suffixes").show_default();
+  app.add("-f,--stepfactor", o.factor, "multiply the size by this factor between rows").show_default();
+  app.add("-i,--stepbytes", o.increment, "add this many bytes between rows instead of -f");
+  app.add("-n,--iters", o.iters, "timed iterations per size").show_default();
+  app.add("-w,--warmup_iters", o.warmup, "untimed iterations per size").show_default();
+  app.add("-c,--check", o.check, "check results (1) or not (0)").show_default();
+  app.add("-o,--op", o.op, "reduction: sum, prod, max, min").show_default();
+  app.add("-d,--datatype", o.dtype, "f32, f64, f16, bf16, i32, i64, u8, bool").show_default();
+  app.add("-r,--root", o.root, "root of broadcast").show_default();
+  app.add("-C,--collective", o.collective,
+                 "all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all").show_default();
+  app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
+  app.flag("--no-raw", o.no_raw, "skip the raw library baseline");
   return meshrt::apps::run_mpi_app("meshrt-bench-collectives", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

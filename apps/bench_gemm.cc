@@ -9,12 +9,12 @@
 // largest |difference| between the two results.
 #include <cblas.h>
 
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <sstream>
 
 #include "apps/app_common.h"
+#include "apps/cli.h"
 #include "comm/world.h"
 #include "kernels/gemm.h"
 
@@ -193,19 +193,19 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
-  CLI::App app{
+  meshrt::apps::CommandLine app{
       "meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw BLAS call at the same shapes\n"
       "(cblas_sgemm/cblas_dgemm on the cpu, cublasSgemm/cublasGemmEx on CUDA devices).\n"
       "Example: meshrt-bench-gemm --sizes 1024,2048 --dtype f32"};
-  app.add_option("-s,--sizes", o.sizes, "square sizes m = n = k, comma-separated, K/M suffixes allowed")
-      ->capture_default_str();
-  app.add_option("-m", o.m, "rows of a and c (with -n and -k instead of --sizes)");
-  app.add_option("-n", o.n, "columns of b and c");
-  app.add_option("-k", o.k, "the contracted extent");
-  app.add_option("-d,--dtype", o.dtype, "f32, tf32 (f32 on TF32 tensor cores), f64, f16, bf16")->capture_default_str();
-  app.add_option("-i,--iters", o.iters, "timed iterations per shape")->capture_default_str();
-  app.add_option("-w,--warmup", o.warmup, "untimed iterations per shape")->capture_default_str();
-  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:0 when a GPU exists, else cpu)");
-  app.add_flag("--no-raw", o.no_raw, "skip the raw BLAS baseline");
+  app.add("-s,--sizes", o.sizes, "square sizes m = n = k, comma-separated, K/M suffixes allowed")
+      .show_default();
+  app.add("-m", o.m, "rows of a and c (with -n and -k instead of --sizes)");
+  app.add("-n", o.n, "columns of b and c");
+  app.add("-k", o.k, "the contracted extent");
+  app.add("-d,--dtype", o.dtype, "f32, tf32 (f32 on TF32 tensor cores), f64, f16, bf16").show_default();
+  app.add("-i,--iters", o.iters, "timed iterations per shape").show_default();
+  app.add("-w,--warmup", o.warmup, "untimed iterations per shape").show_default();
+  app.add("--device", o.device, "cpu or cuda:N (default: cuda:0 when a GPU exists, else cpu)");
+  app.flag("--no-raw", o.no_raw, "skip the raw BLAS baseline");
   return meshrt::apps::run_mpi_app("meshrt-bench-gemm", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

@@ -14,19 +14,19 @@
 // compete for cores with BLAS threads).
 #include <cblas.h>
 
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <functional>
 
 #include "apps/app_common.h"
+#include "apps/cli.h"
 #include "comm/channel.h"
 #include "comm/world.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
-#include "sharding/tensor_parallel.h"
+#include "models/tensor_parallel.h"
 #include "sharding/trace.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -103,7 +103,7 @@ int run(const Options& o) {
     DTensor c = matmul(sa, sb, "c");
     (void)redistribute(c, Layout::replicated(2)).local();
   }, o.warmup, o.iters);
-  ParallelMLP mlp(mesh, "model", w1, b1, w2, b2);
+  models::ParallelMLP mlp(mesh, "model", w1, b1, w2, b2);
   DTensor sx = DTensor::from_global(x, mesh, Layout::replicated(2), "x");
   mesh.world_communicator().barrier();
   Timing sharded_mlp = time_steps([&] { (void)mlp.forward(sx).local(); }, o.warmup, o.iters);
@@ -141,16 +141,16 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
-  CLI::App app{"meshrt-bench-sharding: time per step of a sharded matmul and a tensor-parallel MLP at the job's\n"
+  meshrt::apps::CommandLine app{"meshrt-bench-sharding: time per step of a sharded matmul and a tensor-parallel MLP at the job's\n"
                "number of ranks against one rank, and the share spent in communication.\n"
                "Run it under mpirun, e.g.: mpirun -np 4 meshrt-bench-sharding --size 1024"};
-  app.add_option("--size", o.size, "n of the n x n matmul")->capture_default_str();
-  app.add_option("--batch", o.batch, "rows of the MLP input")->capture_default_str();
-  app.add_option("--hidden", o.hidden, "MLP input and output width")->capture_default_str();
-  app.add_option("--ffn", o.ffn, "MLP inner width")->capture_default_str();
-  app.add_option("-n,--iters", o.iters, "timed steps")->capture_default_str();
-  app.add_option("-w,--warmup", o.warmup, "untimed steps")->capture_default_str();
-  app.add_option("--blas-threads", o.blas_threads, "OpenBLAS threads per rank")->capture_default_str();
-  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
+  app.add("--size", o.size, "n of the n x n matmul").show_default();
+  app.add("--batch", o.batch, "rows of the MLP input").show_default();
+  app.add("--hidden", o.hidden, "MLP input and output width").show_default();
+  app.add("--ffn", o.ffn, "MLP inner width").show_default();
+  app.add("-n,--iters", o.iters, "timed steps").show_default();
+  app.add("-w,--warmup", o.warmup, "untimed steps").show_default();
+  app.add("--blas-threads", o.blas_threads, "OpenBLAS threads per rank").show_default();
+  app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   return meshrt::apps::run_mpi_app("meshrt-bench-sharding", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

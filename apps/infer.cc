@@ -2,11 +2,11 @@
 // answer: the output's shape, its first rows, and whether every element is the same.
 //
 //   meshrt-infer --url localhost:8000 --model matmul_neg --rows 128 --value 1
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <optional>
 
+#include "apps/cli.h"
 #include "serving/http_client.h"
 #include "serving/protocol.h"
 
@@ -16,15 +16,15 @@ int main(int argc, char** argv) {
   double value = 1.0;
   bool binary = false;
   int show = 3;
-  CLI::App app{"meshrt-infer: one KServe v2 inference request (every input element = --value), and the answer"};
-  app.add_option("--url", url, "server host:port")->capture_default_str();
-  app.add_option("--model", model, "model name")->capture_default_str();
-  app.add_option("--version", version, "model version (default: the server's)");
-  app.add_option("--rows", rows, "rows of the input (the batch axis)")->capture_default_str();
-  app.add_option("--value", value, "every input element")->capture_default_str();
-  app.add_flag("--binary", binary, "send and receive binary tensor data instead of JSON");
-  app.add_option("--show", show, "rows of the output to print")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  meshrt::apps::CommandLine app{"meshrt-infer: one KServe v2 inference request (every input element = --value), and the answer"};
+  app.add("--url", url, "server host:port").show_default();
+  app.add("--model", model, "model name").show_default();
+  app.add("--version", version, "model version (default: the server's)");
+  app.add("--rows", rows, "rows of the input (the batch axis)").show_default();
+  app.add("--value", value, "every input element").show_default();
+  app.flag("--binary", binary, "send and receive binary tensor data instead of JSON");
+  app.add("--show", show, "rows of the output to print").show_default();
+  if (auto exit_code = app.parse(argc, argv)) return *exit_code;
   size_t colon = url.rfind(':');
   std::string host = colon == std::string::npos ? url : url.substr(0, colon);
   uint16_t port = colon == std::string::npos ? 8000 : static_cast<uint16_t>(std::stoi(url.substr(colon + 1)));

@@ -5,7 +5,6 @@
 // front end's overhead per request (latency - queue - compute) shows.
 //
 //   meshrt-loadgen --url localhost:8000 --model matmul_neg --concurrency 1,8,64 --requests 500
-#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -13,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "apps/cli.h"
 #include "serving/http_client.h"
 #include "serving/protocol.h"
 
@@ -76,19 +76,19 @@ double percentile(std::vector<double>& sorted, double p) {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"meshrt-loadgen: load generator for a KServe v2 server (meshrt-serve): throughput and latency at\n"
+  meshrt::apps::CommandLine app{"meshrt-loadgen: load generator for a KServe v2 server (meshrt-serve): throughput and latency at\n"
                "several concurrency levels, JSON and binary tensors, and the server's queue and compute time."};
-  app.add_option("--url", o.url, "server host:port")->capture_default_str();
-  app.add_option("--model", o.model, "model name")->capture_default_str();
-  app.add_option("--concurrency", o.concurrency, "comma-separated numbers of concurrent connections")->capture_default_str();
-  app.add_option("--requests", o.requests, "requests per concurrency level")->capture_default_str();
-  app.add_option("--warmup", o.warmup, "untimed requests before each level")->capture_default_str();
-  app.add_option("--rows", o.rows, "rows per request (the batch axis)")->capture_default_str();
-  app.add_option("--value", o.value, "every input element")->capture_default_str();
-  app.add_option("--format", o.format, "json, binary or both")->check(CLI::IsMember({"json", "binary", "both"}))->capture_default_str();
-  auto* expect = app.add_option("--expect", o.expect, "check that every output element equals this value");
-  CLI11_PARSE(app, argc, argv);
-  o.check = expect->count() > 0;
+  app.add("--url", o.url, "server host:port").show_default();
+  app.add("--model", o.model, "model name").show_default();
+  app.add("--concurrency", o.concurrency, "comma-separated numbers of concurrent connections").show_default();
+  app.add("--requests", o.requests, "requests per concurrency level").show_default();
+  app.add("--warmup", o.warmup, "untimed requests before each level").show_default();
+  app.add("--rows", o.rows, "rows per request (the batch axis)").show_default();
+  app.add("--value", o.value, "every input element").show_default();
+  app.add("--format", o.format, "json, binary or both").one_of({"json", "binary", "both"}).show_default();
+  auto expect = app.add("--expect", o.expect, "check that every output element equals this value");
+  if (auto exit_code = app.parse(argc, argv)) return *exit_code;
+  o.check = expect.given();
 
   size_t colon = o.url.rfind(':');
   std::string host = colon == std::string::npos ? o.url : o.url.substr(0, colon);

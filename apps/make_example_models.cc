@@ -11,12 +11,12 @@
 //               connection, then rmsnorm, a column-parallel head and softmax.
 #include <sys/stat.h>
 
-#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <random>
 
-#include "sharding/safetensors.h"
+#include "apps/cli.h"
+#include "io/safetensors.h"
 
 namespace {
 
@@ -47,7 +47,7 @@ void make_dir(const std::string& path) { ::mkdir(path.c_str(), 0755); }
 void matmul_neg(const std::string& root) {
   std::string dir = root + "/matmul_neg";
   make_dir(dir);
-  meshrt::sharding::write_safetensors_file(dir + "/weights.safetensors",
+  meshrt::io::write_safetensors_file(dir + "/weights.safetensors",
                                            {{"w", HostTensor::full<float>({96, 16}, 0.5f)}}, {{"format", "pt"}});
   write_text(dir + "/config.json", R"({
   "name": "matmul_neg",
@@ -71,7 +71,7 @@ void matmul_neg(const std::string& root) {
 void mlp(const std::string& root) {
   std::string dir = root + "/mlp";
   make_dir(dir);
-  meshrt::sharding::write_safetensors_file(
+  meshrt::io::write_safetensors_file(
       dir + "/weights.safetensors",
       {
           {"proj.weight", random_matrix(32, 32, 1, 0.3f)}, {"proj.bias", random_vector(32, 2, 0.0f, 0.1f)},
@@ -116,9 +116,9 @@ void mlp(const std::string& root) {
 
 int main(int argc, char** argv) {
   std::string out = "examples/models";
-  CLI::App app{"meshrt-make-example-models: writes the example model repository (configs and weights)"};
-  app.add_option("-o,--out", out, "the repository folder to write")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  meshrt::apps::CommandLine app{"meshrt-make-example-models: writes the example model repository (configs and weights)"};
+  app.add("-o,--out", out, "the repository folder to write").show_default();
+  if (auto exit_code = app.parse(argc, argv)) return *exit_code;
   try {
     make_dir(out);
     matmul_neg(out);

@@ -5,11 +5,11 @@
 // checks it against the same computation on one rank.
 //
 //   mpirun -np 4 meshrt-matmul-neg [--mesh data=2,model=2] [--x-layout "[S(data), S(model)]"]
-#include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
 
 #include "apps/app_common.h"
+#include "apps/cli.h"
 #include "comm/world.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -127,16 +127,16 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
-  CLI::App app{"meshrt-matmul-neg: the distributed MatMul+Neg, y = -(x @ w), sharded over the ranks.\n"
+  meshrt::apps::CommandLine app{"meshrt-matmul-neg: the distributed MatMul+Neg, y = -(x @ w), sharded over the ranks.\n"
                "Run it under mpirun, e.g.: mpirun -np 4 meshrt-matmul-neg --mesh data=2,model=2"};
-  app.add_option("--mesh", o.mesh, "mesh axes, e.g. data=2,model=2 (default: data=2,model=2 at 4 ranks, model=N otherwise)");
-  app.add_option("--x-layout", o.x_layout, "layout of x, e.g. \"[S(data), S(model)]\" (default: rows over the first axis, columns over the last)");
-  app.add_option("--w-layout", o.w_layout, "layout of w, e.g. \"[S(model), R]\" (default: rows over the last axis)");
-  app.add_option("--rows", o.rows, "rows of x")->capture_default_str();
-  app.add_option("--inner", o.inner, "columns of x = rows of w")->capture_default_str();
-  app.add_option("--cols", o.cols, "columns of w")->capture_default_str();
-  app.add_option("--x-value", o.x_value, "every element of x")->capture_default_str();
-  app.add_option("--w-value", o.w_value, "every element of w")->capture_default_str();
-  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
+  app.add("--mesh", o.mesh, "mesh axes, e.g. data=2,model=2 (default: data=2,model=2 at 4 ranks, model=N otherwise)");
+  app.add("--x-layout", o.x_layout, "layout of x, e.g. \"[S(data), S(model)]\" (default: rows over the first axis, columns over the last)");
+  app.add("--w-layout", o.w_layout, "layout of w, e.g. \"[S(model), R]\" (default: rows over the last axis)");
+  app.add("--rows", o.rows, "rows of x").show_default();
+  app.add("--inner", o.inner, "columns of x = rows of w").show_default();
+  app.add("--cols", o.cols, "columns of w").show_default();
+  app.add("--x-value", o.x_value, "every element of x").show_default();
+  app.add("--w-value", o.w_value, "every element of w").show_default();
+  app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   return meshrt::apps::run_mpi_app("meshrt-matmul-neg", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

@@ -4,11 +4,11 @@
 //   mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000
 //
 // Drain and stop: SIGTERM (or Ctrl-C) to rank 0, or SIGUSR1 to mpirun.
-#include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "comm/world.h"
 #include "apps/app_common.h"
+#include "apps/cli.h"
 #include "serving/server.h"
 
 int main(int argc, char** argv) {
@@ -18,32 +18,32 @@ int main(int argc, char** argv) {
   double comm_timeout = 60;
   int result_timeout_ms = static_cast<int>(o.result_timeout.count());
   std::string batching = "on";
-  CLI::App app{"meshrt-serve: serves the models of a repository over HTTP (KServe v2 / Open Inference Protocol)\n"
+  meshrt::apps::CommandLine app{"meshrt-serve: serves the models of a repository over HTTP (KServe v2 / Open Inference Protocol)\n"
                "on all the ranks of the job: pipeline stages on the 'stage' axis, tensor parallel within.\n"
                "Run it under mpirun with the models' rank_size, e.g.:\n"
                "  mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000\n"
                "Stop it with SIGTERM to rank 0 (or SIGUSR1 to mpirun): it drains, then exits 0."};
-  app.add_option("--model-repository", o.repository, "folder with one folder per model (config.json + weights)")->required();
-  app.add_option("--model", o.models, "load only this model (repeatable; default: every model)");
-  app.add_option("--http-port", o.http.port, "HTTP port on rank 0 (0: any free port)")->capture_default_str();
-  app.add_option("--http-address", o.http.address, "address to listen on")->capture_default_str();
-  app.add_option("--http-threads", o.http.threads, "HTTP threads")->capture_default_str();
-  app.add_option("--max-body-bytes", o.http.max_body_bytes, "largest request body accepted (413 above)")->capture_default_str();
-  app.add_option("--batching", batching, "dynamic batching: on (per the model configs) or off (each request alone)")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
-  app.add_option("--result-timeout-ms", result_timeout_ms, "how long rank 0 waits for a batch before declaring a worker lost")
-      ->capture_default_str();
-  app.add_option("--comm-timeout", comm_timeout,
+  app.add("--model-repository", o.repository, "folder with one folder per model (config.json + weights)").required();
+  app.add("--model", o.models, "load only this model (repeatable; default: every model)");
+  app.add("--http-port", o.http.port, "HTTP port on rank 0 (0: any free port)").show_default();
+  app.add("--http-address", o.http.address, "address to listen on").show_default();
+  app.add("--http-threads", o.http.threads, "HTTP threads").show_default();
+  app.add("--max-body-bytes", o.http.max_body_bytes, "largest request body accepted (413 above)").show_default();
+  app.add("--batching", batching, "dynamic batching: on (per the model configs) or off (each request alone)")
+      .one_of({"on", "off"})
+      .show_default();
+  app.add("--result-timeout-ms", result_timeout_ms, "how long rank 0 waits for a batch before declaring a worker lost")
+      .show_default();
+  app.add("--comm-timeout", comm_timeout,
                  "deadline of every collective, in seconds (keep it below --result-timeout-ms, so a stuck rank "
                  "reports before rank 0 gives up on it)")
-      ->capture_default_str();
+      .show_default();
   int grace_ms = 0;
-  app.add_option("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
-      ->capture_default_str();
-  app.add_option("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
-  app.add_option("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
-  app.add_option("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
+  app.add("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
+      .show_default();
+  app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
+  app.add("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
+  app.add("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
   return meshrt::apps::run_mpi_app("meshrt-serve", app, argc, argv, [&] {
     o.batching = batching == "on";
     o.drain_grace = std::chrono::milliseconds(grace_ms);

@@ -1,0 +1,56 @@
+#include "apps/app_common.h"
+
+#include <cstdio>
+#include <random>
+
+namespace meshrt::apps {
+
+int run_mpi_app(const char* name, CommandLine& command_line, int argc, char** argv,
+                const std::function<int()>& body) {
+  World& world = World::get();
+  if (std::optional<int> exit_code = command_line.parse(argc, argv, world.rank() != 0)) {
+    World::finalize();
+    return *exit_code;
+  }
+  int code = 2;
+  try {
+    code = body();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kInvalidArgument && e.kind() != ErrorKind::kShape) {
+      std::fprintf(stderr, "%s: rank %d: %s\n", name, world.rank(), e.what());
+      World::abort(2, std::string(name) + " failed");
+    }
+    if (world.rank() == 0) std::fprintf(stderr, "%s: %s\n", name, e.message().c_str());
+  }
+  World::finalize();
+  return code;
+}
+
+int64_t parse_size(const std::string& text) {
+  if (text.empty()) throw Error(ErrorKind::kInvalidArgument, "empty size");
+  size_t used = 0;
+  long long value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  MESHRT_CHECK_ARG(used > 0 && value >= 0, "size '", text, "' is not a number with an optional K, M or G");
+  std::string suffix = text.substr(used);
+  int64_t scale = 1;
+  if (suffix == "K" || suffix == "k") scale = int64_t{1} << 10;
+  else if (suffix == "M" || suffix == "m") scale = int64_t{1} << 20;
+  else if (suffix == "G" || suffix == "g") scale = int64_t{1} << 30;
+  else MESHRT_CHECK_ARG(suffix.empty(), "size '", text, "': unknown suffix '", suffix, "' (use K, M or G)");
+  return value * scale;
+}
+
+HostTensor random_host(const Shape& shape, DType dtype, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  HostTensor f = HostTensor::empty(shape, DType::kF32);
+  for (float& v : f.span<float>()) v = dist(rng);
+  return cast_host(f, dtype);
+}
+
+}  // namespace meshrt::apps

@@ -1,0 +1,57 @@
+// The one file that compiles CLI11 (see cli.h).
+#include "apps/cli.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+namespace meshrt::apps {
+
+CommandLine::CommandLine(const std::string& description) : app_(std::make_unique<CLI::App>(description)) {}
+CommandLine::~CommandLine() = default;
+
+CommandLine::Option& CommandLine::Option::show_default() {
+  option_->capture_default_str();
+  return *this;
+}
+
+CommandLine::Option& CommandLine::Option::required() {
+  option_->required();
+  return *this;
+}
+
+CommandLine::Option& CommandLine::Option::one_of(const std::vector<std::string>& choices) {
+  option_->check(CLI::IsMember(choices));
+  return *this;
+}
+
+bool CommandLine::Option::given() const { return option_->count() > 0; }
+
+#define MESHRT_CLI_ADD(Type)                                                                       \
+  CommandLine::Option CommandLine::add(const std::string& names, Type& value, const std::string& help) { \
+    return Option(app_->add_option(names, value, help));                                           \
+  }
+MESHRT_CLI_ADD(std::string)
+MESHRT_CLI_ADD(std::vector<std::string>)
+MESHRT_CLI_ADD(int)
+MESHRT_CLI_ADD(int64_t)
+MESHRT_CLI_ADD(uint16_t)
+MESHRT_CLI_ADD(size_t)
+MESHRT_CLI_ADD(float)
+MESHRT_CLI_ADD(double)
+#undef MESHRT_CLI_ADD
+
+CommandLine::Option CommandLine::flag(const std::string& names, bool& value, const std::string& help) {
+  return Option(app_->add_flag(names, value, help));
+}
+
+std::optional<int> CommandLine::parse(int argc, char** argv, bool quiet) {
+  try {
+    app_->parse(argc, argv);
+    return std::nullopt;
+  } catch (const CLI::ParseError& e) {
+    if (quiet) return e.get_exit_code() == 0 ? 0 : 2;
+    return app_->exit(e);  // prints; CLI11's exit code (0 for --help)
+  }
+}
+
+}  // namespace meshrt::apps
