@@ -1,4 +1,4 @@
-// Internal to sharding/: a file descriptor with whole reads and writes at
+// A file descriptor with whole reads and writes at
 // offsets, fsync and size, whose errors are meshrt::Errors naming the path
 // (I/O errors: kUnavailable; a file shorter than its header says: kInvalidArgument).
 #pragma once
@@ -14,7 +14,7 @@
 
 #include "device/error.h"
 
-namespace meshrt::sharding {
+namespace meshrt::io {
 
 [[noreturn]] inline void io_error(const std::string& what, const std::string& path) {
   throw Error(ErrorKind::kUnavailable, detail::cat(what, " ", path, ": ", std::strerror(errno)));
@@ -73,4 +73,4 @@ inline void sync_directory(const std::string& dir) {
   d.sync();
 }
 
-}  // namespace meshrt::sharding
+}  // namespace meshrt::io

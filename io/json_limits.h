@@ -1,4 +1,4 @@
-// Internal (sharding and serving): parsing JSON from outside (safetensors
+// Parsing JSON from outside (safetensors
 // headers, checkpoint indexes, model configs, HTTP bodies) with a nesting limit,
 // and quoting parts of it in error messages safely. nlohmann's parser is
 // iterative but dump() recurses once per level, so an unbounded depth would let
@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-namespace meshrt::json_limits {
+namespace meshrt::io::json_limits {
 
 inline constexpr int kMaxDepth = 64;
 
@@ -40,4 +40,4 @@ inline std::string brief(const nlohmann::json& v) {
   return text.size() > 60 ? text.substr(0, 57) + "..." : text;
 }
 
-}  // namespace meshrt::json_limits
+}  // namespace meshrt::io::json_limits

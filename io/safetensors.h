@@ -21,7 +21,7 @@
 #include "device/shape.h"
 #include "device/tensor.h"
 
-namespace meshrt::sharding {
+namespace meshrt::io {
 
 // Headers larger than this are refused (the reference implementation's bound).
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
@@ -66,4 +66,4 @@ std::vector<uint8_t> make_safetensors_header(const std::vector<SafetensorsEntry>
 void write_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, HostTensor>>& tensors,
                             const std::map<std::string, std::string>& metadata = {});
 
-}  // namespace meshrt::sharding
+}  // namespace meshrt::io

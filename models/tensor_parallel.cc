@@ -1,10 +1,9 @@
-#include "sharding/tensor_parallel.h"
-
+#include "models/tensor_parallel.h"
 
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
 
-namespace meshrt::sharding {
+namespace meshrt::models {
 
 namespace {
 using Dims = std::vector<std::vector<std::string>>;
@@ -71,4 +70,4 @@ ParallelMLP::ParallelMLP(const Mesh& mesh, const std::string& axis, const HostTe
 
 DTensor ParallelMLP::forward(const DTensor& x) const { return down_.forward(gelu(up_.forward(x))); }
 
-}  // namespace meshrt::sharding
+}  // namespace meshrt::models

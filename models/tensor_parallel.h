@@ -14,7 +14,11 @@
 
 #include "sharding/dtensor.h"
 
-namespace meshrt::sharding {
+namespace meshrt::models {
+
+using sharding::DTensor;
+using sharding::Layout;
+using sharding::Mesh;
 
 class ColumnParallelLinear {
  public:
@@ -67,4 +71,4 @@ class ParallelMLP {
   RowParallelLinear down_;
 };
 
-}  // namespace meshrt::sharding
+}  // namespace meshrt::models

@@ -9,7 +9,7 @@
 #include <set>
 
 #include "device/error.h"
-#include "sharding/json_limits.h"
+#include "io/json_limits.h"
 
 namespace meshrt::serving {
 
@@ -42,14 +42,14 @@ class Reader {
   }
 
   std::string string(const json& v, const std::string& field) const {
-    if (!v.is_string()) fail(field, "expected a string, got " + json_limits::brief(v));
+    if (!v.is_string()) fail(field, "expected a string, got " + io::json_limits::brief(v));
     return v.get<std::string>();
   }
 
   int64_t integer(const json& v, const std::string& field, int64_t min, int64_t max) const {
-    if (!v.is_number_integer()) fail(field, "expected an integer, got " + json_limits::brief(v));
+    if (!v.is_number_integer()) fail(field, "expected an integer, got " + io::json_limits::brief(v));
     if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(max)) {
-      fail(field, detail::cat("expected an integer from ", min, " to ", max, ", got ", json_limits::brief(v)));
+      fail(field, detail::cat("expected an integer from ", min, " to ", max, ", got ", io::json_limits::brief(v)));
     }
     int64_t i = v.get<int64_t>();
     if (i < min || i > max) fail(field, detail::cat("expected an integer from ", min, " to ", max, ", got ", i));
@@ -66,7 +66,7 @@ class Reader {
   }
 
   TensorSpec tensor(const json& v, const std::string& field) const {
-    if (!v.is_object()) fail(field, "expected an object {name, datatype, shape}, got " + json_limits::brief(v));
+    if (!v.is_object()) fail(field, "expected an object {name, datatype, shape}, got " + io::json_limits::brief(v));
     only(v, {"name", "datatype", "shape"}, field);
     TensorSpec t;
     t.name = string(need(v, "name", field + ".name"), field + ".name");
@@ -78,9 +78,9 @@ class Reader {
       fail(field + ".datatype", e.message());
     }
     const json& shape = need(v, "shape", field + ".shape");
-    if (!shape.is_array() || shape.size() != 2) fail(field + ".shape", "expected [-1, width], got " + json_limits::brief(shape));
+    if (!shape.is_array() || shape.size() != 2) fail(field + ".shape", "expected [-1, width], got " + io::json_limits::brief(shape));
     if (!shape[0].is_number_integer() || shape[0].get<int64_t>() != -1) {
-      fail(field + ".shape", "the first dimension must be -1 (the batch axis), got " + json_limits::brief(shape));
+      fail(field + ".shape", "the first dimension must be -1 (the batch axis), got " + io::json_limits::brief(shape));
     }
     t.shape = {-1, integer(shape[1], field + ".shape[1]", 1, 1 << 24)};
     return t;
@@ -131,7 +131,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   json v;
   try {
-    v = json_limits::parse(text);
+    v = io::json_limits::parse(text);
   } catch (const json::exception& e) {
     throw Error(ErrorKind::kInvalidArgument, c.config_path + ": not valid JSON: " + e.what());
   } catch (const std::length_error& e) {

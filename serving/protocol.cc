@@ -5,7 +5,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "sharding/json_limits.h"
+#include "io/json_limits.h"
 
 namespace meshrt::serving {
 
@@ -33,26 +33,26 @@ void flatten(const json& v, std::vector<const json*>& out, const std::string& in
 template <class T>
 T integer_value(const json& v, const std::string& input, size_t index, const char* datatype) {
   if (!v.is_number_integer()) {
-    bad("input '" + input + "': element " + std::to_string(index) + " is " + json_limits::brief(v) + ", expected an integer for " + datatype);
+    bad("input '" + input + "': element " + std::to_string(index) + " is " + io::json_limits::brief(v) + ", expected an integer for " + datatype);
   }
   if (v.is_number_unsigned()) {
     uint64_t u = v.get<uint64_t>();
     if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
-      bad("input '" + input + "': element " + std::to_string(index) + " = " + json_limits::brief(v) + " is out of range for " + datatype);
+      bad("input '" + input + "': element " + std::to_string(index) + " = " + io::json_limits::brief(v) + " is out of range for " + datatype);
     }
     return static_cast<T>(u);
   }
   int64_t i = v.get<int64_t>();
   if (i < static_cast<int64_t>(std::numeric_limits<T>::lowest()) ||
       (i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
-    bad("input '" + input + "': element " + std::to_string(index) + " = " + json_limits::brief(v) + " is out of range for " + datatype);
+    bad("input '" + input + "': element " + std::to_string(index) + " = " + io::json_limits::brief(v) + " is out of range for " + datatype);
   }
   return static_cast<T>(i);
 }
 
 double float_value(const json& v, const std::string& input, size_t index, const char* datatype) {
   if (!v.is_number()) {
-    bad("input '" + input + "': element " + std::to_string(index) + " is " + json_limits::brief(v) + ", expected a number for " + datatype);
+    bad("input '" + input + "': element " + std::to_string(index) + " is " + io::json_limits::brief(v) + ", expected a number for " + datatype);
   }
   return v.get<double>();
 }
@@ -65,7 +65,7 @@ template <class T>
 T element_from_json(const json& v, const std::string& input, size_t i, const char* datatype) {
   if constexpr (std::is_same_v<T, bool>) {
     if (!v.is_boolean()) {
-      bad("input '" + input + "': element " + std::to_string(i) + " is " + json_limits::brief(v) +
+      bad("input '" + input + "': element " + std::to_string(i) + " is " + io::json_limits::brief(v) +
           ", expected true or false for BOOL");
     }
     return v.get<bool>();
@@ -120,7 +120,7 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
   }
   json request;
   try {
-    request = json_limits::parse(body.substr(0, json_bytes));
+    request = io::json_limits::parse(body.substr(0, json_bytes));
   } catch (const json::exception& e) {
     bad(std::string("the request body is not valid JSON: ") + e.what());
   } catch (const std::length_error& e) {
@@ -152,7 +152,7 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
     if (!in.contains("shape") || !in["shape"].is_array()) bad("input '" + name + "': \"shape\" is missing");
     std::vector<int64_t> shape;
     for (const auto& d : in["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + json_limits::brief(in["shape"]) + " must hold non-negative integers");
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + io::json_limits::brief(in["shape"]) + " must hold non-negative integers");
       shape.push_back(d.get<int64_t>());
     }
     if (shape.size() != 2 || shape[1] != spec.shape[1] || shape[0] < 1) {
@@ -225,7 +225,7 @@ HttpPayload with_tensor(json message, const char* list, const std::string& name,
   }
   message[list] = json::array({entry});
   HttpPayload payload;
-  payload.body = json_limits::dump(message);
+  payload.body = io::json_limits::dump(message);
   if (binary) {
     payload.header_length = payload.body.size();
     payload.body.append(static_cast<const char*>(t.raw_data()), t.nbytes());
@@ -255,7 +255,7 @@ std::string model_metadata_json(const ServableDefinition& model) {
               {"stage_size", model.stage_size},
               {"max_batch_size", model.batching.max_batch_size},
               {"dynamic_batching", model.batching.enabled}}}};
-  return json_limits::dump(m);
+  return io::json_limits::dump(m);
 }
 
 ModelSignature parse_model_metadata(std::string_view body) {
@@ -267,7 +267,7 @@ ModelSignature parse_model_metadata(std::string_view body) {
     return spec;
   };
   try {
-    json m = json_limits::parse(body);
+    json m = io::json_limits::parse(body);
     return {tensor(m.at("inputs").at(0)), tensor(m.at("outputs").at(0))};
   } catch (const std::exception& e) {
     throw Error(ErrorKind::kInvalidArgument, std::string("malformed model metadata: ") + e.what());
@@ -285,7 +285,7 @@ HostTensor parse_infer_response(std::string_view body, std::optional<size_t> hea
   try {
     size_t json_bytes = header_length.value_or(body.size());
     if (json_bytes > body.size()) throw std::length_error("the header length runs past the body");
-    json out = json_limits::parse(body.substr(0, json_bytes)).at("outputs").at(0);
+    json out = io::json_limits::parse(body.substr(0, json_bytes)).at("outputs").at(0);
     std::string name = out.at("name").get<std::string>();
     std::vector<int64_t> shape = out.at("shape").get<std::vector<int64_t>>();
     HostTensor t = HostTensor::empty(Shape(shape), parse_kserve_datatype(out.at("datatype").get<std::string>()));
@@ -305,13 +305,13 @@ HostTensor parse_infer_response(std::string_view body, std::optional<size_t> hea
 }
 
 std::string model_ready_json(const std::string& name, bool ready) {
-  return json_limits::dump(json{{"name", name}, {"ready", ready}});
+  return io::json_limits::dump(json{{"name", name}, {"ready", ready}});
 }
 
 std::string server_metadata_json() {
   return json{{"name", "meshrt"}, {"version", "0.1.0"}, {"extensions", json::array({"binary_tensor_data"})}}.dump();
 }
 
-std::string error_json(const std::string& message) { return json_limits::dump(json{{"error", message}}); }
+std::string error_json(const std::string& message) { return io::json_limits::dump(json{{"error", message}}); }
 
 }  // namespace meshrt::serving

@@ -5,7 +5,7 @@
 #include "sharding/checkpoint.h"
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
-#include "sharding/tensor_parallel.h"
+#include "models/tensor_parallel.h"
 
 namespace meshrt::serving {
 
@@ -84,11 +84,11 @@ class ConfigStage : public StageModule {
         if (l.parallel == "column") {
           w = weights.load(l.weight, mesh, Layout(Dims{{}, {kModelAxis}}));
           if (!l.bias.empty()) bias = weights.load(l.bias, mesh, Layout(Dims{{kModelAxis}}));
-          b.column = sharding::ColumnParallelLinear(kModelAxis, w, bias);
+          b.column = models::ColumnParallelLinear(kModelAxis, w, bias);
         } else if (l.parallel == "row") {
           w = weights.load(l.weight, mesh, Layout(Dims{{kModelAxis}, {}}));
           if (!l.bias.empty()) bias = weights.load(l.bias, mesh, Layout::replicated(1));
-          b.row = sharding::RowParallelLinear(kModelAxis, w, bias);
+          b.row = models::RowParallelLinear(kModelAxis, w, bias);
         } else {
           b.weight = weights.load(l.weight, mesh, Layout::replicated(2));
           if (!l.bias.empty()) b.bias = weights.load(l.bias, mesh, Layout::replicated(1));
@@ -146,8 +146,8 @@ class ConfigStage : public StageModule {
  private:
   struct Built {
     LayerConfig config;
-    sharding::ColumnParallelLinear column;
-    sharding::RowParallelLinear row;
+    models::ColumnParallelLinear column;
+    models::RowParallelLinear row;
     DTensor weight, bias, gamma, beta;
   };
   std::vector<Built> layers_;

@@ -16,12 +16,19 @@
 #include <set>
 #include <sstream>
 
-#include "sharding/file.h"
-#include "sharding/json_limits.h"
+#include "io/file.h"
+#include "io/json_limits.h"
 #include "sharding/redistribute.h"
-#include "sharding/safetensors.h"
+#include "io/safetensors.h"
 
 namespace meshrt::sharding {
+
+using io::File;
+using io::io_error;
+using io::make_safetensors_header;
+using io::read_safetensors_header;
+using io::SafetensorsEntry;
+using io::sync_directory;
 
 namespace {
 
@@ -52,7 +59,7 @@ Index read_index(const std::string& dir) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   nlohmann::json json;
   try {
-    json = json_limits::parse(text);
+    json = io::json_limits::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::kInvalidArgument, detail::cat("checkpoint index ", path, " is not valid JSON: ", e.what()));
   } catch (const std::length_error& e) {
@@ -352,22 +359,6 @@ std::vector<CheckpointEntry> list_checkpoint(const std::string& dir) { return ch
 
 DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout) {
   return checkpoint_store(dir).load(name, mesh, layout);
-}
-
-DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
-                                const Layout& layout) {
-  return TensorStore(path).load(name, mesh, layout);
-}
-
-std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
-                                               const std::map<std::string, Layout>& layouts) {
-  TensorStore store = checkpoint_store(dir);
-  std::map<std::string, DTensor> out;
-  for (const CheckpointEntry& e : store.entries()) {
-    auto it = layouts.find(e.name);
-    out.emplace(e.name, store.load(e.name, mesh, it != layouts.end() ? it->second : Layout::replicated(e.shape.ndim())));
-  }
-  return out;
 }
 
 }  // namespace meshrt::sharding

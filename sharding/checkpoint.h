@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "sharding/dtensor.h"
-#include "sharding/safetensors.h"
+#include "io/safetensors.h"
 
 namespace meshrt::sharding {
 
@@ -70,7 +70,7 @@ class TensorStore {
   };
   std::string path_;
   std::vector<CheckpointEntry> entries_;
-  std::vector<std::pair<std::string, SafetensorsHeader>> headers_;  // file path, header
+  std::vector<std::pair<std::string, io::SafetensorsHeader>> headers_;  // file path, header
   std::map<std::string, Located> by_name_;
 };
 
@@ -82,14 +82,5 @@ std::vector<CheckpointEntry> list_checkpoint(const std::string& dir);
 // partial layout, coordinate 0 of the partial axes reads, the others get zeros).
 // No communication. Bad files are refused with Error(kInvalidArgument).
 DTensor load_tensor(const std::string& dir, const std::string& name, const Mesh& mesh, const Layout& layout);
-
-// The same from one safetensors file (any file in the format, not only a
-// checkpoint's): each rank reads only its block's bytes.
-DTensor load_safetensors_tensor(const std::string& path, const std::string& name, const Mesh& mesh,
-                                const Layout& layout);
-
-// Every tensor of the checkpoint; layouts[name] when given, replicated otherwise.
-std::map<std::string, DTensor> load_checkpoint(const std::string& dir, const Mesh& mesh,
-                                               const std::map<std::string, Layout>& layouts = {});
 
 }  // namespace meshrt::sharding

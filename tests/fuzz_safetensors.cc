@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "device/error.h"
-#include "sharding/safetensors.h"
+#include "io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     std::span<const uint8_t> bytes(data, size);
-    auto header = meshrt::sharding::parse_safetensors_header(bytes, size, "fuzz");
+    auto header = meshrt::io::parse_safetensors_header(bytes, size, "fuzz");
     // A header that parses must describe the input consistently.
     uint64_t covered = 0;
     for (const auto& t : header.tensors) covered = std::max(covered, t.end);

@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "sharding/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
-namespace meshrt::sharding {
+namespace meshrt::io {
 namespace {
 
 using meshrt::testing::throws_error;
@@ -97,4 +97,4 @@ TEST(Safetensors, RefusesEveryKindOfBadFile) {
 }
 
 }  // namespace
-}  // namespace meshrt::sharding
+}  // namespace meshrt::io

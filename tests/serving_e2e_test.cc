@@ -17,7 +17,7 @@
 #include <thread>
 
 #include "serving/http_client.h"
-#include "sharding/safetensors.h"
+#include "io/safetensors.h"
 
 extern char** environ;
 
@@ -340,7 +340,7 @@ std::string slow_repository(const fs::path& root, int ranks, int64_t queue, int6
   HostTensor w = HostTensor::empty({1024, 1024}, DType::kF32);
   for (float& v : w.span<float>()) v = dist(rng);
   for (int64_t i = 0; i < 1024; ++i) w.data<float>()[i * 1024 + i] = 1.0f;  // roughly the identity
-  sharding::write_safetensors_file((root / "slow" / "weights.safetensors").string(), {{"w", w}});
+  io::write_safetensors_file((root / "slow" / "weights.safetensors").string(), {{"w", w}});
   json config = {{"name", "slow"}, {"rank_size", ranks}, {"stage_size", 1},
                  {"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {-1, 1024}}}}},
                  {"outputs", {{{"name", "y"}, {"datatype", "FP32"}, {"shape", {-1, 1024}}}}},

@@ -14,7 +14,7 @@
 #include "kernels/reduction.h"
 #include "serving/engine.h"
 #include "sharding/ops.h"
-#include "sharding/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace meshrt::serving {
@@ -28,8 +28,8 @@ const std::string kExamples = MESHRT_SOURCE_DIR "/examples/models";
 
 // A tensor of a safetensors file, read whole on this rank (the one-rank reference).
 HostTensor read_whole(const std::string& path, const std::string& name) {
-  sharding::SafetensorsHeader h = sharding::read_safetensors_header(path);
-  const sharding::SafetensorsEntry& e = h.find(name);
+  io::SafetensorsHeader h = io::read_safetensors_header(path);
+  const io::SafetensorsEntry& e = h.find(name);
   HostTensor t = HostTensor::empty(e.shape, e.dtype);
   std::ifstream in(path, std::ios::binary);
   in.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
@@ -74,7 +74,7 @@ std::string write_model(const std::string& root, const std::string& name, const 
   std::string dir = root + "/" + name;
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/config.json") << config;
-  sharding::write_safetensors_file(dir + "/weights.safetensors", weights);
+  io::write_safetensors_file(dir + "/weights.safetensors", weights);
   return dir;
 }
 

@@ -13,7 +13,7 @@
 #include "sharding/ops.h"
 #include "sharding/partitioner.h"
 #include "sharding/redistribute.h"
-#include "sharding/tensor_parallel.h"
+#include "models/tensor_parallel.h"
 #include "sharding/trace.h"
 #include "test_util.h"
 
@@ -361,7 +361,7 @@ TEST_P(Sharding, TensorParallelMlpUsesOneAllReduce) {
   auto d = [](const HostTensor& h) { return to_device(h, Device::cpu()); };
   HostTensor expected = meshrt::to_host(kernels::bias_add(
       kernels::matmul(kernels::gelu(kernels::bias_add(kernels::matmul(d(gx), d(w1)), d(b1))), d(w2)), d(b2)));
-  ParallelMLP mlp(mesh_, model, w1, b1, w2, b2);
+  models::ParallelMLP mlp(mesh_, model, w1, b1, w2, b2);
   // Data-parallel over the other axis when the mesh has one.
   Layout input = mesh_.ndim() == 2 && 6 % mesh_.axes()[0].size == 0 ? Layout::sharded(2, 0, mesh_.axes()[0].name)
                                                                     : Layout::replicated(2);
