@@ -275,30 +275,6 @@ HostTensor concat_rows(const std::vector<HostTensor>& parts) {
   return out;
 }
 
-namespace {
-template <class T>
-double load_as_double(const T& v) {
-  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
-    return static_cast<double>(static_cast<float>(v));
-  } else {
-    return static_cast<double>(v);
-  }
-}
-
-template <class T>
-T store_from_double(double v) {
-  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
-    return T(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<T, bool>) {
-    return v != 0.0;
-  } else if constexpr (std::is_integral_v<T>) {
-    return saturate_to_integer<T>(v);
-  } else {
-    return static_cast<T>(v);
-  }
-}
-}  // namespace
-
 HostTensor cast_host(const HostTensor& tensor, DType dtype) {
   if (tensor.dtype() == dtype) return tensor.clone();
   HostTensor out = HostTensor::empty(tensor.shape(), dtype);
@@ -308,13 +284,7 @@ HostTensor cast_host(const HostTensor& tensor, DType dtype) {
       using Out = decltype(out_tag);
       const In* in = static_cast<const In*>(tensor.raw_data());
       Out* o = static_cast<Out*>(out.raw_data());
-      for (int64_t i = 0; i < tensor.numel(); ++i) {
-        if constexpr (std::is_integral_v<In> && std::is_integral_v<Out> && !std::is_same_v<Out, bool>) {
-          o[i] = static_cast<Out>(in[i]);  // integers wrap, as in C++
-        } else {
-          o[i] = store_from_double<Out>(load_as_double(in[i]));
-        }
-      }
+      for (int64_t i = 0; i < tensor.numel(); ++i) o[i] = convert<Out>(in[i]);
     });
   });
   return out;

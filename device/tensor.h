@@ -169,8 +169,8 @@ void prepare_stream_use(const Stream* stream, std::initializer_list<const Device
 // along axis 0 (stacking requests into a batch, joining micro-batches' results).
 HostTensor concat_rows(const std::vector<HostTensor>& parts);
 
-// Converts between element types on the host (any dtype to any dtype, via double
-// for integers and via float for the 16-bit floats).
+// Converts between element types on the host (any dtype to any dtype), by the
+// cast rule of every backend (device/convert.h).
 HostTensor cast_host(const HostTensor& tensor, DType dtype);
 
 // ---------------------------------------------------------------------------

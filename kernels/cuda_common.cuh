@@ -1,95 +1,23 @@
-// Internal to the CUDA kernels: element load/store, dtype dispatch, block reductions.
+// Internal to the CUDA kernels: launch shapes, block reductions, launch checks.
+// Elements are loaded, stored and converted with device/convert.h (meshrt::Half
+// and meshrt::BFloat16 are the 16-bit storage types on the GPU too), and dtypes
+// dispatched with kernels/dtype_sets.h, as in the cpu loops.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
 
+#include "device/convert.h"
 #include "device/cuda_check.h"
 #include "device/dtype.h"
 #include "device/error.h"
+#include "kernels/dtype_sets.h"
 
 namespace meshrt::kernels::cuda_impl {
 
 constexpr int kBlock = 256;
-
-// Arithmetic type per storage type: float for f32 and the 16-bit floats, double
-// for f64, the type itself for integers (i32 sums use i64, see SumAcc).
-template <class T> struct Acc { using type = T; };
-template <> struct Acc<__half> { using type = float; };
-template <> struct Acc<__nv_bfloat16> { using type = float; };
-template <> struct Acc<bool> { using type = float; };
-template <> struct Acc<uint8_t> { using type = int32_t; };
-template <class T> using acc_t = typename Acc<T>::type;
-
-template <class T>
-__device__ __forceinline__ acc_t<T> load(T v) { return static_cast<acc_t<T>>(v); }
-template <>
-__device__ __forceinline__ float load<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float load<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-struct Store {
-  template <class A>
-  __device__ __forceinline__ static T from(A v) { return static_cast<T>(v); }
-};
-template <>
-struct Store<__half> {
-  template <class A>
-  __device__ __forceinline__ static __half from(A v) { return __float2half_rn(static_cast<float>(v)); }
-};
-template <>
-struct Store<__nv_bfloat16> {
-  template <class A>
-  __device__ __forceinline__ static __nv_bfloat16 from(A v) {
-    return __float2bfloat16_rn(static_cast<float>(v));
-  }
-};
-template <>
-struct Store<bool> {
-  template <class A>
-  __device__ __forceinline__ static bool from(A v) { return v != A(0); }
-};
-
-// Calls f(T{}) with T the device storage type of dtype.
-template <class F>
-void visit(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kF32: f(float{}); return;
-    case DType::kF64: f(double{}); return;
-    case DType::kF16: f(__half{}); return;
-    case DType::kBF16: f(__nv_bfloat16{}); return;
-    case DType::kI32: f(int32_t{}); return;
-    case DType::kI64: f(int64_t{}); return;
-    case DType::kU8: f(uint8_t{}); return;
-    case DType::kBool: f(bool{}); return;
-  }
-}
-
-// Floating dtypes only (validated by the caller); other dtypes are a bug.
-template <class F>
-void visit_floating(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kF32: f(float{}); return;
-    case DType::kF64: f(double{}); return;
-    case DType::kF16: f(__half{}); return;
-    case DType::kBF16: f(__nv_bfloat16{}); return;
-    default: throw Error(ErrorKind::kInternal, "CUDA kernel reached with a non-floating dtype");
-  }
-}
-
-template <class F>
-void visit_numeric(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kI32: f(int32_t{}); return;
-    case DType::kI64: f(int64_t{}); return;
-    default: visit_floating(dtype, f);
-  }
-}
 
 inline unsigned grid_for(int64_t n) {
   int64_t blocks = (n + kBlock - 1) / kBlock;

@@ -35,7 +35,7 @@ void check_same_device(const char* op, std::initializer_list<const DeviceTensor*
   }
 }
 
-void check_dtype(const char* op, const DeviceTensor& t, std::initializer_list<DType> allowed) {
+void check_dtype(const char* op, const DeviceTensor& t, std::span<const DType> allowed) {
   std::string names;
   for (DType d : allowed) {
     if (d == t.dtype()) return;

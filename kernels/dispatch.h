@@ -2,6 +2,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <span>
 
 #include "device/tensor.h"
 
@@ -23,12 +24,7 @@ Launch launch_for(const char* op, const Device& device, const Stream* stream,
 // All tensors defined and on the same device as the first.
 void check_same_device(const char* op, std::initializer_list<const DeviceTensor*> tensors);
 // Throws Error(kShape) unless dtype is in allowed, naming op and the accepted list.
-void check_dtype(const char* op, const DeviceTensor& t, std::initializer_list<DType> allowed);
-
-inline constexpr std::initializer_list<DType> kFloatTypes = {DType::kF32, DType::kF64,
-                                                             DType::kF16, DType::kBF16};
-inline constexpr std::initializer_list<DType> kNumericTypes = {
-    DType::kF32, DType::kF64, DType::kF16, DType::kBF16, DType::kI32, DType::kI64};
+void check_dtype(const char* op, const DeviceTensor& t, std::span<const DType> allowed);
 
 }  // namespace meshrt::kernels::detail
 

@@ -5,20 +5,32 @@
 
 namespace meshrt::kernels {
 
-const char* to_string(UnaryOp op) {
-  switch (op) {
-    case UnaryOp::kNeg: return "neg";
-    case UnaryOp::kRelu: return "relu";
-    case UnaryOp::kGelu: return "gelu";
-    case UnaryOp::kSilu: return "silu";
-    case UnaryOp::kScale: return "scale";
+namespace {
+#define MESHRT_UNARY_INFO(name, Element, Types, rule) {#name, 1, false, Types::kList, {rule, kNoPartial}},
+#define MESHRT_SCALAR_UNARY_INFO(name, Element, Types, rule) {#name, 1, true, Types::kList, {rule, kNoPartial}},
+#define MESHRT_BINARY_INFO(name, Element, Types, rule_a, rule_b) {#name, 2, false, Types::kList, {rule_a, rule_b}},
+const ElementwiseOpInfo kUnaryInfo[] = {MESHRT_UNARY_OPS(MESHRT_UNARY_INFO)
+                                            MESHRT_SCALAR_UNARY_OPS(MESHRT_SCALAR_UNARY_INFO)};
+const ElementwiseOpInfo kBinaryInfo[] = {MESHRT_BINARY_OPS(MESHRT_BINARY_INFO)};
+#undef MESHRT_UNARY_INFO
+#undef MESHRT_SCALAR_UNARY_INFO
+#undef MESHRT_BINARY_INFO
+
+#define MESHRT_ENUMERATOR(name, Element, ...) UnaryOp::k##Element,
+const UnaryOp kUnaryOps[] = {MESHRT_UNARY_OPS(MESHRT_ENUMERATOR) MESHRT_SCALAR_UNARY_OPS(MESHRT_ENUMERATOR)};
+#undef MESHRT_ENUMERATOR
+#define MESHRT_ENUMERATOR(name, Element, ...) BinaryOp::k##Element,
+const BinaryOp kBinaryOps[] = {MESHRT_BINARY_OPS(MESHRT_ENUMERATOR)};
+#undef MESHRT_ENUMERATOR
+
+template <class Op, size_t N>
+std::optional<Op> find_op(const Op (&ops)[N], std::string_view name) {
+  for (Op op : ops) {
+    if (name == info(op).name) return op;
   }
-  return "?";
+  return std::nullopt;
 }
 
-const char* to_string(BinaryOp op) { return op == BinaryOp::kAdd ? "add" : "mul"; }
-
-namespace {
 void check_same_shape_dtype(const char* op, const DeviceTensor& a, const DeviceTensor& b) {
   MESHRT_CHECK_SHAPE(a.shape() == b.shape() && a.dtype() == b.dtype(), op,
                      ": shapes and dtypes must match, got ", a.description(), " and ",
@@ -26,12 +38,20 @@ void check_same_shape_dtype(const char* op, const DeviceTensor& a, const DeviceT
 }
 }  // namespace
 
+const ElementwiseOpInfo& info(UnaryOp op) { return kUnaryInfo[static_cast<size_t>(op)]; }
+const ElementwiseOpInfo& info(BinaryOp op) { return kBinaryInfo[static_cast<size_t>(op)]; }
+const char* to_string(UnaryOp op) { return info(op).name; }
+const char* to_string(BinaryOp op) { return info(op).name; }
+std::span<const UnaryOp> unary_ops() { return kUnaryOps; }
+std::span<const BinaryOp> binary_ops() { return kBinaryOps; }
+std::optional<UnaryOp> find_unary_op(std::string_view name) { return find_op(kUnaryOps, name); }
+std::optional<BinaryOp> find_binary_op(std::string_view name) { return find_op(kBinaryOps, name); }
+
 void unary(UnaryOp op, const DeviceTensor& x, const DeviceTensor& out, double alpha,
            const Stream* stream) {
   const char* name = to_string(op);
   detail::check_same_device(name, {&x, &out});
-  bool numeric = op == UnaryOp::kNeg || op == UnaryOp::kRelu;
-  detail::check_dtype(name, x, numeric ? detail::kNumericTypes : detail::kFloatTypes);
+  detail::check_dtype(name, x, info(op).dtypes);
   check_same_shape_dtype(name, x, out);
   if (x.numel() == 0) return;
   detail::Launch launch = detail::launch_for(name, x.device(), stream, {&x, &out});
@@ -42,7 +62,7 @@ void binary(BinaryOp op, const DeviceTensor& a, const DeviceTensor& b, const Dev
             const Stream* stream) {
   const char* name = to_string(op);
   detail::check_same_device(name, {&a, &b, &out});
-  detail::check_dtype(name, a, detail::kNumericTypes);
+  detail::check_dtype(name, a, info(op).dtypes);
   check_same_shape_dtype(name, a, b);
   check_same_shape_dtype(name, a, out);
   if (a.numel() == 0) return;
@@ -54,7 +74,7 @@ void binary(BinaryOp op, const DeviceTensor& a, const DeviceTensor& b, const Dev
 void bias_add(const DeviceTensor& x, const DeviceTensor& bias, const DeviceTensor& out,
               const Stream* stream) {
   detail::check_same_device("bias_add", {&x, &bias, &out});
-  detail::check_dtype("bias_add", x, detail::kFloatTypes);
+  detail::check_dtype("bias_add", x, FloatTypes::kList);
   check_same_shape_dtype("bias_add", x, out);
   MESHRT_CHECK_SHAPE(x.ndim() >= 1 && bias.ndim() == 1 && bias.dim(0) == x.dim(-1) &&
                          bias.dtype() == x.dtype(),
@@ -86,32 +106,32 @@ DeviceTensor like(const DeviceTensor& x) {
   MESHRT_CHECK_ARG(x.defined(), "kernel called on an undefined tensor");
   return DeviceTensor::empty(x.shape(), x.dtype(), x.device());
 }
-DeviceTensor unary_new(UnaryOp op, const DeviceTensor& x, double alpha, const Stream* stream) {
-  DeviceTensor out = like(x);
-  unary(op, x, out, alpha, stream);
-  return out;
-}
 }  // namespace
 
-DeviceTensor neg(const DeviceTensor& x, const Stream* s) { return unary_new(UnaryOp::kNeg, x, 1, s); }
-DeviceTensor relu(const DeviceTensor& x, const Stream* s) { return unary_new(UnaryOp::kRelu, x, 1, s); }
-DeviceTensor gelu(const DeviceTensor& x, const Stream* s) { return unary_new(UnaryOp::kGelu, x, 1, s); }
-DeviceTensor silu(const DeviceTensor& x, const Stream* s) { return unary_new(UnaryOp::kSilu, x, 1, s); }
-DeviceTensor scale(const DeviceTensor& x, double alpha, const Stream* s) {
-  return unary_new(UnaryOp::kScale, x, alpha, s);
-}
-
-DeviceTensor add(const DeviceTensor& a, const DeviceTensor& b, const Stream* s) {
-  DeviceTensor out = like(a);
-  binary(BinaryOp::kAdd, a, b, out, s);
-  return out;
-}
-
-DeviceTensor mul(const DeviceTensor& a, const DeviceTensor& b, const Stream* s) {
-  DeviceTensor out = like(a);
-  binary(BinaryOp::kMul, a, b, out, s);
-  return out;
-}
+#define MESHRT_DEFINE_UNARY(name, Element, ...)               \
+  DeviceTensor name(const DeviceTensor& x, const Stream* s) { \
+    DeviceTensor out = like(x);                               \
+    unary(UnaryOp::k##Element, x, out, 1.0, s);               \
+    return out;                                               \
+  }
+#define MESHRT_DEFINE_SCALAR_UNARY(name, Element, ...)                      \
+  DeviceTensor name(const DeviceTensor& x, double alpha, const Stream* s) { \
+    DeviceTensor out = like(x);                                             \
+    unary(UnaryOp::k##Element, x, out, alpha, s);                           \
+    return out;                                                             \
+  }
+#define MESHRT_DEFINE_BINARY(name, Element, ...)                                      \
+  DeviceTensor name(const DeviceTensor& a, const DeviceTensor& b, const Stream* s) { \
+    DeviceTensor out = like(a);                                                       \
+    binary(BinaryOp::k##Element, a, b, out, s);                                       \
+    return out;                                                                       \
+  }
+MESHRT_UNARY_OPS(MESHRT_DEFINE_UNARY)
+MESHRT_SCALAR_UNARY_OPS(MESHRT_DEFINE_SCALAR_UNARY)
+MESHRT_BINARY_OPS(MESHRT_DEFINE_BINARY)
+#undef MESHRT_DEFINE_UNARY
+#undef MESHRT_DEFINE_SCALAR_UNARY
+#undef MESHRT_DEFINE_BINARY
 
 DeviceTensor bias_add(const DeviceTensor& x, const DeviceTensor& bias, const Stream* s) {
   DeviceTensor out = like(x);

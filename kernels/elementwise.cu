@@ -1,73 +1,37 @@
-// CUDA twins of elementwise_cpu.cc: grid-stride loops, one element per thread
-// per step. Dtypes were checked by elementwise.cc.
+// CUDA kernels of the elementwise ops: grid-stride loops, one element per
+// thread per step, each calling the op's element function (elementwise_ops.h),
+// as the cpu loops do. Dtypes were checked by elementwise.cc.
 #include "device/convert.h"
 #include "kernels/backend.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/elementwise_ops.h"
 
 namespace meshrt::kernels {
 namespace cuda_impl {
 namespace {
 
-template <class A>
-__device__ __forceinline__ A apply(UnaryOp op, A x, A alpha) {
-  switch (op) {
-    case UnaryOp::kNeg: return -x;
-    case UnaryOp::kRelu: return x > A(0) ? x : A(0);
-    case UnaryOp::kScale: return alpha * x;
-    case UnaryOp::kGelu:
-      if constexpr (std::is_floating_point_v<A>) {
-        return A(0.5) * x * (A(1) + erf(x * A(0.70710678118654752440)));
-      }
-      break;
-    case UnaryOp::kSilu:
-      if constexpr (std::is_floating_point_v<A>) return x / (A(1) + exp(-x));
-      break;
-  }
-  return x;
-}
-
 #define MESHRT_GRID_STRIDE(i, n)                                                         \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-template <class T>
-__global__ void unary_kernel(UnaryOp op, const T* x, T* out, int64_t n, acc_t<T> alpha) {
-  MESHRT_GRID_STRIDE(i, n) { out[i] = Store<T>::from(apply(op, load(x[i]), alpha)); }
+template <class F, class T>
+__global__ void unary_kernel(F f, const T* x, T* out, int64_t n, acc_t<T> alpha) {
+  MESHRT_GRID_STRIDE(i, n) { out[i] = store<T>(apply_unary(f, load(x[i]), alpha)); }
 }
 
-template <class T>
-__global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* out, int64_t n) {
-  if (op == BinaryOp::kAdd) {
-    MESHRT_GRID_STRIDE(i, n) { out[i] = Store<T>::from(load(a[i]) + load(b[i])); }
-  } else {
-    MESHRT_GRID_STRIDE(i, n) { out[i] = Store<T>::from(load(a[i]) * load(b[i])); }
-  }
+template <class F, class T>
+__global__ void binary_kernel(F f, const T* a, const T* b, T* out, int64_t n) {
+  MESHRT_GRID_STRIDE(i, n) { out[i] = store<T>(f(load(a[i]), load(b[i]))); }
 }
 
 template <class T>
 __global__ void bias_add_kernel(const T* x, const T* bias, T* out, int64_t n, int64_t cols) {
-  MESHRT_GRID_STRIDE(i, n) { out[i] = Store<T>::from(load(x[i]) + load(bias[i % cols])); }
-}
-
-template <class In, class Out>
-__device__ __forceinline__ Out convert(In v) {
-  if constexpr (std::is_same_v<Out, bool>) {
-    return load(v) != acc_t<In>(0);
-  } else if constexpr (std::is_integral_v<Out> && std::is_integral_v<In>) {
-    return static_cast<Out>(v);
-  } else {
-    double d = static_cast<double>(load(v));
-    if constexpr (std::is_integral_v<Out>) {
-      return saturate_to_integer<Out>(d);
-    } else {
-      return Store<Out>::from(d);
-    }
-  }
+  MESHRT_GRID_STRIDE(i, n) { out[i] = store<T>(load(x[i]) + load(bias[i % cols])); }
 }
 
 template <class In, class Out>
 __global__ void cast_kernel(const In* x, Out* out, int64_t n) {
-  MESHRT_GRID_STRIDE(i, n) { out[i] = convert<In, Out>(x[i]); }
+  MESHRT_GRID_STRIDE(i, n) { out[i] = convert<Out>(x[i]); }
 }
 
 }  // namespace
@@ -76,41 +40,40 @@ __global__ void cast_kernel(const In* x, Out* out, int64_t n) {
 namespace cuda {
 using namespace cuda_impl;
 
-void unary(UnaryOp op, DType dtype, const void* x, void* out, int64_t n, double alpha, int,
-           void* stream) {
-  visit_numeric(dtype, [&](auto tag) {
+void unary(UnaryOp op, DType dtype, const void* x, void* out, int64_t n, double alpha, int, void* stream) {
+  bool done = dispatch_elementwise(op, dtype, [&](auto f, auto tag) {
     using T = decltype(tag);
-    unary_kernel<T><<<grid_for(n), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
-        op, static_cast<const T*>(x), static_cast<T*>(out), n, static_cast<acc_t<T>>(alpha));
+    unary_kernel<<<grid_for(n), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        f, static_cast<const T*>(x), static_cast<T*>(out), n, static_cast<acc_t<T>>(alpha));
   });
+  MESHRT_CHECK(done, ErrorKind::kInternal, to_string(dtype), " reached the CUDA kernel of a unary op that does not take it");
   check_launch();
 }
 
-void binary(BinaryOp op, DType dtype, const void* a, const void* b, void* out, int64_t n, int,
-            void* stream) {
-  visit_numeric(dtype, [&](auto tag) {
+void binary(BinaryOp op, DType dtype, const void* a, const void* b, void* out, int64_t n, int, void* stream) {
+  bool done = dispatch_elementwise(op, dtype, [&](auto f, auto tag) {
     using T = decltype(tag);
-    binary_kernel<T><<<grid_for(n), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
-        op, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n);
+    binary_kernel<<<grid_for(n), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        f, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n);
   });
+  MESHRT_CHECK(done, ErrorKind::kInternal, to_string(dtype), " reached the CUDA kernel of a binary op that does not take it");
   check_launch();
 }
 
-void bias_add(DType dtype, const void* x, const void* bias, void* out, int64_t rows, int64_t cols,
-              int, void* stream) {
-  visit_floating(dtype, [&](auto tag) {
+void bias_add(DType dtype, const void* x, const void* bias, void* out, int64_t rows, int64_t cols, int,
+              void* stream) {
+  visit_validated(FloatTypes{}, dtype, "bias_add", [&](auto tag) {
     using T = decltype(tag);
     bias_add_kernel<T><<<grid_for(rows * cols), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(out), rows * cols,
-        cols);
+        static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<T*>(out), rows * cols, cols);
   });
   check_launch();
 }
 
 void cast(DType from, DType to, const void* x, void* out, int64_t n, int, void* stream) {
-  visit(from, [&](auto in_tag) {
+  visit_dtype(from, [&](auto in_tag) {
     using In = decltype(in_tag);
-    visit(to, [&](auto out_tag) {
+    visit_dtype(to, [&](auto out_tag) {
       using Out = decltype(out_tag);
       cast_kernel<In, Out><<<grid_for(n), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
           static_cast<const In*>(x), static_cast<Out*>(out), n);

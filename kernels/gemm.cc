@@ -4,6 +4,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/dispatch.h"
+#include "kernels/dtype_sets.h"
 
 namespace meshrt::kernels {
 
@@ -40,7 +41,7 @@ Shape result_shape(const DeviceTensor& a, const DeviceTensor& b, const GemmOptio
 void gemm(const DeviceTensor& a, const DeviceTensor& b, const DeviceTensor& c,
           const GemmOptions& options, const Stream* stream) {
   detail::check_same_device("gemm", {&a, &b, &c});
-  detail::check_dtype("gemm", a, detail::kFloatTypes);
+  detail::check_dtype("gemm", a, FloatTypes::kList);
   MESHRT_CHECK_SHAPE(a.dtype() == b.dtype() && a.dtype() == c.dtype(), "gemm: dtypes differ: a ",
                      a.description(), ", b ", b.description(), ", c ", c.description());
   int64_t batch = 1;

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
-#include "kernels/cpu_types.h"
+#include "device/half.h"
 
 namespace meshrt::kernels::cpu {
 

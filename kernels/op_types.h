@@ -1,17 +1,5 @@
-// Operation enums shared by the public kernel API and the cpu/CUDA backends
-// (kept free of other includes so .cu files can use it).
+// The UnaryOp and BinaryOp enums, generated from the elementwise op table
+// (kernels/elementwise_ops.h, where the rows are).
 #pragma once
 
-namespace meshrt::kernels {
-
-enum class UnaryOp {
-  kNeg,    // -x
-  kRelu,   // max(x, 0)
-  kGelu,   // x * Phi(x), the exact (erf) form
-  kSilu,   // x * sigmoid(x)
-  kScale,  // alpha * x
-};
-
-enum class BinaryOp { kAdd, kMul };
-
-}  // namespace meshrt::kernels
+#include "kernels/elementwise_ops.h"

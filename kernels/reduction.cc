@@ -4,6 +4,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/dispatch.h"
+#include "kernels/dtype_sets.h"
 
 namespace meshrt::kernels {
 
@@ -18,7 +19,7 @@ Shape without_axis(const Shape& shape, int axis) {
 
 // Checks a row-wise op (softmax, norms): x and out alike, at least 1-D.
 RowArgs rows_of(const char* op, const DeviceTensor& x, const DeviceTensor& out) {
-  detail::check_dtype(op, x, detail::kFloatTypes);
+  detail::check_dtype(op, x, FloatTypes::kList);
   MESHRT_CHECK_SHAPE(x.ndim() >= 1, op, " needs at least one axis, got ", x.description());
   MESHRT_CHECK_SHAPE(x.shape() == out.shape() && x.dtype() == out.dtype(), op,
                      ": out must match x: x is ", x.description(), ", out is ", out.description());
@@ -35,7 +36,7 @@ void check_vector(const char* op, const char* name, const DeviceTensor& v, const
 
 void sum(const DeviceTensor& x, int axis, const DeviceTensor& out, const Stream* stream) {
   detail::check_same_device("sum", {&x, &out});
-  detail::check_dtype("sum", x, detail::kNumericTypes);
+  detail::check_dtype("sum", x, NumericTypes::kList);
   int a = x.shape().axis(axis);
   Shape expected = without_axis(x.shape(), a);
   MESHRT_CHECK_SHAPE(out.shape() == expected && out.dtype() == x.dtype(), "sum over axis ", axis,

@@ -10,10 +10,6 @@ namespace meshrt::kernels {
 namespace cuda_impl {
 namespace {
 
-// Sums accumulate in double (floats) or int64 (integers), as on the cpu.
-template <class T>
-using sum_acc_t = std::conditional_t<std::is_integral_v<T>, long long, double>;
-
 template <class T>
 __global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols) {
   using S = sum_acc_t<T>;
@@ -23,7 +19,7 @@ __global__ void sum_rows_kernel(const T* x, T* out, int64_t rows, int64_t cols) 
     S s = 0;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += static_cast<S>(load(in[c]));
     s = block_reduce(s, shared, SumOp{}, S(0));
-    if (threadIdx.x == 0) out[r] = Store<T>::from(s);
+    if (threadIdx.x == 0) out[r] = store<T>(s);
   }
 }
 
@@ -37,7 +33,7 @@ __global__ void sum_strided_kernel(const T* x, T* out, int64_t outer, int64_t ax
     const T* in = x + o * axis * inner + i;
     S s = 0;
     for (int64_t a = 0; a < axis; ++a) s += static_cast<S>(load(in[a * inner]));
-    out[j] = Store<T>::from(s);
+    out[j] = store<T>(s);
   }
 }
 
@@ -58,7 +54,7 @@ __global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t cols) {
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += exp(load(in[c]) - m);
     s = block_reduce(s, shared, SumOp{}, A(0));
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-      out[c] = Store<T>::from(exp(load(in[c]) - m) / s);
+      out[c] = store<T>(exp(load(in[c]) - m) / s);
     }
   }
 }
@@ -83,7 +79,7 @@ __global__ void layernorm_kernel(const T* x, const T* gamma, const T* beta, doub
     A var = block_reduce(v, shared, SumOp{}, A(0)) / n;
     A inv = A(1) / sqrt(var + static_cast<A>(eps));
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-      out[c] = Store<T>::from((load(in[c]) - mean) * inv * load(gamma[c]) + load(beta[c]));
+      out[c] = store<T>((load(in[c]) - mean) * inv * load(gamma[c]) + load(beta[c]));
     }
   }
 }
@@ -104,7 +100,7 @@ __global__ void rmsnorm_kernel(const T* x, const T* gamma, double eps, T* y, int
     A mean_square = block_reduce(s, shared, SumOp{}, A(0)) / static_cast<A>(cols);
     A inv = A(1) / sqrt(mean_square + static_cast<A>(eps));
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-      out[c] = Store<T>::from(load(in[c]) * inv * load(gamma[c]));
+      out[c] = store<T>(load(in[c]) * inv * load(gamma[c]));
     }
   }
 }
@@ -118,7 +114,7 @@ using namespace cuda_impl;
 void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int64_t inner, int,
          void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  visit_numeric(dtype, [&](auto tag) {
+  visit_validated(NumericTypes{}, dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
     if (inner == 1) {
       sum_rows_kernel<T><<<rows_grid(outer), kBlock, 0, s>>>(static_cast<const T*>(x),
@@ -132,7 +128,7 @@ void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int
 }
 
 void softmax(const RowArgs& rows, const void* x, void* out, int, void* stream) {
-  visit_floating(rows.dtype, [&](auto tag) {
+  visit_validated(FloatTypes{}, rows.dtype, "softmax", [&](auto tag) {
     using T = decltype(tag);
     softmax_kernel<T><<<rows_grid(rows.rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<T*>(out), rows.rows, rows.cols);
@@ -142,7 +138,7 @@ void softmax(const RowArgs& rows, const void* x, void* out, int, void* stream) {
 
 void layernorm(const RowArgs& rows, const void* x, const void* gamma, const void* beta, double eps,
                void* out, int, void* stream) {
-  visit_floating(rows.dtype, [&](auto tag) {
+  visit_validated(FloatTypes{}, rows.dtype, "layernorm", [&](auto tag) {
     using T = decltype(tag);
     layernorm_kernel<T><<<rows_grid(rows.rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<const T*>(gamma), static_cast<const T*>(beta), eps,
@@ -153,7 +149,7 @@ void layernorm(const RowArgs& rows, const void* x, const void* gamma, const void
 
 void rmsnorm(const RowArgs& rows, const void* x, const void* gamma, double eps, void* out, int,
              void* stream) {
-  visit_floating(rows.dtype, [&](auto tag) {
+  visit_validated(FloatTypes{}, rows.dtype, "rmsnorm", [&](auto tag) {
     using T = decltype(tag);
     rmsnorm_kernel<T><<<rows_grid(rows.rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<const T*>(gamma), eps, static_cast<T*>(out),

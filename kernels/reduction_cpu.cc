@@ -4,15 +4,15 @@
 #include <vector>
 
 #include "kernels/backend.h"
-#include "kernels/cpu_types.h"
+#include "device/convert.h"
+#include "kernels/dtype_sets.h"
 
 namespace meshrt::kernels::cpu {
 
 void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int64_t inner) {
-  visit_numeric(dtype, "sum", [&](auto tag) {
+  visit_validated(NumericTypes{}, dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
-    // Floats accumulate in double, integers in int64.
-    using S = std::conditional_t<std::is_integral_v<T>, int64_t, double>;
+    using S = sum_acc_t<T>;  // double for floats, int64 for integers
     const T* in = static_cast<const T*>(x);
     T* o = static_cast<T*>(out);
     std::vector<S> acc(static_cast<size_t>(inner));
@@ -28,7 +28,7 @@ void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int
 }
 
 void softmax(const RowArgs& rows, const void* x, void* out) {
-  visit_floating(rows.dtype, "softmax", [&](auto tag) {
+  visit_validated(FloatTypes{}, rows.dtype, "softmax", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
     const T* in = static_cast<const T*>(x);
@@ -52,7 +52,7 @@ void softmax(const RowArgs& rows, const void* x, void* out) {
 
 void layernorm(const RowArgs& rows, const void* x, const void* gamma, const void* beta, double eps,
                void* out) {
-  visit_floating(rows.dtype, "layernorm", [&](auto tag) {
+  visit_validated(FloatTypes{}, rows.dtype, "layernorm", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
     const T* in = static_cast<const T*>(x);
@@ -80,7 +80,7 @@ void layernorm(const RowArgs& rows, const void* x, const void* gamma, const void
 }
 
 void rmsnorm(const RowArgs& rows, const void* x, const void* gamma, double eps, void* out) {
-  visit_floating(rows.dtype, "rmsnorm", [&](auto tag) {
+  visit_validated(FloatTypes{}, rows.dtype, "rmsnorm", [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
     const T* in = static_cast<const T*>(x);
