@@ -333,9 +333,7 @@ DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layou
   const SafetensorsEntry& e = header.find(name);
   layout.check(mesh, e.shape, name);
   Shape local = layout.local_shape(mesh, e.shape);
-  bool holds_value = true;
-  for (const auto& a : layout.partial()) holds_value = holds_value && mesh.coordinate(a) == 0;
-  if (!holds_value) return DTensor(DeviceTensor::zeros(local, e.dtype, mesh.device()), e.shape, mesh, layout, name);
+  if (!layout.holds_value(mesh)) return DTensor(DeviceTensor::zeros(local, e.dtype, mesh.device()), e.shape, mesh, layout, name);
   HostTensor block = HostTensor::empty(local, e.dtype);
   size_t element = size_of(e.dtype);
   File f(file, O_RDONLY);

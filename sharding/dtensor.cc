@@ -29,9 +29,7 @@ DTensor DTensor::from_global(const HostTensor& global, const Mesh& mesh, const L
   for (int d = 0; d < layout.ndim(); ++d) {
     block = blocks::take_block(block, d, layout.block_index(mesh, d, coordinates), layout.parts(mesh, d));
   }
-  bool holds_value = true;
-  for (const auto& a : layout.partial()) holds_value = holds_value && mesh.coordinate(a) == 0;
-  DeviceTensor local = holds_value ? to_device(block, mesh.device())
+  DeviceTensor local = layout.holds_value(mesh) ? to_device(block, mesh.device())
                                    : DeviceTensor::zeros(block.shape(), block.dtype(), mesh.device());
   return DTensor(std::move(local), global.shape(), mesh, layout, name);
 }

@@ -6,8 +6,19 @@
 
 namespace meshrt::sharding {
 
+namespace {
+std::vector<Partial> sums(std::vector<std::string> axes) {
+  std::vector<Partial> out;
+  for (auto& a : axes) out.push_back({std::move(a), ReduceOp::kSum});
+  return out;
+}
+}  // namespace
+
 Layout::Layout(std::vector<std::vector<std::string>> dims, std::vector<std::string> partial)
-    : dims_(std::move(dims)), partial_(std::move(partial)) {
+    : Layout(std::move(dims), sums(std::move(partial)), 0) {}
+
+Layout::Layout(std::vector<std::vector<std::string>> dims, std::vector<Partial> partials, int)
+    : dims_(std::move(dims)), partials_(std::move(partials)) {
   std::set<std::string> used;
   auto use = [&](const std::string& axis) {
     MESHRT_CHECK_ARG(!axis.empty(), "a layout names an empty mesh axis");
@@ -15,7 +26,11 @@ Layout::Layout(std::vector<std::vector<std::string>> dims, std::vector<std::stri
                      to_string());
   };
   for (const auto& d : dims_) for (const auto& a : d) use(a);
-  for (const auto& a : partial_) use(a);
+  for (const auto& p : partials_) {
+    use(p.axis);
+    MESHRT_CHECK_ARG(p.op != ReduceOp::kProd, "layout ", to_string(),
+                     ": a pending product is not supported (sum, max and min are)");
+  }
 }
 
 Layout Layout::replicated(int ndim) { return Layout(std::vector<std::vector<std::string>>(static_cast<size_t>(ndim))); }
@@ -78,7 +93,20 @@ Layout Layout::parse(const std::string& text) {
       throw bad(detail::cat("unexpected '", body.substr(i, 1), "'"));
     }
   }
-  return Layout(std::move(dims), partial_text.empty() ? std::vector<std::string>{} : split_axes(partial_text));
+  std::vector<Partial> partials;
+  if (!partial_text.empty()) {
+    for (const std::string& entry : split_axes(partial_text)) {
+      size_t colon = entry.find(':');
+      Partial p{trim(entry.substr(0, colon)), ReduceOp::kSum};
+      if (colon != std::string::npos) {
+        std::string op = trim(entry.substr(colon + 1));
+        if (op != "sum" && op != "max" && op != "min") throw bad("P(" + entry + "): the reduction must be sum, max or min");
+        p.op = parse_reduce_op(op);
+      }
+      partials.push_back(std::move(p));
+    }
+  }
+  return Layout(std::move(dims), std::move(partials), 0);
 }
 
 const std::vector<std::string>& Layout::dim(int d) const {
@@ -87,7 +115,7 @@ const std::vector<std::string>& Layout::dim(int d) const {
 }
 
 bool Layout::is_replicated() const {
-  return partial_.empty() && std::all_of(dims_.begin(), dims_.end(), [](const auto& d) { return d.empty(); });
+  return partials_.empty() && std::all_of(dims_.begin(), dims_.end(), [](const auto& d) { return d.empty(); });
 }
 
 int Layout::dim_of(const std::string& axis) const {
@@ -97,31 +125,51 @@ int Layout::dim_of(const std::string& axis) const {
   return -1;
 }
 
+std::vector<std::string> Layout::partial() const {
+  std::vector<std::string> axes;
+  for (const Partial& p : partials_) axes.push_back(p.axis);
+  return axes;
+}
+
 bool Layout::is_partial_over(const std::string& axis) const {
-  return std::find(partial_.begin(), partial_.end(), axis) != partial_.end();
+  return std::any_of(partials_.begin(), partials_.end(), [&](const Partial& p) { return p.axis == axis; });
+}
+
+ReduceOp Layout::partial_op(const std::string& axis) const {
+  for (const Partial& p : partials_) {
+    if (p.axis == axis) return p.op;
+  }
+  throw Error(ErrorKind::kInternal, detail::cat("layout ", to_string(), " is not partial over '", axis, "'"));
+}
+
+bool Layout::holds_value(const Mesh& mesh) const {
+  return std::all_of(partials_.begin(), partials_.end(),
+                     [&](const Partial& p) { return p.op != ReduceOp::kSum || mesh.coordinate(p.axis) == 0; });
 }
 
 Layout Layout::with_dim(int d, std::vector<std::string> axes) const {
   dim(d);
   auto dims = dims_;
   dims[static_cast<size_t>(d)] = std::move(axes);
-  return Layout(std::move(dims), partial_);
+  return Layout(std::move(dims), partials_, 0);
 }
 
 Layout Layout::with_partial(std::vector<std::string> axes) const { return Layout(dims_, std::move(axes)); }
 
+Layout Layout::with_partials(std::vector<Partial> partials) const { return Layout(dims_, std::move(partials), 0); }
+
 Layout Layout::without_axis(const std::string& axis) const {
   auto dims = dims_;
   for (auto& d : dims) d.erase(std::remove(d.begin(), d.end(), axis), d.end());
-  auto partial = partial_;
-  partial.erase(std::remove(partial.begin(), partial.end(), axis), partial.end());
-  return Layout(std::move(dims), std::move(partial));
+  auto partials = partials_;
+  std::erase_if(partials, [&](const Partial& p) { return p.axis == axis; });
+  return Layout(std::move(dims), std::move(partials), 0);
 }
 
 void Layout::check(const Mesh& mesh, const Shape& global, const std::string& name) const {
   MESHRT_CHECK_SHAPE(ndim() == global.ndim(), "layout ", to_string(), " of ", name, " has ", ndim(),
                      " dimensions but ", name, " has global shape ", global, " (", global.ndim(), ")");
-  for (const auto& a : partial_) mesh.axis_index(a);
+  for (const auto& p : partials_) mesh.axis_index(p.axis);
   for (int d = 0; d < ndim(); ++d) {
     const auto& axes = dims_[static_cast<size_t>(d)];
     if (axes.empty()) continue;
@@ -172,9 +220,12 @@ std::string Layout::to_string() const {
     s += ")";
   }
   s += "]";
-  if (!partial_.empty()) {
+  if (!partials_.empty()) {
     s += " P(";
-    for (size_t i = 0; i < partial_.size(); ++i) s += (i ? "," : "") + partial_[i];
+    for (size_t i = 0; i < partials_.size(); ++i) {
+      s += (i ? "," : "") + partials_[i].axis;
+      if (partials_[i].op != ReduceOp::kSum) s += std::string(":") + meshrt::to_string(partials_[i].op);
+    }
     s += ")";
   }
   return s;

@@ -30,9 +30,23 @@ void check_same_mesh(const char* op, const DTensor& a, const DTensor& b) {
                    " are on different meshes");
 }
 
-// x with its partial axes reduced (all_reduce), sharding unchanged.
-DTensor reduced(const DTensor& x) {
-  return x.layout().is_partial() ? redistribute(x, x.layout().with_partial({})) : x;
+unsigned rule_bit(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return kernels::kThroughSum;
+    case ReduceOp::kMax: return kernels::kThroughMax;
+    case ReduceOp::kMin: return kernels::kThroughMin;
+    case ReduceOp::kProd: break;
+  }
+  return kernels::kNoPartial;
+}
+
+// layout without the pending reductions whose op is not in keep.
+Layout keeping(const Layout& layout, unsigned keep) {
+  std::vector<Partial> kept;
+  for (const Partial& p : layout.partials()) {
+    if (keep & rule_bit(p.op)) kept.push_back(p);
+  }
+  return kept.size() == layout.partials().size() ? layout : layout.with_partials(std::move(kept));
 }
 
 DTensor map_local(const DTensor& x, const std::function<DeviceTensor(const DeviceTensor&)>& f,
@@ -41,8 +55,16 @@ DTensor map_local(const DTensor& x, const std::function<DeviceTensor(const Devic
 }
 }  // namespace
 
-DTensor matmul(const DTensor& a_in, const DTensor& b_in, const std::string& name, kernels::MathMode math) {
-  check_same_mesh("matmul", a_in, b_in);
+DTensor reduce_partials_except(const DTensor& x, unsigned keep) {
+  MESHRT_CHECK_ARG(x.defined(), "an undefined DTensor");
+  return redistribute(x, keeping(x.layout(), keep));
+}
+
+DTensor matmul(const DTensor& a_given, const DTensor& b_given, const std::string& name, kernels::MathMode math) {
+  check_same_mesh("matmul", a_given, b_given);
+  // matmul is linear in each operand: pending sums pass, a pending max or min does not.
+  DTensor a_in = reduce_partials_except(a_given, kernels::kThroughSum);
+  DTensor b_in = reduce_partials_except(b_given, kernels::kThroughSum);
   int an = a_in.ndim(), bn = b_in.ndim();
   MESHRT_CHECK_SHAPE((an == 2 && bn == 2) || (an == 3 && (bn == 2 || bn == 3)), "matmul: ",
                      a_in.description(), " @ ", b_in.description(),
@@ -101,63 +123,56 @@ DTensor matmul(const DTensor& a_in, const DTensor& b_in, const std::string& name
                  name.empty() ? "(" + a_in.name() + " @ " + b_in.name() + ")" : name);
 }
 
-DTensor neg(const DTensor& x) {
-  return map_local(x, [](const DeviceTensor& t) { return kernels::neg(t); }, "-" + x.name());
+DTensor unary(kernels::UnaryOp op, const DTensor& x_in, double alpha) {
+  DTensor x = reduce_partials_except(x_in, kernels::info(op).partial_rule[0]);
+  return map_local(x, [&](const DeviceTensor& t) {
+    DeviceTensor out = DeviceTensor::empty(t.shape(), t.dtype(), t.device());
+    kernels::unary(op, t, out, alpha);
+    return out;
+  }, std::string(kernels::to_string(op)) + "(" + x_in.name() + ")");
 }
 
-DTensor scale(const DTensor& x, double alpha) {
-  return map_local(x, [alpha](const DeviceTensor& t) { return kernels::scale(t, alpha); }, x.name());
-}
-
-DTensor relu(const DTensor& x) {
-  return map_local(reduced(x), [](const DeviceTensor& t) { return kernels::relu(t); }, "relu(" + x.name() + ")");
-}
-
-DTensor gelu(const DTensor& x) {
-  return map_local(reduced(x), [](const DeviceTensor& t) { return kernels::gelu(t); }, "gelu(" + x.name() + ")");
-}
-
-DTensor silu(const DTensor& x) {
-  return map_local(reduced(x), [](const DeviceTensor& t) { return kernels::silu(t); }, "silu(" + x.name() + ")");
-}
-
-namespace {
-void check_same_shape(const char* op, const DTensor& a, const DTensor& b) {
-  MESHRT_CHECK_SHAPE(a.global_shape() == b.global_shape() && a.dtype() == b.dtype(), op,
-                     ": global shapes and dtypes must match: ", a.description(), " and ", b.description());
-}
-}  // namespace
-
-DTensor add(const DTensor& a, const DTensor& b) {
-  check_same_mesh("add", a, b);
-  check_same_shape("add", a, b);
-  DTensor bb = redistribute(b, a.layout());
-  return DTensor(kernels::add(a.local(), bb.local()), a.global_shape(), a.mesh(), a.layout(),
-                 "(" + a.name() + " + " + b.name() + ")");
-}
-
-DTensor mul(const DTensor& a_in, const DTensor& b_in) {
-  check_same_mesh("mul", a_in, b_in);
-  check_same_shape("mul", a_in, b_in);
-  DTensor a = reduced(a_in);
+DTensor binary(kernels::BinaryOp op, const DTensor& a_in, const DTensor& b_in) {
+  const char* name = kernels::to_string(op);
+  check_same_mesh(name, a_in, b_in);
+  MESHRT_CHECK_SHAPE(a_in.global_shape() == b_in.global_shape() && a_in.dtype() == b_in.dtype(), name,
+                     ": global shapes and dtypes must match: ", a_in.description(), " and ", b_in.description());
+  const unsigned* rule = kernels::info(op).partial_rule;
+  DTensor a = reduce_partials_except(a_in, rule[0] & rule[1]);
   DTensor b = redistribute(b_in, a.layout());
-  return DTensor(kernels::mul(a.local(), b.local()), a.global_shape(), a.mesh(), a.layout(),
-                 "(" + a_in.name() + " * " + b_in.name() + ")");
+  DeviceTensor out = DeviceTensor::empty(a.local().shape(), a.dtype(), a.local().device());
+  kernels::binary(op, a.local(), b.local(), out);
+  return DTensor(out, a.global_shape(), a.mesh(), a.layout(), std::string(name) + "(" + a_in.name() + ", " + b_in.name() + ")");
 }
 
-DTensor bias_add(const DTensor& x, const DTensor& bias) {
-  check_same_mesh("bias_add", x, bias);
+#define MESHRT_DEFINE_UNARY(name, Element, ...) \
+  DTensor name(const DTensor& x) { return unary(kernels::UnaryOp::k##Element, x); }
+#define MESHRT_DEFINE_SCALAR_UNARY(name, Element, ...) \
+  DTensor name(const DTensor& x, double alpha) { return unary(kernels::UnaryOp::k##Element, x, alpha); }
+#define MESHRT_DEFINE_BINARY(name, Element, ...) \
+  DTensor name(const DTensor& a, const DTensor& b) { return binary(kernels::BinaryOp::k##Element, a, b); }
+MESHRT_UNARY_OPS(MESHRT_DEFINE_UNARY)
+MESHRT_SCALAR_UNARY_OPS(MESHRT_DEFINE_SCALAR_UNARY)
+MESHRT_BINARY_OPS(MESHRT_DEFINE_BINARY)
+#undef MESHRT_DEFINE_UNARY
+#undef MESHRT_DEFINE_SCALAR_UNARY
+#undef MESHRT_DEFINE_BINARY
+
+DTensor bias_add(const DTensor& x_in, const DTensor& bias) {
+  check_same_mesh("bias_add", x_in, bias);
+  DTensor x = reduce_partials_except(x_in, kernels::kThroughSum);
   MESHRT_CHECK_SHAPE(bias.ndim() == 1 && x.ndim() >= 1 && bias.global_shape()[0] == x.global_shape()[-1] &&
                          bias.dtype() == x.dtype(),
                      "bias_add: bias must be ", to_string(x.dtype()), "[", x.global_shape()[-1], "] for ",
                      x.description(), ", got ", bias.description());
   DTensor b = redistribute(bias, Layout({x.layout().dim(x.ndim() - 1)}, x.layout().partial()));
   return DTensor(kernels::bias_add(x.local(), b.local()), x.global_shape(), x.mesh(), x.layout(),
-                 "(" + x.name() + " + " + bias.name() + ")");
+                 "(" + x_in.name() + " + " + bias.name() + ")");
 }
 
-DTensor sum(const DTensor& x, int dim) {
-  MESHRT_CHECK_ARG(x.defined(), "sum of an undefined DTensor");
+DTensor sum(const DTensor& x_in, int dim) {
+  MESHRT_CHECK_ARG(x_in.defined(), "sum of an undefined DTensor");
+  DTensor x = reduce_partials_except(x_in, kernels::kThroughSum);
   int d = x.global_shape().axis(dim);
   std::vector<Axes> dims;
   for (int i = 0; i < x.ndim(); ++i) {
@@ -170,7 +185,7 @@ DTensor sum(const DTensor& x, int dim) {
     if (i != d) global.push_back(x.global_shape()[i]);
   }
   return DTensor(kernels::sum(x.local(), d), Shape(global), x.mesh(), Layout(dims, partial),
-                 "sum(" + x.name() + ")");
+                 "sum(" + x_in.name() + ")");
 }
 
 namespace {

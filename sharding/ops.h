@@ -4,6 +4,7 @@
 // Every collective used is recorded in the current TraceScope.
 #pragma once
 
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "sharding/dtensor.h"
 
@@ -25,24 +26,37 @@ namespace meshrt::sharding {
 DTensor matmul(const DTensor& a, const DTensor& b, const std::string& name = "",
                kernels::MathMode math = kernels::MathMode::kDefault);
 
-// Elementwise ops: the result keeps the layout of the (first) operand.
-// Linear ops keep partial values partial; nonlinear ones reduce first.
-DTensor neg(const DTensor& x);                  // linear
-DTensor scale(const DTensor& x, double alpha);  // linear
-DTensor relu(const DTensor& x);                 // nonlinear: reduces partial axes first
-DTensor gelu(const DTensor& x);
-DTensor silu(const DTensor& x);
-// b is redistributed to a's layout (partial axes included: a replicated b is
-// then kept at coordinate 0 only, so the sum stays a + b).
-DTensor add(const DTensor& a, const DTensor& b);
-// Both operands are reduced of partial axes, then b follows a's layout.
-DTensor mul(const DTensor& a, const DTensor& b);
+// Elementwise ops, one per row of the table in kernels/elementwise_ops.h: the
+// result keeps the layout of the (first) operand, except for the pending
+// reductions the op does not commute with, which are reduced first (the row
+// says which: neg and scale keep a pending sum, relu a pending max or min, gelu
+// and silu none). A binary op keeps a's pending reductions that it commutes
+// with for both operands, and b is redistributed to that layout (for add, a
+// replicated b then counts once: at coordinate 0 of a pending sum's axis);
+// otherwise both are reduced and b follows a's sharding.
+DTensor unary(kernels::UnaryOp op, const DTensor& x, double alpha = 1.0);
+DTensor binary(kernels::BinaryOp op, const DTensor& a, const DTensor& b);
+
+#define MESHRT_DECLARE_UNARY(name, ...) DTensor name(const DTensor& x);
+#define MESHRT_DECLARE_SCALAR_UNARY(name, ...) DTensor name(const DTensor& x, double alpha);
+#define MESHRT_DECLARE_BINARY(name, ...) DTensor name(const DTensor& a, const DTensor& b);
+MESHRT_UNARY_OPS(MESHRT_DECLARE_UNARY)
+MESHRT_SCALAR_UNARY_OPS(MESHRT_DECLARE_SCALAR_UNARY)
+MESHRT_BINARY_OPS(MESHRT_DECLARE_BINARY)
+#undef MESHRT_DECLARE_UNARY
+#undef MESHRT_DECLARE_SCALAR_UNARY
+#undef MESHRT_DECLARE_BINARY
+
+// x with the pending reductions whose ReduceOp is not in `keep` (PartialRule
+// bits) reduced; no communication when there are none.
+DTensor reduce_partials_except(const DTensor& x, unsigned keep);
 // x [..., n] + bias [n]: bias takes x's layout of the last dimension and x's
-// partial axes (so a partial x needs no reduction).
+// pending sums (so a partial sum x needs no reduction).
 DTensor bias_add(const DTensor& x, const DTensor& bias);
 
-// Sum over a dimension. A sharded summed dimension needs no communication: each
-// rank sums its block and the result is partial over that dimension's axes.
+// Sum over dimension dim. A sharded summed dimension needs no communication:
+// each rank sums its block and the result is a pending sum over that
+// dimension's axes.
 DTensor sum(const DTensor& x, int dim);
 // Softmax / norms over the last dimension: it must be whole on every rank, so a
 // sharded last dimension is gathered (all_gather over its axes) and partial axes

@@ -9,9 +9,13 @@
 //   S(d)   R       all_gather             put the gathered blocks side by side along d
 //   S(d)   S(e)    all_to_all             pack blocks of e, then join the received along d
 //   R      S(d)    -                      keep this rank's block of d (slice)
-//   R      P       -                      keep the value at coordinate 0, zeros elsewhere
+//   R      P       -                      sum: keep the value at coordinate 0, zeros
+//                                         elsewhere; max, min: keep it everywhere
 //   S(d)   P       all_gather, then R->P
-//   P      P, R R, S(d) S(d) (same position): nothing
+//   P      P       nothing for the same reduction; another: all_reduce, then R->P
+//   R R, S(d) S(d) (same position): nothing
+//
+// The collectives of a pending reduction use its op (P(x:max): all_reduce max).
 //
 // Order: partial axes are resolved first (reduce_scatter when the target shards
 // that axis innermost on a dimension whose other axes already match, otherwise
@@ -74,9 +78,10 @@ std::vector<RedistributionStep> plan_redistribution(const Layout& from, const La
     cur = std::move(next);
   };
 
-  // 1. Partial axes the target does not keep partial.
-  for (const std::string& a : from.partial()) {
-    if (to.is_partial_over(a)) continue;
+  // 1. Partial axes the target does not keep partial with the same reduction.
+  for (const Partial& p : from.partials()) {
+    const std::string& a = p.axis;
+    if (to.is_partial_over(a) && to.partial_op(a) == p.op) continue;
     int d = to.dim_of(a);
     if (d >= 0 && to.dim(d) == plus(cur.dim(d), a)) {
       Layout next = cur.without_axis(a).with_dim(d, to.dim(d));
@@ -126,9 +131,11 @@ std::vector<RedistributionStep> plan_redistribution(const Layout& from, const La
                cur.to_string(), " on the way from ", from.to_string(), " to ", to.to_string());
 
   // 4. New partial axes.
-  for (const std::string& a : to.partial()) {
-    if (cur.is_partial_over(a)) continue;
-    step(Kind::kZero, a, -1, -1, cur.with_partial(plus(cur.partial(), a)));
+  for (const Partial& p : to.partials()) {
+    if (cur.is_partial_over(p.axis)) continue;
+    std::vector<Partial> partials = cur.partials();
+    partials.push_back(p);
+    step(Kind::kZero, p.axis, -1, -1, cur.with_partials(std::move(partials)));
   }
   return steps;
 }
@@ -141,14 +148,14 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
   switch (s.kind) {
     case Kind::kAllReduce: {
       DeviceTensor out = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
-      mesh.communicator(s.axis).all_reduce(local, out).wait();
+      mesh.communicator(s.axis).all_reduce(local, out, s.before.partial_op(s.axis)).wait();
       return out;
     }
     case Kind::kReduceScatter: {
       DeviceTensor packed = blocks::pack_blocks(local, s.dim, n);
       DeviceTensor out = DeviceTensor::empty(local.shape().with(s.dim, local.dim(s.dim) / n), local.dtype(),
                                              local.device());
-      mesh.communicator(s.axis).reduce_scatter(packed, out).wait();
+      mesh.communicator(s.axis).reduce_scatter(packed, out, s.before.partial_op(s.axis)).wait();
       return out;
     }
     case Kind::kAllGather: {
@@ -165,8 +172,10 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
     }
     case Kind::kSlice:
       return blocks::take_block(local, s.dim, c, n);
-    case Kind::kZero:
-      return c == 0 ? local : DeviceTensor::zeros(local.shape(), local.dtype(), local.device());
+    case Kind::kZero:  // a max or min over copies of the value is the value
+      return c == 0 || s.after.partial_op(s.axis) != ReduceOp::kSum
+                 ? local
+                 : DeviceTensor::zeros(local.shape(), local.dtype(), local.device());
   }
   return local;
 }

@@ -108,6 +108,22 @@ TEST(Layout, ParsePrintAndValidate) {
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("S(x),S(x)"); }, {"'x' is used twice"}));
 }
 
+TEST(Layout, PartialCarriesItsReduction) {
+  Layout l = Layout::parse("[R, S(y)] P(x:max)");
+  EXPECT_EQ(l.partial(), std::vector<std::string>{"x"});
+  EXPECT_EQ(l.partial_op("x"), ReduceOp::kMax);
+  EXPECT_EQ(l.to_string(), "[R, S(y)] P(x:max)");
+  Layout two = Layout::parse("[R] P(a, b:min)");
+  EXPECT_EQ(two.partials(), (std::vector<Partial>{{"a", ReduceOp::kSum}, {"b", ReduceOp::kMin}}));
+  EXPECT_EQ(two.to_string(), "[R] P(a,b:min)");
+  EXPECT_EQ(Layout::parse("[R] P(a:sum)"), Layout::replicated(1).with_partial({"a"}));
+  EXPECT_NE(Layout::parse("[R] P(a:max)"), Layout::replicated(1).with_partial({"a"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[R] P(a:avg)"); }, {"sum, max or min"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[R] P(a:prod)"); }, {"sum, max or min"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
+                           [] { Layout::replicated(1).with_partials({{"a", ReduceOp::kProd}}); }, {"pending product"}));
+}
+
 TEST(Partitioners, FixedAndMinSizeAsInTensorFlow) {
   // The seed example: an embedding of 8 x 16384 over two parameter servers.
   FixedShardsPartitioner two(2);
@@ -351,6 +367,66 @@ TEST_P(Sharding, SumOfAShardedDimensionIsAPartialWithoutCommunication) {
   }
   EXPECT_EQ(trace.collectives(), 0);
   EXPECT_EQ(s.layout(), Layout::replicated(1).with_partial({a}));
+}
+
+// Ops follow the elementwise table's rule for pending max and min: relu keeps
+// them (it is monotone), neg, add and matmul reduce them first; redistribution
+// reduces them with their own op.
+TEST_P(Sharding, PendingMaxAndMinFollowTheOpTable) {
+  const std::string a = mesh_.axes()[0].name;
+  int n = mesh_.axes()[0].size;
+  Shape shape{6 * n, 4};
+  HostTensor w = integers({4, 3}, 40);
+  for (ReduceOp op : {ReduceOp::kMax, ReduceOp::kMin}) {
+    // Rank at coordinate c of a contributes integers(seed 41 + c); the value is their max (min).
+    HostTensor expected = integers(shape, 41);
+    for (int c = 1; c < n; ++c) {
+      HostTensor part = integers(shape, 41 + static_cast<uint64_t>(c));
+      for (int64_t i = 0; i < shape.numel(); ++i) {
+        float& e = expected.data<float>()[i];
+        float v = part.data<float>()[i];
+        e = op == ReduceOp::kMax ? std::max(e, v) : std::min(e, v);
+      }
+    }
+    Layout partial = Layout::replicated(2).with_partials({{a, op}});
+    DTensor x(to_device(integers(shape, 41 + static_cast<uint64_t>(mesh_.coordinate(a))), Device::cpu()), shape,
+              mesh_, partial, "x");
+    std::string where = partial.to_string();
+    EXPECT_TRUE(all_close(x.gather(), expected, 0, 0)) << where;
+
+    Trace trace;
+    DTensor r;
+    {
+      TraceScope scope(trace);
+      r = relu(x);
+    }
+    EXPECT_EQ(trace.collectives(), 0) << where << "\n" << trace.to_string();
+    EXPECT_EQ(r.layout(), partial);
+    EXPECT_TRUE(all_close(r.gather(), one_rank([](auto& t) { return kernels::relu(t); }, expected), 0, 0)) << where;
+
+    DTensor m = neg(x);
+    EXPECT_FALSE(m.layout().is_partial()) << where;
+    EXPECT_TRUE(all_close(m.gather(), one_rank([](auto& t) { return kernels::neg(t); }, expected), 0, 0)) << where;
+    DTensor y = DTensor::from_global(integers(shape, 42), mesh_, Layout::replicated(2), "y");
+    EXPECT_TRUE(all_close(add(x, y).gather(), meshrt::to_host(kernels::add(to_device(expected, Device::cpu()), y.local())),
+                          0, 0)) << where;
+    DTensor wd = DTensor::from_global(w, mesh_, Layout::replicated(2), "w");
+    EXPECT_TRUE(all_close(matmul(x, wd).gather(), one_rank_matmul(expected, w), 0, 0)) << where;
+
+    // Into a pending sum, a shard (reduce_scatter with the op) and back from a whole value.
+    EXPECT_TRUE(all_close(redistribute(x, Layout::replicated(2).with_partial({a})).gather(), expected, 0, 0)) << where;
+    Trace scatter;
+    DTensor s;
+    {
+      TraceScope scope(scatter);
+      s = redistribute(x, Layout::sharded(2, 0, a));
+    }
+    EXPECT_EQ(scatter.count("reduce_scatter"), 1) << scatter.to_string();
+    EXPECT_TRUE(all_close(s.gather(), expected, 0, 0)) << where;
+    DTensor placed = DTensor::from_global(expected, mesh_, partial, "placed");
+    EXPECT_TRUE(all_close(meshrt::to_host(placed.local()), expected, 0, 0)) << "every rank holds a pending max's value";
+    EXPECT_TRUE(all_close(placed.gather(), expected, 0, 0)) << where;
+  }
 }
 
 TEST_P(Sharding, TensorParallelMlpUsesOneAllReduce) {
