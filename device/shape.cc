@@ -42,6 +42,12 @@ Shape Shape::with(int i, int64_t extent) const {
   return Shape(std::move(dims));
 }
 
+Shape Shape::without(int i) const {
+  std::vector<int64_t> dims = dims_;
+  dims.erase(dims.begin() + axis(i));
+  return Shape(std::move(dims));
+}
+
 int64_t Shape::outer(int i) const {
   int a = axis(i);
   int64_t n = 1;

@@ -23,6 +23,8 @@ class Shape {
   int axis(int i) const;
   // A copy with axis i set to extent.
   Shape with(int i, int64_t extent) const;
+  // A copy without axis i (one dimension fewer).
+  Shape without(int i) const;
   // Product of extents before / after axis i.
   int64_t outer(int i) const;
   int64_t inner(int i) const;

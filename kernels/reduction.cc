@@ -9,14 +9,6 @@
 namespace meshrt::kernels {
 
 namespace {
-Shape without_axis(const Shape& shape, int axis) {
-  std::vector<int64_t> dims;
-  for (int i = 0; i < shape.ndim(); ++i) {
-    if (i != axis) dims.push_back(shape[i]);
-  }
-  return Shape(std::move(dims));
-}
-
 // Checks a row-wise op (softmax, norms): x and out alike, at least 1-D.
 RowArgs rows_of(const char* op, const DeviceTensor& x, const DeviceTensor& out) {
   detail::check_dtype(op, x, FloatTypes::kList);
@@ -34,12 +26,12 @@ void check_vector(const char* op, const char* name, const DeviceTensor& v, const
 }
 }  // namespace
 
-void sum(const DeviceTensor& x, int axis, const DeviceTensor& out, const Stream* stream) {
+void sum(const DeviceTensor& x, int dim, const DeviceTensor& out, const Stream* stream) {
   detail::check_same_device("sum", {&x, &out});
   detail::check_dtype("sum", x, NumericTypes::kList);
-  int a = x.shape().axis(axis);
-  Shape expected = without_axis(x.shape(), a);
-  MESHRT_CHECK_SHAPE(out.shape() == expected && out.dtype() == x.dtype(), "sum over axis ", axis,
+  int a = x.shape().axis(dim);
+  Shape expected = x.shape().without(a);
+  MESHRT_CHECK_SHAPE(out.shape() == expected && out.dtype() == x.dtype(), "sum over dimension ", dim,
                      " of ", x.description(), " gives ", to_string(x.dtype()), expected,
                      ", but out is ", out.description());
   if (out.numel() == 0) return;
@@ -48,11 +40,10 @@ void sum(const DeviceTensor& x, int axis, const DeviceTensor& out, const Stream*
                   x.dim(a), x.shape().inner(a));
 }
 
-DeviceTensor sum(const DeviceTensor& x, int axis, const Stream* stream) {
+DeviceTensor sum(const DeviceTensor& x, int dim, const Stream* stream) {
   MESHRT_CHECK_ARG(x.defined(), "sum of an undefined tensor");
-  DeviceTensor out =
-      DeviceTensor::empty(without_axis(x.shape(), x.shape().axis(axis)), x.dtype(), x.device());
-  sum(x, axis, out, stream);
+  DeviceTensor out = DeviceTensor::empty(x.shape().without(dim), x.dtype(), x.device());
+  sum(x, dim, out, stream);
   return out;
 }
 

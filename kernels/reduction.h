@@ -9,22 +9,22 @@
 
 namespace meshrt::kernels {
 
-// Sum over axis: out has x's shape without that axis.
-void sum(const DeviceTensor& x, int axis, const DeviceTensor& out, const Stream* stream = nullptr);
-DeviceTensor sum(const DeviceTensor& x, int axis, const Stream* stream = nullptr);
+// Sum over dimension dim (negative: from the end): out has x's shape without it.
+void sum(const DeviceTensor& x, int dim, const DeviceTensor& out, const Stream* stream = nullptr);
+DeviceTensor sum(const DeviceTensor& x, int dim, const Stream* stream = nullptr);
 
-// Softmax over the last axis, max-subtracted for stability.
+// Softmax over the last dimension, max-subtracted for stability.
 void softmax(const DeviceTensor& x, const DeviceTensor& out, const Stream* stream = nullptr);
 DeviceTensor softmax(const DeviceTensor& x, const Stream* stream = nullptr);
 
-// Layer normalisation over the last axis (n): (x - mean) / sqrt(var + eps) * gamma + beta,
+// Layer normalisation over the last dimension (n): (x - mean) / sqrt(var + eps) * gamma + beta,
 // var the biased variance; gamma and beta have shape [n].
 void layernorm(const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
                double eps, const DeviceTensor& out, const Stream* stream = nullptr);
 DeviceTensor layernorm(const DeviceTensor& x, const DeviceTensor& gamma, const DeviceTensor& beta,
                        double eps = 1e-5, const Stream* stream = nullptr);
 
-// RMS normalisation over the last axis: x / sqrt(mean(x^2) + eps) * gamma.
+// RMS normalisation over the last dimension: x / sqrt(mean(x^2) + eps) * gamma.
 void rmsnorm(const DeviceTensor& x, const DeviceTensor& gamma, double eps, const DeviceTensor& out,
              const Stream* stream = nullptr);
 DeviceTensor rmsnorm(const DeviceTensor& x, const DeviceTensor& gamma, double eps = 1e-6,

@@ -180,11 +180,7 @@ DTensor sum(const DTensor& x_in, int dim) {
   }
   Axes partial = x.layout().partial();
   for (const auto& a : x.layout().dim(d)) partial.push_back(a);
-  std::vector<int64_t> global;
-  for (int i = 0; i < x.ndim(); ++i) {
-    if (i != d) global.push_back(x.global_shape()[i]);
-  }
-  return DTensor(kernels::sum(x.local(), d), Shape(global), x.mesh(), Layout(dims, partial),
+  return DTensor(kernels::sum(x.local(), d), x.global_shape().without(d), x.mesh(), Layout(dims, partial),
                  "sum(" + x_in.name() + ")");
 }
 
