@@ -24,9 +24,6 @@ constexpr DatatypeName kDatatypes[] = {{"FP32", DType::kF32},  {"FP64", DType::k
                                        {"BF16", DType::kBF16}, {"INT32", DType::kI32},  {"INT64", DType::kI64},
                                        {"UINT8", DType::kU8},  {"BOOL", DType::kBool}};
 
-const std::set<std::string> kLayerTypes = {"linear", "bias_add", "neg",       "relu",    "gelu",
-                                           "silu",   "softmax",  "layernorm", "rmsnorm", "residual_add"};
-
 // Reading a config: every error names the file and the field.
 class Reader {
  public:
@@ -84,6 +81,70 @@ class Reader {
     }
     t.shape = {-1, integer(shape[1], field + ".shape[1]", 1, 1 << 24)};
     return t;
+  }
+
+  // One layer: its type's registry entry says which fields it reads and how
+  // (models/layers.h); every other field is refused, so a misspelt or
+  // misplaced field is not silently ignored. saved: the "save" names of the
+  // stage's earlier layers (this layer's is added).
+  LayerConfig layer(const json& v, const std::string& field, std::set<std::string>& saved) const {
+    if (!v.is_object()) fail(field, "expected an object with a \"type\"");
+    LayerConfig layer;
+    layer.where = field;
+    layer.type = string(need(v, "type", field + ".type"), field + ".type");
+    const models::LayerType* type = models::find_layer_type(layer.type);
+    if (!type) {
+      std::string names;
+      for (const std::string& n : models::layer_type_names()) names += (names.empty() ? "" : ", ") + n;
+      fail(field + ".type", "expected one of " + names + ", got \"" + layer.type + "\"");
+    }
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      bool known = it.key() == "type" || it.key() == "save";
+      for (const models::FieldSpec& spec : type->fields) known = known || it.key() == spec.name;
+      if (!known) fail(field + "." + it.key(), "unknown field");
+    }
+    for (const models::FieldSpec& spec : type->fields) {
+      std::string f = field + "." + spec.name;
+      bool given = v.contains(spec.name);
+      if (!given && spec.required) {
+        fail(f, spec.kind == models::FieldKind::kTensor ? "missing (a tensor name in the weights)" : "missing");
+      }
+      switch (spec.kind) {
+        case models::FieldKind::kTensor:
+        case models::FieldKind::kSaved:
+          if (!given) break;
+          layer.text[spec.name] = string(v[spec.name], f);
+          if (layer.text[spec.name].empty()) fail(f, "expected a non-empty name");
+          if (spec.kind == models::FieldKind::kSaved && !saved.count(layer.text[spec.name])) {
+            fail(f, "expected the \"save\" name of an earlier layer of this stage, got \"" + layer.text[spec.name] + "\"");
+          }
+          break;
+        case models::FieldKind::kChoice: {
+          std::string choice = given ? string(v[spec.name], f) : spec.default_choice;
+          if (std::find(spec.choices.begin(), spec.choices.end(), choice) == spec.choices.end()) {
+            std::string list;
+            for (size_t i = 0; i < spec.choices.size(); ++i) {
+              list += (i == 0 ? "" : i + 1 == spec.choices.size() ? " or " : ", ") + spec.choices[i];
+            }
+            fail(f, "expected " + list + ", got \"" + choice + "\"");
+          }
+          layer.text[spec.name] = choice;
+          break;
+        }
+        case models::FieldKind::kNumber:
+          if (given && (!v[spec.name].is_number() || v[spec.name].get<double>() < spec.minimum)) {
+            fail(f, detail::cat("expected a number >= ", spec.minimum));
+          }
+          layer.numbers[spec.name] = given ? v[spec.name].get<double>() : spec.default_number;
+          break;
+      }
+    }
+    if (v.contains("save")) {
+      layer.save = string(v["save"], field + ".save");
+      if (layer.save.empty()) fail(field + ".save", "expected a non-empty name");
+      saved.insert(layer.save);
+    }
+    return layer;
   }
 
   const std::string& path() const { return path_; }
@@ -189,71 +250,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
     std::set<std::string> saved;
     for (size_t l = 0; l < layers.size(); ++l) {
       std::string lf = detail::cat(sf, ".layers[", l, "]");
-      const json& lv = layers[l];
-      if (!lv.is_object()) r.fail(lf, "expected an object with a \"type\"");
-      LayerConfig layer;
-      layer.where = lf;
-      layer.type = r.string(r.need(lv, "type", lf + ".type"), lf + ".type");
-      if (!kLayerTypes.count(layer.type)) {
-        r.fail(lf + ".type", "expected one of linear, bias_add, neg, relu, gelu, silu, softmax, layernorm, "
-                             "rmsnorm, residual_add, got \"" + layer.type + "\"");
-      }
-      // The fields each layer type takes; any other is refused (a misspelt or
-      // misplaced field must not be silently ignored).
-      if (layer.type == "linear") {
-        r.only(lv, {"type", "weight", "bias", "parallel", "save"}, lf);
-      } else if (layer.type == "bias_add") {
-        r.only(lv, {"type", "bias", "save"}, lf);
-      } else if (layer.type == "layernorm") {
-        r.only(lv, {"type", "gamma", "beta", "eps", "save"}, lf);
-      } else if (layer.type == "rmsnorm") {
-        r.only(lv, {"type", "gamma", "eps", "save"}, lf);
-      } else if (layer.type == "residual_add") {
-        r.only(lv, {"type", "from", "save"}, lf);
-      } else {
-        r.only(lv, {"type", "save"}, lf);
-      }
-      auto name_field = [&](const char* key, bool required) {
-        if (!lv.contains(key)) {
-          if (required) r.fail(lf + "." + key, "missing (a tensor name in the weights)");
-          return std::string();
-        }
-        std::string name = r.string(lv[key], lf + "." + key);
-        if (name.empty()) r.fail(lf + "." + key, "expected a non-empty name");
-        return name;
-      };
-      if (layer.type == "linear") {
-        layer.weight = name_field("weight", true);
-        layer.bias = name_field("bias", false);
-        if (lv.contains("parallel")) layer.parallel = r.string(lv["parallel"], lf + ".parallel");
-        if (layer.parallel != "column" && layer.parallel != "row" && layer.parallel != "none") {
-          r.fail(lf + ".parallel", "expected column, row or none, got \"" + layer.parallel + "\"");
-        }
-      } else if (layer.type == "bias_add") {
-        layer.bias = name_field("bias", true);
-      } else if (layer.type == "layernorm") {
-        layer.gamma = name_field("gamma", true);
-        layer.beta = name_field("beta", true);
-      } else if (layer.type == "rmsnorm") {
-        layer.gamma = name_field("gamma", true);
-      } else if (layer.type == "residual_add") {
-        layer.from = name_field("from", true);
-        if (!saved.count(layer.from)) {
-          r.fail(lf + ".from", "expected the \"save\" name of an earlier layer of this stage, got \"" + layer.from + "\"");
-        }
-      }
-      if (lv.contains("eps")) {
-        if (!lv["eps"].is_number() || lv["eps"].get<double>() < 0) r.fail(lf + ".eps", "expected a number >= 0");
-        layer.eps = lv["eps"].get<double>();
-      } else if (layer.type == "rmsnorm") {
-        layer.eps = 1e-6;
-      }
-      if (lv.contains("save")) {
-        layer.save = r.string(lv["save"], lf + ".save");
-        if (layer.save.empty()) r.fail(lf + ".save", "expected a non-empty name");
-        saved.insert(layer.save);
-      }
-      stage.layers.push_back(layer);
+      stage.layers.push_back(r.layer(layers[l], lf, saved));
     }
     c.stages.push_back(stage);
   }

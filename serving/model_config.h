@@ -18,12 +18,12 @@
 //                "preferred_batch_sizes": [32], "micro_batches": 2, "max_queue_size": 256}
 // }
 //
-// Layers: linear {weight, bias?, parallel: column | row | none}, bias_add {bias},
-// neg, relu, gelu, silu, softmax, layernorm {gamma, beta, eps?}, rmsnorm {gamma,
-// eps?}, residual_add {from}. Any layer may carry "save": NAME to keep its output
-// for a later residual_add {"from": NAME} in the same stage. A column-parallel
-// linear keeps its weight [in, out] as [R, S(model)] (bias S(model)); a
-// row-parallel one as [S(model), R] (bias replicated); "none" replicates it.
+// Layers: {"type": T, ...the fields of T}, T a registered layer type
+// (models/layers.h: linear {weight, bias?, parallel: column | row | none},
+// bias_add {bias}, neg, relu, gelu, silu, softmax, layernorm {gamma, beta, eps?},
+// rmsnorm {gamma, eps?}, residual_add {from}, ...). The reader checks each
+// layer's fields against its type's entry. Any layer may carry "save": NAME to
+// keep its output for a later residual_add {"from": NAME} in the same stage.
 // Configs carry one input and one output, both [-1, width]; the C++ API
 // (servable.h) defines other servables.
 //
@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "device/dtype.h"
+#include "models/layers.h"
 
 namespace meshrt::serving {
 
@@ -51,14 +52,7 @@ struct TensorSpec {
   std::vector<int64_t> shape;  // -1 marks the batch axis (the first)
 };
 
-struct LayerConfig {
-  std::string type;
-  std::string weight, bias, gamma, beta;  // tensor names in the weights
-  std::string parallel = "none";          // linear: column, row, none
-  double eps = 1e-5;
-  std::string save, from;                 // residual connections
-  std::string where;                      // "stages[0].layers[1]" (for messages)
-};
+using models::LayerConfig;
 
 struct StageConfig {
   std::vector<LayerConfig> layers;

@@ -60,7 +60,7 @@ TEST(ModelConfig, ExampleRepositoryLoads) {
   EXPECT_EQ(models[0].name, "matmul_neg");
   EXPECT_EQ(models[0].rank_size, 4);
   EXPECT_EQ(models[0].stage_size, 2);
-  EXPECT_EQ(models[0].stages[0].layers[0].parallel, "row");
+  EXPECT_EQ(models[0].stages[0].layers[0].value("parallel"), "row");
   EXPECT_EQ(models[1].name, "mlp");
   EXPECT_EQ(models[1].batching.preferred_batch_sizes, (std::vector<int64_t>{32, 64}));
   ServableDefinition s = servable_from_config(models[1]);
