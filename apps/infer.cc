@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     serving::ModelSignature signature = serving::parse_model_metadata(meta.body);
-    const serving::TensorSpec& input = signature.input;
+    const serving::TensorSpec& input = signature.inputs.at(0);
     HostTensor data = cast_host(HostTensor::full<double>({rows, input.shape[1]}, value), input.dtype);
     serving::HttpPayload request = serving::make_infer_request(input, data, binary);
     serving::HttpHeaders headers = {{"Content-Type", request.content_type}};
@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
     HostTensor output = serving::parse_infer_response(r.body, header_length);
     std::vector<double> values = cast_host(output, DType::kF64).to_vector<double>();
     int64_t out_rows = output.dim(0), cols = output.dim(1);
-    std::printf("%s: %s%s\n", signature.output.name.c_str(), serving::kserve_datatype(output.dtype()),
+    std::printf("%s: %s%s\n", signature.outputs.at(0).name.c_str(), serving::kserve_datatype(output.dtype()),
                 output.shape().to_string().c_str());
     for (int64_t row = 0; row < std::min<int64_t>(show, out_rows); ++row) {
       std::printf("  [");

@@ -49,7 +49,7 @@ struct Request {
 
 Request make_request(const meshrt::serving::ModelSignature& model, int64_t rows, double value, bool binary) {
   using namespace meshrt;
-  const serving::TensorSpec& input = model.input;
+  const serving::TensorSpec& input = model.inputs.at(0);
   HostTensor data = cast_host(HostTensor::full<double>({rows, input.shape[1]}, value), input.dtype);
   serving::HttpPayload payload = serving::make_infer_request(input, data, binary, "loadgen");
   Request r{std::move(payload.body), {{"Content-Type", payload.content_type}}};

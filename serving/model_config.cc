@@ -16,14 +16,6 @@ namespace meshrt::serving {
 namespace {
 using json = nlohmann::json;
 
-struct DatatypeName {
-  const char* name;
-  DType dtype;
-};
-constexpr DatatypeName kDatatypes[] = {{"FP32", DType::kF32},  {"FP64", DType::kF64},   {"FP16", DType::kF16},
-                                       {"BF16", DType::kBF16}, {"INT32", DType::kI32},  {"INT64", DType::kI64},
-                                       {"UINT8", DType::kU8},  {"BOOL", DType::kBool}};
-
 // Reading a config: every error names the file and the field.
 class Reader {
  public:
@@ -163,21 +155,6 @@ bool is_file(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 }  // namespace
-
-const char* kserve_datatype(DType dtype) {
-  for (const auto& d : kDatatypes) {
-    if (d.dtype == dtype) return d.name;
-  }
-  return "?";
-}
-
-DType parse_kserve_datatype(const std::string& name) {
-  for (const auto& d : kDatatypes) {
-    if (name == d.name) return d.dtype;
-  }
-  throw Error(ErrorKind::kInvalidArgument,
-              "expected a datatype of FP32, FP64, FP16, BF16, INT32, INT64, UINT8 or BOOL, got \"" + name + "\"");
-}
 
 ModelConfig load_model_config(const std::string& model_dir) {
   ModelConfig c;

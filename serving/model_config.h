@@ -38,19 +38,9 @@
 
 #include "device/dtype.h"
 #include "models/layers.h"
+#include "serving/signature.h"
 
 namespace meshrt::serving {
-
-// KServe v2 / Open Inference Protocol datatype names: "FP32", "INT64", "BOOL", ...
-const char* kserve_datatype(DType dtype);
-// Throws Error(kInvalidArgument) naming the accepted names.
-DType parse_kserve_datatype(const std::string& name);
-
-struct TensorSpec {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<int64_t> shape;  // -1 marks the batch axis (the first)
-};
 
 using models::LayerConfig;
 

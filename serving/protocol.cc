@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <variant>
 #include <nlohmann/json.hpp>
 
 #include "io/json_limits.h"
@@ -11,6 +12,14 @@ namespace meshrt::serving {
 
 namespace {
 using json = nlohmann::json;
+
+struct DatatypeName {
+  const char* name;
+  DType dtype;
+};
+constexpr DatatypeName kDatatypes[] = {{"FP32", DType::kF32},  {"FP64", DType::kF64},   {"FP16", DType::kF16},
+                                       {"BF16", DType::kBF16}, {"INT32", DType::kI32},  {"INT64", DType::kI64},
+                                       {"UINT8", DType::kU8},  {"BOOL", DType::kBool}};
 
 [[noreturn]] void bad(const std::string& message) { throw RequestError(400, message); }
 
@@ -108,8 +117,23 @@ bool binary_flag(const json& parameters, const char* key) {
 }
 }  // namespace
 
+const char* kserve_datatype(DType dtype) {
+  for (const auto& d : kDatatypes) {
+    if (d.dtype == dtype) return d.name;
+  }
+  return "?";
+}
+
+DType parse_kserve_datatype(const std::string& name) {
+  for (const auto& d : kDatatypes) {
+    if (name == d.name) return d.dtype;
+  }
+  throw Error(ErrorKind::kInvalidArgument,
+              "expected a datatype of FP32, FP64, FP16, BF16, INT32, INT64, UINT8 or BOOL, got \"" + name + "\"");
+}
+
 InferRequest parse_infer_request(std::string_view body, std::optional<size_t> header_length,
-                                 const ServableDefinition& model, int64_t max_rows) {
+                                 const ModelSignature& model, int64_t max_rows) {
   size_t json_bytes = body.size();
   if (header_length) {
     if (*header_length > body.size()) {
@@ -135,15 +159,24 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
   if (request.contains("parameters")) out.binary_output = binary_flag(request["parameters"], "binary_data_output");
   if (!request.contains("inputs") || !request["inputs"].is_array()) bad("the request has no \"inputs\" list");
 
-  const TensorSpec& spec = model.input;
+  auto spec_of = [&](const std::string& name) -> int {
+    for (size_t k = 0; k < model.inputs.size(); ++k) {
+      if (model.inputs[k].name == name) return static_cast<int>(k);
+    }
+    std::string names;
+    for (const TensorSpec& t : model.inputs) names += (names.empty() ? "'" : ", '") + t.name + "'";
+    bad("model '" + model.name + "' has no input '" + name + "' (its input" + (model.inputs.size() == 1 ? " is " : "s are ") +
+        names + ")");
+  };
+  out.inputs.resize(model.inputs.size());
   size_t binary_at = json_bytes;  // where the next input's binary data starts
-  bool found = false;
+  int64_t batch_rows = -1;        // of the first input given
   for (const json& in : request["inputs"]) {
     if (!in.is_object() || !in.contains("name") || !in["name"].is_string()) bad("every input needs a \"name\" string");
     std::string name = in["name"].get<std::string>();
-    if (name != spec.name) bad("model '" + model.name + "' has no input '" + name + "' (its input is '" + spec.name + "')");
-    if (found) bad("input '" + name + "' is given twice");
-    found = true;
+    int index = spec_of(name);
+    const TensorSpec& spec = model.inputs[static_cast<size_t>(index)];
+    if (out.inputs[static_cast<size_t>(index)].defined()) bad("input '" + name + "' is given twice");
     if (!in.contains("datatype") || !in["datatype"].is_string()) bad("input '" + name + "': \"datatype\" is missing");
     std::string datatype = in["datatype"].get<std::string>();
     if (datatype != kserve_datatype(spec.dtype)) {
@@ -155,14 +188,24 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
       if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + io::json_limits::brief(in["shape"]) + " must hold non-negative integers");
       shape.push_back(d.get<int64_t>());
     }
-    if (shape.size() != 2 || shape[1] != spec.shape[1] || shape[0] < 1) {
-      bad("input '" + name + "': expected shape [n, " + std::to_string(spec.shape[1]) + "] with n >= 1 (the model's [-1, " +
-          std::to_string(spec.shape[1]) + "]), got " + shape_text(shape));
+    bool fits = shape.size() == spec.shape.size() && !shape.empty() && shape[0] >= 1;
+    for (size_t d = 1; fits && d < shape.size(); ++d) fits = spec.shape[d] < 0 || shape[d] == spec.shape[d];
+    if (!fits) {
+      std::vector<int64_t> wanted(spec.shape.begin() + 1, spec.shape.end());
+      std::string pattern = shape_text(wanted);
+      pattern = wanted.empty() ? "[n]" : "[n, " + pattern.substr(1);
+      bad("input '" + name + "': expected shape " + pattern + " with n >= 1 (the model's " + shape_text(spec.shape) +
+          "), got " + shape_text(shape));
     }
     if (shape[0] > max_rows) {
       bad("input '" + name + "': " + std::to_string(shape[0]) + " rows exceed the model's max_batch_size of " +
           std::to_string(max_rows));
     }
+    if (batch_rows >= 0 && shape[0] != batch_rows) {
+      bad("input '" + name + "' has " + std::to_string(shape[0]) + " rows but the inputs before it have " +
+          std::to_string(batch_rows) + " (one batch axis for all inputs)");
+    }
+    batch_rows = shape[0];
     HostTensor t = HostTensor::empty(Shape(shape), spec.dtype);
     bool binary = in.contains("parameters") && in["parameters"].is_object() && in["parameters"].contains("binary_data_size");
     if (binary) {
@@ -191,9 +234,11 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
       }
       fill_from_json(t, values, name);
     }
-    out.input = t;
+    out.inputs[static_cast<size_t>(index)] = t;
   }
-  if (!found) bad("input '" + spec.name + "' is missing");
+  for (size_t k = 0; k < model.inputs.size(); ++k) {
+    if (!out.inputs[k].defined()) bad("input '" + model.inputs[k].name + "' is missing");
+  }
   if (binary_at != body.size()) {
     bad("the body has " + std::to_string(body.size() - binary_at) + " bytes after the JSON header and the inputs' binary data");
   }
@@ -202,8 +247,15 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
     for (const json& o : request["outputs"]) {
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) bad("every requested output needs a \"name\"");
       std::string name = o["name"].get<std::string>();
-      if (name != model.output.name) {
-        bad("model '" + model.name + "' has no output '" + name + "' (its output is '" + model.output.name + "')");
+      bool known = false;
+      std::string names;
+      for (const TensorSpec& t : model.outputs) {
+        known = known || t.name == name;
+        names += (names.empty() ? "'" : ", '") + t.name + "'";
+      }
+      if (!known) {
+        bad("model '" + model.name + "' has no output '" + name + "' (its output" +
+            (model.outputs.size() == 1 ? " is " : "s are ") + names + ")");
       }
       if (o.contains("parameters") && o["parameters"].is_object() && o["parameters"].contains("binary_data")) {
         out.binary_output = binary_flag(o["parameters"], "binary_data");
@@ -214,61 +266,74 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
 }
 
 namespace {
-// A message whose list `list` (inputs or outputs) holds one tensor called name:
-// its values in the JSON, or, binary, its bytes after the JSON header.
-HttpPayload with_tensor(json message, const char* list, const std::string& name, const HostTensor& t, bool binary) {
-  json entry = {{"name", name}, {"datatype", kserve_datatype(t.dtype())}, {"shape", t.shape().dims()}};
-  if (binary) {
-    entry["parameters"] = {{"binary_data_size", t.nbytes()}};
-  } else {
-    entry["data"] = to_json_values(t);
+// A message whose list `list` (inputs or outputs) holds the named tensors: their
+// values in the JSON, or, binary, their bytes after the JSON header in order.
+HttpPayload with_tensors(json message, const char* list, const std::vector<std::pair<std::string, HostTensor>>& tensors,
+                         bool binary) {
+  json entries = json::array();
+  for (const auto& [name, t] : tensors) {
+    json entry = {{"name", name}, {"datatype", kserve_datatype(t.dtype())}, {"shape", t.shape().dims()}};
+    if (binary) {
+      entry["parameters"] = {{"binary_data_size", t.nbytes()}};
+    } else {
+      entry["data"] = to_json_values(t);
+    }
+    entries.push_back(std::move(entry));
   }
-  message[list] = json::array({entry});
+  message[list] = std::move(entries);
   HttpPayload payload;
   payload.body = io::json_limits::dump(message);
   if (binary) {
     payload.header_length = payload.body.size();
-    payload.body.append(static_cast<const char*>(t.raw_data()), t.nbytes());
+    for (const auto& [name, t] : tensors) payload.body.append(static_cast<const char*>(t.raw_data()), t.nbytes());
     payload.content_type = "application/octet-stream";
   }
   return payload;
 }
-}  // namespace
 
-HttpPayload make_infer_response(const ServableDefinition& model, const InferRequest& request, const HostTensor& output) {
-  json response = {{"model_name", model.name}, {"model_version", model.version}};
-  if (!request.id.empty()) response["id"] = request.id;
-  return with_tensor(std::move(response), "outputs", model.output.name, output, request.binary_output);
+json tensor_metadata(const TensorSpec& t) {
+  return json{{"name", t.name}, {"datatype", kserve_datatype(t.dtype)}, {"shape", t.shape}};
 }
 
-std::string model_metadata_json(const ServableDefinition& model) {
-  auto tensor = [](const TensorSpec& t) {
-    return json{{"name", t.name}, {"datatype", kserve_datatype(t.dtype)}, {"shape", t.shape}};
-  };
-  json m = {{"name", model.name},
-            {"versions", json::array({model.version})},
-            {"platform", "meshrt"},
-            {"inputs", json::array({tensor(model.input)})},
-            {"outputs", json::array({tensor(model.output)})},
-            {"parameters",
-             {{"rank_size", model.rank_size},
-              {"stage_size", model.stage_size},
-              {"max_batch_size", model.batching.max_batch_size},
-              {"dynamic_batching", model.batching.enabled}}}};
+TensorSpec tensor_spec(const json& t) {
+  return {t.at("name").get<std::string>(), parse_kserve_datatype(t.at("datatype").get<std::string>()),
+          t.at("shape").get<std::vector<int64_t>>()};
+}
+}  // namespace
+
+HttpPayload make_infer_response(const ModelSignature& model, const InferRequest& request,
+                                const std::vector<HostTensor>& outputs) {
+  MESHRT_CHECK(outputs.size() == model.outputs.size(), ErrorKind::kInternal, "model '", model.name, "' has ",
+               model.outputs.size(), " outputs but ", outputs.size(), " came");
+  json response = {{"model_name", model.name}, {"model_version", model.version}};
+  if (!request.id.empty()) response["id"] = request.id;
+  std::vector<std::pair<std::string, HostTensor>> named;
+  for (size_t i = 0; i < outputs.size(); ++i) named.emplace_back(model.outputs[i].name, outputs[i]);
+  return with_tensors(std::move(response), "outputs", named, request.binary_output);
+}
+
+std::string model_metadata_json(const ModelSignature& model) {
+  json inputs = json::array(), outputs = json::array(), parameters = json::object();
+  for (const TensorSpec& t : model.inputs) inputs.push_back(tensor_metadata(t));
+  for (const TensorSpec& t : model.outputs) outputs.push_back(tensor_metadata(t));
+  for (const auto& [key, value] : model.parameters) {
+    std::visit([&, key = key](const auto& v) { parameters[key] = v; }, value);
+  }
+  json m = {{"name", model.name}, {"versions", json::array({model.version})}, {"platform", "meshrt"},
+            {"inputs", inputs},   {"outputs", outputs},                        {"parameters", parameters}};
   return io::json_limits::dump(m);
 }
 
 ModelSignature parse_model_metadata(std::string_view body) {
-  auto tensor = [](const json& t) {
-    TensorSpec spec;
-    spec.name = t.at("name").get<std::string>();
-    spec.dtype = parse_kserve_datatype(t.at("datatype").get<std::string>());
-    spec.shape = t.at("shape").get<std::vector<int64_t>>();
-    return spec;
-  };
   try {
     json m = io::json_limits::parse(body);
-    return {tensor(m.at("inputs").at(0)), tensor(m.at("outputs").at(0))};
+    ModelSignature s;
+    s.name = m.at("name").get<std::string>();
+    if (m.contains("versions") && !m["versions"].empty()) s.version = m["versions"].at(0).get<std::string>();
+    for (const json& t : m.at("inputs")) s.inputs.push_back(tensor_spec(t));
+    for (const json& t : m.at("outputs")) s.outputs.push_back(tensor_spec(t));
+    if (s.inputs.empty() || s.outputs.empty()) throw std::length_error("a model needs an input and an output");
+    return s;
   } catch (const std::exception& e) {
     throw Error(ErrorKind::kInvalidArgument, std::string("malformed model metadata: ") + e.what());
   }
@@ -278,7 +343,7 @@ HttpPayload make_infer_request(const TensorSpec& input, const HostTensor& data, 
   json request = json::object();
   if (!id.empty()) request["id"] = id;
   if (binary) request["parameters"] = {{"binary_data_output", true}};
-  return with_tensor(std::move(request), "inputs", input.name, data, binary);
+  return with_tensors(std::move(request), "inputs", {{input.name, data}}, binary);
 }
 
 HostTensor parse_infer_response(std::string_view body, std::optional<size_t> header_length) {

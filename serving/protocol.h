@@ -19,7 +19,8 @@
 #include <string_view>
 #include <vector>
 
-#include "serving/servable.h"
+#include "device/tensor.h"
+#include "serving/signature.h"
 
 namespace meshrt::serving {
 
@@ -34,15 +35,17 @@ class RequestError : public std::runtime_error {
 
 struct InferRequest {
   std::string id;
-  HostTensor input;             // the model's one input, [rows, width]
-  bool binary_output = false;   // return the output as binary data
+  std::vector<HostTensor> inputs;  // in the model's input order, [rows, ...] with the same rows
+  bool binary_output = false;      // return the outputs as binary data
 };
 
-// Parses and checks a request for model. header_length: the
+// Parses and checks a request for model: every input of the signature exactly
+// once, of its datatype and shape (the first axis, -1 in the signature, is the
+// batch axis: 1 to max_rows rows, the same for every input). header_length: the
 // Inference-Header-Content-Length header, when present. max_rows: the most rows
 // one request may carry (the model's max_batch_size).
 InferRequest parse_infer_request(std::string_view body, std::optional<size_t> header_length,
-                                 const ServableDefinition& model, int64_t max_rows);
+                                 const ModelSignature& model, int64_t max_rows);
 
 struct HttpPayload {
   std::string body;
@@ -50,14 +53,13 @@ struct HttpPayload {
   std::optional<size_t> header_length;  // set for binary responses
 };
 
-HttpPayload make_infer_response(const ServableDefinition& model, const InferRequest& request, const HostTensor& output);
-std::string model_metadata_json(const ServableDefinition& model);
+// outputs: one per output of the signature, in its order.
+HttpPayload make_infer_response(const ModelSignature& model, const InferRequest& request,
+                                const std::vector<HostTensor>& outputs);
+std::string model_metadata_json(const ModelSignature& model);
 
 // The client side (meshrt-infer, meshrt-loadgen), with the same encodings.
-// A model's input and output, from the body of GET /v2/models/{name}.
-struct ModelSignature {
-  TensorSpec input, output;
-};
+// A model's signature, from the body of GET /v2/models/{name}.
 ModelSignature parse_model_metadata(std::string_view body);
 // A request carrying data for input, as JSON values or as binary tensor data
 // (then the output is asked for in binary too).

@@ -37,6 +37,19 @@ void complete_servable(ServableDefinition& s) {
   }
 }
 
+ModelSignature signature_of(const ServableDefinition& s) {
+  ModelSignature m;
+  m.name = s.name;
+  m.version = s.version;
+  m.inputs = {s.input};
+  m.outputs = {s.output};
+  m.parameters = {{"rank_size", int64_t{s.rank_size}},
+                  {"stage_size", int64_t{s.stage_size}},
+                  {"max_batch_size", s.batching.max_batch_size},
+                  {"dynamic_batching", s.batching.enabled}};
+  return m;
+}
+
 namespace {
 // A stage built from config layers.
 class ConfigStage : public StageModule {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "serving/model_config.h"
+#include "serving/signature.h"
 #include "sharding/dtensor.h"
 
 namespace meshrt::serving {
@@ -65,6 +66,10 @@ struct ServableDefinition {
 // output, batching) and fills unset hooks with the defaults. Throws
 // Error(kInvalidArgument) naming the servable and what is wrong.
 void complete_servable(ServableDefinition& servable);
+
+// What the wire sees of a servable: its input and output, version, and as
+// metadata parameters rank_size, stage_size, max_batch_size and dynamic_batching.
+ModelSignature signature_of(const ServableDefinition& servable);
 
 // The servable a model config describes. Reads the weights' headers and checks
 // every layer against them (tensor names, dtypes, shapes, divisibility by the

@@ -15,6 +15,7 @@
 
 #include "comm/world.h"
 #include "serving/engine.h"
+#include "serving/http_router.h"
 #include "serving/metrics.h"
 #include "serving/protocol.h"
 #include "serving/scheduler.h"
@@ -59,77 +60,63 @@ HttpResponse error_response(int status, const std::string& message) { return jso
 // The KServe v2 routes on rank 0.
 class Frontend {
  public:
-  Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics) : engine_(engine), scheduler_(scheduler), metrics_(metrics) {}
+  Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics)
+      : engine_(engine), scheduler_(scheduler), metrics_(metrics), router_(error_response) {
+    for (int i = 0; i < engine_.servable_count(); ++i) signatures_.push_back(signature_of(engine_.servable(i)));
+    router_.add("GET", "/metrics", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
+      respond({200, metrics_.render(), "text/plain; version=0.0.4", {}});
+    });
+    router_.add("GET", "/v2", [](const HttpRequest&, const RouteParams&, const Responder& respond) {
+      respond(json_response(200, server_metadata_json()));
+    });
+    router_.add("GET", "/v2/health/live", [](const HttpRequest&, const RouteParams&, const Responder& respond) {
+      respond(json_response(200, R"({"live": true})"));
+    });
+    router_.add("GET", "/v2/health/ready", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
+      bool ready = !draining_;
+      respond(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
+    });
+    // Every model route with and without /versions/{version}.
+    for (const std::string& base : {std::string("/v2/models/{model}"), std::string("/v2/models/{model}/versions/{version}")}) {
+      router_.add("GET", base, model_route([this](int model, const HttpRequest&, const Responder& respond) {
+        respond(json_response(200, model_metadata_json(signatures_[static_cast<size_t>(model)])));
+      }));
+      router_.add("GET", base + "/ready", model_route([this](int model, const HttpRequest&, const Responder& respond) {
+        bool ready = !draining_ && scheduler_.model_ready(model);
+        respond(json_response(ready ? 200 : 503, model_ready_json(engine_.servable(model).name, ready)));
+      }));
+      router_.add("POST", base + "/infer", model_route([this](int model, const HttpRequest& r, const Responder& respond) {
+        infer(model, r, respond);
+      }));
+    }
+  }
 
   void set_draining() { draining_ = true; }
 
   void handle(const HttpRequest& request, const Responder& respond) {
-    Responder counted = [this, respond](HttpResponse r) {
+    router_.handle(request, [this, respond](HttpResponse r) {
       metrics_.http_request(r.status);
       respond(std::move(r));
-    };
-    std::string path = request.target.substr(0, request.target.find('?'));
-    std::vector<std::string> parts;
-    for (size_t start = 1; start <= path.size();) {
-      size_t end = path.find('/', start);
-      if (end == std::string::npos) end = path.size();
-      if (end > start) parts.push_back(path.substr(start, end - start));
-      start = end + 1;
-    }
-    bool get = request.method == "GET", post = request.method == "POST";
-    auto method_not_allowed = [&](const char* allowed) {
-      counted(error_response(405, std::string("use ") + allowed + " for " + path));
-    };
-    if (parts == std::vector<std::string>{"metrics"}) {
-      if (!get) return method_not_allowed("GET");
-      return counted({200, metrics_.render(), "text/plain; version=0.0.4", {}});
-    }
-    if (parts.empty() || parts[0] != "v2") return counted(error_response(404, "no route for " + path));
-    if (parts.size() == 1) {
-      if (!get) return method_not_allowed("GET");
-      return counted(json_response(200, server_metadata_json()));
-    }
-    if (parts.size() == 3 && parts[1] == "health" && (parts[2] == "live" || parts[2] == "ready")) {
-      if (!get) return method_not_allowed("GET");
-      if (parts[2] == "live") return counted(json_response(200, R"({"live": true})"));
-      bool ready = !draining_;
-      return counted(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
-    }
-    if (parts.size() >= 3 && parts[1] == "models") {
-      // /v2/models/{name}[/versions/{v}][/ready | /infer]
-      std::string name = parts[2], version;
-      size_t next = 3;
-      if (parts.size() >= 5 && parts[3] == "versions") {
-        version = parts[4];
-        next = 5;
-      }
-      std::string action = next < parts.size() ? parts[next] : "";
-      if (next + (action.empty() ? 0 : 1) != parts.size() || (action != "" && action != "ready" && action != "infer")) {
-        return counted(error_response(404, "no route for " + path));
-      }
-      int model = engine_.find(name, version);
-      if (model < 0) {
-        bool name_known = engine_.find(name) >= 0;
-        return counted(error_response(404, name_known ? "model '" + name + "' has no version '" + version + "'"
-                                                      : "unknown model '" + name + "'"));
-      }
-      const ServableDefinition& def = engine_.servable(model);
-      if (action.empty()) {
-        if (!get) return method_not_allowed("GET");
-        return counted(json_response(200, model_metadata_json(def)));
-      }
-      if (action == "ready") {
-        if (!get) return method_not_allowed("GET");
-        bool ready = !draining_ && scheduler_.model_ready(model);
-        return counted(json_response(ready ? 200 : 503, model_ready_json(def.name, ready)));
-      }
-      if (!post) return method_not_allowed("POST");
-      return infer(model, request, counted);
-    }
-    return counted(error_response(404, "no route for " + path));
+    });
   }
 
  private:
+  // A route of one model: finds the model (and version) the path names, or answers 404.
+  RouteHandler model_route(std::function<void(int model, const HttpRequest&, const Responder&)> f) {
+    return [this, f](const HttpRequest& request, const RouteParams& params, const Responder& respond) {
+      const std::string& name = params.at("model");
+      auto version = params.find("version");
+      std::string wanted = version == params.end() ? "" : version->second;
+      int model = engine_.find(name, wanted);
+      if (model < 0) {
+        bool name_known = engine_.find(name) >= 0;
+        return respond(error_response(404, name_known ? "model '" + name + "' has no version '" + wanted + "'"
+                                                      : "unknown model '" + name + "'"));
+      }
+      f(model, request, respond);
+    };
+  }
+
   void infer(int model, const HttpRequest& request, const Responder& respond) {
     const ServableDefinition& def = engine_.servable(model);
     auto answer = [this, &def, respond](HttpResponse r) {
@@ -147,18 +134,19 @@ class Frontend {
       }
     }
     auto parsed = std::make_shared<InferRequest>();
+    const ModelSignature& signature = signatures_[static_cast<size_t>(model)];
     try {
-      *parsed = parse_infer_request(request.body, header_length, def, def.batching.max_batch_size);
+      *parsed = parse_infer_request(request.body, header_length, signature, def.batching.max_batch_size);
     } catch (const RequestError& e) {
       return answer(error_response(e.status(), e.what()));
     } catch (const Error& e) {
       return answer(error_response(400, e.message()));
     }
-    Admission admitted = scheduler_.submit(model, parsed->input, [&def, parsed, answer](InferOutcome outcome) {
+    Admission admitted = scheduler_.submit(model, parsed->inputs.at(0), [&signature, parsed, answer](InferOutcome outcome) {
       if (outcome.status != 200) return answer(error_response(outcome.status, outcome.error));
       HttpResponse r;
       try {
-        HttpPayload payload = make_infer_response(def, *parsed, outcome.output);
+        HttpPayload payload = make_infer_response(signature, *parsed, {outcome.output});
         r = {200, std::move(payload.body), payload.content_type, {}};
         if (payload.header_length) r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(*payload.header_length));
       } catch (const std::exception& e) {
@@ -180,6 +168,8 @@ class Frontend {
   Engine& engine_;
   Scheduler& scheduler_;
   Metrics& metrics_;
+  HttpRouter router_;
+  std::vector<ModelSignature> signatures_;  // per servable of the engine
   std::atomic<bool> draining_{false};
 };
 

@@ -13,24 +13,25 @@
 #include "serving/protocol.h"
 
 namespace {
-meshrt::serving::ServableDefinition model() {
-  meshrt::serving::ServableDefinition s;
+meshrt::serving::ModelSignature model() {
+  meshrt::serving::ModelSignature s;
   s.name = "m";
-  s.input = {"x", meshrt::DType::kF32, {-1, 4}};
-  s.output = {"y", meshrt::DType::kF32, {-1, 2}};
+  s.inputs = {{"x", meshrt::DType::kF32, {-1, 4}}};
+  s.outputs = {{"y", meshrt::DType::kF32, {-1, 2}}};
   return s;
 }
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const meshrt::serving::ServableDefinition m = model();
+  static const meshrt::serving::ModelSignature m = model();
   std::string_view body(reinterpret_cast<const char*>(data), size);
   // The first byte picks the header length mode: none, or a length from the body.
   std::optional<size_t> header_length;
   if (size > 0 && data[0] % 2 == 1) header_length = data[0] < size ? size - data[0] : size / 2;
   try {
     meshrt::serving::InferRequest r = meshrt::serving::parse_infer_request(body, header_length, m, 8);
-    if (r.input.dim(1) != 4 || r.input.dim(0) < 1 || r.input.dim(0) > 8) std::abort();
+    const meshrt::HostTensor& x = r.inputs.at(0);
+    if (r.inputs.size() != 1 || x.dim(1) != 4 || x.dim(0) < 1 || x.dim(0) > 8) std::abort();
   } catch (const meshrt::serving::RequestError&) {
   }
   return 0;

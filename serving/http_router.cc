@@ -1,0 +1,88 @@
+#include "serving/http_router.h"
+
+#include "device/error.h"
+
+namespace meshrt::serving {
+
+namespace {
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// "/a/b/" -> {"a", "b"}: empty segments (doubled or trailing slashes) are dropped.
+std::vector<std::string> split_path(std::string_view path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    if (end > start) parts.emplace_back(path.substr(start, end - start));
+    start = end + 1;
+  }
+  return parts;
+}
+
+bool is_parameter(const std::string& segment) {
+  return segment.size() > 2 && segment.front() == '{' && segment.back() == '}';
+}
+}  // namespace
+
+std::optional<std::string> percent_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '%') {
+      out += text[i];
+      continue;
+    }
+    int high = i + 1 < text.size() ? hex_value(text[i + 1]) : -1;
+    int low = i + 2 < text.size() ? hex_value(text[i + 2]) : -1;
+    if (high < 0 || low < 0) return std::nullopt;
+    out += static_cast<char>(high * 16 + low);
+    i += 2;
+  }
+  return out;
+}
+
+HttpRouter::HttpRouter(std::function<HttpResponse(int, const std::string&)> error) : error_(std::move(error)) {}
+
+void HttpRouter::add(const std::string& method, const std::string& pattern, RouteHandler handler) {
+  MESHRT_CHECK_ARG(!pattern.empty() && pattern[0] == '/', "route pattern '", pattern, "' must start with '/'");
+  routes_.push_back({method, split_path(pattern), std::move(handler)});
+}
+
+void HttpRouter::handle(const HttpRequest& request, const Responder& respond) const {
+  std::string_view target = request.target;
+  std::string_view raw_path = target.substr(0, target.find('?'));
+  std::vector<std::string> segments;
+  for (const std::string& raw : split_path(raw_path)) {
+    std::optional<std::string> decoded = percent_decode(raw);
+    if (!decoded) return respond(error_(400, "bad percent-encoding in the path " + std::string(raw_path)));
+    segments.push_back(std::move(*decoded));
+  }
+  std::string allowed;
+  for (const Route& route : routes_) {
+    if (route.segments.size() != segments.size()) continue;
+    RouteParams params;
+    bool match = true;
+    for (size_t i = 0; i < segments.size() && match; ++i) {
+      if (is_parameter(route.segments[i])) {
+        params[route.segments[i].substr(1, route.segments[i].size() - 2)] = segments[i];
+      } else {
+        match = route.segments[i] == segments[i];
+      }
+    }
+    if (!match) continue;
+    if (route.method == request.method) return route.handler(request, params, respond);
+    if (allowed.find(route.method) == std::string::npos) allowed += (allowed.empty() ? "" : ", ") + route.method;
+  }
+  if (allowed.empty()) return respond(error_(404, "no route for " + std::string(raw_path)));
+  HttpResponse r = error_(405, "use " + allowed + " for " + std::string(raw_path));
+  r.headers.emplace_back("Allow", allowed);
+  respond(std::move(r));
+}
+
+}  // namespace meshrt::serving
