@@ -35,36 +35,6 @@
 namespace meshrt::apps {
 namespace {
 
-enum class Kind { kAllReduce, kAllGather, kReduceScatter, kBroadcast, kAllToAll };
-
-struct CollectiveInfo {
-  Kind kind;
-  const char* name;
-  const char* raw_mpi;
-  const char* raw_nccl;
-};
-
-const CollectiveInfo kCollectives[] = {
-    {Kind::kAllReduce, "all_reduce", "MPI_Allreduce", "ncclAllReduce"},
-    {Kind::kAllGather, "all_gather", "MPI_Allgather", "ncclAllGather"},
-    {Kind::kReduceScatter, "reduce_scatter", "MPI_Reduce_scatter_block", "ncclReduceScatter"},
-    {Kind::kBroadcast, "broadcast", "MPI_Bcast", "ncclBroadcast"},
-    {Kind::kAllToAll, "all_to_all", "MPI_Alltoall", "ncclSend/ncclRecv (grouped)"},
-};
-
-double bus_factor(Kind kind, int n) {
-  switch (kind) {
-    case Kind::kAllReduce: return 2.0 * (n - 1) / n;
-    case Kind::kAllGather:
-    case Kind::kReduceScatter:
-    case Kind::kAllToAll: return static_cast<double>(n - 1) / n;
-    case Kind::kBroadcast: return 1.0;
-  }
-  return 1.0;
-}
-
-bool has_reduction(Kind kind) { return kind == Kind::kAllReduce || kind == Kind::kReduceScatter; }
-
 struct Options {
   std::string min_bytes = "8", max_bytes = "32M";
   double factor = 2;
@@ -118,115 +88,106 @@ struct Buffers {
   int64_t total = 0;  // elements in the "size" column
 };
 
-Buffers make_buffers(Kind kind, int64_t count, DType dtype, ReduceOp op, int root, int rank, int n,
-                     const Device& device) {
-  Buffers b;
-  int64_t per_rank = count / n;  // count is a multiple of n for chunked collectives
-  switch (kind) {
-    case Kind::kAllReduce:
-      b.send = to_device(filled(count, dtype, [&](int64_t i) { return value_of(rank, i, op); }), device);
-      b.recv = DeviceTensor::zeros({count}, dtype, device);
-      b.expected = filled(count, dtype, [&](int64_t i) { return reduced(n, i, op, dtype); });
-      break;
-    case Kind::kAllGather:
-      b.send = to_device(filled(per_rank, dtype, [&](int64_t i) { return value_of(rank, i, op); }), device);
-      b.recv = DeviceTensor::zeros({count}, dtype, device);
-      b.expected = filled(count, dtype, [&](int64_t i) { return value_of(static_cast<int>(i / per_rank), i % per_rank, op); });
-      break;
-    case Kind::kReduceScatter:
-      b.send = to_device(filled(count, dtype, [&](int64_t i) { return value_of(rank, i, op); }), device);
-      b.recv = DeviceTensor::zeros({per_rank}, dtype, device);
-      b.expected = filled(per_rank, dtype, [&](int64_t i) { return reduced(n, rank * per_rank + i, op, dtype); });
-      break;
-    case Kind::kBroadcast:
-      b.send = to_device(filled(count, dtype, [&](int64_t i) { return rank == root ? value_of(root, i, op) : 0; }), device);
-      b.recv = b.send;
-      b.expected = filled(count, dtype, [&](int64_t i) { return value_of(root, i, op); });
-      break;
-    case Kind::kAllToAll:
-      // Chunk p of rank r holds (31 r + p) mod 100: rank me receives chunk me of each rank.
-      b.send = to_device(filled(count, dtype, [&](int64_t i) { return (rank * 31 + i / per_rank) % 100; }), device);
-      b.recv = DeviceTensor::zeros({count}, dtype, device);
-      b.expected = filled(count, dtype, [&](int64_t i) { return (static_cast<int>(i / per_rank) * 31 + rank) % 100; });
-      break;
-  }
-  b.total = count;
-  return b;
-}
-
-Work run_meshrt(const Communicator& comm, Kind kind, Buffers& b, ReduceOp op, int root) {
-  switch (kind) {
-    case Kind::kAllReduce: return comm.all_reduce(b.send, b.recv, op);
-    case Kind::kAllGather: return comm.all_gather(b.send, b.recv);
-    case Kind::kReduceScatter: return comm.reduce_scatter(b.send, b.recv, op);
-    case Kind::kBroadcast: return comm.broadcast(b.send, root);
-    case Kind::kAllToAll: return comm.all_to_all(b.send, b.recv);
-  }
-  return Work();
-}
-
-// ---- raw baselines ----
-
-struct RawMpi {
-  MPI_Comm comm = MPI_COMM_NULL;
-  void run(Kind kind, Buffers& b, DType dtype, ReduceOp op, int root, int n) const {
-    MPI_Datatype t = detail::mpi_datatype(dtype);
-    MPI_Op reduce = detail::mpi_reduce_op(dtype, op);
-    int count = static_cast<int>(b.total), part = static_cast<int>(b.total / n);
-    switch (kind) {
-      case Kind::kAllReduce:
-        MESHRT_MPI_CHECK(MPI_Allreduce(b.send.raw_data(), b.recv.raw_data(), count, t, reduce, comm));
-        break;
-      case Kind::kAllGather:
-        MESHRT_MPI_CHECK(MPI_Allgather(b.send.raw_data(), part, t, b.recv.raw_data(), part, t, comm));
-        break;
-      case Kind::kReduceScatter:
-        MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(b.send.raw_data(), b.recv.raw_data(), part, t, reduce, comm));
-        break;
-      case Kind::kBroadcast:
-        MESHRT_MPI_CHECK(MPI_Bcast(b.send.raw_data(), count, t, root, comm));
-        break;
-      case Kind::kAllToAll:
-        MESHRT_MPI_CHECK(MPI_Alltoall(b.send.raw_data(), part, t, b.recv.raw_data(), part, t, comm));
-        break;
-    }
-  }
+// One row per collective, as nccl-tests' struct testColl: the buffers and the
+// expected result for a size (init), the nccl-tests bus bandwidth factor, and
+// the operation through meshrt and through the raw library. The engine below
+// (run) knows no collective by name.
+struct CollectiveRow {
+  const char* name;
+  const char* raw_mpi;
+  const char* raw_nccl;
+  bool chunked;  // the element count is a multiple of the ranks (one chunk per rank)
+  bool reduces;  // takes a reduction op
+  bool rooted;   // has a root rank
+  double (*bus_factor)(int n);
+  Buffers (*init)(int64_t count, DType dtype, ReduceOp op, int root, int rank, int n, const Device& device);
+  Work (*run)(const Communicator& comm, Buffers& b, ReduceOp op, int root);
+  void (*run_mpi)(Buffers& b, MPI_Datatype t, MPI_Op reduce, int root, int n, MPI_Comm comm);
+#if MESHRT_WITH_CUDA
+  void (*run_nccl)(Buffers& b, ncclDataType_t t, ncclRedOp_t reduce, int root, int n, ncclComm_t comm, cudaStream_t s);
+#endif
 };
+
+DeviceTensor filled_on(const Device& device, int64_t count, DType dtype, const std::function<double(int64_t)>& f) {
+  return to_device(filled(count, dtype, f), device);
+}
+
+void* data(const DeviceTensor& t) { return t.raw_data(); }
+int as_int(int64_t v) { return static_cast<int>(v); }
 
 #if MESHRT_WITH_CUDA
-struct RawNccl {
-  ncclComm_t comm = nullptr;
-  cudaStream_t stream = nullptr;
-  void run(Kind kind, Buffers& b, DType dtype, ReduceOp op, int root, int n) const {
-    ncclDataType_t t = detail::nccl_datatype(dtype);
-    ncclRedOp_t reduce = detail::nccl_reduce_op(dtype, op);
-    size_t count = static_cast<size_t>(b.total), part = count / static_cast<size_t>(n);
-    size_t bytes = part * size_of(dtype);
-    switch (kind) {
-      case Kind::kAllReduce:
-        MESHRT_NCCL_CHECK(ncclAllReduce(b.send.raw_data(), b.recv.raw_data(), count, t, reduce, comm, stream));
-        break;
-      case Kind::kAllGather:
-        MESHRT_NCCL_CHECK(ncclAllGather(b.send.raw_data(), b.recv.raw_data(), part, t, comm, stream));
-        break;
-      case Kind::kReduceScatter:
-        MESHRT_NCCL_CHECK(ncclReduceScatter(b.send.raw_data(), b.recv.raw_data(), part, t, reduce, comm, stream));
-        break;
-      case Kind::kBroadcast:
-        MESHRT_NCCL_CHECK(ncclBroadcast(b.send.raw_data(), b.send.raw_data(), count, t, root, comm, stream));
-        break;
-      case Kind::kAllToAll:
-        MESHRT_NCCL_CHECK(ncclGroupStart());
-        for (int p = 0; p < n; ++p) {
-          MESHRT_NCCL_CHECK(ncclSend(static_cast<char*>(b.send.raw_data()) + p * bytes, part, t, p, comm, stream));
-          MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(b.recv.raw_data()) + p * bytes, part, t, p, comm, stream));
-        }
-        MESHRT_NCCL_CHECK(ncclGroupEnd());
-        break;
-    }
-  }
-};
+#define MESHRT_RAW_NCCL(...) , [](Buffers & b, ncclDataType_t t, ncclRedOp_t reduce, int root, int n, ncclComm_t comm, cudaStream_t s) { __VA_ARGS__; }
+#else
+#define MESHRT_RAW_NCCL(...)
 #endif
+
+const CollectiveRow kCollectives[] = {
+    {"all_reduce", "MPI_Allreduce", "ncclAllReduce", false, true, false, [](int n) { return 2.0 * (n - 1) / n; },
+     [](int64_t count, DType dtype, ReduceOp op, int, int rank, int n, const Device& device) {
+       return Buffers{filled_on(device, count, dtype, [&](int64_t i) { return value_of(rank, i, op); }),
+                      DeviceTensor::zeros({count}, dtype, device),
+                      filled(count, dtype, [&](int64_t i) { return reduced(n, i, op, dtype); }), count};
+     },
+     [](const Communicator& c, Buffers& b, ReduceOp op, int) { return c.all_reduce(b.send, b.recv, op); },
+     [](Buffers& b, MPI_Datatype t, MPI_Op reduce, int, int, MPI_Comm comm) {
+       MESHRT_MPI_CHECK(MPI_Allreduce(data(b.send), data(b.recv), as_int(b.total), t, reduce, comm));
+     } MESHRT_RAW_NCCL(MESHRT_NCCL_CHECK(ncclAllReduce(data(b.send), data(b.recv), b.total, t, reduce, comm, s)))},
+    {"all_gather", "MPI_Allgather", "ncclAllGather", true, false, false, [](int n) { return static_cast<double>(n - 1) / n; },
+     [](int64_t count, DType dtype, ReduceOp op, int, int rank, int n, const Device& device) {
+       int64_t part = count / n;
+       return Buffers{filled_on(device, part, dtype, [&](int64_t i) { return value_of(rank, i, op); }),
+                      DeviceTensor::zeros({count}, dtype, device),
+                      filled(count, dtype, [&](int64_t i) { return value_of(static_cast<int>(i / part), i % part, op); }),
+                      count};
+     },
+     [](const Communicator& c, Buffers& b, ReduceOp, int) { return c.all_gather(b.send, b.recv); },
+     [](Buffers& b, MPI_Datatype t, MPI_Op, int, int n, MPI_Comm comm) {
+       MESHRT_MPI_CHECK(MPI_Allgather(data(b.send), as_int(b.total / n), t, data(b.recv), as_int(b.total / n), t, comm));
+     } MESHRT_RAW_NCCL(MESHRT_NCCL_CHECK(ncclAllGather(data(b.send), data(b.recv), b.total / n, t, comm, s)))},
+    {"reduce_scatter", "MPI_Reduce_scatter_block", "ncclReduceScatter", true, true, false,
+     [](int n) { return static_cast<double>(n - 1) / n; },
+     [](int64_t count, DType dtype, ReduceOp op, int, int rank, int n, const Device& device) {
+       int64_t part = count / n;
+       return Buffers{filled_on(device, count, dtype, [&](int64_t i) { return value_of(rank, i, op); }),
+                      DeviceTensor::zeros({part}, dtype, device),
+                      filled(part, dtype, [&](int64_t i) { return reduced(n, rank * part + i, op, dtype); }), count};
+     },
+     [](const Communicator& c, Buffers& b, ReduceOp op, int) { return c.reduce_scatter(b.send, b.recv, op); },
+     [](Buffers& b, MPI_Datatype t, MPI_Op reduce, int, int n, MPI_Comm comm) {
+       MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(data(b.send), data(b.recv), as_int(b.total / n), t, reduce, comm));
+     } MESHRT_RAW_NCCL(MESHRT_NCCL_CHECK(ncclReduceScatter(data(b.send), data(b.recv), b.total / n, t, reduce, comm, s)))},
+    {"broadcast", "MPI_Bcast", "ncclBroadcast", false, false, true, [](int) { return 1.0; },
+     [](int64_t count, DType dtype, ReduceOp op, int root, int rank, int, const Device& device) {
+       DeviceTensor send = filled_on(device, count, dtype, [&](int64_t i) { return rank == root ? value_of(root, i, op) : 0; });
+       return Buffers{send, send, filled(count, dtype, [&](int64_t i) { return value_of(root, i, op); }), count};
+     },
+     [](const Communicator& c, Buffers& b, ReduceOp, int root) { return c.broadcast(b.send, root); },
+     [](Buffers& b, MPI_Datatype t, MPI_Op, int root, int, MPI_Comm comm) {
+       MESHRT_MPI_CHECK(MPI_Bcast(data(b.send), as_int(b.total), t, root, comm));
+     } MESHRT_RAW_NCCL(MESHRT_NCCL_CHECK(ncclBroadcast(data(b.send), data(b.send), b.total, t, root, comm, s)))},
+    {"all_to_all", "MPI_Alltoall", "ncclSend/ncclRecv (grouped)", true, false, false,
+     [](int n) { return static_cast<double>(n - 1) / n; },
+     [](int64_t count, DType dtype, ReduceOp, int, int rank, int n, const Device& device) {
+       // Chunk p of rank r holds (31 r + p) mod 100: rank me receives chunk me of each rank.
+       int64_t part = count / n;
+       return Buffers{filled_on(device, count, dtype, [&](int64_t i) { return (rank * 31 + i / part) % 100; }),
+                      DeviceTensor::zeros({count}, dtype, device),
+                      filled(count, dtype, [&](int64_t i) { return (static_cast<int>(i / part) * 31 + rank) % 100; }),
+                      count};
+     },
+     [](const Communicator& c, Buffers& b, ReduceOp, int) { return c.all_to_all(b.send, b.recv); },
+     [](Buffers& b, MPI_Datatype t, MPI_Op, int, int n, MPI_Comm comm) {
+       MESHRT_MPI_CHECK(MPI_Alltoall(data(b.send), as_int(b.total / n), t, data(b.recv), as_int(b.total / n), t, comm));
+     } MESHRT_RAW_NCCL(
+         size_t part = static_cast<size_t>(b.total / n); size_t bytes = part * size_of(b.send.dtype());
+         MESHRT_NCCL_CHECK(ncclGroupStart());
+         for (int p = 0; p < n; ++p) {
+           MESHRT_NCCL_CHECK(ncclSend(static_cast<char*>(data(b.send)) + p * bytes, part, t, p, comm, s));
+           MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(data(b.recv)) + p * bytes, part, t, p, comm, s));
+         }
+         MESHRT_NCCL_CHECK(ncclGroupEnd()))},
+};
+#undef MESHRT_RAW_NCCL
 
 double average_over_ranks(double value, MPI_Comm comm, int n) {
   double sum = 0;
@@ -258,26 +219,27 @@ int run(const Options& o) {
   MESHRT_CHECK_ARG(o.iters > 0 && o.warmup >= 0, "-n must be > 0 and -w >= 0");
   MESHRT_CHECK_ARG(o.root >= 0 && o.root < n, "root ", o.root, " is not a rank of ", n);
 
-  std::vector<const CollectiveInfo*> selected;
+  std::vector<const CollectiveRow*> selected;
+  std::string names;
   for (const auto& c : kCollectives) {
     if (o.collective == "all" || o.collective == c.name) selected.push_back(&c);
+    names += std::string(c.name) + ", ";
   }
-  MESHRT_CHECK_ARG(!selected.empty(), "unknown collective '", o.collective,
-                   "': expected all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all");
+  MESHRT_CHECK_ARG(!selected.empty(), "unknown collective '", o.collective, "': expected ", names, "or all");
 
   MPI_Comm raw_comm = MPI_COMM_NULL;
   MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &raw_comm));
   Communicator comm = Communicator::world(device, "bench");
-  RawMpi raw_mpi{raw_comm};
 #if MESHRT_WITH_CUDA
-  RawNccl raw_nccl;
+  ncclComm_t raw_nccl = nullptr;
+  cudaStream_t raw_stream = nullptr;
   if (device.is_cuda() && !o.no_raw) {
     ncclUniqueId id{};
     if (rank == 0) MESHRT_NCCL_CHECK(ncclGetUniqueId(&id));
     MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, raw_comm);
     MESHRT_CUDA_CHECK(cudaSetDevice(device.index()));
-    MESHRT_NCCL_CHECK(ncclCommInitRank(&raw_nccl.comm, n, id, rank));
-    raw_nccl.stream = static_cast<cudaStream_t>(Stream::default_for(device).native_handle());
+    MESHRT_NCCL_CHECK(ncclCommInitRank(&raw_nccl, n, id, rank));
+    raw_stream = static_cast<cudaStream_t>(Stream::default_for(device).native_handle());
   }
 #endif
   bool raw_available = !o.no_raw;
@@ -295,8 +257,7 @@ int run(const Options& o) {
   print_rank_lines(world, device, raw_comm);
 
   int64_t total_wrong = 0;
-  for (const CollectiveInfo* info : selected) {
-    Kind kind = info->kind;
+  for (const CollectiveRow* info : selected) {
     const char* raw_name = device.is_cuda() ? info->raw_nccl : info->raw_mpi;
     double bus_sum = 0;
     int rows = 0;
@@ -311,30 +272,29 @@ int run(const Options& o) {
     for (int64_t bytes = min_bytes; bytes <= max_bytes;
          bytes = increment ? bytes + increment : static_cast<int64_t>(std::ceil(bytes * o.factor))) {
       int64_t count = bytes / static_cast<int64_t>(size_of(dtype));
-      bool chunked = kind == Kind::kAllGather || kind == Kind::kReduceScatter || kind == Kind::kAllToAll;
-      if (chunked) count -= count % n;
+      if (info->chunked) count -= count % n;
       if (count == 0) continue;
-      Buffers b = make_buffers(kind, count, dtype, op, o.root, rank, n, device);
+      Buffers b = info->init(count, dtype, op, o.root, rank, n, device);
       int64_t size = count * static_cast<int64_t>(size_of(dtype));
 
       int64_t wrong = 0;
       if (o.check) {
-        Buffers fresh = make_buffers(kind, count, dtype, op, o.root, rank, n, device);
-        run_meshrt(comm, kind, fresh, op, o.root).wait();
+        Buffers fresh = info->init(count, dtype, op, o.root, rank, n, device);
+        info->run(comm, fresh, op, o.root).wait();
         wrong = count_wrong(to_host(fresh.recv), fresh.expected);
       }
       auto raw_call = [&] {
 #if MESHRT_WITH_CUDA
         if (device.is_cuda()) {
-          raw_nccl.run(kind, b, dtype, op, o.root, n);
+          info->run_nccl(b, detail::nccl_datatype(dtype), detail::nccl_reduce_op(dtype, op), o.root, n, raw_nccl, raw_stream);
           Stream::default_for(device).synchronize();
           return;
         }
 #endif
-        raw_mpi.run(kind, b, dtype, op, o.root, n);
+        info->run_mpi(b, detail::mpi_datatype(dtype), detail::mpi_reduce_op(dtype, op), o.root, n, raw_comm);
       };
       for (int i = 0; i < o.warmup; ++i) {
-        run_meshrt(comm, kind, b, op, o.root).wait();
+        info->run(comm, b, op, o.root).wait();
         if (raw_available) raw_call();
       }
       // meshrt and the raw call alternate, one operation each, so drifts of the
@@ -343,7 +303,7 @@ int run(const Options& o) {
       double ours = 0, raw = 0;
       for (int i = 0; i < o.iters; ++i) {
         auto start = std::chrono::steady_clock::now();
-        run_meshrt(comm, kind, b, op, o.root).wait();
+        info->run(comm, b, op, o.root).wait();
         ours += seconds_since(start);
         if (raw_available) {
           start = std::chrono::steady_clock::now();
@@ -356,18 +316,18 @@ int run(const Options& o) {
       int64_t wrong_all = 0;
       MPI_Allreduce(&wrong, &wrong_all, 1, MPI_INT64_T, MPI_SUM, raw_comm);
       total_wrong += wrong_all;
-      double algbw = size / ours / 1e9, busbw = algbw * bus_factor(kind, n);
+      double algbw = size / ours / 1e9, busbw = algbw * info->bus_factor(n);
       bus_sum += busbw;
       ++rows;
       if (rank == 0) {
         char root_text[16] = "-1";
-        if (kind == Kind::kBroadcast) std::snprintf(root_text, sizeof root_text, "%d", o.root);
+        if (info->rooted) std::snprintf(root_text, sizeof root_text, "%d", o.root);
         std::printf("%12lld %12lld %6s %6s %5s %10.1f %8.2f %8.2f %7s", static_cast<long long>(size),
-                    static_cast<long long>(count), to_string(dtype), has_reduction(kind) ? to_string(op) : "none",
+                    static_cast<long long>(count), to_string(dtype), info->reduces ? to_string(op) : "none",
                     root_text, ours * 1e6, algbw, busbw, o.check ? std::to_string(wrong_all).c_str() : "N/A");
         if (raw_available) {
           double raw_algbw = size / raw / 1e9;
-          std::printf(" %10.1f %8.2f %8.2f %8.3f\n", raw * 1e6, raw_algbw, raw_algbw * bus_factor(kind, n), ours / raw);
+          std::printf(" %10.1f %8.2f %8.2f %8.3f\n", raw * 1e6, raw_algbw, raw_algbw * info->bus_factor(n), ours / raw);
         } else {
           std::printf(" %10s %8s %8s %8s\n", "N/A", "N/A", "N/A", "N/A");
         }
@@ -381,7 +341,7 @@ int run(const Options& o) {
                 total_wrong == 0 ? "OK" : "FAILED");
   }
 #if MESHRT_WITH_CUDA
-  if (raw_nccl.comm) ncclCommDestroy(raw_nccl.comm);
+  if (raw_nccl) ncclCommDestroy(raw_nccl);
 #endif
   MPI_Comm_free(&raw_comm);
   return total_wrong == 0 ? 0 : 1;

@@ -189,17 +189,24 @@ class MpiBackend final : public CommBackend {
       return;
     }
     in_blocking_call_.store(true);
+    run_collective(c, count, type, bytes);
+    in_blocking_call_.store(false);
+  }
+
+  // A collective missing here is an error, never an operation that "completes"
+  // having done nothing (as c10d's Backend: "does not support").
+  void run_collective(const CommOp& c, int count, MPI_Datatype type, size_t bytes) {
     switch (c.kind) {
       case Collective::kAllReduce:
         MESHRT_MPI_CHECK(MPI_Allreduce(c.send == c.recv ? MPI_IN_PLACE : c.send, c.recv, count,
                                        type, mpi_reduce_op(c.dtype, c.op), comm_));
-        break;
+        return;
       case Collective::kAllGather: {
         // In place (NCCL's convention): the input already sits at this rank's chunk.
         bool in_place = c.send == static_cast<char*>(c.recv) + static_cast<size_t>(rank()) * bytes;
         MESHRT_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : c.send, count, type, c.recv, count,
                                        type, comm_));
-        break;
+        return;
       }
       case Collective::kReduceScatter: {
         // MPI's in-place form differs from NCCL's (out = in's chunk at rank):
@@ -216,22 +223,24 @@ class MpiBackend final : public CommBackend {
           MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count, type,
                                                     mpi_reduce_op(c.dtype, c.op), comm_));
         }
-        break;
+        return;
       }
       case Collective::kBroadcast:
         MESHRT_MPI_CHECK(MPI_Bcast(c.recv, count, type, c.peer, comm_));
-        break;
+        return;
       case Collective::kAllToAll:
         MESHRT_MPI_CHECK(MPI_Alltoall(c.send == c.recv ? MPI_IN_PLACE : c.send, count, type,
                                       c.recv, count, type, comm_));
-        break;
+        return;
       case Collective::kBarrier:
         MESHRT_MPI_CHECK(MPI_Barrier(comm_));
-        break;
-      default:
+        return;
+      case Collective::kSend:
+      case Collective::kRecv:  // run_point_to_point
         break;
     }
-    in_blocking_call_.store(false);
+    throw Error(ErrorKind::kInternal, detail::cat(describe(), " does not support ", to_string(c.kind),
+                                                  " as a collective (operation ", static_cast<int>(c.kind), ")"));
   }
 
   void run_point_to_point(const CommOp& c, int count, MPI_Datatype type) {

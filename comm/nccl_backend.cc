@@ -121,50 +121,59 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     ncclDataType_t type = nccl_datatype(c.dtype);
     size_t bytes = c.count * size_of(c.dtype);
     std::string what = cat(name, " on ", describe());
-    switch (c.kind) {
-      case Collective::kAllReduce:
-        MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
-        break;
-      case Collective::kAllGather:
-        MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
-        break;
-      case Collective::kReduceScatter:
-        MESHRT_NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
-        break;
-      case Collective::kBroadcast:
-        MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
-        break;
-      case Collective::kSend:
-        MESHRT_NCCL_CHECK(ncclSend(c.send, c.count, type, c.peer, comm_, s));
-        break;
-      case Collective::kRecv:
-        MESHRT_NCCL_CHECK(ncclRecv(c.recv, c.count, type, c.peer, comm_, s));
-        break;
-      case Collective::kAllToAll: {
-        const void* send = c.send;
-        if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
-          DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()}, DType::kU8, device_);
-          MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
-          state->stash(staged.storage());
-          send = staged.raw_data();
+    // Queues the operation; false when this backend lacks it (an error, never a
+    // Work that "completes" having done nothing).
+    auto enqueue = [&]() -> bool {
+      switch (c.kind) {
+        case Collective::kAllReduce:
+          MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
+          return true;
+        case Collective::kAllGather:
+          MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
+          return true;
+        case Collective::kReduceScatter:
+          MESHRT_NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
+          return true;
+        case Collective::kBroadcast:
+          MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
+          return true;
+        case Collective::kSend:
+          MESHRT_NCCL_CHECK(ncclSend(c.send, c.count, type, c.peer, comm_, s));
+          return true;
+        case Collective::kRecv:
+          MESHRT_NCCL_CHECK(ncclRecv(c.recv, c.count, type, c.peer, comm_, s));
+          return true;
+        case Collective::kAllToAll: {
+          const void* send = c.send;
+          if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
+            DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()}, DType::kU8, device_);
+            MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
+            state->stash(staged.storage());
+            send = staged.raw_data();
+          }
+          GroupGuard group;
+          for (int peer = 0; peer < size(); ++peer) {
+            MESHRT_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type, peer, comm_, s));
+            MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer, comm_, s));
+          }
+          group.end();
+          return true;
         }
-        GroupGuard group;
-        for (int peer = 0; peer < size(); ++peer) {
-          MESHRT_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type, peer, comm_, s));
-          MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer, comm_, s));
+        case Collective::kBarrier: {
+          // Queued, not synchronised: a stuck earlier operation must reach the
+          // deadline in wait(), not hang here.
+          DeviceTensor token = DeviceTensor::empty(Shape{1}, DType::kI32, device_);
+          MESHRT_CUDA_CHECK(cudaMemsetAsync(token.raw_data(), 0, sizeof(int32_t), s));
+          state->stash(token.storage());
+          MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
+          return true;
         }
-        group.end();
-        break;
       }
-      case Collective::kBarrier: {
-        // Queued, not synchronised: a stuck earlier operation must reach the
-        // deadline in wait(), not hang here.
-        DeviceTensor token = DeviceTensor::empty(Shape{1}, DType::kI32, device_);
-        MESHRT_CUDA_CHECK(cudaMemsetAsync(token.raw_data(), 0, sizeof(int32_t), s));
-        state->stash(token.storage());
-        MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
-        break;
-      }
+      return false;
+    };
+    if (!enqueue()) {
+      throw Error(ErrorKind::kInternal, cat(describe(), " does not support ", name, " (operation ",
+                                            static_cast<int>(c.kind), ")"));
     }
     ensure_ready(comm_, what);
     Event done(device_);

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "comm/backend.h"
 #include "comm/communicator.h"
 #include "comm/world.h"
 #include "test_util.h"
@@ -320,6 +321,18 @@ TEST(Deadlines, ShortMessageIsCheckedAgainstTheReceiveSize) {
                              {"expected 10 elements of f32 from rank 0, got 5"}));
   }
   world.barrier();
+}
+
+// An operation a backend lacks is an error of the Work, never a Work that
+// completes having done nothing (c10d's "Backend X does not support ...").
+TEST(Backends, AnOperationTheBackendLacksFailsLoudly) {
+  std::shared_ptr<detail::CommBackend> backend = detail::make_mpi_world("lacking");
+  auto state = std::make_shared<detail::WorkState>("an unknown operation", backend);
+  detail::CommOp op;
+  op.kind = static_cast<detail::Collective>(99);
+  backend->start(op, state);
+  EXPECT_TRUE(throws_error(ErrorKind::kInternal, [&] { state->wait(std::chrono::seconds(60)); },
+                           {"mpi communicator 'lacking'", "does not support", "operation 99"}));
 }
 
 }  // namespace
