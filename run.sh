@@ -18,7 +18,7 @@ build_dir=${MESHRT_BUILD_DIR:-build}
 ranks=${MESHRT_RANKS:-4}
 
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
-          libcli11-dev nlohmann-json3-dev libboost-dev)
+          libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client)
 
 say() { echo "run.sh: $*" >&2; }
 

@@ -11,8 +11,24 @@ std::string number(double v) {
   return text;
 }
 
+// A label value as the text format requires: backslash, double quote and line
+// feed escaped (model names and versions come from configs and folder names).
+std::string label_value(const std::string& value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '"': out += "\\\""; break;
+      case '\n': out += "\\n"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
 std::string labels(const std::string& model, const std::string& version) {
-  return "model=\"" + model + "\",version=\"" + version + "\"";
+  return "model=\"" + label_value(model) + "\",version=\"" + label_value(version) + "\"";
 }
 }  // namespace
 

@@ -31,8 +31,11 @@ MinSizePartitioner::MinSizePartitioner(int64_t min_shard_bytes, int max_shards, 
 
 Partition MinSizePartitioner::operator()(const Shape& shape, DType dtype) const {
   check_axis(shape, axis_, "MinSizePartitioner");
+  // TensorFlow's rule (min_max_variable_partitioner): ceil(total bytes / min_shard_bytes)
+  // shards, capped by max_shards and the axis's extent, at least one.
   int64_t bytes = shape.numel() * static_cast<int64_t>(size_of(dtype));
-  int64_t shards = std::min<int64_t>({static_cast<int64_t>(max_shards_), bytes / min_shard_bytes_, shape[axis_]});
+  int64_t wanted = bytes / min_shard_bytes_ + (bytes % min_shard_bytes_ != 0 ? 1 : 0);
+  int64_t shards = std::min<int64_t>({static_cast<int64_t>(max_shards_), wanted, shape[axis_]});
   Partition p(static_cast<size_t>(shape.ndim()), 1);
   p[static_cast<size_t>(axis_)] = static_cast<int>(std::max<int64_t>(1, shards));
   return p;

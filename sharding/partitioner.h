@@ -3,11 +3,14 @@
 // (one entry per dimension, only `axis` > 1).
 //
 //   FixedShardsPartitioner(n): n shards along axis (fewer if the axis is shorter).
-//   MinSizePartitioner(min_shard_bytes, max_shards): as many shards as keep each
-//     at least min_shard_bytes, at most max_shards (and at most the axis length).
+//   MinSizePartitioner(min_shard_bytes, max_shards): TensorFlow's rule,
+//     ceil(total bytes / min_shard_bytes) shards, capped by max_shards and by the
+//     axis length, at least one.
 //
 // Shards along the axis may be uneven: the first (extent mod n) shards get one
-// row more (TF's rule). split_variable() cuts a host tensor by a partition; a
+// row more (TensorFlow's split for partitioned variables, which the
+// parameter-server partitioners keep; DTensor layouts will use torch.chunk's
+// sizes instead, a different rule). split_variable() cuts a host tensor by a partition; a
 // DTensor layout needs even shards and one shard per rank of a mesh axis
 // (layout_for_partition()).
 #pragma once

@@ -146,6 +146,35 @@ TEST(Partitioners, FixedAndMinSizeAsInTensorFlow) {
   EXPECT_EQ(uneven[1].data<float>()[0], v.data<float>()[9]);  // rows 3..5
 }
 
+// MinSizePartitioner against TensorFlow's documented formula
+// (tf.compat.v1.min_max_variable_partitioner, which MinSizePartitioner calls):
+// max(1, min(shape[axis], max_shards, ceil(total_bytes / min_shard_bytes))).
+TEST(Partitioners, MinSizeFollowsTensorFlowsFormula) {
+  // The examples of TensorFlow's MinSizePartitioner docstring.
+  EXPECT_EQ(MinSizePartitioner(4, 2)(Shape{6, 1}, DType::kF32), (Partition{2, 1}));
+  EXPECT_EQ(MinSizePartitioner(4, 10)(Shape{6, 1}, DType::kF32), (Partition{6, 1}));
+  for (int64_t rows : {1, 3, 7, 10, 64}) {
+    for (int64_t cols : {1, 5, 33}) {
+      for (int64_t min_bytes : {1, 4, 10, 100, 1000}) {
+        for (int max_shards : {1, 3, 8, 100}) {
+          for (DType dtype : {DType::kF32, DType::kF16, DType::kF64}) {
+            for (int axis : {0, 1}) {
+              Shape shape{rows, cols};
+              double total = static_cast<double>(rows * cols) * static_cast<double>(size_of(dtype));
+              int64_t expected = std::max<int64_t>(
+                  1, std::min<int64_t>({shape[axis], max_shards, static_cast<int64_t>(std::ceil(total / min_bytes))}));
+              Partition want(2, 1);
+              want[static_cast<size_t>(axis)] = static_cast<int>(expected);
+              ASSERT_EQ(MinSizePartitioner(min_bytes, max_shards, axis)(shape, dtype), want)
+                  << shape << " " << to_string(dtype) << " min " << min_bytes << " max " << max_shards << " axis " << axis;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Mesh, SizeMustMatchTheWorld) {
   int n = World::get().size();
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { Mesh({{"data", 2}, {"model", n}}, Device::cpu()); },
