@@ -385,6 +385,37 @@ TEST_P(Sharding, ElementwiseReductionsAndNormsMatchOneRank) {
   }
 }
 
+// Every op of the elementwise table, sharded with every layout (pending sums
+// included), against the same op on one rank; an op whose row commutes with a
+// pending sum keeps it without communication.
+TEST_P(Sharding, EveryElementwiseTableOpMatchesOneRank) {
+  HostTensor gx = random_tensor({12, 12}, DType::kF32, 16, -3, 3), gy = random_tensor({12, 12}, DType::kF32, 17, -3, 3);
+  auto dx = to_device(gx, Device::cpu()), dy = to_device(gy, Device::cpu());
+  for (const Layout& l : all_layouts(mesh_, 2)) {
+    DTensor x = DTensor::from_global(gx, mesh_, l, "x");
+    DTensor y = DTensor::from_global(gy, mesh_, Layout::replicated(2), "y");
+    for (kernels::UnaryOp op : kernels::unary_ops()) {
+      DeviceTensor expected = DeviceTensor::empty(dx.shape(), dx.dtype());
+      kernels::unary(op, dx, expected, 0.75);
+      Trace trace;
+      DTensor got;
+      {
+        TraceScope scope(trace);
+        got = unary(op, x, 0.75);
+      }
+      bool keeps_sums = (kernels::info(op).partial_rule[0] & kernels::kThroughSum) != 0;
+      if (keeps_sums) EXPECT_EQ(trace.collectives(), 0) << kernels::to_string(op) << " " << l.to_string();
+      EXPECT_TRUE(all_close(got.gather(), meshrt::to_host(expected), 1e-5, 1e-5)) << kernels::to_string(op) << " " << l.to_string();
+    }
+    for (kernels::BinaryOp op : kernels::binary_ops()) {
+      DeviceTensor expected = DeviceTensor::empty(dx.shape(), dx.dtype());
+      kernels::binary(op, dx, dy, expected);
+      EXPECT_TRUE(all_close(binary(op, x, y).gather(), meshrt::to_host(expected), 1e-5, 1e-5))
+          << kernels::to_string(op) << " " << l.to_string();
+    }
+  }
+}
+
 TEST_P(Sharding, SumOfAShardedDimensionIsAPartialWithoutCommunication) {
   const std::string a = mesh_.axes()[0].name;
   DTensor x = DTensor::from_global(integers({12, 6}, 15), mesh_, Layout::sharded(2, 0, a), "x");
