@@ -75,14 +75,31 @@ std::unique_ptr<Layer> function_layer(std::function<DTensor(const DTensor&)> f) 
 
 int64_t same_width(const LayerConfig&, const StackCheck&, int64_t width) { return width; }
 
-FieldSpec tensor_field(std::string name, bool required = true) { return {std::move(name), FieldKind::kTensor, required}; }
-FieldSpec eps_field(double fallback) { return {"eps", FieldKind::kNumber, false, {}, "", 0.0, fallback}; }
+FieldSpec tensor_field(std::string name, bool required = true) {
+  FieldSpec f;
+  f.name = std::move(name);
+  f.kind = FieldKind::kTensor;
+  f.required = required;
+  return f;
+}
+
+FieldSpec eps_field(double fallback) {
+  FieldSpec f;
+  f.name = "eps";
+  f.kind = FieldKind::kNumber;
+  f.default_number = fallback;
+  return f;
+}
 
 LayerType linear_type() {
   LayerType t;
   t.name = "linear";
-  t.fields = {tensor_field("weight"), tensor_field("bias", false),
-              {"parallel", FieldKind::kChoice, false, {"column", "row", "none"}, "none"}};
+  FieldSpec parallel;
+  parallel.name = "parallel";
+  parallel.kind = FieldKind::kChoice;
+  parallel.choices = {"column", "row", "none"};
+  parallel.default_choice = "none";
+  t.fields = {tensor_field("weight"), tensor_field("bias", false), parallel};
   t.output_width = [](const LayerConfig& l, const StackCheck& c, int64_t width) {
     const Shape& shape = c.weights.shape(l, "weight", c.dtype);
     if (shape.ndim() != 2 || shape[0] != width) {
@@ -161,7 +178,11 @@ class ResidualAdd : public Layer {
 LayerType residual_add_type() {
   LayerType t;
   t.name = "residual_add";
-  t.fields = {{"from", FieldKind::kSaved, true}};
+  FieldSpec from;
+  from.name = "from";
+  from.kind = FieldKind::kSaved;
+  from.required = true;
+  t.fields = {from};
   t.output_width = [](const LayerConfig& l, const StackCheck& c, int64_t width) {
     int64_t saved = c.saved_widths.at(l.value("from"));
     if (saved != width) {

@@ -22,8 +22,6 @@ Axes minus(const Axes& axes, const std::set<std::string>& drop) {
   return out;
 }
 
-bool uses(const Layout& l, const std::string& a) { return l.dim_of(a) >= 0 || l.is_partial_over(a); }
-
 void check_same_mesh(const char* op, const DTensor& a, const DTensor& b) {
   MESHRT_CHECK_ARG(a.defined() && b.defined(), op, ": an operand is an undefined DTensor");
   MESHRT_CHECK_ARG(a.mesh() == b.mesh(), op, ": ", a.description(), " and ", b.description(),

@@ -171,7 +171,9 @@ TEST(CheckpointAcrossJobs, Save) {
   MPI_Barrier(MPI_COMM_WORLD);
   save_checkpoint(dir, place_fixture(mesh));
   for (const CheckpointEntry& e : list_checkpoint(dir)) {
-    if (e.name == "embedding" && mesh.ndim() == 2) EXPECT_EQ(e.saved_layout, "[S(x), S(y)]");
+    if (e.name == "embedding" && mesh.ndim() == 2) {
+      EXPECT_EQ(e.saved_layout, "[S(x), S(y)]");
+    }
   }
 }
 

@@ -38,12 +38,6 @@ std::vector<std::vector<MeshAxis>> meshes_for(int n) {
   return m;
 }
 
-std::string mesh_name(const std::vector<MeshAxis>& axes) {
-  std::string s;
-  for (const auto& a : axes) s += (s.empty() ? "" : "x") + std::to_string(a.size);
-  return s;
-}
-
 // Every layout of a tensor with `ndim` dimensions on the mesh: each mesh axis is
 // unused, shards one dimension, or is partial; axes sharing a dimension in every order.
 std::vector<Layout> all_layouts(const Mesh& mesh, int ndim, bool with_partial = true) {
@@ -276,7 +270,9 @@ TEST_P(Sharding, RedistributionUsesTheLeastCommunication) {
     }
     EXPECT_EQ(trace.collectives(), c.collective.empty() ? 0 : 1) << c.from.to_string() << " -> " << c.to.to_string()
                                                                   << "\n" << trace.to_string();
-    if (!c.collective.empty()) EXPECT_EQ(trace.count(c.collective), 1) << trace.to_string();
+    if (!c.collective.empty()) {
+      EXPECT_EQ(trace.count(c.collective), 1) << trace.to_string();
+    }
     EXPECT_TRUE(all_close(y.gather(), g, 0, 0));
   }
 }
@@ -404,7 +400,9 @@ TEST_P(Sharding, EveryElementwiseTableOpMatchesOneRank) {
         got = unary(op, x, 0.75);
       }
       bool keeps_sums = (kernels::info(op).partial_rule[0] & kernels::kThroughSum) != 0;
-      if (keeps_sums) EXPECT_EQ(trace.collectives(), 0) << kernels::to_string(op) << " " << l.to_string();
+      if (keeps_sums) {
+        EXPECT_EQ(trace.collectives(), 0) << kernels::to_string(op) << " " << l.to_string();
+      }
       EXPECT_TRUE(all_close(got.gather(), meshrt::to_host(expected), 1e-5, 1e-5)) << kernels::to_string(op) << " " << l.to_string();
     }
     for (kernels::BinaryOp op : kernels::binary_ops()) {
