@@ -61,6 +61,10 @@ struct Silu {  // x * sigmoid(x)
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x) const { return x / (A(1) + math::exp(-x)); }
 };
+struct Tanh {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const { return math::tanh(x); }
+};
 struct Scale {  // alpha * x
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x, A alpha) const { return alpha * x; }
@@ -80,7 +84,8 @@ struct Mul {
   X(neg, Neg, NumericTypes, kThroughSum)                   \
   X(relu, Relu, NumericTypes, kThroughMax | kThroughMin)   \
   X(gelu, Gelu, FloatTypes, kNoPartial)                    \
-  X(silu, Silu, FloatTypes, kNoPartial)
+  X(silu, Silu, FloatTypes, kNoPartial)                    \
+  X(tanh, Tanh, FloatTypes, kThroughMax | kThroughMin)
 
 // y = f(x, alpha).         X(name, element function, dtypes, partial rule)
 #define MESHRT_SCALAR_UNARY_OPS(X) \

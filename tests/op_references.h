@@ -26,6 +26,7 @@ inline const std::map<std::string, UnaryReference>& unary_references() {
       {"relu", {[](double x, double) { return x > 0 ? x : 0; }}},
       {"gelu", {[](double x, double) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }}},
       {"silu", {[](double x, double) { return x / (1 + std::exp(-x)); }}},
+      {"tanh", {[](double x, double) { return std::tanh(x); }}},
       {"scale", {[](double x, double alpha) { return alpha * x; }}},
   };
   return references;
