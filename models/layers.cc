@@ -87,6 +87,7 @@ FieldSpec eps_field(double fallback) {
   FieldSpec f;
   f.name = "eps";
   f.kind = FieldKind::kNumber;
+  f.minimum = 0;
   f.default_number = fallback;
   return f;
 }

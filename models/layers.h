@@ -22,6 +22,7 @@
 #pragma once
 
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,7 +43,7 @@ inline constexpr const char* kModelAxis = "model";
 enum class FieldKind {
   kTensor,  // the name of a tensor in the model's weights
   kChoice,  // one of choices (default_choice when absent)
-  kNumber,  // a number >= minimum
+  kNumber,  // a number, >= minimum
   kSaved,   // the "save" name of an earlier layer of the same stage
 };
 
@@ -52,7 +53,7 @@ struct FieldSpec {
   bool required = false;
   std::vector<std::string> choices;  // kChoice
   std::string default_choice;        // kChoice, when absent
-  double minimum = 0;                // kNumber
+  double minimum = -std::numeric_limits<double>::infinity();  // kNumber
   double default_number = 0;         // kNumber, when absent
 };
 

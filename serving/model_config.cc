@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -125,7 +126,7 @@ class Reader {
         }
         case models::FieldKind::kNumber:
           if (given && (!v[spec.name].is_number() || v[spec.name].get<double>() < spec.minimum)) {
-            fail(f, detail::cat("expected a number >= ", spec.minimum));
+            fail(f, std::isinf(spec.minimum) ? std::string("expected a number") : detail::cat("expected a number >= ", spec.minimum));
           }
           layer.numbers[spec.name] = given ? v[spec.name].get<double>() : spec.default_number;
           break;
