@@ -217,6 +217,19 @@ std::vector<LayerType> built_in_types() {
   for (kernels::UnaryOp op : kernels::unary_ops()) {
     if (!kernels::info(op).takes_alpha) types.push_back(elementwise_type(op));
   }
+  LayerType scale;  // y = alpha * x, e.g. attention's 1 / sqrt(head size)
+  scale.name = "scale";
+  FieldSpec alpha;
+  alpha.name = "alpha";
+  alpha.kind = FieldKind::kNumber;
+  alpha.required = true;
+  scale.fields = {alpha};
+  scale.output_width = same_width;
+  scale.build = [](const LayerConfig& l, const Weights&, const Mesh&) {
+    double a = l.number("alpha");
+    return function_layer([a](const DTensor& x) { return sharding::scale(x, a); });
+  };
+  types.push_back(scale);
   LayerType softmax;
   softmax.name = "softmax";
   softmax.output_width = same_width;

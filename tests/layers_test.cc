@@ -12,6 +12,7 @@
 
 #include "comm/world.h"
 #include "io/safetensors.h"
+#include "kernels/elementwise.h"
 #include "models/layers.h"
 #include "op_references.h"
 #include "serving/engine.h"
@@ -86,6 +87,8 @@ std::vector<LayerCase> layer_cases() {
                      for (int64_t i = 0; i < y.numel(); ++i) y.data<double>()[i] += bv.data<double>()[i % kIn];
                      return y;
                    }});
+  cases.push_back({"scale", {"scale"}, R"([{"type": "scale", "alpha": -0.25}])", {}, kIn,
+                   [](const HostTensor& x) { return map(x, [](double e) { return -0.25 * e; }); }});
   cases.push_back({"softmax", {"softmax"}, R"([{"type": "softmax"}])", {}, kIn, [](const HostTensor& x) {
                      return rows(x, [](std::vector<double>& r) {
                        double m = *std::max_element(r.begin(), r.end()), s = 0;
@@ -127,8 +130,9 @@ std::vector<LayerCase> layer_cases() {
                    }});
   // Every weightless type the elementwise table registered, with its op's reference.
   for (const std::string& type : models::layer_type_names()) {
+    auto op = kernels::find_unary_op(type);
     auto ref = testing::unary_references().find(type);
-    if (ref == testing::unary_references().end()) continue;
+    if (!op || kernels::info(*op).takes_alpha || ref == testing::unary_references().end()) continue;
     auto f = ref->second.f;
     cases.push_back({"op_" + type, {type}, R"([{"type": ")" + type + R"("}])", {}, kIn,
                      [f](const HostTensor& x) { return map(x, [&](double e) { return f(e, 1.0); }); }});
