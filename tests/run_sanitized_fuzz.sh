@@ -10,8 +10,8 @@ mkdir -p "$build_dir"
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 if [ ! -f "$build_dir/CMakeCache.txt" ]; then
-  cmake -S "$source_dir" -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Debug \
-    -DCMAKE_CXX_FLAGS=-O1 -DMESHRT_SANITIZE=address,undefined -DMESHRT_ENABLE_CUDA=OFF -DMESHRT_BUILD_APPS=OFF \
+  cmake -S "$source_dir" -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE= \
+    "-DCMAKE_CXX_FLAGS=-O1 -g1" -DMESHRT_SANITIZE=address,undefined -DMESHRT_ENABLE_CUDA=OFF -DMESHRT_BUILD_APPS=OFF \
     > "$build_dir/configure.log" 2>&1 || { cat "$build_dir/configure.log"; exit 1; }
 fi
 echo "building the fuzz targets with address and undefined-behaviour sanitizers in $build_dir"
