@@ -70,9 +70,9 @@ serving_demo() {
   work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
   echo "== meshrt demo: the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend) =="
-  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository examples/models --model matmul_neg --http-port 0"
+  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository examples/models --model matmul_neg --device cpu --http-port 0"
   mpirun -np "$ranks" "$build_dir/apps/meshrt-serve" --model-repository examples/models --model matmul_neg \
-    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+    --device cpu --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 1200); do
     [ -f "$work/port" ] && [ -f "$work/pid" ] && break
@@ -111,8 +111,8 @@ case "$command" in
     configure_and_build
     mpi_environment
     echo "== meshrt demo: sharded MatMul+Neg on $ranks ranks of this machine (cpu backend) =="
-    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-matmul-neg $*"
-    exec mpirun -np "$ranks" "$build_dir/apps/meshrt-matmul-neg" "$@"
+    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-matmul-neg --device cpu $*"
+    exec mpirun -np "$ranks" "$build_dir/apps/meshrt-matmul-neg" --device cpu "$@"
     ;;
   test)
     install_dependencies
@@ -129,9 +129,9 @@ case "$command" in
     install_dependencies
     configure_and_build
     mpi_environment
-    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" -b 1K -e 64M -f 8
-    "$build_dir/apps/meshrt-bench-gemm" --sizes 512,1024,2048
-    for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding"; done
+    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 64M -f 8
+    "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048
+    for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
     ;;
   *)
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'

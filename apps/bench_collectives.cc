@@ -209,7 +209,7 @@ void print_rank_lines(const World& world, const Device& device, MPI_Comm comm) {
 int run(const Options& o) {
   World& world = World::get();
   int rank = world.rank(), n = world.size();
-  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  Device device = world.device(o.device);
   DType dtype = parse_dtype(o.dtype);
   ReduceOp op = parse_reduce_op(o.op);
   int64_t min_bytes = parse_size(o.min_bytes), max_bytes = parse_size(o.max_bytes);

@@ -136,7 +136,7 @@ std::pair<double, double> time_pair(const std::function<void()>& ours, const std
 
 int run(const Options& o) {
   World& world = World::get();
-  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  Device device = world.device(o.device);
   std::string dtype_name = o.dtype;
   DType dtype = dtype_name == "tf32" ? DType::kF32 : parse_dtype(dtype_name);
   MESHRT_CHECK_ARG(is_floating(dtype), "--dtype must be f32, tf32, f64, f16 or bf16, got ", o.dtype);

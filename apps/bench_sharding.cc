@@ -68,7 +68,7 @@ int run(const Options& o) {
   World& world = World::get();
   int n = world.size(), rank = world.rank();
   openblas_set_num_threads(o.blas_threads);
-  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  Device device = world.device(o.device);
   Mesh mesh({{"model", n}}, device);
   MESHRT_CHECK_ARG(o.size % n == 0 && o.ffn % n == 0, "--size (", o.size, ") and --ffn (", o.ffn,
                    ") must be divisible by the number of ranks (", n, ")");

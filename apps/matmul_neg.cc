@@ -44,7 +44,7 @@ int run(const Options& o) {
   int n = world.size(), rank = world.rank();
   std::string mesh_text = o.mesh;
   if (mesh_text.empty()) mesh_text = n == 4 ? "data=2,model=2" : n % 2 == 0 && n > 2 ? "data=2,model=" + std::to_string(n / 2) : "model=" + std::to_string(n);
-  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  Device device = world.device(o.device);
   Mesh mesh(Mesh::parse_axes(mesh_text), device);
   // Defaults: shard x's rows over the first axis (data parallel) and the
   // contracted dimension over the last (tensor parallel), and w's rows with it.

@@ -74,18 +74,36 @@ const char* World::thread_level() const {
   return "unknown";
 }
 
-Device World::default_device() const {
-  const char* forced = std::getenv("MESHRT_DEVICE");
-  if (forced && *forced) {
-    Device d = Device::parse(forced);
+Device choose_device(std::string_view requested, int local_rank, int local_size, int gpus,
+                     std::string_view unavailable) {
+  if (!requested.empty()) {
+    Device d = Device::parse(requested);
     if (d.is_cpu()) return d;
-    check_device_usable(Device::cuda(0));
-    if (std::string(forced) == "cuda") return Device::cuda(local_rank_ % cuda_device_count());
-    check_device_usable(d);
-    return d;
+    MESHRT_CHECK_ARG(gpus > 0, "device ", requested, " was asked for but there is no GPU: ", unavailable,
+                     " (choose the cpu device: --device cpu or MESHRT_DEVICE=cpu)");
+    bool any_index = requested == "cuda" || requested == "gpu";
+    if (!any_index) {
+      MESHRT_CHECK_ARG(d.index() < gpus, "device ", d, " was asked for but this node has ", gpus, " GPU(s)");
+      return d;
+    }
+  } else if (gpus == 0) {
+    return Device::cpu();
   }
-  int gpus = cuda_device_count();
-  return gpus > 0 ? Device::cuda(local_rank_ % gpus) : Device::cpu();
+  MESHRT_CHECK_ARG(local_size <= gpus, local_size, " ranks run on this node but it has ", gpus,
+                   " GPU(s): each rank needs a GPU of its own (NCCL refuses two ranks on one GPU). "
+                   "Start at most ", gpus, " rank(s) per node, or choose the cpu device (--device cpu or "
+                   "MESHRT_DEVICE=cpu)");
+  return Device::cuda(local_rank);
+}
+
+Device World::default_device() const { return device(""); }
+
+Device World::device(std::string_view requested) const {
+  if (requested.empty()) {
+    const char* forced = std::getenv("MESHRT_DEVICE");
+    if (forced) requested = forced;
+  }
+  return choose_device(requested, local_rank_, local_size_, cuda_device_count(), cuda_unavailable_reason());
 }
 
 void World::mark_stuck_operation() { g_stuck.store(true); }

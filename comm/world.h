@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 #include "device/device.h"
 
@@ -32,10 +33,13 @@ class World {
   // The MPI thread level granted ("MPI_THREAD_MULTIPLE", ...).
   const char* thread_level() const;
 
-  // The device this rank should use: cuda:<local_rank mod #GPUs> when the build
-  // has CUDA and the node has GPUs, cpu otherwise. "cpu" or "cuda" in
-  // MESHRT_DEVICE forces the choice.
+  // The device this rank uses when nothing is asked: MESHRT_DEVICE if set, else
+  // one GPU per local rank when the node has GPUs, else the cpu (choose_device).
   Device default_device() const;
+  // The device for requested ("cpu", "cuda", "cuda:N", as from --device; empty:
+  // default_device()). Throws Error(kInvalidArgument) when the node cannot give
+  // it (see choose_device).
+  Device device(std::string_view requested) const;
 
   // Finalises MPI. Runs by itself at exit; call it earlier to finalise at a known
   // point. If a communicator was aborted with an operation still stuck inside MPI,
@@ -53,5 +57,18 @@ class World {
   int thread_level_ = 0;
   std::string host_name_;
 };
+
+// How a rank picks its device, given what is requested ("" for nothing, "cpu",
+// "cuda", "cuda:N"), its local rank among local_size ranks on the node, and the
+// GPUs the node has (gpus; unavailable: why there are none):
+//   "cpu"               the cpu device
+//   "cuda:N"            that GPU; an error if the node has no GPU N
+//   "cuda", or nothing  cuda:<local rank>, one GPU per local rank (NCCL refuses two
+//   with GPUs present   ranks on one GPU): more local ranks than GPUs is an error
+//                       naming both counts and how to choose the cpu instead
+//   nothing, no GPUs    the cpu device
+// Errors are Error(kInvalidArgument).
+Device choose_device(std::string_view requested, int local_rank, int local_size, int gpus,
+                     std::string_view unavailable);
 
 }  // namespace meshrt

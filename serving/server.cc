@@ -210,7 +210,7 @@ int run_server(const ServerOptions& o) {
     say(e.message());  // every rank read the same files and fails alike
     return 2;
   }
-  Device device = o.device.empty() ? world.default_device() : Device::parse(o.device);
+  Device device = world.device(o.device);
   Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout});
   for (const ServableDefinition& s : servables) {
     say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",

@@ -323,6 +323,25 @@ TEST(Deadlines, ShortMessageIsCheckedAgainstTheReceiveSize) {
   world.barrier();
 }
 
+// The device a rank takes: one GPU per local rank, or a clear error naming both
+// counts; the cpu when asked or when there is no GPU.
+TEST(World, ChoosesOneGpuPerLocalRankOrSaysWhyNot) {
+  EXPECT_EQ(choose_device("", 0, 4, 0, "no GPU here"), Device::cpu());
+  EXPECT_EQ(choose_device("", 2, 4, 4, ""), Device::cuda(2));
+  EXPECT_EQ(choose_device("cuda", 1, 2, 8, ""), Device::cuda(1));
+  EXPECT_EQ(choose_device("cpu", 3, 4, 1, ""), Device::cpu());
+  EXPECT_EQ(choose_device("cuda:5", 0, 4, 8, ""), Device::cuda(5));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("", 0, 4, 1, ""); },
+                           {"4 ranks run on this node but it has 1 GPU(s)", "--device cpu", "MESHRT_DEVICE=cpu"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("cuda", 1, 3, 2, ""); },
+                           {"3 ranks run on this node but it has 2 GPU(s)"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("cuda", 0, 1, 0, "driver missing"); },
+                           {"no GPU", "driver missing"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("cuda:3", 0, 1, 2, ""); },
+                           {"cuda:3", "has 2 GPU(s)"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("tpu", 0, 1, 2, ""); }, {"unknown device 'tpu'"}));
+}
+
 // An operation a backend lacks is an error of the Work, never a Work that
 // completes having done nothing (c10d's "Backend X does not support ...").
 TEST(Backends, AnOperationTheBackendLacksFailsLoudly) {
