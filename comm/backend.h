@@ -41,7 +41,8 @@ class WorkState {
  public:
   WorkState(std::string description, std::weak_ptr<CommBackend> backend);
 
-  // Completion pushed by a backend thread (MPI) ...
+  // Completion pushed by a backend thread (MPI) ... The first outcome stays:
+  // once failed (past its deadline, say), a later complete() changes nothing.
   void complete();
   void fail(std::exception_ptr error);
   // ... or pulled by polling (NCCL): poller returns true when done, throws on error.

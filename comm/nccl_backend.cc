@@ -180,9 +180,11 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     done.record(stream);
     std::weak_ptr<NcclBackend> self = shared_from_this();
     state->set_poller([self, done, what]() -> bool {
-      // The event first: a finished operation is done whatever happens later.
-      if (done.query()) return true;
+      // The aborted flag before the event: after ncclCommAbort the kernels exit
+      // early and the event completes over garbage.
       auto backend = self.lock();
+      if (backend) backend->check_not_aborted(what.c_str());
+      if (done.query()) return true;  // (a destroyed communicator finished its work first)
       MESHRT_CHECK(backend != nullptr, ErrorKind::kUnavailable, what,
                    ": the communicator was destroyed before the operation finished");
       std::lock_guard<std::recursive_mutex> lock(backend->lock_);

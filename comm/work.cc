@@ -19,6 +19,7 @@ void WorkState::release_locked() {
 
 void WorkState::complete() {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (done_) return;  // a failure (a deadline, say) stays a failure
   done_ = true;
   release_locked();
   done_cv_.notify_all();
@@ -26,6 +27,7 @@ void WorkState::complete() {
 
 void WorkState::fail(std::exception_ptr error) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (done_) return;
   done_ = true;
   error_ = std::move(error);
   release_locked();
@@ -93,7 +95,10 @@ void WorkState::wait(std::chrono::milliseconds timeout) {
                                     ": a peer may have failed or not issued the same operation; "
                                     "the communicator is now aborted");
   if (auto backend = backend_.lock()) backend->abort(message);
-  throw Error(ErrorKind::kDeadlineExceeded, message);
+  // The work stays failed: polled again later (its kernels may finish early once
+  // the communicator is aborted, its thread may still report) it rethrows this.
+  fail(std::make_exception_ptr(Error(ErrorKind::kDeadlineExceeded, message)));
+  is_completed();  // rethrows it (or returns: the operation finished just before)
 }
 
 }  // namespace detail

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 
@@ -321,6 +322,27 @@ TEST(Deadlines, ShortMessageIsCheckedAgainstTheReceiveSize) {
                              {"expected 10 elements of f32 from rank 0, got 5"}));
   }
   world.barrier();
+}
+
+// A Work that failed (past its deadline) stays failed, whether its operation
+// finishes later (an NCCL event completes once the communicator is aborted) or
+// its backend thread reports success afterwards.
+TEST(WorkState, AFailureStaysAFailure) {
+  std::atomic<bool> finished{false};
+  auto polled = std::make_shared<detail::WorkState>("polled op", std::weak_ptr<detail::CommBackend>());
+  polled->set_poller([&] { return finished.load(); });
+  Work w(polled);
+  EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { w.wait(std::chrono::milliseconds(20)); },
+                           {"polled op did not complete within 20 ms"}));
+  finished = true;
+  EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { w.is_completed(); }, {"polled op"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { w.wait(std::chrono::seconds(5)); }, {"polled op"}));
+
+  auto pushed = std::make_shared<detail::WorkState>("pushed op", std::weak_ptr<detail::CommBackend>());
+  Work v(pushed);
+  EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { v.wait(std::chrono::milliseconds(20)); }, {"pushed op"}));
+  pushed->complete();  // the backend's thread, late
+  EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { v.is_completed(); }, {"pushed op"}));
 }
 
 // The device a rank takes: one GPU per local rank, or a clear error naming both
