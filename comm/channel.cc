@@ -10,7 +10,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi_check.h"
-#include "comm/poll_pause.h"
+#include "device/poll.h"
 #include "comm/world.h"
 
 namespace meshrt {

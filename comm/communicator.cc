@@ -1,5 +1,7 @@
 #include "comm/communicator.h"
 
+#include "device/poll.h"
+
 #include <cstdlib>
 #include <sstream>
 
@@ -27,17 +29,7 @@ ReduceOp parse_reduce_op(const std::string& name) {
               detail::cat("unknown reduction '", name, "': expected sum, max, min or prod"));
 }
 
-std::chrono::milliseconds default_comm_timeout() {
-  const char* value = std::getenv("MESHRT_COMM_TIMEOUT");
-  if (value && *value) {
-    char* end = nullptr;
-    double seconds = std::strtod(value, &end);
-    MESHRT_CHECK_ARG(end && *end == '\0' && seconds > 0, "MESHRT_COMM_TIMEOUT='", value,
-                     "' is not a positive number of seconds");
-    return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
-  }
-  return std::chrono::seconds(300);
-}
+std::chrono::milliseconds default_comm_timeout() { return default_wait_timeout(); }
 
 namespace detail {
 

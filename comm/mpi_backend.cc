@@ -17,7 +17,7 @@
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
-#include "comm/poll_pause.h"
+#include "device/poll.h"
 #include "comm/mpi_types.h"
 #include "comm/world.h"
 

@@ -3,7 +3,7 @@
 #include <thread>
 
 #include "comm/backend.h"
-#include "comm/poll_pause.h"
+#include "device/poll.h"
 
 namespace meshrt {
 

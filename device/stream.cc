@@ -1,16 +1,30 @@
 #include "device/stream.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 
 #include "device/error.h"
+#include "device/poll.h"
 
 #if MESHRT_WITH_CUDA
 #include "device/cuda_check.h"
 #endif
 
 namespace meshrt {
+
+std::chrono::milliseconds default_wait_timeout() {
+  const char* value = std::getenv("MESHRT_COMM_TIMEOUT");
+  if (value && *value) {
+    char* end = nullptr;
+    double seconds = std::strtod(value, &end);
+    MESHRT_CHECK_ARG(end && *end == '\0' && seconds > 0, "MESHRT_COMM_TIMEOUT='", value,
+                     "' is not a positive number of seconds");
+    return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+  }
+  return std::chrono::seconds(300);
+}
 
 struct Stream::Impl {
   void* handle = nullptr;  // cudaStream_t
@@ -53,12 +67,13 @@ Stream Stream::default_for(const Device& device) {
 
 void* Stream::native_handle() const { return impl_ ? impl_->handle : nullptr; }
 
-void Stream::synchronize() const {
-#if MESHRT_WITH_CUDA
-  if (device_.is_cuda()) {
-    MESHRT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(native_handle())));
-  }
-#endif
+void Stream::synchronize() const { synchronize(default_wait_timeout()); }
+
+void Stream::synchronize(std::chrono::milliseconds timeout) const {
+  if (!device_.is_cuda()) return;
+  Event done(device_);
+  done.record(*this);
+  done.synchronize(timeout);
 }
 
 bool Stream::query() const {
@@ -129,12 +144,19 @@ bool Event::query() const {
   return true;
 }
 
-void Event::synchronize() const {
-#if MESHRT_WITH_CUDA
-  if (device_.is_cuda() && impl_->recorded) {
-    MESHRT_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(impl_->handle)));
+void Event::synchronize() const { synchronize(default_wait_timeout()); }
+
+void Event::synchronize(std::chrono::milliseconds timeout) const {
+  // Polled, not cudaEventSynchronize: a stuck kernel or collective ahead of the
+  // event must end in an error at the deadline, not a hang.
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  PollPause pause(std::chrono::microseconds(50), std::chrono::microseconds(500));
+  while (!query()) {
+    MESHRT_CHECK(std::chrono::steady_clock::now() < deadline, ErrorKind::kDeadlineExceeded, "work on ", device_,
+                 " did not finish within ", timeout.count(),
+                 " ms (a kernel or a collective ahead of it is stuck; MESHRT_COMM_TIMEOUT sets the deadline)");
+    pause();
   }
-#endif
 }
 
 float Event::elapsed_ms(const Event& end) const {

@@ -1,9 +1,10 @@
 // Streams and events. On a CUDA device a Stream is a cudaStream_t and an Event a
 // cudaEvent_t; on the cpu device work runs synchronously on the calling thread,
 // so a Stream is a no-op and an Event is a timestamp. Handles are shared: copies
-// refer to the same stream or event.
+// refer to the same stream or event. Every host wait has a deadline.
 #pragma once
 
+#include <chrono>
 #include <memory>
 
 #include "device/device.h"
@@ -20,8 +21,10 @@ class Stream {
   const Device& device() const { return device_; }
   // The cudaStream_t, or nullptr on the cpu device.
   void* native_handle() const;
-  // Blocks until all work queued on the stream is done.
+  // Blocks until all work queued on the stream is done, at most timeout
+  // (default_wait_timeout() without one): past it, Error(kDeadlineExceeded).
   void synchronize() const;
+  void synchronize(std::chrono::milliseconds timeout) const;
   // True when all work queued on the stream is done.
   bool query() const;
 
@@ -43,7 +46,10 @@ class Event {
   // Makes stream wait (on the device) for this event.
   void block(const Stream& stream) const;
   bool query() const;
+  // Waits for the recorded work, at most timeout (default_wait_timeout() without
+  // one): past it, Error(kDeadlineExceeded).
   void synchronize() const;
+  void synchronize(std::chrono::milliseconds timeout) const;
   // Milliseconds between this event and end; both must have been recorded with timing.
   float elapsed_ms(const Event& end) const;
 

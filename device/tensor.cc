@@ -81,9 +81,10 @@ Tensor<Space> Tensor<Space>::zeros(const Shape& shape, DType dtype, const Device
   if (t.device().is_cuda()) {
     set_current_device(t.device());
     Stream stream = Stream::default_for(t.device());
+    // Queued, not waited for: work on the default stream runs after it, and
+    // other streams are ordered after the default stream (prepare_stream_use).
     MESHRT_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(),
                                       static_cast<cudaStream_t>(stream.native_handle())));
-    stream.synchronize();
     return t;
   }
 #endif
@@ -173,7 +174,7 @@ HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
     // The host side comes from the pinned allocator: a direct DMA copy.
     MESHRT_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), tensor.raw_data(), tensor.nbytes(),
                                       cudaMemcpyDeviceToHost, s));
-    MESHRT_CUDA_CHECK(cudaStreamSynchronize(s));
+    (stream ? *stream : Stream::default_for(tensor.device())).synchronize();  // bounded
     return out;
   }
 #endif
@@ -192,7 +193,7 @@ DeviceTensor to_device(const HostTensor& tensor, const Device& device, const Str
     cudaStream_t s = native(device, stream);
     MESHRT_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), tensor.raw_data(), tensor.nbytes(),
                                       cudaMemcpyHostToDevice, s));
-    MESHRT_CUDA_CHECK(cudaStreamSynchronize(s));
+    (stream ? *stream : Stream::default_for(device)).synchronize();  // bounded
     return out;
   }
 #endif

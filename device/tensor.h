@@ -71,7 +71,7 @@ class Tensor {
 
   // Uninitialised memory. Host tensors ignore device (always cpu).
   static Tensor empty(const Shape& shape, DType dtype, const Device& device = Device::cpu());
-  // Zero-filled (device tensors: on the device's default stream, then synchronised).
+  // Zero-filled (device tensors: queued on the device's default stream).
   static Tensor zeros(const Shape& shape, DType dtype, const Device& device = Device::cpu());
 
   // Host only: a tensor holding a copy of values.

@@ -2,7 +2,7 @@
 
 #include <sstream>
 
-#include "comm/poll_pause.h"
+#include "device/poll.h"
 #include "comm/world.h"
 #include "sharding/redistribute.h"
 
