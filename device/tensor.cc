@@ -1,9 +1,11 @@
 #include "device/tensor.h"
 
 #include "device/convert.h"
+#include "device/copy_plan.h"
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <sstream>
 
 #if MESHRT_WITH_CUDA
@@ -234,15 +236,44 @@ void copy(const HostTensor& src, const HostTensor& dst) {
   std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
 }
 
+#if MESHRT_WITH_CUDA
+namespace {
+size_t max_pitch(const Device& device) {
+  static std::mutex mutex;
+  static std::map<int, size_t> pitches;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = pitches.find(device.index());
+  if (it != pitches.end()) return it->second;
+  int value = 0;
+  MESHRT_CUDA_CHECK(cudaDeviceGetAttribute(&value, cudaDevAttrMaxPitch, device.index()));
+  return pitches[device.index()] = static_cast<size_t>(value);
+}
+}  // namespace
+#endif
+
 void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                size_t row_bytes, size_t rows, const Stream* stream) {
   if (rows == 0 || row_bytes == 0) return;
 #if MESHRT_WITH_CUDA
   if (device.is_cuda()) {
     set_current_device(device);
-    MESHRT_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
-                                        cudaMemcpyDeviceToDevice, native(device, stream)));
-    return;
+    cudaStream_t s = native(device, stream);
+    switch (detail::plan_row_copy(row_bytes, rows, src_pitch, dst_pitch, max_pitch(device))) {
+      case detail::RowCopy::kContiguous:
+        MESHRT_CUDA_CHECK(cudaMemcpyAsync(dst, src, row_bytes * rows, cudaMemcpyDeviceToDevice, s));
+        return;
+      case detail::RowCopy::kPitched:
+        MESHRT_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
+                                            cudaMemcpyDeviceToDevice, s));
+        return;
+      case detail::RowCopy::kPerRow:
+        for (size_t r = 0; r < rows; ++r) {
+          MESHRT_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + r * dst_pitch,
+                                            static_cast<const char*>(src) + r * src_pitch, row_bytes,
+                                            cudaMemcpyDeviceToDevice, s));
+        }
+        return;
+    }
   }
 #endif
   MESHRT_CHECK_ARG(device.is_cpu(), "copy_rows on ", device, ": meshrt was built without CUDA");

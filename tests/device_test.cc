@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "device/allocator.h"
+#include "device/copy_plan.h"
 #include "device/stream.h"
 #include "device/tensor.h"
 #include "test_util.h"
@@ -181,6 +182,23 @@ TEST(Tensor, CastHost) {
   HostTensor h = cast_host(f, DType::kF16);
   EXPECT_TRUE(std::isinf(static_cast<float>(h.data<Half>()[3])));
   EXPECT_EQ(static_cast<float>(cast_host(f, DType::kBF16).data<BFloat16>()[0]), -1.5f);
+}
+
+// copy_rows on a GPU: one copy when the rows are contiguous, a 2-D copy while
+// both pitches fit the device's limit, a copy per row beyond it (pitches over
+// ~2 GiB: cudaMemcpy2DAsync would refuse them).
+TEST(CopyRows, PlanAvoidsPitchesTheDeviceRefuses) {
+  using detail::plan_row_copy;
+  using detail::RowCopy;
+  const size_t two_gib = size_t{2} << 30;
+  EXPECT_EQ(plan_row_copy(64, 100, 64, 64, two_gib), RowCopy::kContiguous);
+  EXPECT_EQ(plan_row_copy(64, 1, 1 << 20, 64, two_gib), RowCopy::kContiguous);
+  EXPECT_EQ(plan_row_copy(64, 100, 128, 64, two_gib), RowCopy::kPitched);
+  // A 128256 x 8192 f32 embedding cut in two along its rows of 32 KiB: fine;
+  // a [2, 2^30] f32 tensor cut along dimension 1: pitches of 4 GiB.
+  EXPECT_EQ(plan_row_copy(16 << 10, 128256, 32 << 10, 16 << 10, two_gib), RowCopy::kPitched);
+  EXPECT_EQ(plan_row_copy(size_t{2} << 30, 2, size_t{4} << 30, size_t{2} << 30, two_gib), RowCopy::kPerRow);
+  EXPECT_EQ(plan_row_copy(64, 3, 64, two_gib + 64, two_gib), RowCopy::kPerRow);
 }
 
 TEST(CachingAllocator, ReusesFreedBlocksPerStream) {
