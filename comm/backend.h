@@ -33,6 +33,10 @@ struct CommOp {
   DType dtype = DType::kF32;
   ReduceOp op = ReduceOp::kSum;
   int peer = 0;  // peer of send/recv, root of broadcast
+  // The memory of the tensors involved: a backend that runs the operation on a
+  // stream of its own records that stream on it (Storage::record_stream), so the
+  // allocator does not hand the blocks out again while the operation runs.
+  std::vector<std::shared_ptr<Storage>> storages;
 };
 
 class CommBackend;

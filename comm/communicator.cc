@@ -152,10 +152,13 @@ std::string describe_op(Collective kind, const DeviceTensor* tensor, const Reduc
 }
 
 // Starts c on backend; the Work keeps the tensors' memory alive until done.
-Work start(const std::shared_ptr<detail::CommBackend>& backend, const CommOp& c,
+Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp c,
            std::string description, std::initializer_list<const DeviceTensor*> keep) {
   auto state = std::make_shared<detail::WorkState>(std::move(description), backend);
-  for (const DeviceTensor* t : keep) state->stash(t->storage());
+  for (const DeviceTensor* t : keep) {
+    state->stash(t->storage());
+    c.storages.push_back(t->storage());
+  }
   backend->start(c, state);
   return Work(state);
 }
@@ -173,7 +176,7 @@ Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, R
                      "all_reduce: input ", in.description(), " and output ", out.description(),
                      " must have the same dtype and element count");
   CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), op, 0};
+           in.dtype(), op, 0, {}};
   return start(backend_, c, describe_op(Collective::kAllReduce, &in, &op, *backend_, -1), {&in, &out});
 }
 
@@ -186,7 +189,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
                      " must hold ", size(), " x ", in.numel(), " elements of ",
                      to_string(in.dtype()), " (input ", in.description(), ")");
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), ReduceOp::kSum, 0};
+           in.dtype(), ReduceOp::kSum, 0, {}};
   return start(backend_, c, describe_op(Collective::kAllGather, &in, nullptr, *backend_, -1), {&in, &out});
 }
 
@@ -200,7 +203,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      " must hold ", size(), " x ", out.numel(), " elements of ",
                      to_string(out.dtype()), " (output ", out.description(), ")");
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(out.numel()), in.dtype(), op, 0};
+           static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}};
   return start(backend_, c, describe_op(Collective::kReduceScatter, &in, &op, *backend_, -1), {&in, &out});
 }
 
@@ -210,7 +213,7 @@ Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
   MESHRT_CHECK_ARG(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of ",
                    backend_->describe());
   CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
-           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root};
+           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}};
   return start(backend_, c, describe_op(Collective::kBroadcast, &tensor, nullptr, *backend_, root), {&tensor});
 }
 
@@ -220,7 +223,7 @@ Work Communicator::send(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer};
+           tensor.dtype(), ReduceOp::kSum, peer, {}};
   return start(backend_, c, describe_op(Collective::kSend, &tensor, nullptr, *backend_, peer), {&tensor});
 }
 
@@ -230,7 +233,7 @@ Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer};
+           tensor.dtype(), ReduceOp::kSum, peer, {}};
   return start(backend_, c, describe_op(Collective::kRecv, &tensor, nullptr, *backend_, peer), {&tensor});
 }
 
@@ -244,13 +247,13 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) c
                      " and output ", out.description(),
                      " must match in dtype and element count, divisible by ", size());
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0};
+           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}};
   return start(backend_, c, describe_op(Collective::kAllToAll, &in, nullptr, *backend_, -1), {&in, &out});
 }
 
 void Communicator::barrier() const {
   check_valid("barrier");
-  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0};
+  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}};
   start(backend_, c, describe_op(Collective::kBarrier, nullptr, nullptr, *backend_), {})
       .wait(backend_->timeout());
 }

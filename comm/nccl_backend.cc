@@ -3,22 +3,34 @@
 // Communicators are created non-blocking (config.blocking = 0) so they can be
 // aborted safely: every NCCL call may return ncclInProgress, and we poll
 // ncclCommGetAsyncError until the communicator is ready again, up to the
-// communicator's deadline. Operations are queued on the device's default stream;
-// a Work polls an event recorded after the operation and the communicator's
-// asynchronous error, and aborts the communicator on error or deadline
-// (as nccl-tests' testStreamSynchronize does).
+// communicator's deadline.
 //
-// NCCL lets one thread at a time operate the communicators of a device (even
-// ncclCommGetAsyncError may complete pending group work), so every NCCL call
-// here holds that device's lock; abort() takes it too and then forgets the
-// freed communicator.
+// Streams: each communicator queues its operations on a communication stream of
+// its own, ordered after the work already queued on the device's default
+// (compute) stream, which in turn waits for the operation's completion event
+// before later kernels (except after a send, which writes nothing the compute
+// needs: the next micro-batch overlaps it). So a stuck collective holds up only
+// what needs its result, and every host wait on it (Work::wait, to_host) has a
+// deadline. The tensors' memory is recorded on the communication stream, so the
+// caching allocator keeps it until the operation is done.
+//
+// Locks: NCCL lets one thread at a time call into the communicators of a device
+// (even ncclCommGetAsyncError may progress pending work), so each NCCL call holds
+// that device's lock, and only for the call: a poll waiting for readiness
+// releases it between tries, so other communicators' pollers and abort() never
+// wait behind a slow one. A communicator's own operations are serialised from
+// enqueue to readiness by its own mutex. abort() marks the communicator aborted,
+// then ncclCommAbort()s it under the device lock; every later call and poll sees
+// the mark first.
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
 
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
@@ -26,6 +38,7 @@
 #include "comm/nccl_types.h"
 #include "comm/world.h"
 #include "device/cuda_check.h"
+#include "device/poll.h"
 
 namespace meshrt::detail {
 
@@ -37,24 +50,8 @@ ncclConfig_t nonblocking_config() {
   return config;
 }
 
-// Polls comm until it leaves ncclInProgress. Returns false past the deadline;
-// throws Error(kNccl) when the communicator reports an error.
-bool wait_ready(ncclComm_t comm, std::chrono::milliseconds timeout, const std::string& what) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    ncclResult_t state = ncclInProgress;
-    MESHRT_NCCL_CHECK(ncclCommGetAsyncError(comm, &state));
-    if (state == ncclSuccess) return true;
-    if (state != ncclInProgress) {
-      throw_library_error(ErrorKind::kNccl, what.c_str(), __FILE__, __LINE__, nccl_message(state));
-    }
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-}
-
 // One lock per CUDA device for all of its communicators. Recursive: an
-// operation that times out aborts its communicator while holding the lock.
+// operation that fails mid-enqueue aborts its communicator while holding it.
 std::recursive_mutex& device_lock(int device) {
   static std::mutex guard;
   static std::map<int, std::recursive_mutex>* locks = new std::map<int, std::recursive_mutex>();
@@ -62,21 +59,40 @@ std::recursive_mutex& device_lock(int device) {
   return (*locks)[device];
 }
 
-// Closes an NCCL group on every path out of a scope, so an error thrown between
-// ncclGroupStart and ncclGroupEnd cannot leave this thread's group open.
-class GroupGuard {
- public:
-  GroupGuard() { MESHRT_NCCL_CHECK(ncclGroupStart()); }
-  ~GroupGuard() {
-    if (open_) ncclGroupEnd();
+// Polls comm (under the device lock, released between tries) until it leaves
+// ncclInProgress. Returns false past the deadline; throws Error(kNccl) when the
+// communicator reports an error, and Error(kUnavailable) when still_usable()
+// turns false (the communicator was aborted meanwhile).
+template <class Usable>
+bool wait_ready(ncclComm_t comm, std::recursive_mutex& lock, std::chrono::milliseconds timeout, const std::string& what,
+                Usable still_usable) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  PollPause pause(std::chrono::microseconds(20), std::chrono::microseconds(500));
+  for (;;) {
+    ncclResult_t state = ncclInProgress;
+    {
+      std::lock_guard<std::recursive_mutex> held(lock);
+      still_usable();
+      MESHRT_NCCL_CHECK(ncclCommGetAsyncError(comm, &state));
+    }
+    if (state == ncclSuccess) return true;
+    if (state != ncclInProgress) {
+      throw_library_error(ErrorKind::kNccl, what.c_str(), __FILE__, __LINE__, nccl_message(state));
+    }
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    pause();
   }
-  void end() {
-    open_ = false;
-    MESHRT_NCCL_CHECK(ncclGroupEnd());
-  }
+}
 
- private:
-  bool open_ = true;
+// A communicator not yet owned by a backend: aborted (which frees it and its
+// threads) unless released, so an error while setting it up leaks nothing.
+class PendingComm {
+ public:
+  ncclComm_t comm = nullptr;
+  ~PendingComm() {
+    if (comm) ncclCommAbort(comm);
+  }
+  ncclComm_t release() { return std::exchange(comm, nullptr); }
 };
 
 std::string not_ready_message(const std::string& what, std::chrono::milliseconds timeout) {
@@ -87,97 +103,71 @@ std::string not_ready_message(const std::string& what, std::chrono::milliseconds
 class NcclBackend final : public CommBackend, public std::enable_shared_from_this<NcclBackend> {
  public:
   NcclBackend(ncclComm_t comm, Device device, std::string name, int rank, int size)
-      : CommBackend(std::move(name), rank, size), comm_(comm), device_(device), lock_(device_lock(device.index())) {}
+      : CommBackend(std::move(name), rank, size),
+        comm_(comm),
+        device_(device),
+        device_lock_(device_lock(device.index())),
+        stream_(Stream::create(device)) {}
 
   ~NcclBackend() override {
-    std::lock_guard<std::recursive_mutex> lock(lock_);
-    if (!comm_) return;  // aborted: ncclCommAbort already released it
-    // Best effort, never throws: flush, wait up to the deadline, then destroy
-    // (or abort if the communicator does not settle).
-    cudaSetDevice(device_.index());
-    ncclCommFinalize(comm_);
-    auto deadline = std::chrono::steady_clock::now() + timeout();
-    ncclResult_t state = ncclInProgress;
-    while (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclInProgress &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::yield();
+    // Best effort, never throws: flush, wait up to the deadline, then destroy (or
+    // abort if the communicator does not settle).
+    std::lock_guard<std::mutex> op(op_mutex_);
+    ncclComm_t comm = nullptr;
+    {
+      std::lock_guard<std::recursive_mutex> lock(device_lock_);
+      if (!comm_) return;  // aborted: ncclCommAbort already released it
+      comm = comm_;
+      cudaSetDevice(device_.index());
+      ncclCommFinalize(comm);
     }
-    if (state == ncclSuccess) {
-      ncclCommDestroy(comm_);
+    bool settled = false;
+    try {
+      settled = wait_ready(comm, device_lock_, timeout(), "finalize", [] {});
+    } catch (...) {
+    }
+    std::lock_guard<std::recursive_mutex> lock(device_lock_);
+    if (settled) {
+      ncclCommDestroy(comm);
     } else {
-      ncclCommAbort(comm_);
+      ncclCommAbort(comm);
     }
+    comm_ = nullptr;
   }
 
   const char* kind() const override { return "nccl"; }
 
   void start(const CommOp& c, const std::shared_ptr<WorkState>& state) override {
     const char* name = to_string(c.kind);
-    std::lock_guard<std::recursive_mutex> lock(lock_);
-    check_not_aborted(name);
-    MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
-    Stream stream = Stream::default_for(device_);
-    auto s = static_cast<cudaStream_t>(stream.native_handle());
-    ncclDataType_t type = nccl_datatype(c.dtype);
-    size_t bytes = c.count * size_of(c.dtype);
     std::string what = cat(name, " on ", describe());
-    // Queues the operation; false when this backend lacks it (an error, never a
-    // Work that "completes" having done nothing).
-    auto enqueue = [&]() -> bool {
-      switch (c.kind) {
-        case Collective::kAllReduce:
-          MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
-          return true;
-        case Collective::kAllGather:
-          MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
-          return true;
-        case Collective::kReduceScatter:
-          MESHRT_NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
-          return true;
-        case Collective::kBroadcast:
-          MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
-          return true;
-        case Collective::kSend:
-          MESHRT_NCCL_CHECK(ncclSend(c.send, c.count, type, c.peer, comm_, s));
-          return true;
-        case Collective::kRecv:
-          MESHRT_NCCL_CHECK(ncclRecv(c.recv, c.count, type, c.peer, comm_, s));
-          return true;
-        case Collective::kAllToAll: {
-          const void* send = c.send;
-          if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
-            DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()}, DType::kU8, device_);
-            MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
-            state->stash(staged.storage());
-            send = staged.raw_data();
-          }
-          GroupGuard group;
-          for (int peer = 0; peer < size(); ++peer) {
-            MESHRT_NCCL_CHECK(ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type, peer, comm_, s));
-            MESHRT_NCCL_CHECK(ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer, comm_, s));
-          }
-          group.end();
-          return true;
-        }
-        case Collective::kBarrier: {
-          // Queued, not synchronised: a stuck earlier operation must reach the
-          // deadline in wait(), not hang here.
-          DeviceTensor token = DeviceTensor::empty(Shape{1}, DType::kI32, device_);
-          MESHRT_CUDA_CHECK(cudaMemsetAsync(token.raw_data(), 0, sizeof(int32_t), s));
-          state->stash(token.storage());
-          MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
-          return true;
-        }
+    std::lock_guard<std::mutex> op(op_mutex_);
+    Stream compute = Stream::default_for(device_);
+    {
+      std::lock_guard<std::recursive_mutex> lock(device_lock_);
+      check_not_aborted(name);
+      MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
+      // The operation reads what the compute stream queued before it.
+      Event inputs(device_);
+      inputs.record(compute);
+      inputs.block(stream_);
+      for (const auto& storage : c.storages) storage->record_stream(stream_);
+      bool queued = false;
+      try {
+        queued = enqueue(c, state);
+      } catch (const std::exception& e) {
+        // The peers may have queued their side: no later operation may pair with it.
+        abort(cat(what, " could not be queued: ", e.what()));
+        throw;
       }
-      return false;
-    };
-    if (!enqueue()) {
-      throw Error(ErrorKind::kInternal, cat(describe(), " does not support ", name, " (operation ",
-                                            static_cast<int>(c.kind), ")"));
+      if (!queued) {
+        throw Error(ErrorKind::kInternal,
+                    cat(describe(), " does not support ", name, " (operation ", static_cast<int>(c.kind), ")"));
+      }
     }
-    ensure_ready(comm_, what);
+    ensure_ready(what);
     Event done(device_);
-    done.record(stream);
+    done.record(stream_);
+    if (c.kind != Collective::kSend) done.block(compute);  // later kernels may read the result
     std::weak_ptr<NcclBackend> self = shared_from_this();
     state->set_poller([self, done, what]() -> bool {
       // The aborted flag before the event: after ncclCommAbort the kernels exit
@@ -187,7 +177,7 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       if (done.query()) return true;  // (a destroyed communicator finished its work first)
       MESHRT_CHECK(backend != nullptr, ErrorKind::kUnavailable, what,
                    ": the communicator was destroyed before the operation finished");
-      std::lock_guard<std::recursive_mutex> lock(backend->lock_);
+      std::lock_guard<std::recursive_mutex> lock(backend->device_lock_);
       backend->check_not_aborted(what.c_str());
       ncclResult_t async = ncclSuccess;
       MESHRT_NCCL_CHECK(ncclCommGetAsyncError(backend->comm_, &async));
@@ -201,50 +191,135 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
   }
 
   std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) override {
-    std::lock_guard<std::recursive_mutex> lock(lock_);
-    check_not_aborted("split");
-    MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
-    ncclConfig_t config = nonblocking_config();
-    ncclComm_t sub = nullptr;
-    MESHRT_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config));
+    std::string what = cat("split on ", describe());
+    std::lock_guard<std::mutex> op(op_mutex_);
+    PendingComm sub;
+    {
+      std::lock_guard<std::recursive_mutex> lock(device_lock_);
+      check_not_aborted("split");
+      MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
+      ncclConfig_t config = nonblocking_config();
+      MESHRT_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub.comm, &config));
+    }
     // On a timeout the parent is aborted, which also ends its asynchronous split
-    // job, so nothing writes to `sub` after we return.
-    ensure_ready(comm_, cat("split on ", describe()));
-    if (!sub) return nullptr;
-    ensure_ready(sub, cat("split on ", describe()));
+    // job, so nothing writes to sub.comm after we return.
+    ensure_ready(what);
+    if (!sub.comm) return nullptr;
+    if (!wait_ready(sub.comm, device_lock_, timeout(), what, [] {})) {
+      throw Error(ErrorKind::kDeadlineExceeded, not_ready_message(what, timeout()));  // sub is aborted on the way out
+    }
     int rank = 0, size = 0;
-    MESHRT_NCCL_CHECK(ncclCommUserRank(sub, &rank));
-    MESHRT_NCCL_CHECK(ncclCommCount(sub, &size));
-    auto backend = std::make_shared<NcclBackend>(sub, device_, name, rank, size);
+    {
+      std::lock_guard<std::recursive_mutex> lock(device_lock_);
+      MESHRT_NCCL_CHECK(ncclCommUserRank(sub.comm, &rank));
+      MESHRT_NCCL_CHECK(ncclCommCount(sub.comm, &size));
+    }
+    auto backend = std::make_shared<NcclBackend>(sub.comm, device_, name, rank, size);
+    sub.release();
     backend->set_timeout(timeout());
     return backend;
   }
 
   void abort(const std::string& reason) override {
     if (!mark_aborted(reason)) return;
-    // Safe on a non-blocking communicator with work in flight; the lock keeps
-    // every other NCCL call on this device out while the communicator is freed.
-    std::lock_guard<std::recursive_mutex> lock(lock_);
+    // Safe on a non-blocking communicator with work in flight; the device lock
+    // keeps every other NCCL call on this device out while it is freed.
+    std::lock_guard<std::recursive_mutex> lock(device_lock_);
     if (comm_) ncclCommAbort(comm_);
     comm_ = nullptr;
   }
 
  private:
-  // wait_ready on comm; past the deadline aborts it and throws Error(kDeadlineExceeded).
-  void ensure_ready(ncclComm_t comm, const std::string& what) {
-    if (wait_ready(comm, timeout(), what)) return;
-    std::string message = not_ready_message(what, timeout());
-    if (comm == comm_) {
-      abort(message);
-    } else {
-      ncclCommAbort(comm);
+  // Queues c on the communication stream (device lock held); false when this
+  // backend lacks the operation (an error, never a Work that "completes" having
+  // done nothing).
+  bool enqueue(const CommOp& c, const std::shared_ptr<WorkState>& state) {
+    auto s = static_cast<cudaStream_t>(stream_.native_handle());
+    ncclDataType_t type = nccl_datatype(c.dtype);
+    size_t bytes = c.count * size_of(c.dtype);
+    switch (c.kind) {
+      case Collective::kAllReduce:
+        MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
+        return true;
+      case Collective::kAllGather:
+        MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
+        return true;
+      case Collective::kReduceScatter:
+        MESHRT_NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
+        return true;
+      case Collective::kBroadcast:
+        MESHRT_NCCL_CHECK(ncclBroadcast(c.send, c.recv, c.count, type, c.peer, comm_, s));
+        return true;
+      case Collective::kSend:
+        MESHRT_NCCL_CHECK(ncclSend(c.send, c.count, type, c.peer, comm_, s));
+        return true;
+      case Collective::kRecv:
+        MESHRT_NCCL_CHECK(ncclRecv(c.recv, c.count, type, c.peer, comm_, s));
+        return true;
+      case Collective::kAllToAll: {
+        const void* send = c.send;
+        if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
+          DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()}, DType::kU8, device_);
+          staged.storage()->record_stream(stream_);
+          MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
+          state->stash(staged.storage());
+          send = staged.raw_data();
+        }
+        // Only NCCL calls inside the group: when one fails, NCCL records the
+        // error in the thread's group and ncclGroupEnd launches none of it; the
+        // communicator is then aborted (the peers' halves may be running).
+        MESHRT_NCCL_CHECK(ncclGroupStart());
+        ncclResult_t failed = ncclSuccess;
+        for (int peer = 0; peer < size() && failed == ncclSuccess; ++peer) {
+          ncclResult_t r = ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type, peer, comm_, s);
+          if (r == ncclSuccess || r == ncclInProgress) {
+            r = ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer, comm_, s);
+          }
+          if (r != ncclSuccess && r != ncclInProgress) failed = r;
+        }
+        ncclResult_t ended = ncclGroupEnd();
+        if (failed == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) failed = ended;
+        if (failed != ncclSuccess) {
+          std::string message = nccl_message(failed);
+          abort(cat("all_to_all on ", describe(), " failed while grouping its sends and receives: ", message));
+          throw_library_error(ErrorKind::kNccl, "ncclSend/ncclRecv group", __FILE__, __LINE__, message);
+        }
+        return true;
+      }
+      case Collective::kBarrier: {
+        // Queued, not synchronised: a stuck earlier operation must reach the
+        // deadline in wait(), not hang here.
+        DeviceTensor token = DeviceTensor::empty(Shape{1}, DType::kI32, device_);
+        token.storage()->record_stream(stream_);
+        MESHRT_CUDA_CHECK(cudaMemsetAsync(token.raw_data(), 0, sizeof(int32_t), s));
+        state->stash(token.storage());
+        MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
+        return true;
+      }
     }
+    return false;
+  }
+
+  // Waits (device lock released between polls) until this communicator is ready;
+  // past the deadline aborts it and throws Error(kDeadlineExceeded).
+  void ensure_ready(const std::string& what) {
+    ncclComm_t comm = nullptr;
+    {
+      std::lock_guard<std::recursive_mutex> lock(device_lock_);
+      check_not_aborted(what.c_str());
+      comm = comm_;
+    }
+    if (wait_ready(comm, device_lock_, timeout(), what, [&] { check_not_aborted(what.c_str()); })) return;
+    std::string message = not_ready_message(what, timeout());
+    abort(message);
     throw Error(ErrorKind::kDeadlineExceeded, message);
   }
 
-  ncclComm_t comm_;
+  ncclComm_t comm_;  // null once aborted; read and written under device_lock_
   Device device_;
-  std::recursive_mutex& lock_;
+  std::recursive_mutex& device_lock_;
+  std::mutex op_mutex_;  // one operation of this communicator at a time, enqueue to ready
+  Stream stream_;        // the communication stream
 };
 
 }  // namespace
@@ -278,19 +353,33 @@ ncclRedOp_t nccl_reduce_op(DType dtype, ReduceOp op) {
 
 std::shared_ptr<CommBackend> make_nccl_world(const Device& device, const std::string& name) {
   World& world = World::get();
-  ncclUniqueId id{};
-  if (world.rank() == 0) MESHRT_NCCL_CHECK(ncclGetUniqueId(&id));
-  MESHRT_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD));
+  // Rank 0 broadcasts the unique id with whether it could make one: a failed
+  // ncclGetUniqueId must not leave the other ranks in MPI_Bcast for ever.
+  struct {
+    int status = ncclSuccess;
+    ncclUniqueId id{};
+  } root;
+  if (world.rank() == 0) root.status = ncclGetUniqueId(&root.id);
+  MESHRT_MPI_CHECK(MPI_Bcast(&root, sizeof root, MPI_BYTE, 0, MPI_COMM_WORLD));
+  if (root.status != ncclSuccess) {
+    auto status = static_cast<ncclResult_t>(root.status);
+    throw_library_error(ErrorKind::kNccl, "ncclGetUniqueId (on rank 0)", __FILE__, __LINE__,
+                        world.rank() == 0 ? nccl_message(status) : ncclGetErrorString(status));
+  }
   MESHRT_CUDA_CHECK(cudaSetDevice(device.index()));
   ncclConfig_t config = nonblocking_config();
-  ncclComm_t comm = nullptr;
-  MESHRT_NCCL_CHECK(ncclCommInitRankConfig(&comm, world.size(), id, world.rank(), &config));
+  PendingComm comm;  // aborted on any error below
   std::string what = cat("ncclCommInitRankConfig for '", name, "' on ", device);
-  if (!wait_ready(comm, default_comm_timeout(), what)) {
-    ncclCommAbort(comm);
+  {
+    std::lock_guard<std::recursive_mutex> lock(device_lock(device.index()));
+    MESHRT_NCCL_CHECK(ncclCommInitRankConfig(&comm.comm, world.size(), root.id, world.rank(), &config));
+  }
+  if (!wait_ready(comm.comm, device_lock(device.index()), default_comm_timeout(), what, [] {})) {
     throw Error(ErrorKind::kDeadlineExceeded, not_ready_message(what, default_comm_timeout()));
   }
-  return std::make_shared<NcclBackend>(comm, device, name, world.rank(), world.size());
+  auto backend = std::make_shared<NcclBackend>(comm.comm, device, name, world.rank(), world.size());
+  comm.release();
+  return backend;
 }
 
 }  // namespace meshrt::detail
