@@ -78,19 +78,13 @@ Tensor<Space> Tensor<Space>::empty(const Shape& shape, DType dtype, const Device
 template <class Space>
 Tensor<Space> Tensor<Space>::zeros(const Shape& shape, DType dtype, const Device& device) {
   Tensor t = empty(shape, dtype, device);
-  if (t.nbytes() == 0) return t;
-#if MESHRT_WITH_CUDA
-  if (t.device().is_cuda()) {
-    set_current_device(t.device());
-    Stream stream = Stream::default_for(t.device());
+  if constexpr (kIsHost) {
+    if (t.nbytes() > 0) std::memset(t.raw_data(), 0, t.nbytes());
+  } else {
     // Queued, not waited for: work on the default stream runs after it, and
     // other streams are ordered after the default stream (prepare_stream_use).
-    MESHRT_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(),
-                                      static_cast<cudaStream_t>(stream.native_handle())));
-    return t;
+    fill_zero(t);
   }
-#endif
-  std::memset(t.raw_data(), 0, t.nbytes());
   return t;
 }
 
@@ -250,6 +244,21 @@ size_t max_pitch(const Device& device) {
 }
 }  // namespace
 #endif
+
+void fill_zero(const DeviceTensor& t, const Stream* stream) {
+  MESHRT_CHECK_ARG(t.defined(), "fill_zero of an undefined tensor");
+  check_stream("fill_zero", t.device(), stream);
+  if (t.nbytes() == 0) return;
+  prepare_stream_use(stream, {&t});
+#if MESHRT_WITH_CUDA
+  if (t.device().is_cuda()) {
+    set_current_device(t.device());
+    MESHRT_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(), native(t.device(), stream)));
+    return;
+  }
+#endif
+  std::memset(t.raw_data(), 0, t.nbytes());
+}
 
 void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                size_t row_bytes, size_t rows, const Stream* stream) {

@@ -151,6 +151,9 @@ void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream
 // Host to host copy of the same dtype and numel.
 void copy(const HostTensor& src, const HostTensor& dst);
 
+// Sets every byte of t to zero, queued on stream (the default stream when null).
+void fill_zero(const DeviceTensor& t, const Stream* stream = nullptr);
+
 // A strided block copy within one device's memory (or host memory for cpu):
 // rows rows of row_bytes bytes, row r from src + r * src_pitch to dst + r * dst_pitch.
 // cudaMemcpy2DAsync on CUDA (queued on stream, the default stream when null).

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/backend.h"
+#include "kernels/elementwise.h"
 #include "kernels/dispatch.h"
 #include "kernels/dtype_sets.h"
 
@@ -70,6 +71,16 @@ void gemm(const DeviceTensor& a, const DeviceTensor& b, const DeviceTensor& c,
   args.alpha = options.alpha;
   args.beta = options.beta;
   if (args.m == 0 || args.n == 0 || batch == 0) return;
+  if (args.k == 0) {
+    // c = beta * c: BLAS libraries differ on k = 0 (cuBLAS checks leading
+    // dimensions against k), so meshrt does it; beta = 0 does not read c.
+    if (options.beta == 0.0) {
+      fill_zero(c, stream);
+    } else if (options.beta != 1.0) {
+      unary(UnaryOp::kScale, c, c, options.beta, stream);
+    }
+    return;
+  }
   detail::Launch launch = detail::launch_for("gemm", a.device(), stream, {&a, &b, &c});
   MESHRT_DISPATCH(launch, gemm, args);
 }

@@ -23,7 +23,8 @@ struct GemmOptions {
 // a: [m, k] or [batch, m, k] (transposed storage when transpose_a); likewise b.
 // A 2-D operand next to a 3-D one is used for every batch. c: [m, n], or
 // [batch, m, n] when either operand is batched. All three share dtype and device.
-// Queued on stream (the device's default stream when null).
+// Queued on stream (the device's default stream when null). k = 0 gives
+// c = beta * c (beta = 0: zeros, c not read).
 // Throws Error(kShape) on mismatched shapes or dtypes, naming both.
 void gemm(const DeviceTensor& a, const DeviceTensor& b, const DeviceTensor& c,
           const GemmOptions& options = {}, const Stream* stream = nullptr);

@@ -13,26 +13,48 @@
 namespace meshrt::kernels::cuda {
 
 namespace {
-// One handle per device per thread: cublasSetStream on a shared handle would
-// race. Destroyed when the thread ends (with its workspace).
+// cuBLAS's recommended workspace on Hopper (sm_90): 32 MiB (4 MiB sufficed before).
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+// One handle per device per thread (cublasSetStream on a shared handle would
+// race), and a workspace of its own for each stream it runs on:
+// cublasSetStream resets a handle's workspace to cuBLAS's default pool, so two
+// streams of one thread would share it while their GEMMs overlap. The handle
+// keeps the stream and workspace of its last call. Destroyed when the thread
+// ends (cudaFree waits for the device).
 struct Handles {
-  std::map<int, cublasHandle_t> by_device;
+  struct Handle {
+    cublasHandle_t handle = nullptr;
+    void* stream = nullptr;  // of the last call
+    bool bound = false;
+  };
+  std::map<int, Handle> by_device;
+  std::map<std::pair<int, void*>, void*> workspaces;  // (device, stream) -> memory
   ~Handles() {
-    for (auto& [device, handle] : by_device) {
+    for (auto& [device, h] : by_device) {
       cudaSetDevice(device);
-      cublasDestroy(handle);
+      cublasDestroy(h.handle);
+    }
+    for (auto& [key, memory] : workspaces) {
+      cudaSetDevice(key.first);
+      cudaFree(memory);
     }
   }
 };
 
-cublasHandle_t handle_for(int device) {
+// The handle of device, bound to stream and to that stream's workspace.
+cublasHandle_t handle_for(int device, void* stream) {
   thread_local Handles handles;
-  auto it = handles.by_device.find(device);
-  if (it != handles.by_device.end()) return it->second;
-  cublasHandle_t handle = nullptr;
-  MESHRT_CUBLAS_CHECK(cublasCreate(&handle));
-  handles.by_device.emplace(device, handle);
-  return handle;
+  Handles::Handle& h = handles.by_device[device];
+  if (!h.handle) MESHRT_CUBLAS_CHECK(cublasCreate(&h.handle));
+  if (h.bound && h.stream == stream) return h.handle;
+  MESHRT_CUBLAS_CHECK(cublasSetStream(h.handle, static_cast<cudaStream_t>(stream)));
+  void*& workspace = handles.workspaces[{device, stream}];
+  if (!workspace) MESHRT_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+  MESHRT_CUBLAS_CHECK(cublasSetWorkspace(h.handle, workspace, kWorkspaceBytes));
+  h.stream = stream;
+  h.bound = true;
+  return h.handle;
 }
 
 int as_int(int64_t v, const char* what) {
@@ -44,8 +66,7 @@ int as_int(int64_t v, const char* what) {
 
 void gemm(const GemmArgs& g, int device, void* stream) {
   MESHRT_CUDA_CHECK(cudaSetDevice(device));
-  cublasHandle_t handle = handle_for(device);
-  MESHRT_CUBLAS_CHECK(cublasSetStream(handle, static_cast<cudaStream_t>(stream)));
+  cublasHandle_t handle = handle_for(device, stream);
 
   cudaDataType type = CUDA_R_32F;
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;

@@ -139,6 +139,8 @@ std::vector<GemmCase> gemm_cases() {
       {{3, 17, 9}, {9, 13}, false, false, 2, 0.5},    // b shared by every batch
       {{17, 9}, {3, 13, 9}, false, true, 1, 0},       // a shared by every batch
       {{128, 96}, {96, 16}, false, false, 1, 0},      // the MatMul+Neg shapes
+      {{5, 0}, {0, 4}, false, false, 1, 0},           // k = 0: zeros (c not read)
+      {{0, 5}, {4, 0}, true, true, 1, 0.5},           // k = 0: 0.5 c
   };
 }
 
@@ -241,6 +243,18 @@ std::vector<OpCase> op_cases() {
                      },
                      [o](auto& in) { return gemm_reference(in[0], in[1], o, in[2]); }});
   }
+  // Operands that start one row into their storage (not 16-byte aligned for
+  // f16/bf16), as slices of a batch are.
+  cases.push_back({"gemm of misaligned slices", kFloats, {{18, 9}, {10, 13}, {17, 13}}, -1, 1, 9, 1,
+                   [](const auto& in) {
+                     DeviceTensor c = in[2].clone();
+                     gemm(in[0].narrow(1, 17), in[1].narrow(1, 9), c, GemmOptions{false, false, 1, 0.5});
+                     return c;
+                   },
+                   [](auto& in) {
+                     HostTensor a = in[0].narrow(1, 17).clone(), b = in[1].narrow(1, 9).clone();
+                     return gemm_reference(a, b, GemmOptions{false, false, 1, 0.5}, in[2]);
+                   }});
   return cases;
 }
 
@@ -555,6 +569,27 @@ TEST(Gemm, ErrorsNameBothOperands) {
   EXPECT_TRUE(throws_error(ErrorKind::kShape,
                            [&] { matmul(on(random_tensor({2, 4, 5}, DType::kF32, 1)), on(random_tensor({3, 5, 2}, DType::kF32, 1))); },
                            {"batch extents differ"}));
+}
+
+// GEMMs of one thread on two streams at once: each stream has a cuBLAS
+// workspace of its own (cublasSetStream resets a handle's workspace).
+TEST(CudaGemm, TwoStreamsOfOneThreadDoNotShareAWorkspace) {
+  MESHRT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  Stream side = Stream::create(gpu);
+  HostTensor a = random_tensor({512, 512}, DType::kBF16, 1), b = random_tensor({512, 512}, DType::kBF16, 2);
+  HostTensor expected = to_host(matmul(on(a, gpu), on(b, gpu)));
+  DeviceTensor da = on(a, gpu), db = on(b, gpu);
+  std::vector<DeviceTensor> on_default, on_side;
+  for (int i = 0; i < 8; ++i) {
+    on_default.push_back(matmul(da, db));
+    on_side.push_back(matmul(da, db, GemmOptions{}, &side));
+  }
+  side.synchronize();
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(all_close(to_host(on_default[static_cast<size_t>(i)]), expected, 0, 0));
+    EXPECT_TRUE(all_close(to_host(on_side[static_cast<size_t>(i)]), expected, 0, 0));
+  }
 }
 
 TEST(CudaGemm, Tf32KeepsTenMantissaBits) {
