@@ -75,6 +75,16 @@ void CachingAllocator::deallocate(void* ptr, std::vector<Event> pending) {
   live_.erase(it);
 }
 
+void CachingAllocator::abandon(void* ptr) noexcept {
+  if (!ptr) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = live_.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == live_.end()) return;
+  stats_.allocated_bytes -= it->second.size;
+  stats_.reserved_bytes -= it->second.size;
+  live_.erase(it);
+}
+
 void CachingAllocator::collect_pending_locked() {
   for (size_t i = 0; i < pending_.size();) {
     Pending& p = pending_[i];
@@ -131,6 +141,7 @@ struct Registry {
   std::mutex mutex;
   CachingAllocator* cpu = nullptr;
   CachingAllocator* host = nullptr;
+  CachingAllocator* pinned = nullptr;
   std::vector<CachingAllocator*> cuda;  // by device index
 };
 Registry& registry() {
@@ -181,28 +192,36 @@ CachingAllocator& host_allocator() {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   if (!r.host) {
-#if MESHRT_WITH_CUDA
-    if (cuda_device_count() > 0) {
-      r.host = new CachingAllocator(
-          "pinned host allocator", Device::cpu(),
-          [](size_t bytes) -> void* {
-            void* p = nullptr;
-            cudaError_t status = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
-            if (status == cudaErrorMemoryAllocation) {
-              cudaGetLastError();
-              return nullptr;
-            }
-            MESHRT_CUDA_CHECK(status);
-            return p;
-          },
-          [](void* p) { cudaFreeHost(p); });
-      return *r.host;
-    }
-#endif
     r.host = new CachingAllocator("host allocator", Device::cpu(), aligned_host_alloc,
                                   [](void* p) { std::free(p); });
   }
   return *r.host;
+}
+
+CachingAllocator& pinned_staging_allocator() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  if (!r.pinned) {
+#if MESHRT_WITH_CUDA
+    r.pinned = new CachingAllocator(
+        "pinned staging allocator", Device::cpu(),
+        [](size_t bytes) -> void* {
+          void* p = nullptr;
+          cudaError_t status = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
+          if (status == cudaErrorMemoryAllocation) {
+            cudaGetLastError();
+            return nullptr;
+          }
+          MESHRT_CUDA_CHECK(status);
+          return p;
+        },
+        [](void* p) { cudaFreeHost(p); });
+#else
+    r.pinned = new CachingAllocator("pinned staging allocator (cpu build: ordinary memory)", Device::cpu(),
+                                    aligned_host_alloc, [](void* p) { std::free(p); });
+#endif
+  }
+  return *r.pinned;
 }
 
 MemorySpace pointer_space(const void* ptr) {

@@ -1,8 +1,9 @@
 // A caching allocator: freed blocks are kept and handed out again instead of
 // going back to cudaMalloc/cudaFree (which synchronise the device) or malloc.
 // Blocks are cached per stream, so a block is only reused in the stream order of
-// the stream it was allocated for. One allocator per device, one for host memory
-// (pinned when a CUDA device is present, so host<->device copies are direct DMA).
+// the stream it was allocated for. One allocator per device, one for host
+// tensors (ordinary pageable memory), and one of pinned buffers through which
+// to_host and to_device stage their copies.
 #pragma once
 
 #include <cstddef>
@@ -46,6 +47,10 @@ class CachingAllocator {
   // With events, the block is cached only once they have all completed (work on
   // other streams that still uses it; see Storage::record_stream).
   void deallocate(void* ptr, std::vector<Event> pending = {});
+  // Forgets a block without reusing or freeing it: for a block whose users
+  // cannot be waited for (no event can be made after a sticky CUDA error, or at
+  // exit). Never throws.
+  void abandon(void* ptr) noexcept;
   // Gives every cached block back to the backend.
   void empty_cache();
   AllocatorStats stats() const;
@@ -83,8 +88,13 @@ class CachingAllocator {
 
 // The allocator for device memory of device (cpu: 64-byte aligned RAM; cuda:N: cudaMalloc).
 CachingAllocator& device_allocator(const Device& device);
-// The allocator for host tensors: pinned (cudaHostAlloc) when a CUDA device is present.
+// The allocator for host tensors: ordinary (pageable) memory, so a process
+// makes no CUDA context by allocating host tensors, and pinned memory is not
+// spent on them.
 CachingAllocator& host_allocator();
+// Pinned buffers (cudaHostAlloc) for staging copies between host and GPU; in a
+// build without CUDA, ordinary memory.
+CachingAllocator& pinned_staging_allocator();
 
 enum class MemorySpace { kHost, kDevice };
 // Where a raw pointer points: kDevice for memory of any meshrt device allocator

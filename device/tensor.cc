@@ -3,9 +3,11 @@
 #include "device/convert.h"
 #include "device/copy_plan.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #if MESHRT_WITH_CUDA
@@ -18,13 +20,19 @@ Storage::Storage(CachingAllocator& allocator, size_t bytes, void* stream)
     : allocator_(allocator), data_(allocator.allocate(bytes, stream)), bytes_(bytes), stream_(stream) {}
 
 Storage::~Storage() {
-  std::vector<Event> pending;
-  for (const Stream& s : used_on_) {
-    Event done(s.device());
-    done.record(s);
-    pending.push_back(done);
+  try {
+    std::vector<Event> pending;
+    for (const Stream& s : used_on_) {
+      Event done(s.device());
+      done.record(s);
+      pending.push_back(done);
+    }
+    allocator_.deallocate(data_, std::move(pending));
+  } catch (...) {
+    // No event could be made (a sticky CUDA error, or the runtime torn down at
+    // exit): the block cannot be reused safely, and a destructor must not throw.
+    allocator_.abandon(data_);
   }
-  allocator_.deallocate(data_, std::move(pending));
 }
 
 void Storage::record_stream(const Stream& stream) {
@@ -158,6 +166,67 @@ void check_stream(const char* op, const Device& device, const Stream* stream) {
 }
 }  // namespace
 
+#if MESHRT_WITH_CUDA
+namespace {
+// Copies between a GPU and pageable host memory through two pinned staging
+// buffers taken in turn: while one chunk crosses the bus, the previous one is
+// copied on the host. Every wait is bounded (Event::synchronize).
+constexpr size_t kStagingChunk = size_t{8} << 20;
+
+void staged_copy(void* dst, const void* src, size_t bytes, bool to_host, const Device& device, const Stream& stream) {
+  CachingAllocator& pinned = pinned_staging_allocator();
+  size_t chunk = std::min(bytes, kStagingChunk);
+  struct Slot {
+    void* buffer = nullptr;
+    std::optional<Event> copied;
+    size_t offset = 0, length = 0;
+  };
+  Slot slots[2];
+  auto cleanup = [&] {
+    for (Slot& slot : slots) {
+      if (!slot.buffer) continue;
+      std::vector<Event> pending;
+      if (slot.copied) pending.push_back(*slot.copied);
+      pinned.deallocate(slot.buffer, std::move(pending));  // reused once its copy is done
+    }
+  };
+  try {
+    for (Slot& slot : slots) slot.buffer = pinned.allocate(chunk);
+    auto cuda_stream = static_cast<cudaStream_t>(stream.native_handle());
+    // Device to host: the staged chunk reaches dst once its copy is done.
+    auto drain = [&](Slot& slot) {
+      if (!slot.copied) return;
+      slot.copied->synchronize();
+      if (to_host) std::memcpy(static_cast<char*>(dst) + slot.offset, slot.buffer, slot.length);
+      slot.copied.reset();
+    };
+    size_t index = 0;
+    for (size_t offset = 0; offset < bytes; offset += chunk, ++index) {
+      Slot& slot = slots[index % 2];
+      drain(slot);  // its previous chunk
+      slot.offset = offset;
+      slot.length = std::min(chunk, bytes - offset);
+      if (to_host) {
+        MESHRT_CUDA_CHECK(cudaMemcpyAsync(slot.buffer, static_cast<const char*>(src) + offset, slot.length,
+                                          cudaMemcpyDeviceToHost, cuda_stream));
+      } else {
+        std::memcpy(slot.buffer, static_cast<const char*>(src) + offset, slot.length);
+        MESHRT_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + offset, slot.buffer, slot.length,
+                                          cudaMemcpyHostToDevice, cuda_stream));
+      }
+      slot.copied.emplace(device);
+      slot.copied->record(stream);
+    }
+    for (size_t k = 0; k < 2; ++k) drain(slots[(index + k) % 2]);  // in order
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+  cleanup();
+}
+}  // namespace
+#endif
+
 HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
   check_stream("to_host", tensor.device(), stream);
   prepare_stream_use(stream, {&tensor});
@@ -166,11 +235,8 @@ HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
 #if MESHRT_WITH_CUDA
   if (tensor.device().is_cuda()) {
     set_current_device(tensor.device());
-    cudaStream_t s = native(tensor.device(), stream);
-    // The host side comes from the pinned allocator: a direct DMA copy.
-    MESHRT_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), tensor.raw_data(), tensor.nbytes(),
-                                      cudaMemcpyDeviceToHost, s));
-    (stream ? *stream : Stream::default_for(tensor.device())).synchronize();  // bounded
+    staged_copy(out.raw_data(), tensor.raw_data(), tensor.nbytes(), true, tensor.device(),
+                stream ? *stream : Stream::default_for(tensor.device()));
     return out;
   }
 #endif
@@ -186,10 +252,8 @@ DeviceTensor to_device(const HostTensor& tensor, const Device& device, const Str
 #if MESHRT_WITH_CUDA
   if (device.is_cuda()) {
     set_current_device(device);
-    cudaStream_t s = native(device, stream);
-    MESHRT_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), tensor.raw_data(), tensor.nbytes(),
-                                      cudaMemcpyHostToDevice, s));
-    (stream ? *stream : Stream::default_for(device)).synchronize();  // bounded
+    staged_copy(out.raw_data(), tensor.raw_data(), tensor.nbytes(), false, device,
+                stream ? *stream : Stream::default_for(device));
     return out;
   }
 #endif

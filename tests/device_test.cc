@@ -283,6 +283,32 @@ TEST(StreamEvent, CpuStreamsAreSynchronous) {
                            {"timing"}));
 }
 
+// A Storage never throws from its destructor; a block whose users cannot be
+// ordered is abandoned: neither cached for reuse nor freed.
+static_assert(std::is_nothrow_destructible_v<Storage>);
+
+TEST(CachingAllocator, AbandonedBlocksAreNeverHandedOutAgain) {
+  int frees = 0;
+  CachingAllocator alloc("test", Device::cpu(), [](size_t bytes) { return std::aligned_alloc(64, bytes); },
+                         [&](void* p) {
+                           ++frees;
+                           std::free(p);
+                         });
+  void* a = alloc.allocate(1000);
+  alloc.abandon(a);
+  EXPECT_EQ(alloc.stats().allocated_bytes, 0u);
+  EXPECT_EQ(alloc.stats().reserved_bytes, 0u);
+  void* b = alloc.allocate(1000);
+  EXPECT_EQ(alloc.stats().cache_hits, 0u);
+  EXPECT_NE(b, a);
+  alloc.abandon(nullptr);
+  alloc.abandon(&frees);  // not its block: ignored
+  alloc.deallocate(b);
+  alloc.empty_cache();
+  EXPECT_EQ(frees, 1);
+  std::free(a);
+}
+
 // ---- CUDA (skipped with the reason when no GPU is usable) ----
 
 TEST(CudaDevice, RoundTripThroughPinnedStaging) {
@@ -296,6 +322,42 @@ TEST(CudaDevice, RoundTripThroughPinnedStaging) {
     EXPECT_EQ(std::memcmp(back.raw_data(), h.raw_data(), h.nbytes()), 0) << to_string(dtype);
   }
   EXPECT_EQ(pointer_space(HostTensor::empty({4}, DType::kF32).raw_data()), MemorySpace::kHost);
+}
+
+// Host tensors are ordinary memory (only the staging buffers are pinned), and
+// copies larger than a staging buffer go through both buffers in turn.
+TEST(CudaDevice, HostTensorsArePageableAndLargeCopiesAreStaged) {
+  MESHRT_REQUIRE_CUDA();
+  HostTensor h = HostTensor::empty({(int64_t{21} << 20) + 7}, DType::kU8);
+  for (int64_t i = 0; i < h.numel(); ++i) static_cast<uint8_t*>(h.raw_data())[i] = static_cast<uint8_t>(i * 31 + 7);
+  EXPECT_EQ(std::string(host_allocator().name()), "host allocator");
+  DeviceTensor d = to_device(h, Device::cuda(0));
+  HostTensor back = to_host(d);
+  EXPECT_EQ(std::memcmp(back.raw_data(), h.raw_data(), h.nbytes()), 0);
+  Stream side = Stream::create(Device::cuda(0));
+  HostTensor again = to_host(d, &side);
+  EXPECT_EQ(std::memcmp(again.raw_data(), h.raw_data(), h.nbytes()), 0);
+}
+
+// A block freed after use on a side stream is reused only once that stream's
+// work is done (record_stream), and blocks allocate, free and come back.
+TEST(CudaDevice, AllocateFreeReuseOnASideStream) {
+  MESHRT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  Stream side = Stream::create(gpu);
+  HostTensor ones = HostTensor::full<float>({1 << 22}, 1.0f);
+  for (int round = 0; round < 4; ++round) {
+    DeviceTensor result = DeviceTensor::empty({1 << 22}, DType::kF32, gpu);
+    {
+      DeviceTensor input = to_device(ones, gpu);
+      copy(input, result, &side);  // input used on the side stream, then freed at once
+    }
+    // A new tensor of the same size must not be the block the side stream still reads.
+    DeviceTensor other = DeviceTensor::zeros({1 << 22}, DType::kF32, gpu);
+    side.synchronize();
+    HostTensor r = to_host(result);
+    for (float v : r.span<float>()) ASSERT_EQ(v, 1.0f) << "round " << round;
+  }
 }
 
 TEST(CudaDevice, StreamsEventsAndAllocatorCache) {
