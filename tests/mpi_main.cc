@@ -3,7 +3,10 @@
 // - only rank 0 prints the usual output; other ranks print their failures only,
 //   prefixed with their rank;
 // - after each test, ranks agree on the result: rank 0 names the ranks where it
-//   failed, and the exit code is non-zero on every rank if any rank failed.
+//   failed, and the exit code is non-zero on every rank if any rank failed;
+// - when every test that ran was skipped on every rank (a CUDA suite without a
+//   GPU), the exit code is kAllSkipped (77), which CTest reports as Skipped
+//   (SKIP_RETURN_CODE): a failure is never reported as a skip.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -11,6 +14,7 @@
 #include <string>
 
 #include "comm/world.h"
+#include "device/error.h"
 
 namespace {
 
@@ -66,8 +70,14 @@ int main(int argc, char** argv) {
   }
   listeners.Append(new RankAgreement(comm, world.rank(), world.size()));
   if (world.rank() == 0) {
+    std::string device;
+    try {
+      device = world.default_device().to_string();
+    } catch (const meshrt::Error& e) {
+      device = std::string("none (") + e.message() + ")";
+    }
     std::printf("[  WORLD   ] %d rank(s) on %d node(s), %s, default device %s\n", world.size(),
-                world.node_count(), world.thread_level(), world.default_device().to_string().c_str());
+                world.node_count(), world.thread_level(), device.c_str());
   }
   int local = RUN_ALL_TESTS();
   int global = 0;
@@ -75,7 +85,12 @@ int main(int argc, char** argv) {
   if (world.rank() == 0 && global != 0 && local == 0) {
     std::printf("[  RANKS   ] a test failed on another rank (see the [rank N] lines above)\n");
   }
+  const ::testing::UnitTest& unit = *::testing::UnitTest::GetInstance();
+  int all_skipped = unit.test_to_run_count() > 0 && unit.skipped_test_count() == unit.test_to_run_count() ? 1 : 0;
+  int everywhere = 0;
+  MPI_Allreduce(&all_skipped, &everywhere, 1, MPI_INT, MPI_MIN, comm);
   MPI_Comm_free(&comm);
   meshrt::World::finalize();
-  return global;
+  constexpr int kAllSkipped = 77;
+  return global != 0 ? global : everywhere ? kAllSkipped : 0;
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <string>
@@ -12,13 +13,25 @@
 
 namespace meshrt::testing {
 
-// Skips the current test unless a CUDA device is usable; returns it otherwise.
-#define MESHRT_REQUIRE_CUDA()                                               \
-  do {                                                                      \
-    if (::meshrt::cuda_device_count() == 0) {                               \
-      GTEST_SKIP() << "needs a CUDA device: " << ::meshrt::cuda_unavailable_reason(); \
-    }                                                                       \
+// Skips the current test unless a CUDA device is usable. With
+// MESHRT_REQUIRE_CUDA=1 in the environment (a GPU machine's check run), a test
+// that cannot run fails instead: there a skip would hide a broken driver.
+#define MESHRT_REQUIRE_CUDA()                                                                      \
+  do {                                                                                             \
+    if (::meshrt::cuda_device_count() == 0) {                                                      \
+      if (::meshrt::testing::cuda_required()) {                                                    \
+        GTEST_FAIL() << "MESHRT_REQUIRE_CUDA=1 but no CUDA device is usable: "                     \
+                     << ::meshrt::cuda_unavailable_reason();                                       \
+      }                                                                                            \
+      GTEST_SKIP() << "needs a CUDA device: " << ::meshrt::cuda_unavailable_reason();              \
+    }                                                                                              \
   } while (0)
+
+// Whether MESHRT_REQUIRE_CUDA=1 is set.
+inline bool cuda_required() {
+  const char* v = std::getenv("MESHRT_REQUIRE_CUDA");
+  return v && std::string(v) == "1";
+}
 
 // Random values in [lo, hi) of dtype (integers: whole numbers; bool: 0/1), reproducible by seed.
 inline HostTensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, double lo = -1.0,

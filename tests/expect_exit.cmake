@@ -1,0 +1,15 @@
+# Runs COMMAND with ARGS and checks its exit code: EXIT_IS (one code) or
+# EXIT_IS_NOT (a list of codes it must not be).
+execute_process(COMMAND ${COMMAND} ${ARGS} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(DEFINED EXIT_IS AND NOT code EQUAL EXIT_IS)
+  message(FATAL_ERROR "${COMMAND} ${ARGS} exited ${code}, expected ${EXIT_IS}\n${out}\n${err}")
+endif()
+if(DEFINED EXIT_IS_NOT)
+  separate_arguments(codes UNIX_COMMAND "${EXIT_IS_NOT}")
+  foreach(c ${codes})
+    if(code EQUAL c)
+      message(FATAL_ERROR "${COMMAND} ${ARGS} exited ${code}, which it must not\n${out}\n${err}")
+    endif()
+  endforeach()
+endif()
+message(STATUS "${COMMAND} ${ARGS}: exit ${code} as expected")
