@@ -1,6 +1,7 @@
 #include "apps/app_common.h"
 
 #include <cstdio>
+#include <algorithm>
 #include <random>
 
 namespace meshrt::apps {
@@ -51,6 +52,23 @@ HostTensor random_host(const Shape& shape, DType dtype, uint64_t seed) {
   HostTensor f = HostTensor::empty(shape, DType::kF32);
   for (float& v : f.span<float>()) v = dist(rng);
   return cast_host(f, dtype);
+}
+
+DeviceTensor random_device(const Shape& shape, DType dtype, uint64_t seed, const Device& device) {
+  int64_t block = std::min<int64_t>(shape.numel(), int64_t{1} << 20);
+  if (device.is_cpu() || block == shape.numel()) return to_device(random_host(shape, dtype, seed), device);
+  DeviceTensor out = DeviceTensor::empty(shape, dtype, device);
+  DeviceTensor first = to_device(random_host({block}, dtype, seed), device);
+  size_t element = size_of(dtype), total = static_cast<size_t>(shape.numel()) * element;
+  size_t filled = static_cast<size_t>(block) * element;
+  char* base = static_cast<char*>(out.raw_data());
+  copy_rows(device, base, filled, first.raw_data(), filled, filled, 1);
+  while (filled < total) {  // double what is filled
+    size_t bytes = std::min(filled, total - filled);
+    copy_rows(device, base + filled, bytes, base, bytes, bytes, 1);
+    filled += bytes;
+  }
+  return out;
 }
 
 }  // namespace meshrt::apps
