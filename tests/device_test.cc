@@ -339,6 +339,28 @@ TEST(CudaDevice, HostTensorsArePageableAndLargeCopiesAreStaged) {
   EXPECT_EQ(std::memcmp(again.raw_data(), h.raw_data(), h.nbytes()), 0);
 }
 
+// copy_rows with a pitch over 2 GiB (rows of a tensor longer than the device's
+// maximum pitch): one copy per row, where cudaMemcpy2DAsync would refuse.
+TEST(CudaDevice, CopyRowsWithAPitchOverTwoGiB) {
+  MESHRT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  const int64_t cols = (int64_t{1} << 29) + 16;  // a row of 2 GiB + 64 bytes in f32
+  DeviceTensor src = DeviceTensor::zeros({2, cols}, DType::kF32, gpu);
+  HostTensor tail = HostTensor::from_vector<float>(std::vector<float>(16, 0.0f), {16});
+  for (int r = 0; r < 2; ++r) {
+    for (int i = 0; i < 16; ++i) tail.data<float>()[i] = static_cast<float>(100 * r + i);
+    DeviceTensor t = to_device(tail, gpu);
+    copy_rows(gpu, static_cast<char*>(src.raw_data()) + (r * cols + cols - 16) * 4, 64, t.raw_data(), 64, 64, 1);
+  }
+  DeviceTensor dst = DeviceTensor::empty({2, 16}, DType::kF32, gpu);
+  copy_rows(gpu, dst.raw_data(), 64, static_cast<char*>(src.raw_data()) + (cols - 16) * 4, static_cast<size_t>(cols) * 4,
+            64, 2);
+  HostTensor got = to_host(dst);
+  for (int r = 0; r < 2; ++r) {
+    for (int i = 0; i < 16; ++i) EXPECT_EQ(got.data<float>()[r * 16 + i], static_cast<float>(100 * r + i));
+  }
+}
+
 // A block freed after use on a side stream is reused only once that stream's
 // work is done (record_stream), and blocks allocate, free and come back.
 TEST(CudaDevice, AllocateFreeReuseOnASideStream) {

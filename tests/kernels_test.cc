@@ -592,6 +592,51 @@ TEST(CudaGemm, TwoStreamsOfOneThreadDoNotShareAWorkspace) {
   }
 }
 
+// A 1-D tensor of n elements of dtype on a GPU whose element i is pattern[i % size]:
+// the pattern copied once, then doubled by device copies.
+DeviceTensor repeated_on_gpu(const HostTensor& pattern, int64_t n) {
+  const Device gpu = Device::cuda(0);
+  DeviceTensor out = DeviceTensor::empty({n}, pattern.dtype(), gpu);
+  size_t element = size_of(pattern.dtype()), total = static_cast<size_t>(n) * element;
+  DeviceTensor first = on(pattern, gpu);
+  size_t filled = std::min(first.nbytes(), total);
+  char* base = static_cast<char*>(out.raw_data());
+  copy_rows(gpu, base, filled, first.raw_data(), filled, filled, 1);
+  while (filled < total) {
+    size_t bytes = std::min(filled, total - filled);
+    copy_rows(gpu, base + filled, bytes, base, bytes, bytes, 1);
+    filled += bytes;
+  }
+  return out;
+}
+
+// Indices past 2^31 in an elementwise kernel and in both kinds of sum kernels.
+TEST(CudaOps, TensorsOfMoreThanTwoToThe31Elements) {
+  MESHRT_REQUIRE_CUDA();
+  const int64_t n = (int64_t{1} << 31) + 1000;
+  std::vector<float> period(7 << 20);  // element i holds (i mod 7) - 3 (the period divides 7 x 2^20)
+  for (size_t i = 0; i < period.size(); ++i) period[i] = static_cast<float>(static_cast<int>(i % 7) - 3);
+  DeviceTensor x = repeated_on_gpu(cast_host(HostTensor::from_vector(period, {static_cast<int64_t>(period.size())}),
+                                             DType::kBF16), n);
+  DeviceTensor y = add(x, x);
+  for (int64_t start : {int64_t{0}, (int64_t{1} << 31) - 8, n - 64}) {
+    std::vector<double> got = testing::values(to_host(y.narrow(start, 64)));
+    for (int64_t i = 0; i < 64; ++i) {
+      ASSERT_EQ(got[static_cast<size_t>(i)], 2.0 * (((start + i) % 7) - 3)) << "element " << start + i;
+    }
+  }
+  y = DeviceTensor();
+  x = DeviceTensor();
+  // Sums of ones over rows of 2^30 + 500 (one block per row) and over the two rows (one thread per column).
+  DeviceTensor ones = repeated_on_gpu(HostTensor::full<float>({1 << 20}, 1.0f), n);
+  DeviceTensor rows = ones.reshape({2, n / 2});
+  EXPECT_EQ(to_host(sum(rows, 1)).to_vector<float>(), std::vector<float>(2, static_cast<float>(n / 2)));
+  HostTensor columns = to_host(sum(rows, 0));
+  EXPECT_EQ(columns.numel(), n / 2);
+  EXPECT_EQ(columns.data<float>()[0], 2.0f);
+  EXPECT_EQ(columns.data<float>()[n / 2 - 1], 2.0f);
+}
+
 TEST(CudaGemm, Tf32KeepsTenMantissaBits) {
   MESHRT_REQUIRE_CUDA();
   // TF32 keeps 10 mantissa bits: f32 results within ~1e-3 relative of the cpu's.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 
 #include "comm/world.h"
@@ -78,14 +79,18 @@ HostTensor integers(const Shape& shape, uint64_t seed) {
   return cast_host(random_tensor(shape, DType::kI32, seed, -8, 8), DType::kF32);
 }
 
+// The meshes run on the device MESHRT_DEVICE names (the tests' environment says
+// cpu; the sharding_cuda_np1 entry says cuda: the same tests on one GPU).
 class Sharding : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
+    const char* wanted = std::getenv("MESHRT_DEVICE");
+    if (wanted && std::string(wanted).rfind("cuda", 0) == 0) MESHRT_REQUIRE_CUDA();
     auto all = meshes_for(World::get().size());
     if (GetParam() >= static_cast<int>(all.size())) {
       GTEST_SKIP() << "no mesh #" << GetParam() << " at " << World::get().size() << " ranks (2-D meshes need 4 or 6 ranks)";
     }
-    mesh_ = Mesh(all[static_cast<size_t>(GetParam())], Device::cpu());
+    mesh_ = Mesh(all[static_cast<size_t>(GetParam())], World::get().default_device());
   }
   Mesh mesh_;
 };
@@ -447,7 +452,7 @@ TEST_P(Sharding, PendingMaxAndMinFollowTheOpTable) {
       }
     }
     Layout partial = Layout::replicated(2).with_partials({{a, op}});
-    DTensor x(to_device(integers(shape, 41 + static_cast<uint64_t>(mesh_.coordinate(a))), Device::cpu()), shape,
+    DTensor x(to_device(integers(shape, 41 + static_cast<uint64_t>(mesh_.coordinate(a))), mesh_.device()), shape,
               mesh_, partial, "x");
     std::string where = partial.to_string();
     EXPECT_TRUE(all_close(x.gather(), expected, 0, 0)) << where;
@@ -466,7 +471,8 @@ TEST_P(Sharding, PendingMaxAndMinFollowTheOpTable) {
     EXPECT_FALSE(m.layout().is_partial()) << where;
     EXPECT_TRUE(all_close(m.gather(), one_rank([](auto& t) { return kernels::neg(t); }, expected), 0, 0)) << where;
     DTensor y = DTensor::from_global(integers(shape, 42), mesh_, Layout::replicated(2), "y");
-    EXPECT_TRUE(all_close(add(x, y).gather(), meshrt::to_host(kernels::add(to_device(expected, Device::cpu()), y.local())),
+    EXPECT_TRUE(all_close(add(x, y).gather(),
+                          meshrt::to_host(kernels::add(to_device(expected, Device::cpu()), to_device(y.gather(), Device::cpu()))),
                           0, 0)) << where;
     DTensor wd = DTensor::from_global(w, mesh_, Layout::replicated(2), "w");
     EXPECT_TRUE(all_close(matmul(x, wd).gather(), one_rank_matmul(expected, w), 0, 0)) << where;
