@@ -13,6 +13,7 @@
 #include "comm/backend.h"
 #include "comm/communicator.h"
 #include "comm/world.h"
+#include "kernels/gemm.h"
 #include "test_util.h"
 
 namespace meshrt {
@@ -289,6 +290,28 @@ TEST_P(Collectives, AbortFailsLaterOperationsAtOnce) {
   EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { sub.all_reduce(t).wait(); },
                            {"aborted", "the test aborted it"}));
   comm_.barrier();  // the parent is unaffected
+}
+
+// On a GPU: an operation still queued (behind long GEMMs on the compute stream)
+// when its communicator is aborted fails, though its event completes once the
+// aborted kernels exit; and its failure stays when polled again. Later
+// compute on the default stream is not held up by the aborted operation's
+// deadline: to_host of an unrelated tensor returns.
+TEST_P(Collectives, AbortedPendingWorkFailsAndStaysFailed) {
+  if (!device_.is_cuda()) GTEST_SKIP() << "the MPI backend runs an operation at once on its thread";
+  Communicator sub = comm_.split(0, comm_.rank());
+  HostTensor big = testing::random_tensor({4096, 4096}, DType::kBF16, 1);
+  DeviceTensor a = on_device(big);
+  for (int i = 0; i < 20; ++i) kernels::matmul(a, a);  // ~ms of work queued ahead
+  DeviceTensor t = DeviceTensor::zeros({1 << 20}, DType::kF32, device_);
+  Work pending = sub.all_reduce(t);
+  sub.abort("aborted while pending");
+  EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { pending.wait(std::chrono::seconds(30)); },
+                           {"aborted while pending"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { pending.is_completed(); }, {"aborted"}));
+  HostTensor small = to_host(on_device(HostTensor::full<float>({4}, 2.0f)));
+  EXPECT_EQ(small.data<float>()[0], 2.0f);
+  comm_.barrier();
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, Collectives, ::testing::Values(DeviceKind::kCpu, DeviceKind::kCuda),
