@@ -116,8 +116,9 @@ std::function<void()> raw_gemm(const Device& device, const std::string& dtype_na
 // Seconds per call of ours and theirs (null: not run). On the cpu each call is
 // timed alone, alternating one call of each so that drifts of the machine fall
 // on both alike. On a GPU the calls return at once: `iters` calls are queued
-// back to back between two CUDA events (no launch or host-sync latency in the
-// figure), alternating such rounds of ours and theirs.
+// back to back between two CUDA events, alternating such rounds of ours and
+// theirs (no host synchronisation in the figure; launch gaps count only when a
+// call's GPU time is shorter than its host time, as for small shapes).
 std::pair<double, double> time_pair(const std::function<void()>& ours, const std::function<void()>& theirs,
                                     const Device& device, int warmup, int iters) {
   Stream stream = Stream::default_for(device);

@@ -81,6 +81,11 @@ class CommBackend {
   virtual std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) = 0;
   // Marks the backend aborted and releases what waits on it. Idempotent.
   virtual void abort(const std::string& reason) = 0;
+  // An operation ran past its deadline (or failed): aborts this backend, and
+  // whatever else the stuck operation holds up (NCCL: every communicator of the
+  // device, since a stuck collective stalls the device's compute stream and
+  // with it their work).
+  virtual void abort_after_failure(const std::string& reason) { abort(reason); }
 
   const std::string& name() const { return name_; }
   int rank() const { return rank_; }

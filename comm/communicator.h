@@ -16,6 +16,11 @@
 // In place: all_reduce(t); all_gather with in = out's chunk at rank();
 // reduce_scatter with out = in's chunk at rank(); broadcast is always in place.
 //
+// A tensor being sent must not be written before the send's Work is done (on
+// GPUs the send runs on the communicator's stream while later kernels go on,
+// so that a pipeline send overlaps the next micro-batch); results of the other
+// operations are ordered before later work on the device's default stream.
+//
 // Supported dtypes: all of them. Reductions over bool use logical or for sum and
 // max, logical and for prod and min. f16/bf16 reduce in f32 on MPI.
 #pragma once

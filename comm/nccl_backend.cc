@@ -14,14 +14,24 @@
 // deadline. The tensors' memory is recorded on the communication stream, so the
 // caching allocator keeps it until the operation is done.
 //
-// Locks: NCCL lets one thread at a time call into the communicators of a device
-// (even ncclCommGetAsyncError may progress pending work), so each NCCL call holds
-// that device's lock, and only for the call: a poll waiting for readiness
-// releases it between tries, so other communicators' pollers and abort() never
-// wait behind a slow one. A communicator's own operations are serialised from
-// enqueue to readiness by its own mutex. abort() marks the communicator aborted,
-// then ncclCommAbort()s it under the device lock; every later call and poll sees
-// the mark first.
+// Locks, per device:
+// - the call lock, held around each NCCL call only (a poll waiting for
+//   readiness releases it between tries), so pollers never wait behind a slow
+//   communicator;
+// - the issue lock, held by start() and split() from the first NCCL call of an
+//   operation until the communicator is ready again. With non-blocking
+//   communicators NCCL launches the kernels on a thread of its own after the
+//   call returns, so only this keeps the launches of communicators of one device
+//   in the order they were issued (NCCL: "it is not safe to issue NCCL
+//   operations in parallel to independent communicators located on the same
+//   device with multiple threads"). Ranks must issue in the same order.
+// abort() marks the communicator aborted and takes it out of use under the call
+// lock, then calls ncclCommAbort outside any lock: ncclCommAbort waits for the
+// communicator's queued kernel, which may wait for other work of the device.
+// A deadline or an error aborts every communicator of the device at once
+// (abort_after_failure): a stuck collective stalls the compute stream, which
+// the other communicators' operations wait for, and ncclCommAbort of one of
+// them would wait for ever unless the stuck one is aborted too.
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
@@ -50,14 +60,24 @@ ncclConfig_t nonblocking_config() {
   return config;
 }
 
-// One lock per CUDA device for all of its communicators. Recursive: an
-// operation that fails mid-enqueue aborts its communicator while holding it.
-std::recursive_mutex& device_lock(int device) {
+class NcclBackend;
+
+// What the communicators of one CUDA device share.
+struct DeviceState {
+  std::recursive_mutex call;  // around each NCCL call; never held while ncclCommAbort waits
+  std::mutex issue;           // from an operation's first call until its communicator is ready
+  std::mutex members_mutex;
+  std::vector<std::weak_ptr<NcclBackend>> members;  // its live communicators
+};
+
+DeviceState& device_state(int device) {
   static std::mutex guard;
-  static std::map<int, std::recursive_mutex>* locks = new std::map<int, std::recursive_mutex>();
+  static auto* states = new std::map<int, DeviceState>();  // lives to exit
   std::lock_guard<std::mutex> lock(guard);
-  return (*locks)[device];
+  return (*states)[device];
 }
+
+std::recursive_mutex& device_lock(int device) { return device_state(device).call; }
 
 // Polls comm (under the device lock, released between tries) until it leaves
 // ncclInProgress. Returns false past the deadline; throws Error(kNccl) when the
@@ -106,14 +126,27 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       : CommBackend(std::move(name), rank, size),
         comm_(comm),
         device_(device),
-        device_lock_(device_lock(device.index())),
+        state_(device_state(device.index())),
+        device_lock_(state_.call),
         stream_(Stream::create(device)) {}
+
+  // Made by make(): registered with its device, for abort_after_failure.
+  static std::shared_ptr<NcclBackend> make(ncclComm_t comm, Device device, std::string name, int rank, int size) {
+    auto backend = std::make_shared<NcclBackend>(comm, device, std::move(name), rank, size);
+    DeviceState& state = backend->state_;
+    std::lock_guard<std::mutex> lock(state.members_mutex);
+    std::erase_if(state.members, [](const std::weak_ptr<NcclBackend>& w) { return w.expired(); });
+    state.members.push_back(backend);
+    return backend;
+  }
 
   ~NcclBackend() override {
     // Best effort, never throws: flush, wait up to the deadline, then destroy (or
     // abort if the communicator does not settle).
     std::lock_guard<std::mutex> op(op_mutex_);
     ncclComm_t comm = nullptr;
+    int previous = -1;
+    cudaGetDevice(&previous);
     {
       std::lock_guard<std::recursive_mutex> lock(device_lock_);
       if (!comm_) return;  // aborted: ncclCommAbort already released it
@@ -126,13 +159,16 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       settled = wait_ready(comm, device_lock_, timeout(), "finalize", [] {});
     } catch (...) {
     }
-    std::lock_guard<std::recursive_mutex> lock(device_lock_);
+    {
+      std::lock_guard<std::recursive_mutex> lock(device_lock_);
+      comm_ = nullptr;
+    }
     if (settled) {
       ncclCommDestroy(comm);
     } else {
       ncclCommAbort(comm);
     }
-    comm_ = nullptr;
+    if (previous >= 0) cudaSetDevice(previous);
   }
 
   const char* kind() const override { return "nccl"; }
@@ -142,32 +178,46 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     std::string what = cat(name, " on ", describe());
     std::lock_guard<std::mutex> op(op_mutex_);
     Stream compute = Stream::default_for(device_);
+    check_not_aborted(name);
+    // Memory and events before any lock: an allocation may cudaFree the cache,
+    // which waits for the whole device.
+    Scratch scratch = scratch_for(c, state);
+    MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
+    Event inputs(device_);  // the operation reads what the compute stream queued before it
+    inputs.record(compute);
+    inputs.block(stream_);
+    for (const auto& storage : c.storages) storage->record_stream(stream_);
+    std::lock_guard<std::mutex> issue(state_.issue);  // launches in issue order (see the top)
+    bool queued = false;
+    std::exception_ptr failed;
+    std::string reason;
     {
       std::lock_guard<std::recursive_mutex> lock(device_lock_);
       check_not_aborted(name);
-      MESHRT_CUDA_CHECK(cudaSetDevice(device_.index()));
-      // The operation reads what the compute stream queued before it.
-      Event inputs(device_);
-      inputs.record(compute);
-      inputs.block(stream_);
-      for (const auto& storage : c.storages) storage->record_stream(stream_);
-      bool queued = false;
       try {
-        queued = enqueue(c, state);
+        queued = enqueue(c, scratch);
       } catch (const std::exception& e) {
-        // The peers may have queued their side: no later operation may pair with it.
-        abort(cat(what, " could not be queued: ", e.what()));
-        throw;
+        failed = std::current_exception();
+        reason = e.what();
       }
-      if (!queued) {
-        throw Error(ErrorKind::kInternal,
-                    cat(describe(), " does not support ", name, " (operation ", static_cast<int>(c.kind), ")"));
-      }
+    }
+    if (failed) {
+      // The peers may have queued their side: no later operation may pair with
+      // it (aborted outside the call lock: ncclCommAbort waits for kernels).
+      abort_after_failure(cat(what, " could not be queued: ", reason));
+      std::rethrow_exception(failed);
+    }
+    if (!queued) {
+      throw Error(ErrorKind::kInternal,
+                  cat(describe(), " does not support ", name, " (operation ", static_cast<int>(c.kind), ")"));
     }
     ensure_ready(what);
     Event done(device_);
     done.record(stream_);
-    if (c.kind != Collective::kSend) done.block(compute);  // later kernels may read the result
+    // Later kernels may read the result. Not after a send, so that a pipeline
+    // send overlaps the next micro-batch: a sent tensor must not be written
+    // before its Work is done (communicator.h).
+    if (c.kind != Collective::kSend) done.block(compute);
     std::weak_ptr<NcclBackend> self = shared_from_this();
     state->set_poller([self, done, what]() -> bool {
       // The aborted flag before the event: after ncclCommAbort the kernels exit
@@ -177,13 +227,15 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       if (done.query()) return true;  // (a destroyed communicator finished its work first)
       MESHRT_CHECK(backend != nullptr, ErrorKind::kUnavailable, what,
                    ": the communicator was destroyed before the operation finished");
-      std::lock_guard<std::recursive_mutex> lock(backend->device_lock_);
-      backend->check_not_aborted(what.c_str());
       ncclResult_t async = ncclSuccess;
-      MESHRT_NCCL_CHECK(ncclCommGetAsyncError(backend->comm_, &async));
+      {
+        std::lock_guard<std::recursive_mutex> lock(backend->device_lock_);
+        backend->check_not_aborted(what.c_str());
+        MESHRT_NCCL_CHECK(ncclCommGetAsyncError(backend->comm_, &async));
+      }
       if (async != ncclSuccess && async != ncclInProgress) {
         std::string message = nccl_message(async);
-        backend->abort(cat(what, " failed: ", message));
+        backend->abort_after_failure(cat(what, " failed: ", message));  // outside the call lock
         throw_library_error(ErrorKind::kNccl, what.c_str(), __FILE__, __LINE__, message);
       }
       return false;
@@ -214,26 +266,73 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       MESHRT_NCCL_CHECK(ncclCommUserRank(sub.comm, &rank));
       MESHRT_NCCL_CHECK(ncclCommCount(sub.comm, &size));
     }
-    auto backend = std::make_shared<NcclBackend>(sub.comm, device_, name, rank, size);
+    auto backend = NcclBackend::make(sub.comm, device_, name, rank, size);
     sub.release();
     backend->set_timeout(timeout());
     return backend;
   }
 
   void abort(const std::string& reason) override {
-    if (!mark_aborted(reason)) return;
-    // Safe on a non-blocking communicator with work in flight; the device lock
-    // keeps every other NCCL call on this device out while it is freed.
-    std::lock_guard<std::recursive_mutex> lock(device_lock_);
-    if (comm_) ncclCommAbort(comm_);
-    comm_ = nullptr;
+    ncclComm_t comm = take_out_of_use(reason);
+    if (comm) ncclCommAbort(comm);  // outside the locks: it waits for the queued kernel
+  }
+
+  void abort_after_failure(const std::string& reason) override {
+    // Every communicator of the device, each ncclCommAbort on a thread of its
+    // own: each waits for its queued kernel, which may wait (through the compute
+    // stream) for another's; set together, their abort flags end them all.
+    std::vector<std::shared_ptr<NcclBackend>> members;
+    {
+      std::lock_guard<std::mutex> lock(state_.members_mutex);
+      for (const auto& w : state_.members) {
+        if (auto b = w.lock()) members.push_back(std::move(b));
+      }
+    }
+    std::vector<std::pair<NcclBackend*, ncclComm_t>> comms;
+    for (const auto& b : members) {
+      std::string why = b.get() == this ? reason
+                                        : cat("another communicator of ", device_, " failed: ", reason);
+      if (ncclComm_t comm = b->take_out_of_use(why)) comms.emplace_back(b.get(), comm);
+    }
+    std::vector<std::thread> aborts;
+    for (auto& [backend, comm] : comms) aborts.emplace_back([comm = comm] { ncclCommAbort(comm); });
+    for (std::thread& t : aborts) t.join();
   }
 
  private:
+  // Marks the communicator aborted and takes its handle out of use (every other
+  // path checks the mark under the call lock first); returns the handle to
+  // abort, or null when it was aborted already.
+  ncclComm_t take_out_of_use(const std::string& reason) {
+    if (!mark_aborted(reason)) return nullptr;
+    std::lock_guard<std::recursive_mutex> lock(device_lock_);
+    return std::exchange(comm_, nullptr);
+  }
+
+  // Device memory an operation needs besides its tensors, made before the locks.
+  struct Scratch {
+    void* staged = nullptr;  // all_to_all in place: a copy of the input
+    void* token = nullptr;   // barrier: one int32
+  };
+  Scratch scratch_for(const CommOp& c, const std::shared_ptr<WorkState>& state) {
+    Scratch scratch;
+    auto make = [&](int64_t bytes) {
+      DeviceTensor t = DeviceTensor::empty(Shape{bytes}, DType::kU8, device_);
+      t.storage()->record_stream(stream_);
+      state->stash(t.storage());  // kept until the operation is done
+      return t.raw_data();
+    };
+    if (c.kind == Collective::kAllToAll && c.send == c.recv) {
+      scratch.staged = make(static_cast<int64_t>(c.count * size_of(c.dtype)) * size());
+    }
+    if (c.kind == Collective::kBarrier) scratch.token = make(sizeof(int32_t));
+    return scratch;
+  }
+
   // Queues c on the communication stream (device lock held); false when this
   // backend lacks the operation (an error, never a Work that "completes" having
   // done nothing).
-  bool enqueue(const CommOp& c, const std::shared_ptr<WorkState>& state) {
+  bool enqueue(const CommOp& c, const Scratch& scratch) {
     auto s = static_cast<cudaStream_t>(stream_.native_handle());
     ncclDataType_t type = nccl_datatype(c.dtype);
     size_t bytes = c.count * size_of(c.dtype);
@@ -258,16 +357,13 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
         return true;
       case Collective::kAllToAll: {
         const void* send = c.send;
-        if (c.send == c.recv) {  // grouped send/recv cannot run in place: stage the input
-          DeviceTensor staged = DeviceTensor::empty(Shape{static_cast<int64_t>(bytes) * size()}, DType::kU8, device_);
-          staged.storage()->record_stream(stream_);
-          MESHRT_CUDA_CHECK(cudaMemcpyAsync(staged.raw_data(), c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
-          state->stash(staged.storage());
-          send = staged.raw_data();
+        if (scratch.staged) {  // grouped send/recv cannot run in place: stage the input
+          MESHRT_CUDA_CHECK(cudaMemcpyAsync(scratch.staged, c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
+          send = scratch.staged;
         }
         // Only NCCL calls inside the group: when one fails, NCCL records the
         // error in the thread's group and ncclGroupEnd launches none of it; the
-        // communicator is then aborted (the peers' halves may be running).
+        // communicators are then aborted (the peers' halves may be running).
         MESHRT_NCCL_CHECK(ncclGroupStart());
         ncclResult_t failed = ncclSuccess;
         for (int peer = 0; peer < size() && failed == ncclSuccess; ++peer) {
@@ -279,21 +375,17 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
         }
         ncclResult_t ended = ncclGroupEnd();
         if (failed == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) failed = ended;
-        if (failed != ncclSuccess) {
-          std::string message = nccl_message(failed);
-          abort(cat("all_to_all on ", describe(), " failed while grouping its sends and receives: ", message));
-          throw_library_error(ErrorKind::kNccl, "ncclSend/ncclRecv group", __FILE__, __LINE__, message);
+        if (failed != ncclSuccess) {  // start() aborts the communicators
+          throw_library_error(ErrorKind::kNccl, "ncclSend/ncclRecv group of all_to_all", __FILE__, __LINE__,
+                              nccl_message(failed));
         }
         return true;
       }
       case Collective::kBarrier: {
         // Queued, not synchronised: a stuck earlier operation must reach the
         // deadline in wait(), not hang here.
-        DeviceTensor token = DeviceTensor::empty(Shape{1}, DType::kI32, device_);
-        token.storage()->record_stream(stream_);
-        MESHRT_CUDA_CHECK(cudaMemsetAsync(token.raw_data(), 0, sizeof(int32_t), s));
-        state->stash(token.storage());
-        MESHRT_NCCL_CHECK(ncclAllReduce(token.raw_data(), token.raw_data(), 1, ncclInt32, ncclSum, comm_, s));
+        MESHRT_CUDA_CHECK(cudaMemsetAsync(scratch.token, 0, sizeof(int32_t), s));
+        MESHRT_NCCL_CHECK(ncclAllReduce(scratch.token, scratch.token, 1, ncclInt32, ncclSum, comm_, s));
         return true;
       }
     }
@@ -309,15 +401,24 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       check_not_aborted(what.c_str());
       comm = comm_;
     }
-    if (wait_ready(comm, device_lock_, timeout(), what, [&] { check_not_aborted(what.c_str()); })) return;
+    bool ready = false;
+    try {
+      ready = wait_ready(comm, device_lock_, timeout(), what, [&] { check_not_aborted(what.c_str()); });
+    } catch (const Error& e) {
+      // An asynchronous NCCL error: the peers may be waiting in this operation.
+      if (e.kind() == ErrorKind::kNccl) abort_after_failure(cat(what, " failed: ", e.message()));
+      throw;
+    }
+    if (ready) return;
     std::string message = not_ready_message(what, timeout());
-    abort(message);
+    abort_after_failure(message);
     throw Error(ErrorKind::kDeadlineExceeded, message);
   }
 
   ncclComm_t comm_;  // null once aborted; read and written under device_lock_
   Device device_;
-  std::recursive_mutex& device_lock_;
+  DeviceState& state_;
+  std::recursive_mutex& device_lock_;  // state_.call
   std::mutex op_mutex_;  // one operation of this communicator at a time, enqueue to ready
   Stream stream_;        // the communication stream
 };
@@ -377,7 +478,7 @@ std::shared_ptr<CommBackend> make_nccl_world(const Device& device, const std::st
   if (!wait_ready(comm.comm, device_lock(device.index()), default_comm_timeout(), what, [] {})) {
     throw Error(ErrorKind::kDeadlineExceeded, not_ready_message(what, default_comm_timeout()));
   }
-  auto backend = std::make_shared<NcclBackend>(comm.comm, device, name, world.rank(), world.size());
+  auto backend = NcclBackend::make(comm.comm, device, name, world.rank(), world.size());
   comm.release();
   return backend;
 }

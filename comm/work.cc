@@ -97,7 +97,7 @@ void WorkState::wait(std::chrono::milliseconds timeout) {
                                     " ms on rank ", error_rank(),
                                     ": a peer may have failed or not issued the same operation; "
                                     "the communicator is now aborted");
-  if (auto backend = backend_.lock()) backend->abort(message);
+  if (auto backend = backend_.lock()) backend->abort_after_failure(message);
   // The work stays failed: polled again later (its kernels may finish early once
   // the communicator is aborted, its thread may still report) it rethrows this.
   fail(std::make_exception_ptr(Error(ErrorKind::kDeadlineExceeded, message)));
