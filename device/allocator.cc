@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "device/error.h"
+#include "device/stream.h"
 
 #if MESHRT_WITH_CUDA
 #include "device/cuda_check.h"
@@ -155,8 +156,11 @@ CachingAllocator& device_allocator(const Device& device) {
   std::lock_guard<std::mutex> lock(r.mutex);
   if (device.is_cpu()) {
     if (!r.cpu) {
-      r.cpu = new CachingAllocator("cpu device allocator", Device::cpu(), aligned_host_alloc,
-                                   [](void* p) { std::free(p); });
+      // Freed in stream order, as cudaFreeAsync: a cached block's last user may
+      // still be queued on the cpu stream.
+      r.cpu = new CachingAllocator("cpu device allocator", Device::cpu(), aligned_host_alloc, [](void* p) {
+        Stream::default_for(Device::cpu()).enqueue([p] { std::free(p); });
+      });
     }
     return *r.cpu;
   }

@@ -2,9 +2,12 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <string>
 
+#include "device/cpu_queue.h"
 #include "device/error.h"
 #include "device/poll.h"
 
@@ -26,10 +29,13 @@ std::chrono::milliseconds default_wait_timeout() {
   return std::chrono::seconds(300);
 }
 
+bool cpu_streams_delayed() { return detail::cpu_streams_delayed(); }
+
 struct Stream::Impl {
   void* handle = nullptr;  // cudaStream_t
   bool owned = false;
   Device device;
+  std::shared_ptr<detail::CpuQueue> queue;  // cpu streams
   ~Impl() {
 #if MESHRT_WITH_CUDA
     if (owned && handle) cudaStreamDestroy(static_cast<cudaStream_t>(handle));
@@ -37,7 +43,18 @@ struct Stream::Impl {
   }
 };
 
+Stream Stream::create_cpu(CpuStreamOptions options) {
+  auto impl = std::make_shared<Impl>();
+  impl->device = Device::cpu();
+  impl->queue = std::make_shared<detail::CpuQueue>(std::move(options.name), options.held_in_delayed_mode,
+                                                   options.spin);
+  impl->handle = impl->queue.get();
+  return Stream(Device::cpu(), std::move(impl));
+}
+
 Stream Stream::create(const Device& device) {
+  static std::atomic<int> cpu_streams{0};
+  if (device.is_cpu()) return create_cpu({"cpu stream " + std::to_string(cpu_streams++)});
   auto impl = std::make_shared<Impl>();
   impl->device = device;
   if (device.is_cuda()) {
@@ -56,8 +73,10 @@ Stream Stream::default_for(const Device& device) {
   static std::mutex mutex;
   static std::map<int, Stream>* streams = new std::map<int, Stream>();  // lives to exit
   if (device.is_cpu()) {
-    static const Stream cpu_stream = create(Device::cpu());
-    return cpu_stream;
+    // Lives to exit too: work still queued then is dropped, not run during
+    // static destruction.
+    static const Stream* cpu_stream = new Stream(create_cpu({"cpu default stream"}));
+    return *cpu_stream;
   }
   std::lock_guard<std::mutex> lock(mutex);
   auto it = streams->find(device.index());
@@ -70,13 +89,19 @@ void* Stream::native_handle() const { return impl_ ? impl_->handle : nullptr; }
 void Stream::synchronize() const { synchronize(default_wait_timeout()); }
 
 void Stream::synchronize(std::chrono::milliseconds timeout) const {
-  if (!device_.is_cuda()) return;
   Event done(device_);
   done.record(*this);
   done.synchronize(timeout);
 }
 
+void Stream::enqueue(std::function<void()> fn, bool small) const {
+  MESHRT_CHECK_ARG(device_.is_cpu() && impl_ && impl_->queue, "Stream::enqueue takes cpu streams; this one is on ",
+                   device_);
+  impl_->queue->enqueue(std::move(fn), small);
+}
+
 bool Stream::query() const {
+  if (device_.is_cpu()) return impl_->queue->reached(impl_->queue->submitted());
 #if MESHRT_WITH_CUDA
   if (device_.is_cuda()) {
     cudaError_t status = cudaStreamQuery(static_cast<cudaStream_t>(native_handle()));
@@ -91,7 +116,9 @@ struct Event::Impl {
   void* handle = nullptr;  // cudaEvent_t
   bool timing = false;
   bool recorded = false;
-  std::chrono::steady_clock::time_point cpu_time;
+  std::shared_ptr<detail::CpuQueue> queue;  // cpu: the stream recorded on ...
+  uint64_t number = 0;                      // ... and the task it completes after
+  std::chrono::steady_clock::time_point cpu_time;  // cpu timing: when the point was reached
   ~Impl() {
 #if MESHRT_WITH_CUDA
     if (handle) cudaEventDestroy(static_cast<cudaEvent_t>(handle));
@@ -115,7 +142,16 @@ void Event::record(const Stream& stream) {
   MESHRT_CHECK_ARG(stream.device() == device_, "Event on ", device_, " recorded on a stream of ",
                    stream.device());
   impl_->recorded = true;
-  impl_->cpu_time = std::chrono::steady_clock::now();
+  if (device_.is_cpu()) {
+    // The point in the stream; with timing, a task that notes when it is reached.
+    impl_->queue = stream.impl_->queue;
+    if (impl_->timing) {
+      std::shared_ptr<Impl> self = impl_;
+      stream.enqueue([self] { self->cpu_time = std::chrono::steady_clock::now(); }, true);
+    }
+    impl_->number = impl_->queue->submitted();
+    return;
+  }
 #if MESHRT_WITH_CUDA
   if (device_.is_cuda()) {
     MESHRT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(impl_->handle),
@@ -125,6 +161,14 @@ void Event::record(const Stream& stream) {
 }
 
 void Event::block(const Stream& stream) const {
+  if (device_.is_cpu() && stream.device().is_cpu()) {
+    if (!impl_->recorded || impl_->queue.get() == stream.impl_->queue.get()) return;  // stream order holds
+    if (impl_->queue->reached(impl_->number)) return;                                   // already passed
+    Event self = *this;
+    // On the stream's worker, never at once: the caller does not wait.
+    stream.enqueue([self] { self.synchronize(); }, false);
+    return;
+  }
 #if MESHRT_WITH_CUDA
   if (device_.is_cuda() && stream.device().is_cuda()) {
     MESHRT_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream.native_handle()),
@@ -134,6 +178,7 @@ void Event::block(const Stream& stream) const {
 }
 
 bool Event::query() const {
+  if (device_.is_cpu()) return !impl_->recorded || impl_->queue->reached(impl_->number);
 #if MESHRT_WITH_CUDA
   if (device_.is_cuda() && impl_->recorded) {
     cudaError_t status = cudaEventQuery(static_cast<cudaEvent_t>(impl_->handle));
@@ -147,6 +192,10 @@ bool Event::query() const {
 void Event::synchronize() const { synchronize(default_wait_timeout()); }
 
 void Event::synchronize(std::chrono::milliseconds timeout) const {
+  if (device_.is_cpu()) {
+    if (impl_->recorded) impl_->queue->wait(impl_->number, timeout, "waiting for an event");
+    return;
+  }
   // Polled, not cudaEventSynchronize: a stuck kernel or collective ahead of the
   // event must end in an error at the deadline, not a hang.
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -172,6 +221,7 @@ float Event::elapsed_ms(const Event& end) const {
     return ms;
   }
 #endif
+  MESHRT_CHECK_ARG(query() && end.query(), "Event::elapsed_ms: the events' work is not done yet");
   return std::chrono::duration<float, std::milli>(end.impl_->cpu_time - impl_->cpu_time).count();
 }
 

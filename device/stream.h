@@ -1,25 +1,56 @@
 // Streams and events. On a CUDA device a Stream is a cudaStream_t and an Event a
-// cudaEvent_t; on the cpu device work runs synchronously on the calling thread,
-// so a Stream is a no-op and an Event is a timestamp. Handles are shared: copies
-// refer to the same stream or event. Every host wait has a deadline.
+// cudaEvent_t. On the cpu device a Stream is a queue of host work with CUDA's
+// semantics: kernels, copies and collectives queued on it run in order on a
+// worker thread, asynchronously to whoever queued them (small work may run at
+// once when the stream is idle); an Event records a point of a stream, and
+// waits and queries as CUDA's do. Handles are shared: copies refer to the same
+// stream or event. Every host wait has a deadline.
+//
+// MESHRT_CPU_STREAMS=delayed is a test mode: cpu work is never run at once and
+// is held back a while unless someone waits for it, and new cpu device memory
+// reads as 0xff bytes (NaN), so a missing synchronisation reads unwritten
+// memory every time instead of passing on the cpu and failing on a GPU.
 #pragma once
 
 #include <chrono>
+#include <cstddef>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "device/device.h"
 
 namespace meshrt {
 
+// Work on this many bytes or fewer may run at once on the calling thread when
+// its cpu stream is idle (never in the delayed mode): the serving path's small
+// kernels pay no thread hop.
+inline constexpr size_t kSmallCpuWork = size_t{1} << 20;
+
+// How a cpu stream's worker runs.
+struct CpuStreamOptions {
+  std::string name;  // in errors ("work on cpu stream '<name>' did not finish ...")
+  // Whether the delayed test mode holds this stream's work back. A
+  // communicator's stream is not held: its operations wait for their inputs on
+  // the compute stream, which releases that stream's held work, and holding
+  // them too would only add the delay to every collective.
+  bool held_in_delayed_mode = true;
+  // Yield-poll this long for the next task before sleeping, so back-to-back
+  // operations start without a futex wake-up.
+  std::chrono::microseconds spin{0};
+};
+
 class Stream {
  public:
   // A new stream on device (non-blocking with respect to the legacy default stream).
   static Stream create(const Device& device);
+  // A new cpu stream with options.
+  static Stream create_cpu(CpuStreamOptions options);
   // The per-process stream meshrt uses by default on device; made on first use.
   static Stream default_for(const Device& device);
 
   const Device& device() const { return device_; }
-  // The cudaStream_t, or nullptr on the cpu device.
+  // The cudaStream_t; on the cpu device, the stream's queue (an identity only).
   void* native_handle() const;
   // Blocks until all work queued on the stream is done, at most timeout
   // (default_wait_timeout() without one): past it, Error(kDeadlineExceeded).
@@ -27,8 +58,15 @@ class Stream {
   void synchronize(std::chrono::milliseconds timeout) const;
   // True when all work queued on the stream is done.
   bool query() const;
+  // Host work in stream order (cpu streams only, as cudaLaunchHostFunc): fn runs
+  // after all work queued before it. small: fn may run at once on this thread
+  // when the stream is idle (never in the delayed mode). An exception of fn is
+  // reported by the next wait on the stream (sticky, as CUDA's errors), or
+  // thrown here when fn ran at once. Throws Error(kInvalidArgument) on a CUDA stream.
+  void enqueue(std::function<void()> fn, bool small = false) const;
 
  private:
+  friend class Event;
   struct Impl;
   Stream(Device device, std::shared_ptr<Impl> impl) : device_(device), impl_(std::move(impl)) {}
   Device device_;
@@ -43,7 +81,8 @@ class Event {
   const Device& device() const { return device_; }
   // Captures the work queued so far on stream.
   void record(const Stream& stream);
-  // Makes stream wait (on the device) for this event.
+  // Makes stream wait (on the device; on the cpu, on the stream's worker) for
+  // this event; the caller does not wait.
   void block(const Stream& stream) const;
   bool query() const;
   // Waits for the recorded work, at most timeout (default_wait_timeout() without
@@ -58,5 +97,8 @@ class Event {
   Device device_;
   std::shared_ptr<Impl> impl_;
 };
+
+// Whether the cpu streams run in the delayed test mode (MESHRT_CPU_STREAMS=delayed).
+bool cpu_streams_delayed();
 
 }  // namespace meshrt

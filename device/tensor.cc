@@ -27,6 +27,13 @@ Storage::~Storage() {
       done.record(s);
       pending.push_back(done);
     }
+    if (stream_ && device().is_cpu() && cpu_streams_delayed()) {
+      // The delayed test mode reuses a block only once its own stream has passed
+      // the free too, so the next owner can fill it with 0xff at once (Tensor::empty).
+      Event done(device());
+      done.record(Stream::default_for(device()));
+      pending.push_back(done);
+    }
     allocator_.deallocate(data_, std::move(pending));
   } catch (...) {
     // No event could be made (a sticky CUDA error, or the runtime torn down at
@@ -36,7 +43,7 @@ Storage::~Storage() {
 }
 
 void Storage::record_stream(const Stream& stream) {
-  if (!stream.device().is_cuda() || stream.native_handle() == stream_) return;
+  if (stream.native_handle() == stream_) return;
   std::lock_guard<std::mutex> lock(mutex_);
   for (const Stream& s : used_on_) {
     if (s.native_handle() == stream.native_handle()) return;
@@ -45,7 +52,7 @@ void Storage::record_stream(const Stream& stream) {
 }
 
 void prepare_stream_use(const Stream* stream, std::initializer_list<const DeviceTensor*> tensors) {
-  if (!stream || !stream->device().is_cuda()) return;
+  if (!stream) return;
   Stream home = Stream::default_for(stream->device());
   if (stream->native_handle() == home.native_handle()) return;
   Event ready(stream->device());
@@ -66,9 +73,7 @@ CachingAllocator& allocator_for(const Device& device) {
   }
 }
 
-void* stream_key(const Device& device) {
-  return device.is_cuda() ? Stream::default_for(device).native_handle() : nullptr;
-}
+void* stream_key(const Device& device) { return Stream::default_for(device).native_handle(); }
 }  // namespace
 
 template <class Space>
@@ -80,6 +85,14 @@ Tensor<Space> Tensor<Space>::empty(const Shape& shape, DType dtype, const Device
   t.storage_ = std::make_shared<Storage>(allocator_for<Space>(where),
                                          static_cast<size_t>(shape.numel()) * size_of(dtype),
                                          kIsHost ? nullptr : stream_key(where));
+  if constexpr (!kIsHost) {
+    if (where.is_cpu() && cpu_streams_delayed() && t.nbytes() > 0) {
+      // The delayed test mode: new memory reads as 0xff bytes (NaN) until written,
+      // so that a read missing its synchronize sees that. Written at once: in
+      // this mode a block comes back only after all work on it is done (~Storage).
+      std::memset(t.raw_data(), 0xff, t.nbytes());
+    }
+  }
   return t;
 }
 
@@ -240,7 +253,13 @@ HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
     return out;
   }
 #endif
-  std::memcpy(out.raw_data(), tensor.raw_data(), tensor.nbytes());
+  // In stream order after the work that produced tensor, then waited for.
+  Stream s = stream ? *stream : Stream::default_for(tensor.device());
+  void* dst = out.raw_data();
+  const void* src = tensor.raw_data();
+  size_t bytes = tensor.nbytes();
+  s.enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); }, bytes <= kSmallCpuWork);
+  s.synchronize();
   return out;
 }
 
@@ -257,7 +276,12 @@ DeviceTensor to_device(const HostTensor& tensor, const Device& device, const Str
     return out;
   }
 #endif
-  std::memcpy(out.raw_data(), tensor.raw_data(), tensor.nbytes());
+  Stream s = stream ? *stream : Stream::default_for(device);
+  void* dst = out.raw_data();
+  const void* src = tensor.raw_data();
+  size_t bytes = tensor.nbytes();
+  s.enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); }, bytes <= kSmallCpuWork);
+  s.synchronize();  // the host tensor may go once this returns
   return out;
 }
 
@@ -285,7 +309,11 @@ void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream
     return;
   }
 #endif
-  std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
+  void* d = dst.raw_data();
+  const void* from = src.raw_data();
+  size_t bytes = src.nbytes();
+  (stream ? *stream : Stream::default_for(src.device()))
+      .enqueue([d, from, bytes] { std::memmove(d, from, bytes); }, bytes <= kSmallCpuWork);
 }
 
 void copy(const HostTensor& src, const HostTensor& dst) {
@@ -321,7 +349,10 @@ void fill_zero(const DeviceTensor& t, const Stream* stream) {
     return;
   }
 #endif
-  std::memset(t.raw_data(), 0, t.nbytes());
+  void* data = t.raw_data();
+  size_t bytes = t.nbytes();
+  (stream ? *stream : Stream::default_for(t.device()))
+      .enqueue([data, bytes] { std::memset(data, 0, bytes); }, bytes <= kSmallCpuWork);
 }
 
 void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
@@ -350,13 +381,19 @@ void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* sr
   }
 #endif
   MESHRT_CHECK_ARG(device.is_cpu(), "copy_rows on ", device, ": meshrt was built without CUDA");
+  (stream ? *stream : Stream::default_for(device))
+      .enqueue([=] { copy_host_rows(dst, dst_pitch, src, src_pitch, row_bytes, rows); },
+               row_bytes * rows <= kSmallCpuWork);
+}
+
+void copy_host_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes, size_t rows) {
+  if (rows == 0 || row_bytes == 0) return;
   if (dst_pitch == row_bytes && src_pitch == row_bytes) {
     std::memmove(dst, src, row_bytes * rows);
     return;
   }
   for (size_t r = 0; r < rows; ++r) {
-    std::memmove(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch,
-                 row_bytes);
+    std::memmove(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch, row_bytes);
   }
 }
 

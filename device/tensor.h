@@ -138,15 +138,18 @@ class Tensor {
 using HostTensor = Tensor<HostSpace>;
 using DeviceTensor = Tensor<DeviceSpace>;
 
-// Copies a device tensor to host memory; waits for the copy (and for the work
-// queued before it on stream, the device's default stream when null).
+// Copies a device tensor to host memory; waits for the copy (and so for the work
+// queued before it on stream, the device's default stream when null: what
+// produced the tensor there). A device tensor's raw_data() is device memory and
+// waits for nothing: reading it on the host without a synchronize is a bug,
+// which the cpu streams' delayed mode makes fail (stream.h).
 HostTensor to_host(const DeviceTensor& tensor, const Stream* stream = nullptr);
 // Copies a host tensor to device; waits for the copy.
 DeviceTensor to_device(const HostTensor& tensor, const Device& device,
                        const Stream* stream = nullptr);
 
 // dst <- src, both on the same device and of the same dtype and numel. Queued on
-// stream (default stream when null); on the cpu device it is done on return.
+// stream (default stream when null), on the cpu device too.
 void copy(const DeviceTensor& src, const DeviceTensor& dst, const Stream* stream = nullptr);
 // Host to host copy of the same dtype and numel.
 void copy(const HostTensor& src, const HostTensor& dst);
@@ -154,12 +157,15 @@ void copy(const HostTensor& src, const HostTensor& dst);
 // Sets every byte of t to zero, queued on stream (the default stream when null).
 void fill_zero(const DeviceTensor& t, const Stream* stream = nullptr);
 
-// A strided block copy within one device's memory (or host memory for cpu):
-// rows rows of row_bytes bytes, row r from src + r * src_pitch to dst + r * dst_pitch.
-// cudaMemcpy2DAsync on CUDA (queued on stream, the default stream when null).
-// Cutting a tensor along an axis and putting blocks together are such copies.
+// A strided block copy within one device's memory: rows rows of row_bytes
+// bytes, row r from src + r * src_pitch to dst + r * dst_pitch, queued on
+// stream (the default stream when null) on every device (cudaMemcpy2DAsync or
+// 1-D copies on CUDA). Cutting a tensor along an axis and putting blocks
+// together are such copies.
 void copy_rows(const Device& device, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                size_t row_bytes, size_t rows, const Stream* stream = nullptr);
+// The same in host memory, done on return.
+void copy_host_rows(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes, size_t rows);
 
 // Before queuing work on a stream other than the device's default stream:
 // orders that stream after the default stream (where tensors' memory was

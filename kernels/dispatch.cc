@@ -11,7 +11,12 @@ Launch launch_for(const char* op, const Device& device, const Stream* stream,
     MESHRT_CHECK_ARG(stream->device() == device, op, ": tensors are on ", device,
                      " but the stream is on ", stream->device());
   }
-  if (device.is_cpu()) return launch;
+  if (device.is_cpu()) {
+    prepare_stream_use(stream, tensors);
+    launch.cpu_stream = stream ? *stream : Stream::default_for(device);
+    for (const DeviceTensor* t : tensors) launch.bytes += t->nbytes();
+    return launch;
+  }
   MESHRT_CHECK(cuda_built(), ErrorKind::kUnavailable, op, " on ", device, ": ",
                cuda_unavailable_reason());
   set_current_device(device);

@@ -17,10 +17,6 @@ Geometry geometry(const Shape& full, DType dtype, int d, int64_t parts) {
           static_cast<size_t>(full[d]) * inner};
 }
 
-template <class Space>
-Device device_of(const Tensor<Space>& t) {
-  return Tensor<Space>::kIsHost ? Device::cpu() : t.device();
-}
 }  // namespace
 
 template <class Space>
@@ -28,9 +24,12 @@ Tensor<Space> take_block(const Tensor<Space>& t, int d, int64_t index, int64_t p
   if (parts == 1) return t;
   Geometry g = geometry(t.shape(), t.dtype(), d, parts);
   Tensor<Space> out = Tensor<Space>::empty(t.shape().with(d, t.dim(d) / parts), t.dtype(), t.device());
-  copy_rows(device_of(t), out.raw_data(), g.block_row_bytes,
-            static_cast<const char*>(t.raw_data()) + static_cast<size_t>(index) * g.block_row_bytes,
-            g.full_row_bytes, g.block_row_bytes, g.rows);
+  const char* from = static_cast<const char*>(t.raw_data()) + static_cast<size_t>(index) * g.block_row_bytes;
+  if constexpr (Tensor<Space>::kIsHost) {
+    copy_host_rows(out.raw_data(), g.block_row_bytes, from, g.full_row_bytes, g.block_row_bytes, g.rows);
+  } else {
+    copy_rows(t.device(), out.raw_data(), g.block_row_bytes, from, g.full_row_bytes, g.block_row_bytes, g.rows);
+  }
   return out;
 }
 

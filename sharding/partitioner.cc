@@ -63,10 +63,10 @@ std::vector<HostTensor> split_variable(const HostTensor& t, const Partition& par
         // One block of extent e at offset along d: a strided copy.
         HostTensor out = HostTensor::empty(piece.shape().with(d, e), piece.dtype());
         size_t inner = static_cast<size_t>(piece.shape().inner(d)) * piece.element_size();
-        copy_rows(Device::cpu(), out.raw_data(), static_cast<size_t>(e) * inner,
-                  static_cast<const char*>(piece.raw_data()) + static_cast<size_t>(offset) * inner,
-                  static_cast<size_t>(piece.dim(d)) * inner, static_cast<size_t>(e) * inner,
-                  static_cast<size_t>(piece.shape().outer(d)));
+        copy_host_rows(out.raw_data(), static_cast<size_t>(e) * inner,
+                       static_cast<const char*>(piece.raw_data()) + static_cast<size_t>(offset) * inner,
+                       static_cast<size_t>(piece.dim(d)) * inner, static_cast<size_t>(e) * inner,
+                       static_cast<size_t>(piece.shape().outer(d)));
         next.push_back(out);
         offset += e;
       }

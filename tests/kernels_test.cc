@@ -14,6 +14,8 @@
 
 #include <array>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -584,6 +586,40 @@ TEST(Gemm, ErrorsNameBothOperands) {
   EXPECT_TRUE(throws_error(ErrorKind::kShape,
                            [&] { matmul(on(random_tensor({2, 4, 5}, DType::kF32, 1)), on(random_tensor({3, 5, 2}, DType::kF32, 1))); },
                            {"batch extents differ"}));
+}
+
+// Kernels on the cpu are queued on their stream and run in its order,
+// asynchronously to the caller, as on a GPU.
+TEST(CpuStreams, KernelsRunInStreamOrderAsynchronously) {
+  Stream side = Stream::create(Device::cpu());
+  DeviceTensor x = on(HostTensor::full<float>({1000}, 2.0f));
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool open = false;
+  side.enqueue([&] {
+    std::unique_lock<std::mutex> lock(mutex);
+    cv.wait(lock, [&] { return open; });
+  });
+  DeviceTensor y = neg(x, &side);  // queued behind the closed gate
+  DeviceTensor z = matmul(y.reshape({10, 100}), on(HostTensor::full<float>({100, 2}, 1.0f)), {}, &side);
+  EXPECT_FALSE(side.query());
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    open = true;
+  }
+  cv.notify_all();
+  for (float v : to_host(z, &side).span<float>()) ASSERT_EQ(v, -200.0f);
+}
+
+// The planted bug of the delayed mode, with kernels: reading a kernel's output
+// through raw_data() without a synchronize sees unwritten memory.
+TEST(CpuStreams, TheDelayedModeExposesAKernelResultReadWithoutASynchronize) {
+  if (!cpu_streams_delayed()) GTEST_SKIP() << "runs in the delayed mode (MESHRT_CPU_STREAMS=delayed)";
+  DeviceTensor x = on(HostTensor::full<float>({64, 64}, 1.0f));
+  DeviceTensor y = matmul(neg(x), x);
+  float unsynchronized = static_cast<const float*>(y.raw_data())[0];  // the planted bug
+  EXPECT_TRUE(std::isnan(unsynchronized)) << "read " << unsynchronized << " before the kernels ran";
+  EXPECT_EQ(to_host(y).data<float>()[0], -64.0f);
 }
 
 // GEMMs of one thread on two streams at once: each stream has a cuBLAS

@@ -1,0 +1,135 @@
+#include "device/cpu_queue.h"
+
+#include <cstdlib>
+
+#include "device/error.h"
+
+namespace meshrt::detail {
+
+namespace {
+// How long the delayed mode holds a task back when nobody waits for its queue:
+// far longer than any read right after queuing takes.
+constexpr std::chrono::milliseconds kDelay{5};
+}  // namespace
+
+bool cpu_streams_delayed() {
+  static const bool delayed = [] {
+    const char* mode = std::getenv("MESHRT_CPU_STREAMS");
+    if (!mode || !*mode || std::string(mode) == "normal") return false;
+    MESHRT_CHECK_ARG(std::string(mode) == "delayed", "MESHRT_CPU_STREAMS='", mode,
+                     "': expected normal or delayed");
+    return true;
+  }();
+  return delayed;
+}
+
+CpuQueue::CpuQueue(std::string name, bool held, std::chrono::microseconds spin)
+    : name_(std::move(name)), delayed_(cpu_streams_delayed()), held_(delayed_ && held), spin_(spin) {}
+
+CpuQueue::~CpuQueue() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+    ++waiters_;  // the delayed mode runs what is left at once
+  }
+  work_cv_.notify_all();
+  if (!worker_.joinable()) return;
+  if (worker_.get_id() == std::this_thread::get_id()) {
+    worker_.detach();  // the last reference died in one of its own tasks
+  } else {
+    worker_.join();
+  }
+}
+
+void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  uint64_t number = ++submitted_;
+  if (inline_ok && !delayed_ && tasks_.empty() && !busy_) {
+    busy_ = true;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      fn();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    busy_ = false;
+    completed_ = number;
+    done_cv_.notify_all();
+    if (!tasks_.empty()) work_cv_.notify_all();
+    lock.unlock();
+    if (error) std::rethrow_exception(error);  // reported to the caller, not sticky
+    return;
+  }
+  tasks_.push_back({std::move(fn), number, std::chrono::steady_clock::now() + kDelay});
+  if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+  work_cv_.notify_all();
+}
+
+void CpuQueue::work() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    if (spin_.count() > 0 && tasks_.empty() && !stop_) {
+      auto until = std::chrono::steady_clock::now() + spin_;
+      while (tasks_.empty() && !stop_ && std::chrono::steady_clock::now() < until) {
+        lock.unlock();
+        std::this_thread::yield();
+        lock.lock();
+      }
+    }
+    work_cv_.wait(lock, [&] { return (!tasks_.empty() && !busy_) || (stop_ && tasks_.empty()); });
+    if (tasks_.empty()) return;  // stopped and drained
+    if (held_ && waiters_ == 0 && std::chrono::steady_clock::now() < tasks_.front().ready_at) {
+      work_cv_.wait_until(lock, tasks_.front().ready_at);
+      continue;
+    }
+    Task task = std::move(tasks_.front());
+    tasks_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      task.fn();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    task.fn = nullptr;  // what it held goes before the next task
+    lock.lock();
+    busy_ = false;
+    finish_locked(task.number, error);
+  }
+}
+
+void CpuQueue::finish_locked(uint64_t number, std::exception_ptr error) {
+  completed_ = number;
+  if (error && !error_) error_ = error;
+  done_cv_.notify_all();
+}
+
+uint64_t CpuQueue::submitted() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return submitted_;
+}
+
+bool CpuQueue::reached(uint64_t n) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (error_) std::rethrow_exception(error_);
+  return completed_ >= n;
+}
+
+void CpuQueue::wait(uint64_t n, std::chrono::milliseconds timeout, const char* what) const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (completed_ < n) {
+    ++waiters_;
+    work_cv_.notify_all();  // the delayed mode stops holding back
+    bool done = done_cv_.wait_for(lock, timeout, [&] { return completed_ >= n; });
+    --waiters_;
+    MESHRT_CHECK(done, ErrorKind::kDeadlineExceeded, what, ": work on cpu stream '", name_,
+                 "' did not finish within ", timeout.count(),
+                 " ms (a task ahead of it is stuck; MESHRT_COMM_TIMEOUT sets the deadline)");
+  }
+  if (error_) std::rethrow_exception(error_);
+}
+
+}  // namespace meshrt::detail

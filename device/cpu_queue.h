@@ -1,0 +1,75 @@
+// Internal to device/: the work queue behind a cpu Stream. Tasks run in the
+// order they were queued, on a worker thread of the queue, asynchronously to
+// whoever queued them, as work on a CUDA stream does. Small work may run at once
+// on the calling thread when the queue is idle (no thread hop per small kernel).
+//
+// Completion is counted: the n-th task queued is done when completed() >= n, so
+// an Event is a queue and a number. A task that throws makes the error sticky:
+// every later wait on the queue rethrows it (as CUDA's sticky errors).
+//
+// The delayed test mode (MESHRT_CPU_STREAMS=delayed) never runs work inline and
+// holds every task back for a while unless someone waits for the queue, so code
+// that reads a result without waiting for it reads memory not yet written.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace meshrt::detail {
+
+// True when MESHRT_CPU_STREAMS=delayed (read once).
+bool cpu_streams_delayed();
+
+class CpuQueue {
+ public:
+  // held: whether the delayed mode holds tasks back (see CpuStreamOptions);
+  // spin: how long the worker yield-polls for the next task before sleeping.
+  CpuQueue(std::string name, bool held, std::chrono::microseconds spin);
+  ~CpuQueue();  // runs what is queued, then stops the worker
+  CpuQueue(const CpuQueue&) = delete;
+  CpuQueue& operator=(const CpuQueue&) = delete;
+
+  // Queues fn; runs it at once on this thread instead when inline_ok, the queue
+  // is idle and the mode is not delayed (an exception of fn then propagates here).
+  void enqueue(std::function<void()> fn, bool inline_ok);
+  // The number of tasks queued so far: an event recorded now completes at it.
+  uint64_t submitted() const;
+  // Whether task number n is done; rethrows the queue's sticky error.
+  bool reached(uint64_t n) const;
+  // Waits until task n is done, at most timeout (then Error(kDeadlineExceeded)
+  // naming what); rethrows the sticky error.
+  void wait(uint64_t n, std::chrono::milliseconds timeout, const char* what) const;
+  const std::string& name() const { return name_; }
+
+ private:
+  struct Task {
+    std::function<void()> fn;
+    uint64_t number;
+    std::chrono::steady_clock::time_point ready_at;  // delayed mode
+  };
+  void work();
+  void finish_locked(uint64_t number, std::exception_ptr error);
+
+  std::string name_;
+  bool delayed_;                   // never inline (the delayed mode)
+  bool held_;                      // tasks held back until ready_at or a waiter
+  std::chrono::microseconds spin_;
+  mutable std::mutex mutex_;
+  mutable std::condition_variable work_cv_, done_cv_;
+  std::deque<Task> tasks_;
+  uint64_t submitted_ = 0, completed_ = 0;
+  bool busy_ = false;           // a task is running (inline or on the worker)
+  mutable int waiters_ = 0;     // threads in wait(): the delayed mode runs at once for them
+  bool stop_ = false;
+  std::exception_ptr error_;    // the first task failure
+  std::thread worker_;          // started on the first task not run inline
+};
+
+}  // namespace meshrt::detail
