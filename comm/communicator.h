@@ -1,9 +1,10 @@
 // Communicators carry collectives over DeviceTensors: NCCL for CUDA devices
 // (non-blocking communicators, so they can be aborted), MPI for the cpu device.
-// Every operation returns a Work; on CUDA it is queued on the device's default
-// stream, on the cpu it runs on the communicator's own thread. Operations on one
-// communicator run in the order they were issued, one after another, as on an
-// NCCL stream: a send finishes only once the peer's matching recv runs, so order
+// Every operation returns a Work. It runs on the communicator's own stream (a
+// CUDA stream for NCCL, a cpu stream for MPI) after the work queued before it
+// on the device's default stream, and later work on that stream waits for it
+// (except after a send, below). Operations on one communicator run in the order
+// they were issued, one after another, as on an NCCL stream: a send finishes only once the peer's matching recv runs, so order
 // point-to-point calls so they match (for an exchange between two ranks, one
 // sends first and the other receives first; for a ring, even ranks send first).
 //

@@ -1,7 +1,11 @@
 // The MPI backend: collectives for the cpu device.
 //
-// Each communicator owns a duplicate MPI communicator and one thread that runs
-// its operations in issue order. Collectives call the blocking MPI functions
+// Each communicator owns a duplicate MPI communicator and a cpu stream of its
+// own (device/stream.h) that runs its operations in issue order, as NCCL runs
+// them on a communicator's stream: an operation first waits for the work queued
+// on the cpu default stream before it (that produced its inputs), and work
+// queued on the default stream after it waits for the operation (except after
+// a send: communicator.h). Collectives call the blocking MPI functions
 // (MPI_Allreduce, ...), so meshrt gets the same algorithms, and the same speed,
 // as a program calling MPI directly (OpenMPI's non-blocking collectives use
 // different algorithms). Sends and receives are posted non-blocking and polled,
@@ -11,9 +15,7 @@
 #include <mpi.h>
 
 #include <cstring>
-#include <deque>
 #include <limits>
-#include <thread>
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
@@ -76,24 +78,27 @@ bool mpi_finalized() {
 class MpiBackend final : public CommBackend {
  public:
   MpiBackend(MPI_Comm comm, std::string name, int rank, int size)
-      : CommBackend(std::move(name), rank, size), comm_(comm) {
-    worker_ = std::thread([this] { worker_loop(); });
-  }
+      : CommBackend(std::move(name), rank, size),
+        comm_(comm),
+        stream_(Stream::create_cpu({cat("communicator '", this->name(), "'"), false,
+                                    std::chrono::microseconds(200)})) {}
 
   ~MpiBackend() override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
+    bool stuck = in_blocking_call_.load();
+    if (!stuck) {
+      try {
+        stream_.synchronize(timeout());  // what is queued runs first: it refers to this
+      } catch (...) {
+        stuck = true;  // past the deadline (tasks never fail the stream: run_task)
+      }
     }
-    cv_.notify_all();
-    if (in_blocking_call_.load()) {
-      // Stuck in a collective that will never finish: leave the thread (and the
-      // MPI communicator) to the process exit.
+    if (stuck) {
+      // Stuck in a collective that will never finish: leave the stream's worker
+      // (and the MPI communicator) to the process exit.
       World::mark_stuck_operation();
-      worker_.detach();
+      new Stream(stream_);  // never destroyed: its destructor would join the stuck worker
       return;
     }
-    worker_.join();
     if (!mpi_finalized()) MPI_Comm_free(&comm_);
   }
 
@@ -101,24 +106,37 @@ class MpiBackend final : public CommBackend {
 
   void start(const CommOp& op, const std::shared_ptr<WorkState>& state) override {
     check_not_aborted(to_string(op.kind));
-    enqueue(Task{op, state, nullptr});
+    Stream compute = Stream::default_for(Device::cpu());
+    Event inputs(Device::cpu());  // the operation reads what the compute stream queued before it
+    inputs.record(compute);
+    for (const auto& storage : op.storages) storage->record_stream(stream_);
+    stream_.enqueue([this, op, state, inputs] { run_task(op, state, &inputs, nullptr); });
+    // Later work on the compute stream may read the result. Not after a send,
+    // so that a pipeline send overlaps the next micro-batch (communicator.h).
+    if (op.kind != Collective::kSend) {
+      Event done(Device::cpu());
+      done.record(stream_);
+      done.block(compute);
+    }
   }
 
   std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) override {
     check_not_aborted("split");
-    // MPI_Comm_split is a collective on comm_: run it on the worker, in order.
-    MPI_Comm sub = MPI_COMM_NULL;
+    // MPI_Comm_split is a collective on comm_: run it on the stream, in order.
+    auto sub = std::make_shared<MPI_Comm>(MPI_COMM_NULL);
     auto state = std::make_shared<WorkState>(cat("split(color ", color, ", key ", key, ") on ", describe()),
                                              std::weak_ptr<CommBackend>());
-    enqueue(Task{CommOp{}, state, [this, color, key, &sub] {
-                   MESHRT_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub));
-                 }});
+    stream_.enqueue([this, state, color, key, sub] {
+      run_task(CommOp{}, state, nullptr, [this, color, key, sub] {
+        MESHRT_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, sub.get()));
+      });
+    });
     state->wait(timeout());
-    if (sub == MPI_COMM_NULL) return nullptr;
+    if (*sub == MPI_COMM_NULL) return nullptr;
     int rank = 0, size = 0;
-    MESHRT_MPI_CHECK(MPI_Comm_rank(sub, &rank));
-    MESHRT_MPI_CHECK(MPI_Comm_size(sub, &size));
-    auto backend = std::make_shared<MpiBackend>(sub, name, rank, size);
+    MESHRT_MPI_CHECK(MPI_Comm_rank(*sub, &rank));
+    MESHRT_MPI_CHECK(MPI_Comm_size(*sub, &size));
+    auto backend = std::make_shared<MpiBackend>(*sub, name, rank, size);
     backend->set_timeout(timeout());
     return backend;
   }
@@ -126,56 +144,37 @@ class MpiBackend final : public CommBackend {
   void abort(const std::string& reason) override {
     if (!mark_aborted(reason)) return;
     if (in_blocking_call_.load()) World::mark_stuck_operation();
-    cv_.notify_all();
   }
 
  private:
-  struct Task {
-    CommOp op;
-    std::shared_ptr<WorkState> state;
-    std::function<void()> custom;  // runs instead of op when set
-  };
-
-  void enqueue(Task task) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queue_.push_back(std::move(task));
-    }
-    cv_.notify_all();
-  }
-
-  void worker_loop() {
-    for (;;) {
-      Task task;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        // Yield-poll briefly for the next operation before sleeping: back-to-back
-        // operations then start without a futex wake-up.
-        auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-        while (!stop_ && queue_.empty() && std::chrono::steady_clock::now() < spin_until) {
-          lock.unlock();
-          std::this_thread::yield();
-          lock.lock();
+  // One operation on the stream, once inputs (the compute stream's work before
+  // it) is done. The outcome goes to state, never to the stream: a failed
+  // operation must not fail the unrelated work queued after it.
+  void run_task(const CommOp& op, const std::shared_ptr<WorkState>& state, const Event* inputs,
+                const std::function<void()>& custom) {
+    try {
+      const char* what = custom ? "split" : to_string(op.kind);
+      check_not_aborted(what);
+      if (inputs) {
+        try {
+          inputs->synchronize(timeout());
+        } catch (const std::exception& e) {
+          // The peers run their side: no later operation of this rank may pair with it.
+          abort(cat(what, " on ", describe(), " did not run: the work producing its inputs failed: ", e.what()));
+          throw;
         }
-        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;  // stop_ and nothing left
-        task = std::move(queue_.front());
-        queue_.pop_front();
       }
-      try {
-        check_not_aborted(task.custom ? "split" : to_string(task.op.kind));
-        if (task.custom) {
-          in_blocking_call_.store(true);
-          task.custom();
-          in_blocking_call_.store(false);
-        } else {
-          run(task.op);
-        }
-        task.state->complete();
-      } catch (...) {
+      if (custom) {
+        in_blocking_call_.store(true);
+        custom();
         in_blocking_call_.store(false);
-        task.state->fail(std::current_exception());
+      } else {
+        run(op);
       }
+      state->complete();
+    } catch (...) {
+      in_blocking_call_.store(false);
+      state->fail(std::current_exception());
     }
   }
 
@@ -278,12 +277,8 @@ class MpiBackend final : public CommBackend {
   }
 
   MPI_Comm comm_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<Task> queue_;
-  bool stop_ = false;
+  Stream stream_;  // the communicator's operations, in issue order
   std::atomic<bool> in_blocking_call_{false};
-  std::thread worker_;
 };
 
 }  // namespace

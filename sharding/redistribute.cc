@@ -192,7 +192,7 @@ DTensor redistribute(const DTensor& t, const Layout& layout) {
     long long bytes = static_cast<long long>(local.nbytes());
     local = run_step(s, t, local);
     if (trace) {
-      if (local.device().is_cuda()) Stream::default_for(local.device()).synchronize();
+      Stream::default_for(local.device()).synchronize();  // the step's work is queued, cpu included
       trace->add({to_string(s.kind), s.axis, t.name(), s.before.to_string(), s.after.to_string(), bytes,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
     }

@@ -13,6 +13,7 @@
 #include "comm/backend.h"
 #include "comm/communicator.h"
 #include "comm/world.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "test_util.h"
 
@@ -241,6 +242,31 @@ TEST_P(Collectives, AsynchronousWorkKeepsBuffersAlive) {
     EXPECT_TRUE(all_close(to_host(outs[i]), expected[i], 0, 0)) << i;
   }
   EXPECT_NE(works[0].description().find("all_reduce(f32[513] on "), std::string::npos) << works[0].description();
+  comm_.barrier();
+}
+
+// Collectives are ordered with kernels on the device's default stream as on a
+// GPU: an operation reads what the kernels queued before it wrote, and kernels
+// queued after it read its result, with no host wait in between. (On the cpu in
+// the delayed mode the kernels are held back, so an operation that did not wait
+// for its inputs would reduce unwritten memory.)
+TEST_P(Collectives, OperationsAreOrderedWithKernelsOnTheStream) {
+  int n = comm_.size();
+  for (int round = 0; round < 3; ++round) {
+    DeviceTensor x = on_device(HostTensor::full<float>({4099}, static_cast<float>(comm_.rank() + 1)));
+    DeviceTensor y = kernels::scale(x, 2.0 + round);  // queued
+    DeviceTensor sum = DeviceTensor::empty({4099}, DType::kF32, device_);
+    Work w = comm_.all_reduce(y, sum);  // waits for scale on the stream, not on the host
+    DeviceTensor z = kernels::neg(sum);  // queued after the all_reduce
+    DeviceTensor gathered = DeviceTensor::empty({4099 * static_cast<int64_t>(n)}, DType::kF32, device_);
+    Work g = comm_.all_gather(z, gathered);
+    HostTensor result = to_host(gathered);  // waits for all of it
+    float expected = -static_cast<float>((2.0 + round) * n * (n + 1) / 2);
+    EXPECT_TRUE(all_close(result, HostTensor::full<float>({4099 * static_cast<int64_t>(n)}, expected), 0, 0))
+        << "round " << round;
+    w.wait();
+    g.wait();
+  }
   comm_.barrier();
 }
 
