@@ -8,11 +8,16 @@
 // Columns: op, dtype, elements, bytes moved (read + written once), time per call
 // (us), GB/s, the copy's GB/s for the same bytes, and op/copy (1.00 = as fast as
 // copying its bytes). On a GPU a row times --iters back-to-back calls between
-// CUDA events; on the cpu, calls in a row with a host clock.
+// CUDA events; on the cpu, calls in a row with a host clock, until the stream
+// is done. Then the dispatch cost per op: a tiny op against the same loop
+// written inline, on an idle stream and (cpu) queued behind a held one.
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <functional>
+#include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "apps/app_common.h"
 #include "apps/cli.h"
@@ -31,7 +36,7 @@ struct Options {
   std::string device;
 };
 
-// Seconds per call of call, `iters` calls in a row.
+// Seconds per call of call, `iters` calls in a row, until the last is done.
 double time_calls(const std::function<void()>& call, const Device& device, int warmup, int iters) {
   for (int i = 0; i < warmup; ++i) call();
   Stream stream = Stream::default_for(device);
@@ -43,9 +48,66 @@ double time_calls(const std::function<void()>& call, const Device& device, int w
     end.synchronize();
     return start.elapsed_ms(end) / 1e3 / iters;
   }
+  stream.synchronize();
   auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < iters; ++i) call();
+  stream.synchronize();  // cpu kernels are queued too
   return seconds_since(start) / iters;
+}
+
+// What one op costs beyond its arithmetic: a tiny neg (256 f32) called many
+// times, against the same loop written inline here (the baseline). Rows:
+//   idle stream   each call on an idle stream (on the cpu: run at once, no thread hop)
+//   queued        calls queued behind a held stream: the caller's cost per call,
+//                 then the worker's per call once released (cpu only)
+void dispatch_cost(const Device& device, int iters) {
+  constexpr int64_t kTiny = 256;
+  int calls = std::max(1000, iters * 100);
+  DeviceTensor x = random_device({kTiny}, DType::kF32, 7, device), out = DeviceTensor::empty({kTiny}, DType::kF32, device);
+  Stream stream = Stream::default_for(device);
+  auto per_call_us = [&](const std::function<void()>& call) {
+    for (int i = 0; i < calls / 10; ++i) call();
+    stream.synchronize();
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) call();
+    stream.synchronize();
+    return seconds_since(start) * 1e6 / calls;
+  };
+  std::vector<float> hx(kTiny, 1.5f), hy(kTiny);
+  volatile float sink = 0;
+  double raw = per_call_us([&] {
+    for (int64_t i = 0; i < kTiny; ++i) hy[static_cast<size_t>(i)] = -hx[static_cast<size_t>(i)];
+    sink = sink + hy[0];
+  });
+  double idle = per_call_us([&] { kernels::unary(kernels::UnaryOp::kNeg, x, out); });
+  std::printf("# dispatch cost per op: neg of %lld f32, %d calls, baseline the same loop inline (%.3f us)\n",
+              static_cast<long long>(kTiny), calls, raw);
+  std::printf("#%-30s %12s %12s\n", "path", "us per op", "op - raw us");
+  std::printf("%-31s %12.3f %12.3f\n", "idle stream", idle, idle - raw);
+  if (device.is_cpu() && !cpu_streams_delayed()) {
+    Stream side = Stream::create(device);
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool open = false;
+    side.enqueue([&] {
+      std::unique_lock<std::mutex> lock(mutex);
+      cv.wait(lock, [&] { return open; });
+    });
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) kernels::unary(kernels::UnaryOp::kNeg, x, out, 1.0, &side);
+    double enqueue = seconds_since(start) * 1e6 / calls;
+    start = std::chrono::steady_clock::now();
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      open = true;
+    }
+    cv.notify_all();
+    side.synchronize();
+    double worker = seconds_since(start) * 1e6 / calls;
+    std::printf("%-31s %12.3f %12.3f\n", "queued: caller, per call", enqueue, enqueue - raw);
+    std::printf("%-31s %12.3f %12.3f\n", "queued: worker, per call", worker, worker - raw);
+  }
+  std::fflush(stdout);
 }
 
 // One row of the table: what it runs on x (and y, gamma, ...) and how many bytes
@@ -114,6 +176,7 @@ int run(const Options& o) {
     }
   }
   if (ratios) std::printf("# mean op/copy bandwidth ratio: %.3f over %d row(s)\n", ratio_sum / ratios, ratios);
+  dispatch_cost(device, o.iters);
   return 0;
 }
 
