@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "device/error.h"
+#include "device/poll.h"
 
 namespace meshrt::detail {
 
@@ -43,6 +44,7 @@ CpuQueue::~CpuQueue() {
 
 void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
   std::unique_lock<std::mutex> lock(mutex_);
+  settle_locked();
   uint64_t number = ++submitted_;
   if (inline_ok && !delayed_ && tasks_.empty() && !busy_) {
     busy_ = true;
@@ -55,16 +57,39 @@ void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
     }
     lock.lock();
     busy_ = false;
-    completed_ = number;
+    completed_.store(number, std::memory_order_release);
     done_cv_.notify_all();
     if (!tasks_.empty()) work_cv_.notify_all();
     lock.unlock();
     if (error) std::rethrow_exception(error);  // reported to the caller, not sticky
     return;
   }
-  tasks_.push_back({std::move(fn), number, std::chrono::steady_clock::now() + kDelay});
+  tasks_.push_back({std::move(fn), number, std::chrono::steady_clock::now() + kDelay, nullptr, 0});
   if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
   work_cv_.notify_all();
+}
+
+void CpuQueue::enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  settle_locked();
+  if (tasks_.empty() && !busy_ && other->passed(n) && !other->failed_.load()) return;  // nothing to wait for
+  uint64_t number = ++submitted_;
+  tasks_.push_back({nullptr, number, std::chrono::steady_clock::now(), std::move(other), n});
+  // The worker is not woken: the wait is settled by whoever looks next, and
+  // the worker is woken when real work queues up behind it (or someone waits).
+  if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+}
+
+void CpuQueue::settle_locked() const {
+  bool settled = false;
+  while (!busy_ && !tasks_.empty() && tasks_.front().after) {
+    const Task& front = tasks_.front();
+    if (front.after->failed_.load() || !front.after->passed(front.after_n)) break;  // the worker reports failures
+    completed_.store(front.number, std::memory_order_release);
+    tasks_.pop_front();
+    settled = true;
+  }
+  if (settled) done_cv_.notify_all();
 }
 
 void CpuQueue::work() {
@@ -79,8 +104,13 @@ void CpuQueue::work() {
       }
     }
     work_cv_.wait(lock, [&] { return (!tasks_.empty() && !busy_) || (stop_ && tasks_.empty()); });
-    if (tasks_.empty()) return;  // stopped and drained
-    if (held_ && waiters_ == 0 && std::chrono::steady_clock::now() < tasks_.front().ready_at) {
+    settle_locked();
+    if (tasks_.empty()) {
+      if (stop_) return;  // stopped and drained
+      continue;
+    }
+    if (held_ && waiters_ == 0 && !tasks_.front().after &&
+        std::chrono::steady_clock::now() < tasks_.front().ready_at) {
       work_cv_.wait_until(lock, tasks_.front().ready_at);
       continue;
     }
@@ -90,21 +120,25 @@ void CpuQueue::work() {
     lock.unlock();
     std::exception_ptr error;
     try {
-      task.fn();
+      if (task.after) {
+        task.after->wait(task.after_n, default_wait_timeout(), "a cpu stream waiting for an event");
+      } else {
+        task.fn();
+      }
     } catch (...) {
       error = std::current_exception();
     }
     task.fn = nullptr;  // what it held goes before the next task
+    task.after.reset();
     lock.lock();
     busy_ = false;
-    finish_locked(task.number, error);
+    completed_.store(task.number, std::memory_order_release);
+    if (error && !error_) {
+      error_ = error;
+      failed_.store(true);
+    }
+    done_cv_.notify_all();
   }
-}
-
-void CpuQueue::finish_locked(uint64_t number, std::exception_ptr error) {
-  completed_ = number;
-  if (error && !error_) error_ = error;
-  done_cv_.notify_all();
 }
 
 uint64_t CpuQueue::submitted() const {
@@ -114,16 +148,21 @@ uint64_t CpuQueue::submitted() const {
 
 bool CpuQueue::reached(uint64_t n) const {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (!passed(n)) {
+    settle_locked();
+    if (!passed(n)) work_cv_.notify_all();  // a wait the worker was not woken for
+  }
   if (error_) std::rethrow_exception(error_);
-  return completed_ >= n;
+  return passed(n);
 }
 
 void CpuQueue::wait(uint64_t n, std::chrono::milliseconds timeout, const char* what) const {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (completed_ < n) {
+  settle_locked();
+  if (!passed(n)) {
     ++waiters_;
-    work_cv_.notify_all();  // the delayed mode stops holding back
-    bool done = done_cv_.wait_for(lock, timeout, [&] { return completed_ >= n; });
+    work_cv_.notify_all();  // the worker runs what it was not woken for; the delayed mode stops holding back
+    bool done = done_cv_.wait_for(lock, timeout, [&] { return passed(n); });
     --waiters_;
     MESHRT_CHECK(done, ErrorKind::kDeadlineExceeded, what, ": work on cpu stream '", name_,
                  "' did not finish within ", timeout.count(),

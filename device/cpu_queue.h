@@ -7,17 +7,26 @@
 // an Event is a queue and a number. A task that throws makes the error sticky:
 // every later wait on the queue rethrows it (as CUDA's sticky errors).
 //
+// A wait for another queue (Event::block) is a task too, but one that nobody
+// needs to run: it is settled, without waking the worker, as soon as anyone
+// looks at the queue (queues work, waits, queries) after the other queue got
+// there. So "all_reduce, wait for it, then a small kernel" runs that kernel at
+// once on the caller's thread; the worker blocks on the other queue only when
+// real work is queued behind the wait.
+//
 // The delayed test mode (MESHRT_CPU_STREAMS=delayed) never runs work inline and
 // holds every task back for a while unless someone waits for the queue, so code
 // that reads a result without waiting for it reads memory not yet written.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -39,6 +48,8 @@ class CpuQueue {
   // Queues fn; runs it at once on this thread instead when inline_ok, the queue
   // is idle and the mode is not delayed (an exception of fn then propagates here).
   void enqueue(std::function<void()> fn, bool inline_ok);
+  // Makes the work queued after this wait until other has done its task n.
+  void enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n);
   // The number of tasks queued so far: an event recorded now completes at it.
   uint64_t submitted() const;
   // Whether task number n is done; rethrows the queue's sticky error.
@@ -53,9 +64,13 @@ class CpuQueue {
     std::function<void()> fn;
     uint64_t number;
     std::chrono::steady_clock::time_point ready_at;  // delayed mode
+    std::shared_ptr<const CpuQueue> after;            // a wait for after's task after_n
+    uint64_t after_n = 0;
   };
   void work();
-  void finish_locked(uint64_t number, std::exception_ptr error);
+  // Completes the waits at the front whose other queue got there (mutex_ held).
+  void settle_locked() const;
+  bool passed(uint64_t n) const { return completed_.load(std::memory_order_acquire) >= n; }
 
   std::string name_;
   bool delayed_;                   // never inline (the delayed mode)
@@ -63,8 +78,12 @@ class CpuQueue {
   std::chrono::microseconds spin_;
   mutable std::mutex mutex_;
   mutable std::condition_variable work_cv_, done_cv_;
-  std::deque<Task> tasks_;
-  uint64_t submitted_ = 0, completed_ = 0;
+  mutable std::deque<Task> tasks_;  // settle_locked pops satisfied waits from const observers
+  uint64_t submitted_ = 0;
+  // Read without the mutex by queues that wait for this one (so no two queue
+  // mutexes are ever held together); written with it.
+  mutable std::atomic<uint64_t> completed_{0};
+  std::atomic<bool> failed_{false};
   bool busy_ = false;           // a task is running (inline or on the worker)
   mutable int waiters_ = 0;     // threads in wait(): the delayed mode runs at once for them
   bool stop_ = false;

@@ -163,10 +163,8 @@ void Event::record(const Stream& stream) {
 void Event::block(const Stream& stream) const {
   if (device_.is_cpu() && stream.device().is_cpu()) {
     if (!impl_->recorded || impl_->queue.get() == stream.impl_->queue.get()) return;  // stream order holds
-    if (impl_->queue->reached(impl_->number)) return;                                   // already passed
-    Event self = *this;
-    // On the stream's worker, never at once: the caller does not wait.
-    stream.enqueue([self] { self.synchronize(); }, false);
+    // A wait in the stream's order; the caller does not wait.
+    stream.impl_->queue->enqueue_wait(impl_->queue, impl_->number);
     return;
   }
 #if MESHRT_WITH_CUDA

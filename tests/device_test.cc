@@ -368,11 +368,35 @@ TEST(StreamEvent, BlockOrdersOneCpuStreamAfterAnother) {
   e.record(a);
   e.block(b);  // returns at once: b waits, not the caller
   std::atomic<int> seen{-1};
-  b.enqueue([&] { seen = value.load(); });
+  b.enqueue([&] { seen = value.load(); }, true);  // small, but behind the wait: queued
   EXPECT_FALSE(b.query());
   gate.release();
   b.synchronize();
   EXPECT_EQ(seen.load(), 1);
+
+  // A wait for work that is already done costs nothing: small work queued
+  // after it still runs at once on this thread (outside the delayed mode).
+  Event done(Device::cpu());
+  done.record(a);
+  done.synchronize();
+  done.block(b);
+  std::thread::id ran_on;
+  b.enqueue([&] { ran_on = std::this_thread::get_id(); }, true);
+  b.synchronize();
+  EXPECT_EQ(ran_on == std::this_thread::get_id(), !cpu_streams_delayed());
+
+  // A wait nobody woke the worker for is settled by whoever looks: polling
+  // query() alone sees the stream finish once the other one has.
+  Gate second;
+  a.enqueue([&] { second.wait(); });
+  Event later(Device::cpu());
+  later.record(a);
+  later.block(b);
+  EXPECT_FALSE(b.query());
+  second.release();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!b.query() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  EXPECT_TRUE(b.query());
 }
 
 TEST(StreamEvent, AFailedCpuTaskIsReportedByTheNextWait) {
