@@ -14,6 +14,7 @@
 // deadline the World aborts the job at exit instead of hanging in MPI_Finalize.
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -28,6 +29,8 @@ namespace meshrt::detail {
 namespace {
 
 constexpr int kTag = 7;
+// How long an aborted communicator's queued operations get to end.
+constexpr std::chrono::milliseconds kAbortGrace{2000};
 
 // Element-wise reductions for f16 and bf16, computed in float.
 template <class T, class Op>
@@ -84,12 +87,20 @@ class MpiBackend final : public CommBackend {
                                     std::chrono::microseconds(200)})) {}
 
   ~MpiBackend() override {
+    // What is queued runs first: it refers to this. Past the deadline, the
+    // communicator is aborted, which ends every wait of its tasks except a
+    // blocking MPI call (tasks never fail the stream itself: run_task).
     bool stuck = in_blocking_call_.load();
     if (!stuck) {
       try {
-        stream_.synchronize(timeout());  // what is queued runs first: it refers to this
+        stream_.synchronize(timeout());
       } catch (...) {
-        stuck = true;  // past the deadline (tasks never fail the stream: run_task)
+        abort(cat(describe(), " destroyed with an operation still pending past its deadline"));
+        try {
+          stream_.synchronize(kAbortGrace);
+        } catch (...) {
+          stuck = true;
+        }
       }
     }
     if (stuck) {
@@ -147,6 +158,23 @@ class MpiBackend final : public CommBackend {
   }
 
  private:
+  // Waits for the work producing an operation's inputs, in slices so that an
+  // abort ends the wait too.
+  void wait_for_inputs(const Event& inputs, const char* what) const {
+    auto deadline = std::chrono::steady_clock::now() + timeout();
+    for (;;) {
+      check_not_aborted(what);
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      auto slice = std::min(left, kAbortGrace / 4);
+      try {
+        inputs.synchronize(std::max(slice, std::chrono::milliseconds(1)));
+        return;
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kDeadlineExceeded || left <= slice) throw;
+      }
+    }
+  }
+
   // One operation on the stream, once inputs (the compute stream's work before
   // it) is done. The outcome goes to state, never to the stream: a failed
   // operation must not fail the unrelated work queued after it.
@@ -157,7 +185,7 @@ class MpiBackend final : public CommBackend {
       check_not_aborted(what);
       if (inputs) {
         try {
-          inputs->synchronize(timeout());
+          wait_for_inputs(*inputs, what);
         } catch (const std::exception& e) {
           // The peers run their side: no later operation of this rank may pair with it.
           abort(cat(what, " on ", describe(), " did not run: the work producing its inputs failed: ", e.what()));

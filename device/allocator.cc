@@ -90,7 +90,7 @@ void CachingAllocator::collect_pending_locked() {
   for (size_t i = 0; i < pending_.size();) {
     Pending& p = pending_[i];
     bool done = true;
-    for (const Event& e : p.events) done = done && e.query();
+    for (const Event& e : p.events) done = done && e.passed();  // a failed stream must not stop every allocation
     if (!done) {
       ++i;
       continue;

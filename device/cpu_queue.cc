@@ -28,17 +28,36 @@ CpuQueue::CpuQueue(std::string name, bool held, std::chrono::microseconds spin)
     : name_(std::move(name)), delayed_(cpu_streams_delayed()), held_(delayed_ && held), spin_(spin) {}
 
 CpuQueue::~CpuQueue() {
+  // After shutdown() the worker is joined or detached. Without it (a queue
+  // never given to a Stream), stop the worker here.
+  if (worker_.joinable()) shutdown();
+}
+
+void CpuQueue::shutdown() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
-    ++waiters_;  // the delayed mode runs what is left at once
+    want_locked(UINT64_MAX);  // the delayed mode runs what is left at once
   }
   work_cv_.notify_all();
   if (!worker_.joinable()) return;
   if (worker_.get_id() == std::this_thread::get_id()) {
-    worker_.detach();  // the last reference died in one of its own tasks
+    worker_.detach();  // the last handle died in one of its own tasks: the worker ends by itself
   } else {
     worker_.join();
+  }
+}
+
+void CpuQueue::start_worker_locked() {
+  if (worker_.joinable() || stop_) return;
+  // The worker keeps the queue alive until it ends.
+  worker_ = std::thread([self = shared_from_this()] { self->work(); });
+}
+
+void CpuQueue::want_locked(uint64_t n) const {
+  if (n > wanted_) {
+    wanted_ = n;
+    work_cv_.notify_all();
   }
 }
 
@@ -65,26 +84,27 @@ void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
     return;
   }
   tasks_.push_back({std::move(fn), number, std::chrono::steady_clock::now() + kDelay, nullptr, 0});
-  if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+  start_worker_locked();
   work_cv_.notify_all();
 }
 
 void CpuQueue::enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
-  if (tasks_.empty() && !busy_ && other->passed(n) && !other->failed_.load()) return;  // nothing to wait for
+  if (tasks_.empty() && !busy_ && other->passed(n) && !other->failed_.load()) return;  // nothing to wait for (passed, then failed_: see work())
   uint64_t number = ++submitted_;
   tasks_.push_back({nullptr, number, std::chrono::steady_clock::now(), std::move(other), n});
   // The worker is not woken: the wait is settled by whoever looks next, and
   // the worker is woken when real work queues up behind it (or someone waits).
-  if (!worker_.joinable()) worker_ = std::thread([this] { work(); });
+  start_worker_locked();
 }
 
 void CpuQueue::settle_locked() const {
   bool settled = false;
   while (!busy_ && !tasks_.empty() && tasks_.front().after) {
     const Task& front = tasks_.front();
-    if (front.after->failed_.load() || !front.after->passed(front.after_n)) break;  // the worker reports failures
+    // passed() before failed_: a failure is published before the count (work()).
+    if (!front.after->passed(front.after_n) || front.after->failed_.load()) break;  // the worker reports failures
     completed_.store(front.number, std::memory_order_release);
     tasks_.pop_front();
     settled = true;
@@ -109,7 +129,7 @@ void CpuQueue::work() {
       if (stop_) return;  // stopped and drained
       continue;
     }
-    if (held_ && waiters_ == 0 && !tasks_.front().after &&
+    if (held_ && tasks_.front().number > wanted_ && !tasks_.front().after &&
         std::chrono::steady_clock::now() < tasks_.front().ready_at) {
       work_cv_.wait_until(lock, tasks_.front().ready_at);
       continue;
@@ -132,11 +152,11 @@ void CpuQueue::work() {
     task.after.reset();
     lock.lock();
     busy_ = false;
-    completed_.store(task.number, std::memory_order_release);
-    if (error && !error_) {
+    if (error && !error_) {  // published before the count, which other queues read without the lock
       error_ = error;
       failed_.store(true);
     }
+    completed_.store(task.number, std::memory_order_release);
     done_cv_.notify_all();
   }
 }
@@ -160,10 +180,9 @@ void CpuQueue::wait(uint64_t n, std::chrono::milliseconds timeout, const char* w
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
   if (!passed(n)) {
-    ++waiters_;
-    work_cv_.notify_all();  // the worker runs what it was not woken for; the delayed mode stops holding back
+    want_locked(n);         // the delayed mode stops holding back the tasks up to n
+    work_cv_.notify_all();  // the worker runs the waits it was not woken for
     bool done = done_cv_.wait_for(lock, timeout, [&] { return passed(n); });
-    --waiters_;
     MESHRT_CHECK(done, ErrorKind::kDeadlineExceeded, what, ": work on cpu stream '", name_,
                  "' did not finish within ", timeout.count(),
                  " ms (a task ahead of it is stuck; MESHRT_COMM_TIMEOUT sets the deadline)");

@@ -36,14 +36,21 @@ namespace meshrt::detail {
 // True when MESHRT_CPU_STREAMS=delayed (read once).
 bool cpu_streams_delayed();
 
-class CpuQueue {
+// Made with std::make_shared only: the worker thread holds a reference while
+// it runs, so a queue whose last handle dies inside one of its own tasks (or
+// under someone's lock) is freed by the worker once it is done.
+class CpuQueue : public std::enable_shared_from_this<CpuQueue> {
  public:
   // held: whether the delayed mode holds tasks back (see CpuStreamOptions);
   // spin: how long the worker yield-polls for the next task before sleeping.
   CpuQueue(std::string name, bool held, std::chrono::microseconds spin);
-  ~CpuQueue();  // runs what is queued, then stops the worker
+  ~CpuQueue();
   CpuQueue(const CpuQueue&) = delete;
   CpuQueue& operator=(const CpuQueue&) = delete;
+
+  // The stream is gone (no more work can be queued): runs what is queued, then
+  // stops the worker. Waits for that, unless called on the worker itself.
+  void shutdown();
 
   // Queues fn; runs it at once on this thread instead when inline_ok, the queue
   // is idle and the mode is not delayed (an exception of fn then propagates here).
@@ -54,6 +61,8 @@ class CpuQueue {
   uint64_t submitted() const;
   // Whether task number n is done; rethrows the queue's sticky error.
   bool reached(uint64_t n) const;
+  // Whether task number n is done, failed or not (never throws).
+  bool passed(uint64_t n) const { return completed_.load(std::memory_order_acquire) >= n; }
   // Waits until task n is done, at most timeout (then Error(kDeadlineExceeded)
   // naming what); rethrows the sticky error.
   void wait(uint64_t n, std::chrono::milliseconds timeout, const char* what) const;
@@ -70,7 +79,9 @@ class CpuQueue {
   void work();
   // Completes the waits at the front whose other queue got there (mutex_ held).
   void settle_locked() const;
-  bool passed(uint64_t n) const { return completed_.load(std::memory_order_acquire) >= n; }
+  void start_worker_locked();
+  // Someone waits for task n: the delayed mode stops holding back tasks up to it.
+  void want_locked(uint64_t n) const;
 
   std::string name_;
   bool delayed_;                   // never inline (the delayed mode)
@@ -85,7 +96,7 @@ class CpuQueue {
   mutable std::atomic<uint64_t> completed_{0};
   std::atomic<bool> failed_{false};
   bool busy_ = false;           // a task is running (inline or on the worker)
-  mutable int waiters_ = 0;     // threads in wait(): the delayed mode runs at once for them
+  mutable uint64_t wanted_ = 0; // the delayed mode holds back only tasks after this one
   bool stop_ = false;
   std::exception_ptr error_;    // the first task failure
   std::thread worker_;          // started on the first task not run inline

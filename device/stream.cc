@@ -37,6 +37,7 @@ struct Stream::Impl {
   Device device;
   std::shared_ptr<detail::CpuQueue> queue;  // cpu streams
   ~Impl() {
+    if (queue) queue->shutdown();  // no handle can queue work any more: run what is queued, stop
 #if MESHRT_WITH_CUDA
     if (owned && handle) cudaStreamDestroy(static_cast<cudaStream_t>(handle));
 #endif
@@ -118,7 +119,9 @@ struct Event::Impl {
   bool recorded = false;
   std::shared_ptr<detail::CpuQueue> queue;  // cpu: the stream recorded on ...
   uint64_t number = 0;                      // ... and the task it completes after
-  std::chrono::steady_clock::time_point cpu_time;  // cpu timing: when the point was reached
+  // cpu timing: when the point was reached (its own object: the task that sets
+  // it must not hold the event, and with it the queue, from inside the queue).
+  std::shared_ptr<std::chrono::steady_clock::time_point> cpu_time;
   ~Impl() {
 #if MESHRT_WITH_CUDA
     if (handle) cudaEventDestroy(static_cast<cudaEvent_t>(handle));
@@ -146,8 +149,9 @@ void Event::record(const Stream& stream) {
     // The point in the stream; with timing, a task that notes when it is reached.
     impl_->queue = stream.impl_->queue;
     if (impl_->timing) {
-      std::shared_ptr<Impl> self = impl_;
-      stream.enqueue([self] { self->cpu_time = std::chrono::steady_clock::now(); }, true);
+      auto when = std::make_shared<std::chrono::steady_clock::time_point>();
+      impl_->cpu_time = when;
+      stream.enqueue([when] { *when = std::chrono::steady_clock::now(); }, true);
     }
     impl_->number = impl_->queue->submitted();
     return;
@@ -187,6 +191,15 @@ bool Event::query() const {
   return true;
 }
 
+bool Event::passed() const noexcept {
+  if (!impl_->recorded) return true;
+  if (device_.is_cpu()) return impl_->queue->passed(impl_->number);
+#if MESHRT_WITH_CUDA
+  if (device_.is_cuda()) return cudaEventQuery(static_cast<cudaEvent_t>(impl_->handle)) != cudaErrorNotReady;
+#endif
+  return true;
+}
+
 void Event::synchronize() const { synchronize(default_wait_timeout()); }
 
 void Event::synchronize(std::chrono::milliseconds timeout) const {
@@ -220,7 +233,7 @@ float Event::elapsed_ms(const Event& end) const {
   }
 #endif
   MESHRT_CHECK_ARG(query() && end.query(), "Event::elapsed_ms: the events' work is not done yet");
-  return std::chrono::duration<float, std::milli>(end.impl_->cpu_time - impl_->cpu_time).count();
+  return std::chrono::duration<float, std::milli>(*end.impl_->cpu_time - *impl_->cpu_time).count();
 }
 
 }  // namespace meshrt

@@ -42,7 +42,9 @@ struct CpuStreamOptions {
 
 class Stream {
  public:
-  // A new stream on device (non-blocking with respect to the legacy default stream).
+  // A new stream on device (non-blocking with respect to the legacy default
+  // stream). When the last handle of a cpu stream goes, it waits for the
+  // stream's queued work (unless it goes inside that work).
   static Stream create(const Device& device);
   // A new cpu stream with options.
   static Stream create_cpu(CpuStreamOptions options);
@@ -85,6 +87,9 @@ class Event {
   // this event; the caller does not wait.
   void block(const Stream& stream) const;
   bool query() const;
+  // Whether the recorded work has finished, successfully or not; never throws
+  // (the allocator asks it: work that failed is still done with its memory).
+  bool passed() const noexcept;
   // Waits for the recorded work, at most timeout (default_wait_timeout() without
   // one): past it, Error(kDeadlineExceeded).
   void synchronize() const;

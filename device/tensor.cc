@@ -258,7 +258,8 @@ HostTensor to_host(const DeviceTensor& tensor, const Stream* stream) {
   void* dst = out.raw_data();
   const void* src = tensor.raw_data();
   size_t bytes = tensor.nbytes();
-  s.enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); }, bytes <= kSmallCpuWork);
+  // The task holds the host memory: it must outlive a wait that gives up.
+  s.enqueue([dst, src, bytes, keep = out.storage()] { std::memcpy(dst, src, bytes); }, bytes <= kSmallCpuWork);
   s.synchronize();
   return out;
 }
@@ -280,8 +281,8 @@ DeviceTensor to_device(const HostTensor& tensor, const Device& device, const Str
   void* dst = out.raw_data();
   const void* src = tensor.raw_data();
   size_t bytes = tensor.nbytes();
-  s.enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); }, bytes <= kSmallCpuWork);
-  s.synchronize();  // the host tensor may go once this returns
+  s.enqueue([dst, src, bytes, keep = tensor.storage()] { std::memcpy(dst, src, bytes); }, bytes <= kSmallCpuWork);
+  s.synchronize();  // the host tensor may go once this returns (the task holds it if this gives up)
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <atomic>
 #include <limits>
+#include <optional>
 #include <thread>
 #include <type_traits>
 
@@ -428,6 +429,46 @@ TEST(StreamEvent, ABlockUsedOnACpuSideStreamWaitsForIt) {
   EXPECT_NE(y.raw_data(), first);
   gate.release();
   side.synchronize();
+}
+
+// A stream whose last handle goes inside one of its own tasks runs what is
+// queued behind that task and ends cleanly (the worker holds the queue).
+TEST(StreamEvent, ACpuStreamMayGoInsideItsOwnTask) {
+  auto holder = std::make_shared<std::optional<Stream>>(Stream::create(Device::cpu()));
+  Gate gate;
+  std::atomic<bool> dropped{false}, after{false};
+  Stream& s = **holder;
+  s.enqueue([&gate] { gate.wait(); });
+  Event timed(Device::cpu(), true);
+  timed.record(s);
+  s.enqueue([holder, &dropped] {
+    holder->reset();  // the last handle, on the stream's own worker
+    dropped = true;
+  });
+  s.enqueue([&after] { after = true; });
+  holder.reset();
+  gate.release();
+  timed.synchronize();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!after && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  EXPECT_TRUE(dropped);
+  EXPECT_TRUE(after);
+}
+
+// Work that failed is still done with its memory: a block used on a stream
+// whose task failed is reused, and allocating never rethrows that failure.
+TEST(StreamEvent, AFailedCpuStreamDoesNotStopAllocations) {
+  Stream side = Stream::create(Device::cpu());
+  {
+    DeviceTensor x = DeviceTensor::empty({1024}, DType::kF32);
+    prepare_stream_use(&side, {&x});
+    side.enqueue([] { throw Error(ErrorKind::kInternal, "a kernel failed"); });
+  }
+  EXPECT_TRUE(throws_error(ErrorKind::kInternal, [&] { side.synchronize(); }, {"a kernel failed"}));
+  for (int i = 0; i < 4; ++i) {
+    DeviceTensor y = DeviceTensor::empty({1024}, DType::kF32);
+    EXPECT_EQ(to_host(y).numel(), 1024);
+  }
 }
 
 // The delayed test mode makes a missing synchronisation visible: a device
