@@ -278,22 +278,7 @@ TEST(Tensor, DeviceTensorsComeFromTheCachingAllocator) {
 // worker, asynchronously to the caller; events record a point of a stream;
 // block() makes another stream wait; waits are bounded; a task's exception is
 // sticky. (Before, cpu work ran synchronously and a cpu stream was a no-op.)
-struct Gate {  // a task that holds its stream until opened
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool open = false;
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex);
-    cv.wait_for(lock, std::chrono::seconds(60), [&] { return open; });
-  }
-  void release() {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      open = true;
-    }
-    cv.notify_all();
-  }
-};
+using testing::Gate;
 
 TEST(StreamEvent, CpuStreamsRunInOrderAsynchronously) {
   Stream s = Stream::create(Device::cpu());

@@ -14,8 +14,6 @@
 
 #include <array>
 #include <cmath>
-#include <condition_variable>
-#include <mutex>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -593,21 +591,12 @@ TEST(Gemm, ErrorsNameBothOperands) {
 TEST(CpuStreams, KernelsRunInStreamOrderAsynchronously) {
   Stream side = Stream::create(Device::cpu());
   DeviceTensor x = on(HostTensor::full<float>({1000}, 2.0f));
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool open = false;
-  side.enqueue([&] {
-    std::unique_lock<std::mutex> lock(mutex);
-    cv.wait(lock, [&] { return open; });
-  });
+  meshrt::testing::Gate gate;
+  side.enqueue([&] { gate.wait(); });
   DeviceTensor y = neg(x, &side);  // queued behind the closed gate
   DeviceTensor z = matmul(y.reshape({10, 100}), on(HostTensor::full<float>({100, 2}, 1.0f)), {}, &side);
   EXPECT_FALSE(side.query());
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    open = true;
-  }
-  cv.notify_all();
+  gate.release();
   for (float v : to_host(z, &side).span<float>()) ASSERT_EQ(v, -200.0f);
 }
 

@@ -3,9 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <functional>
+#include <mutex>
 #include <random>
 #include <string>
 
@@ -94,5 +97,24 @@ inline ::testing::AssertionResult throws_error(ErrorKind kind, const std::functi
   }
   return ::testing::AssertionFailure() << "did not throw";
 }
+
+// A task that holds its stream until opened: gate.wait() inside a task,
+// gate.release() from the test (waits at most 60 s, so a test never hangs).
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool open = false;
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex);
+    cv.wait_for(lock, std::chrono::seconds(60), [&] { return open; });
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      open = true;
+    }
+    cv.notify_all();
+  }
+};
 
 }  // namespace meshrt::testing
