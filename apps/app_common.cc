@@ -1,5 +1,7 @@
 #include "apps/app_common.h"
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <algorithm>
 #include <random>
@@ -25,6 +27,16 @@ int run_mpi_app(const char* name, CommandLine& command_line, int argc, char** ar
   }
   World::finalize();
   return code;
+}
+
+void raise_open_file_limit() {
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) != 0) return;
+  rlim_t wanted = std::min<rlim_t>(files.rlim_max, 65536);
+  if (files.rlim_cur < wanted) {
+    files.rlim_cur = wanted;
+    ::setrlimit(RLIMIT_NOFILE, &files);  // best effort: a lower limit only caps the connections
+  }
 }
 
 int64_t parse_size(const std::string& text) {

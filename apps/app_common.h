@@ -23,6 +23,10 @@ namespace meshrt::apps {
 int run_mpi_app(const char* name, CommandLine& command_line, int argc, char** argv,
                 const std::function<int()>& body);
 
+// Raises the soft limit of open files to the hard limit (at most 65536): a
+// server holds a descriptor per connection, and the usual soft limit is 1024.
+void raise_open_file_limit();
+
 // "8", "64K", "1M", "2G" (binary multiples); throws Error(kInvalidArgument) otherwise.
 int64_t parse_size(const std::string& text);
 

@@ -29,6 +29,18 @@ int main(int argc, char** argv) {
   app.add("--http-address", o.http.address, "address to listen on").show_default();
   app.add("--http-threads", o.http.threads, "HTTP threads").show_default();
   app.add("--max-body-bytes", o.http.max_body_bytes, "largest request body accepted (413 above)").show_default();
+  app.add("--http-max-connections", o.http.max_connections, "open HTTP connections at most (more are closed at once)")
+      .show_default();
+  app.add("--http-max-connections-per-client", o.http.max_connections_per_client,
+          "open HTTP connections from one client address at most (so one client cannot lock out the others)")
+      .show_default();
+  int64_t header_timeout_ms = o.http.header_timeout.count(), body_timeout_ms = o.http.body_timeout.count();
+  app.add("--http-header-timeout-ms", header_timeout_ms,
+          "a new connection must send its request headers within this time, else it is closed")
+      .show_default();
+  app.add("--http-body-timeout-ms", body_timeout_ms,
+          "once the headers are in, the request body must arrive within this time, else the connection is closed")
+      .show_default();
   app.add("--batching", batching, "dynamic batching: on (per the model configs) or off (each request alone)")
       .one_of({"on", "off"})
       .show_default();
@@ -45,6 +57,13 @@ int main(int argc, char** argv) {
   app.add("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
   app.add("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
   return meshrt::apps::run_mpi_app("meshrt-serve", app, argc, argv, [&] {
+    MESHRT_CHECK_ARG(header_timeout_ms > 0 && body_timeout_ms > 0, "--http-header-timeout-ms and --http-body-timeout-ms must be "
+                     "positive, got ", header_timeout_ms, " and ", body_timeout_ms);
+    MESHRT_CHECK_ARG(o.http.max_connections > 0 && o.http.max_connections_per_client > 0,
+                     "--http-max-connections and --http-max-connections-per-client must be positive");
+    o.http.header_timeout = std::chrono::milliseconds(header_timeout_ms);
+    o.http.body_timeout = std::chrono::milliseconds(body_timeout_ms);
+    meshrt::apps::raise_open_file_limit();
     o.batching = batching == "on";
     o.drain_grace = std::chrono::milliseconds(grace_ms);
     o.result_timeout = std::chrono::milliseconds(result_timeout_ms);

@@ -21,11 +21,22 @@ struct HttpClient::Impl {
   std::optional<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
 
+  std::string source;  // local address to connect from, if set
+
   void connect() {
     tcp::resolver resolver(context);
     stream.emplace(context);
     stream->expires_after(timeout);
-    stream->connect(resolver.resolve(host, std::to_string(port)));
+    auto endpoints = resolver.resolve(host, std::to_string(port));
+    if (source.empty()) {
+      stream->connect(endpoints);
+      return;
+    }
+    tcp::endpoint local(net::ip::make_address(source), 0);
+    tcp::socket& socket = stream->socket();
+    socket.open(local.protocol());
+    socket.bind(local);
+    socket.connect(*endpoints.begin());
   }
 };
 
@@ -36,6 +47,11 @@ HttpClient::HttpClient(std::string host, uint16_t port, std::chrono::seconds tim
 }
 
 HttpClient::~HttpClient() = default;
+
+void HttpClient::set_source_address(const std::string& address) {
+  impl_->source = address;
+  impl_->stream.reset();
+}
 
 HttpResponse HttpClient::request(const std::string& method, const std::string& target, const std::string& body,
                                  const std::vector<std::pair<std::string, std::string>>& headers) {

@@ -1,7 +1,13 @@
 // A small HTTP/1.1 server on Boost.Beast with explicit limits: body size,
-// header size, header field count, read and idle timeouts. Requests are handed
-// to one handler, which answers through a Responder, from any thread, once.
-// Connections are kept alive; one request per connection at a time.
+// header size, header field count, connections in all and per client address,
+// header, body, idle and write timeouts. Requests are handed to one handler,
+// which answers through a Responder, from any thread, once. Connections are
+// kept alive; one request per connection at a time.
+//
+// Framing follows RFC 9112: a request with both Transfer-Encoding and
+// Content-Length, or whose last transfer coding is not chunked, gets 400 and the
+// connection is closed; a transfer coding other than chunked gets 501; an
+// HTTP/1.1 request without Host gets 400.
 #pragma once
 
 #include <chrono>
@@ -22,9 +28,19 @@ struct HttpServerOptions {
   size_t max_body_bytes = 64u << 20;
   uint32_t max_header_bytes = 16u << 10;
   size_t max_header_fields = 100;
-  size_t max_connections = 1024;  // more are closed at once
-  std::chrono::seconds read_timeout{30};  // to receive a whole request once it started
-  std::chrono::seconds idle_timeout{60};  // a kept-alive connection with no request
+  size_t max_connections = 1024;            // more are closed at once
+  size_t max_connections_per_client = 256;  // from one source address; more are closed at once
+  // A new connection must deliver its request's headers within header_timeout,
+  // then its body within body_timeout; a kept-alive connection may wait
+  // idle_timeout for its next request (headers included); a response must be
+  // written within write_timeout. A slow client is closed when one runs out.
+  std::chrono::milliseconds header_timeout{10000};
+  std::chrono::milliseconds body_timeout{60000};
+  std::chrono::milliseconds idle_timeout{60000};
+  std::chrono::milliseconds write_timeout{30000};
+  // Deprecated (before header_timeout and body_timeout): when set, the deadline
+  // of both the headers and the body.
+  std::chrono::seconds read_timeout{0};
 };
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;

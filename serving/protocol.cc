@@ -1,5 +1,6 @@
 #include "serving/protocol.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -69,6 +70,13 @@ double float_value(const json& v, const std::string& input, size_t index, const 
 template <class T>
 constexpr bool kSixteenBitFloat = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
 
+const char* largest_magnitude(const char* datatype) {
+  std::string_view d = datatype;
+  if (d == "FP16") return "65504";
+  if (d == "BF16") return "3.3895e+38";
+  return "3.40282e+38";
+}
+
 // One JSON value as element i of a T tensor; throws RequestError naming the input.
 template <class T>
 T element_from_json(const json& v, const std::string& input, size_t i, const char* datatype) {
@@ -80,10 +88,17 @@ T element_from_json(const json& v, const std::string& input, size_t i, const cha
     return v.get<bool>();
   } else if constexpr (std::is_integral_v<T>) {
     return integer_value<T>(v, input, i, datatype);
-  } else if constexpr (kSixteenBitFloat<T>) {
-    return T(static_cast<float>(float_value(v, input, i, datatype)));
   } else {
-    return static_cast<T>(float_value(v, input, i, datatype));
+    double d = float_value(v, input, i, datatype);
+    T out = T(static_cast<float>(d));
+    if constexpr (std::is_same_v<T, double>) out = d;
+    // A finite JSON number that does not fit the datatype would become infinity
+    // (and go back out as null): refuse it.
+    if (!std::isfinite(static_cast<double>(static_cast<float>(out)))) {
+      bad("input '" + input + "': element " + std::to_string(i) + " = " + io::json_limits::brief(v) + " is out of range for " +
+          datatype + " (largest magnitude " + largest_magnitude(datatype) + ")");
+    }
+    return out;
   }
 }
 
@@ -130,6 +145,15 @@ DType parse_kserve_datatype(const std::string& name) {
   }
   throw Error(ErrorKind::kInvalidArgument,
               "expected a datatype of FP32, FP64, FP16, BF16, INT32, INT64, UINT8 or BOOL, got \"" + name + "\"");
+}
+
+std::optional<size_t> parse_header_length(const std::optional<std::string>& value) {
+  if (!value) return std::nullopt;
+  const std::string& v = *value;
+  bool digits = !v.empty() && v.size() <= 18 &&
+                std::all_of(v.begin(), v.end(), [](unsigned char c) { return c >= '0' && c <= '9'; });
+  if (!digits) bad("Inference-Header-Content-Length " + io::json_limits::brief(json(v)) + " is not a number (a byte count: digits only)");
+  return static_cast<size_t>(std::stoull(v));
 }
 
 InferRequest parse_infer_request(std::string_view body, std::optional<size_t> header_length,

@@ -46,6 +46,9 @@ struct InferRequest {
 // one request may carry (the model's max_batch_size).
 InferRequest parse_infer_request(std::string_view body, std::optional<size_t> header_length,
                                  const ModelSignature& model, int64_t max_rows);
+// The Inference-Header-Content-Length header's value (absent: nullopt): digits
+// only, else RequestError(400) quoting it.
+std::optional<size_t> parse_header_length(const std::optional<std::string>& value);
 
 struct HttpPayload {
   std::string body;

@@ -123,19 +123,10 @@ class Frontend {
       metrics_.request(def.name, def.version, r.status);
       respond(std::move(r));
     };
-    std::optional<size_t> header_length;
-    if (auto h = request.header("Inference-Header-Content-Length")) {
-      try {
-        size_t used = 0;
-        header_length = std::stoull(*h, &used);
-        if (used != h->size()) throw std::invalid_argument(*h);
-      } catch (const std::exception&) {
-        return answer(error_response(400, "Inference-Header-Content-Length '" + *h + "' is not a number"));
-      }
-    }
     auto parsed = std::make_shared<InferRequest>();
     const ModelSignature& signature = signatures_[static_cast<size_t>(model)];
     try {
+      std::optional<size_t> header_length = parse_header_length(request.header("Inference-Header-Content-Length"));
       *parsed = parse_infer_request(request.body, header_length, signature, def.batching.max_batch_size);
     } catch (const RequestError& e) {
       return answer(error_response(e.status(), e.what()));

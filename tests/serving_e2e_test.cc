@@ -100,6 +100,12 @@ class ServerJob {
     return false;
   }
 
+  // Sends signal to rank 0 (never to pid 0 or -1, which would reach the test's
+  // own process group or every process: rank 0's pid is known once ready).
+  void signal_rank0(int signal) const {
+    ASSERT_GT(rank0_, 0) << "rank 0's pid is not known (the job never got ready)";
+    ::kill(rank0_, signal);
+  }
   int exit_code() const { return exit_code_; }
   uint16_t port() const { return port_; }
   pid_t rank0() const { return rank0_; }
@@ -132,7 +138,7 @@ class Examples : public ::testing::Test {
     ASSERT_TRUE(job_->wait_ready()) << job_->log();
   }
   static void TearDownTestSuite() {
-    ::kill(job_->rank0(), SIGTERM);
+    job_->signal_rank0(SIGTERM);
     EXPECT_TRUE(job_->exited(std::chrono::seconds(60))) << job_->log();
     EXPECT_EQ(job_->exit_code(), 0) << job_->log();
     delete job_;
@@ -307,6 +313,22 @@ TEST_F(Examples, MalformedRequestsGet400WithTheReason) {
        "16 bytes after the JSON header"},
       {good_header, {{"Inference-Header-Content-Length", "99999"}}, 400, "Inference-Header-Content-Length is 99999"},
       {good_header, {{"Inference-Header-Content-Length", "ten"}}, 400, "is not a number"},
+      {good_header, {{"Inference-Header-Content-Length", "-5"}}, 400, "Inference-Header-Content-Length \"-5\" is not a number"},
+      {good_header, {{"Inference-Header-Content-Length", "+12"}}, 400, "Inference-Header-Content-Length \"+12\" is not a number"},
+      {good_header, {{"Inference-Header-Content-Length", "1 2"}}, 400, "Inference-Header-Content-Length \"1 2\" is not a number"},
+      {good_header, {{"Inference-Header-Content-Length", "12abc"}}, 400, "Inference-Header-Content-Length \"12abc\" is not a number"},
+      {[] {
+         json body = json::parse(infer_body("x", 1, 96, 1));
+         body["inputs"][0]["data"][7] = 1e308;
+         return body.dump();
+       }(),
+       kJson, 400, "input 'x': element 7 = 1e+308 is out of range for FP32"},
+      {[] {
+         json body = json::parse(infer_body("x", 1, 96, 1));
+         body["inputs"][0]["data"][0] = -3.5e38;
+         return body.dump();
+       }(),
+       kJson, 400, "input 'x': element 0 = -3.5e+38 is out of range for FP32"},
       {good_header, kJson, 400, "the Inference-Header-Content-Length header is missing"},
       {std::string(2u << 20, ' '), kJson, 413, "exceeds the limit of 1048576 bytes"},
       {R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": )" + std::string(100000, '[') + "]}]}", kJson, 400,
@@ -380,7 +402,7 @@ TEST(Serving, QueueOverflowAnswersEveryRequest) {
   EXPECT_EQ(ok + overloaded, 24 * 4) << "lost or odd answers: " << other_status;
   EXPECT_GT(overloaded.load(), 0) << "the queue never overflowed";
   EXPECT_GT(ok.load(), 0);
-  ::kill(job.rank0(), SIGTERM);
+  job.signal_rank0(SIGTERM);
   EXPECT_TRUE(job.exited(std::chrono::seconds(60)));
   EXPECT_EQ(job.exit_code(), 0) << job.log();
   fs::remove_all(root);
@@ -406,7 +428,7 @@ TEST(Serving, SigtermDrainsThenExitsZero) {
     ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the requests never queued";
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  ::kill(job.rank0(), SIGTERM);
+  job.signal_rank0(SIGTERM);
   bool unready = false;
   for (int i = 0; i < 100 && !unready; ++i) {
     unready = c.request("GET", "/v2/health/ready").status == 503;
