@@ -56,6 +56,12 @@ class WorkState {
   void stash(std::shared_ptr<Storage> storage);
   bool is_completed();
   void wait(std::chrono::milliseconds timeout);
+  // The operation's number on its communicator (1, 2, ...; 0: not numbered)
+  // and kind ("all_reduce"), for the deadline message.
+  void set_sequence(uint64_t sequence, const char* op) {
+    sequence_ = sequence;
+    op_ = op;
+  }
   std::chrono::milliseconds default_timeout() const;
   const std::string& description() const { return description_; }
 
@@ -69,6 +75,8 @@ class WorkState {
   std::exception_ptr error_;
   std::function<bool()> poller_;
   std::vector<std::shared_ptr<Storage>> stash_;
+  uint64_t sequence_ = 0;
+  const char* op_ = "";
 };
 
 class CommBackend {
@@ -86,6 +94,10 @@ class CommBackend {
   // device, since a stuck collective stalls the device's compute stream and
   // with it their work).
   virtual void abort_after_failure(const std::string& reason) { abort(reason); }
+  // Why operation #sequence (op) has not completed, naming the late ranks in
+  // world numbering, or "" when the backend cannot tell. May ask the peers
+  // (a short sub-deadline).
+  virtual std::string explain_deadline(const char* /*op*/, uint64_t /*sequence*/) { return ""; }
 
   const std::string& name() const { return name_; }
   int rank() const { return rank_; }
@@ -94,6 +106,9 @@ class CommBackend {
   std::string abort_reason() const;
   std::chrono::milliseconds timeout() const { return std::chrono::milliseconds(timeout_ms_.load()); }
   void set_timeout(std::chrono::milliseconds t) { timeout_ms_.store(t.count()); }
+  // See Communicator::set_abortable_collectives.
+  bool abortable_collectives() const { return abortable_.load(); }
+  void set_abortable_collectives(bool on) { abortable_.store(on); }
   // "mpi communicator 'world' (rank 1 of 4)"
   std::string describe() const;
 
@@ -110,6 +125,7 @@ class CommBackend {
   mutable std::mutex reason_mutex_;
   std::string abort_reason_;
   std::atomic<long long> timeout_ms_;
+  std::atomic<bool> abortable_{false};
 };
 
 // A duplicate of MPI_COMM_WORLD on the cpu device.

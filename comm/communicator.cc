@@ -126,6 +126,11 @@ void Communicator::set_timeout(std::chrono::milliseconds timeout) {
   backend_->set_timeout(timeout);
 }
 
+void Communicator::set_abortable_collectives(bool on) {
+  check_valid("set_abortable_collectives");
+  backend_->set_abortable_collectives(on);
+}
+
 void Communicator::check_valid(const char* op) const {
   MESHRT_CHECK_ARG(valid(), op, " on an invalid communicator (this rank is not a member)");
 }

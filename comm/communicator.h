@@ -69,6 +69,15 @@ class Communicator {
   // The deadline of wait() without arguments and of barrier().
   std::chrono::milliseconds timeout() const;
   void set_timeout(std::chrono::milliseconds timeout);
+  // MPI backend: run collectives as non-blocking MPI calls (MPI_Iallreduce, ...)
+  // polled until done, so an abort or a deadline ends their wait and no thread is
+  // left inside MPI (a blocking collective whose peer never comes cannot be taken
+  // back: its thread stays, and the process must abort at exit). An abandoned
+  // operation keeps its buffers for the life of the process. Off by default:
+  // OpenMPI runs other (libnbc) algorithms for non-blocking collectives, slower
+  // for large messages. A server turns it on. Communicators split from this one
+  // inherit it. NCCL communicators are always abortable (ncclCommAbort).
+  void set_abortable_collectives(bool on);
 
   Work all_reduce(const DeviceTensor& tensor, ReduceOp op = ReduceOp::kSum) const;
   Work all_reduce(const DeviceTensor& in, const DeviceTensor& out,

@@ -12,16 +12,24 @@
 // so a receive that never matches can be cancelled when the communicator is
 // aborted. A blocking collective cannot be cancelled: if one is stuck past its
 // deadline the World aborts the job at exit instead of hanging in MPI_Finalize.
+//
+// Every communicator numbers its operations and publishes how many it issued,
+// started and completed (comm/progress.h), under a key that is the same on
+// every member: "w<n>" for the n-th duplicate of the world, "<parent>/<k>c<color>"
+// for the k-th split of a parent. A deadline error names the late ranks.
 #include <mpi.h>
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <utility>
 
 #include "comm/backend.h"
 #include "comm/mpi_check.h"
 #include "device/poll.h"
 #include "comm/mpi_types.h"
+#include "comm/progress.h"
 #include "comm/world.h"
 
 namespace meshrt::detail {
@@ -72,6 +80,41 @@ int as_count(size_t count, const char* op) {
   return static_cast<int>(count);
 }
 
+// Counts a blocking MPI call for as long as it runs (World::finalize refuses to
+// finalise while one is inside); a call that never returns stays counted.
+class BlockingCall {
+ public:
+  explicit BlockingCall(std::atomic<bool>& flag) : flag_(flag) {
+    flag_.store(true);
+    World::enter_blocking_call();
+  }
+  ~BlockingCall() {
+    World::leave_blocking_call();
+    flag_.store(false);
+  }
+  BlockingCall(const BlockingCall&) = delete;
+  BlockingCall& operator=(const BlockingCall&) = delete;
+
+ private:
+  std::atomic<bool>& flag_;
+};
+
+std::atomic<int> g_world_duplicates{0};
+
+std::vector<int> world_ranks_of(MPI_Comm comm) {
+  int size = 0;
+  MPI_Comm_size(comm, &size);
+  MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+  MPI_Comm_group(comm, &group);
+  MPI_Comm_group(MPI_COMM_WORLD, &world);
+  std::vector<int> ranks(static_cast<size_t>(size)), out(static_cast<size_t>(size));
+  for (int i = 0; i < size; ++i) ranks[static_cast<size_t>(i)] = i;
+  MPI_Group_translate_ranks(group, size, ranks.data(), world, out.data());
+  MPI_Group_free(&group);
+  MPI_Group_free(&world);
+  return out;
+}
+
 bool mpi_finalized() {
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -80,11 +123,12 @@ bool mpi_finalized() {
 
 class MpiBackend final : public CommBackend {
  public:
-  MpiBackend(MPI_Comm comm, std::string name, int rank, int size)
+  MpiBackend(MPI_Comm comm, std::string name, int rank, int size, std::string key)
       : CommBackend(std::move(name), rank, size),
         comm_(comm),
         stream_(Stream::create_cpu({cat("communicator '", this->name(), "'"), false,
-                                    std::chrono::microseconds(200)})) {}
+                                    std::chrono::microseconds(200)})),
+        progress_(publish_progress(std::move(key), this->name(), world_ranks_of(comm))) {}
 
   ~MpiBackend() override {
     // What is queued runs first: it refers to this. Past the deadline, the
@@ -105,8 +149,8 @@ class MpiBackend final : public CommBackend {
     }
     if (stuck) {
       // Stuck in a collective that will never finish: leave the stream's worker
-      // (and the MPI communicator) to the process exit.
-      World::mark_stuck_operation();
+      // (and the MPI communicator) to the process exit (the call stays counted:
+      // World::finalize aborts instead of hanging).
       new Stream(stream_);  // never destroyed: its destructor would join the stuck worker
       return;
     }
@@ -121,7 +165,9 @@ class MpiBackend final : public CommBackend {
     Event inputs(Device::cpu());  // the operation reads what the compute stream queued before it
     inputs.record(compute);
     for (const auto& storage : op.storages) storage->record_stream(stream_);
-    stream_.enqueue([this, op, state, inputs] { run_task(op, state, &inputs, nullptr); });
+    uint64_t sequence = progress_->issued.fetch_add(1) + 1;
+    state->set_sequence(sequence, to_string(op.kind));
+    stream_.enqueue([this, op, state, inputs, sequence] { run_task(op, state, &inputs, nullptr, sequence); });
     // Later work on the compute stream may read the result. Not after a send,
     // so that a pipeline send overlaps the next micro-batch (communicator.h).
     if (op.kind != Collective::kSend) {
@@ -140,21 +186,28 @@ class MpiBackend final : public CommBackend {
     stream_.enqueue([this, state, color, key, sub] {
       run_task(CommOp{}, state, nullptr, [this, color, key, sub] {
         MESHRT_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, sub.get()));
-      });
+      }, 0);
     });
+    int split_index = splits_++;  // every member splits in the same order
     state->wait(timeout());
     if (*sub == MPI_COMM_NULL) return nullptr;
     int rank = 0, size = 0;
     MESHRT_MPI_CHECK(MPI_Comm_rank(*sub, &rank));
     MESHRT_MPI_CHECK(MPI_Comm_size(*sub, &size));
-    auto backend = std::make_shared<MpiBackend>(*sub, name, rank, size);
+    auto backend = std::make_shared<MpiBackend>(*sub, name, rank, size,
+                                                cat(progress_->key, "/", split_index, "c", color));
     backend->set_timeout(timeout());
+    backend->set_abortable_collectives(abortable_collectives());
     return backend;
   }
 
   void abort(const std::string& reason) override {
     if (!mark_aborted(reason)) return;
-    if (in_blocking_call_.load()) World::mark_stuck_operation();
+    progress_->aborted.store(true);
+  }
+
+  std::string explain_deadline(const char* op, uint64_t sequence) override {
+    return detail::explain_deadline(*progress_, op, sequence);
   }
 
  private:
@@ -179,7 +232,7 @@ class MpiBackend final : public CommBackend {
   // it) is done. The outcome goes to state, never to the stream: a failed
   // operation must not fail the unrelated work queued after it.
   void run_task(const CommOp& op, const std::shared_ptr<WorkState>& state, const Event* inputs,
-                const std::function<void()>& custom) {
+                const std::function<void()>& custom, uint64_t sequence) {
     try {
       const char* what = custom ? "split" : to_string(op.kind);
       check_not_aborted(what);
@@ -193,15 +246,15 @@ class MpiBackend final : public CommBackend {
         }
       }
       if (custom) {
-        in_blocking_call_.store(true);
+        BlockingCall call(in_blocking_call_);
         custom();
-        in_blocking_call_.store(false);
       } else {
+        if (sequence > 0) progress_->started.store(sequence);
         run(op);
+        if (sequence > 0) progress_->completed.store(sequence);
       }
       state->complete();
     } catch (...) {
-      in_blocking_call_.store(false);
       state->fail(std::current_exception());
     }
   }
@@ -215,25 +268,60 @@ class MpiBackend final : public CommBackend {
       run_point_to_point(c, count, type);
       return;
     }
-    in_blocking_call_.store(true);
-    run_collective(c, count, type, bytes);
-    in_blocking_call_.store(false);
+    if (abortable_collectives()) {
+      run_collective(c, count, type, bytes, true);
+    } else {
+      BlockingCall call(in_blocking_call_);
+      run_collective(c, count, type, bytes, false);
+    }
+  }
+
+  // Polls a non-blocking collective until done. When the communicator is
+  // aborted meanwhile (a deadline, a failed peer), the operation is abandoned:
+  // MPI may still write its buffers if the peers come later, so they are kept
+  // for the life of the process.
+  void wait_abandonable(MPI_Request& request, const CommOp& c, const std::shared_ptr<std::vector<char>>& temp) {
+    PollPause pause(std::chrono::microseconds(200), std::chrono::microseconds(50));
+    for (;;) {
+      int done = 0;
+      MESHRT_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+      if (done) return;
+      if (aborted()) {
+        static std::mutex mutex;
+        static auto* abandoned = new std::vector<std::pair<std::vector<std::shared_ptr<Storage>>,
+                                                          std::shared_ptr<std::vector<char>>>>();
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          abandoned->emplace_back(c.storages, temp);
+        }
+        check_not_aborted(to_string(c.kind));
+      }
+      pause();
+    }
   }
 
   // A collective missing here is an error, never an operation that "completes"
   // having done nothing (as c10d's Backend: "does not support").
-  void run_collective(const CommOp& c, int count, MPI_Datatype type, size_t bytes) {
+  // nonblocking: the I-variant of each call (MPI_Iallreduce, ...), polled and
+  // abandonable (wait_abandonable); else the blocking call.
+  void run_collective(const CommOp& c, int count, MPI_Datatype type, size_t bytes, bool nonblocking) {
+    MPI_Request request = MPI_REQUEST_NULL;
+    std::shared_ptr<std::vector<char>> temp;  // reduce_scatter in place
     switch (c.kind) {
-      case Collective::kAllReduce:
-        MESHRT_MPI_CHECK(MPI_Allreduce(c.send == c.recv ? MPI_IN_PLACE : c.send, c.recv, count,
-                                       type, mpi_reduce_op(c.dtype, c.op), comm_));
-        return;
+      case Collective::kAllReduce: {
+        const void* in = c.send == c.recv ? MPI_IN_PLACE : c.send;
+        MPI_Op op = mpi_reduce_op(c.dtype, c.op);
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Iallreduce(in, c.recv, count, type, op, comm_, &request)
+                                     : MPI_Allreduce(in, c.recv, count, type, op, comm_));
+        break;
+      }
       case Collective::kAllGather: {
         // In place (NCCL's convention): the input already sits at this rank's chunk.
         bool in_place = c.send == static_cast<char*>(c.recv) + static_cast<size_t>(rank()) * bytes;
-        MESHRT_MPI_CHECK(MPI_Allgather(in_place ? MPI_IN_PLACE : c.send, count, type, c.recv, count,
-                                       type, comm_));
-        return;
+        const void* in = in_place ? MPI_IN_PLACE : c.send;
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Iallgather(in, count, type, c.recv, count, type, comm_, &request)
+                                     : MPI_Allgather(in, count, type, c.recv, count, type, comm_));
+        break;
       }
       case Collective::kReduceScatter: {
         // MPI's in-place form differs from NCCL's (out = in's chunk at rank):
@@ -241,33 +329,34 @@ class MpiBackend final : public CommBackend {
         const char* in = static_cast<const char*>(c.send);
         char* out = static_cast<char*>(c.recv);
         bool overlap = out >= in && out < in + static_cast<size_t>(size()) * bytes;
-        if (overlap) {
-          std::vector<char> temp(bytes);
-          MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, temp.data(), count, type,
-                                                    mpi_reduce_op(c.dtype, c.op), comm_));
-          std::memcpy(out, temp.data(), bytes);
-        } else {
-          MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count, type,
-                                                    mpi_reduce_op(c.dtype, c.op), comm_));
-        }
-        return;
+        if (overlap) temp = std::make_shared<std::vector<char>>(bytes);
+        void* target = overlap ? static_cast<void*>(temp->data()) : out;
+        MPI_Op op = mpi_reduce_op(c.dtype, c.op);
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter_block(in, target, count, type, op, comm_, &request)
+                                     : MPI_Reduce_scatter_block(in, target, count, type, op, comm_));
+        break;
       }
       case Collective::kBroadcast:
-        MESHRT_MPI_CHECK(MPI_Bcast(c.recv, count, type, c.peer, comm_));
-        return;
-      case Collective::kAllToAll:
-        MESHRT_MPI_CHECK(MPI_Alltoall(c.send == c.recv ? MPI_IN_PLACE : c.send, count, type,
-                                      c.recv, count, type, comm_));
-        return;
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ibcast(c.recv, count, type, c.peer, comm_, &request)
+                                     : MPI_Bcast(c.recv, count, type, c.peer, comm_));
+        break;
+      case Collective::kAllToAll: {
+        const void* in = c.send == c.recv ? MPI_IN_PLACE : c.send;
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ialltoall(in, count, type, c.recv, count, type, comm_, &request)
+                                     : MPI_Alltoall(in, count, type, c.recv, count, type, comm_));
+        break;
+      }
       case Collective::kBarrier:
-        MESHRT_MPI_CHECK(MPI_Barrier(comm_));
-        return;
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ibarrier(comm_, &request) : MPI_Barrier(comm_));
+        break;
       case Collective::kSend:
       case Collective::kRecv:  // run_point_to_point
-        break;
+      default:
+        throw Error(ErrorKind::kInternal, detail::cat(describe(), " does not support ", to_string(c.kind),
+                                                      " as a collective (operation ", static_cast<int>(c.kind), ")"));
     }
-    throw Error(ErrorKind::kInternal, detail::cat(describe(), " does not support ", to_string(c.kind),
-                                                  " as a collective (operation ", static_cast<int>(c.kind), ")"));
+    if (nonblocking) wait_abandonable(request, c, temp);
+    if (temp) std::memcpy(c.recv, temp->data(), bytes);
   }
 
   void run_point_to_point(const CommOp& c, int count, MPI_Datatype type) {
@@ -307,6 +396,8 @@ class MpiBackend final : public CommBackend {
   MPI_Comm comm_;
   Stream stream_;  // the communicator's operations, in issue order
   std::atomic<bool> in_blocking_call_{false};
+  std::shared_ptr<Progress> progress_;  // published to the other ranks
+  int splits_ = 0;                      // split() calls so far (the key of the next)
 };
 
 }  // namespace
@@ -345,7 +436,8 @@ std::shared_ptr<CommBackend> make_mpi_world(const std::string& name) {
   World& world = World::get();
   MPI_Comm comm = MPI_COMM_NULL;
   MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
-  return std::make_shared<MpiBackend>(comm, name, world.rank(), world.size());
+  return std::make_shared<MpiBackend>(comm, name, world.rank(), world.size(),
+                                      cat("w", g_world_duplicates.fetch_add(1)));
 }
 
 }  // namespace meshrt::detail

@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "comm/backend.h"
+#include "comm/world.h"
 #include "device/poll.h"
 
 namespace meshrt {
@@ -93,11 +94,23 @@ void WorkState::wait(std::chrono::milliseconds timeout) {
     done_cv_.wait_until(lock, deadline, [&] { return done_; });
   }
   if (is_completed()) return;
-  std::string message = detail::cat(description_, " did not complete within ", timeout.count(),
-                                    " ms on rank ", error_rank(),
-                                    ": a peer may have failed or not issued the same operation; "
-                                    "the communicator is now aborted");
-  if (auto backend = backend_.lock()) backend->abort_after_failure(message);
+  auto backend = backend_.lock();
+  std::string why = backend && sequence_ > 0 ? backend->explain_deadline(op_, sequence_) : "";
+  if (is_completed()) return;  // it finished while the peers were asked
+  std::string message;
+  if (!why.empty()) {
+    // "all_reduce #1834 on 'model' did not complete within 5000 ms: world rank 2
+    // (host h1) did not answer (last seen at #1833) [...]"
+    World& world = World::get();
+    message = detail::cat(op_, " #", sequence_, " on '", backend->name(), "' did not complete within ", timeout.count(),
+                          " ms: ", why, " [", description_, ", waited on by ", world.describe_rank(world.rank()),
+                          "]; the communicator is now aborted");
+  } else {
+    message = detail::cat(description_, " did not complete within ", timeout.count(), " ms on rank ", error_rank(),
+                          ": a peer may have failed or not issued the same operation; "
+                          "the communicator is now aborted");
+  }
+  if (backend) backend->abort_after_failure(message);
   // The work stays failed: polled again later (its kernels may finish early once
   // the communicator is aborted, its thread may still report) it rethrows this.
   fail(std::make_exception_ptr(Error(ErrorKind::kDeadlineExceeded, message)));

@@ -6,19 +6,30 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "comm/mpi_check.h"
+#include "comm/progress.h"
 #include "device/error.h"
+#include "device/poll.h"
 
 namespace meshrt {
 
 namespace {
 std::once_flag g_init_once;
 World* g_world = nullptr;
-std::atomic<bool> g_stuck{false};
+std::atomic<int> g_blocking_calls{0};
 std::atomic<bool> g_finalized{false};
+std::atomic<long long> g_finalize_timeout_ms{-1};
+MPI_Comm g_control = MPI_COMM_NULL;
+constexpr int kCheckInTag = 1;  // on the control communicator: rank -> 0 at exit
+constexpr int kReleaseTag = 2;  // 0 -> rank: everyone checked in
 }  // namespace
+
+namespace detail {
+MPI_Comm control_comm() { return g_control; }
+}  // namespace detail
 
 World& World::init(int* argc, char*** argv) {
   std::call_once(g_init_once, [&] {
@@ -59,7 +70,15 @@ World& World::init(int* argc, char*** argv) {
     world->node_index_ = index_and_count[0];
     world->node_count_ = index_and_count[1];
     MPI_Comm_free(&local);
+    // Every rank's host name, for messages naming other ranks.
+    constexpr int kHostBytes = 256;
+    std::vector<char> hosts(static_cast<size_t>(world->size_) * kHostBytes);
+    MESHRT_MPI_CHECK(MPI_Allgather(host, kHostBytes, MPI_CHAR, hosts.data(), kHostBytes, MPI_CHAR, MPI_COMM_WORLD));
+    for (int r = 0; r < world->size_; ++r) world->hosts_.emplace_back(hosts.data() + static_cast<size_t>(r) * kHostBytes);
+    MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &g_control));
+    MESHRT_MPI_CHECK(MPI_Comm_set_errhandler(g_control, MPI_ERRORS_RETURN));
     g_world = world;
+    detail::start_progress_service();
   });
   return *g_world;
 }
@@ -106,21 +125,133 @@ Device World::device(std::string_view requested) const {
   return choose_device(requested, local_rank_, local_size_, cuda_device_count(), cuda_unavailable_reason());
 }
 
-void World::mark_stuck_operation() { g_stuck.store(true); }
+const std::string& World::host_of(int world_rank) const {
+  static const std::string unknown = "?";
+  return world_rank >= 0 && world_rank < static_cast<int>(hosts_.size()) ? hosts_[static_cast<size_t>(world_rank)]
+                                                                          : unknown;
+}
+
+std::string World::describe_rank(int world_rank) const {
+  return detail::cat("world rank ", world_rank, " (host ", host_of(world_rank), ")");
+}
+
+std::vector<int> World::unanswering(const std::vector<int>& ranks, std::chrono::milliseconds within) const {
+  detail::Progress asked;
+  asked.key = "-";  // no communicator: any answer will do
+  asked.world_ranks = ranks;
+  std::vector<int> out;
+  for (const detail::PeerProgress& p : detail::query_peers(asked, within)) {
+    if (!p.answered) out.push_back(p.world_rank);
+  }
+  return out;
+}
+
+void World::enter_blocking_call() { g_blocking_calls.fetch_add(1); }
+void World::leave_blocking_call() { g_blocking_calls.fetch_sub(1); }
+int World::blocking_calls() { return g_blocking_calls.load(); }
+void World::mark_stuck_operation() { enter_blocking_call(); }
+
+std::chrono::milliseconds World::finalize_timeout() {
+  long long ms = g_finalize_timeout_ms.load();
+  if (ms < 0) {
+    ms = 10000;
+    if (const char* text = std::getenv("MESHRT_FINALIZE_TIMEOUT_MS")) {
+      char* end = nullptr;
+      long long parsed = std::strtoll(text, &end, 10);
+      if (end != text && *end == '\0' && parsed > 0) ms = parsed;
+    }
+  }
+  return std::chrono::milliseconds(ms);
+}
+
+void World::set_finalize_timeout(std::chrono::milliseconds timeout) {
+  MESHRT_CHECK_ARG(timeout.count() > 0, "the finalize timeout must be positive, got ", timeout.count(), " ms");
+  g_finalize_timeout_ms.store(timeout.count());
+}
+
+namespace {
+
+// Polls requests until all are done or the deadline passes; returns which are done.
+std::vector<bool> wait_all_until(std::vector<MPI_Request>& requests, std::chrono::steady_clock::time_point deadline) {
+  std::vector<bool> done(requests.size(), false);
+  PollPause pause(std::chrono::milliseconds(2));
+  for (;;) {
+    bool all = true;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (done[i]) continue;
+      int flag = 0;
+      if (MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) flag = 1;  // a failed peer: stop waiting on it
+      done[i] = flag != 0;
+      all = all && done[i];
+    }
+    if (all || std::chrono::steady_clock::now() >= deadline) return done;
+    pause();
+  }
+}
+
+// The exit check-in: every rank tells rank 0 it is leaving, rank 0 answers each
+// once all did. Returns "" when everyone checked in, else why not (naming ranks).
+std::string check_in_for_exit(const World& world, std::chrono::milliseconds timeout) {
+  int rank = world.rank(), size = world.size();
+  if (size == 1) return "";
+  char byte = 1;
+  auto start = std::chrono::steady_clock::now();
+  if (rank == 0) {
+    std::vector<char> in(static_cast<size_t>(size));
+    std::vector<MPI_Request> requests(static_cast<size_t>(size - 1), MPI_REQUEST_NULL);
+    for (int r = 1; r < size; ++r) {
+      MPI_Irecv(&in[static_cast<size_t>(r)], 1, MPI_CHAR, r, kCheckInTag, g_control, &requests[static_cast<size_t>(r - 1)]);
+    }
+    std::vector<bool> done = wait_all_until(requests, start + timeout);
+    std::string missing;
+    for (int r = 1; r < size; ++r) {
+      if (done[static_cast<size_t>(r - 1)]) continue;
+      missing += detail::cat(missing.empty() ? "" : ", ", world.describe_rank(r));
+    }
+    if (!missing.empty()) {
+      return detail::cat(missing, " did not check in for the exit within ", timeout.count(),
+                         " ms (stopped, stuck in its work, or lost)");
+    }
+    std::vector<MPI_Request> releases(static_cast<size_t>(size - 1), MPI_REQUEST_NULL);
+    for (int r = 1; r < size; ++r) MPI_Isend(&byte, 1, MPI_CHAR, r, kReleaseTag, g_control, &releases[static_cast<size_t>(r - 1)]);
+    wait_all_until(releases, std::chrono::steady_clock::now() + timeout);
+    return "";
+  }
+  std::vector<MPI_Request> requests(2, MPI_REQUEST_NULL);
+  char release = 0;
+  MPI_Isend(&byte, 1, MPI_CHAR, 0, kCheckInTag, g_control, &requests[0]);
+  MPI_Irecv(&release, 1, MPI_CHAR, 0, kReleaseTag, g_control, &requests[1]);
+  // Rank 0 names the missing ranks at its deadline; wait a little longer, so
+  // that this rank only speaks when rank 0 itself is the one missing.
+  std::vector<bool> done = wait_all_until(requests, start + timeout + std::chrono::seconds(2));
+  if (done[1]) return "";
+  return detail::cat(world.describe_rank(0), " did not confirm the exit within ", timeout.count() + 2000,
+                     " ms (stopped, stuck in its work, or lost)");
+}
+
+}  // namespace
 
 void World::finalize() {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   if (!initialized || finalized || g_finalized.exchange(true)) return;
-  if (g_stuck.load()) {
-    std::fprintf(stderr,
-                 "meshrt: rank %d: a communicator was aborted with an operation still inside "
-                 "MPI; aborting the job instead of finalising\n",
-                 g_world ? g_world->rank_ : -1);
+  int rank = g_world ? g_world->rank_ : -1;
+  std::string problem;
+  if (g_world && g_control != MPI_COMM_NULL) problem = check_in_for_exit(*g_world, finalize_timeout());
+  if (problem.empty() && g_blocking_calls.load() > 0) {
+    problem = detail::cat(g_blocking_calls.load(), " operation(s) of this rank are stuck inside a blocking MPI call "
+                          "(a collective abandoned after its deadline), so MPI_Finalize would hang");
+  }
+  if (!problem.empty()) {
+    std::fprintf(stderr, "meshrt: rank %d (%s): aborting the job instead of finalising: %s\n", rank,
+                 g_world ? g_world->host_name_.c_str() : "?", problem.c_str());
     std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
   }
+  detail::stop_progress_service();
+  if (g_control != MPI_COMM_NULL) MPI_Comm_free(&g_control);
   MPI_Finalize();
 }
 

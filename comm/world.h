@@ -5,8 +5,10 @@
 // world of one (MPI singleton start-up).
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "device/device.h"
 
@@ -30,6 +32,14 @@ class World {
   int node_index() const { return node_index_; }
   int node_count() const { return node_count_; }
   const std::string& host_name() const { return host_name_; }
+  // The host of a world rank (gathered at start-up), "?" for a rank out of range.
+  const std::string& host_of(int world_rank) const;
+  // "world rank 2 (host h1)"
+  std::string describe_rank(int world_rank) const;
+  // The ranks among `ranks` (other than this one) whose meshrt service thread does
+  // not answer within `within`: stopped (SIGSTOP), lost, or hung in MPI itself.
+  // A rank busy in its own work still answers.
+  std::vector<int> unanswering(const std::vector<int>& ranks, std::chrono::milliseconds within) const;
   // The MPI thread level granted ("MPI_THREAD_MULTIPLE", ...).
   const char* thread_level() const;
 
@@ -42,13 +52,27 @@ class World {
   Device device(std::string_view requested) const;
 
   // Finalises MPI. Runs by itself at exit; call it earlier to finalise at a known
-  // point. If a communicator was aborted with an operation still stuck inside MPI,
-  // finalising could hang, so the job is aborted (MPI_Abort) instead.
+  // point. Bounded: the ranks first check in with rank 0 (host messages, polled);
+  // if a rank has not checked in within finalize_timeout() (stopped, stuck in
+  // its work, lost), the job is aborted (MPI_Abort) with a message naming the
+  // ranks that did not answer, instead of every other rank waiting in
+  // MPI_Finalize forever. If this rank still has an operation stuck inside a
+  // blocking MPI call (a collective abandoned after its deadline), finalising
+  // would hang too: the job is aborted, saying so.
   static void finalize();
+  // How long finalize() waits for every rank to check in: MESHRT_FINALIZE_TIMEOUT_MS
+  // if set, else 10 s.
+  static std::chrono::milliseconds finalize_timeout();
+  static void set_finalize_timeout(std::chrono::milliseconds timeout);
   // Ends the whole job at once with the message printed on this rank.
   [[noreturn]] static void abort(int exit_code, const std::string& reason);
 
-  // Set by a communicator whose operation could not be cancelled after a deadline.
+  // Bracket a blocking MPI call that a deadline cannot cancel (a collective):
+  // finalize() aborts instead of finalising while one is inside.
+  static void enter_blocking_call();
+  static void leave_blocking_call();
+  static int blocking_calls();
+  // Kept for compatibility: the same as entering a blocking call that never leaves.
   static void mark_stuck_operation();
 
  private:
@@ -56,6 +80,7 @@ class World {
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1, node_index_ = 0, node_count_ = 1;
   int thread_level_ = 0;
   std::string host_name_;
+  std::vector<std::string> hosts_;  // per world rank
 };
 
 // How a rank picks its device, given what is requested ("" for nothing, "cpu",

@@ -221,6 +221,13 @@ void Mesh::set_timeout(std::chrono::milliseconds timeout) const {
   for (auto& [group, comm] : impl_->groups) comm.set_timeout(timeout);
 }
 
+void Mesh::set_abortable_collectives(bool on) const {
+  MESHRT_CHECK_ARG(valid(), "use of an empty Mesh");
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->world.set_abortable_collectives(on);
+  for (auto& [group, comm] : impl_->groups) comm.set_abortable_collectives(on);
+}
+
 void Mesh::abort(const std::string& reason) const {
   if (!valid()) return;
   std::lock_guard<std::mutex> lock(impl_->mutex);

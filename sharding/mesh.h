@@ -68,6 +68,9 @@ class Mesh {
   // The deadline of every communicator of this mesh, its slices, and those it
   // makes later (default: MESHRT_COMM_TIMEOUT).
   void set_timeout(std::chrono::milliseconds timeout) const;
+  // Communicator::set_abortable_collectives for every communicator of this mesh,
+  // its slices, and those it makes later.
+  void set_abortable_collectives(bool on) const;
 
   // Aborts every communicator of this mesh (and of its slices): operations on
   // them fail at once with reason. For giving up on a mesh after a failure.

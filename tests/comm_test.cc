@@ -9,6 +9,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <thread>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include "comm/backend.h"
 #include "comm/communicator.h"
@@ -359,6 +363,96 @@ TEST(Deadlines, UnmatchedReceiveTimesOut) {
     EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { world.barrier(); }, {"aborted"}));
   }
   Communicator::world(Device::cpu(), "after").barrier();
+}
+
+// A deadline names the late rank in world numbering with its host, not only the
+// rank that waited; the late rank itself says it fell behind. Ranks 0 and 1 of a
+// pair (split off the world, so world ranks 2 and 3 stay out): #1 is an
+// all_reduce both run, #2 a receive on rank 0 that rank 1 only reaches after
+// rank 0 gave up, then rank 1's own receive #2 finds rank 0 gone.
+TEST(Deadlines, TheLateRankIsNamed) {
+  Communicator world = Communicator::world(Device::cpu(), "late");
+  if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  World& w = World::get();
+  Communicator pair = world.split(world.rank() < 2 ? 0 : Communicator::kNoColor, world.rank(), "pair");
+  if (pair.valid()) {
+    DeviceTensor t = DeviceTensor::zeros({4}, DType::kF32);
+    pair.all_reduce(t).wait();  // #1
+    DeviceTensor r = DeviceTensor::zeros({4}, DType::kF32);
+    if (pair.rank() == 0) {
+      Work late = pair.recv(r, 1);  // #2: rank 1 is behind
+      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { late.wait(std::chrono::milliseconds(500)); },
+                               {"recv #2 on 'pair' did not complete within 500 ms: ",
+                                w.describe_rank(1) + " is behind: it has started #1 and completed #1"}));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // rank 0 gives up meanwhile
+      Work behind = pair.recv(r, 0);  // #2 here too, but rank 0 aborted its communicator
+      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { behind.wait(std::chrono::milliseconds(500)); },
+                               {"recv #2 on 'pair' did not complete within 500 ms: this rank (" + w.describe_rank(1) +
+                                    ") fell behind: world rank(s) 0 gave up"}));
+    }
+  }
+  world.barrier();
+}
+
+// With abortable collectives, a collective whose peer never comes ends at its
+// deadline and leaves no thread inside MPI (so the process can finalise); the
+// results are the same as with the blocking calls.
+TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
+  Communicator world = Communicator::world(Device::cpu(), "abortable");
+  if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  world.set_abortable_collectives(true);
+  Communicator pair = world.split(world.rank() < 2 ? 0 : Communicator::kNoColor, world.rank(), "abortable pair");
+  if (pair.valid()) {
+    DeviceTensor t = to_device(HostTensor::from_vector(std::vector<float>{1, 2, 3}, {3}), Device::cpu());
+    pair.all_reduce(t).wait();  // #1, inherited from the world: non-blocking
+    std::vector<float> sum = to_host(t).to_vector<float>();
+    EXPECT_EQ(sum, (std::vector<float>{2, 4, 6}));
+    DeviceTensor g = DeviceTensor::zeros({6}, DType::kF32);
+    pair.all_gather(t, g).wait();  // #2
+    EXPECT_EQ(to_host(g).to_vector<float>(), (std::vector<float>{2, 4, 6, 2, 4, 6}));
+    if (pair.rank() == 0) {
+      Work alone = pair.all_reduce(t);  // #3: rank 1 never comes
+      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { alone.wait(std::chrono::milliseconds(500)); },
+                               {"all_reduce #3 on 'abortable pair' did not complete within 500 ms: ",
+                                World::get().describe_rank(1) + " is behind: it has started #2"}));
+      pair.abort("test over");
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (World::blocking_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    }
+  }
+  world.barrier();
+}
+
+// A stopped rank (SIGSTOP) cannot answer: the waiting rank names it, with the
+// last operation it is known to have completed. Rank 1 stops itself; rank 0
+// wakes it once its receive has failed. Needs both on one host.
+TEST(Deadlines, AStoppedRankIsNamedAsNotAnswering) {
+  Communicator world = Communicator::world(Device::cpu(), "stopped");
+  if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  World& w = World::get();
+  if (w.host_of(0) != w.host_of(1)) GTEST_SKIP() << "ranks 0 and 1 run on different hosts";
+  DeviceTensor pid = DeviceTensor::zeros({1}, DType::kI64);
+  if (world.rank() == 1) pid = to_device(HostTensor::from_vector(std::vector<int64_t>{::getpid()}, {1}), Device::cpu());
+  world.broadcast(pid, 1).wait();  // #1
+  if (world.rank() == 1) {
+    ::raise(SIGSTOP);  // until rank 0 sends SIGCONT
+  } else if (world.rank() == 0) {
+    DeviceTensor r = DeviceTensor::zeros({4}, DType::kF32);
+    Work w2 = world.recv(r, 1);  // #2
+    // Rank 1 may take a moment to stop: a short deadline could still see it answer.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { w2.wait(std::chrono::milliseconds(500)); },
+                             {"recv #2 on 'stopped' did not complete within 500 ms: ",
+                              w.describe_rank(1) + " did not answer (last seen at #1)"}));
+    ::kill(static_cast<pid_t>(to_host(pid).data<int64_t>()[0]), SIGCONT);
+  }
+  Communicator::world(Device::cpu(), "after stop").barrier();
 }
 
 TEST(Deadlines, ShortMessageIsCheckedAgainstTheReceiveSize) {
