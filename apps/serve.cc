@@ -55,7 +55,13 @@ int main(int argc, char** argv) {
       .show_default();
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   app.add("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
-  app.add("--pid-file", o.pid_file, "rank 0 writes its process id here (send it SIGTERM to drain)");
+  app.add("--pid-file", o.pid_file,
+          "rank 0 writes its process id here (send it SIGTERM to drain); every rank writes its own to <file>.<rank>");
+  int64_t finalize_timeout_ms = meshrt::World::finalize_timeout().count();
+  app.add("--finalize-timeout-ms", finalize_timeout_ms,
+          "at exit, how long the ranks wait for each other; past it the job is aborted naming the ranks that did not "
+          "answer (a stopped or stuck rank)")
+      .show_default();
   return meshrt::apps::run_mpi_app("meshrt-serve", app, argc, argv, [&] {
     MESHRT_CHECK_ARG(header_timeout_ms > 0 && body_timeout_ms > 0, "--http-header-timeout-ms and --http-body-timeout-ms must be "
                      "positive, got ", header_timeout_ms, " and ", body_timeout_ms);
@@ -64,6 +70,7 @@ int main(int argc, char** argv) {
     o.http.header_timeout = std::chrono::milliseconds(header_timeout_ms);
     o.http.body_timeout = std::chrono::milliseconds(body_timeout_ms);
     meshrt::apps::raise_open_file_limit();
+    meshrt::World::set_finalize_timeout(std::chrono::milliseconds(finalize_timeout_ms));
     o.batching = batching == "on";
     o.drain_grace = std::chrono::milliseconds(grace_ms);
     o.result_timeout = std::chrono::milliseconds(result_timeout_ms);

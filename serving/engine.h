@@ -53,6 +53,16 @@ class Engine {
   HostTensor run(int index, const HostTensor& batch, int micro_batches);
   // Why servable `index` failed, or "" while it works.
   std::string failure(int index) const { return failures_.at(static_cast<size_t>(index)); }
+  // Rank 0: tries to bring failed servable `index` back without restarting any
+  // process. Asks every rank to answer (each within `within`); when all do, the
+  // ranks drop the servable's old communicators and build new ones (a new
+  // generation: commands of older generations still in flight are dropped),
+  // and the servable works again. Returns "" on success, else why not (the
+  // ranks that did not answer). A rank that answers and then stops before the
+  // rebuild holds the others inside the rebuild (MPI_Comm_dup) until it resumes.
+  std::string try_recover(int index, std::chrono::milliseconds within);
+  // The generation of servable `index`: 1, then one more per recovery.
+  uint64_t generation(int index) const { return generations_.at(static_cast<size_t>(index)); }
   // The other ranks: run what rank 0 sends until stop(). Errors of a batch are
   // reported to rank 0 and serving goes on.
   void serve();
@@ -61,13 +71,19 @@ class Engine {
 
  private:
   struct Placed;
+  std::unique_ptr<Placed> place(const ServableDefinition& s);
+  void rebuild(int index, uint64_t generation);
   HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input);
   HostTensor await_result(int index, uint64_t batch_id);
   void mark_failed(int index, const std::string& reason);
+  // The other ranks: one command from rank 0 (any stale input is consumed).
+  void handle_command(const std::string& command);
 
   std::vector<ServableDefinition> servables_;
   std::vector<std::unique_ptr<Placed>> placed_;
-  std::vector<std::string> failures_;  // per servable, "" while it works
+  std::vector<std::string> failures_;     // per servable, "" while it works
+  std::vector<uint64_t> generations_;     // per servable, 1 + recoveries
+  uint64_t next_ping_ = 1;
   Device device_;
   EngineOptions options_;
   Channel channel_;

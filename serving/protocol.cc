@@ -336,7 +336,7 @@ HttpPayload make_infer_response(const ModelSignature& model, const InferRequest&
   return with_tensors(std::move(response), "outputs", named, request.binary_output);
 }
 
-std::string model_metadata_json(const ModelSignature& model) {
+std::string model_metadata_json(const ModelSignature& model, const std::string& unavailable) {
   json inputs = json::array(), outputs = json::array(), parameters = json::object();
   for (const TensorSpec& t : model.inputs) inputs.push_back(tensor_metadata(t));
   for (const TensorSpec& t : model.outputs) outputs.push_back(tensor_metadata(t));
@@ -345,6 +345,10 @@ std::string model_metadata_json(const ModelSignature& model) {
   }
   json m = {{"name", model.name}, {"versions", json::array({model.version})}, {"platform", "meshrt"},
             {"inputs", inputs},   {"outputs", outputs},                        {"parameters", parameters}};
+  if (!unavailable.empty()) {
+    m["state"] = "UNAVAILABLE";
+    m["reason"] = unavailable;
+  }
   return io::json_limits::dump(m);
 }
 
@@ -393,8 +397,10 @@ HostTensor parse_infer_response(std::string_view body, std::optional<size_t> hea
   }
 }
 
-std::string model_ready_json(const std::string& name, bool ready) {
-  return io::json_limits::dump(json{{"name", name}, {"ready", ready}});
+std::string model_ready_json(const std::string& name, bool ready, const std::string& reason) {
+  json j{{"name", name}, {"ready", ready}};
+  if (!reason.empty()) j["reason"] = reason;
+  return io::json_limits::dump(j);
 }
 
 std::string server_metadata_json() {

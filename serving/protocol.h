@@ -59,7 +59,9 @@ struct HttpPayload {
 // outputs: one per output of the signature, in its order.
 HttpPayload make_infer_response(const ModelSignature& model, const InferRequest& request,
                                 const std::vector<HostTensor>& outputs);
-std::string model_metadata_json(const ModelSignature& model);
+// unavailable: why the model cannot serve now ("" when it can): adds
+// "state": "UNAVAILABLE" and "reason" (as Triton's repository index does).
+std::string model_metadata_json(const ModelSignature& model, const std::string& unavailable = "");
 
 // The client side (meshrt-infer, meshrt-loadgen), with the same encodings.
 // A model's signature, from the body of GET /v2/models/{name}.
@@ -70,7 +72,8 @@ HttpPayload make_infer_request(const TensorSpec& input, const HostTensor& data, 
 // The first output of a response body, whether JSON or binary. Throws
 // Error(kInvalidArgument) saying what is wrong with a malformed response.
 HostTensor parse_infer_response(std::string_view body, std::optional<size_t> header_length);
-std::string model_ready_json(const std::string& name, bool ready);
+// reason: why not ready (added as "reason" when not empty).
+std::string model_ready_json(const std::string& name, bool ready, const std::string& reason = "");
 std::string server_metadata_json();
 std::string error_json(const std::string& message);
 

@@ -117,7 +117,13 @@ void Scheduler::run_batch(int model, std::vector<Request>& batch) {
       failure.error = (lost ? "model '" + def.name + "' is unavailable: " : "internal error: ") + e.message();
       if (lost) {
         std::lock_guard<std::mutex> lock(mutex_);
-        queues_[static_cast<size_t>(model)].failure = e.message();
+        Queue& q = queues_[static_cast<size_t>(model)];
+        q.failure = e.message();
+        q.failed_at = std::chrono::steady_clock::now();
+        q.next_recovery = q.failed_at + kRecoveryInterval;
+        q.recovery_note.clear();
+        std::fprintf(stderr, "meshrt-serve: model '%s' version %s failed (the server is not ready until it recovers): %s\n",
+                     def.name.c_str(), def.version.c_str(), e.message().c_str());
       }
     } catch (const std::exception& e) {
       failure.status = 500;
@@ -164,6 +170,7 @@ void Scheduler::loop() {
     }
     bool empty = std::all_of(queues_.begin(), queues_.end(), [](const Queue& q) { return q.requests.empty(); });
     if (draining_ && empty) break;
+    if (!draining_ && try_recoveries(lock, now, &wake)) continue;
     cv_.wait_until(lock, wake);
   }
   // Drained: the other ranks can stop.
@@ -176,6 +183,44 @@ void Scheduler::loop() {
   lock.lock();
   finished_ = true;
   finished_cv_.notify_all();
+}
+
+bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point now,
+                               std::chrono::steady_clock::time_point* wake) {
+  for (int m = 0; m < static_cast<int>(queues_.size()); ++m) {
+    Queue& q = queues_[static_cast<size_t>(m)];
+    if (q.failure.empty()) continue;
+    if (now < q.next_recovery) {
+      *wake = std::min(*wake, q.next_recovery);
+      continue;
+    }
+    const ServableDefinition& def = engine_.servable(m);
+    lock.unlock();
+    std::string why_not;
+    try {
+      why_not = engine_.try_recover(m, kRecoveryAnswerTime);
+    } catch (const std::exception& e) {
+      why_not = e.what();
+    }
+    lock.lock();
+    if (why_not.empty()) {
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - q.failed_at).count();
+      std::fprintf(stderr, "meshrt-serve: model '%s' version %s recovered %.1f s after it failed (generation %llu: new "
+                   "communicators, same processes); ready again\n", def.name.c_str(), def.version.c_str(), seconds,
+                   static_cast<unsigned long long>(engine_.generation(m)));
+      q.failure.clear();
+    } else {
+      if (why_not != q.recovery_note) {
+        std::fprintf(stderr, "meshrt-serve: model '%s' version %s cannot recover yet (trying every %lld ms): %s\n",
+                     def.name.c_str(), def.version.c_str(), static_cast<long long>(kRecoveryInterval.count()),
+                     why_not.c_str());
+        q.recovery_note = why_not;
+      }
+      q.next_recovery = std::chrono::steady_clock::now() + kRecoveryInterval;
+    }
+    return true;  // the lock was released: look at the queues again
+  }
+  return false;
 }
 
 void Scheduler::drain() {

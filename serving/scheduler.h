@@ -48,7 +48,9 @@ class Scheduler {
   // Stops taking requests, runs every queued one, then stops the engine's other
   // ranks. Returns when all of it is done. Idempotent.
   void drain();
-  // False once a model's batch failed on a worker (its communicators are gone).
+  // False once a model's batch failed on a worker (its communicators are gone),
+  // until it recovers: while idle, the scheduler tries every kRecoveryInterval to
+  // bring a failed model back in place (Engine::try_recover).
   bool model_ready(int model) const;
   std::string model_failure(int model) const;
 
@@ -62,7 +64,15 @@ class Scheduler {
     std::deque<Request> requests;
     int64_t rows = 0;
     std::string failure;  // non-empty: the model is unavailable
+    std::chrono::steady_clock::time_point failed_at, next_recovery;
+    std::string recovery_note;  // why the last recovery attempt failed (logged when it changes)
   };
+  static constexpr std::chrono::milliseconds kRecoveryInterval{1000};
+  static constexpr std::chrono::milliseconds kRecoveryAnswerTime{500};
+  // Under the lock (released while it runs): one recovery attempt of a failed
+  // model that is due; true if it made one. Pushes wake to the next one due.
+  bool try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point now,
+                      std::chrono::steady_clock::time_point* wake);
   void loop();
   // Under the lock: the next batch to run (model and requests), or the time to
   // wake up and look again.

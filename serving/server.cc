@@ -72,18 +72,23 @@ class Frontend {
     router_.add("GET", "/v2/health/live", [](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond(json_response(200, R"({"live": true})"));
     });
+    // Strict readiness (as Triton's): not ready while draining or while any
+    // model it serves is failed.
     router_.add("GET", "/v2/health/ready", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
       bool ready = !draining_;
+      for (int m = 0; ready && m < engine_.servable_count(); ++m) ready = scheduler_.model_ready(m);
       respond(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
     });
     // Every model route with and without /versions/{version}.
     for (const std::string& base : {std::string("/v2/models/{model}"), std::string("/v2/models/{model}/versions/{version}")}) {
       router_.add("GET", base, model_route([this](int model, const HttpRequest&, const Responder& respond) {
-        respond(json_response(200, model_metadata_json(signatures_[static_cast<size_t>(model)])));
+        respond(json_response(200, model_metadata_json(signatures_[static_cast<size_t>(model)],
+                                                       scheduler_.model_failure(model))));
       }));
       router_.add("GET", base + "/ready", model_route([this](int model, const HttpRequest&, const Responder& respond) {
         bool ready = !draining_ && scheduler_.model_ready(model);
-        respond(json_response(ready ? 200 : 503, model_ready_json(engine_.servable(model).name, ready)));
+        std::string reason = draining_ ? "the server is shutting down" : scheduler_.model_failure(model);
+        respond(json_response(ready ? 200 : 503, model_ready_json(engine_.servable(model).name, ready, ready ? "" : reason)));
       }));
       router_.add("POST", base + "/infer", model_route([this](int model, const HttpRequest& r, const Responder& respond) {
         infer(model, r, respond);
@@ -201,6 +206,8 @@ int run_server(const ServerOptions& o) {
     say(e.message());  // every rank read the same files and fails alike
     return 2;
   }
+  // Every rank's process id, for operators and tests (rank 0's also at pid_file).
+  if (!o.pid_file.empty()) write_file(o.pid_file + "." + std::to_string(rank), std::to_string(::getpid()));
   Device device = world.device(o.device);
   Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout});
   for (const ServableDefinition& s : servables) {

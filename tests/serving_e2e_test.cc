@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -106,10 +107,26 @@ class ServerJob {
     ASSERT_GT(rank0_, 0) << "rank 0's pid is not known (the job never got ready)";
     ::kill(rank0_, signal);
   }
+  // The process id of a rank (meshrt-serve writes <pid-file>.<rank>), or -1.
+  pid_t rank_pid(int rank) const {
+    fs::path file = dir_ / ("pid." + std::to_string(rank));
+    if (!fs::exists(file)) return -1;
+    pid_t pid = std::stoi(read_file(file.string()));
+    return pid > 0 ? pid : -1;
+  }
   int exit_code() const { return exit_code_; }
   uint16_t port() const { return port_; }
   pid_t rank0() const { return rank0_; }
   std::string log() const { return read_file((dir_ / "log").string()); }
+  // Whether the log shows text within a while (mpiexec forwards output late).
+  bool log_shows(const std::string& text, std::chrono::seconds within = std::chrono::seconds(10)) const {
+    auto deadline = std::chrono::steady_clock::now() + within;
+    while (log().find(text) == std::string::npos) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return true;
+  }
   HttpClient client() const { return HttpClient("127.0.0.1", port_); }
 
  private:
@@ -444,6 +461,103 @@ TEST(Serving, SigtermDrainsThenExitsZero) {
   EXPECT_EQ(job.exit_code(), 0) << job.log();
   EXPECT_NE(job.log().find("draining"), std::string::npos);
   fs::remove_all(root);
+}
+
+// Waits until GET target answers status (or the bound passes); the time it took.
+std::optional<double> seconds_until_status(HttpClient& c, const std::string& target, int status,
+                                           std::chrono::seconds bound) {
+  auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < bound) {
+    try {
+      if (c.request("GET", target).status == status) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+    } catch (const Error&) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return std::nullopt;
+}
+
+// A stalled rank (SIGSTOP): the model fails at the collective deadline with an
+// error naming the rank that did not answer; the server and the model say they
+// are not ready and why; when the rank comes back (SIGCONT) the model recovers
+// in place (new communicators, same processes) and answers correctly again.
+// Then the rank is stopped again and SIGTERM to rank 0 ends the job within a
+// bound, naming the rank that did not answer. Deadlines: collectives 2 s, a
+// batch's result 4 s, the exit check-in 3 s.
+TEST(Serving, AStalledRankIsNamedTheModelRecoversInPlaceAndShutdownIsBounded) {
+  ServerJob job(4, kExamples, {"--model", "matmul_neg", "--comm-timeout", "2", "--result-timeout-ms", "4000",
+                               "--finalize-timeout-ms", "3000"});
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 4; ++r) pids.push_back(job.rank_pid(r));
+  for (pid_t p : pids) ASSERT_GT(p, 0) << "every rank writes its pid file";
+  HttpClient c = job.client();
+  auto minus48 = [&](const HttpResponse& r) {
+    if (r.status != 200) return false;
+    json out = json::parse(r.body)["outputs"][0]["data"];
+    return !out.empty() && std::all_of(out.begin(), out.end(), [](const json& v) { return v.get<double>() == -48.0; });
+  };
+  ASSERT_TRUE(minus48(c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 4, 96, 1.0), kJson)));
+
+  // Stall rank 2 (stage 1); a request fails at the deadline, naming it.
+  ASSERT_EQ(::kill(pids[2], SIGSTOP), 0);
+  auto stalled_at = std::chrono::steady_clock::now();
+  HttpResponse failed = c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 4, 96, 1.0), kJson);
+  double to_503 = std::chrono::duration<double>(std::chrono::steady_clock::now() - stalled_at).count();
+  EXPECT_EQ(failed.status, 503) << failed.body;
+  EXPECT_LT(to_503, 2 * 4 + 10) << "the failure must come within the deadlines";
+  EXPECT_NE(failed.body.find("world rank 2 (host "), std::string::npos) << failed.body;
+  EXPECT_NE(failed.body.find("did not answer"), std::string::npos) << failed.body;
+  std::printf("[ MEASURE  ] stalled rank: request answered 503 after %.2f s: %s\n", to_503, failed.body.c_str());
+  HttpResponse ready = c.request("GET", "/v2/health/ready");
+  EXPECT_EQ(ready.status, 503) << "a failed model makes the server not ready";
+  HttpResponse model_ready = c.request("GET", "/v2/models/matmul_neg/ready");
+  EXPECT_EQ(model_ready.status, 503);
+  EXPECT_NE(json::parse(model_ready.body).value("reason", "").find("world rank 2"), std::string::npos) << model_ready.body;
+  json metadata = json::parse(c.request("GET", "/v2/models/matmul_neg").body);
+  EXPECT_EQ(metadata.value("state", ""), "UNAVAILABLE") << metadata.dump();
+  EXPECT_NE(metadata.value("reason", "").find("world rank 2"), std::string::npos) << metadata.dump();
+  EXPECT_TRUE(job.log_shows("model 'matmul_neg' version 1 failed")) << job.log();
+  EXPECT_EQ(c.request("GET", "/v2/health/live").status, 200);
+
+  // The rank comes back: the model recovers in place.
+  ASSERT_EQ(::kill(pids[2], SIGCONT), 0);
+  std::optional<double> recovered = seconds_until_status(c, "/v2/health/ready", 200, std::chrono::seconds(60));
+  ASSERT_TRUE(recovered) << "the model did not recover\n" << job.log();
+  std::printf("[ MEASURE  ] stalled rank resumed: ready again after %.2f s\n", *recovered);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(minus48(c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 3 + i, 96, 1.0), kJson)));
+  }
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(job.rank_pid(r), pids[static_cast<size_t>(r)]) << "rank " << r << " restarted";
+    EXPECT_EQ(::kill(pids[static_cast<size_t>(r)], 0), 0) << "rank " << r << " is gone";
+  }
+  EXPECT_TRUE(job.log_shows("recovered")) << job.log();
+
+  // Shutdown with a stalled rank is bounded and names it.
+  ASSERT_EQ(::kill(pids[2], SIGSTOP), 0);
+  auto term_at = std::chrono::steady_clock::now();
+  job.signal_rank0(SIGTERM);
+  bool exited = job.exited(std::chrono::seconds(2 * 3 + 10));
+  double to_exit = std::chrono::duration<double>(std::chrono::steady_clock::now() - term_at).count();
+  if (!exited) ::kill(pids[2], SIGCONT);
+  ASSERT_TRUE(exited) << "SIGTERM with a stalled rank must end the job within a bound\n" << job.log();
+  std::printf("[ MEASURE  ] SIGTERM with a stalled rank: the job exited after %.2f s (code %d)\n", to_exit,
+              job.exit_code());
+  EXPECT_NE(job.log().find("world rank 2 (host "), std::string::npos) << job.log();
+  EXPECT_NE(job.log().find("did not check in for the exit"), std::string::npos) << job.log();
+  std::string log = job.log();
+  size_t named = log.find("aborting the job instead of finalising");
+  if (named != std::string::npos) std::printf("[ MEASURE  ] %s\n", log.substr(named, log.find('\n', named) - named).c_str());
+  for (pid_t p : pids) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (::kill(p, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_NE(::kill(p, 0), 0) << "a rank outlived the job";
+  }
 }
 
 TEST(Serving, RankCountMustMatchRankSize) {
