@@ -270,4 +270,6 @@ void Communicator::abort(const std::string& reason) const {
 
 bool Communicator::aborted() const { return valid() && backend_->aborted(); }
 
+std::string Communicator::abort_reason() const { return valid() ? backend_->abort_reason() : ""; }
+
 }  // namespace meshrt

@@ -97,6 +97,8 @@ class Communicator {
   void abort(const std::string& reason) const;
   // True after abort() or after a failed or timed-out operation.
   bool aborted() const;
+  // Why it was aborted ("" if it was not).
+  std::string abort_reason() const;
 
  private:
   Communicator(std::shared_ptr<detail::CommBackend> backend, Device device)

@@ -250,7 +250,7 @@ class MpiBackend final : public CommBackend {
         custom();
       } else {
         if (sequence > 0) progress_->started.store(sequence);
-        run(op);
+        run(op, sequence);
         if (sequence > 0) progress_->completed.store(sequence);
       }
       state->complete();
@@ -259,7 +259,7 @@ class MpiBackend final : public CommBackend {
     }
   }
 
-  void run(const CommOp& c) {
+  void run(const CommOp& c, uint64_t sequence) {
     const char* name = to_string(c.kind);
     int count = as_count(c.count, name);
     MPI_Datatype type = mpi_datatype(c.dtype);
@@ -269,23 +269,35 @@ class MpiBackend final : public CommBackend {
       return;
     }
     if (abortable_collectives()) {
-      run_collective(c, count, type, bytes, true);
+      run_collective(c, count, type, bytes, true, sequence);
     } else {
       BlockingCall call(in_blocking_call_);
-      run_collective(c, count, type, bytes, false);
+      run_collective(c, count, type, bytes, false, sequence);
     }
   }
 
-  // Polls a non-blocking collective until done. When the communicator is
-  // aborted meanwhile (a deadline, a failed peer), the operation is abandoned:
-  // MPI may still write its buffers if the peers come later, so they are kept
-  // for the life of the process.
-  void wait_abandonable(MPI_Request& request, const CommOp& c, const std::shared_ptr<std::vector<char>>& temp) {
+  // Polls a non-blocking collective until done. Past the communicator's
+  // deadline (a watchdog, as for NCCL: nobody may be waiting on this operation's
+  // Work, only on its stream) the communicator is aborted, naming the late
+  // ranks. Once aborted (the deadline, a failed peer), the operation is
+  // abandoned: MPI may still write its buffers if the peers come later, so they
+  // are kept for the life of the process.
+  void wait_abandonable(MPI_Request& request, const CommOp& c, const std::shared_ptr<std::vector<char>>& temp,
+                        uint64_t sequence) {
     PollPause pause(std::chrono::microseconds(200), std::chrono::microseconds(50));
+    auto deadline = std::chrono::steady_clock::now() + timeout();
     for (;;) {
       int done = 0;
       MESHRT_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
       if (done) return;
+      if (!aborted() && std::chrono::steady_clock::now() > deadline) {
+        std::string why = sequence > 0 ? explain_deadline(to_string(c.kind), sequence) : "";
+        MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+        if (done) return;  // it finished while the peers were asked
+        abort_after_failure(cat(to_string(c.kind), " #", sequence, " on '", name(), "' did not complete within ",
+                                timeout().count(), " ms: ", why.empty() ? "a peer did not take part" : why,
+                                " [", describe(), "]; the communicator is now aborted"));
+      }
       if (aborted()) {
         static std::mutex mutex;
         static auto* abandoned = new std::vector<std::pair<std::vector<std::shared_ptr<Storage>>,
@@ -304,7 +316,8 @@ class MpiBackend final : public CommBackend {
   // having done nothing (as c10d's Backend: "does not support").
   // nonblocking: the I-variant of each call (MPI_Iallreduce, ...), polled and
   // abandonable (wait_abandonable); else the blocking call.
-  void run_collective(const CommOp& c, int count, MPI_Datatype type, size_t bytes, bool nonblocking) {
+  void run_collective(const CommOp& c, int count, MPI_Datatype type, size_t bytes, bool nonblocking,
+                      uint64_t sequence) {
     MPI_Request request = MPI_REQUEST_NULL;
     std::shared_ptr<std::vector<char>> temp;  // reduce_scatter in place
     switch (c.kind) {
@@ -355,7 +368,7 @@ class MpiBackend final : public CommBackend {
         throw Error(ErrorKind::kInternal, detail::cat(describe(), " does not support ", to_string(c.kind),
                                                       " as a collective (operation ", static_cast<int>(c.kind), ")"));
     }
-    if (nonblocking) wait_abandonable(request, c, temp);
+    if (nonblocking) wait_abandonable(request, c, temp, sequence);
     if (temp) std::memcpy(c.recv, temp->data(), bytes);
   }
 

@@ -1,6 +1,7 @@
 #include "serving/engine.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <sstream>
 
@@ -133,6 +134,10 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
     row += rows;
   }
   for (const Work& w : sends) w.wait();
+  // A collective that failed on its stream (its deadline passed with nobody
+  // waiting on it) left garbage behind: never hand that on as a result.
+  std::string failed = p.mesh.failure();
+  MESHRT_CHECK(failed.empty(), ErrorKind::kUnavailable, failed);
   if (!last || p.model_coordinate != 0) return HostTensor();
   HostTensor result = concat_rows(outputs);  // the micro-batches one after another
   if (World::get().rank() != 0) {
@@ -295,6 +300,8 @@ void Engine::handle_command(const std::string& command) {
     run_local(index, id, micro, input);
   } catch (const std::exception& e) {
     std::string reason = reason_of(e);
+    std::fprintf(stderr, "meshrt-serve: %s: batch %llu failed: %s\n", World::get().describe_rank(World::get().rank()).c_str(),
+                 static_cast<unsigned long long>(id), reason.c_str());
     if (index >= 0 && index < servable_count()) mark_failed(index, reason);
     channel_.send(std::to_string(id) + " " + reason, 0, kErrorTag);
   }

@@ -239,6 +239,23 @@ void Mesh::abort(const std::string& reason) const {
   }
 }
 
+std::string Mesh::failure() const {
+  if (!valid()) return "";
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  auto first = [](const Communicator& c) { return c.aborted() ? c.abort_reason() : std::string(); };
+  if (std::string r = first(impl_->world); !r.empty()) return r;
+  for (auto& [group, comm] : impl_->groups) {
+    if (std::string r = first(comm); !r.empty()) return r;
+  }
+  for (auto& [axis, slice] : impl_->slices) {
+    if (std::string r = first(slice.impl_->world); !r.empty()) return r;
+    for (auto& [group, comm] : slice.impl_->groups) {
+      if (std::string r = first(comm); !r.empty()) return r;
+    }
+  }
+  return "";
+}
+
 std::string Mesh::to_string() const {
   if (!valid()) return "Mesh()";
   return "Mesh(" + axes_text(impl_->axes) + ")";

@@ -75,6 +75,9 @@ class Mesh {
   // Aborts every communicator of this mesh (and of its slices): operations on
   // them fail at once with reason. For giving up on a mesh after a failure.
   void abort(const std::string& reason) const;
+  // Why a communicator of this mesh (or of its slices) was aborted, or "" while
+  // none is: work that ran on an aborted communicator has no valid result.
+  std::string failure() const;
 
   // "Mesh(data=2, model=2)"
   std::string to_string() const;

@@ -548,6 +548,7 @@ TEST(Serving, AStalledRankIsNamedTheModelRecoversInPlaceAndShutdownIsBounded) {
               job.exit_code());
   EXPECT_NE(job.log().find("world rank 2 (host "), std::string::npos) << job.log();
   EXPECT_NE(job.log().find("did not check in for the exit"), std::string::npos) << job.log();
+  if (std::getenv("MESHRT_E2E_SHOW_LOG")) std::printf("%s\n", job.log().c_str());
   std::string log = job.log();
   size_t named = log.find("aborting the job instead of finalising");
   if (named != std::string::npos) std::printf("[ MEASURE  ] %s\n", log.substr(named, log.find('\n', named) - named).c_str());
