@@ -208,6 +208,8 @@ int run_server(const ServerOptions& o) {
                     s.stage_size, " (", s.rank_size / s.stage_size, "-way tensor parallel per stage), batching ",
                     s.batching.enabled ? "on" : "off", ", max_batch_size ", s.batching.max_batch_size));
   }
+  // Every rank's pid at <pid-file>.<rank> (a supervisor or a test can reach any rank).
+  if (!o.pid_file.empty()) write_file(o.pid_file + "." + std::to_string(rank), std::to_string(::getpid()));
   if (rank != 0) {
     engine.serve();
     return 0;

@@ -27,7 +27,9 @@ struct ServerOptions {
   // After draining, keep answering (not ready; 503 to inference) this long
   // before exiting, so that load balancers see the server go unready.
   std::chrono::milliseconds drain_grace{0};
-  std::string port_file, pid_file;  // rank 0 writes its HTTP port / process id there
+  // rank 0 writes its HTTP port / process id there; every rank also writes its
+  // process id to <pid_file>.<rank>.
+  std::string port_file, pid_file;
   std::string device;               // "cpu", "cuda:N"; empty: the World's default
 };
 
