@@ -44,6 +44,10 @@ CommandLine::Option CommandLine::flag(const std::string& names, bool& value, con
   return Option(app_->add_flag(names, value, help));
 }
 
+void CommandLine::allow_extras() { app_->allow_extras(); }
+
+std::vector<std::string> CommandLine::extras() const { return app_->remaining(); }
+
 std::optional<int> CommandLine::parse(int argc, char** argv, bool quiet) {
   try {
     app_->parse(argc, argv);

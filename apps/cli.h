@@ -55,6 +55,11 @@ class CommandLine {
   Option add(const std::string& names, double& value, const std::string& help);
   Option flag(const std::string& names, bool& value, const std::string& help);
 
+  // Lets parse() accept options it does not know: they are kept, in order, for extras().
+  void allow_extras();
+  // What parse() did not know (after allow_extras()), e.g. {"--model", "m", "--batching=off"}.
+  std::vector<std::string> extras() const;
+
   // Parses the command line. Returns nothing when the program should go on, or
   // the exit code when it should stop: 0 after --help, non-zero after a bad
   // command line (CLI11's code; 2 when quiet). Help and errors are printed

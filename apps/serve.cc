@@ -4,14 +4,57 @@
 //   mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000
 //
 // Drain and stop: SIGTERM (or Ctrl-C) to rank 0, or SIGUSR1 to mpirun.
+//
+// Supervised (a lost rank is healed: serving/supervisor.h):
+//
+//   meshrt-serve --supervise --ranks 4 --model-repository examples/models --http-port 8000
+//
+// runs meshrt-supervisor (next to this executable) with the other arguments,
+// which owns the port and runs the MPI job as its child.
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include "comm/world.h"
 #include "apps/app_common.h"
 #include "apps/cli.h"
 #include "serving/server.h"
 
+namespace {
+
+// With --supervise anywhere in argv, becomes meshrt-supervisor (the file next to
+// this executable) with the other arguments, before MPI starts; returns only on failure.
+int exec_supervisor_if_asked(int argc, char** argv) {
+  std::vector<char*> args;
+  bool supervise = false;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0 && std::strcmp(argv[i], "--supervise") == 0) {
+      supervise = true;
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  if (!supervise) return 0;
+  std::string self(4096, '\0');
+  ssize_t n = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
+  std::string folder = n > 0 ? self.substr(0, static_cast<size_t>(n)) : std::string(argv[0]);
+  folder = folder.find('/') == std::string::npos ? "." : folder.substr(0, folder.rfind('/'));
+  std::string supervisor = folder + "/meshrt-supervisor";
+  args[0] = supervisor.data();
+  args.push_back(nullptr);
+  ::execv(supervisor.c_str(), args.data());
+  std::fprintf(stderr, "meshrt-serve: --supervise: cannot run %s: %s\n", supervisor.c_str(), std::strerror(errno));
+  return 2;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (int failed = exec_supervisor_if_asked(argc, argv)) return failed;
   meshrt::World::init(&argc, &argv);
   meshrt::serving::install_drain_signal_handlers();
   meshrt::serving::ServerOptions o;
@@ -22,7 +65,10 @@ int main(int argc, char** argv) {
                "on all the ranks of the job: pipeline stages on the 'stage' axis, tensor parallel within.\n"
                "Run it under mpirun with the models' rank_size, e.g.:\n"
                "  mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000\n"
-               "Stop it with SIGTERM to rank 0 (or SIGUSR1 to mpirun): it drains, then exits 0."};
+               "Stop it with SIGTERM to rank 0 (or SIGUSR1 to mpirun): it drains, then exits 0.\n"
+               "With --supervise (first, or anywhere) it runs meshrt-supervisor instead, which owns the HTTP port, runs\n"
+               "the job under mpirun itself and relaunches it when a rank is lost (see meshrt-supervisor --help):\n"
+               "  meshrt-serve --supervise --ranks 4 --model-repository examples/models --http-port 8000"};
   app.add("--model-repository", o.repository, "folder with one folder per model (config.json + weights)").required();
   app.add("--model", o.models, "load only this model (repeatable; default: every model)");
   app.add("--http-port", o.http.port, "HTTP port on rank 0 (0: any free port)").show_default();
