@@ -19,37 +19,14 @@
 #include "serving/metrics.h"
 #include "serving/protocol.h"
 #include "serving/scheduler.h"
+#include "serving/signal_pipe.h"
 
 namespace meshrt::serving {
 
-namespace {
-// The self-pipe of the drain signals: the handler writes the signal number,
-// the server's signal thread reads it.
-int g_signal_pipe[2] = {-1, -1};
-
-void on_drain_signal(int signal) {
-  int saved = errno;
-  unsigned char byte = static_cast<unsigned char>(signal);
-  if (g_signal_pipe[1] >= 0) {
-    ssize_t ignored = ::write(g_signal_pipe[1], &byte, 1);  // async-signal-safe; never blocks
-    (void)ignored;
-  }
-  errno = saved;
-}
-}  // namespace
-
 void install_drain_signal_handlers() {
-  if (g_signal_pipe[0] < 0 && ::pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
-    throw Error(ErrorKind::kUnavailable, "cannot create the signal pipe");
-  }
   // The writing end never blocks: extra signals are dropped when nobody reads
   // (on the other ranks, or once draining started).
-  ::fcntl(g_signal_pipe[1], F_SETFL, ::fcntl(g_signal_pipe[1], F_GETFL) | O_NONBLOCK);
-  struct sigaction action {};
-  action.sa_handler = on_drain_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  for (int s : {SIGTERM, SIGINT, SIGUSR1}) sigaction(s, &action, nullptr);
+  route_signals_to_pipe({SIGTERM, SIGINT, SIGUSR1});
 }
 
 namespace {
@@ -230,10 +207,10 @@ int run_server(const ServerOptions& o) {
   say(detail::cat("listening on http://", o.http.address, ":", http.port(), " (", world.size(), " rank(s), device ",
                   device.to_string(), ")"));
 
-  if (g_signal_pipe[0] < 0) install_drain_signal_handlers();
+  if (signal_pipe_fd() < 0) install_drain_signal_handlers();
   std::thread signals([&] {
     unsigned char signal = 0;
-    while (::read(g_signal_pipe[0], &signal, 1) < 0 && errno == EINTR) {
+    while (::read(signal_pipe_fd(), &signal, 1) < 0 && errno == EINTR) {
     }
     say(detail::cat("signal ", static_cast<int>(signal), ": draining (not ready; finishing accepted requests)"));
     frontend.set_draining();

@@ -32,6 +32,7 @@
 
 #include "device/error.h"
 #include "serving/protocol.h"
+#include "serving/signal_pipe.h"
 
 extern char** environ;
 
@@ -45,21 +46,6 @@ namespace http = beast::http;
 namespace fs = std::filesystem;
 using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
-
-// ---------------------------------------------------------------------------
-// Signals: SIGTERM and SIGINT write their number to a pipe the monitor polls.
-// ---------------------------------------------------------------------------
-int g_stop_pipe[2] = {-1, -1};
-
-void on_stop_signal(int signal) {
-  int saved = errno;
-  unsigned char byte = static_cast<unsigned char>(signal);
-  if (g_stop_pipe[1] >= 0) {
-    ssize_t ignored = ::write(g_stop_pipe[1], &byte, 1);
-    (void)ignored;
-  }
-  errno = saved;
-}
 
 void say(const char* format, ...) __attribute__((format(printf, 1, 2)));
 void say(const char* format, ...) {
@@ -580,10 +566,10 @@ class Supervisor {
 
   // Sleeps up to timeout, or until a stop signal arrives (then stop_ is set).
   void wait_for_signal(std::chrono::milliseconds timeout) {
-    pollfd fd{g_stop_pipe[0], POLLIN, 0};
+    pollfd fd{signal_pipe_fd(), POLLIN, 0};
     if (::poll(&fd, 1, static_cast<int>(timeout.count())) > 0 && (fd.revents & POLLIN)) {
       unsigned char signal = 0;
-      if (::read(g_stop_pipe[0], &signal, 1) == 1 && !stop_) {
+      if (::read(signal_pipe_fd(), &signal, 1) == 1 && !stop_) {
         say("signal %d: stopping (not ready; the job drains)", static_cast<int>(signal));
         stop_ = true;
         job_ready_ = false;
@@ -777,15 +763,8 @@ class Supervisor {
 }  // namespace
 
 void install_supervisor_signal_handlers() {
-  if (g_stop_pipe[0] < 0 && ::pipe2(g_stop_pipe, O_CLOEXEC) != 0) {
-    throw Error(ErrorKind::kUnavailable, "cannot create the signal pipe");
-  }
-  ::fcntl(g_stop_pipe[1], F_SETFL, ::fcntl(g_stop_pipe[1], F_GETFL) | O_NONBLOCK);
-  struct sigaction action {};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  for (int s : {SIGTERM, SIGINT}) sigaction(s, &action, nullptr);
+  // SIGTERM and SIGINT write their number to the pipe the monitor polls.
+  route_signals_to_pipe({SIGTERM, SIGINT});
   ::signal(SIGPIPE, SIG_IGN);
 }
 
@@ -796,7 +775,7 @@ int run_supervisor(const SupervisorOptions& options) {
                    options.proxy_threads);
   MESHRT_CHECK_ARG(options.retry_after_s >= 0, "--retry-after-s must not be negative");
   MESHRT_CHECK_ARG(!options.serve.empty() && !options.mpirun.empty(), "the launcher and meshrt-serve must be named");
-  if (g_stop_pipe[0] < 0) install_supervisor_signal_handlers();
+  if (signal_pipe_fd() < 0) install_supervisor_signal_handlers();
   Supervisor supervisor(options);
   return supervisor.run();
 }

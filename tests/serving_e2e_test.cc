@@ -18,9 +18,9 @@
 #include <thread>
 
 #include "serving/http_client.h"
+#include "spawn_util.h"
 #include "io/safetensors.h"
 
-extern char** environ;
 
 namespace meshrt::serving {
 namespace {
@@ -45,17 +45,7 @@ class ServerJob {
                                      "--model-repository", repository, "--http-port", "0",
                                      "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string()};
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t files;
-    posix_spawn_file_actions_init(&files);
-    std::string log = (dir_ / "log").string();
-    posix_spawn_file_actions_addopen(&files, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&files, 1, 2);
-    int rc = posix_spawn(&pid_, argv[0], &files, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&files);
-    if (rc != 0) throw std::runtime_error("cannot start mpiexec");
+    pid_ = testing::spawn_with_log(args, (dir_ / "log").string());
   }
 
   ~ServerJob() {
@@ -88,17 +78,11 @@ class ServerJob {
   // Whether the job ended within timeout; its exit code in exit_code().
   bool exited(std::chrono::milliseconds timeout) {
     if (exited_) return true;
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    do {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    } while (std::chrono::steady_clock::now() < deadline);
-    return false;
+    std::optional<int> code = testing::wait_for_exit(pid_, timeout);
+    if (!code) return false;
+    exited_ = true;
+    exit_code_ = *code;
+    return true;
   }
 
   // Sends signal to rank 0 (never to pid 0 or -1, which would reach the test's

@@ -23,8 +23,8 @@
 
 #include "io/safetensors.h"
 #include "serving/http_client.h"
+#include "spawn_util.h"
 
-extern char** environ;
 
 namespace meshrt::serving {
 namespace {
@@ -99,17 +99,7 @@ class Supervised {
                                      "--work-dir", (dir_ / "job").string(), "--restart-delay-ms", "200",
                                      "--retry-after-s", "1", "--stop-timeout-s", std::to_string(kStopTimeoutS)};
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t files;
-    posix_spawn_file_actions_init(&files);
-    std::string log = (dir_ / "log").string();
-    posix_spawn_file_actions_addopen(&files, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&files, 1, 2);
-    int rc = posix_spawn(&pid_, argv[0], &files, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&files);
-    if (rc != 0) throw std::runtime_error("cannot start meshrt-serve --supervise");
+    pid_ = testing::spawn_with_log(args, (dir_ / "log").string());
   }
 
   ~Supervised() {
@@ -145,17 +135,11 @@ class Supervised {
 
   bool exited(std::chrono::milliseconds timeout) {
     if (exited_) return true;
-    auto deadline = Clock::now() + timeout;
-    do {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    } while (Clock::now() < deadline);
-    return false;
+    std::optional<int> code = testing::wait_for_exit(pid_, timeout);
+    if (!code) return false;
+    exited_ = true;
+    exit_code_ = *code;
+    return true;
   }
 
   uint16_t port() {
