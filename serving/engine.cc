@@ -161,7 +161,8 @@ HostTensor Engine::await_result(int index, uint64_t batch_id) {
       uint64_t id = 0;
       in >> id;
       if (id == batch_id) {
-        throw Error(ErrorKind::kUnavailable, detail::cat("rank ", rank, " failed: ", message.substr(message.find(' ') + 1)));
+        throw Error(ErrorKind::kUnavailable, detail::cat(World::get().describe_rank(rank), " failed: ",
+                                                         message.substr(message.find(' ') + 1)));
       }
       continue;  // a stale report of an earlier batch
     }

@@ -170,7 +170,7 @@ const Communicator& Mesh::communicator(std::vector<std::string> names) const {
   }
   std::string name;
   for (int g : group) name += (name.empty() ? "" : ",") + impl_->axes[static_cast<size_t>(g)].name;
-  Communicator sub = impl_->world.split(color, key, "mesh axis " + name);
+  Communicator sub = impl_->world.split(color, key, name);  // "model": errors say "all_reduce #12 on 'model'"
   return impl_->groups.emplace(group, std::move(sub)).first->second;
 }
 

@@ -278,7 +278,7 @@ TEST(Engine, AFailureGivesTheModelUpEverywhereAndSparesTheOthers) {
   Engine engine({fragile, sturdy}, Device::cpu());
   with_engine(engine, [&] {
     EXPECT_EQ(engine.run(0, HostTensor::full<float>({3, 2}, 1.0f), 1).data<float>()[0], 1.0f);
-    std::string where = n == 1 ? "boom on 13" : "rank " + std::to_string(n - 1) + " failed: boom on 13";
+    std::string where = n == 1 ? "boom on 13" : World::get().describe_rank(n - 1) + " failed: boom on 13";
     EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(0, HostTensor::full<float>({3, 2}, 13.0f), 2); },
                              {"model 'fragile' failed", where}));
     EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(0, HostTensor::full<float>({3, 2}, 1.0f), 1); },
@@ -286,6 +286,17 @@ TEST(Engine, AFailureGivesTheModelUpEverywhereAndSparesTheOthers) {
     EXPECT_FALSE(engine.failure(0).empty());
     HostTensor y = engine.run(1, HostTensor::full<float>({4, 2}, 1.0f), 2);
     for (float v : y.span<float>()) EXPECT_EQ(v, 1.0f + n);
+    // Recovery in place: every rank answers, the model gets new communicators
+    // (generation 2) and works again; the other model is untouched.
+    EXPECT_EQ(engine.generation(0), 1u);
+    EXPECT_EQ(engine.try_recover(0, std::chrono::seconds(30)), "");
+    EXPECT_EQ(engine.generation(0), 2u);
+    EXPECT_TRUE(engine.failure(0).empty());
+    for (int i = 0; i < 3; ++i) {
+      HostTensor z = engine.run(0, HostTensor::full<float>({3, 2}, 2.0f), 1 + i);
+      for (float v : z.span<float>()) EXPECT_EQ(v, 2.0f);
+    }
+    EXPECT_EQ(engine.run(1, HostTensor::full<float>({1, 2}, 0.0f), 1).data<float>()[0], static_cast<float>(n));
   });
 }
 
