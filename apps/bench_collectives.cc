@@ -42,6 +42,7 @@ struct Options {
   int iters = 20, warmup = 5, check = 1, root = 0;
   std::string op = "sum", dtype = "f32", collective = "all_reduce", device;
   bool no_raw = false;
+  bool abortable = false;
 };
 
 // The value rank r holds at element i, and what every reduction of them gives:
@@ -230,6 +231,7 @@ int run(const Options& o) {
   MPI_Comm raw_comm = MPI_COMM_NULL;
   MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &raw_comm));
   Communicator comm = Communicator::world(device, "bench");
+  if (o.abortable) comm.set_abortable_collectives(true);
 #if MESHRT_WITH_CUDA
   ncclComm_t raw_nccl = nullptr;
   cudaStream_t raw_stream = nullptr;
@@ -371,5 +373,8 @@ int main(int argc, char** argv) {
                  "all_reduce, all_gather, reduce_scatter, broadcast, all_to_all or all").show_default();
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   app.flag("--no-raw", o.no_raw, "skip the raw library baseline");
+  app.flag("--abortable", o.abortable,
+           "MPI: run meshrt's collectives as abortable non-blocking calls (as a server's are), against the same raw "
+           "blocking baseline");
   return meshrt::apps::run_mpi_app("meshrt-bench-collectives", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }
