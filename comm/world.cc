@@ -78,6 +78,7 @@ World& World::init(int* argc, char*** argv) {
     MESHRT_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &g_control));
     MESHRT_MPI_CHECK(MPI_Comm_set_errhandler(g_control, MPI_ERRORS_RETURN));
     g_world = world;
+    finalize_timeout();  // a bad MESHRT_FINALIZE_TIMEOUT_MS is reported at start, not at exit
     detail::start_progress_service();
   });
   return *g_world;
@@ -158,7 +159,15 @@ std::chrono::milliseconds World::finalize_timeout() {
     if (const char* text = std::getenv("MESHRT_FINALIZE_TIMEOUT_MS")) {
       char* end = nullptr;
       long long parsed = std::strtoll(text, &end, 10);
-      if (end != text && *end == '\0' && parsed > 0) ms = parsed;
+      if (end != text && *end == '\0' && parsed > 0) {
+        ms = parsed;
+      } else {
+        static std::once_flag warned;  // called at exit too: a warning, not an exception
+        std::call_once(warned, [&] {
+          std::fprintf(stderr, "meshrt: MESHRT_FINALIZE_TIMEOUT_MS='%s' is not a positive number of milliseconds; "
+                       "using %lld\n", text, ms);
+        });
+      }
     }
   }
   return std::chrono::milliseconds(ms);
