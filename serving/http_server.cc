@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "device/error.h"
+#include "io/json_limits.h"
 
 namespace meshrt::serving {
 
@@ -222,7 +223,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void reply_and_close(int status, const std::string& message) {
     ++server_->in_flight;
-    std::string body = "{\"error\": \"" + message + "\"}";
+    // The message may quote the request (a transfer coding, say): escaped, and
+    // bytes that are not UTF-8 replaced, so that the body stays JSON.
+    std::string body = io::json_limits::dump(nlohmann::json{{"error", message}});
     write({status, body, "application/json", {}}, false, true);
   }
 

@@ -126,6 +126,9 @@ TEST(HttpFraming, RequestsAreFramedAsRfc9112Says) {
        "'foo' is not implemented"},
       {"a known coding we do not decode", "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
        501, "'gzip' is not implemented"},
+      {"a coding that needs escaping in the JSON body",
+       "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: a\"b\\c, chunked\r\n\r\n0\r\n\r\n", 501,
+       "{\"error\":\"transfer coding 'a\\\"b\\\\c' is not implemented"},
       {"HTTP/1.1 without Host", "GET /x HTTP/1.1\r\n\r\n", 400, "must carry a Host header"},
       {"a negative Content-Length", "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400, "Content-Length"},
   };
