@@ -17,8 +17,11 @@ root=$(pwd)
 build_dir=${MESHRT_BUILD_DIR:-build}
 ranks=${MESHRT_RANKS:-4}
 
+# clang, its libFuzzer runtime (libclang-rt-dev) and llvm (llvm-symbolizer): the
+# coverage-guided fuzz tests (libfuzzer_*, tests/fuzz/README.md).
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
-          libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client)
+          libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client
+          clang libclang-rt-dev llvm)
 
 say() { echo "run.sh: $*" >&2; }
 

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "device/error.h"
+#include "io/json_limits.h"
 
 namespace meshrt::serving {
 
@@ -137,6 +138,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   void read() {
+    head_ = false;
     parser_.emplace();
     parser_->body_limit(server_->options.max_body_bytes);
     parser_->header_limit(server_->options.max_header_bytes);
@@ -183,6 +185,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_header(beast::error_code ec) {
     first_request_ = false;
     if (reply_to_read_error(ec)) return;
+    head_ = parser_->get().method() == http::verb::head;
     size_t fields = static_cast<size_t>(std::distance(parser_->get().begin(), parser_->get().end()));
     if (fields > server_->options.max_header_fields) {
       return reply_and_close(431, "the request has " + std::to_string(fields) +
@@ -222,7 +225,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void reply_and_close(int status, const std::string& message) {
     ++server_->in_flight;
-    std::string body = "{\"error\": \"" + message + "\"}";
+    // The message may quote the request (a transfer coding, say): escaped, and
+    // bytes that are not UTF-8 replaced, so that the body stays JSON.
+    std::string body = io::json_limits::dump(nlohmann::json{{"error", message}});
     write({status, body, "application/json", {}}, false, true);
   }
 
@@ -234,6 +239,10 @@ class Session : public std::enable_shared_from_this<Session> {
     response->keep_alive(keep_alive);
     response->body() = std::move(r.body);
     response->prepare_payload();
+    // The response to HEAD ends with its header (RFC 9112 section 6.3): its
+    // Content-Length is the body's, but a body sent would be read as the next
+    // response by a client that keeps the connection.
+    if (head_) response->body().clear();
     stream_.expires_after(server_->options.write_timeout);
     http::async_write(stream_, *response, [self = shared_from_this(), response, counted](beast::error_code ec, size_t) {
       if (counted) --self->server_->in_flight;
@@ -254,6 +263,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<HttpServer::Impl> server_;
   bool keep_alive_ = true;
   bool first_request_ = true;
+  bool head_ = false;  // the request being answered is HEAD
 };
 
 }  // namespace

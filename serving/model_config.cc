@@ -158,16 +158,22 @@ bool is_file(const std::string& path) {
 }  // namespace
 
 ModelConfig load_model_config(const std::string& model_dir) {
+  std::string path = model_dir + "/config.json";
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Error(ErrorKind::kInvalidArgument, path + ": cannot be read");
+  if (static_cast<uint64_t>(st.st_size) > kMaxModelConfigBytes) Reader(path).fail("(file)", "larger than 1 MiB");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorKind::kInvalidArgument, path + ": cannot be read");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_model_config(text, model_dir);
+}
+
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir) {
   ModelConfig c;
   c.directory = model_dir;
   c.config_path = model_dir + "/config.json";
   Reader r(c.config_path);
-  struct stat st {};
-  if (::stat(c.config_path.c_str(), &st) != 0) throw Error(ErrorKind::kInvalidArgument, c.config_path + ": cannot be read");
-  if (st.st_size > (1 << 20)) r.fail("(file)", "larger than 1 MiB");
-  std::ifstream in(c.config_path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::kInvalidArgument, c.config_path + ": cannot be read");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > kMaxModelConfigBytes) r.fail("(file)", "larger than 1 MiB");
   json v;
   try {
     v = io::json_limits::parse(text);

@@ -32,8 +32,10 @@
 // expected one of linear, bias_add, ..., got \"conv\"".
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "device/dtype.h"
@@ -69,6 +71,10 @@ struct ModelConfig {
 // Reads and checks model_dir/config.json (not the weights: those are checked
 // when the model is built, against the config).
 ModelConfig load_model_config(const std::string& model_dir);
+// The same for the text of model_dir/config.json (at most kMaxModelConfigBytes):
+// the checks that need the folder (its name, the weights file) look at model_dir.
+inline constexpr size_t kMaxModelConfigBytes = 1 << 20;
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir);
 // Every model of the repository (folders with a config.json), sorted by name.
 // Throws Error(kInvalidArgument) if the folder is missing or holds no model.
 std::vector<ModelConfig> load_repository(const std::string& repository_dir);

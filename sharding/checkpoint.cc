@@ -337,9 +337,10 @@ DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layou
   HostTensor block = HostTensor::empty(local, e.dtype);
   size_t element = size_of(e.dtype);
   File f(file, O_RDONLY);
+  uint64_t start = header.data_start + e.begin;  // (clang 14 cannot capture a structured binding)
   for_each_run(e.shape, block_offsets(mesh, layout, e.shape), local, [&](int64_t global, int64_t at, int64_t count) {
     f.read_at(static_cast<char*>(block.raw_data()) + static_cast<size_t>(at) * element, static_cast<size_t>(count) * element,
-              header.data_start + e.begin + static_cast<uint64_t>(global) * element);
+              start + static_cast<uint64_t>(global) * element);
   });
   return DTensor(to_device(block, mesh.device()), e.shape, mesh, layout, name);
 }

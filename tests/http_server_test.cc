@@ -126,6 +126,9 @@ TEST(HttpFraming, RequestsAreFramedAsRfc9112Says) {
        "'foo' is not implemented"},
       {"a known coding we do not decode", "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
        501, "'gzip' is not implemented"},
+      {"a coding that needs escaping in the JSON body",
+       "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: a\"b\\c, chunked\r\n\r\n0\r\n\r\n", 501,
+       "{\"error\":\"transfer coding 'a\\\"b\\\\c' is not implemented"},
       {"HTTP/1.1 without Host", "GET /x HTTP/1.1\r\n\r\n", 400, "must carry a Host header"},
       {"a negative Content-Length", "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400, "Content-Length"},
   };
@@ -148,6 +151,20 @@ TEST(HttpFraming, RequestsAreFramedAsRfc9112Says) {
 
 // A client that sends its headers one byte at a time is closed when the header
 // timeout runs out, and one that stops in its body when the body timeout does.
+// The response to HEAD ends with its header (RFC 9112 section 6.3): the next
+// response on the connection follows it at once (found by fuzz_http).
+TEST(HttpFraming, HeadResponsesHaveNoBody) {
+  Server server;
+  std::string answer = exchange(server.port(), "HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n"
+                                               "GET /y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status_of(answer), 200) << answer;
+  size_t end = answer.find("\r\n\r\n");
+  ASSERT_NE(end, std::string::npos) << answer;
+  EXPECT_NE(answer.substr(0, end).find("Content-Length: 12"), std::string::npos) << "the length GET would have: " << answer;
+  EXPECT_EQ(answer.compare(end + 4, 9, "HTTP/1.1 "), 0) << answer;
+  EXPECT_EQ(answer.substr(answer.size() - 12), "{\"bytes\": 0}") << answer;
+}
+
 TEST(SlowClients, HeaderAndBodyTimeoutsCloseThem) {
   HttpServerOptions options;
   options.header_timeout = 600ms;
