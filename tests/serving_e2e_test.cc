@@ -36,7 +36,7 @@ std::string read_file(const std::string& path) {
 }
 
 // A meshrt-serve job: mpiexec -n ranks meshrt-serve --model-repository ... on a free port.
-class ServerJob {
+class ServerJob : public testing::Spawned {
  public:
   ServerJob(int ranks, const std::string& repository, std::vector<std::string> extra = {}) {
     dir_ = fs::temp_directory_path() / ("meshrt-e2e-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
@@ -45,7 +45,7 @@ class ServerJob {
                                      "--model-repository", repository, "--http-port", "0",
                                      "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string()};
     args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = testing::spawn_with_log(args, (dir_ / "log").string());
+    start(args, (dir_ / "log").string());
   }
 
   ~ServerJob() {
@@ -59,31 +59,19 @@ class ServerJob {
 
   // Waits until rank 0 listens and says ready; false if the job ended first.
   bool wait_ready(std::chrono::seconds timeout = std::chrono::seconds(120)) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (exited(std::chrono::milliseconds(0))) return false;
-      if (fs::exists(dir_ / "port") && fs::exists(dir_ / "pid")) {
-        port_ = static_cast<uint16_t>(std::stoi(read_file((dir_ / "port").string())));
-        rank0_ = std::stoi(read_file((dir_ / "pid").string()));
-        try {
-          if (HttpClient("127.0.0.1", port_).request("GET", "/v2/health/ready").status == 200) return true;
-        } catch (const Error&) {
-        }
+    auto ready = [&] {
+      if (!fs::exists(dir_ / "port") || !fs::exists(dir_ / "pid")) return false;
+      port_ = static_cast<uint16_t>(std::stoi(read_file((dir_ / "port").string())));
+      rank0_ = std::stoi(read_file((dir_ / "pid").string()));
+      try {
+        return HttpClient("127.0.0.1", port_).request("GET", "/v2/health/ready").status == 200;
+      } catch (const Error&) {
+        return false;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
+    };
+    return testing::poll_until(ready, [&] { return exited(std::chrono::milliseconds(0)); }, timeout);
   }
 
-  // Whether the job ended within timeout; its exit code in exit_code().
-  bool exited(std::chrono::milliseconds timeout) {
-    if (exited_) return true;
-    std::optional<int> code = testing::wait_for_exit(pid_, timeout);
-    if (!code) return false;
-    exited_ = true;
-    exit_code_ = *code;
-    return true;
-  }
 
   // Sends signal to rank 0 (never to pid 0 or -1, which would reach the test's
   // own process group or every process: rank 0's pid is known once ready).
@@ -98,7 +86,6 @@ class ServerJob {
     pid_t pid = std::stoi(read_file(file.string()));
     return pid > 0 ? pid : -1;
   }
-  int exit_code() const { return exit_code_; }
   uint16_t port() const { return port_; }
   pid_t rank0() const { return rank0_; }
   std::string log() const { return read_file((dir_ / "log").string()); }
@@ -116,10 +103,8 @@ class ServerJob {
  private:
   static inline int counter_ = 0;
   fs::path dir_;
-  pid_t pid_ = -1, rank0_ = -1;
+  pid_t rank0_ = -1;
   uint16_t port_ = 0;
-  bool exited_ = false;
-  int exit_code_ = -1;
 };
 
 std::string infer_body(const std::string& input, int64_t rows, int64_t width, double value, const std::string& id = "") {

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -42,6 +43,41 @@ inline std::optional<int> wait_for_exit(pid_t pid, std::chrono::milliseconds tim
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   } while (std::chrono::steady_clock::now() < deadline);
   return std::nullopt;
+}
+
+// A started process and how it ended.
+class Spawned {
+ public:
+  pid_t pid() const { return pid_; }
+  // Whether it ended within timeout; its exit code in exit_code().
+  bool exited(std::chrono::milliseconds timeout) {
+    if (exited_) return true;
+    std::optional<int> code = wait_for_exit(pid_, timeout);
+    if (!code) return false;
+    exited_ = true;
+    exit_code_ = *code;
+    return true;
+  }
+  int exit_code() const { return exit_code_; }
+
+ protected:
+  void start(std::vector<std::string> args, const std::string& log) { pid_ = spawn_with_log(std::move(args), log); }
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int exit_code_ = -1;
+};
+
+// Polls ready() every 50 ms until it is true (returns true), gone() is true or
+// the timeout passes (returns false).
+inline bool poll_until(const std::function<bool()>& ready, const std::function<bool()>& gone,
+                       std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (gone()) return false;
+    if (ready()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
 }
 
 }  // namespace meshrt::testing

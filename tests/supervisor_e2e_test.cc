@@ -86,7 +86,7 @@ std::string identity_repository(const fs::path& root, int64_t width) {
 }
 
 // meshrt-serve --supervise ... on a free port, its files in a folder of its own.
-class Supervised {
+class Supervised : public testing::Spawned {
  public:
   static constexpr int kStopTimeoutS = 20;
 
@@ -99,7 +99,7 @@ class Supervised {
                                      "--work-dir", (dir_ / "job").string(), "--restart-delay-ms", "200",
                                      "--retry-after-s", "1", "--stop-timeout-s", std::to_string(kStopTimeoutS)};
     args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = testing::spawn_with_log(args, (dir_ / "log").string());
+    start(args, (dir_ / "log").string());
   }
 
   ~Supervised() {
@@ -119,28 +119,16 @@ class Supervised {
 
   // Waits until the supervisor listens and says ready; false if it ended first.
   bool wait_ready(std::chrono::seconds timeout = std::chrono::seconds(120)) {
-    auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      if (exited(std::chrono::milliseconds(0))) return false;
-      if (port() > 0) {
-        try {
-          if (client().request("GET", "/v2/health/ready").status == 200) return true;
-        } catch (const Error&) {
-        }
+    auto ready = [&] {
+      try {
+        return port() > 0 && client().request("GET", "/v2/health/ready").status == 200;
+      } catch (const Error&) {
+        return false;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
+    };
+    return testing::poll_until(ready, [&] { return exited(std::chrono::milliseconds(0)); }, timeout);
   }
 
-  bool exited(std::chrono::milliseconds timeout) {
-    if (exited_) return true;
-    std::optional<int> code = testing::wait_for_exit(pid_, timeout);
-    if (!code) return false;
-    exited_ = true;
-    exit_code_ = *code;
-    return true;
-  }
 
   uint16_t port() {
     if (port_ == 0 && fs::exists(dir_ / "port")) port_ = static_cast<uint16_t>(read_number(dir_ / "port"));
@@ -149,18 +137,13 @@ class Supervised {
   HttpClient client() { return HttpClient("127.0.0.1", port()); }
   // The pid a rank of the current launch wrote (0 if none yet).
   pid_t rank_pid(int rank) const { return static_cast<pid_t>(read_number(dir_ / "job" / ("job.pid." + std::to_string(rank)))); }
-  pid_t pid() const { return pid_; }
-  int exit_code() const { return exit_code_; }
   std::string log() const { return read_file(dir_ / "log"); }
   const fs::path& dir() const { return dir_; }
 
  private:
   static inline int counter_ = 0;
   fs::path dir_;
-  pid_t pid_ = -1;
   uint16_t port_ = 0;
-  bool exited_ = false;
-  int exit_code_ = -1;
 };
 
 constexpr int64_t kWidth = 128;
