@@ -530,6 +530,67 @@ TEST(Serving, AStalledRankIsNamedTheModelRecoversInPlaceAndShutdownIsBounded) {
   }
 }
 
+// A rank stopped under load, so most likely inside a batch (its peers wait in
+// the collective): every request is answered (200, or 503 once the model
+// failed), and after SIGCONT the model recovers in place and serves again.
+TEST(Serving, ARankStoppedUnderLoadRecoversInPlace) {
+  fs::path root = fs::temp_directory_path() / ("meshrt-stall-" + std::to_string(::getpid()));
+  ServerJob job(2, slow_repository(root, 2, 64, 0, true),
+                {"--comm-timeout", "2", "--result-timeout-ms", "4000", "--finalize-timeout-ms", "5000"});
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  pid_t worker = job.rank_pid(1);
+  ASSERT_GT(worker, 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, unavailable{0}, other{0};
+  std::string odd;
+  std::mutex mutex;
+  std::vector<std::thread> load;
+  for (int t = 0; t < 3; ++t) {
+    load.emplace_back([&] {
+      HttpClient c = job.client();
+      while (!stop) {
+        HttpResponse r = c.request("POST", "/v2/models/slow/infer", infer_body("x", 64, 1024, 1.0), kJson);
+        if (r.status == 200) {
+          ++ok;
+        } else if (r.status == 503) {
+          ++unavailable;
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        } else {
+          ++other;
+          std::lock_guard<std::mutex> lock(mutex);
+          odd = std::to_string(r.status) + " " + r.body;
+        }
+      }
+    });
+  }
+  HttpClient c = job.client();
+  auto wait_for = [](const std::function<bool()>& f, std::chrono::seconds bound) {
+    return testing::poll_until(f, [] { return false; }, bound);
+  };
+  ASSERT_TRUE(wait_for([&] { return ok >= 5; }, std::chrono::seconds(60)));
+  ASSERT_EQ(::kill(worker, SIGSTOP), 0);
+  bool unready = wait_for([&] { return c.request("GET", "/v2/health/ready").status == 503; }, std::chrono::seconds(2 * 4 + 10));
+  ASSERT_EQ(::kill(worker, SIGCONT), 0);
+  EXPECT_TRUE(unready) << "the model never failed while rank 1 was stopped\n" << job.log();
+  auto resumed = std::chrono::steady_clock::now();
+  bool recovered = wait_for([&] { return c.request("GET", "/v2/health/ready").status == 200; }, std::chrono::seconds(60));
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - resumed).count();
+  EXPECT_TRUE(recovered) << job.log();
+  int before = ok;
+  EXPECT_TRUE(wait_for([&] { return ok >= before + 5; }, std::chrono::seconds(60))) << "no answers after the recovery";
+  stop = true;
+  for (auto& t : load) t.join();
+  std::printf("[ MEASURE  ] rank stopped under load: ready again %.2f s after SIGCONT; %d answered 200, %d 503\n",
+              seconds, ok.load(), unavailable.load());
+  EXPECT_EQ(other.load(), 0) << odd;
+  EXPECT_EQ(job.rank_pid(1), worker);
+  EXPECT_EQ(::kill(worker, 0), 0) << "rank 1 restarted";
+  job.signal_rank0(SIGTERM);
+  EXPECT_TRUE(job.exited(std::chrono::seconds(2 * 5 + 10))) << job.log();
+  std::printf("[ MEASURE  ] exit code after the recovery: %d\n", job.exit_code());
+  fs::remove_all(root);
+}
+
 TEST(Serving, RankCountMustMatchRankSize) {
   ServerJob job(2, kExamples);
   ASSERT_TRUE(job.exited(std::chrono::seconds(60)));
