@@ -243,13 +243,18 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
     const json& b = v["batching"];
     if (!b.is_object()) r.fail("batching", "expected an object");
     static const std::set<std::string> fields = {"enabled", "max_batch_size", "max_queue_delay_us",
-                                                 "preferred_batch_sizes", "micro_batches", "max_queue_size"};
+                                                 "preferred_batch_sizes", "micro_batches", "max_queue_size",
+                                                 "start_when_idle"};
     for (auto it = b.begin(); it != b.end(); ++it) {
       if (!fields.count(it.key())) r.fail("batching." + it.key(), "unknown field");
     }
     if (b.contains("enabled")) {
       if (!b["enabled"].is_boolean()) r.fail("batching.enabled", "expected true or false");
       c.batching.enabled = b["enabled"].get<bool>();
+    }
+    if (b.contains("start_when_idle")) {
+      if (!b["start_when_idle"].is_boolean()) r.fail("batching.start_when_idle", "expected true or false");
+      c.batching.start_when_idle = b["start_when_idle"].get<bool>();
     }
     if (b.contains("max_batch_size")) {
       c.batching.max_batch_size = r.integer(b["max_batch_size"], "batching.max_batch_size", 1, 1 << 20);

@@ -15,7 +15,8 @@
 //     {"layers": [{"type": "neg"}]}
 //   ],
 //   "batching": {"max_batch_size": 64, "max_queue_delay_us": 2000,
-//                "preferred_batch_sizes": [32], "micro_batches": 2, "max_queue_size": 256}
+//                "preferred_batch_sizes": [32], "micro_batches": 2, "max_queue_size": 256,
+//                "start_when_idle": true}
 // }
 //
 // Layers: {"type": T, ...the fields of T}, T a registered layer type
@@ -54,6 +55,11 @@ struct BatchingConfig {
   bool enabled = true;
   int64_t max_batch_size = 32;       // rows per batch
   int64_t max_queue_delay_us = 1000; // how long the oldest request may wait for company
+  // True: an idle engine starts a batch at once with whatever is queued, and
+  // requests collect for the next batch only while one runs (so a lone request
+  // never waits max_queue_delay_us). False: a batch waits for max_batch_size, a
+  // preferred size or max_queue_delay_us, as Triton's dynamic batcher does.
+  bool start_when_idle = true;
   std::vector<int64_t> preferred_batch_sizes;
   int micro_batches = 1;             // pipeline micro-batches per batch
   int64_t max_queue_size = 128;      // requests waiting; more get 503 at once

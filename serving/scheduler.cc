@@ -52,7 +52,9 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
     int64_t limit = 0;
     if (!b.enabled) {
       limit = q.requests.front().input.dim(0);
-    } else if (q.rows >= b.max_batch_size || draining_) {
+    } else if (q.rows >= b.max_batch_size || draining_ || b.start_when_idle) {
+      // The engine is idle whenever this runs (the scheduler's thread runs the
+      // batches): with start_when_idle, what is queued goes at once.
       limit = b.max_batch_size;
     } else {
       for (int64_t p : b.preferred_batch_sizes) {

@@ -2,9 +2,11 @@
 // along the batch axis into batches and run by the engine; each request gets its
 // rows of the result back.
 //
-// A model's queue is dispatched when its rows reach max_batch_size, when they
-// reach one of its preferred batch sizes (the largest one reached is used), or
-// when its oldest request has waited max_queue_delay_us; a batch takes whole
+// A model's queue is dispatched at once when the engine is idle and the model
+// starts batches when idle (the default: requests collect only while a batch
+// runs); otherwise when its rows reach max_batch_size, when they reach one of
+// its preferred batch sizes (the largest one reached is used), or when its
+// oldest request has waited max_queue_delay_us; a batch takes whole
 // requests in arrival order up to the limit. Requests are never split. With
 // batching disabled, every request runs alone. One thread runs the batches (the
 // engine runs one batch at a time across all ranks); requests queue meanwhile,

@@ -341,7 +341,10 @@ TEST_F(Examples, MalformedRequestsGet400WithTheReason) {
 
 // A repository with one slow model (64 x 1024 @ 1024 x 1024 per request, no
 // batching) and a queue of 2: floods overflow it.
-std::string slow_repository(const fs::path& root, int ranks, int64_t queue, int64_t delay_us, bool batching) {
+// start_when_idle: the config key; by default, whether no delay is given (a
+// delay given: requests wait for it).
+std::string slow_repository(const fs::path& root, int ranks, int64_t queue, int64_t delay_us, bool batching,
+                            std::optional<bool> start_when_idle = std::nullopt) {
   fs::create_directories(root / "slow");
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-0.01f, 0.01f);
@@ -354,9 +357,29 @@ std::string slow_repository(const fs::path& root, int ranks, int64_t queue, int6
                  {"outputs", {{{"name", "y"}, {"datatype", "FP32"}, {"shape", {-1, 1024}}}}},
                  {"weights", "weights.safetensors"},
                  {"stages", {{{"layers", {{{"type", "linear"}, {"weight", "w"}, {"parallel", "column"}}, {{"type", "linear"}, {"weight", "w"}, {"parallel", "row"}}}}}}},
-                 {"batching", {{"enabled", batching}, {"max_batch_size", 256}, {"max_queue_delay_us", delay_us}, {"max_queue_size", queue}}}};
+                 {"batching", {{"enabled", batching}, {"max_batch_size", 256}, {"max_queue_delay_us", delay_us}, {"max_queue_size", queue},
+                               {"start_when_idle", start_when_idle.value_or(delay_us == 0)}}}};
   std::ofstream(root / "slow" / "config.json") << config.dump(2);
   return root.string();
+}
+
+// An idle engine starts a batch at once: a lone request does not wait the
+// queue delay (10 s here) for company.
+TEST(Serving, AnIdleEngineStartsABatchAtOnce) {
+  fs::path root = fs::temp_directory_path() / ("meshrt-idle-" + std::to_string(::getpid()));
+  ServerJob job(2, slow_repository(root, 2, 64, 10000000, true, true));
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  HttpClient c = job.client();
+  for (int i = 0; i < 3; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    HttpResponse r = c.request("POST", "/v2/models/slow/infer", infer_body("x", 1, 1024, 1.0), kJson);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_LT(seconds, 5.0) << "a lone request waited for company on an idle engine";
+  }
+  job.signal_rank0(SIGTERM);
+  EXPECT_TRUE(job.exited(std::chrono::seconds(60)));
+  fs::remove_all(root);
 }
 
 TEST(Serving, QueueOverflowAnswersEveryRequest) {

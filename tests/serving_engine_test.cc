@@ -63,6 +63,7 @@ TEST(ModelConfig, ExampleRepositoryLoads) {
   EXPECT_EQ(models[0].stages[0].layers[0].value("parallel"), "row");
   EXPECT_EQ(models[1].name, "mlp");
   EXPECT_EQ(models[1].batching.preferred_batch_sizes, (std::vector<int64_t>{32, 64}));
+  EXPECT_TRUE(models[1].batching.start_when_idle) << "the default";
   ServableDefinition s = servable_from_config(models[1]);
   EXPECT_EQ(s.stages[0].output_width, 32);
   EXPECT_EQ(s.stages[1].output_width, 8);
@@ -101,6 +102,8 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
       {"bad_stages", R"([])", "", "stages: expected a list of stage_size (1) stages"},
       {"bad_batching", R"([{"layers": [{"type": "linear", "weight": "w"}]}])", R"(, "batching": {"max_batch_size": 0})",
        "batching.max_batch_size: expected an integer from 1 to 1048576, got 0"},
+      {"bad_idle_start", R"([{"layers": [{"type": "linear", "weight": "w"}]}])", R"(, "batching": {"start_when_idle": 1})",
+       "batching.start_when_idle: expected true or false"},
       {"bad_residual", R"([{"layers": [{"type": "residual_add", "from": "nothing"}]}])", "",
        "stages[0].layers[0].from: expected the \"save\" name"},
       {"empty_save", R"([{"layers": [{"type": "neg", "save": ""}]}])", "", "stages[0].layers[0].save: expected a non-empty name"},
