@@ -145,7 +145,7 @@ const CollectiveRow kCollectives[] = {
      [](Buffers& b, MPI_Datatype t, MPI_Op, int, int n, MPI_Comm comm) {
        MESHRT_MPI_CHECK(MPI_Allgather(data(b.send), as_int(b.total / n), t, data(b.recv), as_int(b.total / n), t, comm));
      } MESHRT_RAW_NCCL(MESHRT_NCCL_CHECK(ncclAllGather(data(b.send), data(b.recv), b.total / n, t, comm, s)))},
-    {"reduce_scatter", "MPI_Reduce_scatter_block", "ncclReduceScatter", true, true, false,
+    {"reduce_scatter", "MPI_Reduce_scatter", "ncclReduceScatter", true, true, false,
      [](int n) { return static_cast<double>(n - 1) / n; },
      [](int64_t count, DType dtype, ReduceOp op, int, int rank, int n, const Device& device) {
        int64_t part = count / n;
@@ -155,7 +155,10 @@ const CollectiveRow kCollectives[] = {
      },
      [](const Communicator& c, Buffers& b, ReduceOp op, int) { return c.reduce_scatter(b.send, b.recv, op); },
      [](Buffers& b, MPI_Datatype t, MPI_Op reduce, int, int n, MPI_Comm comm) {
-       MESHRT_MPI_CHECK(MPI_Reduce_scatter_block(data(b.send), data(b.recv), as_int(b.total / n), t, reduce, comm));
+       // The fastest MPI call for it (OpenMPI: up to 2x MPI_Reduce_scatter_block's speed).
+       static thread_local std::vector<int> counts;
+       counts.assign(static_cast<size_t>(n), as_int(b.total / n));
+       MESHRT_MPI_CHECK(MPI_Reduce_scatter(data(b.send), data(b.recv), counts.data(), t, reduce, comm));
      } MESHRT_RAW_NCCL(MESHRT_NCCL_CHECK(ncclReduceScatter(data(b.send), data(b.recv), b.total / n, t, reduce, comm, s)))},
     {"broadcast", "MPI_Bcast", "ncclBroadcast", false, false, true, [](int) { return 1.0; },
      [](int64_t count, DType dtype, ReduceOp op, int root, int rank, int, const Device& device) {

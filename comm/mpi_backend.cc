@@ -345,8 +345,11 @@ class MpiBackend final : public CommBackend {
         if (overlap) temp = std::make_shared<std::vector<char>>(bytes);
         void* target = overlap ? static_cast<void*>(temp->data()) : out;
         MPI_Op op = mpi_reduce_op(c.dtype, c.op);
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter_block(in, target, count, type, op, comm_, &request)
-                                     : MPI_Reduce_scatter_block(in, target, count, type, op, comm_));
+        // MPI_Reduce_scatter with equal counts, not MPI_Reduce_scatter_block:
+        // OpenMPI's algorithms for it are up to 2x faster from 256 KiB up.
+        counts_.assign(static_cast<size_t>(size()), count);  // the stream's one thread runs this
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter(in, target, counts_.data(), type, op, comm_, &request)
+                                     : MPI_Reduce_scatter(in, target, counts_.data(), type, op, comm_));
         break;
       }
       case Collective::kBroadcast:
@@ -411,6 +414,7 @@ class MpiBackend final : public CommBackend {
   std::atomic<bool> in_blocking_call_{false};
   std::shared_ptr<Progress> progress_;  // published to the other ranks
   int splits_ = 0;                      // split() calls so far (the key of the next)
+  std::vector<int> counts_;             // reduce_scatter's receive counts (the stream's thread only)
 };
 
 }  // namespace

@@ -411,11 +411,18 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     DeviceTensor g = DeviceTensor::zeros({6}, DType::kF32);
     pair.all_gather(t, g).wait();  // #2
     EXPECT_EQ(to_host(g).to_vector<float>(), (std::vector<float>{2, 4, 6, 2, 4, 6}));
+    float base = 10.0f * static_cast<float>(pair.rank());
+    DeviceTensor six = to_device(HostTensor::from_vector(std::vector<float>{base + 1, base + 2, base + 3, base + 4,
+                                                                            base + 5, base + 6}, {6}), Device::cpu());
+    DeviceTensor half = DeviceTensor::zeros({3}, DType::kF32);
+    pair.reduce_scatter(six, half).wait();  // #3: sums [12 .. 22], half each
+    EXPECT_EQ(to_host(half).to_vector<float>(),
+              pair.rank() == 0 ? (std::vector<float>{12, 14, 16}) : (std::vector<float>{18, 20, 22}));
     if (pair.rank() == 0) {
-      Work alone = pair.all_reduce(t);  // #3: rank 1 never comes
+      Work alone = pair.all_reduce(t);  // #4: rank 1 never comes
       EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { alone.wait(std::chrono::milliseconds(500)); },
-                               {"all_reduce #3 on 'abortable pair' did not complete within 500 ms: ",
-                                World::get().describe_rank(1) + " is behind: it has started #2"}));
+                               {"all_reduce #4 on 'abortable pair' did not complete within 500 ms: ",
+                                World::get().describe_rank(1) + " is behind: it has started #3"}));
       pair.abort("test over");
       auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       while (World::blocking_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
