@@ -7,7 +7,7 @@
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives, GEMM and sharding benchmarks on this machine
+#   ./run.sh bench         the collectives, GEMM, sharding and serving benchmarks and a server's idle CPU
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
 # MESHRT_CMAKE_ARGS (extra configure arguments, e.g. -DMESHRT_ENABLE_CUDA=OFF).
@@ -135,6 +135,10 @@ case "$command" in
     mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 64M -f 8
     "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048
     for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
+    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -C reduce_scatter -b 1K -e 16M -f 4
+    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 16M -f 4 --abortable
+    MESHRT_BUILD_DIR="$build_dir" bench/serving.sh
+    MESHRT_BUILD_DIR="$build_dir" bench/idle_cpu.sh
     ;;
   *)
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
