@@ -214,7 +214,13 @@ std::vector<bool> head_requests(std::string_view input) {
       size_t n = parser.put(boost::asio::buffer(input.data() + at, input.size() - at), ec);
       at += n;
       if (ec == http::error::need_more && n > 0) continue;
-      if (ec || n == 0) return out;
+      if (ec || n == 0) {
+        // A request whose header was read is answered as what it is, even when
+        // its body is refused (a HEAD with an unknown transfer coding gets a 501
+        // without a body); the requests after it are never read.
+        if (parser.is_header_done()) out.push_back(parser.get().method() == http::verb::head);
+        return out;
+      }
     }
     out.push_back(parser.get().method() == http::verb::head);
   }
