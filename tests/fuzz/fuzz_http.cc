@@ -154,7 +154,21 @@ std::string exchange(uint16_t port, std::string_view data, bool& reset) {
   remote.sin_family = AF_INET;
   remote.sin_port = htons(port);
   ::inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&remote), sizeof remote) != 0) fail(std::string("connect: ") + std::strerror(errno));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&remote), sizeof remote) != 0) {
+    // A signal (libFuzzer's timer) may interrupt connect: the connection then
+    // goes on by itself; wait until it is writable and read its outcome.
+    if (errno != EINTR) fail(std::string("connect: ") + std::strerror(errno));
+    pollfd p{fd, POLLOUT, 0};
+    int ready = 0;
+    for (int tries = 0; tries < 1000 && ready <= 0; ++tries) {
+      ready = ::poll(&p, 1, 10000);
+      if (ready < 0 && errno != EINTR) fail(std::string("poll after connect: ") + std::strerror(errno));
+    }
+    int error = 0;
+    socklen_t length = sizeof error;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length);
+    if (ready <= 0 || error != 0) fail(std::string("connect: ") + std::strerror(error ? error : ETIMEDOUT));
+  }
   // Closed with a reset, so that no connection lingers in TIME_WAIT (millions
   // of them would use up the ports).
   linger no_linger{1, 0};
@@ -302,7 +316,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int responses = check_responses(input, received, reset);
   // Every request read was answered and written before the server closed.
   for (int i = 0; fixture->server->in_flight() != 0; ++i) {
-    if (i == 1000) fail("a request is still in flight after its connection closed");
+    if (i == 10000) fail("a request is still in flight 10 s after its connection closed");
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   if (responses == 0) {
