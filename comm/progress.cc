@@ -77,6 +77,31 @@ std::shared_ptr<Progress> publish_progress(std::string key, std::string name, st
   return p;
 }
 
+std::vector<bool> test_until(std::vector<MPI_Request>& requests, std::chrono::steady_clock::time_point deadline,
+                             std::vector<MPI_Status>* statuses) {
+  std::vector<bool> done(requests.size(), false);
+  if (statuses) statuses->assign(requests.size(), MPI_Status{});
+  PollPause pause(std::chrono::milliseconds(1));
+  for (;;) {
+    bool all = true;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (done[i]) continue;
+      int flag = 0;
+      MPI_Status status{};
+      status.MPI_ERROR = MPI_SUCCESS;
+      if (MPI_Test(&requests[i], &flag, &status) != MPI_SUCCESS) {
+        flag = 1;  // a failed peer: stop waiting on it
+        status.MPI_ERROR = MPI_ERR_OTHER;
+      }
+      done[i] = flag != 0;
+      if (done[i] && statuses) (*statuses)[i] = status;
+      all = all && done[i];
+    }
+    if (all || std::chrono::steady_clock::now() >= deadline) return done;
+    pause();
+  }
+}
+
 std::vector<PeerProgress> query_peers(const Progress& p, std::chrono::milliseconds within) {
   MPI_Comm comm = control_comm();
   int me = World::get().rank();
@@ -98,27 +123,13 @@ std::vector<PeerProgress> query_peers(const Progress& p, std::chrono::millisecon
     MPI_Irecv(answers.back().data(), 64, MPI_CHAR, r, tag, comm, &recv);
     requests.push_back(recv);
   }
-  auto deadline = std::chrono::steady_clock::now() + within;
-  PollPause pause(std::chrono::milliseconds(1));
-  std::vector<int> lengths(requests.size(), -1);
-  for (;;) {
-    bool all = true;
-    for (size_t i = 0; i < requests.size(); ++i) {
-      if (lengths[i] >= 0) continue;
-      int flag = 0;
-      MPI_Status status{};
-      if (MPI_Test(&requests[i], &flag, &status) != MPI_SUCCESS) {
-        lengths[i] = 0;  // failed: no answer
-        continue;
-      }
-      if (flag) {
-        MPI_Get_count(&status, MPI_CHAR, &lengths[i]);
-      } else {
-        all = false;
-      }
-    }
-    if (all || std::chrono::steady_clock::now() >= deadline) break;
-    pause();
+  std::vector<MPI_Status> statuses;
+  std::vector<bool> done = test_until(requests, std::chrono::steady_clock::now() + within, &statuses);
+  std::vector<int> lengths(requests.size(), -1);  // -1: no answer in time; 0: failed
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (!done[i]) continue;
+    lengths[i] = 0;
+    if (statuses[i].MPI_ERROR == MPI_SUCCESS) MPI_Get_count(&statuses[i], MPI_CHAR, &lengths[i]);
   }
   for (size_t i = 0; i < requests.size(); ++i) {
     if (lengths[i] < 0) {  // no answer in time: withdraw the receive

@@ -25,6 +25,13 @@ namespace meshrt::detail {
 // the progress queries.
 MPI_Comm control_comm();
 
+// Polls requests (MPI_Test, short sleeps) until all are done or the deadline
+// passes. Per request: whether it completed (a request whose test failed, a
+// lost peer, counts as done and gets an empty status: MPI_ERROR set); statuses,
+// when given, receives their statuses.
+std::vector<bool> test_until(std::vector<MPI_Request>& requests, std::chrono::steady_clock::time_point deadline,
+                             std::vector<MPI_Status>* statuses = nullptr);
+
 struct Progress {
   std::string key;               // the same on every member (see MpiBackend)
   std::string name;              // the communicator's name

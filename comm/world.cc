@@ -12,7 +12,6 @@
 #include "comm/mpi_check.h"
 #include "comm/progress.h"
 #include "device/error.h"
-#include "device/poll.h"
 
 namespace meshrt {
 
@@ -180,24 +179,6 @@ void World::set_finalize_timeout(std::chrono::milliseconds timeout) {
 
 namespace {
 
-// Polls requests until all are done or the deadline passes; returns which are done.
-std::vector<bool> wait_all_until(std::vector<MPI_Request>& requests, std::chrono::steady_clock::time_point deadline) {
-  std::vector<bool> done(requests.size(), false);
-  PollPause pause(std::chrono::milliseconds(2));
-  for (;;) {
-    bool all = true;
-    for (size_t i = 0; i < requests.size(); ++i) {
-      if (done[i]) continue;
-      int flag = 0;
-      if (MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) flag = 1;  // a failed peer: stop waiting on it
-      done[i] = flag != 0;
-      all = all && done[i];
-    }
-    if (all || std::chrono::steady_clock::now() >= deadline) return done;
-    pause();
-  }
-}
-
 // The exit check-in: every rank tells rank 0 it is leaving, rank 0 answers each
 // once all did. Returns "" when everyone checked in, else why not (naming ranks).
 std::string check_in_for_exit(const World& world, std::chrono::milliseconds timeout) {
@@ -211,7 +192,7 @@ std::string check_in_for_exit(const World& world, std::chrono::milliseconds time
     for (int r = 1; r < size; ++r) {
       MPI_Irecv(&in[static_cast<size_t>(r)], 1, MPI_CHAR, r, kCheckInTag, g_control, &requests[static_cast<size_t>(r - 1)]);
     }
-    std::vector<bool> done = wait_all_until(requests, start + timeout);
+    std::vector<bool> done = detail::test_until(requests, start + timeout);
     std::string missing;
     for (int r = 1; r < size; ++r) {
       if (done[static_cast<size_t>(r - 1)]) continue;
@@ -223,7 +204,7 @@ std::string check_in_for_exit(const World& world, std::chrono::milliseconds time
     }
     std::vector<MPI_Request> releases(static_cast<size_t>(size - 1), MPI_REQUEST_NULL);
     for (int r = 1; r < size; ++r) MPI_Isend(&byte, 1, MPI_CHAR, r, kReleaseTag, g_control, &releases[static_cast<size_t>(r - 1)]);
-    wait_all_until(releases, std::chrono::steady_clock::now() + timeout);
+    detail::test_until(releases, std::chrono::steady_clock::now() + timeout);
     return "";
   }
   std::vector<MPI_Request> requests(2, MPI_REQUEST_NULL);
@@ -232,7 +213,7 @@ std::string check_in_for_exit(const World& world, std::chrono::milliseconds time
   MPI_Irecv(&release, 1, MPI_CHAR, 0, kReleaseTag, g_control, &requests[1]);
   // Rank 0 names the missing ranks at its deadline; wait a little longer, so
   // that this rank only speaks when rank 0 itself is the one missing.
-  std::vector<bool> done = wait_all_until(requests, start + timeout + std::chrono::seconds(2));
+  std::vector<bool> done = detail::test_until(requests, start + timeout + std::chrono::seconds(2));
   if (done[1]) return "";
   return detail::cat(world.describe_rank(0), " did not confirm the exit within ", timeout.count() + 2000,
                      " ms (stopped, stuck in its work, or lost)");

@@ -459,16 +459,15 @@ TEST(Serving, SigtermDrainsThenExitsZero) {
 std::optional<double> seconds_until_status(HttpClient& c, const std::string& target, int status,
                                            std::chrono::seconds bound) {
   auto start = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - start < bound) {
+  auto answers = [&] {
     try {
-      if (c.request("GET", target).status == status) {
-        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      }
+      return c.request("GET", target).status == status;
     } catch (const Error&) {
+      return false;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return std::nullopt;
+  };
+  if (!testing::poll_until(answers, [] { return false; }, bound)) return std::nullopt;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 // A stalled rank (SIGSTOP): the model fails at the collective deadline with an
