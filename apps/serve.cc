@@ -96,6 +96,9 @@ int main(int argc, char** argv) {
                  "deadline of every collective, in seconds (keep it below --result-timeout-ms, so a stuck rank "
                  "reports before rank 0 gives up on it)")
       .show_default();
+  app.add("--trace-file", o.trace_file,
+          "write a Chrome trace (chrome://tracing, Perfetto) of every batch's stages: each rank writes "
+          "<file>.<rank>.json when the server stops");
   int grace_ms = 0;
   app.add("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
       .show_default();

@@ -1,7 +1,9 @@
 #include "models/layers.h"
 
 #include <algorithm>
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 #include "kernels/elementwise.h"
 #include "models/tensor_parallel.h"
@@ -198,6 +200,32 @@ LayerType residual_add_type() {
   return t;
 }
 
+// sleep {us, us_per_row}: passes the activation on unchanged after waiting
+// us + us_per_row * rows microseconds. It stands in for a device kernel of a
+// known duration (the pipeline benchmark, tests): the wait takes no CPU, so the
+// overlap of stages is measurable on a machine with fewer cores than ranks.
+LayerType sleep_type() {
+  LayerType t;
+  t.name = "sleep";
+  FieldSpec fixed;
+  fixed.name = "us";
+  fixed.kind = FieldKind::kNumber;
+  fixed.minimum = 0;
+  FieldSpec per_row = fixed;
+  per_row.name = "us_per_row";
+  t.fields = {fixed, per_row};
+  t.output_width = same_width;
+  t.build = [](const LayerConfig& l, const Weights&, const Mesh&) {
+    double fixed_us = l.number("us"), per_row_us = l.number("us_per_row");
+    return function_layer([fixed_us, per_row_us](const DTensor& x) {
+      double us = fixed_us + per_row_us * static_cast<double>(x.global_shape()[0]);
+      std::this_thread::sleep_for(std::chrono::duration<double, std::micro>(us));
+      return x;
+    });
+  };
+  return t;
+}
+
 // One weightless type per unary op of the elementwise table that takes no parameter.
 LayerType elementwise_type(kernels::UnaryOp op) {
   LayerType t;
@@ -246,6 +274,7 @@ std::vector<LayerType> built_in_types() {
                                  return sharding::rmsnorm(x, v[0], l.number("eps"));
                                }));
   types.push_back(residual_add_type());
+  types.push_back(sleep_type());
   return types;
 }
 

@@ -11,6 +11,8 @@
 //   linear {weight, bias?, parallel: none | column | row}  x @ W (+ b), W [in, out]
 //   bias_add {bias}          softmax        layernorm {gamma, beta, eps = 1e-5}
 //   rmsnorm {gamma, eps = 1e-6}             residual_add {from}: x + a saved activation
+//   sleep {us = 0, us_per_row = 0}: x unchanged, after a wait of us + us_per_row * rows
+//   microseconds (a stand-in for a kernel of known duration: benchmarks, tests)
 //   and one weightless type per unary op of the elementwise table
 //   (kernels/elementwise_ops.h): neg, relu, gelu, silu, ...
 // Any layer may carry "save": NAME, keeping its output for a later residual_add

@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <fstream>
+#include <future>
 #include <sstream>
 
-#include "device/poll.h"
+#include <nlohmann/json.hpp>
+
 #include "comm/world.h"
+#include "device/poll.h"
 #include "sharding/redistribute.h"
 
 namespace meshrt::serving {
@@ -17,15 +21,29 @@ namespace {
 // Channel tags of the engine's messages.
 // Commands (rank 0 -> all), each naming the servable's generation where it has one:
 //   run <index> <batch id> <generation> <rows of each micro-batch>...
+//                                  (the first stage's ranks then take part in the
+//                                  broadcast of each micro-batch from rank 0)
 //   fail <index> <generation>      rank 0 gave the servable up (a batch failed)
 //   ping <token>                   answer "pong <token>" (recovery)
 //   rebuild <index> <generation>   new communicators for the servable (recovery)
 //   stop
 constexpr int kCommandTag = 1000;
-constexpr int kInputTag = 1001;    // rank 0 -> first stage: the batch
-constexpr int kResultTag = 1002;   // last stage -> rank 0: "<batch id>" then the result
+constexpr int kResultTag = 1002;   // last stage -> rank 0: "<batch id> <forward seconds>" then the result
 constexpr int kErrorTag = 1003;    // any rank -> rank 0: "<batch id> <message>"
 constexpr int kPongTag = 1004;     // any rank -> rank 0: "pong <token>"
+constexpr int kTimingTag = 1005;   // a middle stage's first rank -> rank 0: "<batch id> <forward seconds>"
+// At most this many trace events are kept per rank (the oldest are kept).
+constexpr size_t kMaxTraceEvents = 1000000;
+constexpr int kEngineTid = 1000;  // the trace's row of rank 0's "batch" events
+
+int64_t wall_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
 // What went wrong, without the "meshrt ... error:" prefix of our own errors.
 std::string reason_of(const std::exception& e) {
   const auto* error = dynamic_cast<const Error*>(&e);
@@ -43,9 +61,23 @@ std::vector<int64_t> split_rows(int64_t rows, int parts) {
 struct Engine::Placed {
   Mesh mesh;        // {stage, model} over all ranks
   Mesh stage_mesh;  // this rank's stage
-  int stage = 0, stages = 1, model_coordinate = 0;
+  int stage = 0, stages = 1, model_coordinate = 0, tensor_parallel = 1;
+  int result_rank = 0;                // world rank of the last stage's first rank
   std::vector<int64_t> input_widths;  // of each stage
   std::unique_ptr<StageModule> module;
+  // Activations this rank sent to the next stage and not yet seen taken (they
+  // keep their buffers alive; the next batch does not wait for them).
+  std::deque<Work> sends;
+};
+
+struct Engine::Pending {
+  int index = 0;
+  BatchDone done;
+  std::chrono::steady_clock::time_point started, deadline;
+  double forward_seconds = 0;
+  int64_t start_us = 0, rows = 0;
+  int micro_batches = 0;
+  int result_rank = 0;  // the world rank its result comes from
 };
 
 Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, EngineOptions options)
@@ -60,6 +92,7 @@ Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, 
   for (const ServableDefinition& s : servables_) placed_.push_back(place(s));
   failures_.resize(servables_.size());
   generations_.assign(servables_.size(), 1);
+  if (world.rank() == 0) collector_ = std::thread([this] { collect(); });
 }
 
 // Collective over all ranks (the mesh's communicators are new duplicates of the world).
@@ -74,6 +107,8 @@ std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s) {
   p->stage = p->mesh.coordinate("stage");
   p->stages = s.stage_size;
   p->model_coordinate = p->mesh.coordinate("model");
+  p->tensor_parallel = s.rank_size / s.stage_size;
+  p->result_rank = p->mesh.rank_at({p->stages - 1, 0});
   p->input_widths.push_back(s.input.shape[1]);
   for (size_t i = 0; i + 1 < s.stages.size(); ++i) p->input_widths.push_back(s.stages[i].output_width);
   p->module = s.stages[static_cast<size_t>(p->stage)].build(p->stage_mesh);
@@ -82,13 +117,19 @@ std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s) {
 
 void Engine::rebuild(int index, uint64_t generation) {
   auto i = static_cast<size_t>(index);
-  placed_[i].reset();  // the old communicators (aborted) go first
-  placed_[i] = place(servables_[i]);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    placed_[i].reset();  // the old communicators (aborted) go first
+  }
+  std::unique_ptr<Placed> placed = place(servables_[i]);
+  std::lock_guard<std::mutex> lock(mutex_);
+  placed_[i] = std::move(placed);
   failures_[i].clear();
   generations_[i] = generation;
 }
 
 void Engine::mark_failed(int index, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
   std::string& failure = failures_[static_cast<size_t>(index)];
   if (!failure.empty()) return;
   failure = reason;
@@ -96,7 +137,31 @@ void Engine::mark_failed(int index, const std::string& reason) {
                                                   "' failed: " + reason);
 }
 
-Engine::~Engine() = default;
+std::string Engine::failure(int index) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return failures_.at(static_cast<size_t>(index));
+}
+
+uint64_t Engine::generation(int index) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return generations_.at(static_cast<size_t>(index));
+}
+
+Engine::~Engine() {
+  if (collector_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      collector_stop_ = true;
+    }
+    idle_cv_.notify_all();
+    collector_.join();
+  }
+  try {
+    write_trace();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "meshrt: writing the engine's trace failed: %s\n", e.what());
+  }
+}
 
 int Engine::find(const std::string& name, const std::string& version) const {
   for (size_t i = 0; i < servables_.size(); ++i) {
@@ -105,130 +170,295 @@ int Engine::find(const std::string& name, const std::string& version) const {
   return -1;
 }
 
-HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input) {
+HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,
+                             const HostTensor& input, double* forward_seconds) {
   const ServableDefinition& def = servables_[static_cast<size_t>(index)];
   Placed& p = *placed_[static_cast<size_t>(index)];
-  const Communicator& across = p.mesh.communicator("stage");  // rank there = stage index
+  const Communicator& across = p.mesh.communicator("stage");       // rank there = stage index
+  const Communicator& within = p.stage_mesh.communicator("model");  // rank there = model coordinate
   bool first = p.stage == 0, last = p.stage == p.stages - 1;
   int64_t width = p.input_widths[static_cast<size_t>(p.stage)];
-  std::vector<Work> sends;
+  while (!p.sends.empty() && p.sends.front().is_completed()) p.sends.pop_front();
+  int64_t start_us = wall_us();
   std::vector<HostTensor> outputs;
-  int64_t row = 0;
+  double forward = 0;
+  int64_t row = 0, total_rows = 0;
   for (int64_t rows : micro_rows) {
     DTensor x;
     if (first) {
+      // Rank 0 holds the batch; the stage's other ranks get it by broadcast.
+      DeviceTensor buffer = p.model_coordinate == 0 ? to_device(input.narrow(row, rows), device_)
+                                                    : DeviceTensor::empty({rows, width}, def.input.dtype, device_);
+      if (p.tensor_parallel > 1) within.broadcast(buffer, 0).wait();
       x = def.hooks.client_preprocessing(
-          DTensor::from_global(input.narrow(row, rows), p.stage_mesh, Layout::replicated(2), def.input.name));
+          DTensor(buffer, Shape{rows, width}, p.stage_mesh, Layout::replicated(2), def.input.name));
     } else {
       DeviceTensor buffer = DeviceTensor::empty({rows, width}, def.input.dtype, device_);
       across.recv(buffer, p.stage - 1).wait();
       x = DTensor(buffer, Shape{rows, width}, p.stage_mesh, Layout::replicated(2), "activation");
     }
+    auto began = std::chrono::steady_clock::now();
     DTensor y = p.module->forward(x);
     if (!y.layout().is_replicated()) y = sharding::redistribute(y, Layout::replicated(y.ndim()));
     if (!last) {
-      sends.push_back(across.send(y.local(), p.stage + 1));  // overlaps the next micro-batch
+      forward += seconds_since(began);
+      p.sends.push_back(across.send(y.local(), p.stage + 1));  // overlaps the next micro-batch and batch
     } else {
       outputs.push_back(def.hooks.distributed_postprocessing(def.hooks.client_postprocessing(y)));
+      forward += seconds_since(began);
     }
     row += rows;
+    total_rows += rows;
   }
-  for (const Work& w : sends) w.wait();
   // A collective that failed on its stream (its deadline passed with nobody
   // waiting on it) left garbage behind: never hand that on as a result.
   std::string failed = p.mesh.failure();
   MESHRT_CHECK(failed.empty(), ErrorKind::kUnavailable, failed);
+  *forward_seconds = forward;
+  if (!options_.trace_file.empty()) {
+    record({"stage", def.name, batch_id, p.stage, World::get().rank(), static_cast<int>(micro_rows.size()), total_rows,
+            start_us, wall_us()});
+  }
   if (!last || p.model_coordinate != 0) return HostTensor();
-  HostTensor result = concat_rows(outputs);  // the micro-batches one after another
-  if (World::get().rank() != 0) {
-    channel_.send(std::to_string(batch_id), 0, kResultTag);
-    channel_.send(result, 0, kResultTag);
-    return HostTensor();
-  }
-  return result;
+  return concat_rows(outputs);  // the micro-batches one after another
 }
 
-HostTensor Engine::await_result(int index, uint64_t batch_id) {
-  const Placed& p = *placed_[static_cast<size_t>(index)];
-  int from = p.mesh.rank_at({p.stages - 1, 0});
-  auto deadline = std::chrono::steady_clock::now() + options_.result_timeout;
-  PollPause pause(std::chrono::microseconds(200));
-  for (;;) {
-    if (channel_.probe(Channel::kAnySource, kErrorTag)) {
-      int rank = -1;
-      std::string message = channel_.recv_string(Channel::kAnySource, kErrorTag, &rank);
-      std::istringstream in(message);
-      uint64_t id = 0;
-      in >> id;
-      if (id == batch_id) {
-        throw Error(ErrorKind::kUnavailable, detail::cat(World::get().describe_rank(rank), " failed: ",
-                                                         message.substr(message.find(' ') + 1)));
-      }
-      continue;  // a stale report of an earlier batch
-    }
-    if (channel_.probe(from, kResultTag)) {
-      uint64_t id = std::stoull(channel_.recv_string(from, kResultTag));
-      HostTensor result = channel_.recv_tensor(from, kResultTag);
-      if (id == batch_id) return result;
-      continue;
-    }
-    if (std::chrono::steady_clock::now() >= deadline) {
-      // Which ranks are gone (stopped, lost) rather than busy?
-      World& world = World::get();
-      std::vector<int> all;
-      for (int r = 0; r < world.size(); ++r) all.push_back(r);
-      std::string silent;
-      for (int r : world.unanswering(all, std::chrono::milliseconds(1000))) {
-        silent += (silent.empty() ? "" : ", ") + world.describe_rank(r);
-      }
-      throw Error(ErrorKind::kUnavailable,
-                  detail::cat("the result of batch ", batch_id, " of '", servables_[static_cast<size_t>(index)].name,
-                              "' did not come from ", world.describe_rank(from), " within ",
-                              options_.result_timeout.count(), " ms: ",
-                              silent.empty() ? "every rank answers, so a worker is stuck in its work"
-                                             : silent + " did not answer (stopped or lost)"));
-    }
-    pause();
-  }
-}
-
-HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches) {
+void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchDone done) {
   World& world = World::get();
-  MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::run is for rank 0");
+  MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::start is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
   const ServableDefinition& def = servables_.at(static_cast<size_t>(index));
-  MESHRT_CHECK(failure(index).empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", failure(index));
+  std::string failed = failure(index);
+  MESHRT_CHECK(failed.empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", failed);
   MESHRT_CHECK_SHAPE(batch.ndim() == 2 && batch.dim(1) == def.input.shape[1] && batch.dtype() == def.input.dtype,
                      "model '", def.name, "' takes ", kserve_datatype(def.input.dtype), "[-1, ", def.input.shape[1],
                      "], got ", batch.description());
   uint64_t id = next_batch_++;
   std::vector<int64_t> micro = split_rows(batch.dim(0), micro_batches);
-  std::ostringstream command;
-  command << "run " << index << " " << id << " " << generation(index);
-  for (int64_t r : micro) command << " " << r;
+  std::string command = detail::cat("run ", index, " ", id, " ", generation(index));
+  for (int64_t r : micro) {
+    command += ' ';
+    command += std::to_string(r);
+  }
   HostTensor input = def.hooks.distributed_preprocessing(batch);
-  const Placed& p = *placed_[static_cast<size_t>(index)];
+  auto pending = std::make_unique<Pending>();
+  pending->index = index;
+  pending->done = std::move(done);
+  pending->started = std::chrono::steady_clock::now();
+  pending->deadline = pending->started + options_.result_timeout;
+  pending->start_us = wall_us();
+  pending->rows = batch.dim(0);
+  pending->micro_batches = static_cast<int>(micro.size());
+  pending->result_rank = placed_[static_cast<size_t>(index)]->result_rank;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending_[id] = std::move(pending);
+  }
+  idle_cv_.notify_all();  // the result thread starts listening
   try {
-    for (int r = 1; r < world.size(); ++r) {
-      channel_.send(command.str(), r, kCommandTag);
-      if (p.mesh.coordinates(r)[0] == 0) channel_.send(input, r, kInputTag);  // the first stage's ranks
+    for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+    double forward = 0;
+    HostTensor result = run_local(index, id, micro, input, &forward);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = pending_.find(id);
+      if (it != pending_.end()) it->second->forward_seconds += forward;
     }
-    HostTensor result = run_local(index, id, micro, input);
-    return result.defined() ? result : await_result(index, id);
+    if (result.defined()) finish(id, std::move(result), nullptr);
   } catch (const std::exception& e) {
-    // The ranks may now be at different points of this batch: give the model up,
-    // and tell the others, so a rank that comes back late drops this generation's
-    // batches still waiting for it instead of running them into aborted peers.
-    std::string reason = reason_of(e);
-    mark_failed(index, reason);
-    for (int r = 1; r < world.size(); ++r) {
-      try {
-        channel_.send(detail::cat("fail ", index, " ", generation(index)), r, kCommandTag);
-      } catch (const std::exception&) {
-        // a lost rank cannot be told; recovery asks every rank first anyway
+    fail_model(index, reason_of(e), id);
+  }
+}
+
+HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches, BatchReport* report) {
+  std::promise<HostTensor> promise;
+  std::future<HostTensor> future = promise.get_future();
+  BatchReport got;
+  start(index, batch, micro_batches, [&](HostTensor result, std::exception_ptr error, const BatchReport& r) {
+    got = r;
+    if (error) {
+      promise.set_exception(error);
+    } else {
+      promise.set_value(std::move(result));
+    }
+  });
+  HostTensor result = future.get();
+  if (report) *report = got;
+  return result;
+}
+
+int Engine::in_flight(int index) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int>(std::count_if(pending_.begin(), pending_.end(),
+                                        [&](const auto& p) { return p.second->index == index; }));
+}
+
+void Engine::wait_idle() const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  idle_cv_.wait(lock, [&] { return pending_.empty(); });
+}
+
+void Engine::finish(uint64_t id, HostTensor result, std::exception_ptr error) {
+  std::unique_ptr<Pending> p;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return;  // failed already (with its model)
+    p = std::move(it->second);
+    pending_.erase(it);
+  }
+  BatchReport report{id, seconds_since(p->started), p->forward_seconds};
+  if (!options_.trace_file.empty()) {
+    record({"batch", servables_[static_cast<size_t>(p->index)].name, id, 0, 0, p->micro_batches, p->rows, p->start_us,
+            wall_us()});
+  }
+  try {
+    p->done(std::move(result), error, report);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "meshrt: completing batch %llu failed: %s\n", static_cast<unsigned long long>(id), e.what());
+  }
+  idle_cv_.notify_all();
+}
+
+void Engine::fail_model(int index, const std::string& reason, uint64_t batch_id) {
+  // The ranks may now be at different points of this batch: give the model up,
+  // and tell the others, so a rank that comes back late drops this generation's
+  // batches still waiting for it instead of running them into aborted peers.
+  mark_failed(index, reason);
+  World& world = World::get();
+  uint64_t gen = generation(index);
+  for (int r = 1; r < world.size(); ++r) {
+    try {
+      channel_.send(detail::cat("fail ", index, " ", gen), r, kCommandTag);
+    } catch (const std::exception&) {
+      // a lost rank cannot be told; recovery asks every rank first anyway
+    }
+  }
+  const std::string& name = servables_[static_cast<size_t>(index)].name;
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [id, p] : pending_) {
+      if (p->index == index) ids.push_back(id);
+    }
+  }
+  for (uint64_t id : ids) {
+    std::string why = id == batch_id ? reason : detail::cat("batch ", batch_id, " failed before it: ", reason);
+    finish(id, HostTensor(),
+           std::make_exception_ptr(Error(ErrorKind::kUnavailable,
+                                         detail::cat("batch ", id, " of model '", name, "' failed: ", why))));
+  }
+}
+
+void Engine::collect() {
+  // Waits for results with the pause of a batch that is running (it is not idle
+  // while batches are in flight); parks on idle_cv_ when none is.
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      idle_cv_.wait(lock, [&] { return collector_stop_ || !pending_.empty(); });
+      if (collector_stop_) break;
+    }
+    PollPause pause(std::chrono::microseconds(100), std::chrono::microseconds(1000));
+    for (;;) {
+      bool got = false;
+      // Stage times first: a middle stage sends its time before the result exists.
+      while (auto from = channel_.probe(Channel::kAnySource, kTimingTag)) {
+        std::istringstream in(channel_.recv_string(*from, kTimingTag));
+        uint64_t id = 0;
+        double seconds = 0;
+        in >> id >> seconds;
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = pending_.find(id);
+        if (it != pending_.end()) it->second->forward_seconds += seconds;
+        got = true;
+      }
+      if (auto from = channel_.probe(Channel::kAnySource, kErrorTag)) {
+        std::string message = channel_.recv_string(*from, kErrorTag);
+        std::istringstream in(message);
+        uint64_t id = 0;
+        in >> id;
+        int index = -1;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          auto it = pending_.find(id);
+          if (it != pending_.end()) index = it->second->index;
+        }
+        // A report of a batch no longer in flight (failed with its model) is stale.
+        if (index >= 0) {
+          fail_model(index, detail::cat(World::get().describe_rank(*from), " failed: ", message.substr(message.find(' ') + 1)),
+                     id);
+        }
+        got = true;
+      }
+      if (auto from = channel_.probe(Channel::kAnySource, kResultTag)) {
+        std::istringstream in(channel_.recv_string(*from, kResultTag));
+        HostTensor result = channel_.recv_tensor(*from, kResultTag);
+        uint64_t id = 0;
+        double seconds = 0;
+        in >> id >> seconds;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          auto it = pending_.find(id);
+          if (it != pending_.end()) it->second->forward_seconds += seconds;
+        }
+        finish(id, std::move(result), nullptr);
+        got = true;
+      }
+      // The oldest batch past its deadline: which ranks are gone rather than busy?
+      uint64_t late = 0;
+      int late_index = -1, from = 0;
+      bool empty = false, stop = false;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto now = std::chrono::steady_clock::now();
+        for (const auto& [id, p] : pending_) {
+          if (now >= p->deadline) {
+            late = id;
+            late_index = p->index;
+            from = p->result_rank;
+            break;
+          }
+        }
+        empty = pending_.empty();
+        stop = collector_stop_;
+      }
+      if (late_index >= 0) {
+        World& world = World::get();
+        std::vector<int> all;
+        for (int r = 0; r < world.size(); ++r) all.push_back(r);
+        std::string silent;
+        for (int r : world.unanswering(all, std::chrono::milliseconds(1000))) {
+          silent += (silent.empty() ? "" : ", ") + world.describe_rank(r);
+        }
+        fail_model(late_index,
+                   detail::cat("the result of batch ", late, " of '", servables_[static_cast<size_t>(late_index)].name,
+                               "' did not come from ", world.describe_rank(from), " within ",
+                               options_.result_timeout.count(), " ms: ",
+                               silent.empty() ? "every rank answers, so a worker is stuck in its work"
+                                              : silent + " did not answer (stopped or lost)"),
+                   late);
+        continue;
+      }
+      if (empty || stop) break;
+      if (got) {
+        pause = PollPause(std::chrono::microseconds(100), std::chrono::microseconds(1000));
+      } else {
+        pause();
       }
     }
-    throw Error(ErrorKind::kUnavailable, detail::cat("batch ", id, " of model '", def.name, "' failed: ", reason));
+  }
+  // The engine goes away: whatever is still in flight will not be answered.
+  std::vector<std::pair<uint64_t, int>> left;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [id, p] : pending_) left.emplace_back(id, p->index);
+  }
+  for (const auto& [id, index] : left) {
+    finish(id, HostTensor(),
+           std::make_exception_ptr(Error(ErrorKind::kUnavailable,
+                                         detail::cat("batch ", id, " of model '", servables_[static_cast<size_t>(index)].name,
+                                                     "' was in flight when the engine was destroyed"))));
   }
 }
 
@@ -293,12 +523,22 @@ void Engine::handle_command(const std::string& command) {
   try {
     MESHRT_CHECK(verb == "run" && index >= 0 && index < servable_count() && !micro.empty(), ErrorKind::kInternal,
                  "unknown engine command '", command, "'");
-    HostTensor input;
-    if (placed_[static_cast<size_t>(index)]->stage == 0) input = channel_.recv_tensor(0, kInputTag);
     // A batch of an older generation, or of one rank 0 already gave up: its
     // peers will not run it. Dropped (rank 0 has answered it already).
     if (generation != this->generation(index) || !failure(index).empty()) return;
-    run_local(index, id, micro, input);
+    double forward = 0;
+    HostTensor result = run_local(index, id, micro, HostTensor(), &forward);
+    const Placed& p = *placed_[static_cast<size_t>(index)];
+    if (p.model_coordinate != 0) return;
+    // "%.9f": the stage's time to the nanosecond, whatever the locale.
+    char timing[64];
+    std::snprintf(timing, sizeof timing, "%llu %.9f", static_cast<unsigned long long>(id), forward);
+    if (p.stage == p.stages - 1) {
+      channel_.send(std::string(timing), 0, kResultTag);
+      channel_.send(result, 0, kResultTag);
+    } else {
+      channel_.send(std::string(timing), 0, kTimingTag);
+    }
   } catch (const std::exception& e) {
     std::string reason = reason_of(e);
     std::fprintf(stderr, "meshrt-serve: %s: batch %llu failed: %s\n", World::get().describe_rank(World::get().rank()).c_str(),
@@ -334,6 +574,54 @@ void Engine::stop() {
   if (stopped_ || world.rank() != 0) return;
   stopped_ = true;
   for (int r = 1; r < world.size(); ++r) channel_.send(std::string("stop"), r, kCommandTag);
+}
+
+void Engine::record(TraceEvent event) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (trace_.size() < kMaxTraceEvents) trace_.push_back(std::move(event));
+}
+
+std::vector<TraceEvent> Engine::trace() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return trace_;
+}
+
+void Engine::write_trace() const {
+  if (options_.trace_file.empty()) return;
+  int rank = World::get().rank();
+  nlohmann::json events = nlohmann::json::array();
+  for (const TraceEvent& e : trace()) {
+    std::string name = e.name == "batch" ? detail::cat(e.model, " batch ", e.batch_id)
+                                         : detail::cat(e.model, " batch ", e.batch_id, " stage ", e.stage);
+    events.push_back({{"name", name},
+                      {"cat", e.name},
+                      {"ph", "X"},
+                      {"ts", e.start_us},
+                      {"dur", e.end_us - e.start_us},
+                      {"pid", e.rank},
+                      {"tid", e.name == "batch" ? kEngineTid : e.stage},
+                      {"args",
+                       {{"model", e.model},
+                        {"batch", e.batch_id},
+                        {"stage", e.stage},
+                        {"rows", e.rows},
+                        {"micro_batches", e.micro_batches}}}});
+  }
+  // Names for the rows: the process is the rank, a thread each stage (and the engine on rank 0).
+  events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", detail::cat("rank ", rank)}}}});
+  for (const auto& p : placed_) {
+    if (!p) continue;
+    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", rank}, {"tid", p->stage},
+                      {"args", {{"name", detail::cat("stage ", p->stage)}}}});
+  }
+  if (rank == 0) {
+    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", rank}, {"tid", kEngineTid},
+                      {"args", {{"name", "engine (start to result)"}}}});
+  }
+  std::string path = detail::cat(options_.trace_file, ".", rank, ".json");
+  std::ofstream out(path);
+  out << nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump() << "\n";
+  MESHRT_CHECK(out.good(), ErrorKind::kInvalidArgument, "cannot write the engine trace to '", path, "'");
 }
 
 }  // namespace meshrt::serving

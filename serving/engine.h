@@ -2,18 +2,31 @@
 //
 // Every servable gets the mesh {stage: stage_size, model: rank_size / stage_size}
 // over all ranks; each rank builds its own stage on its slice of the mesh. Rank 0
-// (the front end, also a rank of the first stage) tells the other ranks what to
-// run over the host Channel, sends the batch to the other ranks of the first
-// stage as host tensors, and the batch flows as micro-batches: stage s sends
-// each micro-batch's activation to stage s+1 (device tensors: NCCL on GPUs, MPI
-// on the cpu) and starts on the next, so the stages work at the same time. The
-// last stage moves the result to the host (distributed_postprocessing) and its
-// first rank sends it to rank 0.
+// (the front end, also rank 0 of the first stage) tells the other ranks what to
+// run over the host Channel and broadcasts the batch over the first stage's
+// "model" communicator (the input leaves rank 0 once, not once per rank). The
+// batch flows as micro-batches: stage s sends each micro-batch's activation to
+// stage s+1 (device tensors: NCCL on GPUs, MPI on the cpu) and goes on with the
+// next one, so the stages work at the same time. The last stage moves the result
+// to the host (distributed_postprocessing) and its first rank sends it to rank 0.
+//
+// Several batches are in flight at once: start() returns once rank 0 has done
+// its part of stage 0, so stage 0 works on batch b+1 while the later stages work
+// on batch b; results come back on rank 0's result thread, which parks on a
+// condition variable while nothing is in flight. Every rank runs the batches in
+// the order rank 0 started them.
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/channel.h"
@@ -27,7 +40,35 @@ struct EngineOptions {
   // The deadline of the servables' collectives (0: MESHRT_COMM_TIMEOUT). Keep it
   // below result_timeout, so a stuck rank reports before rank 0 gives up on it.
   std::chrono::milliseconds comm_timeout{0};
+  // Chrome trace (chrome://tracing, Perfetto) of every batch on every rank:
+  // each rank writes "<trace_file>.<world rank>.json" when the engine ends. "" = off.
+  std::string trace_file;
 };
+
+// What the engine measured of one batch (rank 0).
+struct BatchReport {
+  uint64_t batch_id = 0;
+  // From start() to the result on rank 0.
+  double engine_seconds = 0;
+  // The stages' own work: each stage's forward passes (its first rank's clock,
+  // every micro-batch), summed over the stages. engine - forward is what the
+  // engine itself cost: commands, moving the input and activations, the result.
+  double forward_seconds = 0;
+};
+
+// One event of the engine's trace: a batch's time in one stage on one rank
+// (name "stage"), or on rank 0 its whole time in the engine (name "batch").
+struct TraceEvent {
+  std::string name;
+  std::string model;
+  uint64_t batch_id = 0;
+  int stage = 0, rank = 0, micro_batches = 0;
+  int64_t rows = 0;
+  int64_t start_us = 0, end_us = 0;  // microseconds of the system clock (comparable across hosts)
+};
+
+// Rank 0: the outcome of a started batch. result is defined when error is null.
+using BatchDone = std::function<void(HostTensor result, std::exception_ptr error, const BatchReport& report)>;
 
 class Engine {
  public:
@@ -50,9 +91,25 @@ class Engine {
   // result not coming within result_timeout) marks the servable failed: its
   // communicators are aborted, so no rank can pair a later batch with this one's
   // leftovers, and this and every later run() throws Error(kUnavailable).
-  HostTensor run(int index, const HostTensor& batch, int micro_batches);
+  HostTensor run(int index, const HostTensor& batch, int micro_batches, BatchReport* report = nullptr);
+  // Rank 0, from one thread at a time (with run() and try_recover()): starts a
+  // batch and returns once rank 0 has done its part of the first stage; the
+  // later stages go on while the caller starts the next batch. done is called
+  // exactly once: on this thread when the batch fails here or the result is
+  // here already (one stage), otherwise on the engine's result thread. Before
+  // anything was sent it throws instead, without calling done: Error(kShape)
+  // for a batch of the wrong shape, Error(kUnavailable) for a failed model or a
+  // stopped engine. A failure once the batch started fails the model (as run()
+  // says) and every batch of it still in flight, each with Error(kUnavailable).
+  void start(int index, const HostTensor& batch, int micro_batches, BatchDone done);
+  // Rank 0: batches of servable `index` started and not yet done.
+  int in_flight(int index) const;
+  // Rank 0: waits until no batch is in flight.
+  void wait_idle() const;
+  // This rank's trace so far (empty unless options.trace_file was given).
+  std::vector<TraceEvent> trace() const;
   // Why servable `index` failed, or "" while it works.
-  std::string failure(int index) const { return failures_.at(static_cast<size_t>(index)); }
+  std::string failure(int index) const;
   // Rank 0: tries to bring failed servable `index` back without restarting any
   // process. Asks every rank to answer (each within `within`); when all do, the
   // ranks drop the servable's old communicators and build new ones (a new
@@ -62,33 +119,53 @@ class Engine {
   // rebuild holds the others inside the rebuild (MPI_Comm_dup) until it resumes.
   std::string try_recover(int index, std::chrono::milliseconds within);
   // The generation of servable `index`: 1, then one more per recovery.
-  uint64_t generation(int index) const { return generations_.at(static_cast<size_t>(index)); }
+  uint64_t generation(int index) const;
   // The other ranks: run what rank 0 sends until stop(). Errors of a batch are
   // reported to rank 0 and serving goes on.
   void serve();
-  // Rank 0: tells the other ranks to return from serve().
+  // Rank 0: tells the other ranks to return from serve() once they have run
+  // what was started before.
   void stop();
 
  private:
   struct Placed;
+  struct Pending;
   std::unique_ptr<Placed> place(const ServableDefinition& s);
   void rebuild(int index, uint64_t generation);
-  HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input);
-  HostTensor await_result(int index, uint64_t batch_id);
+  // This rank's part of a batch: its stage's forward passes on every
+  // micro-batch. Returns the result on the last stage's first rank (which, when
+  // it is not rank 0, sends it there); forward_seconds gets this stage's time.
+  HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input,
+                       double* forward_seconds);
   void mark_failed(int index, const std::string& reason);
+  // Rank 0: gives the model of a failed batch up, tells the other ranks, and
+  // fails every batch of it in flight (done called without the lock).
+  void fail_model(int index, const std::string& reason, uint64_t batch_id);
+  // Rank 0's result thread: receives results, stage times and error reports.
+  void collect();
+  // Completes batch id (removing it from pending_) with a result or an error.
+  void finish(uint64_t id, HostTensor result, std::exception_ptr error);
   // The other ranks: one command from rank 0 (any stale input is consumed).
   void handle_command(const std::string& command);
+  void record(TraceEvent event);
+  void write_trace() const;
 
   std::vector<ServableDefinition> servables_;
   std::vector<std::unique_ptr<Placed>> placed_;
+  mutable std::mutex mutex_;              // failures_, generations_, pending_, trace_
+  mutable std::condition_variable idle_cv_;  // pending_ shrank or grew
   std::vector<std::string> failures_;     // per servable, "" while it works
   std::vector<uint64_t> generations_;     // per servable, 1 + recoveries
+  std::map<uint64_t, std::unique_ptr<Pending>> pending_;  // rank 0: batches in flight by id
+  std::vector<TraceEvent> trace_;
   uint64_t next_ping_ = 1;
   Device device_;
   EngineOptions options_;
   Channel channel_;
   uint64_t next_batch_ = 1;
   bool stopped_ = false;
+  bool collector_stop_ = false;
+  std::thread collector_;  // rank 0
 };
 
 // Rows of each of `parts` micro-batches of `rows` rows (the first ones larger).

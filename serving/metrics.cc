@@ -1,5 +1,7 @@
 #include "serving/metrics.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 namespace meshrt::serving {
@@ -42,6 +44,34 @@ void Histogram::observe(double value) {
   ++count_;
 }
 
+void Summary::observe(double value) {
+  if (recent_.size() < window_) {
+    recent_.push_back(value);
+  } else {
+    recent_[next_] = value;
+  }
+  next_ = (next_ + 1) % window_;
+  sum_ += value;
+  ++count_;
+}
+
+double Summary::quantile(double q) const {
+  if (recent_.empty()) return 0;
+  std::vector<double> sorted = recent_;
+  auto k = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  k = std::min(sorted.size() - 1, k == 0 ? 0 : k - 1);
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(k), sorted.end());
+  return sorted[k];
+}
+
+void Summary::render(std::string& out, const std::string& name, const std::string& labels) const {
+  for (double q : {0.5, 0.9, 0.99}) {
+    out += name + "{" + labels + ",quantile=\"" + number(q) + "\"} " + number(quantile(q)) + "\n";
+  }
+  out += name + "_sum{" + labels + "} " + number(sum_) + "\n";
+  out += name + "_count{" + labels + "} " + std::to_string(count_) + "\n";
+}
+
 void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
   long long cumulative = 0;
   for (size_t i = 0; i <= bounds_.size(); ++i) {
@@ -82,6 +112,14 @@ void Metrics::batch(const std::string& m, const std::string& v, int64_t rows, in
   x.batch_requests.observe(static_cast<double>(requests));
   for (double q : queue_seconds) x.queue.observe(q);
   x.compute.observe(compute_seconds);
+}
+
+void Metrics::engine(const std::string& m, const std::string& v, double engine_seconds, double forward_seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Model& x = model(m, v);
+  x.engine.observe(engine_seconds);
+  x.forward.observe(forward_seconds);
+  x.overhead.observe(engine_seconds - forward_seconds);
 }
 
 void Metrics::queue_size(const std::string& m, const std::string& v, int64_t waiting) {
@@ -132,6 +170,23 @@ std::string Metrics::render() const {
   };
   for (const Family& f : families) {
     out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " histogram\n";
+    for (const auto& [key, m] : models_) (m.*f.member).render(out, f.name, labels(key.first, key.second));
+  }
+  struct SummaryFamily {
+    const char* name;
+    const char* help;
+    Summary Model::*member;
+  };
+  const SummaryFamily summaries[] = {
+      {"meshrt_inference_engine_seconds", "Time of each batch in the engine, from its start to its result on rank 0 "
+       "(quantiles of the last 1000 batches).", &Model::engine},
+      {"meshrt_inference_forward_seconds", "The stages' forward passes of each batch, summed over the stages "
+       "(quantiles of the last 1000 batches).", &Model::forward},
+      {"meshrt_inference_engine_overhead_seconds", "Engine time minus forward time of each batch: commands, input, "
+       "activations and result between the ranks (quantiles of the last 1000 batches).", &Model::overhead},
+  };
+  for (const SummaryFamily& f : summaries) {
+    out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " summary\n";
     for (const auto& [key, m] : models_) (m.*f.member).render(out, f.name, labels(key.first, key.second));
   }
   return out;

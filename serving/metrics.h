@@ -3,6 +3,12 @@
 //   meshrt_inference_failures_total{model,version}         counter: infer requests answered with an error
 //   meshrt_inference_queue_seconds{model,version}          histogram: time from arrival to dispatch
 //   meshrt_inference_compute_seconds{model,version}        histogram: time of each batch in the engine
+//   meshrt_inference_engine_seconds{model,version,quantile} summary over the last 1000 batches: the
+//                                                          same time (from start to result on rank 0)
+//   meshrt_inference_forward_seconds{model,version,quantile} summary: the stages' forward passes of
+//                                                          each batch, summed over the stages
+//   meshrt_inference_engine_overhead_seconds{model,version,quantile} summary: engine - forward of each
+//                                                          batch: what moving it between ranks cost
 //   meshrt_batch_size{model,version}                       histogram: rows per batch
 //   meshrt_batch_requests{model,version}                   histogram: requests per batch
 //   meshrt_queue_requests{model,version}                   gauge: requests waiting
@@ -34,6 +40,25 @@ class Histogram {
   long long count_ = 0;
 };
 
+// A Prometheus summary: quantiles 0.5, 0.9 and 0.99 of the last `window`
+// observations, and the sum and count of all of them.
+class Summary {
+ public:
+  explicit Summary(size_t window = 1000) : window_(window) {}
+  void observe(double value);
+  // The q-quantile of the window (nearest rank), 0 when empty.
+  double quantile(double q) const;
+  void render(std::string& out, const std::string& name, const std::string& labels) const;
+  long long count() const { return count_; }
+
+ private:
+  size_t window_;
+  std::vector<double> recent_;  // a ring of the last window_ values
+  size_t next_ = 0;
+  double sum_ = 0;
+  long long count_ = 0;
+};
+
 class Metrics {
  public:
   void add_model(const std::string& model, const std::string& version);
@@ -41,6 +66,8 @@ class Metrics {
   void http_request(int status);
   void batch(const std::string& model, const std::string& version, int64_t rows, int64_t requests,
              const std::vector<double>& queue_seconds, double compute_seconds);
+  // What the engine measured of a batch that succeeded (serving/engine.h BatchReport).
+  void engine(const std::string& model, const std::string& version, double engine_seconds, double forward_seconds);
   void queue_size(const std::string& model, const std::string& version, int64_t waiting);
   void ready(bool ready);
   std::string render() const;
@@ -53,6 +80,7 @@ class Metrics {
     Histogram compute{{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     Histogram batch_rows{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}};
     Histogram batch_requests{{1, 2, 4, 8, 16, 32, 64, 128, 256}};
+    Summary engine, forward, overhead;
     int64_t waiting = 0;
   };
   Model& model(const std::string& model, const std::string& version);

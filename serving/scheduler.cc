@@ -9,6 +9,7 @@ Scheduler::Scheduler(Engine& engine, Metrics& metrics)
     : engine_(engine), metrics_(metrics), queues_(static_cast<size_t>(engine.servable_count())) {
   for (int m = 0; m < engine_.servable_count(); ++m) {
     metrics_.add_model(engine_.servable(m).name, engine_.servable(m).version);
+    queues_[static_cast<size_t>(m)].max_in_flight = std::max(1, engine_.servable(m).stage_size);
   }
   thread_ = std::thread([this] { loop(); });
 }
@@ -39,6 +40,7 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
     int m = (next_model_ + k) % count;
     Queue& q = queues_[static_cast<size_t>(m)];
     if (q.requests.empty()) continue;
+    if (q.in_flight >= q.max_in_flight) continue;  // the pipeline is full: collect
     if (!q.failure.empty()) {  // a failed model: answer what waits (run_batch sees the failure)
       while (!q.requests.empty()) {
         batch->push_back(std::move(q.requests.front()));
@@ -53,8 +55,9 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
     if (!b.enabled) {
       limit = q.requests.front().input.dim(0);
     } else if (q.rows >= b.max_batch_size || draining_ || b.start_when_idle) {
-      // The engine is idle whenever this runs (the scheduler's thread runs the
-      // batches): with start_when_idle, what is queued goes at once.
+      // Stage 0 is free whenever this runs (the scheduler's thread runs rank 0's
+      // part of it) and the pipeline has room: with start_when_idle, what is
+      // queued goes at once.
       limit = b.max_batch_size;
     } else {
       for (int64_t p : b.preferred_batch_sizes) {
@@ -82,7 +85,7 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
   return false;
 }
 
-void Scheduler::run_batch(int model, std::vector<Request>& batch) {
+void Scheduler::run_batch(int model, std::vector<Request> batch) {
   const ServableDefinition& def = engine_.servable(model);
   auto start = std::chrono::steady_clock::now();
   std::vector<double> queued;
@@ -92,48 +95,83 @@ void Scheduler::run_batch(int model, std::vector<Request>& batch) {
     rows += r.input.dim(0);
   }
   InferOutcome failure;
-  HostTensor output;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    const std::string& failed = queues_[static_cast<size_t>(model)].failure;
-    if (!failed.empty()) {
+    Queue& q = queues_[static_cast<size_t>(model)];
+    if (!q.failure.empty()) {
       failure.status = 503;
-      failure.error = "model '" + def.name + "' is unavailable: " + failed;
+      failure.error = q.failure;
     }
+    ++q.in_flight;
   }
+  if (failure.status != 200) {
+    finish_batch(model, batch, start, std::move(queued), rows, failure, HostTensor(), BatchReport{});
+    return;
+  }
+  // The requests move into the completion, which the engine calls exactly once.
+  auto held = std::make_shared<std::vector<Request>>(std::move(batch));
+  try {
+    // Stack the requests' rows (one copy), start, and cut the result back when done.
+    std::vector<HostTensor> inputs;
+    for (const Request& r : *held) inputs.push_back(r.input);
+    engine_.start(model, concat_rows(inputs), def.batching.micro_batches,
+                  [this, model, held, start, queued, rows](HostTensor output, std::exception_ptr error,
+                                                           const BatchReport& report) {
+                    InferOutcome failure;
+                    try {
+                      if (error) std::rethrow_exception(error);
+                    } catch (const Error& e) {
+                      failure.status = 503;  // the engine reports every failure of a started batch as kUnavailable
+                      failure.error = e.message();
+                    } catch (const std::exception& e) {
+                      failure.status = 500;
+                      failure.error = std::string("internal error: ") + e.what();
+                    }
+                    finish_batch(model, *held, start, queued, rows, failure, std::move(output), report);
+                  });
+  } catch (const std::exception& e) {
+    // Thrown before the batch was sent: a failed model (503), or a bug on rank 0.
+    const auto* error = dynamic_cast<const Error*>(&e);
+    bool lost = error && error->kind() == ErrorKind::kUnavailable;
+    failure.status = lost ? 503 : 500;
+    failure.error = lost ? error->message() : std::string("internal error: ") + (error ? error->message() : e.what());
+    finish_batch(model, *held, start, queued, rows, failure, HostTensor(), BatchReport{});
+  }
+}
+
+void Scheduler::finish_batch(int model, std::vector<Request>& batch, std::chrono::steady_clock::time_point start,
+                             std::vector<double> queued, int64_t rows, InferOutcome failure, HostTensor output,
+                             const BatchReport& report) {
+  const ServableDefinition& def = engine_.servable(model);
   if (failure.status == 200) {
     try {
-      // Stack the requests' rows (one copy), run, and cut the result back.
-      std::vector<HostTensor> inputs;
-      for (const Request& r : batch) inputs.push_back(r.input);
-      output = engine_.run(model, concat_rows(inputs), def.batching.micro_batches);
       MESHRT_CHECK(output.ndim() == 2 && output.dim(0) == rows && output.dim(1) == def.output.shape[1] &&
                        output.dtype() == def.output.dtype,
                    ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,
                    " rows (expected ", kserve_datatype(def.output.dtype), "[", rows, ", ", def.output.shape[1], "])");
-    } catch (const Error& e) {
-      // The engine reports every failure after a batch started as kUnavailable
-      // (and gives the model up); anything else is a bug on rank 0 before it.
-      bool lost = e.kind() == ErrorKind::kUnavailable;
-      failure.status = lost ? 503 : 500;
-      failure.error = (lost ? "model '" + def.name + "' is unavailable: " : "internal error: ") + e.message();
-      if (lost) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        Queue& q = queues_[static_cast<size_t>(model)];
-        q.failure = e.message();
-        q.failed_at = std::chrono::steady_clock::now();
-        q.next_recovery = q.failed_at + kRecoveryInterval;
-        q.recovery_note.clear();
-        std::fprintf(stderr, "meshrt-serve: model '%s' version %s failed (the server is not ready until it recovers): %s\n",
-                     def.name.c_str(), def.version.c_str(), e.message().c_str());
-      }
     } catch (const std::exception& e) {
       failure.status = 500;
       failure.error = std::string("internal error: ") + e.what();
     }
   }
+  std::string reason = failure.error;
+  if (failure.status == 503) failure.error = "model '" + def.name + "' is unavailable: " + reason;
+  bool engine_failed = failure.status == 503 && !engine_.failure(model).empty();
   double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_.batch(def.name, def.version, rows, static_cast<int64_t>(batch.size()), queued, compute);
+  if (failure.status == 200) metrics_.engine(def.name, def.version, report.engine_seconds, report.forward_seconds);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Queue& q = queues_[static_cast<size_t>(model)];
+    if (engine_failed && q.failure.empty()) {
+      q.failure = reason;
+      q.failed_at = std::chrono::steady_clock::now();
+      q.next_recovery = q.failed_at + kRecoveryInterval;
+      q.recovery_note.clear();
+      std::fprintf(stderr, "meshrt-serve: model '%s' version %s failed (the server is not ready until it recovers): %s\n",
+                   def.name.c_str(), def.version.c_str(), reason.c_str());
+    }
+  }
   int64_t row = 0;
   for (Request& r : batch) {
     // Every request is answered once, whatever its completion does.
@@ -155,6 +193,9 @@ void Scheduler::run_batch(int model, std::vector<Request>& batch) {
       }
     }
   }
+  std::lock_guard<std::mutex> lock(mutex_);
+  --queues_[static_cast<size_t>(model)].in_flight;
+  cv_.notify_all();
 }
 
 void Scheduler::loop() {
@@ -166,11 +207,12 @@ void Scheduler::loop() {
     std::vector<Request> batch;
     if (next_batch(now, &model, &batch, &wake)) {
       lock.unlock();
-      run_batch(model, batch);
+      run_batch(model, std::move(batch));
       lock.lock();
       continue;
     }
-    bool empty = std::all_of(queues_.begin(), queues_.end(), [](const Queue& q) { return q.requests.empty(); });
+    bool empty = std::all_of(queues_.begin(), queues_.end(),
+                             [](const Queue& q) { return q.requests.empty() && q.in_flight == 0; });
     if (draining_ && empty) break;
     if (!draining_ && try_recoveries(lock, now, &wake)) continue;
     cv_.wait_until(lock, wake);
@@ -191,7 +233,7 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
                                std::chrono::steady_clock::time_point* wake) {
   for (int m = 0; m < static_cast<int>(queues_.size()); ++m) {
     Queue& q = queues_[static_cast<size_t>(m)];
-    if (q.failure.empty()) continue;
+    if (q.failure.empty() || q.in_flight > 0) continue;  // its last batches are still being answered
     if (now < q.next_recovery) {
       *wake = std::min(*wake, q.next_recovery);
       continue;

@@ -2,15 +2,16 @@
 // along the batch axis into batches and run by the engine; each request gets its
 // rows of the result back.
 //
-// A model's queue is dispatched at once when the engine is idle and the model
-// starts batches when idle (the default: requests collect only while a batch
-// runs); otherwise when its rows reach max_batch_size, when they reach one of
+// A model has at most stage_size batches in flight (Engine::start: stage 0
+// takes batch b+1 while the later stages run batch b). While it has room, its
+// queue is dispatched at once when the model starts batches when idle (the
+// default: requests collect only while stage 0 is busy or the pipeline is
+// full); otherwise when its rows reach max_batch_size, when they reach one of
 // its preferred batch sizes (the largest one reached is used), or when its
-// oldest request has waited max_queue_delay_us; a batch takes whole
-// requests in arrival order up to the limit. Requests are never split. With
-// batching disabled, every request runs alone. One thread runs the batches (the
-// engine runs one batch at a time across all ranks); requests queue meanwhile,
-// which is what makes batches under load.
+// oldest request has waited max_queue_delay_us; a batch takes whole requests in
+// arrival order up to the limit. Requests are never split. With batching
+// disabled, every request runs alone. One thread starts the batches; their
+// results are answered on the engine's result thread.
 #pragma once
 
 #include <chrono>
@@ -68,6 +69,8 @@ class Scheduler {
     std::string failure;  // non-empty: the model is unavailable
     std::chrono::steady_clock::time_point failed_at, next_recovery;
     std::string recovery_note;  // why the last recovery attempt failed (logged when it changes)
+    int in_flight = 0;          // batches started and not yet answered
+    int max_in_flight = 1;      // the model's stage_size
   };
   static constexpr std::chrono::milliseconds kRecoveryInterval{1000};
   static constexpr std::chrono::milliseconds kRecoveryAnswerTime{500};
@@ -80,7 +83,13 @@ class Scheduler {
   // wake up and look again.
   bool next_batch(std::chrono::steady_clock::time_point now, int* model, std::vector<Request>* batch,
                   std::chrono::steady_clock::time_point* wake);
-  void run_batch(int model, std::vector<Request>& batch);
+  // Starts a batch (or answers it at once for a failed model); its requests are
+  // answered when it is done.
+  void run_batch(int model, std::vector<Request> batch);
+  // A batch is done: metrics, the answers, and room for the next one.
+  void finish_batch(int model, std::vector<Request>& batch, std::chrono::steady_clock::time_point start,
+                    std::vector<double> queued, int64_t rows, InferOutcome failure, HostTensor output,
+                    const BatchReport& report);
 
   Engine& engine_;
   Metrics& metrics_;

@@ -186,7 +186,7 @@ int run_server(const ServerOptions& o) {
   // Every rank's process id, for operators and tests (rank 0's also at pid_file).
   if (!o.pid_file.empty()) write_file(o.pid_file + "." + std::to_string(rank), std::to_string(::getpid()));
   Device device = world.device(o.device);
-  Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout});
+  Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout, o.trace_file});
   for (const ServableDefinition& s : servables) {
     say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",
                     s.stage_size, " (", s.rank_size / s.stage_size, "-way tensor parallel per stage), batching ",

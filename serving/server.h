@@ -23,6 +23,7 @@ struct ServerOptions {
   bool batching = true;             // false: every request runs alone (dynamic batching off)
   std::chrono::milliseconds result_timeout{120000};
   std::chrono::milliseconds comm_timeout{60000};  // below result_timeout (see EngineOptions)
+  std::string trace_file;  // EngineOptions::trace_file: "" = no trace
   std::chrono::seconds drain_timeout{60};
   // After draining, keep answering (not ready; 503 to inference) this long
   // before exiting, so that load balancers see the server go unready.

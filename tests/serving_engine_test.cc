@@ -5,8 +5,12 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "comm/world.h"
 #include "kernels/elementwise.h"
@@ -300,6 +304,161 @@ TEST(Engine, AFailureGivesTheModelUpEverywhereAndSparesTheOthers) {
       for (float v : z.span<float>()) EXPECT_EQ(v, 2.0f);
     }
     EXPECT_EQ(engine.run(1, HostTensor::full<float>({1, 2}, 0.0f), 1).data<float>()[0], static_cast<float>(n));
+  });
+}
+
+// A stage that takes a known time (a sleep stands in for a device kernel, so the
+// overlap shows on machines with fewer cores than ranks), then adds amount.
+class SlowStage : public StageModule {
+ public:
+  SlowStage(std::chrono::milliseconds takes, float amount) : takes_(takes), amount_(amount) {}
+  DTensor forward(const DTensor& x) override {
+    std::this_thread::sleep_for(takes_);
+    return AddStage(amount_).forward(x);
+  }
+
+ private:
+  std::chrono::milliseconds takes_;
+  float amount_;
+};
+
+ServableDefinition slow_pipeline(const std::string& name, int n, std::chrono::milliseconds per_stage) {
+  ServableDefinition s;
+  s.name = name;
+  s.rank_size = n;
+  s.stage_size = n;
+  s.input = {"x", DType::kF32, {-1, 2}};
+  s.output = {"y", DType::kF32, {-1, 2}};
+  for (int i = 0; i < n; ++i) {
+    s.stages.push_back({2, [i, per_stage](const Mesh&) { return std::make_unique<SlowStage>(per_stage, float(i + 1)); }});
+  }
+  return s;
+}
+
+// Several batches in flight: stage 0 takes batch b+1 while the last stage still
+// works on batch b, as the ranks' trace timestamps show; results and the
+// forward time of every stage come back to rank 0.
+TEST(Engine, BatchesOverlapAcrossStages) {
+  int n = World::get().size(), me = World::get().rank();
+  if (n < 2) GTEST_SKIP() << "one rank is one stage: nothing to overlap";
+  constexpr auto kStage = std::chrono::milliseconds(40);
+  // A trace path of this job, the same on every rank.
+  char path[256] = {};
+  if (me == 0) {
+    std::string p = (std::filesystem::temp_directory_path() / ("meshrt-trace-" + std::to_string(::getpid()))).string();
+    std::snprintf(path, sizeof path, "%s", p.c_str());
+  }
+  MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD);
+  std::vector<TraceEvent> mine;
+  {
+    EngineOptions options;
+    options.trace_file = path;
+    Engine engine({slow_pipeline("slow", n, kStage)}, Device::cpu(), options);
+    with_engine(engine, [&] {
+      std::mutex mutex;
+      std::vector<std::pair<HostTensor, BatchReport>> done(3);
+      int answered = 0, most_in_flight = 0;
+      for (int b = 0; b < 3; ++b) {
+        engine.start(0, HostTensor::full<float>({2, 2}, 10.0f * float(b + 1)), 1,
+                     [&, b](HostTensor result, std::exception_ptr error, const BatchReport& report) {
+                       std::lock_guard<std::mutex> lock(mutex);
+                       if (!error) done[static_cast<size_t>(b)] = {result, report};
+                       ++answered;
+                     });
+        most_in_flight = std::max(most_in_flight, engine.in_flight(0));
+      }
+      engine.wait_idle();
+      EXPECT_EQ(answered, 3);
+      EXPECT_GE(most_in_flight, 2);  // start() returned before the last stage was done
+      for (int b = 0; b < 3; ++b) {
+        const auto& [result, report] = done[static_cast<size_t>(b)];
+        ASSERT_TRUE(result.defined()) << "batch " << b;
+        for (float v : result.span<float>()) EXPECT_EQ(v, 10.0f * float(b + 1) + float(n * (n + 1) / 2));
+        // Every stage's time reached rank 0 (each stage sleeps kStage), and the
+        // engine's time covers them.
+        EXPECT_GE(report.forward_seconds, n * 0.9 * std::chrono::duration<double>(kStage).count()) << "batch " << b;
+        EXPECT_GE(report.engine_seconds, report.forward_seconds) << "batch " << b;
+      }
+    });
+    mine = engine.trace();
+  }
+  // Every rank's stage events on rank 0: {batch, stage, start, end}.
+  std::vector<int64_t> flat(4 * 8, -1);
+  size_t k = 0;
+  for (const TraceEvent& e : mine) {
+    if (e.name != "stage" || k >= 8) continue;
+    int64_t values[4] = {static_cast<int64_t>(e.batch_id), e.stage, e.start_us, e.end_us};
+    std::copy(values, values + 4, flat.begin() + static_cast<std::ptrdiff_t>(4 * k++));
+  }
+  std::vector<int64_t> all(flat.size() * static_cast<size_t>(n));
+  MPI_Gather(flat.data(), static_cast<int>(flat.size()), MPI_INT64_T, all.data(), static_cast<int>(flat.size()),
+             MPI_INT64_T, 0, MPI_COMM_WORLD);
+  if (me != 0) return;
+  auto find = [&](int64_t batch, int64_t stage) -> const int64_t* {
+    for (size_t i = 0; i + 4 <= all.size(); i += 4) {
+      if (all[i] == batch && all[i + 1] == stage) return &all[i];
+    }
+    return nullptr;
+  };
+  for (int64_t b = 1; b <= 2; ++b) {
+    const int64_t* next_enters = find(b + 1, 0);
+    const int64_t* leaves = find(b, n - 1);
+    ASSERT_TRUE(next_enters && leaves) << "no trace of batch " << b << " or " << b + 1;
+    EXPECT_LT(next_enters[2], leaves[3]) << "batch " << b + 1 << " entered stage 0 at " << next_enters[2]
+                                         << " us, after batch " << b << " left the last stage at " << leaves[3] << " us";
+  }
+  // The trace files (Chrome's format), one per rank, written when the engine ended.
+  for (int r = 0; r < n; ++r) {
+    std::string file = std::string(path) + "." + std::to_string(r) + ".json";
+    std::ifstream in(file);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("\"traceEvents\""), std::string::npos) << file;
+    EXPECT_NE(text.find("\"cat\":\"stage\""), std::string::npos) << file;
+    if (r == 0) {
+      EXPECT_NE(text.find("\"cat\":\"batch\""), std::string::npos) << file;
+    }
+    std::filesystem::remove(file);
+  }
+}
+
+// A batch that fails while the next one is in flight: both are answered with
+// the failure, the model is given up, and it recovers.
+TEST(Engine, AFailureFailsEveryBatchInFlight) {
+  int n = World::get().size();
+  if (n < 2) GTEST_SKIP() << "with one stage nothing else is in flight";
+  ServableDefinition s = slow_pipeline("fragile", n, std::chrono::milliseconds(20));
+  s.stages.back().build = [](const Mesh&) { return std::make_unique<FailingStage>(); };
+  Engine engine({s}, Device::cpu());
+  with_engine(engine, [&] {
+    std::mutex mutex;
+    std::vector<std::string> errors;
+    auto record = [&](HostTensor, std::exception_ptr error, const BatchReport&) {
+      std::lock_guard<std::mutex> lock(mutex);
+      try {
+        if (error) std::rethrow_exception(error);
+        errors.push_back("no error");
+      } catch (const Error& e) {
+        errors.push_back(e.kind() == ErrorKind::kUnavailable ? e.message() : "wrong kind: " + e.message());
+      }
+    };
+    // 13 - (1 + ... + n-1) reaches the last stage as 13.
+    float poison = 13.0f - float((n - 1) * n / 2);
+    engine.start(0, HostTensor::full<float>({1, 2}, poison), 1, record);
+    try {
+      engine.start(0, HostTensor::full<float>({1, 2}, 1.0f), 1, record);
+    } catch (const Error& e) {
+      // the failure came back before the second batch started
+      std::lock_guard<std::mutex> lock(mutex);
+      errors.push_back(e.message());
+    }
+    engine.wait_idle();
+    ASSERT_EQ(errors.size(), 2u);
+    EXPECT_NE(errors[0].find("boom on 13"), std::string::npos) << errors[0];
+    EXPECT_NE(errors[1].find("boom on 13"), std::string::npos) << errors[1];
+    EXPECT_FALSE(engine.failure(0).empty());
+    EXPECT_EQ(engine.try_recover(0, std::chrono::seconds(30)), "");
+    HostTensor y = engine.run(0, HostTensor::full<float>({1, 2}, 1.0f), 1);
+    EXPECT_EQ(y.data<float>()[0], 1.0f + float((n - 1) * n / 2));
   });
 }
 
