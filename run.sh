@@ -7,10 +7,12 @@
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives, GEMM, sharding and serving benchmarks and a server's idle CPU
+#   ./run.sh bench         the collectives, GEMM, sharding, pipeline and serving benchmarks and a server's
+#                          idle CPU, each against its baseline; recorded in bench/results/
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
-# MESHRT_CMAKE_ARGS (extra configure arguments, e.g. -DMESHRT_ENABLE_CUDA=OFF).
+# MESHRT_CMAKE_ARGS (extra configure arguments, e.g. -DMESHRT_ENABLE_CUDA=OFF),
+# MESHRT_BENCH_PREFIX (bench result names, default cpu-<cores>core).
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(pwd)
@@ -129,19 +131,25 @@ case "$command" in
     configure_and_build
     ;;
   bench)
+    bench_prefix=${MESHRT_BENCH_PREFIX:-cpu-$(nproc)core}
     install_dependencies
     configure_and_build
     mpi_environment
-    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 64M -f 8
-    "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048
-    for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
-    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -C reduce_scatter -b 1K -e 16M -f 4
-    mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 16M -f 4 --abortable
-    MESHRT_BUILD_DIR="$build_dir" bench/serving.sh
-    MESHRT_BUILD_DIR="$build_dir" bench/idle_cpu.sh
+    # Each figure is printed and recorded with its command, the commit and the
+    # machine in bench/results/<machine>-<name>.txt (bench/record.sh).
+    export MESHRT_BUILD_DIR="$build_dir"
+    record() { local name=$1; shift; bench/record.sh "$bench_prefix-$name" "$@"; }
+    record collectives-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 64M -f 8
+    record collectives-abortable mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 16M -f 4 --abortable
+    record reduce-scatter mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -C reduce_scatter -b 1K -e 16M -f 4
+    record gemm "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048
+    for n in 1 2 4; do record "sharding-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
+    for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
+    record serving-matmul_neg bench/serving.sh
+    record idle-cpu bench/idle_cpu.sh
     ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || { say "unknown command '$command'"; exit 2; }
     ;;
 esac

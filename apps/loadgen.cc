@@ -42,6 +42,18 @@ std::pair<double, double> histogram(const std::string& metrics, const std::strin
   return {value("_sum"), value("_count")};
 }
 
+// The median of a Prometheus summary series for a model (0 when absent).
+double median(const std::string& metrics, const std::string& name, const std::string& model) {
+  std::string key = name + "{model=\"" + model + "\"";
+  for (size_t at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) {
+    size_t end = metrics.find('\n', at);
+    std::string line = metrics.substr(at, end - at);
+    if (line.find("quantile=\"0.5\"") == std::string::npos) continue;
+    return std::stod(line.substr(line.find("} ") + 2));
+  }
+  return 0;
+}
+
 struct Request {
   std::string body;
   meshrt::serving::HttpHeaders headers;
@@ -106,8 +118,9 @@ int main(int argc, char** argv) {
     meshrt::serving::ModelSignature metadata = meshrt::serving::parse_model_metadata(meta.body);
     std::printf("# meshrt-loadgen: %s model %s, %lld row(s) per request, %d requests per level\n", o.url.c_str(),
                 o.model.c_str(), static_cast<long long>(o.rows), o.requests);
-    std::printf("#%6s %11s %9s %9s %9s %9s %9s %7s %9s %9s %9s %9s\n", "format", "concurrency", "req/s", "p50 ms",
-                "p90 ms", "p99 ms", "mean ms", "errors", "queue ms", "batch ms", "rows/bat", "overhead");
+    std::printf("#%6s %11s %9s %9s %9s %9s %9s %7s %9s %9s %9s %9s %9s %9s %9s %11s %11s\n", "format", "concurrency", "req/s",
+                "p50 ms", "p90 ms", "p99 ms", "mean ms", "errors", "queue ms", "batch ms", "rows/bat", "overhead",
+                "eng us", "fwd us", "eng-fwd", "rows/s", "fwd rows/s");
     bool all_ok = true;
     for (std::string format : {"json", "binary"}) {
       if (o.format != "both" && o.format != format) continue;
@@ -157,15 +170,24 @@ int main(int argc, char** argv) {
         mean /= std::max<size_t>(1, latencies.size());
         double queue_ms = queue_count > 0 ? 1e3 * queue_sum / queue_count : 0;
         double batch_ms = batches > 0 ? 1e3 * compute_sum / batches : 0;
-        std::printf(" %6s %11d %9.1f %9.2f %9.2f %9.2f %9.2f %7d %9.2f %9.2f %9.1f %9.2f\n", format.c_str(), level,
-                    latencies.size() / seconds, percentile(latencies, 50), percentile(latencies, 90),
-                    percentile(latencies, 99), mean, errors.load(), queue_ms, batch_ms,
-                    rows_batches > 0 ? rows_sum / rows_batches : 0.0, mean - queue_ms - batch_ms);
+        // Medians over the server's last 1000 batches (of this level when it had that many).
+        double engine_us = 1e6 * median(after, "meshrt_inference_engine_seconds", o.model);
+        double forward_us = 1e6 * median(after, "meshrt_inference_forward_seconds", o.model);
+        double engine_overhead_us = 1e6 * median(after, "meshrt_inference_engine_overhead_seconds", o.model);
+        std::printf(" %6s %11d %9.1f %9.2f %9.2f %9.2f %9.2f %7d %9.2f %9.2f %9.1f %9.2f %9.1f %9.1f %9.1f %11.0f %11.0f\n",
+                    format.c_str(), level, latencies.size() / seconds, percentile(latencies, 50),
+                    percentile(latencies, 90), percentile(latencies, 99), mean, errors.load(), queue_ms, batch_ms,
+                    rows_batches > 0 ? rows_sum / rows_batches : 0.0, mean - queue_ms - batch_ms, engine_us,
+                    forward_us, engine_overhead_us, static_cast<double>(latencies.size() * o.rows) / seconds,
+                    forward_us > 0 && rows_batches > 0 ? 1e6 * (rows_sum / rows_batches) / forward_us : 0.0);
         std::fflush(stdout);
         all_ok = all_ok && errors.load() == 0;
       }
     }
-    std::printf("# overhead = mean latency - mean queue time - mean batch compute time (HTTP, parsing, copies)\n");
+    std::printf("# overhead = mean latency - mean queue time - mean batch compute time (HTTP, parsing, copies)\n"
+                "# eng us, fwd us, eng-fwd: medians of the server's engine time per batch, of its stages' forward\n"
+                "#   time, and of the difference (what the engine itself cost); rows/s: rows served per second;\n"
+                "#   fwd rows/s: the raw batched compute, rows per batch / median forward time\n");
     return all_ok ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "meshrt-loadgen: %s\n", e.what());

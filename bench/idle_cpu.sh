@@ -31,6 +31,6 @@ after=$(ticks)
 hz=$(getconf CLK_TCK)
 ms=$(( (after - before) * 1000 / hz ))
 echo "idle 4-rank meshrt-serve (matmul_neg): ${ms} ms of CPU in $((seconds * 1000)) ms summed over the ranks =" \
-     "$(awk -v ms="$ms" -v s="$seconds" 'BEGIN { printf "%.1f", ms / (s * 10) }')% of one core"
+     "$(awk -v ms="$ms" -v s="$seconds" 'BEGIN { printf "%.1f", ms / (s * 10) }')% of one core (target: under 5%)"
 kill -TERM "$(cat "$work/pid")"
 wait "$job" || true

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Serving benchmark: starts meshrt-serve (the examples, 4 ranks) with dynamic
 # batching on and then off, and runs meshrt-loadgen against each: requests per
-# second and p50/p90/p99 latency at concurrency 1, 8 and 64, JSON and binary.
+# second and p50/p90/p99 latency at concurrency 1, 8 and 64, JSON and binary,
+# 1 row per request; then 1024 rows per request (batching off: the example's
+# max_batch_size is 256), binary. The loadgen also prints the server's median
+# engine and forward time per batch and the raw batched compute in rows/s.
 #   bench/serving.sh [loadgen args...]      (from the repository root, after ./run.sh build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,15 +13,21 @@ if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_
 export OMPI_MCA_rmaps_base_oversubscribe=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for batching in on off; do
+for run in "on 1" "off 1" "off 1024"; do
+  read -r batching rows <<< "$run"
   rm -f "$work/port" "$work/pid"
   mpirun -np 4 "$build/apps/meshrt-serve" --model-repository examples/models --model matmul_neg --batching "$batching" \
     --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && break; sleep 0.1; done
-  echo "## dynamic batching $batching (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"
-  "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8,64 \
-    --requests 1000 --rows 1 --expect -48 "$@"
+  echo "## dynamic batching $batching, $rows row(s) per request (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"
+  if [ "$rows" = 1 ]; then
+    "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8,64 \
+      --requests 1000 --rows 1 --expect -48 "$@"
+  else
+    "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8 \
+      --requests 300 --rows "$rows" --format binary --expect -48 "$@"
+  fi
   kill -TERM "$(cat "$work/pid")"
   wait "$job"
 done

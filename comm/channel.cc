@@ -40,10 +40,17 @@ const char* kind_name(int kind) {
   return "an unknown message";
 }
 
+// The pause between polls of a message: yield for the first millisecond (a
+// message of a running exchange comes within microseconds), then sleep, backing
+// off to 1 ms between polls (an idle rank waiting for its next command costs a
+// few wake-ups per millisecond at most, and a command that finds it asleep
+// waits at most 1 ms).
+PollPause message_pause() { return PollPause(std::chrono::microseconds(1000), std::chrono::microseconds(1000)); }
+
 // Polls requests until all are done; false past the deadline (they stay active).
 bool wait_requests(MPI_Request* requests, int count, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  PollPause pause(std::chrono::microseconds(500));
+  PollPause pause = message_pause();
   for (;;) {
     int done = 0;
     MESHRT_MPI_CHECK(MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
@@ -201,7 +208,7 @@ Incoming receive_header(MPI_Comm comm, int source, int tag, std::chrono::millise
   auto deadline = std::chrono::steady_clock::now() + timeout;
   MPI_Message message = MPI_MESSAGE_NULL;
   MPI_Status status{};
-  PollPause pause(std::chrono::microseconds(500));
+  PollPause pause = message_pause();
   for (;;) {
     int found = 0;
     MESHRT_MPI_CHECK(MPI_Improbe(source == Channel::kAnySource ? MPI_ANY_SOURCE : source, tag, comm,
