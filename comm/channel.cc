@@ -161,8 +161,6 @@ void Channel::send_message(Kind kind, const void* data, size_t size, int dest, i
     header.ndim = static_cast<uint8_t>(tensor->ndim());
     for (int i = 0; i < tensor->ndim(); ++i) header.dims[i] = tensor->dim(i);
   }
-  std::string what = detail::cat("Channel::send of ", kind_name(kind), " (", size, " bytes) to rank ",
-                                 dest, " tag ", tag);
   // The buffers MPI reads live on the heap (or in the tensor's storage), so that
   // a send given up at its deadline cannot leave MPI reading freed memory.
   AbandonedSend buffers;
@@ -186,14 +184,21 @@ void Channel::send_message(Kind kind, const void* data, size_t size, int dest, i
     MPI_Request_free(&r);
   }
   abandon(std::move(buffers));
-  timed_out(what, timeout_);
+  timed_out(detail::cat("Channel::send of ", kind_name(kind), " (", size, " bytes) to rank ", dest, " tag ", tag),
+            timeout_);
 }
 
 namespace {
 struct Incoming {
   Header header;
   int source;
-  std::string what;
+  int asked_source, tag, expected_kind;
+  // "Channel::recv of a tensor from rank 1 tag 7", for errors (made only then).
+  std::string what() const {
+    return detail::cat("Channel::recv of ", kind_name(expected_kind), " from ",
+                       asked_source == Channel::kAnySource ? std::string("any rank") : detail::cat("rank ", asked_source),
+                       " tag ", tag);
+  }
 };
 
 // Receives the header of the next message on (source, tag). The matched probe
@@ -201,10 +206,9 @@ struct Incoming {
 Incoming receive_header(MPI_Comm comm, int source, int tag, std::chrono::milliseconds timeout,
                         int expected_kind) {
   Incoming in{};
-  in.what = detail::cat("Channel::recv of ", kind_name(expected_kind), " from ",
-                        source == Channel::kAnySource ? std::string("any rank")
-                                                      : detail::cat("rank ", source),
-                        " tag ", tag);
+  in.asked_source = source;
+  in.tag = tag;
+  in.expected_kind = expected_kind;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   MPI_Message message = MPI_MESSAGE_NULL;
   MPI_Status status{};
@@ -215,18 +219,18 @@ Incoming receive_header(MPI_Comm comm, int source, int tag, std::chrono::millise
                                  &found, &message, &status));
     if (found) break;
     MESHRT_CHECK(std::chrono::steady_clock::now() <= deadline, ErrorKind::kDeadlineExceeded,
-                 in.what, " did not complete within ", timeout.count(), " ms on rank ",
+                 in.what(), " did not complete within ", timeout.count(), " ms on rank ",
                  error_rank());
     pause();
   }
   in.source = status.MPI_SOURCE;
   int count = 0;
   MESHRT_MPI_CHECK(MPI_Get_count(&status, MPI_BYTE, &count));
-  MESHRT_CHECK(count == static_cast<int>(sizeof(Header)), ErrorKind::kInternal, in.what,
+  MESHRT_CHECK(count == static_cast<int>(sizeof(Header)), ErrorKind::kInternal, in.what(),
                ": expected a message header of ", sizeof(Header), " bytes, got ", count,
                " bytes (is another program using this communicator?)");
   MESHRT_MPI_CHECK(MPI_Mrecv(&in.header, sizeof in.header, MPI_BYTE, &message, MPI_STATUS_IGNORE));
-  MESHRT_CHECK(in.header.magic == kMagic, ErrorKind::kInternal, in.what, ": bad message header");
+  MESHRT_CHECK(in.header.magic == kMagic, ErrorKind::kInternal, in.what(), ": bad message header");
   return in;
 }
 
@@ -236,7 +240,7 @@ void receive_payload(MPI_Comm comm, const Incoming& in, int tag, void* into,
                      std::chrono::milliseconds timeout) {
   MPI_Request request = MPI_REQUEST_NULL;
   MESHRT_MPI_CHECK(MPI_Irecv(into, as_int(in.header.bytes), MPI_BYTE, in.source, tag, comm, &request));
-  if (!wait_requests(&request, 1, timeout)) abandon_receive(&request, in.what, timeout);
+  if (!wait_requests(&request, 1, timeout)) abandon_receive(&request, in.what(), timeout);
 }
 
 // A message of another kind than expected: drain its payload, then say what came.
@@ -245,7 +249,7 @@ void receive_payload(MPI_Comm comm, const Incoming& in, int tag, void* into,
   std::vector<uint8_t> drain(in.header.bytes);
   receive_payload(comm, in, tag, drain.data(), timeout);
   throw Error(ErrorKind::kShape,
-              detail::cat(in.what, ": rank ", in.source, " sent ", kind_name(in.header.kind)));
+              detail::cat(in.what(), ": rank ", in.source, " sent ", kind_name(in.header.kind)));
 }
 
 template <class Buffer>
@@ -265,10 +269,10 @@ HostTensor Channel::recv_tensor(int source, int tag, int* from) const {
   if (from) *from = in.source;
   if (in.header.kind != kTensor) wrong_kind(impl_->comm, in, tag, timeout_);
   MESHRT_CHECK(in.header.ndim <= kMaxDims && in.header.dtype <= static_cast<uint8_t>(DType::kBool),
-               ErrorKind::kInternal, in.what, ": malformed tensor header");
+               ErrorKind::kInternal, in.what(), ": malformed tensor header");
   std::vector<int64_t> dims(in.header.dims, in.header.dims + in.header.ndim);
   HostTensor t = HostTensor::empty(Shape(dims), static_cast<DType>(in.header.dtype));
-  MESHRT_CHECK(t.nbytes() == in.header.bytes, ErrorKind::kInternal, in.what,
+  MESHRT_CHECK(t.nbytes() == in.header.bytes, ErrorKind::kInternal, in.what(),
                ": the tensor header and the payload size differ");
   receive_payload(impl_->comm, in, tag, t.raw_data(), timeout_);
   return t;
