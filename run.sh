@@ -18,10 +18,13 @@ build_dir=${MESHRT_BUILD_DIR:-build}
 ranks=${MESHRT_RANKS:-4}
 
 # clang, its libFuzzer runtime (libclang-rt-dev) and llvm (llvm-symbolizer): the
-# coverage-guided fuzz tests (libfuzzer_*, tests/fuzz/README.md).
+# coverage-guided fuzz tests (libfuzzer_*, tests/fuzz/README.md). libdnnl-dev:
+# oneDNN, the cpu GEMM of bf16 and f16; its CMake package also needs OpenCL's
+# headers and loader (ocl-icd-opencl-dev, only a recommendation of libdnnl-dev,
+# which --no-install-recommends skips).
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
           libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client
-          clang libclang-rt-dev llvm)
+          clang libclang-rt-dev llvm libdnnl-dev ocl-icd-opencl-dev)
 
 say() { echo "run.sh: $*" >&2; }
 
