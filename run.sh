@@ -137,6 +137,11 @@ case "$command" in
     mpi_environment
     mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 64M -f 8
     "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048
+    # bf16 and f16 (oneDNN) against the raw oneDNN call, and PyTorch's matmul at the same shapes
+    # (bench/torch_gemm.py says so and skips when python3-torch is not installed)
+    "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048 --dtype bf16
+    "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048 --dtype f16
+    /usr/bin/python3 bench/torch_gemm.py --sizes 512,1024,2048 --dtypes bf16,f16,f32
     for n in 1 2 4; do mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
     mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -C reduce_scatter -b 1K -e 16M -f 4
     mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 16M -f 4 --abortable
