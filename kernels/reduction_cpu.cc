@@ -1,6 +1,7 @@
 // cpu twins of reduction.cu. Dtypes were checked by reduction.cc.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -42,9 +43,23 @@ MESHRT_CPU_CLONES float row_max(const float* x, int64_t n) {
   float lanes[kLanes];
   for (float& l : lanes) l = -INFINITY;
   int64_t i = 0;
+#if defined(__GNUC__) && !defined(__clang__)
+  // GCC keeps 16 scalar lanes in 16 registers here (a max is no reduction it
+  // vectorizes without -ffinite-math-only); its vector type makes it one register.
+  typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+  Lanes acc;
+  std::memcpy(&acc, lanes, sizeof acc);
+  for (; i + kLanes <= n; i += kLanes) {
+    Lanes v;
+    std::memcpy(&v, x + i, sizeof v);
+    acc = v > acc ? v : acc;
+  }
+  std::memcpy(lanes, &acc, sizeof acc);
+#else
   for (; i + kLanes <= n; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
   }
+#endif
   float m = -INFINITY;
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   for (float l : lanes) m = l > m ? l : m;
