@@ -48,8 +48,9 @@ memory::data_type onednn_type(DType dtype) {
 }
 
 dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-  return e;
+  // Never destroyed, as the cache of primitives made on it (GEMMs may run during exit).
+  static dnnl::engine* e = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *e;
 }
 
 dnnl::stream& thread_stream() {
