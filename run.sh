@@ -20,10 +20,13 @@ build_dir=${MESHRT_BUILD_DIR:-build}
 ranks=${MESHRT_RANKS:-4}
 
 # clang, its libFuzzer runtime (libclang-rt-dev) and llvm (llvm-symbolizer): the
-# coverage-guided fuzz tests (libfuzzer_*, tests/fuzz/README.md).
+# coverage-guided fuzz tests (libfuzzer_*, tests/fuzz/README.md). libdnnl-dev:
+# oneDNN, the cpu GEMM of bf16 and f16; its CMake package also needs OpenCL's
+# headers and loader (ocl-icd-opencl-dev, only a recommendation of libdnnl-dev,
+# which --no-install-recommends skips).
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
           libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client
-          clang libclang-rt-dev llvm)
+          clang libclang-rt-dev llvm libdnnl-dev ocl-icd-opencl-dev)
 
 say() { echo "run.sh: $*" >&2; }
 
@@ -143,6 +146,11 @@ case "$command" in
     record collectives-abortable mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -b 1K -e 16M -f 4 --abortable
     record reduce-scatter mpirun -np 2 "$build_dir/apps/meshrt-bench-collectives" --device cpu -C reduce_scatter -b 1K -e 16M -f 4
     record gemm "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048
+    # bf16 and f16 (oneDNN) against the raw oneDNN call, and PyTorch's matmul at the same shapes
+    # (bench/torch_gemm.py says so and skips when python3-torch is not installed)
+    record gemm-bf16 "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048 --dtype bf16
+    record gemm-f16 "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048 --dtype f16
+    record gemm-torch /usr/bin/python3 bench/torch_gemm.py --sizes 512,1024,2048 --dtypes bf16,f16,f32
     for n in 1 2 4; do record "sharding-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
     record serving-matmul_neg bench/serving.sh

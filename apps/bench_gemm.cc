@@ -1,8 +1,15 @@
-// meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw BLAS call at the
-// same shapes in the same run: cblas_sgemm / cblas_dgemm on the cpu device,
-// cublasSgemm / cublasGemmEx on CUDA devices. One process (a world of one).
+// meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw library call at
+// the same shapes in the same run. cpu device: cblas_sgemm / cblas_dgemm for
+// f32 / f64; for bf16 a oneDNN matmul primitive created once, outside the
+// timing (meshrt/raw is then the cost of meshrt's dispatch and primitive
+// cache); for f16 the same with f16 where oneDNN has an f16 kernel, else
+// oneDNN's f32 matmul on f32 copies of the operands made once outside the
+// timing (what meshrt's f16 path runs after widening: meshrt/raw is the cost of
+// the conversions). CUDA devices: cublasSgemm / cublasGemmEx. One process (a
+// world of one).
 //
 //   meshrt-bench-gemm --sizes 512,1024,2048 --dtype f32
+//   meshrt-bench-gemm --device cpu --sizes 512,1024,2048 --dtype bf16
 //
 // Columns: m n k, dtype, meshrt ms per GEMM and GFLOP/s (2mnk / time), the same
 // for the raw call, meshrt/raw (GFLOP/s ratio, 1.00 = the same speed), and the
@@ -13,12 +20,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <sstream>
 
 #include "apps/app_common.h"
 #include "apps/cli.h"
 #include "comm/world.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_cpu.h"
 
 #if MESHRT_WITH_CUDA
 #include <cuda_runtime.h>
@@ -55,12 +65,62 @@ double max_difference(const DeviceTensor& a, const DeviceTensor& b) {
   return d;
 }
 
+// oneDNN's matmul c = a @ b (row-major, dense) created once for a shape: the
+// raw baseline of the 16-bit dtypes on the cpu. Runs on the calling thread.
+struct OnednnMatmul {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  dnnl::matmul matmul;
+  dnnl::memory a, b, c;
+  std::string kernel;
+
+  OnednnMatmul(dnnl::memory::data_type type, int64_t m, int64_t n, int64_t k, void* a_data, void* b_data,
+               void* c_data) {
+    dnnl::memory::desc ad({m, k}, type, {k, 1}), bd({k, n}, type, {n, 1}), cd({m, n}, type, {n, 1});
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), engine);
+    matmul = dnnl::matmul(pd);
+    kernel = pd.impl_info_str();
+    a = dnnl::memory(ad, engine, a_data);
+    b = dnnl::memory(bd, engine, b_data);
+    c = dnnl::memory(cd, engine, c_data);
+  }
+  void operator()() {
+    matmul.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+    stream.wait();
+  }
+};
+
 // The raw call for one shape, or null when there is none for this dtype/device.
+// *result is the tensor it writes (c, or an f32 tensor when it multiplies f32 copies).
 std::function<void()> raw_gemm(const Device& device, const std::string& dtype_name, DType dtype,
                                int64_t m, int64_t n, int64_t k, const DeviceTensor& a,
-                               const DeviceTensor& b, const DeviceTensor& c, std::string* name) {
+                               const DeviceTensor& b, const DeviceTensor& c, std::string* name,
+                               DeviceTensor* result) {
   int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+  *result = c;
   if (device.is_cpu()) {
+    if (dtype == DType::kBF16 || dtype == DType::kF16) {
+      bool native = kernels::cpu::onednn_has_kernel(dtype);
+      std::shared_ptr<OnednnMatmul> raw;
+      if (native) {
+        raw = std::make_shared<OnednnMatmul>(dtype == DType::kBF16 ? dnnl::memory::data_type::bf16
+                                                                   : dnnl::memory::data_type::f16,
+                                             m, n, k, a.raw_data(), b.raw_data(), c.raw_data());
+        *name = "oneDNN matmul, " + std::string(to_string(dtype)) + ", kernel " + raw->kernel +
+                ", created once outside the timing";
+      } else {
+        // The copies are made here, once (kernels are queued: wait for them).
+        DeviceTensor a32 = kernels::cast(a, DType::kF32), b32 = kernels::cast(b, DType::kF32);
+        *result = DeviceTensor::zeros({m, n}, DType::kF32, device);
+        Stream::default_for(device).synchronize();
+        raw = std::make_shared<OnednnMatmul>(dnnl::memory::data_type::f32, m, n, k, a32.raw_data(), b32.raw_data(),
+                                             result->raw_data());
+        *name = "oneDNN matmul on f32 copies (oneDNN has no f16 matmul here), kernel " + raw->kernel +
+                ", created once and the copies made outside the timing";
+        return [raw, a32, b32] { (*raw)(); };
+      }
+      return [raw] { (*raw)(); };
+    }
     if (dtype == DType::kF32) {
       *name = "cblas_sgemm";
       return [=] {
@@ -75,7 +135,7 @@ std::function<void()> raw_gemm(const Device& device, const std::string& dtype_na
                     static_cast<const double*>(b.raw_data()), N, 0.0, static_cast<double*>(c.raw_data()), N);
       };
     }
-    *name = "none (OpenBLAS has no f16/bf16 GEMM here)";
+    *name = "none";
     return nullptr;
   }
 #if MESHRT_WITH_CUDA
@@ -187,8 +247,20 @@ int run(const Options& o) {
     DeviceTensor a = random_device({m, k}, dtype, 1, device), b = random_device({k, n}, dtype, 2, device);
     DeviceTensor c = DeviceTensor::zeros({m, n}, dtype, device), c_raw = DeviceTensor::zeros({m, n}, dtype, device);
     std::string raw_name;
-    auto raw = o.no_raw ? std::function<void()>() : raw_gemm(device, dtype_name, dtype, m, n, k, a, b, c_raw, &raw_name);
+    DeviceTensor raw_result;
+    auto raw = o.no_raw ? std::function<void()>()
+                        : raw_gemm(device, dtype_name, dtype, m, n, k, a, b, c_raw, &raw_name, &raw_result);
     if (!header) {
+      if (device.is_cpu()) {
+        for (const kernels::cpu::GemmRow& row : kernels::cpu::gemm_rows()) {
+          if (row.dtype != dtype) continue;
+          std::printf("# meshrt: %s", row.library);
+          if (row.run == kernels::cpu::onednn_gemm) {
+            std::printf(", kernel %s", kernels::cpu::onednn_gemm_kernel(dtype, m, n, k).c_str());
+          }
+          std::printf("\n");
+        }
+      }
       std::printf("# raw baseline: %s\n", o.no_raw ? "skipped (--no-raw)" : raw_name.c_str());
       std::printf("#%7s %7s %7s %5s %10s %10s %10s %10s %11s %10s\n", "m", "n", "k", "type", "meshrt ms", "GFLOP/s",
                   "raw ms", "GFLOP/s", "meshrt/raw", "max|diff|");
@@ -203,7 +275,7 @@ int run(const Options& o) {
       ratio_sum += ratio;
       ++ratios;
       std::printf(" %10.3f %10.1f %11.3f %10.3g\n", theirs * 1e3, flops / theirs / 1e9, ratio,
-                  max_difference(c, c_raw));
+                  max_difference(c, raw_result));
     } else {
       std::printf(" %10s %10s %11s %10s\n", "N/A", "N/A", "N/A", "N/A");
     }
@@ -220,9 +292,10 @@ int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
   meshrt::apps::Options o;
   meshrt::apps::CommandLine app{
-      "meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw BLAS call at the same shapes\n"
-      "(cblas_sgemm/cblas_dgemm on the cpu, cublasSgemm/cublasGemmEx on CUDA devices).\n"
-      "Example: meshrt-bench-gemm --sizes 1024,2048 --dtype f32"};
+      "meshrt-bench-gemm: GFLOP/s of meshrt's GEMM against the raw library call at the same shapes\n"
+      "(cpu: cblas_sgemm/cblas_dgemm for f32/f64, a oneDNN matmul created once for bf16 and f16 (f16: on f32\n"
+      "copies where oneDNN has no f16 kernel); CUDA devices: cublasSgemm/cublasGemmEx).\n"
+      "Example: meshrt-bench-gemm --device cpu --sizes 1024,2048 --dtype bf16"};
   app.add("-s,--sizes", o.sizes, "square sizes m = n = k, comma-separated, K/M suffixes allowed")
       .show_default();
   app.add("-m", o.m, "rows of a and c (with -n and -k instead of --sizes)");
@@ -232,6 +305,6 @@ int main(int argc, char** argv) {
   app.add("-i,--iters", o.iters, "timed iterations per shape").show_default();
   app.add("-w,--warmup", o.warmup, "untimed iterations per shape").show_default();
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:0 when a GPU exists, else cpu)");
-  app.flag("--no-raw", o.no_raw, "skip the raw BLAS baseline");
+  app.flag("--no-raw", o.no_raw, "skip the raw library baseline");
   return meshrt::apps::run_mpi_app("meshrt-bench-gemm", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

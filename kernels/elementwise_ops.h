@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "device/convert.h"
+#include "kernels/cpu_math.h"
 #include "kernels/dtype_sets.h"
 
 namespace meshrt::kernels {
@@ -32,11 +33,27 @@ enum PartialRule : unsigned {
   kThroughMin = 1u << 2,
 };
 
-// Math for element functions, callable on the host and on a GPU.
+// Math for element functions, callable on the host and on a GPU. float on the
+// host uses kernels/cpu_math.h (no calls, no branches: the cpu loops
+// vectorize), on a GPU CUDA's functions; double uses libm / CUDA's.
 namespace math {
 MESHRT_HOST_DEVICE inline float erf(float x) { return ::erff(x); }
 MESHRT_HOST_DEVICE inline double erf(double x) { return ::erf(x); }
-MESHRT_HOST_DEVICE inline float exp(float x) { return ::expf(x); }
+MESHRT_HOST_DEVICE inline float erfc(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::erfcf(x);
+#else
+  return cpu_math::erfc(x);
+#endif
+}
+MESHRT_HOST_DEVICE inline double erfc(double x) { return ::erfc(x); }
+MESHRT_HOST_DEVICE inline float exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  return cpu_math::exp(x);
+#endif
+}
 MESHRT_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
 MESHRT_HOST_DEVICE inline float tanh(float x) { return ::tanhf(x); }
 MESHRT_HOST_DEVICE inline double tanh(double x) { return ::tanh(x); }
@@ -53,9 +70,9 @@ struct Relu {
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x) const { return x > A(0) ? x : A(0); }
 };
-struct Gelu {  // x * Phi(x), the exact (erf) form
+struct Gelu {  // x * Phi(x), the exact (erf) form: Phi(x) = (1 + erf(x / sqrt 2)) / 2 = erfc(-x / sqrt 2) / 2
   template <class A>
-  MESHRT_HOST_DEVICE A operator()(A x) const { return A(0.5) * x * (A(1) + math::erf(x * A(0.70710678118654752440))); }
+  MESHRT_HOST_DEVICE A operator()(A x) const { return A(0.5) * x * math::erfc(x * A(-0.70710678118654752440)); }
 };
 struct Silu {  // x * sigmoid(x)
   template <class A>

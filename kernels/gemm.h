@@ -2,8 +2,10 @@
 //
 // CUDA devices: cuBLAS (cublasGemmStridedBatchedEx) for f32, f64, f16 and bf16;
 // f16/bf16 accumulate in f32; MathMode::kTf32 lets f32 use TF32 tensor cores.
-// cpu device: OpenBLAS (cblas_sgemm / cblas_dgemm); f16/bf16 are converted to
-// f32, multiplied, and converted back. kTf32 is exact f32 on the cpu.
+// cpu device: OpenBLAS (cblas_sgemm / cblas_dgemm) for f32 and f64; oneDNN's
+// matmul for bf16 (bf16 products, f32 accumulation, one rounding of the result)
+// and f16 (the same; with Debian's oneDNN 2.6, which has no f16 kernel, through
+// f32 copies of the operands). kTf32 is exact f32 on the cpu.
 #pragma once
 
 #include "device/tensor.h"

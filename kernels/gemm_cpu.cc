@@ -1,13 +1,12 @@
-// cpu GEMM with OpenBLAS. f32 and f64 call cblas directly on the caller's
-// memory, so meshrt's GEMM costs what cblas_sgemm costs; f16 and bf16 are
-// widened to f32, multiplied, and narrowed back.
+// cpu GEMM: a table of one row per dtype (gemm_cpu.h). f32 and f64 call
+// OpenBLAS directly on the caller's memory, so meshrt's GEMM costs what
+// cblas_sgemm costs; bf16 and f16 go to oneDNN's matmul (gemm_onednn.cc), which
+// multiplies bf16 in bf16 with f32 accumulation (OpenBLAS has no 16-bit GEMM).
 #include <cblas.h>
 
 #include <limits>
-#include <vector>
 
-#include "kernels/backend.h"
-#include "device/half.h"
+#include "kernels/gemm_cpu.h"
 
 namespace meshrt::kernels::cpu {
 
@@ -20,72 +19,50 @@ blasint narrow_int(int64_t v, const char* what) {
   return static_cast<blasint>(v);
 }
 
-template <class T>
-std::vector<float> widen(const void* data, int64_t count) {
-  const T* in = static_cast<const T*>(data);
-  std::vector<float> out(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) out[static_cast<size_t>(i)] = static_cast<float>(in[i]);
-  return out;
+struct BlasArgs {
+  blasint m, n, k, lda, ldb, ldc;
+  explicit BlasArgs(const GemmArgs& g)
+      : m(narrow_int(g.m, "m")), n(narrow_int(g.n, "n")), k(narrow_int(g.k, "k")),
+        lda(narrow_int(g.lda, "lda")), ldb(narrow_int(g.ldb, "ldb")), ldc(narrow_int(g.ldc, "ldc")) {}
+};
+
+void openblas_sgemm(const GemmArgs& g) {
+  BlasArgs b(g);
+  for (int64_t i = 0; i < g.batch; ++i) {
+    cblas_sgemm(CblasRowMajor, op(g.transpose_a), op(g.transpose_b), b.m, b.n, b.k,
+                static_cast<float>(g.alpha), static_cast<const float*>(g.a) + i * g.stride_a,
+                b.lda, static_cast<const float*>(g.b) + i * g.stride_b, b.ldb,
+                static_cast<float>(g.beta), static_cast<float*>(g.c) + i * g.stride_c, b.ldc);
+  }
 }
 
-// Number of elements one batch of an operand spans given its leading dimension.
-int64_t extent(int64_t rows, int64_t ld) { return rows * ld; }
+void openblas_dgemm(const GemmArgs& g) {
+  BlasArgs b(g);
+  for (int64_t i = 0; i < g.batch; ++i) {
+    cblas_dgemm(CblasRowMajor, op(g.transpose_a), op(g.transpose_b), b.m, b.n, b.k, g.alpha,
+                static_cast<const double*>(g.a) + i * g.stride_a, b.lda,
+                static_cast<const double*>(g.b) + i * g.stride_b, b.ldb, g.beta,
+                static_cast<double*>(g.c) + i * g.stride_c, b.ldc);
+  }
+}
+
+const GemmRow kGemmRows[] = {
+    {DType::kF32, "OpenBLAS cblas_sgemm", openblas_sgemm},
+    {DType::kF64, "OpenBLAS cblas_dgemm", openblas_dgemm},
+    {DType::kBF16, "oneDNN matmul (bf16, f32 accumulation)", onednn_gemm},
+    {DType::kF16, "oneDNN matmul (f16, f32 accumulation; through f32 copies where oneDNN has no f16 kernel)",
+     onednn_gemm},
+};
 }  // namespace
 
+std::span<const GemmRow> gemm_rows() { return kGemmRows; }
+
 void gemm(const GemmArgs& g) {
-  blasint m = narrow_int(g.m, "m"), n = narrow_int(g.n, "n"), k = narrow_int(g.k, "k");
-  blasint lda = narrow_int(g.lda, "lda"), ldb = narrow_int(g.ldb, "ldb"),
-          ldc = narrow_int(g.ldc, "ldc");
-  switch (g.dtype) {
-    case DType::kF32:
-      for (int64_t i = 0; i < g.batch; ++i) {
-        cblas_sgemm(CblasRowMajor, op(g.transpose_a), op(g.transpose_b), m, n, k,
-                    static_cast<float>(g.alpha), static_cast<const float*>(g.a) + i * g.stride_a,
-                    lda, static_cast<const float*>(g.b) + i * g.stride_b, ldb,
-                    static_cast<float>(g.beta), static_cast<float*>(g.c) + i * g.stride_c, ldc);
-      }
-      return;
-    case DType::kF64:
-      for (int64_t i = 0; i < g.batch; ++i) {
-        cblas_dgemm(CblasRowMajor, op(g.transpose_a), op(g.transpose_b), m, n, k, g.alpha,
-                    static_cast<const double*>(g.a) + i * g.stride_a, lda,
-                    static_cast<const double*>(g.b) + i * g.stride_b, ldb, g.beta,
-                    static_cast<double*>(g.c) + i * g.stride_c, ldc);
-      }
-      return;
-    case DType::kF16:
-    case DType::kBF16: {
-      // Widen whole operands (all batches) once, then run the f32 path.
-      auto run = [&](auto tag) {
-        using T = decltype(tag);
-        int64_t a_rows = g.transpose_a ? g.k : g.m;
-        int64_t b_rows = g.transpose_b ? g.n : g.k;
-        int64_t a_count = (g.stride_a ? (g.batch - 1) * g.stride_a : 0) + extent(a_rows, g.lda);
-        int64_t b_count = (g.stride_b ? (g.batch - 1) * g.stride_b : 0) + extent(b_rows, g.ldb);
-        int64_t c_count = (g.batch - 1) * g.stride_c + extent(g.m, g.ldc);
-        std::vector<float> a = widen<T>(g.a, a_count);
-        std::vector<float> b = widen<T>(g.b, b_count);
-        std::vector<float> c = g.beta != 0.0 ? widen<T>(g.c, c_count)
-                                             : std::vector<float>(static_cast<size_t>(c_count));
-        GemmArgs f = g;
-        f.dtype = DType::kF32;
-        f.a = a.data();
-        f.b = b.data();
-        f.c = c.data();
-        gemm(f);
-        T* out = static_cast<T*>(g.c);
-        for (int64_t i = 0; i < c_count; ++i) out[i] = T(c[static_cast<size_t>(i)]);
-      };
-      if (g.dtype == DType::kF16) {
-        run(Half{});
-      } else {
-        run(BFloat16{});
-      }
-      return;
-    }
-    default:
-      throw Error(ErrorKind::kInternal, "cpu gemm reached with an unsupported dtype");
+  for (const GemmRow& row : kGemmRows) {
+    if (row.dtype == g.dtype) return row.run(g);
   }
+  throw Error(ErrorKind::kInternal, detail::cat("cpu gemm reached with dtype ", to_string(g.dtype),
+                                                ", which the cpu GEMM table has no row for"));
 }
 
 }  // namespace meshrt::kernels::cpu

@@ -1,10 +1,14 @@
 // cpu twins of reduction.cu. Dtypes were checked by reduction.cc.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
-#include "kernels/backend.h"
 #include "device/convert.h"
+#include "kernels/backend.h"
+#include "kernels/cpu_math.h"
+#include "kernels/cpu_vector.h"
 #include "kernels/dtype_sets.h"
 
 namespace meshrt::kernels::cpu {
@@ -27,24 +31,109 @@ void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int
   });
 }
 
+namespace {
+// Lanes of a row reduction: independent partial results the compiler keeps in
+// one vector register (a float reduction in one variable would not vectorize:
+// its order of additions is fixed).
+constexpr int kLanes = 16;
+
+// The largest element of a row; NaNs are skipped (a NaN then reaches every
+// output through exp, as it does with std::max).
+MESHRT_CPU_CLONES float row_max(const float* x, int64_t n) {
+  float lanes[kLanes];
+  for (float& l : lanes) l = -INFINITY;
+  int64_t i = 0;
+#if defined(__GNUC__) && !defined(__clang__)
+  // GCC keeps 16 scalar lanes in 16 registers here (a max is no reduction it
+  // vectorizes without -ffinite-math-only); its vector type makes it one register.
+  typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+  Lanes acc;
+  std::memcpy(&acc, lanes, sizeof acc);
+  for (; i + kLanes <= n; i += kLanes) {
+    Lanes v;
+    std::memcpy(&v, x + i, sizeof v);
+    acc = v > acc ? v : acc;
+  }
+  std::memcpy(lanes, &acc, sizeof acc);
+#else
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+  }
+#endif
+  float m = -INFINITY;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (float l : lanes) m = l > m ? l : m;
+  return m;
+}
+
+// e[i] = exp(x[i] - max); returns their sum.
+MESHRT_CPU_CLONES float exp_and_sum(const float* x, float* e, int64_t n, float max) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      e[i + j] = cpu_math::exp(x[i + j] - max);
+      lanes[j] += e[i + j];
+    }
+  }
+  float total = 0;
+  for (; i < n; ++i) {
+    e[i] = cpu_math::exp(x[i] - max);
+    total += e[i];
+  }
+  for (float l : lanes) total += l;
+  return total;
+}
+
+MESHRT_CPU_CLONES void scale_row(const float* x, float* out, int64_t n, float factor) {
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * factor;
+}
+
+// A row of float scratch for the 16-bit dtypes, kept by the thread (grown, never
+// allocated per call).
+float* row_scratch(int64_t cols) {
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(cols)) scratch.resize(static_cast<size_t>(cols));
+  return scratch.data();
+}
+}  // namespace
+
+// Softmax over rows: max, then exp(x - max) and its sum, then a scaling by
+// 1 / sum. float (f32, and f16 / bf16 through a float row) runs the vectorized
+// loops above; f64 the same steps with libm's exp. A row of only -inf gives NaN
+// (0 / 0), as in PyTorch; a NaN anywhere in a row makes the row NaN.
 void softmax(const RowArgs& rows, const void* x, void* out) {
   visit_validated(FloatTypes{}, rows.dtype, "softmax", [&](auto tag) {
     using T = decltype(tag);
-    using A = acc_t<T>;
     const T* in = static_cast<const T*>(x);
     T* o = static_cast<T*>(out);
-    std::vector<A> e(static_cast<size_t>(rows.cols));
-    for (int64_t r = 0; r < rows.rows; ++r) {
-      const T* row = in + r * rows.cols;
-      A max = -INFINITY;
-      for (int64_t c = 0; c < rows.cols; ++c) max = std::max(max, load(row[c]));
-      A total = 0;
-      for (int64_t c = 0; c < rows.cols; ++c) {
-        e[static_cast<size_t>(c)] = std::exp(load(row[c]) - max);
-        total += e[static_cast<size_t>(c)];
+    const int64_t cols = rows.cols;
+    if constexpr (std::is_same_v<T, double>) {
+      for (int64_t r = 0; r < rows.rows; ++r) {
+        const double* row = in + r * cols;
+        double* dst = o + r * cols;
+        double max = -INFINITY;
+        for (int64_t c = 0; c < cols; ++c) max = std::max(max, row[c]);
+        double total = 0;
+        for (int64_t c = 0; c < cols; ++c) total += (dst[c] = std::exp(row[c] - max));
+        for (int64_t c = 0; c < cols; ++c) dst[c] /= total;
       }
-      for (int64_t c = 0; c < rows.cols; ++c) {
-        o[r * rows.cols + c] = store<T>(e[static_cast<size_t>(c)] / total);
+    } else {
+      float* scratch = kBlockedFloat<T> ? row_scratch(cols) : nullptr;
+      for (int64_t r = 0; r < rows.rows; ++r) {
+        const float* row;
+        float* e;
+        if constexpr (kBlockedFloat<T>) {
+          widen_block(in + r * cols, scratch, cols);
+          row = e = scratch;
+        } else {
+          row = in + r * cols;
+          e = o + r * cols;  // exp is written to out, then scaled in place
+        }
+        float total = exp_and_sum(row, e, cols, row_max(row, cols));
+        float inverse = 1.0f / total;
+        scale_row(e, e, cols, inverse);
+        if constexpr (kBlockedFloat<T>) narrow_block(e, o + r * cols, cols);
       }
     }
   });

@@ -17,10 +17,15 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <random>
 #include <sstream>
+#include <thread>
 
+#include "kernels/cpu_math.h"
+#include "kernels/cpu_vector.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_cpu.h"
 #include "kernels/reduction.h"
 #include "op_references.h"
 #include "test_util.h"
@@ -584,6 +589,340 @@ TEST(Gemm, ErrorsNameBothOperands) {
   EXPECT_TRUE(throws_error(ErrorKind::kShape,
                            [&] { matmul(on(random_tensor({2, 4, 5}, DType::kF32, 1)), on(random_tensor({3, 5, 2}, DType::kF32, 1))); },
                            {"batch extents differ"}));
+}
+
+// ---------------------------------------------------------------- the cpu GEMM of bf16 and f16 (oneDNN)
+
+// got against want elementwise: NaN matches NaN, an infinity only the same
+// infinity, anything else within atol + rtol |want|.
+::testing::AssertionResult close_with_specials(const HostTensor& got, const HostTensor& want, double rtol, double atol) {
+  if (got.shape() != want.shape()) {
+    return ::testing::AssertionFailure() << "shapes differ: " << got.description() << " vs " << want.description();
+  }
+  std::vector<double> g = testing::values(got), w = testing::values(want);
+  for (size_t i = 0; i < g.size(); ++i) {
+    bool same = (std::isnan(g[i]) && std::isnan(w[i])) || g[i] == w[i] ||
+                (std::isfinite(w[i]) && std::fabs(g[i] - w[i]) <= atol + rtol * std::fabs(w[i]));
+    if (!same) {
+      return ::testing::AssertionFailure() << "element " << i << ": " << g[i] << " vs expected " << w[i] << " (rtol "
+                                           << rtol << ", atol " << atol << ") in " << got.description();
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+struct Gemm16Case {
+  int64_t m, n, k;
+  bool ta, tb;
+  double alpha, beta;
+  int64_t batch = 0;          // 0: 2-D operands
+  bool a_batched = true, b_batched = true;  // with batch: false shares a 2-D operand over the batches
+};
+
+std::string describe(const Gemm16Case& c) {
+  std::ostringstream s;
+  s << c.m << "x" << c.n << "x" << c.k << (c.ta ? " ta" : "") << (c.tb ? " tb" : "") << " alpha " << c.alpha << " beta "
+    << c.beta;
+  if (c.batch) s << " batch " << c.batch << (c.a_batched ? "" : " (a shared)") << (c.b_batched ? "" : " (b shared)");
+  return s.str();
+}
+
+// Runs c on the cpu for dtype with data from seed, against the float64 reference
+// on the same (rounded) inputs, rounded to dtype.
+void check_gemm16(DType dtype, const Gemm16Case& c, uint64_t seed) {
+  auto stored = [&](int64_t rows, int64_t cols, bool transposed, bool batched) {
+    std::vector<int64_t> dims;
+    if (c.batch && batched) dims.push_back(c.batch);
+    dims.push_back(transposed ? cols : rows);
+    dims.push_back(transposed ? rows : cols);
+    return Shape(dims);
+  };
+  HostTensor a = random_tensor(stored(c.m, c.k, c.ta, c.a_batched), dtype, seed);
+  HostTensor b = random_tensor(stored(c.k, c.n, c.tb, c.b_batched), dtype, seed + 1);
+  HostTensor c0 = random_tensor(c.batch ? Shape{c.batch, c.m, c.n} : Shape{c.m, c.n}, dtype, seed + 2);
+  GemmOptions o{c.ta, c.tb, c.alpha, c.beta};
+  DeviceTensor out = on(c0);
+  gemm(on(a), on(b), out, o);
+  HostTensor want = cast_host(gemm_reference(f64(a), f64(b), o, f64(c0)), dtype);
+  Tolerance t = tolerance(dtype, static_cast<double>(c.k));
+  double scale = std::max(1.0, std::fabs(c.alpha)) + std::fabs(c.beta);
+  EXPECT_TRUE(all_close(to_host(out), want, t.rtol, t.atol * scale)) << to_string(dtype) << " " << describe(c);
+}
+
+std::vector<Gemm16Case> gemm16_cases() {
+  std::vector<Gemm16Case> cases;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      cases.push_back({1, 1, 1, ta, tb, 1, 0});
+      cases.push_back({3, 5, 7, ta, tb, -1.5, 0.25});
+      cases.push_back({67, 45, 129, ta, tb, 1, 0});
+      cases.push_back({45, 67, 33, ta, tb, 0.5, 1});
+      cases.push_back({130, 96, 256, ta, tb, 1, ta ? 0.75 : 0});  // AMX-sized blocks and a ragged edge
+      cases.push_back({33, 17, 40, ta, tb, 1, 0, 3});
+      cases.push_back({33, 17, 40, ta, tb, 2, 0.5, 3, false, true});
+      cases.push_back({33, 17, 40, ta, tb, 1, 0, 3, true, false});
+    }
+  }
+  cases.push_back({1, 300, 1, false, false, 1, 0});   // a row times a column
+  cases.push_back({300, 1, 513, false, true, 1, 0});  // a matrix-vector product
+  return cases;
+}
+
+TEST(Gemm16, TransposesShapesAlphaBetaAndBatchesMatchTheFloat64Reference) {
+  uint64_t seed = 1000;
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    for (const Gemm16Case& c : gemm16_cases()) check_gemm16(dtype, c, seed += 3);
+  }
+}
+
+TEST(Gemm16, TheCpuTableNamesOneDnnForTheSixteenBitFloats) {
+  for (const cpu::GemmRow& row : cpu::gemm_rows()) {
+    bool sixteen = row.dtype == DType::kBF16 || row.dtype == DType::kF16;
+    EXPECT_EQ(row.run == cpu::onednn_gemm, sixteen) << to_string(row.dtype) << ": " << row.library;
+  }
+  EXPECT_EQ(cpu::gemm_rows().size(), 4u);
+  EXPECT_TRUE(cpu::onednn_has_kernel(DType::kBF16));
+  std::string kernel = cpu::onednn_gemm_kernel(DType::kBF16, 256, 256, 256);
+  EXPECT_EQ(kernel.find("none"), std::string::npos) << kernel;
+  EXPECT_EQ(kernel.find("ref"), std::string::npos) << "oneDNN's reference kernel (slow): " << kernel;
+}
+
+// A second GEMM of a shape finds its primitive in the cache and multiplies the new data.
+TEST(Gemm16, ACachedPrimitiveRunsOnNewData) {
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    Gemm16Case c{37, 29, 53, false, true, 0.75, 0.5};  // a key no other test uses
+    check_gemm16(dtype, c, 1);
+    cpu::OnednnCacheStats before = cpu::onednn_cache_stats();
+    check_gemm16(dtype, c, 500);
+    cpu::OnednnCacheStats after = cpu::onednn_cache_stats();
+    EXPECT_EQ(after.hits, before.hits + 1) << to_string(dtype);
+    EXPECT_EQ(after.misses, before.misses) << to_string(dtype);
+    // The same shape with another alpha and beta is another primitive.
+    check_gemm16(dtype, {37, 29, 53, false, true, -2, 0}, 900);
+    EXPECT_EQ(cpu::onednn_cache_stats().misses, after.misses + 1) << to_string(dtype);
+  }
+}
+
+TEST(Gemm16, TheCacheIsBoundedAndEvictedShapesStillMultiply) {
+  size_t capacity = cpu::onednn_cache_stats().capacity;
+  ASSERT_GT(capacity, 0u);
+  for (int64_t m = 1; m <= static_cast<int64_t>(capacity) + 8; ++m) {
+    DeviceTensor a = on(HostTensor::full<BFloat16>({m, 3}, BFloat16(1.0f)));
+    DeviceTensor b = on(HostTensor::full<BFloat16>({3, 2}, BFloat16(2.0f)));
+    HostTensor c = to_host(matmul(a, b));
+    ASSERT_EQ(static_cast<float>(c.data<BFloat16>()[m * 2 - 1]), 6.0f) << "m = " << m;
+  }
+  EXPECT_LE(cpu::onednn_cache_stats().size, capacity);
+  check_gemm16(DType::kBF16, {1, 1, 1, false, false, 1, 0}, 7);  // evicted long ago: created again
+}
+
+// Several threads (each with its cpu stream) run one shape at once: one primitive, a scratchpad each.
+TEST(Gemm16, ThreadsRunOnePrimitiveAtOnce) {
+  constexpr int kThreads = 4, kCalls = 6;
+  std::vector<std::thread> threads;
+  std::vector<int> failures(kThreads, 0);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &failures] {
+      Stream stream = Stream::create(Device::cpu());
+      for (int i = 0; i < kCalls; ++i) {
+        uint64_t seed = static_cast<uint64_t>(100 * t + i);
+        HostTensor a = random_tensor({96, 160}, DType::kBF16, seed), b = random_tensor({160, 80}, DType::kBF16, seed + 50);
+        HostTensor got = to_host(matmul(on(a), on(b), {}, &stream), &stream);
+        HostTensor want = cast_host(gemm_reference(f64(a), f64(b), {}, HostTensor::zeros({96, 80}, DType::kF64)), DType::kBF16);
+        Tolerance tol = tolerance(DType::kBF16, 160);
+        if (!all_close(got, want, tol.rtol, tol.atol)) ++failures[static_cast<size_t>(t)];
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[static_cast<size_t>(t)], 0) << "thread " << t;
+}
+
+TEST(Gemm16, NaNAndOverflowPropagateAsBefore) {
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    HostTensor a = random_tensor({4, 5}, dtype, 3), b = random_tensor({5, 3}, dtype, 4);
+    HostTensor a_nan = cast_host(a, DType::kF64);
+    a_nan.data<double>()[1 * 5 + 2] = NAN;
+    a_nan = cast_host(a_nan, dtype);
+    HostTensor got = cast_host(to_host(matmul(on(a_nan), on(b))), DType::kF64);
+    for (int64_t i = 0; i < 4; ++i) {
+      for (int64_t j = 0; j < 3; ++j) {
+        EXPECT_EQ(std::isnan(got.data<double>()[i * 3 + j]), i == 1) << to_string(dtype) << " c[" << i << ", " << j << "]";
+      }
+    }
+  }
+  // 300 * 300 = 90000 is past f16's largest value (65504): infinity, as when
+  // the f32 result was narrowed before; bf16 holds it (rounded to 90112).
+  HostTensor x16 = cast_host(HostTensor::full<float>({1, 1}, 300.0f), DType::kF16);
+  EXPECT_EQ(testing::values(to_host(matmul(on(x16), on(x16))))[0], INFINITY);
+  HostTensor xb = cast_host(HostTensor::full<float>({1, 1}, 300.0f), DType::kBF16);
+  EXPECT_EQ(testing::values(to_host(matmul(on(xb), on(xb))))[0], 90112.0);
+}
+
+// ---------------------------------------------------------------- the vectorized cpu loops
+
+TEST(CpuMath, ExpAndErfcMatchDoubleOnASweepOfFloats) {
+  double exp_worst = 0, erfc_worst[3] = {0, 0, 0};  // x < 1, x < 3, the rest with a normal result
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 4099) {
+    float x = meshrt::bits_float(static_cast<uint32_t>(u));
+    if (std::isnan(x)) {
+      EXPECT_TRUE(std::isnan(cpu_math::exp(x)) && std::isnan(cpu_math::erfc(x)));
+      continue;
+    }
+    double e = std::exp(static_cast<double>(x));
+    if (e >= 1.1754943508222875e-38 && e <= 3.4e38) {
+      exp_worst = std::max(exp_worst, std::fabs(cpu_math::exp(x) - e) / e);
+    }
+    double c = std::erfc(static_cast<double>(x));
+    if (c >= 1.1754943508222875e-38) {
+      double r = std::fabs(cpu_math::erfc(x) - c) / c;
+      double& worst = erfc_worst[x < 1 ? 0 : x < 3 ? 1 : 2];
+      worst = std::max(worst, r);
+    }
+  }
+  EXPECT_LT(exp_worst, 1.5e-7);
+  EXPECT_LT(erfc_worst[0], 6e-7);
+  EXPECT_LT(erfc_worst[1], 1.5e-6);
+  EXPECT_LT(erfc_worst[2], 1.2e-5);
+  for (float x : {INFINITY, 100.0f, 88.8f}) EXPECT_EQ(cpu_math::exp(x), INFINITY) << x;
+  for (float x : {-INFINITY, -100.0f, -87.5f}) EXPECT_EQ(cpu_math::exp(x), 0.0f) << x;
+  EXPECT_EQ(cpu_math::erfc(INFINITY), 0.0f);
+  EXPECT_EQ(cpu_math::erfc(-INFINITY), 2.0f);
+  EXPECT_EQ(cpu_math::exp(0.0f), 1.0f);
+}
+
+// The block converters of the 16-bit loops round exactly as Half and BFloat16 do.
+TEST(CpuMath, SixteenBitConvertersMatchTheScalarRule) {
+  std::vector<Half> h(65536);
+  std::vector<BFloat16> b(65536);
+  for (uint32_t i = 0; i < 65536; ++i) {
+    h[i] = Half::from_bits(static_cast<uint16_t>(i));
+    b[i] = BFloat16::from_bits(static_cast<uint16_t>(i));
+  }
+  std::vector<float> wide(65536);
+  cpu::widen_block(h.data(), wide.data(), 65536);
+  for (uint32_t i = 0; i < 65536; ++i) {
+    ASSERT_EQ(meshrt::float_bits(wide[i]), meshrt::float_bits(static_cast<float>(h[i]))) << "f16 bits " << i;
+  }
+  cpu::widen_block(b.data(), wide.data(), 65536);
+  for (uint32_t i = 0; i < 65536; ++i) {
+    ASSERT_EQ(meshrt::float_bits(wide[i]), meshrt::float_bits(static_cast<float>(b[i]))) << "bf16 bits " << i;
+  }
+  // A sweep of float bit patterns (every 251st, and the neighbours of f16's limits).
+  std::vector<float> x;
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 251) x.push_back(meshrt::bits_float(static_cast<uint32_t>(u)));
+  for (uint32_t edge : {0x38800000u, 0x33000000u, 0x477fefffu, 0x477ff000u, 0x7f800000u, 0x7f800001u, 0x7fc00000u}) {
+    for (uint32_t d = 0; d < 3; ++d) {
+      x.push_back(meshrt::bits_float(edge - d));
+      x.push_back(meshrt::bits_float((edge + d) | 0x80000000u));
+    }
+  }
+  std::vector<Half> hx(x.size());
+  std::vector<BFloat16> bx(x.size());
+  cpu::narrow_block(x.data(), hx.data(), static_cast<int64_t>(x.size()));
+  cpu::narrow_block(x.data(), bx.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(hx[i].bits, Half(x[i]).bits) << "f32 bits " << std::hex << meshrt::float_bits(x[i]);
+    ASSERT_EQ(bx[i].bits, BFloat16(x[i]).bits) << "f32 bits " << std::hex << meshrt::float_bits(x[i]);
+  }
+}
+
+// Every 16-bit value through a blocked loop: scale rounds its float product
+// as store<T> does, neg flips the sign bit (more than one block: 65536 elements).
+TEST(Elementwise, SixteenBitLoopsComputeEveryValueAsTheScalarRule) {
+  auto check = [](auto tag) {
+    using T = decltype(tag);
+    std::vector<T> all(65536);
+    for (uint32_t i = 0; i < 65536; ++i) all[i] = T::from_bits(static_cast<uint16_t>(i));
+    HostTensor x = HostTensor::from_vector(all, {65536});
+    HostTensor scaled = to_host(scale(on(x), 1.0 / 3.0)), negated = to_host(neg(on(x)));
+    const float third = static_cast<float>(1.0 / 3.0);
+    for (uint32_t i = 0; i < 65536; ++i) {
+      float v = static_cast<float>(all[i]);
+      T want = store<T>(third * v);
+      T got = scaled.data<T>()[i];
+      if (std::isnan(v)) {
+        ASSERT_TRUE(std::isnan(static_cast<float>(got))) << to_string(dtype_of<T>) << " bits " << i;
+        continue;
+      }
+      ASSERT_EQ(got.bits, want.bits) << to_string(dtype_of<T>) << " scale of bits " << i;
+      ASSERT_EQ(negated.data<T>()[i].bits, static_cast<uint16_t>(i ^ 0x8000u)) << to_string(dtype_of<T>) << " neg of bits " << i;
+    }
+  };
+  check(Half{});
+  check(BFloat16{});
+}
+
+// gelu and silu at large |x|, infinities, signed zeros and NaN, against the float64
+// references at the kernel tolerances (NaN where the reference is NaN, as at
+// gelu(-inf) = -inf * 0 and silu(-inf) = -inf / inf).
+TEST(Elementwise, GeluAndSiluAtExtremeInputs) {
+  const std::vector<double> inputs = {-INFINITY, -1e30, -1e4, -100, -88.5, -87, -40, -20, -13, -10, -7, -5.5, -4.2, -3,
+                                      -1, -1e-3, -1e-20, -0.0, 0.0, 1e-20, 1e-3, 1, 3, 5.5, 10, 20, 88.5, 100, 1e4, 1e30,
+                                      INFINITY, NAN};
+  HostTensor source = HostTensor::from_vector(inputs, {static_cast<int64_t>(inputs.size())});
+  for (DType dtype : kFloats) {
+    HostTensor x = cast_host(source, dtype);
+    for (const char* name : {"gelu", "silu"}) {
+      UnaryOp op = *find_unary_op(name);
+      auto f = testing::unary_references().at(name).f;
+      HostTensor want = cast_host(map_unary(f64(x), [&](double v) { return f(v, 1.0); }), dtype);
+      DeviceTensor out = DeviceTensor::empty(x.shape(), dtype);
+      unary(op, on(x), out);
+      Tolerance t = tolerance(dtype);
+      EXPECT_TRUE(close_with_specials(to_host(out), want, t.rtol, t.atol)) << name << " " << to_string(dtype);
+    }
+  }
+}
+
+double softmax_row_reference(std::vector<double>& r) {
+  double m = -INFINITY;
+  bool nan = false;
+  for (double v : r) {
+    nan = nan || std::isnan(v);
+    m = std::max(m, v);
+  }
+  double s = 0;
+  for (double& v : r) s += (v = nan ? NAN : std::exp(v - m));
+  for (double& v : r) v /= s;
+  return s;
+}
+
+// Rows with -inf masks, a row of only -inf (NaN: 0 / 0, as in PyTorch), a NaN
+// (the row is NaN), values of +-1e30 (one-hot), equal large values (uniform),
+// and a wide spread; 37 columns (two 16-lane blocks and a tail). In place too.
+TEST(Reduction, SoftmaxWithMasksInfinitiesAndNaN) {
+  constexpr int64_t kCols = 37;
+  std::vector<std::vector<double>> rows(7, std::vector<double>(kCols));
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> u(-6, 6);
+  for (auto& r : rows) {
+    for (double& v : r) v = u(rng);
+  }
+  for (int64_t c = 0; c < kCols; c += 3) rows[0][static_cast<size_t>(c)] = -INFINITY;  // a mask
+  for (int64_t c = 0; c < kCols; ++c) rows[1][static_cast<size_t>(c)] = c == 20 ? 2.5 : -INFINITY;
+  for (double& v : rows[2]) v = -INFINITY;
+  rows[3][33] = NAN;
+  rows[4][5] = 1e30;
+  rows[4][6] = -1e30;
+  for (double& v : rows[5]) v = 1e4;
+  for (double& v : rows[6]) v = u(rng) * 2000;
+  std::vector<double> flat;
+  for (auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  HostTensor source = HostTensor::from_vector(flat, {static_cast<int64_t>(rows.size()), kCols});
+  for (DType dtype : kFloats) {
+    HostTensor x = cast_host(source, dtype);
+    HostTensor want = rows_reference(f64(x), [](std::vector<double>& r, int64_t) { softmax_row_reference(r); });
+    want = cast_host(want, dtype);
+    Tolerance t = tolerance(dtype, 4);
+    EXPECT_TRUE(close_with_specials(to_host(softmax(on(x))), want, t.rtol, t.atol)) << to_string(dtype);
+    DeviceTensor in_place = on(x);
+    softmax(in_place, in_place);
+    EXPECT_TRUE(close_with_specials(to_host(in_place), want, t.rtol, t.atol)) << "in place, " << to_string(dtype);
+    HostTensor got = cast_host(to_host(softmax(on(x))), DType::kF64);
+    EXPECT_EQ(got.data<double>()[1 * kCols + 20], 1.0) << to_string(dtype);
+    EXPECT_EQ(got.data<double>()[0], 0.0) << "a masked element, " << to_string(dtype);
+  }
 }
 
 // Kernels on the cpu are queued on their stream and run in its order,
