@@ -164,7 +164,9 @@ class MpiBackend final : public CommBackend {
     Stream compute = Stream::default_for(Device::cpu());
     Event inputs(Device::cpu());  // the operation reads what the compute stream queued before it
     inputs.record(compute);
-    for (const auto& storage : op.storages) storage->record_stream(stream_);
+    for (const auto& storage : op.storages) {
+      if (storage) storage->record_stream(stream_);
+    }
     uint64_t sequence = progress_->issued.fetch_add(1) + 1;
     state->set_sequence(sequence, to_string(op.kind));
     stream_.enqueue([this, op, state, inputs, sequence] { run_task(op, state, &inputs, nullptr, sequence); });
@@ -300,7 +302,7 @@ class MpiBackend final : public CommBackend {
       }
       if (aborted()) {
         static std::mutex mutex;
-        static auto* abandoned = new std::vector<std::pair<std::vector<std::shared_ptr<Storage>>,
+        static auto* abandoned = new std::vector<std::pair<std::array<std::shared_ptr<Storage>, 2>,
                                                           std::shared_ptr<std::vector<char>>>>();
         {
           std::lock_guard<std::mutex> lock(mutex);
