@@ -161,7 +161,7 @@ class CommBackend {
   std::string abort_reason_;
   std::atomic<long long> timeout_ms_;
   std::atomic<bool> abortable_{false};
-  mutable std::once_flag description_once_;
+  mutable std::atomic<bool> described_{false};  // description_ is set (with reason_mutex_)
   mutable std::shared_ptr<const std::string> description_;
 };
 

@@ -73,7 +73,14 @@ std::string CommBackend::describe() const {
 }
 
 const std::shared_ptr<const std::string>& CommBackend::description() const {
-  std::call_once(description_once_, [this] { description_ = std::make_shared<const std::string>(describe()); });
+  // Not std::call_once: it costs more than the rest of a small operation's start.
+  if (!described_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(reason_mutex_);
+    if (!described_.load(std::memory_order_relaxed)) {
+      description_ = std::make_shared<const std::string>(describe());
+      described_.store(true, std::memory_order_release);
+    }
+  }
   return description_;
 }
 
@@ -180,6 +187,8 @@ OpDescription describe_op(Collective kind, const DeviceTensor* tensor, const Red
 // the operation is done.
 Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, const OpDescription& what,
            const DeviceTensor* a, const DeviceTensor* b = nullptr) {
+  // One allocation (malloc's per-thread cache serves it): a free list of our
+  // own saved ~60 instructions, 10-20 ns of an operation's ~2 us, in the noise.
   auto state = std::make_shared<detail::WorkState>(what, backend);
   if (a) c.storages[0] = a->storage();
   if (b && (!a || b->storage() != a->storage())) c.storages[1] = b->storage();
