@@ -3,6 +3,7 @@
 // Communicator (communicator.cc) validates every call before it reaches here.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -33,22 +34,47 @@ struct CommOp {
   DType dtype = DType::kF32;
   ReduceOp op = ReduceOp::kSum;
   int peer = 0;  // peer of send/recv, root of broadcast
-  // The memory of the tensors involved: a backend that runs the operation on a
-  // stream of its own records that stream on it (Storage::record_stream), so the
+  // The memory of the tensors involved (unused entries empty): a backend that
+  // runs the operation later, or on a stream of its own, keeps them until it is
+  // done and records that stream on them (Storage::record_stream), so the
   // allocator does not hand the blocks out again while the operation runs.
-  std::vector<std::shared_ptr<Storage>> storages;
+  std::array<std::shared_ptr<Storage>, 2> storages;
+};
+
+// What an operation is, in plain fields: issuing one formats nothing, and its
+// description ("all_reduce(f32[1024] on cpu, sum) on mpi communicator 'world'
+// (rank 1 of 4)") is made only when asked for (an error, a deadline,
+// Work::description()).
+struct OpDescription {
+  static constexpr int kMaxDims = 8;
+  Collective kind = Collective::kBarrier;
+  bool has_tensor = false;  // the tensor named in the description (the input)
+  DType dtype = DType::kF32;
+  Device device;
+  int ndim = 0;
+  int64_t dims[kMaxDims] = {};
+  std::string shape_text;  // only when ndim > kMaxDims (rare): "[2, 2, ...]"
+  bool has_op = false;
+  ReduceOp op = ReduceOp::kSum;
+  int peer = -1;  // root of broadcast, peer of send and recv; -1: none
 };
 
 class CommBackend;
 
 class WorkState {
  public:
+  // A fixed description (split, tests).
   WorkState(std::string description, std::weak_ptr<CommBackend> backend);
+  // An operation of backend, described on demand.
+  WorkState(const OpDescription& op, const std::shared_ptr<CommBackend>& backend);
 
   // Completion pushed by a backend thread (MPI) ... The first outcome stays:
   // once failed (past its deadline, say), a later complete() changes nothing.
   void complete();
   void fail(std::exception_ptr error);
+  // complete() while no other thread can see this state yet (its operation ran
+  // to the end inside CommBackend::start): nobody to wake, nothing to lock.
+  void complete_unshared() { done_.store(true, std::memory_order_release); }
   // ... or pulled by polling (NCCL): poller returns true when done, throws on error.
   void set_poller(std::function<bool()> poller);
 
@@ -63,15 +89,21 @@ class WorkState {
     op_ = op;
   }
   std::chrono::milliseconds default_timeout() const;
-  const std::string& description() const { return description_; }
+  // Formatted on each call (see OpDescription).
+  std::string description() const;
 
  private:
   void release_locked();
-  std::string description_;
+  std::string text_;  // a fixed description, or empty
+  OpDescription op_description_;
+  std::shared_ptr<const std::string> backend_description_;  // CommBackend::description()
   std::weak_ptr<CommBackend> backend_;
-  std::mutex mutex_;
-  std::condition_variable done_cv_;
-  bool done_ = false;
+  // Wakes the waiters of done_ (shared condition variables: none per state).
+  void notify_done();
+  std::mutex mutex_;  // poller_, stash_, error_ until done_
+  // Set after error_, never cleared: read without the mutex.
+  std::atomic<bool> done_{false};
+  std::atomic<int> waiters_{0};  // threads asleep (or about to be) in wait()
   std::exception_ptr error_;
   std::function<bool()> poller_;
   std::vector<std::shared_ptr<Storage>> stash_;
@@ -84,7 +116,8 @@ class CommBackend {
   CommBackend(std::string name, int rank, int size);
   virtual ~CommBackend() = default;
   virtual const char* kind() const = 0;  // "mpi", "nccl"
-  // Starts op; completion is reported through state.
+  // Starts op; completion is reported through state, which is op's own: no
+  // other thread sees it before start returns.
   virtual void start(const CommOp& op, const std::shared_ptr<WorkState>& state) = 0;
   virtual std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) = 0;
   // Marks the backend aborted and releases what waits on it. Idempotent.
@@ -111,6 +144,8 @@ class CommBackend {
   void set_abortable_collectives(bool on) { abortable_.store(on); }
   // "mpi communicator 'world' (rank 1 of 4)"
   std::string describe() const;
+  // The same text, made once and shared by the WorkStates that name it.
+  const std::shared_ptr<const std::string>& description() const;
 
  protected:
   // Sets the aborted flag and reason; false if it was already set.
@@ -126,6 +161,8 @@ class CommBackend {
   std::string abort_reason_;
   std::atomic<long long> timeout_ms_;
   std::atomic<bool> abortable_{false};
+  mutable std::atomic<bool> described_{false};  // description_ is set (with reason_mutex_)
+  mutable std::shared_ptr<const std::string> description_;
 };
 
 // A duplicate of MPI_COMM_WORLD on the cpu device.

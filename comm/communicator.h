@@ -1,7 +1,8 @@
 // Communicators carry collectives over DeviceTensors: NCCL for CUDA devices
 // (non-blocking communicators, so they can be aborted), MPI for the cpu device.
 // Every operation returns a Work. It runs on the communicator's own stream (a
-// CUDA stream for NCCL, a cpu stream for MPI) after the work queued before it
+// CUDA stream for NCCL, a cpu stream for MPI; on the cpu a small operation with
+// nothing ahead of it runs at once on the calling thread) after the work queued before it
 // on the device's default stream, and later work on that stream waits for it
 // (except after a send, below). Operations on one communicator run in the order
 // they were issued, one after another, as on an NCCL stream: a send finishes only once the peer's matching recv runs, so order
@@ -77,6 +78,10 @@ class Communicator {
   // OpenMPI runs other (libnbc) algorithms for non-blocking collectives, slower
   // for large messages. A server turns it on. Communicators split from this one
   // inherit it. NCCL communicators are always abortable (ncclCommAbort).
+  // Without it, a small collective (up to 64 KiB) with nothing ahead of it
+  // runs on the calling thread, which then waits inside MPI for its peers,
+  // with no deadline; with it, the calling thread polls such an operation for
+  // a moment and leaves the rest to the communicator's stream.
   void set_abortable_collectives(bool on);
 
   Work all_reduce(const DeviceTensor& tensor, ReduceOp op = ReduceOp::kSum) const;

@@ -5,13 +5,21 @@
 // them on a communicator's stream: an operation first waits for the work queued
 // on the cpu default stream before it (that produced its inputs), and work
 // queued on the default stream after it waits for the operation (except after
-// a send: communicator.h). Collectives call the blocking MPI functions
+// a send: communicator.h). Queued collectives call the blocking MPI functions
 // (MPI_Allreduce, ...), so meshrt gets the same algorithms, and the same speed,
 // as a program calling MPI directly (OpenMPI's non-blocking collectives use
-// different algorithms). Sends and receives are posted non-blocking and polled,
-// so a receive that never matches can be cancelled when the communicator is
-// aborted. A blocking collective cannot be cancelled: if one is stuck past its
-// deadline the World aborts the job at exit instead of hanging in MPI_Finalize.
+// different algorithms, slower for large messages). Sends and receives are
+// posted non-blocking and polled, so a receive that never matches can be
+// cancelled when the communicator is aborted. A blocking collective cannot be
+// cancelled: if one is stuck past its deadline the World aborts the job at exit
+// instead of hanging in MPI_Finalize.
+//
+// Small operations (up to 64 KiB) pay no thread hop: when nothing is ahead of
+// one (the compute stream idle, the communicator's stream idle), the calling
+// thread runs it. A non-blocking one (abortable collectives, sends, receives)
+// is polled there for a moment, and one a peer holds up is left to the stream,
+// which polls it to the end with the same deadline and abort handling as a
+// queued one (start_inline).
 //
 // Every communicator numbers its operations and publishes how many it issued,
 // started and completed (comm/progress.h), under a key that is the same on
@@ -22,7 +30,9 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "comm/backend.h"
@@ -39,6 +49,16 @@ namespace {
 constexpr int kTag = 7;
 // How long an aborted communicator's queued operations get to end.
 constexpr std::chrono::milliseconds kAbortGrace{2000};
+// Operations whose largest buffer is at most this run at once on the calling
+// thread when nothing is ahead of them (MpiBackend::start_inline).
+constexpr size_t kInlineBytes = size_t{64} << 10;
+// How long the calling thread polls such an operation before it leaves it to
+// the communicator's stream: peers that are there complete a small collective
+// within microseconds; a send (done only once the peer receives it, past the
+// eager limit) must not hold up the sender's next micro-batch.
+constexpr std::chrono::microseconds kInlinePoll{100};
+constexpr std::chrono::microseconds kInlineSendPoll{10};
+constexpr unsigned kTestsPerClock = 16;
 
 // Element-wise reductions for f16 and bf16, computed in float.
 template <class T, class Op>
@@ -85,12 +105,12 @@ int as_count(size_t count, const char* op) {
 class BlockingCall {
  public:
   explicit BlockingCall(std::atomic<bool>& flag) : flag_(flag) {
-    flag_.store(true);
+    flag_.store(true, std::memory_order_release);
     World::enter_blocking_call();
   }
   ~BlockingCall() {
     World::leave_blocking_call();
-    flag_.store(false);
+    flag_.store(false, std::memory_order_release);
   }
   BlockingCall(const BlockingCall&) = delete;
   BlockingCall& operator=(const BlockingCall&) = delete;
@@ -121,6 +141,14 @@ bool mpi_finalized() {
   return finalized != 0;
 }
 
+// An operation issued as an MPI call: its request (MPI_REQUEST_NULL once done,
+// or after a blocking call), and what finish() needs.
+struct InFlight {
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Status status{};
+  std::shared_ptr<std::vector<char>> temp;  // reduce_scatter in place: the result, copied out at the end
+};
+
 class MpiBackend final : public CommBackend {
  public:
   MpiBackend(MPI_Comm comm, std::string name, int rank, int size, std::string key)
@@ -128,6 +156,7 @@ class MpiBackend final : public CommBackend {
         comm_(comm),
         stream_(Stream::create_cpu({cat("communicator '", this->name(), "'"), false,
                                     std::chrono::microseconds(200)})),
+        compute_(Stream::default_for(Device::cpu())),
         progress_(publish_progress(std::move(key), this->name(), world_ranks_of(comm))) {}
 
   ~MpiBackend() override {
@@ -159,21 +188,28 @@ class MpiBackend final : public CommBackend {
 
   const char* kind() const override { return "mpi"; }
 
+  // A small operation with nothing ahead of it runs at once on the calling
+  // thread (start_inline); any other is queued on the communicator's stream
+  // behind the work on the compute stream that produces its inputs.
   void start(const CommOp& op, const std::shared_ptr<WorkState>& state) override {
-    check_not_aborted(to_string(op.kind));
-    Stream compute = Stream::default_for(Device::cpu());
-    Event inputs(Device::cpu());  // the operation reads what the compute stream queued before it
-    inputs.record(compute);
-    for (const auto& storage : op.storages) storage->record_stream(stream_);
+    const char* name = to_string(op.kind);
+    check_not_aborted(name);
     uint64_t sequence = progress_->issued.fetch_add(1) + 1;
-    state->set_sequence(sequence, to_string(op.kind));
+    state->set_sequence(sequence, name);
+    if (largest_buffer(op) <= kInlineBytes && start_inline(op, state, sequence)) return;
+    Event inputs(Device::cpu());  // the operation reads what the compute stream queued before it
+    inputs.record(compute_);
+    for (const auto& storage : op.storages) {
+      if (storage) storage->record_stream(stream_);
+    }
+    // The task holds op, and with it the tensors' memory, until it is done.
     stream_.enqueue([this, op, state, inputs, sequence] { run_task(op, state, &inputs, nullptr, sequence); });
     // Later work on the compute stream may read the result. Not after a send,
     // so that a pipeline send overlaps the next micro-batch (communicator.h).
     if (op.kind != Collective::kSend) {
       Event done(Device::cpu());
       done.record(stream_);
-      done.block(compute);
+      done.block(compute_);
     }
   }
 
@@ -211,13 +247,109 @@ class MpiBackend final : public CommBackend {
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  // An operation the calling thread started (start_inline) and left to the
+  // stream unfinished.
+  struct Pending {
+    CommOp op;  // holds the tensors' memory until it is done
+    InFlight flight;
+    std::shared_ptr<WorkState> state;
+    uint64_t sequence;
+    Clock::time_point deadline;
+  };
+
+  // The bytes of an operation's largest buffer.
+  size_t largest_buffer(const CommOp& c) const {
+    size_t bytes = c.count * size_of(c.dtype);
+    bool chunked = c.kind == Collective::kAllGather || c.kind == Collective::kReduceScatter ||
+                   c.kind == Collective::kAllToAll;
+    return chunked ? bytes * static_cast<size_t>(size()) : bytes;
+  }
+
+  // Runs op at once on the calling thread, without a thread hop, when nothing
+  // is ahead of it: the compute stream that produces its inputs is idle, and so
+  // is the communicator's stream (nothing queued or running there; work queued
+  // meanwhile by other threads runs after it). It is issued as on the stream
+  // (issue): with abortable collectives, and for sends and receives, as a
+  // non-blocking MPI call polled here for a moment; one not done by then (a
+  // late peer, a send waiting for its receive) is left to the stream, which
+  // polls it to the end with the communicator's deadline and abort handling
+  // (finish_pending), so the caller's Work::wait keeps its deadline. Without
+  // abortable collectives a collective is the blocking call, as on the stream,
+  // but on the calling thread: a peer that never comes holds it inside MPI.
+  // False when the operation could not run at once.
+  bool start_inline(const CommOp& op, const std::shared_ptr<WorkState>& state, uint64_t sequence) {
+    bool idle = false;
+    try {
+      idle = compute_.query();
+    } catch (...) {
+      // The compute stream failed: the queued path reports it (run_task).
+    }
+    if (!idle) return false;
+    bool handed_over = false;
+    if (!stream_.run_if_idle([&] { handed_over = run_inline(op, state, sequence); })) return false;
+    if (handed_over && op.kind != Collective::kSend) {
+      Event done(Device::cpu());  // later work on the compute stream may read the result
+      done.record(stream_);
+      done.block(compute_);
+    }
+    return true;
+  }
+
+  // start_inline's operation, on the calling thread while it holds the stream.
+  // True when the operation was left to the stream unfinished.
+  bool run_inline(const CommOp& op, const std::shared_ptr<WorkState>& state, uint64_t sequence) {
+    try {
+      check_not_aborted(to_string(op.kind));
+      progress_->started.store(sequence, std::memory_order_release);
+      InFlight flight;
+      issue(op, flight, abortable_collectives());  // a blocking collective ends here
+      if (flight.request != MPI_REQUEST_NULL) {
+        auto now = Clock::now();
+        auto deadline = now + timeout();
+        if (!poll(op, flight, sequence, deadline,
+                  now + (op.kind == Collective::kSend ? kInlineSendPoll : kInlinePoll))) {
+          for (const auto& storage : op.storages) {
+            if (storage) storage->record_stream(stream_);
+          }
+          pending_ = std::make_unique<Pending>(Pending{op, std::move(flight), state, sequence, deadline});
+          stream_.enqueue([this] { finish_pending(); });  // runs after this
+          return true;
+        }
+      }
+      finish(op, flight);
+      progress_->completed.store(sequence, std::memory_order_release);
+      state->complete_unshared();  // start()'s caller has not handed it out yet
+    } catch (...) {
+      state->fail(std::current_exception());
+    }
+    return false;
+  }
+
+  // Polls the operation left by run_inline to the end. Every task of the stream
+  // calls it first: a task another thread queued while the operation was
+  // starting may run before the task that finishes it.
+  void finish_pending() {
+    if (!pending_) return;
+    std::unique_ptr<Pending> p = std::move(pending_);
+    try {
+      poll(p->op, p->flight, p->sequence, p->deadline, Clock::time_point::max());
+      finish(p->op, p->flight);
+      progress_->completed.store(p->sequence, std::memory_order_release);
+      p->state->complete();
+    } catch (...) {
+      p->state->fail(std::current_exception());
+    }
+  }
+
   // Waits for the work producing an operation's inputs, in slices so that an
   // abort ends the wait too.
   void wait_for_inputs(const Event& inputs, const char* what) const {
-    auto deadline = std::chrono::steady_clock::now() + timeout();
+    auto deadline = Clock::now() + timeout();
     for (;;) {
       check_not_aborted(what);
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       auto slice = std::min(left, kAbortGrace / 4);
       try {
         inputs.synchronize(std::max(slice, std::chrono::milliseconds(1)));
@@ -233,6 +365,7 @@ class MpiBackend final : public CommBackend {
   // operation must not fail the unrelated work queued after it.
   void run_task(const CommOp& op, const std::shared_ptr<WorkState>& state, const Event* inputs,
                 const std::function<void()>& custom, uint64_t sequence) {
+    finish_pending();
     try {
       const char* what = custom ? "split" : to_string(op.kind);
       check_not_aborted(what);
@@ -249,9 +382,12 @@ class MpiBackend final : public CommBackend {
         BlockingCall call(in_blocking_call_);
         custom();
       } else {
-        if (sequence > 0) progress_->started.store(sequence);
-        run(op, sequence);
-        if (sequence > 0) progress_->completed.store(sequence);
+        if (sequence > 0) progress_->started.store(sequence, std::memory_order_release);
+        InFlight flight;
+        issue(op, flight, abortable_collectives());
+        poll(op, flight, sequence, Clock::now() + timeout(), Clock::time_point::max());
+        finish(op, flight);
+        if (sequence > 0) progress_->completed.store(sequence, std::memory_order_release);
       }
       state->complete();
     } catch (...) {
@@ -259,72 +395,35 @@ class MpiBackend final : public CommBackend {
     }
   }
 
-  void run(const CommOp& c, uint64_t sequence) {
+  // Issues c. Sends and receives are always non-blocking (so that a receive
+  // that never matches can be cancelled); collectives are the non-blocking
+  // I-variant when nonblocking (polled and abandonable: poll), else the
+  // blocking call, run to the end here (flight.request stays null).
+  // A collective missing here is an error, never an operation that "completes"
+  // having done nothing (as c10d's Backend: "does not support").
+  void issue(const CommOp& c, InFlight& flight, bool nonblocking) {
     const char* name = to_string(c.kind);
     int count = as_count(c.count, name);
     MPI_Datatype type = mpi_datatype(c.dtype);
     size_t bytes = c.count * size_of(c.dtype);
-    if (c.kind == Collective::kSend || c.kind == Collective::kRecv) {
-      run_point_to_point(c, count, type);
-      return;
+    MPI_Request* request = &flight.request;
+    switch (c.kind) {
+      case Collective::kSend:
+        MESHRT_MPI_CHECK(MPI_Isend(c.send, count, type, c.peer, kTag, comm_, request));
+        return;
+      case Collective::kRecv:
+        MESHRT_MPI_CHECK(MPI_Irecv(c.recv, count, type, c.peer, kTag, comm_, request));
+        return;
+      default:
+        break;
     }
-    if (abortable_collectives()) {
-      run_collective(c, count, type, bytes, true, sequence);
-    } else {
-      BlockingCall call(in_blocking_call_);
-      run_collective(c, count, type, bytes, false, sequence);
-    }
-  }
-
-  // Polls a non-blocking collective until done. Past the communicator's
-  // deadline (a watchdog, as for NCCL: nobody may be waiting on this operation's
-  // Work, only on its stream) the communicator is aborted, naming the late
-  // ranks. Once aborted (the deadline, a failed peer), the operation is
-  // abandoned: MPI may still write its buffers if the peers come later, so they
-  // are kept for the life of the process.
-  void wait_abandonable(MPI_Request& request, const CommOp& c, const std::shared_ptr<std::vector<char>>& temp,
-                        uint64_t sequence) {
-    PollPause pause(std::chrono::microseconds(200), std::chrono::microseconds(50));
-    auto deadline = std::chrono::steady_clock::now() + timeout();
-    for (;;) {
-      int done = 0;
-      MESHRT_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
-      if (done) return;
-      if (!aborted() && std::chrono::steady_clock::now() > deadline) {
-        std::string why = sequence > 0 ? explain_deadline(to_string(c.kind), sequence) : "";
-        MPI_Test(&request, &done, MPI_STATUS_IGNORE);
-        if (done) return;  // it finished while the peers were asked
-        abort_after_failure(cat(to_string(c.kind), " #", sequence, " on '", name(), "' did not complete within ",
-                                timeout().count(), " ms: ", why.empty() ? "a peer did not take part" : why,
-                                " [", describe(), "]; the communicator is now aborted"));
-      }
-      if (aborted()) {
-        static std::mutex mutex;
-        static auto* abandoned = new std::vector<std::pair<std::vector<std::shared_ptr<Storage>>,
-                                                          std::shared_ptr<std::vector<char>>>>();
-        {
-          std::lock_guard<std::mutex> lock(mutex);
-          abandoned->emplace_back(c.storages, temp);
-        }
-        check_not_aborted(to_string(c.kind));
-      }
-      pause();
-    }
-  }
-
-  // A collective missing here is an error, never an operation that "completes"
-  // having done nothing (as c10d's Backend: "does not support").
-  // nonblocking: the I-variant of each call (MPI_Iallreduce, ...), polled and
-  // abandonable (wait_abandonable); else the blocking call.
-  void run_collective(const CommOp& c, int count, MPI_Datatype type, size_t bytes, bool nonblocking,
-                      uint64_t sequence) {
-    MPI_Request request = MPI_REQUEST_NULL;
-    std::shared_ptr<std::vector<char>> temp;  // reduce_scatter in place
+    std::optional<BlockingCall> call;
+    if (!nonblocking) call.emplace(in_blocking_call_);
     switch (c.kind) {
       case Collective::kAllReduce: {
         const void* in = c.send == c.recv ? MPI_IN_PLACE : c.send;
         MPI_Op op = mpi_reduce_op(c.dtype, c.op);
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Iallreduce(in, c.recv, count, type, op, comm_, &request)
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Iallreduce(in, c.recv, count, type, op, comm_, request)
                                      : MPI_Allreduce(in, c.recv, count, type, op, comm_));
         break;
       }
@@ -332,7 +431,7 @@ class MpiBackend final : public CommBackend {
         // In place (NCCL's convention): the input already sits at this rank's chunk.
         bool in_place = c.send == static_cast<char*>(c.recv) + static_cast<size_t>(rank()) * bytes;
         const void* in = in_place ? MPI_IN_PLACE : c.send;
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Iallgather(in, count, type, c.recv, count, type, comm_, &request)
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Iallgather(in, count, type, c.recv, count, type, comm_, request)
                                      : MPI_Allgather(in, count, type, c.recv, count, type, comm_));
         break;
       }
@@ -342,79 +441,113 @@ class MpiBackend final : public CommBackend {
         const char* in = static_cast<const char*>(c.send);
         char* out = static_cast<char*>(c.recv);
         bool overlap = out >= in && out < in + static_cast<size_t>(size()) * bytes;
-        if (overlap) temp = std::make_shared<std::vector<char>>(bytes);
-        void* target = overlap ? static_cast<void*>(temp->data()) : out;
+        if (overlap) flight.temp = std::make_shared<std::vector<char>>(bytes);
+        void* target = overlap ? static_cast<void*>(flight.temp->data()) : out;
         MPI_Op op = mpi_reduce_op(c.dtype, c.op);
         // MPI_Reduce_scatter with equal counts, not MPI_Reduce_scatter_block:
         // OpenMPI's algorithms for it are up to 2x faster from 256 KiB up.
-        counts_.assign(static_cast<size_t>(size()), count);  // the stream's one thread runs this
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter(in, target, counts_.data(), type, op, comm_, &request)
+        // (Whoever holds the stream runs this: its task, or start_inline.)
+        counts_.assign(static_cast<size_t>(size()), count);
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter(in, target, counts_.data(), type, op, comm_, request)
                                      : MPI_Reduce_scatter(in, target, counts_.data(), type, op, comm_));
         break;
       }
       case Collective::kBroadcast:
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Ibcast(c.recv, count, type, c.peer, comm_, &request)
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ibcast(c.recv, count, type, c.peer, comm_, request)
                                      : MPI_Bcast(c.recv, count, type, c.peer, comm_));
         break;
       case Collective::kAllToAll: {
         const void* in = c.send == c.recv ? MPI_IN_PLACE : c.send;
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Ialltoall(in, count, type, c.recv, count, type, comm_, &request)
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ialltoall(in, count, type, c.recv, count, type, comm_, request)
                                      : MPI_Alltoall(in, count, type, c.recv, count, type, comm_));
         break;
       }
       case Collective::kBarrier:
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Ibarrier(comm_, &request) : MPI_Barrier(comm_));
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ibarrier(comm_, request) : MPI_Barrier(comm_));
         break;
-      case Collective::kSend:
-      case Collective::kRecv:  // run_point_to_point
       default:
-        throw Error(ErrorKind::kInternal, detail::cat(describe(), " does not support ", to_string(c.kind),
-                                                      " as a collective (operation ", static_cast<int>(c.kind), ")"));
+        throw Error(ErrorKind::kInternal, detail::cat(describe(), " does not support ", name,
+                                                      " (operation ", static_cast<int>(c.kind), ")"));
     }
-    if (nonblocking) wait_abandonable(request, c, temp, sequence);
-    if (temp) std::memcpy(c.recv, temp->data(), bytes);
   }
 
-  void run_point_to_point(const CommOp& c, int count, MPI_Datatype type) {
-    bool sending = c.kind == Collective::kSend;
-    MPI_Request request = MPI_REQUEST_NULL;
-    if (sending) {
-      MESHRT_MPI_CHECK(MPI_Isend(c.send, count, type, c.peer, kTag, comm_, &request));
-    } else {
-      MESHRT_MPI_CHECK(MPI_Irecv(c.recv, count, type, c.peer, kTag, comm_, &request));
-    }
-    MPI_Status status{};
-    int done = 0;
-    PollPause pause(std::chrono::microseconds(200));
-    for (;;) {
-      MESHRT_MPI_CHECK(MPI_Test(&request, &done, &status));
-      if (done) break;
+  // Polls flight's request until it is done (true) or until `until` (false:
+  // not yet; start_inline leaves it to the stream). A collective past
+  // `deadline` (a watchdog, as for NCCL: nobody may be waiting on this
+  // operation's Work, only on its stream) aborts the communicator, naming the
+  // late ranks. Once the communicator is aborted (the deadline, a failed peer,
+  // abort()), a send or receive is cancelled and a collective abandoned: MPI may
+  // still write its buffers if the peers come later, so they are kept for the
+  // life of the process; either throws Error(kUnavailable).
+  bool poll(const CommOp& c, InFlight& flight, uint64_t sequence, Clock::time_point deadline,
+            Clock::time_point until) {
+    bool point_to_point = c.kind == Collective::kSend || c.kind == Collective::kRecv;
+    bool tight = until != Clock::time_point::max();  // the caller's moment: poll as the blocking calls do
+    std::optional<PollPause> pause;
+    for (unsigned tests = 1;; ++tests) {
+      int done = 0;
+      MESHRT_MPI_CHECK(MPI_Test(&flight.request, &done, &flight.status));
+      if (done) return true;
+      // The clock only every kTestsPerClock tests when tight: a non-blocking
+      // collective takes several tests to move through its rounds.
+      if (tight && tests % kTestsPerClock != 0) continue;
+      auto now = Clock::now();
+      if (!point_to_point && !aborted() && now > deadline) {
+        std::string why = sequence > 0 ? explain_deadline(to_string(c.kind), sequence) : "";
+        MPI_Test(&flight.request, &done, &flight.status);
+        if (done) return true;  // it finished while the peers were asked
+        abort_after_failure(cat(to_string(c.kind), " #", sequence, " on '", name(), "' did not complete within ",
+                                timeout().count(), " ms: ", why.empty() ? "a peer did not take part" : why,
+                                " [", describe(), "]; the communicator is now aborted"));
+      }
       if (aborted()) {
-        MPI_Cancel(&request);
-        if (sending) {
-          MPI_Request_free(&request);  // a matched send may not be cancellable
+        if (point_to_point) {
+          MPI_Cancel(&flight.request);
+          if (c.kind == Collective::kSend) {
+            MPI_Request_free(&flight.request);  // a matched send may not be cancellable
+          } else {
+            MPI_Wait(&flight.request, MPI_STATUS_IGNORE);
+          }
         } else {
-          MPI_Wait(&request, MPI_STATUS_IGNORE);
+          static std::mutex mutex;
+          static auto* abandoned = new std::vector<std::pair<std::array<std::shared_ptr<Storage>, 2>,
+                                                            std::shared_ptr<std::vector<char>>>>();
+          std::lock_guard<std::mutex> lock(mutex);
+          abandoned->emplace_back(c.storages, flight.temp);
         }
         check_not_aborted(to_string(c.kind));
       }
-      pause();
+      if (tight) {
+        if (now >= until) return false;
+      } else {
+        if (!pause) pause.emplace(std::chrono::microseconds(200), std::chrono::microseconds(point_to_point ? 0 : 50));
+        (*pause)();
+      }
     }
-    if (!sending) {
+  }
+
+  // After the request is done: the in-place reduce_scatter's result into place,
+  // a receive's size checked.
+  void finish(const CommOp& c, const InFlight& flight) {
+    if (flight.temp) std::memcpy(c.recv, flight.temp->data(), flight.temp->size());
+    if (c.kind == Collective::kRecv) {
+      MPI_Datatype type = mpi_datatype(c.dtype);
       int received = 0;
-      MESHRT_MPI_CHECK(MPI_Get_count(&status, type, &received));
-      MESHRT_CHECK_SHAPE(received == count, "recv on ", describe(), ": expected ", count,
-                         " elements of ", to_string(c.dtype), " from rank ", c.peer, ", got ",
-                         received);
+      MESHRT_MPI_CHECK(MPI_Get_count(&flight.status, type, &received));
+      MESHRT_CHECK_SHAPE(static_cast<size_t>(received) == c.count, "recv on ", describe(), ": expected ", c.count,
+                         " elements of ", to_string(c.dtype), " from rank ", c.peer, ", got ", received);
     }
   }
 
   MPI_Comm comm_;
-  Stream stream_;  // the communicator's operations, in issue order
+  Stream stream_;   // the communicator's operations, in issue order
+  Stream compute_;  // the cpu default stream: operations read what it queued before them
   std::atomic<bool> in_blocking_call_{false};
   std::shared_ptr<Progress> progress_;  // published to the other ranks
   int splits_ = 0;                      // split() calls so far (the key of the next)
-  std::vector<int> counts_;             // reduce_scatter's receive counts (the stream's thread only)
+  // Whoever holds the stream (its running task, or start_inline) uses these:
+  std::vector<int> counts_;            // reduce_scatter's receive counts
+  std::unique_ptr<Pending> pending_;   // run_inline's operation, left unfinished
 };
 
 }  // namespace

@@ -186,7 +186,11 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     Event inputs(device_);  // the operation reads what the compute stream queued before it
     inputs.record(compute);
     inputs.block(stream_);
-    for (const auto& storage : c.storages) storage->record_stream(stream_);
+    for (const auto& storage : c.storages) {
+      if (!storage) continue;
+      storage->record_stream(stream_);
+      state->stash(storage);  // the Work keeps the tensors until the operation is done
+    }
     std::lock_guard<std::mutex> issue(state_.issue);  // launches in issue order (see the top)
     bool queued = false;
     std::exception_ptr failed;

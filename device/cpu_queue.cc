@@ -1,5 +1,6 @@
 #include "device/cpu_queue.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "device/error.h"
@@ -11,6 +12,8 @@ namespace {
 // How long the delayed mode holds a task back when nobody waits for its queue:
 // far longer than any read right after queuing takes.
 constexpr std::chrono::milliseconds kDelay{5};
+// The longest a worker yield-polls for its next task before it parks.
+constexpr std::chrono::microseconds kLongestSpin{1000};
 }  // namespace
 
 bool cpu_streams_delayed() {
@@ -25,7 +28,9 @@ bool cpu_streams_delayed() {
 }
 
 CpuQueue::CpuQueue(std::string name, bool held, std::chrono::microseconds spin)
-    : name_(std::move(name)), delayed_(cpu_streams_delayed()), held_(delayed_ && held), spin_(spin) {}
+    : name_(std::move(name)), delayed_(cpu_streams_delayed()), held_(delayed_ && held),
+      // Bounded: an idle worker parks on its condition variable within 1 ms.
+      spin_(std::min(spin, std::chrono::microseconds(kLongestSpin))) {}
 
 CpuQueue::~CpuQueue() {
   // After shutdown() the worker is joined or detached. Without it (a queue
@@ -61,26 +66,33 @@ void CpuQueue::want_locked(uint64_t n) const {
   }
 }
 
+void CpuQueue::run_inline(std::unique_lock<std::mutex>& lock, uint64_t number, void (*call)(void*), void* fn) {
+  busy_ = true;
+  lock.unlock();
+  std::exception_ptr error;
+  try {
+    call(fn);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  lock.lock();
+  busy_ = false;
+  completed_.store(number, std::memory_order_release);
+  done_cv_.notify_all();
+  if (!tasks_.empty()) work_cv_.notify_all();
+  if (error) {
+    lock.unlock();
+    std::rethrow_exception(error);  // reported to the caller, not sticky
+  }
+}
+
 void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
-  uint64_t number = ++submitted_;
+  uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
+  submitted_.store(number, std::memory_order_relaxed);
   if (inline_ok && !delayed_ && tasks_.empty() && !busy_) {
-    busy_ = true;
-    lock.unlock();
-    std::exception_ptr error;
-    try {
-      fn();
-    } catch (...) {
-      error = std::current_exception();
-    }
-    lock.lock();
-    busy_ = false;
-    completed_.store(number, std::memory_order_release);
-    done_cv_.notify_all();
-    if (!tasks_.empty()) work_cv_.notify_all();
-    lock.unlock();
-    if (error) std::rethrow_exception(error);  // reported to the caller, not sticky
+    run_inline(lock, number, [](void* f) { (*static_cast<std::function<void()>*>(f))(); }, &fn);
     return;
   }
   tasks_.push_back({std::move(fn), number, std::chrono::steady_clock::now() + kDelay, nullptr, 0});
@@ -88,11 +100,22 @@ void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
   work_cv_.notify_all();
 }
 
+bool CpuQueue::run_if_idle(void (*call)(void*), void* fn) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  settle_locked();
+  if (delayed_ || !tasks_.empty() || busy_) return false;
+  uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
+  submitted_.store(number, std::memory_order_relaxed);
+  run_inline(lock, number, call, fn);
+  return true;
+}
+
 void CpuQueue::enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
   if (tasks_.empty() && !busy_ && other->passed(n) && !other->failed_.load()) return;  // nothing to wait for (passed, then failed_: see work())
-  uint64_t number = ++submitted_;
+  uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
+  submitted_.store(number, std::memory_order_relaxed);
   tasks_.push_back({nullptr, number, std::chrono::steady_clock::now(), std::move(other), n});
   // The worker is not woken: the wait is settled by whoever looks next, and
   // the worker is woken when real work queues up behind it (or someone waits).
@@ -162,11 +185,14 @@ void CpuQueue::work() {
 }
 
 uint64_t CpuQueue::submitted() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return submitted_;
+  // Without the mutex: a thread sees at least the tasks it queued itself.
+  return submitted_.load(std::memory_order_relaxed);
 }
 
 bool CpuQueue::reached(uint64_t n) const {
+  // Without the mutex when it is done and nothing failed (failed_ is published
+  // before the count: work()); the common question of a small collective.
+  if (passed(n) && !failed_.load()) return true;
   std::lock_guard<std::mutex> lock(mutex_);
   if (!passed(n)) {
     settle_locked();

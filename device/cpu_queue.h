@@ -42,7 +42,8 @@ bool cpu_streams_delayed();
 class CpuQueue : public std::enable_shared_from_this<CpuQueue> {
  public:
   // held: whether the delayed mode holds tasks back (see CpuStreamOptions);
-  // spin: how long the worker yield-polls for the next task before sleeping.
+  // spin: how long the worker yield-polls for the next task before it parks on
+  // its condition variable (at most 1 ms).
   CpuQueue(std::string name, bool held, std::chrono::microseconds spin);
   ~CpuQueue();
   CpuQueue(const CpuQueue&) = delete;
@@ -55,6 +56,11 @@ class CpuQueue : public std::enable_shared_from_this<CpuQueue> {
   // Queues fn; runs it at once on this thread instead when inline_ok, the queue
   // is idle and the mode is not delayed (an exception of fn then propagates here).
   void enqueue(std::function<void()> fn, bool inline_ok);
+  // Runs call(fn) at once on this thread, as a task of the queue, when the queue
+  // is idle (nothing queued or running) and the mode is not delayed; work queued
+  // meanwhile runs after it. False, without running it, otherwise. An exception
+  // propagates here (it is not sticky).
+  bool run_if_idle(void (*call)(void*), void* fn);
   // Makes the work queued after this wait until other has done its task n.
   void enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n);
   // The number of tasks queued so far: an event recorded now completes at it.
@@ -77,6 +83,8 @@ class CpuQueue : public std::enable_shared_from_this<CpuQueue> {
     uint64_t after_n = 0;
   };
   void work();
+  // Runs call(fn) as task number (busy_ set; mutex_ held by lock on entry and exit).
+  void run_inline(std::unique_lock<std::mutex>& lock, uint64_t number, void (*call)(void*), void* fn);
   // Completes the waits at the front whose other queue got there (mutex_ held).
   void settle_locked() const;
   void start_worker_locked();
@@ -90,7 +98,7 @@ class CpuQueue : public std::enable_shared_from_this<CpuQueue> {
   mutable std::mutex mutex_;
   mutable std::condition_variable work_cv_, done_cv_;
   mutable std::deque<Task> tasks_;  // settle_locked pops satisfied waits from const observers
-  uint64_t submitted_ = 0;
+  std::atomic<uint64_t> submitted_{0};  // written with mutex_, read without it by submitted()
   // Read without the mutex by queues that wait for this one (so no two queue
   // mutexes are ever held together); written with it.
   mutable std::atomic<uint64_t> completed_{0};

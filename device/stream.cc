@@ -101,6 +101,11 @@ void Stream::enqueue(std::function<void()> fn, bool small) const {
   impl_->queue->enqueue(std::move(fn), small);
 }
 
+bool Stream::run_if_idle_impl(void (*call)(void*), void* fn) const {
+  if (!device_.is_cpu() || !impl_ || !impl_->queue) return false;
+  return impl_->queue->run_if_idle(call, fn);
+}
+
 bool Stream::query() const {
   if (device_.is_cpu()) return impl_->queue->reached(impl_->queue->submitted());
 #if MESHRT_WITH_CUDA

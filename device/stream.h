@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "device/device.h"
 
@@ -66,10 +67,22 @@ class Stream {
   // reported by the next wait on the stream (sticky, as CUDA's errors), or
   // thrown here when fn ran at once. Throws Error(kInvalidArgument) on a CUDA stream.
   void enqueue(std::function<void()> fn, bool small = false) const;
+  // Runs fn() at once on this thread, in stream order, when the stream is idle
+  // (nothing queued or running; cpu streams only, never in the delayed mode)
+  // and returns true; work queued on the stream meanwhile runs after fn.
+  // Returns false without running fn when the stream is busy (or not a cpu
+  // stream). An exception of fn propagates here (it is not sticky). fn is
+  // called through a pointer: nothing is copied or allocated.
+  template <class F>
+  bool run_if_idle(F&& fn) const {
+    return run_if_idle_impl([](void* f) { (*static_cast<std::remove_reference_t<F>*>(f))(); },
+                            const_cast<void*>(static_cast<const void*>(std::addressof(fn))));
+  }
 
  private:
   friend class Event;
   struct Impl;
+  bool run_if_idle_impl(void (*call)(void*), void* fn) const;
   Stream(Device device, std::shared_ptr<Impl> impl) : device_(device), impl_(std::move(impl)) {}
   Device device_;
   std::shared_ptr<Impl> impl_;

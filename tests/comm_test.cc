@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <thread>
 
@@ -274,6 +275,109 @@ TEST_P(Collectives, OperationsAreOrderedWithKernelsOnTheStream) {
   comm_.barrier();
 }
 
+// On the cpu a small operation (up to 64 KiB) runs at once on the calling
+// thread when nothing is ahead of it, a large one on the communicator's
+// stream. Interleaved from one thread they still run in issue order: the
+// products below differ from the sums when two swap (n > 1), and the gather
+// sees its input before the in-place reduction after it changes it.
+TEST_P(Collectives, SmallAndLargeOperationsRunInIssueOrder) {
+  int n = comm_.size(), me = comm_.rank();
+  const int64_t large = 48 * 1024;  // 192 KiB of f32: queued
+  double sum = n * (n + 1) / 2.0, factorial = 1;
+  for (int r = 1; r <= n; ++r) factorial *= r;
+  for (int round = 0; round < 4; ++round) {
+    if (round % 2 == 1) comm_.barrier();  // nothing ahead: the first small operation runs at once
+    DeviceTensor big = on_device(HostTensor::full<float>({large}, static_cast<float>(me + 1)));
+    DeviceTensor head = big.narrow(0, 5);
+    DeviceTensor little = on_device(HostTensor::full<float>({3}, static_cast<float>(me + 1)));
+    DeviceTensor gathered = DeviceTensor::zeros({3 * static_cast<int64_t>(n)}, DType::kF32, device_);
+    DeviceTensor early = on_device(HostTensor::full<float>({2}, static_cast<float>(me + 1)));
+    std::vector<Work> works;
+    works.push_back(comm_.all_reduce(early, ReduceOp::kMax));          // small: n
+    works.push_back(comm_.all_reduce(big));                             // large: sum everywhere
+    works.push_back(comm_.all_reduce(head, ReduceOp::kProd));          // small, reads the large one's result: sum^n
+    works.push_back(comm_.all_gather(little, gathered));               // small: every rank's me + 1
+    works.push_back(comm_.all_reduce(little, ReduceOp::kProd));        // small, in place after the gather: n!
+    works.push_back(comm_.all_reduce(big, ReduceOp::kMax));            // large: unchanged
+    works.push_back(comm_.all_reduce(early));                           // small, after the large: n * n
+    for (const Work& w : works) w.wait();
+    std::vector<float> expected_big(static_cast<size_t>(large), static_cast<float>(sum));
+    for (size_t i = 0; i < 5; ++i) expected_big[i] = static_cast<float>(std::pow(sum, n));
+    EXPECT_EQ(to_host(big).to_vector<float>(), expected_big) << "round " << round;
+    std::vector<float> expected_gathered;
+    for (int r = 0; r < n; ++r) expected_gathered.insert(expected_gathered.end(), 3, static_cast<float>(r + 1));
+    EXPECT_EQ(to_host(gathered).to_vector<float>(), expected_gathered) << "round " << round;
+    EXPECT_EQ(to_host(little).to_vector<float>(), std::vector<float>(3, static_cast<float>(factorial)));
+    EXPECT_EQ(to_host(early).to_vector<float>(), std::vector<float>(2, static_cast<float>(n * n)));
+  }
+  comm_.barrier();
+}
+
+// A small operation whose input a kernel still queued on the compute stream
+// produces does not run at once: it waits for that kernel (held here behind a
+// gate until after the operation was issued).
+TEST_P(Collectives, ASmallOperationWaitsForTheKernelThatMakesItsInput) {
+  if (!device_.is_cpu()) GTEST_SKIP() << "holds the compute stream with a host task (cpu streams only)";
+  int n = comm_.size(), me = comm_.rank();
+  for (int64_t count : {int64_t{4}, int64_t{1000}}) {
+    DeviceTensor x = on_device(HostTensor::full<float>({count}, static_cast<float>(me + 1)));
+    testing::Gate gate;
+    Stream::default_for(device_).enqueue([&gate] { gate.wait(); });
+    DeviceTensor y = kernels::scale(x, 3.0);  // queued behind the gate
+    Work w = comm_.all_reduce(y);
+    gate.release();
+    w.wait();
+    EXPECT_EQ(to_host(y).to_vector<float>(), std::vector<float>(static_cast<size_t>(count), 1.5f * n * (n + 1)))
+        << count;
+  }
+  comm_.barrier();
+}
+
+// Work::description() names the operation, its tensor, reduction and
+// root or peer, and the communicator, even after the communicator is gone.
+TEST_P(Collectives, WorkDescriptionsNameTheOperation) {
+  int n = comm_.size(), me = comm_.rank();
+  std::string on = detail::cat(" on ", comm_.backend_name(), " communicator 'test' (rank ", me, " of ", n, ")");
+  DeviceTensor m = DeviceTensor::zeros({2, 3}, DType::kI64, device_);
+  Work w = comm_.all_reduce(m, ReduceOp::kMax);
+  EXPECT_EQ(w.description(), "all_reduce(" + m.description() + ", max)" + on);
+  w.wait();
+  EXPECT_EQ(w.description(), "all_reduce(" + m.description() + ", max)" + on);  // done: the same
+  w = comm_.broadcast(m, n - 1);
+  EXPECT_EQ(w.description(), detail::cat("broadcast(", m.description(), ", root ", n - 1, ")", on));
+  w.wait();
+  DeviceTensor part = DeviceTensor::zeros({4}, DType::kF32, device_);
+  DeviceTensor whole = DeviceTensor::zeros({4 * static_cast<int64_t>(n)}, DType::kF32, device_);
+  w = comm_.all_gather(part, whole);
+  EXPECT_EQ(w.description(), "all_gather(" + part.description() + ")" + on);
+  w.wait();
+  w = comm_.reduce_scatter(whole, part);
+  EXPECT_EQ(w.description(), "reduce_scatter(" + whole.description() + ", sum)" + on);
+  w.wait();
+  w = comm_.all_to_all(whole, whole);
+  EXPECT_EQ(w.description(), "all_to_all(" + whole.description() + ")" + on);
+  w.wait();
+  DeviceTensor nine = DeviceTensor::zeros({1, 1, 1, 1, 1, 1, 1, 2, 3}, DType::kF32, device_);  // more axes than kept inline
+  w = comm_.all_reduce(nine, ReduceOp::kMin);
+  EXPECT_EQ(w.description(), "all_reduce(" + nine.description() + ", min)" + on);
+  w.wait();
+  if (n >= 2 && me < 2) {
+    w = me == 0 ? comm_.send(part, 1) : comm_.recv(part, 0);
+    EXPECT_EQ(w.description(), (me == 0 ? "send(" : "recv(") + part.description() + ", peer " +
+                                   std::to_string(1 - me) + ")" + on);
+    w.wait();
+  }
+  {
+    Communicator sub = comm_.split(0, me, "gone");
+    w = sub.all_reduce(m);
+    w.wait();
+  }
+  EXPECT_EQ(w.description(), detail::cat("all_reduce(", m.description(), ", sum) on ", comm_.backend_name(),
+                                         " communicator 'gone' (rank ", me, " of ", n, ")"));
+  EXPECT_EQ(Work().description(), "completed work");
+  comm_.barrier();
+}
+
 TEST_P(Collectives, SplitIntoSubCommunicators) {
   int n = comm_.size(), me = comm_.rank();
   Communicator parity = comm_.split(me % 2, -me);  // reversed order by key
@@ -369,30 +473,35 @@ TEST(Deadlines, UnmatchedReceiveTimesOut) {
 // rank that waited; the late rank itself says it fell behind. Ranks 0 and 1 of a
 // pair (split off the world, so world ranks 2 and 3 stay out): #1 is an
 // all_reduce both run, #2 a receive on rank 0 that rank 1 only reaches after
-// rank 0 gave up, then rank 1's own receive #2 finds rank 0 gone.
+// rank 0 gave up, then rank 1's own receive #2 finds rank 0 gone. Once with
+// small messages (run on the calling thread, then left to the stream), once
+// with large ones (queued on the communicator's stream).
 TEST(Deadlines, TheLateRankIsNamed) {
   Communicator world = Communicator::world(Device::cpu(), "late");
   if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
   World& w = World::get();
-  Communicator pair = world.split(world.rank() < 2 ? 0 : Communicator::kNoColor, world.rank(), "pair");
-  if (pair.valid()) {
-    DeviceTensor t = DeviceTensor::zeros({4}, DType::kF32);
-    pair.all_reduce(t).wait();  // #1
-    DeviceTensor r = DeviceTensor::zeros({4}, DType::kF32);
-    if (pair.rank() == 0) {
-      Work late = pair.recv(r, 1);  // #2: rank 1 is behind
-      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { late.wait(std::chrono::milliseconds(500)); },
-                               {"recv #2 on 'pair' did not complete within 500 ms: ",
-                                w.describe_rank(1) + " is behind: it has started #1 and completed #1"}));
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // rank 0 gives up meanwhile
-      Work behind = pair.recv(r, 0);  // #2 here too, but rank 0 aborted its communicator
-      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { behind.wait(std::chrono::milliseconds(500)); },
-                               {"recv #2 on 'pair' did not complete within 500 ms: this rank (" + w.describe_rank(1) +
-                                    ") fell behind: world rank(s) 0 gave up"}));
+  for (int64_t count : {int64_t{4}, int64_t{40000}}) {
+    std::string name = count < 100 ? "pair" : "large pair";
+    Communicator pair = world.split(world.rank() < 2 ? 0 : Communicator::kNoColor, world.rank(), name);
+    if (pair.valid()) {
+      DeviceTensor t = DeviceTensor::zeros({count}, DType::kF32);
+      pair.all_reduce(t).wait();  // #1
+      DeviceTensor r = DeviceTensor::zeros({count}, DType::kF32);
+      if (pair.rank() == 0) {
+        Work late = pair.recv(r, 1);  // #2: rank 1 is behind
+        EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { late.wait(std::chrono::milliseconds(500)); },
+                                 {"recv #2 on '" + name + "' did not complete within 500 ms: ",
+                                  w.describe_rank(1) + " is behind: it has started #1 and completed #1"}));
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // rank 0 gives up meanwhile
+        Work behind = pair.recv(r, 0);  // #2 here too, but rank 0 aborted its communicator
+        EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { behind.wait(std::chrono::milliseconds(500)); },
+                                 {"recv #2 on '" + name + "' did not complete within 500 ms: this rank (" +
+                                      w.describe_rank(1) + ") fell behind: world rank(s) 0 gave up"}));
+      }
     }
+    world.barrier();
   }
-  world.barrier();
 }
 
 // With abortable collectives, a collective whose peer never comes ends at its
@@ -434,6 +543,66 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     }
   }
   world.barrier();
+  // The same with a message too large to run on the calling thread (queued on
+  // the communicator's stream).
+  Communicator large = world.split(world.rank() < 2 ? 0 : Communicator::kNoColor, world.rank(), "abortable large");
+  if (large.valid()) {
+    DeviceTensor t = to_device(HostTensor::full<float>({40000}, 1.0f), Device::cpu());
+    large.all_reduce(t).wait();  // #1
+    EXPECT_EQ(to_host(t).to_vector<float>(), std::vector<float>(40000, 2.0f));
+    if (large.rank() == 0) {
+      Work alone = large.all_reduce(t);  // #2: rank 1 never comes
+      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { alone.wait(std::chrono::milliseconds(500)); },
+                               {"all_reduce #2 on 'abortable large' did not complete within 500 ms: ",
+                                World::get().describe_rank(1) + " is behind: it has started #1"}));
+      large.abort("test over");
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (World::blocking_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    }
+  }
+  world.barrier();
+}
+
+// A small operation that a late peer holds up is left to the communicator's
+// stream (the calling thread polls it only for a moment): it completes when
+// the peer comes, later kernels read its result, and later operations run
+// after it. Abortable collectives and receives take that path; blocking
+// collectives wait on the calling thread.
+TEST(SmallOperations, ALatePeerLeavesThemToTheStream) {
+  Communicator world = Communicator::world(Device::cpu(), "late peer");
+  if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  int n = world.size(), me = world.rank();
+  for (bool abortable : {false, true}) {
+    world.set_abortable_collectives(abortable);
+    if (me == 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the others wait for it
+    DeviceTensor x = to_device(HostTensor::full<float>({4}, static_cast<float>(me + 1)), Device::cpu());
+    Work a = world.all_reduce(x);
+    DeviceTensor y = kernels::neg(x);  // reads a's result
+    DeviceTensor big = to_device(HostTensor::full<float>({40000}, static_cast<float>(me + 1)), Device::cpu());
+    Work b = world.all_reduce(big, ReduceOp::kMax);  // large: after a
+    EXPECT_EQ(to_host(y).to_vector<float>(), std::vector<float>(4, -n * (n + 1) / 2.0f)) << abortable;
+    b.wait();
+    a.wait();
+    EXPECT_EQ(to_host(big).to_vector<float>(), std::vector<float>(40000, static_cast<float>(n))) << abortable;
+    if (me < 2) {
+      DeviceTensor r = DeviceTensor::zeros({4}, DType::kF32);
+      if (me == 1) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // rank 0's receive waits for it
+        world.send(to_device(HostTensor::full<float>({4}, 7.0f), Device::cpu()), 0).wait();
+      } else {
+        Work received = world.recv(r, 1);
+        DeviceTensor z = kernels::scale(r, 2.0);  // reads what was received
+        EXPECT_EQ(to_host(z).to_vector<float>(), std::vector<float>(4, 14.0f)) << abortable;
+        received.wait();
+      }
+    }
+    world.barrier();
+  }
 }
 
 // A stopped rank (SIGSTOP) cannot answer: the waiting rank names it, with the

@@ -342,6 +342,44 @@ TEST(StreamEvent, SmallWorkOnAnIdleCpuStreamRunsAtOnce) {
   }
 }
 
+// Stream::run_if_idle runs at once on the calling thread when the cpu stream
+// is idle, in its order (work queued meanwhile runs after it), and refuses,
+// running nothing, when the stream is busy (or in the delayed mode).
+TEST(StreamEvent, RunIfIdleRunsAtOnceOnlyOnAnIdleStream) {
+  Stream s = Stream::create(Device::cpu());
+  std::mutex mutex;
+  std::vector<int> order;
+  auto note = [&](int i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    order.push_back(i);
+  };
+  std::thread::id ran_on;
+  bool ran = s.run_if_idle([&] {
+    ran_on = std::this_thread::get_id();
+    s.enqueue([&] { note(2); });  // queued while it runs: after it
+    note(1);
+  });
+  EXPECT_EQ(ran, !cpu_streams_delayed());
+  s.synchronize();
+  if (ran) {
+    EXPECT_EQ(ran_on, std::this_thread::get_id());
+    EXPECT_EQ(order, (std::vector<int>{1, 2}));
+  }
+  Gate gate;
+  s.enqueue([&] { gate.wait(); });
+  bool called = false;
+  EXPECT_FALSE(s.run_if_idle([&] { called = true; }));  // busy
+  EXPECT_FALSE(called);
+  gate.release();
+  s.synchronize();
+  if (!cpu_streams_delayed()) {
+    EXPECT_TRUE(throws_error(ErrorKind::kInternal,
+                             [&] { s.run_if_idle([] { throw Error(ErrorKind::kInternal, "inline failed"); }); },
+                             {"inline failed"}));
+    s.synchronize();  // reported to the caller, not sticky
+  }
+}
+
 TEST(StreamEvent, BlockOrdersOneCpuStreamAfterAnother) {
   Stream a = Stream::create(Device::cpu()), b = Stream::create(Device::cpu());
   Gate gate;
