@@ -89,6 +89,9 @@ std::vector<LayerCase> layer_cases() {
                    }});
   cases.push_back({"scale", {"scale"}, R"([{"type": "scale", "alpha": -0.25}])", {}, kIn,
                    [](const HostTensor& x) { return map(x, [](double e) { return -0.25 * e; }); }});
+  // sleep passes the activation on unchanged (its wait is the engine's concern).
+  cases.push_back({"sleep", {"sleep"}, R"([{"type": "sleep", "us": 5, "us_per_row": 1}])", {}, kIn,
+                   [](const HostTensor& x) { return map(x, [](double e) { return e; }); }});
   cases.push_back({"softmax", {"softmax"}, R"([{"type": "softmax"}])", {}, kIn, [](const HostTensor& x) {
                      return rows(x, [](std::vector<double>& r) {
                        double m = *std::max_element(r.begin(), r.end()), s = 0;
