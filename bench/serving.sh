@@ -2,8 +2,8 @@
 # Serving benchmark: starts meshrt-serve (the examples, 4 ranks) with dynamic
 # batching on and then off, and runs meshrt-loadgen against each: requests per
 # second and p50/p90/p99 latency at concurrency 1, 8 and 64, JSON and binary,
-# 1 row per request; then 1024 rows per request (batching off: the example's
-# max_batch_size is 256), binary. The loadgen also prints the server's median
+# 1 row per request; then 1024 rows per request, binary, batching off, from a
+# copy of the example whose max_batch_size is 1024 (the example's is 256). The loadgen also prints the server's median
 # engine and forward time per batch and the raw batched compute in rows/s.
 #   bench/serving.sh [loadgen args...]      (from the repository root, after ./run.sh build)
 set -euo pipefail
@@ -13,10 +13,15 @@ if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_
 export OMPI_MCA_rmaps_base_oversubscribe=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/large/matmul_neg"
+sed 's/"max_batch_size": 256/"max_batch_size": 1024/' examples/models/matmul_neg/config.json > "$work/large/matmul_neg/config.json"
+ln -s "$(pwd)/examples/models/matmul_neg/weights.safetensors" "$work/large/matmul_neg/weights.safetensors"
 for run in "on 1" "off 1" "off 1024"; do
   read -r batching rows <<< "$run"
   rm -f "$work/port" "$work/pid"
-  mpirun -np 4 "$build/apps/meshrt-serve" --model-repository examples/models --model matmul_neg --batching "$batching" \
+  repository=examples/models
+  [ "$rows" = 1 ] || repository="$work/large"
+  mpirun -np 4 "$build/apps/meshrt-serve" --model-repository "$repository" --model matmul_neg --batching "$batching" \
     --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && break; sleep 0.1; done

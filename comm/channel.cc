@@ -41,11 +41,13 @@ const char* kind_name(int kind) {
 }
 
 // The pause between polls of a message: yield for the first millisecond (a
-// message of a running exchange comes within microseconds), then sleep, backing
-// off to 1 ms between polls (an idle rank waiting for its next command costs a
-// few wake-ups per millisecond at most, and a command that finds it asleep
-// waits at most 1 ms).
-PollPause message_pause() { return PollPause(std::chrono::microseconds(1000), std::chrono::microseconds(1000)); }
+// message of a running exchange comes within microseconds), then sleep at most
+// 50 us between polls while the wait is young (a rank between two batches of a
+// busy server: its next command comes within milliseconds), and at most 1 ms
+// once it has lasted 10 ms (PollPause::kPatience: an idle rank waiting for its
+// next command wakes about a thousand times a second, and a command that finds
+// it asleep waits at most 1 ms).
+PollPause message_pause() { return PollPause(std::chrono::microseconds(50), PollPause::kLongestSpin); }
 
 // Polls requests until all are done; false past the deadline (they stay active).
 bool wait_requests(MPI_Request* requests, int count, std::chrono::milliseconds timeout) {
