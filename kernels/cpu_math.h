@@ -19,21 +19,14 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
+
+#include "device/half.h"
 
 namespace meshrt::kernels::cpu_math {
 
 namespace detail {
-inline uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-inline float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+inline uint32_t bits(float f) { return float_bits(f); }  // device/half.h
+inline float from_bits(uint32_t u) { return bits_float(u); }
 }  // namespace detail
 
 // e^x: x = n ln2 + r with |r| <= ln2/2, e^r by the Cephes polynomial, 2^n built

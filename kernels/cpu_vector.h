@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "device/half.h"
@@ -35,16 +34,8 @@ template <class T>
 inline constexpr bool kBlockedFloat = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
 
 namespace vec {
-inline uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-inline float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+inline uint32_t bits(float f) { return float_bits(f); }  // device/half.h
+inline float from_bits(uint32_t u) { return bits_float(u); }
 
 inline float widen(BFloat16 v) { return from_bits(static_cast<uint32_t>(v.bits) << 16); }
 

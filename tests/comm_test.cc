@@ -507,6 +507,26 @@ TEST(Deadlines, TheLateRankIsNamed) {
 // With abortable collectives, a collective whose peer never comes ends at its
 // deadline and leaves no thread inside MPI (so the process can finalise); the
 // results are the same as with the blocking calls.
+// On a communicator of two ranks whose last operation was #(n - 1): rank 0
+// starts all_reduce #n alone; its deadline names rank 1 as behind, and after
+// the abort no thread is left inside MPI. Rank 1 stays away meanwhile.
+void alone_all_reduce_is_named(const Communicator& pair, const DeviceTensor& t, int n, const std::string& name) {
+  if (pair.rank() != 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    return;
+  }
+  Work alone = pair.all_reduce(t);  // rank 1 never comes
+  EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { alone.wait(std::chrono::milliseconds(500)); },
+                           {"all_reduce #" + std::to_string(n) + " on '" + name + "' did not complete within 500 ms: ",
+                            World::get().describe_rank(1) + " is behind: it has started #" + std::to_string(n - 1)}));
+  pair.abort("test over");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (World::blocking_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
+}
+
 TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
   Communicator world = Communicator::world(Device::cpu(), "abortable");
   if (world.size() < 2) GTEST_SKIP() << "needs at least 2 ranks";
@@ -527,20 +547,7 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     pair.reduce_scatter(six, half).wait();  // #3: sums [12 .. 22], half each
     EXPECT_EQ(to_host(half).to_vector<float>(),
               pair.rank() == 0 ? (std::vector<float>{12, 14, 16}) : (std::vector<float>{18, 20, 22}));
-    if (pair.rank() == 0) {
-      Work alone = pair.all_reduce(t);  // #4: rank 1 never comes
-      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { alone.wait(std::chrono::milliseconds(500)); },
-                               {"all_reduce #4 on 'abortable pair' did not complete within 500 ms: ",
-                                World::get().describe_rank(1) + " is behind: it has started #3"}));
-      pair.abort("test over");
-      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      while (World::blocking_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    }
+    alone_all_reduce_is_named(pair, t, 4, "abortable pair");
   }
   world.barrier();
   // The same with a message too large to run on the calling thread (queued on
@@ -550,20 +557,7 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     DeviceTensor t = to_device(HostTensor::full<float>({40000}, 1.0f), Device::cpu());
     large.all_reduce(t).wait();  // #1
     EXPECT_EQ(to_host(t).to_vector<float>(), std::vector<float>(40000, 2.0f));
-    if (large.rank() == 0) {
-      Work alone = large.all_reduce(t);  // #2: rank 1 never comes
-      EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { alone.wait(std::chrono::milliseconds(500)); },
-                               {"all_reduce #2 on 'abortable large' did not complete within 500 ms: ",
-                                World::get().describe_rank(1) + " is behind: it has started #1"}));
-      large.abort("test over");
-      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      while (World::blocking_calls() > 0 && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    }
+    alone_all_reduce_is_named(large, t, 2, "abortable large");
   }
   world.barrier();
 }
