@@ -259,11 +259,7 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
     for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
     double forward = 0;
     HostTensor result = run_local(index, id, micro, input, &forward);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = pending_.find(id);
-      if (it != pending_.end()) it->second->forward_seconds += forward;
-    }
+    add_forward_time(id, forward);
     if (result.defined()) finish(id, std::move(result), nullptr);
   } catch (const std::exception& e) {
     fail_model(index, reason_of(e), id);
@@ -350,6 +346,21 @@ void Engine::fail_model(int index, const std::string& reason, uint64_t batch_id)
   }
 }
 
+void Engine::add_forward_time(uint64_t id, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pending_.find(id);
+  if (it != pending_.end()) it->second->forward_seconds += seconds;  // else: failed already
+}
+
+uint64_t Engine::add_forward_time(const std::string& message) {
+  std::istringstream in(message);
+  uint64_t id = 0;
+  double seconds = 0;
+  in >> id >> seconds;
+  add_forward_time(id, seconds);
+  return id;
+}
+
 void Engine::collect() {
   // Waits for results with the pause of a batch that is running (it is not idle
   // while batches are in flight); parks on idle_cv_ when none is.
@@ -364,13 +375,7 @@ void Engine::collect() {
       bool got = false;
       // Stage times first: a middle stage sends its time before the result exists.
       while (auto from = channel_.probe(Channel::kAnySource, kTimingTag)) {
-        std::istringstream in(channel_.recv_string(*from, kTimingTag));
-        uint64_t id = 0;
-        double seconds = 0;
-        in >> id >> seconds;
-        std::lock_guard<std::mutex> lock(mutex_);
-        auto it = pending_.find(id);
-        if (it != pending_.end()) it->second->forward_seconds += seconds;
+        add_forward_time(channel_.recv_string(*from, kTimingTag));
         got = true;
       }
       if (auto from = channel_.probe(Channel::kAnySource, kErrorTag)) {
@@ -392,17 +397,8 @@ void Engine::collect() {
         got = true;
       }
       if (auto from = channel_.probe(Channel::kAnySource, kResultTag)) {
-        std::istringstream in(channel_.recv_string(*from, kResultTag));
-        HostTensor result = channel_.recv_tensor(*from, kResultTag);
-        uint64_t id = 0;
-        double seconds = 0;
-        in >> id >> seconds;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          auto it = pending_.find(id);
-          if (it != pending_.end()) it->second->forward_seconds += seconds;
-        }
-        finish(id, std::move(result), nullptr);
+        uint64_t id = add_forward_time(channel_.recv_string(*from, kResultTag));
+        finish(id, channel_.recv_tensor(*from, kResultTag), nullptr);
         got = true;
       }
       // The oldest batch past its deadline: which ranks are gone rather than busy?

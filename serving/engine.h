@@ -141,6 +141,10 @@ class Engine {
   // Rank 0: gives the model of a failed batch up, tells the other ranks, and
   // fails every batch of it in flight (done called without the lock).
   void fail_model(int index, const std::string& reason, uint64_t batch_id);
+  // Rank 0: adds a stage's forward time to batch id while it is in flight; the
+  // second form parses "<batch id> <seconds>" (a stage's message) and returns the id.
+  void add_forward_time(uint64_t id, double seconds);
+  uint64_t add_forward_time(const std::string& message);
   // Rank 0's result thread: receives results, stage times and error reports.
   void collect();
   // Completes batch id (removing it from pending_) with a result or an error.
