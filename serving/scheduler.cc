@@ -85,6 +85,25 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
   return false;
 }
 
+namespace {
+// The answer for a batch that failed with error: 503 for Error(kUnavailable)
+// (the engine reports every failure of a started batch so, and a failed model
+// before one starts), 500 for anything else (a bug on rank 0).
+InferOutcome outcome_of(std::exception_ptr error) {
+  InferOutcome outcome;
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    outcome.status = e.kind() == ErrorKind::kUnavailable ? 503 : 500;
+    outcome.error = outcome.status == 503 ? e.message() : "internal error: " + e.message();
+  } catch (const std::exception& e) {
+    outcome.status = 500;
+    outcome.error = std::string("internal error: ") + e.what();
+  }
+  return outcome;
+}
+}  // namespace
+
 void Scheduler::run_batch(int model, std::vector<Request> batch) {
   const ServableDefinition& def = engine_.servable(model);
   auto start = std::chrono::steady_clock::now();
@@ -117,25 +136,12 @@ void Scheduler::run_batch(int model, std::vector<Request> batch) {
     engine_.start(model, concat_rows(inputs), def.batching.micro_batches,
                   [this, model, held, start, queued, rows](HostTensor output, std::exception_ptr error,
                                                            const BatchReport& report) {
-                    InferOutcome failure;
-                    try {
-                      if (error) std::rethrow_exception(error);
-                    } catch (const Error& e) {
-                      failure.status = 503;  // the engine reports every failure of a started batch as kUnavailable
-                      failure.error = e.message();
-                    } catch (const std::exception& e) {
-                      failure.status = 500;
-                      failure.error = std::string("internal error: ") + e.what();
-                    }
-                    finish_batch(model, *held, start, queued, rows, failure, std::move(output), report);
+                    finish_batch(model, *held, start, queued, rows, error ? outcome_of(error) : InferOutcome{},
+                                 std::move(output), report);
                   });
-  } catch (const std::exception& e) {
+  } catch (const std::exception&) {
     // Thrown before the batch was sent: a failed model (503), or a bug on rank 0.
-    const auto* error = dynamic_cast<const Error*>(&e);
-    bool lost = error && error->kind() == ErrorKind::kUnavailable;
-    failure.status = lost ? 503 : 500;
-    failure.error = lost ? error->message() : std::string("internal error: ") + (error ? error->message() : e.what());
-    finish_batch(model, *held, start, queued, rows, failure, HostTensor(), BatchReport{});
+    finish_batch(model, *held, start, queued, rows, outcome_of(std::current_exception()), HostTensor(), BatchReport{});
   }
 }
 
