@@ -370,7 +370,9 @@ void Engine::collect() {
       idle_cv_.wait(lock, [&] { return collector_stop_ || !pending_.empty(); });
       if (collector_stop_) break;
     }
-    PollPause pause(std::chrono::microseconds(100), std::chrono::microseconds(1000));
+    // A batch is running: yield for 1 ms, then sleep at most 100 us.
+    auto running = [] { return PollPause(std::chrono::microseconds(100), PollPause::kLongestSpin); };
+    PollPause pause = running();
     for (;;) {
       bool got = false;
       // Stage times first: a middle stage sends its time before the result exists.
@@ -438,7 +440,7 @@ void Engine::collect() {
       }
       if (empty || stop) break;
       if (got) {
-        pause = PollPause(std::chrono::microseconds(100), std::chrono::microseconds(1000));
+        pause = running();  // something came: the next may come soon
       } else {
         pause();
       }
