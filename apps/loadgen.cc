@@ -30,28 +30,26 @@ struct Options {
   bool check = false;
 };
 
+// The value of the first series line of metrics that starts with
+// name{model="<model>" and contains `with` (0 when there is none).
+double series_value(const std::string& metrics, const std::string& name, const std::string& model,
+                    const std::string& with = "") {
+  std::string key = name + "{model=\"" + model + "\"";
+  for (size_t at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) {
+    std::string line = metrics.substr(at, metrics.find('\n', at) - at);
+    if (line.find(with) != std::string::npos) return std::stod(line.substr(line.find("} ") + 2));
+  }
+  return 0;
+}
+
 // Sum and count of a Prometheus histogram series for a model.
 std::pair<double, double> histogram(const std::string& metrics, const std::string& name, const std::string& model) {
-  auto value = [&](const std::string& suffix) {
-    std::string key = name + suffix + "{model=\"" + model + "\"";
-    size_t at = metrics.find(key);
-    if (at == std::string::npos) return 0.0;
-    size_t space = metrics.find("} ", at);
-    return std::stod(metrics.substr(space + 2, metrics.find('\n', space) - space - 2));
-  };
-  return {value("_sum"), value("_count")};
+  return {series_value(metrics, name + "_sum", model), series_value(metrics, name + "_count", model)};
 }
 
 // The median of a Prometheus summary series for a model (0 when absent).
 double median(const std::string& metrics, const std::string& name, const std::string& model) {
-  std::string key = name + "{model=\"" + model + "\"";
-  for (size_t at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) {
-    size_t end = metrics.find('\n', at);
-    std::string line = metrics.substr(at, end - at);
-    if (line.find("quantile=\"0.5\"") == std::string::npos) continue;
-    return std::stod(line.substr(line.find("} ") + 2));
-  }
-  return 0;
+  return series_value(metrics, name, model, "quantile=\"0.5\"");
 }
 
 struct Request {
