@@ -113,6 +113,10 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
       {"empty_save", R"([{"layers": [{"type": "neg", "save": ""}]}])", "", "stages[0].layers[0].save: expected a non-empty name"},
       {"field_on_wrong_layer", R"([{"layers": [{"type": "neg", "weight": "w"}]}])", "", "stages[0].layers[0].weight: unknown field"},
       {"unknown_top_field", R"([])", R"(, "micro": 1)", "micro: unknown field"},
+      {"negative_sleep", R"([{"layers": [{"type": "sleep", "us": -1}]}])", "",
+       "stages[0].layers[0].us: expected a number >= 0"},
+      {"text_sleep", R"([{"layers": [{"type": "sleep", "us_per_row": "long"}]}])", "",
+       "stages[0].layers[0].us_per_row: expected a number >= 0"},
   };
   for (const Case& c : cases) {
     std::string dir = write_model(root, c.name, config(c.name, c.stages, c.extra), {{"w", w}});
