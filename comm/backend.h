@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -22,10 +23,31 @@ namespace meshrt::detail {
 enum class Collective { kAllReduce, kAllGather, kReduceScatter, kBroadcast, kSend, kRecv, kAllToAll, kBarrier };
 const char* to_string(Collective kind);
 
+// The pieces of a collective that carries unequal pieces per rank (the
+// counts overloads of Communicator), in elements, in rank order, each piece at
+// the running sum of those before it. Made once per operation by Communicator
+// (validated there) and shared, read-only, by the CommOp and its description.
+//   all_gather:     recv: the pieces of the output (counts; send empty)
+//   reduce_scatter: send: the pieces of the input (counts; recv empty)
+//   all_to_all:     send: this rank's send_counts, recv: its recv_counts
+struct Pieces {
+  std::vector<int64_t> send, send_offsets, recv, recv_offsets;
+  int64_t send_total = 0, recv_total = 0;  // sum(send), sum(recv)
+};
+
+// Whether the byte ranges [a, a + a_bytes) and [b, b + b_bytes) overlap (an
+// empty range overlaps nothing).
+inline bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+  auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+  return a_bytes > 0 && b_bytes > 0 && x < y + b_bytes && y < x + a_bytes;
+}
+
 // One operation with raw device pointers. count is in elements:
 //   all_reduce, broadcast, send, recv: the whole buffer
 //   all_gather: one rank's part (send size); reduce_scatter: one rank's part (recv size)
-//   all_to_all: the chunk exchanged with one peer
+//   all_to_all: the chunk exchanged with one peer (0 with pieces)
+// pieces is null for the equal-chunk collectives (the fast path: nothing
+// allocated, nothing copied but a null pointer), set for the counts overloads.
 struct CommOp {
   Collective kind = Collective::kBarrier;
   const void* send = nullptr;
@@ -39,6 +61,7 @@ struct CommOp {
   // done and records that stream on them (Storage::record_stream), so the
   // allocator does not hand the blocks out again while the operation runs.
   std::array<std::shared_ptr<Storage>, 2> storages;
+  std::shared_ptr<const Pieces> pieces;
 };
 
 // What an operation is, in plain fields: issuing one formats nothing, and its
@@ -57,6 +80,9 @@ struct OpDescription {
   bool has_op = false;
   ReduceOp op = ReduceOp::kSum;
   int peer = -1;  // root of broadcast, peer of send and recv; -1: none
+  // The counts of an unequal-piece collective, named as "counts [2, 2, 1, 0]"
+  // (all_to_all: "send [..], recv [..]"); null otherwise.
+  std::shared_ptr<const Pieces> pieces;
 };
 
 class CommBackend;

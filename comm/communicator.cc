@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
+#include <limits>
 
 #include "comm/backend.h"
 #include "comm/world.h"
@@ -209,7 +211,7 @@ Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, R
                      "all_reduce: input ", in.description(), " and output ", out.description(),
                      " must have the same dtype and element count");
   CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), op, 0, {}};
+           in.dtype(), op, 0, {}, {}};
   return start(backend_, c, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
 }
 
@@ -222,7 +224,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
                      " must hold ", size(), " x ", in.numel(), " elements of ",
                      to_string(in.dtype()), " (input ", in.description(), ")");
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), ReduceOp::kSum, 0, {}};
+           in.dtype(), ReduceOp::kSum, 0, {}, {}};
   return start(backend_, c, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
 }
 
@@ -236,7 +238,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      " must hold ", size(), " x ", out.numel(), " elements of ",
                      to_string(out.dtype()), " (output ", out.description(), ")");
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}};
+           static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}, {}};
   return start(backend_, c, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
 }
 
@@ -246,7 +248,7 @@ Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
   MESHRT_CHECK_ARG(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of ",
                    backend_->describe());
   CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
-           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}};
+           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}, {}};
   return start(backend_, c, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
 }
 
@@ -256,7 +258,7 @@ Work Communicator::send(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer, {}};
+           tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
   return start(backend_, c, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
 }
 
@@ -266,7 +268,7 @@ Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer, {}};
+           tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
   return start(backend_, c, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
 }
 
@@ -280,13 +282,116 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) c
                      " and output ", out.description(),
                      " must match in dtype and element count, divisible by ", size());
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}};
+           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}, {}};
   return start(backend_, c, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
+}
+
+namespace {
+// "[2, 2, 1, 0]"
+std::string counts_text(const std::vector<int64_t>& counts) {
+  std::string text = "[";
+  for (size_t i = 0; i < counts.size(); ++i) text += detail::cat(i ? ", " : "", counts[i]);
+  return text + "]";
+}
+
+// Checks counts (one per rank, each >= 0, a total that fits in int64) and
+// fills pieces' counts, offsets (running sums) and total with them.
+void take_counts(const char* op, const char* name, const std::vector<int64_t>& counts, int size,
+                 const std::string& comm, std::vector<int64_t>& out, std::vector<int64_t>& offsets,
+                 int64_t& total) {
+  MESHRT_CHECK_ARG(counts.size() == static_cast<size_t>(size), op, ": ", name, " ", counts_text(counts), " has ",
+                   counts.size(), " entries, but ", comm, " has ", size, " ranks (one count per rank)");
+  offsets.resize(counts.size());
+  total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    MESHRT_CHECK_ARG(counts[r] >= 0, op, ": ", name, " ", counts_text(counts), ": the count of rank ", r,
+                     " is negative");
+    MESHRT_CHECK_ARG(counts[r] <= std::numeric_limits<int64_t>::max() - total, op, ": ", name, " ",
+                     counts_text(counts), " add up to more than 2^63 - 1 elements");
+    offsets[r] = total;
+    total += counts[r];
+  }
+  out = counts;
+}
+
+bool all_equal(const std::vector<int64_t>& counts) {
+  return std::adjacent_find(counts.begin(), counts.end(), std::not_equal_to<>()) == counts.end();
+}
+}  // namespace
+
+Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out,
+                              const std::vector<int64_t>& counts) const {
+  check_valid("all_gather");
+  check_tensor("all_gather", in, "the input");
+  check_tensor("all_gather", out, "the output");
+  auto pieces = std::make_shared<detail::Pieces>();
+  take_counts("all_gather", "counts", counts, size(), backend_->describe(), pieces->recv, pieces->recv_offsets,
+              pieces->recv_total);
+  int64_t mine = counts[static_cast<size_t>(rank())];
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == mine && out.numel() == pieces->recv_total,
+                     "all_gather with counts ", counts_text(counts), ": input ", in.description(),
+                     " must hold counts[", rank(), "] = ", mine, " elements and output ", out.description(),
+                     " sum(counts) = ", pieces->recv_total, " elements of ", to_string(in.dtype()));
+  // Equal pieces: the equal-chunk call (MPI_Allgather, ncclAllGather). Every
+  // rank passes the same counts, so every rank takes the same path.
+  if (all_equal(counts)) return all_gather(in, out);
+  CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
+           in.dtype(), ReduceOp::kSum, 0, {}, pieces};
+  OpDescription what = describe_op(Collective::kAllGather, &in, nullptr);
+  what.pieces = pieces;
+  return start(backend_, c, what, &in, &out);
+}
+
+Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
+                                  const std::vector<int64_t>& counts, ReduceOp op) const {
+  check_valid("reduce_scatter");
+  check_tensor("reduce_scatter", in, "the input");
+  check_tensor("reduce_scatter", out, "the output");
+  auto pieces = std::make_shared<detail::Pieces>();
+  take_counts("reduce_scatter", "counts", counts, size(), backend_->describe(), pieces->send,
+              pieces->send_offsets, pieces->send_total);
+  int64_t mine = counts[static_cast<size_t>(rank())];
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == pieces->send_total && out.numel() == mine,
+                     "reduce_scatter with counts ", counts_text(counts), ": input ", in.description(),
+                     " must hold sum(counts) = ", pieces->send_total, " elements and output ", out.description(),
+                     " counts[", rank(), "] = ", mine, " elements of ", to_string(in.dtype()));
+  if (all_equal(counts)) return reduce_scatter(in, out, op);  // as all_gather
+  CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
+           in.dtype(), op, 0, {}, pieces};
+  OpDescription what = describe_op(Collective::kReduceScatter, &in, &op);
+  what.pieces = pieces;
+  return start(backend_, c, what, &in, &out);
+}
+
+Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
+                              const std::vector<int64_t>& send_counts,
+                              const std::vector<int64_t>& recv_counts) const {
+  check_valid("all_to_all");
+  check_tensor("all_to_all", in, "the input");
+  check_tensor("all_to_all", out, "the output");
+  auto pieces = std::make_shared<detail::Pieces>();
+  take_counts("all_to_all", "send_counts", send_counts, size(), backend_->describe(), pieces->send,
+              pieces->send_offsets, pieces->send_total);
+  take_counts("all_to_all", "recv_counts", recv_counts, size(), backend_->describe(), pieces->recv,
+              pieces->recv_offsets, pieces->recv_total);
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == pieces->send_total &&
+                         out.numel() == pieces->recv_total,
+                     "all_to_all with send_counts ", counts_text(send_counts), " and recv_counts ",
+                     counts_text(recv_counts), ": input ", in.description(), " must hold sum(send_counts) = ",
+                     pieces->send_total, " elements and output ", out.description(), " sum(recv_counts) = ",
+                     pieces->recv_total, " elements of ", to_string(in.dtype()));
+  // Never the equal-chunk call, even for equal counts: a rank cannot tell
+  // whether its peers' counts are equal too, and MPI needs every rank in the
+  // same collective (MPI_Alltoallv, not MPI_Alltoall on some of them).
+  CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, {}, pieces};
+  OpDescription what = describe_op(Collective::kAllToAll, &in, nullptr);
+  what.pieces = pieces;
+  return start(backend_, c, what, &in, &out);
 }
 
 void Communicator::barrier() const {
   check_valid("barrier");
-  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}};
+  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}, {}};
   start(backend_, c, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
 }
 

@@ -9,14 +9,27 @@
 // point-to-point calls so they match (for an exchange between two ranks, one
 // sends first and the other receives first; for a ring, even ranks send first).
 //
-// Tensor rules (as in NCCL): all ranks pass the same dtype and element counts;
-// tensors are contiguous on the communicator's device. Chunked operations split
+// Tensor rules (as in NCCL): all ranks pass the same dtype and element counts
+// (but for the pieces of the counts overloads, below); tensors are contiguous
+// on the communicator's device. Chunked operations split
 // tensors into size() equal chunks in rank order:
 //   all_gather:     out.numel() == size() * in.numel()
 //   reduce_scatter: in.numel() == size() * out.numel()
 //   all_to_all:     in.numel() == out.numel(), divisible by size(); chunk i goes to rank i
-// In place: all_reduce(t); all_gather with in = out's chunk at rank();
-// reduce_scatter with out = in's chunk at rank(); broadcast is always in place.
+// Unequal pieces (torch.chunk shard sizes: 5 elements over 4 ranks are 2, 2,
+// 1, 0): the overloads with counts (in elements, one per rank, zeros allowed)
+// place piece r at the sum of the counts before it, in rank order:
+//   all_gather:     in.numel() == counts[rank()], out.numel() == sum(counts)
+//   reduce_scatter: in.numel() == sum(counts), out.numel() == counts[rank()]
+//   all_to_all:     in.numel() == sum(send_counts), out.numel() == sum(recv_counts)
+// Every rank passes the same counts to all_gather and reduce_scatter (equal
+// ones take the equal-chunk call's path); all_to_all's counts differ per rank,
+// rank r's send_counts[q] being rank q's recv_counts[r]. A rank cannot see its
+// peers' counts: a mismatch is the caller's error, as mismatched sizes are
+// (MPI may report a truncation; NCCL may wait until the deadline aborts it).
+// In place: all_reduce(t); all_gather with in = out's chunk (piece) at rank();
+// reduce_scatter with out = in's chunk (piece) at rank(); all_to_all with
+// in = out (the input is staged in a copy); broadcast is always in place.
 //
 // A tensor being sent must not be written before the send's Work is done (on
 // GPUs the send runs on the communicator's stream while later kernels go on,
@@ -30,6 +43,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/work.h"
 #include "device/tensor.h"
@@ -94,6 +108,21 @@ class Communicator {
   Work send(const DeviceTensor& tensor, int peer) const;
   Work recv(const DeviceTensor& tensor, int peer) const;
   Work all_to_all(const DeviceTensor& in, const DeviceTensor& out) const;
+  // Unequal pieces (counts has size() entries, in elements, zeros allowed; every rank passes the same counts):
+  //   all_gather:     in holds counts[rank()] elements; out holds sum(counts), rank r's piece at offset sum(counts[0..r)).
+  //   reduce_scatter: in holds sum(counts) elements, piece r at offset sum(counts[0..r)); out (counts[rank()] elements) gets piece rank() reduced over all ranks.
+  //   all_to_all:     in holds sum(send_counts): send_counts[r] elements for rank r, consecutive in rank order;
+  //                   out holds sum(recv_counts): recv_counts[r] elements from rank r, consecutive in rank order.
+  //                   (send_counts differ per rank; rank r's send_counts[q] must equal rank q's recv_counts[r].)
+  // MPI: MPI_Allgatherv, MPI_Reduce_scatter, MPI_Alltoallv (their I-forms
+  // with abortable collectives); counts and offsets beyond 2^31 - 1 elements
+  // fail the Work. NCCL: one ncclBroadcast / ncclReduce per root, or
+  // ncclSend/ncclRecv pairs, in one group.
+  Work all_gather(const DeviceTensor& in, const DeviceTensor& out, const std::vector<int64_t>& counts) const;
+  Work reduce_scatter(const DeviceTensor& in, const DeviceTensor& out, const std::vector<int64_t>& counts,
+                      ReduceOp op = ReduceOp::kSum) const;
+  Work all_to_all(const DeviceTensor& in, const DeviceTensor& out, const std::vector<int64_t>& send_counts,
+                  const std::vector<int64_t>& recv_counts) const;
   // Waits (up to timeout()) until every rank has reached the barrier.
   void barrier() const;
 

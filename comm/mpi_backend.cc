@@ -100,6 +100,28 @@ int as_count(size_t count, const char* op) {
   return static_cast<int>(count);
 }
 
+// MPI's int counts, then (unless counts_only: MPI_Reduce_scatter takes none)
+// displacements, of one side of an unequal-piece collective, appended to out;
+// a piece or an offset beyond MPI's int is refused as as_count refuses a
+// count. An empty piece's displacement is 0 (MPI reads nothing there), so a
+// trailing empty piece past 2^31 - 1 passes.
+void append_mpi_counts(const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets, const char* op,
+                       std::vector<int>& out, bool counts_only = false) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  for (size_t r = 0; r < counts.size(); ++r) {
+    MESHRT_CHECK_ARG(counts[r] <= kMax, op, ": the piece of rank ", r, " (", counts[r],
+                     " elements) exceeds the MPI count limit (2^31 - 1); split the tensor");
+    out.push_back(static_cast<int>(counts[r]));
+  }
+  if (counts_only) return;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    int64_t offset = counts[r] == 0 ? 0 : offsets[r];
+    MESHRT_CHECK_ARG(offset <= kMax, op, ": the piece of rank ", r, " starts at element ", offset,
+                     ", beyond MPI's int displacements (2^31 - 1); split the tensor");
+    out.push_back(static_cast<int>(offset));
+  }
+}
+
 // Counts a blocking MPI call for as long as it runs (World::finalize refuses to
 // finalise while one is inside); a call that never returns stays counted.
 class BlockingCall {
@@ -147,6 +169,11 @@ struct InFlight {
   MPI_Request request = MPI_REQUEST_NULL;
   MPI_Status status{};
   std::shared_ptr<std::vector<char>> temp;  // reduce_scatter in place: the result, copied out at the end
+  // Unequal pieces: MPI's counts and displacements, and all_to_all's input
+  // copied aside when it overlaps the output. MPI reads both until the
+  // request is done (kept with the buffers when a collective is abandoned).
+  std::shared_ptr<std::vector<int>> counts;
+  std::shared_ptr<std::vector<char>> staged;
 };
 
 class MpiBackend final : public CommBackend {
@@ -261,6 +288,10 @@ class MpiBackend final : public CommBackend {
 
   // The bytes of an operation's largest buffer.
   size_t largest_buffer(const CommOp& c) const {
+    if (c.pieces) {  // unequal pieces: the totals (the whole input or output)
+      auto total = static_cast<size_t>(std::max(c.pieces->send_total, c.pieces->recv_total));
+      return std::max(total, c.count) * size_of(c.dtype);
+    }
     size_t bytes = c.count * size_of(c.dtype);
     bool chunked = c.kind == Collective::kAllGather || c.kind == Collective::kReduceScatter ||
                    c.kind == Collective::kAllToAll;
@@ -428,6 +459,20 @@ class MpiBackend final : public CommBackend {
         break;
       }
       case Collective::kAllGather: {
+        if (c.pieces) {  // unequal pieces: out's, every rank's counts
+          const Pieces& p = *c.pieces;
+          flight.counts = std::make_shared<std::vector<int>>();
+          append_mpi_counts(p.recv, p.recv_offsets, name, *flight.counts);
+          const int* counts = flight.counts->data();
+          const int* displs = counts + p.recv.size();
+          size_t offset = static_cast<size_t>(p.recv_offsets[static_cast<size_t>(rank())]) * size_of(c.dtype);
+          bool in_place = c.send == static_cast<char*>(c.recv) + offset;  // as below, at this rank's piece
+          const void* in = in_place ? MPI_IN_PLACE : c.send;
+          MESHRT_MPI_CHECK(nonblocking
+                               ? MPI_Iallgatherv(in, count, type, c.recv, counts, displs, type, comm_, request)
+                               : MPI_Allgatherv(in, count, type, c.recv, counts, displs, type, comm_));
+          break;
+        }
         // In place (NCCL's convention): the input already sits at this rank's chunk.
         bool in_place = c.send == static_cast<char*>(c.recv) + static_cast<size_t>(rank()) * bytes;
         const void* in = in_place ? MPI_IN_PLACE : c.send;
@@ -438,18 +483,30 @@ class MpiBackend final : public CommBackend {
       case Collective::kReduceScatter: {
         // MPI's in-place form differs from NCCL's (out = in's chunk at rank):
         // reduce into a temporary when the output overlaps the input.
+        // Unequal pieces: in's, every rank's counts (MPI_Reduce_scatter takes
+        // them; the pieces lie in rank order without gaps, as it expects).
         const char* in = static_cast<const char*>(c.send);
         char* out = static_cast<char*>(c.recv);
-        bool overlap = out >= in && out < in + static_cast<size_t>(size()) * bytes;
+        size_t in_bytes = c.pieces ? static_cast<size_t>(c.pieces->send_total) * size_of(c.dtype)
+                                   : static_cast<size_t>(size()) * bytes;
+        bool overlap = overlaps(in, in_bytes, out, bytes);
         if (overlap) flight.temp = std::make_shared<std::vector<char>>(bytes);
         void* target = overlap ? static_cast<void*>(flight.temp->data()) : out;
         MPI_Op op = mpi_reduce_op(c.dtype, c.op);
-        // MPI_Reduce_scatter with equal counts, not MPI_Reduce_scatter_block:
-        // OpenMPI's algorithms for it are up to 2x faster from 256 KiB up.
-        // (Whoever holds the stream runs this: its task, or start_inline.)
-        counts_.assign(static_cast<size_t>(size()), count);
-        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter(in, target, counts_.data(), type, op, comm_, request)
-                                     : MPI_Reduce_scatter(in, target, counts_.data(), type, op, comm_));
+        const int* counts = nullptr;
+        if (c.pieces) {
+          flight.counts = std::make_shared<std::vector<int>>();
+          append_mpi_counts(c.pieces->send, c.pieces->send_offsets, name, *flight.counts, true);
+          counts = flight.counts->data();
+        } else {
+          // MPI_Reduce_scatter with equal counts, not MPI_Reduce_scatter_block:
+          // OpenMPI's algorithms for it are up to 2x faster from 256 KiB up.
+          // (Whoever holds the stream runs this: its task, or start_inline.)
+          counts_.assign(static_cast<size_t>(size()), count);
+          counts = counts_.data();
+        }
+        MESHRT_MPI_CHECK(nonblocking ? MPI_Ireduce_scatter(in, target, counts, type, op, comm_, request)
+                                     : MPI_Reduce_scatter(in, target, counts, type, op, comm_));
         break;
       }
       case Collective::kBroadcast:
@@ -457,6 +514,28 @@ class MpiBackend final : public CommBackend {
                                      : MPI_Bcast(c.recv, count, type, c.peer, comm_));
         break;
       case Collective::kAllToAll: {
+        if (c.pieces) {  // unequal pieces: this rank's send and receive counts
+          const Pieces& p = *c.pieces;
+          size_t n = p.send.size();
+          flight.counts = std::make_shared<std::vector<int>>();
+          append_mpi_counts(p.send, p.send_offsets, name, *flight.counts);
+          append_mpi_counts(p.recv, p.recv_offsets, name, *flight.counts);
+          const int* v = flight.counts->data();  // send counts, displacements, recv counts, displacements
+          // MPI_IN_PLACE would send from the receive layout: stage an
+          // overlapping input instead (the output's layout may differ).
+          size_t es = size_of(c.dtype);
+          size_t in_bytes = static_cast<size_t>(p.send_total) * es;
+          const void* in = c.send;
+          if (overlaps(c.send, in_bytes, c.recv, static_cast<size_t>(p.recv_total) * es)) {
+            flight.staged = std::make_shared<std::vector<char>>(in_bytes);
+            std::memcpy(flight.staged->data(), c.send, in_bytes);
+            in = flight.staged->data();
+          }
+          MESHRT_MPI_CHECK(nonblocking ? MPI_Ialltoallv(in, v, v + n, type, c.recv, v + 2 * n, v + 3 * n, type,
+                                                        comm_, request)
+                                       : MPI_Alltoallv(in, v, v + n, type, c.recv, v + 2 * n, v + 3 * n, type, comm_));
+          break;
+        }
         const void* in = c.send == c.recv ? MPI_IN_PLACE : c.send;
         MESHRT_MPI_CHECK(nonblocking ? MPI_Ialltoall(in, count, type, c.recv, count, type, comm_, request)
                                      : MPI_Alltoall(in, count, type, c.recv, count, type, comm_));
@@ -509,11 +588,15 @@ class MpiBackend final : public CommBackend {
             MPI_Wait(&flight.request, MPI_STATUS_IGNORE);
           }
         } else {
+          struct Abandoned {
+            std::array<std::shared_ptr<Storage>, 2> storages;
+            std::shared_ptr<std::vector<char>> temp, staged;
+            std::shared_ptr<std::vector<int>> counts;
+          };
           static std::mutex mutex;
-          static auto* abandoned = new std::vector<std::pair<std::array<std::shared_ptr<Storage>, 2>,
-                                                            std::shared_ptr<std::vector<char>>>>();
+          static auto* abandoned = new std::vector<Abandoned>();
           std::lock_guard<std::mutex> lock(mutex);
-          abandoned->emplace_back(c.storages, flight.temp);
+          abandoned->push_back({c.storages, flight.temp, flight.staged, flight.counts});
         }
         check_not_aborted(to_string(c.kind));
       }
@@ -532,7 +615,7 @@ class MpiBackend final : public CommBackend {
   // After the request is done: the in-place reduce_scatter's result into place,
   // a receive's size checked.
   void finish(const CommOp& c, const InFlight& flight) {
-    if (flight.temp) std::memcpy(c.recv, flight.temp->data(), flight.temp->size());
+    if (flight.temp && !flight.temp->empty()) std::memcpy(c.recv, flight.temp->data(), flight.temp->size());
     if (c.kind == Collective::kRecv) {
       MPI_Datatype type = mpi_datatype(c.dtype);
       int received = 0;

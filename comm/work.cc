@@ -30,6 +30,18 @@ std::string WorkState::description() const {
                                              : d.shape_text;
     out += cat(" on ", d.device);
   }
+  if (d.pieces) {
+    auto list = [](const std::vector<int64_t>& v) {
+      std::string text = "[";
+      for (size_t i = 0; i < v.size(); ++i) text += cat(i ? ", " : "", v[i]);
+      return text + "]";
+    };
+    if (d.kind == Collective::kAllToAll) {
+      out += cat(", send ", list(d.pieces->send), ", recv ", list(d.pieces->recv));
+    } else {
+      out += cat(", counts ", list(d.kind == Collective::kAllGather ? d.pieces->recv : d.pieces->send));
+    }
+  }
   if (d.has_op) out += cat(", ", to_string(d.op));
   if (d.peer >= 0) out += cat(d.kind == Collective::kBroadcast ? ", root " : ", peer ", d.peer);
   out += ") on ";

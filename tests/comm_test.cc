@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <thread>
 
 #include <signal.h>
@@ -227,6 +229,257 @@ TEST_P(Collectives, AllToAllInAndOutOfPlace) {
     comm_.all_to_all(in, in).wait();
     ASSERT_TRUE(all_close(to_host(in), expected, 0, 0)) << "in place " << to_string(dtype);
   }
+}
+
+// Unequal pieces (the counts overloads). torch.chunk's shard sizes of length
+// over n ranks: pieces of ceil(length / n) until the elements run out (5 over
+// 4: 2, 2, 1, 0).
+std::vector<int64_t> chunk_sizes(int64_t length, int n) {
+  int64_t chunk = (length + n - 1) / n;
+  std::vector<int64_t> sizes;
+  for (int r = 0; r < n; ++r) sizes.push_back(std::clamp<int64_t>(length - r * chunk, 0, chunk));
+  return sizes;
+}
+
+std::vector<int64_t> offsets_of(const std::vector<int64_t>& counts) {
+  std::vector<int64_t> offsets(counts.size(), 0);
+  for (size_t r = 1; r < counts.size(); ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+  return offsets;
+}
+
+int64_t total_of(const std::vector<int64_t>& counts) {
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  return total;
+}
+
+std::string text_of(const std::vector<int64_t>& counts) {
+  std::string text = "[";
+  for (size_t i = 0; i < counts.size(); ++i) text += detail::cat(i ? ", " : "", counts[i]);
+  return text + "]";
+}
+
+// The same on every rank: torch.chunk sizes (5 over n, and 7 over n), rank 0
+// and every other rank empty, irregular small ones with zeros, large ones (past
+// 64 KiB in all: the communicator's stream instead of the calling thread), and
+// equal ones (the equal-chunk path).
+std::vector<std::vector<int64_t>> piece_counts(int n) {
+  std::vector<std::vector<int64_t>> sets = {chunk_sizes(5, n), chunk_sizes(7, n)};
+  std::vector<int64_t> alternate, irregular, large, equal(static_cast<size_t>(n), 4);
+  for (int r = 0; r < n; ++r) {
+    alternate.push_back(r % 2 == 0 ? 0 : 3 + r);
+    irregular.push_back((r * 7 + 3) % 5 * 3);  // 9, 0, 6, 12, ...
+    large.push_back(9000 + 1000 * r);
+  }
+  sets.push_back(alternate);
+  sets.push_back(irregular);
+  sets.push_back(large);
+  sets.push_back(equal);
+  return sets;
+}
+
+const DType kPieceDTypes[] = {DType::kF32, DType::kBF16, DType::kI64};
+
+TEST_P(Collectives, AllGatherUnequalPieces) {
+  int n = comm_.size(), me = comm_.rank();
+  auto m = static_cast<size_t>(me);
+  for (bool abortable : {false, true}) {
+    comm_.set_abortable_collectives(abortable);
+    for (const std::vector<int64_t>& counts : piece_counts(n)) {
+      std::vector<int64_t> offsets = offsets_of(counts);
+      int64_t total = total_of(counts);
+      std::string what = detail::cat(text_of(counts), abortable ? " abortable" : "");
+      for (DType dtype : kPieceDTypes) {
+        HostTensor expected = HostTensor::empty({total}, dtype);
+        for (int r = 0; r < n; ++r) {
+          HostTensor part = input_of(r, counts[static_cast<size_t>(r)], dtype, ReduceOp::kSum, 21);
+          std::memcpy(static_cast<char*>(expected.raw_data()) + offsets[static_cast<size_t>(r)] * size_of(dtype),
+                      part.raw_data(), part.nbytes());
+        }
+        DeviceTensor in = on_device(input_of(me, counts[m], dtype, ReduceOp::kSum, 21));
+        DeviceTensor out = DeviceTensor::empty({total}, dtype, device_);
+        Work w = comm_.all_gather(in, out, counts);
+        bool equal = std::all_of(counts.begin(), counts.end(), [&](int64_t c) { return c == counts[0]; });
+        if (!equal) {
+          EXPECT_NE(w.description().find("all_gather(" + in.description() + ", counts " + text_of(counts) + ")"),
+                    std::string::npos) << w.description();
+        }
+        w.wait();
+        ASSERT_TRUE(all_close(to_host(out), expected, 0, 0)) << to_string(dtype) << " " << what;
+        // In place: the input is this rank's piece of the output.
+        DeviceTensor buffer = DeviceTensor::zeros({total}, dtype, device_);
+        DeviceTensor mine = buffer.narrow(offsets[m], counts[m]);
+        copy(in, mine);
+        comm_.all_gather(mine, buffer, counts).wait();
+        ASSERT_TRUE(all_close(to_host(buffer), expected, 0, 0)) << "in place " << to_string(dtype) << " " << what;
+        if (equal) {  // the same as the equal-chunk call
+          DeviceTensor old = DeviceTensor::zeros({total}, dtype, device_);
+          comm_.all_gather(in, old).wait();
+          ASSERT_TRUE(all_close(to_host(old), to_host(out), 0, 0)) << to_string(dtype) << " " << what;
+        }
+      }
+    }
+  }
+  comm_.barrier();
+}
+
+TEST_P(Collectives, ReduceScatterUnequalPieces) {
+  int n = comm_.size(), me = comm_.rank();
+  auto m = static_cast<size_t>(me);
+  for (bool abortable : {false, true}) {
+    comm_.set_abortable_collectives(abortable);
+    for (const std::vector<int64_t>& counts : piece_counts(n)) {
+      std::vector<int64_t> offsets = offsets_of(counts);
+      int64_t total = total_of(counts);
+      std::string what = detail::cat(text_of(counts), abortable ? " abortable" : "");
+      bool equal = std::all_of(counts.begin(), counts.end(), [&](int64_t c) { return c == counts[0]; });
+      for (DType dtype : kPieceDTypes) {
+        for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax}) {
+          std::vector<HostTensor> inputs;
+          for (int r = 0; r < n; ++r) inputs.push_back(input_of(r, total, dtype, op, 23));
+          HostTensor expected = reduce_reference(inputs, op, dtype).narrow(offsets[m], counts[m]).clone();
+          double tol = tol_for(dtype, n);
+          std::string how = detail::cat(to_string(dtype), " ", to_string(op), " ", what);
+          DeviceTensor in = on_device(inputs[m]);
+          DeviceTensor out = DeviceTensor::empty({counts[m]}, dtype, device_);
+          Work w = comm_.reduce_scatter(in, out, counts, op);
+          if (!equal) {
+            EXPECT_NE(w.description().find(detail::cat("reduce_scatter(", in.description(), ", counts ",
+                                                       text_of(counts), ", ", to_string(op), ")")),
+                      std::string::npos) << w.description();
+          }
+          w.wait();
+          ASSERT_TRUE(all_close(to_host(out), expected, tol, tol * kMagnitude)) << how;
+          DeviceTensor piece = in.narrow(offsets[m], counts[m]);  // in place: out is this rank's piece
+          comm_.reduce_scatter(in, piece, counts, op).wait();
+          ASSERT_TRUE(all_close(to_host(piece), expected, tol, tol * kMagnitude)) << "in place " << how;
+          if (equal) {
+            DeviceTensor again = on_device(inputs[m]);
+            DeviceTensor old = DeviceTensor::empty({counts[m]}, dtype, device_);
+            comm_.reduce_scatter(again, old, op).wait();
+            ASSERT_TRUE(all_close(to_host(old), to_host(out), 0, 0)) << how;
+          }
+        }
+      }
+    }
+  }
+  comm_.barrier();
+}
+
+// Rank r sends pattern(r, q) elements to rank q.
+std::vector<std::function<int64_t(int, int)>> all_to_all_patterns(int n) {
+  std::vector<int64_t> chunked = chunk_sizes(5, n);
+  return {
+      [chunked, n](int r, int q) { return chunked[static_cast<size_t>((r + q) % n)]; },  // symmetric
+      [](int r, int q) -> int64_t { return (r + 2 * q) % 4; },                             // zeros, asymmetric
+      [](int r, int q) -> int64_t { return r == 0 ? 0 : q + 1; },                         // rank 0 sends nothing
+      [](int r, int q) -> int64_t { return 5000 + 100 * r + 10 * q; },                    // large
+      [](int, int) -> int64_t { return 3; },                                              // equal
+  };
+}
+
+TEST_P(Collectives, AllToAllUnequalPieces) {
+  int n = comm_.size(), me = comm_.rank();
+  for (bool abortable : {false, true}) {
+    comm_.set_abortable_collectives(abortable);
+    for (const auto& pattern : all_to_all_patterns(n)) {
+      std::vector<std::vector<int64_t>> sends(static_cast<size_t>(n));  // every rank's send_counts
+      for (int r = 0; r < n; ++r) {
+        for (int q = 0; q < n; ++q) sends[static_cast<size_t>(r)].push_back(pattern(r, q));
+      }
+      std::vector<int64_t> send_counts = sends[static_cast<size_t>(me)], recv_counts;
+      for (int q = 0; q < n; ++q) recv_counts.push_back(pattern(q, me));
+      int64_t recv_total = total_of(recv_counts);
+      std::string what = detail::cat("send ", text_of(send_counts), " recv ", text_of(recv_counts),
+                                     abortable ? " abortable" : "");
+      for (DType dtype : kPieceDTypes) {
+        size_t element = size_of(dtype);
+        std::vector<HostTensor> inputs;
+        for (int r = 0; r < n; ++r) {
+          inputs.push_back(input_of(r, total_of(sends[static_cast<size_t>(r)]), dtype, ReduceOp::kSum, 29));
+        }
+        HostTensor expected = HostTensor::empty({recv_total}, dtype);
+        int64_t at = 0;
+        for (int q = 0; q < n; ++q) {  // rank q's piece for me, from its input at its offset for me
+          auto qs = static_cast<size_t>(q);
+          int64_t from = offsets_of(sends[qs])[static_cast<size_t>(me)];
+          std::memcpy(static_cast<char*>(expected.raw_data()) + at * element,
+                      static_cast<const char*>(inputs[qs].raw_data()) + from * element,
+                      static_cast<size_t>(recv_counts[qs]) * element);
+          at += recv_counts[qs];
+        }
+        DeviceTensor in = on_device(inputs[static_cast<size_t>(me)]);
+        DeviceTensor out = DeviceTensor::empty({recv_total}, dtype, device_);
+        Work w = comm_.all_to_all(in, out, send_counts, recv_counts);
+        EXPECT_NE(w.description().find(detail::cat("all_to_all(", in.description(), ", send ", text_of(send_counts),
+                                                    ", recv ", text_of(recv_counts), ")")),
+                  std::string::npos) << w.description();
+        w.wait();
+        ASSERT_TRUE(all_close(to_host(out), expected, 0, 0)) << to_string(dtype) << " " << what;
+        // In place (the same tensor) where every rank sends as much as it
+        // receives: whether that holds is the same on every rank here.
+        bool balanced = true;
+        for (int r = 0; r < n; ++r) {
+          int64_t sent = 0, received = 0;
+          for (int q = 0; q < n; ++q) {
+            sent += pattern(r, q);
+            received += pattern(q, r);
+          }
+          balanced = balanced && sent == received;
+        }
+        if (balanced) {
+          comm_.all_to_all(in, in, send_counts, recv_counts).wait();
+          ASSERT_TRUE(all_close(to_host(in), expected, 0, 0)) << "in place " << to_string(dtype) << " " << what;
+        }
+        bool equal = send_counts == recv_counts && std::all_of(send_counts.begin(), send_counts.end(),
+                                                               [&](int64_t c) { return c == send_counts[0]; });
+        if (equal) {  // the same as the equal-chunk call (every rank's counts are equal here)
+          DeviceTensor again = on_device(inputs[static_cast<size_t>(me)]);
+          DeviceTensor old = DeviceTensor::empty({recv_total}, dtype, device_);
+          comm_.all_to_all(again, old).wait();
+          ASSERT_TRUE(all_close(to_host(old), to_host(out), 0, 0)) << to_string(dtype) << " " << what;
+        }
+      }
+    }
+  }
+  comm_.barrier();
+}
+
+TEST_P(Collectives, UnequalPiecesRefuseBadCounts) {
+  int n = comm_.size(), me = comm_.rank();
+  auto m = static_cast<size_t>(me);
+  std::vector<int64_t> counts = chunk_sizes(5, n);
+  DeviceTensor piece = DeviceTensor::zeros({counts[m]}, DType::kF32, device_);
+  DeviceTensor whole = DeviceTensor::zeros({5}, DType::kF32, device_);
+  std::vector<int64_t> extra = counts;
+  extra.push_back(0);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { comm_.all_gather(piece, whole, extra); },
+                           {"all_gather: counts " + text_of(extra), "has " + std::to_string(n + 1) + " entries",
+                            std::to_string(n) + " ranks"}));
+  std::vector<int64_t> negative = counts;
+  negative[0] = -1;
+  negative[m] = counts[m];
+  if (me != 0) {
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { comm_.reduce_scatter(whole, piece, negative); },
+                             {"reduce_scatter: counts " + text_of(negative), "rank 0 is negative"}));
+  }
+  DeviceTensor six = DeviceTensor::zeros({6}, DType::kF32, device_);
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { comm_.all_gather(piece, six, counts); },
+                           {"all_gather with counts " + text_of(counts), piece.description(),
+                            six.description() + " sum(counts) = 5"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { comm_.reduce_scatter(whole, six, counts); },
+                           {"reduce_scatter with counts " + text_of(counts), six.description()}));
+  DeviceTensor i64_piece = DeviceTensor::zeros({counts[m]}, DType::kI64, device_);
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { comm_.all_gather(i64_piece, whole, counts); },
+                           {"elements of i64"}));
+  std::vector<int64_t> ones(static_cast<size_t>(n), 1);
+  DeviceTensor n_elements = DeviceTensor::zeros({n}, DType::kF32, device_);
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { comm_.all_to_all(n_elements, six, ones, ones); },
+                           {"all_to_all with send_counts " + text_of(ones), six.description(),
+                            "sum(recv_counts) = " + std::to_string(n)}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { comm_.all_to_all(n_elements, n_elements, ones, extra); },
+                           {"all_to_all: recv_counts " + text_of(extra), "entries"}));
+  comm_.barrier();  // nothing was issued: the communicator still works
 }
 
 TEST_P(Collectives, AsynchronousWorkKeepsBuffersAlive) {
@@ -675,6 +928,43 @@ TEST(World, ChoosesOneGpuPerLocalRankOrSaysWhyNot) {
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("cuda:3", 0, 1, 2, ""); },
                            {"cuda:3", "has 2 GPU(s)"}));
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { choose_device("tpu", 0, 1, 2, ""); }, {"unknown device 'tpu'"}));
+}
+
+// MPI counts and displacements are ints: an unequal piece, or a piece's
+// offset, beyond 2^31 - 1 elements fails the Work with a clear error before
+// anything is sent (the counts are the same on every rank, so all fail alike).
+TEST(Backends, MpiRefusesPiecesBeyondIntCounts) {
+  std::shared_ptr<detail::CommBackend> backend = detail::make_mpi_world("limits");
+  int n = backend->size();
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  auto run = [&](detail::Collective kind, std::vector<int64_t> counts) {
+    auto pieces = std::make_shared<detail::Pieces>();
+    std::vector<int64_t> offsets(counts.size(), 0);
+    for (size_t r = 1; r < counts.size(); ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+    int64_t total = offsets.back() + counts.back();
+    pieces->send = pieces->recv = counts;
+    pieces->send_offsets = pieces->recv_offsets = offsets;
+    pieces->send_total = pieces->recv_total = total;
+    detail::CommOp op;
+    op.kind = kind;
+    op.dtype = DType::kU8;
+    op.pieces = pieces;
+    auto state = std::make_shared<detail::WorkState>("a huge operation", backend);
+    backend->start(op, state);
+    return state;
+  };
+  std::vector<int64_t> huge(static_cast<size_t>(n), 0);
+  huge[0] = kMax + 1;
+  auto state = run(detail::Collective::kAllToAll, huge);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { state->wait(std::chrono::seconds(60)); },
+                           {"all_to_all: the piece of rank 0 (2147483648 elements) exceeds the MPI count limit"}));
+  if (n >= 3) {
+    std::vector<int64_t> far(static_cast<size_t>(n), 1);
+    far[0] = kMax;  // rank 2's piece starts at 2^31
+    state = run(detail::Collective::kAllToAll, far);
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { state->wait(std::chrono::seconds(60)); },
+                             {"all_to_all: the piece of rank 2 starts at element 2147483648, beyond MPI's int"}));
+  }
 }
 
 // An operation a backend lacks is an error of the Work, never a Work that
