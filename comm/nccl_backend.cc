@@ -326,11 +326,37 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       state->stash(t.storage());  // kept until the operation is done
       return t.raw_data();
     };
-    if (c.kind == Collective::kAllToAll && c.send == c.recv) {
+    if (c.kind == Collective::kAllToAll && c.pieces) {
+      // Unequal pieces: any overlap of input and output (their layouts differ).
+      size_t in_bytes = static_cast<size_t>(c.pieces->send_total) * size_of(c.dtype);
+      if (overlaps(c.send, in_bytes, c.recv, static_cast<size_t>(c.pieces->recv_total) * size_of(c.dtype))) {
+        scratch.staged = make(static_cast<int64_t>(in_bytes));
+      }
+    } else if (c.kind == Collective::kAllToAll && c.send == c.recv) {
       scratch.staged = make(static_cast<int64_t>(c.count * size_of(c.dtype)) * size());
     }
     if (c.kind == Collective::kBarrier) scratch.token = make(sizeof(int32_t));
     return scratch;
+  }
+
+  static bool ok(ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; }
+
+  // Queues add(r) for every rank r in one NCCL group (device lock held); add
+  // makes rank r's calls and returns the first result that is not ok. Only
+  // NCCL calls inside the group: when one fails, NCCL records the error in the
+  // thread's group and ncclGroupEnd launches none of it; the communicators are
+  // then aborted (start(): the peers' halves may be running).
+  template <class Add>
+  void grouped(const char* calls, Add add) {
+    MESHRT_NCCL_CHECK(ncclGroupStart());
+    ncclResult_t failed = ncclSuccess;
+    for (int r = 0; r < size() && failed == ncclSuccess; ++r) {
+      ncclResult_t result = add(r);
+      if (!ok(result)) failed = result;
+    }
+    ncclResult_t ended = ncclGroupEnd();
+    if (failed == ncclSuccess && !ok(ended)) failed = ended;
+    if (failed != ncclSuccess) throw_library_error(ErrorKind::kNccl, calls, __FILE__, __LINE__, nccl_message(failed));
   }
 
   // Queues c on the communication stream (device lock held); false when this
@@ -339,15 +365,46 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
   bool enqueue(const CommOp& c, const Scratch& scratch) {
     auto s = static_cast<cudaStream_t>(stream_.native_handle());
     ncclDataType_t type = nccl_datatype(c.dtype);
-    size_t bytes = c.count * size_of(c.dtype);
+    size_t element = size_of(c.dtype);
+    size_t bytes = c.count * element;
     switch (c.kind) {
       case Collective::kAllReduce:
         MESHRT_NCCL_CHECK(ncclAllReduce(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
         return true;
       case Collective::kAllGather:
+        if (c.pieces) {
+          // Unequal pieces (NCCL has no all_gather-v): rank r broadcasts its
+          // piece into everyone's out. The counts are the same on every rank,
+          // so every rank skips the same empty pieces.
+          const Pieces& p = *c.pieces;
+          grouped("ncclBroadcast group of all_gather", [&](int r) -> ncclResult_t {
+            auto i = static_cast<size_t>(r);
+            auto count = static_cast<size_t>(p.recv[i]);
+            if (count == 0) return ncclSuccess;
+            char* piece = static_cast<char*>(c.recv) + static_cast<size_t>(p.recv_offsets[i]) * element;
+            // sendbuff is read on the root only; in place when it is the piece.
+            const void* from = r == rank() ? c.send : piece;
+            return ncclBroadcast(from, piece, count, type, r, comm_, s);
+          });
+          return true;
+        }
         MESHRT_NCCL_CHECK(ncclAllGather(c.send, c.recv, c.count, type, comm_, s));
         return true;
       case Collective::kReduceScatter:
+        if (c.pieces) {
+          // Unequal pieces (no reduce_scatter-v): piece r of every rank's input
+          // reduced into rank r's out (in place when out is that piece).
+          const Pieces& p = *c.pieces;
+          ncclRedOp_t op = nccl_reduce_op(c.dtype, c.op);
+          grouped("ncclReduce group of reduce_scatter", [&](int r) -> ncclResult_t {
+            auto i = static_cast<size_t>(r);
+            auto count = static_cast<size_t>(p.send[i]);
+            if (count == 0) return ncclSuccess;
+            const char* piece = static_cast<const char*>(c.send) + static_cast<size_t>(p.send_offsets[i]) * element;
+            return ncclReduce(piece, c.recv, count, type, op, r, comm_, s);  // recvbuff: written on the root only
+          });
+          return true;
+        }
         MESHRT_NCCL_CHECK(ncclReduceScatter(c.send, c.recv, c.count, type, nccl_reduce_op(c.dtype, c.op), comm_, s));
         return true;
       case Collective::kBroadcast:
@@ -362,27 +419,36 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
       case Collective::kAllToAll: {
         const void* send = c.send;
         if (scratch.staged) {  // grouped send/recv cannot run in place: stage the input
-          MESHRT_CUDA_CHECK(cudaMemcpyAsync(scratch.staged, c.send, bytes * size(), cudaMemcpyDeviceToDevice, s));
+          size_t in_bytes = c.pieces ? static_cast<size_t>(c.pieces->send_total) * element : bytes * size();
+          MESHRT_CUDA_CHECK(cudaMemcpyAsync(scratch.staged, c.send, in_bytes, cudaMemcpyDeviceToDevice, s));
           send = scratch.staged;
         }
-        // Only NCCL calls inside the group: when one fails, NCCL records the
-        // error in the thread's group and ncclGroupEnd launches none of it; the
-        // communicators are then aborted (the peers' halves may be running).
-        MESHRT_NCCL_CHECK(ncclGroupStart());
-        ncclResult_t failed = ncclSuccess;
-        for (int peer = 0; peer < size() && failed == ncclSuccess; ++peer) {
-          ncclResult_t r = ncclSend(static_cast<const char*>(send) + peer * bytes, c.count, type, peer, comm_, s);
-          if (r == ncclSuccess || r == ncclInProgress) {
-            r = ncclRecv(static_cast<char*>(c.recv) + peer * bytes, c.count, type, peer, comm_, s);
-          }
-          if (r != ncclSuccess && r != ncclInProgress) failed = r;
+        const char* from = static_cast<const char*>(send);
+        char* to = static_cast<char*>(c.recv);
+        if (c.pieces) {
+          // Unequal pieces: rank r's send_counts[q] is rank q's recv_counts[r],
+          // so both sides skip the same empty pairs.
+          const Pieces& p = *c.pieces;
+          grouped("ncclSend/ncclRecv group of all_to_all", [&](int r) -> ncclResult_t {
+            auto i = static_cast<size_t>(r);
+            ncclResult_t result = ncclSuccess;
+            if (p.send[i] > 0) {
+              result = ncclSend(from + static_cast<size_t>(p.send_offsets[i]) * element,
+                                static_cast<size_t>(p.send[i]), type, r, comm_, s);
+            }
+            if (ok(result) && p.recv[i] > 0) {
+              result = ncclRecv(to + static_cast<size_t>(p.recv_offsets[i]) * element,
+                                static_cast<size_t>(p.recv[i]), type, r, comm_, s);
+            }
+            return result;
+          });
+          return true;
         }
-        ncclResult_t ended = ncclGroupEnd();
-        if (failed == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) failed = ended;
-        if (failed != ncclSuccess) {  // start() aborts the communicators
-          throw_library_error(ErrorKind::kNccl, "ncclSend/ncclRecv group of all_to_all", __FILE__, __LINE__,
-                              nccl_message(failed));
-        }
+        grouped("ncclSend/ncclRecv group of all_to_all", [&](int r) -> ncclResult_t {
+          ncclResult_t result = ncclSend(from + r * bytes, c.count, type, r, comm_, s);
+          if (ok(result)) result = ncclRecv(to + r * bytes, c.count, type, r, comm_, s);
+          return result;
+        });
         return true;
       }
       case Collective::kBarrier: {
