@@ -24,6 +24,11 @@ inline unsigned grid_for(int64_t n) {
   return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
 }
 
+// A grid-stride loop of i over [0, n) (with grid_for(n) blocks of kBlock threads).
+#define MESHRT_GRID_STRIDE(i, n)                                                         \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
 inline unsigned rows_grid(int64_t rows) {
   return static_cast<unsigned>(rows < 65536 ? (rows > 0 ? rows : 1) : 65536);
 }

@@ -10,10 +10,6 @@ namespace meshrt::kernels {
 namespace cuda_impl {
 namespace {
 
-#define MESHRT_GRID_STRIDE(i, n)                                                         \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 template <class F, class T>
 __global__ void unary_kernel(F f, const T* x, T* out, int64_t n, acc_t<T> alpha) {
   MESHRT_GRID_STRIDE(i, n) { out[i] = store<T>(apply_unary(f, load(x[i]), alpha)); }

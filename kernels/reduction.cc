@@ -1,5 +1,6 @@
 #include "kernels/reduction.h"
 
+#include <span>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -44,6 +45,60 @@ DeviceTensor sum(const DeviceTensor& x, int dim, const Stream* stream) {
   MESHRT_CHECK_ARG(x.defined(), "sum of an undefined tensor");
   DeviceTensor out = DeviceTensor::empty(x.shape().without(dim), x.dtype(), x.device());
   sum(x, dim, out, stream);
+  return out;
+}
+
+namespace {
+// mean, amax, amin, argmax: x reduced along dim into a new tensor.
+DeviceTensor reduce_axis(const char* op, ReduceAxisOp which, std::span<const DType> dtypes, const DeviceTensor& x,
+                         int dim, const Stream* stream) {
+  MESHRT_CHECK_ARG(x.defined(), op, " of an undefined tensor");
+  detail::check_dtype(op, x, dtypes);
+  const int n = x.ndim();
+  MESHRT_CHECK_ARG(dim >= -n && dim < n, op, ": dimension ", dim, " is out of range for ", x.description(),
+                   " (", n, " dimensions)");
+  const int a = dim < 0 ? dim + n : dim;
+  Shape shape = x.shape().without(a);
+  MESHRT_CHECK_SHAPE(which == ReduceAxisOp::kMean || x.dim(a) > 0 || shape.numel() == 0, op,
+                     " over dimension ", dim, " of ", x.description(),
+                     ": the dimension is empty (no elements to take the extreme of)");
+  DeviceTensor out = DeviceTensor::empty(shape, which == ReduceAxisOp::kArgmax ? DType::kI64 : x.dtype(), x.device());
+  if (out.numel() == 0) return out;
+  detail::Launch launch = detail::launch_for(op, x.device(), stream, {&x, &out});
+  MESHRT_DISPATCH(launch, reduce_axis, which, x.dtype(), x.raw_data(), out.raw_data(), x.shape().outer(a), x.dim(a),
+                  x.shape().inner(a));
+  return out;
+}
+}  // namespace
+
+DeviceTensor mean(const DeviceTensor& x, int dim, const Stream* stream) {
+  return reduce_axis("mean", ReduceAxisOp::kMean, FloatTypes::kList, x, dim, stream);
+}
+DeviceTensor amax(const DeviceTensor& x, int dim, const Stream* stream) {
+  return reduce_axis("amax", ReduceAxisOp::kMax, NumericTypes::kList, x, dim, stream);
+}
+DeviceTensor amin(const DeviceTensor& x, int dim, const Stream* stream) {
+  return reduce_axis("amin", ReduceAxisOp::kMin, NumericTypes::kList, x, dim, stream);
+}
+DeviceTensor argmax(const DeviceTensor& x, int dim, const Stream* stream) {
+  return reduce_axis("argmax", ReduceAxisOp::kArgmax, NumericTypes::kList, x, dim, stream);
+}
+
+TopK topk(const DeviceTensor& x, int64_t k, const Stream* stream) {
+  MESHRT_CHECK_ARG(x.defined(), "topk of an undefined tensor");
+  detail::check_dtype("topk", x, NumericTypes::kList);
+  MESHRT_CHECK_SHAPE(x.ndim() >= 1, "topk needs at least one dimension, got ", x.description());
+  const int64_t cols = x.dim(-1);
+  MESHRT_CHECK_ARG(k >= 0 && k <= cols, "topk: k = ", k, " is outside [0, ", cols, "] for the last dimension of ",
+                   x.description());
+  MESHRT_CHECK_ARG(!x.device().is_cuda() || k <= kMaxCudaTopK, "topk: k = ", k, " on ", x.device(),
+                   " is more than the GPU kernel takes (", kMaxCudaTopK, "; it passes over the row once per value)");
+  TopK out{DeviceTensor::empty(x.shape().with(-1, k), x.dtype(), x.device()),
+           DeviceTensor::empty(x.shape().with(-1, k), DType::kI64, x.device())};
+  if (out.values.numel() == 0) return out;
+  detail::Launch launch = detail::launch_for("topk", x.device(), stream, {&x, &out.values, &out.indices});
+  MESHRT_DISPATCH(launch, topk, x.dtype(), x.raw_data(), out.values.raw_data(), out.indices.raw_data(),
+                  x.numel() / cols, cols, k);
   return out;
 }
 

@@ -1,6 +1,8 @@
 // CUDA twins of reduction_cpu.cc. Row-wise ops (softmax, norms, sums over the
-// last axis) use one block per row with block_reduce; other sums use one thread
-// per output element, reading along the reduced axis (coalesced across inner).
+// last axis) use one block per row with block_reduce; other sums, mean, amax,
+// amin and argmax use one thread per output element, reading along the reduced
+// axis (coalesced across inner). topk: one block per row, k passes, each a
+// block reduction for the first element in topk's order after the last one taken.
 #include <cmath>
 
 #include "kernels/backend.h"
@@ -34,6 +36,101 @@ __global__ void sum_strided_kernel(const T* x, T* out, int64_t outer, int64_t ax
     S s = 0;
     for (int64_t a = 0; a < axis; ++a) s += static_cast<S>(load(in[a * inner]));
     out[j] = store<T>(s);
+  }
+}
+
+template <class A>
+__device__ __forceinline__ bool replaces(A v, A best, bool max) {
+  if (best != best) return false;
+  return v != v || (max ? v > best : v < best);
+}
+
+// topk's order: NaN first, then larger values, then lower indices.
+template <class A>
+__device__ __forceinline__ bool ranks_before(A v, int64_t i, A w, int64_t j) {
+  bool nv = v != v, nw = w != w;
+  if (nv != nw) return nv;
+  if (!nv && v != w) return v > w;
+  return i < j;
+}
+
+template <class T>
+__global__ void mean_kernel(const T* x, T* out, int64_t outer, int64_t axis, int64_t inner) {
+  MESHRT_GRID_STRIDE(j, outer * inner) {
+    const T* in = x + (j / inner) * axis * inner + j % inner;
+    double s = 0;
+    for (int64_t a = 0; a < axis; ++a) s += static_cast<double>(load(in[a * inner]));
+    out[j] = store<T>(s / static_cast<double>(axis));
+  }
+}
+
+// amax / amin (argmax false: out is T) or argmax (out is int64).
+template <class T>
+__global__ void extreme_kernel(const T* x, void* out, int64_t outer, int64_t axis, int64_t inner, bool max,
+                               bool argmax) {
+  using A = acc_t<T>;
+  MESHRT_GRID_STRIDE(j, outer * inner) {
+    const T* in = x + (j / inner) * axis * inner + j % inner;
+    A best = load(in[0]);
+    int64_t at = 0;
+    for (int64_t a = 1; a < axis; ++a) {
+      A v = load(in[a * inner]);
+      if (replaces(v, best, max)) {
+        best = v;
+        at = a;
+      }
+    }
+    if (argmax) {
+      static_cast<int64_t*>(out)[j] = at;
+    } else {
+      static_cast<T*>(out)[j] = in[at * inner];
+    }
+  }
+}
+
+// blockDim.x == kBlock (a power of two).
+template <class T>
+__global__ void topk_kernel(const T* x, T* values, int64_t* indices, int64_t rows, int64_t cols, int64_t k) {
+  using A = acc_t<T>;
+  __shared__ A best_value[kBlock];
+  __shared__ int64_t best_index[kBlock];
+  const int tid = threadIdx.x;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* in = x + r * cols;
+    A last_value = A(0);
+    int64_t last_index = -1;  // none taken yet
+    for (int64_t t = 0; t < k; ++t) {
+      A bv = A(0);
+      int64_t bi = -1;
+      for (int64_t c = tid; c < cols; c += blockDim.x) {
+        A v = load(in[c]);
+        if (last_index >= 0 && !ranks_before(last_value, last_index, v, c)) continue;  // taken already
+        if (bi < 0 || ranks_before(v, c, bv, bi)) {
+          bv = v;
+          bi = c;
+        }
+      }
+      best_value[tid] = bv;
+      best_index[tid] = bi;
+      __syncthreads();
+      for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+          int64_t oi = best_index[tid + half];
+          if (oi >= 0 && (best_index[tid] < 0 || ranks_before(best_value[tid + half], oi, best_value[tid], best_index[tid]))) {
+            best_value[tid] = best_value[tid + half];
+            best_index[tid] = oi;
+          }
+        }
+        __syncthreads();
+      }
+      last_value = best_value[0];
+      last_index = best_index[0];
+      if (tid == 0) {
+        values[r * k + t] = in[last_index];
+        indices[r * k + t] = last_index;
+      }
+      __syncthreads();  // everyone has read the result before the next pass writes the arrays
+    }
   }
 }
 
@@ -123,6 +220,36 @@ void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int
       sum_strided_kernel<T><<<grid_for(outer * inner), kBlock, 0, s>>>(
           static_cast<const T*>(x), static_cast<T*>(out), outer, axis, inner);
     }
+  });
+  check_launch();
+}
+
+void reduce_axis(ReduceAxisOp op, DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int64_t inner,
+                 int, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (op == ReduceAxisOp::kMean) {
+    visit_validated(FloatTypes{}, dtype, "mean", [&](auto tag) {
+      using T = decltype(tag);
+      mean_kernel<T><<<grid_for(outer * inner), kBlock, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), outer,
+                                                                axis, inner);
+    });
+  } else {
+    const char* name = op == ReduceAxisOp::kMax ? "amax" : op == ReduceAxisOp::kMin ? "amin" : "argmax";
+    visit_validated(NumericTypes{}, dtype, name, [&](auto tag) {
+      using T = decltype(tag);
+      extreme_kernel<T><<<grid_for(outer * inner), kBlock, 0, s>>>(static_cast<const T*>(x), out, outer, axis, inner,
+                                                                   op != ReduceAxisOp::kMin, op == ReduceAxisOp::kArgmax);
+    });
+  }
+  check_launch();
+}
+
+void topk(DType dtype, const void* x, void* values, void* indices, int64_t rows, int64_t cols, int64_t k, int,
+          void* stream) {
+  visit_validated(NumericTypes{}, dtype, "topk", [&](auto tag) {
+    using T = decltype(tag);
+    topk_kernel<T><<<rows_grid(rows), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        static_cast<const T*>(x), static_cast<T*>(values), static_cast<int64_t*>(indices), rows, cols, k);
   });
   check_launch();
 }

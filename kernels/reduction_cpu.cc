@@ -32,6 +32,99 @@ void sum(DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int
 }
 
 namespace {
+// Whether v replaces best as the running maximum (minimum when !max): a NaN
+// wins and stays (v != v tests NaN; integers never are), so ties and NaNs keep
+// the first index.
+template <class A>
+bool replaces(A v, A best, bool max) {
+  if (best != best) return false;
+  return v != v || (max ? v > best : v < best);
+}
+
+// Whether row element (v, i) comes before (w, j) in topk's order: NaN first,
+// then larger values, then lower indices.
+template <class A>
+bool ranks_before(A v, int64_t i, A w, int64_t j) {
+  bool nv = v != v, nw = w != w;
+  if (nv != nw) return nv;
+  if (!nv && v != w) return v > w;
+  return i < j;
+}
+}  // namespace
+
+// Along the axis with the inner elements as the fast loop (contiguous reads).
+void reduce_axis(ReduceAxisOp op, DType dtype, const void* x, void* out, int64_t outer, int64_t axis, int64_t inner) {
+  const size_t width = static_cast<size_t>(inner);
+  if (op == ReduceAxisOp::kMean) {
+    visit_validated(FloatTypes{}, dtype, "mean", [&](auto tag) {
+      using T = decltype(tag);
+      const T* in = static_cast<const T*>(x);
+      T* o = static_cast<T*>(out);
+      std::vector<double> acc(width);
+      for (int64_t b = 0; b < outer; ++b) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t a = 0; a < axis; ++a) {
+          const T* row = in + (b * axis + a) * inner;
+          for (size_t i = 0; i < width; ++i) acc[i] += static_cast<double>(load(row[i]));
+        }
+        for (size_t i = 0; i < width; ++i) o[b * inner + static_cast<int64_t>(i)] = store<T>(acc[i] / static_cast<double>(axis));
+      }
+    });
+    return;
+  }
+  const char* name = op == ReduceAxisOp::kMax ? "amax" : op == ReduceAxisOp::kMin ? "amin" : "argmax";
+  const bool max = op != ReduceAxisOp::kMin;
+  visit_validated(NumericTypes{}, dtype, name, [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    const T* in = static_cast<const T*>(x);
+    std::vector<A> best(width);
+    std::vector<int64_t> at(width);
+    for (int64_t b = 0; b < outer; ++b) {
+      const T* first = in + b * axis * inner;
+      for (size_t i = 0; i < width; ++i) best[i] = load(first[i]);
+      std::fill(at.begin(), at.end(), int64_t{0});
+      for (int64_t a = 1; a < axis; ++a) {
+        const T* row = first + a * inner;
+        for (size_t i = 0; i < width; ++i) {
+          A v = load(row[i]);
+          if (replaces(v, best[i], max)) {
+            best[i] = v;
+            at[i] = a;
+          }
+        }
+      }
+      if (op == ReduceAxisOp::kArgmax) {
+        std::copy(at.begin(), at.end(), static_cast<int64_t*>(out) + b * inner);
+      } else {
+        T* o = static_cast<T*>(out) + b * inner;
+        for (size_t i = 0; i < width; ++i) o[i] = first[at[i] * inner + static_cast<int64_t>(i)];
+      }
+    }
+  });
+}
+
+// Per row: a partial sort of the column numbers by ranks_before.
+void topk(DType dtype, const void* x, void* values, void* indices, int64_t rows, int64_t cols, int64_t k) {
+  visit_validated(NumericTypes{}, dtype, "topk", [&](auto tag) {
+    using T = decltype(tag);
+    std::vector<int64_t> order(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = static_cast<const T*>(x) + r * cols;
+      for (int64_t c = 0; c < cols; ++c) order[static_cast<size_t>(c)] = c;
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int64_t i, int64_t j) { return ranks_before(load(row[i]), i, load(row[j]), j); });
+      T* v = static_cast<T*>(values) + r * k;
+      int64_t* ix = static_cast<int64_t*>(indices) + r * k;
+      for (int64_t t = 0; t < k; ++t) {
+        ix[t] = order[static_cast<size_t>(t)];
+        v[t] = row[ix[t]];
+      }
+    }
+  });
+}
+
+namespace {
 // Lanes of a row reduction: independent partial results the compiler keeps in
 // one vector register (a float reduction in one variable would not vectorize:
 // its order of additions is fixed).

@@ -20,12 +20,14 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "kernels/cpu_math.h"
 #include "kernels/cpu_vector.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_cpu.h"
+#include "kernels/movement.h"
 #include "kernels/reduction.h"
 #include "op_references.h"
 #include "test_util.h"
@@ -1023,6 +1025,464 @@ TEST(CudaGemm, Tf32KeepsTenMantissaBits) {
   HostTensor a = random_tensor({64, 256}, DType::kF32, 1), b = random_tensor({256, 32}, DType::kF32, 2);
   GemmOptions tf32{.math = MathMode::kTf32};
   EXPECT_TRUE(all_close(to_host(matmul(on(a, gpu), on(b, gpu), tf32)), to_host(matmul(on(a), on(b))), 5e-3, 5e-3 * 16));
+}
+
+// ---------------------------------------------------------------- data movement and axis reductions
+//
+// References: plain loops over host tensors. Movement ops copy elements, so
+// their references copy bytes and the results must be identical; amax, amin,
+// argmax and topk pick elements, so theirs are exact too; mean is checked with
+// the sum tolerances.
+
+const std::vector<DType> kAll(std::begin(kAllDTypes), std::end(kAllDTypes));
+
+const char* bytes_of(const HostTensor& t) { return static_cast<const char*>(t.raw_data()); }
+char* bytes_of(HostTensor& t) { return static_cast<char*>(t.raw_data()); }
+
+// Row-major coordinates of flat index e in shape.
+std::vector<int64_t> coords(const Shape& shape, int64_t e) {
+  std::vector<int64_t> c(static_cast<size_t>(shape.ndim()));
+  for (int d = shape.ndim() - 1; d >= 0; --d) {
+    c[static_cast<size_t>(d)] = e % shape[d];
+    e /= shape[d];
+  }
+  return c;
+}
+int64_t flat(const Shape& shape, const std::vector<int64_t>& c) {
+  int64_t e = 0;
+  for (int d = 0; d < shape.ndim(); ++d) e = e * shape[d] + c[static_cast<size_t>(d)];
+  return e;
+}
+
+// out[i] <- in[j], one element of size es.
+void put(HostTensor& out, int64_t i, const HostTensor& in, int64_t j) {
+  std::memcpy(bytes_of(out) + i * static_cast<int64_t>(out.element_size()), bytes_of(in) + j * static_cast<int64_t>(in.element_size()), out.element_size());
+}
+
+HostTensor permute_reference(const HostTensor& x, const std::vector<int>& dims) {
+  std::vector<int> p;
+  for (int d : dims) p.push_back(d < 0 ? d + x.ndim() : d);
+  std::vector<int64_t> out_dims;
+  for (int a : p) out_dims.push_back(x.dim(a));
+  HostTensor out = HostTensor::empty(Shape(out_dims), x.dtype());
+  for (int64_t e = 0; e < out.numel(); ++e) {
+    std::vector<int64_t> c = coords(out.shape(), e), src(static_cast<size_t>(x.ndim()));
+    for (size_t i = 0; i < p.size(); ++i) src[static_cast<size_t>(p[i])] = c[i];
+    put(out, e, x, flat(x.shape(), src));
+  }
+  return out;
+}
+
+HostTensor concat_reference(const std::vector<HostTensor>& xs, int dim) {
+  int a = dim < 0 ? dim + xs[0].ndim() : dim;
+  int64_t total = 0;
+  for (const HostTensor& x : xs) total += x.dim(a);
+  HostTensor out = HostTensor::empty(xs[0].shape().with(a, total), xs[0].dtype());
+  for (int64_t e = 0; e < out.numel(); ++e) {
+    std::vector<int64_t> c = coords(out.shape(), e);
+    size_t piece = 0;
+    while (c[static_cast<size_t>(a)] >= xs[piece].dim(a)) c[static_cast<size_t>(a)] -= xs[piece++].dim(a);
+    put(out, e, xs[piece], flat(xs[piece].shape(), c));
+  }
+  return out;
+}
+
+HostTensor narrow_reference(const HostTensor& x, int dim, int64_t start, int64_t length) {
+  int a = dim < 0 ? dim + x.ndim() : dim;
+  HostTensor out = HostTensor::empty(x.shape().with(a, length), x.dtype());
+  for (int64_t e = 0; e < out.numel(); ++e) {
+    std::vector<int64_t> c = coords(out.shape(), e);
+    c[static_cast<size_t>(a)] += start;
+    put(out, e, x, flat(x.shape(), c));
+  }
+  return out;
+}
+
+std::vector<int64_t> ids_of(const HostTensor& index) {
+  std::vector<int64_t> ids;
+  for (double v : testing::values(index)) ids.push_back(static_cast<int64_t>(v));
+  return ids;
+}
+
+// out[o, j, i] = x[o, index[j] - first, i], zeros outside [0, x.dim(a)).
+HostTensor gather_reference(const HostTensor& x, int a, const HostTensor& index, int64_t first = 0) {
+  std::vector<int64_t> dims(x.shape().begin(), x.shape().begin() + a);
+  dims.insert(dims.end(), index.shape().begin(), index.shape().end());
+  dims.insert(dims.end(), x.shape().begin() + a + 1, x.shape().end());
+  HostTensor out = HostTensor::zeros(Shape(dims), x.dtype());
+  std::vector<int64_t> ids = ids_of(index);
+  int64_t outer = x.shape().outer(a), inner = x.shape().inner(a), extent = x.dim(a), count = index.numel();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t i = 0; i < inner; ++i) {
+        int64_t local = ids[static_cast<size_t>(j)] - first;
+        if (local >= 0 && local < extent) put(out, (o * count + j) * inner + i, x, (o * extent + local) * inner + i);
+      }
+  return out;
+}
+
+::testing::AssertionResult identical(const HostTensor& got, const HostTensor& expected) {
+  if (got.dtype() != expected.dtype()) {
+    return ::testing::AssertionFailure() << "dtype " << to_string(got.dtype()) << " instead of " << to_string(expected.dtype());
+  }
+  return all_close(got, expected, 0, 0);
+}
+
+// A random index of shape with values in [lo, hi).
+HostTensor random_index(const Shape& shape, DType dtype, uint64_t seed, int64_t lo, int64_t hi) {
+  return random_tensor(shape, dtype, seed, static_cast<double>(lo), static_cast<double>(hi));
+}
+
+void check_movement(const Device& device) {
+  uint64_t seed = 100;
+  for (DType dtype : kAll) {
+    SCOPED_TRACE(to_string(dtype));
+    auto input = [&](const Shape& s) { return random_tensor(s, dtype, seed++, -50, 50); };
+    // permute and transpose
+    struct P {
+      Shape shape;
+      std::vector<int> dims;
+    };
+    for (const P& c : std::vector<P>{{{2, 3, 4}, {2, 0, 1}},
+                                     {{2, 3, 4}, {1, 0, 2}},
+                                     {{2, 3, 4}, {0, 2, 1}},
+                                     {{2, 3, 4}, {0, 1, 2}},
+                                     {{2, 3, 4}, {-1, 0, -2}},
+                                     {{5, 1, 7, 3}, {3, 1, 2, 0}},
+                                     {{4, 0, 3}, {2, 1, 0}},
+                                     {{1}, {0}},
+                                     {{}, {}},
+                                     {{17, 19}, {1, 0}},
+                                     {{2, 3, 4, 5, 6}, {4, 2, 0, 3, 1}},
+                                     {{2, 3, 2, 3, 2, 3, 2, 3}, {7, 6, 5, 4, 3, 2, 1, 0}},
+                                     {{2, 2, 2, 2, 2, 2, 2, 2, 2}, {1, 0, 3, 2, 4, 5, 6, 7, 8}}}) {  // rank 9: 5 blocks once merged
+      HostTensor x = input(c.shape);
+      EXPECT_TRUE(identical(to_host(permute(on(x, device), c.dims)), permute_reference(x, c.dims)))
+          << "permute " << c.shape;
+    }
+    HostTensor t = input({3, 5, 7});
+    EXPECT_TRUE(identical(to_host(transpose(on(t, device), 0, 2)), permute_reference(t, {2, 1, 0})));
+    EXPECT_TRUE(identical(to_host(transpose(on(t, device), -1, -2)), permute_reference(t, {0, 2, 1})));
+    EXPECT_TRUE(identical(to_host(transpose(on(t, device), 1, 1)), t));
+    // concat
+    struct C {
+      std::vector<Shape> pieces;
+      int dim;
+    };
+    for (const C& c : std::vector<C>{{{{2, 3, 4}, {2, 0, 4}, {2, 5, 4}}, 1},
+                                     {{{1, 3}, {4, 3}}, 0},
+                                     {{{3, 2}, {3, 17}, {3, 1}}, -1},
+                                     {{{0, 3}, {0, 3}}, 0},
+                                     {{{2, 0}, {2, 0}}, 0},
+                                     {{{5}}, 0},
+                                     {{{2, 3, 4}, {2, 3, 4}}, 2}}) {
+      std::vector<HostTensor> hs;
+      std::vector<DeviceTensor> ds;
+      for (const Shape& s : c.pieces) {
+        hs.push_back(input(s));
+        ds.push_back(on(hs.back(), device));
+      }
+      EXPECT_TRUE(identical(to_host(concat(ds, c.dim)), concat_reference(hs, c.dim))) << "concat of " << c.pieces.size()
+                                                                                      << " along " << c.dim;
+    }
+    // narrow
+    HostTensor n = input({5, 7, 3});
+    for (auto [dim, start, length] : std::vector<std::tuple<int, int64_t, int64_t>>{
+             {1, 2, 4}, {0, 1, 3}, {-1, 0, 3}, {2, 2, 1}, {1, 7, 0}, {0, 0, 5}}) {
+      EXPECT_TRUE(identical(to_host(narrow(on(n, device), dim, start, length)), narrow_reference(n, dim, start, length)))
+          << "narrow " << dim << " " << start << " " << length;
+    }
+    // index_select, with both index dtypes
+    for (DType idx : {DType::kI32, DType::kI64}) {
+      HostTensor x = input({4, 6, 3});
+      struct S {
+        int dim;
+        Shape index;
+        int64_t extent;
+      };
+      for (const S& s : std::vector<S>{{1, {5}, 6}, {0, {2, 3}, 4}, {-1, {17}, 3}, {1, {0}, 6}, {2, {}, 3}}) {
+        HostTensor index = random_index(s.index, idx, seed++, 0, s.extent);
+        int a = s.dim < 0 ? s.dim + 3 : s.dim;
+        EXPECT_TRUE(identical(to_host(index_select(on(x, device), s.dim, on(index, device))), gather_reference(x, a, index)))
+            << "index_select dim " << s.dim << " index " << s.index << " " << to_string(idx);
+      }
+      HostTensor empty_outer = input({0, 5});
+      HostTensor index = random_index({3}, idx, seed++, 0, 5);
+      EXPECT_EQ(index_select(on(empty_outer, device), 1, on(index, device)).shape(), Shape({0, 3}));
+      // embedding of a vocabulary shard: ids [2, 12) live here, the others give zero rows
+      HostTensor table = input({10, 17});
+      for (const Shape& ids_shape : {Shape{3, 4}, Shape{1}, Shape{0}, Shape{40}}) {
+        HostTensor ids = random_index(ids_shape, idx, seed++, -3, 15);
+        EXPECT_TRUE(identical(to_host(embedding(on(table, device), on(ids, device), 2)), gather_reference(table, 0, ids, 2)))
+            << "embedding of ids " << ids_shape;
+      }
+      HostTensor all_ids = random_index({25}, idx, seed++, 0, 10);
+      EXPECT_TRUE(identical(to_host(embedding(on(table, device), on(all_ids, device))), gather_reference(table, 0, all_ids)));
+    }
+    // where and masked_fill, with both mask dtypes
+    for (DType mask_dtype : {DType::kBool, DType::kU8}) {
+      for (const Shape& s : {Shape{37}, Shape{3, 5, 7}, Shape{0, 4}, Shape{1}}) {
+        HostTensor cond = random_tensor(s, mask_dtype, seed++, 0, 3);  // u8: 0, 1, 2 (2 is true too)
+        HostTensor a = input(s), b = input(s);
+        std::vector<double> c = testing::values(cond), va = testing::values(a), vb = testing::values(b);
+        std::vector<double> w(c.size());
+        for (size_t i = 0; i < c.size(); ++i) w[i] = c[i] != 0 ? va[i] : vb[i];
+        EXPECT_TRUE(identical(to_host(where(on(cond, device), on(a, device), on(b, device))),
+                              cast_host(HostTensor::from_vector(w, s), dtype)))
+            << "where " << s << " cond " << to_string(mask_dtype);
+        for (double value : {-2.5, 300.0}) {
+          HostTensor fill = cast_host(HostTensor::from_vector(std::vector<double>{value}, {1}), dtype);
+          std::vector<double> f(c.size());
+          double filled = testing::values(fill)[0];
+          for (size_t i = 0; i < c.size(); ++i) f[i] = c[i] != 0 ? filled : vb[i];
+          EXPECT_TRUE(identical(to_host(masked_fill(on(b, device), on(cond, device), value)),
+                                cast_host(HostTensor::from_vector(f, s), dtype)))
+              << "masked_fill " << s << " with " << value;
+        }
+      }
+    }
+  }
+}
+
+TEST(Movement, EveryOpAndDtypeMatchesTheReferenceOnTheCpu) { check_movement(Device::cpu()); }
+
+TEST(CudaMovement, EveryOpAndDtypeMatchesTheReferenceOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_movement(Device::cuda(0));
+}
+
+// ---- axis reductions and topk
+
+// mean, amax, amin or argmax of x (f64 values) along axis a, NaN as the rules say.
+HostTensor axis_reference(const HostTensor& x, int dim, const std::string& op) {
+  int a = dim < 0 ? dim + x.ndim() : dim;
+  int64_t outer = x.shape().outer(a), n = x.dim(a), inner = x.shape().inner(a);
+  HostTensor out = HostTensor::empty(x.shape().without(a), DType::kF64);
+  const double* v = x.data<double>();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      double result;
+      if (op == "mean") {
+        double s = 0;
+        for (int64_t k = 0; k < n; ++k) s += v[(o * n + k) * inner + i];
+        result = s / static_cast<double>(n);
+      } else {
+        int64_t best = 0;
+        for (int64_t k = 1; k < n; ++k) {
+          double b = v[(o * n + best) * inner + i], c = v[(o * n + k) * inner + i];
+          if (std::isnan(b)) break;
+          if (std::isnan(c) || (op == "amin" ? c < b : c > b)) best = k;
+        }
+        result = op == "argmax" ? static_cast<double>(best) : v[(o * n + best) * inner + i];
+      }
+      out.data<double>()[o * inner + i] = result;
+    }
+  return out;
+}
+
+void check_axis_reductions(const Device& device) {
+  uint64_t seed = 500;
+  struct R {
+    Shape shape;
+    int dim;
+  };
+  const std::vector<R> cases = {{{6, 33, 5}, 0}, {{6, 33, 5}, 1}, {{6, 33, 5}, 2}, {{6, 33, 5}, -1},
+                                {{1}, 0},        {{17}, 0},       {{0, 3}, 1},     {{4, 0}, 0}, {{3, 1, 2}, 1}};
+  for (DType dtype : kNumerics) {
+    for (const R& c : cases) {
+      // Integers in [-8, 8) repeat often: ties test the first-index rule.
+      HostTensor x = random_tensor(c.shape, dtype, seed++, -8, 8);
+      DeviceTensor d = on(x, device);
+      HostTensor wide = f64(x);
+      std::string where = to_string(dtype) + c.shape.to_string() + " dim " + std::to_string(c.dim);
+      EXPECT_TRUE(identical(to_host(amax(d, c.dim)), cast_host(axis_reference(wide, c.dim, "amax"), dtype))) << "amax " << where;
+      EXPECT_TRUE(identical(to_host(amin(d, c.dim)), cast_host(axis_reference(wide, c.dim, "amin"), dtype))) << "amin " << where;
+      EXPECT_TRUE(identical(to_host(argmax(d, c.dim)), cast_host(axis_reference(wide, c.dim, "argmax"), DType::kI64)))
+          << "argmax " << where;
+      if (is_floating(dtype)) {
+        Tolerance t = tolerance(dtype);
+        EXPECT_TRUE(all_close(to_host(mean(d, c.dim)), cast_host(axis_reference(wide, c.dim, "mean"), dtype), t.rtol, t.atol))
+            << "mean " << where;
+      }
+    }
+    // Mean of an empty dimension: 0 / 0.
+    if (is_floating(dtype)) {
+      for (double v : testing::values(to_host(mean(on(random_tensor({3, 0}, dtype, 1), device), 1)))) EXPECT_TRUE(std::isnan(v));
+    }
+  }
+  // NaN: amax and amin give it, argmax points at the first one; ties keep the first index.
+  for (DType dtype : kFloats) {
+    HostTensor x = cast_host(HostTensor::from_vector(std::vector<double>{1, NAN, 7, NAN, 3, 3, -1, 3, INFINITY, -INFINITY, 2, 5},
+                                                     {3, 4}), dtype);
+    std::vector<double> mx = testing::values(to_host(amax(on(x, device), 1)));
+    std::vector<double> mn = testing::values(to_host(amin(on(x, device), 1)));
+    EXPECT_TRUE(std::isnan(mx[0]) && std::isnan(mn[0])) << to_string(dtype);
+    EXPECT_EQ(mx[1], 3);
+    EXPECT_EQ(mn[1], -1);
+    EXPECT_EQ(mx[2], INFINITY);
+    EXPECT_EQ(mn[2], -INFINITY);
+    EXPECT_EQ(to_host(argmax(on(x, device), 1)).to_vector<int64_t>(), (std::vector<int64_t>{1, 0, 0}));
+  }
+}
+
+TEST(AxisReduction, MeanAmaxAminArgmaxMatchTheReferenceOnTheCpu) { check_axis_reductions(Device::cpu()); }
+
+TEST(CudaAxisReduction, MeanAmaxAminArgmaxMatchTheReferenceOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_axis_reductions(Device::cuda(0));
+}
+
+// topk by a stable sort: NaN first, then larger values, then lower indices.
+std::pair<HostTensor, HostTensor> topk_reference(const HostTensor& x, int64_t k) {
+  HostTensor wide = f64(x);
+  int64_t cols = x.dim(-1), rows = cols == 0 ? 0 : x.numel() / cols;
+  HostTensor values = HostTensor::empty(x.shape().with(-1, k), DType::kF64);
+  HostTensor indices = HostTensor::empty(x.shape().with(-1, k), DType::kI64);
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* row = wide.data<double>() + r * cols;
+    std::vector<int64_t> order(static_cast<size_t>(cols));
+    for (int64_t c = 0; c < cols; ++c) order[static_cast<size_t>(c)] = c;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) {
+      if (std::isnan(row[i]) != std::isnan(row[j])) return std::isnan(row[i]);
+      return !std::isnan(row[i]) && row[i] > row[j];
+    });
+    for (int64_t t = 0; t < k; ++t) {
+      indices.data<int64_t>()[r * k + t] = order[static_cast<size_t>(t)];
+      values.data<double>()[r * k + t] = row[order[static_cast<size_t>(t)]];
+    }
+  }
+  return {cast_host(values, x.dtype()), indices};
+}
+
+void check_topk(const Device& device) {
+  uint64_t seed = 900;
+  struct K {
+    Shape shape;
+    int64_t k;
+  };
+  for (DType dtype : kNumerics) {
+    for (const K& c : std::vector<K>{{{5, 37}, 0}, {{5, 37}, 1}, {{5, 37}, 5}, {{5, 37}, 37}, {{3, 1}, 1}, {{2, 0}, 0},
+                                     {{0, 4}, 2}, {{4, 2, 300}, 7}, {{1}, 1}, {{2, 1000}, 33}}) {
+      HostTensor x = random_tensor(c.shape, dtype, seed++, -20, 20);
+      TopK got = topk(on(x, device), c.k);
+      auto [values, indices] = topk_reference(x, c.k);
+      std::string where = to_string(dtype) + c.shape.to_string() + " k " + std::to_string(c.k);
+      EXPECT_TRUE(identical(to_host(got.values), values)) << "topk values " << where;
+      EXPECT_TRUE(identical(to_host(got.indices), indices)) << "topk indices " << where;
+    }
+  }
+  for (DType dtype : kFloats) {
+    HostTensor x = cast_host(HostTensor::from_vector(std::vector<double>{2, NAN, 5, 2, -INFINITY, 5, NAN, 0}, {8}), dtype);
+    TopK got = topk(on(x, device), 6);
+    EXPECT_EQ(to_host(got.indices).to_vector<int64_t>(), (std::vector<int64_t>{1, 6, 2, 5, 0, 3})) << to_string(dtype);
+  }
+}
+
+TEST(TopK, MatchesAStableSortOnTheCpu) { check_topk(Device::cpu()); }
+
+TEST(CudaTopK, MatchesAStableSortOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_topk(Device::cuda(0));
+  DeviceTensor x = DeviceTensor::zeros({2, 2000}, DType::kF32, Device::cuda(0));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { topk(x, 1025); }, {"topk", "k = 1025", "1024"}));
+  EXPECT_EQ(topk(x, 1024).indices.shape(), Shape({2, 1024}));
+}
+
+// On CUDA an index_select index out of range reads nothing and gives zeros (movement.h).
+TEST(CudaMovement, AnIndexOutOfRangeGivesZerosOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  HostTensor x = random_tensor({2, 3}, DType::kF32, 1, 1, 2);  // no zeros
+  HostTensor index = HostTensor::from_vector(std::vector<int64_t>{2, 3, -1, 0}, {4});
+  std::vector<float> got = to_host(index_select(on(x, gpu), 1, on(index, gpu))).to_vector<float>();
+  const float* v = x.data<float>();
+  EXPECT_EQ(got, (std::vector<float>{v[2], 0, 0, v[0], v[5], 0, 0, v[3]}));
+}
+
+TEST(Movement, ErrorsNameTheOpAndTheTensors) {
+  DeviceTensor x = on(random_tensor({2, 3, 4}, DType::kF32, 1));
+  DeviceTensor i = on(random_index({2}, DType::kI64, 1, 0, 2));
+  auto arg = ErrorKind::kInvalidArgument;
+  auto shape = ErrorKind::kShape;
+  EXPECT_TRUE(throws_error(arg, [&] { permute(x, {0, 1}); }, {"permute", "[0, 1]", "f32[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(arg, [&] { permute(x, {0, 1, 1}); }, {"permute", "repeats dimension 1"}));
+  EXPECT_TRUE(throws_error(arg, [&] { permute(x, {0, 1, 3}); }, {"permute", "dimension 3", "f32[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { permute(on(random_tensor({2, 2, 2, 2, 2, 2, 2, 2, 2}, DType::kF32, 1)),
+                                                {8, 7, 6, 5, 4, 3, 2, 1, 0}); },
+                           {"permute", "at most 8"}));
+  EXPECT_TRUE(throws_error(arg, [&] { transpose(x, 0, -4); }, {"transpose", "dimension -4"}));
+  EXPECT_TRUE(throws_error(arg, [&] { concat({}, 0); }, {"concat of no tensors"}));
+  EXPECT_TRUE(throws_error(shape, [&] { concat({x, on(random_tensor({2, 4, 4}, DType::kF32, 1))}, 0); },
+                           {"concat", "piece 1 f32[2, 4, 4]", "f32[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { concat({x, on(random_tensor({2, 3, 4}, DType::kBF16, 1))}, 1); },
+                           {"concat", "bf16[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(arg, [&] { concat({x, DeviceTensor()}, 1); }, {"concat", "piece 1", "undefined"}));
+  EXPECT_TRUE(throws_error(arg, [&] { narrow(x, 1, 2, 2); }, {"narrow", "[2, 2 + 2)", "[0, 3)", "f32[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(arg, [&] { narrow(x, 1, -1, 1); }, {"narrow"}));
+  EXPECT_TRUE(throws_error(arg, [&] { narrow(x, 3, 0, 1); }, {"narrow", "dimension 3"}));
+  EXPECT_TRUE(throws_error(shape, [&] { index_select(x, 0, x); }, {"index_select", "f32[2, 3, 4]", "i32, i64"}));
+  EXPECT_TRUE(throws_error(arg, [&] { index_select(x, 5, i); }, {"index_select", "dimension 5"}));
+  EXPECT_TRUE(throws_error(shape, [&] { embedding(x, i); }, {"embedding", "[rows, hidden]", "f32[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { embedding(x.reshape({6, 4}), x); }, {"embedding", "i32, i64"}));
+  DeviceTensor mask = on(random_tensor({2, 3, 4}, DType::kBool, 1, 0, 2));
+  EXPECT_TRUE(throws_error(shape, [&] { where(x, x, x); }, {"where", "f32[2, 3, 4]", "bool, u8"}));
+  EXPECT_TRUE(throws_error(shape, [&] { where(mask, x, on(random_tensor({2, 3, 4}, DType::kI32, 1))); },
+                           {"where", "one dtype", "i32[2, 3, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { where(mask, x, x.reshape({6, 4})); }, {"where", "one shape", "f32[6, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { masked_fill(x, mask.reshape({24}), 0); }, {"masked_fill", "bool[24]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { masked_fill(x, x, 0); }, {"masked_fill", "bool, u8"}));
+}
+
+// An index out of range on the cpu: the kernel throws, at the call when the
+// work ran at once, else at the next wait on the stream (a stream of its own
+// here: the error is sticky).
+TEST(Movement, AnIndexOutOfRangeOnTheCpuIsAnErrorNamingIt) {
+  Stream side = Stream::create(Device::cpu());
+  DeviceTensor x = on(random_tensor({2, 3, 4}, DType::kF32, 1));
+  DeviceTensor index = on(HostTensor::from_vector(std::vector<int32_t>{0, 2, 3, 1}, {4}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
+                           [&] {
+                             DeviceTensor out = index_select(x, 1, index, &side);
+                             side.synchronize();
+                           },
+                           {"index_select", "index 3", "element 2", "[0, 3)", "dimension 1"}));
+}
+
+TEST(AxisReduction, Errors) {
+  DeviceTensor x = on(random_tensor({4, 6}, DType::kF32, 1));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { mean(on(random_tensor({4}, DType::kI32, 1)), 0); }, {"mean", "i32[4]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { amax(on(random_tensor({4}, DType::kBool, 1)), 0); }, {"amax", "bool[4]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { amin(x, 2); }, {"amin", "dimension 2", "f32[4, 6]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { argmax(x, -3); }, {"argmax", "dimension -3"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { amax(on(random_tensor({3, 0}, DType::kF32, 1)), 1); },
+                           {"amax", "f32[3, 0]", "empty"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { argmax(on(random_tensor({3, 0}, DType::kF32, 1)), -1); }, {"argmax", "empty"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { topk(x, 7); }, {"topk", "k = 7", "[0, 6]", "f32[4, 6]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { topk(x, -1); }, {"topk", "k = -1"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { topk(on(random_tensor({}, DType::kF32, 1)), 0); }, {"topk", "f32[]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { topk(on(random_tensor({4}, DType::kU8, 1)), 1); }, {"topk", "u8[4]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { mean(DeviceTensor(), 0); }, {"mean", "undefined"}));
+}
+
+// The new ops queue on the stream they are given, behind what is there.
+TEST(CpuStreams, MovementAndAxisOpsRunInStreamOrder) {
+  Stream side = Stream::create(Device::cpu());
+  HostTensor h = random_tensor({3, 4}, DType::kF32, 7);
+  DeviceTensor x = on(h);
+  meshrt::testing::Gate gate;
+  side.enqueue([&] { gate.wait(); });
+  DeviceTensor t = transpose(x, 0, 1, &side);
+  DeviceTensor c = concat({t, t}, 0, &side);
+  DeviceTensor s = narrow(c, 0, 2, 4, &side);
+  DeviceTensor m = amax(s, 0, &side);
+  TopK k = topk(s, 2, &side);
+  EXPECT_FALSE(side.query());
+  gate.release();
+  // rows 2, 3 of t then rows 0, 1: the columns 2, 3, 0, 1 of x
+  HostTensor expected = narrow_reference(concat_reference({permute_reference(h, {1, 0}), permute_reference(h, {1, 0})}, 0), 0, 2, 4);
+  EXPECT_TRUE(identical(to_host(s, &side), expected));
+  EXPECT_TRUE(identical(to_host(m, &side), cast_host(axis_reference(f64(expected), 0, "amax"), DType::kF32)));
+  EXPECT_TRUE(identical(to_host(k.indices, &side), topk_reference(expected, 2).second));
 }
 
 }  // namespace
