@@ -63,6 +63,7 @@ double reduced(int ranks, int64_t i, ReduceOp op, DType dtype) {
       case ReduceOp::kProd: acc = boolean ? std::min(acc, v) : acc * v; break;
       case ReduceOp::kMax: acc = std::max(acc, v); break;
       case ReduceOp::kMin: acc = std::min(acc, v); break;
+      case ReduceOp::kAvg: break;  // refused at the command line
     }
   }
   return acc;
@@ -216,6 +217,7 @@ int run(const Options& o) {
   Device device = world.device(o.device);
   DType dtype = parse_dtype(o.dtype);
   ReduceOp op = parse_reduce_op(o.op);
+  MESHRT_CHECK_ARG(op != ReduceOp::kAvg, "--op avg: communicators run sum, prod, max and min");
   int64_t min_bytes = parse_size(o.min_bytes), max_bytes = parse_size(o.max_bytes);
   int64_t increment = o.increment.empty() ? 0 : parse_size(o.increment);
   MESHRT_CHECK_ARG(min_bytes > 0 && max_bytes >= min_bytes, "need 0 < -b (", min_bytes, ") <= -e (", max_bytes, ")");

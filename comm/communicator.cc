@@ -18,6 +18,7 @@ const char* to_string(ReduceOp op) {
     case ReduceOp::kMax: return "max";
     case ReduceOp::kMin: return "min";
     case ReduceOp::kProd: return "prod";
+    case ReduceOp::kAvg: return "avg";
   }
   return "?";
 }
@@ -27,8 +28,9 @@ ReduceOp parse_reduce_op(const std::string& name) {
   if (name == "max") return ReduceOp::kMax;
   if (name == "min") return ReduceOp::kMin;
   if (name == "prod") return ReduceOp::kProd;
+  if (name == "avg") return ReduceOp::kAvg;
   throw Error(ErrorKind::kInvalidArgument,
-              detail::cat("unknown reduction '", name, "': expected sum, max, min or prod"));
+              detail::cat("unknown reduction '", name, "': expected sum, max, min, prod or avg"));
 }
 
 std::chrono::milliseconds default_comm_timeout() { return default_wait_timeout(); }
@@ -149,6 +151,12 @@ void Communicator::check_valid(const char* op) const {
   MESHRT_CHECK_ARG(valid(), op, " on an invalid communicator (this rank is not a member)");
 }
 
+void Communicator::check_reduce_op(const char* op, ReduceOp reduce) const {
+  MESHRT_CHECK_ARG(reduce != ReduceOp::kAvg, op, " on ", backend_->describe(),
+                   ": avg is a pending reduction of the sharding layer, which sums and divides; "
+                   "communicators run sum, max, min and prod");
+}
+
 void Communicator::check_tensor(const char* op, const DeviceTensor& t, const char* what) const {
   MESHRT_CHECK_ARG(t.defined(), op, ": ", what, " is an undefined tensor");
   MESHRT_CHECK_ARG(t.device() == device_, op, ": ", what, " is ", t.description(), " but ",
@@ -205,6 +213,7 @@ Work Communicator::all_reduce(const DeviceTensor& tensor, ReduceOp op) const {
 
 Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, ReduceOp op) const {
   check_valid("all_reduce");
+  check_reduce_op("all_reduce", op);
   check_tensor("all_reduce", in, "the input");
   check_tensor("all_reduce", out, "the output");
   MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel(),
@@ -231,6 +240,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
                                   ReduceOp op) const {
   check_valid("reduce_scatter");
+  check_reduce_op("reduce_scatter", op);
   check_tensor("reduce_scatter", in, "the input");
   check_tensor("reduce_scatter", out, "the output");
   MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel() * size(),

@@ -50,9 +50,12 @@
 
 namespace meshrt {
 
-enum class ReduceOp { kSum, kMax, kMin, kProd };
+// kAvg is the mean over the ranks: a pending reduction of a sharded value
+// (sharding/layout.h) that communicators do not run themselves (they refuse it:
+// the sharding layer sums and divides).
+enum class ReduceOp { kSum, kMax, kMin, kProd, kAvg };
 const char* to_string(ReduceOp op);
-// "sum", "max", "min", "prod"; throws Error(kInvalidArgument) otherwise.
+// "sum", "max", "min", "prod", "avg"; throws Error(kInvalidArgument) otherwise.
 ReduceOp parse_reduce_op(const std::string& name);
 
 namespace detail {
@@ -138,6 +141,7 @@ class Communicator {
   Communicator(std::shared_ptr<detail::CommBackend> backend, Device device)
       : backend_(std::move(backend)), device_(device) {}
   void check_valid(const char* op) const;
+  void check_reduce_op(const char* op, ReduceOp reduce) const;
   void check_tensor(const char* op, const DeviceTensor& t, const char* what) const;
 
   std::shared_ptr<detail::CommBackend> backend_;

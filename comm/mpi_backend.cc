@@ -653,6 +653,8 @@ MPI_Datatype mpi_datatype(DType dtype) {
 }
 
 MPI_Op mpi_reduce_op(DType dtype, ReduceOp op) {
+  // kAvg never gets here: Communicator refuses it (the sharding layer sums and divides).
+  MESHRT_CHECK(op != ReduceOp::kAvg, ErrorKind::kInternal, "mpi_reduce_op: avg reached a communicator");
   int index = static_cast<int>(op);  // kSum, kMax, kMin, kProd
   if (dtype == DType::kF16) return user_ops().half[index];
   if (dtype == DType::kBF16) return user_ops().bfloat[index];
@@ -664,6 +666,7 @@ MPI_Op mpi_reduce_op(DType dtype, ReduceOp op) {
     case ReduceOp::kMax: return MPI_MAX;
     case ReduceOp::kMin: return MPI_MIN;
     case ReduceOp::kProd: return MPI_PROD;
+    case ReduceOp::kAvg: break;
   }
   return MPI_SUM;
 }

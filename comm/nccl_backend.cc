@@ -518,6 +518,7 @@ ncclRedOp_t nccl_reduce_op(DType dtype, ReduceOp op) {
     case ReduceOp::kMax: return ncclMax;
     case ReduceOp::kMin: return ncclMin;
     case ReduceOp::kProd: return ncclProd;
+    case ReduceOp::kAvg: return ncclAvg;  // Communicator refuses it before here
   }
   return ncclSum;
 }
