@@ -86,12 +86,16 @@ void CpuQueue::run_inline(std::unique_lock<std::mutex>& lock, uint64_t number, v
   }
 }
 
+namespace {
+std::atomic<int64_t> g_test_delay_us{0};  // set_cpu_work_delay_for_testing
+}  // namespace
+
 void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
   uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
   submitted_.store(number, std::memory_order_relaxed);
-  if (inline_ok && !delayed_ && tasks_.empty() && !busy_) {
+  if (inline_ok && !delayed_ && tasks_.empty() && !busy_ && g_test_delay_us.load(std::memory_order_relaxed) == 0) {
     run_inline(lock, number, [](void* f) { (*static_cast<std::function<void()>*>(f))(); }, &fn);
     return;
   }
@@ -103,7 +107,7 @@ void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
 bool CpuQueue::run_if_idle(void (*call)(void*), void* fn) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
-  if (delayed_ || !tasks_.empty() || busy_) return false;
+  if (delayed_ || !tasks_.empty() || busy_ || g_test_delay_us.load(std::memory_order_relaxed) != 0) return false;
   uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
   submitted_.store(number, std::memory_order_relaxed);
   run_inline(lock, number, call, fn);
@@ -166,6 +170,9 @@ void CpuQueue::work() {
       if (task.after) {
         task.after->wait(task.after_n, default_wait_timeout(), "a cpu stream waiting for an event");
       } else {
+        if (int64_t delay = g_test_delay_us.load(std::memory_order_relaxed)) {
+          std::this_thread::sleep_for(std::chrono::microseconds(delay));
+        }
         task.fn();
       }
     } catch (...) {
@@ -217,3 +224,9 @@ void CpuQueue::wait(uint64_t n, std::chrono::milliseconds timeout, const char* w
 }
 
 }  // namespace meshrt::detail
+
+namespace meshrt {
+void set_cpu_work_delay_for_testing(std::chrono::microseconds delay) {
+  detail::g_test_delay_us.store(delay.count());
+}
+}  // namespace meshrt

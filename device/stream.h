@@ -119,4 +119,10 @@ class Event {
 // Whether the cpu streams run in the delayed test mode (MESHRT_CPU_STREAMS=delayed).
 bool cpu_streams_delayed();
 
+// Test hook: every task a cpu stream's worker runs from now on first sleeps
+// for delay (a kernel that takes that long), and no work runs at once on the
+// calling thread; zero turns it off. Proves in tests that ops return before
+// their work is done (asynchronous dispatch).
+void set_cpu_work_delay_for_testing(std::chrono::microseconds delay);
+
 }  // namespace meshrt
