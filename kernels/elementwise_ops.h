@@ -31,6 +31,7 @@ enum PartialRule : unsigned {
   kThroughSum = 1u << 0,
   kThroughMax = 1u << 1,
   kThroughMin = 1u << 2,
+  kThroughAvg = 1u << 3,  // the mean over ranks: linear ops
 };
 
 // Math for element functions, callable on the host and on a GPU. float on the
@@ -98,7 +99,7 @@ struct Mul {
 
 // y = f(x).                X(name, element function, dtypes, partial rule)
 #define MESHRT_UNARY_OPS(X)                                \
-  X(neg, Neg, NumericTypes, kThroughSum)                   \
+  X(neg, Neg, NumericTypes, kThroughSum | kThroughAvg)     \
   X(relu, Relu, NumericTypes, kThroughMax | kThroughMin)   \
   X(gelu, Gelu, FloatTypes, kNoPartial)                    \
   X(silu, Silu, FloatTypes, kNoPartial)                    \
@@ -106,13 +107,14 @@ struct Mul {
 
 // y = f(x, alpha).         X(name, element function, dtypes, partial rule)
 #define MESHRT_SCALAR_UNARY_OPS(X) \
-  X(scale, Scale, FloatTypes, kThroughSum)
+  X(scale, Scale, FloatTypes, kThroughSum | kThroughAvg)
 
 // y = f(a, b), same shapes. X(name, element function, dtypes, rule for a, rule for b)
 // (add commutes with a sum over both operands: a replicated b then counts once,
-// at coordinate 0 of the axis; see sharding/ops.h.)
+// at coordinate 0 of the axis; and with an avg: a replicated b counts on every
+// rank; see sharding/ops.h.)
 #define MESHRT_BINARY_OPS(X)                          \
-  X(add, Add, NumericTypes, kThroughSum, kThroughSum) \
+  X(add, Add, NumericTypes, kThroughSum | kThroughAvg, kThroughSum | kThroughAvg) \
   X(mul, Mul, NumericTypes, kNoPartial, kNoPartial)
 
 #define MESHRT_ELEMENTWISE_ENUMERATOR(name, Element, ...) k##Element,

@@ -110,15 +110,8 @@ LayerType linear_type() {
                                       " but a linear layer entered by width ", width, " needs [", width, ", out]"));
     }
     int64_t out = shape[1];
-    std::string parallel = l.value("parallel");
-    if (parallel == "column" && out % c.tensor_parallel != 0) {
-      c.fail(l, "parallel", detail::cat("a column-parallel weight ", shape, " needs its ", out,
-                                        " columns divisible by the ", c.tensor_parallel, " ranks of a stage"));
-    }
-    if (parallel == "row" && width % c.tensor_parallel != 0) {
-      c.fail(l, "parallel", detail::cat("a row-parallel weight ", shape, " needs its ", width,
-                                        " rows divisible by the ", c.tensor_parallel, " ranks of a stage"));
-    }
+    // Column and row parallel weights need not divide over the stage's ranks:
+    // blocks follow torch.chunk's sizes (sharding/layout.h).
     if (!l.value("bias").empty()) c.expect_vector(l, "bias", out);
     return out;
   };

@@ -200,6 +200,7 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
     auto began = std::chrono::steady_clock::now();
     DTensor y = p.module->forward(x);
     if (!y.layout().is_replicated()) y = sharding::redistribute(y, Layout::replicated(y.ndim()));
+    y.block_until_ready();  // ops are asynchronous: the forward time is the computation's
     if (!last) {
       forward += seconds_since(began);
       p.sends.push_back(across.send(y.local(), p.stage + 1));  // overlaps the next micro-batch and batch

@@ -3,64 +3,86 @@
 namespace meshrt::sharding::blocks {
 
 namespace {
-// Bytes of one row of the block copy (extent along d times everything after d)
-// and the number of rows (everything before d).
+// A block copy along d: rows (everything before d) of extent x inner bytes.
 struct Geometry {
-  size_t rows, block_row_bytes, full_row_bytes;
+  size_t rows, inner_bytes;
+  size_t row_bytes(int64_t extent) const { return static_cast<size_t>(extent) * inner_bytes; }
 };
 
-Geometry geometry(const Shape& full, DType dtype, int d, int64_t parts) {
-  MESHRT_CHECK_SHAPE(full[d] % parts == 0, "cannot cut dimension ", d, " of ", full, " into ", parts,
-                     " equal blocks");
-  size_t inner = static_cast<size_t>(full.inner(d)) * size_of(dtype);
-  return {static_cast<size_t>(full.outer(d)), static_cast<size_t>(full[d] / parts) * inner,
-          static_cast<size_t>(full[d]) * inner};
+Geometry geometry(const Shape& shape, DType dtype, int d) {
+  return {static_cast<size_t>(shape.outer(d)), static_cast<size_t>(shape.inner(d)) * size_of(dtype)};
 }
 
+int64_t total(const std::vector<int64_t>& extents) {
+  int64_t n = 0;
+  for (int64_t e : extents) n += e;
+  return n;
+}
 }  // namespace
 
 template <class Space>
-Tensor<Space> take_block(const Tensor<Space>& t, int d, int64_t index, int64_t parts) {
-  if (parts == 1) return t;
-  Geometry g = geometry(t.shape(), t.dtype(), d, parts);
-  Tensor<Space> out = Tensor<Space>::empty(t.shape().with(d, t.dim(d) / parts), t.dtype(), t.device());
-  const char* from = static_cast<const char*>(t.raw_data()) + static_cast<size_t>(index) * g.block_row_bytes;
+Tensor<Space> take_block(const Tensor<Space>& t, int d, Extent block) {
+  MESHRT_CHECK_SHAPE(block.offset >= 0 && block.size >= 0 && block.offset + block.size <= t.dim(d),
+                     "take_block: [", block.offset, ", ", block.offset + block.size, ") of dimension ", d, " of ",
+                     t.description());
+  if (block.offset == 0 && block.size == t.dim(d)) return t;
+  Geometry g = geometry(t.shape(), t.dtype(), d);
+  Tensor<Space> out = Tensor<Space>::empty(t.shape().with(d, block.size), t.dtype(), t.device());
+  if (out.numel() == 0) return out;
+  const char* from = static_cast<const char*>(t.raw_data()) + g.row_bytes(block.offset);
   if constexpr (Tensor<Space>::kIsHost) {
-    copy_host_rows(out.raw_data(), g.block_row_bytes, from, g.full_row_bytes, g.block_row_bytes, g.rows);
+    copy_host_rows(out.raw_data(), g.row_bytes(block.size), from, g.row_bytes(t.dim(d)), g.row_bytes(block.size),
+                   g.rows);
   } else {
-    copy_rows(t.device(), out.raw_data(), g.block_row_bytes, from, g.full_row_bytes, g.block_row_bytes, g.rows);
+    copy_rows(t.device(), out.raw_data(), g.row_bytes(block.size), from, g.row_bytes(t.dim(d)),
+              g.row_bytes(block.size), g.rows);
   }
   return out;
 }
 
-template HostTensor take_block(const HostTensor&, int, int64_t, int64_t);
-template DeviceTensor take_block(const DeviceTensor&, int, int64_t, int64_t);
+template HostTensor take_block(const HostTensor&, int, Extent);
+template DeviceTensor take_block(const DeviceTensor&, int, Extent);
 
-DeviceTensor pack_blocks(const DeviceTensor& t, int d, int64_t parts) {
-  Geometry g = geometry(t.shape(), t.dtype(), d, parts);
-  DeviceTensor out = DeviceTensor::empty(t.shape(), t.dtype(), t.device());
-  size_t block_bytes = g.block_row_bytes * g.rows;
-  for (int64_t j = 0; j < parts; ++j) {
-    copy_rows(t.device(), static_cast<char*>(out.raw_data()) + static_cast<size_t>(j) * block_bytes,
-              g.block_row_bytes, static_cast<const char*>(t.raw_data()) + static_cast<size_t>(j) * g.block_row_bytes,
-              g.full_row_bytes, g.block_row_bytes, g.rows);
+DeviceTensor pack_pieces(const DeviceTensor& t, int d, const std::vector<int64_t>& extents) {
+  MESHRT_CHECK_SHAPE(total(extents) == t.dim(d), "pack_pieces: the pieces of dimension ", d, " of ",
+                     t.description(), " add up to ", total(extents));
+  Geometry g = geometry(t.shape(), t.dtype(), d);
+  DeviceTensor out = DeviceTensor::empty({t.numel()}, t.dtype(), t.device());
+  size_t at = 0, from = 0;
+  for (int64_t e : extents) {
+    if (e > 0 && g.rows > 0) {
+      copy_rows(t.device(), static_cast<char*>(out.raw_data()) + at, g.row_bytes(e),
+                static_cast<const char*>(t.raw_data()) + from, g.row_bytes(t.dim(d)), g.row_bytes(e), g.rows);
+    }
+    at += g.row_bytes(e) * g.rows;
+    from += g.row_bytes(e);
   }
   return out;
 }
 
-DeviceTensor unpack_blocks(const DeviceTensor& packed, const Shape& block, int d, int64_t parts) {
-  Shape full = block.with(d, block[d] * parts);
-  MESHRT_CHECK_SHAPE(packed.numel() == full.numel(), "unpack_blocks: ", packed.description(), " is not ",
-                     parts, " blocks of ", block);
-  Geometry g = geometry(full, packed.dtype(), d, parts);
-  DeviceTensor out = DeviceTensor::empty(full, packed.dtype(), packed.device());
-  size_t block_bytes = g.block_row_bytes * g.rows;
-  for (int64_t j = 0; j < parts; ++j) {
-    copy_rows(packed.device(), static_cast<char*>(out.raw_data()) + static_cast<size_t>(j) * g.block_row_bytes,
-              g.full_row_bytes, static_cast<const char*>(packed.raw_data()) + static_cast<size_t>(j) * block_bytes,
-              g.block_row_bytes, g.block_row_bytes, g.rows);
+DeviceTensor join_pieces(const DeviceTensor& packed, const Shape& base, int d, const std::vector<int64_t>& extents) {
+  Shape whole = base.with(d, total(extents));
+  MESHRT_CHECK_SHAPE(packed.numel() == whole.numel(), "join_pieces: ", packed.description(), " is not the pieces of ",
+                     whole);
+  Geometry g = geometry(whole, packed.dtype(), d);
+  DeviceTensor out = DeviceTensor::empty(whole, packed.dtype(), packed.device());
+  size_t at = 0, to = 0;
+  for (int64_t e : extents) {
+    if (e > 0 && g.rows > 0) {
+      copy_rows(packed.device(), static_cast<char*>(out.raw_data()) + to, g.row_bytes(whole[d]),
+                static_cast<const char*>(packed.raw_data()) + at, g.row_bytes(e), g.row_bytes(e), g.rows);
+    }
+    at += g.row_bytes(e) * g.rows;
+    to += g.row_bytes(e);
   }
   return out;
+}
+
+std::vector<int64_t> piece_counts(const Shape& base, int d, const std::vector<int64_t>& extents) {
+  int64_t rest = base.outer(d) * base.inner(d);
+  std::vector<int64_t> counts;
+  for (int64_t e : extents) counts.push_back(e * rest);
+  return counts;
 }
 
 }  // namespace meshrt::sharding::blocks

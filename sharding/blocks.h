@@ -1,22 +1,32 @@
-// Internal to sharding/: cutting a tensor into equal blocks along one dimension
-// and putting blocks back together, on any device (strided copies with
-// copy_rows, so cudaMemcpy2DAsync on GPUs).
+// Internal to sharding/: cutting a tensor into blocks along one dimension and
+// putting blocks back together, on any device (strided copies with copy_rows,
+// so cudaMemcpy2DAsync on GPUs). Blocks may differ in size (torch.chunk's
+// sizes, layout.h), and may be empty.
 #pragma once
 
+#include <vector>
+
 #include "device/tensor.h"
+#include "sharding/layout.h"
 
 namespace meshrt::sharding::blocks {
 
-// Block `index` of `parts` equal blocks of t along dimension d.
+// The block [block.offset, block.offset + block.size) of t along dimension d: t
+// itself when that is the whole dimension, else a copy.
 template <class Space>
-Tensor<Space> take_block(const Tensor<Space>& t, int d, int64_t index, int64_t parts);
+Tensor<Space> take_block(const Tensor<Space>& t, int d, Extent block);
 
-// All `parts` blocks of t along d, one after another: [block 0][block 1]...,
-// each block row-major. The send buffer of reduce_scatter and all_to_all.
-DeviceTensor pack_blocks(const DeviceTensor& t, int d, int64_t parts);
+// t cut along d into pieces of the given extents (they sum to t.dim(d)), one
+// after another: [piece 0][piece 1]..., each row-major. The send buffer of
+// reduce_scatter and all_to_all.
+DeviceTensor pack_pieces(const DeviceTensor& t, int d, const std::vector<int64_t>& extents);
 
-// The inverse: `parts` consecutive blocks of shape block (in packed) put side by
-// side along d. The receive buffer of all_gather and all_to_all, made whole.
-DeviceTensor unpack_blocks(const DeviceTensor& packed, const Shape& block, int d, int64_t parts);
+// The inverse: consecutive pieces in packed, piece j of shape base.with(d,
+// extents[j]), joined along d. The receive buffer of all_gather and
+// all_to_all, made whole.
+DeviceTensor join_pieces(const DeviceTensor& packed, const Shape& base, int d, const std::vector<int64_t>& extents);
+
+// Elements of each piece: extents[j] times the elements of base outside d.
+std::vector<int64_t> piece_counts(const Shape& base, int d, const std::vector<int64_t>& extents);
 
 }  // namespace meshrt::sharding::blocks

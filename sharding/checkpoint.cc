@@ -46,7 +46,25 @@ void check_file_name(const std::string& file, const std::string& index) {
 struct Index {
   std::map<std::string, std::string> weight_map;   // tensor -> file
   std::map<std::string, std::string> layouts;      // tensor -> saved layout
+  std::map<std::string, std::vector<SavedBlock>> blocks;  // tensor -> the blocks its save wrote
 };
+
+// The blocks the index records for a tensor (informational: loading computes
+// its own blocks from the shape; a malformed entry is ignored).
+std::vector<SavedBlock> parse_blocks(const nlohmann::json& list) {
+  std::vector<SavedBlock> out;
+  if (!list.is_array()) return out;
+  for (const auto& b : list) {
+    if (!b.is_object() || !b.contains("rank") || !b.contains("offsets") || !b.contains("shape")) continue;
+    try {
+      out.push_back({b["rank"].get<int>(), b["offsets"].get<std::vector<int64_t>>(),
+                     Shape(b["shape"].get<std::vector<int64_t>>())});
+    } catch (const std::exception&) {
+      continue;
+    }
+  }
+  return out;
+}
 
 Index read_index(const std::string& dir) {
   std::string path = join(dir, kCheckpointIndex);
@@ -79,6 +97,12 @@ Index read_index(const std::string& dir) {
       json["metadata"]["layouts"].is_object()) {
     for (auto it = json["metadata"]["layouts"].begin(); it != json["metadata"]["layouts"].end(); ++it) {
       if (it.value().is_string()) index.layouts[it.key()] = it.value().get<std::string>();
+    }
+  }
+  if (json.contains("metadata") && json["metadata"].is_object() && json["metadata"].contains("blocks") &&
+      json["metadata"]["blocks"].is_object()) {
+    for (auto it = json["metadata"]["blocks"].begin(); it != json["metadata"]["blocks"].end(); ++it) {
+      index.blocks[it.key()] = parse_blocks(it.value());
     }
   }
   return index;
@@ -115,21 +139,32 @@ void for_each_run(const Shape& global, const std::vector<int64_t>& offsets, cons
   }
 }
 
-std::vector<int64_t> block_offsets(const Mesh& mesh, const Layout& layout, const Shape& global) {
-  std::vector<int> coordinates = mesh.coordinates(mesh.rank());
-  Shape local = layout.local_shape(mesh, global);
-  std::vector<int64_t> offsets;
-  for (int d = 0; d < global.ndim(); ++d) offsets.push_back(layout.block_index(mesh, d, coordinates) * local[d]);
-  return offsets;
-}
-
-// Whether this rank writes its block: one replica per block, the one at
-// coordinate 0 of every mesh axis the layout does not shard with.
-bool writes_block(const Mesh& mesh, const Layout& layout) {
-  for (const MeshAxis& a : mesh.axes()) {
-    if (layout.dim_of(a.name) < 0 && mesh.coordinate(a.name) != 0) return false;
+// Whether the rank at coordinates writes its block: one replica per block, the
+// one at coordinate 0 of every mesh axis the layout does not shard with.
+bool writes_block(const Mesh& mesh, const Layout& layout, const std::vector<int>& coordinates) {
+  for (int i = 0; i < mesh.ndim(); ++i) {
+    const MeshAxis& a = mesh.axes()[static_cast<size_t>(i)];
+    if (layout.dim_of(a.name) < 0 && coordinates[static_cast<size_t>(i)] != 0) return false;
   }
   return true;
+}
+
+bool writes_block(const Mesh& mesh, const Layout& layout) {
+  return writes_block(mesh, layout, mesh.coordinates(mesh.rank()));
+}
+
+// The blocks a save writes, for the index: each block's rank, offsets and shape.
+nlohmann::json saved_blocks(const DTensor& t) {
+  const Mesh& mesh = t.mesh();
+  nlohmann::json blocks = nlohmann::json::array();
+  for (int r = 0; r < mesh.size(); ++r) {
+    std::vector<int> coordinates = mesh.coordinates(r);
+    if (!writes_block(mesh, t.layout(), coordinates)) continue;
+    blocks.push_back({{"rank", r},
+                      {"offsets", t.layout().block_offsets(mesh, t.global_shape(), coordinates)},
+                      {"shape", t.layout().local_shape(mesh, t.global_shape(), coordinates).dims()}});
+  }
+  return blocks;
 }
 
 // All ranks agree whether every rank succeeded; ok is this rank's result.
@@ -239,7 +274,7 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
         if (!f) f = std::make_unique<File>(temp_path(i), O_WRONLY);
         HostTensor block = meshrt::to_host(t.local());
         size_t element = size_of(t.dtype());
-        for_each_run(t.global_shape(), block_offsets(mesh, t.layout(), t.global_shape()), block.shape(),
+        for_each_run(t.global_shape(), t.layout().block_offsets(mesh, t.global_shape()), block.shape(),
                      [&](int64_t global, int64_t local, int64_t count) {
                        f->write_at(static_cast<const char*>(block.raw_data()) + static_cast<size_t>(local) * element,
                                    static_cast<size_t>(count) * element,
@@ -271,6 +306,7 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
         for (const SafetensorsEntry& e : files[i]) index["weight_map"][e.name] = file_names[i];
       }
       for (const DTensor& t : tensors_in) index["metadata"]["layouts"][t.name()] = t.layout().to_string();
+      for (const DTensor& t : tensors) index["metadata"]["blocks"][t.name()] = saved_blocks(t);
       std::string text = index.dump(2);
       std::string index_temp = join(dir, std::string(kCheckpointIndex) + ".partial");
       {
@@ -299,13 +335,14 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
 TensorStore::TensorStore(const std::string& path) : path_(path) {
   struct stat st {};
   bool folder = ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  auto add = [&](const SafetensorsEntry& e, const std::string& file, size_t header, const std::string& layout) {
+  auto add = [&](const SafetensorsEntry& e, const std::string& file, size_t header, const std::string& layout,
+                 std::vector<SavedBlock> blocks) {
     by_name_[e.name] = {entries_.size(), header};
-    entries_.push_back({e.name, e.dtype, e.shape, file, layout});
+    entries_.push_back({e.name, e.dtype, e.shape, file, layout, std::move(blocks)});
   };
   if (!folder) {
     headers_.emplace_back(path, read_safetensors_header(path));
-    for (const SafetensorsEntry& e : headers_[0].second.tensors) add(e, path.substr(path.find_last_of('/') + 1), 0, "");
+    for (const SafetensorsEntry& e : headers_[0].second.tensors) add(e, path.substr(path.find_last_of('/') + 1), 0, "", {});
     return;
   }
   Index index = read_index(path);
@@ -317,7 +354,9 @@ TensorStore::TensorStore(const std::string& path) : path_(path) {
       headers_.emplace_back(join(path, file), read_safetensors_header(join(path, file)));
     }
     auto layout = index.layouts.find(name);
-    add(headers_[it->second].second.find(name), file, it->second, layout == index.layouts.end() ? "" : layout->second);
+    auto blocks = index.blocks.find(name);
+    add(headers_[it->second].second.find(name), file, it->second, layout == index.layouts.end() ? "" : layout->second,
+        blocks == index.blocks.end() ? std::vector<SavedBlock>{} : blocks->second);
   }
 }
 
@@ -338,7 +377,7 @@ DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layou
   size_t element = size_of(e.dtype);
   File f(file, O_RDONLY);
   uint64_t start = header.data_start + e.begin;  // (clang 14 cannot capture a structured binding)
-  for_each_run(e.shape, block_offsets(mesh, layout, e.shape), local, [&](int64_t global, int64_t at, int64_t count) {
+  for_each_run(e.shape, layout.block_offsets(mesh, e.shape), local, [&](int64_t global, int64_t at, int64_t count) {
     f.read_at(static_cast<char*>(block.raw_data()) + static_cast<size_t>(at) * element, static_cast<size_t>(count) * element,
               start + static_cast<uint64_t>(global) * element);
   });

@@ -3,9 +3,13 @@
 //
 // A checkpoint is a folder: safetensors files holding each tensor whole
 // (row-major, the global value) and model.safetensors.index.json naming the file
-// of each tensor (the Hugging Face index format, plus meshrt's metadata). When
-// saving, each rank writes only its own block (one replica per block writes);
-// when loading, each rank reads only the bytes of the block its layout gives it.
+// of each tensor (the Hugging Face index format, plus meshrt's metadata: each
+// tensor's layout when saved and the blocks written, each with its rank,
+// offsets and shape). When saving, each rank writes only its own block (one
+// replica per block writes); when loading, each rank reads only the bytes of
+// the block its layout gives it. Blocks follow torch.chunk's sizes (layout.h),
+// so a checkpoint saved on any mesh loads onto any mesh and any number of
+// ranks, whether the sizes divide or not.
 //
 // Saving is atomic: files are written under new names (a per-save id), flushed
 // with fsync, and the index is replaced last by rename(); the previous
@@ -41,12 +45,20 @@ struct CheckpointOptions {
 void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors,
                      const CheckpointOptions& options = {});
 
+// A block a save wrote: by which rank, where in the global tensor, its shape.
+struct SavedBlock {
+  int rank = 0;
+  std::vector<int64_t> offsets;
+  Shape shape;
+};
+
 struct CheckpointEntry {
   std::string name;
   DType dtype;
   Shape shape;
   std::string file;         // inside the checkpoint folder
   std::string saved_layout; // the layout it had when saved (informational)
+  std::vector<SavedBlock> saved_blocks;  // the blocks written (informational)
 };
 
 // Tensors stored in safetensors: one file, or a checkpoint folder. The index and

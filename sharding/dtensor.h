@@ -4,10 +4,21 @@
 //
 // Reading a sharded (or partial) value on the host is an explicit gather():
 // to_host() on one is an error that says so.
+//
+// Asynchronous dispatch (JAX's): ops on DTensors queue their kernels on the
+// device's stream and their collectives on the communicators' streams (ordered
+// by events, communicator.h) and return at once; a DTensor is a future value.
+// Its shape, dtype and layout are known at once; its elements only after
+// block_until_ready(), to_host() or gather(), which wait and rethrow a failure
+// of the work that produced it, naming the operation. The collectives a value
+// depends on travel with it (pending()), so an error is never lost with a
+// Work nobody waited on.
 #pragma once
 
 #include <string>
+#include <vector>
 
+#include "comm/work.h"
 #include "device/tensor.h"
 #include "sharding/layout.h"
 #include "sharding/mesh.h"
@@ -49,6 +60,17 @@ class DTensor {
   // one it throws Error(kInvalidArgument) saying to gather() or redistribute.
   HostTensor to_host() const;
 
+  // Waits until the value is computed (its collectives, then everything queued
+  // on its device's stream) and rethrows a failure, naming the operation and
+  // this tensor. Returns *this.
+  const DTensor& block_until_ready() const;
+  // The collectives in flight whose results this value reads (its own and its
+  // inputs'); those known to be done are dropped as values are made.
+  const std::vector<Work>& pending() const { return pending_; }
+  // The same value, also depending on works (what ops pass on from their inputs).
+  DTensor after(const std::vector<Work>& works) const;
+  DTensor after(const DTensor& input) const { return after(input.pending()); }
+
   DTensor renamed(std::string name) const;
   // "x: f32[128, 96] [S(data), S(model)] on Mesh(data=2, model=2)"
   std::string description() const;
@@ -59,6 +81,7 @@ class DTensor {
   Mesh mesh_;
   Layout layout_;
   std::string name_;
+  std::vector<Work> pending_;
 };
 
 }  // namespace meshrt::sharding

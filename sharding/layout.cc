@@ -14,6 +14,19 @@ std::vector<Partial> sums(std::vector<std::string> axes) {
 }
 }  // namespace
 
+std::vector<int64_t> chunk_extents(int64_t n, int64_t k) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < k; ++i) out.push_back(chunk_extent(n, k, i).size);
+  return out;
+}
+
+Extent chunk_extent(int64_t n, int64_t k, int64_t i) {
+  MESHRT_CHECK_ARG(n >= 0 && k >= 1 && i >= 0 && i < k, "chunk_extent: piece ", i, " of ", n, " elements over ", k);
+  int64_t piece = (n + k - 1) / k;
+  int64_t offset = std::min(n, i * piece);
+  return {offset, std::min(piece, n - offset)};
+}
+
 Layout::Layout(std::vector<std::vector<std::string>> dims, std::vector<std::string> partial)
     : Layout(std::move(dims), sums(std::move(partial)), 0) {}
 
@@ -29,7 +42,7 @@ Layout::Layout(std::vector<std::vector<std::string>> dims, std::vector<Partial> 
   for (const auto& p : partials_) {
     use(p.axis);
     MESHRT_CHECK_ARG(p.op != ReduceOp::kProd, "layout ", to_string(),
-                     ": a pending product is not supported (sum, max and min are)");
+                     ": a pending product is not supported (sum, avg, max and min are)");
   }
 }
 
@@ -100,7 +113,9 @@ Layout Layout::parse(const std::string& text) {
       Partial p{trim(entry.substr(0, colon)), ReduceOp::kSum};
       if (colon != std::string::npos) {
         std::string op = trim(entry.substr(colon + 1));
-        if (op != "sum" && op != "max" && op != "min") throw bad("P(" + entry + "): the reduction must be sum, max or min");
+        if (op != "sum" && op != "avg" && op != "max" && op != "min") {
+          throw bad("P(" + entry + "): the reduction must be sum, avg, max or min");
+        }
         p.op = parse_reduce_op(op);
       }
       partials.push_back(std::move(p));
@@ -170,20 +185,8 @@ void Layout::check(const Mesh& mesh, const Shape& global, const std::string& nam
   MESHRT_CHECK_SHAPE(ndim() == global.ndim(), "layout ", to_string(), " of ", name, " has ", ndim(),
                      " dimensions but ", name, " has global shape ", global, " (", global.ndim(), ")");
   for (const auto& p : partials_) mesh.axis_index(p.axis);
-  for (int d = 0; d < ndim(); ++d) {
-    const auto& axes = dims_[static_cast<size_t>(d)];
-    if (axes.empty()) continue;
-    int64_t n = parts(mesh, d);
-    if (global[d] % n == 0) continue;
-    std::string which = axes.size() == 1 ? "mesh axis '" + axes[0] + "'" : "mesh axes (";
-    if (axes.size() > 1) {
-      for (size_t i = 0; i < axes.size(); ++i) which += (i ? ", '" : "'") + axes[i] + "'";
-      which += ")";
-    }
-    throw Error(ErrorKind::kShape,
-                detail::cat("dimension ", d, " of ", name, " (global size ", global[d], ") is sharded over ",
-                            which, " of size ", n, ": ", global[d], " is not divisible by ", n,
-                            " (layout ", to_string(), " on ", mesh.to_string(), ")"));
+  for (const auto& axes : dims_) {
+    for (const auto& a : axes) mesh.axis_index(a);
   }
 }
 
@@ -201,10 +204,41 @@ int64_t Layout::block_index(const Mesh& mesh, int d, const std::vector<int>& coo
   return index;
 }
 
+Extent Layout::block(const Mesh& mesh, int d, const std::vector<int>& coordinates, int64_t n) const {
+  Extent e{0, n};
+  for (const auto& a : dim(d)) {
+    Extent piece = chunk_extent(e.size, mesh.axis_size(a), coordinates[static_cast<size_t>(mesh.axis_index(a))]);
+    e = {e.offset + piece.offset, piece.size};
+  }
+  return e;
+}
+
+std::vector<int64_t> Layout::block_offsets(const Mesh& mesh, const Shape& global) const {
+  return block_offsets(mesh, global, mesh.coordinates(mesh.rank()));
+}
+
+std::vector<int64_t> Layout::block_offsets(const Mesh& mesh, const Shape& global,
+                                           const std::vector<int>& coordinates) const {
+  std::vector<int64_t> offsets;
+  for (int d = 0; d < ndim(); ++d) offsets.push_back(block(mesh, d, coordinates, global[d]).offset);
+  return offsets;
+}
+
 Shape Layout::local_shape(const Mesh& mesh, const Shape& global) const {
+  return local_shape(mesh, global, mesh.coordinates(mesh.rank()));
+}
+
+Shape Layout::local_shape(const Mesh& mesh, const Shape& global, const std::vector<int>& coordinates) const {
   std::vector<int64_t> dims = global.dims();
-  for (int d = 0; d < ndim(); ++d) dims[static_cast<size_t>(d)] /= parts(mesh, d);
+  for (int d = 0; d < ndim(); ++d) dims[static_cast<size_t>(d)] = block(mesh, d, coordinates, global[d]).size;
   return Shape(std::move(dims));
+}
+
+bool Layout::even(const Mesh& mesh, const Shape& global) const {
+  for (int d = 0; d < ndim(); ++d) {
+    if (global[d] % parts(mesh, d) != 0) return false;
+  }
+  return true;
 }
 
 std::string Layout::to_string() const {

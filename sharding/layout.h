@@ -13,10 +13,19 @@
 // the brackets: a pending sum over mesh axis 'x' (PyTorch's Partial("sum"));
 // "P(x:max)", "P(x:min)": a pending max or min; "P(x, y:max)" lists several.
 //
-// A dimension sharded over axes (a, b) is cut into |a| x |b| blocks; the rank with
-// coordinates (ca, cb) holds block ca x |b| + cb. Of a value partial over axis a,
-// for a sum the rank at coordinate 0 of a holds the value (when it was placed
-// from a whole one) and the others zeros; for max and min every rank holds it.
+// Block sizes follow torch.chunk (PyTorch DTensor's rule): a dimension of n
+// elements over a mesh axis of k ranks is cut into pieces of ceil(n / k)
+// elements until the elements run out, so 5 over 4 gives 2, 2, 1, 0 and 50257
+// over 2 gives 25129, 25128. Sizes need not divide. A dimension sharded over
+// axes (a, b) is cut over a first, then each piece over b (5 over (2, 2): 3, 2
+// over a, then 2, 1 and 1, 1), so the rank with coordinates (ca, cb) holds piece
+// cb of piece ca. Gathering over the innermost axis b gives back the piece of a:
+// every redistribution step works over one axis. (TensorFlow's partitioners cut
+// differently, the first n mod k pieces one larger: sharding/partitioner.h.)
+//
+// Of a value partial over axis a, for a sum the rank at coordinate 0 of a holds
+// the value (when it was placed from a whole one) and the others zeros; for avg,
+// max and min every rank holds it.
 #pragma once
 
 #include <string>
@@ -28,7 +37,18 @@
 
 namespace meshrt::sharding {
 
-// A pending reduction over one mesh axis. Sum, max and min are supported.
+// torch.chunk's sizes: n elements cut into k pieces of ceil(n / k) elements
+// until they run out (5 over 4: 2, 2, 1, 0; 0 over 3: 0, 0, 0).
+std::vector<int64_t> chunk_extents(int64_t n, int64_t k);
+// Piece i of chunk_extents(n, k): its offset in the n elements and its extent.
+struct Extent {
+  int64_t offset = 0, size = 0;
+  bool operator==(const Extent&) const = default;
+};
+Extent chunk_extent(int64_t n, int64_t k, int64_t i);
+
+// A pending reduction over one mesh axis: sum, avg (the mean over the axis's
+// ranks), max or min.
 struct Partial {
   std::string axis;
   ReduceOp op = ReduceOp::kSum;
@@ -73,16 +93,25 @@ class Layout {
   // The same layout with mesh axis `axis` nowhere (not sharding, not partial).
   Layout without_axis(const std::string& axis) const;
 
-  // Checks the layout against mesh and a global shape; errors name the tensor,
-  // e.g. "dimension 0 of x (global size 4) is sharded over mesh axis 'model' of
-  // size 8: 4 is not divisible by 8".
+  // Checks the layout against mesh and a global shape (the number of
+  // dimensions, the axes exist); errors name the tensor. Sizes need not divide.
   void check(const Mesh& mesh, const Shape& global, const std::string& name) const;
 
-  // Number of blocks dimension d is cut into, this rank's block index and the
-  // block's extent and offset in the global dimension.
+  // Number of blocks dimension d is cut into, and the block index of the rank
+  // at coordinates (row-major over d's axes).
   int64_t parts(const Mesh& mesh, int d) const;
   int64_t block_index(const Mesh& mesh, int d, const std::vector<int>& coordinates) const;
+  // The block of dimension d (global extent n) held at coordinates: torch.chunk
+  // over each of d's axes in turn, outermost first.
+  Extent block(const Mesh& mesh, int d, const std::vector<int>& coordinates, int64_t n) const;
+  // Offsets of the block held at coordinates (this rank's by default), one per dimension.
+  std::vector<int64_t> block_offsets(const Mesh& mesh, const Shape& global) const;
+  std::vector<int64_t> block_offsets(const Mesh& mesh, const Shape& global, const std::vector<int>& coordinates) const;
+  // The shape of the block held at coordinates (this rank's by default).
   Shape local_shape(const Mesh& mesh, const Shape& global) const;
+  Shape local_shape(const Mesh& mesh, const Shape& global, const std::vector<int>& coordinates) const;
+  // Whether every block of every sharded dimension has the same extent (the sizes divide).
+  bool even(const Mesh& mesh, const Shape& global) const;
 
   std::string to_string() const;
   bool operator==(const Layout& other) const = default;

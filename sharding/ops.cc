@@ -33,6 +33,7 @@ unsigned rule_bit(ReduceOp op) {
     case ReduceOp::kSum: return kernels::kThroughSum;
     case ReduceOp::kMax: return kernels::kThroughMax;
     case ReduceOp::kMin: return kernels::kThroughMin;
+    case ReduceOp::kAvg: return kernels::kThroughAvg;
     case ReduceOp::kProd: break;
   }
   return kernels::kNoPartial;
@@ -49,7 +50,7 @@ Layout keeping(const Layout& layout, unsigned keep) {
 
 DTensor map_local(const DTensor& x, const std::function<DeviceTensor(const DeviceTensor&)>& f,
                   const std::string& name) {
-  return DTensor(f(x.local()), x.global_shape(), x.mesh(), x.layout(), name);
+  return DTensor(f(x.local()), x.global_shape(), x.mesh(), x.layout(), name).after(x);
 }
 }  // namespace
 
@@ -118,7 +119,9 @@ DTensor matmul(const DTensor& a_given, const DTensor& b_given, const std::string
   std::vector<int64_t> global(a_in.global_shape().dims().begin(), a_in.global_shape().dims().end() - 1);
   global.push_back(b_in.global_shape()[bnn]);
   return DTensor(c, Shape(global), a.mesh(), Layout(c_dims, c_partial),
-                 name.empty() ? "(" + a_in.name() + " @ " + b_in.name() + ")" : name);
+                 name.empty() ? "(" + a_in.name() + " @ " + b_in.name() + ")" : name)
+      .after(a)
+      .after(b);
 }
 
 DTensor unary(kernels::UnaryOp op, const DTensor& x_in, double alpha) {
@@ -140,7 +143,9 @@ DTensor binary(kernels::BinaryOp op, const DTensor& a_in, const DTensor& b_in) {
   DTensor b = redistribute(b_in, a.layout());
   DeviceTensor out = DeviceTensor::empty(a.local().shape(), a.dtype(), a.local().device());
   kernels::binary(op, a.local(), b.local(), out);
-  return DTensor(out, a.global_shape(), a.mesh(), a.layout(), std::string(name) + "(" + a_in.name() + ", " + b_in.name() + ")");
+  return DTensor(out, a.global_shape(), a.mesh(), a.layout(), std::string(name) + "(" + a_in.name() + ", " + b_in.name() + ")")
+      .after(a)
+      .after(b);
 }
 
 #define MESHRT_DEFINE_UNARY(name, Element, ...) \
@@ -165,7 +170,9 @@ DTensor bias_add(const DTensor& x_in, const DTensor& bias) {
                      x.description(), ", got ", bias.description());
   DTensor b = redistribute(bias, Layout({x.layout().dim(x.ndim() - 1)}, x.layout().partial()));
   return DTensor(kernels::bias_add(x.local(), b.local()), x.global_shape(), x.mesh(), x.layout(),
-                 "(" + x_in.name() + " + " + bias.name() + ")");
+                 "(" + x_in.name() + " + " + bias.name() + ")")
+      .after(x)
+      .after(b);
 }
 
 DTensor sum(const DTensor& x_in, int dim) {
@@ -179,7 +186,8 @@ DTensor sum(const DTensor& x_in, int dim) {
   Axes partial = x.layout().partial();
   for (const auto& a : x.layout().dim(d)) partial.push_back(a);
   return DTensor(kernels::sum(x.local(), d), x.global_shape().without(d), x.mesh(), Layout(dims, partial),
-                 "sum(" + x_in.name() + ")");
+                 "sum(" + x_in.name() + ")")
+      .after(x);
 }
 
 namespace {
@@ -211,7 +219,7 @@ DTensor layernorm(const DTensor& x_in, const DTensor& gamma, const DTensor& beta
   DTensor g = replicated(gamma), b = replicated(beta);
   return map_local(
       x, [&](const DeviceTensor& t) { return kernels::layernorm(t, g.local(), b.local(), eps); },
-      "layernorm(" + x_in.name() + ")");
+      "layernorm(" + x_in.name() + ")").after(g).after(b);
 }
 
 DTensor rmsnorm(const DTensor& x_in, const DTensor& gamma, double eps) {
@@ -219,7 +227,8 @@ DTensor rmsnorm(const DTensor& x_in, const DTensor& gamma, double eps) {
   DTensor x = last_dimension_whole(x_in);
   DTensor g = replicated(gamma);
   return map_local(
-      x, [&](const DeviceTensor& t) { return kernels::rmsnorm(t, g.local(), eps); }, "rmsnorm(" + x_in.name() + ")");
+      x, [&](const DeviceTensor& t) { return kernels::rmsnorm(t, g.local(), eps); }, "rmsnorm(" + x_in.name() + ")")
+      .after(g);
 }
 
 }  // namespace meshrt::sharding

@@ -4,6 +4,8 @@
 // Every collective used is recorded in the current TraceScope.
 #pragma once
 
+#include <vector>
+
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "sharding/dtensor.h"
@@ -65,5 +67,87 @@ DTensor sum(const DTensor& x, int dim);
 DTensor softmax(const DTensor& x);
 DTensor layernorm(const DTensor& x, const DTensor& gamma, const DTensor& beta, double eps = 1e-5);
 DTensor rmsnorm(const DTensor& x, const DTensor& gamma, double eps = 1e-6);
+
+// ---- Data movement, lookups and reductions along an axis (ops_data.cc) ----
+// Each states its layout rule. "Partials" are the pending reductions the op
+// keeps (it commutes with them); any other is reduced first. Data-movement ops
+// take every dtype (i32 and i64 ids included).
+
+// permute: dims[i] of x becomes dimension i; the layout's dimensions move with
+// them. Partials: all. No communication.
+DTensor permute(const DTensor& x, const std::vector<int>& dims);
+DTensor transpose(const DTensor& x, int dim0, int dim1);
+
+// reshape to shape (same number of elements). Dimensions are matched in groups
+// (consecutive input dimensions whose product equals that of consecutive
+// output dimensions). A group keeps its sharding when only its first input
+// dimension is sharded and every block lands on whole rows of its first output
+// dimension (split: [a*b] -> [a, b] with blocks of whole b-rows; merge:
+// [a, b] -> [a*b] with a sharded, b whole); the sharding then moves to the
+// group's first output dimension. Otherwise the group is gathered (all_gather
+// over its axes), reshaped, and its first output dimension cut again over the
+// same axes (a local slice). Partials: all.
+DTensor reshape(const DTensor& x, const Shape& shape);
+
+// concat along dim: every input is redistributed to the first's layout with
+// dim's axes dropped (dim must be whole), so the result is that layout.
+// Partials: the first input's, all of them (a replicated input redistributed
+// into a pending sum counts once).
+DTensor concat(const std::vector<DTensor>& xs, int dim);
+
+// narrow: elements [start, start + length) of dim. Unsharded dim: local, the
+// layout kept. Sharded dim: gathered, narrowed, cut again over the same axes.
+// Partials: all.
+DTensor narrow(const DTensor& x, int dim, int64_t start, int64_t length);
+
+// index_select: x's slices along dim picked by index (i32 or i64, replicated:
+// redistributed if not). Output: x.shape[:dim] + index.shape + x.shape[dim+1:];
+// x's other dimensions keep their axes, the index dimensions are replicated.
+// A sharded dim is gathered first (embedding() is the lookup that does not).
+// Partials: all.
+DTensor index_select(const DTensor& x, int dim, const DTensor& index);
+
+// The embedding lookup: table [vocab, hidden], ids of any shape (i32 or i64)
+// -> ids.shape + [hidden]. The output's leading dimensions take ids' layout,
+// its last the table's hidden axes. A vocabulary-parallel table (dimension 0
+// sharded, Megatron's VocabParallelEmbedding) needs no gather: each rank looks
+// up the ids in its block of the vocabulary, gives zero rows for the others,
+// and the result is a pending sum over the vocabulary axes, all-reduced unless
+// reduce is false. Ids sharded over an axis the table's vocabulary also uses
+// are replicated over it first.
+DTensor embedding(const DTensor& table, const DTensor& ids, bool reduce = true);
+
+// Reductions along dim (the result drops it). A sharded dim needs no
+// communication: each rank reduces its block and the result is pending over
+// that dim's axes (mean: a pending sum of block sums / the global extent; amax:
+// a pending max; amin: a pending min). Partials: mean keeps sums and avgs,
+// amax keeps maxes, amin keeps mins.
+DTensor mean(const DTensor& x, int dim);
+DTensor amax(const DTensor& x, int dim);
+DTensor amin(const DTensor& x, int dim);
+
+// Top k along the last dimension (values sorted descending, ties by lower
+// index; indices i64, global). A sharded last dimension is not gathered: each
+// rank takes the top k of its block, the k candidates of every rank are
+// all-gathered over the dimension's axes, and the top k of those are the
+// answer (k x ranks elements move instead of the dimension). Results are
+// replicated over those axes; other dimensions keep their sharding. Partials:
+// none (reduced first).
+struct TopK {
+  DTensor values, indices;
+};
+TopK topk(const DTensor& x, int64_t k);
+// The index of the largest element along dim (i64; the first one on ties).
+// Along the last dimension: topk with k = 1 (no gather of a sharded dimension);
+// along another sharded dimension, that dimension is gathered first.
+DTensor argmax(const DTensor& x, int dim);
+
+// where(cond, a, b) = cond ? a : b elementwise (cond bool or u8). b is
+// redistributed to a's layout and cond to that layout without partials.
+// Partials: all (selection is linear in a and b together).
+DTensor where(const DTensor& cond, const DTensor& a, const DTensor& b);
+// masked_fill(x, mask, value) = mask ? value : x. Partials: avg, max, min (a
+// value written on every rank is their mean, max and min, not their sum).
+DTensor masked_fill(const DTensor& x, const DTensor& mask, double value);
 
 }  // namespace meshrt::sharding

@@ -86,9 +86,14 @@ Layout layout_for_partition(const Partition& partition, const Shape& shape, cons
     if (partition[d] == 1) continue;
     MESHRT_CHECK_SHAPE(partition[d] == size, "the partition cuts dimension ", d, " of ", shape, " into ",
                        partition[d], " shards but mesh axis '", axis, "' has ", size, " ranks");
-    MESHRT_CHECK_SHAPE(shape[static_cast<int>(d)] % size == 0, "the partition of dimension ", d, " of ", shape,
-                       " into ", size, " shards is uneven: a layout needs ", shape[static_cast<int>(d)],
-                       " divisible by ", size);
+    // TensorFlow's split (first ones larger) and a layout's torch.chunk sizes
+    // agree when the sizes divide, and in some uneven cases (5 over 2: 3, 2).
+    std::vector<int64_t> tf = shard_extents(shape[static_cast<int>(d)], size);
+    std::vector<int64_t> chunk = chunk_extents(shape[static_cast<int>(d)], size);
+    MESHRT_CHECK_SHAPE(tf == chunk, "the partition of dimension ", d, " of ", shape, " into ", size,
+                       " shards follows TensorFlow's split (", Shape(tf), ": the first ones one larger), but a layout "
+                       "cuts by torch.chunk's rule (", Shape(chunk), "): place the shards one by one, or choose a "
+                       "partition whose sizes divide");
     dims[d] = {axis};
   }
   return Layout(dims);

@@ -9,10 +9,11 @@
 //
 // Shards along the axis may be uneven: the first (extent mod n) shards get one
 // row more (TensorFlow's split for partitioned variables, which the
-// parameter-server partitioners keep; DTensor layouts will use torch.chunk's
-// sizes instead, a different rule). split_variable() cuts a host tensor by a partition; a
-// DTensor layout needs even shards and one shard per rank of a mesh axis
-// (layout_for_partition()).
+// parameter-server partitioners keep: 10 over 4 gives 3, 3, 2, 2). DTensor
+// layouts use torch.chunk's sizes instead (layout.h: 10 over 4 gives 3, 3, 3,
+// 1), a different rule. split_variable() cuts a host tensor by a partition;
+// layout_for_partition() places one shard per rank of a mesh axis where the
+// two rules give the same sizes.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +55,8 @@ std::vector<HostTensor> split_variable(const HostTensor& t, const Partition& par
 
 // The layout that places a partitioned variable with one shard per rank of mesh
 // axis: the partitioned dimension sharded over it. Throws Error(kShape) when the
-// partition has another number of shards, or uneven ones, saying which.
+// partition has another number of shards, or sizes where TensorFlow's split
+// and torch.chunk's differ, saying which.
 Layout layout_for_partition(const Partition& partition, const Shape& shape, const Mesh& mesh,
                             const std::string& axis);
 

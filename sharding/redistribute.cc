@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "kernels/elementwise.h"
 #include "sharding/blocks.h"
 #include "sharding/trace.h"
 
@@ -141,38 +142,90 @@ std::vector<RedistributionStep> plan_redistribution(const Layout& from, const La
 }
 
 namespace {
-DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const DeviceTensor& local) {
+bool all_equal(const std::vector<int64_t>& v) {
+  return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v.front(); });
+}
+
+int64_t sum_of(const std::vector<int64_t>& v) {
+  int64_t n = 0;
+  for (int64_t x : v) n += x;
+  return n;
+}
+
+// A pending avg is summed by the collective, then divided by the axis's size.
+ReduceOp collective_op(ReduceOp pending) { return pending == ReduceOp::kAvg ? ReduceOp::kSum : pending; }
+
+DeviceTensor finish_avg(const DeviceTensor& t, ReduceOp pending, int n) {
+  if (pending != ReduceOp::kAvg || n == 1) return t;
+  kernels::unary(kernels::UnaryOp::kScale, t, t, 1.0 / n);
+  return t;
+}
+
+// One step on this rank's block, queued: the collective goes on the axis
+// communicator's stream (after the work on the device's stream that made its
+// input; later work there waits for it) and its Work into works, nothing waits.
+// Blocks follow torch.chunk's sizes (layout.h), so the pieces a collective
+// moves may differ in size: the equal-count call when they do not (the fastest
+// path of each backend), the call with counts when they do.
+DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const DeviceTensor& local, std::vector<Work>& works) {
   const Mesh& mesh = t.mesh();
+  const Communicator& comm = mesh.communicator(s.axis);
   int n = mesh.axis_size(s.axis);
   int c = mesh.coordinate(s.axis);
+  std::vector<int> coordinates = mesh.coordinates(mesh.rank());
   switch (s.kind) {
     case Kind::kAllReduce: {
+      ReduceOp pending = s.before.partial_op(s.axis);
       DeviceTensor out = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
-      mesh.communicator(s.axis).all_reduce(local, out, s.before.partial_op(s.axis)).wait();
-      return out;
+      works.push_back(comm.all_reduce(local, out, collective_op(pending)));
+      return finish_avg(out, pending, n);
     }
     case Kind::kReduceScatter: {
-      DeviceTensor packed = blocks::pack_blocks(local, s.dim, n);
-      DeviceTensor out = DeviceTensor::empty(local.shape().with(s.dim, local.dim(s.dim) / n), local.dtype(),
-                                             local.device());
-      mesh.communicator(s.axis).reduce_scatter(packed, out, s.before.partial_op(s.axis)).wait();
-      return out;
+      ReduceOp pending = s.before.partial_op(s.axis);
+      std::vector<int64_t> extents = chunk_extents(local.dim(s.dim), n);
+      DeviceTensor packed = blocks::pack_pieces(local, s.dim, extents);
+      DeviceTensor out = DeviceTensor::empty(local.shape().with(s.dim, extents[static_cast<size_t>(c)]),
+                                             local.dtype(), local.device());
+      if (all_equal(extents)) {
+        works.push_back(comm.reduce_scatter(packed, out, collective_op(pending)));
+      } else {
+        works.push_back(comm.reduce_scatter(packed, out, blocks::piece_counts(local.shape(), s.dim, extents), collective_op(pending)));
+      }
+      return finish_avg(out, pending, n);
     }
     case Kind::kAllGather: {
-      DeviceTensor gathered = DeviceTensor::empty({n * local.numel()}, local.dtype(), local.device());
-      mesh.communicator(s.axis).all_gather(local, gathered).wait();
-      return blocks::unpack_blocks(gathered, local.shape(), s.dim, n);
+      // The pieces of the block this axis cut: that block's extent under the layout after the step.
+      int64_t whole = s.after.block(mesh, s.dim, coordinates, t.global_shape()[s.dim]).size;
+      std::vector<int64_t> extents = chunk_extents(whole, n);
+      Shape base = local.shape();
+      std::vector<int64_t> counts = blocks::piece_counts(base, s.dim, extents);
+      DeviceTensor gathered = DeviceTensor::empty({sum_of(counts)}, local.dtype(), local.device());
+      if (all_equal(extents)) {
+        works.push_back(comm.all_gather(local, gathered));
+      } else {
+        works.push_back(comm.all_gather(local, gathered, counts));
+      }
+      return blocks::join_pieces(gathered, base, s.dim, extents);
     }
     case Kind::kAllToAll: {
-      DeviceTensor packed = blocks::pack_blocks(local, s.to_dim, n);
-      DeviceTensor received = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
-      mesh.communicator(s.axis).all_to_all(packed, received).wait();
-      Shape block = local.shape().with(s.to_dim, local.dim(s.to_dim) / n);
-      return blocks::unpack_blocks(received, block, s.dim, n);
+      // s.dim loses the axis (its pieces come from the other ranks), s.to_dim gains it.
+      int64_t whole = s.after.block(mesh, s.dim, coordinates, t.global_shape()[s.dim]).size;
+      std::vector<int64_t> gathered = chunk_extents(whole, n);
+      std::vector<int64_t> split = chunk_extents(local.dim(s.to_dim), n);
+      DeviceTensor packed = blocks::pack_pieces(local, s.to_dim, split);
+      Shape base = local.shape().with(s.to_dim, split[static_cast<size_t>(c)]);
+      std::vector<int64_t> recv_counts = blocks::piece_counts(base, s.dim, gathered);
+      DeviceTensor received = DeviceTensor::empty({sum_of(recv_counts)}, local.dtype(), local.device());
+      if (all_equal(gathered) && all_equal(split)) {
+        works.push_back(comm.all_to_all(packed, received));
+      } else {
+        works.push_back(comm.all_to_all(packed, received, blocks::piece_counts(local.shape(), s.to_dim, split), recv_counts));
+      }
+      return blocks::join_pieces(received, base, s.dim, gathered);
     }
     case Kind::kSlice:
-      return blocks::take_block(local, s.dim, c, n);
-    case Kind::kZero:  // a max or min over copies of the value is the value
+      return blocks::take_block(local, s.dim, chunk_extent(local.dim(s.dim), n, c));
+    case Kind::kZero:  // an avg, max or min over copies of the value is the value
       return c == 0 || s.after.partial_op(s.axis) != ReduceOp::kSum
                  ? local
                  : DeviceTensor::zeros(local.shape(), local.dtype(), local.device());
@@ -186,18 +239,21 @@ DTensor redistribute(const DTensor& t, const Layout& layout) {
   if (t.layout() == layout) return t;  // ops ask for this all the time
   layout.check(t.mesh(), t.global_shape(), t.name());
   DeviceTensor local = t.local();
+  std::vector<Work> works;
   Trace* trace = TraceScope::current();
   for (const RedistributionStep& s : plan_redistribution(t.layout(), layout)) {
     auto start = std::chrono::steady_clock::now();
     long long bytes = static_cast<long long>(local.nbytes());
-    local = run_step(s, t, local);
+    local = run_step(s, t, local, works);
     if (trace) {
-      Stream::default_for(local.device()).synchronize();  // the step's work is queued, cpu included
+      // Timed: the step's work is waited for (a traced run is not asynchronous).
+      for (const Work& w : works) w.wait();
+      Stream::default_for(local.device()).synchronize();
       trace->add({to_string(s.kind), s.axis, t.name(), s.before.to_string(), s.after.to_string(), bytes,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
     }
   }
-  return DTensor(local, t.global_shape(), t.mesh(), layout, t.name());
+  return DTensor(local, t.global_shape(), t.mesh(), layout, t.name()).after(t).after(works);
 }
 
 }  // namespace meshrt::sharding

@@ -30,6 +30,7 @@ std::map<std::string, HostTensor> fixture_values() {
       {"bias", random_tensor({8}, DType::kBF16, 2)},
       {"counts", random_tensor({6, 4}, DType::kI64, 3, -100, 100)},
       {"scale", random_tensor({4, 6}, DType::kF64, 4)},
+      {"vocab", random_tensor({13, 5}, DType::kF32, 5)},  // divides by nothing: torch.chunk blocks
   };
 }
 
@@ -58,8 +59,8 @@ std::vector<DTensor> place_fixture(const Mesh& mesh) {
   for (const auto& [name, value] : fixture_values()) {
     Layout layout = Layout::replicated(value.ndim());
     if (value.ndim() == 2 && mesh.ndim() == 2) layout = Layout(Dims{{first}, {last}});  // [S(x), S(y)]
-    if (value.ndim() == 2 && mesh.ndim() == 1 && value.dim(0) % mesh.size() == 0) layout = Layout::sharded(2, 0, first);
-    if (name == "bias" && value.dim(0) % mesh.axes().back().size == 0) layout = Layout(Dims{{last}});
+    if (value.ndim() == 2 && mesh.ndim() == 1 && value.dim(0) >= mesh.size()) layout = Layout::sharded(2, 0, first);
+    if (name == "bias" && value.dim(0) >= mesh.axes().back().size) layout = Layout(Dims{{last}});
     if (name == "scale" && mesh.ndim() == 2) layout = Layout(Dims{{first}, {}}, {last});  // partial: reduced when saved
     out.push_back(DTensor::from_global(value, mesh, layout, name));
   }
@@ -78,7 +79,7 @@ void expect_loads_everywhere(const std::string& dir, const Mesh& mesh) {
     std::vector<Layout> layouts = {Layout::replicated(expected.ndim())};
     for (const MeshAxis& a : mesh.axes()) {
       for (int d = 0; d < expected.ndim(); ++d) {
-        if (expected.dim(d) % a.size == 0) layouts.push_back(Layout::sharded(expected.ndim(), d, a.name));
+        if (expected.dim(d) >= a.size) layouts.push_back(Layout::sharded(expected.ndim(), d, a.name));
       }
       layouts.push_back(Layout::replicated(expected.ndim()).with_partial({a.name}));
     }
@@ -173,6 +174,15 @@ TEST(CheckpointAcrossJobs, Save) {
   for (const CheckpointEntry& e : list_checkpoint(dir)) {
     if (e.name == "embedding" && mesh.ndim() == 2) {
       EXPECT_EQ(e.saved_layout, "[S(x), S(y)]");
+    }
+    if (e.name == "vocab" && mesh.ndim() == 2) {
+      // 13 rows over x (7, 6), then each over y; 5 columns over y (3, 2).
+      ASSERT_EQ(e.saved_blocks.size(), 4u);
+      EXPECT_EQ(e.saved_blocks[0].offsets, (std::vector<int64_t>{0, 0}));
+      EXPECT_EQ(e.saved_blocks[0].shape, (Shape{7, 3}));
+      EXPECT_EQ(e.saved_blocks[3].rank, 3);
+      EXPECT_EQ(e.saved_blocks[3].offsets, (std::vector<int64_t>{7, 3}));
+      EXPECT_EQ(e.saved_blocks[3].shape, (Shape{6, 2}));
     }
   }
 }

@@ -11,6 +11,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/reduction.h"
+#include "sharding/multihost.h"
 #include "sharding/ops.h"
 #include "sharding/partitioner.h"
 #include "sharding/redistribute.h"
@@ -92,6 +93,7 @@ class Sharding : public ::testing::TestWithParam<int> {
     }
     mesh_ = Mesh(all[static_cast<size_t>(GetParam())], World::get().default_device());
   }
+  void elementwise_reductions_and_norms(const Shape& shape);
   Mesh mesh_;
 };
 
@@ -117,10 +119,44 @@ TEST(Layout, PartialCarriesItsReduction) {
   EXPECT_EQ(two.to_string(), "[R] P(a,b:min)");
   EXPECT_EQ(Layout::parse("[R] P(a:sum)"), Layout::replicated(1).with_partial({"a"}));
   EXPECT_NE(Layout::parse("[R] P(a:max)"), Layout::replicated(1).with_partial({"a"}));
-  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[R] P(a:avg)"); }, {"sum, max or min"}));
-  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[R] P(a:prod)"); }, {"sum, max or min"}));
+  EXPECT_EQ(Layout::parse("[R] P(a:avg)").partial_op("a"), ReduceOp::kAvg);
+  EXPECT_EQ(Layout::parse("[R] P(a:avg)").to_string(), "[R] P(a:avg)");
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [] { Layout::parse("[R] P(a:prod)"); }, {"sum, avg, max or min"}));
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
                            [] { Layout::replicated(1).with_partials({{"a", ReduceOp::kProd}}); }, {"pending product"}));
+}
+
+// DTensor's rule: torch.chunk's sizes (ceil(n / k) until the elements run out).
+TEST(Layout, ChunkSizesAreTorchChunks) {
+  EXPECT_EQ(chunk_extents(5, 4), (std::vector<int64_t>{2, 2, 1, 0}));
+  EXPECT_EQ(chunk_extents(12, 4), (std::vector<int64_t>{3, 3, 3, 3}));
+  EXPECT_EQ(chunk_extents(10, 4), (std::vector<int64_t>{3, 3, 3, 1}));
+  EXPECT_EQ(chunk_extents(50257, 2), (std::vector<int64_t>{25129, 25128}));
+  EXPECT_EQ(chunk_extents(50257, 3), (std::vector<int64_t>{16753, 16753, 16751}));
+  EXPECT_EQ(chunk_extents(6, 4), (std::vector<int64_t>{2, 2, 2, 0}));
+  EXPECT_EQ(chunk_extents(0, 3), (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_EQ(chunk_extent(5, 4, 2), (Extent{4, 1}));
+  EXPECT_EQ(chunk_extent(5, 4, 3), (Extent{5, 0}));
+  // torch.chunk's definition: chunks of ceil(n / k), as many as needed
+  // (ceil(n / chunk)), the last one shorter; DTensor pads with empty shards.
+  for (int64_t n = 0; n <= 40; ++n) {
+    for (int64_t k = 1; k <= 8; ++k) {
+      std::vector<int64_t> want(static_cast<size_t>(k), 0);
+      int64_t chunk = (n + k - 1) / k;
+      int64_t count = chunk == 0 ? 0 : (n + chunk - 1) / chunk;
+      for (int64_t i = 0; i < count; ++i) want[static_cast<size_t>(i)] = i + 1 < count ? chunk : n - chunk * (count - 1);
+      ASSERT_EQ(chunk_extents(n, k), want) << n << " over " << k;
+    }
+  }
+}
+
+// TensorFlow's partitioner split and torch.chunk are different rules: a layout
+// takes a partition only where they agree.
+TEST(Partitioners, TensorFlowsSplitIsNotTorchChunk) {
+  EXPECT_EQ(shard_extents(10, 4), (std::vector<int64_t>{3, 3, 2, 2}));
+  EXPECT_NE(shard_extents(10, 4), chunk_extents(10, 4));
+  EXPECT_EQ(shard_extents(5, 2), chunk_extents(5, 2));  // 3, 2 both ways
+  EXPECT_EQ(shard_extents(5, 4), (std::vector<int64_t>{2, 1, 1, 1}));
 }
 
 TEST(Partitioners, FixedAndMinSizeAsInTensorFlow) {
@@ -210,16 +246,47 @@ TEST_P(Sharding, TimeoutReachesEveryCommunicatorOfTheMesh) {
   }
 }
 
-TEST_P(Sharding, DivisibilityErrorNamesEverything) {
+// Sizes need not divide: blocks are torch.chunk's, nested over several axes.
+TEST_P(Sharding, UnevenSizesFollowTorchChunkOverEachAxis) {
   const std::string axis = mesh_.axes().back().name;
   int size = mesh_.axes().back().size;
-  if (size == 1) GTEST_SKIP() << "every extent divides by 1";
-  int64_t extent = size + 1;
+  int64_t extent = 2 * size + 1;
+  HostTensor g = integers({extent, 3}, 1);
+  DTensor x = DTensor::from_global(g, mesh_, Layout::sharded(2, 0, axis), "x");
+  Extent mine = chunk_extent(extent, size, mesh_.coordinate(axis));
+  EXPECT_EQ(x.local().shape(), (Shape{mine.size, 3}));
+  EXPECT_TRUE(all_close(meshrt::to_host(x.local()), g.narrow(mine.offset, mine.size), 0, 0));
+  EXPECT_TRUE(all_close(x.gather(), g, 0, 0));
+  if (mesh_.ndim() >= 2) {
+    // Over (a, b): cut over a, then each piece over b.
+    const MeshAxis& a = mesh_.axes()[0];
+    const MeshAxis& b = mesh_.axes()[1];
+    int64_t n = 13;
+    Layout l(Dims{{a.name, b.name}, {}});
+    Extent outer = chunk_extent(n, a.size, mesh_.coordinate(a.name));
+    Extent inner = chunk_extent(outer.size, b.size, mesh_.coordinate(b.name));
+    std::vector<int> here = mesh_.coordinates(mesh_.rank());
+    EXPECT_EQ(l.block(mesh_, 0, here, n), (Extent{outer.offset + inner.offset, inner.size}));
+    HostTensor h = integers({n, 2}, 2);
+    DTensor y = DTensor::from_global(h, mesh_, l, "y");
+    EXPECT_TRUE(all_close(meshrt::to_host(y.local()), h.narrow(outer.offset + inner.offset, inner.size), 0, 0));
+    EXPECT_TRUE(all_close(y.gather(), h, 0, 0));
+  }
+}
+
+// JAX's error: a process's own part passed where the global value is expected
+// (fewer elements than blocks) names the conversion.
+TEST_P(Sharding, AHostLocalPartWhereAGlobalValueIsExpectedSuggestsTheConversion) {
+  if (mesh_.size() == 1) GTEST_SKIP() << "one block: every part is the whole";
+  std::vector<std::string> all;
+  for (const MeshAxis& a : mesh_.axes()) all.push_back(a.name);
+  Layout l(Dims{all, {}});
+  int64_t parts = mesh_.size();
   EXPECT_TRUE(throws_error(ErrorKind::kShape,
-                           [&] { DTensor::from_global(integers({extent, 4}, 1), mesh_, Layout::sharded(2, 0, axis), "x"); },
-                           {"dimension 0 of x (global size " + std::to_string(extent) + ") is sharded over mesh axis '" +
-                            axis + "' of size " + std::to_string(size) + ": " + std::to_string(extent) +
-                            " is not divisible by " + std::to_string(size)}));
+                           [&] { DTensor::from_global(integers({parts - 1, 4}, 1), mesh_, l, "batch"); },
+                           {"dimension 0 of batch (size " + std::to_string(parts - 1) + ") is sharded into " +
+                                std::to_string(parts) + " blocks",
+                            "host_local_to_global", "host_local_array_to_global_array"}));
 }
 
 TEST_P(Sharding, ImplicitHostReadIsAnErrorThatSaysHow) {
@@ -233,21 +300,36 @@ TEST_P(Sharding, ImplicitHostReadIsAnErrorThatSaysHow) {
   EXPECT_TRUE(all_close(DTensor::from_global(g, mesh_, Layout::replicated(2), "r").to_host(), g, 0, 0));
 }
 
-TEST_P(Sharding, EveryRedistributionPreservesTheValue) {
-  HostTensor g = integers({12, 12}, 3);
-  std::vector<Layout> layouts = all_layouts(mesh_, 2);
-  int pairs = 0;
-  for (const Layout& from : layouts) {
-    DTensor x = DTensor::from_global(g, mesh_, from, "x");
-    for (const Layout& to : layouts) {
-      DTensor y = redistribute(x, to);
-      ASSERT_EQ(y.layout(), to);
-      ASSERT_EQ(y.local().shape(), to.local_shape(mesh_, g.shape()));
-      ASSERT_TRUE(all_close(y.gather(), g, 0, 0)) << from.to_string() << " -> " << to.to_string();
-      ++pairs;
-    }
+// Whether from_global can place a tensor of shape with layout l: no dimension
+// has fewer elements than blocks (that is a host-local part, by its error).
+bool placeable(const Mesh& mesh, const Layout& l, const Shape& shape) {
+  for (int d = 0; d < shape.ndim(); ++d) {
+    if (shape[d] < l.parts(mesh, d)) return false;
   }
-  EXPECT_EQ(pairs, static_cast<int>(layouts.size() * layouts.size()));
+  return true;
+}
+
+// Even sizes, and sizes that divide by nothing (blocks of torch.chunk's sizes,
+// some empty at 6 ranks).
+const std::vector<Shape> kShapes = {{12, 12}, {7, 13}};
+
+TEST_P(Sharding, EveryRedistributionPreservesTheValue) {
+  for (const Shape& shape : kShapes) {
+    HostTensor g = integers(shape, 3);
+    std::vector<Layout> layouts = all_layouts(mesh_, 2);
+    int pairs = 0;
+    for (const Layout& from : layouts) {
+      DTensor x = DTensor::from_global(g, mesh_, from, "x");
+      for (const Layout& to : layouts) {
+        DTensor y = redistribute(x, to);
+        ASSERT_EQ(y.layout(), to);
+        ASSERT_EQ(y.local().shape(), to.local_shape(mesh_, g.shape()));
+        ASSERT_TRUE(all_close(y.gather(), g, 0, 0)) << shape << " " << from.to_string() << " -> " << to.to_string();
+        ++pairs;
+      }
+    }
+    EXPECT_EQ(pairs, static_cast<int>(layouts.size() * layouts.size()));
+  }
 }
 
 TEST_P(Sharding, RedistributionUsesTheLeastCommunication) {
@@ -287,20 +369,19 @@ HostTensor one_rank_matmul(const HostTensor& a, const HostTensor& b) {
 }
 
 TEST_P(Sharding, MatmulEveryOperandLayoutCombination) {
-  HostTensor ga = integers({12, 12}, 5), gb = integers({12, 6}, 6);
-  HostTensor expected = one_rank_matmul(ga, gb);
-  std::vector<Layout> layouts = all_layouts(mesh_, 2);
-  for (const Layout& la : layouts) {
-    DTensor a = DTensor::from_global(ga, mesh_, la, "a");
-    for (const Layout& lb : layouts) {
-      if (!lb.local_shape(mesh_, gb.shape()).numel()) continue;
-      bool fits = true;
-      for (int d = 0; d < 2; ++d) fits = fits && gb.shape()[d] % lb.parts(mesh_, d) == 0;
-      if (!fits) continue;
-      DTensor b = DTensor::from_global(gb, mesh_, lb, "b");
-      DTensor c = matmul(a, b);
-      ASSERT_TRUE(all_close(c.gather(), expected, 0, 0)) << la.to_string() << " @ " << lb.to_string() << " -> "
-                                                          << c.layout().to_string();
+  for (const auto& [sa, sb] : std::vector<std::pair<Shape, Shape>>{{{12, 12}, {12, 6}}, {{7, 13}, {13, 9}}}) {
+    HostTensor ga = integers(sa, 5), gb = integers(sb, 6);
+    HostTensor expected = one_rank_matmul(ga, gb);
+    std::vector<Layout> layouts = all_layouts(mesh_, 2);
+    for (const Layout& la : layouts) {
+      DTensor a = DTensor::from_global(ga, mesh_, la, "a");
+      for (const Layout& lb : layouts) {
+        if (!placeable(mesh_, lb, gb.shape())) continue;
+        DTensor b = DTensor::from_global(gb, mesh_, lb, "b");
+        DTensor c = matmul(a, b);
+        ASSERT_TRUE(all_close(c.gather(), expected, 0, 0)) << sa << " @ " << sb << ": " << la.to_string() << " @ "
+                                                            << lb.to_string() << " -> " << c.layout().to_string();
+      }
     }
   }
 }
@@ -356,8 +437,14 @@ HostTensor one_rank(const std::function<DeviceTensor(const DeviceTensor&)>& f, c
 }
 
 TEST_P(Sharding, ElementwiseReductionsAndNormsMatchOneRank) {
-  HostTensor gx = random_tensor({12, 12}, DType::kF32, 11), gy = random_tensor({12, 12}, DType::kF32, 12);
-  HostTensor gbias = random_tensor({12}, DType::kF32, 13), ggamma = random_tensor({12}, DType::kF32, 14, 0.5, 1.5);
+  for (const Shape& shape : kShapes) {
+    elementwise_reductions_and_norms(shape);
+  }
+}
+
+void Sharding::elementwise_reductions_and_norms(const Shape& shape) {
+  HostTensor gx = random_tensor(shape, DType::kF32, 11), gy = random_tensor(shape, DType::kF32, 12);
+  HostTensor gbias = random_tensor({shape[1]}, DType::kF32, 13), ggamma = random_tensor({shape[1]}, DType::kF32, 14, 0.5, 1.5);
   auto dx = to_device(gx, Device::cpu()), dy = to_device(gy, Device::cpu());
   auto dbias = to_device(gbias, Device::cpu()), dgamma = to_device(ggamma, Device::cpu());
   const double tol = 1e-5;
@@ -366,7 +453,7 @@ TEST_P(Sharding, ElementwiseReductionsAndNormsMatchOneRank) {
     DTensor y = DTensor::from_global(gy, mesh_, Layout::replicated(2), "y");
     DTensor bias = DTensor::from_global(gbias, mesh_, Layout::replicated(1), "bias");
     DTensor gamma = DTensor::from_global(ggamma, mesh_, Layout::replicated(1), "gamma");
-    std::string where = l.to_string();
+    std::string where = shape.to_string() + " " + l.to_string();
     EXPECT_TRUE(all_close(neg(x).gather(), one_rank([](auto& t) { return kernels::neg(t); }, gx), 0, 0)) << where;
     EXPECT_TRUE(all_close(scale(x, 3).gather(), one_rank([](auto& t) { return kernels::scale(t, 3); }, gx), tol, tol)) << where;
     EXPECT_TRUE(all_close(gelu(x).gather(), one_rank([](auto& t) { return kernels::gelu(t); }, gx), tol, tol)) << where;
@@ -390,7 +477,8 @@ TEST_P(Sharding, ElementwiseReductionsAndNormsMatchOneRank) {
 // included), against the same op on one rank; an op whose row commutes with a
 // pending sum keeps it without communication.
 TEST_P(Sharding, EveryElementwiseTableOpMatchesOneRank) {
-  HostTensor gx = random_tensor({12, 12}, DType::kF32, 16, -3, 3), gy = random_tensor({12, 12}, DType::kF32, 17, -3, 3);
+  for (const Shape& shape : kShapes) {
+  HostTensor gx = random_tensor(shape, DType::kF32, 16, -3, 3), gy = random_tensor(shape, DType::kF32, 17, -3, 3);
   auto dx = to_device(gx, Device::cpu()), dy = to_device(gy, Device::cpu());
   for (const Layout& l : all_layouts(mesh_, 2)) {
     DTensor x = DTensor::from_global(gx, mesh_, l, "x");
@@ -416,6 +504,7 @@ TEST_P(Sharding, EveryElementwiseTableOpMatchesOneRank) {
       EXPECT_TRUE(all_close(binary(op, x, y).gather(), meshrt::to_host(expected), 1e-5, 1e-5))
           << kernels::to_string(op) << " " << l.to_string();
     }
+  }
   }
 }
 
@@ -543,10 +632,130 @@ TEST_P(Sharding, FromLocalShardsDerivesAndChecksTheGlobalShape) {
   HostTensor g = x.gather();
   for (int64_t r = 0; r < 2 * n; ++r) EXPECT_EQ(g.data<float>()[r * 3], static_cast<float>(r / 2));
   if (mesh_.size() > 1) {
-    HostTensor odd = HostTensor::full<float>({mesh_.rank() == 1 ? 3 : 2, 3}, 0.0f);
+    // Blocks that are not torch.chunk's for any global size.
+    HostTensor odd = HostTensor::full<float>({mesh_.rank() == 0 ? 1 : 2, 3}, 0.0f);
     EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { DTensor::from_local_shards(odd, mesh_, Layout::sharded(2, 0, a), "y"); },
-                             {"from_local_shards of y: rank", "f32[3, 3]", "same shape"}));
+                             {"from_local_shards of y", "rank 0 holds [1, 3] where the rule gives [2, 3]"}));
+    HostTensor wide = HostTensor::full<float>({2, mesh_.rank() == 1 ? 4 : 3}, 0.0f);
+    EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { DTensor::from_local_shards(wide, mesh_, Layout::sharded(2, 0, a), "z"); },
+                             {"from_local_shards of z", "rank 1 holds [2, 4]"}));
   }
+}
+
+// Uneven blocks (torch.chunk's) add up to the global shape; JAX's names for it.
+TEST_P(Sharding, HostLocalPartsBecomeAGlobalArrayAndBack) {
+  const std::string a = mesh_.axes()[0].name;
+  int n = mesh_.axes()[0].size;
+  int64_t rows = 2 * n + 1;
+  HostTensor whole = integers({rows, 3}, 50);
+  Extent mine = chunk_extent(rows, n, mesh_.coordinate(a));
+  HostTensor part = whole.narrow(mine.offset, mine.size).clone();
+  DTensor x = host_local_array_to_global_array(part, mesh_, Layout::sharded(2, 0, a), "batch");
+  EXPECT_EQ(x.global_shape(), (Shape{rows, 3}));
+  EXPECT_TRUE(all_close(x.gather(), whole, 0, 0));
+  EXPECT_TRUE(all_close(global_array_to_host_local_array(x), part, 0, 0));
+  EXPECT_TRUE(all_close(global_array_to_host_local_array(relu(x)), meshrt::to_host(kernels::relu(to_device(part, Device::cpu()))), 0, 0));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
+                           [&] { global_array_to_host_local_array(sum(x, 0)); }, {"pending reduction", "redistribute("}));
+}
+
+// Replicas that disagree are found, on every rank, naming the ranks.
+TEST_P(Sharding, CheckReplicasFindsReplicasThatDisagree) {
+  const std::string last = mesh_.axes().back().name;
+  HostTensor g = integers({6, 4}, 51);
+  DTensor same = DTensor::from_global(g, mesh_, Layout::replicated(2), "w");
+  check_replicas(same);
+  check_replicas(DTensor::from_global(g, mesh_, Layout::sharded(2, 0, last), "s"));
+  if (mesh_.size() == 1) return;
+  HostTensor mine = g.clone();
+  if (mesh_.rank() == mesh_.size() - 1) mine.data<float>()[5] += 1;
+  DTensor drifted(to_device(mine, mesh_.device()), g.shape(), mesh_, Layout::replicated(2), "w");
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { check_replicas(drifted); },
+                           {"check_replicas: the replicas of w", "disagree", std::to_string(mesh_.size() - 1)}));
+}
+
+// A pending avg (the mean over an axis's ranks): reduced by a sum and a division,
+// kept through linear ops (the elementwise table's avg bits), from a whole value
+// every rank holds it.
+TEST_P(Sharding, PendingAvgIsTheMeanOverTheAxis) {
+  const std::string a = mesh_.axes()[0].name;
+  int n = mesh_.axes()[0].size;
+  Shape shape{2 * n + 1, 3};
+  Layout avg = Layout::replicated(2).with_partials({{a, ReduceOp::kAvg}});
+  // Coordinate c holds integers * (c + 1): the mean is integers * (n + 1) / 2.
+  HostTensor base = integers(shape, 52);
+  HostTensor expected = meshrt::to_host(kernels::scale(to_device(base, Device::cpu()), (n + 1) / 2.0));
+  DTensor x(kernels::scale(to_device(base, mesh_.device()), mesh_.coordinate(a) + 1.0), shape, mesh_, avg, "x");
+  EXPECT_TRUE(all_close(x.gather(), expected, 1e-6, 1e-6));
+  EXPECT_TRUE(all_close(redistribute(x, Layout::sharded(2, 0, a)).gather(), expected, 1e-6, 1e-6));
+  Trace trace;
+  DTensor y;
+  {
+    TraceScope scope(trace);
+    y = neg(scale(x, 2));
+  }
+  EXPECT_EQ(trace.collectives(), 0) << trace.to_string();
+  EXPECT_EQ(y.layout(), avg);
+  EXPECT_TRUE(all_close(y.gather(), meshrt::to_host(kernels::scale(to_device(expected, Device::cpu()), -2)), 1e-5, 1e-5));
+  // avg(x_i) + r = avg(x_i + r): a replicated operand counts on every rank.
+  DTensor r = DTensor::from_global(base, mesh_, Layout::replicated(2), "r");
+  DTensor z = add(x, r);
+  EXPECT_EQ(z.layout(), avg);
+  EXPECT_TRUE(all_close(z.gather(), meshrt::to_host(kernels::add(to_device(expected, Device::cpu()), to_device(base, Device::cpu()))),
+                        1e-5, 1e-5));
+  EXPECT_FALSE(relu(x).layout().is_partial());  // relu does not commute with a mean
+  DTensor placed = DTensor::from_global(expected, mesh_, avg, "placed");
+  EXPECT_TRUE(all_close(meshrt::to_host(placed.local()), expected, 0, 0)) << "every rank holds a pending avg's value";
+}
+
+// The vocabulary of GPT-2 (50257) over 2 and 3 ranks: the blocks are torch.chunk's.
+TEST_P(Sharding, Gpt2VocabularyShardsOverAnyNumberOfRanks) {
+  const std::string a = mesh_.axes()[0].name;
+  int n = mesh_.axes()[0].size;
+  const int64_t vocab = 50257;
+  HostTensor table = integers({vocab, 4}, 53);
+  DTensor t = DTensor::from_global(table, mesh_, Layout::sharded(2, 0, a), "wte");
+  Extent mine = chunk_extent(vocab, n, mesh_.coordinate(a));
+  EXPECT_EQ(t.local().shape(), (Shape{mine.size, 4}));
+  if (n == 2) EXPECT_EQ(mine.size, mesh_.coordinate(a) == 0 ? 25129 : 25128);
+  if (n == 3) EXPECT_EQ(mine.size, mesh_.coordinate(a) < 2 ? 16753 : 16751);
+  EXPECT_TRUE(all_close(t.gather(), table, 0, 0));
+  EXPECT_TRUE(all_close(redistribute(t, Layout::sharded(2, 1, a)).gather(), table, 0, 0));
+}
+
+// Ops return before their work is done (JAX's asynchronous dispatch): with
+// every cpu task made to take 300 ms, a sharded matmul and the redistribution
+// of its pending sum are queued and return at once; reading waits and is right.
+TEST_P(Sharding, DispatchIsAsynchronous) {
+  if (mesh_.device().is_cuda()) GTEST_SKIP() << "the delay hook is the cpu streams'";
+  const std::string a = mesh_.axes()[0].name;
+  HostTensor ga = integers({6, 8}, 54), gb = integers({8, 5}, 55);
+  DTensor x = DTensor::from_global(ga, mesh_, Layout(Dims{{}, {a}}), "a");
+  DTensor w = DTensor::from_global(gb, mesh_, Layout(Dims{{a}, {}}), "b");
+  set_cpu_work_delay_for_testing(std::chrono::milliseconds(300));
+  auto began = std::chrono::steady_clock::now();
+  DTensor c = redistribute(matmul(x, w), Layout::replicated(2));
+  double dispatch = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  bool done_at_return = Stream::default_for(mesh_.device()).query();
+  set_cpu_work_delay_for_testing(std::chrono::microseconds(0));
+  EXPECT_FALSE(done_at_return) << "the matmul ran before the op returned (" << dispatch << " s)";
+  EXPECT_LT(dispatch, 0.3) << "dispatch waited for a kernel";
+  EXPECT_EQ(c.layout(), Layout::replicated(2));
+  EXPECT_EQ(c.pending().size(), 1u);  // the all_reduce of the pending sum, in flight
+  EXPECT_TRUE(all_close(c.to_host(), one_rank_matmul(ga, gb), 0, 0));
+  c.block_until_ready();
+}
+
+// An error of a collective that nobody waited on surfaces where the value is
+// read, naming the operation.
+TEST_P(Sharding, AFailedCollectiveSurfacesAtTheWaitNamingIt) {
+  const std::string a = mesh_.axes()[0].name;
+  if (mesh_.axis_size(a) == 1) GTEST_SKIP() << "no collective over an axis of one rank";
+  Mesh mesh(mesh_.axes(), mesh_.device());  // aborted below: not the fixture's
+  DTensor x = DTensor::from_global(integers({4, 4}, 56), mesh, Layout::replicated(2).with_partial({a}), "x");
+  mesh.abort("test: the communicator is gone");
+  EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { redistribute(x, Layout::replicated(2)).block_until_ready(); },
+                           {"all_reduce", "aborted"}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Meshes, Sharding, ::testing::Values(0, 1, 2),
