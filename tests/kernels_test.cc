@@ -539,7 +539,7 @@ TEST(Elementwise, TheTableNamesItsOps) {
   EXPECT_EQ(find_unary_op("gelu"), UnaryOp::kGelu);
   EXPECT_EQ(find_binary_op("mul"), BinaryOp::kMul);
   EXPECT_FALSE(find_unary_op("conv").has_value());
-  EXPECT_EQ(info(UnaryOp::kNeg).partial_rule[0], unsigned{kThroughSum});
+  EXPECT_EQ(info(UnaryOp::kNeg).partial_rule[0], unsigned{kThroughSum | kThroughAvg});
   EXPECT_EQ(info(UnaryOp::kRelu).partial_rule[0], unsigned{kThroughMax | kThroughMin});
   EXPECT_EQ(info(UnaryOp::kGelu).partial_rule[0], unsigned{kNoPartial});
   EXPECT_TRUE(info(UnaryOp::kScale).takes_alpha);
