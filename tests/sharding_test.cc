@@ -94,6 +94,7 @@ class Sharding : public ::testing::TestWithParam<int> {
     mesh_ = Mesh(all[static_cast<size_t>(GetParam())], World::get().default_device());
   }
   void elementwise_reductions_and_norms(const Shape& shape);
+  void tensor_parallel_mlp(int64_t ffn);
   Mesh mesh_;
 };
 
@@ -582,10 +583,17 @@ TEST_P(Sharding, PendingMaxAndMinFollowTheOpTable) {
   }
 }
 
+// Also with an inner width that divides by no rank count (torch.chunk blocks).
 TEST_P(Sharding, TensorParallelMlpUsesOneAllReduce) {
+  for (int64_t ffn : {24, 7}) {
+    tensor_parallel_mlp(ffn);
+  }
+}
+
+void Sharding::tensor_parallel_mlp(int64_t ffn) {
   const std::string model = mesh_.axes().back().name;
-  HostTensor w1 = random_tensor({12, 24}, DType::kF32, 20), b1 = random_tensor({24}, DType::kF32, 21);
-  HostTensor w2 = random_tensor({24, 12}, DType::kF32, 22), b2 = random_tensor({12}, DType::kF32, 23);
+  HostTensor w1 = random_tensor({12, ffn}, DType::kF32, 20), b1 = random_tensor({ffn}, DType::kF32, 21);
+  HostTensor w2 = random_tensor({ffn, 12}, DType::kF32, 22), b2 = random_tensor({12}, DType::kF32, 23);
   HostTensor gx = random_tensor({6, 12}, DType::kF32, 24);
   auto d = [](const HostTensor& h) { return to_device(h, Device::cpu()); };
   HostTensor expected = meshrt::to_host(kernels::bias_add(
@@ -605,7 +613,7 @@ TEST_P(Sharding, TensorParallelMlpUsesOneAllReduce) {
   EXPECT_EQ(trace.collectives(), expected_reductions) << trace.to_string();
   EXPECT_EQ(trace.count("all_reduce"), expected_reductions) << trace.to_string();
   EXPECT_EQ(y.layout().dim(1), std::vector<std::string>{});
-  EXPECT_TRUE(all_close(y.gather(), expected, 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(y.gather(), expected, 1e-5, 1e-5)) << "inner width " << ffn;
 }
 
 TEST_P(Sharding, PartitionedVariablesPlaceOneShardPerRank) {
