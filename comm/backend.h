@@ -60,8 +60,22 @@ struct CommOp {
   // runs the operation later, or on a stream of its own, keeps them until it is
   // done and records that stream on them (Storage::record_stream), so the
   // allocator does not hand the blocks out again while the operation runs.
-  std::array<std::shared_ptr<Storage>, 2> storages;
+  // Filled by keep_memory() from tensors, only on the paths that need it: a
+  // small operation that completes on the calling thread pays no reference
+  // counting for them.
+  mutable std::array<std::shared_ptr<Storage>, 2> storages;
   std::shared_ptr<const Pieces> pieces;
+  // The operation's tensors, valid only while CommBackend::start runs.
+  mutable std::array<const DeviceTensor*, 2> tensors{};
+  // Copies the tensors' storages into storages (once) and forgets the tensors:
+  // call it, inside start(), before the operation outlives start().
+  void keep_memory() const {
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (!tensors[i]) continue;
+      if (i == 0 || !tensors[0] || tensors[i]->storage() != tensors[0]->storage()) storages[i] = tensors[i]->storage();
+      tensors[i] = nullptr;
+    }
+  }
 };
 
 // What an operation is, in plain fields: issuing one formats nothing, and its

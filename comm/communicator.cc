@@ -193,15 +193,14 @@ OpDescription describe_op(Collective kind, const DeviceTensor* tensor, const Red
   return d;
 }
 
-// Starts c on backend. The backend keeps the tensors' memory (c.storages) until
-// the operation is done.
+// Starts c on backend. The backend keeps the tensors' memory (c.keep_memory())
+// until the operation is done when it does not complete inside start.
 Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, const OpDescription& what,
            const DeviceTensor* a, const DeviceTensor* b = nullptr) {
   // One allocation (malloc's per-thread cache serves it): a free list of our
   // own saved ~60 instructions, 10-20 ns of an operation's ~2 us, in the noise.
   auto state = std::make_shared<detail::WorkState>(what, backend);
-  if (a) c.storages[0] = a->storage();
-  if (b && (!a || b->storage() != a->storage())) c.storages[1] = b->storage();
+  c.tensors = {a, b};  // their memory is kept only if the operation outlives start (CommOp::keep_memory)
   backend->start(c, state);
   return Work(std::move(state));
 }
@@ -355,6 +354,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out,
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
                                   const std::vector<int64_t>& counts, ReduceOp op) const {
   check_valid("reduce_scatter");
+  check_reduce_op("reduce_scatter", op);
   check_tensor("reduce_scatter", in, "the input");
   check_tensor("reduce_scatter", out, "the output");
   auto pieces = std::make_shared<detail::Pieces>();

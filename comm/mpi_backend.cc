@@ -224,6 +224,7 @@ class MpiBackend final : public CommBackend {
     uint64_t sequence = progress_->issued.fetch_add(1) + 1;
     state->set_sequence(sequence, name);
     if (largest_buffer(op) <= kInlineBytes && start_inline(op, state, sequence)) return;
+    op.keep_memory();
     Event inputs(Device::cpu());  // the operation reads what the compute stream queued before it
     inputs.record(compute_);
     for (const auto& storage : op.storages) {
@@ -341,6 +342,7 @@ class MpiBackend final : public CommBackend {
         auto deadline = now + timeout();
         if (!poll(op, flight, sequence, deadline,
                   now + (op.kind == Collective::kSend ? kInlineSendPoll : kInlinePoll))) {
+          op.keep_memory();
           for (const auto& storage : op.storages) {
             if (storage) storage->record_stream(stream_);
           }

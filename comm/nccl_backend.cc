@@ -179,6 +179,7 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     std::lock_guard<std::mutex> op(op_mutex_);
     Stream compute = Stream::default_for(device_);
     check_not_aborted(name);
+    c.keep_memory();  // the operation runs on the communicator's stream, after start returns
     // Memory and events before any lock: an allocation may cudaFree the cache,
     // which waits for the whole device.
     Scratch scratch = scratch_for(c, state);

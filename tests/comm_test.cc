@@ -71,6 +71,7 @@ HostTensor reduce_reference(const std::vector<HostTensor>& inputs, ReduceOp op, 
         case ReduceOp::kProd: a[i] = boolean ? std::min(a[i], v[i]) : a[i] * v[i]; break;
         case ReduceOp::kMax: a[i] = std::max(a[i], v[i]); break;
         case ReduceOp::kMin: a[i] = std::min(a[i], v[i]); break;
+        case ReduceOp::kAvg: ADD_FAILURE() << "communicators refuse avg"; break;
       }
     }
   }
@@ -977,6 +978,20 @@ TEST(Backends, AnOperationTheBackendLacksFailsLoudly) {
   backend->start(op, state);
   EXPECT_TRUE(throws_error(ErrorKind::kInternal, [&] { state->wait(std::chrono::seconds(60)); },
                            {"mpi communicator 'lacking'", "does not support", "operation 99"}));
+}
+
+// avg is a pending reduction of the sharding layer (it sums and divides):
+// communicators refuse it by name rather than reduce with something else.
+TEST(Backends, CommunicatorsRefuseAvg) {
+  Communicator world = Communicator::world(Device::cpu(), "avg");
+  DeviceTensor t = DeviceTensor::zeros({4 * world.size()}, DType::kF32);
+  DeviceTensor part = DeviceTensor::zeros({4}, DType::kF32);
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { world.all_reduce(t, ReduceOp::kAvg); },
+                           {"all_reduce on mpi communicator 'avg'", "avg is a pending reduction"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { world.reduce_scatter(t, part, ReduceOp::kAvg); },
+                           {"reduce_scatter on mpi communicator 'avg'", "avg"}));
+  EXPECT_EQ(parse_reduce_op("avg"), ReduceOp::kAvg);
+  EXPECT_STREQ(to_string(ReduceOp::kAvg), "avg");
 }
 
 }  // namespace
