@@ -272,7 +272,7 @@ void save_checkpoint(const std::string& dir, const std::vector<DTensor>& tensors
         const DTensor& t = *std::find_if(tensors.begin(), tensors.end(), [&](const DTensor& x) { return x.name() == e.name; });
         if (!writes_block(mesh, t.layout())) continue;
         if (!f) f = std::make_unique<File>(temp_path(i), O_WRONLY);
-        HostTensor block = meshrt::to_host(t.local());
+        HostTensor block = meshrt::to_host(t.block_until_ready().local());  // its collectives rethrow here
         size_t element = size_of(t.dtype());
         for_each_run(t.global_shape(), t.layout().block_offsets(mesh, t.global_shape()), block.shape(),
                      [&](int64_t global, int64_t local, int64_t count) {
