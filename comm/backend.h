@@ -132,12 +132,19 @@ class WorkState {
   // Formatted on each call (see OpDescription).
   std::string description() const;
 
+  // A state for op on backend: this thread's last one again when nothing else
+  // holds it any more (a Work dropped after its wait, as a loop of small
+  // collectives does), else a new one. Saves an allocation and a free per
+  // operation; the reused state is reset as a new one would be.
+  static std::shared_ptr<WorkState> make(const OpDescription& op, const std::shared_ptr<CommBackend>& backend);
+
  private:
   void release_locked();
   std::string text_;  // a fixed description, or empty
   OpDescription op_description_;
   std::shared_ptr<const std::string> backend_description_;  // CommBackend::description()
   std::weak_ptr<CommBackend> backend_;
+  const CommBackend* backend_identity_ = nullptr;  // backend_'s, for make()'s reuse
   // Wakes the waiters of done_ (shared condition variables: none per state).
   void notify_done();
   std::mutex mutex_;  // poller_, stash_, error_ until done_

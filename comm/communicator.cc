@@ -197,9 +197,7 @@ OpDescription describe_op(Collective kind, const DeviceTensor* tensor, const Red
 // until the operation is done when it does not complete inside start.
 Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, const OpDescription& what,
            const DeviceTensor* a, const DeviceTensor* b = nullptr) {
-  // One allocation (malloc's per-thread cache serves it): a free list of our
-  // own saved ~60 instructions, 10-20 ns of an operation's ~2 us, in the noise.
-  auto state = std::make_shared<detail::WorkState>(what, backend);
+  auto state = detail::WorkState::make(what, backend);
   c.tensors = {a, b};  // their memory is kept only if the operation outlives start (CommOp::keep_memory)
   backend->start(c, state);
   return Work(std::move(state));

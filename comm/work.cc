@@ -17,7 +17,30 @@ WorkState::WorkState(std::string description, std::weak_ptr<CommBackend> backend
     : text_(std::move(description)), backend_(std::move(backend)) {}
 
 WorkState::WorkState(const OpDescription& op, const std::shared_ptr<CommBackend>& backend)
-    : op_description_(op), backend_description_(backend->description()), backend_(backend) {}
+    : op_description_(op), backend_description_(backend->description()), backend_(backend),
+      backend_identity_(backend.get()) {}
+
+std::shared_ptr<WorkState> WorkState::make(const OpDescription& op, const std::shared_ptr<CommBackend>& backend) {
+  thread_local std::shared_ptr<WorkState> spare;
+  // use_count 1: only spare refers to it, so no other thread can reach it
+  // (nobody keeps weak references to states).
+  // The same backend, alive (a new backend at a dead one's address has its weak
+  // reference expired), and the last operation finished.
+  if (spare && spare.use_count() == 1 && spare->backend_identity_ == backend.get() && !spare->backend_.expired() &&
+      spare->done_.load()) {
+    WorkState& s = *spare;
+    s.op_description_ = op;
+    s.error_ = nullptr;
+    s.poller_ = nullptr;
+    s.stash_.clear();
+    s.sequence_ = 0;
+    s.op_ = "";
+    s.done_.store(false, std::memory_order_relaxed);
+    return spare;
+  }
+  spare = std::make_shared<WorkState>(op, backend);
+  return spare;
+}
 
 std::string WorkState::description() const {
   if (!backend_description_) return text_;
