@@ -130,9 +130,10 @@ DTensor amin(const DTensor& x, int dim);
 // index; indices i64, global). A sharded last dimension is not gathered: each
 // rank takes the top k of its block, the k candidates of every rank are
 // all-gathered over the dimension's axes, and the top k of those are the
-// answer (k x ranks elements move instead of the dimension). Results are
-// replicated over those axes; other dimensions keep their sharding. Partials:
-// none (reduced first).
+// answer (k x ranks elements move instead of the dimension; the candidates are
+// put in global index order first, so ties still go to the lower index).
+// Results are replicated over those axes; other dimensions keep their
+// sharding. Partials: none (reduced first).
 struct TopK {
   DTensor values, indices;
 };

@@ -61,6 +61,22 @@ DeviceTensor filled(const Shape& shape, DType dtype, double value, const Device&
   });
   return to_device(h, device);
 }
+
+// A device tensor of shape filled with dtype's lowest value (-inf for floats),
+// or its highest (+inf). Integers take their own limits: through a double, the
+// largest i64 (2^63 - 1) would round to 2^63, which does not convert back.
+DeviceTensor extreme(const Shape& shape, DType dtype, bool lowest, const Device& device) {
+  if (is_floating(dtype)) return filled(shape, dtype, lowest ? -INFINITY : INFINITY, device);
+  HostTensor h = HostTensor::empty(shape, dtype);
+  visit_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_integral_v<T>) {
+      T v = lowest ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max();
+      std::fill(h.data<T>(), h.data<T>() + h.numel(), v);
+    }
+  });
+  return to_device(h, device);
+}
 }  // namespace
 
 DTensor permute(const DTensor& x, const std::vector<int>& dims_in) {
@@ -230,7 +246,7 @@ DTensor narrow(const DTensor& x_in, int dim, int64_t start, int64_t length) {
   DTensor x = axes.empty() ? x_in : whole_dim(x_in, d);
   DTensor y = made(kernels::narrow(x.local(), d, start, length), x.global_shape().with(d, length), x, x.layout(),
                    "narrow(" + x_in.name() + ")");
-  return axes.empty() || length < y.layout().parts(y.mesh(), d) ? y : redistribute(y, y.layout().with_dim(d, axes));
+  return axes.empty() ? y : redistribute(y, y.layout().with_dim(d, axes));
 }
 
 DTensor index_select(const DTensor& x_in, int dim, const DTensor& index_in) {
@@ -301,17 +317,10 @@ DTensor reduce_axis(const char* name, const DTensor& x_in, int dim, unsigned kee
   DeviceTensor local;
   if (x.local().dim(d) > 0) {
     local = kernel(x.local(), d, nullptr);
+  } else if (pending == ReduceOp::kMax || pending == ReduceOp::kMin) {
+    local = extreme(out_local, x.dtype(), /*lowest=*/pending == ReduceOp::kMax, x.mesh().device());
   } else {
-    double identity = 0;
-    if (pending == ReduceOp::kMax || pending == ReduceOp::kMin) {
-      bool max = pending == ReduceOp::kMax;
-      identity = is_floating(x.dtype()) ? (max ? -INFINITY : INFINITY)
-                 : x.dtype() == DType::kI32
-                     ? (max ? std::numeric_limits<int32_t>::lowest() : std::numeric_limits<int32_t>::max())
-                     : (max ? static_cast<double>(std::numeric_limits<int64_t>::lowest())
-                            : static_cast<double>(std::numeric_limits<int64_t>::max()));
-    }
-    local = filled(out_local, x.dtype(), identity, x.mesh().device());
+    local = filled(out_local, x.dtype(), 0.0, x.mesh().device());
   }
   return made(local, x.global_shape().without(d), x, Layout(axes).with_partials(partials),
               std::string(name) + "(" + x_in.name() + ")");
@@ -376,16 +385,13 @@ TopK topk(const DTensor& x_in, int64_t k) {
   }
   if (own < k) {
     Shape pad = rows.with(last, k - own);
-    double lowest = is_floating(x.dtype()) ? -INFINITY
-                    : x.dtype() == DType::kI32 ? static_cast<double>(std::numeric_limits<int32_t>::lowest())
-                                               : static_cast<double>(std::numeric_limits<int64_t>::lowest());
-    DeviceTensor pad_values = filled(pad, x.dtype(), lowest, mesh.device());
+    DeviceTensor pad_values = extreme(pad, x.dtype(), /*lowest=*/true, mesh.device());
     DeviceTensor pad_indices = filled(pad, DType::kI64, static_cast<double>(n), mesh.device());
     values = own > 0 ? kernels::concat({values, pad_values}, last) : pad_values;
     indices = own > 0 ? kernels::concat({indices, pad_indices}, last) : pad_indices;
   }
-  // All candidates: [ranks, rows..., k] -> [rows..., ranks * k] (rank order is
-  // global index order, so ties still go to the lower index).
+  // All candidates: [ranks, rows..., k] -> [rows..., ranks * k], in the
+  // communicator's rank order.
   DeviceTensor all_values = DeviceTensor::empty({ranks * values.numel()}, values.dtype(), mesh.device());
   DeviceTensor all_indices = DeviceTensor::empty({ranks * indices.numel()}, DType::kI64, mesh.device());
   std::vector<Work> works = {comm.all_gather(values, all_values), comm.all_gather(indices, all_indices)};
@@ -401,6 +407,43 @@ TopK topk(const DTensor& x_in, int64_t k) {
   Shape merged = rows.with(last, ranks * k);
   DeviceTensor cand_values = kernels::permute(all_values.reshape(Shape(stacked)), to_rows_first).reshape(merged);
   DeviceTensor cand_indices = kernels::permute(all_indices.reshape(Shape(stacked)), to_rows_first).reshape(merged);
+  // Reordered so that position order is global index order (topk breaks ties
+  // by position): the real candidates of the blocks in block order, then every
+  // padding. The communicator orders its ranks row-major over the axes in the
+  // mesh's order (Mesh::communicator), the blocks row-major over the axes in
+  // the layout's order: they differ for [.., S(y,x)]. Paddings last: a padding
+  // never beats a real element of equal value (-inf, or the lowest integer).
+  std::vector<int> group;  // mesh axis indices of the communicator, in mesh order
+  for (int i = 0; i < mesh.ndim(); ++i) {
+    if (std::find(axes.begin(), axes.end(), mesh.axes()[static_cast<size_t>(i)].name) != axes.end()) group.push_back(i);
+  }
+  struct Source {
+    int64_t offset, own;
+    int rank;
+  };
+  std::vector<Source> sources;
+  for (int r = 0; r < ranks; ++r) {
+    std::vector<int> coordinates = mesh.coordinates(mesh.rank());
+    int rest = r;
+    for (size_t i = group.size(); i-- > 0;) {
+      int size = mesh.axes()[static_cast<size_t>(group[i])].size;
+      coordinates[static_cast<size_t>(group[i])] = rest % size;
+      rest /= size;
+    }
+    Extent b = x.layout().block(mesh, last, coordinates, n);
+    sources.push_back({b.offset, std::min(k, b.size), r});
+  }
+  std::stable_sort(sources.begin(), sources.end(), [](const Source& p, const Source& q) { return p.offset < q.offset; });
+  std::vector<int64_t> order;
+  for (const Source& s : sources) {
+    for (int64_t j = 0; j < s.own; ++j) order.push_back(s.rank * k + j);
+  }
+  for (const Source& s : sources) {
+    for (int64_t j = s.own; j < k; ++j) order.push_back(s.rank * k + j);
+  }
+  DeviceTensor positions = to_device(HostTensor::from_vector(order, {ranks * k}), mesh.device());
+  cand_values = kernels::index_select(cand_values, last, positions);
+  cand_indices = kernels::index_select(cand_indices, last, positions);
   // The top k of the candidates, and their global indices: pick by position.
   kernels::TopK best = kernels::topk(cand_values, k);
   int64_t row_count = merged.numel() / (ranks * k);
