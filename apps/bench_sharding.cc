@@ -405,6 +405,10 @@ int run(const Options& o) {
   World& world = World::get();
   int n = world.size(), rank = world.rank();
   openblas_set_num_threads(o.blas_threads);
+  if (o.overlap) {  // a bad --compute or --micro ends the run before any timing
+    (void)parse_compute(o.compute);
+    MESHRT_CHECK_ARG(o.micro >= 1, "--micro must be at least 1, got ", o.micro);
+  }
   Device device = world.device(o.device);
   Mesh mesh({{"model", n}}, device);
   MESHRT_CHECK_ARG(o.size % n == 0 && o.ffn % n == 0, "--size (", o.size, ") and --ffn (", o.ffn,
@@ -486,9 +490,9 @@ int main(int argc, char** argv) {
                "With --overlap, whether communication overlaps compute under asynchronous dispatch, e.g.:\n"
                "  mpirun -np 2 meshrt-bench-sharding --overlap --compute wait:2000"};
   app.add("--size", o.size, "n of the n x n matmul").show_default();
-  app.add("--batch", o.batch, "rows of the MLP input").show_default();
-  app.add("--hidden", o.hidden, "MLP input and output width").show_default();
-  app.add("--ffn", o.ffn, "MLP inner width").show_default();
+  app.add("--batch", o.batch, "rows of the MLP input (and of the chain's; per micro-batch with --overlap)").show_default();
+  app.add("--hidden", o.hidden, "MLP (and chain) input and output width").show_default();
+  app.add("--ffn", o.ffn, "MLP (and chain) inner width").show_default();
   app.add("-n,--iters", o.iters, "timed steps").show_default();
   app.add("-w,--warmup", o.warmup, "untimed steps").show_default();
   app.add("--blas-threads", o.blas_threads, "OpenBLAS threads per rank").show_default();
