@@ -7,7 +7,7 @@
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives, GEMM, sharding, pipeline and serving benchmarks and a server's
+#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), pipeline and serving benchmarks and a server's
 #                          idle CPU, each against its baseline; recorded in bench/results/
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
@@ -152,6 +152,11 @@ case "$command" in
     record gemm-f16 "$build_dir/apps/meshrt-bench-gemm" --device cpu --sizes 512,1024,2048 --dtype f16
     record gemm-torch /usr/bin/python3 bench/torch_gemm.py --sizes 512,1024,2048 --dtypes bf16,f16,f32
     for n in 1 2 4; do record "sharding-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-sharding" --device cpu; done
+    # Communication overlapping compute under asynchronous dispatch, 4 micro-batches per step (2 MiB
+    # all_reduces): each GEMM a 1 ms wait on the device stream (a GPU kernel's stand-in, taking no
+    # CPU), then real GEMMs with a narrow ffn so that communication is not a rounding error
+    record sharding-overlap-wait-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --compute wait:1000 --batch 256 --hidden 2048 --ffn 2048 -n 20
+    record sharding-overlap-gemm-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --compute gemm --batch 256 --hidden 2048 --ffn 64 -n 20
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
     record serving-matmul_neg bench/serving.sh
     record idle-cpu bench/idle_cpu.sh
