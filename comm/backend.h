@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "device/stream.h"
 #include "device/tensor.h"
 
 namespace meshrt::detail {
@@ -65,6 +66,10 @@ struct CommOp {
   // counting for them.
   mutable std::array<std::shared_ptr<Storage>, 2> storages;
   std::shared_ptr<const Pieces> pieces;
+  // Whether later work on the device's default stream waits for the operation
+  // (the default), or not (Communicator::deferred(): whoever reads the result
+  // orders that with Work::block).
+  bool order_default_stream = true;
   // The operation's tensors, valid only while CommBackend::start runs.
   mutable std::array<const DeviceTensor*, 2> tensors{};
   // Copies the tensors' storages into storages (once) and forgets the tensors:
@@ -120,6 +125,13 @@ class WorkState {
 
   // Keeps a tensor's memory alive until the work is done.
   void stash(std::shared_ptr<Storage> storage);
+  // The point of the communicator's stream where the operation is done (set
+  // before start returns when the operation did not complete inside it).
+  void set_done_event(const Event& done) { done_event_ = std::make_unique<Event>(done); }
+  // Makes stream wait for the operation (nothing when it completed in start).
+  void block(const Stream& stream) const {
+    if (done_event_) done_event_->block(stream);
+  }
   bool is_completed();
   void wait(std::chrono::milliseconds timeout);
   // The operation's number on its communicator (1, 2, ...; 0: not numbered)
@@ -154,6 +166,7 @@ class WorkState {
   std::exception_ptr error_;
   std::function<bool()> poller_;
   std::vector<std::shared_ptr<Storage>> stash_;
+  std::unique_ptr<Event> done_event_;  // set once, before other threads see the state
   uint64_t sequence_ = 0;
   const char* op_ = "";
 };

@@ -111,6 +111,13 @@ Communicator Communicator::split(int color, int key, const std::string& name) co
   return Communicator(std::move(backend), device_);
 }
 
+Communicator Communicator::deferred() const {
+  check_valid("deferred");
+  Communicator c = *this;
+  c.deferred_ = true;
+  return c;
+}
+
 int Communicator::rank() const {
   check_valid("rank");
   return backend_->rank();
@@ -195,8 +202,9 @@ OpDescription describe_op(Collective kind, const DeviceTensor* tensor, const Red
 
 // Starts c on backend. The backend keeps the tensors' memory (c.keep_memory())
 // until the operation is done when it does not complete inside start.
-Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, const OpDescription& what,
-           const DeviceTensor* a, const DeviceTensor* b = nullptr) {
+Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, bool order_default_stream,
+           const OpDescription& what, const DeviceTensor* a, const DeviceTensor* b = nullptr) {
+  c.order_default_stream = order_default_stream;
   auto state = detail::WorkState::make(what, backend);
   c.tensors = {a, b};  // their memory is kept only if the operation outlives start (CommOp::keep_memory)
   backend->start(c, state);
@@ -218,7 +226,7 @@ Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, R
                      " must have the same dtype and element count");
   CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
            in.dtype(), op, 0, {}, {}};
-  return start(backend_, c, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
+  return start(backend_, c, !deferred_, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
 }
 
 Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) const {
@@ -231,7 +239,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
                      to_string(in.dtype()), " (input ", in.description(), ")");
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
            in.dtype(), ReduceOp::kSum, 0, {}, {}};
-  return start(backend_, c, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
+  return start(backend_, c, !deferred_, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
 }
 
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
@@ -246,7 +254,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      to_string(out.dtype()), " (output ", out.description(), ")");
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
            static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}, {}};
-  return start(backend_, c, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
+  return start(backend_, c, !deferred_, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
 }
 
 Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
@@ -256,7 +264,7 @@ Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
                    backend_->describe());
   CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
            static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}, {}};
-  return start(backend_, c, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
+  return start(backend_, c, !deferred_, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
 }
 
 Work Communicator::send(const DeviceTensor& tensor, int peer) const {
@@ -266,7 +274,7 @@ Work Communicator::send(const DeviceTensor& tensor, int peer) const {
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
            tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
-  return start(backend_, c, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
+  return start(backend_, c, !deferred_, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
 }
 
 Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
@@ -276,7 +284,7 @@ Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
            tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
-  return start(backend_, c, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
+  return start(backend_, c, !deferred_, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
 }
 
 Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) const {
@@ -290,7 +298,7 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) c
                      " must match in dtype and element count, divisible by ", size());
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
            static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}, {}};
-  return start(backend_, c, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
+  return start(backend_, c, !deferred_, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
 }
 
 namespace {
@@ -346,7 +354,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out,
            in.dtype(), ReduceOp::kSum, 0, {}, pieces};
   OpDescription what = describe_op(Collective::kAllGather, &in, nullptr);
   what.pieces = pieces;
-  return start(backend_, c, what, &in, &out);
+  return start(backend_, c, !deferred_, what, &in, &out);
 }
 
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
@@ -368,7 +376,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
            in.dtype(), op, 0, {}, pieces};
   OpDescription what = describe_op(Collective::kReduceScatter, &in, &op);
   what.pieces = pieces;
-  return start(backend_, c, what, &in, &out);
+  return start(backend_, c, !deferred_, what, &in, &out);
 }
 
 Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
@@ -394,13 +402,13 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, {}, pieces};
   OpDescription what = describe_op(Collective::kAllToAll, &in, nullptr);
   what.pieces = pieces;
-  return start(backend_, c, what, &in, &out);
+  return start(backend_, c, !deferred_, what, &in, &out);
 }
 
 void Communicator::barrier() const {
   check_valid("barrier");
   CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}, {}};
-  start(backend_, c, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
+  start(backend_, c, !deferred_, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
 }
 
 void Communicator::abort(const std::string& reason) const {

@@ -101,6 +101,15 @@ class Communicator {
   // a moment and leaves the rest to the communicator's stream.
   void set_abortable_collectives(bool on);
 
+  // The same communicator, but later work on the device's default stream does
+  // not wait for its operations: whoever reads a result makes its stream wait
+  // with Work::block(stream) first (the sharding layer does it per tensor:
+  // DTensor::local()), so that work that does not read it, an independent
+  // GEMM say, overlaps the collective. Operations still wait for the work
+  // queued before them on the default stream (their inputs).
+  Communicator deferred() const;
+  bool is_deferred() const { return deferred_; }
+
   Work all_reduce(const DeviceTensor& tensor, ReduceOp op = ReduceOp::kSum) const;
   Work all_reduce(const DeviceTensor& in, const DeviceTensor& out,
                   ReduceOp op = ReduceOp::kSum) const;
@@ -146,6 +155,7 @@ class Communicator {
 
   std::shared_ptr<detail::CommBackend> backend_;
   Device device_;
+  bool deferred_ = false;  // deferred(): operations do not order the default stream
 };
 
 // The default communication deadline: MESHRT_COMM_TIMEOUT seconds, 300 if unset.

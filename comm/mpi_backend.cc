@@ -233,12 +233,12 @@ class MpiBackend final : public CommBackend {
     // The task holds op, and with it the tensors' memory, until it is done.
     stream_.enqueue([this, op, state, inputs, sequence] { run_task(op, state, &inputs, nullptr, sequence); });
     // Later work on the compute stream may read the result. Not after a send,
-    // so that a pipeline send overlaps the next micro-batch (communicator.h).
-    if (op.kind != Collective::kSend) {
-      Event done(Device::cpu());
-      done.record(stream_);
-      done.block(compute_);
-    }
+    // so that a pipeline send overlaps the next micro-batch (communicator.h),
+    // nor for a deferred communicator (its caller orders the readers).
+    Event done(Device::cpu());
+    done.record(stream_);
+    state->set_done_event(done);
+    if (op.kind != Collective::kSend && op.order_default_stream) done.block(compute_);
   }
 
   std::shared_ptr<CommBackend> split(int color, int key, const std::string& name) override {
@@ -321,10 +321,11 @@ class MpiBackend final : public CommBackend {
     if (!idle) return false;
     bool handed_over = false;
     if (!stream_.run_if_idle([&] { handed_over = run_inline(op, state, sequence); })) return false;
-    if (handed_over && op.kind != Collective::kSend) {
+    if (handed_over) {
       Event done(Device::cpu());  // later work on the compute stream may read the result
       done.record(stream_);
-      done.block(compute_);
+      state->set_done_event(done);
+      if (op.kind != Collective::kSend && op.order_default_stream) done.block(compute_);
     }
     return true;
   }

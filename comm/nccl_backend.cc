@@ -222,7 +222,8 @@ class NcclBackend final : public CommBackend, public std::enable_shared_from_thi
     // Later kernels may read the result. Not after a send, so that a pipeline
     // send overlaps the next micro-batch: a sent tensor must not be written
     // before its Work is done (communicator.h).
-    if (c.kind != Collective::kSend) done.block(compute);
+    state->set_done_event(done);
+    if (c.kind != Collective::kSend && c.order_default_stream) done.block(compute);
     std::weak_ptr<NcclBackend> self = shared_from_this();
     state->set_poller([self, done, what]() -> bool {
       // The aborted flag before the event: after ncclCommAbort the kernels exit

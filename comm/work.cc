@@ -33,6 +33,7 @@ std::shared_ptr<WorkState> WorkState::make(const OpDescription& op, const std::s
     s.error_ = nullptr;
     s.poller_ = nullptr;
     s.stash_.clear();
+    s.done_event_.reset();
     s.sequence_ = 0;
     s.op_ = "";
     s.done_.store(false, std::memory_order_relaxed);
@@ -220,6 +221,10 @@ bool Work::is_completed() const { return !state_ || state_->is_completed(); }
 
 void Work::wait() const {
   if (state_ && !state_->is_completed()) state_->wait(state_->default_timeout());
+}
+
+void Work::block(const Stream& stream) const {
+  if (state_) state_->block(stream);
 }
 
 void Work::wait(std::chrono::milliseconds timeout) const {

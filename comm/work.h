@@ -9,6 +9,7 @@
 
 namespace meshrt {
 
+class Stream;
 namespace detail {
 class WorkState;
 }
@@ -27,6 +28,11 @@ class Work {
   // Error; past the deadline aborts the communicator (so no later operation can
   // hang on it) and throws Error(kDeadlineExceeded) naming the operation.
   void wait(std::chrono::milliseconds timeout) const;
+  // Makes stream (a stream of the operation's device) wait, on the device, for
+  // the operation to finish; the host does not wait. What a deferred
+  // communicator's caller does before work on stream reads the result
+  // (Communicator::deferred). Nothing when the operation is already done.
+  void block(const Stream& stream) const;
   // "all_reduce(f32[1024] on cpu, sum) on mpi communicator 'world' (rank 1 of 4)"
   std::string description() const;
 

@@ -102,6 +102,14 @@ DTensor DTensor::from_local_shards(const HostTensor& local, const Mesh& mesh, co
   return DTensor(to_device(local, mesh.device()), whole, mesh, layout, name);
 }
 
+const DeviceTensor& DTensor::local() const {
+  if (!pending_.empty()) {
+    Stream stream = Stream::default_for(local_.device());
+    for (const Work& w : pending_) w.block(stream);
+  }
+  return local_;
+}
+
 const DTensor& DTensor::block_until_ready() const {
   MESHRT_CHECK_ARG(defined(), "block_until_ready of an undefined DTensor");
   for (const Work& w : pending_) {

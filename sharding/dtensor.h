@@ -50,7 +50,10 @@ class DTensor {
   DType dtype() const { return local_.dtype(); }
   const Mesh& mesh() const { return mesh_; }
   const Layout& layout() const { return layout_; }
-  const DeviceTensor& local() const { return local_; }
+  // This rank's shard. Makes the device's default stream wait (on the device,
+  // not the host) for the collectives still producing it (pending()), so work
+  // queued there after this call reads the finished value.
+  const DeviceTensor& local() const;
   int ndim() const { return global_.ndim(); }
 
   // The whole value on every rank (collective: an all-gather, and an all-reduce

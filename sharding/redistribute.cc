@@ -155,8 +155,11 @@ int64_t sum_of(const std::vector<int64_t>& v) {
 // A pending avg is summed by the collective, then divided by the axis's size.
 ReduceOp collective_op(ReduceOp pending) { return pending == ReduceOp::kAvg ? ReduceOp::kSum : pending; }
 
-DeviceTensor finish_avg(const DeviceTensor& t, ReduceOp pending, int n) {
+// After the collective whose Work is last in works: the division reads its
+// result, so the default stream waits for it first.
+DeviceTensor finish_avg(const DeviceTensor& t, ReduceOp pending, int n, const std::vector<Work>& works) {
   if (pending != ReduceOp::kAvg || n == 1) return t;
+  works.back().block(Stream::default_for(t.device()));
   kernels::unary(kernels::UnaryOp::kScale, t, t, 1.0 / n);
   return t;
 }
@@ -170,6 +173,11 @@ DeviceTensor finish_avg(const DeviceTensor& t, ReduceOp pending, int n) {
 DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const DeviceTensor& local, std::vector<Work>& works) {
   const Mesh& mesh = t.mesh();
   const Communicator& comm = mesh.communicator(s.axis);
+  // all_reduce and reduce_scatter leave their result as it is: deferred, the
+  // default stream waits for them only where something reads the result
+  // (DTensor::local()), so later independent work overlaps them. all_gather
+  // and all_to_all are followed at once by the kernels that join the pieces.
+  Communicator deferred = comm.deferred();
   int n = mesh.axis_size(s.axis);
   int c = mesh.coordinate(s.axis);
   std::vector<int> coordinates = mesh.coordinates(mesh.rank());
@@ -177,8 +185,8 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
     case Kind::kAllReduce: {
       ReduceOp pending = s.before.partial_op(s.axis);
       DeviceTensor out = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
-      works.push_back(comm.all_reduce(local, out, collective_op(pending)));
-      return finish_avg(out, pending, n);
+      works.push_back(deferred.all_reduce(local, out, collective_op(pending)));
+      return finish_avg(out, pending, n, works);
     }
     case Kind::kReduceScatter: {
       ReduceOp pending = s.before.partial_op(s.axis);
@@ -187,11 +195,11 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
       DeviceTensor out = DeviceTensor::empty(local.shape().with(s.dim, extents[static_cast<size_t>(c)]),
                                              local.dtype(), local.device());
       if (all_equal(extents)) {
-        works.push_back(comm.reduce_scatter(packed, out, collective_op(pending)));
+        works.push_back(deferred.reduce_scatter(packed, out, collective_op(pending)));
       } else {
-        works.push_back(comm.reduce_scatter(packed, out, blocks::piece_counts(local.shape(), s.dim, extents), collective_op(pending)));
+        works.push_back(deferred.reduce_scatter(packed, out, blocks::piece_counts(local.shape(), s.dim, extents), collective_op(pending)));
       }
-      return finish_avg(out, pending, n);
+      return finish_avg(out, pending, n, works);
     }
     case Kind::kAllGather: {
       // The pieces of the block this axis cut: that block's extent under the layout after the step.
@@ -238,12 +246,15 @@ DTensor redistribute(const DTensor& t, const Layout& layout) {
   MESHRT_CHECK_ARG(t.defined(), "redistribute of an undefined DTensor");
   if (t.layout() == layout) return t;  // ops ask for this all the time
   layout.check(t.mesh(), t.global_shape(), t.name());
-  DeviceTensor local = t.local();
+  DeviceTensor local = t.local();  // (orders the default stream after t's own collectives)
   std::vector<Work> works;
   Trace* trace = TraceScope::current();
   for (const RedistributionStep& s : plan_redistribution(t.layout(), layout)) {
     auto start = std::chrono::steady_clock::now();
     long long bytes = static_cast<long long>(local.nbytes());
+    // The step reads the last one's result: order the default stream after it
+    // (its collective may be deferred); only the final result stays deferred.
+    if (!works.empty()) works.back().block(Stream::default_for(local.device()));
     local = run_step(s, t, local, works);
     if (trace) {
       // Timed: the step's work is waited for (a traced run is not asynchronous).

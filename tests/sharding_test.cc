@@ -725,8 +725,12 @@ TEST_P(Sharding, Gpt2VocabularyShardsOverAnyNumberOfRanks) {
   DTensor t = DTensor::from_global(table, mesh_, Layout::sharded(2, 0, a), "wte");
   Extent mine = chunk_extent(vocab, n, mesh_.coordinate(a));
   EXPECT_EQ(t.local().shape(), (Shape{mine.size, 4}));
-  if (n == 2) EXPECT_EQ(mine.size, mesh_.coordinate(a) == 0 ? 25129 : 25128);
-  if (n == 3) EXPECT_EQ(mine.size, mesh_.coordinate(a) < 2 ? 16753 : 16751);
+  if (n == 2) {
+    EXPECT_EQ(mine.size, mesh_.coordinate(a) == 0 ? 25129 : 25128);
+  }
+  if (n == 3) {
+    EXPECT_EQ(mine.size, mesh_.coordinate(a) < 2 ? 16753 : 16751);
+  }
   EXPECT_TRUE(all_close(t.gather(), table, 0, 0));
   EXPECT_TRUE(all_close(redistribute(t, Layout::sharded(2, 1, a)).gather(), table, 0, 0));
 }
