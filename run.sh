@@ -157,6 +157,10 @@ case "$command" in
     # CPU), then real GEMMs with a narrow ffn so that communication is not a rounding error
     record sharding-overlap-wait-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --compute wait:1000 --batch 256 --hidden 2048 --ffn 2048 -n 20
     record sharding-overlap-gemm-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --compute gemm --batch 256 --hidden 2048 --ffn 64 -n 20
+    # The same with non-blocking, polled collectives (as meshrt-serve runs them): a blocking MPI call
+    # spins on a core while it waits, which on 2 cores keeps the compute stream's thread waiting
+    record sharding-overlap-wait-abortable-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --abortable --compute wait:1000 --batch 256 --hidden 2048 --ffn 2048 -n 20
+    record sharding-overlap-gemm-abortable-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --abortable --compute gemm --batch 256 --hidden 2048 --ffn 64 -n 20
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
     record serving-matmul_neg bench/serving.sh
     record idle-cpu bench/idle_cpu.sh
