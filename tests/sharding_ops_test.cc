@@ -170,6 +170,9 @@ Trace traced(F&& f) {
 class ShardedOps : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
+    // The tests' environment says cpu; sharding_ops_cuda_np1 says cuda (the same tests on one GPU).
+    const char* wanted = std::getenv("MESHRT_DEVICE");
+    if (wanted && std::string(wanted).rfind("cuda", 0) == 0) MESHRT_REQUIRE_CUDA();
     auto all = meshes_for(World::get().size());
     if (GetParam() >= static_cast<int>(all.size())) {
       GTEST_SKIP() << "no mesh #" << GetParam() << " at " << World::get().size() << " ranks (2-D meshes need 4 or 6 ranks)";

@@ -117,6 +117,7 @@ if [ "$cpu_only" = 0 ]; then
   run_test "kernels_test (CUDA)" "$here/tests/kernels_test" --gtest_filter='Cuda*'
   run_test "comm_test (CUDA, 1 rank)" "${one[@]}" "$here/tests/comm_test" --gtest_filter='*/cuda'
   run_test "sharding_test (CUDA mesh, 1 rank)" env MESHRT_DEVICE=cuda "${one[@]}" "$here/tests/sharding_test" --gtest_filter='Meshes/*'
+  run_test "sharding_ops_test (CUDA mesh, 1 rank)" env MESHRT_DEVICE=cuda "${one[@]}" "$here/tests/sharding_ops_test" --gtest_filter='Meshes/*'
   unset MESHRT_REQUIRE_CUDA
 fi
 export MESHRT_DEVICE=cpu
@@ -124,6 +125,7 @@ run_test "device_test (cpu)" "$here/tests/device_test" --gtest_filter='-Cuda*'
 run_test "kernels_test (cpu)" "$here/tests/kernels_test" --gtest_filter='-Cuda*'
 run_test "comm_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/comm_test" --gtest_filter='-*/cuda'
 run_test "sharding_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/sharding_test"
+run_test "sharding_ops_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/sharding_ops_test"
 run_test "layers_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/layers_test"
 unset MESHRT_DEVICE
 
@@ -155,6 +157,9 @@ if [ "$cpu_only" = 0 ]; then
   sanitize racecheck "the reductions" "$here/tests/kernels_test" --gtest_filter='CudaOps.EveryCase*'
   sanitize synccheck "the reductions" "$here/tests/kernels_test" --gtest_filter='CudaOps.EveryCase*'
   unset MESHRT_OP_CASES
+  # top-k (a block per row, shared memory) and the axis reductions
+  sanitize racecheck "top-k and the axis reductions" "$here/tests/kernels_test" --gtest_filter='CudaTopK.*:CudaAxisReduction.*'
+  sanitize synccheck "top-k and the axis reductions" "$here/tests/kernels_test" --gtest_filter='CudaTopK.*:CudaAxisReduction.*'
 fi
 
 # ---- benchmarks ----
