@@ -18,6 +18,7 @@
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
 #include "sharding/trace.h"
+#include "sharding_test_util.h"
 #include "test_util.h"
 
 namespace meshrt::sharding {
@@ -27,68 +28,13 @@ using meshrt::testing::all_close;
 using meshrt::testing::random_tensor;
 using meshrt::testing::throws_error;
 using Dims = std::vector<std::vector<std::string>>;
-
-// The meshes of sharding_test.cc: 1-D always; 2x2 and 2x1x2 at 4 ranks; 2x3 and 3x2 at 6.
-std::vector<std::vector<MeshAxis>> meshes_for(int n) {
-  std::vector<std::vector<MeshAxis>> m = {{{"x", n}}};
-  if (n == 4) {
-    m.push_back({{"x", 2}, {"y", 2}});
-    m.push_back({{"x", 2}, {"y", 1}, {"z", 2}});
-  }
-  if (n == 6) {
-    m.push_back({{"x", 2}, {"y", 3}});
-    m.push_back({{"x", 3}, {"y", 2}});
-  }
-  return m;
-}
-
-// Every layout of a tensor with `ndim` dimensions on the mesh: each mesh axis is
-// unused, shards one dimension, or is a pending sum; axes sharing a dimension in
-// every order (sharding_test.cc's).
-std::vector<Layout> all_layouts(const Mesh& mesh, int ndim, bool with_partial = true) {
-  std::vector<Layout> out;
-  int roles = ndim + 1 + (with_partial ? 1 : 0);
-  int axes = mesh.ndim();
-  int combos = 1;
-  for (int i = 0; i < axes; ++i) combos *= roles;
-  for (int c = 0; c < combos; ++c) {
-    Dims dims(static_cast<size_t>(ndim));
-    std::vector<std::string> partial;
-    int rest = c;
-    for (int i = 0; i < axes; ++i) {
-      int role = rest % roles;
-      rest /= roles;
-      const std::string& name = mesh.axes()[static_cast<size_t>(i)].name;
-      if (role < ndim) dims[static_cast<size_t>(role)].push_back(name);
-      if (role == ndim + 1) partial.push_back(name);
-    }
-    std::function<void(size_t, Dims&)> orders = [&](size_t d, Dims& current) {
-      if (d == current.size()) {
-        out.emplace_back(current, partial);
-        return;
-      }
-      std::sort(current[d].begin(), current[d].end());
-      do {
-        orders(d + 1, current);
-      } while (std::next_permutation(current[d].begin(), current[d].end()));
-    };
-    orders(0, dims);
-  }
-  return out;
-}
+using testing::all_layouts;
+using testing::meshes_for;
+using testing::placeable;
 
 // Small whole numbers: sums, maxes and means of parts are exact.
 HostTensor integers(const Shape& shape, uint64_t seed, DType dtype = DType::kF32, double lo = -8, double hi = 8) {
   return cast_host(random_tensor(shape, DType::kI32, seed, lo, hi), dtype);
-}
-
-// Whether from_global can place shape with l (no dimension cut into more blocks
-// than it has elements).
-bool placeable(const Mesh& mesh, const Layout& l, const Shape& shape) {
-  for (int d = 0; d < shape.ndim(); ++d) {
-    if (shape[d] < l.parts(mesh, d)) return false;
-  }
-  return true;
 }
 
 // The global value g placed with layout l, where a partial layout's ranks hold

@@ -17,6 +17,7 @@
 #include "sharding/redistribute.h"
 #include "models/tensor_parallel.h"
 #include "sharding/trace.h"
+#include "sharding_test_util.h"
 #include "test_util.h"
 
 namespace meshrt::sharding {
@@ -26,54 +27,9 @@ using meshrt::testing::all_close;
 using meshrt::testing::random_tensor;
 using meshrt::testing::throws_error;
 using Dims = std::vector<std::vector<std::string>>;
-
-std::vector<std::vector<MeshAxis>> meshes_for(int n) {
-  std::vector<std::vector<MeshAxis>> m = {{{"x", n}}};
-  if (n == 4) {
-    m.push_back({{"x", 2}, {"y", 2}});
-    m.push_back({{"x", 2}, {"y", 1}, {"z", 2}});  // 3-D (one axis of size 1 to fit 4 ranks)
-  }
-  if (n == 6) {
-    m.push_back({{"x", 2}, {"y", 3}});
-    m.push_back({{"x", 3}, {"y", 2}});
-  }
-  return m;
-}
-
-// Every layout of a tensor with `ndim` dimensions on the mesh: each mesh axis is
-// unused, shards one dimension, or is partial; axes sharing a dimension in every order.
-std::vector<Layout> all_layouts(const Mesh& mesh, int ndim, bool with_partial = true) {
-  std::vector<Layout> out;
-  int roles = ndim + 1 + (with_partial ? 1 : 0);  // 0..ndim-1: shard that dim, ndim: unused, ndim+1: partial
-  int axes = mesh.ndim();
-  int combos = 1;
-  for (int i = 0; i < axes; ++i) combos *= roles;
-  for (int c = 0; c < combos; ++c) {
-    Dims dims(static_cast<size_t>(ndim));
-    std::vector<std::string> partial;
-    int rest = c;
-    for (int i = 0; i < axes; ++i) {
-      int role = rest % roles;
-      rest /= roles;
-      const std::string& name = mesh.axes()[static_cast<size_t>(i)].name;
-      if (role < ndim) dims[static_cast<size_t>(role)].push_back(name);
-      if (role == ndim + 1) partial.push_back(name);
-    }
-    // Every order of the axes within each dimension.
-    std::function<void(size_t, Dims&)> orders = [&](size_t d, Dims& current) {
-      if (d == current.size()) {
-        out.emplace_back(current, partial);
-        return;
-      }
-      std::sort(current[d].begin(), current[d].end());
-      do {
-        orders(d + 1, current);
-      } while (std::next_permutation(current[d].begin(), current[d].end()));
-    };
-    orders(0, dims);
-  }
-  return out;
-}
+using testing::all_layouts;
+using testing::meshes_for;
+using testing::placeable;
 
 // Small whole numbers in f32: sums of partial values are exact.
 HostTensor integers(const Shape& shape, uint64_t seed) {
@@ -299,15 +255,6 @@ TEST_P(Sharding, ImplicitHostReadIsAnErrorThatSaysHow) {
   }
   EXPECT_TRUE(all_close(x.gather(), g, 0, 0));
   EXPECT_TRUE(all_close(DTensor::from_global(g, mesh_, Layout::replicated(2), "r").to_host(), g, 0, 0));
-}
-
-// Whether from_global can place a tensor of shape with layout l: no dimension
-// has fewer elements than blocks (that is a host-local part, by its error).
-bool placeable(const Mesh& mesh, const Layout& l, const Shape& shape) {
-  for (int d = 0; d < shape.ndim(); ++d) {
-    if (shape[d] < l.parts(mesh, d)) return false;
-  }
-  return true;
 }
 
 // Even sizes, and sizes that divide by nothing (blocks of torch.chunk's sizes,
