@@ -365,22 +365,39 @@ const CheckpointEntry* TensorStore::find(const std::string& name) const {
   return it == by_name_.end() ? nullptr : &entries_[it->second.entry];
 }
 
-DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layout& layout) const {
+HostTensor TensorStore::read_block(const std::string& name, const std::vector<int64_t>& offsets,
+                                   const Shape& shape) const {
   auto it = by_name_.find(name);
   MESHRT_CHECK_ARG(it != by_name_.end(), path_, " has no tensor '", name, "'");
   const auto& [file, header] = headers_[it->second.header];
   const SafetensorsEntry& e = header.find(name);
-  layout.check(mesh, e.shape, name);
-  Shape local = layout.local_shape(mesh, e.shape);
-  if (!layout.holds_value(mesh)) return DTensor(DeviceTensor::zeros(local, e.dtype, mesh.device()), e.shape, mesh, layout, name);
-  HostTensor block = HostTensor::empty(local, e.dtype);
+  MESHRT_CHECK_SHAPE(static_cast<int>(offsets.size()) == e.shape.ndim() && shape.ndim() == e.shape.ndim(),
+                     "read_block of '", name, "' ", e.shape, " in ", path_, ": ", offsets.size(),
+                     " offsets and the block ", shape, " must have one entry per dimension");
+  for (int d = 0; d < e.shape.ndim(); ++d) {
+    int64_t o = offsets[static_cast<size_t>(d)];
+    MESHRT_CHECK_SHAPE(o >= 0 && shape[d] >= 0 && o + shape[d] <= e.shape[d], "read_block of '", name, "' ", e.shape,
+                       " in ", path_, ": dimension ", d, " [", o, ", ", o + shape[d], ") is outside the tensor");
+  }
+  HostTensor block = HostTensor::empty(shape, e.dtype);
   size_t element = size_of(e.dtype);
   File f(file, O_RDONLY);
   uint64_t start = header.data_start + e.begin;  // (clang 14 cannot capture a structured binding)
-  for_each_run(e.shape, layout.block_offsets(mesh, e.shape), local, [&](int64_t global, int64_t at, int64_t count) {
+  for_each_run(e.shape, offsets, shape, [&](int64_t global, int64_t at, int64_t count) {
     f.read_at(static_cast<char*>(block.raw_data()) + static_cast<size_t>(at) * element, static_cast<size_t>(count) * element,
               start + static_cast<uint64_t>(global) * element);
   });
+  return block;
+}
+
+DTensor TensorStore::load(const std::string& name, const Mesh& mesh, const Layout& layout) const {
+  auto it = by_name_.find(name);
+  MESHRT_CHECK_ARG(it != by_name_.end(), path_, " has no tensor '", name, "'");
+  const CheckpointEntry& e = entries_[it->second.entry];
+  layout.check(mesh, e.shape, name);
+  Shape local = layout.local_shape(mesh, e.shape);
+  if (!layout.holds_value(mesh)) return DTensor(DeviceTensor::zeros(local, e.dtype, mesh.device()), e.shape, mesh, layout, name);
+  HostTensor block = read_block(name, layout.block_offsets(mesh, e.shape), local);
   return DTensor(to_device(block, mesh.device()), e.shape, mesh, layout, name);
 }
 

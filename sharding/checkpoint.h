@@ -74,6 +74,10 @@ class TensorStore {
   // name on mesh with layout (for a partial layout, coordinate 0 of the partial
   // axes reads, the others get zeros). No communication.
   DTensor load(const std::string& name, const Mesh& mesh, const Layout& layout) const;
+  // The block of name starting at offsets with extents shape, on the host:
+  // reads only its bytes (a fused weight's pieces, say). Error(kShape) when the
+  // block leaves the tensor.
+  HostTensor read_block(const std::string& name, const std::vector<int64_t>& offsets, const Shape& shape) const;
 
  private:
   struct Located {

@@ -101,6 +101,28 @@ TEST(Checkpoint, RoundTripOnThisMesh) {
   if (World::get().rank() == 0) std::filesystem::remove_all(dir);
 }
 
+// Any block of a stored tensor, read alone (a fused weight's pieces).
+TEST(Checkpoint, ReadBlockReadsAnyBlock) {
+  Mesh mesh = mesh_for_world();
+  std::string dir = shared_temp_dir();
+  ASSERT_FALSE(dir.empty());
+  save_checkpoint(dir, place_fixture(mesh));
+  TensorStore store(dir);
+  HostTensor vocab = fixture_values().at("vocab");  // 13 x 5
+  HostTensor block = store.read_block("vocab", {3, 1}, Shape{4, 3});
+  for (int64_t r = 0; r < 4; ++r) {
+    for (int64_t c = 0; c < 3; ++c) {
+      EXPECT_EQ(block.data<float>()[r * 3 + c], vocab.data<float>()[(3 + r) * 5 + 1 + c]) << r << ", " << c;
+    }
+  }
+  EXPECT_EQ(store.read_block("vocab", {13, 0}, Shape{0, 5}).numel(), 0);
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { store.read_block("vocab", {10, 0}, Shape{4, 5}); },
+                           {"read_block of 'vocab'", "dimension 0 [10, 14) is outside"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { store.read_block("vocab", {0}, Shape{4, 5}); }, {"one entry per dimension"}));
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (World::get().rank() == 0) std::filesystem::remove_all(dir);
+}
+
 TEST(Checkpoint, SmallFileLimitSplitsIntoSeveralFiles) {
   Mesh mesh = mesh_for_world();
   std::string dir = shared_temp_dir();
