@@ -102,14 +102,24 @@ LayerType linear_type() {
   parallel.kind = FieldKind::kChoice;
   parallel.choices = {"column", "row", "none"};
   parallel.default_choice = "none";
-  t.fields = {tensor_field("weight"), tensor_field("bias", false), parallel};
+  // How the weight is stored: [in, out] (x @ W, GPT-2's Conv1D) or [out, in]
+  // (x @ W^T, torch.nn.Linear as Hugging Face checkpoints hold it).
+  FieldSpec layout;
+  layout.name = "weight_layout";
+  layout.kind = FieldKind::kChoice;
+  layout.choices = {"in_out", "out_in"};
+  layout.default_choice = "in_out";
+  t.fields = {tensor_field("weight"), tensor_field("bias", false), parallel, layout};
   t.output_width = [](const LayerConfig& l, const StackCheck& c, int64_t width) {
     const Shape& shape = c.weights.shape(l, "weight", c.dtype);
-    if (shape.ndim() != 2 || shape[0] != width) {
+    bool out_in = l.value("weight_layout") == "out_in";
+    if (shape.ndim() != 2 || shape[out_in ? 1 : 0] != width) {
       c.fail(l, "weight", detail::cat("tensor '", l.value("weight"), "' in ", c.weights.path(), " has shape ", shape,
-                                      " but a linear layer entered by width ", width, " needs [", width, ", out]"));
+                                      " but a linear layer entered by width ", width, " needs ",
+                                      out_in ? "[out, " : "[", width, out_in ? "]" : ", out]", " (weight_layout ",
+                                      out_in ? "out_in" : "in_out", ")"));
     }
-    int64_t out = shape[1];
+    int64_t out = shape[out_in ? 0 : 1];
     // Column and row parallel weights need not divide over the stage's ranks:
     // blocks follow torch.chunk's sizes (sharding/layout.h).
     if (!l.value("bias").empty()) c.expect_vector(l, "bias", out);
@@ -118,17 +128,25 @@ LayerType linear_type() {
   t.build = [](const LayerConfig& l, const Weights& w, const Mesh& mesh) -> std::unique_ptr<Layer> {
     bool has_bias = !l.value("bias").empty();
     std::string parallel = l.value("parallel");
+    bool out_in = l.value("weight_layout") == "out_in";
+    // The weight as [in, out] with layout (of [in, out]): an [out, in] one is
+    // loaded with the transposed layout (each rank reads its block) and
+    // transposed on each rank, the layout moving with the dimensions.
+    auto weight_as = [&](const Layout& layout) {
+      if (!out_in) return w.load(l, "weight", mesh, layout);
+      return sharding::transpose(w.load(l, "weight", mesh, Layout(Dims{layout.dim(1), layout.dim(0)})), 0, 1);
+    };
     if (parallel == "column") {
-      ColumnParallelLinear layer(kModelAxis, w.load(l, "weight", mesh, Layout(Dims{{}, {kModelAxis}})),
+      ColumnParallelLinear layer(kModelAxis, weight_as(Layout(Dims{{}, {kModelAxis}})),
                                  has_bias ? w.load(l, "bias", mesh, Layout(Dims{{kModelAxis}})) : DTensor());
       return function_layer([layer](const DTensor& x) { return layer.forward(x); });
     }
     if (parallel == "row") {
-      RowParallelLinear layer(kModelAxis, w.load(l, "weight", mesh, Layout(Dims{{kModelAxis}, {}})),
+      RowParallelLinear layer(kModelAxis, weight_as(Layout(Dims{{kModelAxis}, {}})),
                               has_bias ? w.load(l, "bias", mesh, Layout::replicated(1)) : DTensor());
       return function_layer([layer](const DTensor& x) { return layer.forward(x); });
     }
-    DTensor weight = w.load(l, "weight", mesh, Layout::replicated(2));
+    DTensor weight = weight_as(Layout::replicated(2));
     DTensor bias = has_bias ? w.load(l, "bias", mesh, Layout::replicated(1)) : DTensor();
     return function_layer([weight, bias](const DTensor& x) {
       DTensor y = sharding::matmul(x, weight);

@@ -8,7 +8,9 @@
 // else knows the types.
 //
 // Built in:
-//   linear {weight, bias?, parallel: none | column | row}  x @ W (+ b), W [in, out]
+//   linear {weight, bias?, parallel: none | column | row, weight_layout: in_out | out_in}
+//          x @ W (+ b) with W [in, out], or x @ W^T with W stored [out, in]
+//          (out_in: torch.nn.Linear's layout, as Hugging Face checkpoints hold it)
 //   bias_add {bias}          softmax        layernorm {gamma, beta, eps = 1e-5}
 //   rmsnorm {gamma, eps = 1e-6}             residual_add {from}: x + a saved activation
 //   sleep {us = 0, us_per_row = 0}: x unchanged, after a wait of us + us_per_row * rows

@@ -79,6 +79,19 @@ std::vector<LayerCase> layer_cases() {
                      std::string(R"([{"type": "linear", "weight": "w", "bias": "b", "parallel": ")") + parallel + R"("}])",
                      {{"w", w}, {"b", b}}, 12, [w, b](const HostTensor& x) { return linear(x, w, &b); }});
   }
+  // The same weight stored [out, in] (torch.nn.Linear's layout): x @ W^T, every parallel kind, with an
+  // out width (13) that divides by no rank count.
+  HostTensor w13 = random_tensor({kIn, 13}, DType::kF32, 5), b13 = random_tensor({13}, DType::kF32, 6);
+  HostTensor w13t = HostTensor::empty({13, kIn}, DType::kF32);
+  for (int64_t i = 0; i < kIn; ++i) {
+    for (int64_t j = 0; j < 13; ++j) w13t.data<float>()[j * kIn + i] = w13.data<float>()[i * 13 + j];
+  }
+  for (const char* parallel : {"none", "column", "row"}) {
+    cases.push_back({std::string("linear_out_in_") + parallel, {"linear"},
+                     std::string(R"([{"type": "linear", "weight": "wt", "bias": "b13", "weight_layout": "out_in", "parallel": ")") +
+                         parallel + R"("}])",
+                     {{"wt", w13t}, {"b13", b13}}, 13, [w13, b13](const HostTensor& x) { return linear(x, w13, &b13); }});
+  }
   cases.push_back({"linear_no_bias", {"linear"}, R"([{"type": "linear", "weight": "w"}])", {{"w", w}}, 12,
                    [w](const HostTensor& x) { return linear(x, w, nullptr); }});
   cases.push_back({"bias_add", {"bias_add"}, R"([{"type": "bias_add", "bias": "v"}])", {{"v", v}}, kIn,
