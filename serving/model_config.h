@@ -20,7 +20,7 @@
 // }
 //
 // Layers: {"type": T, ...the fields of T}, T a registered layer type
-// (models/layers.h: linear {weight, bias?, parallel: column | row | none},
+// (models/layers.h: linear {weight, bias?, parallel: column | row | none, weight_layout: in_out | out_in},
 // bias_add {bias}, neg, relu, gelu, silu, softmax, layernorm {gamma, beta, eps?},
 // rmsnorm {gamma, eps?}, residual_add {from}, ...). The reader checks each
 // layer's fields against its type's entry. Any layer may carry "save": NAME to
