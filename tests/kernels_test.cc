@@ -532,6 +532,8 @@ TEST(Elementwise, ConvenienceFormsAndInPlace) {
   EXPECT_EQ(to_host(d).to_vector<float>(), (std::vector<float>{2, 0.5, 0, -3}));
   EXPECT_NEAR(to_host(gelu(on(x))).to_vector<float>()[3], 2.99595031, 1e-6);
   EXPECT_NEAR(to_host(silu(on(x))).to_vector<float>()[0], -0.23840584, 1e-6);
+  // torch.nn.functional.gelu(x, approximate='tanh') at 3 (gelu_new's value, not gelu's 2.99595)
+  EXPECT_NEAR(to_host(gelu_tanh(on(x))).to_vector<float>()[3], 2.99636261, 1e-6);
 }
 
 TEST(Elementwise, TheTableNamesItsOps) {
@@ -542,6 +544,8 @@ TEST(Elementwise, TheTableNamesItsOps) {
   EXPECT_EQ(info(UnaryOp::kNeg).partial_rule[0], unsigned{kThroughSum | kThroughAvg});
   EXPECT_EQ(info(UnaryOp::kRelu).partial_rule[0], unsigned{kThroughMax | kThroughMin});
   EXPECT_EQ(info(UnaryOp::kGelu).partial_rule[0], unsigned{kNoPartial});
+  EXPECT_EQ(find_unary_op("gelu_tanh"), UnaryOp::kGeluTanh);
+  EXPECT_EQ(info(UnaryOp::kGeluTanh).partial_rule[0], unsigned{kNoPartial});
   EXPECT_TRUE(info(UnaryOp::kScale).takes_alpha);
   EXPECT_EQ(info(BinaryOp::kAdd).operands, 2);
 }
@@ -855,9 +859,9 @@ TEST(Elementwise, SixteenBitLoopsComputeEveryValueAsTheScalarRule) {
   check(BFloat16{});
 }
 
-// gelu and silu at large |x|, infinities, signed zeros and NaN, against the float64
-// references at the kernel tolerances (NaN where the reference is NaN, as at
-// gelu(-inf) = -inf * 0 and silu(-inf) = -inf / inf).
+// gelu, gelu_tanh and silu at large |x|, infinities, signed zeros and NaN,
+// against the float64 references at the kernel tolerances (NaN where the
+// reference is NaN, as at gelu(-inf) = -inf * 0 and silu(-inf) = -inf / inf).
 TEST(Elementwise, GeluAndSiluAtExtremeInputs) {
   const std::vector<double> inputs = {-INFINITY, -1e30, -1e4, -100, -88.5, -87, -40, -20, -13, -10, -7, -5.5, -4.2, -3,
                                       -1, -1e-3, -1e-20, -0.0, 0.0, 1e-20, 1e-3, 1, 3, 5.5, 10, 20, 88.5, 100, 1e4, 1e30,
@@ -865,7 +869,7 @@ TEST(Elementwise, GeluAndSiluAtExtremeInputs) {
   HostTensor source = HostTensor::from_vector(inputs, {static_cast<int64_t>(inputs.size())});
   for (DType dtype : kFloats) {
     HostTensor x = cast_host(source, dtype);
-    for (const char* name : {"gelu", "silu"}) {
+    for (const char* name : {"gelu", "gelu_tanh", "silu"}) {
       UnaryOp op = *find_unary_op(name);
       auto f = testing::unary_references().at(name).f;
       HostTensor want = cast_host(map_unary(f64(x), [&](double v) { return f(v, 1.0); }), dtype);
