@@ -61,10 +61,11 @@ DeviceTensor rope(const DeviceTensor& x, const DeviceTensor& positions, double t
 // The softmax subtracts the row's maximum and accumulates in f32 (f64 for f64).
 //
 // A query row whose every key is masked (with left padding: the padding rows
-// of a causal mask) gives zeros. transformers gives finite garbage there (the
-// mask adds the dtype's minimum, so the softmax is uniform over the masked
-// keys, or NaN with sdpa on some versions); those rows are padding and are
-// never read, and zeros keep NaN out of what follows.
+// of a causal mask) gives zeros. transformers gives finite values there that
+// nothing reads: its eager path adds the dtype's minimum, so the softmax
+// spreads over the masked keys, and its sdpa path unmasks such rows
+// (_unmask_unattended) to keep NaN out. Zeros are as NaN-free, and do not
+// depend on the padding's keys.
 //
 // Limits: on CUDA head_dim <= kMaxCudaAttentionHeadDim (one thread per output
 // element of a row: a block per (batch, query row, head)); Error(kShape)
