@@ -1,5 +1,6 @@
 // Internal: the entry points each backend implements. The public calls in
-// gemm.cc, elementwise.cc, reduction.cc and movement.cc validate shapes and dtypes, then call
+// gemm.cc, elementwise.cc, reduction.cc, movement.cc and attention.cc validate
+// shapes and dtypes, then call
 // cpu::... or cuda::... with raw pointers and extents. The cuda:: functions are
 // defined in .cu files built only with CUDA; they take the cudaStream_t as void*.
 #pragma once
@@ -8,6 +9,7 @@
 
 #include "device/dtype.h"
 #include "device/error.h"
+#include "kernels/attention_math.h"
 #include "kernels/op_types.h"
 
 namespace meshrt::kernels {
@@ -103,7 +105,11 @@ enum class ReduceAxisOp { kMean, kMax, kMin, kArgmax };
                    int64_t axis, int64_t inner __VA_ARGS__);                                     \
   /* per row of rows x cols: the k largest, descending, ties by lower index; indices i64 */     \
   void topk(DType dtype, const void* x, void* values, void* indices, int64_t rows, int64_t cols, \
-            int64_t k __VA_ARGS__);
+            int64_t k __VA_ARGS__);                                                              \
+  /* RopeArgs and AttentionArgs: kernels/attention_math.h; positions i64, key_mask may be null */ \
+  void rope(const RopeArgs& args, const void* x, const void* positions, void* out __VA_ARGS__);   \
+  void attention(const AttentionArgs& args, const void* q, const void* k, const void* v,         \
+                 const void* key_mask, void* out __VA_ARGS__);
 
 // Calls f(U{}) with U the unsigned integer of element_size bytes (the
 // movement rows' element types).

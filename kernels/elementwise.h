@@ -7,7 +7,7 @@
 // return. f16 and bf16 compute in f32; f64 in f64.
 //
 // dtypes: neg, add, mul, relu: f32, f64, f16, bf16, i32, i64.
-//         scale, gelu, silu, bias_add: f32, f64, f16, bf16.
+//         scale, gelu, gelu_tanh, silu, tanh, bias_add: f32, f64, f16, bf16.
 //         cast: any dtype to any dtype.
 #pragma once
 

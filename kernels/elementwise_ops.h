@@ -4,7 +4,8 @@
 // A row names the op, its element function (a struct in ops:: below), the
 // dtypes it takes and, per operand, the pending partial reductions it commutes
 // with: f(reduce_i x_i) == reduce_i f(x_i). neg commutes with sum (it is
-// linear), relu with max and min (it is monotone), gelu and silu with neither.
+// linear), relu with max and min (it is monotone), gelu, gelu_tanh and silu
+// with neither.
 // A sharded op keeps an operand's partial axes whose reduction the op commutes
 // with and reduces the others first (sharding/ops.h).
 //
@@ -75,6 +76,20 @@ struct Gelu {  // x * Phi(x), the exact (erf) form: Phi(x) = (1 + erf(x / sqrt 2
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x) const { return A(0.5) * x * math::erfc(x * A(-0.70710678118654752440)); }
 };
+// GPT-2's gelu_new, PyTorch's gelu(approximate='tanh'):
+// 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3), computed as
+// x * sigmoid(2u) = x / (1 + exp(-2u)) (the same function: 1 + tanh(u) =
+// 2 sigmoid(2u)). exp keeps the float loop vectorized (math::tanh of float is
+// a call), and the relative error small where the result is tiny (x < -5),
+// where 1 + tanh(u) would cancel. gelu_tanh(-inf) is NaN (-inf * 0), as the
+// formula gives in PyTorch.
+struct GeluTanh {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const {
+    // -2u = -2 sqrt(2 / pi) x (1 + 0.044715 x^2)
+    return x / (A(1) + math::exp(A(-1.5957691216057307117) * x * (A(1) + A(0.044715) * x * x)));
+  }
+};
 struct Silu {  // x * sigmoid(x)
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x) const { return x / (A(1) + math::exp(-x)); }
@@ -102,6 +117,7 @@ struct Mul {
   X(neg, Neg, NumericTypes, kThroughSum | kThroughAvg)     \
   X(relu, Relu, NumericTypes, kThroughMax | kThroughMin)   \
   X(gelu, Gelu, FloatTypes, kNoPartial)                    \
+  X(gelu_tanh, GeluTanh, FloatTypes, kNoPartial)           \
   X(silu, Silu, FloatTypes, kNoPartial)                    \
   X(tanh, Tanh, FloatTypes, kThroughMax | kThroughMin)
 

@@ -31,8 +31,8 @@ DTensor matmul(const DTensor& a, const DTensor& b, const std::string& name = "",
 // Elementwise ops, one per row of the table in kernels/elementwise_ops.h: the
 // result keeps the layout of the (first) operand, except for the pending
 // reductions the op does not commute with, which are reduced first (the row
-// says which: neg and scale keep a pending sum, relu a pending max or min, gelu
-// and silu none). A binary op keeps a's pending reductions that it commutes
+// says which: neg and scale keep a pending sum, relu a pending max or min, gelu,
+// gelu_tanh and silu none). A binary op keeps a's pending reductions that it commutes
 // with for both operands, and b is redistributed to that layout (for add, a
 // replicated b then counts once: at coordinate 0 of a pending sum's axis);
 // otherwise both are reduced and b follows a's sharding.

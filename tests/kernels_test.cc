@@ -12,16 +12,19 @@
 // (another order of accumulation).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numbers>
 #include <random>
 #include <sstream>
 #include <thread>
 #include <tuple>
 
+#include "kernels/attention.h"
 #include "kernels/cpu_math.h"
 #include "kernels/cpu_vector.h"
 #include "kernels/elementwise.h"
@@ -532,6 +535,8 @@ TEST(Elementwise, ConvenienceFormsAndInPlace) {
   EXPECT_EQ(to_host(d).to_vector<float>(), (std::vector<float>{2, 0.5, 0, -3}));
   EXPECT_NEAR(to_host(gelu(on(x))).to_vector<float>()[3], 2.99595031, 1e-6);
   EXPECT_NEAR(to_host(silu(on(x))).to_vector<float>()[0], -0.23840584, 1e-6);
+  // torch.nn.functional.gelu(x, approximate='tanh') at 3 (gelu_new's value, not gelu's 2.99595)
+  EXPECT_NEAR(to_host(gelu_tanh(on(x))).to_vector<float>()[3], 2.99636261, 1e-6);
 }
 
 TEST(Elementwise, TheTableNamesItsOps) {
@@ -542,6 +547,8 @@ TEST(Elementwise, TheTableNamesItsOps) {
   EXPECT_EQ(info(UnaryOp::kNeg).partial_rule[0], unsigned{kThroughSum | kThroughAvg});
   EXPECT_EQ(info(UnaryOp::kRelu).partial_rule[0], unsigned{kThroughMax | kThroughMin});
   EXPECT_EQ(info(UnaryOp::kGelu).partial_rule[0], unsigned{kNoPartial});
+  EXPECT_EQ(find_unary_op("gelu_tanh"), UnaryOp::kGeluTanh);
+  EXPECT_EQ(info(UnaryOp::kGeluTanh).partial_rule[0], unsigned{kNoPartial});
   EXPECT_TRUE(info(UnaryOp::kScale).takes_alpha);
   EXPECT_EQ(info(BinaryOp::kAdd).operands, 2);
 }
@@ -855,9 +862,9 @@ TEST(Elementwise, SixteenBitLoopsComputeEveryValueAsTheScalarRule) {
   check(BFloat16{});
 }
 
-// gelu and silu at large |x|, infinities, signed zeros and NaN, against the float64
-// references at the kernel tolerances (NaN where the reference is NaN, as at
-// gelu(-inf) = -inf * 0 and silu(-inf) = -inf / inf).
+// gelu, gelu_tanh and silu at large |x|, infinities, signed zeros and NaN,
+// against the float64 references at the kernel tolerances (NaN where the
+// reference is NaN, as at gelu(-inf) = -inf * 0 and silu(-inf) = -inf / inf).
 TEST(Elementwise, GeluAndSiluAtExtremeInputs) {
   const std::vector<double> inputs = {-INFINITY, -1e30, -1e4, -100, -88.5, -87, -40, -20, -13, -10, -7, -5.5, -4.2, -3,
                                       -1, -1e-3, -1e-20, -0.0, 0.0, 1e-20, 1e-3, 1, 3, 5.5, 10, 20, 88.5, 100, 1e4, 1e30,
@@ -865,7 +872,7 @@ TEST(Elementwise, GeluAndSiluAtExtremeInputs) {
   HostTensor source = HostTensor::from_vector(inputs, {static_cast<int64_t>(inputs.size())});
   for (DType dtype : kFloats) {
     HostTensor x = cast_host(source, dtype);
-    for (const char* name : {"gelu", "silu"}) {
+    for (const char* name : {"gelu", "gelu_tanh", "silu"}) {
       UnaryOp op = *find_unary_op(name);
       auto f = testing::unary_references().at(name).f;
       HostTensor want = cast_host(map_unary(f64(x), [&](double v) { return f(v, 1.0); }), dtype);
@@ -1483,6 +1490,326 @@ TEST(CpuStreams, MovementAndAxisOpsRunInStreamOrder) {
   EXPECT_TRUE(identical(to_host(s, &side), expected));
   EXPECT_TRUE(identical(to_host(m, &side), cast_host(axis_reference(f64(expected), 0, "amax"), DType::kF32)));
   EXPECT_TRUE(identical(to_host(k.indices, &side), topk_reference(expected, 2).second));
+}
+
+// ---------------------------------------------------------------- rope and attention
+
+// inv_freq of pair i, written from the statement of transformers' rope_scaling
+// (attention.h), not from the kernel's code.
+double rope_inv_freq_reference(int64_t i, int64_t head_dim, double theta, const RopeScaling& s) {
+  double inv = 1.0 / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  switch (s.kind) {
+    case RopeScaling::Kind::kNone: return inv;
+    case RopeScaling::Kind::kLinear: return inv / s.factor;
+    case RopeScaling::Kind::kLlama3: {
+      double wavelen = 2 * std::numbers::pi / inv;
+      double original = static_cast<double>(s.original_max_position_embeddings);
+      if (wavelen > original / s.low_freq_factor) return inv / s.factor;
+      if (wavelen < original / s.high_freq_factor) return inv;
+      double smooth = (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      return (1 - smooth) * inv / s.factor + smooth * inv;
+    }
+  }
+  return NAN;
+}
+
+// x [tokens, heads, head_dim] as f64; the rotate_half pairs (i, i + d/2).
+HostTensor rope_reference(const HostTensor& x, const std::vector<int64_t>& positions, double theta, const RopeScaling& s) {
+  HostTensor out = x.clone();
+  const int64_t tokens = x.dim(0), heads = x.dim(1), d = x.dim(2), half = d / 2;
+  const double* in = x.data<double>();
+  double* o = out.data<double>();
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < half; ++i) {
+        double angle = static_cast<double>(positions[static_cast<size_t>(t)]) * rope_inv_freq_reference(i, d, theta, s);
+        int64_t at = (t * heads + h) * d;
+        double x0 = in[at + i], x1 = in[at + i + half];
+        o[at + i] = x0 * std::cos(angle) - x1 * std::sin(angle);
+        o[at + i + half] = x1 * std::cos(angle) + x0 * std::sin(angle);
+      }
+  return out;
+}
+
+RopeScaling linear_scaling(double factor) { return {RopeScaling::Kind::kLinear, factor}; }
+RopeScaling llama3_scaling(double factor, double low, double high, int64_t original) {
+  return {RopeScaling::Kind::kLlama3, factor, low, high, original};
+}
+
+void check_rope(const Device& device, double factor) {
+  struct Case {
+    int64_t heads, head_dim;
+    double theta;
+    RopeScaling scaling;
+    std::vector<int64_t> positions;
+  };
+  const std::vector<Case> cases = {
+      {3, 8, 10000, {}, {0, 1, 2, 3, 4}},
+      {4, 2, 10000, {}, {5, 5, 0, 1, 2, 1000}},                      // head_dim 2, repeated and unordered positions
+      {1, 128, 10000, linear_scaling(4), {100, 3, 2047}},
+      {2, 64, 500000, llama3_scaling(8, 1, 4, 8192), {0, 7, 4096, 131071}},  // Llama 3.1's scaling: all three bands
+      {2, 16, 1e6, llama3_scaling(32, 2, 8, 4096), {8191, 12000, 1}},
+      {5, 6, 10, {}, {-3, 2, 9}},                                    // a small theta; a negative position
+      {2, 4, 10000, {}, {}},                                         // no tokens
+  };
+  uint64_t seed = 1300;
+  for (DType dtype : kFloats) {
+    for (const Case& c : cases) {
+      const int64_t tokens = static_cast<int64_t>(c.positions.size());
+      HostTensor x = random_tensor({tokens, c.heads, c.head_dim}, dtype, seed++, -2, 2);
+      HostTensor positions = HostTensor::from_vector(c.positions, {tokens});
+      HostTensor want = cast_host(rope_reference(f64(x), c.positions, c.theta, c.scaling), dtype);
+      HostTensor got = to_host(rope(on(x, device), on(positions, device), c.theta, c.scaling));
+      Tolerance t = tolerance(dtype, 4);
+      EXPECT_TRUE(all_close(got, want, factor * t.rtol, factor * t.atol))
+          << "rope " << to_string(dtype) << x.shape() << " theta " << c.theta << " scaling "
+          << static_cast<int>(c.scaling.kind) << " on " << device;
+    }
+  }
+  // The bands of llama3 are really crossed by the case above (else the scaling
+  // would be tested only where it is a plain division or nothing).
+  RopeScaling llama3 = llama3_scaling(8, 1, 4, 8192);
+  int divided = 0, kept = 0, blended = 0;
+  for (int64_t i = 0; i < 32; ++i) {
+    double plain = rope_inv_freq_reference(i, 64, 500000, {}), scaled = rope_inv_freq_reference(i, 64, 500000, llama3);
+    divided += scaled == plain / 8;
+    kept += scaled == plain;
+    blended += scaled != plain && scaled != plain / 8;
+  }
+  EXPECT_GT(divided, 0);
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(blended, 0);
+}
+
+TEST(Rope, MatchesTheFloat64ReferenceForEveryScalingOnTheCpu) { check_rope(Device::cpu(), 1); }
+
+TEST(CudaRope, MatchesTheFloat64ReferenceForEveryScalingOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_rope(Device::cuda(0), 2);
+}
+
+// The rotation at known angles: position 1, theta such that pair 0 turns by
+// 1 rad (inv_freq 1) and head_dim 2, so out = (cos 1 x0 - sin 1 x1, cos 1 x1 + sin 1 x0).
+TEST(Rope, RotatesHalvesNotInterleavedPairs) {
+  HostTensor x = HostTensor::from_vector<float>({1, 0, 0, 0, 0, 1, 0, 0}, {2, 1, 4});
+  HostTensor positions = HostTensor::from_vector<int64_t>({1, 1}, {2});
+  // head_dim 4, theta 1: inv_freq = 1 for both pairs; pairs are (0, 2) and (1, 3).
+  std::vector<float> got = to_host(rope(on(x), on(positions), 1.0)).to_vector<float>();
+  const float c = static_cast<float>(std::cos(1.0)), s = static_cast<float>(std::sin(1.0));
+  std::vector<float> want = {c, 0, s, 0, 0, c, 0, s};
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6) << i;
+}
+
+// Softmax attention with repeat_kv and both masks, in float64; a query row
+// with no key to see gives zeros (attention.h). mask: [batch * kv_seq] of 0/1,
+// empty for none.
+HostTensor attention_reference(const HostTensor& q, const HostTensor& k, const HostTensor& v,
+                               const std::vector<int>& mask, bool causal, double scale) {
+  const int64_t batch = q.dim(0), q_seq = q.dim(1), heads = q.dim(2), d = q.dim(3);
+  const int64_t kv_seq = k.dim(1), kv_heads = k.dim(2), group = heads / kv_heads;
+  if (scale == 0) scale = 1 / std::sqrt(static_cast<double>(d));
+  HostTensor out = HostTensor::zeros(q.shape(), DType::kF64);
+  const double *qs = q.data<double>(), *ks = k.data<double>(), *vs = v.data<double>();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < q_seq; ++i)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t g = h / group;
+        std::vector<double> w(static_cast<size_t>(kv_seq), -INFINITY);
+        double m = -INFINITY;
+        for (int64_t j = 0; j < kv_seq; ++j) {
+          bool visible = (mask.empty() || mask[static_cast<size_t>(b * kv_seq + j)] != 0) &&
+                         (!causal || j <= i + (kv_seq - q_seq));
+          if (!visible) continue;
+          double s = 0;
+          for (int64_t c = 0; c < d; ++c) s += qs[((b * q_seq + i) * heads + h) * d + c] * ks[((b * kv_seq + j) * kv_heads + g) * d + c];
+          w[static_cast<size_t>(j)] = s * scale;
+          m = std::max(m, s * scale);
+        }
+        if (m == -INFINITY) continue;  // zeros
+        double total = 0;
+        for (double& x : w) total += (x = x == -INFINITY ? 0 : std::exp(x - m));
+        for (int64_t j = 0; j < kv_seq; ++j)
+          for (int64_t c = 0; c < d; ++c)
+            out.data<double>()[((b * q_seq + i) * heads + h) * d + c] +=
+                w[static_cast<size_t>(j)] / total * vs[((b * kv_seq + j) * kv_heads + g) * d + c];
+      }
+  return out;
+}
+
+enum class MaskKind { kNone, kLeftPadding, kRightPadding, kHoles };
+
+// [batch, kv_seq] of 0/1: padding of b (mod 3) * kv_seq / 3 + b positions (row 0 unpadded), or random holes.
+std::vector<int> make_mask(MaskKind kind, int64_t batch, int64_t kv_seq, uint64_t seed) {
+  if (kind == MaskKind::kNone) return {};
+  std::vector<int> mask(static_cast<size_t>(batch * kv_seq), 1);
+  std::mt19937_64 rng(seed);
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t pad = b == 0 ? 0 : std::min(kv_seq - 1, (b % 3) * kv_seq / 3 + b);
+    for (int64_t j = 0; j < kv_seq; ++j) {
+      bool masked = kind == MaskKind::kLeftPadding    ? j < pad
+                    : kind == MaskKind::kRightPadding ? j >= kv_seq - pad
+                                                      : rng() % 3 == 0;
+      if (masked) mask[static_cast<size_t>(b * kv_seq + j)] = 0;
+    }
+  }
+  return mask;
+}
+
+HostTensor mask_tensor(const std::vector<int>& mask, int64_t batch, int64_t kv_seq, DType dtype) {
+  std::vector<double> values(mask.begin(), mask.end());
+  for (size_t i = 0; i < values.size(); ++i) values[i] *= static_cast<double>(i % 5 + 1);  // any nonzero attends
+  if (dtype == DType::kBool) std::transform(values.begin(), values.end(), values.begin(), [](double x) { return x != 0; });
+  return cast_host(HostTensor::from_vector(values, {batch, kv_seq}), dtype);
+}
+
+void check_attention(const Device& device, double factor) {
+  struct Case {
+    int64_t batch, q_seq, kv_seq, heads, kv_heads, head_dim;
+  };
+  const std::vector<Case> cases = {
+      {2, 1, 1, 2, 2, 8},     {3, 5, 5, 4, 2, 16},    {4, 7, 7, 8, 2, 64},  {2, 13, 13, 4, 1, 80},
+      {1, 33, 33, 2, 2, 32},  {2, 1, 6, 4, 2, 16},    {3, 3, 7, 4, 4, 8},   // queries at the end of the keys (a cache)
+      {1, 300, 300, 2, 1, 24},                                              // more than one chunk of keys on a GPU
+      {1, 4, 4, 2, 2, 256},                                                 // the largest head on a GPU
+  };
+  const DType mask_dtypes[] = {DType::kI64, DType::kI32, DType::kBool, DType::kU8};
+  uint64_t seed = 1400;
+  int mask_turn = 0;
+  for (DType dtype : kFloats) {
+    for (const Case& c : cases) {
+      HostTensor q = random_tensor({c.batch, c.q_seq, c.heads, c.head_dim}, dtype, seed++, -2, 2);
+      HostTensor k = random_tensor({c.batch, c.kv_seq, c.kv_heads, c.head_dim}, dtype, seed++, -2, 2);
+      HostTensor v = random_tensor({c.batch, c.kv_seq, c.kv_heads, c.head_dim}, dtype, seed++, -1, 1);
+      HostTensor wq = f64(q), wk = f64(k), wv = f64(v);
+      DeviceTensor dq = on(q, device), dk = on(k, device), dv = on(v, device);
+      for (bool causal : {true, false}) {
+        for (MaskKind kind : {MaskKind::kNone, MaskKind::kLeftPadding, MaskKind::kRightPadding, MaskKind::kHoles}) {
+          std::vector<int> mask = make_mask(kind, c.batch, c.kv_seq, seed++);
+          DType mask_dtype = mask_dtypes[mask_turn++ % 4];
+          DeviceTensor dmask = mask.empty() ? DeviceTensor() : on(mask_tensor(mask, c.batch, c.kv_seq, mask_dtype), device);
+          double scale = kind == MaskKind::kHoles ? 0.3 : 0;
+          HostTensor want = cast_host(attention_reference(wq, wk, wv, mask, causal, scale), dtype);
+          HostTensor got = to_host(attention(dq, dk, dv, dmask, causal, scale));
+          Tolerance t = tolerance(dtype, static_cast<double>(c.head_dim + c.kv_seq) / 16);
+          EXPECT_TRUE(all_close(got, want, factor * t.rtol, factor * t.atol))
+              << "attention " << to_string(dtype) << " q" << q.shape() << " k" << k.shape() << (causal ? " causal" : "")
+              << " mask kind " << static_cast<int>(kind) << " of " << to_string(mask_dtype) << " on " << device;
+        }
+      }
+    }
+  }
+}
+
+TEST(Attention, MatchesTheFloat64ReferenceWithMasksAndGroupedHeadsOnTheCpu) { check_attention(Device::cpu(), 1); }
+
+TEST(CudaAttention, MatchesTheFloat64ReferenceWithMasksAndGroupedHeadsOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_attention(Device::cuda(0), 2);
+}
+
+// A query row that sees no key gives zeros, exactly: a batch row of padding
+// only, and with left padding and a causal mask the padding rows of a sequence.
+void check_fully_masked_rows(const Device& device) {
+  for (DType dtype : kFloats) {
+    HostTensor q = random_tensor({2, 4, 2, 8}, dtype, 1500, -2, 2);
+    HostTensor k = random_tensor({2, 4, 1, 8}, dtype, 1501, -2, 2);
+    HostTensor v = random_tensor({2, 4, 1, 8}, dtype, 1502, 1, 2);  // no zeros: a zero output is the rule's
+    HostTensor mask = HostTensor::from_vector<uint8_t>({0, 0, 0, 0, 0, 0, 1, 1}, {2, 4});
+    for (bool causal : {false, true}) {
+      std::vector<double> got = testing::values(to_host(attention(on(q, device), on(k, device), on(v, device), on(mask, device), causal)));
+      for (int64_t i = 0; i < 4; ++i) {       // query rows of batch row 0: no key at all
+        for (int64_t e = 0; e < 16; ++e) EXPECT_EQ(got[static_cast<size_t>(i * 16 + e)], 0.0) << to_string(dtype);
+      }
+      for (int64_t i = 0; i < 4; ++i) {       // batch row 1: keys 2 and 3; causal hides them from rows 0 and 1
+        bool empty = causal && i < 2;
+        for (int64_t e = 0; e < 16; ++e) {
+          double x = got[static_cast<size_t>(64 + i * 16 + e)];
+          EXPECT_TRUE(empty ? x == 0.0 : x >= 0.99) << to_string(dtype) << " row " << i << " element " << e << ": " << x;
+        }
+      }
+    }
+  }
+}
+
+TEST(Attention, ARowWithNoKeyToSeeIsZerosOnTheCpu) { check_fully_masked_rows(Device::cpu()); }
+
+TEST(CudaAttention, ARowWithNoKeyToSeeIsZerosOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_fully_masked_rows(Device::cuda(0));
+}
+
+TEST(Attention, ErrorsNameTheOpAndTheTensors) {
+  auto shape = ErrorKind::kShape;
+  auto arg = ErrorKind::kInvalidArgument;
+  DeviceTensor q = on(random_tensor({2, 3, 4, 8}, DType::kF32, 1));
+  DeviceTensor k = on(random_tensor({2, 3, 2, 8}, DType::kF32, 2));
+  DeviceTensor mask = on(random_tensor({2, 3}, DType::kI64, 3, 0, 2));
+  DeviceTensor none;
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q.reshape({6, 4, 8}), k, k, none); }, {"attention", "q must be", "f32[6, 4, 8]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(on(random_tensor({2, 3, 4, 8}, DType::kI32, 1)), k, k, none); },
+                           {"attention", "i32[2, 3, 4, 8]", "f32, f64, f16, bf16"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, on(random_tensor({2, 3, 2, 8}, DType::kBF16, 1)), k, none); },
+                           {"attention", "k must be", "bf16[2, 3, 2, 8]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, k, on(random_tensor({2, 3, 2, 4}, DType::kF32, 1)), none); },
+                           {"attention", "v must match k", "f32[2, 3, 2, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, on(random_tensor({2, 3, 3, 8}, DType::kF32, 1)), on(random_tensor({2, 3, 3, 8}, DType::kF32, 1)), none); },
+                           {"attention", "heads (4)", "multiple", "kv_heads (3)"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, on(random_tensor({2, 3, 2, 6}, DType::kF32, 1)), on(random_tensor({2, 3, 2, 6}, DType::kF32, 1)), none); },
+                           {"attention", "head_dim", "f32[2, 3, 2, 6]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, k.narrow(0, 1), k.narrow(0, 1), none); }, {"attention", "batch"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, k, k, on(random_tensor({2, 4}, DType::kI64, 1, 0, 2))); },
+                           {"attention", "key_mask must be [batch, seq] = [2, 3]", "i64[2, 4]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, k, k, on(random_tensor({2, 3}, DType::kF32, 1))); },
+                           {"attention (key_mask)", "f32[2, 3]", "i64, i32, bool, u8"}));
+  DeviceTensor k2 = on(random_tensor({2, 2, 2, 8}, DType::kF32, 2));
+  EXPECT_TRUE(throws_error(shape, [&] { attention(q, k2, k2, none, true); }, {"attention", "causal", "q's seq (3)", "k's seq (2)"}));
+  EXPECT_EQ(attention(q, k2, k2, none, false).shape(), q.shape());  // without the causal mask any lengths do
+  EXPECT_TRUE(throws_error(arg, [&] { attention(q, k, k, mask, true, -1); }, {"attention", "scale", "-1"}));
+  EXPECT_TRUE(throws_error(arg, [&] { attention(q, k, k, mask, true, NAN); }, {"attention", "scale"}));
+  EXPECT_TRUE(throws_error(arg, [&] { attention(DeviceTensor(), k, k, mask); }, {"attention", "undefined"}));
+
+  DeviceTensor x = on(random_tensor({3, 2, 8}, DType::kF32, 4));
+  DeviceTensor positions = on(HostTensor::from_vector<int64_t>({0, 1, 2}, {3}));
+  EXPECT_TRUE(throws_error(shape, [&] { rope(on(random_tensor({3, 2, 7}, DType::kF32, 1)), positions, 1e4); },
+                           {"rope", "head_dim must be even", "f32[3, 2, 7]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { rope(x.reshape({3, 16}), positions, 1e4); }, {"rope", "[tokens, heads, head_dim]", "f32[3, 16]"}));
+  EXPECT_TRUE(throws_error(shape, [&] { rope(on(random_tensor({3, 2, 8}, DType::kI64, 1)), positions, 1e4); },
+                           {"rope", "i64[3, 2, 8]", "f32, f64, f16, bf16"}));
+  EXPECT_TRUE(throws_error(shape, [&] { rope(x, on(HostTensor::from_vector<int32_t>({0, 1, 2}, {3})), 1e4); },
+                           {"rope (positions)", "i32[3]", "i64"}));
+  EXPECT_TRUE(throws_error(shape, [&] { rope(x, positions.narrow(0, 2), 1e4); }, {"rope", "positions must be i64[3]", "i64[2]"}));
+  EXPECT_TRUE(throws_error(arg, [&] { rope(x, positions, 0); }, {"rope", "theta", "0"}));
+  EXPECT_TRUE(throws_error(arg, [&] { rope(x, positions, 1e4, linear_scaling(0)); }, {"rope", "linear", "factor"}));
+  EXPECT_TRUE(throws_error(arg, [&] { rope(x, positions, 1e4, llama3_scaling(8, 4, 1, 8192)); },
+                           {"rope", "llama3", "low_freq_factor < high_freq_factor"}));
+  EXPECT_TRUE(throws_error(arg, [&] { rope(x, positions, 1e4, llama3_scaling(8, 1, 4, 0)); },
+                           {"rope", "original_max_position_embeddings"}));
+}
+
+TEST(CudaAttention, AHeadLargerThanTheKernelTakesIsAnError) {
+  MESHRT_REQUIRE_CUDA();
+  DeviceTensor q = DeviceTensor::zeros({1, 2, 1, 512}, DType::kF32, Device::cuda(0));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { attention(q, q, q, DeviceTensor()); }, {"attention", "head_dim 512", "256"}));
+}
+
+// Both ops queue on the stream they are given, behind what is there.
+TEST(CpuStreams, RopeAndAttentionRunInStreamOrder) {
+  Stream side = Stream::create(Device::cpu());
+  HostTensor hq = random_tensor({1, 5, 2, 8}, DType::kF32, 1600), hk = random_tensor({1, 5, 1, 8}, DType::kF32, 1601);
+  HostTensor positions = HostTensor::from_vector<int64_t>({0, 1, 2, 3, 4}, {5});
+  DeviceTensor q = on(hq), k = on(hk), p = on(positions);
+  meshrt::testing::Gate gate;
+  side.enqueue([&] { gate.wait(); });
+  DeviceTensor rq = rope(q.reshape({5, 2, 8}), p, 1e4, {}, &side);
+  DeviceTensor rk = rope(k.reshape({5, 1, 8}), p, 1e4, {}, &side);
+  DeviceTensor out = attention(rq.reshape({1, 5, 2, 8}), rk.reshape({1, 5, 1, 8}), k, DeviceTensor(), true, 0, &side);
+  EXPECT_FALSE(side.query());
+  gate.release();
+  std::vector<int64_t> pos = {0, 1, 2, 3, 4};
+  HostTensor wq = rope_reference(f64(hq).reshape({5, 2, 8}), pos, 1e4, {}).reshape({1, 5, 2, 8});
+  HostTensor wk = rope_reference(f64(hk).reshape({5, 1, 8}), pos, 1e4, {}).reshape({1, 5, 1, 8});
+  HostTensor want = cast_host(attention_reference(wq, wk, f64(hk), {}, true, 0), DType::kF32);
+  EXPECT_TRUE(all_close(to_host(out, &side), want, 1e-5, 1e-5));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <numbers>
 #include <string>
 
 namespace meshrt::testing {
@@ -25,6 +26,9 @@ inline const std::map<std::string, UnaryReference>& unary_references() {
       {"neg", {[](double x, double) { return -x; }}},
       {"relu", {[](double x, double) { return x > 0 ? x : 0; }}},
       {"gelu", {[](double x, double) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }}},
+      {"gelu_tanh", {[](double x, double) {
+         return 0.5 * x * (1 + std::tanh(std::sqrt(2 / std::numbers::pi) * (x + 0.044715 * x * x * x)));
+       }}},
       {"silu", {[](double x, double) { return x / (1 + std::exp(-x)); }}},
       {"tanh", {[](double x, double) { return std::tanh(x); }}},
       {"scale", {[](double x, double alpha) { return alpha * x; }}},

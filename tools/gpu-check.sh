@@ -11,8 +11,8 @@
 # 2. Runs every CUDA test at one rank with MESHRT_REQUIRE_CUDA=1 (a CUDA test
 #    that cannot run fails there), and the cpu tests of the same binaries.
 # 3. compute-sanitizer: memcheck on the kernel and device tests, racecheck and
-#    synccheck on the reductions. When the sanitizer refuses the device the line
-#    says "not run", never "pass".
+#    synccheck on the reductions, top-k and attention. When the sanitizer
+#    refuses the device the line says "not run", never "pass".
 # 4. Benchmarks, one results file each with the command that made it: GEMM
 #    against raw cuBLAS (bf16 and f16 at 4096^3 and 8192^3, tf32 and f32 at
 #    4096^3), kernel bandwidth against a device copy, collectives at one rank.
@@ -160,6 +160,9 @@ if [ "$cpu_only" = 0 ]; then
   # top-k (a block per row, shared memory) and the axis reductions
   sanitize racecheck "top-k and the axis reductions" "$here/tests/kernels_test" --gtest_filter='CudaTopK.*:CudaAxisReduction.*'
   sanitize synccheck "top-k and the axis reductions" "$here/tests/kernels_test" --gtest_filter='CudaTopK.*:CudaAxisReduction.*'
+  # attention (a block per query row and head: the query and a chunk of scores in shared memory)
+  sanitize racecheck "attention" "$here/tests/kernels_test" --gtest_filter='CudaAttention.*'
+  sanitize synccheck "attention" "$here/tests/kernels_test" --gtest_filter='CudaAttention.*'
 fi
 
 # ---- benchmarks ----
