@@ -1,0 +1,177 @@
+// The transformer models (models/transformer.h) on the example Hugging Face
+// checkpoints (examples/hf, random weights): logits against the independent
+// float64 reference tests/hf_reference.py (Hugging Face's semantics, numpy),
+// with tensor parallelism over every rank of the job (1, 2 and 4: at 4 ranks
+// Llama's 2 kv heads are replicated), a vocabulary (1001) and an MLP width that
+// divide by nothing, bf16 checkpoints, the hub's GPT-2 layout, a sharded
+// Llama checkpoint, llama3 RoPE scaling, a left-padded attention mask, and a
+// model split into two pipeline parts.
+#include <gtest/gtest.h>
+
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "comm/world.h"
+#include "models/transformer.h"
+#include "sharding/mesh.h"
+#include "test_util.h"
+
+namespace meshrt::models {
+namespace {
+
+using sharding::Layout;
+
+std::string source_dir() { return MESHRT_SOURCE_DIR; }
+
+struct Input {
+  int64_t batch = 2, seq = 7;
+  std::vector<int64_t> ids;
+  std::vector<int64_t> mask;  // row 1 left-padded by 2
+};
+
+Input make_input(int64_t vocab) {
+  Input in;
+  std::mt19937_64 rng(7);
+  for (int64_t i = 0; i < in.batch * in.seq; ++i) in.ids.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab)));
+  in.ids[0] = 0;
+  in.ids[1] = vocab - 1;  // the first and last ids (the edges of the vocabulary blocks)
+  for (int64_t b = 0; b < in.batch; ++b) {
+    for (int64_t s = 0; s < in.seq; ++s) in.mask.push_back(b == 1 && s < 2 ? 0 : 1);
+  }
+  return in;
+}
+
+// "[[1,2],[3,4]]" for the reference's command line.
+std::string nested(const std::vector<int64_t>& v, int64_t rows, int64_t cols) {
+  std::ostringstream s;
+  s << "[";
+  for (int64_t r = 0; r < rows; ++r) {
+    s << (r ? ",[" : "[");
+    for (int64_t c = 0; c < cols; ++c) s << (c ? "," : "") << v[static_cast<size_t>(r * cols + c)];
+    s << "]";
+  }
+  s << "]";
+  return s.str();
+}
+
+void flatten(const nlohmann::json& j, std::vector<double>& out) {
+  if (j.is_array()) {
+    for (const auto& x : j) flatten(x, out);
+  } else {
+    out.push_back(j.get<double>());
+  }
+}
+
+// The reference's logits, computed by rank 0 and read by every rank.
+std::vector<double> reference_logits(const std::string& model, const Input& in) {
+  std::string out = std::filesystem::temp_directory_path() / ("meshrt-hf-ref-" + std::to_string(::getpid()) + ".json");
+  char path[512] = {};
+  if (World::get().rank() == 0) {
+    std::string command = "/usr/bin/python3 " + source_dir() + "/tests/hf_reference.py --model " + model +
+                          " --input-ids '" + nested(in.ids, in.batch, in.seq) + "' --attention-mask '" +
+                          nested(in.mask, in.batch, in.seq) + "' > " + out;
+    int code = std::system(command.c_str());
+    std::snprintf(path, sizeof path, "%s", code == 0 ? out.c_str() : "");
+  }
+  MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD);
+  std::vector<double> logits;
+  if (path[0]) {
+    std::ifstream f(path);
+    nlohmann::json j = nlohmann::json::parse(f);
+    flatten(j.at("logits"), logits);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (World::get().rank() == 0) std::remove(out.c_str());
+  return logits;
+}
+
+class HfModels : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HfModels, LogitsMatchTheReferenceWithTensorParallelism) {
+  if (std::system("/usr/bin/python3 -c 'import numpy' > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
+  }
+  std::string folder = source_dir() + "/examples/hf/" + GetParam();
+  hf::HfConfig config = hf::read_config(folder);
+  int n = World::get().size();
+  if (config.num_heads % n != 0) GTEST_SKIP() << n << " ranks do not divide the " << config.num_heads << " heads";
+  sharding::Mesh mesh({{"model", n}}, Device::cpu());
+  Input in = make_input(config.vocab_size);
+  std::vector<double> expected = reference_logits(folder, in);
+  ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
+
+  TokenBatch batch = TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device());
+  DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
+  auto compare = [&](const HostTensor& got, const std::string& what) {
+    ASSERT_EQ(got.shape(), (Shape{in.batch * in.seq, config.vocab_size})) << what;
+    double worst = 0;
+    for (int64_t t = 0; t < in.batch * in.seq; ++t) {
+      if (in.mask[static_cast<size_t>(t)] == 0) continue;  // a padded query: every key masked (undefined in HF)
+      for (int64_t v = 0; v < config.vocab_size; ++v) {
+        double e = expected[static_cast<size_t>(t * config.vocab_size + v)];
+        double g = got.data<float>()[t * config.vocab_size + v];
+        worst = std::max(worst, std::abs(g - e) / (1e-3 + std::abs(e)));
+      }
+    }
+    EXPECT_LT(worst, 2e-3) << GetParam() << " " << what << " at TP " << n;
+  };
+
+  Transformer whole(folder, config, mesh, TransformerPart{0, config.num_layers, true, true}, DType::kF32);
+  compare(whole.forward(ids, batch).to_host(), "whole");
+
+  // Two pipeline parts (uneven: 2 layers and 1), one after the other on these ranks.
+  std::vector<TransformerPart> parts = split_layers(config.num_layers, 2);
+  Transformer first(folder, config, mesh, parts[0], DType::kF32), second(folder, config, mesh, parts[1], DType::kF32);
+  compare(second.forward(first.forward(ids, batch), batch).to_host(), "in two parts");
+}
+
+INSTANTIATE_TEST_SUITE_P(Examples, HfModels,
+                         ::testing::Values("gpt2-tiny", "gpt2-tiny-bf16", "gpt2-tiny-hub", "llama-tiny", "llama-tiny-bf16",
+                                           "llama-tiny-llama3"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& c : s) c = c == '-' ? '_' : c;
+                           return s;
+                         });
+
+// At 3 ranks: 3 does not divide GPT-2's 4 heads, nor Llama's 2 kv heads.
+TEST(Transformer, TensorParallelismThatDoesNotFitTheHeadsIsRefused) {
+  int n = World::get().size();
+  if (n != 3) GTEST_SKIP() << "runs at 3 ranks (the transformer_np3 entry)";
+  sharding::Mesh mesh({{"model", n}}, Device::cpu());
+  std::string gpt2 = source_dir() + "/examples/hf/gpt2-tiny", llama = source_dir() + "/examples/hf/llama-tiny";
+  EXPECT_TRUE(meshrt::testing::throws_error(
+      ErrorKind::kInvalidArgument,
+      [&] { Transformer(gpt2, hf::read_config(gpt2), mesh, TransformerPart{0, 1, true, true}, DType::kF32); },
+      {"tensor parallelism of 3 ranks must divide num_attention_heads (4)"}));
+  hf::HfConfig c = hf::read_config(llama);
+  c.num_heads = 6;  // 3 divides the heads, not the 2 kv heads
+  EXPECT_TRUE(meshrt::testing::throws_error(
+      ErrorKind::kInvalidArgument, [&] { Transformer(llama, c, mesh, TransformerPart{0, 1, true, true}, DType::kF32); },
+      {"3 ranks exceeds num_key_value_heads (2) and is not a multiple of it"}));
+}
+
+TEST(Transformer, LayersSplitOverStagesUnevenly) {
+  std::vector<TransformerPart> p = split_layers(3, 2);
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].first_layer, 0);
+  EXPECT_EQ(p[0].last_layer, 2);
+  EXPECT_TRUE(p[0].embeds);
+  EXPECT_FALSE(p[0].has_head);
+  EXPECT_EQ(p[1].first_layer, 2);
+  EXPECT_EQ(p[1].last_layer, 3);
+  EXPECT_TRUE(p[1].has_head);
+  EXPECT_TRUE(meshrt::testing::throws_error(ErrorKind::kInvalidArgument, [] { split_layers(2, 3); },
+                                            {"cannot split 2 layers over 3 pipeline stages"}));
+}
+
+}  // namespace
+}  // namespace meshrt::models
