@@ -7,7 +7,7 @@
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), pipeline and serving benchmarks and a server's
+#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), transformer prefill, pipeline and serving benchmarks and a server's
 #                          idle CPU, each against its baseline; recorded in bench/results/
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
@@ -161,6 +161,11 @@ case "$command" in
     # spins on a core while it waits, which on 2 cores keeps the compute stream's thread waiting
     record sharding-overlap-wait-abortable-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --abortable --compute wait:1000 --batch 256 --hidden 2048 --ffn 2048 -n 20
     record sharding-overlap-gemm-abortable-np2 mpirun -np 2 "$build_dir/apps/meshrt-bench-sharding" --device cpu --overlap --abortable --compute gemm --batch 256 --hidden 2048 --ffn 64 -n 20
+    # Prefill of the example Hugging Face checkpoints, tensor parallel at 1 and 2 ranks, beside the float64
+    # numpy reference (tests/hf_reference.py) timed in the same run
+    for m in llama-tiny gpt2-tiny; do
+      for n in 1 2; do record "transformer-prefill-$m-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-transformer" --model "examples/hf/$m" --batch 4 --seq 64; done
+    done
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
     record serving-matmul_neg bench/serving.sh
     record idle-cpu bench/idle_cpu.sh

@@ -715,6 +715,9 @@ def main():
     parser.add_argument("--attention-mask", help="1 to attend, 0 for padding keys, as JSON; same shape as the ids")
     parser.add_argument("--position-ids", help="positions as JSON (default 0..seq-1 for every row); same shape")
     parser.add_argument("--out", help="write the logits to this .npy file (float64) instead of JSON on stdout")
+    parser.add_argument("--time", type=int, metavar="N",
+                        help="instead of the logits, print JSON {\"seconds\": mean seconds per forward over N runs "
+                             "after one untimed run, \"tokens\": batch x seq} (a benchmark's baseline)")
     parser.add_argument("--self-test", action="store_true", help="check the reference's invariants and exit")
     parser.add_argument("--models", default="examples/hf", help="the example checkpoints' folder, for --self-test")
     args = parser.parse_args()
@@ -728,7 +731,18 @@ def main():
     config, tensors = load_model(args.model)
     mask = json.loads(args.attention_mask) if args.attention_mask else None
     positions = json.loads(args.position_ids) if args.position_ids else None
-    logits = forward(config, tensors, json.loads(args.input_ids), mask, positions)
+    ids = json.loads(args.input_ids)
+    if args.time:
+        import time
+        forward(config, tensors, ids, mask, positions)
+        start = time.perf_counter()
+        for _ in range(args.time):
+            forward(config, tensors, ids, mask, positions)
+        seconds = (time.perf_counter() - start) / args.time
+        json.dump({"seconds": seconds, "tokens": len(ids) * len(ids[0])}, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    logits = forward(config, tensors, ids, mask, positions)
     if args.out:
         np.save(args.out, logits)
     else:
