@@ -13,12 +13,13 @@ Geometry geometry(const Shape& shape, DType dtype, int d) {
   return {static_cast<size_t>(shape.outer(d)), static_cast<size_t>(shape.inner(d)) * size_of(dtype)};
 }
 
-int64_t total(const std::vector<int64_t>& extents) {
+}  // namespace
+
+int64_t total(const std::vector<int64_t>& v) {
   int64_t n = 0;
-  for (int64_t e : extents) n += e;
+  for (int64_t e : v) n += e;
   return n;
 }
-}  // namespace
 
 template <class Space>
 Tensor<Space> take_block(const Tensor<Space>& t, int d, Extent block) {

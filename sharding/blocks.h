@@ -26,6 +26,9 @@ DeviceTensor pack_pieces(const DeviceTensor& t, int d, const std::vector<int64_t
 // all_to_all, made whole.
 DeviceTensor join_pieces(const DeviceTensor& packed, const Shape& base, int d, const std::vector<int64_t>& extents);
 
+// The sum of counts or extents.
+int64_t total(const std::vector<int64_t>& v);
+
 // Elements of each piece: extents[j] times the elements of base outside d.
 std::vector<int64_t> piece_counts(const Shape& base, int d, const std::vector<int64_t>& extents);
 

@@ -5,12 +5,14 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/reduction.h"
+#include "sharding/op_checks.h"
 #include "sharding/redistribute.h"
 
 namespace meshrt::sharding {
 
 namespace {
 using Axes = std::vector<std::string>;
+using detail::check_same_mesh;
 
 bool contains(const Axes& axes, const std::string& a) { return std::find(axes.begin(), axes.end(), a) != axes.end(); }
 
@@ -20,12 +22,6 @@ Axes minus(const Axes& axes, const std::set<std::string>& drop) {
     if (!drop.count(a)) out.push_back(a);
   }
   return out;
-}
-
-void check_same_mesh(const char* op, const DTensor& a, const DTensor& b) {
-  MESHRT_CHECK_ARG(a.defined() && b.defined(), op, ": an operand is an undefined DTensor");
-  MESHRT_CHECK_ARG(a.mesh() == b.mesh(), op, ": ", a.description(), " and ", b.description(),
-                   " are on different meshes");
 }
 
 unsigned rule_bit(ReduceOp op) {

@@ -8,6 +8,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/movement.h"
 #include "kernels/reduction.h"
+#include "sharding/op_checks.h"
 #include "sharding/ops.h"
 #include "sharding/redistribute.h"
 #include "sharding/trace.h"
@@ -17,16 +18,8 @@ namespace meshrt::sharding {
 namespace {
 using Axes = std::vector<std::string>;
 
-void check_defined(const char* op, const DTensor& x) {
-  MESHRT_CHECK_ARG(x.defined(), op, ": an undefined DTensor");
-}
-
-void check_same_mesh(const char* op, const DTensor& a, const DTensor& b) {
-  check_defined(op, a);
-  check_defined(op, b);
-  MESHRT_CHECK_ARG(a.mesh() == b.mesh(), op, ": ", a.description(), " and ", b.description(),
-                   " are on different meshes");
-}
+using detail::check_defined;
+using detail::check_same_mesh;
 
 // A dimension index, negative from the end, checked against x.
 int axis_of(const char* op, const DTensor& x, int dim) {

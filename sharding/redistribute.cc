@@ -146,12 +146,6 @@ bool all_equal(const std::vector<int64_t>& v) {
   return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v.front(); });
 }
 
-int64_t sum_of(const std::vector<int64_t>& v) {
-  int64_t n = 0;
-  for (int64_t x : v) n += x;
-  return n;
-}
-
 // A pending avg is summed by the collective, then divided by the axis's size.
 ReduceOp collective_op(ReduceOp pending) { return pending == ReduceOp::kAvg ? ReduceOp::kSum : pending; }
 
@@ -207,7 +201,7 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
       std::vector<int64_t> extents = chunk_extents(whole, n);
       Shape base = local.shape();
       std::vector<int64_t> counts = blocks::piece_counts(base, s.dim, extents);
-      DeviceTensor gathered = DeviceTensor::empty({sum_of(counts)}, local.dtype(), local.device());
+      DeviceTensor gathered = DeviceTensor::empty({blocks::total(counts)}, local.dtype(), local.device());
       if (all_equal(extents)) {
         works.push_back(comm.all_gather(local, gathered));
       } else {
@@ -223,7 +217,7 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
       DeviceTensor packed = blocks::pack_pieces(local, s.to_dim, split);
       Shape base = local.shape().with(s.to_dim, split[static_cast<size_t>(c)]);
       std::vector<int64_t> recv_counts = blocks::piece_counts(base, s.dim, gathered);
-      DeviceTensor received = DeviceTensor::empty({sum_of(recv_counts)}, local.dtype(), local.device());
+      DeviceTensor received = DeviceTensor::empty({blocks::total(recv_counts)}, local.dtype(), local.device());
       if (all_equal(gathered) && all_equal(split)) {
         works.push_back(comm.all_to_all(packed, received));
       } else {
