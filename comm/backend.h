@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -127,7 +128,7 @@ class WorkState {
   void stash(std::shared_ptr<Storage> storage);
   // The point of the communicator's stream where the operation is done (set
   // before start returns when the operation did not complete inside it).
-  void set_done_event(const Event& done) { done_event_ = std::make_unique<Event>(done); }
+  void set_done_event(const Event& done) { done_event_.emplace(done); }
   // Makes stream wait for the operation (nothing when it completed in start).
   void block(const Stream& stream) const {
     if (done_event_) done_event_->block(stream);
@@ -166,7 +167,7 @@ class WorkState {
   std::exception_ptr error_;
   std::function<bool()> poller_;
   std::vector<std::shared_ptr<Storage>> stash_;
-  std::unique_ptr<Event> done_event_;  // set once, before other threads see the state
+  std::optional<Event> done_event_;  // set once by start(), read only by the Work's holder
   uint64_t sequence_ = 0;
   const char* op_ = "";
 };

@@ -599,6 +599,7 @@ class MpiBackend final : public CommBackend {
           static std::mutex mutex;
           static auto* abandoned = new std::vector<Abandoned>();
           std::lock_guard<std::mutex> lock(mutex);
+          c.keep_memory();  // abandoned while still inside start() (the inline path): keep its tensors now
           abandoned->push_back({c.storages, flight.temp, flight.staged, flight.counts});
         }
         check_not_aborted(to_string(c.kind));
