@@ -1,6 +1,5 @@
 #include "models/hf_config.h"
 
-#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -247,7 +246,6 @@ HfConfig parse_config(const std::string& text, const std::string& path) {
   for (const auto* list : {&lists.used, &lists.refused, &lists.inert}) {
     for (const auto& f : *list) known.insert(bare(f));
   }
-  known.insert("model_type");
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (!known.count(it.key())) c.unknown_fields.push_back(it.key());
   }

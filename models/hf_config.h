@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "device/dtype.h"
+#include "kernels/attention.h"
 
 namespace meshrt::models::hf {
 
@@ -32,12 +33,9 @@ enum class Architecture { kGpt2, kLlama };
 const char* to_string(Architecture a);
 
 // transformers' rope_scaling: none, "linear" (positions / factor) or "llama3"
-// (frequency-dependent, _compute_llama3_parameters).
-struct RopeScalingConfig {
-  enum class Kind { kNone, kLinear, kLlama3 } kind = Kind::kNone;
-  double factor = 1, low_freq_factor = 1, high_freq_factor = 4;
-  int64_t original_max_position_embeddings = 8192;
-};
+// (frequency-dependent, _compute_llama3_parameters): the RoPE kernel's own
+// parameters.
+using RopeScalingConfig = kernels::RopeScaling;
 
 struct HfConfig {
   Architecture architecture = Architecture::kGpt2;

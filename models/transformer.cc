@@ -38,19 +38,6 @@ DTensor converted(const DTensor& t, DType dtype) {
   return DTensor(kernels::cast(t.local(), dtype), t.global_shape(), t.mesh(), t.layout(), t.name()).after(t);
 }
 
-kernels::RopeScaling rope_scaling(const hf::RopeScalingConfig& r) {
-  kernels::RopeScaling s;
-  switch (r.kind) {
-    case hf::RopeScalingConfig::Kind::kNone: s.kind = kernels::RopeScaling::Kind::kNone; break;
-    case hf::RopeScalingConfig::Kind::kLinear: s.kind = kernels::RopeScaling::Kind::kLinear; break;
-    case hf::RopeScalingConfig::Kind::kLlama3: s.kind = kernels::RopeScaling::Kind::kLlama3; break;
-  }
-  s.factor = r.factor;
-  s.low_freq_factor = r.low_freq_factor;
-  s.high_freq_factor = r.high_freq_factor;
-  s.original_max_position_embeddings = r.original_max_position_embeddings;
-  return s;
-}
 }  // namespace
 
 std::vector<TransformerPart> split_layers(int64_t num_layers, int stages) {
@@ -110,16 +97,12 @@ Transformer::Transformer(const std::string& folder, const hf::HfConfig& config, 
     prefix_ = store_.find("transformer.wte.weight") ? "transformer." : "";
   }
   bool need_embedding = part.embeds || (part.has_head && config.tied_embeddings);
-  if (need_embedding) {
-    std::string name = name_of("wte.weight", "model.embed_tokens.weight");
-    const sharding::CheckpointEntry* e = store_.find(name);
-    MESHRT_CHECK_ARG(e != nullptr, folder, " has no tensor '", name, "' (the token embedding)");
-    MESHRT_CHECK_SHAPE(e->shape == (Shape{config.vocab_size, config.hidden_size}), folder, ": '", name, "' is ",
-                       e->shape, ", the config says [", config.vocab_size, ", ", config.hidden_size, "]");
-    embedding_ = converted(store_.load(name, mesh_, sharding::Layout(Dims{{kAxis}, {}})), dtype_);
-  }
+  Shape table{config.vocab_size, config.hidden_size};
+  sharding::Layout vocabulary_parallel(Dims{{kAxis}, {}});
+  if (need_embedding) embedding_ = load_sharded(name_of("wte.weight", "model.embed_tokens.weight"), table, vocabulary_parallel);
   if (part.embeds && config.architecture == hf::Architecture::kGpt2) {
-    positions_ = converted(store_.load(name_of("wpe.weight", ""), mesh_, sharding::Layout::replicated(2)), dtype_);
+    positions_ = load_sharded(name_of("wpe.weight", ""), Shape{config.max_positions, config.hidden_size},
+                              sharding::Layout::replicated(2));
   }
   if (part.has_head) {
     if (config.tied_embeddings) {
@@ -127,11 +110,11 @@ Transformer::Transformer(const std::string& folder, const hf::HfConfig& config, 
     } else {
       MESHRT_CHECK_ARG(store_.find("lm_head.weight"), folder,
                        " has no tensor 'lm_head.weight' and the config does not tie it to the embedding");
-      lm_head_ = converted(store_.load("lm_head.weight", mesh_, sharding::Layout(Dims{{kAxis}, {}})), dtype_);
+      lm_head_ = load_sharded("lm_head.weight", table, vocabulary_parallel);
     }
-    int64_t h = config.hidden_size;
-    final_w_ = load(name_of("ln_f.weight", "model.norm.weight"), {0}, Shape{h}, false);
-    if (config.architecture == hf::Architecture::kGpt2) final_b_ = load(name_of("ln_f.bias", ""), {0}, Shape{h}, false);
+    Shape h{config.hidden_size};
+    final_w_ = load(name_of("ln_f.weight", "model.norm.weight"), h);
+    if (config.architecture == hf::Architecture::kGpt2) final_b_ = load(name_of("ln_f.bias", ""), h);
   }
   layers_.resize(static_cast<size_t>(part.last_layer - part.first_layer));
   for (int64_t i = part.first_layer; i < part.last_layer; ++i) load_layer(i, layers_[static_cast<size_t>(i - part.first_layer)]);
@@ -141,73 +124,72 @@ std::string Transformer::name_of(const std::string& gpt2, const std::string& lla
   return config_.architecture == hf::Architecture::kGpt2 ? prefix_ + gpt2 : llama;
 }
 
-DeviceTensor Transformer::load(const std::string& name, std::vector<int64_t> offsets, Shape shape, bool transpose) const {
+const sharding::CheckpointEntry& Transformer::entry(const std::string& name, const Shape& whole) const {
   const sharding::CheckpointEntry* e = store_.find(name);
   MESHRT_CHECK_ARG(e != nullptr, store_.path(), " has no tensor '", name, "' (a ",
                    hf::to_string(config_.architecture), " checkpoint of this config has it)");
+  MESHRT_CHECK_SHAPE(e->shape == whole, store_.path(), ": '", name, "' is ", e->shape, ", the config says ", whole);
   MESHRT_CHECK_ARG(is_floating(e->dtype), store_.path(), ": '", name, "' is ", to_string(e->dtype),
                    ": weights must be f32, f16 or bf16");
-  DeviceTensor t = converted(to_device(store_.read_block(name, offsets, shape), mesh_.device()), dtype_);
+  return *e;
+}
+
+DeviceTensor Transformer::load(const std::string& name, const Shape& whole, std::vector<int64_t> offsets, Shape block,
+                               bool transpose) const {
+  entry(name, whole);
+  DeviceTensor t = converted(to_device(store_.read_block(name, offsets, block), mesh_.device()), dtype_);
   return transpose ? kernels::transpose(t, 0, 1) : t;
+}
+
+DeviceTensor Transformer::load(const std::string& name, const Shape& whole) const {
+  return load(name, whole, std::vector<int64_t>(static_cast<size_t>(whole.ndim()), 0), whole, false);
+}
+
+DTensor Transformer::load_sharded(const std::string& name, const Shape& whole, const sharding::Layout& layout) const {
+  entry(name, whole);
+  return converted(store_.load(name, mesh_, layout), dtype_);
 }
 
 void Transformer::load_layer(int64_t i, Layer& l) const {
   const hf::HfConfig& c = config_;
   int64_t h = c.hidden_size, d = c.head_dim, q_cols = heads_here_ * d, kv_cols = kv_heads_here_ * d;
-  sharding::Extent inner = sharding::chunk_extent(c.intermediate_size, tp_, rank_);
-  auto expect = [&](const std::string& name, const Shape& shape) {
-    const sharding::CheckpointEntry* e = store_.find(name);
-    MESHRT_CHECK_ARG(e != nullptr, store_.path(), " has no tensor '", name, "'");
-    MESHRT_CHECK_SHAPE(e->shape == shape, store_.path(), ": '", name, "' is ", e->shape, ", the config says ", shape);
-  };
+  int64_t inner_all = c.intermediate_size;
+  sharding::Extent inner = sharding::chunk_extent(inner_all, tp_, rank_);
+  Shape vector{h};
   if (c.architecture == hf::Architecture::kGpt2) {
     std::string p = cat(prefix_, "h.", i, ".");
-    for (const char* n : {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"}) expect(p + n, Shape{h});
-    expect(p + "attn.c_attn.weight", Shape{h, 3 * h});
-    expect(p + "attn.c_attn.bias", Shape{3 * h});
-    expect(p + "attn.c_proj.weight", Shape{h, h});
-    expect(p + "mlp.c_fc.weight", Shape{h, c.intermediate_size});
-    expect(p + "mlp.c_proj.weight", Shape{c.intermediate_size, h});
-    l.norm1_w = load(p + "ln_1.weight", {0}, Shape{h}, false);
-    l.norm1_b = load(p + "ln_1.bias", {0}, Shape{h}, false);
-    l.norm2_w = load(p + "ln_2.weight", {0}, Shape{h}, false);
-    l.norm2_b = load(p + "ln_2.bias", {0}, Shape{h}, false);
+    l.norm1_w = load(p + "ln_1.weight", vector);
+    l.norm1_b = load(p + "ln_1.bias", vector);
+    l.norm2_w = load(p + "ln_2.weight", vector);
+    l.norm2_b = load(p + "ln_2.bias", vector);
     // Conv1D [in, out]: q, k and v are column blocks of the fused c_attn.
     int64_t col = first_head_ * d;
-    l.wq = load(p + "attn.c_attn.weight", {0, col}, Shape{h, q_cols}, false);
-    l.wk = load(p + "attn.c_attn.weight", {0, h + col}, Shape{h, q_cols}, false);
-    l.wv = load(p + "attn.c_attn.weight", {0, 2 * h + col}, Shape{h, q_cols}, false);
-    l.bq = load(p + "attn.c_attn.bias", {col}, Shape{q_cols}, false);
-    l.bk = load(p + "attn.c_attn.bias", {h + col}, Shape{q_cols}, false);
-    l.bv = load(p + "attn.c_attn.bias", {2 * h + col}, Shape{q_cols}, false);
-    l.wo = load(p + "attn.c_proj.weight", {col, 0}, Shape{q_cols, h}, false);
-    l.bo = load(p + "attn.c_proj.bias", {0}, Shape{h}, false);
-    l.w_up = load(p + "mlp.c_fc.weight", {0, inner.offset}, Shape{h, inner.size}, false);
-    l.b_up = load(p + "mlp.c_fc.bias", {inner.offset}, Shape{inner.size}, false);
-    l.w_down = load(p + "mlp.c_proj.weight", {inner.offset, 0}, Shape{inner.size, h}, false);
-    l.b_down = load(p + "mlp.c_proj.bias", {0}, Shape{h}, false);
+    Shape qkv{h, 3 * h}, qkv_bias{3 * h};
+    l.wq = load(p + "attn.c_attn.weight", qkv, {0, col}, Shape{h, q_cols}, false);
+    l.wk = load(p + "attn.c_attn.weight", qkv, {0, h + col}, Shape{h, q_cols}, false);
+    l.wv = load(p + "attn.c_attn.weight", qkv, {0, 2 * h + col}, Shape{h, q_cols}, false);
+    l.bq = load(p + "attn.c_attn.bias", qkv_bias, {col}, Shape{q_cols}, false);
+    l.bk = load(p + "attn.c_attn.bias", qkv_bias, {h + col}, Shape{q_cols}, false);
+    l.bv = load(p + "attn.c_attn.bias", qkv_bias, {2 * h + col}, Shape{q_cols}, false);
+    l.wo = load(p + "attn.c_proj.weight", Shape{h, h}, {col, 0}, Shape{q_cols, h}, false);
+    l.bo = load(p + "attn.c_proj.bias", vector);
+    l.w_up = load(p + "mlp.c_fc.weight", Shape{h, inner_all}, {0, inner.offset}, Shape{h, inner.size}, false);
+    l.b_up = load(p + "mlp.c_fc.bias", Shape{inner_all}, {inner.offset}, Shape{inner.size}, false);
+    l.w_down = load(p + "mlp.c_proj.weight", Shape{inner_all, h}, {inner.offset, 0}, Shape{inner.size, h}, false);
+    l.b_down = load(p + "mlp.c_proj.bias", vector);
   } else {
     std::string p = cat("model.layers.", i, ".");
     int64_t hq = c.num_heads * d, hkv = c.num_kv_heads * d;
-    expect(p + "input_layernorm.weight", Shape{h});
-    expect(p + "post_attention_layernorm.weight", Shape{h});
-    expect(p + "self_attn.q_proj.weight", Shape{hq, h});
-    expect(p + "self_attn.k_proj.weight", Shape{hkv, h});
-    expect(p + "self_attn.v_proj.weight", Shape{hkv, h});
-    expect(p + "self_attn.o_proj.weight", Shape{h, hq});
-    expect(p + "mlp.gate_proj.weight", Shape{c.intermediate_size, h});
-    expect(p + "mlp.up_proj.weight", Shape{c.intermediate_size, h});
-    expect(p + "mlp.down_proj.weight", Shape{h, c.intermediate_size});
-    l.norm1_w = load(p + "input_layernorm.weight", {0}, Shape{h}, false);
-    l.norm2_w = load(p + "post_attention_layernorm.weight", {0}, Shape{h}, false);
+    l.norm1_w = load(p + "input_layernorm.weight", vector);
+    l.norm2_w = load(p + "post_attention_layernorm.weight", vector);
     // Linear [out, in]: row blocks, transposed once to [in, out].
-    l.wq = load(p + "self_attn.q_proj.weight", {first_head_ * d, 0}, Shape{q_cols, h}, true);
-    l.wk = load(p + "self_attn.k_proj.weight", {first_kv_head_ * d, 0}, Shape{kv_cols, h}, true);
-    l.wv = load(p + "self_attn.v_proj.weight", {first_kv_head_ * d, 0}, Shape{kv_cols, h}, true);
-    l.wo = load(p + "self_attn.o_proj.weight", {0, first_head_ * d}, Shape{h, q_cols}, true);
-    l.w_gate = load(p + "mlp.gate_proj.weight", {inner.offset, 0}, Shape{inner.size, h}, true);
-    l.w_up = load(p + "mlp.up_proj.weight", {inner.offset, 0}, Shape{inner.size, h}, true);
-    l.w_down = load(p + "mlp.down_proj.weight", {0, inner.offset}, Shape{h, inner.size}, true);
+    l.wq = load(p + "self_attn.q_proj.weight", Shape{hq, h}, {first_head_ * d, 0}, Shape{q_cols, h}, true);
+    l.wk = load(p + "self_attn.k_proj.weight", Shape{hkv, h}, {first_kv_head_ * d, 0}, Shape{kv_cols, h}, true);
+    l.wv = load(p + "self_attn.v_proj.weight", Shape{hkv, h}, {first_kv_head_ * d, 0}, Shape{kv_cols, h}, true);
+    l.wo = load(p + "self_attn.o_proj.weight", Shape{h, hq}, {0, first_head_ * d}, Shape{h, q_cols}, true);
+    l.w_gate = load(p + "mlp.gate_proj.weight", Shape{inner_all, h}, {inner.offset, 0}, Shape{inner.size, h}, true);
+    l.w_up = load(p + "mlp.up_proj.weight", Shape{inner_all, h}, {inner.offset, 0}, Shape{inner.size, h}, true);
+    l.w_down = load(p + "mlp.down_proj.weight", Shape{h, inner_all}, {0, inner.offset}, Shape{h, inner.size}, true);
   }
 }
 
@@ -252,9 +234,8 @@ DTensor Transformer::attention(const Layer& l, const DTensor& x_in, const TokenB
   k = k.reshape({tokens, kv_heads_here_, d});
   v = v.reshape({tokens, kv_heads_here_, d});
   if (c.architecture == hf::Architecture::kLlama) {
-    kernels::RopeScaling scaling = rope_scaling(c.rope_scaling);
-    q = kernels::rope(q, batch.positions, c.rope_theta, scaling);
-    k = kernels::rope(k, batch.positions, c.rope_theta, scaling);
+    q = kernels::rope(q, batch.positions, c.rope_theta, c.rope_scaling);
+    k = kernels::rope(k, batch.positions, c.rope_theta, c.rope_scaling);
   }
   double scale = c.scale_attention ? 0.0 : 1.0;  // 0: 1/sqrt(head_dim)
   DeviceTensor o = kernels::attention(q.reshape({batch.batch, batch.seq, heads_here_, d}),

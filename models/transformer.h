@@ -88,7 +88,14 @@ class Transformer {
     DeviceTensor wo, bo;                              // [heads_here * head_dim, hidden], bo (GPT-2) whole
     DeviceTensor w_up, b_up, w_gate, w_down, b_down;  // up/gate [hidden, inner_here], down [inner_here, hidden]
   };
-  DeviceTensor load(const std::string& name, std::vector<int64_t> offsets, Shape shape, bool transpose) const;
+  // The stored tensor called name, checked to be whole-shaped and of a float dtype.
+  const sharding::CheckpointEntry& entry(const std::string& name, const Shape& whole) const;
+  // A block of it (offsets, block), or all of it, converted to the compute dtype (and transposed).
+  DeviceTensor load(const std::string& name, const Shape& whole, std::vector<int64_t> offsets, Shape block,
+                    bool transpose) const;
+  DeviceTensor load(const std::string& name, const Shape& whole) const;
+  // All of it on the stage mesh with layout (each rank reads its block), converted.
+  DTensor load_sharded(const std::string& name, const Shape& whole, const sharding::Layout& layout) const;
   std::string name_of(const std::string& gpt2, const std::string& llama) const;
   void load_layer(int64_t index, Layer& layer) const;
   DTensor attention(const Layer& l, const DTensor& x, const TokenBatch& batch) const;

@@ -169,6 +169,26 @@ TEST(Transformer, TensorParallelismThatDoesNotFitTheHeadsIsRefused) {
       {"3 ranks exceeds num_key_value_heads (2) and is not a multiple of it"}));
 }
 
+// A checkpoint whose tensors do not have the config's shapes is refused,
+// naming the tensor, both shapes and the file (here: the config claims 32
+// positions, wpe holds 64).
+TEST(Transformer, ATensorOfTheWrongShapeIsRefusedNamingIt) {
+  std::string from = source_dir() + "/examples/hf/gpt2-tiny";
+  hf::HfConfig config = hf::read_config(from);
+  config.max_positions = 32;
+  int n = World::get().size();
+  if (config.num_heads % n != 0) GTEST_SKIP() << n << " ranks do not divide the " << config.num_heads << " heads";
+  sharding::Mesh mesh({{"model", n}}, Device::cpu());
+  EXPECT_TRUE(meshrt::testing::throws_error(
+      ErrorKind::kShape, [&] { Transformer(from, config, mesh, TransformerPart{0, 1, true, false}, DType::kF32); },
+      {"model.safetensors: 'transformer.wpe.weight' is [64, 64], the config says [32, 64]"}));
+  hf::HfConfig narrow = hf::read_config(from);
+  narrow.intermediate_size = 100;
+  EXPECT_TRUE(meshrt::testing::throws_error(
+      ErrorKind::kShape, [&] { Transformer(from, narrow, mesh, TransformerPart{0, 1, true, false}, DType::kF32); },
+      {"'transformer.h.0.mlp.c_fc.weight' is [64, 256], the config says [64, 100]"}));
+}
+
 TEST(Transformer, LayersSplitOverStagesUnevenly) {
   std::vector<TransformerPart> p = split_layers(3, 2);
   ASSERT_EQ(p.size(), 2u);
