@@ -234,13 +234,6 @@ Shape Layout::local_shape(const Mesh& mesh, const Shape& global, const std::vect
   return Shape(std::move(dims));
 }
 
-bool Layout::even(const Mesh& mesh, const Shape& global) const {
-  for (int d = 0; d < ndim(); ++d) {
-    if (global[d] % parts(mesh, d) != 0) return false;
-  }
-  return true;
-}
-
 std::string Layout::to_string() const {
   std::string s = "[";
   for (size_t d = 0; d < dims_.size(); ++d) {

@@ -110,8 +110,6 @@ class Layout {
   // The shape of the block held at coordinates (this rank's by default).
   Shape local_shape(const Mesh& mesh, const Shape& global) const;
   Shape local_shape(const Mesh& mesh, const Shape& global, const std::vector<int>& coordinates) const;
-  // Whether every block of every sharded dimension has the same extent (the sizes divide).
-  bool even(const Mesh& mesh, const Shape& global) const;
 
   std::string to_string() const;
   bool operator==(const Layout& other) const = default;

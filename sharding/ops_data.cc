@@ -186,18 +186,10 @@ DTensor reshape(const DTensor& x_in, const Shape& shape) {
     if (!gathered.empty()) recut.push_back({g.out_begin, gathered});
   }
   // Local reshape: each rank's block is its rows of the new shape.
-  std::vector<int64_t> local_dims = shape.dims();
-  for (size_t d = 0; d < out_axes.size(); ++d) {
-    if (!out_axes[d].empty()) {
-      local_dims[d] = Layout(std::vector<std::vector<std::string>>{out_axes[d]})
-                          .block(x.mesh(), 0, x.mesh().coordinates(x.mesh().rank()), shape[static_cast<int>(d)])
-                          .size;
-    }
-  }
-  DeviceTensor local = x.local().reshape(Shape(local_dims));  // a view: ops never write their inputs
+  DeviceTensor local = x.local().reshape(Layout(out_axes).local_shape(x.mesh(), shape));  // a view: ops never write their inputs
   DTensor y = made(local, shape, x, Layout(out_axes).with_partials(x.layout().partials()), "reshape(" + x_in.name() + ")");
   for (const auto& [d, axes] : recut) {
-    if (shape[d] < static_cast<int64_t>(1)) continue;
+    if (shape[d] == 0) continue;
     Layout target = y.layout();
     Axes now = target.dim(d);
     for (const auto& a : axes) now.push_back(a);
@@ -366,7 +358,8 @@ TopK topk(const DTensor& x_in, int64_t k) {
   // chosen before a real element: k <= n).
   const Communicator& comm = mesh.communicator(axes);
   int ranks = comm.size();
-  Extent block = x.layout().block(mesh, last, mesh.coordinates(mesh.rank()), n);
+  const std::vector<int> here = mesh.coordinates(mesh.rank());
+  Extent block = x.layout().block(mesh, last, here, n);
   Shape rows = x.local().shape().with(last, k);
   DeviceTensor values, indices;
   int64_t own = std::min(k, block.size);
@@ -416,7 +409,7 @@ TopK topk(const DTensor& x_in, int64_t k) {
   };
   std::vector<Source> sources;
   for (int r = 0; r < ranks; ++r) {
-    std::vector<int> coordinates = mesh.coordinates(mesh.rank());
+    std::vector<int> coordinates = here;
     int rest = r;
     for (size_t i = group.size(); i-- > 0;) {
       int size = mesh.axes()[static_cast<size_t>(group[i])].size;

@@ -162,24 +162,19 @@ DeviceTensor finish_avg(const DeviceTensor& t, ReduceOp pending, int n, const st
 // communicator's stream (after the work on the device's stream that made its
 // input; later work there waits for it) and its Work into works, nothing waits.
 // Blocks follow torch.chunk's sizes (layout.h), so the pieces a collective
-// moves may differ in size: the equal-count call when they do not (the fastest
-// path of each backend), the call with counts when they do.
+// moves may differ in size (the calls with counts).
 DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const DeviceTensor& local, std::vector<Work>& works) {
   const Mesh& mesh = t.mesh();
   const Communicator& comm = mesh.communicator(s.axis);
-  // all_reduce and reduce_scatter leave their result as it is: deferred, the
-  // default stream waits for them only where something reads the result
-  // (DTensor::local()), so later independent work overlaps them. all_gather
-  // and all_to_all are followed at once by the kernels that join the pieces.
-  Communicator deferred = comm.deferred();
   int n = mesh.axis_size(s.axis);
   int c = mesh.coordinate(s.axis);
-  std::vector<int> coordinates = mesh.coordinates(mesh.rank());
   switch (s.kind) {
     case Kind::kAllReduce: {
       ReduceOp pending = s.before.partial_op(s.axis);
       DeviceTensor out = DeviceTensor::empty(local.shape(), local.dtype(), local.device());
-      works.push_back(deferred.all_reduce(local, out, collective_op(pending)));
+      // Deferred: the default stream waits for it only where something reads
+      // the result (DTensor::local()), so later independent work overlaps it.
+      works.push_back(comm.deferred().all_reduce(local, out, collective_op(pending)));
       return finish_avg(out, pending, n, works);
     }
     case Kind::kReduceScatter: {
@@ -188,36 +183,34 @@ DeviceTensor run_step(const RedistributionStep& s, const DTensor& t, const Devic
       DeviceTensor packed = blocks::pack_pieces(local, s.dim, extents);
       DeviceTensor out = DeviceTensor::empty(local.shape().with(s.dim, extents[static_cast<size_t>(c)]),
                                              local.dtype(), local.device());
-      if (all_equal(extents)) {
-        works.push_back(deferred.reduce_scatter(packed, out, collective_op(pending)));
-      } else {
-        works.push_back(deferred.reduce_scatter(packed, out, blocks::piece_counts(local.shape(), s.dim, extents), collective_op(pending)));
-      }
+      // Deferred, as all_reduce (equal counts take the equal-chunk call: communicator.h).
+      works.push_back(
+          comm.deferred().reduce_scatter(packed, out, blocks::piece_counts(local.shape(), s.dim, extents), collective_op(pending)));
       return finish_avg(out, pending, n, works);
     }
     case Kind::kAllGather: {
       // The pieces of the block this axis cut: that block's extent under the layout after the step.
-      int64_t whole = s.after.block(mesh, s.dim, coordinates, t.global_shape()[s.dim]).size;
+      int64_t whole = s.after.block(mesh, s.dim, mesh.coordinates(mesh.rank()), t.global_shape()[s.dim]).size;
       std::vector<int64_t> extents = chunk_extents(whole, n);
       Shape base = local.shape();
       std::vector<int64_t> counts = blocks::piece_counts(base, s.dim, extents);
       DeviceTensor gathered = DeviceTensor::empty({blocks::total(counts)}, local.dtype(), local.device());
-      if (all_equal(extents)) {
-        works.push_back(comm.all_gather(local, gathered));
-      } else {
-        works.push_back(comm.all_gather(local, gathered, counts));
-      }
+      // (Equal counts take the equal-chunk call: communicator.h.) The pieces
+      // are joined at once, so the default stream waits for it.
+      works.push_back(comm.all_gather(local, gathered, counts));
       return blocks::join_pieces(gathered, base, s.dim, extents);
     }
     case Kind::kAllToAll: {
       // s.dim loses the axis (its pieces come from the other ranks), s.to_dim gains it.
-      int64_t whole = s.after.block(mesh, s.dim, coordinates, t.global_shape()[s.dim]).size;
+      int64_t whole = s.after.block(mesh, s.dim, mesh.coordinates(mesh.rank()), t.global_shape()[s.dim]).size;
       std::vector<int64_t> gathered = chunk_extents(whole, n);
       std::vector<int64_t> split = chunk_extents(local.dim(s.to_dim), n);
       DeviceTensor packed = blocks::pack_pieces(local, s.to_dim, split);
       Shape base = local.shape().with(s.to_dim, split[static_cast<size_t>(c)]);
       std::vector<int64_t> recv_counts = blocks::piece_counts(base, s.dim, gathered);
       DeviceTensor received = DeviceTensor::empty({blocks::total(recv_counts)}, local.dtype(), local.device());
+      // Every rank of the axis knows the counts are all equal (they depend on
+      // the layout only): then the equal-chunk call, MPI_Alltoall, not -v.
       if (all_equal(gathered) && all_equal(split)) {
         works.push_back(comm.all_to_all(packed, received));
       } else {
