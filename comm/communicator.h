@@ -106,9 +106,11 @@ class Communicator {
   // with Work::block(stream) first (the sharding layer does it per tensor:
   // DTensor::local()), so that work that does not read it, an independent
   // GEMM say, overlaps the collective. Operations still wait for the work
-  // queued before them on the default stream (their inputs).
+  // queued before them on the default stream (their inputs). Work that
+  // WRITES an operation's input or output must be ordered the same way
+  // (Work::block): nothing else orders it (the sharding layer never writes a
+  // value in place).
   Communicator deferred() const;
-  bool is_deferred() const { return deferred_; }
 
   Work all_reduce(const DeviceTensor& tensor, ReduceOp op = ReduceOp::kSum) const;
   Work all_reduce(const DeviceTensor& in, const DeviceTensor& out,
