@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   std::string url = "localhost:8000", model = "matmul_neg", version;
   int64_t rows = 1;
   double value = 1.0;
+  int64_t extent = 4;
   bool binary = false;
   int show = 3;
   meshrt::apps::CommandLine app{"meshrt-infer: one KServe v2 inference request (every input element = --value), and the answer"};
@@ -22,9 +23,15 @@ int main(int argc, char** argv) {
   app.add("--version", version, "model version (default: the server's)");
   app.add("--rows", rows, "rows of the input (the batch axis)").show_default();
   app.add("--value", value, "every input element").show_default();
+  app.add("--extent", extent, "the extent of the input's axes of any size after the batch axis (-1 in its metadata, e.g. a sequence length)")
+      .show_default();
   app.flag("--binary", binary, "send and receive binary tensor data instead of JSON");
   app.add("--show", show, "rows of the output to print").show_default();
   if (auto exit_code = app.parse(argc, argv)) return *exit_code;
+  if (extent < 1 || rows < 1) {
+    std::fprintf(stderr, "meshrt-infer: --rows and --extent must be at least 1\n");
+    return 2;
+  }
   size_t colon = url.rfind(':');
   std::string host = colon == std::string::npos ? url : url.substr(0, colon);
   uint16_t port = colon == std::string::npos ? 8000 : static_cast<uint16_t>(std::stoi(url.substr(colon + 1)));
@@ -39,13 +46,14 @@ int main(int argc, char** argv) {
     }
     serving::ModelSignature signature = serving::parse_model_metadata(meta.body);
     const serving::TensorSpec& input = signature.inputs.at(0);
-    HostTensor data = cast_host(HostTensor::full<double>({rows, input.shape[1]}, value), input.dtype);
+    std::vector<int64_t> shape{rows};
+    for (size_t d = 1; d < input.shape.size(); ++d) shape.push_back(input.shape[d] < 0 ? extent : input.shape[d]);
+    HostTensor data = cast_host(HostTensor::full<double>(Shape(shape), value), input.dtype);
     serving::HttpPayload request = serving::make_infer_request(input, data, binary);
     serving::HttpHeaders headers = {{"Content-Type", request.content_type}};
     if (request.header_length) headers.emplace_back("Inference-Header-Content-Length", std::to_string(*request.header_length));
-    std::printf("POST %s/infer: %s %s[%lld, %lld] of %g%s\n", base.c_str(), input.name.c_str(),
-                serving::kserve_datatype(input.dtype), static_cast<long long>(rows),
-                static_cast<long long>(input.shape[1]), value, binary ? " (binary)" : "");
+    std::printf("POST %s/infer: %s %s%s of %g%s\n", base.c_str(), input.name.c_str(), serving::kserve_datatype(input.dtype),
+                data.shape().to_string().c_str(), value, binary ? " (binary)" : "");
     serving::HttpResponse r = client.request("POST", base + "/infer", request.body, headers);
     if (r.status != 200) {
       std::fprintf(stderr, "meshrt-infer: %d %s\n", r.status, r.body.c_str());
@@ -55,7 +63,7 @@ int main(int argc, char** argv) {
     if (auto h = r.header("Inference-Header-Content-Length")) header_length = std::stoull(*h);
     HostTensor output = serving::parse_infer_response(r.body, header_length);
     std::vector<double> values = cast_host(output, DType::kF64).to_vector<double>();
-    int64_t out_rows = output.dim(0), cols = output.dim(1);
+    int64_t out_rows = output.dim(0), cols = out_rows > 0 ? output.numel() / out_rows : 0;
     std::printf("%s: %s%s\n", signature.outputs.at(0).name.c_str(), serving::kserve_datatype(output.dtype()),
                 output.shape().to_string().c_str());
     for (int64_t row = 0; row < std::min<int64_t>(show, out_rows); ++row) {

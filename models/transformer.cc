@@ -53,19 +53,41 @@ std::vector<TransformerPart> split_layers(int64_t num_layers, int stages) {
   return parts;
 }
 
-TokenBatch TokenBatch::make(int64_t batch, int64_t seq, const HostTensor& attention_mask, const Device& device) {
+void check_tensor_parallel(const std::string& folder, const hf::HfConfig& config, int tp) {
+  int64_t hq = config.num_heads, hkv = config.num_kv_heads;
+  MESHRT_CHECK_ARG(tp >= 1 && hq % tp == 0, folder, ": tensor parallelism of ", tp,
+                   " ranks must divide num_attention_heads (", hq, ")");
+  if (tp <= hkv) {
+    MESHRT_CHECK_ARG(hkv % tp == 0, folder, ": tensor parallelism of ", tp, " ranks must divide num_key_value_heads (",
+                     hkv, "), or be a multiple of it");
+  } else {
+    MESHRT_CHECK_ARG(tp % hkv == 0, folder, ": tensor parallelism of ", tp, " ranks exceeds num_key_value_heads (", hkv,
+                     ") and is not a multiple of it (the kv heads would have to be split)");
+  }
+}
+
+TokenBatch TokenBatch::make(int64_t batch, int64_t seq, const DeviceTensor& key_mask, const Device& device) {
   TokenBatch b;
   b.batch = batch;
   b.seq = seq;
   HostTensor positions = HostTensor::empty({batch * seq}, DType::kI64);
   for (int64_t i = 0; i < batch * seq; ++i) positions.data<int64_t>()[i] = i % seq;
   b.positions = to_device(positions, device);
+  if (key_mask.defined()) {
+    MESHRT_CHECK_SHAPE(key_mask.shape() == (Shape{batch, seq}) && key_mask.dtype() == DType::kI64,
+                       "the attention mask must be i64[", batch, ", ", seq, "], got ", key_mask.description());
+    b.key_mask = key_mask;
+  }
+  return b;
+}
+
+TokenBatch TokenBatch::make(int64_t batch, int64_t seq, const HostTensor& attention_mask, const Device& device) {
   if (attention_mask.defined()) {
     MESHRT_CHECK_SHAPE(attention_mask.shape() == (Shape{batch, seq}), "attention_mask must be [", batch, ", ", seq,
                        "] like input_ids, got ", attention_mask.description());
-    b.key_mask = to_device(cast_host(attention_mask, DType::kI64), device);
+    return make(batch, seq, to_device(cast_host(attention_mask, DType::kI64), device), device);
   }
-  return b;
+  return make(batch, seq, DeviceTensor(), device);
 }
 
 Transformer::Transformer(const std::string& folder, const hf::HfConfig& config, const Mesh& stage,
@@ -78,18 +100,13 @@ Transformer::Transformer(const std::string& folder, const hf::HfConfig& config, 
   tp_ = mesh_.axis_size(kAxis);
   rank_ = mesh_.coordinate(kAxis);
   int64_t hq = config.num_heads, hkv = config.num_kv_heads;
-  MESHRT_CHECK_ARG(hq % tp_ == 0, folder, ": tensor parallelism of ", tp_, " ranks must divide num_attention_heads (",
-                   hq, ")");
+  check_tensor_parallel(folder, config, tp_);
   heads_here_ = hq / tp_;
   first_head_ = rank_ * heads_here_;
   if (tp_ <= hkv) {
-    MESHRT_CHECK_ARG(hkv % tp_ == 0, folder, ": tensor parallelism of ", tp_,
-                     " ranks must divide num_key_value_heads (", hkv, "), or be a multiple of it");
     kv_heads_here_ = hkv / tp_;
     first_kv_head_ = rank_ * kv_heads_here_;
   } else {
-    MESHRT_CHECK_ARG(tp_ % hkv == 0, folder, ": tensor parallelism of ", tp_, " ranks exceeds num_key_value_heads (",
-                     hkv, ") and is not a multiple of it (the kv heads would have to be split)");
     kv_heads_here_ = 1;  // replicated: the one kv head this rank's query heads use
     first_kv_head_ = rank_ / (tp_ / hkv);
   }

@@ -56,7 +56,14 @@ struct TokenBatch {
   DeviceTensor key_mask;   // i64 [batch, seq] or undefined (every key)
   // From the model input (attention_mask optional), on device.
   static TokenBatch make(int64_t batch, int64_t seq, const HostTensor& attention_mask, const Device& device);
+  // With a key mask already on the device (i64 [batch, seq], or undefined).
+  static TokenBatch make(int64_t batch, int64_t seq, const DeviceTensor& key_mask, const Device& device);
 };
+
+// Throws Error(kInvalidArgument) naming the counts (and folder) when tp ranks
+// of tensor parallelism do not fit the model's heads: tp must divide
+// num_attention_heads, and divide num_key_value_heads or be a multiple of it.
+void check_tensor_parallel(const std::string& folder, const hf::HfConfig& config, int tp);
 
 class Transformer {
  public:

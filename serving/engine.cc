@@ -20,8 +20,9 @@ using sharding::Layout;
 namespace {
 // Channel tags of the engine's messages.
 // Commands (rank 0 -> all), each naming the servable's generation where it has one:
-//   run <index> <batch id> <generation> <rows of each micro-batch>...
-//                                  (the first stage's ranks then take part in the
+//   run <index> <batch id> <generation> <micro-batches> <rows of each>... <dims> <extent of each>...
+//                                  (the input's extents after its rows axis; the
+//                                  first stage's ranks then take part in the
 //                                  broadcast of each micro-batch from rank 0)
 //   fail <index> <generation>      rank 0 gave the servable up (a batch failed)
 //   ping <token>                   answer "pong <token>" (recovery)
@@ -63,7 +64,6 @@ struct Engine::Placed {
   Mesh stage_mesh;  // this rank's stage
   int stage = 0, stages = 1, model_coordinate = 0, tensor_parallel = 1;
   int result_rank = 0;                // world rank of the last stage's first rank
-  std::vector<int64_t> input_widths;  // of each stage
   std::unique_ptr<StageModule> module;
   // Activations this rank sent to the next stage and not yet seen taken (they
   // keep their buffers alive; the next batch does not wait for them).
@@ -109,8 +109,6 @@ std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s) {
   p->model_coordinate = p->mesh.coordinate("model");
   p->tensor_parallel = s.rank_size / s.stage_size;
   p->result_rank = p->mesh.rank_at({p->stages - 1, 0});
-  p->input_widths.push_back(s.input.shape[1]);
-  for (size_t i = 0; i + 1 < s.stages.size(); ++i) p->input_widths.push_back(s.stages[i].output_width);
   p->module = s.stages[static_cast<size_t>(p->stage)].build(p->stage_mesh);
   return p;
 }
@@ -171,41 +169,63 @@ int Engine::find(const std::string& name, const std::string& version) const {
 }
 
 HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,
-                             const HostTensor& input, double* forward_seconds) {
+                             const std::vector<int64_t>& input_dims, const HostTensor& input, double* forward_seconds) {
   const ServableDefinition& def = servables_[static_cast<size_t>(index)];
   Placed& p = *placed_[static_cast<size_t>(index)];
   const Communicator& across = p.mesh.communicator("stage");       // rank there = stage index
   const Communicator& within = p.stage_mesh.communicator("model");  // rank there = model coordinate
   bool first = p.stage == 0, last = p.stage == p.stages - 1;
-  int64_t width = p.input_widths[static_cast<size_t>(p.stage)];
+  // What enters this stage and what leaves it (every rank computes them from the command).
+  std::vector<ActivationSpec> in_specs = stage_inputs(def, p.stage, input_dims);
+  std::vector<ActivationSpec> out_specs = def.stages[static_cast<size_t>(p.stage)].outputs(input_dims);
+  auto shape_of = [](int64_t rows, const std::vector<int64_t>& dims) {
+    std::vector<int64_t> shape{rows};
+    shape.insert(shape.end(), dims.begin(), dims.end());
+    return Shape(shape);
+  };
   while (!p.sends.empty() && p.sends.front().is_completed()) p.sends.pop_front();
   int64_t start_us = wall_us();
   std::vector<HostTensor> outputs;
   double forward = 0;
   int64_t row = 0, total_rows = 0;
   for (int64_t rows : micro_rows) {
-    DTensor x;
+    std::vector<DTensor> xs;
     if (first) {
       // Rank 0 holds the batch; the stage's other ranks get it by broadcast.
+      Shape shape = shape_of(rows, input_dims);
       DeviceTensor buffer = p.model_coordinate == 0 ? to_device(input.narrow(row, rows), device_)
-                                                    : DeviceTensor::empty({rows, width}, def.input.dtype, device_);
+                                                    : DeviceTensor::empty(shape, def.input.dtype, device_);
       if (p.tensor_parallel > 1) within.broadcast(buffer, 0).wait();
-      x = def.hooks.client_preprocessing(
-          DTensor(buffer, Shape{rows, width}, p.stage_mesh, Layout::replicated(2), def.input.name));
+      xs.push_back(def.hooks.client_preprocessing(
+          DTensor(buffer, shape, p.stage_mesh, Layout::replicated(shape.ndim()), def.input.name)));
     } else {
-      DeviceTensor buffer = DeviceTensor::empty({rows, width}, def.input.dtype, device_);
-      across.recv(buffer, p.stage - 1).wait();
-      x = DTensor(buffer, Shape{rows, width}, p.stage_mesh, Layout::replicated(2), "activation");
+      // The previous stage's tensors, in order (point-to-point messages between
+      // two ranks arrive in the order they were sent).
+      for (const ActivationSpec& spec : in_specs) {
+        Shape shape = shape_of(rows, spec.dims);
+        DeviceTensor buffer = DeviceTensor::empty(shape, spec.dtype, device_);
+        across.recv(buffer, p.stage - 1).wait();
+        xs.emplace_back(buffer, shape, p.stage_mesh, Layout::replicated(shape.ndim()), "activation");
+      }
     }
     auto began = std::chrono::steady_clock::now();
-    DTensor y = p.module->forward(x);
-    if (!y.layout().is_replicated()) y = sharding::redistribute(y, Layout::replicated(y.ndim()));
-    y.block_until_ready();  // ops are asynchronous: the forward time is the computation's
+    std::vector<DTensor> ys = p.module->forward_tensors(xs);
+    MESHRT_CHECK(ys.size() == out_specs.size(), ErrorKind::kInternal, "stage ", p.stage, " of model '", def.name,
+                 "' returned ", ys.size(), " tensors, its definition says ", out_specs.size());
+    for (size_t k = 0; k < ys.size(); ++k) {
+      DTensor& y = ys[k];
+      Shape expected = shape_of(rows, out_specs[k].dims);
+      MESHRT_CHECK(y.global_shape() == expected && y.dtype() == out_specs[k].dtype, ErrorKind::kInternal, "stage ",
+                   p.stage, " of model '", def.name, "' returned ", y.description(), " as its tensor ", k,
+                   ", its definition says ", to_string(out_specs[k].dtype), expected.to_string());
+      if (!y.layout().is_replicated()) y = sharding::redistribute(y, Layout::replicated(y.ndim()));
+    }
+    for (DTensor& y : ys) y.block_until_ready();  // ops are asynchronous: the forward time is the computation's
     if (!last) {
       forward += seconds_since(began);
-      p.sends.push_back(across.send(y.local(), p.stage + 1));  // overlaps the next micro-batch and batch
+      for (DTensor& y : ys) p.sends.push_back(across.send(y.local(), p.stage + 1));  // overlaps the next micro-batch
     } else {
-      outputs.push_back(def.hooks.distributed_postprocessing(def.hooks.client_postprocessing(y)));
+      outputs.push_back(def.hooks.distributed_postprocessing(def.hooks.client_postprocessing(ys.at(0))));
       forward += seconds_since(began);
     }
     row += rows;
@@ -231,16 +251,17 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   const ServableDefinition& def = servables_.at(static_cast<size_t>(index));
   std::string failed = failure(index);
   MESHRT_CHECK(failed.empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", failed);
-  MESHRT_CHECK_SHAPE(batch.ndim() == 2 && batch.dim(1) == def.input.shape[1] && batch.dtype() == def.input.dtype,
-                     "model '", def.name, "' takes ", kserve_datatype(def.input.dtype), "[-1, ", def.input.shape[1],
-                     "], got ", batch.description());
+  std::vector<int64_t> dims(batch.shape().dims().begin() + (batch.ndim() > 0 ? 1 : 0), batch.shape().dims().end());
+  MESHRT_CHECK_SHAPE(batch.ndim() >= 1 && batch.dim(0) >= 1 && fits_spec(def.input, dims) &&
+                         batch.dtype() == def.input.dtype,
+                     "model '", def.name, "' takes ", kserve_datatype(def.input.dtype), shape_text(def.input.shape),
+                     " (-1: any extent), got ", batch.description());
   uint64_t id = next_batch_++;
   std::vector<int64_t> micro = split_rows(batch.dim(0), micro_batches);
-  std::string command = detail::cat("run ", index, " ", id, " ", generation(index));
-  for (int64_t r : micro) {
-    command += ' ';
-    command += std::to_string(r);
-  }
+  std::string command = detail::cat("run ", index, " ", id, " ", generation(index), " ", micro.size());
+  for (int64_t r : micro) command += " " + std::to_string(r);
+  command += " " + std::to_string(dims.size());
+  for (int64_t d : dims) command += " " + std::to_string(d);
   HostTensor input = def.hooks.distributed_preprocessing(batch);
   auto pending = std::make_unique<Pending>();
   pending->index = index;
@@ -259,7 +280,7 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   try {
     for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
     double forward = 0;
-    HostTensor result = run_local(index, id, micro, input, &forward);
+    HostTensor result = run_local(index, id, micro, dims, input, &forward);
     add_forward_time(id, forward);
     if (result.defined()) finish(id, std::move(result), nullptr);
   } catch (const std::exception& e) {
@@ -516,17 +537,21 @@ void Engine::handle_command(const std::string& command) {
     return;
   }
   uint64_t id = 0;
-  in >> index >> id >> generation;
-  std::vector<int64_t> micro;
-  for (int64_t r; in >> r;) micro.push_back(r);
+  size_t count = 0;
+  in >> index >> id >> generation >> count;
+  std::vector<int64_t> micro(count), dims;
+  for (int64_t& r : micro) in >> r;
+  in >> count;
+  dims.resize(in.fail() ? 0 : count);
+  for (int64_t& d : dims) in >> d;
   try {
-    MESHRT_CHECK(verb == "run" && index >= 0 && index < servable_count() && !micro.empty(), ErrorKind::kInternal,
-                 "unknown engine command '", command, "'");
+    MESHRT_CHECK(verb == "run" && !in.fail() && index >= 0 && index < servable_count() && !micro.empty(),
+                 ErrorKind::kInternal, "unknown engine command '", command, "'");
     // A batch of an older generation, or of one rank 0 already gave up: its
     // peers will not run it. Dropped (rank 0 has answered it already).
     if (generation != this->generation(index) || !failure(index).empty()) return;
     double forward = 0;
-    HostTensor result = run_local(index, id, micro, HostTensor(), &forward);
+    HostTensor result = run_local(index, id, micro, dims, HostTensor(), &forward);
     const Placed& p = *placed_[static_cast<size_t>(index)];
     if (p.model_coordinate != 0) return;
     // "%.9f": the stage's time to the nanosecond, whatever the locale.

@@ -5,7 +5,8 @@
 // (the front end, also rank 0 of the first stage) tells the other ranks what to
 // run over the host Channel and broadcasts the batch over the first stage's
 // "model" communicator (the input leaves rank 0 once, not once per rank). The
-// batch flows as micro-batches: stage s sends each micro-batch's activation to
+// batch flows as micro-batches: stage s sends each micro-batch's activations
+// (one or more tensors: the stage definition's outputs) to
 // stage s+1 (device tensors: NCCL on GPUs, MPI on the cpu) and goes on with the
 // next one, so the stages work at the same time. The last stage moves the result
 // to the host (distributed_postprocessing) and its first rank sends it to rank 0.
@@ -84,9 +85,9 @@ class Engine {
   // Index of the servable with this name (and version, unless empty), or -1.
   int find(const std::string& name, const std::string& version = "") const;
 
-  // Rank 0 only, one call at a time: runs batch ([rows, input width], host) of
-  // servable `index` on every rank in `micro_batches` micro-batches and returns
-  // [rows, output width]. Throws Error(kShape) for a batch of the wrong shape
+  // Rank 0 only, one call at a time: runs batch ([rows, ...] host, fitting the
+  // servable's input spec) of servable `index` on every rank in `micro_batches`
+  // micro-batches and returns [rows, ...] (its output). Throws Error(kShape) for a batch of the wrong shape
   // (nothing was sent). Any failure once the batch started (on any rank, or the
   // result not coming within result_timeout) marks the servable failed: its
   // communicators are aborted, so no rank can pair a later batch with this one's
@@ -135,8 +136,8 @@ class Engine {
   // This rank's part of a batch: its stage's forward passes on every
   // micro-batch. Returns the result on the last stage's first rank (which, when
   // it is not rank 0, sends it there); forward_seconds gets this stage's time.
-  HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows, const HostTensor& input,
-                       double* forward_seconds);
+  HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,
+                       const std::vector<int64_t>& input_dims, const HostTensor& input, double* forward_seconds);
   void mark_failed(int index, const std::string& reason);
   // Rank 0: gives the model of a failed batch up, tells the other ranks, and
   // fails every batch of it in flight (done called without the lock).

@@ -68,11 +68,19 @@ class Reader {
       fail(field + ".datatype", e.message());
     }
     const json& shape = need(v, "shape", field + ".shape");
-    if (!shape.is_array() || shape.size() != 2) fail(field + ".shape", "expected [-1, width], got " + io::json_limits::brief(shape));
+    if (!shape.is_array() || shape.size() < 2 || shape.size() > 8) {
+      fail(field + ".shape", "expected [-1, ..., width] (2 to 8 dimensions), got " + io::json_limits::brief(shape));
+    }
     if (!shape[0].is_number_integer() || shape[0].get<int64_t>() != -1) {
       fail(field + ".shape", "the first dimension must be -1 (the batch axis), got " + io::json_limits::brief(shape));
     }
-    t.shape = {-1, integer(shape[1], field + ".shape[1]", 1, 1 << 24)};
+    t.shape = {-1};
+    // Between the batch axis and the last: an extent, or -1 (any extent).
+    for (size_t d = 1; d + 1 < shape.size(); ++d) {
+      std::string f = detail::cat(field, ".shape[", d, "]");
+      t.shape.push_back(shape[d].is_number_integer() && shape[d].get<int64_t>() == -1 ? -1 : integer(shape[d], f, 1, 1 << 24));
+    }
+    t.shape.push_back(integer(shape[shape.size() - 1], detail::cat(field, ".shape[", shape.size() - 1, "]"), 1, 1 << 24));
     return t;
   }
 
@@ -155,41 +163,84 @@ bool is_file(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
+// The optional "batching" object of a config (layer config or meshrt.json).
+void read_batching(const Reader& r, const json& v, BatchingConfig& out) {
+  if (v.contains("batching")) {
+    const json& b = v["batching"];
+    if (!b.is_object()) r.fail("batching", "expected an object");
+    static const std::set<std::string> fields = {"enabled", "max_batch_size", "max_queue_delay_us",
+                                                 "preferred_batch_sizes", "micro_batches", "max_queue_size",
+                                                 "start_when_idle"};
+    for (auto it = b.begin(); it != b.end(); ++it) {
+      if (!fields.count(it.key())) r.fail("batching." + it.key(), "unknown field");
+    }
+    if (b.contains("enabled")) {
+      if (!b["enabled"].is_boolean()) r.fail("batching.enabled", "expected true or false");
+      out.enabled = b["enabled"].get<bool>();
+    }
+    if (b.contains("start_when_idle")) {
+      if (!b["start_when_idle"].is_boolean()) r.fail("batching.start_when_idle", "expected true or false");
+      out.start_when_idle = b["start_when_idle"].get<bool>();
+    }
+    if (b.contains("max_batch_size")) {
+      out.max_batch_size = r.integer(b["max_batch_size"], "batching.max_batch_size", 1, 1 << 20);
+    }
+    if (b.contains("max_queue_delay_us")) {
+      out.max_queue_delay_us = r.integer(b["max_queue_delay_us"], "batching.max_queue_delay_us", 0, 60000000);
+    }
+    if (b.contains("micro_batches")) {
+      out.micro_batches = static_cast<int>(r.integer(b["micro_batches"], "batching.micro_batches", 1, 1024));
+    }
+    if (b.contains("max_queue_size")) {
+      out.max_queue_size = r.integer(b["max_queue_size"], "batching.max_queue_size", 1, 1 << 20);
+    }
+    if (b.contains("preferred_batch_sizes")) {
+      const json& p = b["preferred_batch_sizes"];
+      if (!p.is_array()) r.fail("batching.preferred_batch_sizes", "expected a list of integers");
+      for (size_t i = 0; i < p.size(); ++i) {
+        int64_t size = r.integer(p[i], detail::cat("batching.preferred_batch_sizes[", i, "]"), 1, 1 << 20);
+        if (size > out.max_batch_size) {
+          r.fail(detail::cat("batching.preferred_batch_sizes[", i, "]"),
+                 detail::cat("expected at most max_batch_size (", out.max_batch_size, "), got ", size));
+        }
+        out.preferred_batch_sizes.push_back(size);
+      }
+      std::sort(out.preferred_batch_sizes.begin(), out.preferred_batch_sizes.end());
+    }
+  }
+}
+
 }  // namespace
 
-ModelConfig load_model_config(const std::string& model_dir) {
-  std::string path = model_dir + "/config.json";
+namespace {
+// The text of a config file of at most kMaxModelConfigBytes.
+std::string read_config_text(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw Error(ErrorKind::kInvalidArgument, path + ": cannot be read");
   if (static_cast<uint64_t>(st.st_size) > kMaxModelConfigBytes) Reader(path).fail("(file)", "larger than 1 MiB");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorKind::kInvalidArgument, path + ": cannot be read");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return parse_model_config(text, model_dir);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-ModelConfig parse_model_config(std::string_view text, const std::string& model_dir) {
-  ModelConfig c;
-  c.directory = model_dir;
-  c.config_path = model_dir + "/config.json";
-  Reader r(c.config_path);
+json parse_config_json(std::string_view text, const Reader& r) {
   if (text.size() > kMaxModelConfigBytes) r.fail("(file)", "larger than 1 MiB");
   json v;
   try {
     v = io::json_limits::parse(text);
   } catch (const json::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument, c.config_path + ": not valid JSON: " + e.what());
+    throw Error(ErrorKind::kInvalidArgument, r.path() + ": not valid JSON: " + e.what());
   } catch (const std::length_error& e) {
-    throw Error(ErrorKind::kInvalidArgument, c.config_path + ": " + e.what());
+    throw Error(ErrorKind::kInvalidArgument, r.path() + ": " + e.what());
   }
   if (!v.is_object()) r.fail("(top level)", "expected a JSON object");
-  static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
-                                              "weights", "stages", "batching", "description"};
-  for (auto it = v.begin(); it != v.end(); ++it) {
-    if (!known.count(it.key())) r.fail(it.key(), "unknown field");
-  }
-  c.name = r.string(r.need(v, "name", "name"), "name");
+  return v;
+}
+
+// name (the folder's), version, rank_size and stage_size, shared by both formats.
+void read_identity(const Reader& r, const json& v, const std::string& model_dir, bool name_required, ModelConfig& c) {
   std::string folder = model_dir.substr(model_dir.find_last_of('/') + 1);
+  c.name = name_required || v.contains("name") ? r.string(r.need(v, "name", "name"), "name") : folder;
   if (c.name != folder) r.fail("name", "expected \"" + folder + "\" (the model's folder name), got \"" + c.name + "\"");
   if (v.contains("version")) {
     c.version = r.string(v["version"], "version");
@@ -200,12 +251,67 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
   if (c.rank_size % c.stage_size != 0) {
     r.fail("stage_size", detail::cat("expected a divisor of rank_size (", c.rank_size, "), got ", c.stage_size));
   }
+}
+}  // namespace
+
+ModelConfig load_model_config(const std::string& model_dir) {
+  if (is_file(model_dir + "/" + kHfServingConfig)) {
+    return parse_hf_serving_config(read_config_text(model_dir + "/" + kHfServingConfig), model_dir);
+  }
+  return parse_model_config(read_config_text(model_dir + "/config.json"), model_dir);
+}
+
+ModelConfig parse_hf_serving_config(std::string_view text, const std::string& model_dir) {
+  ModelConfig c;
+  c.format = ModelFormat::kHuggingFace;
+  c.directory = model_dir;
+  c.config_path = model_dir + "/" + kHfServingConfig;
+  c.weights_path = model_dir;
+  c.batching.max_batch_size = kHfDefaultMaxBatchSize;
+  Reader r(c.config_path);
+  json v = parse_config_json(text, r);
+  static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "compute_dtype", "batching",
+                                              "description"};
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (!known.count(it.key())) r.fail(it.key(), "unknown field (meshrt.json takes rank_size, stage_size, name, version, compute_dtype, batching, description)");
+  }
+  read_identity(r, v, model_dir, false, c);
+  if (v.contains("compute_dtype")) {
+    std::string dtype = r.string(v["compute_dtype"], "compute_dtype");
+    if (dtype != "float32" && dtype != "bfloat16" && dtype != "float16") {
+      r.fail("compute_dtype", "expected \"float32\", \"bfloat16\" or \"float16\" (torch_dtype's names), got \"" + dtype + "\"");
+    }
+    c.compute_dtype = dtype;
+  }
+  read_batching(r, v, c.batching);
+  if (!is_file(model_dir + "/config.json")) r.fail("(folder)", "a Hugging Face model folder needs its config.json beside meshrt.json");
+  return c;
+}
+
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir) {
+  ModelConfig c;
+  c.directory = model_dir;
+  c.config_path = model_dir + "/config.json";
+  Reader r(c.config_path);
+  json v = parse_config_json(text, r);
+  static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
+                                              "weights", "stages", "batching", "description"};
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (!known.count(it.key())) r.fail(it.key(), "unknown field");
+  }
+  read_identity(r, v, model_dir, true, c);
   const json& inputs = r.need(v, "inputs", "inputs");
   if (!inputs.is_array() || inputs.size() != 1) r.fail("inputs", "expected a list of exactly one input");
   c.input = r.tensor(inputs[0], "inputs[0]");
   const json& outputs = r.need(v, "outputs", "outputs");
   if (!outputs.is_array() || outputs.size() != 1) r.fail("outputs", "expected a list of exactly one output");
   c.output = r.tensor(outputs[0], "outputs[0]");
+  if (c.output.shape.size() != c.input.shape.size() ||
+      !std::equal(c.input.shape.begin(), c.input.shape.end() - 1, c.output.shape.begin())) {
+    std::string expected = "[";
+    for (size_t d = 0; d + 1 < c.input.shape.size(); ++d) expected += std::to_string(c.input.shape[d]) + ", ";
+    r.fail("outputs[0].shape", "expected " + expected + "width]: the layers act on the last axis and keep the others");
+  }
   if (c.output.dtype != c.input.dtype) {
     r.fail("outputs[0].datatype", std::string("expected ") + kserve_datatype(c.input.dtype) +
                                       " like the input (one dtype flows through the stages)");
@@ -239,49 +345,7 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
     c.stages.push_back(stage);
   }
 
-  if (v.contains("batching")) {
-    const json& b = v["batching"];
-    if (!b.is_object()) r.fail("batching", "expected an object");
-    static const std::set<std::string> fields = {"enabled", "max_batch_size", "max_queue_delay_us",
-                                                 "preferred_batch_sizes", "micro_batches", "max_queue_size",
-                                                 "start_when_idle"};
-    for (auto it = b.begin(); it != b.end(); ++it) {
-      if (!fields.count(it.key())) r.fail("batching." + it.key(), "unknown field");
-    }
-    if (b.contains("enabled")) {
-      if (!b["enabled"].is_boolean()) r.fail("batching.enabled", "expected true or false");
-      c.batching.enabled = b["enabled"].get<bool>();
-    }
-    if (b.contains("start_when_idle")) {
-      if (!b["start_when_idle"].is_boolean()) r.fail("batching.start_when_idle", "expected true or false");
-      c.batching.start_when_idle = b["start_when_idle"].get<bool>();
-    }
-    if (b.contains("max_batch_size")) {
-      c.batching.max_batch_size = r.integer(b["max_batch_size"], "batching.max_batch_size", 1, 1 << 20);
-    }
-    if (b.contains("max_queue_delay_us")) {
-      c.batching.max_queue_delay_us = r.integer(b["max_queue_delay_us"], "batching.max_queue_delay_us", 0, 60000000);
-    }
-    if (b.contains("micro_batches")) {
-      c.batching.micro_batches = static_cast<int>(r.integer(b["micro_batches"], "batching.micro_batches", 1, 1024));
-    }
-    if (b.contains("max_queue_size")) {
-      c.batching.max_queue_size = r.integer(b["max_queue_size"], "batching.max_queue_size", 1, 1 << 20);
-    }
-    if (b.contains("preferred_batch_sizes")) {
-      const json& p = b["preferred_batch_sizes"];
-      if (!p.is_array()) r.fail("batching.preferred_batch_sizes", "expected a list of integers");
-      for (size_t i = 0; i < p.size(); ++i) {
-        int64_t size = r.integer(p[i], detail::cat("batching.preferred_batch_sizes[", i, "]"), 1, 1 << 20);
-        if (size > c.batching.max_batch_size) {
-          r.fail(detail::cat("batching.preferred_batch_sizes[", i, "]"),
-                 detail::cat("expected at most max_batch_size (", c.batching.max_batch_size, "), got ", size));
-        }
-        c.batching.preferred_batch_sizes.push_back(size);
-      }
-      std::sort(c.batching.preferred_batch_sizes.begin(), c.batching.preferred_batch_sizes.end());
-    }
-  }
+  read_batching(r, v, c.batching);
   return c;
 }
 
@@ -294,13 +358,14 @@ std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
     while (dirent* e = ::readdir(d)) {
       std::string name = e->d_name;
       if (name == "." || name == "..") continue;
-      if (is_file(repository_dir + "/" + name + "/config.json")) names.push_back(name);
+      std::string dir = repository_dir + "/" + name;
+      if (is_file(dir + "/config.json") || is_file(dir + "/" + kHfServingConfig)) names.push_back(name);
     }
     ::closedir(d);
   }
   if (names.empty()) {
     throw Error(ErrorKind::kInvalidArgument,
-                "model repository " + repository_dir + " holds no model (no folder with a config.json)");
+                "model repository " + repository_dir + " holds no model (no folder with a config.json or a meshrt.json)");
   }
   std::sort(names.begin(), names.end());
   std::vector<ModelConfig> out;

@@ -25,8 +25,22 @@
 // rmsnorm {gamma, eps?}, residual_add {from}, ...). The reader checks each
 // layer's fields against its type's entry. Any layer may carry "save": NAME to
 // keep its output for a later residual_add {"from": NAME} in the same stage.
-// Configs carry one input and one output, both [-1, width]; the C++ API
-// (servable.h) defines other servables.
+// Configs carry one input and one output of one dtype (floating or integer,
+// as the layers' kernels take it), [-1, width] or with more axes, [-1, ...,
+// width] (-1 between: any extent): the layers act on the last axis and keep
+// the others, so the output has the input's shape but for its width. The C++
+// API (servable.h) defines other servables.
+//
+// A folder that holds meshrt.json is a Hugging Face model instead: the rest of
+// the folder is a checkpoint as save_pretrained writes it (config.json of
+// model_type gpt2 or llama, model.safetensors or the sharded files of
+// model.safetensors.index.json), served by serving/hf_servable.h. meshrt.json:
+//
+// {"rank_size": 4, "stage_size": 2,        // required
+//  "compute_dtype": "bfloat16",            // optional: float32 | bfloat16 | float16;
+//                                          //   default bf16 on GPUs, f32 on the cpu
+//  "batching": {...as above...},           // optional; max_batch_size defaults to 16 sequences
+//  "name": "<the folder's name>", "version": "1", "description": "..."}
 //
 // Everything is checked when the config is read; an error names the file, the
 // field and what was expected, e.g. "models/m/config.json: stages[0].layers[1].type:
@@ -65,23 +79,39 @@ struct BatchingConfig {
   int64_t max_queue_size = 128;      // requests waiting; more get 503 at once
 };
 
+// How a model folder describes its model.
+enum class ModelFormat {
+  kLayers,       // config.json: meshrt's layer config (above)
+  kHuggingFace,  // meshrt.json beside a Hugging Face checkpoint
+};
+
+inline constexpr const char* kHfServingConfig = "meshrt.json";
+inline constexpr int64_t kHfDefaultMaxBatchSize = 16;
+
 struct ModelConfig {
+  ModelFormat format = ModelFormat::kLayers;
   std::string name, version = "1";
+  // config_path: config.json or meshrt.json; weights_path: the safetensors
+  // file or checkpoint folder (the model folder itself for kHuggingFace).
   std::string directory, config_path, weights_path;
   int rank_size = 1, stage_size = 1;
-  TensorSpec input, output;
-  std::vector<StageConfig> stages;
+  TensorSpec input, output;          // kLayers
+  std::vector<StageConfig> stages;   // kLayers
+  std::string compute_dtype;         // kHuggingFace: "" (the device's default) or torch_dtype's name
   BatchingConfig batching;
 };
 
-// Reads and checks model_dir/config.json (not the weights: those are checked
-// when the model is built, against the config).
+// Reads and checks model_dir/meshrt.json when there is one, else
+// model_dir/config.json (not the weights: those are checked when the model is
+// built, against the config).
 ModelConfig load_model_config(const std::string& model_dir);
+// The same for the text of a Hugging Face folder's meshrt.json.
+ModelConfig parse_hf_serving_config(std::string_view text, const std::string& model_dir);
 // The same for the text of model_dir/config.json (at most kMaxModelConfigBytes):
 // the checks that need the folder (its name, the weights file) look at model_dir.
 inline constexpr size_t kMaxModelConfigBytes = 1 << 20;
 ModelConfig parse_model_config(std::string_view text, const std::string& model_dir);
-// Every model of the repository (folders with a config.json), sorted by name.
+// Every model of the repository (folders with a config.json or a meshrt.json), sorted by name.
 // Throws Error(kInvalidArgument) if the folder is missing or holds no model.
 std::vector<ModelConfig> load_repository(const std::string& repository_dir);
 

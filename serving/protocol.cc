@@ -24,11 +24,6 @@ constexpr DatatypeName kDatatypes[] = {{"FP32", DType::kF32},  {"FP64", DType::k
 
 [[noreturn]] void bad(const std::string& message) { throw RequestError(400, message); }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // Flattens (possibly nested) JSON arrays of scalars into values, row-major.
 void flatten(const json& v, std::vector<const json*>& out, const std::string& input, int depth) {
@@ -261,7 +256,7 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
     out.inputs[static_cast<size_t>(index)] = t;
   }
   for (size_t k = 0; k < model.inputs.size(); ++k) {
-    if (!out.inputs[k].defined()) bad("input '" + model.inputs[k].name + "' is missing");
+    if (!out.inputs[k].defined() && !model.inputs[k].optional) bad("input '" + model.inputs[k].name + "' is missing");
   }
   if (binary_at != body.size()) {
     bad("the body has " + std::to_string(body.size() - binary_at) + " bytes after the JSON header and the inputs' binary data");
@@ -316,12 +311,16 @@ HttpPayload with_tensors(json message, const char* list, const std::vector<std::
 }
 
 json tensor_metadata(const TensorSpec& t) {
-  return json{{"name", t.name}, {"datatype", kserve_datatype(t.dtype)}, {"shape", t.shape}};
+  json j{{"name", t.name}, {"datatype", kserve_datatype(t.dtype)}, {"shape", t.shape}};
+  if (t.optional) j["optional"] = true;
+  return j;
 }
 
 TensorSpec tensor_spec(const json& t) {
-  return {t.at("name").get<std::string>(), parse_kserve_datatype(t.at("datatype").get<std::string>()),
-          t.at("shape").get<std::vector<int64_t>>()};
+  TensorSpec s{t.at("name").get<std::string>(), parse_kserve_datatype(t.at("datatype").get<std::string>()),
+               t.at("shape").get<std::vector<int64_t>>()};
+  s.optional = t.contains("optional") && t["optional"].is_boolean() && t["optional"].get<bool>();
+  return s;
 }
 }  // namespace
 

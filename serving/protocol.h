@@ -36,11 +36,12 @@ class RequestError : public std::runtime_error {
 struct InferRequest {
   std::string id;
   std::vector<HostTensor> inputs;  // in the model's input order, [rows, ...] with the same rows
+                                   // (undefined: an optional input the request left out)
   bool binary_output = false;      // return the outputs as binary data
 };
 
 // Parses and checks a request for model: every input of the signature exactly
-// once, of its datatype and shape (the first axis, -1 in the signature, is the
+// once (an optional one at most once), of its datatype and shape (the first axis, -1 in the signature, is the
 // batch axis: 1 to max_rows rows, the same for every input). header_length: the
 // Inference-Header-Content-Length header, when present. max_rows: the most rows
 // one request may carry (the model's max_batch_size).

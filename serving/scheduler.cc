@@ -5,6 +5,15 @@
 
 namespace meshrt::serving {
 
+namespace {
+// Whether two requests' inputs can be stacked into one batch: the same extents after the rows axis.
+bool stackable(const HostTensor& a, const HostTensor& b) {
+  const std::vector<int64_t>& x = a.shape().dims();
+  const std::vector<int64_t>& y = b.shape().dims();
+  return x.size() == y.size() && std::equal(x.begin() + 1, x.end(), y.begin() + 1);
+}
+}  // namespace
+
 Scheduler::Scheduler(Engine& engine, Metrics& metrics)
     : engine_(engine), metrics_(metrics), queues_(static_cast<size_t>(engine.servable_count())) {
   for (int m = 0; m < engine_.servable_count(); ++m) {
@@ -71,7 +80,10 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
       }
     }
     int64_t rows = 0;
-    while (!q.requests.empty() && (batch->empty() || rows + q.requests.front().input.dim(0) <= limit)) {
+    // Whole requests in arrival order, while they fit and have the first one's extents.
+    while (!q.requests.empty() &&
+           (batch->empty() ||
+            (rows + q.requests.front().input.dim(0) <= limit && stackable(batch->front().input, q.requests.front().input)))) {
       rows += q.requests.front().input.dim(0);
       q.rows -= q.requests.front().input.dim(0);
       batch->push_back(std::move(q.requests.front()));
@@ -151,10 +163,12 @@ void Scheduler::finish_batch(int model, std::vector<Request>& batch, std::chrono
   const ServableDefinition& def = engine_.servable(model);
   if (failure.status == 200) {
     try {
-      MESHRT_CHECK(output.ndim() == 2 && output.dim(0) == rows && output.dim(1) == def.output.shape[1] &&
-                       output.dtype() == def.output.dtype,
-                   ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,
-                   " rows (expected ", kserve_datatype(def.output.dtype), "[", rows, ", ", def.output.shape[1], "])");
+      const std::vector<int64_t>& dims = output.shape().dims();
+      bool fits = output.ndim() >= 1 && output.dim(0) == rows && output.dtype() == def.output.dtype &&
+                  fits_spec(def.output, std::vector<int64_t>(dims.begin() + 1, dims.end()));
+      MESHRT_CHECK(fits, ErrorKind::kInternal, "model '", def.name, "' returned ", output.description(), " for ", rows,
+                   " rows (expected ", kserve_datatype(def.output.dtype), shape_text(def.output.shape),
+                   " with ", rows, " rows)");
     } catch (const std::exception& e) {
       failure.status = 500;
       failure.error = std::string("internal error: ") + e.what();

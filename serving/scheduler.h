@@ -9,7 +9,9 @@
 // full); otherwise when its rows reach max_batch_size, when they reach one of
 // its preferred batch sizes (the largest one reached is used), or when its
 // oldest request has waited max_queue_delay_us; a batch takes whole requests in
-// arrival order up to the limit. Requests are never split. With batching
+// arrival order up to the limit, stopping at one whose extents after the rows
+// axis differ from the first's (it starts the next batch: sequences of
+// different lengths are not padded together). Requests are never split. With batching
 // disabled, every request runs alone. One thread starts the batches; their
 // results are answered on the engine's result thread.
 #pragma once
@@ -43,7 +45,7 @@ class Scheduler {
   Scheduler(Engine& engine, Metrics& metrics);
   ~Scheduler();
 
-  // From any thread. input: [rows, width] of the model's input dtype; rows must
+  // From any thread. input: [rows, ...] fitting the model's input; rows must
   // not exceed max_batch_size (callers check). When queued, done is called
   // exactly once, on the scheduler's thread; otherwise it is never called and the
   // caller answers (503).

@@ -1,11 +1,17 @@
 // Servables: models as pipeline stages, each stage tensor-parallel on its slice
 // of the mesh {stage: stage_size, model: rank_size / stage_size}.
 //
-// A servable comes from a config (servable_from_config) or is written in C++:
-// fill a ServableDefinition with StageDefinitions whose build() makes a
-// StageModule on the stage's mesh. The activation entering a stage is
-// [rows, width] and replicated on the stage's ranks; what a stage returns is
-// replicated before it leaves for the next stage.
+// A servable comes from a config (servable_from_config: a layer config, or a
+// Hugging Face folder) or is written in C++: fill a ServableDefinition with
+// StageDefinitions whose build() makes a StageModule on the stage's mesh.
+//
+// The engine's input is one tensor [rows, ...] (rows: the batch axis that
+// requests are stacked along); the first stage gets it, replicated on its
+// ranks. Between stages travel one or more tensors [rows, ...] (a stage's
+// `outputs` says which, from the batch input's shape); the last stage returns
+// the output [rows, ...]. What a stage returns is replicated before it leaves.
+// A model whose wire inputs are several tensors (input_ids and an optional
+// attention_mask) packs them into the engine's input per request (pack_inputs).
 //
 // Hooks run in this order for each batch:
 //   distributed_preprocessing  rank 0, on the stacked batch before it leaves (host tensors)
@@ -35,15 +41,33 @@ using sharding::Mesh;
 class StageModule {
  public:
   virtual ~StageModule() = default;
-  // x: [rows, input width], replicated on the stage's mesh.
-  virtual DTensor forward(const DTensor& x) = 0;
+  // A stage of one tensor in and one out: x [rows, input width], replicated on
+  // the stage's mesh.
+  virtual DTensor forward(const DTensor& x);
+  // The general form: the tensors entering the stage (the batch input on the
+  // first stage; the previous stage's outputs after it) to the tensors leaving
+  // it. The default calls forward() on the one tensor.
+  virtual std::vector<DTensor> forward_tensors(const std::vector<DTensor>& inputs);
+};
+
+// A tensor crossing from one stage to the next: its dtype and its extents after
+// the rows axis.
+struct ActivationSpec {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> dims;
 };
 
 struct StageDefinition {
-  int64_t output_width = 0;  // width of the activation leaving the stage
+  // One [rows, output_width] activation of the servable's input dtype (layer
+  // configs and most C++ stages); ignored when `outputs` is set.
+  int64_t output_width = 0;
   // Builds the stage on its mesh (the mesh's one axis is "model"); collective
   // over the stage's ranks (it may load weights with sharding's collectives).
   std::function<std::unique_ptr<StageModule>(const Mesh& stage_mesh)> build;
+  // The tensors leaving the stage, given the batch input's extents after its
+  // rows axis (every rank computes them alike from the batch it is told of).
+  // The last stage's one tensor is the servable's output.
+  std::function<std::vector<ActivationSpec>(const std::vector<int64_t>& input_dims)> outputs;
 };
 
 struct Hooks {
@@ -55,7 +79,16 @@ struct Hooks {
 
 struct ServableDefinition {
   std::string name, version = "1";
+  // The engine's input and output, [-1, ...] (-1 after the batch axis: any
+  // extent; requests stacked into one batch share their extents).
   TensorSpec input, output;
+  // The wire's inputs when they are not just `input` (in request order;
+  // optional ones may be missing), and how one request's inputs (undefined
+  // where a missing optional one was) become its rows of the engine input.
+  // pack_inputs throws Error(kInvalidArgument) for inputs that do not go
+  // together (the request gets 400 with the message).
+  std::vector<TensorSpec> wire_inputs;
+  std::function<HostTensor(const std::vector<HostTensor>& inputs)> pack_inputs;
   int rank_size = 1, stage_size = 1;
   std::vector<StageDefinition> stages;  // stage_size of them
   Hooks hooks;
@@ -63,12 +96,21 @@ struct ServableDefinition {
 };
 
 // Checks a definition (stage count, widths chaining from the input to the
-// output, batching) and fills unset hooks with the defaults. Throws
-// Error(kInvalidArgument) naming the servable and what is wrong.
+// output, batching) and fills unset hooks and stage outputs with the defaults.
+// Throws Error(kInvalidArgument) naming the servable and what is wrong.
 void complete_servable(ServableDefinition& servable);
 
-// What the wire sees of a servable: its input and output, version, and as
-// metadata parameters rank_size, stage_size, max_batch_size and dynamic_batching.
+// The tensors entering stage `stage` of a batch whose input has extents
+// input_dims after its rows axis: the input itself for stage 0, else the
+// previous stage's outputs.
+std::vector<ActivationSpec> stage_inputs(const ServableDefinition& servable, int stage,
+                                         const std::vector<int64_t>& input_dims);
+// Whether extents fit a spec's shape after its batch axis (-1 fits any extent).
+bool fits_spec(const TensorSpec& spec, const std::vector<int64_t>& dims_after_rows);
+
+// What the wire sees of a servable: its inputs (wire_inputs, else input) and
+// output, version, and as metadata parameters rank_size, stage_size,
+// max_batch_size and dynamic_batching.
 ModelSignature signature_of(const ServableDefinition& servable);
 
 // The servable a model config describes. Reads the weights' headers and checks
@@ -76,6 +118,9 @@ ModelSignature signature_of(const ServableDefinition& servable);
 // tensor-parallel width); errors name the config file, the field and the
 // weights file. Weights are read when a stage is built, each rank reading only
 // the bytes of its shard.
-ServableDefinition servable_from_config(const ModelConfig& config);
+// A Hugging Face folder (config.format == kHuggingFace) becomes a transformer
+// servable (serving/hf_servable.h) whose compute dtype, unless meshrt.json
+// names one, is bf16 on a CUDA device and f32 on the cpu.
+ServableDefinition servable_from_config(const ModelConfig& config, const Device& device = Device::cpu());
 
 }  // namespace meshrt::serving

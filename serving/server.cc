@@ -107,15 +107,18 @@ class Frontend {
     };
     auto parsed = std::make_shared<InferRequest>();
     const ModelSignature& signature = signatures_[static_cast<size_t>(model)];
+    HostTensor input;
     try {
       std::optional<size_t> header_length = parse_header_length(request.header("Inference-Header-Content-Length"));
       *parsed = parse_infer_request(request.body, header_length, signature, def.batching.max_batch_size);
+      // Several wire inputs become the engine's one input (checked together: 400 when they do not fit).
+      input = def.pack_inputs ? def.pack_inputs(parsed->inputs) : parsed->inputs.at(0);
     } catch (const RequestError& e) {
       return answer(error_response(e.status(), e.what()));
     } catch (const Error& e) {
       return answer(error_response(400, e.message()));
     }
-    Admission admitted = scheduler_.submit(model, parsed->inputs.at(0), [&signature, parsed, answer](InferOutcome outcome) {
+    Admission admitted = scheduler_.submit(model, std::move(input), [&signature, parsed, answer](InferOutcome outcome) {
       if (outcome.status != 200) return answer(error_response(outcome.status, outcome.error));
       HttpResponse r;
       try {
@@ -163,6 +166,7 @@ int run_server(const ServerOptions& o) {
     if (rank == 0) std::fprintf(stderr, "meshrt-serve: %s\n", line.c_str());
   };
   std::vector<ServableDefinition> servables;
+  Device device = world.device(o.device);
   try {
     std::vector<ModelConfig> configs = load_repository(o.repository);
     std::set<std::string> wanted(o.models.begin(), o.models.end());
@@ -175,7 +179,7 @@ int run_server(const ServerOptions& o) {
       MESHRT_CHECK_ARG(c.rank_size == world.size(), "model '", c.name, "' (", c.config_path, ") has rank_size ",
                        c.rank_size, " but meshrt-serve runs on ", world.size(), " rank(s): start it with mpirun -np ",
                        c.rank_size, ", or load other models with --model");
-      ServableDefinition s = servable_from_config(c);
+      ServableDefinition s = servable_from_config(c, device);
       if (!o.batching) s.batching.enabled = false;
       servables.push_back(std::move(s));
     }
@@ -185,7 +189,6 @@ int run_server(const ServerOptions& o) {
   }
   // Every rank's process id, for operators and tests (rank 0's also at pid_file).
   if (!o.pid_file.empty()) write_file(o.pid_file + "." + std::to_string(rank), std::to_string(::getpid()));
-  Device device = world.device(o.device);
   Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout, o.trace_file});
   for (const ServableDefinition& s : servables) {
     say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",

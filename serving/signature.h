@@ -21,8 +21,16 @@ DType parse_kserve_datatype(const std::string& name);
 struct TensorSpec {
   std::string name;
   DType dtype = DType::kF32;
-  std::vector<int64_t> shape;  // -1 marks the batch axis (the first)
+  std::vector<int64_t> shape;  // -1 marks the batch axis (the first), and elsewhere any extent
+  bool optional = false;       // an input a request may leave out (shown as "optional": true)
 };
+
+// "[-1, 96]": a spec's shape as the errors show it (-1 is any extent).
+inline std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
 
 struct ModelSignature {
   std::string name, version = "1";

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "serving/http_client.h"
+#include "hf_test_util.h"
 #include "spawn_util.h"
 #include "io/safetensors.h"
 
@@ -611,6 +612,115 @@ TEST(Serving, ARankStoppedUnderLoadRecoversInPlace) {
   EXPECT_TRUE(job.exited(std::chrono::seconds(2 * 5 + 10))) << job.log();
   std::printf("[ MEASURE  ] exit code after the recovery: %d\n", job.exit_code());
   fs::remove_all(root);
+}
+
+// A Hugging Face Llama checkpoint (examples/hf/llama-tiny: sharded safetensors,
+// grouped-query attention) and the hub's GPT-2 files, served on 4 ranks as their
+// meshrt.json says (2 pipeline stages x 2-way tensor parallel), read over KServe v2.
+class HuggingFace : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    job_ = new ServerJob(4, MESHRT_SOURCE_DIR "/examples/hf", {"--model", "llama-tiny", "--model", "gpt2-tiny-hub"});
+    ASSERT_TRUE(job_->wait_ready()) << job_->log();
+  }
+  static void TearDownTestSuite() {
+    job_->signal_rank0(SIGTERM);
+    EXPECT_TRUE(job_->exited(std::chrono::seconds(60))) << job_->log();
+    EXPECT_EQ(job_->exit_code(), 0) << job_->log();
+    delete job_;
+  }
+  void SetUp() override {
+    if (!job_ || job_->port() == 0) GTEST_SKIP() << "the server did not start";
+  }
+  static ServerJob* job_;
+};
+ServerJob* HuggingFace::job_ = nullptr;
+
+json token_request(const std::vector<int64_t>& ids, int64_t rows, int64_t seq, const std::vector<int64_t>& mask = {}) {
+  json body = {{"inputs", {{{"name", "input_ids"}, {"datatype", "INT64"}, {"shape", {rows, seq}}, {"data", ids}}}}};
+  if (!mask.empty()) {
+    body["inputs"].push_back({{"name", "attention_mask"}, {"datatype", "INT64"}, {"shape", {rows, seq}}, {"data", mask}});
+  }
+  return body;
+}
+
+TEST_F(HuggingFace, MetadataShowsTokensInLogitsOut) {
+  HttpResponse r = job_->client().request("GET", "/v2/models/llama-tiny");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json m = json::parse(r.body);
+  EXPECT_EQ(m["inputs"][0], json({{"name", "input_ids"}, {"datatype", "INT64"}, {"shape", {-1, -1}}}));
+  EXPECT_EQ(m["inputs"][1],
+            json({{"name", "attention_mask"}, {"datatype", "INT64"}, {"shape", {-1, -1}}, {"optional", true}}));
+  EXPECT_EQ(m["outputs"][0], json({{"name", "logits"}, {"datatype", "FP32"}, {"shape", {-1, -1, 503}}}));
+  EXPECT_EQ(m["parameters"]["rank_size"], 4);
+  EXPECT_EQ(m["parameters"]["stage_size"], 2);
+}
+
+TEST_F(HuggingFace, LogitsMatchTheReference) {
+  if (!meshrt::testing::reference_can_run()) GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
+  for (const std::string model : {"llama-tiny", "gpt2-tiny-hub"}) {
+    meshrt::testing::TokenInput in = meshrt::testing::make_token_input(503, 2, 7);
+    std::vector<double> expected = meshrt::testing::run_reference(MESHRT_SOURCE_DIR, MESHRT_SOURCE_DIR "/examples/hf/" + model, in);
+    ASSERT_EQ(expected.size(), static_cast<size_t>(2 * 7 * 503)) << "the reference did not run";
+    HttpResponse r = job_->client().request("POST", "/v2/models/" + model + "/infer",
+                                            token_request(in.ids, 2, 7, in.mask).dump(), kJson);
+    ASSERT_EQ(r.status, 200) << r.body;
+    json out = json::parse(r.body)["outputs"][0];
+    EXPECT_EQ(out["name"], "logits");
+    EXPECT_EQ(out["datatype"], "FP32");
+    ASSERT_EQ(out["shape"], json({2, 7, 503}));
+    std::vector<double> got = out["data"].get<std::vector<double>>();
+    ASSERT_EQ(got.size(), expected.size());
+    EXPECT_LT(meshrt::testing::worst_relative_error(expected, got.data(), in, 503), 1e-4) << model;
+  }
+}
+
+// Prefixes of one sequence, sent at once: requests of one length are batched
+// together, other lengths run in other batches, and each prefix's logits are
+// the full sequence's first positions (causal attention).
+TEST_F(HuggingFace, ConcurrentRequestsOfDifferentLengthsAreAllRight) {
+  std::vector<int64_t> ids = {11, 402, 7, 99, 250, 3, 501, 42};
+  auto logits = [&](size_t length) {
+    std::vector<int64_t> prefix(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(length));
+    HttpResponse r = job_->client().request("POST", "/v2/models/llama-tiny/infer",
+                                            token_request(prefix, 1, static_cast<int64_t>(length)).dump(), kJson);
+    EXPECT_EQ(r.status, 200) << r.body;
+    if (r.status != 200) return std::vector<double>();
+    return json::parse(r.body)["outputs"][0]["data"].get<std::vector<double>>();
+  };
+  std::vector<double> full = logits(ids.size());
+  ASSERT_EQ(full.size(), ids.size() * 503);
+  std::vector<std::vector<double>> got(16);
+  std::vector<std::thread> clients;
+  for (size_t k = 0; k < got.size(); ++k) clients.emplace_back([&, k] { got[k] = logits(1 + k % ids.size()); });
+  for (std::thread& t : clients) t.join();
+  for (size_t k = 0; k < got.size(); ++k) {
+    size_t length = 1 + k % ids.size();
+    ASSERT_EQ(got[k].size(), length * 503) << "request " << k;
+    double worst = 0;
+    for (size_t i = 0; i < got[k].size(); ++i) worst = std::max(worst, std::abs(got[k][i] - full[i]));
+    EXPECT_LT(worst, 1e-4) << "prefix of " << length;
+  }
+}
+
+TEST_F(HuggingFace, BadTokenRequestsGet400WithTheReason) {
+  HttpClient c = job_->client();
+  auto expect_400 = [&](const json& body, const std::string& fragment) {
+    HttpResponse r = c.request("POST", "/v2/models/llama-tiny/infer", body.dump(), kJson);
+    EXPECT_EQ(r.status, 400) << body.dump();
+    EXPECT_NE(r.body.find(fragment), std::string::npos) << r.body;
+  };
+  expect_400(token_request({1, 503}, 1, 2), "token ids are 0 to 502");
+  expect_400(token_request({1, 2}, 1, 2, {1, 1, 1}), "attention_mask");
+  json mask_only = {{"inputs", {{{"name", "attention_mask"}, {"datatype", "INT64"}, {"shape", {1, 1}}, {"data", {1}}}}}};
+  expect_400(mask_only, "input 'input_ids' is missing");
+  json floats = {{"inputs", {{{"name", "input_ids"}, {"datatype", "FP32"}, {"shape", {1, 1}}, {"data", {1.0}}}}}};
+  expect_400(floats, "INT64");
+  json mismatched = token_request({1, 2}, 1, 2);
+  mismatched["inputs"].push_back({{"name", "attention_mask"}, {"datatype", "INT64"}, {"shape", {1, 3}}, {"data", {1, 1, 1}}});
+  expect_400(mismatched, "must have the shape of 'input_ids'");
+  // The server still answers.
+  EXPECT_EQ(c.request("POST", "/v2/models/llama-tiny/infer", token_request({1, 2}, 1, 2).dump(), kJson).status, 200);
 }
 
 TEST(Serving, RankCountMustMatchRankSize) {

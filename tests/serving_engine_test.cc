@@ -137,6 +137,73 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
   std::filesystem::remove_all(root);
 }
 
+// Layer configs with more axes than [rows, width] (the layers act on the last
+// one) and integer tensors, through the engine at this job's size (2 pipeline
+// stages from 2 ranks on).
+TEST(Engine, ConfigModelsOfMoreAxesAndIntegers) {
+  World& world = World::get();
+  int n = world.size(), stages = n >= 2 ? 2 : 1;
+  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-nd-" + std::to_string(world.rank()))).string();
+  std::filesystem::remove_all(root);
+  HostTensor w = random_tensor({8, 4}, DType::kF32, 3);
+  auto header = [&](const std::string& name, const std::string& dtype, const std::string& in, const std::string& out) {
+    return R"({"name": ")" + name + R"(", "rank_size": )" + std::to_string(n) + R"(, "stage_size": )" +
+           std::to_string(stages) + R"(, "inputs": [{"name": "x", "datatype": ")" + dtype + R"(", "shape": )" + in +
+           R"(}], "outputs": [{"name": "y", "datatype": ")" + dtype + R"(", "shape": )" + out +
+           R"(}], "weights": "weights.safetensors", "stages": )";
+  };
+  std::string second = stages == 2 ? R"(, {"layers": [{"type": "relu"}]})" : "";
+  std::string first_float = stages == 2 ? R"({"layers": [{"type": "linear", "weight": "w", "parallel": "column"}]})"
+                                        : R"({"layers": [{"type": "linear", "weight": "w"}, {"type": "relu"}]})";
+  std::string floats = write_model(root, "seq", header("seq", "FP32", "[-1, -1, 8]", "[-1, -1, 4]") + "[" + first_float + second + "]}",
+                                   {{"w", w}});
+  std::string first_int = stages == 2 ? R"({"layers": [{"type": "neg"}]})" : R"({"layers": [{"type": "neg"}, {"type": "relu"}]})";
+  std::string ints = write_model(root, "ints", header("ints", "INT32", "[-1, 2, 3]", "[-1, 2, 3]") + "[" + first_int + second + "]}",
+                                 {{"w", w}});
+  ServableDefinition seq = servable_from_config(load_model_config(floats));
+  ServableDefinition integer = servable_from_config(load_model_config(ints));
+  EXPECT_EQ(signature_of(seq).inputs[0].shape, (std::vector<int64_t>{-1, -1, 8}));
+
+  // Refused: an output that does not keep the other axes, a linear layer on integers.
+  std::string bad = write_model(root, "bad", header("bad", "FP32", "[-1, 5, 8]", "[-1, 4]") + "[" + first_float + second + "]}",
+                                {{"w", w}});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_config(bad); },
+                           {"outputs[0].shape: expected [-1, 5, width]: the layers act on the last axis"}));
+  std::string int_linear = write_model(root, "int_linear",
+                                       header("int_linear", "INT32", "[-1, 8]", "[-1, 4]") +
+                                           R"([{"layers": [{"type": "linear", "weight": "w"}]})" + second + "]}",
+                                       {{"w", w}});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { servable_from_config(load_model_config(int_linear)); },
+                           {"tensor 'w'", "is f32 but the model runs in i32"}));
+
+  Engine engine({seq, integer}, Device::cpu());
+  with_engine(engine, [&] {
+    // Two requests' worth of sequences of 5 vectors, in two micro-batches.
+    HostTensor x = random_tensor({3, 5, 8}, DType::kF32, 4);
+    HostTensor y = engine.run(0, x, 2);
+    ASSERT_EQ(y.shape(), (Shape{3, 5, 4}));
+    HostTensor expected = HostTensor::empty({3, 5, 4}, DType::kF32);
+    for (int64_t r = 0; r < 15; ++r) {
+      for (int64_t c = 0; c < 4; ++c) {
+        double sum = 0;
+        for (int64_t k = 0; k < 8; ++k) sum += double(x.data<float>()[r * 8 + k]) * w.data<float>()[k * 4 + c];
+        expected.data<float>()[r * 4 + c] = static_cast<float>(std::max(sum, 0.0));
+      }
+    }
+    EXPECT_TRUE(all_close(y, expected, 1e-5, 1e-5));
+    // Another extent of the free axis runs too.
+    EXPECT_EQ(engine.run(0, random_tensor({1, 2, 8}, DType::kF32, 5), 1).shape(), (Shape{1, 2, 4}));
+    // An extent the spec fixes is checked.
+    EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { engine.run(1, HostTensor::full<int32_t>({1, 3, 3}, 1), 1); },
+                             {"takes INT32[-1, 2, 3]"}));
+    HostTensor ix = HostTensor::from_vector(std::vector<int32_t>{1, -2, 3, -4, 5, -6, 0, 7, -8, 9, -10, 11}, {2, 2, 3});
+    HostTensor iy = engine.run(1, ix, 2);
+    ASSERT_EQ(iy.dtype(), DType::kI32);
+    EXPECT_EQ(iy.to_vector<int32_t>(), (std::vector<int32_t>{0, 2, 0, 4, 0, 6, 0, 0, 8, 0, 10, 0}));
+  });
+  std::filesystem::remove_all(root);
+}
+
 TEST(Engine, ExampleModelsOnFourRanks) {
   if (World::get().size() != 4) GTEST_SKIP() << "the example models need rank_size 4 (this job has " << World::get().size() << ")";
   std::vector<ServableDefinition> servables;

@@ -24,6 +24,7 @@
 #include "comm/world.h"
 #include "models/transformer.h"
 #include "sharding/mesh.h"
+#include "hf_test_util.h"
 #include "test_util.h"
 
 namespace meshrt::models {
@@ -33,80 +34,32 @@ using sharding::Layout;
 
 std::string source_dir() { return MESHRT_SOURCE_DIR; }
 
-struct Input {
-  int64_t batch = 2, seq = 7;
-  std::vector<int64_t> ids;
-  std::vector<int64_t> mask;  // row 1 left-padded by 2
-};
+using testing::TokenInput;
 
-Input make_input(int64_t vocab) {
-  Input in;
-  std::mt19937_64 rng(7);
-  for (int64_t i = 0; i < in.batch * in.seq; ++i) in.ids.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab)));
-  in.ids[0] = 0;
-  in.ids[1] = vocab - 1;  // the first and last ids (the edges of the vocabulary blocks)
-  for (int64_t b = 0; b < in.batch; ++b) {
-    for (int64_t s = 0; s < in.seq; ++s) in.mask.push_back(b == 1 && s < 2 ? 0 : 1);
-  }
-  return in;
-}
-
-// "[[1,2],[3,4]]" for the reference's command line.
-std::string nested(const std::vector<int64_t>& v, int64_t rows, int64_t cols) {
-  std::ostringstream s;
-  s << "[";
-  for (int64_t r = 0; r < rows; ++r) {
-    s << (r ? ",[" : "[");
-    for (int64_t c = 0; c < cols; ++c) s << (c ? "," : "") << v[static_cast<size_t>(r * cols + c)];
-    s << "]";
-  }
-  s << "]";
-  return s.str();
-}
-
-void flatten(const nlohmann::json& j, std::vector<double>& out) {
-  if (j.is_array()) {
-    for (const auto& x : j) flatten(x, out);
-  } else {
-    out.push_back(j.get<double>());
-  }
-}
-
-// The reference's logits, computed by rank 0 and read by every rank.
-std::vector<double> reference_logits(const std::string& model, const Input& in) {
-  std::string out = std::filesystem::temp_directory_path() / ("meshrt-hf-ref-" + std::to_string(::getpid()) + ".json");
-  char path[512] = {};
-  if (World::get().rank() == 0) {
-    std::string command = "/usr/bin/python3 " + source_dir() + "/tests/hf_reference.py --model " + model +
-                          " --input-ids '" + nested(in.ids, in.batch, in.seq) + "' --attention-mask '" +
-                          nested(in.mask, in.batch, in.seq) + "' > " + out;
-    int code = std::system(command.c_str());
-    std::snprintf(path, sizeof path, "%s", code == 0 ? out.c_str() : "");
-  }
-  MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD);
+// The reference's logits, computed by rank 0 and sent to every rank.
+std::vector<double> reference_logits(const std::string& model, const TokenInput& in) {
   std::vector<double> logits;
-  if (path[0]) {
-    std::ifstream f(path);
-    nlohmann::json j = nlohmann::json::parse(f);
-    flatten(j.at("logits"), logits);
+  uint64_t size = 0;
+  if (World::get().rank() == 0) {
+    logits = testing::run_reference(source_dir(), model, in);
+    size = logits.size();
   }
-  MPI_Barrier(MPI_COMM_WORLD);
-  if (World::get().rank() == 0) std::remove(out.c_str());
+  MPI_Bcast(&size, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  logits.resize(size);
+  MPI_Bcast(logits.data(), static_cast<int>(size), MPI_DOUBLE, 0, MPI_COMM_WORLD);
   return logits;
 }
 
 class HfModels : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HfModels, LogitsMatchTheReferenceWithTensorParallelism) {
-  if (std::system("/usr/bin/python3 -c 'import numpy' > /dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
-  }
+  if (!testing::reference_can_run()) GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
   std::string folder = source_dir() + "/examples/hf/" + GetParam();
   hf::HfConfig config = hf::read_config(folder);
   int n = World::get().size();
   if (config.num_heads % n != 0) GTEST_SKIP() << n << " ranks do not divide the " << config.num_heads << " heads";
   sharding::Mesh mesh({{"model", n}}, Device::cpu());
-  Input in = make_input(config.vocab_size);
+  TokenInput in = testing::make_token_input(config.vocab_size);
   std::vector<double> expected = reference_logits(folder, in);
   ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
 
@@ -114,19 +67,7 @@ TEST_P(HfModels, LogitsMatchTheReferenceWithTensorParallelism) {
   DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
   auto compare = [&](const HostTensor& got, const std::string& what, double tolerance = 1e-4) {
     ASSERT_EQ(got.shape(), (Shape{in.batch * in.seq, config.vocab_size})) << what;
-    // The largest error against the logits' scale (the largest reference logit of the row).
-    double worst = 0;
-    for (int64_t t = 0; t < in.batch * in.seq; ++t) {
-      if (in.mask[static_cast<size_t>(t)] == 0) continue;  // a padded query: every key masked (undefined in HF)
-      double scale = 0, error = 0;
-      for (int64_t v = 0; v < config.vocab_size; ++v) {
-        double e = expected[static_cast<size_t>(t * config.vocab_size + v)];
-        double g = got.data<float>()[t * config.vocab_size + v];
-        scale = std::max(scale, std::abs(e));
-        error = std::max(error, std::abs(g - e));
-      }
-      worst = std::max(worst, error / scale);
-    }
+    double worst = testing::worst_relative_error(expected, got.data<float>(), in, config.vocab_size);
     EXPECT_LT(worst, tolerance) << GetParam() << " " << what << " at TP " << n;
     if (getenv("MESHRT_TEST_VERBOSE")) std::printf("%s %s: worst relative error %.2e\n", GetParam().c_str(), what.c_str(), worst);
   };
