@@ -2,8 +2,9 @@
 # meshrt's one entry point. Each command installs what is missing (Debian
 # packages), configures and builds (CUDA too when nvcc is found), then runs.
 #
-#   ./run.sh demo          the main job: the MatMul+Neg servable served on 4 ranks of this
-#                          machine (cpu backend), one request over HTTP, then a clean stop
+#   ./run.sh demo          the main job: the MatMul+Neg servable, then a Llama checkpoint, each
+#                          served on 4 ranks of this machine (cpu backend), one request over
+#                          HTTP, then a clean stop
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
@@ -71,16 +72,17 @@ mpi_environment() {
   export OMPI_MCA_rmaps_base_oversubscribe=1
 }
 
-# Starts the MatMul+Neg servable (examples/models/matmul_neg: rank_size 4, 2 pipeline
-# stages x 2-way tensor parallel), sends it a 128x96 request of ones over HTTP, prints
-# the answer (-48 everywhere) and stops the server with SIGTERM (it drains, exits 0).
-serving_demo() {
+# serve_and_ask TITLE REPOSITORY MODEL INFER_ARGS...: starts meshrt-serve on $ranks ranks
+# with one model of the repository, sends it one request with meshrt-infer, prints
+# the answer and stops the server with SIGTERM (it drains, exits 0).
+serve_and_ask() {
+  local title=$1 repository=$2 model=$3
+  shift 3
   local work port job rc
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
-  echo "== meshrt demo: the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend) =="
-  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository examples/models --model matmul_neg --device cpu --http-port 0"
-  mpirun -np "$ranks" "$build_dir/apps/meshrt-serve" --model-repository examples/models --model matmul_neg \
+  echo "== meshrt demo: $title =="
+  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository $repository --model $model --device cpu --http-port 0"
+  mpirun -np "$ranks" "$build_dir/apps/meshrt-serve" --model-repository "$repository" --model "$model" \
     --device cpu --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 1200); do
@@ -88,22 +90,35 @@ serving_demo() {
     if ! kill -0 "$job" 2>/dev/null; then
       cat "$work/server.log" >&2
       say "the server did not start"
+      rm -rf "$work"
       return 1
     fi
     sleep 0.1
   done
   port=$(cat "$work/port")
   sed 's/^/  server: /' "$work/server.log"
-  echo "\$ $build_dir/apps/meshrt-infer --url 127.0.0.1:$port --model matmul_neg --rows 128 --value 1"
+  echo "\$ $build_dir/apps/meshrt-infer --url 127.0.0.1:$port --model $model $*"
   rc=0
-  "$build_dir/apps/meshrt-infer" --url "127.0.0.1:$port" --model matmul_neg --rows 128 --value 1 || rc=$?
+  "$build_dir/apps/meshrt-infer" --url "127.0.0.1:$port" --model "$model" "$@" || rc=$?
   echo "\$ kill -TERM <rank 0>   (drain and stop)"
   kill -TERM "$(cat "$work/pid")"
   local server_rc=0
   wait "$job" || server_rc=$?
   tail -n 2 "$work/server.log" | sed 's/^/  server: /'
   echo "server exited with status $server_rc"
+  rm -rf "$work"
   [ "$rc" -eq 0 ] && [ "$server_rc" -eq 0 ]
+}
+
+# The MatMul+Neg servable (examples/models/matmul_neg: rank_size 4, 2 pipeline
+# stages x 2-way tensor parallel) with a 128x96 request of ones (-48 everywhere),
+# then a Llama-architecture Hugging Face checkpoint (examples/hf/llama-tiny, the
+# same split) with token ids in and logits out.
+serving_demo() {
+  serve_and_ask "the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend)" \
+    examples/models matmul_neg --rows 128 --value 1
+  serve_and_ask "a Llama checkpoint (Hugging Face layout) on $ranks ranks (2 stages x 2-way tensor parallel): token ids in, logits out" \
+    examples/hf llama-tiny --rows 2 --extent 5 --value 42
 }
 
 command=${1:-}
