@@ -93,6 +93,38 @@ INSTANTIATE_TEST_SUITE_P(Examples, HfModels,
                            return s;
                          });
 
+// On a GPU: the whole model (f32 and bf16 compute, the default on GPUs) and in
+// two pipeline parts, against the same reference, with the CUDA kernels
+// (attention, RoPE, GELU-tanh, the masks) and cuBLAS.
+TEST(CudaTransformer, LogitsMatchTheReferenceOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  if (!testing::reference_can_run()) GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
+  int n = World::get().size();
+  for (const std::string name : {"gpt2-tiny", "llama-tiny"}) {
+    std::string folder = source_dir() + "/examples/hf/" + name;
+    hf::HfConfig config = hf::read_config(folder);
+    if (config.num_heads % n != 0) continue;
+    sharding::Mesh mesh({{"model", n}}, Device::cuda(0));
+    TokenInput in = testing::make_token_input(config.vocab_size);
+    std::vector<double> expected = reference_logits(folder, in);
+    ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
+    TokenBatch batch = TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device());
+    DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
+    for (DType compute : {DType::kF32, DType::kBF16}) {
+      double tolerance = compute == DType::kF32 ? 1e-4 : 5e-2;
+      Transformer whole(folder, config, mesh, TransformerPart{0, config.num_layers, true, true}, compute);
+      HostTensor got = whole.forward(ids, batch).to_host();
+      EXPECT_LT(testing::worst_relative_error(expected, got.data<float>(), in, config.vocab_size), tolerance)
+          << name << " " << to_string(compute);
+      std::vector<TransformerPart> parts = split_layers(config.num_layers, 2);
+      Transformer first(folder, config, mesh, parts[0], compute), second(folder, config, mesh, parts[1], compute);
+      got = second.forward(first.forward(ids, batch), batch).to_host();
+      EXPECT_LT(testing::worst_relative_error(expected, got.data<float>(), in, config.vocab_size), tolerance)
+          << name << " in two parts, " << to_string(compute);
+    }
+  }
+}
+
 // At 3 ranks: 3 does not divide GPT-2's 4 heads, nor Llama's 2 kv heads.
 TEST(Transformer, TensorParallelismThatDoesNotFitTheHeadsIsRefused) {
   int n = World::get().size();
