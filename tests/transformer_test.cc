@@ -32,7 +32,12 @@ namespace {
 
 using sharding::Layout;
 
-std::string source_dir() { return MESHRT_SOURCE_DIR; }
+// The source tree (examples/hf, tests/hf_reference.py); MESHRT_SOURCE_DIR in
+// the environment overrides it (the GPU bundle, tools/gpu-check.sh).
+std::string source_dir() {
+  const char* dir = std::getenv("MESHRT_SOURCE_DIR");
+  return dir && *dir ? dir : MESHRT_SOURCE_DIR;
+}
 
 using testing::TokenInput;
 

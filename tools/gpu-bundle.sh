@@ -35,10 +35,12 @@ stage=$work/meshrt-gpu
 mkdir -p "$stage/tests" "$stage/deps" "$(dirname "$archive")"
 cmake --install "$build_dir" --prefix "$stage" > "$work/install.log"
 rm -rf "$stage/include" "$stage/lib/cmake"  # a consumer's files, not the node's
-for t in device_test kernels_test comm_test channel_test sharding_test sharding_ops_test layers_test serving_engine_test harness_test; do
+for t in device_test kernels_test comm_test channel_test sharding_test sharding_ops_test layers_test serving_engine_test harness_test \
+         transformer_test; do
   cp "$build_dir/tests/$t" "$stage/tests/"
 done
 cp tools/gpu-check.sh "$stage/"
+cp tests/hf_reference.py "$stage/tests/"  # the transformer test's float64 reference (python3 with numpy)
 cp -r examples "$stage/examples"
 
 # OpenMPI as Debian lays it out, under ompi/: the launcher and daemon, the

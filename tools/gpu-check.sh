@@ -9,7 +9,8 @@
 #    ldconfig's cache, or python3's site-packages nvidia/*/lib) and prints their
 #    versions beside those meshrt was built with (BUILD_INFO), the device and the driver.
 # 2. Runs every CUDA test at one rank with MESHRT_REQUIRE_CUDA=1 (a CUDA test
-#    that cannot run fails there), and the cpu tests of the same binaries.
+#    that cannot run fails there), and the cpu tests of the same binaries (the
+#    transformer test's reference needs python3 with numpy on the node).
 # 3. compute-sanitizer: memcheck on the kernel and device tests, racecheck and
 #    synccheck on the reductions, top-k and attention. When the sanitizer
 #    refuses the device the line says "not run", never "pass".
@@ -118,6 +119,8 @@ if [ "$cpu_only" = 0 ]; then
   run_test "comm_test (CUDA, 1 rank)" "${one[@]}" "$here/tests/comm_test" --gtest_filter='*/cuda'
   run_test "sharding_test (CUDA mesh, 1 rank)" env MESHRT_DEVICE=cuda "${one[@]}" "$here/tests/sharding_test" --gtest_filter='Meshes/*'
   run_test "sharding_ops_test (CUDA mesh, 1 rank)" env MESHRT_DEVICE=cuda "${one[@]}" "$here/tests/sharding_ops_test" --gtest_filter='Meshes/*'
+  # GPT-2 and Llama (examples/hf) against tests/hf_reference.py: needs python3 with numpy on the node.
+  run_test "transformer_test (CUDA, 1 rank)" env MESHRT_SOURCE_DIR="$here" "${one[@]}" "$here/tests/transformer_test" --gtest_filter='Cuda*'
   unset MESHRT_REQUIRE_CUDA
 fi
 export MESHRT_DEVICE=cpu
@@ -127,6 +130,7 @@ run_test "comm_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/comm_test" --gtest
 run_test "sharding_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/sharding_test"
 run_test "sharding_ops_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/sharding_ops_test"
 run_test "layers_test (cpu, 2 ranks)" mpirun -np 2 "$here/tests/layers_test"
+run_test "transformer_test (cpu, 2 ranks)" env MESHRT_SOURCE_DIR="$here" mpirun -np 2 "$here/tests/transformer_test" --gtest_filter='-Cuda*'
 unset MESHRT_DEVICE
 
 # ---- compute-sanitizer ----
