@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "comm/world.h"
+#include "io/safetensors.h"
 #include "models/transformer.h"
 #include "sharding/mesh.h"
 #include "hf_test_util.h"
@@ -97,6 +98,43 @@ INSTANTIATE_TEST_SUITE_P(Examples, HfModels,
                            for (char& c : s) c = c == '-' ? '_' : c;
                            return s;
                          });
+
+// f16 weights (gpt2-tiny's, rounded to f16 in a copy of the folder): converted
+// to the compute dtype at load; the reference reads the same f16 values.
+TEST(Transformer, Float16WeightsMatchTheReference) {
+  if (!testing::reference_can_run()) GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
+  int n = World::get().size();
+  std::string from = source_dir() + "/examples/hf/gpt2-tiny";
+  hf::HfConfig config = hf::read_config(from);
+  if (config.num_heads % n != 0) GTEST_SKIP() << n << " ranks do not divide the " << config.num_heads << " heads";
+  std::string folder = (std::filesystem::temp_directory_path() /
+                        ("meshrt-f16-" + std::to_string(::getppid()) + "-" + std::to_string(World::get().rank())))
+                           .string();
+  std::filesystem::create_directories(folder);
+  std::filesystem::copy_file(from + "/config.json", folder + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  io::SafetensorsHeader header = io::read_safetensors_header(from + "/model.safetensors");
+  std::vector<std::pair<std::string, HostTensor>> halves;
+  std::ifstream file(from + "/model.safetensors", std::ios::binary);
+  for (const io::SafetensorsEntry& e : header.tensors) {
+    HostTensor t = HostTensor::empty(e.shape, e.dtype);
+    file.seekg(static_cast<std::streamoff>(header.data_start + e.begin));
+    file.read(static_cast<char*>(t.raw_data()), static_cast<std::streamsize>(t.nbytes()));
+    halves.emplace_back(e.name, cast_host(t, DType::kF16));
+  }
+  io::write_safetensors_file(folder + "/model.safetensors", halves);
+  sharding::Mesh mesh({{"model", n}}, Device::cpu());
+  TokenInput in = testing::make_token_input(config.vocab_size);
+  std::vector<double> expected = reference_logits(folder, in);
+  ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
+  TokenBatch batch = TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device());
+  DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
+  Transformer model(folder, config, mesh, TransformerPart{0, config.num_layers, true, true}, DType::kF32);
+  HostTensor got = model.forward(ids, batch).to_host();
+  EXPECT_LT(testing::worst_relative_error(expected, got.data<float>(), in, config.vocab_size), 1e-4);
+  MPI_Barrier(MPI_COMM_WORLD);  // rank 0's reference read its folder
+  std::filesystem::remove_all(folder);
+}
 
 // On a GPU: the whole model (f32 and bf16 compute, the default on GPUs) and in
 // two pipeline parts, against the same reference, with the CUDA kernels
