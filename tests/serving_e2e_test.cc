@@ -117,11 +117,13 @@ std::string infer_body(const std::string& input, int64_t rows, int64_t width, do
 
 const std::vector<std::pair<std::string, std::string>> kJson = {{"Content-Type", "application/json"}};
 
-// The shared 4-rank server of the example repository.
-class Examples : public ::testing::Test {
+// A server shared by the tests of a suite: started before the first, drained
+// (SIGTERM, exit 0) after the last. Suite: a fixture deriving from SharedServer<Suite>.
+template <class Suite>
+class SharedServer : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    job_ = new ServerJob(4, kExamples, {"--max-body-bytes", "1048576"});
+  static void start(int ranks, const std::string& repository, std::vector<std::string> extra) {
+    job_ = new ServerJob(ranks, repository, std::move(extra));
     ASSERT_TRUE(job_->wait_ready()) << job_->log();
   }
   static void TearDownTestSuite() {
@@ -129,13 +131,19 @@ class Examples : public ::testing::Test {
     EXPECT_TRUE(job_->exited(std::chrono::seconds(60))) << job_->log();
     EXPECT_EQ(job_->exit_code(), 0) << job_->log();
     delete job_;
+    job_ = nullptr;
   }
   void SetUp() override {
     if (!job_ || job_->port() == 0) GTEST_SKIP() << "the server did not start";
   }
-  static ServerJob* job_;
+  static inline ServerJob* job_ = nullptr;
 };
-ServerJob* Examples::job_ = nullptr;
+
+// The shared 4-rank server of the example repository.
+class Examples : public SharedServer<Examples> {
+ protected:
+  static void SetUpTestSuite() { start(4, kExamples, {"--max-body-bytes", "1048576"}); }
+};
 
 TEST_F(Examples, HealthAndMetadata) {
   HttpClient c = job_->client();
@@ -617,24 +625,12 @@ TEST(Serving, ARankStoppedUnderLoadRecoversInPlace) {
 // A Hugging Face Llama checkpoint (examples/hf/llama-tiny: sharded safetensors,
 // grouped-query attention) and the hub's GPT-2 files, served on 4 ranks as their
 // meshrt.json says (2 pipeline stages x 2-way tensor parallel), read over KServe v2.
-class HuggingFace : public ::testing::Test {
+class HuggingFace : public SharedServer<HuggingFace> {
  protected:
   static void SetUpTestSuite() {
-    job_ = new ServerJob(4, MESHRT_SOURCE_DIR "/examples/hf", {"--model", "llama-tiny", "--model", "gpt2-tiny-hub"});
-    ASSERT_TRUE(job_->wait_ready()) << job_->log();
+    start(4, MESHRT_SOURCE_DIR "/examples/hf", {"--model", "llama-tiny", "--model", "gpt2-tiny-hub"});
   }
-  static void TearDownTestSuite() {
-    job_->signal_rank0(SIGTERM);
-    EXPECT_TRUE(job_->exited(std::chrono::seconds(60))) << job_->log();
-    EXPECT_EQ(job_->exit_code(), 0) << job_->log();
-    delete job_;
-  }
-  void SetUp() override {
-    if (!job_ || job_->port() == 0) GTEST_SKIP() << "the server did not start";
-  }
-  static ServerJob* job_;
 };
-ServerJob* HuggingFace::job_ = nullptr;
 
 json token_request(const std::vector<int64_t>& ids, int64_t rows, int64_t seq, const std::vector<int64_t>& mask = {}) {
   json body = {{"inputs", {{{"name", "input_ids"}, {"datatype", "INT64"}, {"shape", {rows, seq}}, {"data", ids}}}}};

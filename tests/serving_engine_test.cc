@@ -19,6 +19,7 @@
 #include "serving/engine.h"
 #include "sharding/ops.h"
 #include "io/safetensors.h"
+#include "engine_test_util.h"
 #include "test_util.h"
 
 namespace meshrt::serving {
@@ -43,20 +44,7 @@ HostTensor read_whole(const std::string& path, const std::string& name) {
 
 DeviceTensor dev(const HostTensor& h) { return to_device(h, Device::cpu()); }
 
-// Runs body on rank 0 with the engine, while the other ranks serve; then stops.
-void with_engine(Engine& engine, const std::function<void()>& body) {
-  if (World::get().rank() == 0) {
-    try {
-      body();
-    } catch (...) {
-      engine.stop();
-      throw;
-    }
-    engine.stop();
-  } else {
-    engine.serve();
-  }
-}
+using meshrt::testing::with_engine;
 
 TEST(ModelConfig, ExampleRepositoryLoads) {
   std::vector<ModelConfig> models = load_repository(kExamples);

@@ -11,6 +11,7 @@
 #include <mpi.h>
 
 #include "comm/world.h"
+#include "engine_test_util.h"
 #include "hf_test_util.h"
 #include "models/hf_config.h"
 #include "serving/engine.h"
@@ -53,17 +54,7 @@ ModelConfig config_for(const std::string& model, int stage_size, const std::stri
 HostTensor run_on_engine(const ServableDefinition& s, const HostTensor& packed, int micro_batches) {
   Engine engine({s}, Device::cpu());
   HostTensor out;
-  if (World::get().rank() == 0) {
-    try {
-      out = engine.run(0, packed, micro_batches);
-    } catch (...) {
-      engine.stop();
-      throw;
-    }
-    engine.stop();
-  } else {
-    engine.serve();
-  }
+  meshrt::testing::with_engine(engine, [&] { out = engine.run(0, packed, micro_batches); });
   return out;
 }
 

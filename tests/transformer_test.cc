@@ -56,6 +56,16 @@ std::vector<double> reference_logits(const std::string& model, const TokenInput&
   return logits;
 }
 
+// One input on a mesh as the model takes it: the token batch and the ids, replicated.
+struct ModelInput {
+  TokenBatch batch;
+  DTensor ids;
+};
+ModelInput model_input(const TokenInput& in, const sharding::Mesh& mesh) {
+  return {TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device()),
+          DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids")};
+}
+
 class HfModels : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HfModels, LogitsMatchTheReferenceWithTensorParallelism) {
@@ -69,8 +79,7 @@ TEST_P(HfModels, LogitsMatchTheReferenceWithTensorParallelism) {
   std::vector<double> expected = reference_logits(folder, in);
   ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
 
-  TokenBatch batch = TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device());
-  DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
+  auto [batch, ids] = model_input(in, mesh);
   auto compare = [&](const HostTensor& got, const std::string& what, double tolerance = 1e-4) {
     ASSERT_EQ(got.shape(), (Shape{in.batch * in.seq, config.vocab_size})) << what;
     double worst = testing::worst_relative_error(expected, got.data<float>(), in, config.vocab_size);
@@ -127,8 +136,7 @@ TEST(Transformer, Float16WeightsMatchTheReference) {
   TokenInput in = testing::make_token_input(config.vocab_size);
   std::vector<double> expected = reference_logits(folder, in);
   ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
-  TokenBatch batch = TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device());
-  DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
+  auto [batch, ids] = model_input(in, mesh);
   Transformer model(folder, config, mesh, TransformerPart{0, config.num_layers, true, true}, DType::kF32);
   HostTensor got = model.forward(ids, batch).to_host();
   EXPECT_LT(testing::worst_relative_error(expected, got.data<float>(), in, config.vocab_size), 1e-4);
@@ -151,8 +159,7 @@ TEST(CudaTransformer, LogitsMatchTheReferenceOnTheGpu) {
     TokenInput in = testing::make_token_input(config.vocab_size);
     std::vector<double> expected = reference_logits(folder, in);
     ASSERT_EQ(expected.size(), static_cast<size_t>(in.batch * in.seq * config.vocab_size)) << "the reference did not run";
-    TokenBatch batch = TokenBatch::make(in.batch, in.seq, HostTensor::from_vector(in.mask, {in.batch, in.seq}), mesh.device());
-    DTensor ids = DTensor::from_global(HostTensor::from_vector(in.ids, {in.batch, in.seq}), mesh, Layout::replicated(2), "input_ids");
+    auto [batch, ids] = model_input(in, mesh);
     for (DType compute : {DType::kF32, DType::kBF16}) {
       double tolerance = compute == DType::kF32 ? 1e-4 : 5e-2;
       Transformer whole(folder, config, mesh, TransformerPart{0, config.num_layers, true, true}, compute);
