@@ -168,6 +168,22 @@ DeviceTensor index_select(const DeviceTensor& x, int dim, const DeviceTensor& in
   return out;
 }
 
+void index_copy(const DeviceTensor& x, int dim, const DeviceTensor& index, const DeviceTensor& src, const Stream* stream) {
+  detail::check_same_device("index_copy", {&x, &index, &src});
+  detail::check_dtype("index_copy", index, kIndexTypes);
+  const int a = axis_of("index_copy", x, dim);
+  MESHRT_CHECK_SHAPE(index.ndim() == 1 && src.dtype() == x.dtype() && src.shape() == x.shape().with(a, index.numel()),
+                     "index_copy: src must be x's shape with ", index.numel(), " (the index's count) along dimension ",
+                     dim, " and x's dtype, and the index 1-D; got x ", x.description(), ", index ",
+                     index.description(), ", src ", src.description());
+  if (src.numel() == 0) return;
+  GatherArgs args{static_cast<int>(x.element_size()), index.dtype(), x.shape().outer(a), x.dim(a),
+                  index.numel(), x.shape().inner(a), 0, true, "index_copy", a};
+  detail::Launch launch = detail::launch_for("index_copy", x.device(), stream, {&x, &index, &src});
+  MESHRT_DISPATCH(launch, scatter, args, static_cast<const void*>(src.raw_data()), static_cast<const void*>(index.raw_data()),
+                  x.raw_data());
+}
+
 DeviceTensor embedding(const DeviceTensor& table, const DeviceTensor& ids, int64_t first_id, const Stream* stream) {
   detail::check_same_device("embedding", {&table, &ids});
   detail::check_dtype("embedding", ids, kIndexTypes);

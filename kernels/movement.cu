@@ -33,6 +33,16 @@ __global__ void gather_kernel(GatherArgs args, const U* x, const I* index, U* ou
   }
 }
 
+template <class U, class I>
+__global__ void scatter_kernel(GatherArgs args, const U* src, const I* index, U* x, int64_t n) {
+  MESHRT_GRID_STRIDE(e, n) {
+    int64_t i = e % args.inner, rest = e / args.inner;
+    int64_t j = rest % args.count, b = rest / args.count;
+    int64_t local = static_cast<int64_t>(index[j]) - args.first_id;
+    if (local >= 0 && local < args.extent) x[(b * args.extent + local) * args.inner + i] = src[e];
+  }
+}
+
 template <class U>
 __global__ void where_kernel(const uint8_t* cond, const U* a, U scalar_a, const U* b, U* out, int64_t n) {
   MESHRT_GRID_STRIDE(i, n) { out[i] = cond[i] ? (a ? a[i] : scalar_a) : b[i]; }
@@ -66,6 +76,22 @@ void gather(const GatherArgs& args, const void* x, const void* index, void* out,
     } else {
       gather_kernel<U, int64_t><<<grid_for(n), kBlock, 0, s>>>(
           args, static_cast<const U*>(x), static_cast<const int64_t*>(index), static_cast<U*>(out), n);
+    }
+  });
+  check_launch();
+}
+
+void scatter(const GatherArgs& args, const void* src, const void* index, void* x, int, void* stream) {
+  int64_t n = args.outer * args.count * args.inner;
+  visit_element_size(args.element_size, [&](auto tag) {
+    using U = decltype(tag);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (args.index_dtype == DType::kI32) {
+      scatter_kernel<U, int32_t><<<grid_for(n), kBlock, 0, s>>>(
+          args, static_cast<const U*>(src), static_cast<const int32_t*>(index), static_cast<U*>(x), n);
+    } else {
+      scatter_kernel<U, int64_t><<<grid_for(n), kBlock, 0, s>>>(
+          args, static_cast<const U*>(src), static_cast<const int64_t*>(index), static_cast<U*>(x), n);
     }
   });
   check_launch();

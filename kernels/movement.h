@@ -41,6 +41,14 @@ DeviceTensor narrow(const DeviceTensor& x, int dim, int64_t start, int64_t lengt
 // [0, x.shape[dim]): see the limits above.
 DeviceTensor index_select(const DeviceTensor& x, int dim, const DeviceTensor& index,
                           const Stream* stream = nullptr);
+// In place, index_select's inverse (PyTorch's index_copy_): for each j,
+// x's slice index[j] along dim becomes src's slice j. index i32 or i64 of
+// [count] elements; src has x's shape with extent count along dim and x's
+// dtype. An index outside [0, x.shape[dim]) is skipped (a KV cache's slot
+// "not kept", -1); the indices in range must be distinct (which duplicate wins
+// is not defined on CUDA).
+void index_copy(const DeviceTensor& x, int dim, const DeviceTensor& index, const DeviceTensor& src,
+                const Stream* stream = nullptr);
 // The embedding lookup of a (possibly vocabulary-sharded) table: table
 // [rows, hidden] holds vocabulary ids [first_id, first_id + rows); ids i32 or
 // i64 of any shape; out.shape = ids.shape + [hidden]. An id outside that range

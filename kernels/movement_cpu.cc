@@ -65,6 +65,20 @@ void gather(const GatherArgs& args, const void* x, const void* index, void* out)
   }
 }
 
+void scatter(const GatherArgs& args, const void* src, const void* index, void* x) {
+  const size_t row = static_cast<size_t>(args.inner) * static_cast<size_t>(args.element_size);
+  const char* in = static_cast<const char*>(src);
+  char* out = static_cast<char*>(x);
+  for (int64_t j = 0; j < args.count; ++j) {
+    int64_t id = (args.index_dtype == DType::kI32 ? static_cast<const int32_t*>(index)[j]
+                                                  : static_cast<const int64_t*>(index)[j]) - args.first_id;
+    if (id < 0 || id >= args.extent) continue;  // not kept
+    for (int64_t b = 0; b < args.outer; ++b) {
+      std::memcpy(out + static_cast<size_t>(b * args.extent + id) * row, in + static_cast<size_t>(b * args.count + j) * row, row);
+    }
+  }
+}
+
 void where(const WhereArgs& args, const void* cond, const void* a, const void* b, void* out) {
   visit_element_size(args.element_size, [&](auto tag) {
     using U = decltype(tag);

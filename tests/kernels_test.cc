@@ -1225,6 +1225,25 @@ void check_movement(const Device& device) {
       }
       HostTensor all_ids = random_index({25}, idx, seed++, 0, 10);
       EXPECT_TRUE(identical(to_host(embedding(on(table, device), on(all_ids, device))), gather_reference(table, 0, all_ids)));
+      // index_copy: distinct slots in range, and -1 and too-large slots skipped.
+      for (int dim : {0, 1, 2}) {
+        HostTensor x = input({6, 5, 4});
+        int64_t extent = x.dim(dim);
+        std::vector<int64_t> slots = {extent - 1, -1, 0, extent, 2};
+        HostTensor index = cast_host(HostTensor::from_vector(slots, {5}), idx);
+        HostTensor src = input(x.shape().with(dim, 5));
+        HostTensor want = x.clone();
+        int64_t outer = x.shape().outer(dim), inner = x.shape().inner(dim);
+        for (int64_t o = 0; o < outer; ++o)
+          for (int64_t j = 0; j < 5; ++j)
+            for (int64_t i = 0; i < inner; ++i) {
+              int64_t slot = slots[static_cast<size_t>(j)];
+              if (slot >= 0 && slot < extent) put(want, (o * extent + slot) * inner + i, src, (o * 5 + j) * inner + i);
+            }
+        DeviceTensor target = on(x, device);
+        index_copy(target, dim, on(index, device), on(src, device));
+        EXPECT_TRUE(identical(to_host(target), want)) << "index_copy dim " << dim << " " << to_string(idx);
+      }
     }
     // where and masked_fill, with both mask dtypes
     for (DType mask_dtype : {DType::kBool, DType::kU8}) {
@@ -1429,6 +1448,7 @@ TEST(Movement, ErrorsNameTheOpAndTheTensors) {
   EXPECT_TRUE(throws_error(arg, [&] { narrow(x, 3, 0, 1); }, {"narrow", "dimension 3"}));
   EXPECT_TRUE(throws_error(shape, [&] { index_select(x, 0, x); }, {"index_select", "f32[2, 3, 4]", "i32, i64"}));
   EXPECT_TRUE(throws_error(arg, [&] { index_select(x, 5, i); }, {"index_select", "dimension 5"}));
+  EXPECT_TRUE(throws_error(shape, [&] { index_copy(x, 1, i, x); }, {"index_copy", "src must be x's shape", "along dimension 1"}));
   EXPECT_TRUE(throws_error(shape, [&] { embedding(x, i); }, {"embedding", "[rows, hidden]", "f32[2, 3, 4]"}));
   EXPECT_TRUE(throws_error(shape, [&] { embedding(x.reshape({6, 4}), x); }, {"embedding", "i32, i64"}));
   DeviceTensor mask = on(random_tensor({2, 3, 4}, DType::kBool, 1, 0, 2));
