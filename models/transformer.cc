@@ -237,7 +237,26 @@ DTensor Transformer::embed(const DTensor& input_ids, const TokenBatch& batch) co
   return DTensor(x, Shape{tokens, h}, mesh_, sharding::Layout::replicated(2), "hidden").after(e);
 }
 
-DTensor Transformer::attention(const Layer& l, const DTensor& x_in, const TokenBatch& batch) const {
+void Transformer::enable_cache(int64_t slots) {
+  MESHRT_CHECK_ARG(slots >= 1, "a KV cache needs at least one slot, got ", slots);
+  auto cache = std::make_shared<KvCache>();
+  cache->slots = slots;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    for (auto* pool : {&cache->keys, &cache->values}) {
+      pool->push_back(DeviceTensor::empty({slots, kv_heads_here_, config_.head_dim}, dtype_, mesh_.device()));
+      fill_zero(pool->back());
+    }
+  }
+  cache_ = std::move(cache);
+}
+
+int64_t Transformer::cache_bytes(const hf::HfConfig& config, int tp, int64_t layers, int64_t slots, DType compute) {
+  int64_t kv_here = tp <= config.num_kv_heads ? config.num_kv_heads / tp : 1;
+  return 2 * layers * slots * kv_here * config.head_dim * static_cast<int64_t>(size_of(compute));
+}
+
+DTensor Transformer::attention(size_t layer, const DTensor& x_in, const TokenBatch& batch) const {
+  const Layer& l = layers_[layer];
   const hf::HfConfig& c = config_;
   int64_t tokens = batch.batch * batch.seq, d = c.head_dim;
   DeviceTensor x = x_in.local();
@@ -255,9 +274,23 @@ DTensor Transformer::attention(const Layer& l, const DTensor& x_in, const TokenB
     k = kernels::rope(k, batch.positions, c.rope_theta, c.rope_scaling);
   }
   double scale = c.scale_attention ? 0.0 : 1.0;  // 0: 1/sqrt(head_dim)
-  DeviceTensor o = kernels::attention(q.reshape({batch.batch, batch.seq, heads_here_, d}),
-                                      k.reshape({batch.batch, batch.seq, kv_heads_here_, d}),
-                                      v.reshape({batch.batch, batch.seq, kv_heads_here_, d}), batch.key_mask,
+  DeviceTensor keys = k.reshape({batch.batch, batch.seq, kv_heads_here_, d});
+  DeviceTensor values = v.reshape({batch.batch, batch.seq, kv_heads_here_, d});
+  if (batch.write_slots.defined()) {
+    // Keep the new keys and values, then attend every key of each row's sequence.
+    MESHRT_CHECK(cache_ != nullptr, ErrorKind::kInternal, "a batch with cache slots on a transformer without a cache");
+    const DeviceTensor& pool_k = cache_->keys[layer];
+    const DeviceTensor& pool_v = cache_->values[layer];
+    kernels::index_copy(pool_k, 0, batch.write_slots, k);
+    kernels::index_copy(pool_v, 0, batch.write_slots, v);
+    int64_t kv_len = batch.read_slots.dim(1), width = kv_heads_here_ * d;
+    // A -1 slot reads zeros (masked anyway).
+    keys = kernels::embedding(pool_k.reshape({cache_->slots, width}), batch.read_slots)
+               .reshape({batch.batch, kv_len, kv_heads_here_, d});
+    values = kernels::embedding(pool_v.reshape({cache_->slots, width}), batch.read_slots)
+                 .reshape({batch.batch, kv_len, kv_heads_here_, d});
+  }
+  DeviceTensor o = kernels::attention(q.reshape({batch.batch, batch.seq, heads_here_, d}), keys, values, batch.key_mask,
                                       /*causal=*/true, scale);
   DeviceTensor partial = kernels::matmul(o.reshape({tokens, heads_here_ * d}), l.wo);
   DTensor y = reduced(partial, Shape{tokens, c.hidden_size}, "attention").after(x_in);
@@ -289,9 +322,10 @@ DTensor Transformer::layers(const DTensor& hidden, const TokenBatch& batch) cons
                      "hidden states must be [", batch.batch * batch.seq, ", ", config_.hidden_size, "], got ",
                      hidden.description());
   DTensor x = converted(hidden, dtype_);
-  for (const Layer& l : layers_) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
     DTensor a(norm(x.local(), l.norm1_w, l.norm1_b), x.global_shape(), mesh_, x.layout(), "attention input");
-    x = sharding::add(x, attention(l, a.after(x), batch));
+    x = sharding::add(x, attention(i, a.after(x), batch));
     DTensor m(norm(x.local(), l.norm2_w, l.norm2_b), x.global_shape(), mesh_, x.layout(), "mlp input");
     x = sharding::add(x, mlp(l, m.after(x)));
   }
@@ -312,7 +346,14 @@ DTensor Transformer::head(const DTensor& hidden) const {
 DTensor Transformer::forward(const DTensor& input, const TokenBatch& batch) const {
   DTensor x = part_.embeds ? embed(input, batch) : input;
   x = layers(x, batch);
-  return part_.has_head ? head(x) : x;
+  if (!part_.has_head) return x;
+  if (batch.logit_rows.defined()) {  // only the tokens whose logits are wanted (generation: each row's last)
+    int64_t rows = batch.logit_rows.numel();
+    x = DTensor(kernels::index_select(x.local(), 0, batch.logit_rows), Shape{rows, x.global_shape()[1]}, mesh_,
+                sharding::Layout::replicated(2), "last hidden")
+            .after(x);
+  }
+  return head(x);
 }
 
 }  // namespace meshrt::models

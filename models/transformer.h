@@ -25,6 +25,7 @@
 // seq] (nonzero: attend) masks keys.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -50,14 +51,34 @@ struct TransformerPart {
 std::vector<TransformerPart> split_layers(int64_t num_layers, int stages);
 
 // One micro-batch's shape and masks, shared by the layers of a part.
+//
+// With a KV cache (Transformer::enable_cache; generation): the new tokens'
+// keys and values are written to write_slots, and each row attends the keys
+// at its read_slots (its earlier tokens' and the new ones', in order), with
+// key_mask [batch, kv_len] saying which read slots hold a key. A batch is
+// either a prefill (no earlier tokens; read_slots are the write slots, rows
+// right-padded) or a decode step (seq 1; rows of different lengths padded
+// with -1 slots); positions then give each token's place in its sequence.
 struct TokenBatch {
   int64_t batch = 0, seq = 0;
-  DeviceTensor positions;  // i64 [batch * seq]: 0..seq-1 per row
-  DeviceTensor key_mask;   // i64 [batch, seq] or undefined (every key)
+  DeviceTensor positions;  // i64 [batch * seq]: 0..seq-1 per row, or given
+  DeviceTensor key_mask;   // i64 [batch, seq] (or [batch, kv_len] with a cache), or undefined (every key)
+  DeviceTensor write_slots;  // i64 [batch * seq], -1: not kept (padding); undefined: no cache
+  DeviceTensor read_slots;   // i64 [batch, kv_len], -1: no key
+  // The tokens (rows of [batch * seq]) whose logits the head returns; undefined: all.
+  DeviceTensor logit_rows;
   // From the model input (attention_mask optional), on device.
   static TokenBatch make(int64_t batch, int64_t seq, const HostTensor& attention_mask, const Device& device);
   // With a key mask already on the device (i64 [batch, seq], or undefined).
   static TokenBatch make(int64_t batch, int64_t seq, const DeviceTensor& key_mask, const Device& device);
+};
+
+// Keys and values of the layers of a part, per rank: each layer's
+// [slots, kv_heads_here, head_dim] in the compute dtype, allocated once
+// (slots = blocks x block size; the block tables are the caller's).
+struct KvCache {
+  std::vector<DeviceTensor> keys, values;
+  int64_t slots = 0;
 };
 
 // Throws Error(kInvalidArgument) naming the counts (and folder) when tp ranks
@@ -77,6 +98,13 @@ class Transformer {
 
   const hf::HfConfig& config() const { return config_; }
   const TransformerPart& part() const { return part_; }
+  DType compute_dtype() const { return dtype_; }
+  // Allocates this rank's KV cache of `slots` tokens for the part's layers
+  // (zeroed); batches with write_slots then use it.
+  void enable_cache(int64_t slots);
+  // Bytes of the cache of `slots` tokens on one rank of a stage mesh of tp
+  // ranks running `layers` layers (for sizing it).
+  static int64_t cache_bytes(const hf::HfConfig& config, int tp, int64_t layers, int64_t slots, DType compute);
 
   // input_ids i64 [batch, seq] (replicated) -> hidden [tokens, hidden].
   DTensor embed(const DTensor& input_ids, const TokenBatch& batch) const;
@@ -105,7 +133,7 @@ class Transformer {
   DTensor load_sharded(const std::string& name, const Shape& whole, const sharding::Layout& layout) const;
   std::string name_of(const std::string& gpt2, const std::string& llama) const;
   void load_layer(int64_t index, Layer& layer) const;
-  DTensor attention(const Layer& l, const DTensor& x, const TokenBatch& batch) const;
+  DTensor attention(size_t layer, const DTensor& x, const TokenBatch& batch) const;
   DTensor mlp(const Layer& l, const DTensor& x) const;
   DTensor reduced(const DeviceTensor& partial, const Shape& shape, const std::string& name) const;
   DeviceTensor norm(const DeviceTensor& x, const DeviceTensor& w, const DeviceTensor& b) const;
@@ -123,6 +151,7 @@ class Transformer {
   DTensor lm_head_;     // [vocab, hidden] vocabulary-parallel (the last part)
   DeviceTensor final_w_, final_b_;
   std::vector<Layer> layers_;
+  std::shared_ptr<KvCache> cache_;  // enable_cache; written by attention
 };
 
 }  // namespace meshrt::models

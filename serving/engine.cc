@@ -21,6 +21,7 @@ namespace {
 // Channel tags of the engine's messages.
 // Commands (rank 0 -> all), each naming the servable's generation where it has one:
 //   run <index> <batch id> <generation> <micro-batches> <rows of each>... <dims> <extent of each>...
+//       <params> <each>...
 //                                  (the input's extents after its rows axis; the
 //                                  first stage's ranks then take part in the
 //                                  broadcast of each micro-batch from rank 0)
@@ -169,15 +170,16 @@ int Engine::find(const std::string& name, const std::string& version) const {
 }
 
 HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,
-                             const std::vector<int64_t>& input_dims, const HostTensor& input, double* forward_seconds) {
+                             const std::vector<int64_t>& input_dims, const BatchParams& params, const HostTensor& input,
+                             double* forward_seconds) {
   const ServableDefinition& def = servables_[static_cast<size_t>(index)];
   Placed& p = *placed_[static_cast<size_t>(index)];
   const Communicator& across = p.mesh.communicator("stage");       // rank there = stage index
   const Communicator& within = p.stage_mesh.communicator("model");  // rank there = model coordinate
   bool first = p.stage == 0, last = p.stage == p.stages - 1;
   // What enters this stage and what leaves it (every rank computes them from the command).
-  std::vector<ActivationSpec> in_specs = stage_inputs(def, p.stage, input_dims);
-  std::vector<ActivationSpec> out_specs = def.stages[static_cast<size_t>(p.stage)].outputs(input_dims);
+  std::vector<ActivationSpec> in_specs = stage_inputs(def, p.stage, input_dims, params);
+  std::vector<ActivationSpec> out_specs = def.stages[static_cast<size_t>(p.stage)].outputs(input_dims, params);
   auto shape_of = [](int64_t rows, const std::vector<int64_t>& dims) {
     std::vector<int64_t> shape{rows};
     shape.insert(shape.end(), dims.begin(), dims.end());
@@ -209,7 +211,7 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
       }
     }
     auto began = std::chrono::steady_clock::now();
-    std::vector<DTensor> ys = p.module->forward_tensors(xs);
+    std::vector<DTensor> ys = p.module->forward_tensors(xs, params);
     MESHRT_CHECK(ys.size() == out_specs.size(), ErrorKind::kInternal, "stage ", p.stage, " of model '", def.name,
                  "' returned ", ys.size(), " tensors, its definition says ", out_specs.size());
     for (size_t k = 0; k < ys.size(); ++k) {
@@ -244,7 +246,8 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
   return concat_rows(outputs);  // the micro-batches one after another
 }
 
-void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchDone done) {
+void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchDone done, const BatchParams& params) {
+  std::lock_guard<std::mutex> starting(start_mutex_);
   World& world = World::get();
   MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::start is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
@@ -252,7 +255,8 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   std::string failed = failure(index);
   MESHRT_CHECK(failed.empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", failed);
   std::vector<int64_t> dims(batch.shape().dims().begin() + (batch.ndim() > 0 ? 1 : 0), batch.shape().dims().end());
-  MESHRT_CHECK_SHAPE(batch.ndim() >= 1 && batch.dim(0) >= 1 && fits_spec(def.input, dims) &&
+  // A batch with parameters is the servable's own kind (a generation step): its stages check it.
+  MESHRT_CHECK_SHAPE(batch.ndim() >= 1 && batch.dim(0) >= 1 && (!params.empty() || fits_spec(def.input, dims)) &&
                          batch.dtype() == def.input.dtype,
                      "model '", def.name, "' takes ", kserve_datatype(def.input.dtype), shape_text(def.input.shape),
                      " (-1: any extent), got ", batch.description());
@@ -262,6 +266,8 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   for (int64_t r : micro) command += " " + std::to_string(r);
   command += " " + std::to_string(dims.size());
   for (int64_t d : dims) command += " " + std::to_string(d);
+  command += " " + std::to_string(params.size());
+  for (int64_t v : params) command += " " + std::to_string(v);
   HostTensor input = def.hooks.distributed_preprocessing(batch);
   auto pending = std::make_unique<Pending>();
   pending->index = index;
@@ -280,7 +286,7 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   try {
     for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
     double forward = 0;
-    HostTensor result = run_local(index, id, micro, dims, input, &forward);
+    HostTensor result = run_local(index, id, micro, dims, params, input, &forward);
     add_forward_time(id, forward);
     if (result.defined()) finish(id, std::move(result), nullptr);
   } catch (const std::exception& e) {
@@ -288,7 +294,8 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   }
 }
 
-HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches, BatchReport* report) {
+HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches, BatchReport* report,
+                       const BatchParams& params) {
   std::promise<HostTensor> promise;
   std::future<HostTensor> future = promise.get_future();
   BatchReport got;
@@ -299,7 +306,7 @@ HostTensor Engine::run(int index, const HostTensor& batch, int micro_batches, Ba
     } else {
       promise.set_value(std::move(result));
     }
-  });
+  }, params);
   HostTensor result = future.get();
   if (report) *report = got;
   return result;
@@ -483,6 +490,7 @@ void Engine::collect() {
 }
 
 std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
+  std::lock_guard<std::mutex> starting(start_mutex_);
   World& world = World::get();
   MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::try_recover is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
@@ -544,6 +552,10 @@ void Engine::handle_command(const std::string& command) {
   in >> count;
   dims.resize(in.fail() ? 0 : count);
   for (int64_t& d : dims) in >> d;
+  BatchParams params;
+  in >> count;
+  params.resize(in.fail() ? 0 : count);
+  for (int64_t& v : params) in >> v;
   try {
     MESHRT_CHECK(verb == "run" && !in.fail() && index >= 0 && index < servable_count() && !micro.empty(),
                  ErrorKind::kInternal, "unknown engine command '", command, "'");
@@ -551,7 +563,7 @@ void Engine::handle_command(const std::string& command) {
     // peers will not run it. Dropped (rank 0 has answered it already).
     if (generation != this->generation(index) || !failure(index).empty()) return;
     double forward = 0;
-    HostTensor result = run_local(index, id, micro, dims, HostTensor(), &forward);
+    HostTensor result = run_local(index, id, micro, dims, params, HostTensor(), &forward);
     const Placed& p = *placed_[static_cast<size_t>(index)];
     if (p.model_coordinate != 0) return;
     // "%.9f": the stage's time to the nanosecond, whatever the locale.

@@ -92,7 +92,8 @@ class Engine {
   // result not coming within result_timeout) marks the servable failed: its
   // communicators are aborted, so no rank can pair a later batch with this one's
   // leftovers, and this and every later run() throws Error(kUnavailable).
-  HostTensor run(int index, const HostTensor& batch, int micro_batches, BatchReport* report = nullptr);
+  HostTensor run(int index, const HostTensor& batch, int micro_batches, BatchReport* report = nullptr,
+                 const BatchParams& params = {});
   // Rank 0, from one thread at a time (with run() and try_recover()): starts a
   // batch and returns once rank 0 has done its part of the first stage; the
   // later stages go on while the caller starts the next batch. done is called
@@ -102,7 +103,9 @@ class Engine {
   // for a batch of the wrong shape, Error(kUnavailable) for a failed model or a
   // stopped engine. A failure once the batch started fails the model (as run()
   // says) and every batch of it still in flight, each with Error(kUnavailable).
-  void start(int index, const HostTensor& batch, int micro_batches, BatchDone done);
+  // params go with the batch to every rank's stage (StageModule::forward_tensors).
+  // Several threads may start batches: the starts are serialized.
+  void start(int index, const HostTensor& batch, int micro_batches, BatchDone done, const BatchParams& params = {});
   // Rank 0: batches of servable `index` started and not yet done.
   int in_flight(int index) const;
   // Rank 0: waits until no batch is in flight.
@@ -137,7 +140,8 @@ class Engine {
   // micro-batch. Returns the result on the last stage's first rank (which, when
   // it is not rank 0, sends it there); forward_seconds gets this stage's time.
   HostTensor run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,
-                       const std::vector<int64_t>& input_dims, const HostTensor& input, double* forward_seconds);
+                       const std::vector<int64_t>& input_dims, const BatchParams& params, const HostTensor& input,
+                       double* forward_seconds);
   void mark_failed(int index, const std::string& reason);
   // Rank 0: gives the model of a failed batch up, tells the other ranks, and
   // fails every batch of it in flight (done called without the lock).
@@ -157,6 +161,7 @@ class Engine {
 
   std::vector<ServableDefinition> servables_;
   std::vector<std::unique_ptr<Placed>> placed_;
+  std::mutex start_mutex_;                // one start() or try_recover() at a time
   mutable std::mutex mutex_;              // failures_, generations_, pending_, trace_
   mutable std::condition_variable idle_cv_;  // pending_ shrank or grew
   std::vector<std::string> failures_;     // per servable, "" while it works

@@ -1,6 +1,8 @@
 #include "serving/hf_servable.h"
 
 #include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "kernels/movement.h"
 #include "models/hf_config.h"
@@ -27,10 +29,13 @@ DType compute_dtype_of(const ModelConfig& c, const Device& device) {
 class TransformerStage : public StageModule {
  public:
   TransformerStage(const std::string& folder, const HfConfig& config, const Mesh& mesh, TransformerPart part,
-                   DType compute)
-      : model_(folder, config, mesh, part, compute), mesh_(mesh) {}
+                   DType compute, int64_t cache_slots)
+      : model_(folder, config, mesh, part, compute), mesh_(mesh) {
+    if (cache_slots > 0) model_.enable_cache(cache_slots);
+  }
 
-  std::vector<DTensor> forward_tensors(const std::vector<DTensor>& in) override {
+  std::vector<DTensor> forward_tensors(const std::vector<DTensor>& in, const BatchParams& params) override {
+    if (!params.empty()) return step(in, params);
     const TransformerPart& part = model_.part();
     int64_t rows = in.at(0).global_shape()[0], hidden = model_.config().hidden_size;
     int64_t seq = 0;
@@ -61,6 +66,44 @@ class TransformerStage : public StageModule {
   }
 
  private:
+  // A generation step (GenerationSpec): the step tensor enters every stage
+  // (the first with the ids, the later ones beside the hidden states).
+  std::vector<DTensor> step(const std::vector<DTensor>& in, const BatchParams& params) {
+    MESHRT_CHECK(params.size() == 3 && params[0] == kGenerationStep, ErrorKind::kInternal, "unknown batch parameters");
+    const TransformerPart& part = model_.part();
+    int64_t q = params[1], kv = params[2], hidden = model_.config().hidden_size;
+    const DTensor& step = part.embeds ? in.at(0) : in.at(1);
+    int64_t rows = step.global_shape()[0];
+    DeviceTensor s = step.local();
+    auto column = [&](int64_t start, int64_t width) { return kernels::narrow(s, 1, start, width); };
+    models::TokenBatch batch;
+    batch.batch = rows;
+    batch.seq = q;
+    batch.positions = column(q, q).reshape({rows * q});
+    batch.write_slots = column(2 * q, q).reshape({rows * q});
+    batch.read_slots = column(3 * q, kv);
+    batch.key_mask = column(3 * q + kv, kv);
+    DTensor input;
+    if (part.embeds) {
+      input = DTensor(column(0, q), Shape{rows, q}, mesh_, Layout::replicated(2), "input_ids").after(step);
+    } else {
+      input = DTensor(in[0].local().reshape({rows * q, hidden}), Shape{rows * q, hidden}, mesh_, Layout::replicated(2),
+                      "hidden")
+                  .after(in[0]);
+    }
+    if (part.has_head) {
+      // Each row's last real token: row r's token last_r of [rows * q].
+      HostTensor last = to_host(column(3 * q + 2 * kv, 1));
+      HostTensor flat = HostTensor::empty({rows}, DType::kI64);
+      for (int64_t r = 0; r < rows; ++r) flat.data<int64_t>()[r] = r * q + last.data<int64_t>()[r];
+      batch.logit_rows = to_device(flat, mesh_.device());
+    }
+    DTensor out = model_.forward(input, batch);
+    if (part.has_head) return {out};  // [rows, vocab]
+    DTensor shaped(out.local().reshape({rows, q, hidden}), Shape{rows, q, hidden}, mesh_, Layout::replicated(3), "hidden");
+    return {shaped.after(out), step};
+  }
+
   Transformer model_;
   Mesh mesh_;
 };
@@ -97,6 +140,28 @@ HostTensor pack_tokens(const std::vector<HostTensor>& inputs, const HfConfig& co
   return out;
 }
 
+// generation_config.json's eos_token_id (one id or a list) when the folder has
+// one, else config.json's.
+std::vector<int64_t> eos_token_ids(const std::string& folder, const HfConfig& config) {
+  std::ifstream in(folder + "/generation_config.json");
+  if (!in) return config.eos_token_ids;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, folder + "/generation_config.json: not valid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return config.eos_token_ids;
+  std::vector<int64_t> ids;
+  const nlohmann::json& e = j["eos_token_id"];
+  for (const nlohmann::json& id : e.is_array() ? e : nlohmann::json::array({e})) {
+    MESHRT_CHECK_ARG(id.is_number_integer(), folder, "/generation_config.json: eos_token_id: expected token ids, got ",
+                     e.dump());
+    ids.push_back(id.get<int64_t>());
+  }
+  return ids;
+}
+
 }  // namespace
 
 ServableDefinition servable_from_hf(const ModelConfig& c, const Device& device) {
@@ -123,18 +188,30 @@ ServableDefinition servable_from_hf(const ModelConfig& c, const Device& device) 
   mask.optional = true;
   s.wire_inputs = {{"input_ids", DType::kI64, {-1, -1}}, mask};
   s.pack_inputs = [config](const std::vector<HostTensor>& inputs) { return pack_tokens(inputs, config); };
+  auto generation = std::make_shared<GenerationSpec>();
+  generation->vocab_size = config.vocab_size;
+  generation->max_positions = config.max_positions;
+  generation->eos_token_ids = eos_token_ids(c.directory, config);
+  generation->block_size = c.kv_cache.block_size;
+  generation->num_blocks = c.kv_cache.num_blocks;
+  s.generation = generation;
   std::vector<TransformerPart> parts = models::split_layers(config.num_layers, c.stage_size);
   for (const TransformerPart& part : parts) {
     StageDefinition stage;
     int64_t hidden = config.hidden_size, vocab = config.vocab_size;
-    stage.outputs = [part, hidden, vocab, compute](const std::vector<int64_t>& input_dims) {
+    stage.outputs = [part, hidden, vocab, compute](const std::vector<int64_t>& input_dims, const BatchParams& params) {
+      if (!params.empty()) {  // a generation step: input_dims is the step's row width
+        if (part.has_head) return std::vector<ActivationSpec>{{DType::kF32, {vocab}}};
+        return std::vector<ActivationSpec>{{compute, {params.at(1), hidden}}, {DType::kI64, {input_dims.at(0)}}};
+      }
       int64_t seq = input_dims.at(1);
       if (part.has_head) return std::vector<ActivationSpec>{{DType::kF32, {seq, vocab}}};
       return std::vector<ActivationSpec>{{compute, {seq, hidden}}, {DType::kI64, {seq}}};
     };
     std::string folder = c.directory;
-    stage.build = [folder, config, part, compute](const Mesh& mesh) -> std::unique_ptr<StageModule> {
-      return std::make_unique<TransformerStage>(folder, config, mesh, part, compute);
+    int64_t slots = generation->num_blocks * generation->block_size;
+    stage.build = [folder, config, part, compute, slots](const Mesh& mesh) -> std::unique_ptr<StageModule> {
+      return std::make_unique<TransformerStage>(folder, config, mesh, part, compute, slots);
     };
     s.stages.push_back(std::move(stage));
   }

@@ -271,9 +271,19 @@ ModelConfig parse_hf_serving_config(std::string_view text, const std::string& mo
   Reader r(c.config_path);
   json v = parse_config_json(text, r);
   static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "compute_dtype", "batching",
-                                              "description"};
+                                              "kv_cache", "description"};
   for (auto it = v.begin(); it != v.end(); ++it) {
-    if (!known.count(it.key())) r.fail(it.key(), "unknown field (meshrt.json takes rank_size, stage_size, name, version, compute_dtype, batching, description)");
+    if (!known.count(it.key())) {
+      r.fail(it.key(), "unknown field (meshrt.json takes rank_size, stage_size, name, version, compute_dtype, batching, "
+                       "kv_cache, description)");
+    }
+  }
+  if (v.contains("kv_cache")) {
+    const json& k = v["kv_cache"];
+    if (!k.is_object()) r.fail("kv_cache", "expected an object {\"block_size\": N, \"num_blocks\": M}");
+    r.only(k, {"block_size", "num_blocks"}, "kv_cache");
+    if (k.contains("block_size")) c.kv_cache.block_size = r.integer(k["block_size"], "kv_cache.block_size", 1, 4096);
+    if (k.contains("num_blocks")) c.kv_cache.num_blocks = r.integer(k["num_blocks"], "kv_cache.num_blocks", 1, 1 << 24);
   }
   read_identity(r, v, model_dir, false, c);
   if (v.contains("compute_dtype")) {

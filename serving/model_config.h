@@ -40,6 +40,7 @@
 //  "compute_dtype": "bfloat16",            // optional: float32 | bfloat16 | float16;
 //                                          //   default bf16 on GPUs, f32 on the cpu
 //  "batching": {...as above...},           // optional; max_batch_size defaults to 16 sequences
+//  "kv_cache": {"block_size": 16, "num_blocks": 256},   // optional: each rank's pool (generation)
 //  "name": "<the folder's name>", "version": "1", "description": "..."}
 //
 // Everything is checked when the config is read; an error names the file, the
@@ -88,6 +89,13 @@ enum class ModelFormat {
 inline constexpr const char* kHfServingConfig = "meshrt.json";
 inline constexpr int64_t kHfDefaultMaxBatchSize = 16;
 
+// A Hugging Face model's KV cache (meshrt.json "kv_cache"): every rank of the
+// model holds num_blocks blocks of block_size tokens for its layers and heads.
+struct KvCacheConfig {
+  int64_t block_size = 16;
+  int64_t num_blocks = 256;
+};
+
 struct ModelConfig {
   ModelFormat format = ModelFormat::kLayers;
   std::string name, version = "1";
@@ -98,6 +106,7 @@ struct ModelConfig {
   TensorSpec input, output;          // kLayers
   std::vector<StageConfig> stages;   // kLayers
   std::string compute_dtype;         // kHuggingFace: "" (the device's default) or torch_dtype's name
+  KvCacheConfig kv_cache;            // kHuggingFace
   BatchingConfig batching;
 };
 

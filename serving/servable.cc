@@ -14,7 +14,7 @@ DTensor StageModule::forward(const DTensor&) {
   throw Error(ErrorKind::kInternal, "this stage takes several tensors: call forward_tensors()");
 }
 
-std::vector<DTensor> StageModule::forward_tensors(const std::vector<DTensor>& inputs) {
+std::vector<DTensor> StageModule::forward_tensors(const std::vector<DTensor>& inputs, const BatchParams&) {
   MESHRT_CHECK(inputs.size() == 1, ErrorKind::kInternal, "this stage takes one tensor, got ", inputs.size());
   return {forward(inputs[0])};
 }
@@ -27,9 +27,10 @@ bool fits_spec(const TensorSpec& spec, const std::vector<int64_t>& dims) {
   return true;
 }
 
-std::vector<ActivationSpec> stage_inputs(const ServableDefinition& s, int stage, const std::vector<int64_t>& input_dims) {
+std::vector<ActivationSpec> stage_inputs(const ServableDefinition& s, int stage, const std::vector<int64_t>& input_dims,
+                                         const BatchParams& params) {
   if (stage == 0) return {{s.input.dtype, input_dims}};
-  return s.stages.at(static_cast<size_t>(stage - 1)).outputs(input_dims);
+  return s.stages.at(static_cast<size_t>(stage - 1)).outputs(input_dims, params);
 }
 
 void complete_servable(ServableDefinition& s) {
@@ -57,7 +58,7 @@ void complete_servable(ServableDefinition& s) {
     if (!stage.build) fail(detail::cat("stage ", i, " has no build function"));
     if (stage.outputs) continue;
     if (stage.output_width < 1) fail(detail::cat("stage ", i, " has neither outputs nor an output width"));
-    stage.outputs = [dtype = s.input.dtype, width = stage.output_width](const std::vector<int64_t>&) {
+    stage.outputs = [dtype = s.input.dtype, width = stage.output_width](const std::vector<int64_t>&, const BatchParams&) {
       return std::vector<ActivationSpec>{{dtype, {width}}};
     };
   }
@@ -137,7 +138,7 @@ ServableDefinition servable_from_config(const ModelConfig& c, const Device& devi
     width = models::LayerStack::check(stage.layers, *weights, c.input.dtype, tp, width);
     StageDefinition def;
     def.output_width = width;
-    def.outputs = [dtype = c.input.dtype, width](const std::vector<int64_t>& input_dims) {
+    def.outputs = [dtype = c.input.dtype, width](const std::vector<int64_t>& input_dims, const BatchParams&) {
       std::vector<int64_t> dims = input_dims;
       dims.back() = width;  // the other axes pass through
       return std::vector<ActivationSpec>{{dtype, dims}};

@@ -26,6 +26,7 @@
 
 #include <functional>
 #include <memory>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,11 @@ namespace meshrt::serving {
 using sharding::DTensor;
 using sharding::Mesh;
 
+// Small integers that come with a batch to every rank (in the engine's run
+// command), for stages whose work depends on more than the input's shape (a
+// generation step's query and key lengths). Empty for plain batches.
+using BatchParams = std::vector<int64_t>;
+
 class StageModule {
  public:
   virtual ~StageModule() = default;
@@ -46,8 +52,9 @@ class StageModule {
   virtual DTensor forward(const DTensor& x);
   // The general form: the tensors entering the stage (the batch input on the
   // first stage; the previous stage's outputs after it) to the tensors leaving
-  // it. The default calls forward() on the one tensor.
-  virtual std::vector<DTensor> forward_tensors(const std::vector<DTensor>& inputs);
+  // it; params: the batch's parameters (Engine::start), the same on every
+  // rank. The default calls forward() on the one tensor.
+  virtual std::vector<DTensor> forward_tensors(const std::vector<DTensor>& inputs, const BatchParams& params);
 };
 
 // A tensor crossing from one stage to the next: its dtype and its extents after
@@ -65,9 +72,9 @@ struct StageDefinition {
   // over the stage's ranks (it may load weights with sharding's collectives).
   std::function<std::unique_ptr<StageModule>(const Mesh& stage_mesh)> build;
   // The tensors leaving the stage, given the batch input's extents after its
-  // rows axis (every rank computes them alike from the batch it is told of).
-  // The last stage's one tensor is the servable's output.
-  std::function<std::vector<ActivationSpec>(const std::vector<int64_t>& input_dims)> outputs;
+  // rows axis and the batch's parameters (every rank computes them alike from
+  // the batch it is told of). The last stage's one tensor is the servable's output.
+  std::function<std::vector<ActivationSpec>(const std::vector<int64_t>& input_dims, const BatchParams& params)> outputs;
 };
 
 struct Hooks {
@@ -75,6 +82,24 @@ struct Hooks {
   std::function<DTensor(const DTensor&)> client_preprocessing;
   std::function<DTensor(const DTensor&)> client_postprocessing;
   std::function<HostTensor(const DTensor&)> distributed_postprocessing;
+};
+
+// What a servable that generates tokens (a decoder-only transformer) tells
+// the generator (serving/generator.h), and the step it runs. A generation step
+// is a batch with params {kGenerationStep, q, kv} and the input i64
+// [rows, 3q + 2kv + 1], per row: q token ids, their q positions in the
+// sequence, their q KV-cache slots (-1: padding, not kept), kv slots to attend
+// (-1: none), the kv key mask (1 attend, 0 not), and the index in [0, q) of
+// the row's last real token. Its output: f32 [rows, vocab_size], that token's
+// logits. A step is a prefill (the rows' first tokens, right-padded to q;
+// their read slots are their write slots) or a decode (q = 1).
+inline constexpr int64_t kGenerationStep = 1;
+struct GenerationSpec {
+  int64_t vocab_size = 0;
+  int64_t max_positions = 0;           // tokens a sequence may reach (prompt and generated)
+  std::vector<int64_t> eos_token_ids;  // generation_config.json's, else config.json's
+  int64_t block_size = 16;             // KV-cache slots per block
+  int64_t num_blocks = 0;              // blocks in every rank's pool
 };
 
 struct ServableDefinition {
@@ -93,6 +118,8 @@ struct ServableDefinition {
   std::vector<StageDefinition> stages;  // stage_size of them
   Hooks hooks;
   BatchingConfig batching;
+  // Set when the servable generates (POST .../generate): its stages take generation steps.
+  std::shared_ptr<const GenerationSpec> generation;
 };
 
 // Checks a definition (stage count, widths chaining from the input to the
@@ -104,7 +131,7 @@ void complete_servable(ServableDefinition& servable);
 // input_dims after its rows axis: the input itself for stage 0, else the
 // previous stage's outputs.
 std::vector<ActivationSpec> stage_inputs(const ServableDefinition& servable, int stage,
-                                         const std::vector<int64_t>& input_dims);
+                                         const std::vector<int64_t>& input_dims, const BatchParams& params = {});
 // Whether extents fit a spec's shape after its batch axis (-1 fits any extent).
 bool fits_spec(const TensorSpec& spec, const std::vector<int64_t>& dims_after_rows);
 
