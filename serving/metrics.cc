@@ -127,6 +127,28 @@ void Metrics::queue_size(const std::string& m, const std::string& v, int64_t wai
   model(m, v).waiting = waiting;
 }
 
+void Metrics::first_token(const std::string& m, const std::string& v, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model(m, v).first_token.observe(seconds);
+}
+
+void Metrics::inter_token(const std::string& m, const std::string& v, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model(m, v).inter_token.observe(seconds);
+}
+
+void Metrics::tokens_generated(const std::string& m, const std::string& v, int64_t tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model(m, v).tokens += tokens;
+}
+
+void Metrics::kv_blocks(const std::string& m, const std::string& v, int64_t in_use, int64_t total) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Model& x = model(m, v);
+  x.kv_in_use = in_use;
+  x.kv_total = total;
+}
+
 void Metrics::ready(bool ready) {
   std::lock_guard<std::mutex> lock(mutex_);
   ready_ = ready;
@@ -157,6 +179,18 @@ std::string Metrics::render() const {
   for (const auto& [key, m] : models_) {
     out += "meshrt_queue_requests{" + labels(key.first, key.second) + "} " + std::to_string(m.waiting) + "\n";
   }
+  out += "# HELP meshrt_generation_tokens_total Tokens generated.\n# TYPE meshrt_generation_tokens_total counter\n";
+  for (const auto& [key, m] : models_) {
+    if (m.kv_total >= 0) out += "meshrt_generation_tokens_total{" + labels(key.first, key.second) + "} " + std::to_string(m.tokens) + "\n";
+  }
+  out += "# HELP meshrt_kv_cache_blocks_in_use KV-cache blocks reserved by requests.\n# TYPE meshrt_kv_cache_blocks_in_use gauge\n";
+  for (const auto& [key, m] : models_) {
+    if (m.kv_total >= 0) out += "meshrt_kv_cache_blocks_in_use{" + labels(key.first, key.second) + "} " + std::to_string(m.kv_in_use) + "\n";
+  }
+  out += "# HELP meshrt_kv_cache_blocks KV-cache blocks of each rank's pool.\n# TYPE meshrt_kv_cache_blocks gauge\n";
+  for (const auto& [key, m] : models_) {
+    if (m.kv_total >= 0) out += "meshrt_kv_cache_blocks{" + labels(key.first, key.second) + "} " + std::to_string(m.kv_total) + "\n";
+  }
   struct Family {
     const char* name;
     const char* help;
@@ -167,6 +201,10 @@ std::string Metrics::render() const {
       {"meshrt_inference_compute_seconds", "Time of each batch in the engine (all stages).", &Model::compute},
       {"meshrt_batch_size", "Rows per batch.", &Model::batch_rows},
       {"meshrt_batch_requests", "Requests per batch.", &Model::batch_requests},
+      {"meshrt_generation_time_to_first_token_seconds", "Time from a generate request's arrival to its first token.",
+       &Model::first_token},
+      {"meshrt_generation_inter_token_seconds", "Time between a generate request's consecutive tokens.",
+       &Model::inter_token},
   };
   for (const Family& f : families) {
     out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " histogram\n";

@@ -12,6 +12,10 @@
 //   meshrt_batch_size{model,version}                       histogram: rows per batch
 //   meshrt_batch_requests{model,version}                   histogram: requests per batch
 //   meshrt_queue_requests{model,version}                   gauge: requests waiting
+//   meshrt_generation_time_to_first_token_seconds{model,version} histogram: arrival to the first token
+//   meshrt_generation_inter_token_seconds{model,version}  histogram: between a request's tokens
+//   meshrt_generation_tokens_total{model,version}          counter: tokens generated
+//   meshrt_kv_cache_blocks_in_use{model,version}           gauge: KV-cache blocks reserved (of meshrt_kv_cache_blocks)
 //   meshrt_http_requests_total{code}                       counter: every HTTP request by status
 //   meshrt_ready                                           gauge: 1 while ready, 0 when draining
 // Thread-safe.
@@ -69,6 +73,11 @@ class Metrics {
   // What the engine measured of a batch that succeeded (serving/engine.h BatchReport).
   void engine(const std::string& model, const std::string& version, double engine_seconds, double forward_seconds);
   void queue_size(const std::string& model, const std::string& version, int64_t waiting);
+  // Generation (serving/generator.h).
+  void first_token(const std::string& model, const std::string& version, double seconds);
+  void inter_token(const std::string& model, const std::string& version, double seconds);
+  void tokens_generated(const std::string& model, const std::string& version, int64_t tokens);
+  void kv_blocks(const std::string& model, const std::string& version, int64_t in_use, int64_t total);
   void ready(bool ready);
   std::string render() const;
 
@@ -80,8 +89,12 @@ class Metrics {
     Histogram compute{{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     Histogram batch_rows{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}};
     Histogram batch_requests{{1, 2, 4, 8, 16, 32, 64, 128, 256}};
+    Histogram first_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
+    Histogram inter_token{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
     Summary engine, forward, overhead;
     int64_t waiting = 0;
+    long long tokens = 0;
+    int64_t kv_in_use = 0, kv_total = -1;  // -1: the model does not generate
   };
   Model& model(const std::string& model, const std::string& version);
 

@@ -33,6 +33,9 @@ Usage:
   hf_reference.py --model DIR --input-ids "[[1, 2, 3]]" [--attention-mask "[[1, 1, 1]]"]
                   [--position-ids "[[0, 1, 2]]"] [--out FILE.npy]
       prints {"logits": [...], "shape": [batch, seq, vocab]} (or writes FILE.npy, float64)
+  hf_reference.py --model DIR --input-ids "[[1, 2, 3]]" --generate N [--stop-ids "[0]"]
+      greedy generation of N tokens per row (full recompute each step), printing
+      {"tokens": [[...]], "min_gap": smallest top-1 - top-2 logit gap}
   hf_reference.py --self-test --models examples/hf
       checks invariants of the reference and of the example checkpoints; exits
       77 (CTest's skip) when numpy is missing.
@@ -718,6 +721,11 @@ def main():
     parser.add_argument("--time", type=int, metavar="N",
                         help="instead of the logits, print JSON {\"seconds\": mean seconds per forward over N runs "
                              "after one untimed run, \"tokens\": batch x seq} (a benchmark's baseline)")
+    parser.add_argument("--generate", type=int, metavar="N",
+                        help="greedy generation of N tokens after each row of --input-ids (full recompute per token, "
+                             "no cache): prints JSON {\"tokens\": [[...], ...], \"min_gap\": the smallest top-1 - "
+                             "top-2 logit gap over the steps} (stopping after an id in --stop-ids)")
+    parser.add_argument("--stop-ids", default="[]", help="token ids that end a row's generation (JSON list)")
     parser.add_argument("--self-test", action="store_true", help="check the reference's invariants and exit")
     parser.add_argument("--models", default="examples/hf", help="the example checkpoints' folder, for --self-test")
     args = parser.parse_args()
@@ -732,6 +740,24 @@ def main():
     mask = json.loads(args.attention_mask) if args.attention_mask else None
     positions = json.loads(args.position_ids) if args.position_ids else None
     ids = json.loads(args.input_ids)
+    if args.generate:
+        stops = set(json.loads(args.stop_ids))
+        rows, gaps = [], []
+        for row in ids:
+            seq, out = list(row), []
+            for _ in range(args.generate):
+                last = forward(config, tensors, [seq])[0, -1]
+                order = np.argsort(-last, kind="stable")
+                gaps.append(float(last[order[0]] - last[order[1]]))
+                token = int(order[0])
+                out.append(token)
+                seq.append(token)
+                if token in stops:
+                    break
+            rows.append(out)
+        json.dump({"tokens": rows, "min_gap": min(gaps)}, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
     if args.time:
         import time
         forward(config, tensors, ids, mask, positions)
