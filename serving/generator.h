@@ -43,18 +43,9 @@
 
 #include "serving/engine.h"
 #include "serving/metrics.h"
+#include "serving/protocol.h"
 
 namespace meshrt::serving {
-
-struct GenerateRequest {
-  std::vector<int64_t> input_ids;  // the prompt, used exactly as given
-  int64_t max_tokens = 16;
-  double temperature = 0;
-  int64_t top_k = 0;  // 0: every token
-  double top_p = 1;
-  std::optional<uint64_t> seed;
-  std::vector<int64_t> stop_token_ids;
-};
 
 // What a request gets: its new tokens as they come, then an update with the
 // finish reason ("stop" or "length"), or an error (status 503 when the model

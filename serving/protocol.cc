@@ -406,6 +406,84 @@ std::string server_metadata_json() {
   return json{{"name", "meshrt"}, {"version", "0.1.0"}, {"extensions", json::array({"binary_tensor_data"})}}.dump();
 }
 
+GenerateRequest parse_generate_request(std::string_view body) {
+  json request;
+  try {
+    request = io::json_limits::parse(body);
+  } catch (const json::exception& e) {
+    bad(std::string("the body is not valid JSON: ") + e.what());
+  } catch (const std::length_error& e) {
+    bad(e.what());
+  }
+  if (!request.is_object()) bad("the body must be a JSON object with \"input_ids\" or \"text_input\"");
+  GenerateRequest out;
+  auto integers = [](const json& v, const std::string& field) {
+    if (!v.is_array()) bad("\"" + field + "\" must be a list of token ids, got " + io::json_limits::brief(v));
+    std::vector<int64_t> ids;
+    for (const json& x : v) {
+      if (!x.is_number_integer()) bad("\"" + field + "\" must hold integers, got " + io::json_limits::brief(x));
+      ids.push_back(x.get<int64_t>());
+    }
+    return ids;
+  };
+  auto number = [](const json& v, const std::string& field) {
+    if (!v.is_number()) bad("\"" + field + "\" must be a number, got " + io::json_limits::brief(v));
+    return v.get<double>();
+  };
+  auto integer = [](const json& v, const std::string& field) {
+    if (!v.is_number_integer()) bad("\"" + field + "\" must be an integer, got " + io::json_limits::brief(v));
+    return v.get<int64_t>();
+  };
+  auto field = [&](const std::string& key, const json& v) {
+    if (key == "input_ids") {
+      out.input_ids = integers(v, key);
+    } else if (key == "text_input") {
+      if (!v.is_string()) bad("\"text_input\" must be a string");
+      out.text_input = v.get<std::string>();
+    } else if (key == "max_tokens") {
+      out.max_tokens = integer(v, key);
+    } else if (key == "temperature") {
+      out.temperature = number(v, key);
+    } else if (key == "top_k") {
+      out.top_k = integer(v, key);
+    } else if (key == "top_p") {
+      out.top_p = number(v, key);
+    } else if (key == "seed") {
+      if (!v.is_number_integer() || (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() < 0)) {
+        bad("\"seed\" must be a non-negative integer, got " + io::json_limits::brief(v));
+      }
+      out.seed = v.get<uint64_t>();
+    } else if (key == "stop_token_ids") {
+      out.stop_token_ids = integers(v, key);
+    } else if (key == "id" || key == "stream") {
+      // the request's id (not echoed) and Triton's stream flag (the route decides)
+    } else {
+      bad("unknown field \"" + key + "\" (the generate fields: input_ids or text_input, max_tokens, temperature, "
+          "top_k, top_p, seed, stop_token_ids)");
+    }
+  };
+  for (auto it = request.begin(); it != request.end(); ++it) {
+    if (it.key() == "parameters") {
+      if (!it.value().is_object()) bad("\"parameters\" must be an object");
+      for (auto p = it.value().begin(); p != it.value().end(); ++p) field(p.key(), p.value());
+    } else {
+      field(it.key(), it.value());
+    }
+  }
+  if (out.input_ids.empty() && !out.text_input) bad("the request needs \"input_ids\" (a list of token ids) or \"text_input\"");
+  if (!out.input_ids.empty() && out.text_input) bad("give \"input_ids\" or \"text_input\", not both");
+  return out;
+}
+
+std::string generate_response_json(const std::string& model, const std::string& version,
+                                   const std::vector<int64_t>& output_ids, const std::string& finish_reason,
+                                   const std::optional<std::string>& text) {
+  json out{{"model_name", model}, {"model_version", version}, {"output_ids", output_ids},
+           {"finish_reason", finish_reason.empty() ? json(nullptr) : json(finish_reason)}};
+  if (text) out["text_output"] = *text;
+  return io::json_limits::dump(out);
+}
+
 std::string error_json(const std::string& message) { return io::json_limits::dump(json{{"error", message}}); }
 
 }  // namespace meshrt::serving

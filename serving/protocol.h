@@ -75,6 +75,30 @@ HttpPayload make_infer_request(const TensorSpec& input, const HostTensor& data, 
 HostTensor parse_infer_response(std::string_view body, std::optional<size_t> header_length);
 // reason: why not ready (added as "reason" when not empty).
 std::string model_ready_json(const std::string& name, bool ready, const std::string& reason = "");
+
+// Triton's generate extension (POST /v2/models/{m}/generate and
+// generate_stream): {"input_ids": [...], "max_tokens": N, "temperature": T,
+// "top_k": K, "top_p": P, "seed": S, "stop_token_ids": [...]} (the fields may
+// also sit in a "parameters" object; "text_input" instead of input_ids for a
+// model with a tokenizer).
+struct GenerateRequest {
+  std::vector<int64_t> input_ids;  // the prompt, used exactly as given
+  int64_t max_tokens = 16;
+  double temperature = 0;
+  int64_t top_k = 0;  // 0: every token
+  double top_p = 1;
+  std::optional<uint64_t> seed;
+  std::vector<int64_t> stop_token_ids;
+  std::optional<std::string> text_input;  // to tokenize (then input_ids is empty)
+};
+// RequestError(400) naming the field for a malformed or unknown field.
+GenerateRequest parse_generate_request(std::string_view body);
+// {"model_name", "model_version", "output_ids": [...], "finish_reason": "stop" | "length" | null}
+// (and "text_output" when text is given): the generate answer, and each
+// event of a stream (one token, finish_reason null; then the last one).
+std::string generate_response_json(const std::string& model, const std::string& version,
+                                   const std::vector<int64_t>& output_ids, const std::string& finish_reason,
+                                   const std::optional<std::string>& text = std::nullopt);
 std::string server_metadata_json();
 std::string error_json(const std::string& message);
 

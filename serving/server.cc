@@ -15,6 +15,7 @@
 
 #include "comm/world.h"
 #include "serving/engine.h"
+#include "serving/generator.h"
 #include "serving/http_router.h"
 #include "serving/metrics.h"
 #include "serving/protocol.h"
@@ -39,7 +40,10 @@ class Frontend {
  public:
   Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics)
       : engine_(engine), scheduler_(scheduler), metrics_(metrics), router_(error_response) {
-    for (int i = 0; i < engine_.servable_count(); ++i) signatures_.push_back(signature_of(engine_.servable(i)));
+    for (int i = 0; i < engine_.servable_count(); ++i) {
+      signatures_.push_back(signature_of(engine_.servable(i)));
+      generators_.push_back(engine_.servable(i).generation ? std::make_unique<Generator>(engine_, i, metrics_) : nullptr);
+    }
     router_.add("GET", "/metrics", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond({200, metrics_.render(), "text/plain; version=0.0.4", {}});
     });
@@ -70,10 +74,19 @@ class Frontend {
       router_.add("POST", base + "/infer", model_route([this](int model, const HttpRequest& r, const Responder& respond) {
         infer(model, r, respond);
       }));
+      router_.add("POST", base + "/generate", model_route([this](int model, const HttpRequest& r, const Responder& respond) {
+        generate(model, r, respond);
+      }));
     }
   }
 
   void set_draining() { draining_ = true; }
+  // Finishes the generations accepted (before the scheduler stops the other ranks).
+  void drain_generators() {
+    for (auto& g : generators_) {
+      if (g) g->drain();
+    }
+  }
 
   void handle(const HttpRequest& request, const Responder& respond) {
     router_.handle(request, [this, respond](HttpResponse r) {
@@ -141,10 +154,63 @@ class Frontend {
     }
   }
 
+  // POST .../generate: the whole answer once generation ends.
+  void generate(int model, const HttpRequest& request, const Responder& respond) {
+    const ServableDefinition& def = engine_.servable(model);
+    auto answer = [this, &def, respond](HttpResponse r) {
+      metrics_.request(def.name, def.version, r.status);
+      respond(std::move(r));
+    };
+    Generator* g = generators_[static_cast<size_t>(model)].get();
+    if (!g) return answer(error_response(400, "model '" + def.name + "' does not generate: generate is for Hugging Face decoder-only models (use infer)"));
+    GenerateRequest parsed;
+    try {
+      parsed = parse_generate_request(request.body);
+      if (parsed.text_input) throw RequestError(400, "model '" + def.name + "' has no tokenizer: send \"input_ids\"");
+      g->check(parsed);
+    } catch (const RequestError& e) {
+      return answer(error_response(e.status(), e.what()));
+    } catch (const Error& e) {
+      return answer(error_response(400, e.message()));
+    }
+    int64_t blocks = g->blocks_needed(parsed);
+    auto tokens = std::make_shared<std::vector<int64_t>>();
+    GenerateAdmission admitted = g->submit(std::move(parsed), [&def, tokens, answer](const GenerateUpdate& u) {
+      tokens->insert(tokens->end(), u.tokens.begin(), u.tokens.end());
+      if (u.status != 200) {
+        answer(error_response(u.status, u.error));
+      } else if (!u.finish_reason.empty()) {
+        answer(json_response(200, generate_response_json(def.name, def.version, *tokens, u.finish_reason)));
+      }
+      return true;
+    });
+    answer_admission(def, admitted, blocks, answer);
+  }
+
+  // The answer to a generate request that was not queued.
+  void answer_admission(const ServableDefinition& def, GenerateAdmission admitted, int64_t blocks,
+                        const std::function<void(HttpResponse)>& answer) {
+    const GenerationSpec& spec = *def.generation;
+    switch (admitted) {
+      case GenerateAdmission::kQueued: return;
+      case GenerateAdmission::kNeverFits:
+        return answer(error_response(503, detail::cat("the request needs ", blocks, " KV-cache blocks of ", spec.block_size,
+                                                      " tokens (its prompt and max_tokens) but model '", def.name,
+                                                      "' has ", spec.num_blocks, " in all: it can never fit")));
+      case GenerateAdmission::kQueueFull:
+        return answer(error_response(503, "model '" + def.name + "' is overloaded: its generate queue holds " +
+                                              std::to_string(def.batching.max_queue_size) + " requests; retry later"));
+      case GenerateAdmission::kDraining: return answer(error_response(503, "the server is shutting down"));
+      case GenerateAdmission::kModelUnavailable:
+        return answer(error_response(503, "model '" + def.name + "' is unavailable: " + engine_.failure(engine_.find(def.name, def.version))));
+    }
+  }
+
   Engine& engine_;
   Scheduler& scheduler_;
   Metrics& metrics_;
   HttpRouter router_;
+  std::vector<std::unique_ptr<Generator>> generators_;  // per servable; null unless it generates
   std::vector<ModelSignature> signatures_;  // per servable of the engine
   std::atomic<bool> draining_{false};
 };
@@ -218,6 +284,7 @@ int run_server(const ServerOptions& o) {
     say(detail::cat("signal ", static_cast<int>(signal), ": draining (not ready; finishing accepted requests)"));
     frontend.set_draining();
     metrics.ready(false);
+    frontend.drain_generators();  // generations accepted run to their end
     scheduler.drain();  // runs what is queued, then stops the other ranks
     auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
