@@ -719,6 +719,125 @@ TEST_F(HuggingFace, BadTokenRequestsGet400WithTheReason) {
   EXPECT_EQ(c.request("POST", "/v2/models/llama-tiny/infer", token_request({1, 2}, 1, 2).dump(), kJson).status, 200);
 }
 
+json generate_body(const std::vector<int64_t>& ids, int64_t max_tokens) {
+  return {{"input_ids", ids}, {"max_tokens", max_tokens}};
+}
+
+// Greedy generation over HTTP equals the float64 reference (full recompute per token).
+TEST_F(HuggingFace, GenerateEqualsTheReference) {
+  if (!meshrt::testing::reference_can_run()) GTEST_SKIP() << "python3-numpy is not installed: the reference cannot run";
+  std::vector<int64_t> prompt = {60, 193, 243};
+  std::string file = (fs::temp_directory_path() / ("meshrt-e2e-gen-" + std::to_string(::getpid()) + ".json")).string();
+  std::string command = std::string("/usr/bin/python3 ") + MESHRT_SOURCE_DIR + "/tests/hf_reference.py --model " +
+                        MESHRT_SOURCE_DIR + "/examples/hf/llama-tiny --input-ids '[[60, 193, 243]]' --generate 32 > " + file;
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  json reference = json::parse(read_file(file));
+  fs::remove(file);
+  HttpResponse r = job_->client().request("POST", "/v2/models/llama-tiny/generate", generate_body(prompt, 32).dump(), kJson);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json out = json::parse(r.body);
+  EXPECT_EQ(out["model_name"], "llama-tiny");
+  EXPECT_EQ(out["output_ids"], reference["tokens"][0]);
+  EXPECT_EQ(out["finish_reason"], "length");
+  // A stop token ends it, and is the last token given.
+  int64_t third = reference["tokens"][0][2].get<int64_t>();
+  json stop = generate_body(prompt, 32);
+  stop["stop_token_ids"] = {third};
+  r = job_->client().request("POST", "/v2/models/llama-tiny/generate", stop.dump(), kJson);
+  ASSERT_EQ(r.status, 200) << r.body;
+  out = json::parse(r.body);
+  EXPECT_EQ(out["finish_reason"], "stop");
+  ASSERT_EQ(out["output_ids"].size(), 3u);
+  EXPECT_EQ(out["output_ids"][2], third);
+}
+
+// 16 generations of different prompts and lengths at once: each equals its solo result.
+TEST_F(HuggingFace, ConcurrentGenerationsEqualTheirSoloResults) {
+  auto generate = [&](size_t k) {
+    std::vector<int64_t> prompt = {static_cast<int64_t>(10 + k), static_cast<int64_t>(200 + 3 * k), 7};
+    prompt.resize(1 + k % 3);
+    HttpResponse r = job_->client().request("POST", "/v2/models/llama-tiny/generate",
+                                            generate_body(prompt, static_cast<int64_t>(4 + k)).dump(), kJson);
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.status == 200 ? json::parse(r.body)["output_ids"] : json();
+  };
+  std::vector<json> solo, together(16);
+  for (size_t k = 0; k < 16; ++k) solo.push_back(generate(k));
+  std::vector<std::thread> clients;
+  for (size_t k = 0; k < 16; ++k) clients.emplace_back([&, k] { together[k] = generate(k); });
+  for (std::thread& t : clients) t.join();
+  for (size_t k = 0; k < 16; ++k) {
+    EXPECT_EQ(together[k], solo[k]) << "request " << k;
+    EXPECT_EQ(solo[k].size(), 4 + k) << "request " << k;
+  }
+}
+
+TEST_F(HuggingFace, BadGenerateRequestsGet400WithTheReason) {
+  HttpClient c = job_->client();
+  auto expect = [&](int status, const std::string& model, const std::string& body, const std::string& fragment) {
+    HttpResponse r = c.request("POST", "/v2/models/" + model + "/generate", body, kJson);
+    EXPECT_EQ(r.status, status) << body << " " << r.body;
+    EXPECT_NE(json::parse(r.body).value("error", "").find(fragment), std::string::npos) << r.body;
+  };
+  expect(400, "llama-tiny", R"({"input_ids": [1, 503]})", "\"input_ids\"[1] is 503");
+  expect(400, "llama-tiny", R"({"input_ids": []})", "needs \"input_ids\"");
+  expect(400, "llama-tiny", R"({"input_ids": [1], "temperature": -1})", "\"temperature\" must be >= 0");
+  expect(400, "llama-tiny", R"({"input_ids": [1], "top_p": 0})", "\"top_p\" must be in (0, 1]");
+  expect(400, "llama-tiny", R"({"input_ids": [1], "max_tokens": "many"})", "\"max_tokens\" must be an integer");
+  expect(400, "llama-tiny", R"({"input_ids": [1], "beams": 4})", "unknown field \"beams\"");
+  expect(400, "llama-tiny", R"({"prompt": "hi"})", "unknown field \"prompt\"");
+  expect(400, "llama-tiny", "[1, 2]", "must be a JSON object");
+  expect(404, "nothing", R"({"input_ids": [1]})", "unknown model");
+}
+
+// A model with a pool of 4 blocks of 8 tokens and a queue of 2: a request that
+// could never fit gets 503 at once; of many that fit, each is answered
+// (queued ones when blocks come back, the ones past the queue 503).
+TEST(Serving, TheKvPoolRunsOutCleanly) {
+  fs::path root = fs::temp_directory_path() / ("meshrt-kv-" + std::to_string(::getpid()));
+  fs::create_directories(root / "llama-small");
+  for (const auto& entry : fs::directory_iterator(MESHRT_SOURCE_DIR "/examples/hf/llama-tiny")) {
+    if (entry.path().filename() != "meshrt.json") fs::copy(entry.path(), root / "llama-small" / entry.path().filename());
+  }
+  std::ofstream(root / "llama-small" / "meshrt.json")
+      << R"({"rank_size": 2, "stage_size": 2, "kv_cache": {"block_size": 8, "num_blocks": 4},
+            "batching": {"max_queue_size": 2}})";
+  ServerJob job(2, root.string());
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  HttpClient c = job.client();
+  HttpResponse never = c.request("POST", "/v2/models/llama-small/generate", generate_body({1, 2, 3}, 62).dump(), kJson);
+  EXPECT_EQ(never.status, 503);
+  EXPECT_NE(never.body.find("needs 8 KV-cache blocks of 8 tokens"), std::string::npos) << never.body;
+  EXPECT_NE(never.body.find("can never fit"), std::string::npos) << never.body;
+  // Each needs 2 blocks (3 + 12 tokens): two run at once, two wait, the rest are turned away.
+  std::vector<int> status(12);
+  std::vector<size_t> tokens(12);
+  std::vector<std::thread> clients;
+  for (size_t k = 0; k < status.size(); ++k) {
+    clients.emplace_back([&, k] {
+      HttpResponse r = job.client().request("POST", "/v2/models/llama-small/generate",
+                                            generate_body({1, 2, static_cast<int64_t>(k)}, 12).dump(), kJson);
+      status[k] = r.status;
+      if (r.status == 200) tokens[k] = json::parse(r.body)["output_ids"].size();
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  int ok = 0;
+  for (size_t k = 0; k < status.size(); ++k) {
+    EXPECT_TRUE(status[k] == 200 || status[k] == 503) << status[k];
+    if (status[k] == 200) {
+      ++ok;
+      EXPECT_EQ(tokens[k], 12u);
+    }
+  }
+  EXPECT_GE(ok, 2);
+  std::string metrics = c.request("GET", "/metrics").body;
+  EXPECT_NE(metrics.find("meshrt_kv_cache_blocks_in_use{model=\"llama-small\",version=\"1\"} 0"), std::string::npos) << metrics;
+  job.signal_rank0(SIGTERM);
+  EXPECT_TRUE(job.exited(std::chrono::seconds(60))) << job.log();
+  fs::remove_all(root);
+}
+
 TEST(Serving, RankCountMustMatchRankSize) {
   ServerJob job(2, kExamples);
   ASSERT_TRUE(job.exited(std::chrono::seconds(60)));
