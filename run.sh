@@ -8,7 +8,7 @@
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), transformer prefill, pipeline and serving benchmarks and a server's
+#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), transformer prefill, generation, pipeline and serving benchmarks and a server's
 #                          idle CPU, each against its baseline; recorded in bench/results/
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
@@ -182,6 +182,9 @@ case "$command" in
     for m in llama-tiny gpt2-tiny; do
       for n in 1 2; do record "transformer-prefill-$m-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-transformer" --model "examples/hf/$m" --batch 4 --seq 64; done
     done
+    # Generation (KV cache, iteration-level batching) at concurrency 1, 8 and 32, TP 1 and 2, beside the
+    # reference's batched full-recompute generation in the same run
+    for n in 1 2; do record "generate-llama-tiny-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-generate" --device cpu --model examples/hf/llama-tiny --concurrency 1,8,32; done
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
     record serving-matmul_neg bench/serving.sh
     record idle-cpu bench/idle_cpu.sh

@@ -726,6 +726,10 @@ def main():
                              "no cache): prints JSON {\"tokens\": [[...], ...], \"min_gap\": the smallest top-1 - "
                              "top-2 logit gap over the steps} (stopping after an id in --stop-ids)")
     parser.add_argument("--stop-ids", default="[]", help="token ids that end a row's generation (JSON list)")
+    parser.add_argument("--time-generate", type=int, metavar="N",
+                        help="time greedy generation of N tokens for every row at once (rows of one length; full "
+                             "recompute of the batch per token): prints JSON {\"seconds\", \"first_token_seconds\", "
+                             "\"tokens\": rows x N} (a benchmark's baseline)")
     parser.add_argument("--self-test", action="store_true", help="check the reference's invariants and exit")
     parser.add_argument("--models", default="examples/hf", help="the example checkpoints' folder, for --self-test")
     args = parser.parse_args()
@@ -740,6 +744,21 @@ def main():
     mask = json.loads(args.attention_mask) if args.attention_mask else None
     positions = json.loads(args.position_ids) if args.position_ids else None
     ids = json.loads(args.input_ids)
+    if args.time_generate:
+        import time
+        seqs = [list(r) for r in ids]
+        start = time.perf_counter()
+        first = None
+        for _ in range(args.time_generate):
+            last = forward(config, tensors, seqs)[:, -1]
+            for row, token in zip(seqs, np.argmax(last, axis=-1)):
+                row.append(int(token))
+            if first is None:
+                first = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        json.dump({"seconds": seconds, "first_token_seconds": first, "tokens": len(seqs) * args.time_generate}, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
     if args.generate:
         stops = set(json.loads(args.stop_ids))
         rows, gaps = [], []
