@@ -440,6 +440,41 @@ TEST(Streaming, ChunkedOnTheWireAndKeptAlive) {
   ::close(fd);
 }
 
+// Requests pipelined behind a stream are answered after it, in order: one sent
+// with the stream's request, one sent while the stream is being written (the
+// background read takes it in).
+TEST(Streaming, PipelinedRequestsWaitForTheStream) {
+  Latch go;
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  stream->write("first");
+                  go.wait(10s);
+                  stream->write("second");
+                  stream->close();
+                }));
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string requests = "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\na";
+  ::send(fd, requests.data(), requests.size(), MSG_NOSIGNAL);
+  std::string answer;
+  ASSERT_TRUE(read_until(fd, "5\r\nfirst\r\n", answer, 10s)) << answer;
+  std::string third = "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+  ::send(fd, third.data(), third.size(), MSG_NOSIGNAL);
+  std::this_thread::sleep_for(100ms);  // for the background read to take it in
+  go.set();
+  answer += read_all(fd, 10s);  // until the server closes, after the third
+  ::close(fd);
+  size_t stream_end = answer.find("6\r\nsecond\r\n0\r\n\r\n");
+  size_t second = answer.find("{\"bytes\": 1}");
+  size_t third_at = answer.find("{\"bytes\": 3}");
+  ASSERT_NE(stream_end, std::string::npos) << answer;
+  EXPECT_NE(second, std::string::npos) << answer;
+  EXPECT_NE(third_at, std::string::npos) << answer;
+  EXPECT_LT(stream_end, second) << answer;
+  EXPECT_LT(second, third_at) << answer;
+}
+
 // To an HTTP/1.0 client the body is not chunked: it ends when the server closes
 // the connection.
 TEST(Streaming, Http10GetsTheBodyUntilClose) {
