@@ -67,7 +67,7 @@ struct HttpResponse {
   std::string content_type = "application/json";
   HttpHeaders headers;
   // When set, the body is this stream's chunks instead of `body` (which is then
-  // ignored): see HttpStream. Set by servers only (HttpClient leaves it empty).
+  // ignored): see HttpStream. Set by a handler; HttpClient leaves it empty.
   std::shared_ptr<HttpStream> stream = nullptr;
   std::optional<std::string> header(const std::string& name) const { return find_header(headers, name); }
 };
@@ -128,7 +128,8 @@ class HttpServer {
 // Chunks wait in memory until written: a producer much faster than its client
 // should pace itself (tokens are small). Dropping the last reference without
 // close() aborts the response: the connection is closed without the last chunk,
-// so the client sees the body incomplete.
+// so the client sees the body incomplete. A stream is the body of one response.
+// write() returning true means queued, not delivered.
 class HttpStream {
  public:
   HttpStream();
