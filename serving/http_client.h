@@ -3,8 +3,10 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -23,6 +25,16 @@ class HttpClient {
   // the server cannot be reached or the exchange fails.
   HttpResponse request(const std::string& method, const std::string& target, const std::string& body = "",
                        const std::vector<std::pair<std::string, std::string>>& headers = {});
+  // Sends one request and reads its response incrementally: on_chunk gets the
+  // body's bytes as they arrive (as much as one read brings: the server's chunks
+  // may come split or together), before this returns the status and headers
+  // (the body empty). For streamed responses (HttpStream). Throws
+  // Error(kUnavailable) like request(), also when the connection breaks before
+  // the body's end (after some of it went to on_chunk), and passes on what
+  // on_chunk throws (the connection is dropped then).
+  HttpResponse request_stream(const std::string& method, const std::string& target, const std::string& body,
+                              const std::vector<std::pair<std::string, std::string>>& headers,
+                              const std::function<void(std::string_view)>& on_chunk);
 
  private:
   struct Impl;

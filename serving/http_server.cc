@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cstdio>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string_view>
 #include <thread>
 
@@ -29,10 +32,88 @@ std::optional<std::string> find_header(const HttpHeaders& headers, const std::st
   return std::nullopt;
 }
 
+// What a streamed response's producer (HttpStream) and the connection writing
+// it share.
+struct HttpStream::State {
+  std::mutex mutex;
+  std::string pending;        // written, not yet taken by the connection
+  bool closed = false;        // close(): the body ends after pending
+  bool aborted = false;       // the last HttpStream went without close()
+  bool finished = false;      // the server is done with it: written, client gone, stopped
+  bool woken = false;         // a pump is posted and has not taken pending yet
+  std::function<void()> wake;  // while a connection writes it: posts its pump (holds the connection)
+
+  bool writable() const { return !closed && !aborted && !finished; }
+  // Lets the connection know there is something new (under mutex). Posting
+  // never runs the pump inline, so it may be called under the lock.
+  void poke() {
+    if (wake && !woken) {
+      woken = true;
+      wake();
+    }
+  }
+  // Done for the server: write() fails from now on and the connection is let
+  // go (wake held it). True the first time only: the caller stops counting
+  // the request then.
+  bool finish() {
+    std::function<void()> dropped;  // destroyed after the lock is released
+    std::lock_guard<std::mutex> lock(mutex);
+    if (finished) return false;
+    finished = true;
+    pending.clear();
+    dropped = std::move(wake);
+    wake = nullptr;
+    return true;
+  }
+};
+
+HttpStream::HttpStream() : state_(std::make_shared<State>()) {}
+
+HttpStream::~HttpStream() {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (!state_->writable()) return;
+  state_->aborted = true;
+  state_->poke();
+}
+
+bool HttpStream::write(std::string chunk) {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (!state_->writable()) return false;
+  if (chunk.empty()) return true;  // an empty chunk would read as the last one
+  if (state_->pending.empty()) {
+    state_->pending = std::move(chunk);
+  } else {
+    state_->pending += chunk;
+  }
+  state_->poke();
+  return true;
+}
+
+void HttpStream::close() {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (!state_->writable()) return;
+  state_->closed = true;
+  state_->poke();
+}
+
+bool HttpStream::open() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  return state_->writable();
+}
+
+namespace {
+// An io_context whose handlers can be destroyed before it is: they hold the
+// connections, which hold the server (see ~HttpServer).
+struct Context : net::io_context {
+  using net::io_context::io_context;
+  using net::execution_context::shutdown;
+};
+}  // namespace
+
 struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   HttpServerOptions options;
   HttpHandler handler;
-  net::io_context context;
+  Context context;
   tcp::acceptor acceptor;
   std::atomic<size_t> in_flight{0};
   std::atomic<size_t> connections{0};
@@ -40,6 +121,10 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   net::steady_timer retry_timer{context};
   std::mutex clients_mutex;
   std::map<net::ip::address, size_t> clients;  // open connections per source address
+  std::atomic<int> running{0};                 // threads in run()
+  std::atomic<bool> stopped{false};
+  std::mutex streams_mutex;
+  std::set<std::shared_ptr<HttpStream::State>> streams;  // answered with, not finished (stop() ends them)
 
   Impl(HttpServerOptions o, HttpHandler h)
       : options(std::move(o)), handler(std::move(h)), context(std::max(1, options.threads)),
@@ -68,6 +153,27 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   }
 
   void accept();
+
+  static std::shared_ptr<HttpStream::State> state_of(const HttpStream& stream) { return stream.state_; }
+  // Takes on a streamed response until end(); false (and ended) once stopped.
+  bool adopt(const std::shared_ptr<HttpStream::State>& stream) {
+    {
+      std::lock_guard<std::mutex> lock(streams_mutex);
+      if (!stopped.load()) {
+        streams.insert(stream);
+        return true;
+      }
+    }
+    end(stream);
+    return false;
+  }
+  // A streamed response is done (written, its client gone, or stopped).
+  void end(const std::shared_ptr<HttpStream::State>& stream) {
+    if (!stream->finish()) return;
+    --in_flight;
+    std::lock_guard<std::mutex> lock(streams_mutex);
+    streams.erase(stream);
+  }
 };
 
 namespace {
@@ -132,7 +238,10 @@ class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, net::ip::address client, std::shared_ptr<HttpServer::Impl> server)
       : stream_(std::move(socket)), client_(std::move(client)), server_(std::move(server)) {}
-  ~Session() { server_->release(client_); }
+  ~Session() {
+    if (out_) server_->end(out_);  // (not expected: a stream ends before its connection goes)
+    server_->release(client_);
+  }
 
   void start() { read(); }
 
@@ -202,6 +311,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (reply_to_read_error(ec)) return;
     http::request<http::string_body> message = parser_->release();
     keep_alive_ = message.keep_alive();
+    version_ = message.version();
     HttpRequest request;
     request.method = std::string(message.method_string());
     request.target = std::string(message.target());
@@ -212,7 +322,12 @@ class Session : public std::enable_shared_from_this<Session> {
     auto answered = std::make_shared<std::atomic<bool>>(false);
     Responder respond = [self = shared_from_this(), answered](HttpResponse response) {
       if (answered->exchange(true)) return;  // exactly once
+      // A stream is known to the server from here, so that stop() ends it even
+      // if its connection never gets to write it (adopt ends it if stopped).
+      if (response.stream && !self->server_->adopt(HttpServer::Impl::state_of(*response.stream))) return;
+      if (self->server_->stopped.load()) return;  // dropped: nothing runs the post
       net::post(self->stream_.get_executor(), [self, response = std::move(response)]() mutable {
+        if (response.stream) return self->write_stream(std::move(response));
         self->write(std::move(response), self->keep_alive_, true);
       });
     };
@@ -256,6 +371,137 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
+  // A streamed response (HttpStream): its status and headers, then its chunks
+  // as they come (pump), the last chunk after close(). Meanwhile a read in the
+  // background notices a client that goes.
+  void write_stream(HttpResponse r) {
+    out_ = HttpServer::Impl::state_of(*r.stream);
+    r.stream.reset();  // may abort it, when the handler kept no reference and did not close it
+    bool bodiless = head_ || r.status < 200 || r.status == 204 || r.status == 304;
+    out_chunked_ = !bodiless && version_ >= 11;
+    // To HTTP/1.0 the body ends with the connection.
+    out_keep_alive_ = keep_alive_ && (bodiless || out_chunked_);
+    auto response = std::make_shared<http::response<http::empty_body>>(static_cast<http::status>(r.status), 11);
+    response->set(http::field::server, "meshrt");
+    response->set(http::field::content_type, r.content_type);
+    for (const auto& [k, v] : r.headers) response->set(k, v);
+    response->erase(http::field::content_length);
+    response->erase(http::field::transfer_encoding);
+    response->keep_alive(out_keep_alive_);
+    if (out_chunked_) response->chunked(true);
+    auto serializer = std::make_shared<http::response_serializer<http::empty_body>>(*response);
+    stream_.expires_after(server_->options.write_timeout);
+    http::async_write_header(stream_, *serializer,
+                             [self = shared_from_this(), response, serializer, bodiless](beast::error_code ec, size_t) {
+                               if (!self->out_) return;
+                               if (ec) return self->client_gone();
+                               if (bodiless) return self->end_stream();
+                               self->attach();
+                             });
+  }
+
+  void attach() {
+    {
+      std::lock_guard<std::mutex> lock(out_->mutex);
+      if (!out_->finished) {
+        out_->wake = [self = shared_from_this()] {
+          net::post(self->stream_.get_executor(), [self] { self->pump(); });
+        };
+      }
+    }
+    stream_.expires_never();  // for the read: write_timeout is set before each write
+    reading_in_background_ = true;
+    stream_.async_read_some(buffer_.prepare(1024), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->on_background_read(ec, n);
+    });
+    pump();
+  }
+
+  // Writes what the stream has (the chunks written since the last write, as
+  // one chunk), unless a write is on its way (its completion pumps again).
+  void pump() {
+    if (!out_ || writing_) return;
+    std::string data;
+    bool last = false, abandoned = false;
+    {
+      std::lock_guard<std::mutex> lock(out_->mutex);
+      out_->woken = false;
+      data.swap(out_->pending);
+      last = out_->closed;
+      abandoned = out_->aborted || out_->finished;  // finished here: by stop()
+    }
+    if (abandoned) return client_gone();  // closed without the last chunk
+    if (data.empty() && !last) return;    // the next write() or close() pumps again
+    out_buffer_.clear();
+    if (out_chunked_) {
+      if (!data.empty()) {
+        char size[24];
+        std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+        out_buffer_.reserve(data.size() + 32);
+        out_buffer_ = size;
+        out_buffer_ += data;
+        out_buffer_ += "\r\n";
+      }
+      if (last) out_buffer_ += "0\r\n\r\n";
+    } else {
+      out_buffer_ = std::move(data);
+    }
+    if (out_buffer_.empty()) return end_stream();  // HTTP/1.0: closed, nothing left
+    writing_ = true;
+    stream_.expires_after(server_->options.write_timeout);  // the write's alone: the read is pending
+    net::async_write(stream_, net::buffer(out_buffer_), [self = shared_from_this(), last](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (!self->out_) return;
+      if (ec) return self->client_gone();
+      if (last) return self->end_stream();
+      self->pump();
+    });
+  }
+
+  void on_background_read(beast::error_code ec, size_t n) {
+    reading_in_background_ = false;
+    if (!ec) buffer_.commit(n);  // the next request, pipelined: kept for read()
+    if (out_) {
+      // Bytes: the client is there (a failed write notices it going from now
+      // on). The end of its data or an error: it is gone.
+      if (ec) client_gone();
+      return;
+    }
+    if (!resume_after_background_read_) return;  // the client went: the connection is closed
+    resume_after_background_read_ = false;
+    if (ec && ec != net::error::operation_aborted) return close();
+    resume();
+  }
+
+  // The whole body is written (or there is none): the next request, once the
+  // background read is off.
+  void end_stream() {
+    server_->end(out_);
+    out_.reset();
+    if (reading_in_background_) {
+      resume_after_background_read_ = true;
+      beast::error_code ignored;
+      stream_.socket().cancel(ignored);
+      return;
+    }
+    resume();
+  }
+
+  void resume() {
+    if (!out_keep_alive_) return close();
+    read();
+  }
+
+  // A write failed or timed out, the client closed its side, its producer
+  // dropped the stream, or the server stopped: the connection is closed.
+  void client_gone() {
+    if (!out_) return;
+    server_->end(out_);
+    out_.reset();
+    resume_after_background_read_ = false;
+    stream_.close();
+  }
+
   beast::tcp_stream stream_;
   net::ip::address client_;
   beast::flat_buffer buffer_;
@@ -264,6 +510,15 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = true;
   bool first_request_ = true;
   bool head_ = false;  // the request being answered is HEAD
+  unsigned version_ = 11;  // of the request being answered (10: HTTP/1.0)
+  // The streamed response being written, if any (see write_stream).
+  std::shared_ptr<HttpStream::State> out_;
+  std::string out_buffer_;  // the bytes of the write on its way
+  bool out_chunked_ = false;
+  bool out_keep_alive_ = false;
+  bool writing_ = false;
+  bool reading_in_background_ = false;
+  bool resume_after_background_read_ = false;
 };
 
 }  // namespace
@@ -305,16 +560,24 @@ HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
                ": ", ec.message());
 }
 
-HttpServer::~HttpServer() { stop(); }
+HttpServer::~HttpServer() {
+  stop();
+  // The handlers left in the context hold connections, which hold impl_, which
+  // holds the context: destroyed here (their sockets closed), or none of it is
+  // ever freed. Only once run() has returned.
+  if (impl_->running.load() == 0) impl_->context.shutdown();
+}
 
 uint16_t HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
 
 void HttpServer::run() {
+  ++impl_->running;
   impl_->accept();
   std::vector<std::thread> threads;
   for (int i = 1; i < impl_->options.threads; ++i) threads.emplace_back([this] { impl_->context.run(); });
   impl_->context.run();
   for (auto& t : threads) t.join();
+  --impl_->running;
 }
 
 void HttpServer::stop_accepting() {
@@ -327,6 +590,15 @@ void HttpServer::stop_accepting() {
 
 void HttpServer::stop() {
   stop_accepting();
+  std::set<std::shared_ptr<HttpStream::State>> open;
+  {
+    std::lock_guard<std::mutex> lock(impl_->streams_mutex);
+    impl_->stopped = true;
+    open.swap(impl_->streams);
+  }
+  for (const auto& stream : open) {
+    if (stream->finish()) --impl_->in_flight;
+  }
   impl_->context.stop();
 }
 

@@ -1,9 +1,11 @@
 // serving/http_server: the HTTP server in this process, spoken to over loopback
 // with raw sockets: RFC 9112 framing (Transfer-Encoding with Content-Length,
-// codings, Host), and slow clients that must not lock out the others (a cap per
-// source address, header and body timeouts).
+// codings, Host), slow clients that must not lock out the others (a cap per
+// source address, header and body timeouts), and streamed responses (HttpStream:
+// chunks as they are written, clients that go, stop() with streams open).
 #include <gtest/gtest.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/resource.h>
@@ -12,7 +14,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,17 +34,20 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Answers with 200 and the request's body length.
+void answer_with_length(const HttpRequest& r, Responder respond) {
+  respond({200, "{\"bytes\": " + std::to_string(r.body.size()) + "}", "application/json", {}});
+}
+
 // An HttpServer on 127.0.0.1 (and the rest of 127/8: loopback) answering every
-// request with 200 and the request's body length.
+// request with handler (by default, answer_with_length).
 class Server {
  public:
-  explicit Server(HttpServerOptions options = {}) {
+  explicit Server(HttpServerOptions options = {}, HttpHandler handler = answer_with_length) {
     options.address = "0.0.0.0";
     options.port = 0;
     options.threads = 2;
-    server_ = std::make_unique<HttpServer>(options, [](const HttpRequest& r, Responder respond) {
-      respond({200, "{\"bytes\": " + std::to_string(r.body.size()) + "}", "application/json", {}});
-    });
+    server_ = std::make_unique<HttpServer>(options, std::move(handler));
     thread_ = std::thread([this] { server_->run(); });
   }
   ~Server() {
@@ -44,6 +55,7 @@ class Server {
     thread_.join();
   }
   uint16_t port() const { return server_->port(); }
+  HttpServer& http() { return *server_; }
 
  private:
   std::unique_ptr<HttpServer> server_;
@@ -235,6 +247,509 @@ TEST(SlowClients, OneClientCannotLockOutTheOthers) {
   std::printf("well-behaved requests answered during the attack: %d of %d\n", answered, sent);
   EXPECT_EQ(answered, sent);
   EXPECT_GT(sent, 50);
+}
+
+
+// ---- Streamed responses (HttpStream) ----
+
+// Threads that produce streams for the handlers of a test; joined when it ends
+// (declare before the Server: the server stops first, so that writes fail).
+class Producers {
+ public:
+  ~Producers() {
+    for (auto& t : threads_) t.join();
+  }
+  void spawn(std::function<void()> f) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    threads_.emplace_back(std::move(f));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::thread> threads_;
+};
+
+// A flag that one thread sets and another waits for, with a timeout.
+class Latch {
+ public:
+  void set() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      set_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool wait(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return set_; });
+  }
+  bool is_set() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return set_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+// Whether pred() becomes true within timeout (polled).
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+// Reads from fd, appending to out, until out holds needle (true), or the
+// connection closes or timeout runs out (false).
+bool read_until(int fd, const std::string& needle, std::string& out, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buffer[4096];
+  while (out.find(needle) == std::string::npos) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
+    ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+    if (n <= 0) return false;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// The payload of a chunked body that ends with its last chunk and nothing after
+// it; nullopt when it is not one.
+std::optional<std::string> decode_chunked(const std::string& body) {
+  std::string out;
+  size_t at = 0;
+  for (;;) {
+    size_t eol = body.find("\r\n", at);
+    if (eol == std::string::npos || eol == at) return std::nullopt;
+    std::string size_text = body.substr(at, eol - at);
+    if (size_text.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) return std::nullopt;
+    size_t size = std::stoul(size_text, nullptr, 16);
+    at = eol + 2;
+    if (size == 0) return body.compare(at, std::string::npos, "\r\n") == 0 ? std::optional<std::string>(out) : std::nullopt;
+    if (body.size() < at + size + 2 || body.compare(at + size, 2, "\r\n") != 0) return std::nullopt;
+    out.append(body, at, size);
+    at += size + 2;
+  }
+}
+
+std::string event(int i) { return "data: {\"token\": " + std::to_string(i) + "}\n\n"; }
+
+// Answers /stream with a stream that produce() writes from a thread of
+// producers, and anything else with answer_with_length.
+HttpHandler streaming(Producers& producers, std::function<void(std::shared_ptr<HttpStream>)> produce) {
+  return [&producers, produce](const HttpRequest& r, Responder respond) {
+    if (r.target != "/stream") return answer_with_length(r, respond);
+    auto stream = std::make_shared<HttpStream>();
+    respond({200, "", "text/event-stream", {{"Cache-Control", "no-cache"}}, stream});
+    producers.spawn([stream, produce] { produce(stream); });
+  };
+}
+
+// Events written with delays reach the client as they are written: the
+// producer waits for the client to have the first before it writes the rest.
+TEST(Streaming, EventsArriveAsTheyAreWritten) {
+  constexpr int kEvents = 6;
+  Latch first_seen;
+  std::atomic<bool> handshake{false};
+  std::chrono::steady_clock::time_point last_written, first_arrived;
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  for (int i = 0; i < kEvents; ++i) {
+                    EXPECT_TRUE(stream->write(event(i)));
+                    if (i == 0) handshake = first_seen.wait(10s);
+                    std::this_thread::sleep_for(30ms);
+                  }
+                  last_written = std::chrono::steady_clock::now();
+                  stream->close();
+                  EXPECT_FALSE(stream->write("after close"));
+                }));
+  HttpClient client("127.0.0.1", server.port());
+  std::string body;
+  std::vector<std::string> pieces;
+  HttpResponse r = client.request_stream("POST", "/stream", "{}", {}, [&](std::string_view data) {
+    if (body.empty()) first_arrived = std::chrono::steady_clock::now();
+    body.append(data);
+    pieces.emplace_back(data);
+    if (body.find(event(0)) != std::string::npos) first_seen.set();
+  });
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "text/event-stream");
+  EXPECT_EQ(r.header("Transfer-Encoding"), "chunked");
+  EXPECT_EQ(r.header("Cache-Control"), "no-cache");
+  EXPECT_FALSE(r.header("Content-Length").has_value());
+  std::string expected;
+  for (int i = 0; i < kEvents; ++i) expected += event(i);
+  EXPECT_EQ(body, expected);
+  EXPECT_TRUE(handshake) << "the first event must reach the client while the stream is still open";
+  EXPECT_LT(first_arrived, last_written);
+  EXPECT_GE(pieces.size(), 3u) << "the events came over time, not in one piece";
+  // The connection is kept: the next request on it (and the stream no longer counts).
+  EXPECT_EQ(client.request("POST", "/plain", "abc").body, "{\"bytes\": 3}");
+  // (in_flight() drops once the write completes, which may be just after the client has read it)
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+}
+
+// On the wire: chunked framing, a chunk sent while the producer waits, the last
+// chunk after close(), then the next request on the same connection.
+TEST(Streaming, ChunkedOnTheWireAndKeptAlive) {
+  Latch go;
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  stream->write("hello");
+                  go.wait(10s);
+                  stream->write("world!");
+                  stream->close();
+                }));
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string request = "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n";
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string answer;
+  ASSERT_TRUE(read_until(fd, "\r\n\r\n5\r\nhello\r\n", answer, 10s)) << answer;
+  size_t end = answer.find("\r\n\r\n");
+  std::string head = answer.substr(0, end + 2);
+  EXPECT_EQ(status_of(answer), 200) << head;
+  EXPECT_NE(head.find("Transfer-Encoding: chunked\r\n"), std::string::npos) << head;
+  EXPECT_NE(head.find("Content-Type: text/event-stream\r\n"), std::string::npos) << head;
+  EXPECT_EQ(head.find("Content-Length"), std::string::npos) << head;
+  EXPECT_EQ(head.find("Connection: close"), std::string::npos) << head;
+  std::this_thread::sleep_for(100ms);
+  std::string more = read_all(fd, 100ms);
+  EXPECT_EQ(more, "") << "nothing more until the producer writes";
+  EXPECT_EQ(server.http().in_flight(), 1u) << "an open stream counts";
+  go.set();
+  ASSERT_TRUE(read_until(fd, "0\r\n\r\n", answer, 10s)) << answer;
+  std::string body = answer.substr(end + 4);
+  EXPECT_EQ(body, "5\r\nhello\r\n6\r\nworld!\r\n0\r\n\r\n");
+  EXPECT_EQ(decode_chunked(body), "helloworld!");
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+  // Kept alive: the next request on this connection.
+  request = "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab";
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string next = read_all(fd, 10s);
+  EXPECT_EQ(status_of(next), 200) << next;
+  EXPECT_NE(next.find("{\"bytes\": 2}"), std::string::npos) << next;
+  ::close(fd);
+}
+
+// Requests pipelined behind a stream are answered after it, in order: one sent
+// with the stream's request, one sent while the stream is being written (the
+// background read takes it in).
+TEST(Streaming, PipelinedRequestsWaitForTheStream) {
+  Latch go;
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  stream->write("first");
+                  go.wait(10s);
+                  stream->write("second");
+                  stream->close();
+                }));
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string requests = "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
+                         "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\na";
+  ::send(fd, requests.data(), requests.size(), MSG_NOSIGNAL);
+  std::string answer;
+  ASSERT_TRUE(read_until(fd, "5\r\nfirst\r\n", answer, 10s)) << answer;
+  std::string third = "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+  ::send(fd, third.data(), third.size(), MSG_NOSIGNAL);
+  std::this_thread::sleep_for(100ms);  // for the background read to take it in
+  go.set();
+  answer += read_all(fd, 10s);  // until the server closes, after the third
+  ::close(fd);
+  size_t stream_end = answer.find("6\r\nsecond\r\n0\r\n\r\n");
+  size_t second = answer.find("{\"bytes\": 1}");
+  size_t third_at = answer.find("{\"bytes\": 3}");
+  ASSERT_NE(stream_end, std::string::npos) << answer;
+  EXPECT_NE(second, std::string::npos) << answer;
+  EXPECT_NE(third_at, std::string::npos) << answer;
+  EXPECT_LT(stream_end, second) << answer;
+  EXPECT_LT(second, third_at) << answer;
+}
+
+// To an HTTP/1.0 client the body is not chunked: it ends when the server closes
+// the connection.
+TEST(Streaming, Http10GetsTheBodyUntilClose) {
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  stream->write("one ");
+                  std::this_thread::sleep_for(50ms);
+                  stream->write("two ");
+                  std::this_thread::sleep_for(50ms);
+                  stream->close();
+                }));
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string request = "GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  auto start = std::chrono::steady_clock::now();
+  std::string answer = read_all(fd, 20s);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s) << "the server closed the connection";
+  ::close(fd);
+  size_t end = answer.find("\r\n\r\n");
+  ASSERT_NE(end, std::string::npos) << answer;
+  std::string head = answer.substr(0, end + 2);
+  EXPECT_EQ(status_of(answer), 200) << head;
+  EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
+  EXPECT_EQ(head.find("Content-Length"), std::string::npos) << head;
+  EXPECT_NE(head.find("Connection: close\r\n"), std::string::npos) << head;
+  EXPECT_EQ(answer.substr(end + 4), "one two ");
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+}
+
+// A client that goes mid-stream: the producer's next writes fail soon, and the
+// request stops counting.
+TEST(Streaming, AClientThatGoesStopsTheProducer) {
+  std::atomic<bool> refused{false};
+  std::atomic<int> written{0};
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  auto until = std::chrono::steady_clock::now() + 30s;
+                  while (std::chrono::steady_clock::now() < until) {
+                    if (!stream->write(event(written))) {
+                      refused = true;
+                      break;
+                    }
+                    ++written;
+                    std::this_thread::sleep_for(10ms);
+                  }
+                  EXPECT_FALSE(stream->open());
+                }));
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string request = "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n";
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string answer;
+  ASSERT_TRUE(read_until(fd, event(2), answer, 10s)) << answer;
+  EXPECT_EQ(server.http().in_flight(), 1u);
+  ::close(fd);
+  auto gone = std::chrono::steady_clock::now();
+  EXPECT_TRUE(eventually([&] { return refused.load(); }, 5s)) << "write() still succeeds after " << written << " events";
+  std::printf("write() failed %.0f ms after the client closed\n",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - gone).count());
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+}
+
+// A stream whose producer is between events (nothing to write) still notices
+// its client going: open() turns false.
+TEST(Streaming, AnIdleStreamNoticesItsClientGoing) {
+  std::atomic<bool> noticed{false};
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  stream->write(event(0));
+                  noticed = eventually([&] { return !stream->open(); }, 20s);
+                }));
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  std::string request = "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n";
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string answer;
+  ASSERT_TRUE(read_until(fd, event(0), answer, 10s)) << answer;
+  ::close(fd);
+  EXPECT_TRUE(eventually([&] { return noticed.load(); }, 5s));
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+}
+
+// write_timeout bounds each chunk, not the response: a stream slower than it
+// in all is served whole, and a client that reads nothing is let go.
+TEST(Streaming, TheWriteTimeoutIsPerChunk) {
+  HttpServerOptions options;
+  options.write_timeout = 300ms;
+  std::atomic<bool> refused{false};
+  Producers producers;
+  Server server(options, [&](const HttpRequest& r, Responder respond) {
+    auto stream = std::make_shared<HttpStream>();
+    respond({200, "", "application/octet-stream", {}, stream});
+    if (r.target == "/slow") {
+      producers.spawn([stream] {
+        for (int i = 0; i < 8; ++i) {
+          stream->write(event(i));
+          std::this_thread::sleep_for(100ms);
+        }
+        stream->close();
+      });
+    } else {  // as much as it can, until the client is gone
+      producers.spawn([stream, &refused] {
+        std::string block(64 << 10, 'x');
+        auto until = std::chrono::steady_clock::now() + 30s;
+        while (std::chrono::steady_clock::now() < until) {
+          if (!stream->write(block)) {
+            refused = true;
+            return;
+          }
+          std::this_thread::sleep_for(5ms);
+        }
+      });
+    }
+  });
+  HttpClient client("127.0.0.1", server.port());
+  std::string body;
+  HttpResponse r = client.request_stream("GET", "/slow", "", {}, [&](std::string_view data) { body.append(data); });
+  std::string expected;
+  for (int i = 0; i < 8; ++i) expected += event(i);
+  EXPECT_EQ(body, expected) << "800 ms of stream under a 300 ms write timeout";
+
+  int fd = connect_from("127.0.0.1", server.port());
+  ASSERT_GE(fd, 0);
+  int small = 4096;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  std::string request = "GET /flood HTTP/1.1\r\nHost: a\r\n\r\n";
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);  // and never read
+  EXPECT_TRUE(eventually([&] { return refused.load(); }, 20s)) << "a client that reads nothing is closed";
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+  ::close(fd);
+}
+
+// The response to HEAD is the headers alone: its stream ends with them, and
+// the next request follows on the connection. A stream dropped without close()
+// breaks its response off: the client sees it incomplete.
+TEST(Streaming, HeadAndAbandonedStreams) {
+  std::atomic<bool> head_refused{false};
+  Producers producers;
+  Server server({}, [&](const HttpRequest& r, Responder respond) {
+    if (r.target == "/plain") return answer_with_length(r, respond);
+    auto stream = std::make_shared<HttpStream>();
+    respond({200, "", "text/event-stream", {}, stream});
+    if (r.target == "/stream") {
+      producers.spawn([stream, &head_refused] {
+        head_refused = eventually([&] { return !stream->write(event(0)); }, 10s);
+      });
+    } else {  // "/abandoned": written to, never closed, dropped
+      producers.spawn([stream]() mutable {
+        stream->write(event(0));
+        std::this_thread::sleep_for(50ms);
+        stream.reset();
+      });
+    }
+  });
+  std::string answer = exchange(server.port(), "HEAD /stream HTTP/1.1\r\nHost: a\r\n\r\n"
+                                               "GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status_of(answer), 200) << answer;
+  size_t end = answer.find("\r\n\r\n");
+  ASSERT_NE(end, std::string::npos) << answer;
+  EXPECT_EQ(answer.compare(end + 4, 9, "HTTP/1.1 "), 0) << answer;
+  EXPECT_EQ(answer.substr(answer.size() - 12), "{\"bytes\": 0}") << answer;
+  EXPECT_TRUE(eventually([&] { return head_refused.load(); }, 10s));
+
+  HttpClient client("127.0.0.1", server.port());
+  std::string body;
+  EXPECT_THROW(client.request_stream("GET", "/abandoned", "", {}, [&](std::string_view data) { body.append(data); }),
+               Error);
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+  EXPECT_EQ(client.request("POST", "/plain", "abcd").body, "{\"bytes\": 4}") << "the client connects again";
+}
+
+// Many streams at once on the server's two threads, their events interleaved.
+TEST(Streaming, ManyAtOnce) {
+  constexpr int kStreams = 16, kEvents = 20;
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  for (int i = 0; i < kEvents; ++i) {
+                    stream->write(event(i));
+                    std::this_thread::sleep_for(5ms);
+                  }
+                  stream->close();
+                }));
+  std::string expected;
+  for (int i = 0; i < kEvents; ++i) expected += event(i);
+  std::vector<std::thread> clients;
+  std::atomic<int> whole{0};
+  for (int c = 0; c < kStreams; ++c) {
+    clients.emplace_back([&] {
+      HttpClient client("127.0.0.1", server.port());
+      for (int round = 0; round < 2; ++round) {  // twice on one connection
+        std::string body;
+        client.request_stream("GET", "/stream", "", {}, [&](std::string_view data) { body.append(data); });
+        if (body == expected) ++whole;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(whole, 2 * kStreams);
+  EXPECT_TRUE(eventually([&] { return server.http().in_flight() == 0; }, 5s));
+}
+
+size_t open_fds() {
+  size_t n = 0;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.';
+  ::closedir(dir);
+  return n;
+}
+
+// stop() with a stream open (its producer holds it, writes nothing) and a
+// kept-alive connection returns at once; the stream's writes fail from then on;
+// once the server is destroyed its sockets are all closed, connections included.
+TEST(Streaming, StopWithAStreamOpenReturnsAndFreesAll) {
+  size_t fds = open_fds();
+  std::shared_ptr<HttpStream> held;
+  Latch answered;
+  {
+    Producers producers;
+    auto server = std::make_unique<Server>(HttpServerOptions{}, streaming(producers, [&](std::shared_ptr<HttpStream> s) {
+                                             s->write(event(0));
+                                             held = s;
+                                             answered.set();
+                                           }));
+    HttpClient kept("127.0.0.1", server->port());
+    EXPECT_EQ(kept.request("POST", "/plain", "x").status, 200);
+    int fd = connect_from("127.0.0.1", server->port());
+    ASSERT_GE(fd, 0);
+    std::string request = "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n";
+    ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+    std::string answer;
+    ASSERT_TRUE(read_until(fd, event(0), answer, 10s)) << answer;
+    ASSERT_TRUE(answered.wait(10s));
+    EXPECT_TRUE(eventually([&] { return server->http().in_flight() == 1; }, 5s));
+    auto start = std::chrono::steady_clock::now();
+    server.reset();  // stop(), run() returns, destroyed
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+    EXPECT_FALSE(held->open());
+    EXPECT_FALSE(held->write(event(1)));
+    std::string rest;
+    read_until(fd, "never", rest, 2s);
+    EXPECT_EQ(rest.find("0\r\n\r\n"), std::string::npos) << "closed without the last chunk: " << rest;
+    ::close(fd);
+  }
+  held.reset();
+  EXPECT_EQ(open_fds(), fds) << "sockets of the server left open";
+}
+
+// curl, if installed, reads the stream as chunked and the events as sent.
+TEST(Streaming, Curl) {
+  if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "no curl";
+  Producers producers;
+  Server server({}, streaming(producers, [&](std::shared_ptr<HttpStream> stream) {
+                  for (int i = 0; i < 3; ++i) {
+                    stream->write(event(i));
+                    std::this_thread::sleep_for(20ms);
+                  }
+                  stream->close();
+                }));
+  auto run = [&](const std::string& flags) {
+    std::string command = "curl -s -N " + flags + " http://127.0.0.1:" + std::to_string(server.port()) + "/stream";
+    std::string out;
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (pipe == nullptr) return out;
+    char buffer[4096];
+    size_t n;
+    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+    EXPECT_EQ(::pclose(pipe), 0) << command;
+    return out;
+  };
+  std::string expected = event(0) + event(1) + event(2);
+  EXPECT_EQ(run(""), expected);
+  std::string raw = run("--raw");
+  EXPECT_EQ(decode_chunked(raw), expected) << raw;
 }
 
 }  // namespace
