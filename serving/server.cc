@@ -75,8 +75,12 @@ class Frontend {
         infer(model, r, respond);
       }));
       router_.add("POST", base + "/generate", model_route([this](int model, const HttpRequest& r, const Responder& respond) {
-        generate(model, r, respond);
+        generate(model, r, respond, false);
       }));
+      router_.add("POST", base + "/generate_stream",
+                  model_route([this](int model, const HttpRequest& r, const Responder& respond) {
+                    generate(model, r, respond, true);
+                  }));
     }
   }
 
@@ -154,8 +158,12 @@ class Frontend {
     }
   }
 
-  // POST .../generate: the whole answer once generation ends.
-  void generate(int model, const HttpRequest& request, const Responder& respond) {
+  // POST .../generate: the whole answer once generation ends; .../generate_stream:
+  // server-sent events, one per token as it is generated ("data: {...output_ids:
+  // [id], finish_reason: null}"), then one with the finish reason (an error:
+  // "event: error" with {"error": ...}). A client that goes away cancels its
+  // generation.
+  void generate(int model, const HttpRequest& request, const Responder& respond, bool streamed) {
     const ServableDefinition& def = engine_.servable(model);
     auto answer = [this, &def, respond](HttpResponse r) {
       metrics_.request(def.name, def.version, r.status);
@@ -174,6 +182,25 @@ class Frontend {
       return answer(error_response(400, e.message()));
     }
     int64_t blocks = g->blocks_needed(parsed);
+    if (streamed) {
+      // Events written before the response is handed over wait in the stream.
+      auto stream = std::make_shared<HttpStream>();
+      GenerateAdmission admitted = g->submit(std::move(parsed), [&def, stream](const GenerateUpdate& u) {
+        bool open = true;
+        if (u.status != 200) {
+          stream->write("event: error\ndata: " + error_json(u.error) + "\n\n");
+        } else {
+          open = stream->write("data: " + generate_response_json(def.name, def.version, u.tokens, u.finish_reason) + "\n\n");
+        }
+        if (u.done()) stream->close();
+        return open;
+      });
+      if (admitted == GenerateAdmission::kQueued) {
+        metrics_.request(def.name, def.version, 200);
+        return respond({200, "", "text/event-stream", {{"Cache-Control", "no-cache"}}, stream});
+      }
+      return answer_admission(def, admitted, blocks, answer);
+    }
     auto tokens = std::make_shared<std::vector<int64_t>>();
     GenerateAdmission admitted = g->submit(std::move(parsed), [&def, tokens, answer](const GenerateUpdate& u) {
       tokens->insert(tokens->end(), u.tokens.begin(), u.tokens.end());

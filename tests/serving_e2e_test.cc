@@ -772,6 +772,43 @@ TEST_F(HuggingFace, ConcurrentGenerationsEqualTheirSoloResults) {
   }
 }
 
+// generate_stream: server-sent events, one per token as it comes, then the finish reason;
+// the tokens are generate's.
+TEST_F(HuggingFace, GenerateStreamSendsOneEventPerToken) {
+  std::string body = generate_body({60, 193, 243}, 12).dump();
+  HttpResponse whole = job_->client().request("POST", "/v2/models/llama-tiny/generate", body, kJson);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  std::string received;
+  std::vector<std::chrono::steady_clock::time_point> arrivals;
+  HttpResponse r = job_->client().request_stream("POST", "/v2/models/llama-tiny/generate_stream", body, kJson,
+                                                 [&](std::string_view chunk) {
+                                                   received += chunk;
+                                                   arrivals.push_back(std::chrono::steady_clock::now());
+                                                 });
+  ASSERT_EQ(r.status, 200) << received;
+  EXPECT_EQ(r.header("Content-Type").value_or(""), "text/event-stream");
+  std::vector<json> events;
+  for (size_t at = 0; (at = received.find("data: ", at)) != std::string::npos;) {
+    size_t end = received.find("\n\n", at);
+    ASSERT_NE(end, std::string::npos) << received;
+    events.push_back(json::parse(received.substr(at + 6, end - at - 6)));
+    at = end;
+  }
+  ASSERT_EQ(events.size(), 13u) << received;
+  std::vector<int64_t> tokens;
+  for (size_t i = 0; i < 12; ++i) {
+    ASSERT_EQ(events[i]["output_ids"].size(), 1u);
+    EXPECT_TRUE(events[i]["finish_reason"].is_null());
+    tokens.push_back(events[i]["output_ids"][0].get<int64_t>());
+  }
+  EXPECT_EQ(events[12]["finish_reason"], "length");
+  EXPECT_EQ(events[12]["output_ids"].size(), 0u);
+  EXPECT_EQ(json(tokens), json::parse(whole.body)["output_ids"]);
+  // A bad request is refused before any event.
+  HttpResponse bad = job_->client().request("POST", "/v2/models/llama-tiny/generate_stream", R"({"input_ids": [1], "top_k": -2})", kJson);
+  EXPECT_EQ(bad.status, 400);
+}
+
 TEST_F(HuggingFace, BadGenerateRequestsGet400WithTheReason) {
   HttpClient c = job_->client();
   auto expect = [&](int status, const std::string& model, const std::string& body, const std::string& fragment) {

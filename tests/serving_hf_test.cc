@@ -375,6 +375,53 @@ TEST_P(HfGeneration, TheKvPoolIsSharedAndSamplingIsSeeded) {
   });
 }
 
+// Iteration-level batching: a request admitted while another is mid-decode
+// gets its first token before the other has finished, and both go on.
+TEST_P(HfGeneration, ARequestJoinsWhileAnotherDecodes) {
+  int n = World::get().size();
+  ServableDefinition s = servable_from_config(generation::generating(GetParam(), n >= 2 ? 2 : 1), Device::cpu());
+  Engine engine({s}, Device::cpu());
+  meshrt::testing::with_engine(engine, [&] {
+    Metrics metrics;
+    Generator g(engine, 0, metrics);
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<char> order;  // 'a' or 'b' per token, in the order they came
+    int done = 0;
+    auto sink_b = [&](const GenerateUpdate& u) {
+      std::lock_guard<std::mutex> lock(mutex);
+      for (size_t i = 0; i < u.tokens.size(); ++i) order.push_back('b');
+      if (u.done()) ++done, cv.notify_all();
+      return true;
+    };
+    bool joined = false;
+    auto sink_a = [&](const GenerateUpdate& u) {
+      std::unique_lock<std::mutex> lock(mutex);
+      for (size_t i = 0; i < u.tokens.size(); ++i) order.push_back('a');
+      if (u.done()) ++done, cv.notify_all();
+      if (!joined && order.size() == 5) {  // A is mid-decode: B arrives (from A's own update)
+        joined = true;
+        lock.unlock();
+        EXPECT_EQ(g.submit({{7, 8, 9}, 10}, sink_b), GenerateAdmission::kQueued);
+      }
+      return true;
+    };
+    ASSERT_EQ(g.submit({{1, 2, 3}, 40}, sink_a), GenerateAdmission::kQueued);
+    std::unique_lock<std::mutex> lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return done == 2; }));
+    std::string text(order.begin(), order.end());
+    size_t first_b = text.find('b'), last_a = text.rfind('a');
+    ASSERT_NE(first_b, std::string::npos);
+    EXPECT_LT(first_b, last_a) << "B's first token came after A finished: " << text;
+    EXPECT_LE(std::count(text.begin(), text.end(), 'a'), 40);  // fewer when an eos token came
+    EXPECT_LE(std::count(text.begin(), text.end(), 'b'), 10);
+    // Once B joined, the two alternate step by step (a decode step gives each a token).
+    EXPECT_NE(text.find("abab"), std::string::npos) << text;
+    lock.unlock();
+    g.drain();
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Examples, HfGeneration, ::testing::Values("gpt2-tiny", "llama-tiny"), [](const auto& info) {
   std::string s = info.param;
   for (char& c : s) c = c == '-' ? '_' : c;
