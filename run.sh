@@ -72,9 +72,9 @@ mpi_environment() {
   export OMPI_MCA_rmaps_base_oversubscribe=1
 }
 
-# serve_and_ask TITLE REPOSITORY MODEL INFER_ARGS...: starts meshrt-serve on $ranks ranks
-# with one model of the repository, sends it one request with meshrt-infer, prints
-# the answer and stops the server with SIGTERM (it drains, exits 0).
+# serve_and_ask TITLE REPOSITORY MODEL "INFER_ARGS" ["INFER_ARGS"...]: starts meshrt-serve on
+# $ranks ranks with one model of the repository, sends it one request per INFER_ARGS with
+# meshrt-infer, prints the answers and stops the server with SIGTERM (it drains, exits 0).
 serve_and_ask() {
   local title=$1 repository=$2 model=$3
   shift 3
@@ -97,9 +97,13 @@ serve_and_ask() {
   done
   port=$(cat "$work/port")
   sed 's/^/  server: /' "$work/server.log"
-  echo "\$ $build_dir/apps/meshrt-infer --url 127.0.0.1:$port --model $model $*"
   rc=0
-  "$build_dir/apps/meshrt-infer" --url "127.0.0.1:$port" --model "$model" "$@" || rc=$?
+  local ask
+  for ask in "$@"; do
+    echo "\$ $build_dir/apps/meshrt-infer --url 127.0.0.1:$port --model $model $ask"
+    # shellcheck disable=SC2086
+    "$build_dir/apps/meshrt-infer" --url "127.0.0.1:$port" --model "$model" $ask || rc=$?
+  done
   echo "\$ kill -TERM <rank 0>   (drain and stop)"
   kill -TERM "$(cat "$work/pid")"
   local server_rc=0
@@ -113,12 +117,12 @@ serve_and_ask() {
 # The MatMul+Neg servable (examples/models/matmul_neg: rank_size 4, 2 pipeline
 # stages x 2-way tensor parallel) with a 128x96 request of ones (-48 everywhere),
 # then a Llama-architecture Hugging Face checkpoint (examples/hf/llama-tiny, the
-# same split) with token ids in and logits out.
+# same split): token ids in and logits out, then 8 tokens generated and streamed.
 serving_demo() {
   serve_and_ask "the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend)" \
-    examples/models matmul_neg --rows 128 --value 1
-  serve_and_ask "a Llama checkpoint (Hugging Face layout) on $ranks ranks (2 stages x 2-way tensor parallel): token ids in, logits out" \
-    examples/hf llama-tiny --rows 2 --extent 5 --value 42
+    examples/models matmul_neg "--rows 128 --value 1"
+  serve_and_ask "a Llama checkpoint (Hugging Face layout) on $ranks ranks (2 stages x 2-way tensor parallel): logits, then generated tokens streamed" \
+    examples/hf llama-tiny "--rows 2 --extent 5 --value 42" "--generate 8 --prompt 60,193,243"
 }
 
 command=${1:-}

@@ -2,9 +2,14 @@
 // answer: the output's shape, its first rows, and whether every element is the same.
 //
 //   meshrt-infer --url localhost:8000 --model matmul_neg --rows 128 --value 1
+//   meshrt-infer --url localhost:8000 --model llama-tiny --generate 16 --prompt 60,193,243
+//       (generate_stream: prints each token as it comes)
 #include <algorithm>
 #include <cstdio>
 #include <optional>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "apps/cli.h"
 #include "serving/http_client.h"
@@ -17,6 +22,8 @@ int main(int argc, char** argv) {
   int64_t extent = 4;
   bool binary = false;
   int show = 3;
+  int64_t generate = 0;
+  std::string prompt = "1,2,3";
   meshrt::apps::CommandLine app{"meshrt-infer: one KServe v2 inference request (every input element = --value), and the answer"};
   app.add("--url", url, "server host:port").show_default();
   app.add("--model", model, "model name").show_default();
@@ -27,6 +34,8 @@ int main(int argc, char** argv) {
       .show_default();
   app.flag("--binary", binary, "send and receive binary tensor data instead of JSON");
   app.add("--show", show, "rows of the output to print").show_default();
+  app.add("--generate", generate, "instead of infer: generate this many tokens (generate_stream), printing each as it comes");
+  app.add("--prompt", prompt, "the prompt's token ids for --generate, comma-separated").show_default();
   if (auto exit_code = app.parse(argc, argv)) return *exit_code;
   if (extent < 1 || rows < 1) {
     std::fprintf(stderr, "meshrt-infer: --rows and --extent must be at least 1\n");
@@ -39,6 +48,31 @@ int main(int argc, char** argv) {
     using namespace meshrt;
     serving::HttpClient client(host, port);
     std::string base = "/v2/models/" + model + (version.empty() ? "" : "/versions/" + version);
+    if (generate > 0) {
+      std::vector<int64_t> ids;
+      std::istringstream in(prompt);
+      for (std::string item; std::getline(in, item, ',');) ids.push_back(std::stoll(item));
+      std::string body = nlohmann::json{{"input_ids", ids}, {"max_tokens", generate}}.dump();
+      std::printf("POST %s/generate_stream: %s\n", base.c_str(), body.c_str());
+      std::string pending;
+      serving::HttpResponse r = client.request_stream(
+          "POST", base + "/generate_stream", body, {{"Content-Type", "application/json"}}, [&](std::string_view chunk) {
+            pending += chunk;
+            for (size_t end; (end = pending.find("\n\n")) != std::string::npos; pending.erase(0, end + 2)) {
+              std::string event = pending.substr(0, end);
+              if (event.rfind("data: ", 0) != 0) continue;
+              nlohmann::json e = nlohmann::json::parse(event.substr(6));
+              for (const auto& t : e.value("output_ids", nlohmann::json::array())) std::printf("token %lld\n", t.get<long long>());
+              if (!e["finish_reason"].is_null()) std::printf("finish_reason: %s\n", e["finish_reason"].get<std::string>().c_str());
+              std::fflush(stdout);
+            }
+          });
+      if (r.status != 200) {
+        std::fprintf(stderr, "meshrt-infer: %d %s\n", r.status, pending.c_str());
+        return 1;
+      }
+      return 0;
+    }
     serving::HttpResponse meta = client.request("GET", base);
     if (meta.status != 200) {
       std::fprintf(stderr, "meshrt-infer: GET %s: %d %s\n", base.c_str(), meta.status, meta.body.c_str());
