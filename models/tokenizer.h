@@ -51,7 +51,9 @@
 // character classes; \S outside them), which is what Oniguruma matches
 // (PCRE2's own \s also takes U+180E); and \p{L}, \p{N} follow the Unicode
 // version of the PCRE2 library (14.0 for Debian 12's 10.42), so characters
-// assigned later are classified differently from a newer Oniguruma.
+// assigned later are classified differently from a newer Oniguruma. ^ and $
+// mean the ends of the piece here, while Oniguruma's Ruby syntax reads them as
+// line anchors; GPT-2's and Llama 3's patterns use neither.
 //
 // Not done (by design): transformers' clean_up_tokenization_spaces (a
 // transformers option, not part of tokenizer.json), offsets, pairs of

@@ -1,5 +1,6 @@
 #include "models/tokenizer_writer.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -27,16 +28,15 @@ ojson pre_tokenizer(TokenizerStyle style) {
   return {{"type", "Sequence"}, {"pretokenizers", ojson::array({split, byte_level(false, true, false)})}};
 }
 
-ojson post_processor(TokenizerStyle style, const std::vector<std::string>& specials, int64_t first_special_id) {
-  if (style == TokenizerStyle::kGpt2 || specials.empty()) return byte_level(true, false, true);
-  const std::string& bos = specials[0];
+ojson post_processor(TokenizerStyle style, const std::string& bos, int64_t bos_id) {
+  if (style == TokenizerStyle::kGpt2 || bos.empty()) return byte_level(true, false, true);
   auto special = [&](int type_id) { return ojson{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}}; };
   auto sequence = [](const char* id, int type_id) { return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
   ojson template_processing = {
       {"type", "TemplateProcessing"},
       {"single", ojson::array({special(0), sequence("A", 0)})},
       {"pair", ojson::array({special(0), sequence("A", 0), special(1), sequence("B", 1)})},
-      {"special_tokens", {{bos, {{"id", bos}, {"ids", ojson::array({first_special_id})}, {"tokens", ojson::array({bos})}}}}}};
+      {"special_tokens", {{bos, {{"id", bos}, {"ids", ojson::array({bos_id})}, {"tokens", ojson::array({bos})}}}}}};
   return {{"type", "Sequence"}, {"processors", ojson::array({byte_level(true, false, true), template_processing})}};
 }
 
@@ -157,6 +157,9 @@ std::string bpe_tokenizer_json(std::string_view text, const BpeTokenizerSpec& sp
     MESHRT_CHECK_ARG(!s.empty() && utf8::valid_prefix(s) == s.size(), "special token \"", s, "\" must be non-empty UTF-8");
     MESHRT_CHECK_ARG(distinct.insert(s).second, "special token \"", s, "\" is given twice");
   }
+  std::string bos = spec.bos_token.empty() && !specials.empty() ? specials[0] : spec.bos_token;
+  auto bos_at = std::find(specials.begin(), specials.end(), bos);
+  MESHRT_CHECK_ARG(bos.empty() || bos_at != specials.end(), "bos_token \"", bos, "\" is not one of the special tokens");
 
   // The text without its special tokens, in the pieces of the style's pre-tokenizer.
   ojson j = skeleton(spec.style);
@@ -185,25 +188,34 @@ std::string bpe_tokenizer_json(std::string_view text, const BpeTokenizerSpec& sp
                      spec.vocab_size, " needs besides the ", n_special, " special tokens: give a longer text");
   }
 
+  bool gpt2 = spec.style == TokenizerStyle::kGpt2;
+  bool first = spec.special_tokens_first;
+  int64_t offset = first ? n_special : 0;  // of the learned vocabulary's ids
+  int64_t first_special = first ? 0 : static_cast<int64_t>(target);
   ojson& model = j["model"];
-  ojson& vocab = model["vocab"];
-  for (size_t i = 256; i < trainer.tokens.size(); ++i) vocab[trainer.tokens[i]] = i;
+  ojson vocab = ojson::object();  // in id order
+  auto add_specials_to_vocab = [&] {
+    if (gpt2) {
+      for (size_t k = 0; k < specials.size(); ++k) vocab[specials[k]] = first_special + static_cast<int64_t>(k);
+    }
+  };
+  if (first) add_specials_to_vocab();
+  for (size_t i = 0; i < trainer.tokens.size(); ++i) vocab[trainer.tokens[i]] = static_cast<int64_t>(i) + offset;
+  if (!first) add_specials_to_vocab();
+  model["vocab"] = vocab;
   for (const auto& [left, right] : trainer.merges) {
     const std::string& l = trainer.tokens[static_cast<size_t>(left)];
     const std::string& r = trainer.tokens[static_cast<size_t>(right)];
-    model["merges"].push_back(spec.style == TokenizerStyle::kGpt2 ? ojson(l + " " + r) : ojson::array({l, r}));
+    model["merges"].push_back(gpt2 ? ojson(l + " " + r) : ojson::array({l, r}));
   }
-  bool gpt2 = spec.style == TokenizerStyle::kGpt2;
-  auto first_special = static_cast<int64_t>(target);
   for (size_t k = 0; k < specials.size(); ++k) {
     MESHRT_CHECK_ARG(!trainer.ids.contains(specials[k]), "special token \"", specials[k],
                      "\" is also a token of the vocabulary (a byte or a learned one): pick another");
-    int64_t id = first_special + static_cast<int64_t>(k);
-    j["added_tokens"].push_back({{"id", id}, {"content", specials[k]}, {"single_word", false}, {"lstrip", false},
-                                 {"rstrip", false}, {"normalized", gpt2}, {"special", true}});
-    if (gpt2) vocab[specials[k]] = id;
+    j["added_tokens"].push_back({{"id", first_special + static_cast<int64_t>(k)}, {"content", specials[k]},
+                                 {"single_word", false}, {"lstrip", false}, {"rstrip", false}, {"normalized", gpt2},
+                                 {"special", true}});
   }
-  j["post_processor"] = post_processor(spec.style, specials, first_special);
+  j["post_processor"] = post_processor(spec.style, bos, first_special + (bos_at - specials.begin()));
   return j.dump(2) + "\n";
 }
 

@@ -10,7 +10,9 @@
 //     pre-token as often as it occurs), ties going to the pair with the
 //     smaller (left id, right id); a merge whose result is already a token adds
 //     no token (the merge is still listed);
-//   - the special tokens, as added tokens (special, not split by BPE).
+//   - the special tokens, as added tokens (special, not split by BPE); or
+//     these first, at ids 0.., and the rest after them (special_tokens_first,
+//     e.g. {"<unk>", "<s>", "</s>"} at 0, 1, 2 as Llama 2 numbers them).
 // vocab_size is exact: training stops when the tokens reach it, and fails
 // (Error(kInvalidArgument)) when the text has no pair left to merge first.
 //
@@ -20,8 +22,9 @@
 //     tokens are also in model.vocab, as GPT-2's <|endoftext|> is;
 //   - kLlama3: pre_tokenizer Sequence [Split (Llama 3's pattern, Isolated),
 //     ByteLevel (use_regex false)], ignore_merges true, merges as ["a", "b"]
-//     pairs, post_processor Sequence [ByteLevel, TemplateProcessing (the first
-//     special token as BOS)]; the special tokens only in added_tokens.
+//     pairs, post_processor Sequence [ByteLevel, TemplateProcessing (bos_token,
+//     or the first special token, as BOS)]; the special tokens only in
+//     added_tokens.
 // Special tokens in the training text are cut out of it before training.
 // Training recounts every pair per merge: meant for small texts and
 // vocabularies (a few hundred merges over tens of kilobytes).
@@ -50,6 +53,12 @@ struct BpeTokenizerSpec {
   // Added as special tokens after the learned ones, in this order, e.g.
   // {"<|endoftext|>"} (GPT-2) or {"<|begin_of_text|>", "<|end_of_text|>"} (Llama 3).
   std::vector<std::string> special_tokens;
+  // The special tokens at ids 0.. instead of at the end.
+  bool special_tokens_first = false;
+  // The BOS of the Llama 3 style TemplateProcessing (for `tokenizers` users who
+  // add special tokens; meshrt's encode does not): one of special_tokens;
+  // empty: the first of them.
+  std::string bos_token;
 };
 
 // The tokenizer.json text (2-space indented, UTF-8) of a BPE trained on text.

@@ -105,12 +105,20 @@ upsilon phi chi psi omega; January February March April May June July August Sep
 November December; Monday Tuesday Wednesday Thursday Friday Saturday Sunday.
 )";
 
-Tokenizer written(TokenizerStyle style, int64_t vocab_size, const std::vector<std::string>& specials) {
+BpeTokenizerSpec make_spec(int64_t vocab_size, TokenizerStyle style, const std::vector<std::string>& specials,
+                           bool specials_first = false, const std::string& bos = "") {
   BpeTokenizerSpec spec;
   spec.vocab_size = vocab_size;
   spec.style = style;
   spec.special_tokens = specials;
-  return Tokenizer::from_json_text(bpe_tokenizer_json(kTrainingText, spec), "written.json");
+  spec.special_tokens_first = specials_first;
+  spec.bos_token = bos;
+  return spec;
+}
+
+Tokenizer written(TokenizerStyle style, int64_t vocab_size, const std::vector<std::string>& specials) {
+  return Tokenizer::from_json_text(bpe_tokenizer_json(kTrainingText, make_spec(vocab_size, style, specials)),
+                                   "written.json");
 }
 
 // Strings to compare on: hand-picked cases, then random mixes of fragments.
@@ -276,7 +284,7 @@ TEST(TokenizerReference, HandWrittenLlama3Style) {
 TEST(TokenizerReference, WrittenGpt2StyleVocab503) {
   if (!reference_available()) GTEST_SKIP() << "python3-regex is not installed: the reference cannot run";
   TempDir dir;
-  write_bpe_tokenizer(dir.file("tokenizer.json"), kTrainingText, {503, TokenizerStyle::kGpt2, {"<|endoftext|>"}});
+  write_bpe_tokenizer(dir.file("tokenizer.json"), kTrainingText, make_spec(503, TokenizerStyle::kGpt2, {"<|endoftext|>"}));
   expect_agreement(dir.file("tokenizer.json"), {"<|endoftext|>"});
 }
 
@@ -284,8 +292,20 @@ TEST(TokenizerReference, WrittenLlama3StyleVocab503) {
   if (!reference_available()) GTEST_SKIP() << "python3-regex is not installed: the reference cannot run";
   TempDir dir;
   std::vector<std::string> specials = {"<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"};
-  write_bpe_tokenizer(dir.file("tokenizer.json"), kTrainingText, {503, TokenizerStyle::kLlama3, specials});
+  write_bpe_tokenizer(dir.file("tokenizer.json"), kTrainingText, make_spec(503, TokenizerStyle::kLlama3, specials));
   expect_agreement(dir.file("tokenizer.json"), specials);
+}
+
+// Special tokens first (ids 0, 1, 2 as the Llama examples' bos 1 and eos 2 want).
+TEST(TokenizerReference, WrittenSpecialTokensFirst) {
+  if (!reference_available()) GTEST_SKIP() << "python3-regex is not installed: the reference cannot run";
+  TempDir dir;
+  std::vector<std::string> specials = {"<unk>", "<s>", "</s>"};
+  for (TokenizerStyle style : {TokenizerStyle::kLlama3, TokenizerStyle::kGpt2}) {
+    std::string path = dir.file(std::string(to_string(style)) + ".json");
+    write_bpe_tokenizer(path, kTrainingText, make_spec(503, style, specials, /*specials_first=*/true));
+    expect_agreement(path, specials);
+  }
 }
 
 // The options the committed files leave at one value: add_prefix_space true
@@ -678,8 +698,35 @@ TEST(TokenizerWriter, VocabularySizeIsExact) {
   }
 }
 
+TEST(TokenizerWriter, SpecialTokensFirst) {
+  for (TokenizerStyle style : {TokenizerStyle::kGpt2, TokenizerStyle::kLlama3}) {
+    BpeTokenizerSpec spec = make_spec(503, style, {"<unk>", "<s>", "</s>"}, true, "<s>");
+    json j = json::parse(bpe_tokenizer_json(kTrainingText, spec));
+    Tokenizer t = Tokenizer::from_json_text(j.dump(), "first.json");
+    EXPECT_EQ(t.vocab_size(), 503);
+    for (int64_t id = 0; id < 503; ++id) EXPECT_TRUE(t.token(id).has_value()) << id;
+    EXPECT_EQ(t.token_id("<s>"), 1);
+    EXPECT_EQ(t.token_id("</s>"), 2);
+    EXPECT_TRUE(t.is_special(0));
+    EXPECT_EQ(t.token_id("!"), 3);  // the bytes after them, in GPT-2's order
+    EXPECT_EQ(t.token_id("Ġ"), 223);
+    EXPECT_EQ(t.encode("<s>Hello</s>").front(), 1);
+    EXPECT_EQ(t.decode(t.encode("<s>Hello world</s>")), "Hello world");
+    // the same merges as with the specials at the end, only the ids move
+    BpeTokenizerSpec last = spec;
+    last.special_tokens_first = false;
+    json k = json::parse(bpe_tokenizer_json(kTrainingText, last));
+    EXPECT_EQ(j["model"]["merges"], k["model"]["merges"]);
+    EXPECT_EQ(j["model"]["vocab"]["Ġthe"].get<int64_t>(), k["model"]["vocab"]["Ġthe"].get<int64_t>() + 3);
+    if (style == TokenizerStyle::kLlama3) {
+      EXPECT_EQ(j["post_processor"]["processors"][1]["special_tokens"]["<s>"]["ids"][0], 1);
+      EXPECT_EQ(j["post_processor"]["processors"][1]["single"][0]["SpecialToken"]["id"], "<s>");
+    }
+  }
+}
+
 TEST(TokenizerWriter, FileLayout) {
-  BpeTokenizerSpec gpt2{503, TokenizerStyle::kGpt2, {"<|endoftext|>"}};
+  BpeTokenizerSpec gpt2 = make_spec(503, TokenizerStyle::kGpt2, {"<|endoftext|>"});
   json g = json::parse(bpe_tokenizer_json(kTrainingText, gpt2));
   EXPECT_EQ(g["pre_tokenizer"]["type"], "ByteLevel");
   EXPECT_EQ(g["pre_tokenizer"]["use_regex"], true);
@@ -691,7 +738,7 @@ TEST(TokenizerWriter, FileLayout) {
   EXPECT_EQ(g["model"]["vocab"]["!"], 0);
   EXPECT_EQ(g["model"]["vocab"]["Ġ"], 220);
 
-  BpeTokenizerSpec llama{503, TokenizerStyle::kLlama3, {"<|begin_of_text|>", "<|end_of_text|>"}};
+  BpeTokenizerSpec llama = make_spec(503, TokenizerStyle::kLlama3, {"<|begin_of_text|>", "<|end_of_text|>"});
   json l = json::parse(bpe_tokenizer_json(kTrainingText, llama));
   EXPECT_EQ(l["pre_tokenizer"]["type"], "Sequence");
   EXPECT_EQ(l["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"], kLlama3Pattern);
@@ -711,7 +758,7 @@ TEST(TokenizerWriter, FileLayout) {
 // [aa ab]; then all pairs once: the smallest left id, a (64) with c -> [a c];
 // then d (67) with aaab -> [d aaab].
 TEST(TokenizerWriter, MergesByCountThenSmallestIds) {
-  BpeTokenizerSpec spec{256 + 5 + 1, TokenizerStyle::kGpt2, {"<|endoftext|>"}};
+  BpeTokenizerSpec spec = make_spec(256 + 5 + 1, TokenizerStyle::kGpt2, {"<|endoftext|>"});
   json j = json::parse(bpe_tokenizer_json("aaabdaaabac", spec));
   EXPECT_EQ(j["model"]["merges"], json({"a a", "a b", "aa ab", "a c", "d aaab"}));
   EXPECT_EQ(j["model"]["vocab"]["daaab"], 260);
@@ -735,10 +782,11 @@ TEST(TokenizerWriter, RefusesWhatCannotBeExact) {
       EXPECT_NE(e.message().find(expected), std::string::npos) << e.what();
     }
   };
-  fails("abc", {300, TokenizerStyle::kGpt2, {}}, "the training text gives only 258 tokens");
-  fails("abc", {256, TokenizerStyle::kGpt2, {"<|endoftext|>"}}, "needs a vocab_size of at least 257");
-  fails("abc", {260, TokenizerStyle::kGpt2, {"<s>", "<s>"}}, "is given twice");
-  fails("xyz", {257, TokenizerStyle::kLlama3, {"a"}}, "special token \"a\" is also a token of the vocabulary");
+  fails("abc", make_spec(300, TokenizerStyle::kGpt2, {}), "the training text gives only 258 tokens");
+  fails("abc", make_spec(256, TokenizerStyle::kGpt2, {"<|endoftext|>"}), "needs a vocab_size of at least 257");
+  fails("abc", make_spec(260, TokenizerStyle::kGpt2, {"<s>", "<s>"}), "is given twice");
+  fails("xyz", make_spec(257, TokenizerStyle::kLlama3, {"a"}), "special token \"a\" is also a token of the vocabulary");
+  fails("abc", make_spec(258, TokenizerStyle::kLlama3, {"<s>"}, false, "<bos>"), "bos_token \"<bos>\" is not one of the special tokens");
 }
 
 }  // namespace
