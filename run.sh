@@ -25,10 +25,13 @@ ranks=${MESHRT_RANKS:-4}
 # oneDNN, the cpu GEMM of bf16 and f16; its CMake package also needs OpenCL's
 # headers and loader (ocl-icd-opencl-dev, only a recommendation of libdnnl-dev,
 # which --no-install-recommends skips). python3-numpy: the float64 reference of
-# the transformer tests (tests/hf_reference.py).
+# the transformer tests (tests/hf_reference.py). libpcre2-dev: the tokenizer's
+# pre-tokenizer patterns (models/tokenizer.cc); python3-regex: the tokenizer
+# tests' independent reference (tests/tokenizer_reference.py).
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
           libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client
-          clang libclang-rt-dev llvm libdnnl-dev ocl-icd-opencl-dev python3-numpy)
+          clang libclang-rt-dev llvm libdnnl-dev ocl-icd-opencl-dev python3-numpy
+          libpcre2-dev python3-regex)
 
 say() { echo "run.sh: $*" >&2; }
 

@@ -1,9 +1,12 @@
-// Uses the installed headers and libraries: -(ones(128x96) @ full(96x16, 0.5)) = -48.
+// Uses the installed headers and libraries: -(ones(128x96) @ full(96x16, 0.5)) = -48,
+// and a small tokenizer (models, which links PCRE2) that round-trips a text.
 #include <cstdio>
 
 #include "comm/world.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "models/tokenizer.h"
+#include "models/tokenizer_writer.h"
 
 int main(int argc, char** argv) {
   meshrt::World::init(&argc, &argv);
@@ -17,6 +20,15 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::printf("installed meshrt works: y = -48 everywhere\n");
+  meshrt::models::BpeTokenizerSpec spec;
+  spec.vocab_size = 262;
+  spec.special_tokens = {"<|endoftext|>"};
+  std::string text = "the cat and the hat<|endoftext|>";
+  auto tokenizer = meshrt::models::Tokenizer::from_json_text(meshrt::models::bpe_tokenizer_json(text, spec), "consumer");
+  if (tokenizer.decode(tokenizer.encode(text), false) != text) {
+    std::printf("the tokenizer's round trip failed\n");
+    return 1;
+  }
+  std::printf("installed meshrt works: y = -48 everywhere, the tokenizer round-trips\n");
   return 0;
 }
