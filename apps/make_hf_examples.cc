@@ -21,7 +21,10 @@
 // Sizes are chosen for the sharded runs at 1, 2 and 4 ranks: a prime
 // vocabulary (503: no even split), 4 heads over 2 key/value heads, 3 layers
 // over 2 pipeline stages. Each folder also holds meshrt.json, the one file that
-// is meshrt's own (the serving layout: rank_size, stage_size).
+// is meshrt's own (the serving layout: rank_size, stage_size), and a
+// tokenizer.json of the byte-level BPE kind trained on a short text
+// (models/tokenizer_writer.h: GPT-2's layout for the GPT-2 folders, Llama 3's
+// for the Llama ones).
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -34,6 +37,7 @@
 
 #include "apps/cli.h"
 #include "io/safetensors.h"
+#include "models/tokenizer_writer.h"
 
 namespace {
 
@@ -328,9 +332,50 @@ Json llama_config(const char* torch_dtype, bool llama3) {
 }
 
 // One save_pretrained folder: config.json, generation_config.json, the weights, meshrt.json.
+// The text the example tokenizers are trained on (their merges mean nothing to
+// the random weights; they make text_input and text_output work end to end).
+constexpr const char* kTokenizerText =
+    "The quick brown fox jumps over the lazy dog. A model is served on four ranks: two pipeline stages, "
+    "each two-way tensor parallel. Tokens come back one by one, as soon as each exists!\n"
+    "Hello, world. Hello again, world: 12 apples, 345 pears and 6789 plums cost 10.50 each.\n"
+    "It's what they're saying; we'll see what you've done, I'd think, and I'm sure.\n"
+    "In the beginning was the word, and the word was a token, and the token was an id.\n"
+    "Mesh, layout, shard, replicate, reduce, gather, scatter, send, receive, stream, event.\n"
+    "The rain in Spain stays mainly in the plain; the cat sat on the mat; the end.\n"
+    "Distributed inference splits a large model over many devices: tensor parallelism cuts every layer, "
+    "pipeline parallelism gives each stage a few layers, and the batch flows between them.\n"
+    "A coordinator schedules functions onto workers; parameter servers hold the variables; futures "
+    "return values later; a lost worker is retried, and the checkpoint keeps the progress.\n"
+    "Questions? Answers! Numbers like 2024, 1999, 3.14159 and 42 appear; so do words such as "
+    "running, jumped, swimming, quickly, beautiful, extraordinary, understanding, communication.\n"
+    "Keys and values are cached in blocks; a request joins the running batch between decode steps, "
+    "and leaves it when it stops at the end of sequence or at its maximum number of new tokens.\n";
+
+// tokenizer.json of the example: GPT-2's layout (<|endoftext|> last, the eos
+// id) or Llama 3's (its pre-tokenizer; the special tokens first, so that bos 1
+// and eos 2 name <|begin_of_text|> and <|end_of_text|>).
+std::string example_tokenizer(meshrt::models::TokenizerStyle style) {
+  meshrt::models::BpeTokenizerSpec spec;
+  spec.vocab_size = kVocab;
+  spec.style = style;
+  if (style == meshrt::models::TokenizerStyle::kGpt2) {
+    spec.special_tokens = {"<|endoftext|>"};
+  } else {
+    spec.special_tokens = {"<|reserved_special_token_0|>", "<|begin_of_text|>", "<|end_of_text|>"};
+    spec.special_tokens_first = true;
+    spec.bos_token = "<|begin_of_text|>";
+  }
+  return meshrt::models::bpe_tokenizer_json(kTokenizerText, spec);
+}
+
 void write_folder(const std::string& dir, const Json& config, const Tensors& weights, int64_t bos, int64_t eos,
-                  const char* version, uint64_t max_shard_bytes = 0) {
+                  const char* version, uint64_t max_shard_bytes = 0, const std::string& tokenizer = "") {
   make_dir(dir);
+  if (!tokenizer.empty()) {
+    std::ofstream out(dir + "/tokenizer.json", std::ios::binary);
+    out << tokenizer;
+    if (!out) throw std::runtime_error("cannot write " + dir + "/tokenizer.json");
+  }
   write_json(dir + "/config.json", config);
   write_generation_config(dir, bos, eos, version);
   if (max_shard_bytes > 0) {
@@ -353,18 +398,24 @@ int main(int argc, char** argv) {
   try {
     make_dir(out);
     const Tensors gpt2 = gpt2_weights();
-    write_folder(out + "/gpt2-tiny", gpt2_config("float32"), gpt2, kGpt2Token, kGpt2Token, kTransformersVersion);
+    const std::string gpt2_tokenizer = example_tokenizer(meshrt::models::TokenizerStyle::kGpt2);
+    const std::string llama_tokenizer = example_tokenizer(meshrt::models::TokenizerStyle::kLlama3);
+    write_folder(out + "/gpt2-tiny", gpt2_config("float32"), gpt2, kGpt2Token, kGpt2Token, kTransformersVersion, 0,
+                 gpt2_tokenizer);
     write_folder(out + "/gpt2-tiny-bf16", gpt2_config("bfloat16"), to_bf16(gpt2), kGpt2Token, kGpt2Token,
-                 kTransformersVersion);
+                 kTransformersVersion, 0, gpt2_tokenizer);
     write_folder(out + "/gpt2-tiny-hub", gpt2_hub_config(), gpt2_hub_weights(gpt2), kGpt2Token, kGpt2Token,
-                 "4.26.0.dev0");
+                 "4.26.0.dev0", 0, gpt2_tokenizer);
     const Tensors llama = llama_weights();
     const Tensors llama_bf16 = to_bf16(llama);
     // 450 kB: the last layer's q_proj and k_proj still fit in the first file,
     // its other tensors go to the second, so one layer spans both files.
-    write_folder(out + "/llama-tiny", llama_config("float32", false), llama, 1, 2, kTransformersVersion, 450000);
-    write_folder(out + "/llama-tiny-bf16", llama_config("bfloat16", false), llama_bf16, 1, 2, kTransformersVersion);
-    write_folder(out + "/llama-tiny-llama3", llama_config("bfloat16", true), llama_bf16, 1, 2, kTransformersVersion);
+    write_folder(out + "/llama-tiny", llama_config("float32", false), llama, 1, 2, kTransformersVersion, 450000,
+                 llama_tokenizer);
+    write_folder(out + "/llama-tiny-bf16", llama_config("bfloat16", false), llama_bf16, 1, 2, kTransformersVersion, 0,
+                 llama_tokenizer);
+    write_folder(out + "/llama-tiny-llama3", llama_config("bfloat16", true), llama_bf16, 1, 2, kTransformersVersion, 0,
+                 llama_tokenizer);
     std::printf("wrote gpt2-tiny, gpt2-tiny-bf16, gpt2-tiny-hub, llama-tiny, llama-tiny-bf16, llama-tiny-llama3 in %s\n",
                 out.c_str());
   } catch (const meshrt::Error& e) {

@@ -194,6 +194,17 @@ ServableDefinition servable_from_hf(const ModelConfig& c, const Device& device) 
   generation->eos_token_ids = eos_token_ids(c.directory, config);
   generation->block_size = c.kv_cache.block_size;
   generation->num_blocks = c.kv_cache.num_blocks;
+  std::string tokenizer_path = c.directory + "/tokenizer.json";
+  if (std::ifstream(tokenizer_path).good()) {
+    try {
+      generation->tokenizer = std::make_shared<const models::Tokenizer>(models::Tokenizer::load(tokenizer_path));
+    } catch (const Error& e) {
+      // The model still serves token ids; text is refused with this reason.
+      generation->no_tokenizer = e.message();
+    }
+  } else {
+    generation->no_tokenizer = c.directory + " has no tokenizer.json";
+  }
   s.generation = generation;
   std::vector<TransformerPart> parts = models::split_layers(config.num_layers, c.stage_size);
   for (const TransformerPart& part : parts) {

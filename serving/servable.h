@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "models/tokenizer.h"
 #include "serving/model_config.h"
 #include "serving/signature.h"
 #include "sharding/dtensor.h"
@@ -100,6 +101,11 @@ struct GenerationSpec {
   std::vector<int64_t> eos_token_ids;  // generation_config.json's, else config.json's
   int64_t block_size = 16;             // KV-cache slots per block
   int64_t num_blocks = 0;              // blocks in every rank's pool
+  // The folder's tokenizer.json (text_input / text_output: seed 000's client
+  // pre- and post-processing), or null with why (no file, or a kind meshrt
+  // refuses, such as SentencePiece).
+  std::shared_ptr<const models::Tokenizer> tokenizer;
+  std::string no_tokenizer;
 };
 
 struct ServableDefinition {

@@ -172,9 +172,20 @@ class Frontend {
     Generator* g = generators_[static_cast<size_t>(model)].get();
     if (!g) return answer(error_response(400, "model '" + def.name + "' does not generate: generate is for Hugging Face decoder-only models (use infer)"));
     GenerateRequest parsed;
+    const GenerationSpec& spec = *def.generation;
+    // Text in (the tokenizer as pre-processing) means text out as well.
+    std::shared_ptr<const models::Tokenizer> tokenizer;
     try {
       parsed = parse_generate_request(request.body);
-      if (parsed.text_input) throw RequestError(400, "model '" + def.name + "' has no tokenizer: send \"input_ids\"");
+      if (parsed.text_input) {
+        if (!spec.tokenizer) {
+          throw RequestError(400, "model '" + def.name + "' takes no \"text_input\" (" + spec.no_tokenizer +
+                                      "): send \"input_ids\"");
+        }
+        tokenizer = spec.tokenizer;
+        parsed.input_ids = tokenizer->encode(*parsed.text_input);
+        if (parsed.input_ids.empty()) throw RequestError(400, "\"text_input\" gives no tokens");
+      }
       g->check(parsed);
     } catch (const RequestError& e) {
       return answer(error_response(e.status(), e.what()));
@@ -185,12 +196,17 @@ class Frontend {
     if (streamed) {
       // Events written before the response is handed over wait in the stream.
       auto stream = std::make_shared<HttpStream>();
-      GenerateAdmission admitted = g->submit(std::move(parsed), [&def, stream](const GenerateUpdate& u) {
+      // Each event's text: what the new token completes (a character split over tokens comes whole).
+      auto text = tokenizer ? std::make_shared<models::DecodeStream>(*tokenizer) : nullptr;
+      GenerateAdmission admitted = g->submit(std::move(parsed), [&def, stream, text](const GenerateUpdate& u) {
         bool open = true;
         if (u.status != 200) {
           stream->write("event: error\ndata: " + error_json(u.error) + "\n\n");
         } else {
-          open = stream->write("data: " + generate_response_json(def.name, def.version, u.tokens, u.finish_reason) + "\n\n");
+          std::optional<std::string> piece;
+          if (text) piece = u.done() ? text->finish() : text->step(u.tokens);
+          open = stream->write("data: " + generate_response_json(def.name, def.version, u.tokens, u.finish_reason, piece) +
+                               "\n\n");
         }
         if (u.done()) stream->close();
         return open;
@@ -202,12 +218,14 @@ class Frontend {
       return answer_admission(def, admitted, blocks, answer);
     }
     auto tokens = std::make_shared<std::vector<int64_t>>();
-    GenerateAdmission admitted = g->submit(std::move(parsed), [&def, tokens, answer](const GenerateUpdate& u) {
+    GenerateAdmission admitted = g->submit(std::move(parsed), [&def, tokens, tokenizer, answer](const GenerateUpdate& u) {
       tokens->insert(tokens->end(), u.tokens.begin(), u.tokens.end());
       if (u.status != 200) {
         answer(error_response(u.status, u.error));
       } else if (!u.finish_reason.empty()) {
-        answer(json_response(200, generate_response_json(def.name, def.version, *tokens, u.finish_reason)));
+        std::optional<std::string> text;
+        if (tokenizer) text = tokenizer->decode(*tokens);
+        answer(json_response(200, generate_response_json(def.name, def.version, *tokens, u.finish_reason, text)));
       }
       return true;
     });

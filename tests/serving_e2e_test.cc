@@ -809,6 +809,51 @@ TEST_F(HuggingFace, GenerateStreamSendsOneEventPerToken) {
   EXPECT_EQ(bad.status, 400);
 }
 
+// The tokenizer reference (tests/tokenizer_reference.py) on requests; null when it cannot run.
+json tokenizer_reference(const std::string& tokenizer, const json& requests) {
+  fs::path dir = fs::temp_directory_path() / ("meshrt-tok-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "requests.json") << requests.dump();
+  std::string command = std::string("/usr/bin/python3 ") + MESHRT_SOURCE_DIR + "/tests/tokenizer_reference.py --tokenizer " +
+                        tokenizer + " --requests " + (dir / "requests.json").string() + " > " + (dir / "out.json").string();
+  json out = std::system(command.c_str()) == 0 ? json::parse(read_file((dir / "out.json").string())) : json();
+  fs::remove_all(dir);
+  return out;
+}
+
+// text_input in, text_output out (the folder's tokenizer.json as pre- and
+// post-processing), checked against the independent tokenizer reference;
+// streamed, each event carries the text its token completes.
+TEST_F(HuggingFace, TextInTextOut) {
+  if (std::system("/usr/bin/python3 -c 'import regex' > /dev/null 2>&1") != 0) GTEST_SKIP() << "python3-regex is missing";
+  std::string text = "Hello, world. The quick brown fox!";
+  std::string tokenizer = MESHRT_SOURCE_DIR "/examples/hf/llama-tiny/tokenizer.json";
+  json encoded = tokenizer_reference(tokenizer, {{"encode", {text}}});
+  ASSERT_FALSE(encoded.is_null()) << "the tokenizer reference did not run";
+  json by_text = {{"text_input", text}, {"max_tokens", 12}};
+  HttpResponse r = job_->client().request("POST", "/v2/models/llama-tiny/generate", by_text.dump(), kJson);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json out = json::parse(r.body);
+  HttpResponse ids = job_->client().request("POST", "/v2/models/llama-tiny/generate",
+                                            generate_body(encoded["encode"][0].get<std::vector<int64_t>>(), 12).dump(), kJson);
+  ASSERT_EQ(ids.status, 200) << ids.body;
+  EXPECT_EQ(out["output_ids"], json::parse(ids.body)["output_ids"]) << "text_input is encoded as the reference encodes it";
+  json decoded = tokenizer_reference(tokenizer, {{"decode", {out["output_ids"]}}});
+  EXPECT_EQ(out["text_output"], decoded["decode"][0]);
+  // Streamed: the events' text joined is the whole text.
+  std::string received;
+  r = job_->client().request_stream("POST", "/v2/models/llama-tiny/generate_stream", by_text.dump(), kJson,
+                                    [&](std::string_view chunk) { received += chunk; });
+  ASSERT_EQ(r.status, 200);
+  std::string joined;
+  for (size_t at = 0; (at = received.find("data: ", at)) != std::string::npos;) {
+    size_t end = received.find("\n\n", at);
+    joined += json::parse(received.substr(at + 6, end - at - 6))["text_output"].get<std::string>();
+    at = end;
+  }
+  EXPECT_EQ(joined, out["text_output"].get<std::string>());
+}
+
 TEST_F(HuggingFace, BadGenerateRequestsGet400WithTheReason) {
   HttpClient c = job_->client();
   auto expect = [&](int status, const std::string& model, const std::string& body, const std::string& fragment) {

@@ -165,6 +165,27 @@ TEST(HfServingConfig, MeshrtJsonIsCheckedNamingTheFileAndField) {
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
                            [&] { parse_hf_serving_config(R"({"rank_size": 1, "stage_size": 1, "layers": 3})", dir); },
                            {"layers: unknown field"}));
+  // A SentencePiece (Metaspace) tokenizer is refused by name: the model serves ids, text is refused with why.
+  std::string copy = (std::filesystem::temp_directory_path() /
+                      ("meshrt-sp-" + std::to_string(::getpid()) + "-" + std::to_string(World::get().rank())) / "llama-sp")
+                         .string();
+  std::filesystem::create_directories(copy);
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::filesystem::copy(entry.path(), copy + "/" + entry.path().filename().string(),
+                          std::filesystem::copy_options::overwrite_existing);
+  }
+  std::ofstream(copy + "/tokenizer.json")
+      << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
+             "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
+             "post_processor": null, "decoder": {"type": "Metaspace", "replacement": "\u2581"},
+             "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+  ServableDefinition sp = servable_from_config(parse_hf_serving_config(R"({"rank_size": 1, "stage_size": 1})", copy));
+  EXPECT_EQ(sp.generation->tokenizer, nullptr);
+  EXPECT_NE(sp.generation->no_tokenizer.find("Metaspace (SentencePiece)"), std::string::npos) << sp.generation->no_tokenizer;
+  std::filesystem::remove_all(std::filesystem::path(copy).parent_path());
+  ServableDefinition with = servable_from_config(parse_hf_serving_config(R"({"rank_size": 1, "stage_size": 1})", dir));
+  ASSERT_NE(with.generation->tokenizer, nullptr) << with.generation->no_tokenizer;
+  EXPECT_EQ(with.generation->tokenizer->vocab_size(), 503);
   // Tensor parallelism that does not fit the heads: 3 ranks for GPT-2's 4 heads.
   ModelConfig three = parse_hf_serving_config(R"({"rank_size": 3, "stage_size": 1})", kHf + "/gpt2-tiny");
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { servable_from_config(three, Device::cpu()); },
