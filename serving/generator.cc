@@ -23,6 +23,7 @@ struct Generator::Sequence {
   int64_t next_token = -1; // the last token generated (not yet in the cache)
   int64_t generated = 0;
   bool finished = false;
+  uint64_t generation = 0;  // the engine's generation of the model when admitted (its cache)
   std::mt19937_64 rng;
   std::chrono::steady_clock::time_point arrived, last_token;
 };
@@ -88,10 +89,11 @@ GenerateAdmission Generator::submit(GenerateRequest request, GenerateSink sink) 
   return GenerateAdmission::kQueued;
 }
 
-void Generator::drain() {
+void Generator::drain(std::chrono::milliseconds within) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     draining_ = true;
+    drain_deadline_ = std::chrono::steady_clock::now() + within;
     cv_.notify_all();
   }
   if (thread_.joinable()) thread_.join();
@@ -117,6 +119,12 @@ void Generator::finish(Sequence& s, GenerateUpdate last) {
     s.sink(last);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "meshrt-serve: answering a generate request of '%s' failed: %s\n", def_.name.c_str(), e.what());
+    if (last.status == 200) {  // one more try, as an error: the request must be answered
+      try {
+        s.sink({{}, "", 500, std::string("internal error: ") + e.what()});
+      } catch (const std::exception&) {
+      }
+    }
   }
 }
 
@@ -136,8 +144,9 @@ void Generator::advance(Sequence& s, int64_t token) {
   bool wanted = true;
   try {
     wanted = s.sink(update);
-  } catch (const std::exception&) {
-    wanted = false;
+  } catch (const std::exception& e) {
+    finish(s, {{}, "", 500, std::string("internal error: ") + e.what()});  // answered, once
+    return;
   }
   if (!wanted) {  // the client is gone: leave the batch quietly
     release(s);
@@ -218,13 +227,16 @@ bool Generator::step(std::vector<Sequence*>& rows, bool prefill) {
   HostTensor logits;
   try {
     logits = engine_.run(model_, in, 1, nullptr, {kGenerationStep, q, kv});
+    MESHRT_CHECK(logits.shape() == (Shape{n, spec_.vocab_size}) && logits.dtype() == DType::kF32, ErrorKind::kInternal,
+                 "a generation step of '", def_.name, "' returned ", logits.description());
   } catch (const Error& e) {
     int status = e.kind() == ErrorKind::kUnavailable ? 503 : 500;
     for (Sequence* s : rows) finish(*s, {{}, "", status, "model '" + def_.name + "' failed: " + e.message()});
-    return false;
+    return status != 503;  // a failed model (503) fails everything waiting too
+  } catch (const std::exception& e) {
+    for (Sequence* s : rows) finish(*s, {{}, "", 500, std::string("internal error: ") + e.what()});
+    return true;
   }
-  MESHRT_CHECK(logits.shape() == (Shape{n, spec_.vocab_size}) && logits.dtype() == DType::kF32, ErrorKind::kInternal,
-               "a generation step of '", def_.name, "' returned ", logits.description());
   for (int64_t r = 0; r < n; ++r) {
     Sequence& s = *rows[static_cast<size_t>(r)];
     s.cached = prefill ? static_cast<int64_t>(s.request.input_ids.size()) : s.cached + 1;
@@ -242,6 +254,16 @@ void Generator::loop() {
       std::unique_lock<std::mutex> lock(mutex_);
       cv_.wait(lock, [&] { return draining_ || !queue_.empty() || !active_.empty(); });
       if (draining_ && queue_.empty() && active_.empty()) break;
+      if (draining_ && std::chrono::steady_clock::now() >= drain_deadline_) {
+        // Out of time: what still runs or waits is answered and dropped.
+        std::deque<std::unique_ptr<Sequence>> waiting;
+        waiting.swap(queue_);
+        lock.unlock();
+        for (const auto& s : active_) finish(*s, {{}, "", 503, "the server shut down before this generation ended"});
+        for (const auto& s : waiting) finish(*s, {{}, "", 503, "the server shut down before this generation started"});
+        active_.clear();
+        break;
+      }
       // Admission in arrival order while the pool has room (blocks reserved for prompt and max_tokens).
       while (!queue_.empty() && static_cast<int64_t>(free_blocks_.size()) >= blocks_needed(queue_.front()->request)) {
         std::unique_ptr<Sequence> s = std::move(queue_.front());
@@ -250,13 +272,19 @@ void Generator::loop() {
           s->blocks.push_back(free_blocks_.back());
           free_blocks_.pop_back();
         }
+        s->generation = engine_.generation(model_);
         fresh.push_back(s.get());
         active_.push_back(std::move(s));
       }
       metrics_.kv_blocks(def_.name, def_.version, spec_.num_blocks - static_cast<int64_t>(free_blocks_.size()),
                          spec_.num_blocks);
-      metrics_.queue_size(def_.name, def_.version, static_cast<int64_t>(queue_.size()));
     }
+    // A model rebuilt since a request was admitted (recovery) has a new, empty cache.
+    uint64_t generation = engine_.generation(model_);
+    for (const auto& s : active_) {
+      if (s->generation != generation) finish(*s, {{}, "", 503, "model '" + def_.name + "' was rebuilt (recovered after a failure) while this request ran"});
+    }
+    std::erase_if(fresh, [](Sequence* s) { return s->finished; });
     // Running requests decode one token each; the new ones are prefilled first.
     std::vector<Sequence*> running;
     for (const auto& s : active_) {

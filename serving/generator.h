@@ -78,8 +78,9 @@ class Generator {
   // Blocks per request: ceil((prompt + max_tokens) / block_size).
   int64_t blocks_needed(const GenerateRequest& request) const;
   int64_t blocks_in_use() const;
-  // Stops taking requests, finishes those admitted or queued, then stops the thread.
-  void drain();
+  // Stops taking requests, finishes those admitted or queued, then stops the
+  // thread; what has not finished within `within` is answered with 503.
+  void drain(std::chrono::milliseconds within = std::chrono::hours(24));
 
  private:
   struct Sequence;
@@ -106,6 +107,7 @@ class Generator {
   std::vector<std::unique_ptr<Sequence>> active_;   // admitted (thread's own)
   std::vector<int64_t> free_blocks_;
   bool draining_ = false, stopped_ = false;
+  std::chrono::steady_clock::time_point drain_deadline_;
   std::thread thread_;
 };
 

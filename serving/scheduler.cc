@@ -253,6 +253,20 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
                                std::chrono::steady_clock::time_point* wake) {
   for (int m = 0; m < static_cast<int>(queues_.size()); ++m) {
     Queue& q = queues_[static_cast<size_t>(m)];
+    // A failure the scheduler did not see (a generation step failed): recover it too.
+    if (q.failure.empty()) {
+      std::string failed = engine_.failure(m);
+      if (!failed.empty()) {
+        q.failure = failed;
+        q.failed_at = now;
+        q.next_recovery = now + kRecoveryInterval;
+        q.recovery_note.clear();
+        std::fprintf(stderr, "meshrt-serve: model '%s' version %s failed (the server is not ready until it recovers): %s\n",
+                     engine_.servable(m).name.c_str(), engine_.servable(m).version.c_str(), failed.c_str());
+      }
+      // Look again in a while: nothing wakes the scheduler when another thread's batch fails.
+      *wake = std::min(*wake, now + kRecoveryInterval);
+    }
     if (q.failure.empty() || q.in_flight > 0) continue;  // its last batches are still being answered
     if (now < q.next_recovery) {
       *wake = std::min(*wake, q.next_recovery);
@@ -296,12 +310,13 @@ void Scheduler::drain() {
 
 bool Scheduler::model_ready(int model) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return !draining_ && queues_.at(static_cast<size_t>(model)).failure.empty();
+  return !draining_ && queues_.at(static_cast<size_t>(model)).failure.empty() && engine_.failure(model).empty();
 }
 
 std::string Scheduler::model_failure(int model) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return queues_.at(static_cast<size_t>(model)).failure;
+  const std::string& failure = queues_.at(static_cast<size_t>(model)).failure;
+  return failure.empty() ? engine_.failure(model) : failure;
 }
 
 }  // namespace meshrt::serving

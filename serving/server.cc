@@ -86,9 +86,9 @@ class Frontend {
 
   void set_draining() { draining_ = true; }
   // Finishes the generations accepted (before the scheduler stops the other ranks).
-  void drain_generators() {
+  void drain_generators(std::chrono::milliseconds within) {
     for (auto& g : generators_) {
-      if (g) g->drain();
+      if (g) g->drain(within);
     }
   }
 
@@ -161,8 +161,8 @@ class Frontend {
   // POST .../generate: the whole answer once generation ends; .../generate_stream:
   // server-sent events, one per token as it is generated ("data: {...output_ids:
   // [id], finish_reason: null}"), then one with the finish reason (an error:
-  // "event: error" with {"error": ...}). A client that goes away cancels its
-  // generation.
+  // "event: error" with {"error": ...}). A streaming client that goes away
+  // cancels its generation (a non-streamed one runs to its end).
   void generate(int model, const HttpRequest& request, const Responder& respond, bool streamed) {
     const ServableDefinition& def = engine_.servable(model);
     auto answer = [this, &def, respond](HttpResponse r) {
@@ -223,10 +223,17 @@ class Frontend {
       if (u.status != 200) {
         answer(error_response(u.status, u.error));
       } else if (!u.finish_reason.empty()) {
-        std::optional<std::string> text;
-        if (tokenizer) text = tokenizer->decode(*tokens);
-        answer(json_response(200, generate_response_json(def.name, def.version, *tokens, u.finish_reason, text)));
+        HttpResponse r;
+        try {
+          std::optional<std::string> text;
+          if (tokenizer) text = tokenizer->decode(*tokens);
+          r = json_response(200, generate_response_json(def.name, def.version, *tokens, u.finish_reason, text));
+        } catch (const std::exception& e) {
+          r = error_response(500, std::string("internal error: ") + e.what());
+        }
+        answer(std::move(r));
       }
+      // A non-streamed generation runs to its end even if its client left (nothing tells it).
       return true;
     });
     answer_admission(def, admitted, blocks, answer);
@@ -329,7 +336,7 @@ int run_server(const ServerOptions& o) {
     say(detail::cat("signal ", static_cast<int>(signal), ": draining (not ready; finishing accepted requests)"));
     frontend.set_draining();
     metrics.ready(false);
-    frontend.drain_generators();  // generations accepted run to their end
+    frontend.drain_generators(o.drain_timeout);  // generations accepted run to their end (or the drain timeout)
     scheduler.drain();  // runs what is queued, then stops the other ranks
     auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
