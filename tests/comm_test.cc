@@ -723,6 +723,16 @@ TEST(Deadlines, UnmatchedReceiveTimesOut) {
   Communicator::world(Device::cpu(), "after").barrier();
 }
 
+// World rank `to` waits until world rank `from` says (with a message on `world`,
+// not on the communicator under test) that it is done with a step: the one rank
+// stays away exactly as long as the other needs, with no fixed sleep.
+void tell_rank(const Communicator& world, int to) {
+  world.send(DeviceTensor::zeros({1}, DType::kF32), to).wait();
+}
+void wait_for_rank(const Communicator& world, int from) {
+  world.recv(DeviceTensor::zeros({1}, DType::kF32), from).wait();
+}
+
 // A deadline names the late rank in world numbering with its host, not only the
 // rank that waited; the late rank itself says it fell behind. Ranks 0 and 1 of a
 // pair (split off the world, so world ranks 2 and 3 stay out): #1 is an
@@ -746,8 +756,9 @@ TEST(Deadlines, TheLateRankIsNamed) {
         EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { late.wait(std::chrono::milliseconds(500)); },
                                  {"recv #2 on '" + name + "' did not complete within 500 ms: ",
                                   w.describe_rank(1) + " is behind: it has started #1 and completed #1"}));
+        tell_rank(world, 1);
       } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // rank 0 gives up meanwhile
+        wait_for_rank(world, 0);  // until rank 0 has given up
         Work behind = pair.recv(r, 0);  // #2 here too, but rank 0 aborted its communicator
         EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { behind.wait(std::chrono::milliseconds(500)); },
                                  {"recv #2 on '" + name + "' did not complete within 500 ms: this rank (" +
@@ -761,12 +772,14 @@ TEST(Deadlines, TheLateRankIsNamed) {
 // With abortable collectives, a collective whose peer never comes ends at its
 // deadline and leaves no thread inside MPI (so the process can finalise); the
 // results are the same as with the blocking calls.
-// On a communicator of two ranks whose last operation was #(n - 1): rank 0
-// starts all_reduce #n alone; its deadline names rank 1 as behind, and after
-// the abort no thread is left inside MPI. Rank 1 stays away meanwhile.
-void alone_all_reduce_is_named(const Communicator& pair, const DeviceTensor& t, int n, const std::string& name) {
+// On a communicator of two ranks (world ranks 0 and 1) whose last operation was
+// #(n - 1): rank 0 starts all_reduce #n alone; its deadline names rank 1 as
+// behind, and after the abort no thread is left inside MPI. Rank 1 stays away
+// meanwhile (until rank 0 is done).
+void alone_all_reduce_is_named(const Communicator& world, const Communicator& pair, const DeviceTensor& t, int n,
+                               const std::string& name) {
   if (pair.rank() != 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    wait_for_rank(world, 0);
     return;
   }
   Work alone = pair.all_reduce(t);  // rank 1 never comes
@@ -779,6 +792,7 @@ void alone_all_reduce_is_named(const Communicator& pair, const DeviceTensor& t, 
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
+  tell_rank(world, 1);
 }
 
 TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
@@ -801,7 +815,7 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     pair.reduce_scatter(six, half).wait();  // #3: sums [12 .. 22], half each
     EXPECT_EQ(to_host(half).to_vector<float>(),
               pair.rank() == 0 ? (std::vector<float>{12, 14, 16}) : (std::vector<float>{18, 20, 22}));
-    alone_all_reduce_is_named(pair, t, 4, "abortable pair");
+    alone_all_reduce_is_named(world, pair, t, 4, "abortable pair");
   }
   world.barrier();
   // The same with a message too large to run on the calling thread (queued on
@@ -811,7 +825,7 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     DeviceTensor t = to_device(HostTensor::full<float>({40000}, 1.0f), Device::cpu());
     large.all_reduce(t).wait();  // #1
     EXPECT_EQ(to_host(t).to_vector<float>(), std::vector<float>(40000, 2.0f));
-    alone_all_reduce_is_named(large, t, 2, "abortable large");
+    alone_all_reduce_is_named(world, large, t, 2, "abortable large");
   }
   world.barrier();
 }

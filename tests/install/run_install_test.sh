@@ -8,8 +8,12 @@
 #       first configures and builds the libraries of SOURCE_DIR in WORK_DIR with
 #       BUILD_SHARED_LIBS=OFF (no tests, no apps), then installs that
 #
-# The consumer also compiles every installed header on its own, so a header that
-# needs one that is not installed fails here.
+# The consumer links meshrt::serving (on top of every other library), so the
+# link interface of each installed library is resolved and linked. With BUILD_DIR
+# it also compiles every installed header on its own, so a header that needs one
+# that is not installed fails here; the static package installs the same headers
+# (the same files with the same usage requirements), so --static does not compile
+# them a second time.
 set -euo pipefail
 source_dir=$(cd "$(dirname "$0")" && pwd)
 static=0
@@ -39,16 +43,20 @@ else
   ls "$work/prefix"/lib*/libmeshrt_device.so > /dev/null
   test -x "$work/prefix/bin/meshrt-bench-collectives"
 fi
-# One translation unit per installed header, each including only that header.
-headers=()
-while IFS= read -r h; do headers+=("${h#"$work/prefix/include/meshrt/"}"); done \
-  < <(find "$work/prefix/include/meshrt" -name '*.h' ! -name 'cuda_check.h' | sort)
-mkdir -p "$work/headers"
-for h in "${headers[@]}"; do
-  printf '#include "%s"\n' "$h" > "$work/headers/$(echo "$h" | tr '/.' '__').cc"
-done
-echo "${#headers[@]} installed headers"
-cmake -S "$source_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" -DHEADER_SOURCES_DIR="$work/headers" \
+consumer_args=()
+if [ "$static" = 0 ]; then
+  # One translation unit per installed header, each including only that header.
+  headers=()
+  while IFS= read -r h; do headers+=("${h#"$work/prefix/include/meshrt/"}"); done \
+    < <(find "$work/prefix/include/meshrt" -name '*.h' ! -name 'cuda_check.h' | sort)
+  mkdir -p "$work/headers"
+  for h in "${headers[@]}"; do
+    printf '#include "%s"\n' "$h" > "$work/headers/$(echo "$h" | tr '/.' '__').cc"
+  done
+  echo "${#headers[@]} installed headers"
+  consumer_args=(-DHEADER_SOURCES_DIR="$work/headers")
+fi
+cmake -S "$source_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" "${consumer_args[@]}" \
   > "$work/configure.log" 2>&1 || { cat "$work/configure.log"; exit 1; }
 cmake --build "$work/build" -j 2 > "$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 "$work/build/consumer"
