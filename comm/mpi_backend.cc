@@ -122,18 +122,14 @@ void append_mpi_counts(const std::vector<int64_t>& counts, const std::vector<int
   }
 }
 
-// Counts a blocking MPI call for as long as it runs (World::finalize refuses to
-// finalise while one is inside); a call that never returns stays counted.
+// Marks a blocking MPI call for as long as it runs: the communicator's flag,
+// which World::blocking_calls() counts (World::finalize refuses to finalise
+// while one is inside: watch_blocking_flag); a call that never returns stays
+// counted.
 class BlockingCall {
  public:
-  explicit BlockingCall(std::atomic<bool>& flag) : flag_(flag) {
-    flag_.store(true, std::memory_order_release);
-    World::enter_blocking_call();
-  }
-  ~BlockingCall() {
-    World::leave_blocking_call();
-    flag_.store(false, std::memory_order_release);
-  }
+  explicit BlockingCall(std::atomic<bool>& flag) : flag_(flag) { flag_.store(true, std::memory_order_release); }
+  ~BlockingCall() { flag_.store(false, std::memory_order_release); }
   BlockingCall(const BlockingCall&) = delete;
   BlockingCall& operator=(const BlockingCall&) = delete;
 
@@ -184,7 +180,9 @@ class MpiBackend final : public CommBackend {
         stream_(Stream::create_cpu({cat("communicator '", this->name(), "'"), false,
                                     std::chrono::microseconds(200)})),
         compute_(Stream::default_for(Device::cpu())),
-        progress_(publish_progress(std::move(key), this->name(), world_ranks_of(comm))) {}
+        progress_(publish_progress(std::move(key), this->name(), world_ranks_of(comm))) {
+    watch_blocking_flag(&in_blocking_call_);
+  }
 
   ~MpiBackend() override {
     // What is queued runs first: it refers to this. Past the deadline, the
@@ -208,8 +206,10 @@ class MpiBackend final : public CommBackend {
       // (and the MPI communicator) to the process exit (the call stays counted:
       // World::finalize aborts instead of hanging).
       new Stream(stream_);  // never destroyed: its destructor would join the stuck worker
+      unwatch_blocking_flag(&in_blocking_call_);  // still set: counted from now on
       return;
     }
+    unwatch_blocking_flag(&in_blocking_call_);
     if (!mpi_finalized()) MPI_Comm_free(&comm_);
   }
 
