@@ -175,37 +175,54 @@ using detail::Collective;
 using detail::CommOp;
 using detail::OpDescription;
 
-// The plain fields of an operation's description (formatted only when asked
-// for: WorkState::description).
-OpDescription describe_op(Collective kind, const DeviceTensor* tensor, const ReduceOp* op, int peer = -1) {
-  OpDescription d;
-  d.kind = kind;
-  if (tensor) {
-    d.has_tensor = true;
-    d.dtype = tensor->dtype();
-    d.device = tensor->device();
-    const std::vector<int64_t>& dims = tensor->shape().dims();
+// What describes an operation: its kind, the tensor it names, its reduction,
+// root or peer (-1: none) and unequal pieces (null: none). Written as plain
+// fields into its state (formatted only when asked for: WorkState::description).
+struct What {
+  Collective kind;
+  // On the communicator's device (every caller checked it: check_tensor).
+  const DeviceTensor* tensor = nullptr;
+  const ReduceOp* op = nullptr;
+  int peer = -1;
+  const std::shared_ptr<detail::Pieces>* pieces = nullptr;
+};
+
+What describe_op(Collective kind, const DeviceTensor* tensor, const ReduceOp* op, int peer = -1) {
+  return What{kind, tensor, op, peer, nullptr};
+}
+
+// Writes every field of d (a reused state's old description included).
+void describe_into(OpDescription& d, const What& w, const Device& device) {
+  d.kind = w.kind;
+  d.has_tensor = w.tensor != nullptr;
+  d.dtype = DType::kF32;
+  d.device = Device::cpu();
+  d.ndim = 0;
+  if (w.tensor) {
+    d.dtype = w.tensor->dtype();
+    d.device = device;
+    const std::vector<int64_t>& dims = w.tensor->shape().dims();
     d.ndim = static_cast<int>(dims.size());
     if (d.ndim <= OpDescription::kMaxDims) {
       std::copy(dims.begin(), dims.end(), d.dims);
     } else {
-      d.shape_text = tensor->shape().to_string();
+      d.shape_text = w.tensor->shape().to_string();
     }
   }
-  if (op) {
-    d.has_op = true;
-    d.op = *op;
-  }
-  d.peer = peer;
-  return d;
+  if (d.ndim <= OpDescription::kMaxDims && !d.shape_text.empty()) d.shape_text.clear();
+  d.has_op = w.op != nullptr;
+  d.op = w.op ? *w.op : ReduceOp::kSum;
+  d.peer = w.peer;  // (the pieces: WorkState::set_pieces)
 }
 
 // Starts c on backend. The backend keeps the tensors' memory (c.keep_memory())
 // until the operation is done when it does not complete inside start.
-Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, bool order_default_stream,
-           const OpDescription& what, const DeviceTensor* a, const DeviceTensor* b = nullptr) {
+Work start(const std::shared_ptr<detail::CommBackend>& backend, const Device& device, CommOp& c,
+           bool order_default_stream, const What& what, const DeviceTensor* a, const DeviceTensor* b = nullptr) {
   c.order_default_stream = order_default_stream;
-  auto state = detail::WorkState::make(what, backend);
+  auto state = detail::WorkState::make(backend);
+  describe_into(state->op_description(), what, device);
+  if (what.pieces) state->set_pieces(*what.pieces);
   c.tensors = {a, b};  // their memory is kept only if the operation outlives start (CommOp::keep_memory)
   backend->start(c, state);
   return Work(std::move(state));
@@ -221,12 +238,13 @@ Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, R
   check_reduce_op("all_reduce", op);
   check_tensor("all_reduce", in, "the input");
   check_tensor("all_reduce", out, "the output");
-  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel(),
+  int64_t count = in.numel();
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && count == out.numel(),
                      "all_reduce: input ", in.description(), " and output ", out.description(),
                      " must have the same dtype and element count");
-  CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
+  CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(count),
            in.dtype(), op, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
 }
 
 Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) const {
@@ -239,7 +257,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
                      to_string(in.dtype()), " (input ", in.description(), ")");
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
            in.dtype(), ReduceOp::kSum, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
 }
 
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
@@ -254,7 +272,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      to_string(out.dtype()), " (output ", out.description(), ")");
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
            static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
 }
 
 Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
@@ -264,7 +282,7 @@ Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
                    backend_->describe());
   CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
            static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
 }
 
 Work Communicator::send(const DeviceTensor& tensor, int peer) const {
@@ -274,7 +292,7 @@ Work Communicator::send(const DeviceTensor& tensor, int peer) const {
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
            tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
 }
 
 Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
@@ -284,7 +302,7 @@ Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
            tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
 }
 
 Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) const {
@@ -298,7 +316,7 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) c
                      " must match in dtype and element count, divisible by ", size());
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
            static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
 }
 
 namespace {
@@ -352,9 +370,9 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out,
   if (all_equal(counts)) return all_gather(in, out);
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
            in.dtype(), ReduceOp::kSum, 0, {}, pieces};
-  OpDescription what = describe_op(Collective::kAllGather, &in, nullptr);
-  what.pieces = pieces;
-  return start(backend_, c, !deferred_, what, &in, &out);
+  What what = describe_op(Collective::kAllGather, &in, nullptr);
+  what.pieces = &pieces;
+  return start(backend_, device_, c, !deferred_, what, &in, &out);
 }
 
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
@@ -374,9 +392,9 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
   if (all_equal(counts)) return reduce_scatter(in, out, op);  // as all_gather
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
            in.dtype(), op, 0, {}, pieces};
-  OpDescription what = describe_op(Collective::kReduceScatter, &in, &op);
-  what.pieces = pieces;
-  return start(backend_, c, !deferred_, what, &in, &out);
+  What what = describe_op(Collective::kReduceScatter, &in, &op);
+  what.pieces = &pieces;
+  return start(backend_, device_, c, !deferred_, what, &in, &out);
 }
 
 Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
@@ -400,15 +418,15 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
   // whether its peers' counts are equal too, and MPI needs every rank in the
   // same collective (MPI_Alltoallv, not MPI_Alltoall on some of them).
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, {}, pieces};
-  OpDescription what = describe_op(Collective::kAllToAll, &in, nullptr);
-  what.pieces = pieces;
-  return start(backend_, c, !deferred_, what, &in, &out);
+  What what = describe_op(Collective::kAllToAll, &in, nullptr);
+  what.pieces = &pieces;
+  return start(backend_, device_, c, !deferred_, what, &in, &out);
 }
 
 void Communicator::barrier() const {
   check_valid("barrier");
   CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}, {}};
-  start(backend_, c, !deferred_, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
+  start(backend_, device_, c, !deferred_, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
 }
 
 void Communicator::abort(const std::string& reason) const {
