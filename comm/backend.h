@@ -51,6 +51,13 @@ inline bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_byte
 // pieces is null for the equal-chunk collectives (the fast path: nothing
 // allocated, nothing copied but a null pointer), set for the counts overloads.
 struct CommOp {
+  // Member by member (not an aggregate): a braced aggregate is cleared as a
+  // whole first (a rep stos over its 120 bytes on every operation).
+  CommOp() {}
+  CommOp(Collective kind, const void* send, void* recv, size_t count, DType dtype, ReduceOp op, int peer,
+         std::shared_ptr<const Pieces> pieces = nullptr)
+      : kind(kind), send(send), recv(recv), count(count), dtype(dtype), op(op), peer(peer), pieces(std::move(pieces)) {}
+
   Collective kind = Collective::kBarrier;
   const void* send = nullptr;
   void* recv = nullptr;

@@ -243,7 +243,7 @@ Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, R
                      "all_reduce: input ", in.description(), " and output ", out.description(),
                      " must have the same dtype and element count");
   CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(count),
-           in.dtype(), op, 0, {}, {}};
+           in.dtype(), op, 0};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
 }
 
@@ -256,7 +256,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
                      " must hold ", size(), " x ", in.numel(), " elements of ",
                      to_string(in.dtype()), " (input ", in.description(), ")");
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), ReduceOp::kSum, 0, {}, {}};
+           in.dtype(), ReduceOp::kSum, 0};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
 }
 
@@ -271,7 +271,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      " must hold ", size(), " x ", out.numel(), " elements of ",
                      to_string(out.dtype()), " (output ", out.description(), ")");
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}, {}};
+           static_cast<size_t>(out.numel()), in.dtype(), op, 0};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
 }
 
@@ -281,7 +281,7 @@ Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
   MESHRT_CHECK_ARG(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of ",
                    backend_->describe());
   CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
-           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}, {}};
+           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
 }
 
@@ -291,7 +291,7 @@ Work Communicator::send(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
+           tensor.dtype(), ReduceOp::kSum, peer};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
 }
 
@@ -301,7 +301,7 @@ Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
+           tensor.dtype(), ReduceOp::kSum, peer};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
 }
 
@@ -315,7 +315,7 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) c
                      " and output ", out.description(),
                      " must match in dtype and element count, divisible by ", size());
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}, {}};
+           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0};
   return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
 }
 
@@ -369,7 +369,7 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out,
   // rank passes the same counts, so every rank takes the same path.
   if (all_equal(counts)) return all_gather(in, out);
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
-           in.dtype(), ReduceOp::kSum, 0, {}, pieces};
+           in.dtype(), ReduceOp::kSum, 0, pieces};
   What what = describe_op(Collective::kAllGather, &in, nullptr);
   what.pieces = &pieces;
   return start(backend_, device_, c, !deferred_, what, &in, &out);
@@ -391,7 +391,7 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      " counts[", rank(), "] = ", mine, " elements of ", to_string(in.dtype()));
   if (all_equal(counts)) return reduce_scatter(in, out, op);  // as all_gather
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
-           in.dtype(), op, 0, {}, pieces};
+           in.dtype(), op, 0, pieces};
   What what = describe_op(Collective::kReduceScatter, &in, &op);
   what.pieces = &pieces;
   return start(backend_, device_, c, !deferred_, what, &in, &out);
@@ -417,7 +417,7 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
   // Never the equal-chunk call, even for equal counts: a rank cannot tell
   // whether its peers' counts are equal too, and MPI needs every rank in the
   // same collective (MPI_Alltoallv, not MPI_Alltoall on some of them).
-  CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, {}, pieces};
+  CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, pieces};
   What what = describe_op(Collective::kAllToAll, &in, nullptr);
   what.pieces = &pieces;
   return start(backend_, device_, c, !deferred_, what, &in, &out);
@@ -425,7 +425,7 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
 
 void Communicator::barrier() const {
   check_valid("barrier");
-  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}, {}};
+  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0};
   start(backend_, device_, c, !deferred_, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
 }
 
