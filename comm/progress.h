@@ -29,9 +29,9 @@ MPI_Comm control_comm();
 // counts in World::blocking_calls() as a call entered with
 // World::enter_blocking_call, without an atomic increment and decrement on
 // every call (only one call at a time per communicator: whoever holds its
-// stream makes it). A flag unwatched while still set (its communicator
-// destroyed with the call stuck) stays counted.
-void watch_blocking_flag(const std::atomic<bool>* flag);
+// stream makes it). World shares the flag: a communicator destroyed with a
+// call inside leaves it watched, counted until the call returns (if ever).
+void watch_blocking_flag(std::shared_ptr<const std::atomic<bool>> flag);
 void unwatch_blocking_flag(const std::atomic<bool>* flag);
 
 // Polls requests (MPI_Test, short sleeps) until all are done or the deadline

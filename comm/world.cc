@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -31,24 +32,23 @@ MPI_Comm control_comm() { return g_control; }
 
 namespace {
 std::mutex g_flags_mutex;
-std::vector<const std::atomic<bool>*>& watched_flags() {
-  static auto* flags = new std::vector<const std::atomic<bool>*>();  // lives to exit
+std::vector<std::shared_ptr<const std::atomic<bool>>>& watched_flags() {
+  static auto* flags = new std::vector<std::shared_ptr<const std::atomic<bool>>>();  // lives to exit
   return *flags;
 }
 }  // namespace
 
-void watch_blocking_flag(const std::atomic<bool>* flag) {
+void watch_blocking_flag(std::shared_ptr<const std::atomic<bool>> flag) {
   std::lock_guard<std::mutex> lock(g_flags_mutex);
-  watched_flags().push_back(flag);
+  watched_flags().push_back(std::move(flag));
 }
 
 void unwatch_blocking_flag(const std::atomic<bool>* flag) {
   std::lock_guard<std::mutex> lock(g_flags_mutex);
   auto& flags = watched_flags();
   for (size_t i = 0; i < flags.size(); ++i) {
-    if (flags[i] != flag) continue;
-    if (flag->load()) g_blocking_calls.fetch_add(1);  // a call that never returns stays counted
-    flags[i] = flags.back();
+    if (flags[i].get() != flag) continue;
+    flags[i] = std::move(flags.back());
     flags.pop_back();
     return;
   }
@@ -176,7 +176,7 @@ void World::leave_blocking_call() { g_blocking_calls.fetch_sub(1); }
 int World::blocking_calls() {
   int calls = g_blocking_calls.load();
   std::lock_guard<std::mutex> lock(detail::g_flags_mutex);
-  for (const std::atomic<bool>* flag : detail::watched_flags()) calls += flag->load() ? 1 : 0;
+  for (const auto& flag : detail::watched_flags()) calls += flag->load() ? 1 : 0;
   return calls;
 }
 void World::mark_stuck_operation() { enter_blocking_call(); }
