@@ -51,6 +51,13 @@ inline bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_byte
 // pieces is null for the equal-chunk collectives (the fast path: nothing
 // allocated, nothing copied but a null pointer), set for the counts overloads.
 struct CommOp {
+  // Member by member (not an aggregate): a braced aggregate is cleared as a
+  // whole first (a rep stos over its 120 bytes on every operation).
+  CommOp() {}
+  CommOp(Collective kind, const void* send, void* recv, size_t count, DType dtype, ReduceOp op, int peer,
+         std::shared_ptr<const Pieces> pieces = nullptr)
+      : kind(kind), send(send), recv(recv), count(count), dtype(dtype), op(op), peer(peer), pieces(std::move(pieces)) {}
+
   Collective kind = Collective::kBarrier;
   const void* send = nullptr;
   void* recv = nullptr;
@@ -128,7 +135,10 @@ class WorkState {
   void stash(std::shared_ptr<Storage> storage);
   // The point of the communicator's stream where the operation is done (set
   // before start returns when the operation did not complete inside it).
-  void set_done_event(const Event& done) { done_event_.emplace(done); }
+  void set_done_event(const Event& done) {
+    done_event_.emplace(done);
+    holds_.store(true, std::memory_order_relaxed);
+  }
   // Makes stream wait for the operation (nothing when it completed in start).
   void block(const Stream& stream) const {
     if (done_event_) done_event_->block(stream);
@@ -145,31 +155,48 @@ class WorkState {
   // Formatted on each call (see OpDescription).
   std::string description() const;
 
-  // A state for op on backend: this thread's last one again when nothing else
-  // holds it any more (a Work dropped after its wait, as a loop of small
-  // collectives does), else a new one. Saves an allocation and a free per
-  // operation; the reused state is reset as a new one would be.
-  static std::shared_ptr<WorkState> make(const OpDescription& op, const std::shared_ptr<CommBackend>& backend);
+  // A state for op on backend: this thread's spare one (a state that nothing
+  // holds any more: a Work dropped after its wait, as a loop of small
+  // collectives does) when it belongs to the same backend, else a new one.
+  // Saves an allocation and a free per operation, and the reference counting:
+  // the shared_ptr's control block is reused too, and its last owner frees
+  // nothing (work.cc). The reused state is reset as a new one would be.
+  // Its description is the caller's to write (op_description()): a reused
+  // state holds its last operation's.
+  static std::shared_ptr<WorkState> make(const std::shared_ptr<CommBackend>& backend);
+  // The operation's description (see make; its pieces go through set_pieces);
+  // read by description().
+  OpDescription& op_description() { return op_description_; }
+  void set_pieces(std::shared_ptr<const Pieces> pieces) {
+    op_description_.pieces = std::move(pieces);
+    holds_.store(true, std::memory_order_relaxed);
+  }
 
  private:
   void release_locked();
-  std::string text_;  // a fixed description, or empty
-  OpDescription op_description_;
-  std::shared_ptr<const std::string> backend_description_;  // CommBackend::description()
-  std::weak_ptr<CommBackend> backend_;
-  const CommBackend* backend_identity_ = nullptr;  // backend_'s, for make()'s reuse
   // Wakes the waiters of done_ (shared condition variables: none per state).
   void notify_done();
-  std::mutex mutex_;  // poller_, stash_, error_ until done_
-  // Set after error_, never cleared: read without the mutex.
+  // First what every operation touches (a loop of small collectives reuses
+  // one state: make), then the rest.
+  // Set after error_, never cleared (but by make() on reuse): read without the mutex.
   std::atomic<bool> done_{false};
+  // Whether error_, poller_, stash_, done_event_ or the description's pieces
+  // may be set: make()'s recycling empties them only then. (Atomic: start()'s
+  // caller and the backend's thread may both set it.)
+  std::atomic<bool> holds_{false};
   std::atomic<int> waiters_{0};  // threads asleep (or about to be) in wait()
+  uint64_t sequence_ = 0;
+  const char* op_ = "";
+  const CommBackend* backend_identity_ = nullptr;  // backend_'s, for make()'s reuse
+  std::weak_ptr<CommBackend> backend_;
+  OpDescription op_description_;
+  std::shared_ptr<const std::string> backend_description_;  // CommBackend::description()
+  std::string text_;  // a fixed description, or empty
+  std::mutex mutex_;  // poller_, stash_, error_ until done_
   std::exception_ptr error_;
   std::function<bool()> poller_;
   std::vector<std::shared_ptr<Storage>> stash_;
   std::optional<Event> done_event_;  // set once by start(), read only by the Work's holder
-  uint64_t sequence_ = 0;
-  const char* op_ = "";
 };
 
 class CommBackend {

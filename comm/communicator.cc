@@ -175,37 +175,54 @@ using detail::Collective;
 using detail::CommOp;
 using detail::OpDescription;
 
-// The plain fields of an operation's description (formatted only when asked
-// for: WorkState::description).
-OpDescription describe_op(Collective kind, const DeviceTensor* tensor, const ReduceOp* op, int peer = -1) {
-  OpDescription d;
-  d.kind = kind;
-  if (tensor) {
-    d.has_tensor = true;
-    d.dtype = tensor->dtype();
-    d.device = tensor->device();
-    const std::vector<int64_t>& dims = tensor->shape().dims();
+// What describes an operation: its kind, the tensor it names, its reduction,
+// root or peer (-1: none) and unequal pieces (null: none). Written as plain
+// fields into its state (formatted only when asked for: WorkState::description).
+struct What {
+  Collective kind;
+  // On the communicator's device (every caller checked it: check_tensor).
+  const DeviceTensor* tensor = nullptr;
+  const ReduceOp* op = nullptr;
+  int peer = -1;
+  const std::shared_ptr<detail::Pieces>* pieces = nullptr;
+};
+
+What describe_op(Collective kind, const DeviceTensor* tensor, const ReduceOp* op, int peer = -1) {
+  return What{kind, tensor, op, peer, nullptr};
+}
+
+// Writes every field of d (a reused state's old description included).
+void describe_into(OpDescription& d, const What& w, const Device& device) {
+  d.kind = w.kind;
+  d.has_tensor = w.tensor != nullptr;
+  d.dtype = DType::kF32;
+  d.device = Device::cpu();
+  d.ndim = 0;
+  if (w.tensor) {
+    d.dtype = w.tensor->dtype();
+    d.device = device;
+    const std::vector<int64_t>& dims = w.tensor->shape().dims();
     d.ndim = static_cast<int>(dims.size());
     if (d.ndim <= OpDescription::kMaxDims) {
       std::copy(dims.begin(), dims.end(), d.dims);
     } else {
-      d.shape_text = tensor->shape().to_string();
+      d.shape_text = w.tensor->shape().to_string();
     }
   }
-  if (op) {
-    d.has_op = true;
-    d.op = *op;
-  }
-  d.peer = peer;
-  return d;
+  if (d.ndim <= OpDescription::kMaxDims && !d.shape_text.empty()) d.shape_text.clear();
+  d.has_op = w.op != nullptr;
+  d.op = w.op ? *w.op : ReduceOp::kSum;
+  d.peer = w.peer;  // (the pieces: WorkState::set_pieces)
 }
 
 // Starts c on backend. The backend keeps the tensors' memory (c.keep_memory())
 // until the operation is done when it does not complete inside start.
-Work start(const std::shared_ptr<detail::CommBackend>& backend, CommOp& c, bool order_default_stream,
-           const OpDescription& what, const DeviceTensor* a, const DeviceTensor* b = nullptr) {
+Work start(const std::shared_ptr<detail::CommBackend>& backend, const Device& device, CommOp& c,
+           bool order_default_stream, const What& what, const DeviceTensor* a, const DeviceTensor* b = nullptr) {
   c.order_default_stream = order_default_stream;
-  auto state = detail::WorkState::make(what, backend);
+  auto state = detail::WorkState::make(backend);
+  describe_into(state->op_description(), what, device);
+  if (what.pieces) state->set_pieces(*what.pieces);
   c.tensors = {a, b};  // their memory is kept only if the operation outlives start (CommOp::keep_memory)
   backend->start(c, state);
   return Work(std::move(state));
@@ -221,12 +238,13 @@ Work Communicator::all_reduce(const DeviceTensor& in, const DeviceTensor& out, R
   check_reduce_op("all_reduce", op);
   check_tensor("all_reduce", in, "the input");
   check_tensor("all_reduce", out, "the output");
-  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && in.numel() == out.numel(),
+  int64_t count = in.numel();
+  MESHRT_CHECK_SHAPE(in.dtype() == out.dtype() && count == out.numel(),
                      "all_reduce: input ", in.description(), " and output ", out.description(),
                      " must have the same dtype and element count");
-  CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), op, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
+  CommOp c{Collective::kAllReduce, in.raw_data(), out.raw_data(), static_cast<size_t>(count),
+           in.dtype(), op, 0};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllReduce, &in, &op), &in, &out);
 }
 
 Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) const {
@@ -238,8 +256,8 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out) c
                      " must hold ", size(), " x ", in.numel(), " elements of ",
                      to_string(in.dtype()), " (input ", in.description(), ")");
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(in.numel()),
-           in.dtype(), ReduceOp::kSum, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
+           in.dtype(), ReduceOp::kSum, 0};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllGather, &in, nullptr), &in, &out);
 }
 
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
@@ -253,8 +271,8 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      " must hold ", size(), " x ", out.numel(), " elements of ",
                      to_string(out.dtype()), " (output ", out.description(), ")");
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(out.numel()), in.dtype(), op, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
+           static_cast<size_t>(out.numel()), in.dtype(), op, 0};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kReduceScatter, &in, &op), &in, &out);
 }
 
 Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
@@ -263,8 +281,8 @@ Work Communicator::broadcast(const DeviceTensor& tensor, int root) const {
   MESHRT_CHECK_ARG(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of ",
                    backend_->describe());
   CommOp c{Collective::kBroadcast, tensor.raw_data(), tensor.raw_data(),
-           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
+           static_cast<size_t>(tensor.numel()), tensor.dtype(), ReduceOp::kSum, root};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kBroadcast, &tensor, nullptr, root), &tensor);
 }
 
 Work Communicator::send(const DeviceTensor& tensor, int peer) const {
@@ -273,8 +291,8 @@ Work Communicator::send(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kSend, tensor.raw_data(), nullptr, static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
+           tensor.dtype(), ReduceOp::kSum, peer};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kSend, &tensor, nullptr, peer), &tensor);
 }
 
 Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
@@ -283,8 +301,8 @@ Work Communicator::recv(const DeviceTensor& tensor, int peer) const {
   MESHRT_CHECK_ARG(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
                    " must be another rank of ", backend_->describe());
   CommOp c{Collective::kRecv, nullptr, tensor.raw_data(), static_cast<size_t>(tensor.numel()),
-           tensor.dtype(), ReduceOp::kSum, peer, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
+           tensor.dtype(), ReduceOp::kSum, peer};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kRecv, &tensor, nullptr, peer), &tensor);
 }
 
 Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) const {
@@ -297,8 +315,8 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out) c
                      " and output ", out.description(),
                      " must match in dtype and element count, divisible by ", size());
   CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(),
-           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0, {}, {}};
-  return start(backend_, c, !deferred_, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
+           static_cast<size_t>(in.numel() / size()), in.dtype(), ReduceOp::kSum, 0};
+  return start(backend_, device_, c, !deferred_, describe_op(Collective::kAllToAll, &in, nullptr), &in, &out);
 }
 
 namespace {
@@ -351,10 +369,10 @@ Work Communicator::all_gather(const DeviceTensor& in, const DeviceTensor& out,
   // rank passes the same counts, so every rank takes the same path.
   if (all_equal(counts)) return all_gather(in, out);
   CommOp c{Collective::kAllGather, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
-           in.dtype(), ReduceOp::kSum, 0, {}, pieces};
-  OpDescription what = describe_op(Collective::kAllGather, &in, nullptr);
-  what.pieces = pieces;
-  return start(backend_, c, !deferred_, what, &in, &out);
+           in.dtype(), ReduceOp::kSum, 0, pieces};
+  What what = describe_op(Collective::kAllGather, &in, nullptr);
+  what.pieces = &pieces;
+  return start(backend_, device_, c, !deferred_, what, &in, &out);
 }
 
 Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& out,
@@ -373,10 +391,10 @@ Work Communicator::reduce_scatter(const DeviceTensor& in, const DeviceTensor& ou
                      " counts[", rank(), "] = ", mine, " elements of ", to_string(in.dtype()));
   if (all_equal(counts)) return reduce_scatter(in, out, op);  // as all_gather
   CommOp c{Collective::kReduceScatter, in.raw_data(), out.raw_data(), static_cast<size_t>(mine),
-           in.dtype(), op, 0, {}, pieces};
-  OpDescription what = describe_op(Collective::kReduceScatter, &in, &op);
-  what.pieces = pieces;
-  return start(backend_, c, !deferred_, what, &in, &out);
+           in.dtype(), op, 0, pieces};
+  What what = describe_op(Collective::kReduceScatter, &in, &op);
+  what.pieces = &pieces;
+  return start(backend_, device_, c, !deferred_, what, &in, &out);
 }
 
 Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
@@ -399,16 +417,16 @@ Work Communicator::all_to_all(const DeviceTensor& in, const DeviceTensor& out,
   // Never the equal-chunk call, even for equal counts: a rank cannot tell
   // whether its peers' counts are equal too, and MPI needs every rank in the
   // same collective (MPI_Alltoallv, not MPI_Alltoall on some of them).
-  CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, {}, pieces};
-  OpDescription what = describe_op(Collective::kAllToAll, &in, nullptr);
-  what.pieces = pieces;
-  return start(backend_, c, !deferred_, what, &in, &out);
+  CommOp c{Collective::kAllToAll, in.raw_data(), out.raw_data(), 0, in.dtype(), ReduceOp::kSum, 0, pieces};
+  What what = describe_op(Collective::kAllToAll, &in, nullptr);
+  what.pieces = &pieces;
+  return start(backend_, device_, c, !deferred_, what, &in, &out);
 }
 
 void Communicator::barrier() const {
   check_valid("barrier");
-  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0, {}, {}};
-  start(backend_, c, !deferred_, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
+  CommOp c{Collective::kBarrier, nullptr, nullptr, 0, DType::kF32, ReduceOp::kSum, 0};
+  start(backend_, device_, c, !deferred_, describe_op(Collective::kBarrier, nullptr, nullptr), nullptr).wait(backend_->timeout());
 }
 
 void Communicator::abort(const std::string& reason) const {

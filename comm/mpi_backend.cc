@@ -122,18 +122,14 @@ void append_mpi_counts(const std::vector<int64_t>& counts, const std::vector<int
   }
 }
 
-// Counts a blocking MPI call for as long as it runs (World::finalize refuses to
-// finalise while one is inside); a call that never returns stays counted.
+// Marks a blocking MPI call for as long as it runs: the communicator's flag,
+// which World::blocking_calls() counts (World::finalize refuses to finalise
+// while one is inside: watch_blocking_flag); a call that never returns stays
+// counted.
 class BlockingCall {
  public:
-  explicit BlockingCall(std::atomic<bool>& flag) : flag_(flag) {
-    flag_.store(true, std::memory_order_release);
-    World::enter_blocking_call();
-  }
-  ~BlockingCall() {
-    World::leave_blocking_call();
-    flag_.store(false, std::memory_order_release);
-  }
+  explicit BlockingCall(std::atomic<bool>& flag) : flag_(flag) { flag_.store(true, std::memory_order_release); }
+  ~BlockingCall() { flag_.store(false, std::memory_order_release); }
   BlockingCall(const BlockingCall&) = delete;
   BlockingCall& operator=(const BlockingCall&) = delete;
 
@@ -184,13 +180,15 @@ class MpiBackend final : public CommBackend {
         stream_(Stream::create_cpu({cat("communicator '", this->name(), "'"), false,
                                     std::chrono::microseconds(200)})),
         compute_(Stream::default_for(Device::cpu())),
-        progress_(publish_progress(std::move(key), this->name(), world_ranks_of(comm))) {}
+        progress_(publish_progress(std::move(key), this->name(), world_ranks_of(comm))) {
+    watch_blocking_flag(in_blocking_call_);
+  }
 
   ~MpiBackend() override {
     // What is queued runs first: it refers to this. Past the deadline, the
     // communicator is aborted, which ends every wait of its tasks except a
     // blocking MPI call (tasks never fail the stream itself: run_task).
-    bool stuck = in_blocking_call_.load();
+    bool stuck = in_blocking_call_->load();
     if (!stuck) {
       try {
         stream_.synchronize(timeout());
@@ -207,9 +205,11 @@ class MpiBackend final : public CommBackend {
       // Stuck in a collective that will never finish: leave the stream's worker
       // (and the MPI communicator) to the process exit (the call stays counted:
       // World::finalize aborts instead of hanging).
+      // The flag stays watched (World keeps it): counted while the call is inside.
       new Stream(stream_);  // never destroyed: its destructor would join the stuck worker
       return;
     }
+    unwatch_blocking_flag(in_blocking_call_.get());
     if (!mpi_finalized()) MPI_Comm_free(&comm_);
   }
 
@@ -413,7 +413,7 @@ class MpiBackend final : public CommBackend {
         }
       }
       if (custom) {
-        BlockingCall call(in_blocking_call_);
+        BlockingCall call(*in_blocking_call_);
         custom();
       } else {
         if (sequence > 0) progress_->started.store(sequence, std::memory_order_release);
@@ -452,7 +452,7 @@ class MpiBackend final : public CommBackend {
         break;
     }
     std::optional<BlockingCall> call;
-    if (!nonblocking) call.emplace(in_blocking_call_);
+    if (!nonblocking) call.emplace(*in_blocking_call_);
     switch (c.kind) {
       case Collective::kAllReduce: {
         const void* in = c.send == c.recv ? MPI_IN_PLACE : c.send;
@@ -632,7 +632,10 @@ class MpiBackend final : public CommBackend {
   MPI_Comm comm_;
   Stream stream_;   // the communicator's operations, in issue order
   Stream compute_;  // the cpu default stream: operations read what it queued before them
-  std::atomic<bool> in_blocking_call_{false};
+  // Set while a blocking MPI call of this communicator is inside MPI (one at a
+  // time: whoever holds stream_ makes it). Shared with World, which counts it
+  // (watch_blocking_flag) and keeps it past this object when one is stuck.
+  std::shared_ptr<std::atomic<bool>> in_blocking_call_ = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<Progress> progress_;  // published to the other ranks
   int splits_ = 0;                      // split() calls so far (the key of the next)
   // Whoever holds the stream (its running task, or start_inline) uses these:

@@ -25,6 +25,15 @@ namespace meshrt::detail {
 // the progress queries.
 MPI_Comm control_comm();
 
+// A communicator's "inside a blocking MPI call" flag (world.cc): while set, it
+// counts in World::blocking_calls() as a call entered with
+// World::enter_blocking_call, without an atomic increment and decrement on
+// every call (only one call at a time per communicator: whoever holds its
+// stream makes it). World shares the flag: a communicator destroyed with a
+// call inside leaves it watched, counted until the call returns (if ever).
+void watch_blocking_flag(std::shared_ptr<const std::atomic<bool>> flag);
+void unwatch_blocking_flag(const std::atomic<bool>* flag);
+
 // Polls requests (MPI_Test, short sleeps) until all are done or the deadline
 // passes. Per request: whether it completed (a request whose test failed, a
 // lost peer, counts as done and gets an empty status: MPI_ERROR set); statuses,

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "comm/backend.h"
 #include "comm/world.h"
@@ -14,34 +15,112 @@ namespace meshrt {
 namespace detail {
 
 WorkState::WorkState(std::string description, std::weak_ptr<CommBackend> backend)
-    : text_(std::move(description)), backend_(std::move(backend)) {}
+    : backend_(std::move(backend)), text_(std::move(description)) {}
 
 WorkState::WorkState(const OpDescription& op, const std::shared_ptr<CommBackend>& backend)
-    : op_description_(op), backend_description_(backend->description()), backend_(backend),
-      backend_identity_(backend.get()) {}
+    : holds_(op.pieces != nullptr), backend_identity_(backend.get()), backend_(backend), op_description_(op),
+      backend_description_(backend->description()) {}
 
-std::shared_ptr<WorkState> WorkState::make(const OpDescription& op, const std::shared_ptr<CommBackend>& backend) {
-  thread_local std::shared_ptr<WorkState> spare;
-  // use_count 1: only spare refers to it, so no other thread can reach it
-  // (nobody keeps weak references to states).
-  // The same backend, alive (a new backend at a dead one's address has its weak
-  // reference expired), and the last operation finished.
-  if (spare && spare.use_count() == 1 && spare->backend_identity_ == backend.get() && !spare->backend_.expired() &&
-      spare->done_.load()) {
-    WorkState& s = *spare;
-    s.op_description_ = op;
-    s.error_ = nullptr;
-    s.poller_ = nullptr;
-    s.stash_.clear();
-    s.done_event_.reset();
-    s.sequence_ = 0;
-    s.op_ = "";
-    s.done_.store(false, std::memory_order_relaxed);
-    return spare;
+namespace {
+// This thread's spare state and shared_ptr control block (WorkState::make): a
+// loop of small collectives, each Work dropped after its wait, reuses the same
+// two, with no allocation and no atomic reference counting (a shared_ptr whose
+// last owner lets go with no weak references left reads its counts and
+// writes none). Plain data, so that reaching it costs no initialisation check;
+// SpareCleanup frees what it holds when the thread ends.
+struct Spares {
+  WorkState* state;
+  void* block;
+  size_t block_size;
+  bool registered;  // SpareCleanup made for this thread
+  bool ended;       // the thread is ending: no more spares kept
+};
+[[gnu::tls_model("initial-exec")]] thread_local Spares t_spares;
+
+struct SpareCleanup {
+  ~SpareCleanup();
+};
+
+// Gives the control block of make()'s shared_ptr this thread's spare memory.
+template <class T>
+struct SpareBlockAllocator {
+  using value_type = T;
+  SpareBlockAllocator() = default;
+  template <class U>
+  SpareBlockAllocator(const SpareBlockAllocator<U>&) noexcept {}
+  T* allocate(size_t n) {
+    Spares& t = t_spares;
+    if (t.block && t.block_size == n * sizeof(T)) return static_cast<T*>(std::exchange(t.block, nullptr));
+    return static_cast<T*>(::operator new(n * sizeof(T)));
   }
-  spare = std::make_shared<WorkState>(op, backend);
-  return spare;
+  void deallocate(T* p, size_t n) noexcept {
+    Spares& t = t_spares;
+    if (!t.block && !t.ended && t.registered) {
+      t.block = p;
+      t.block_size = n * sizeof(T);
+      return;
+    }
+    ::operator delete(p);
+  }
+  template <class U>
+  bool operator==(const SpareBlockAllocator<U>&) const noexcept {
+    return true;
+  }
+};
+}  // namespace
+
+std::shared_ptr<WorkState> WorkState::make(const std::shared_ptr<CommBackend>& backend) {
+  Spares& t = t_spares;
+  if (!t.registered) {
+    thread_local SpareCleanup cleanup;  // frees this thread's spares when it ends
+    (void)cleanup;
+    t.registered = true;
+  }
+  WorkState* s = std::exchange(t.state, nullptr);
+  // The same backend: the same object and the same control block (a new
+  // backend at a dead one's address has another one: the state's weak
+  // reference keeps the dead one's allocated). The rest of the state is reset
+  // as a new one's would be.
+  if (s && s->backend_identity_ == backend.get() && !s->backend_.owner_before(backend) &&
+      !backend.owner_before(s->backend_)) {
+    s->sequence_ = 0;
+    s->op_ = "";
+    s->done_.store(false, std::memory_order_relaxed);
+  } else {
+    delete s;
+    s = new WorkState(OpDescription{}, backend);
+  }
+  // When the last Work (or backend task) holding it lets go, the state becomes
+  // the spare of the thread that let go (if it has none), emptied of what it
+  // held, or is deleted.
+  auto recycle = [](WorkState* state) noexcept {
+    Spares& here = t_spares;
+    if (here.state || here.ended || !here.registered) {
+      delete state;
+      return;
+    }
+    // (A small operation that completed at once set none of these.)
+    if (state->holds_.load(std::memory_order_relaxed)) {
+      state->error_ = nullptr;
+      state->poller_ = nullptr;
+      state->stash_.clear();
+      state->done_event_.reset();
+      state->op_description_.pieces.reset();
+      state->holds_.store(false, std::memory_order_relaxed);
+    }
+    here.state = state;
+  };
+  return std::shared_ptr<WorkState>(s, recycle, SpareBlockAllocator<WorkState>());
 }
+
+namespace {
+SpareCleanup::~SpareCleanup() {
+  Spares& t = t_spares;
+  t.ended = true;
+  delete std::exchange(t.state, nullptr);
+  ::operator delete(std::exchange(t.block, nullptr));
+}
+}  // namespace
 
 std::string WorkState::description() const {
   if (!backend_description_) return text_;
@@ -118,6 +197,7 @@ void WorkState::fail(std::exception_ptr error) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (done_.load(std::memory_order_relaxed)) return;
     error_ = std::move(error);
+    holds_.store(true, std::memory_order_relaxed);
     release_locked();
     done_.store(true);
   }
@@ -127,11 +207,15 @@ void WorkState::fail(std::exception_ptr error) {
 void WorkState::set_poller(std::function<bool()> poller) {
   std::lock_guard<std::mutex> lock(mutex_);
   poller_ = std::move(poller);
+  holds_.store(true, std::memory_order_relaxed);
 }
 
 void WorkState::stash(std::shared_ptr<Storage> storage) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!done_.load(std::memory_order_relaxed)) stash_.push_back(std::move(storage));
+  if (!done_.load(std::memory_order_relaxed)) {
+    stash_.push_back(std::move(storage));
+    holds_.store(true, std::memory_order_relaxed);
+  }
 }
 
 bool WorkState::is_completed() {

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -28,6 +29,30 @@ constexpr int kReleaseTag = 2;  // 0 -> rank: everyone checked in
 
 namespace detail {
 MPI_Comm control_comm() { return g_control; }
+
+namespace {
+std::mutex g_flags_mutex;
+std::vector<std::shared_ptr<const std::atomic<bool>>>& watched_flags() {
+  static auto* flags = new std::vector<std::shared_ptr<const std::atomic<bool>>>();  // lives to exit
+  return *flags;
+}
+}  // namespace
+
+void watch_blocking_flag(std::shared_ptr<const std::atomic<bool>> flag) {
+  std::lock_guard<std::mutex> lock(g_flags_mutex);
+  watched_flags().push_back(std::move(flag));
+}
+
+void unwatch_blocking_flag(const std::atomic<bool>* flag) {
+  std::lock_guard<std::mutex> lock(g_flags_mutex);
+  auto& flags = watched_flags();
+  for (size_t i = 0; i < flags.size(); ++i) {
+    if (flags[i].get() != flag) continue;
+    flags[i] = std::move(flags.back());
+    flags.pop_back();
+    return;
+  }
+}
 }  // namespace detail
 
 World& World::init(int* argc, char*** argv) {
@@ -148,7 +173,12 @@ std::vector<int> World::unanswering(const std::vector<int>& ranks, std::chrono::
 
 void World::enter_blocking_call() { g_blocking_calls.fetch_add(1); }
 void World::leave_blocking_call() { g_blocking_calls.fetch_sub(1); }
-int World::blocking_calls() { return g_blocking_calls.load(); }
+int World::blocking_calls() {
+  int calls = g_blocking_calls.load();
+  std::lock_guard<std::mutex> lock(detail::g_flags_mutex);
+  for (const auto& flag : detail::watched_flags()) calls += flag->load() ? 1 : 0;
+  return calls;
+}
 void World::mark_stuck_operation() { enter_blocking_call(); }
 
 std::chrono::milliseconds World::finalize_timeout() {
@@ -229,8 +259,9 @@ void World::finalize() {
   int rank = g_world ? g_world->rank_ : -1;
   std::string problem;
   if (g_world && g_control != MPI_COMM_NULL) problem = check_in_for_exit(*g_world, finalize_timeout());
-  if (problem.empty() && g_blocking_calls.load() > 0) {
-    problem = detail::cat(g_blocking_calls.load(), " operation(s) of this rank are stuck inside a blocking MPI call "
+  int blocking = blocking_calls();
+  if (problem.empty() && blocking > 0) {
+    problem = detail::cat(blocking, " operation(s) of this rank are stuck inside a blocking MPI call "
                           "(a collective abandoned after its deadline), so MPI_Finalize would hang");
   }
   if (!problem.empty()) {

@@ -66,8 +66,56 @@ void CpuQueue::want_locked(uint64_t n) const {
   }
 }
 
+uint64_t CpuQueue::submit_locked() {
+  uint64_t c = ctl_.load(std::memory_order_relaxed);
+  for (;;) {
+    // While a runner runs, it is asked to wake the worker (and waiters) when done.
+    uint64_t flags = (c & kBusy) ? (kBusy | kNotify) : 0;
+    if (ctl_.compare_exchange_weak(c, (((c >> kShift) + 1) << kShift) | flags, std::memory_order_acq_rel,
+                                   std::memory_order_relaxed)) {
+      return (c >> kShift) + 1;
+    }
+  }
+}
+
+uint64_t CpuQueue::claim_locked() {
+  uint64_t c = ctl_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (c & kBusy) return 0;
+    uint64_t number = (c >> kShift) + 1;
+    if (ctl_.compare_exchange_weak(c, (number << kShift) | kBusy, std::memory_order_acq_rel,
+                                   std::memory_order_relaxed)) {
+      return number;
+    }
+  }
+}
+
+bool CpuQueue::busy_notify_locked() const {
+  uint64_t c = ctl_.load(std::memory_order_acquire);
+  for (;;) {
+    if (!(c & kBusy)) return false;
+    if ((c & kNotify) || ctl_.compare_exchange_weak(c, c | kNotify, std::memory_order_acq_rel,
+                                                    std::memory_order_acquire)) {
+      return true;
+    }
+  }
+}
+
+bool CpuQueue::release(uint64_t number) {
+  // The count first: whoever sees kBusy clear sees the task done.
+  completed_.store(number, std::memory_order_release);
+  return ctl_.fetch_and(~(kBusy | kNotify), std::memory_order_acq_rel) & kNotify;
+}
+
+bool CpuQueue::release_unlocked(uint64_t number) {
+  completed_.store(number, std::memory_order_release);
+  // One atomic add, not a compare-and-swap loop: kBusy is ours to clear, and a
+  // kNotify left behind is harmless (whoever claims next writes a new word
+  // without it; submit_locked and the worker drop it).
+  return ctl_.fetch_sub(kBusy, std::memory_order_acq_rel) & kNotify;
+}
+
 void CpuQueue::run_inline(std::unique_lock<std::mutex>& lock, uint64_t number, void (*call)(void*), void* fn) {
-  busy_ = true;
   lock.unlock();
   std::exception_ptr error;
   try {
@@ -76,8 +124,7 @@ void CpuQueue::run_inline(std::unique_lock<std::mutex>& lock, uint64_t number, v
     error = std::current_exception();
   }
   lock.lock();
-  busy_ = false;
-  completed_.store(number, std::memory_order_release);
+  release(number);
   done_cv_.notify_all();
   if (!tasks_.empty()) work_cv_.notify_all();
   if (error) {
@@ -86,30 +133,47 @@ void CpuQueue::run_inline(std::unique_lock<std::mutex>& lock, uint64_t number, v
   }
 }
 
-namespace {
-std::atomic<int64_t> g_test_delay_us{0};  // set_cpu_work_delay_for_testing
-}  // namespace
+void CpuQueue::run_claimed(uint64_t number, void (*call)(void*), void* fn) {
+  std::exception_ptr error;
+  try {
+    call(fn);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (release_unlocked(number)) {
+    // Someone queued work or waits (with the mutex) meanwhile: wake them. They
+    // set kNotify holding the mutex and check again before they sleep, so once
+    // it is ours they sleep and hear this.
+    std::lock_guard<std::mutex> lock(mutex_);
+    done_cv_.notify_all();
+    if (!tasks_.empty()) work_cv_.notify_all();
+  }
+  if (error) std::rethrow_exception(error);  // reported to the caller, not sticky
+}
+
+std::atomic<int64_t> g_cpu_work_delay_us{0};
 
 void CpuQueue::enqueue(std::function<void()> fn, bool inline_ok) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
-  uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
-  submitted_.store(number, std::memory_order_relaxed);
-  if (inline_ok && !delayed_ && tasks_.empty() && !busy_ && g_test_delay_us.load(std::memory_order_relaxed) == 0) {
-    run_inline(lock, number, [](void* f) { (*static_cast<std::function<void()>*>(f))(); }, &fn);
-    return;
+  if (inline_ok && !delayed_ && tasks_.empty() && g_cpu_work_delay_us.load(std::memory_order_relaxed) == 0) {
+    if (uint64_t number = claim_locked()) {
+      run_inline(lock, number, [](void* f) { (*static_cast<std::function<void()>*>(f))(); }, &fn);
+      return;
+    }
   }
+  uint64_t number = submit_locked();
   tasks_.push_back({std::move(fn), number, std::chrono::steady_clock::now() + kDelay, nullptr, 0});
   start_worker_locked();
   work_cv_.notify_all();
 }
 
-bool CpuQueue::run_if_idle(void (*call)(void*), void* fn) {
+bool CpuQueue::run_if_idle_locked(void (*call)(void*), void* fn) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
-  if (delayed_ || !tasks_.empty() || busy_ || g_test_delay_us.load(std::memory_order_relaxed) != 0) return false;
-  uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
-  submitted_.store(number, std::memory_order_relaxed);
+  if (!tasks_.empty()) return false;
+  uint64_t number = claim_locked();
+  if (number == 0) return false;  // someone runs a task
   run_inline(lock, number, call, fn);
   return true;
 }
@@ -117,9 +181,8 @@ bool CpuQueue::run_if_idle(void (*call)(void*), void* fn) {
 void CpuQueue::enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n) {
   std::unique_lock<std::mutex> lock(mutex_);
   settle_locked();
-  if (tasks_.empty() && !busy_ && other->passed(n) && !other->failed_.load()) return;  // nothing to wait for (passed, then failed_: see work())
-  uint64_t number = submitted_.load(std::memory_order_relaxed) + 1;
-  submitted_.store(number, std::memory_order_relaxed);
+  if (tasks_.empty() && !busy() && other->passed(n) && !other->failed_.load()) return;  // nothing to wait for (passed, then failed_: see work())
+  uint64_t number = submit_locked();
   tasks_.push_back({nullptr, number, std::chrono::steady_clock::now(), std::move(other), n});
   // The worker is not woken: the wait is settled by whoever looks next, and
   // the worker is woken when real work queues up behind it (or someone waits).
@@ -128,7 +191,7 @@ void CpuQueue::enqueue_wait(std::shared_ptr<const CpuQueue> other, uint64_t n) {
 
 void CpuQueue::settle_locked() const {
   bool settled = false;
-  while (!busy_ && !tasks_.empty() && tasks_.front().after) {
+  while (!tasks_.empty() && tasks_.front().after && !busy()) {
     const Task& front = tasks_.front();
     // passed() before failed_: a failure is published before the count (work()).
     if (!front.after->passed(front.after_n) || front.after->failed_.load()) break;  // the worker reports failures
@@ -150,7 +213,9 @@ void CpuQueue::work() {
         lock.lock();
       }
     }
-    work_cv_.wait(lock, [&] { return (!tasks_.empty() && !busy_) || (stop_ && tasks_.empty()); });
+    // A runner without the mutex (run_if_idle) wakes this wait when it is done
+    // if asked to (busy_notify_locked).
+    work_cv_.wait(lock, [&] { return (!tasks_.empty() && !busy_notify_locked()) || (stop_ && tasks_.empty()); });
     settle_locked();
     if (tasks_.empty()) {
       if (stop_) return;  // stopped and drained
@@ -161,16 +226,23 @@ void CpuQueue::work() {
       work_cv_.wait_until(lock, tasks_.front().ready_at);
       continue;
     }
+    // The worker becomes the runner. Nobody else can be: run_if_idle claims
+    // without the mutex only an idle queue, and this one has a task queued.
+    uint64_t c = ctl_.load(std::memory_order_relaxed);
+    while (!(c & kBusy) &&
+           !ctl_.compare_exchange_weak(c, (c & ~kNotify) | kBusy, std::memory_order_acq_rel,
+                                       std::memory_order_relaxed)) {
+    }
+    if (c & kBusy) continue;  // (not reached) the wait above waits for the runner
     Task task = std::move(tasks_.front());
     tasks_.pop_front();
-    busy_ = true;
     lock.unlock();
     std::exception_ptr error;
     try {
       if (task.after) {
         task.after->wait(task.after_n, default_wait_timeout(), "a cpu stream waiting for an event");
       } else {
-        if (int64_t delay = g_test_delay_us.load(std::memory_order_relaxed)) {
+        if (int64_t delay = g_cpu_work_delay_us.load(std::memory_order_relaxed)) {
           std::this_thread::sleep_for(std::chrono::microseconds(delay));
         }
         task.fn();
@@ -181,25 +253,16 @@ void CpuQueue::work() {
     task.fn = nullptr;  // what it held goes before the next task
     task.after.reset();
     lock.lock();
-    busy_ = false;
     if (error && !error_) {  // published before the count, which other queues read without the lock
       error_ = error;
       failed_.store(true);
     }
-    completed_.store(task.number, std::memory_order_release);
+    release(task.number);
     done_cv_.notify_all();
   }
 }
 
-uint64_t CpuQueue::submitted() const {
-  // Without the mutex: a thread sees at least the tasks it queued itself.
-  return submitted_.load(std::memory_order_relaxed);
-}
-
-bool CpuQueue::reached(uint64_t n) const {
-  // Without the mutex when it is done and nothing failed (failed_ is published
-  // before the count: work()); the common question of a small collective.
-  if (passed(n) && !failed_.load()) return true;
+bool CpuQueue::reached_locked(uint64_t n) const {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!passed(n)) {
     settle_locked();
@@ -215,7 +278,12 @@ void CpuQueue::wait(uint64_t n, std::chrono::milliseconds timeout, const char* w
   if (!passed(n)) {
     want_locked(n);         // the delayed mode stops holding back the tasks up to n
     work_cv_.notify_all();  // the worker runs the waits it was not woken for
-    bool done = done_cv_.wait_for(lock, timeout, [&] { return passed(n); });
+    // A runner without the mutex (run_if_idle) wakes this wait when it is done
+    // if asked to (busy_notify_locked, before each check).
+    bool done = done_cv_.wait_for(lock, timeout, [&] {
+      busy_notify_locked();
+      return passed(n);
+    });
     MESHRT_CHECK(done, ErrorKind::kDeadlineExceeded, what, ": work on cpu stream '", name_,
                  "' did not finish within ", timeout.count(),
                  " ms (a task ahead of it is stuck; MESHRT_COMM_TIMEOUT sets the deadline)");
@@ -227,6 +295,6 @@ void CpuQueue::wait(uint64_t n, std::chrono::milliseconds timeout, const char* w
 
 namespace meshrt {
 void set_cpu_work_delay_for_testing(std::chrono::microseconds delay) {
-  detail::g_test_delay_us.store(delay.count());
+  detail::g_cpu_work_delay_us.store(delay.count());
 }
 }  // namespace meshrt

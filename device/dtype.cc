@@ -4,20 +4,6 @@
 
 namespace meshrt {
 
-size_t size_of(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kF64: return 8;
-    case DType::kF16: return 2;
-    case DType::kBF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
-    case DType::kU8: return 1;
-    case DType::kBool: return 1;
-  }
-  return 0;
-}
-
 const char* to_string(DType dtype) {
   switch (dtype) {
     case DType::kF32: return "f32";

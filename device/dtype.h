@@ -16,7 +16,19 @@ inline constexpr DType kAllDTypes[] = {DType::kF32, DType::kF64, DType::kF16, DT
                                        DType::kI32, DType::kI64, DType::kU8,  DType::kBool};
 
 // Bytes per element.
-size_t size_of(DType dtype);
+constexpr size_t size_of(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 4;
+    case DType::kF64: return 8;
+    case DType::kF16: return 2;
+    case DType::kBF16: return 2;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+    case DType::kU8: return 1;
+    case DType::kBool: return 1;
+  }
+  return 0;
+}
 // Short name: "f32", "f64", "f16", "bf16", "i32", "i64", "u8", "bool".
 const char* to_string(DType dtype);
 // Parses a short name (also accepts "float32", "float", "half", "bfloat16", "int32", ...).

@@ -22,12 +22,6 @@ void check_dims(const std::vector<int64_t>& dims) {
 Shape::Shape(std::initializer_list<int64_t> dims) : dims_(dims) { check_dims(dims_); }
 Shape::Shape(std::vector<int64_t> dims) : dims_(std::move(dims)) { check_dims(dims_); }
 
-int64_t Shape::numel() const {
-  int64_t n = 1;
-  for (int64_t d : dims_) n *= d;
-  return n;
-}
-
 int Shape::axis(int i) const {
   int n = ndim();
   int a = i < 0 ? i + n : i;

@@ -17,7 +17,11 @@ class Shape {
   int ndim() const { return static_cast<int>(dims_.size()); }
   // Extent of axis i; negative i counts from the end. Throws on a bad axis.
   int64_t operator[](int i) const { return dims_[static_cast<size_t>(axis(i))]; }
-  int64_t numel() const;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : dims_) n *= d;
+    return n;
+  }
   const std::vector<int64_t>& dims() const { return dims_; }
   // Normalises a possibly negative axis; throws Error(kInvalidArgument) when out of range.
   int axis(int i) const;

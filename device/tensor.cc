@@ -110,15 +110,8 @@ Tensor<Space> Tensor<Space>::zeros(const Shape& shape, DType dtype, const Device
 }
 
 template <class Space>
-const Device& Tensor<Space>::device() const {
-  static const Device cpu = Device::cpu();
-  return storage_ ? storage_->device() : cpu;
-}
-
-template <class Space>
-void* Tensor<Space>::raw_data() const {
-  MESHRT_CHECK_ARG(storage_ != nullptr, "use of an undefined tensor");
-  return static_cast<char*>(storage_->data()) + offset_;
+void Tensor<Space>::undefined() {
+  throw Error(ErrorKind::kInvalidArgument, "use of an undefined tensor");
 }
 
 template <class Space>

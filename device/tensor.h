@@ -91,12 +91,16 @@ class Tensor {
   DType dtype() const { return dtype_; }
   size_t element_size() const { return size_of(dtype_); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(); }
-  const Device& device() const;
+  // The storage's device; an undefined tensor's is the cpu.
+  const Device& device() const { return storage_ ? storage_->device() : kUndefinedDevice; }
   const std::shared_ptr<Storage>& storage() const { return storage_; }
 
   // The raw address of the first element. For a DeviceTensor this is device
   // memory: pass it to kernels and communicators, never dereference it on the host.
-  void* raw_data() const;
+  void* raw_data() const {
+    if (!storage_) undefined();
+    return static_cast<char*>(storage_->data()) + offset_;
+  }
 
   // Host only: typed element access. Throws Error(kShape) when T is not the dtype.
   template <class T>
@@ -129,6 +133,9 @@ class Tensor {
   std::string description() const;
 
  private:
+  static constexpr Device kUndefinedDevice = Device::cpu();
+  // Throws Error(kInvalidArgument): raw_data() of an undefined tensor.
+  [[noreturn]] static void undefined();
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;  // bytes from storage_->data()
   Shape shape_;

@@ -380,6 +380,110 @@ TEST(StreamEvent, RunIfIdleRunsAtOnceOnlyOnAnIdleStream) {
   }
 }
 
+// Threads racing on one cpu stream: run_if_idle (its claim of an idle stream
+// takes no lock), small and big work, waits for another stream and for events.
+// The stream's rules hold throughout: one task at a time, each thread's work in
+// the order it was issued, an event waits for everything queued before it
+// (no wake-up lost while a task runs on a caller's thread), nothing lost.
+TEST(StreamEvent, RacingThreadsKeepACpuStreamsOrder) {
+  Stream s = Stream::create(Device::cpu()), other = Stream::create(Device::cpu());
+  constexpr int kThreads = 4, kOps = 4000;
+  std::atomic<int> inside{0}, overlaps{0}, out_of_order{0}, ran{0}, inline_ran{0}, unfinished{0};
+  std::atomic<int> last[kThreads];
+  for (auto& l : last) l = -1;
+  auto task = [&](int t, int i) {
+    if (inside.fetch_add(1) != 0) ++overlaps;
+    if (last[t].load(std::memory_order_relaxed) >= i) ++out_of_order;
+    last[t].store(i, std::memory_order_relaxed);
+    ++ran;
+    inside.fetch_sub(1);
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kOps; ++i) {
+        switch ((i + t) % 8) {
+          case 0:
+          case 1:
+          case 2:
+            if (s.run_if_idle([&] { task(t, i); })) {
+              ++inline_ran;
+            } else {
+              s.enqueue([&, t, i] { task(t, i); }, true);
+            }
+            break;
+          case 3:
+            s.enqueue([&, t, i] { task(t, i); }, true);
+            break;
+          case 4:
+            s.enqueue([&, t, i] { task(t, i); });
+            break;
+          case 5: {  // a wait for the other stream, then work behind it
+            other.enqueue([] {});
+            Event e(Device::cpu());
+            e.record(other);
+            e.block(s);
+            s.enqueue([&, t, i] { task(t, i); }, true);
+            break;
+          }
+          default: {  // everything this thread queued is done once its event is
+            s.enqueue([&, t, i] { task(t, i); }, true);
+            Event e(Device::cpu());
+            e.record(s);
+            e.synchronize(std::chrono::seconds(30));
+            if (last[t].load(std::memory_order_relaxed) != i) ++unfinished;
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  s.synchronize(std::chrono::seconds(30));
+
+  // Asleep while a task runs on its caller's thread: a wait for that task,
+  // and the worker for work queued behind it, are woken when it ends (nothing
+  // else happens on the stream meanwhile that could wake them).
+  if (!cpu_streams_delayed()) {
+    std::atomic<bool> behind{false}, waited_inline{false}, waited_behind{false};
+    std::vector<std::thread> waiters;
+    EXPECT_TRUE(s.run_if_idle([&] {
+      waiters.emplace_back([&] {
+        Event e(Device::cpu());
+        e.record(s);  // this task
+        try {
+          e.synchronize(std::chrono::seconds(10));
+          waited_inline = true;
+        } catch (const Error&) {
+        }
+      });
+      waiters.emplace_back([&] {
+        s.enqueue([&] { behind = true; });
+        Event e(Device::cpu());
+        e.record(s);
+        try {
+          e.synchronize(std::chrono::seconds(10));
+          waited_behind = true;
+        } catch (const Error&) {
+        }
+      });
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // both asleep by now
+    }));
+    for (auto& w : waiters) w.join();
+    EXPECT_TRUE(waited_inline);
+    EXPECT_TRUE(waited_behind);
+    EXPECT_TRUE(behind);
+  }
+  EXPECT_EQ(overlaps.load(), 0);
+  EXPECT_EQ(out_of_order.load(), 0);
+  EXPECT_EQ(unfinished.load(), 0);
+  EXPECT_EQ(ran.load(), kThreads * kOps);
+  if (cpu_streams_delayed()) {
+    EXPECT_EQ(inline_ran.load(), 0);
+  }
+  EXPECT_TRUE(s.query());
+}
+
 TEST(StreamEvent, BlockOrdersOneCpuStreamAfterAnother) {
   Stream a = Stream::create(Device::cpu()), b = Stream::create(Device::cpu());
   Gate gate;
