@@ -14,6 +14,7 @@
 #include <limits>
 #include <thread>
 
+#include <mpi.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -723,14 +724,27 @@ TEST(Deadlines, UnmatchedReceiveTimesOut) {
   Communicator::world(Device::cpu(), "after").barrier();
 }
 
-// World rank `to` waits until world rank `from` says (with a message on `world`,
-// not on the communicator under test) that it is done with a step: the one rank
-// stays away exactly as long as the other needs, with no fixed sleep.
-void tell_rank(const Communicator& world, int to) {
-  world.send(DeviceTensor::zeros({1}, DType::kF32), to).wait();
+// World rank `to` waits until world rank `from` says it is done with a step,
+// instead of sleeping for a fixed time: a byte on MPI_COMM_WORLD (none of
+// meshrt's communicators use it for messages), looked for every 5 ms as the
+// progress service does. The waiting rank stays as quiet as a sleeping one (no
+// thread of it polls a communicator; its service thread must answer the other's
+// deadline query meanwhile), and no longer than needed.
+constexpr int kStepDoneTag = 7171;
+void tell_rank(int to) {
+  char done = 1;
+  EXPECT_EQ(MPI_Send(&done, 1, MPI_CHAR, to, kStepDoneTag, MPI_COMM_WORLD), MPI_SUCCESS);
 }
-void wait_for_rank(const Communicator& world, int from) {
-  world.recv(DeviceTensor::zeros({1}, DType::kF32), from).wait();
+void wait_for_rank(int from) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int flag = 0;
+  while (!flag && std::chrono::steady_clock::now() < deadline) {
+    ASSERT_EQ(MPI_Iprobe(from, kStepDoneTag, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE), MPI_SUCCESS);
+    if (!flag) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(flag) << "world rank " << from << " did not say it was done within 60 s";
+  char done = 0;
+  EXPECT_EQ(MPI_Recv(&done, 1, MPI_CHAR, from, kStepDoneTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE), MPI_SUCCESS);
 }
 
 // A deadline names the late rank in world numbering with its host, not only the
@@ -756,9 +770,9 @@ TEST(Deadlines, TheLateRankIsNamed) {
         EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { late.wait(std::chrono::milliseconds(500)); },
                                  {"recv #2 on '" + name + "' did not complete within 500 ms: ",
                                   w.describe_rank(1) + " is behind: it has started #1 and completed #1"}));
-        tell_rank(world, 1);
+        tell_rank(1);
       } else {
-        wait_for_rank(world, 0);  // until rank 0 has given up
+        wait_for_rank(0);  // until rank 0 has given up
         Work behind = pair.recv(r, 0);  // #2 here too, but rank 0 aborted its communicator
         EXPECT_TRUE(throws_error(ErrorKind::kDeadlineExceeded, [&] { behind.wait(std::chrono::milliseconds(500)); },
                                  {"recv #2 on '" + name + "' did not complete within 500 ms: this rank (" +
@@ -776,10 +790,9 @@ TEST(Deadlines, TheLateRankIsNamed) {
 // #(n - 1): rank 0 starts all_reduce #n alone; its deadline names rank 1 as
 // behind, and after the abort no thread is left inside MPI. Rank 1 stays away
 // meanwhile (until rank 0 is done).
-void alone_all_reduce_is_named(const Communicator& world, const Communicator& pair, const DeviceTensor& t, int n,
-                               const std::string& name) {
+void alone_all_reduce_is_named(const Communicator& pair, const DeviceTensor& t, int n, const std::string& name) {
   if (pair.rank() != 0) {
-    wait_for_rank(world, 0);
+    wait_for_rank(0);
     return;
   }
   Work alone = pair.all_reduce(t);  // rank 1 never comes
@@ -792,7 +805,7 @@ void alone_all_reduce_is_named(const Communicator& world, const Communicator& pa
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(World::blocking_calls(), 0) << "a thread is still inside MPI";
-  tell_rank(world, 1);
+  tell_rank(1);
 }
 
 TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
@@ -815,7 +828,7 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     pair.reduce_scatter(six, half).wait();  // #3: sums [12 .. 22], half each
     EXPECT_EQ(to_host(half).to_vector<float>(),
               pair.rank() == 0 ? (std::vector<float>{12, 14, 16}) : (std::vector<float>{18, 20, 22}));
-    alone_all_reduce_is_named(world, pair, t, 4, "abortable pair");
+    alone_all_reduce_is_named(pair, t, 4, "abortable pair");
   }
   world.barrier();
   // The same with a message too large to run on the calling thread (queued on
@@ -825,7 +838,7 @@ TEST(Deadlines, AnAbortableCollectiveLeavesNothingInsideMpi) {
     DeviceTensor t = to_device(HostTensor::full<float>({40000}, 1.0f), Device::cpu());
     large.all_reduce(t).wait();  // #1
     EXPECT_EQ(to_host(t).to_vector<float>(), std::vector<float>(40000, 2.0f));
-    alone_all_reduce_is_named(world, large, t, 2, "abortable large");
+    alone_all_reduce_is_named(large, t, 2, "abortable large");
   }
   world.barrier();
 }

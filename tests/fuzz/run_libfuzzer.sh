@@ -2,7 +2,8 @@
 # Coverage-guided fuzzing of meshrt's fuzz targets with libFuzzer, under
 # AddressSanitizer (with leak detection) and UBSan: a nested build with clang
 # (MESHRT_FUZZ=ON, MESHRT_SANITIZE=address,undefined, static libraries, no CUDA,
-# no apps), then each target fuzzed for a bounded time from its seed corpus.
+# no apps; kernels, comm and sharding, which no target executes, plain: see
+# README.md), then each target fuzzed for a bounded time from its seed corpus.
 #
 #   run_libfuzzer.sh build SOURCE_DIR WORK_DIR
 #   run_libfuzzer.sh run   SOURCE_DIR WORK_DIR TARGET SECONDS [libFuzzer flags...]
@@ -59,6 +60,7 @@ build() {
     cmake -S "$source_dir" -B "$build_dir" "${generator[@]}" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" -DMESHRT_FUZZ=ON -DMESHRT_SANITIZE=address,undefined \
       -DBUILD_SHARED_LIBS=OFF -DMESHRT_ENABLE_CUDA=OFF -DMESHRT_BUILD_APPS=OFF \
+      "-DMESHRT_FUZZ_UNINSTRUMENTED=kernels;comm;sharding" \
       > "$work_dir/configure.log" 2>&1 || { cat "$work_dir/configure.log"; exit 1; }
   fi
   echo "building the libFuzzer targets with $cxx (address and undefined-behaviour sanitizers) in $build_dir"
