@@ -211,6 +211,19 @@ struct Collected {
   bool done = false;
 };
 
+// A generate request (the fields not given keep their defaults).
+GenerateRequest request(std::vector<int64_t> ids, int64_t max_tokens, double temperature = 0, int64_t top_k = 0,
+                        double top_p = 1, std::optional<uint64_t> seed = std::nullopt) {
+  GenerateRequest r;
+  r.input_ids = std::move(ids);
+  r.max_tokens = max_tokens;
+  r.temperature = temperature;
+  r.top_k = top_k;
+  r.top_p = top_p;
+  r.seed = seed;
+  return r;
+}
+
 // Submits a request and returns what collects its updates (wait with finished()).
 std::shared_ptr<Collected> submit(Generator& g, GenerateRequest r, GenerateAdmission* admission = nullptr) {
   auto c = std::make_shared<Collected>();
@@ -295,7 +308,7 @@ TEST_P(HfGeneration, GreedyTokensEqualTheReferenceAtEveryStageSize) {
       Metrics metrics;
       Generator g(engine, 0, metrics);
       std::vector<std::shared_ptr<Collected>> got;
-      for (const auto& p : prompts) got.push_back(submit(g, {p, 32}));
+      for (const auto& p : prompts) got.push_back(submit(g, request(p, 32)));
       for (size_t i = 0; i < got.size(); ++i) {
         ASSERT_TRUE(finished(*got[i]));
         EXPECT_EQ(got[i]->status, 200) << got[i]->error;
@@ -368,25 +381,25 @@ TEST_P(HfGeneration, TheKvPoolIsSharedAndSamplingIsSeeded) {
     Metrics metrics;
     Generator g(engine, 0, metrics);
     GenerateAdmission admission{};
-    submit(g, {{1, 2, 3}, 40}, &admission);  // 43 tokens: 3 blocks
+    submit(g, request({1, 2, 3}, 40), &admission);  // 43 tokens: 3 blocks
     EXPECT_EQ(admission, GenerateAdmission::kNeverFits);
-    auto a = submit(g, {{1, 2, 3}, 20}, &admission);  // 23 tokens: 2 blocks
+    auto a = submit(g, request({1, 2, 3}, 20), &admission);  // 23 tokens: 2 blocks
     EXPECT_EQ(admission, GenerateAdmission::kQueued);
-    auto b = submit(g, {{9, 8, 7}, 20}, &admission);
+    auto b = submit(g, request({9, 8, 7}, 20), &admission);
     EXPECT_EQ(admission, GenerateAdmission::kQueued);
     ASSERT_TRUE(finished(*a) && finished(*b));
     EXPECT_EQ(a->tokens.size() + b->tokens.size() > 2u, true);
     EXPECT_EQ(a->status, 200);
     EXPECT_EQ(b->status, 200);
     // b alone gives what it gave after waiting.
-    auto b_alone = submit(g, {{9, 8, 7}, 20});
+    auto b_alone = submit(g, request({9, 8, 7}, 20));
     ASSERT_TRUE(finished(*b_alone));
     EXPECT_EQ(b_alone->tokens, b->tokens);
     // Seeded sampling: alone, then beside another request.
-    GenerateRequest sampled{{4, 5, 6}, 12, 1.0, 50, 0.9, 1234, {}};
+    GenerateRequest sampled = request({4, 5, 6}, 12, 1.0, 50, 0.9, 1234);
     auto alone = submit(g, sampled);
     ASSERT_TRUE(finished(*alone));
-    auto other = submit(g, {{7, 7}, 10, 0.7, 0, 1.0, 99, {}});
+    auto other = submit(g, request({7, 7}, 10, 0.7, 0, 1.0, 99));
     auto together = submit(g, sampled);
     ASSERT_TRUE(finished(*together) && finished(*other));
     EXPECT_EQ(together->tokens, alone->tokens);
@@ -423,11 +436,11 @@ TEST_P(HfGeneration, ARequestJoinsWhileAnotherDecodes) {
       if (!joined && order.size() == 5) {  // A is mid-decode: B arrives (from A's own update)
         joined = true;
         lock.unlock();
-        EXPECT_EQ(g.submit({{7, 8, 9}, 10}, sink_b), GenerateAdmission::kQueued);
+        EXPECT_EQ(g.submit(generation::request({7, 8, 9}, 10), sink_b), GenerateAdmission::kQueued);
       }
       return true;
     };
-    ASSERT_EQ(g.submit({{1, 2, 3}, 40}, sink_a), GenerateAdmission::kQueued);
+    ASSERT_EQ(g.submit(generation::request({1, 2, 3}, 40), sink_a), GenerateAdmission::kQueued);
     std::unique_lock<std::mutex> lock(mutex);
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return done == 2; }));
     std::string text(order.begin(), order.end());
