@@ -8,6 +8,20 @@
 
 namespace meshrt::apps {
 
+std::optional<std::string> run_command(const std::string& command, std::string* why) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) {
+    *why = "cannot start: " + command;
+    return std::nullopt;
+  }
+  std::string out;
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  if (::pclose(pipe) == 0) return out;
+  *why = "it failed: " + out.substr(0, 200);
+  return std::nullopt;
+}
+
 int run_mpi_app(const char* name, CommandLine& command_line, int argc, char** argv,
                 const std::function<int()>& body) {
   World& world = World::get();

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "apps/cli.h"
@@ -26,6 +27,11 @@ int run_mpi_app(const char* name, CommandLine& command_line, int argc, char** ar
 // Raises the soft limit of open files to the hard limit (at most 65536): a
 // server holds a descriptor per connection, and the usual soft limit is 1024.
 void raise_open_file_limit();
+
+// Runs a shell command (stderr joined to stdout) and returns its output, or
+// nullopt with why (it could not start, or exited non-zero: the output's start)
+// in *why. The benchmarks run their Python references so.
+std::optional<std::string> run_command(const std::string& command, std::string* why);
 
 // "8", "64K", "1M", "2G" (binary multiples); throws Error(kInvalidArgument) otherwise.
 int64_t parse_size(const std::string& text);

@@ -58,30 +58,23 @@ Figures reference_figures(const Options& o, const std::vector<std::vector<int64_
   }
   json << "]";
   std::string command = "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 " + o.python + " " + o.reference + " --model '" +
-                        o.model + "' --input-ids '" + json.str() + "' --time-generate " + std::to_string(o.tokens) + " 2>&1";
+                        o.model + "' --input-ids '" + json.str() + "' --time-generate " + std::to_string(o.tokens);
   Figures f;
   f.tokens_per_second = -1;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) {
-    *why = "cannot start " + o.python;
-    return f;
-  }
-  std::string out;
-  char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
-  int status = ::pclose(pipe);
+  std::optional<std::string> out = run_command(command, why);
   try {
-    if (status == 0) {
-      nlohmann::json j = nlohmann::json::parse(out);
+    if (out) {
+      nlohmann::json j = nlohmann::json::parse(*out);
       double seconds = j.at("seconds").get<double>(), first = j.at("first_token_seconds").get<double>();
       f.tokens_per_second = j.at("tokens").get<double>() / seconds;
       f.first_token = first;
       f.inter_token = o.tokens > 1 ? (seconds - first) / static_cast<double>(o.tokens - 1) : 0;
       return f;
     }
-  } catch (const std::exception&) {
+    *why = "the reference did not run (" + o.reference + "): " + *why;
+  } catch (const std::exception& e) {
+    *why = "the reference's output is not what was expected (" + o.reference + "): " + e.what();
   }
-  *why = "the reference did not run (" + o.reference + "): " + out.substr(0, 200);
   return f;
 }
 

@@ -46,21 +46,14 @@ double reference_seconds(const Options& o, const std::vector<int64_t>& ids, std:
   json << "]";
   std::string command = "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 " + o.python + " " + o.reference + " --model '" +
                         o.model + "' --input-ids '" + json.str() + "' --time " + std::to_string(std::max(1, o.iters / 2)) +
-                        " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) {
-    *why = "cannot start " + o.python;
-    return -1;
-  }
-  std::string out;
-  char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
-  int status = ::pclose(pipe);
+                        "";
+  std::optional<std::string> out = run_command(command, why);
   try {
-    if (status == 0) return nlohmann::json::parse(out).at("seconds").get<double>();
-  } catch (const std::exception&) {
+    if (out) return nlohmann::json::parse(*out).at("seconds").get<double>();
+    *why = "the reference did not run (" + o.reference + "): " + *why;
+  } catch (const std::exception& e) {
+    *why = "the reference's output is not what was expected (" + o.reference + "): " + e.what();
   }
-  *why = "the reference did not run (" + o.reference + "): " + out.substr(0, 200);
   return -1;
 }
 
