@@ -77,14 +77,24 @@ void HttpClient::set_source_address(const std::string& address) {
   impl_->stream.reset();
 }
 
-HttpResponse HttpClient::request(const std::string& method, const std::string& target, const std::string& body,
-                                 const std::vector<std::pair<std::string, std::string>>& headers) {
+namespace {
+// A kept-alive HTTP/1.1 request.
+http::request<http::string_body> make_request(const std::string& host, const std::string& method,
+                                              const std::string& target, const std::string& body,
+                                              const std::vector<std::pair<std::string, std::string>>& headers) {
   http::request<http::string_body> req(http::string_to_verb(method), target, 11);
-  req.set(http::field::host, impl_->host);
+  req.set(http::field::host, host);
   req.keep_alive(true);
   for (const auto& [k, v] : headers) req.set(k, v);
   req.body() = body;
   req.prepare_payload();
+  return req;
+}
+}  // namespace
+
+HttpResponse HttpClient::request(const std::string& method, const std::string& target, const std::string& body,
+                                 const std::vector<std::pair<std::string, std::string>>& headers) {
+  http::request<http::string_body> req = make_request(impl_->host, method, target, body, headers);
   for (int attempt = 0; attempt < 2; ++attempt) {
     bool reused = impl_->stream.has_value();
     beast::error_code error;
@@ -128,12 +138,7 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& t
 HttpResponse HttpClient::request_stream(const std::string& method, const std::string& target, const std::string& body,
                                         const std::vector<std::pair<std::string, std::string>>& headers,
                                         const std::function<void(std::string_view)>& on_chunk) {
-  http::request<http::string_body> req(http::string_to_verb(method), target, 11);
-  req.set(http::field::host, impl_->host);
-  req.keep_alive(true);
-  for (const auto& [k, v] : headers) req.set(k, v);
-  req.body() = body;
-  req.prepare_payload();
+  http::request<http::string_body> req = make_request(impl_->host, method, target, body, headers);
   auto fail = [&](const std::string& why) {
     impl_->stream.reset();
     impl_->buffer.clear();
