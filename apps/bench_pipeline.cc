@@ -103,7 +103,7 @@ int run(const Options& o) {
                           // Scaled so that the activation stays bounded however many stages.
                           HostTensor w = HostTensor::full<float>({width, width}, 1.0f / static_cast<float>(width));
                           return std::make_unique<GemmStage>(to_device(w, device));
-                        }});
+                        }, {}});
   }
   Engine engine({s}, device);
   if (world.rank() != 0) {
