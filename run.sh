@@ -27,11 +27,16 @@ ranks=${MESHRT_RANKS:-4}
 # which --no-install-recommends skips). python3-numpy: the float64 reference of
 # the transformer tests (tests/hf_reference.py). libpcre2-dev: the tokenizer's
 # pre-tokenizer patterns (models/tokenizer.cc); python3-regex: the tokenizer
-# tests' independent reference (tests/tokenizer_reference.py).
+# tests' independent reference (tests/tokenizer_reference.py). gRPC and protobuf
+# (libgrpc++-dev, libprotobuf-dev; protoc and its gRPC plugins in
+# protobuf-compiler and protobuf-compiler-grpc): the rpc/ room, KServe v2 over
+# gRPC; python3-grpcio and python3-protobuf: the Python gRPC client tests.
+# libspdlog-dev: logging; zlib1g-dev: gzip/deflate HTTP bodies.
 packages=(cmake g++ ninja-build pkg-config libopenmpi-dev openmpi-bin libopenblas-dev libgtest-dev
           libcli11-dev nlohmann-json3-dev libboost-dev python3 python3-prometheus-client
           clang libclang-rt-dev llvm libdnnl-dev ocl-icd-opencl-dev python3-numpy
-          libpcre2-dev python3-regex)
+          libpcre2-dev python3-regex libgrpc++-dev libprotobuf-dev protobuf-compiler
+          protobuf-compiler-grpc python3-grpcio python3-protobuf libspdlog-dev zlib1g-dev)
 
 say() { echo "run.sh: $*" >&2; }
 

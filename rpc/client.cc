@@ -1,0 +1,27 @@
+#include "rpc/client.h"
+
+#include <climits>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+namespace meshrt::rpc {
+
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target, size_t max_message_bytes) {
+  grpc::ChannelArguments args;
+  int max_bytes = max_message_bytes > static_cast<size_t>(INT_MAX) ? INT_MAX : static_cast<int>(max_message_bytes);
+  args.SetMaxReceiveMessageSize(max_bytes);
+  args.SetMaxSendMessageSize(max_bytes);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+bool wait_connected(const std::shared_ptr<grpc::Channel>& channel, std::chrono::milliseconds within) {
+  return channel->WaitForConnected(std::chrono::system_clock::now() + within);
+}
+
+void set_timeout(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+}  // namespace meshrt::rpc

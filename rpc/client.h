@@ -1,0 +1,22 @@
+// Client channels to meshrt's gRPC services, with the same message limit as
+// the server, and deadlines on every call (a peer that died is an error with a
+// status within the deadline, never a hang).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
+
+namespace meshrt::rpc {
+
+// target: "host:port". Insecure (meshrt's services run inside a cluster's network).
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target, size_t max_message_bytes = 64u << 20);
+// Waits up to `within` for the channel to connect; false if it did not.
+bool wait_connected(const std::shared_ptr<grpc::Channel>& channel, std::chrono::milliseconds within);
+// Sets the call's deadline to now + timeout.
+void set_timeout(grpc::ClientContext& context, std::chrono::milliseconds timeout);
+
+}  // namespace meshrt::rpc
