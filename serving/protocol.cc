@@ -151,6 +151,74 @@ std::optional<size_t> parse_header_length(const std::optional<std::string>& valu
   return static_cast<size_t>(std::stoull(v));
 }
 
+InferInputs::InferInputs(const ModelSignature& model, int64_t max_rows)
+    : model_(model), max_rows_(max_rows), inputs_(model.inputs.size()) {}
+
+HostTensor& InferInputs::add(const std::string& name, const std::string& datatype, const std::vector<int64_t>& shape) {
+  const TensorSpec& spec = check(name, datatype, shape);
+  batch_rows_ = shape[0];
+  HostTensor& t = inputs_[static_cast<size_t>(&spec - model_.inputs.data())];
+  t = HostTensor::empty(Shape(shape), spec.dtype);
+  return t;
+}
+
+const TensorSpec& InferInputs::check(const std::string& name, const std::string& datatype,
+                                     const std::vector<int64_t>& shape) const {
+  size_t index = model_.inputs.size();
+  for (size_t k = 0; k < model_.inputs.size(); ++k) {
+    if (model_.inputs[k].name == name) index = k;
+  }
+  if (index == model_.inputs.size()) {
+    std::string names;
+    for (const TensorSpec& t : model_.inputs) names += (names.empty() ? "'" : ", '") + t.name + "'";
+    bad("model '" + model_.name + "' has no input '" + name + "' (its input" +
+        (model_.inputs.size() == 1 ? " is " : "s are ") + names + ")");
+  }
+  const TensorSpec& spec = model_.inputs[index];
+  if (inputs_[index].defined()) bad("input '" + name + "' is given twice");
+  if (datatype != kserve_datatype(spec.dtype)) {
+    bad("input '" + name + "': expected datatype " + kserve_datatype(spec.dtype) + ", got " + datatype);
+  }
+  for (int64_t d : shape) {
+    if (d < 0) bad("input '" + name + "': shape " + shape_text(shape) + " must hold non-negative integers");
+  }
+  bool fits = shape.size() == spec.shape.size() && !shape.empty() && shape[0] >= 1;
+  for (size_t d = 1; fits && d < shape.size(); ++d) fits = spec.shape[d] < 0 || shape[d] == spec.shape[d];
+  if (!fits) {
+    std::vector<int64_t> wanted(spec.shape.begin() + 1, spec.shape.end());
+    std::string pattern = shape_text(wanted);
+    pattern = wanted.empty() ? "[n]" : "[n, " + pattern.substr(1);
+    bad("input '" + name + "': expected shape " + pattern + " with n >= 1 (the model's " + shape_text(spec.shape) +
+        "), got " + shape_text(shape));
+  }
+  if (shape[0] > max_rows_) {
+    bad("input '" + name + "': " + std::to_string(shape[0]) + " rows exceed the model's max_batch_size of " +
+        std::to_string(max_rows_));
+  }
+  if (batch_rows_ >= 0 && shape[0] != batch_rows_) {
+    bad("input '" + name + "' has " + std::to_string(shape[0]) + " rows but the inputs before it have " +
+        std::to_string(batch_rows_) + " (one batch axis for all inputs)");
+  }
+  return spec;
+}
+
+std::vector<HostTensor> InferInputs::finish() {
+  for (size_t k = 0; k < model_.inputs.size(); ++k) {
+    if (!inputs_[k].defined() && !model_.inputs[k].optional) bad("input '" + model_.inputs[k].name + "' is missing");
+  }
+  return std::move(inputs_);
+}
+
+void InferInputs::check_output(const ModelSignature& model, const std::string& name) {
+  std::string names;
+  for (const TensorSpec& t : model.outputs) {
+    if (t.name == name) return;
+    names += (names.empty() ? "'" : ", '") + t.name + "'";
+  }
+  bad("model '" + model.name + "' has no output '" + name + "' (its output" + (model.outputs.size() == 1 ? " is " : "s are ") +
+      names + ")");
+}
+
 InferRequest parse_infer_request(std::string_view body, std::optional<size_t> header_length,
                                  const ModelSignature& model, int64_t max_rows) {
   size_t json_bytes = body.size();
@@ -178,54 +246,20 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
   if (request.contains("parameters")) out.binary_output = binary_flag(request["parameters"], "binary_data_output");
   if (!request.contains("inputs") || !request["inputs"].is_array()) bad("the request has no \"inputs\" list");
 
-  auto spec_of = [&](const std::string& name) -> int {
-    for (size_t k = 0; k < model.inputs.size(); ++k) {
-      if (model.inputs[k].name == name) return static_cast<int>(k);
-    }
-    std::string names;
-    for (const TensorSpec& t : model.inputs) names += (names.empty() ? "'" : ", '") + t.name + "'";
-    bad("model '" + model.name + "' has no input '" + name + "' (its input" + (model.inputs.size() == 1 ? " is " : "s are ") +
-        names + ")");
-  };
-  out.inputs.resize(model.inputs.size());
+  InferInputs checked(model, max_rows);
   size_t binary_at = json_bytes;  // where the next input's binary data starts
-  int64_t batch_rows = -1;        // of the first input given
   for (const json& in : request["inputs"]) {
     if (!in.is_object() || !in.contains("name") || !in["name"].is_string()) bad("every input needs a \"name\" string");
     std::string name = in["name"].get<std::string>();
-    int index = spec_of(name);
-    const TensorSpec& spec = model.inputs[static_cast<size_t>(index)];
-    if (out.inputs[static_cast<size_t>(index)].defined()) bad("input '" + name + "' is given twice");
     if (!in.contains("datatype") || !in["datatype"].is_string()) bad("input '" + name + "': \"datatype\" is missing");
     std::string datatype = in["datatype"].get<std::string>();
-    if (datatype != kserve_datatype(spec.dtype)) {
-      bad("input '" + name + "': expected datatype " + kserve_datatype(spec.dtype) + ", got " + datatype);
-    }
     if (!in.contains("shape") || !in["shape"].is_array()) bad("input '" + name + "': \"shape\" is missing");
     std::vector<int64_t> shape;
     for (const auto& d : in["shape"]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("input '" + name + "': shape " + io::json_limits::brief(in["shape"]) + " must hold non-negative integers");
       shape.push_back(d.get<int64_t>());
     }
-    bool fits = shape.size() == spec.shape.size() && !shape.empty() && shape[0] >= 1;
-    for (size_t d = 1; fits && d < shape.size(); ++d) fits = spec.shape[d] < 0 || shape[d] == spec.shape[d];
-    if (!fits) {
-      std::vector<int64_t> wanted(spec.shape.begin() + 1, spec.shape.end());
-      std::string pattern = shape_text(wanted);
-      pattern = wanted.empty() ? "[n]" : "[n, " + pattern.substr(1);
-      bad("input '" + name + "': expected shape " + pattern + " with n >= 1 (the model's " + shape_text(spec.shape) +
-          "), got " + shape_text(shape));
-    }
-    if (shape[0] > max_rows) {
-      bad("input '" + name + "': " + std::to_string(shape[0]) + " rows exceed the model's max_batch_size of " +
-          std::to_string(max_rows));
-    }
-    if (batch_rows >= 0 && shape[0] != batch_rows) {
-      bad("input '" + name + "' has " + std::to_string(shape[0]) + " rows but the inputs before it have " +
-          std::to_string(batch_rows) + " (one batch axis for all inputs)");
-    }
-    batch_rows = shape[0];
-    HostTensor t = HostTensor::empty(Shape(shape), spec.dtype);
+    HostTensor& t = checked.add(name, datatype, shape);
     bool binary = in.contains("parameters") && in["parameters"].is_object() && in["parameters"].contains("binary_data_size");
     if (binary) {
       const json& size = in["parameters"]["binary_data_size"];
@@ -253,11 +287,8 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
       }
       fill_from_json(t, values, name);
     }
-    out.inputs[static_cast<size_t>(index)] = t;
   }
-  for (size_t k = 0; k < model.inputs.size(); ++k) {
-    if (!out.inputs[k].defined() && !model.inputs[k].optional) bad("input '" + model.inputs[k].name + "' is missing");
-  }
+  out.inputs = checked.finish();
   if (binary_at != body.size()) {
     bad("the body has " + std::to_string(body.size() - binary_at) + " bytes after the JSON header and the inputs' binary data");
   }
@@ -265,17 +296,7 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
     if (!request["outputs"].is_array()) bad("\"outputs\" must be a list");
     for (const json& o : request["outputs"]) {
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) bad("every requested output needs a \"name\"");
-      std::string name = o["name"].get<std::string>();
-      bool known = false;
-      std::string names;
-      for (const TensorSpec& t : model.outputs) {
-        known = known || t.name == name;
-        names += (names.empty() ? "'" : ", '") + t.name + "'";
-      }
-      if (!known) {
-        bad("model '" + model.name + "' has no output '" + name + "' (its output" +
-            (model.outputs.size() == 1 ? " is " : "s are ") + names + ")");
-      }
+      InferInputs::check_output(model, o["name"].get<std::string>());
       if (o.contains("parameters") && o["parameters"].is_object() && o["parameters"].contains("binary_data")) {
         out.binary_output = binary_flag(o["parameters"], "binary_data");
       }

@@ -40,6 +40,32 @@ struct InferRequest {
   bool binary_output = false;      // return the outputs as binary data
 };
 
+// The checks every infer request goes through, whatever carried it (JSON and
+// binary data over HTTP, protobuf over gRPC), so both say the same about the
+// same mistake: each input named by the model once (an optional one at most
+// once), of its datatype and shape (the first axis, -1 in the signature, is the
+// batch axis: 1 to max_rows rows, the same for every input). Every problem is
+// a RequestError(400).
+class InferInputs {
+ public:
+  InferInputs(const ModelSignature& model, int64_t max_rows);
+  // Checks one input (as add() does, allocating nothing); returns its spec.
+  const TensorSpec& check(const std::string& name, const std::string& datatype, const std::vector<int64_t>& shape) const;
+  // Checks one input; returns its tensor (uninitialized) for the caller to fill.
+  HostTensor& add(const std::string& name, const std::string& datatype, const std::vector<int64_t>& shape);
+  // Checks that every required input came; returns them in the model's order
+  // (undefined: an optional input left out).
+  std::vector<HostTensor> finish();
+  // RequestError(400) unless the model has an output of this name.
+  static void check_output(const ModelSignature& model, const std::string& name);
+
+ private:
+  const ModelSignature& model_;
+  int64_t max_rows_;
+  int64_t batch_rows_ = -1;  // of the first input given
+  std::vector<HostTensor> inputs_;
+};
+
 // Parses and checks a request for model: every input of the signature exactly
 // once (an optional one at most once), of its datatype and shape (the first axis, -1 in the signature, is the
 // batch axis: 1 to max_rows rows, the same for every input). header_length: the

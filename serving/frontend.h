@@ -1,0 +1,88 @@
+// Rank 0's inference core, the same for every protocol: finds models, says
+// whether the server and each model are ready, queues checked infer requests
+// on the scheduler and generation requests on their generator, and answers
+// every refusal the same way. The KServe v2 front ends (HTTP routes in
+// server.cc, gRPC in grpc_frontend.h) only translate between their wire format
+// and this; statuses are HTTP's (the gRPC one maps them with rpc/status.h).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "device/tensor.h"
+#include "serving/engine.h"
+#include "serving/generator.h"
+#include "serving/metrics.h"
+#include "serving/protocol.h"
+#include "serving/scheduler.h"
+#include "serving/signature.h"
+
+namespace meshrt::models {
+class Tokenizer;
+}
+
+namespace meshrt::serving {
+
+// How a request ended: 200, or an HTTP status with a message.
+struct Outcome {
+  int status = 200;
+  std::string error;
+  bool ok() const { return status == 200; }
+};
+
+class Frontend {
+ public:
+  Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics);
+  ~Frontend();
+
+  int model_count() const { return engine_.servable_count(); }
+  // The model of this name and version ("" or absent: its only version), or
+  // -1 with *error saying whether the name or the version is unknown (404).
+  int find(const std::string& name, const std::string& version, std::string* error) const;
+  const ServableDefinition& servable(int model) const { return engine_.servable(model); }
+  const ModelSignature& signature(int model) const { return signatures_.at(static_cast<size_t>(model)); }
+
+  // Strict readiness (as Triton's): not ready while draining or while any model is failed.
+  bool ready() const;
+  // Whether model can take requests; when not, *reason says why.
+  bool model_ready(int model, std::string* reason) const;
+  // "" unless the model failed (then why).
+  std::string model_failure(int model) const;
+  void set_draining() { draining_ = true; }
+  bool draining() const { return draining_; }
+  // Finishes the generations accepted (before the scheduler stops the other ranks).
+  void drain_generators(std::chrono::milliseconds within);
+
+  // Counts an answer to a request for model (the infer and generate metrics).
+  void answered(int model, int status) const;
+
+  // Queues a request whose inputs the wire checked (InferInputs): in the
+  // model's order. done is called exactly once, from any thread: with the
+  // outputs (one per output of the signature), or with the refusal (overloaded,
+  // draining, model failed: 503; inputs that do not fit together: 400).
+  using InferDone = std::function<void(const Outcome&, std::vector<HostTensor> outputs)>;
+  void infer(int model, std::vector<HostTensor> inputs, InferDone done);
+
+  // Whether model generates (a Hugging Face decoder-only model).
+  bool generates(int model) const { return generators_.at(static_cast<size_t>(model)) != nullptr; }
+  // Queues a generation: text_input (if any) is tokenized with the model's
+  // tokenizer (then *tokenizer is set, for the answer's text), the request is
+  // checked and queued. Returns 200 when queued (then sink is called until an
+  // update is done()), else the refusal (sink never called).
+  Outcome generate(int model, GenerateRequest request, GenerateSink sink,
+                   std::shared_ptr<const models::Tokenizer>* tokenizer);
+
+ private:
+  Engine& engine_;
+  Scheduler& scheduler_;
+  Metrics& metrics_;
+  std::vector<std::unique_ptr<Generator>> generators_;  // per servable; null unless it generates
+  std::vector<ModelSignature> signatures_;              // per servable of the engine
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace meshrt::serving
