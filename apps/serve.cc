@@ -1,5 +1,5 @@
-// meshrt-serve: distributed inference over HTTP (KServe v2 / Open Inference
-// Protocol). Every rank loads the model repository; rank 0 answers HTTP.
+// meshrt-serve: distributed inference over HTTP and gRPC (KServe v2 / Open
+// Inference Protocol). Every rank loads the model repository; rank 0 answers.
 //
 //   mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000
 //
@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   double comm_timeout = 60;
   int result_timeout_ms = static_cast<int>(o.result_timeout.count());
   std::string batching = "on";
-  meshrt::apps::CommandLine app{"meshrt-serve: serves the models of a repository over HTTP (KServe v2 / Open Inference Protocol)\n"
+  meshrt::apps::CommandLine app{"meshrt-serve: serves the models of a repository over HTTP and gRPC (KServe v2 / Open Inference Protocol)\n"
                "on all the ranks of the job: pipeline stages on the 'stage' axis, tensor parallel within.\n"
                "Run it under mpirun with the models' rank_size, e.g.:\n"
                "  mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000\n"
@@ -74,6 +74,10 @@ int main(int argc, char** argv) {
   app.add("--http-port", o.http.port, "HTTP port on rank 0 (0: any free port)").show_default();
   app.add("--http-address", o.http.address, "address to listen on").show_default();
   app.add("--http-threads", o.http.threads, "HTTP threads").show_default();
+  int grpc_port = o.grpc.port;
+  app.add("--grpc-port", grpc_port, "KServe v2 gRPC port on rank 0 (0: any free port; -1: no gRPC)").show_default();
+  app.add("--grpc-address", o.grpc.address, "address gRPC listens on").show_default();
+  app.add("--grpc-port-file", o.grpc_port_file, "rank 0 writes the gRPC port it listens on here");
   app.add("--max-body-bytes", o.http.max_body_bytes, "largest request body accepted (413 above)").show_default();
   app.add("--http-max-connections", o.http.max_connections, "open HTTP connections at most (more are closed at once)")
       .show_default();
@@ -116,6 +120,10 @@ int main(int argc, char** argv) {
                      "positive, got ", header_timeout_ms, " and ", body_timeout_ms);
     MESHRT_CHECK_ARG(o.http.max_connections > 0 && o.http.max_connections_per_client > 0,
                      "--http-max-connections and --http-max-connections-per-client must be positive");
+    MESHRT_CHECK_ARG(grpc_port >= -1 && grpc_port <= 65535, "--grpc-port must be a port (0: any free one) or -1 (no gRPC), got ",
+                     grpc_port);
+    o.grpc_enabled = grpc_port >= 0;
+    if (o.grpc_enabled) o.grpc.port = static_cast<uint16_t>(grpc_port);
     o.http.header_timeout = std::chrono::milliseconds(header_timeout_ms);
     o.http.body_timeout = std::chrono::milliseconds(body_timeout_ms);
     meshrt::apps::raise_open_file_limit();

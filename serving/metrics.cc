@@ -99,6 +99,11 @@ void Metrics::request(const std::string& m, const std::string& v, int status) {
   if (status >= 400) ++x.failures;
 }
 
+void Metrics::grpc_request(const std::string& method, const std::string& code) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++grpc_[{method, code}];
+}
+
 void Metrics::http_request(int status) {
   std::lock_guard<std::mutex> lock(mutex_);
   ++http_[status];
@@ -162,6 +167,11 @@ std::string Metrics::render() const {
   out += "# HELP meshrt_http_requests_total HTTP requests answered, by status code.\n";
   out += "# TYPE meshrt_http_requests_total counter\n";
   for (const auto& [code, n] : http_) out += "meshrt_http_requests_total{code=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
+  out += "# HELP meshrt_grpc_requests_total gRPC calls answered, by method and status code.\n";
+  out += "# TYPE meshrt_grpc_requests_total counter\n";
+  for (const auto& [key, n] : grpc_) {
+    out += "meshrt_grpc_requests_total{method=\"" + key.first + "\",code=\"" + key.second + "\"} " + std::to_string(n) + "\n";
+  }
   out += "# HELP meshrt_inference_requests_total Inference requests answered, by status code.\n";
   out += "# TYPE meshrt_inference_requests_total counter\n";
   for (const auto& [key, m] : models_) {

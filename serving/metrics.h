@@ -17,6 +17,7 @@
 //   meshrt_generation_tokens_total{model,version}          counter: tokens generated
 //   meshrt_kv_cache_blocks_in_use{model,version}           gauge: KV-cache blocks reserved (of meshrt_kv_cache_blocks)
 //   meshrt_http_requests_total{code}                       counter: every HTTP request by status
+//   meshrt_grpc_requests_total{method,code}                counter: every gRPC call by method and status code
 //   meshrt_ready                                           gauge: 1 while ready, 0 when draining
 // Thread-safe.
 #pragma once
@@ -68,6 +69,8 @@ class Metrics {
   void add_model(const std::string& model, const std::string& version);
   void request(const std::string& model, const std::string& version, int status);
   void http_request(int status);
+  // code: the gRPC status code's name ("OK", "INVALID_ARGUMENT", ...).
+  void grpc_request(const std::string& method, const std::string& code);
   void batch(const std::string& model, const std::string& version, int64_t rows, int64_t requests,
              const std::vector<double>& queue_seconds, double compute_seconds);
   // What the engine measured of a batch that succeeded (serving/engine.h BatchReport).
@@ -101,6 +104,7 @@ class Metrics {
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, std::string>, Model> models_;
   std::map<int, long long> http_;
+  std::map<std::pair<std::string, std::string>, long long> grpc_;  // (method, code)
   bool ready_ = false;
 };
 

@@ -14,8 +14,11 @@
 #include <thread>
 
 #include "comm/world.h"
+#include "models/tokenizer.h"
 #include "serving/engine.h"
+#include "serving/frontend.h"
 #include "serving/generator.h"
+#include "serving/grpc_frontend.h"
 #include "serving/http_router.h"
 #include "serving/metrics.h"
 #include "serving/protocol.h"
@@ -35,15 +38,10 @@ namespace {
 HttpResponse json_response(int status, std::string body) { return {status, std::move(body), "application/json", {}}; }
 HttpResponse error_response(int status, const std::string& message) { return json_response(status, error_json(message)); }
 
-// The KServe v2 routes on rank 0.
-class Frontend {
+// The KServe v2 routes on rank 0, over the protocol-neutral core (frontend.h).
+class HttpFrontend {
  public:
-  Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics)
-      : engine_(engine), scheduler_(scheduler), metrics_(metrics), router_(error_response) {
-    for (int i = 0; i < engine_.servable_count(); ++i) {
-      signatures_.push_back(signature_of(engine_.servable(i)));
-      generators_.push_back(engine_.servable(i).generation ? std::make_unique<Generator>(engine_, i, metrics_) : nullptr);
-    }
+  HttpFrontend(Frontend& core, Metrics& metrics) : core_(core), metrics_(metrics), router_(error_response) {
     router_.add("GET", "/metrics", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond({200, metrics_.render(), "text/plain; version=0.0.4", {}});
     });
@@ -53,23 +51,19 @@ class Frontend {
     router_.add("GET", "/v2/health/live", [](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond(json_response(200, R"({"live": true})"));
     });
-    // Strict readiness (as Triton's): not ready while draining or while any
-    // model it serves is failed.
     router_.add("GET", "/v2/health/ready", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
-      bool ready = !draining_;
-      for (int m = 0; ready && m < engine_.servable_count(); ++m) ready = scheduler_.model_ready(m);
+      bool ready = core_.ready();
       respond(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
     });
     // Every model route with and without /versions/{version}.
     for (const std::string& base : {std::string("/v2/models/{model}"), std::string("/v2/models/{model}/versions/{version}")}) {
       router_.add("GET", base, model_route([this](int model, const HttpRequest&, const Responder& respond) {
-        respond(json_response(200, model_metadata_json(signatures_[static_cast<size_t>(model)],
-                                                       scheduler_.model_failure(model))));
+        respond(json_response(200, model_metadata_json(core_.signature(model), core_.model_failure(model))));
       }));
       router_.add("GET", base + "/ready", model_route([this](int model, const HttpRequest&, const Responder& respond) {
-        bool ready = !draining_ && scheduler_.model_ready(model);
-        std::string reason = draining_ ? "the server is shutting down" : scheduler_.model_failure(model);
-        respond(json_response(ready ? 200 : 503, model_ready_json(engine_.servable(model).name, ready, ready ? "" : reason)));
+        std::string reason;
+        bool ready = core_.model_ready(model, &reason);
+        respond(json_response(ready ? 200 : 503, model_ready_json(core_.servable(model).name, ready, reason)));
       }));
       router_.add("POST", base + "/infer", model_route([this](int model, const HttpRequest& r, const Responder& respond) {
         infer(model, r, respond);
@@ -84,14 +78,6 @@ class Frontend {
     }
   }
 
-  void set_draining() { draining_ = true; }
-  // Finishes the generations accepted (before the scheduler stops the other ranks).
-  void drain_generators(std::chrono::milliseconds within) {
-    for (auto& g : generators_) {
-      if (g) g->drain(within);
-    }
-  }
-
   void handle(const HttpRequest& request, const Responder& respond) {
     router_.handle(request, [this, respond](HttpResponse r) {
       metrics_.http_request(r.status);
@@ -103,43 +89,35 @@ class Frontend {
   // A route of one model: finds the model (and version) the path names, or answers 404.
   RouteHandler model_route(std::function<void(int model, const HttpRequest&, const Responder&)> f) {
     return [this, f](const HttpRequest& request, const RouteParams& params, const Responder& respond) {
-      const std::string& name = params.at("model");
       auto version = params.find("version");
-      std::string wanted = version == params.end() ? "" : version->second;
-      int model = engine_.find(name, wanted);
-      if (model < 0) {
-        bool name_known = engine_.find(name) >= 0;
-        return respond(error_response(404, name_known ? "model '" + name + "' has no version '" + wanted + "'"
-                                                      : "unknown model '" + name + "'"));
-      }
+      std::string error;
+      int model = core_.find(params.at("model"), version == params.end() ? "" : version->second, &error);
+      if (model < 0) return respond(error_response(404, error));
       f(model, request, respond);
     };
   }
 
   void infer(int model, const HttpRequest& request, const Responder& respond) {
-    const ServableDefinition& def = engine_.servable(model);
-    auto answer = [this, &def, respond](HttpResponse r) {
-      metrics_.request(def.name, def.version, r.status);
+    auto answer = [this, model, respond](HttpResponse r) {
+      core_.answered(model, r.status);
       respond(std::move(r));
     };
     auto parsed = std::make_shared<InferRequest>();
-    const ModelSignature& signature = signatures_[static_cast<size_t>(model)];
-    HostTensor input;
+    const ModelSignature& signature = core_.signature(model);
     try {
       std::optional<size_t> header_length = parse_header_length(request.header("Inference-Header-Content-Length"));
-      *parsed = parse_infer_request(request.body, header_length, signature, def.batching.max_batch_size);
-      // Several wire inputs become the engine's one input (checked together: 400 when they do not fit).
-      input = def.pack_inputs ? def.pack_inputs(parsed->inputs) : parsed->inputs.at(0);
+      *parsed = parse_infer_request(request.body, header_length, signature, core_.servable(model).batching.max_batch_size);
     } catch (const RequestError& e) {
       return answer(error_response(e.status(), e.what()));
     } catch (const Error& e) {
       return answer(error_response(400, e.message()));
     }
-    Admission admitted = scheduler_.submit(model, std::move(input), [&signature, parsed, answer](InferOutcome outcome) {
-      if (outcome.status != 200) return answer(error_response(outcome.status, outcome.error));
+    std::vector<HostTensor> inputs = std::move(parsed->inputs);
+    core_.infer(model, std::move(inputs), [&signature, parsed, answer](const Outcome& outcome, std::vector<HostTensor> outputs) {
+      if (!outcome.ok()) return answer(error_response(outcome.status, outcome.error));
       HttpResponse r;
       try {
-        HttpPayload payload = make_infer_response(signature, *parsed, {outcome.output});
+        HttpPayload payload = make_infer_response(signature, *parsed, outputs);
         r = {200, std::move(payload.body), payload.content_type, {}};
         if (payload.header_length) r.headers.emplace_back("Inference-Header-Content-Length", std::to_string(*payload.header_length));
       } catch (const std::exception& e) {
@@ -147,15 +125,6 @@ class Frontend {
       }
       answer(std::move(r));
     });
-    switch (admitted) {
-      case Admission::kQueued: return;
-      case Admission::kQueueFull:
-        return answer(error_response(503, "model '" + def.name + "' is overloaded: its queue holds " +
-                                              std::to_string(def.batching.max_queue_size) + " requests; retry later"));
-      case Admission::kDraining: return answer(error_response(503, "the server is shutting down"));
-      case Admission::kModelUnavailable:
-        return answer(error_response(503, "model '" + def.name + "' is unavailable: " + scheduler_.model_failure(model)));
-    }
   }
 
   // POST .../generate: the whole answer once generation ends; .../generate_stream:
@@ -164,61 +133,47 @@ class Frontend {
   // "event: error" with {"error": ...}). A streaming client that goes away
   // cancels its generation (a non-streamed one runs to its end).
   void generate(int model, const HttpRequest& request, const Responder& respond, bool streamed) {
-    const ServableDefinition& def = engine_.servable(model);
-    auto answer = [this, &def, respond](HttpResponse r) {
-      metrics_.request(def.name, def.version, r.status);
+    const ServableDefinition& def = core_.servable(model);
+    auto answer = [this, model, respond](HttpResponse r) {
+      core_.answered(model, r.status);
       respond(std::move(r));
     };
-    Generator* g = generators_[static_cast<size_t>(model)].get();
-    if (!g) return answer(error_response(400, "model '" + def.name + "' does not generate: generate is for Hugging Face decoder-only models (use infer)"));
+    if (!core_.generates(model)) {
+      return answer(error_response(400, "model '" + def.name + "' does not generate: generate is for Hugging Face decoder-only models (use infer)"));
+    }
     GenerateRequest parsed;
-    const GenerationSpec& spec = *def.generation;
-    // Text in (the tokenizer as pre-processing) means text out as well.
-    std::shared_ptr<const models::Tokenizer> tokenizer;
     try {
       parsed = parse_generate_request(request.body);
-      if (parsed.text_input) {
-        if (!spec.tokenizer) {
-          throw RequestError(400, "model '" + def.name + "' takes no \"text_input\" (" + spec.no_tokenizer +
-                                      "): send \"input_ids\"");
-        }
-        tokenizer = spec.tokenizer;
-        parsed.input_ids = tokenizer->encode(*parsed.text_input);
-        if (parsed.input_ids.empty()) throw RequestError(400, "\"text_input\" gives no tokens");
-      }
-      g->check(parsed);
     } catch (const RequestError& e) {
       return answer(error_response(e.status(), e.what()));
-    } catch (const Error& e) {
-      return answer(error_response(400, e.message()));
     }
-    int64_t blocks = g->blocks_needed(parsed);
+    // The tokenizer, when the request came as text (the answer then carries text too).
+    auto tokenizer = std::make_shared<std::shared_ptr<const models::Tokenizer>>();
     if (streamed) {
       // Events written before the response is handed over wait in the stream.
       auto stream = std::make_shared<HttpStream>();
       // Each event's text: what the new token completes (a character split over tokens comes whole).
-      auto text = tokenizer ? std::make_shared<models::DecodeStream>(*tokenizer) : nullptr;
-      GenerateAdmission admitted = g->submit(std::move(parsed), [&def, stream, text](const GenerateUpdate& u) {
+      auto text = std::make_shared<std::unique_ptr<models::DecodeStream>>();
+      Outcome admitted = core_.generate(model, std::move(parsed), [&def, stream, tokenizer, text](const GenerateUpdate& u) {
         bool open = true;
         if (u.status != 200) {
           stream->write("event: error\ndata: " + error_json(u.error) + "\n\n");
         } else {
           std::optional<std::string> piece;
-          if (text) piece = u.done() ? text->finish() : text->step(u.tokens);
+          if (*tokenizer && !*text) *text = std::make_unique<models::DecodeStream>(**tokenizer);
+          if (*text) piece = u.done() ? (*text)->finish() : (*text)->step(u.tokens);
           open = stream->write("data: " + generate_response_json(def.name, def.version, u.tokens, u.finish_reason, piece) +
                                "\n\n");
         }
         if (u.done()) stream->close();
         return open;
-      });
-      if (admitted == GenerateAdmission::kQueued) {
-        metrics_.request(def.name, def.version, 200);
-        return respond({200, "", "text/event-stream", {{"Cache-Control", "no-cache"}}, stream});
-      }
-      return answer_admission(def, admitted, blocks, answer);
+      }, tokenizer.get());
+      if (!admitted.ok()) return answer(error_response(admitted.status, admitted.error));
+      core_.answered(model, 200);
+      return respond({200, "", "text/event-stream", {{"Cache-Control", "no-cache"}}, stream});
     }
     auto tokens = std::make_shared<std::vector<int64_t>>();
-    GenerateAdmission admitted = g->submit(std::move(parsed), [&def, tokens, tokenizer, answer](const GenerateUpdate& u) {
+    Outcome admitted = core_.generate(model, std::move(parsed), [&def, tokens, tokenizer, answer](const GenerateUpdate& u) {
       tokens->insert(tokens->end(), u.tokens.begin(), u.tokens.end());
       if (u.status != 200) {
         answer(error_response(u.status, u.error));
@@ -226,7 +181,7 @@ class Frontend {
         HttpResponse r;
         try {
           std::optional<std::string> text;
-          if (tokenizer) text = tokenizer->decode(*tokens);
+          if (*tokenizer) text = (*tokenizer)->decode(*tokens);
           r = json_response(200, generate_response_json(def.name, def.version, *tokens, u.finish_reason, text));
         } catch (const std::exception& e) {
           r = error_response(500, std::string("internal error: ") + e.what());
@@ -235,36 +190,13 @@ class Frontend {
       }
       // A non-streamed generation runs to its end even if its client left (nothing tells it).
       return true;
-    });
-    answer_admission(def, admitted, blocks, answer);
+    }, tokenizer.get());
+    if (!admitted.ok()) answer(error_response(admitted.status, admitted.error));
   }
 
-  // The answer to a generate request that was not queued.
-  void answer_admission(const ServableDefinition& def, GenerateAdmission admitted, int64_t blocks,
-                        const std::function<void(HttpResponse)>& answer) {
-    const GenerationSpec& spec = *def.generation;
-    switch (admitted) {
-      case GenerateAdmission::kQueued: return;
-      case GenerateAdmission::kNeverFits:
-        return answer(error_response(503, detail::cat("the request needs ", blocks, " KV-cache blocks of ", spec.block_size,
-                                                      " tokens (its prompt and max_tokens) but model '", def.name,
-                                                      "' has ", spec.num_blocks, " in all: it can never fit")));
-      case GenerateAdmission::kQueueFull:
-        return answer(error_response(503, "model '" + def.name + "' is overloaded: its generate queue holds " +
-                                              std::to_string(def.batching.max_queue_size) + " requests; retry later"));
-      case GenerateAdmission::kDraining: return answer(error_response(503, "the server is shutting down"));
-      case GenerateAdmission::kModelUnavailable:
-        return answer(error_response(503, "model '" + def.name + "' is unavailable: " + engine_.failure(engine_.find(def.name, def.version))));
-    }
-  }
-
-  Engine& engine_;
-  Scheduler& scheduler_;
+  Frontend& core_;
   Metrics& metrics_;
   HttpRouter router_;
-  std::vector<std::unique_ptr<Generator>> generators_;  // per servable; null unless it generates
-  std::vector<ModelSignature> signatures_;  // per servable of the engine
-  std::atomic<bool> draining_{false};
 };
 
 void write_file(const std::string& path, const std::string& text) {
@@ -321,12 +253,28 @@ int run_server(const ServerOptions& o) {
   Metrics metrics;
   Scheduler scheduler(engine, metrics);
   Frontend frontend(engine, scheduler, metrics);
-  HttpServer http(o.http, [&](const HttpRequest& r, Responder respond) { frontend.handle(r, respond); });
+  HttpFrontend http_frontend(frontend, metrics);
+  HttpServer http(o.http, [&](const HttpRequest& r, Responder respond) { http_frontend.handle(r, respond); });
+  std::unique_ptr<GrpcFrontend> grpc;
+  if (o.grpc_enabled) {
+    rpc::ServerOptions grpc_options = o.grpc;
+    grpc_options.max_message_bytes = o.http.max_body_bytes;
+    try {
+      grpc = std::make_unique<GrpcFrontend>(frontend, metrics, grpc_options);
+    } catch (const Error& e) {
+      say(e.message() + ": choose another port with --grpc-port (0: any free port), or turn gRPC off with --grpc-port -1");
+      http.stop();
+      scheduler.drain();  // stops the other ranks
+      return 2;
+    }
+    write_file(o.grpc_port_file, std::to_string(grpc->port()));
+  }
   write_file(o.port_file, std::to_string(http.port()));
   write_file(o.pid_file, std::to_string(::getpid()));
   metrics.ready(true);
   say(detail::cat("listening on http://", o.http.address, ":", http.port(), " (", world.size(), " rank(s), device ",
                   device.to_string(), ")"));
+  if (grpc) say(detail::cat("listening on grpc://", o.grpc.address, ":", grpc->port(), " (KServe v2 gRPC)"));
 
   if (signal_pipe_fd() < 0) install_drain_signal_handlers();
   std::thread signals([&] {
@@ -339,11 +287,14 @@ int run_server(const ServerOptions& o) {
     frontend.drain_generators(o.drain_timeout);  // generations accepted run to their end (or the drain timeout)
     scheduler.drain();  // runs what is queued, then stops the other ranks
     auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
-    while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    auto busy = [&] { return http.in_flight() > 0 || (grpc && grpc->in_flight() > 0); };
+    while (busy() && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     if (o.drain_grace.count() > 0) std::this_thread::sleep_for(o.drain_grace);
     say("drained; exiting");
+    // Streams still open (a client that keeps its ModelStreamInfer open) are cancelled.
+    if (grpc) grpc->shutdown(std::chrono::milliseconds(100));
     http.stop();
   });
   http.run();

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "rpc/server.h"
 #include "serving/http_server.h"
 
 namespace meshrt::serving {
@@ -20,6 +21,11 @@ struct ServerOptions {
   std::string repository;
   std::vector<std::string> models;  // to load; empty: every model of the repository
   HttpServerOptions http;
+  // KServe v2 over gRPC on rank 0 (grpc_frontend.h); its port: 8001 by
+  // default, 0 any free port, and no gRPC at all when grpc_enabled is false.
+  // Its message limit is http.max_body_bytes (one limit for both protocols).
+  rpc::ServerOptions grpc{"0.0.0.0", 8001};
+  bool grpc_enabled = true;
   bool batching = true;             // false: every request runs alone (dynamic batching off)
   std::chrono::milliseconds result_timeout{120000};
   std::chrono::milliseconds comm_timeout{60000};  // below result_timeout (see EngineOptions)
@@ -28,9 +34,9 @@ struct ServerOptions {
   // After draining, keep answering (not ready; 503 to inference) this long
   // before exiting, so that load balancers see the server go unready.
   std::chrono::milliseconds drain_grace{0};
-  // Rank 0 writes its HTTP port / process id there; every rank also writes its
-  // process id to "<pid_file>.<rank>".
-  std::string port_file, pid_file;
+  // Rank 0 writes its HTTP port / process id / gRPC port there; every rank
+  // also writes its process id to "<pid_file>.<rank>".
+  std::string port_file, pid_file, grpc_port_file;
   std::string device;               // "cpu", "cuda:N"; empty: the World's default
 };
 

@@ -1,0 +1,625 @@
+#include "serving/grpc_frontend.h"
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <mutex>
+
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/server_callback.h>
+
+#include "models/tokenizer.h"
+#include "rpc/proto/grpc_service.grpc.pb.h"
+#include "rpc/status.h"
+
+namespace meshrt::serving {
+
+namespace {
+
+using inference::InferParameter;
+using inference::InferTensorContents;
+using inference::ModelInferRequest;
+using inference::ModelInferResponse;
+using inference::ModelStreamInferResponse;
+
+[[noreturn]] void bad(const std::string& message) { throw RequestError(400, message); }
+
+// One input as it came: typed contents, or the bytes of raw_input_contents.
+struct WireInput {
+  const ModelInferRequest::InferInputTensor& tensor;
+  const std::string* raw = nullptr;  // set when the request uses raw_input_contents
+};
+
+std::vector<WireInput> wire_inputs(const ModelInferRequest& r) {
+  if (r.raw_input_contents_size() > 0 && r.raw_input_contents_size() != r.inputs_size()) {
+    bad("raw_input_contents has " + std::to_string(r.raw_input_contents_size()) + " entries for " +
+        std::to_string(r.inputs_size()) + " inputs: give every input's data there, in input order, or none");
+  }
+  std::vector<WireInput> inputs;
+  for (int i = 0; i < r.inputs_size(); ++i) {
+    inputs.push_back({r.inputs(i), r.raw_input_contents_size() > 0 ? &r.raw_input_contents(i) : nullptr});
+  }
+  return inputs;
+}
+
+size_t typed_count(const InferTensorContents& c) {
+  return static_cast<size_t>(c.bool_contents_size() + c.int_contents_size() + c.int64_contents_size() +
+                             c.uint_contents_size() + c.uint64_contents_size() + c.fp32_contents_size() +
+                             c.fp64_contents_size() + c.bytes_contents_size());
+}
+
+// The elements of shape, or -1 when negative or past 2^62.
+int64_t element_count(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return -1;
+    if (d > 0 && n > (int64_t{1} << 62) / d) return -1;
+    n *= d;
+  }
+  return n;
+}
+
+// The typed field a datatype uses, as the protocol assigns them; copies its
+// elements into out (numel of them). False when the datatype has no typed field.
+template <class T>
+bool copy_typed(const InferTensorContents& c, DType dtype, T* out, size_t numel, const std::string& name, size_t& given) {
+  auto copy = [&](const auto& field) {
+    given = static_cast<size_t>(field.size());
+    if (given != numel) return;
+    for (size_t i = 0; i < numel; ++i) out[i] = static_cast<T>(field.Get(static_cast<int>(i)));
+  };
+  switch (dtype) {
+    case DType::kBool: copy(c.bool_contents()); return true;
+    case DType::kI32: copy(c.int_contents()); return true;
+    case DType::kI64: copy(c.int64_contents()); return true;
+    case DType::kU8: copy(c.uint_contents()); return true;
+    case DType::kF32: copy(c.fp32_contents()); return true;
+    case DType::kF64: copy(c.fp64_contents()); return true;
+    default: return false;
+  }
+}
+
+const char* typed_field_name(DType dtype) {
+  switch (dtype) {
+    case DType::kBool: return "bool_contents";
+    case DType::kI32: return "int_contents";
+    case DType::kI64: return "int64_contents";
+    case DType::kU8: return "uint_contents";
+    case DType::kF32: return "fp32_contents";
+    case DType::kF64: return "fp64_contents";
+    default: return nullptr;
+  }
+}
+
+std::vector<int64_t> shape_of(const ModelInferRequest::InferInputTensor& t) {
+  return {t.shape().begin(), t.shape().end()};
+}
+
+// Checks that the data given for an input fills `shape` of `dtype`, before
+// anything is allocated for it.
+void check_data_size(const WireInput& in, DType dtype, const std::vector<int64_t>& shape) {
+  const std::string& name = in.tensor.name();
+  int64_t numel = element_count(shape);
+  if (numel < 0) bad("input '" + name + "': shape " + shape_text(shape) + " is too large");
+  if (in.raw) {
+    if (typed_count(in.tensor.contents()) > 0) bad("input '" + name + "' has both contents and raw_input_contents");
+    size_t want = static_cast<size_t>(numel) * size_of(dtype);
+    if (in.raw->size() != want) {
+      bad("input '" + name + "': raw_input_contents holds " + std::to_string(in.raw->size()) + " bytes but " +
+          kserve_datatype(dtype) + shape_text(shape) + " needs " + std::to_string(want));
+    }
+    return;
+  }
+  const char* field = typed_field_name(dtype);
+  if (!field) bad("input '" + name + "': " + kserve_datatype(dtype) + " has no typed contents: send it in raw_input_contents");
+  if (typed_count(in.tensor.contents()) != static_cast<size_t>(numel)) {
+    bad("input '" + name + "': shape " + shape_text(shape) + " needs " + std::to_string(numel) + " values in " + field +
+        ", got " + std::to_string(typed_count(in.tensor.contents())) + " values");
+  }
+}
+
+void fill(HostTensor& t, const WireInput& in) {
+  if (in.raw) {
+    std::memcpy(t.raw_data(), in.raw->data(), in.raw->size());
+    return;
+  }
+  size_t given = 0;
+  visit_dtype(t.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, bool> || std::is_integral_v<T> || std::is_floating_point_v<T>) {
+      copy_typed<T>(in.tensor.contents(), t.dtype(), t.data<T>(), static_cast<size_t>(t.numel()), in.tensor.name(), given);
+    }
+  });
+  if (given != static_cast<size_t>(t.numel())) {
+    bad("input '" + in.tensor.name() + "': expected " + std::to_string(t.numel()) + " values in " +
+        typed_field_name(t.dtype()) + ", got " + std::to_string(given) + " (values of another datatype's field?)");
+  }
+}
+
+// The request's inputs, checked as HTTP checks them, in the model's order.
+std::vector<HostTensor> infer_inputs(const ModelInferRequest& r, const ModelSignature& model, int64_t max_rows) {
+  InferInputs checked(model, max_rows);
+  for (const WireInput& in : wire_inputs(r)) {
+    std::vector<int64_t> shape = shape_of(in.tensor);
+    const TensorSpec& spec = checked.check(in.tensor.name(), in.tensor.datatype(), shape);
+    check_data_size(in, spec.dtype, shape);
+    fill(checked.add(in.tensor.name(), in.tensor.datatype(), shape), in);
+  }
+  for (const auto& o : r.outputs()) InferInputs::check_output(model, o.name());
+  return checked.finish();
+}
+
+void set_bool(google::protobuf::Map<std::string, InferParameter>& parameters, const std::string& key, bool value) {
+  parameters[key].set_bool_param(value);
+}
+
+void fill_infer_response(ModelInferResponse& out, const ModelSignature& model, const std::string& id,
+                         const std::vector<HostTensor>& outputs) {
+  MESHRT_CHECK(outputs.size() == model.outputs.size(), ErrorKind::kInternal, "model '", model.name, "' has ",
+               model.outputs.size(), " outputs but ", outputs.size(), " came");
+  out.set_model_name(model.name);
+  out.set_model_version(model.version);
+  if (!id.empty()) out.set_id(id);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const HostTensor& t = outputs[i];
+    auto* o = out.add_outputs();
+    o->set_name(model.outputs[i].name);
+    o->set_datatype(kserve_datatype(t.dtype()));
+    for (int64_t d : t.shape().dims()) o->add_shape(d);
+    out.add_raw_output_contents(static_cast<const char*>(t.raw_data()), t.nbytes());
+  }
+}
+
+// Triton's serialized BYTES element: a 4-byte little-endian length, then the bytes.
+std::string serialized_bytes(const std::string& text) {
+  uint32_t n = static_cast<uint32_t>(text.size());
+  std::string out(4, '\0');
+  for (int i = 0; i < 4; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + text;
+}
+
+// The one string of a BYTES input (bytes_contents, or raw as Triton serializes it).
+std::string text_of(const WireInput& in) {
+  const std::string& name = in.tensor.name();
+  if (in.tensor.datatype() != "BYTES") bad("input '" + name + "' must be BYTES, got " + in.tensor.datatype());
+  if (in.raw) {
+    const std::string& raw = *in.raw;
+    if (raw.size() < 4) bad("input '" + name + "': raw BYTES data must start with a 4-byte length");
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n |= static_cast<uint32_t>(static_cast<unsigned char>(raw[static_cast<size_t>(i)])) << (8 * i);
+    if (raw.size() != 4 + static_cast<size_t>(n)) {
+      bad("input '" + name + "': one BYTES element expected: its 4-byte length says " + std::to_string(n) + " bytes, " +
+          std::to_string(raw.size() - 4) + " follow");
+    }
+    return raw.substr(4);
+  }
+  if (in.tensor.contents().bytes_contents_size() != 1) {
+    bad("input '" + name + "': one BYTES element expected in bytes_contents, got " +
+        std::to_string(in.tensor.contents().bytes_contents_size()));
+  }
+  return in.tensor.contents().bytes_contents(0);
+}
+
+// A numeric input of any numeric datatype, as doubles (ids and counts are exact below 2^53).
+std::vector<double> numbers_of(const WireInput& in) {
+  DType dtype;
+  try {
+    dtype = parse_kserve_datatype(in.tensor.datatype());
+  } catch (const Error& e) {
+    bad("input '" + in.tensor.name() + "': " + e.message());
+  }
+  std::vector<int64_t> shape = shape_of(in.tensor);
+  check_data_size(in, dtype, shape);
+  HostTensor t = HostTensor::empty(Shape(shape), dtype);
+  fill(t, in);
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  visit_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* p = t.data<T>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(static_cast<float>(p[i]));
+    if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>) {
+      for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+    }
+  });
+  return out;
+}
+
+int64_t whole_number(double v, const std::string& name) {
+  if (v != static_cast<double>(static_cast<int64_t>(v))) bad("\"" + name + "\" must be an integer, got " + std::to_string(v));
+  return static_cast<int64_t>(v);
+}
+
+// A generation request from a stream request: inputs and parameters named as
+// the HTTP generate fields.
+GenerateRequest generate_request_from(const ModelInferRequest& r) {
+  GenerateRequest out;
+  auto set = [&](const std::string& key, const std::vector<double>& values, bool list) {
+    if (key == "input_ids" || key == "stop_token_ids") {
+      std::vector<int64_t> ids;
+      for (double v : values) ids.push_back(whole_number(v, key));
+      (key == "input_ids" ? out.input_ids : out.stop_token_ids) = ids;
+      return;
+    }
+    if (!list && values.size() != 1) bad("\"" + key + "\" takes one value, got " + std::to_string(values.size()));
+    double v = values.at(0);
+    if (key == "max_tokens") {
+      out.max_tokens = whole_number(v, key);
+    } else if (key == "temperature") {
+      out.temperature = v;
+    } else if (key == "top_k") {
+      out.top_k = whole_number(v, key);
+    } else if (key == "top_p") {
+      out.top_p = v;
+    } else if (key == "seed") {
+      int64_t seed = whole_number(v, key);
+      if (seed < 0) bad("\"seed\" must be a non-negative integer");
+      out.seed = static_cast<uint64_t>(seed);
+    } else {
+      bad("unknown input or parameter '" + key + "' (a generation takes input_ids or text_input, max_tokens, "
+          "temperature, top_k, top_p, seed, stop_token_ids)");
+    }
+  };
+  for (const WireInput& in : wire_inputs(r)) {
+    if (in.tensor.name() == "text_input") {
+      out.text_input = text_of(in);
+    } else {
+      set(in.tensor.name(), numbers_of(in), false);
+    }
+  }
+  for (const auto& [key, p] : r.parameters()) {
+    // Triton's own flags and the binary-output switch say nothing about the generation.
+    if (key.rfind("triton_", 0) == 0 || key == "binary_data_output" || key == "streaming") continue;
+    switch (p.parameter_choice_case()) {
+      case InferParameter::kInt64Param: set(key, {static_cast<double>(p.int64_param())}, false); break;
+      case InferParameter::kUint64Param: set(key, {static_cast<double>(p.uint64_param())}, false); break;
+      case InferParameter::kDoubleParam: set(key, {p.double_param()}, false); break;
+      default: bad("parameter '" + key + "' must be a number");
+    }
+  }
+  if (out.input_ids.empty() && !out.text_input) bad("the request needs an input \"input_ids\" (token ids) or \"text_input\"");
+  if (!out.input_ids.empty() && out.text_input) bad("give \"input_ids\" or \"text_input\", not both");
+  return out;
+}
+
+}  // namespace
+
+struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService {
+  Service(Frontend& core, Metrics& metrics) : core_(core), metrics_(metrics) {}
+
+  Frontend& core_;
+  Metrics& metrics_;
+  std::atomic<size_t> in_flight_{0};
+
+  // Finishes a unary call, counting it.
+  void finish(grpc::ServerUnaryReactor* reactor, const char* method, const grpc::Status& status) {
+    metrics_.grpc_request(method, rpc::code_name(status.error_code()));
+    reactor->Finish(status);
+  }
+
+  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context, const inference::ServerLiveRequest*,
+                                       inference::ServerLiveResponse* response) override {
+    response->set_live(true);
+    auto* reactor = context->DefaultReactor();
+    finish(reactor, "ServerLive", grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* context, const inference::ServerReadyRequest*,
+                                        inference::ServerReadyResponse* response) override {
+    response->set_ready(core_.ready());
+    auto* reactor = context->DefaultReactor();
+    finish(reactor, "ServerReady", grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context, const inference::ModelReadyRequest* request,
+                                       inference::ModelReadyResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    std::string error;
+    int model = core_.find(request->name(), request->version(), &error);
+    if (model < 0) {
+      finish(reactor, "ModelReady", rpc::status_for_http(404, error));
+    } else {
+      response->set_ready(core_.model_ready(model, nullptr));
+      finish(reactor, "ModelReady", grpc::Status::OK);
+    }
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context, const inference::ServerMetadataRequest*,
+                                           inference::ServerMetadataResponse* response) override {
+    response->set_name("meshrt");
+    response->set_version("0.1.0");
+    response->add_extensions("binary_tensor_data");
+    auto* reactor = context->DefaultReactor();
+    finish(reactor, "ServerMetadata", grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context,
+                                          const inference::ModelMetadataRequest* request,
+                                          inference::ModelMetadataResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    std::string error;
+    int model = core_.find(request->name(), request->version(), &error);
+    if (model < 0) {
+      finish(reactor, "ModelMetadata", rpc::status_for_http(404, error));
+      return reactor;
+    }
+    const ModelSignature& s = core_.signature(model);
+    response->set_name(s.name);
+    response->add_versions(s.version);
+    response->set_platform("meshrt");
+    auto add = [](const TensorSpec& spec, inference::ModelMetadataResponse::TensorMetadata* t) {
+      t->set_name(spec.name);
+      t->set_datatype(kserve_datatype(spec.dtype));
+      for (int64_t d : spec.shape) t->add_shape(d);
+    };
+    for (const TensorSpec& t : s.inputs) add(t, response->add_inputs());
+    for (const TensorSpec& t : s.outputs) add(t, response->add_outputs());
+    finish(reactor, "ModelMetadata", grpc::Status::OK);
+    return reactor;
+  }
+
+  // Checks and queues an infer request; done(status, response) once, from any thread.
+  using InferAnswer = std::function<void(const grpc::Status&, int model)>;
+  void start_infer(const ModelInferRequest& request, ModelInferResponse* response, InferAnswer done) {
+    std::string error;
+    int model = core_.find(request.model_name(), request.model_version(), &error);
+    if (model < 0) return done(rpc::status_for_http(404, error), -1);
+    const ModelSignature& signature = core_.signature(model);
+    std::vector<HostTensor> inputs;
+    try {
+      inputs = infer_inputs(request, signature, core_.servable(model).batching.max_batch_size);
+    } catch (const RequestError& e) {
+      return done(rpc::status_for_http(e.status(), e.what()), model);
+    } catch (const Error& e) {
+      return done(rpc::status_for_error(e), model);
+    }
+    core_.infer(model, std::move(inputs),
+                [&signature, id = request.id(), response, done, model](const Outcome& outcome, std::vector<HostTensor> outputs) {
+                  if (!outcome.ok()) return done(rpc::status_for_http(outcome.status, outcome.error), model);
+                  try {
+                    fill_infer_response(*response, signature, id, outputs);
+                  } catch (const std::exception& e) {
+                    return done(grpc::Status(grpc::StatusCode::INTERNAL, std::string("internal error: ") + e.what()), model);
+                  }
+                  done(grpc::Status::OK, model);
+                });
+  }
+
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const ModelInferRequest* request,
+                                       ModelInferResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    ++in_flight_;
+    start_infer(*request, response, [this, reactor](const grpc::Status& status, int model) {
+      if (model >= 0) core_.answered(model, rpc::http_status_for(status.error_code()));
+      finish(reactor, "ModelInfer", status);
+      --in_flight_;
+    });
+    return reactor;
+  }
+
+  class Stream;
+  grpc::ServerBidiReactor<ModelInferRequest, ModelStreamInferResponse>* ModelStreamInfer(
+      grpc::CallbackServerContext* context) override;
+};
+
+// One ModelStreamInfer call: reads requests one after the other, starts each,
+// and writes responses in the order they are ready, one write at a time.
+// Owned by itself (and by the callbacks of its requests) until gRPC is done
+// with it and no request refers to it.
+class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferRequest, ModelStreamInferResponse> {
+ public:
+  explicit Stream(Service& service) : service_(service) { ++service_.in_flight_; }
+
+  void start(std::shared_ptr<Stream> self) {
+    self_ = std::move(self);
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      reads_done_ = true;
+      maybe_finish_locked();
+      return;
+    }
+    handle(request_);
+    request_.Clear();
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.pop_front();
+    writing_ = false;
+    if (!ok) broken_ = true;  // the client is gone
+    if (!broken_ && !queue_.empty()) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+      return;
+    }
+    maybe_finish_locked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    broken_ = true;
+    maybe_finish_locked();
+  }
+
+  void OnDone() override {
+    --service_.in_flight_;
+    std::shared_ptr<Stream> last = std::move(self_);  // may destroy this when it returns
+  }
+
+ private:
+  // Queues a response; false once the stream is broken or finished (stop producing).
+  bool send(ModelStreamInferResponse response, bool last_of_request) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (last_of_request) --pending_;
+    if (broken_ || finished_) {
+      maybe_finish_locked();
+      return false;
+    }
+    queue_.push_back(std::move(response));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+    }
+    if (last_of_request) maybe_finish_locked();
+    return true;
+  }
+
+  // Finishes when nothing more can come: the client closed its side and every
+  // request was answered and written, or the stream broke (no write pending).
+  void maybe_finish_locked() {
+    if (finished_ || writing_) return;
+    if (broken_) {
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
+      service_.metrics_.grpc_request("ModelStreamInfer", "CANCELLED");
+    } else if (reads_done_ && pending_ == 0 && queue_.empty()) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+      service_.metrics_.grpc_request("ModelStreamInfer", "OK");
+    }
+  }
+
+  static ModelStreamInferResponse error_response(const std::string& id, const std::string& model,
+                                                 const grpc::Status& status) {
+    ModelStreamInferResponse r;
+    r.set_error_message(std::string(rpc::code_name(status.error_code())) + ": " + status.error_message());
+    r.mutable_infer_response()->set_id(id);
+    r.mutable_infer_response()->set_model_name(model);
+    return r;
+  }
+
+  void handle(const ModelInferRequest& request) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++pending_;
+    }
+    std::shared_ptr<Stream> self = self_;
+    std::string error;
+    int model = service_.core_.find(request.model_name(), request.model_version(), &error);
+    if (model >= 0 && service_.core_.generates(model)) return generate(model, request);
+    // One response for one request, flagged final.
+    auto response = std::make_shared<ModelStreamInferResponse>();
+    service_.start_infer(request, response->mutable_infer_response(),
+                         [self, response, id = request.id(), name = request.model_name(), this](const grpc::Status& status, int model) {
+                           if (model >= 0) service_.core_.answered(model, rpc::http_status_for(status.error_code()));
+                           if (!status.ok()) {
+                             send(error_response(id, name, status), true);
+                             return;
+                           }
+                           set_bool(*response->mutable_infer_response()->mutable_parameters(), "triton_final_response", true);
+                           send(std::move(*response), true);
+                         });
+  }
+
+  void generate(int model, const ModelInferRequest& request) {
+    std::shared_ptr<Stream> self = self_;
+    const ModelSignature& signature = service_.core_.signature(model);
+    std::string id = request.id();
+    auto refuse = [&](int status, const std::string& message) {
+      service_.core_.answered(model, status);
+      send(error_response(id, signature.name, rpc::status_for_http(status, message)), true);
+    };
+    GenerateRequest parsed;
+    try {
+      parsed = generate_request_from(request);
+    } catch (const RequestError& e) {
+      return refuse(e.status(), e.what());
+    }
+    auto tokenizer = std::make_shared<std::shared_ptr<const models::Tokenizer>>();
+    auto text = std::make_shared<std::unique_ptr<models::DecodeStream>>();
+    auto base = [&signature, id]() {
+      ModelStreamInferResponse r;
+      ModelInferResponse* out = r.mutable_infer_response();
+      out->set_model_name(signature.name);
+      out->set_model_version(signature.version);
+      if (!id.empty()) out->set_id(id);
+      return r;
+    };
+    Outcome admitted = service_.core_.generate(
+        model, std::move(parsed),
+        [this, self, base, tokenizer, text](const GenerateUpdate& u) {
+          if (u.status != 200) {
+            ModelStreamInferResponse r = base();
+            r.set_error_message(std::string(rpc::code_name(rpc::status_code_for_http(u.status))) + ": " + u.error);
+            send(std::move(r), true);
+            return false;
+          }
+          if (*tokenizer && !*text) *text = std::make_unique<models::DecodeStream>(**tokenizer);
+          if (!u.tokens.empty()) {
+            ModelStreamInferResponse r = base();
+            ModelInferResponse* out = r.mutable_infer_response();
+            auto* ids = out->add_outputs();
+            ids->set_name("output_ids");
+            ids->set_datatype("INT64");
+            ids->add_shape(static_cast<int64_t>(u.tokens.size()));
+            out->add_raw_output_contents(reinterpret_cast<const char*>(u.tokens.data()), u.tokens.size() * sizeof(int64_t));
+            if (*text) {
+              auto* t = out->add_outputs();
+              t->set_name("text_output");
+              t->set_datatype("BYTES");
+              t->add_shape(1);
+              out->add_raw_output_contents(serialized_bytes((*text)->step(u.tokens)));
+            }
+            set_bool(*out->mutable_parameters(), "triton_final_response", false);
+            if (!send(std::move(r), false)) return false;
+          }
+          if (!u.done()) return true;
+          ModelStreamInferResponse r = base();
+          ModelInferResponse* out = r.mutable_infer_response();
+          if (*text) {
+            std::string rest = (*text)->finish();
+            if (!rest.empty()) {
+              auto* t = out->add_outputs();
+              t->set_name("text_output");
+              t->set_datatype("BYTES");
+              t->add_shape(1);
+              out->add_raw_output_contents(serialized_bytes(rest));
+            }
+          }
+          set_bool(*out->mutable_parameters(), "triton_final_response", true);
+          (*out->mutable_parameters())["finish_reason"].set_string_param(u.finish_reason);
+          return send(std::move(r), true);
+        },
+        tokenizer.get());
+    if (!admitted.ok()) return refuse(admitted.status, admitted.error);
+    service_.core_.answered(model, 200);
+  }
+
+  Service& service_;
+  std::shared_ptr<Stream> self_;
+  ModelInferRequest request_;
+  std::mutex mutex_;
+  std::deque<ModelStreamInferResponse> queue_;  // front: being written
+  bool writing_ = false, reads_done_ = false, broken_ = false, finished_ = false;
+  int pending_ = 0;  // requests read whose last response is not queued yet
+};
+
+grpc::ServerBidiReactor<ModelInferRequest, ModelStreamInferResponse>* GrpcFrontend::Service::ModelStreamInfer(
+    grpc::CallbackServerContext*) {
+  auto stream = std::make_shared<Stream>(*this);
+  stream->start(stream);
+  return stream.get();
+}
+
+GrpcFrontend::GrpcFrontend(Frontend& core, Metrics& metrics, const rpc::ServerOptions& options)
+    : service_(std::make_unique<Service>(core, metrics)),
+      server_(std::make_unique<rpc::Server>(options, std::vector<grpc::Service*>{service_.get()})) {}
+
+GrpcFrontend::~GrpcFrontend() { shutdown(std::chrono::milliseconds(0)); }
+
+uint16_t GrpcFrontend::port() const { return server_->port(); }
+
+size_t GrpcFrontend::in_flight() const { return service_->in_flight_.load(); }
+
+void GrpcFrontend::shutdown(std::chrono::milliseconds grace) { server_->shutdown(grace); }
+
+}  // namespace meshrt::serving
