@@ -19,6 +19,7 @@
 
 #include "serving/http_client.h"
 #include "hf_test_util.h"
+#include "server_job.h"
 #include "spawn_util.h"
 #include "io/safetensors.h"
 
@@ -30,83 +31,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 const std::string kExamples = MESHRT_SOURCE_DIR "/examples/models";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-// A meshrt-serve job: mpiexec -n ranks meshrt-serve --model-repository ... on a free port.
-class ServerJob : public testing::Spawned {
- public:
-  ServerJob(int ranks, const std::string& repository, std::vector<std::string> extra = {}) {
-    dir_ = fs::temp_directory_path() / ("meshrt-e2e-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
-    fs::create_directories(dir_);
-    std::vector<std::string> args = {MPIEXEC_EXECUTABLE, "-n", std::to_string(ranks), MESHRT_SERVE,
-                                     "--model-repository", repository, "--http-port", "0",
-                                     "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string()};
-    args.insert(args.end(), extra.begin(), extra.end());
-    start(args, (dir_ / "log").string());
-  }
-
-  ~ServerJob() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-
-  // Waits until rank 0 listens and says ready; false if the job ended first.
-  bool wait_ready(std::chrono::seconds timeout = std::chrono::seconds(120)) {
-    auto ready = [&] {
-      if (!fs::exists(dir_ / "port") || !fs::exists(dir_ / "pid")) return false;
-      port_ = static_cast<uint16_t>(std::stoi(read_file((dir_ / "port").string())));
-      rank0_ = std::stoi(read_file((dir_ / "pid").string()));
-      try {
-        return HttpClient("127.0.0.1", port_).request("GET", "/v2/health/ready").status == 200;
-      } catch (const Error&) {
-        return false;
-      }
-    };
-    return testing::poll_until(ready, [&] { return exited(std::chrono::milliseconds(0)); }, timeout);
-  }
-
-
-  // Sends signal to rank 0 (never to pid 0 or -1, which would reach the test's
-  // own process group or every process: rank 0's pid is known once ready).
-  void signal_rank0(int signal) const {
-    ASSERT_GT(rank0_, 0) << "rank 0's pid is not known (the job never got ready)";
-    ::kill(rank0_, signal);
-  }
-  // The process id of a rank (meshrt-serve writes <pid-file>.<rank>), or -1.
-  pid_t rank_pid(int rank) const {
-    fs::path file = dir_ / ("pid." + std::to_string(rank));
-    if (!fs::exists(file)) return -1;
-    pid_t pid = std::stoi(read_file(file.string()));
-    return pid > 0 ? pid : -1;
-  }
-  uint16_t port() const { return port_; }
-  pid_t rank0() const { return rank0_; }
-  std::string log() const { return read_file((dir_ / "log").string()); }
-  // Whether the log shows text within a while (mpiexec forwards output late).
-  bool log_shows(const std::string& text, std::chrono::seconds within = std::chrono::seconds(10)) const {
-    auto deadline = std::chrono::steady_clock::now() + within;
-    while (log().find(text) == std::string::npos) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return true;
-  }
-  HttpClient client() const { return HttpClient("127.0.0.1", port_); }
-
- private:
-  static inline int counter_ = 0;
-  fs::path dir_;
-  pid_t rank0_ = -1;
-  uint16_t port_ = 0;
-};
 
 std::string infer_body(const std::string& input, int64_t rows, int64_t width, double value, const std::string& id = "") {
   json body = {{"inputs", {{{"name", input}, {"datatype", "FP32"}, {"shape", {rows, width}},
