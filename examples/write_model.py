@@ -93,9 +93,43 @@ def write_matmul_neg(repository, name="matmul_neg"):
     return folder
 
 
+def self_test(example):
+    """Writes matmul_neg into a temporary folder and compares it with the example
+    folder meshrt-make-example-models wrote: the same weight bytes, the same config
+    (but for its description). Returns the failures."""
+    import tempfile
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_matmul_neg(tmp)
+        with open(os.path.join(folder, "weights.safetensors"), "rb") as ours, \
+                open(os.path.join(example, "weights.safetensors"), "rb") as theirs:
+            if ours.read() != theirs.read():
+                failures.append("weights.safetensors differs from " + example)
+        with open(os.path.join(folder, "config.json")) as ours, open(os.path.join(example, "config.json")) as theirs:
+            expected = json.load(theirs)
+            expected.pop("description", None)
+            if json.load(ours) != expected:
+                failures.append("config.json differs from " + example + "'s (description aside)")
+    # bfloat16 rounding: 1.0 is exact, pi rounds down to 3.140625, 1 + 2^-8 (a tie) to even (1.0),
+    # 1 + 3 * 2^-8 (a tie) up to even (1 + 2^-6).
+    got = [int(b) for b in bf16(np.array([1.0, np.pi, 1 + 2**-8, 1 + 3 * 2**-8], np.float32))[0]]
+    if got != [0x3F80, 0x4049, 0x3F80, 0x3F82]:
+        failures.append("bf16 rounding: got " + str([hex(g) for g in got]))
+    return failures
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", required=True, help="the model repository folder (created if missing)")
+    parser.add_argument("--repository", help="the model repository folder (created if missing)")
     parser.add_argument("--name", default="matmul_neg", help="the model's name (its folder's name)")
+    parser.add_argument("--self-test", metavar="EXAMPLE", help="compare with examples/models/matmul_neg (tests)")
     args = parser.parse_args()
+    if args.self_test:
+        problems = self_test(args.self_test)
+        for p in problems:
+            print("write_model self-test:", p)
+        print("write_model self-test: " + ("FAILED" if problems else "all passed"))
+        raise SystemExit(1 if problems else 0)
+    if not args.repository:
+        parser.error("--repository is required")
     print("wrote", write_matmul_neg(args.repository, args.name))
