@@ -1,10 +1,12 @@
 // meshrt-loadgen: a client and load generator for a KServe v2 server. For each
-// concurrency level (and JSON and/or binary tensors) it sends requests from that
-// many connections at once and prints requests per second, p50/p90/p99 latency,
-// and, from the server's /metrics, the mean queue and compute time, so that the
-// front end's overhead per request (latency - queue - compute) shows.
+// concurrency level and format (HTTP with JSON or binary tensors, gRPC with raw
+// contents) it sends requests from that many connections at once and prints
+// requests per second, p50/p90/p99 latency, and, from the server's /metrics,
+// the mean queue and compute time, so that the front end's overhead per request
+// (latency - queue - compute) shows; then each format's requests per second
+// against HTTP binary's at the same level (the baseline of the same run).
 //
-//   meshrt-loadgen --url localhost:8000 --model matmul_neg --concurrency 1,8,64 --requests 500
+//   meshrt-loadgen --url localhost:8000 --grpc-url localhost:8001 --format all --concurrency 1,8,64
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -12,7 +14,16 @@
 #include <sstream>
 #include <thread>
 
+#include <cstring>
+#include <functional>
+#include <map>
+
+#include <grpcpp/grpcpp.h>
+
 #include "apps/cli.h"
+#include "rpc/client.h"
+#include "rpc/proto/grpc_service.grpc.pb.h"
+#include "rpc/status.h"
 #include "serving/http_client.h"
 #include "serving/protocol.h"
 
@@ -22,7 +33,8 @@ using meshrt::serving::HttpClient;
 using meshrt::serving::HttpResponse;
 
 struct Options {
-  std::string url = "localhost:8000", model = "matmul_neg", concurrency = "1,8,64", format = "both";
+  std::string url = "localhost:8000", grpc_url = "localhost:8001", model = "matmul_neg", concurrency = "1,8,64",
+              format = "both";
   int requests = 200, warmup = 20;
   int64_t rows = 1;
   double value = 1.0;
@@ -76,6 +88,35 @@ bool output_is(const HttpResponse& r, double expected) {
   return !values.empty() && std::all_of(values.begin(), values.end(), [&](double v) { return v == expected; });
 }
 
+// The gRPC request of the same data: raw_input_contents, as tritonclient sends it.
+inference::ModelInferRequest make_grpc_request(const std::string& model_name, const meshrt::serving::ModelSignature& model,
+                                               int64_t rows, double value) {
+  using namespace meshrt;
+  const serving::TensorSpec& input = model.inputs.at(0);
+  HostTensor data = cast_host(HostTensor::full<double>({rows, input.shape[1]}, value), input.dtype);
+  inference::ModelInferRequest r;
+  r.set_model_name(model_name);
+  r.set_id("loadgen");
+  auto* in = r.add_inputs();
+  in->set_name(input.name);
+  in->set_datatype(serving::kserve_datatype(input.dtype));
+  for (int64_t d : data.shape().dims()) in->add_shape(d);
+  r.add_raw_input_contents(static_cast<const char*>(data.raw_data()), data.nbytes());
+  return r;
+}
+
+bool grpc_output_is(const inference::ModelInferResponse& r, double expected) {
+  using namespace meshrt;
+  if (r.outputs_size() < 1 || r.raw_output_contents_size() < 1) return false;
+  const auto& o = r.outputs(0);
+  HostTensor t = HostTensor::empty(Shape(std::vector<int64_t>(o.shape().begin(), o.shape().end())),
+                                   serving::parse_kserve_datatype(o.datatype()));
+  if (t.nbytes() != r.raw_output_contents(0).size()) return false;
+  std::memcpy(t.raw_data(), r.raw_output_contents(0).data(), t.nbytes());
+  std::vector<double> values = cast_host(t, DType::kF64).to_vector<double>();
+  return !values.empty() && std::all_of(values.begin(), values.end(), [&](double v) { return v == expected; });
+}
+
 double percentile(std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
@@ -88,14 +129,19 @@ int main(int argc, char** argv) {
   Options o;
   meshrt::apps::CommandLine app{"meshrt-loadgen: load generator for a KServe v2 server (meshrt-serve): throughput and latency at\n"
                "several concurrency levels, JSON and binary tensors, and the server's queue and compute time."};
-  app.add("--url", o.url, "server host:port").show_default();
+  app.add("--url", o.url, "server host:port (HTTP)").show_default();
+  app.add("--grpc-url", o.grpc_url, "server host:port of gRPC (the grpc format)").show_default();
   app.add("--model", o.model, "model name").show_default();
   app.add("--concurrency", o.concurrency, "comma-separated numbers of concurrent connections").show_default();
   app.add("--requests", o.requests, "requests per concurrency level").show_default();
   app.add("--warmup", o.warmup, "untimed requests before each level").show_default();
   app.add("--rows", o.rows, "rows per request (the batch axis)").show_default();
   app.add("--value", o.value, "every input element").show_default();
-  app.add("--format", o.format, "json, binary or both").one_of({"json", "binary", "both"}).show_default();
+  app.add("--format", o.format,
+          "json, binary (HTTP), grpc, both (json and binary) or all (json, binary and grpc, with each one's req/s against "
+          "binary's)")
+      .one_of({"json", "binary", "grpc", "both", "all"})
+      .show_default();
   auto expect = app.add("--expect", o.expect, "check that every output element equals this value");
   if (auto exit_code = app.parse(argc, argv)) return *exit_code;
   o.check = expect.given();
@@ -120,12 +166,35 @@ int main(int argc, char** argv) {
                 "p50 ms", "p90 ms", "p99 ms", "mean ms", "errors", "queue ms", "batch ms", "rows/bat", "overhead",
                 "eng us", "fwd us", "eng-fwd", "rows/s", "fwd rows/s");
     bool all_ok = true;
-    for (std::string format : {"json", "binary"}) {
-      if (o.format != "both" && o.format != format) continue;
+    std::map<std::pair<std::string, int>, double> rates;  // (format, level) -> req/s
+    for (std::string format : {"json", "binary", "grpc"}) {
+      bool wanted = o.format == format || o.format == "all" || (o.format == "both" && format != "grpc");
+      if (!wanted) continue;
       Request request = make_request(metadata, o.rows, o.value, format == "binary");
+      inference::ModelInferRequest grpc_request = make_grpc_request(o.model, metadata, o.rows, o.value);
+      // One request of this format on a client of its own (each thread has one: a connection each).
+      using Sender = std::function<bool()>;
+      auto make_sender = [&]() -> Sender {
+        if (format == "grpc") {
+          auto stub = inference::GRPCInferenceService::NewStub(meshrt::rpc::make_channel(o.grpc_url, 64u << 20, true));
+          return [&, stub = std::shared_ptr<inference::GRPCInferenceService::Stub>(std::move(stub))] {
+            grpc::ClientContext context;
+            meshrt::rpc::set_timeout(context, std::chrono::seconds(300));
+            inference::ModelInferResponse response;
+            grpc::Status status = stub->ModelInfer(&context, grpc_request, &response);
+            return status.ok() && (!o.check || grpc_output_is(response, o.expect));
+          };
+        }
+        auto client = std::make_shared<HttpClient>(host, port);
+        return [&, client] {
+          HttpResponse r = client->request("POST", "/v2/models/" + o.model + "/infer", request.body, request.headers);
+          return r.status == 200 && (!o.check || output_is(r, o.expect));
+        };
+      };
       for (int level : levels) {
         // Warm up, then read the server's counters before and after the timed requests.
-        for (int i = 0; i < o.warmup; ++i) control.request("POST", "/v2/models/" + o.model + "/infer", request.body, request.headers);
+        Sender warm = make_sender();
+        for (int i = 0; i < o.warmup; ++i) warm();
         std::string before = control.request("GET", "/metrics").body;
         std::atomic<int> next{0};
         std::atomic<int> errors{0};
@@ -135,13 +204,12 @@ int main(int argc, char** argv) {
         std::vector<std::thread> threads;
         for (int t = 0; t < level; ++t) {
           threads.emplace_back([&] {
-            HttpClient client(host, port);
+            Sender send = make_sender();
             std::vector<double> mine;
             while (next.fetch_add(1) < o.requests) {
               auto t0 = std::chrono::steady_clock::now();
               try {
-                HttpResponse r = client.request("POST", "/v2/models/" + o.model + "/infer", request.body, request.headers);
-                if (r.status != 200 || (o.check && !output_is(r, o.expect))) ++errors;
+                if (!send()) ++errors;
               } catch (const std::exception&) {
                 ++errors;
               }
@@ -179,10 +247,23 @@ int main(int argc, char** argv) {
                     forward_us, engine_overhead_us, static_cast<double>(latencies.size() * o.rows) / seconds,
                     forward_us > 0 && rows_batches > 0 ? 1e6 * (rows_sum / rows_batches) / forward_us : 0.0);
         std::fflush(stdout);
+        rates[{format, level}] = latencies.size() / seconds;
         all_ok = all_ok && errors.load() == 0;
       }
     }
-    std::printf("# overhead = mean latency - mean queue time - mean batch compute time (HTTP, parsing, copies)\n"
+    if (rates.count({"binary", levels.front()})) {
+      std::printf("# req/s against HTTP binary at the same concurrency (this run's baseline):\n");
+      for (int level : levels) {
+        double base = rates[{"binary", level}];
+        std::printf("#   concurrency %3d:", level);
+        for (std::string format : {"json", "binary", "grpc"}) {
+          auto it = rates.find({format, level});
+          if (it != rates.end() && base > 0) std::printf("  %s %.2fx", format.c_str(), it->second / base);
+        }
+        std::printf("\n");
+      }
+    }
+    std::printf("# overhead = mean latency - mean queue time - mean batch compute time (HTTP or gRPC, parsing, copies)\n"
                 "# eng us, fwd us, eng-fwd: medians of the server's engine time per batch, of its stages' forward\n"
                 "#   time, and of the difference (what the engine itself cost); rows/s: rows served per second;\n"
                 "#   fwd rows/s: the raw batched compute, rows per batch / median forward time\n");

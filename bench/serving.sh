@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving benchmark: starts meshrt-serve (the examples, 4 ranks) with dynamic
 # batching on and then off, and runs meshrt-loadgen against each: requests per
-# second and p50/p90/p99 latency at concurrency 1, 8 and 64, JSON and binary,
+# second and p50/p90/p99 latency at concurrency 1, 8 and 64, HTTP with JSON and
+# binary tensors and gRPC with raw contents (each against HTTP binary's req/s),
 # 1 row per request; then 1024 rows per request, binary, batching off, from a
 # copy of the example whose max_batch_size is 1024 (the example's is 256). The loadgen also prints the server's median
 # engine and forward time per batch and the raw batched compute in rows/s.
@@ -18,17 +19,18 @@ sed 's/"max_batch_size": 256/"max_batch_size": 1024/' examples/models/matmul_neg
 ln -s "$(pwd)/examples/models/matmul_neg/weights.safetensors" "$work/large/matmul_neg/weights.safetensors"
 for run in "on 1" "off 1" "off 1024"; do
   read -r batching rows <<< "$run"
-  rm -f "$work/port" "$work/pid"
+  rm -f "$work/port" "$work/pid" "$work/grpc_port"
   repository=examples/models
   [ "$rows" = 1 ] || repository="$work/large"
   mpirun -np 4 "$build/apps/meshrt-serve" --model-repository "$repository" --model matmul_neg --batching "$batching" \
-    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" --grpc-port 0 --grpc-port-file "$work/grpc_port" \
+    > "$work/server.log" 2>&1 &
   job=$!
-  for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && break; sleep 0.1; done
+  for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && [ -f "$work/grpc_port" ] && break; sleep 0.1; done
   echo "## dynamic batching $batching, $rows row(s) per request (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"
   if [ "$rows" = 1 ]; then
-    "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8,64 \
-      --requests 1000 --rows 1 --expect -48 "$@"
+    "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --grpc-url "127.0.0.1:$(cat "$work/grpc_port")" \
+      --model matmul_neg --concurrency 1,8,64 --requests 1000 --rows 1 --format all --expect -48 "$@"
   else
     "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8 \
       --requests 300 --rows "$rows" --format binary --expect -48 "$@"

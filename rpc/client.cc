@@ -8,8 +8,9 @@
 
 namespace meshrt::rpc {
 
-std::shared_ptr<grpc::Channel> make_channel(const std::string& target, size_t max_message_bytes) {
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target, size_t max_message_bytes, bool own_connection) {
   grpc::ChannelArguments args;
+  if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   int max_bytes = max_message_bytes > static_cast<size_t>(INT_MAX) ? INT_MAX : static_cast<int>(max_message_bytes);
   args.SetMaxReceiveMessageSize(max_bytes);
   args.SetMaxSendMessageSize(max_bytes);

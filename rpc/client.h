@@ -13,7 +13,10 @@
 namespace meshrt::rpc {
 
 // target: "host:port". Insecure (meshrt's services run inside a cluster's network).
-std::shared_ptr<grpc::Channel> make_channel(const std::string& target, size_t max_message_bytes = 64u << 20);
+// Channels to one target share a connection unless own_connection (a load
+// generator's clients, each with a connection as an HTTP client has).
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target, size_t max_message_bytes = 64u << 20,
+                                            bool own_connection = false);
 // Waits up to `within` for the channel to connect; false if it did not.
 bool wait_connected(const std::shared_ptr<grpc::Channel>& channel, std::chrono::milliseconds within);
 // Sets the call's deadline to now + timeout.
