@@ -213,6 +213,7 @@ class Upstream {
     run();
     http::response_parser<http::string_body> parser;
     parser.body_limit(1ull << 32);
+    if (request.method() == http::verb::head) parser.skip(true);  // the answer to HEAD is its headers alone
     if (!error) {
       error = net::error::would_block;
       http::async_read(*stream_, buffer_, parser, [&](beast::error_code e, size_t) { error = e; });
@@ -414,7 +415,7 @@ class Supervisor {
     if (path == "/v2/health/live") {
       if (r.method != "GET" && r.method != "HEAD") {
         return respond({405, error_json("method " + r.method + " not allowed on /v2/health/live"), "application/json",
-                        {{"Allow", "GET"}}});
+                        {{"Allow", "GET, HEAD"}}});
       }
       return respond({200, R"({"live": true})", "application/json", {}});
     }
@@ -464,6 +465,11 @@ class Supervisor {
     }
     if (state != State::kUp) return unavailable(down_reason(state), state != State::kStopping);
     http::request<http::string_body> request = upstream_request(r);
+    // The supervisor appends its own lines to the job's metrics: it asks for
+    // them plain (its server compresses the whole as the client accepts). Other
+    // answers come back as rank 0 encoded them, Content-Encoding included.
+    bool metrics = path == "/metrics" && r.method == "GET";
+    if (metrics) request.erase(http::field::accept_encoding);
     HttpResponse response;
     ExchangeResult result = upstream.exchange(port, generation, request, o_.upstream_timeout, response);
     bool idempotent = r.method == "GET" || r.method == "HEAD";
@@ -471,7 +477,7 @@ class Supervisor {
       result = upstream.exchange(port, generation, request, o_.upstream_timeout, response);
     }
     if (result.kind == ExchangeResult::kAnswered) {
-      if (path == "/metrics" && r.method == "GET" && response.status == 200) {
+      if (metrics && response.status == 200) {
         if (!response.body.empty() && response.body.back() != '\n') response.body += '\n';
         response.body += supervisor_metrics();
       }
