@@ -22,7 +22,7 @@ for run in "on 1" "off 1" "off 1024"; do
   repository=examples/models
   [ "$rows" = 1 ] || repository="$work/large"
   mpirun -np 4 "$build/apps/meshrt-serve" --model-repository "$repository" --model matmul_neg --batching "$batching" \
-    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+    --http-port 0 --metrics-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && break; sleep 0.1; done
   echo "## dynamic batching $batching, $rows row(s) per request (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"

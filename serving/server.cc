@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "comm/world.h"
+#include "device/log.h"
 #include "serving/engine.h"
 #include "serving/generator.h"
 #include "serving/http_router.h"
@@ -34,19 +35,24 @@ namespace {
 
 HttpResponse json_response(int status, std::string body) { return {status, std::move(body), "application/json", {}}; }
 HttpResponse error_response(int status, const std::string& message) { return json_response(status, error_json(message)); }
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 // The KServe v2 routes on rank 0.
 class Frontend {
  public:
   Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics)
-      : engine_(engine), scheduler_(scheduler), metrics_(metrics), router_(error_response) {
+      : engine_(engine), scheduler_(scheduler), metrics_(metrics), router_(error_response), metrics_router_(error_response) {
     for (int i = 0; i < engine_.servable_count(); ++i) {
       signatures_.push_back(signature_of(engine_.servable(i)));
       generators_.push_back(engine_.servable(i).generation ? std::make_unique<Generator>(engine_, i, metrics_) : nullptr);
     }
-    router_.add("GET", "/metrics", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
+    RouteHandler metrics_route = [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond({200, metrics_.render(), "text/plain; version=0.0.4", {}});
-    });
+    };
+    router_.add("GET", "/metrics", metrics_route);
+    metrics_router_.add("GET", "/metrics", metrics_route);  // the metrics port's one route
     router_.add("GET", "/v2", [](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond(json_response(200, server_metadata_json()));
     });
@@ -93,11 +99,20 @@ class Frontend {
   }
 
   void handle(const HttpRequest& request, const Responder& respond) {
-    router_.handle(request, [this, respond](HttpResponse r) {
+    auto arrival = std::chrono::steady_clock::now();
+    router_.handle(request, [this, respond, arrival, method = request.method, target = request.target](HttpResponse r) {
       metrics_.http_request(r.status);
+      if (log::verbose_enabled(1)) {
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - arrival).count();
+        char took[32];
+        std::snprintf(took, sizeof took, "%.3f", ms);
+        log::verbose(1, detail::cat("HTTP ", method, " ", target, ": ", r.status, " in ", took, " ms",
+                                    r.stream ? " (streamed: until its first bytes)" : ""));
+      }
       respond(std::move(r));
     });
   }
+  void handle_metrics_port(const HttpRequest& request, const Responder& respond) { metrics_router_.handle(request, respond); }
 
  private:
   // A route of one model: finds the model (and version) the path names, or answers 404.
@@ -118,8 +133,10 @@ class Frontend {
 
   void infer(int model, const HttpRequest& request, const Responder& respond) {
     const ServableDefinition& def = engine_.servable(model);
-    auto answer = [this, &def, respond](HttpResponse r) {
+    auto arrival = std::chrono::steady_clock::now();
+    auto answer = [this, &def, respond, arrival](HttpResponse r) {
       metrics_.request(def.name, def.version, r.status);
+      metrics_.request_duration(def.name, def.version, seconds_since(arrival));
       respond(std::move(r));
     };
     auto parsed = std::make_shared<InferRequest>();
@@ -165,8 +182,10 @@ class Frontend {
   // cancels its generation (a non-streamed one runs to its end).
   void generate(int model, const HttpRequest& request, const Responder& respond, bool streamed) {
     const ServableDefinition& def = engine_.servable(model);
-    auto answer = [this, &def, respond](HttpResponse r) {
+    auto arrival = std::chrono::steady_clock::now();
+    auto answer = [this, &def, respond, arrival](HttpResponse r) {
       metrics_.request(def.name, def.version, r.status);
+      metrics_.request_duration(def.name, def.version, seconds_since(arrival));
       respond(std::move(r));
     };
     Generator* g = generators_[static_cast<size_t>(model)].get();
@@ -198,7 +217,7 @@ class Frontend {
       auto stream = std::make_shared<HttpStream>();
       // Each event's text: what the new token completes (a character split over tokens comes whole).
       auto text = tokenizer ? std::make_shared<models::DecodeStream>(*tokenizer) : nullptr;
-      GenerateAdmission admitted = g->submit(std::move(parsed), [&def, stream, text](const GenerateUpdate& u) {
+      GenerateAdmission admitted = g->submit(std::move(parsed), [this, &def, stream, text, arrival](const GenerateUpdate& u) {
         bool open = true;
         if (u.status != 200) {
           stream->write("event: error\ndata: " + error_json(u.error) + "\n\n");
@@ -208,7 +227,11 @@ class Frontend {
           open = stream->write("data: " + generate_response_json(def.name, def.version, u.tokens, u.finish_reason, piece) +
                                "\n\n");
         }
-        if (u.done()) stream->close();
+        if (u.done()) {
+          stream->close();
+          // A streamed request lasts until its last event.
+          metrics_.request_duration(def.name, def.version, seconds_since(arrival));
+        }
         return open;
       });
       if (admitted == GenerateAdmission::kQueued) {
@@ -262,6 +285,7 @@ class Frontend {
   Scheduler& scheduler_;
   Metrics& metrics_;
   HttpRouter router_;
+  HttpRouter metrics_router_;
   std::vector<std::unique_ptr<Generator>> generators_;  // per servable; null unless it generates
   std::vector<ModelSignature> signatures_;  // per servable of the engine
   std::atomic<bool> draining_{false};
@@ -281,7 +305,7 @@ int run_server(const ServerOptions& o) {
   World& world = World::get();
   int rank = world.rank();
   auto say = [&](const std::string& line) {
-    if (rank == 0) std::fprintf(stderr, "meshrt-serve: %s\n", line.c_str());
+    if (rank == 0) log::info(line);
   };
   std::vector<ServableDefinition> servables;
   Device device = world.device(o.device);
@@ -302,7 +326,7 @@ int run_server(const ServerOptions& o) {
       servables.push_back(std::move(s));
     }
   } catch (const Error& e) {
-    say(e.message());  // every rank read the same files and fails alike
+    if (rank == 0) log::error(e.message());  // every rank read the same files and fails alike
     return 2;
   }
   // Every rank's process id, for operators and tests (rank 0's also at pid_file).
@@ -322,11 +346,30 @@ int run_server(const ServerOptions& o) {
   Scheduler scheduler(engine, metrics);
   Frontend frontend(engine, scheduler, metrics);
   HttpServer http(o.http, [&](const HttpRequest& r, Responder respond) { frontend.handle(r, respond); });
+  // The metrics port (Triton's): /metrics alone, on a server of its own, so
+  // that scraping does not queue behind inference connections.
+  std::unique_ptr<HttpServer> metrics_http;
+  if (o.metrics_port >= 0) {
+    HttpServerOptions m = o.http;
+    m.port = static_cast<uint16_t>(o.metrics_port);
+    m.threads = 1;
+    try {
+      metrics_http = std::make_unique<HttpServer>(
+          m, [&](const HttpRequest& r, Responder respond) { frontend.handle_metrics_port(r, respond); });
+    } catch (const Error& e) {
+      throw Error(e.kind(), "the metrics port (--metrics-port " + std::to_string(o.metrics_port) +
+                                "; 0: any free port, -1: none): " + e.message());
+    }
+    write_file(o.metrics_port_file, std::to_string(metrics_http->port()));
+  }
   write_file(o.port_file, std::to_string(http.port()));
   write_file(o.pid_file, std::to_string(::getpid()));
   metrics.ready(true);
   say(detail::cat("listening on http://", o.http.address, ":", http.port(), " (", world.size(), " rank(s), device ",
                   device.to_string(), ")"));
+  if (metrics_http) say(detail::cat("metrics on http://", o.http.address, ":", metrics_http->port(), "/metrics"));
+  std::thread metrics_thread;
+  if (metrics_http) metrics_thread = std::thread([&] { metrics_http->run(); });
 
   if (signal_pipe_fd() < 0) install_drain_signal_handlers();
   std::thread signals([&] {
@@ -334,20 +377,24 @@ int run_server(const ServerOptions& o) {
     while (::read(signal_pipe_fd(), &signal, 1) < 0 && errno == EINTR) {
     }
     say(detail::cat("signal ", static_cast<int>(signal), ": draining (not ready; finishing accepted requests)"));
+    // One deadline for the whole drain (--exit-timeout-secs): the generations
+    // accepted, then the responses still being written.
+    auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     frontend.set_draining();
     metrics.ready(false);
     frontend.drain_generators(o.drain_timeout);  // generations accepted run to their end (or the drain timeout)
     scheduler.drain();  // runs what is queued, then stops the other ranks
-    auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     while (http.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     if (o.drain_grace.count() > 0) std::this_thread::sleep_for(o.drain_grace);
     say("drained; exiting");
     http.stop();
+    if (metrics_http) metrics_http->stop();
   });
   http.run();
   signals.join();
+  if (metrics_thread.joinable()) metrics_thread.join();
   return 0;
 }
 

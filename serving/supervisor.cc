@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -31,6 +32,7 @@
 #include <thread>
 
 #include "device/error.h"
+#include "device/log.h"
 #include "serving/protocol.h"
 #include "serving/signal_pipe.h"
 
@@ -54,8 +56,7 @@ void say(const char* format, ...) {
   va_start(args, format);
   std::vsnprintf(line, sizeof line, format, args);
   va_end(args);
-  std::fprintf(stderr, "meshrt-supervisor: %s\n", line);
-  std::fflush(stderr);
+  log::info(line);
 }
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
@@ -503,6 +504,12 @@ class Supervisor {
     args.insert(args.end(), o_.serve_args.begin(), o_.serve_args.end());
     args.insert(args.end(), {"--http-address", "127.0.0.1", "--http-port", "0", "--port-file", job_file("job.port").string(),
                              "--pid-file", job_file("job.pid").string()});
+    // The job's metrics port: any free one unless asked for (a fixed default
+    // would collide between supervisors on one machine; /metrics is relayed).
+    bool metrics_port_given = std::any_of(o_.serve_args.begin(), o_.serve_args.end(), [](const std::string& a) {
+      return a == "--metrics-port" || a.rfind("--metrics-port=", 0) == 0;
+    });
+    if (!metrics_port_given) args.insert(args.end(), {"--metrics-port", "0"});
     return args;
   }
 
