@@ -89,9 +89,9 @@ serve_and_ask() {
   local work port job rc
   work=$(mktemp -d)
   echo "== meshrt demo: $title =="
-  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository $repository --model $model --device cpu --http-port 0 --grpc-port 0"
+  echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository $repository --model $model --device cpu --http-port 0 --grpc-port 0 --metrics-port 0"
   mpirun -np "$ranks" "$build_dir/apps/meshrt-serve" --model-repository "$repository" --model "$model" \
-    --device cpu --http-port 0 --grpc-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+    --device cpu --http-port 0 --grpc-port 0 --metrics-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 1200); do
     [ -f "$work/port" ] && [ -f "$work/pid" ] && break

@@ -38,6 +38,7 @@ MESHRT_CLI_ADD(uint16_t)
 MESHRT_CLI_ADD(size_t)
 MESHRT_CLI_ADD(float)
 MESHRT_CLI_ADD(double)
+MESHRT_CLI_ADD(bool)
 #undef MESHRT_CLI_ADD
 
 CommandLine::Option CommandLine::flag(const std::string& names, bool& value, const std::string& help) {
@@ -53,8 +54,11 @@ std::optional<int> CommandLine::parse(int argc, char** argv, bool quiet) {
     app_->parse(argc, argv);
     return std::nullopt;
   } catch (const CLI::ParseError& e) {
-    if (quiet) return e.get_exit_code() == 0 ? 0 : 2;
-    return app_->exit(e);  // prints; CLI11's exit code (0 for --help)
+    // CLI11's own codes (105 for a bad value, 106 for a missing option, 109
+    // for an unknown one) become 2, as every rank of a job returns alike.
+    int code = e.get_exit_code() == 0 ? 0 : 2;
+    if (!quiet) app_->exit(e);  // prints the help, or the error and "Run with --help for more information."
+    return code;
   }
 }
 

@@ -53,6 +53,9 @@ class CommandLine {
   Option add(const std::string& names, size_t& value, const std::string& help);
   Option add(const std::string& names, float& value, const std::string& help);
   Option add(const std::string& names, double& value, const std::string& help);
+  // A boolean that takes a value (Triton's style: "--log-info false", "--log-info=0";
+  // true/false, 1/0, on/off, yes/no).
+  Option add(const std::string& names, bool& value, const std::string& help);
   Option flag(const std::string& names, bool& value, const std::string& help);
 
   // Lets parse() accept options it does not know: they are kept, in order, for extras().
@@ -61,9 +64,11 @@ class CommandLine {
   std::vector<std::string> extras() const;
 
   // Parses the command line. Returns nothing when the program should go on, or
-  // the exit code when it should stop: 0 after --help, non-zero after a bad
-  // command line (CLI11's code; 2 when quiet). Help and errors are printed
-  // unless quiet (ranks other than 0 of an MPI job).
+  // the exit code when it should stop: 0 after --help, 2 after a bad command
+  // line (an unknown option, a bad value, a missing required one: the usage
+  // error code of sysexits' tradition and of the apps' own argument checks).
+  // Help, and errors with a hint to --help, are printed unless quiet (ranks
+  // other than 0 of an MPI job).
   std::optional<int> parse(int argc, char** argv, bool quiet = false);
 
  private:

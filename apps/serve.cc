@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "comm/world.h"
+#include "device/log.h"
 #include "apps/app_common.h"
 #include "apps/cli.h"
 #include "serving/server.h"
@@ -106,6 +107,28 @@ int main(int argc, char** argv) {
   int grace_ms = 0;
   app.add("--drain-grace-ms", grace_ms, "after draining, stay up (not ready) this long before exiting")
       .show_default();
+  int64_t exit_timeout_secs = o.drain_timeout.count();
+  app.add("--exit-timeout-secs", exit_timeout_secs,
+          "after SIGTERM (or SIGINT, SIGUSR1), how long the drain may take at most: accepted requests and generations "
+          "finish within it, then the server exits anyway (Triton's name); --drain-grace-ms is waited after it")
+      .show_default();
+  int metrics_port = 8002;
+  app.add("--metrics-port", metrics_port,
+          "port of a second HTTP server on rank 0 that answers GET /metrics alone (Triton's metrics port), on "
+          "--http-address; 0: any free port, -1: none. /metrics on the HTTP port answers either way")
+      .show_default();
+  app.add("--metrics-port-file", o.metrics_port_file, "rank 0 writes the metrics port it listens on here");
+  meshrt::log::Options log;
+  log.program = "meshrt-serve";
+  app.add("--log-verbose", log.verbose_level, "verbose log lines up to this level (1: a line per HTTP request)")
+      .show_default();
+  app.add("--log-format", log.format,
+          "log lines as 'default' (\"meshrt-serve: ...\") or 'json' (one object a line: time, level, rank, message)")
+      .one_of({"default", "json"})
+      .show_default();
+  app.add("--log-info", log.info, "print info lines").show_default();
+  app.add("--log-warning", log.warning, "print warnings").show_default();
+  app.add("--log-error", log.error, "print errors").show_default();
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   app.add("--port-file", o.port_file, "rank 0 writes the HTTP port it listens on here");
   app.add("--pid-file", o.pid_file,
@@ -116,6 +139,13 @@ int main(int argc, char** argv) {
           "answer (a stopped or stuck rank)")
       .show_default();
   return meshrt::apps::run_mpi_app("meshrt-serve", app, argc, argv, [&] {
+    log.rank = meshrt::World::get().rank();
+    meshrt::log::configure(log);
+    MESHRT_CHECK_ARG(exit_timeout_secs >= 0, "--exit-timeout-secs must not be negative, got ", exit_timeout_secs);
+    MESHRT_CHECK_ARG(metrics_port >= -1 && metrics_port <= 65535, "--metrics-port must be a port (0: any free "
+                     "port) or -1 (none), got ", metrics_port);
+    o.drain_timeout = std::chrono::seconds(exit_timeout_secs);
+    o.metrics_port = metrics_port;
     MESHRT_CHECK_ARG(header_timeout_ms > 0 && body_timeout_ms > 0, "--http-header-timeout-ms and --http-body-timeout-ms must be "
                      "positive, got ", header_timeout_ms, " and ", body_timeout_ms);
     MESHRT_CHECK_ARG(o.http.max_connections > 0 && o.http.max_connections_per_client > 0,

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "apps/app_common.h"
+#include "device/log.h"
 #include "apps/cli.h"
 #include "serving/supervisor.h"
 
@@ -89,8 +90,14 @@ int main(int argc, char** argv) {
       .show_default();
   app.add("--proxy-threads", o.proxy_threads, "requests relayed to rank 0 at the same time, one connection each (more wait their turn; at most 250)")
       .show_default();
+  meshrt::log::Options log;
+  log.program = "meshrt-supervisor";
+  app.add("--log-format", log.format, "log lines of the supervisor and of the job: default or json (see meshrt-serve --help)")
+      .one_of({"default", "json"})
+      .show_default();
   if (std::optional<int> code = app.parse(argc, argv)) return *code;
   try {
+    meshrt::log::configure(log);
     MESHRT_CHECK_ARG(header_timeout_ms > 0 && body_timeout_ms > 0, "--http-header-timeout-ms and --http-body-timeout-ms must be positive");
     MESHRT_CHECK_ARG(restart_delay_ms >= 0 && start_timeout_s > 0 && stop_timeout_s > 0 && upstream_timeout_s > 0,
                      "--restart-delay-ms must not be negative, the timeouts must be positive");
@@ -102,11 +109,12 @@ int main(int argc, char** argv) {
     o.upstream_timeout = std::chrono::seconds(upstream_timeout_s);
     o.mpirun_args = split_words(mpirun_args);
     o.serve_args = app.extras();
-    o.serve_args.insert(o.serve_args.end(), {"--max-body-bytes", std::to_string(o.http.max_body_bytes)});
+    o.serve_args.insert(o.serve_args.end(), {"--max-body-bytes", std::to_string(o.http.max_body_bytes),
+                                             "--log-format", log.format});
     meshrt::apps::raise_open_file_limit();
     return meshrt::serving::run_supervisor(o);
   } catch (const meshrt::Error& e) {
-    std::fprintf(stderr, "meshrt-supervisor: %s\n", e.message().c_str());
+    meshrt::log::error(e.message());
     return 2;
   }
 }

@@ -12,7 +12,7 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mpirun -np 4 "$build/apps/meshrt-serve" --model-repository examples/models --model matmul_neg --device cpu \
-  --http-port 0 --grpc-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/log" 2>&1 &
+  --http-port 0 --grpc-port 0 --metrics-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/log" 2>&1 &
 job=$!
 for _ in $(seq 1 1200); do [ -f "$work/pid.3" ] && [ -f "$work/port" ] && break; sleep 0.1; done
 [ -f "$work/port" ] || { cat "$work/log" >&2; echo "idle_cpu.sh: the server did not start" >&2; exit 1; }

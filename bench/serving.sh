@@ -23,7 +23,7 @@ for run in "on 1" "off 1" "off 1024"; do
   repository=examples/models
   [ "$rows" = 1 ] || repository="$work/large"
   mpirun -np 4 "$build/apps/meshrt-serve" --model-repository "$repository" --model matmul_neg --batching "$batching" \
-    --http-port 0 --port-file "$work/port" --pid-file "$work/pid" --grpc-port 0 --grpc-port-file "$work/grpc_port" \
+    --http-port 0 --metrics-port 0 --port-file "$work/port" --pid-file "$work/pid" --grpc-port 0 --grpc-port-file "$work/grpc_port" \
     > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && [ -f "$work/grpc_port" ] && break; sleep 0.1; done

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/world.h"
+#include "device/log.h"
 #include "device/poll.h"
 #include "sharding/redistribute.h"
 
@@ -158,7 +159,7 @@ Engine::~Engine() {
   try {
     write_trace();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "meshrt: writing the engine's trace failed: %s\n", e.what());
+    log::error(std::string("writing the engine's trace failed: ") + e.what());
   }
 }
 
@@ -340,7 +341,7 @@ void Engine::finish(uint64_t id, HostTensor result, std::exception_ptr error) {
   try {
     p->done(std::move(result), error, report);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "meshrt: completing batch %llu failed: %s\n", static_cast<unsigned long long>(id), e.what());
+    log::error(detail::cat("completing batch ", id, " failed: ", e.what()));
   }
   idle_cv_.notify_all();
 }
@@ -577,8 +578,7 @@ void Engine::handle_command(const std::string& command) {
     }
   } catch (const std::exception& e) {
     std::string reason = reason_of(e);
-    std::fprintf(stderr, "meshrt-serve: %s: batch %llu failed: %s\n", World::get().describe_rank(World::get().rank()).c_str(),
-                 static_cast<unsigned long long>(id), reason.c_str());
+    log::error(detail::cat(World::get().describe_rank(World::get().rank()), ": batch ", id, " failed: ", reason));
     if (index >= 0 && index < servable_count()) mark_failed(index, reason);
     channel_.send(std::to_string(id) + " " + reason, 0, kErrorTag);
   }

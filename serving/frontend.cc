@@ -43,9 +43,15 @@ void Frontend::drain_generators(std::chrono::milliseconds within) {
   }
 }
 
-void Frontend::answered(int model, int status) const {
+void Frontend::answered(int model, int status, std::optional<Clock::time_point> arrival) const {
   const ServableDefinition& def = engine_.servable(model);
   metrics_.request(def.name, def.version, status);
+  if (arrival) lasted(model, *arrival);
+}
+
+void Frontend::lasted(int model, Clock::time_point arrival) const {
+  const ServableDefinition& def = engine_.servable(model);
+  metrics_.request_duration(def.name, def.version, std::chrono::duration<double>(Clock::now() - arrival).count());
 }
 
 void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,8 +58,12 @@ class Frontend {
   // Finishes the generations accepted (before the scheduler stops the other ranks).
   void drain_generators(std::chrono::milliseconds within);
 
-  // Counts an answer to a request for model (the infer and generate metrics).
-  void answered(int model, int status) const;
+  using Clock = std::chrono::steady_clock;
+  // Counts an answer to a request for model (the infer and generate metrics)
+  // and, given its arrival, its end-to-end duration (arrival to answer).
+  void answered(int model, int status, std::optional<Clock::time_point> arrival = std::nullopt) const;
+  // A streamed answer (counted when it began) ended: its duration, arrival to last response.
+  void lasted(int model, Clock::time_point arrival) const;
 
   // Queues a request whose inputs the wire checked (InferInputs): in the
   // model's order. done is called exactly once, from any thread: with the

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "device/log.h"
+
 namespace meshrt::serving {
 
 namespace {
@@ -118,7 +120,7 @@ void Generator::finish(Sequence& s, GenerateUpdate last) {
   try {
     s.sink(last);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "meshrt-serve: answering a generate request of '%s' failed: %s\n", def_.name.c_str(), e.what());
+    log::error("answering a generate request of '" + def_.name + "' failed: " + e.what());
     if (last.status == 200) {  // one more try, as an error: the request must be answered
       try {
         s.sink({{}, "", 500, std::string("internal error: ") + e.what()});

@@ -393,8 +393,9 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
                                        ModelInferResponse* response) override {
     auto* reactor = context->DefaultReactor();
     ++in_flight_;
-    start_infer(*request, response, [this, reactor](const grpc::Status& status, int model) {
-      if (model >= 0) core_.answered(model, rpc::http_status_for(status.error_code()));
+    auto arrival = Frontend::Clock::now();
+    start_infer(*request, response, [this, reactor, arrival](const grpc::Status& status, int model) {
+      if (model >= 0) core_.answered(model, rpc::http_status_for(status.error_code()), arrival);
       finish(reactor, "ModelInfer", status);
       --in_flight_;
     });
@@ -503,14 +504,16 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
       ++pending_;
     }
     std::shared_ptr<Stream> self = self_;
+    auto arrival = Frontend::Clock::now();
     std::string error;
     int model = service_.core_.find(request.model_name(), request.model_version(), &error);
-    if (model >= 0 && service_.core_.generates(model)) return generate(model, request);
+    if (model >= 0 && service_.core_.generates(model)) return generate(model, request, arrival);
     // One response for one request, flagged final.
     auto response = std::make_shared<ModelStreamInferResponse>();
     service_.start_infer(request, response->mutable_infer_response(),
-                         [self, response, id = request.id(), name = request.model_name(), this](const grpc::Status& status, int model) {
-                           if (model >= 0) service_.core_.answered(model, rpc::http_status_for(status.error_code()));
+                         [self, response, id = request.id(), name = request.model_name(), arrival, this](
+                             const grpc::Status& status, int model) {
+                           if (model >= 0) service_.core_.answered(model, rpc::http_status_for(status.error_code()), arrival);
                            if (!status.ok()) {
                              send(error_response(id, name, status), true);
                              return;
@@ -520,12 +523,12 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
                          });
   }
 
-  void generate(int model, const ModelInferRequest& request) {
+  void generate(int model, const ModelInferRequest& request, Frontend::Clock::time_point arrival) {
     std::shared_ptr<Stream> self = self_;
     const ModelSignature& signature = service_.core_.signature(model);
     std::string id = request.id();
     auto refuse = [&](int status, const std::string& message) {
-      service_.core_.answered(model, status);
+      service_.core_.answered(model, status, arrival);
       send(error_response(id, signature.name, rpc::status_for_http(status, message)), true);
     };
     GenerateRequest parsed;
@@ -546,7 +549,8 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
     };
     Outcome admitted = service_.core_.generate(
         model, std::move(parsed),
-        [this, self, base, tokenizer, text](const GenerateUpdate& u) {
+        [this, self, base, tokenizer, text, model, arrival](const GenerateUpdate& u) {
+          if (u.done()) service_.core_.lasted(model, arrival);
           if (u.status != 200) {
             ModelStreamInferResponse r = base();
             r.set_error_message(std::string(rpc::code_name(rpc::status_code_for_http(u.status))) + ": " + u.error);

@@ -107,6 +107,7 @@ HttpResponse HttpClient::request(const std::string& method, const std::string& t
       http::write(*impl_->stream, req, write_error);
       http::response_parser<http::string_body> parser;
       parser.body_limit(1ull << 32);
+      if (req.method() == http::verb::head) parser.skip(true);  // its Content-Length is GET's; no body follows
       http::read(*impl_->stream, impl_->buffer, parser, error);
       if (!error) {
         auto res = parser.release();

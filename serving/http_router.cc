@@ -25,6 +25,18 @@ std::vector<std::string> split_path(std::string_view path) {
   return parts;
 }
 
+// Whether the Allow list "GET, HEAD" holds method (a whole item).
+bool listed(const std::string& allowed, const std::string& method) {
+  size_t at = 0;
+  while (at < allowed.size()) {
+    size_t comma = allowed.find(", ", at);
+    if (comma == std::string::npos) comma = allowed.size();
+    if (allowed.compare(at, comma - at, method) == 0) return true;
+    at = comma + 2;
+  }
+  return false;
+}
+
 bool is_parameter(const std::string& segment) {
   return segment.size() > 2 && segment.front() == '{' && segment.back() == '}';
 }
@@ -76,8 +88,14 @@ void HttpRouter::handle(const HttpRequest& request, const Responder& respond) co
       }
     }
     if (!match) continue;
-    if (route.method == request.method) return route.handler(request, params, respond);
-    if (allowed.find(route.method) == std::string::npos) allowed += (allowed.empty() ? "" : ", ") + route.method;
+    // HEAD is GET without the body (RFC 9110 section 9.3.2): the server sends
+    // the headers of the GET response, Content-Length included, and no body.
+    bool head_of_get = request.method == "HEAD" && route.method == "GET";
+    if (route.method == request.method || head_of_get) return route.handler(request, params, respond);
+    for (const std::string& method : route.method == "GET" ? std::vector<std::string>{"GET", "HEAD"}
+                                                           : std::vector<std::string>{route.method}) {
+      if (!listed(allowed, method)) allowed += (allowed.empty() ? "" : ", ") + method;
+    }
   }
   if (allowed.empty()) return respond(error_(404, "no route for " + std::string(raw_path)));
   HttpResponse r = error_(405, "use " + allowed + " for " + std::string(raw_path));

@@ -6,9 +6,11 @@
 // segment), and matched segment by segment against the routes in the order they
 // were added.
 //
+// A GET route answers HEAD as well (the server sends no body to HEAD).
+//
 // Answers of its own: 400 for a path with a bad percent escape, 404 when no
 // pattern matches the path, 405 with an Allow header when patterns match but
-// none for the method.
+// none for the method (GET routes list HEAD too).
 #pragma once
 
 #include <functional>

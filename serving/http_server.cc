@@ -3,11 +3,13 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -234,6 +236,166 @@ std::optional<FramingError> check_framing(const http::request_parser<http::strin
   return std::nullopt;
 }
 
+// ---- Content codings (RFC 9110 section 8.4) --------------------------------
+// Request bodies sent gzip or deflate are decoded before the handler sees
+// them; responses are compressed when the client accepts it (Accept-Encoding).
+
+enum class Coding { kIdentity, kGzip, kDeflate };
+
+// The items of a comma-separated header list, trimmed, empty ones dropped.
+std::vector<std::string> list_items(std::string_view value) {
+  std::vector<std::string> items;
+  size_t at = 0;
+  while (at <= value.size()) {
+    size_t comma = value.find(',', at);
+    std::string item = trim(value.substr(at, comma == std::string_view::npos ? std::string_view::npos : comma - at));
+    if (!item.empty()) items.push_back(item);
+    if (comma == std::string_view::npos) break;
+    at = comma + 1;
+  }
+  return items;
+}
+
+// zlib's window bits for a coding: gzip's wrapper (RFC 1952), or deflate's,
+// which is the zlib format (RFC 1950), as RFC 9110 section 8.4.1.2 defines it.
+int window_bits(Coding coding) { return coding == Coding::kGzip ? 16 + MAX_WBITS : MAX_WBITS; }
+
+// What decoding a request body gave: the body, or an answer (413, 400).
+struct Decoded {
+  int status = 200;
+  std::string error;
+};
+
+// Decodes data (one coding) into out, incrementally, and stops as soon as the
+// result would pass limit: a small body that inflates to gigabytes ("zip
+// bomb") costs at most limit bytes of memory. gzip may hold several members
+// (RFC 1952 section 2.2: concatenated files), which decode one after another.
+Decoded inflate_body(std::string_view data, Coding coding, size_t limit, std::string& out) {
+  z_stream z{};
+  if (inflateInit2(&z, window_bits(coding)) != Z_OK) return {500, "zlib cannot start decoding"};
+  std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, inflateEnd);
+  out.clear();
+  auto next = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  size_t left = data.size();
+  char buffer[64 << 10];
+  const char* name = coding == Coding::kGzip ? "gzip" : "deflate";
+  while (true) {
+    if (z.avail_in == 0 && left > 0) {
+      z.next_in = next;
+      z.avail_in = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
+      next += z.avail_in;
+      left -= z.avail_in;
+    }
+    z.next_out = reinterpret_cast<Bytef*>(buffer);
+    z.avail_out = sizeof buffer;
+    int rc = inflate(&z, Z_NO_FLUSH);
+    size_t produced = sizeof buffer - z.avail_out;
+    if (out.size() + produced > limit) {
+      return {413, std::string("the request body decoded from ") + name + " exceeds the limit of " +
+                       std::to_string(limit) + " bytes"};
+    }
+    out.append(buffer, produced);
+    if (rc == Z_STREAM_END) {
+      if (z.avail_in == 0 && left == 0) return {};
+      if (coding == Coding::kGzip && inflateReset(&z) == Z_OK) continue;  // the next member
+      return {400, std::string("the request body has bytes after the end of its ") + name + " data"};
+    }
+    if (rc == Z_BUF_ERROR && z.avail_in == 0 && left == 0) {
+      return {400, std::string("the request body's ") + name + " data is truncated"};
+    }
+    if (rc != Z_OK && rc != Z_BUF_ERROR) {
+      return {400, std::string("the request body is not valid ") + name + " data (Content-Encoding: " + name +
+                       ")" + (z.msg ? std::string(": ") + z.msg : std::string())};
+    }
+  }
+}
+
+// Decodes request's body by its Content-Encoding, codings undone last to
+// first; the header is then removed (and Content-Length made the decoded
+// length), so the handler, and a proxy relaying the request, see a plain body.
+// The answer when it cannot: 415 for a coding other than gzip, deflate or
+// identity, 413 past limit, 400 for data that does not decode.
+Decoded decode_request_body(HttpRequest& request, size_t limit) {
+  std::vector<std::string> codings;
+  for (const auto& [name, value] : request.headers) {
+    if (!beast::iequals(name, "Content-Encoding")) continue;
+    for (const std::string& item : list_items(value)) codings.push_back(lower(item));
+  }
+  if (codings.empty()) return {};
+  for (auto it = codings.rbegin(); it != codings.rend(); ++it) {
+    Coding coding;
+    if (*it == "identity") continue;
+    if (*it == "gzip" || *it == "x-gzip") {
+      coding = Coding::kGzip;
+    } else if (*it == "deflate") {
+      coding = Coding::kDeflate;
+    } else {
+      return {415, "Content-Encoding '" + *it + "' is not supported: send the body plain (identity), gzip or deflate"};
+    }
+    if (request.body.empty()) continue;  // nothing was sent (a GET, say): nothing to decode
+    std::string decoded;
+    Decoded result = inflate_body(request.body, coding, limit, decoded);
+    if (result.status != 200) return result;
+    request.body = std::move(decoded);
+  }
+  std::erase_if(request.headers, [](const auto& h) { return beast::iequals(h.first, "Content-Encoding"); });
+  for (auto& [name, value] : request.headers) {
+    if (beast::iequals(name, "Content-Length")) value = std::to_string(request.body.size());
+  }
+  return {};
+}
+
+// The coding of the response by the request's Accept-Encoding (RFC 9110
+// section 12.5.3): gzip or deflate, whichever has the higher weight (gzip on a
+// tie), neither with q=0; "*" stands for a coding not named; none: identity.
+Coding accepted_coding(const std::optional<std::string>& accept_encoding) {
+  if (!accept_encoding) return Coding::kIdentity;
+  std::optional<double> gzip, deflate, any;
+  for (const std::string& item : list_items(*accept_encoding)) {
+    size_t semicolon = item.find(';');
+    std::string name = lower(trim(std::string_view(item).substr(0, semicolon)));
+    double q = 1;
+    while (semicolon != std::string::npos) {
+      size_t next = item.find(';', semicolon + 1);
+      std::string parameter = lower(trim(std::string_view(item).substr(
+          semicolon + 1, next == std::string::npos ? std::string::npos : next - semicolon - 1)));
+      if (parameter.rfind("q=", 0) == 0) {
+        char* end = nullptr;
+        q = std::strtod(parameter.c_str() + 2, &end);
+        if (end == parameter.c_str() + 2 || *end != '\0' || !(q >= 0 && q <= 1)) q = 0;  // malformed: not accepted
+      }
+      semicolon = next;
+    }
+    if (name == "gzip" || name == "x-gzip") gzip = q;
+    else if (name == "deflate") deflate = q;
+    else if (name == "*") any = q;
+  }
+  double g = gzip.value_or(any.value_or(0)), d = deflate.value_or(any.value_or(0));
+  if (g > 0 && g >= d) return Coding::kGzip;
+  if (d > 0) return Coding::kDeflate;
+  return Coding::kIdentity;
+}
+
+// data compressed (gzip or deflate, i.e. zlib format), at zlib's level 1: the
+// fastest, as nginx's default, since a large tensor is compressed on the
+// connection's thread; JSON of numbers still shrinks several times.
+std::optional<std::string> deflate_body(std::string_view data, Coding coding) {
+  if (data.size() > (1u << 31)) return std::nullopt;  // one deflate() call takes at most 4 GiB: sent as it is
+  z_stream z{};
+  if (deflateInit2(&z, Z_BEST_SPEED, Z_DEFLATED, window_bits(coding), 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    return std::nullopt;
+  }
+  std::unique_ptr<z_stream, int (*)(z_stream*)> done(&z, deflateEnd);
+  std::string out(deflateBound(&z, static_cast<uLong>(data.size())), '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  z.avail_in = static_cast<uInt>(data.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  if (deflate(&z, Z_FINISH) != Z_STREAM_END) return std::nullopt;
+  out.resize(out.size() - z.avail_out);
+  return out;
+}
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, net::ip::address client, std::shared_ptr<HttpServer::Impl> server)
@@ -248,6 +410,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   void read() {
     head_ = false;
+    accept_ = Coding::kIdentity;
     parser_.emplace();
     parser_->body_limit(server_->options.max_body_bytes);
     parser_->header_limit(server_->options.max_header_bytes);
@@ -319,6 +482,16 @@ class Session : public std::enable_shared_from_this<Session> {
     for (const auto& f : message) request.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
     stream_.expires_never();  // the answer may take as long as inference takes
     ++server_->in_flight;
+    accept_ = accepted_coding(request.header("Accept-Encoding"));
+    Decoded decoded = decode_request_body(request, server_->options.max_body_bytes);
+    if (decoded.status != 200) {
+      // The whole body was read: the connection may carry the next request.
+      HttpHeaders headers;
+      if (decoded.status == 415) headers.emplace_back("Accept-Encoding", "gzip, deflate, identity");
+      return write({decoded.status, io::json_limits::dump(nlohmann::json{{"error", decoded.error}}), "application/json",
+                    std::move(headers)},
+                   keep_alive_, true);
+    }
     auto answered = std::make_shared<std::atomic<bool>>(false);
     Responder respond = [self = shared_from_this(), answered](HttpResponse response) {
       if (answered->exchange(true)) return;  // exactly once
@@ -346,7 +519,32 @@ class Session : public std::enable_shared_from_this<Session> {
     write({status, body, "application/json", {}}, false, true);
   }
 
+  // Compresses r's body as the request accepted (accept_), when it is large
+  // enough and not encoded already (a response relayed by a proxy keeps its
+  // Content-Encoding as it came). Vary: Accept-Encoding on every response that
+  // could have been compressed, so that a cache does not hand one client's
+  // answer to another that accepts less.
+  void encode(HttpResponse& r) const {
+    const HttpServerOptions& o = server_->options;
+    if (!o.compress_responses || r.body.size() < o.compress_min_bytes || r.status < 200 || r.status == 204 ||
+        r.status == 304 || r.header("Content-Encoding")) {
+      return;
+    }
+    auto vary = std::find_if(r.headers.begin(), r.headers.end(), [](const auto& h) { return beast::iequals(h.first, "Vary"); });
+    if (vary == r.headers.end()) {
+      r.headers.emplace_back("Vary", "Accept-Encoding");
+    } else if (lower(vary->second).find("accept-encoding") == std::string::npos && trim(vary->second) != "*") {
+      vary->second += ", Accept-Encoding";
+    }
+    if (accept_ == Coding::kIdentity) return;
+    std::optional<std::string> compressed = deflate_body(r.body, accept_);
+    if (!compressed || compressed->size() >= r.body.size()) return;  // incompressible: sent as it is
+    r.body = std::move(*compressed);
+    r.headers.emplace_back("Content-Encoding", accept_ == Coding::kGzip ? "gzip" : "deflate");
+  }
+
   void write(HttpResponse r, bool keep_alive, bool counted) {
+    encode(r);
     auto response = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(r.status), 11);
     response->set(http::field::server, "meshrt");
     response->set(http::field::content_type, r.content_type);
@@ -510,6 +708,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = true;
   bool first_request_ = true;
   bool head_ = false;  // the request being answered is HEAD
+  Coding accept_ = Coding::kIdentity;  // the coding its Accept-Encoding prefers (encode)
   unsigned version_ = 11;  // of the request being answered (10: HTTP/1.0)
   // The streamed response being written, if any (see write_stream).
   std::shared_ptr<HttpStream::State> out_;

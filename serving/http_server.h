@@ -12,6 +12,15 @@
 // Content-Length, or whose last transfer coding is not chunked, gets 400 and the
 // connection is closed; a transfer coding other than chunked gets 501; an
 // HTTP/1.1 request without Host gets 400.
+//
+// Content codings (RFC 9110 section 8.4): a request body sent with
+// Content-Encoding gzip or deflate (or identity) reaches the handler decoded,
+// without that header; decoding stops at max_body_bytes (413), data that does
+// not decode gets 400, another coding 415. A response body of at least
+// compress_min_bytes is compressed as the request's Accept-Encoding allows
+// (gzip preferred, q=0 respected), with Content-Encoding and Vary:
+// Accept-Encoding, unless the handler set a Content-Encoding of its own (a
+// relayed response); streamed responses (HttpStream) are sent as written.
 #pragma once
 
 #include <chrono>
@@ -29,7 +38,9 @@ struct HttpServerOptions {
   std::string address = "0.0.0.0";
   uint16_t port = 8000;  // 0: any free port (see HttpServer::port())
   int threads = 4;
-  size_t max_body_bytes = 64u << 20;
+  size_t max_body_bytes = 64u << 20;  // as received, and once decoded (Content-Encoding)
+  bool compress_responses = true;     // as Accept-Encoding allows (see above)
+  size_t compress_min_bytes = 1024;   // smaller bodies go as they are
   uint32_t max_header_bytes = 16u << 10;
   size_t max_header_fields = 100;
   size_t max_connections = 1024;            // more are closed at once

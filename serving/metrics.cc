@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "serving/system_metrics.h"
+
 namespace meshrt::serving {
 
 namespace {
@@ -104,6 +106,11 @@ void Metrics::grpc_request(const std::string& method, const std::string& code) {
   ++grpc_[{method, code}];
 }
 
+void Metrics::request_duration(const std::string& m, const std::string& v, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model(m, v).duration.observe(seconds);
+}
+
 void Metrics::http_request(int status) {
   std::lock_guard<std::mutex> lock(mutex_);
   ++http_[status];
@@ -160,7 +167,7 @@ void Metrics::ready(bool ready) {
 }
 
 std::string Metrics::render() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   std::string out;
   out += "# HELP meshrt_ready Whether the server takes inference requests (0 while draining).\n";
   out += "# TYPE meshrt_ready gauge\nmeshrt_ready " + std::string(ready_ ? "1" : "0") + "\n";
@@ -207,6 +214,9 @@ std::string Metrics::render() const {
     Histogram Model::*member;
   };
   const Family families[] = {
+      {"meshrt_request_duration_seconds",
+       "Time from an infer or generate request's arrival to its answer (a streamed one: to its last event).",
+       &Model::duration},
       {"meshrt_inference_queue_seconds", "Time from a request's arrival to its batch's dispatch.", &Model::queue},
       {"meshrt_inference_compute_seconds", "Time of each batch in the engine (all stages).", &Model::compute},
       {"meshrt_batch_size", "Rows per batch.", &Model::batch_rows},
@@ -237,6 +247,9 @@ std::string Metrics::render() const {
     out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " summary\n";
     for (const auto& [key, m] : models_) (m.*f.member).render(out, f.name, labels(key.first, key.second));
   }
+  lock.unlock();  // what follows reads /proc and asks NVML
+  render_process_metrics(out);
+  render_gpu_metrics(out);
   return out;
 }
 

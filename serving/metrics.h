@@ -1,6 +1,8 @@
 // Server metrics in the Prometheus text format (GET /metrics):
 //   meshrt_inference_requests_total{model,version,code}   counter: answered infer requests by HTTP status
 //   meshrt_inference_failures_total{model,version}         counter: infer requests answered with an error
+//   meshrt_request_duration_seconds{model,version}         histogram: infer and generate requests, from
+//                                                          arrival to answer (a streamed one: to its last event)
 //   meshrt_inference_queue_seconds{model,version}          histogram: time from arrival to dispatch
 //   meshrt_inference_compute_seconds{model,version}        histogram: time of each batch in the engine
 //   meshrt_inference_engine_seconds{model,version,quantile} summary over the last 1000 batches: the
@@ -19,6 +21,13 @@
 //   meshrt_http_requests_total{code}                       counter: every HTTP request by status
 //   meshrt_grpc_requests_total{method,code}                counter: every gRPC call by method and status code
 //   meshrt_ready                                           gauge: 1 while ready, 0 when draining
+// and, read when rendered (serving/system_metrics.h):
+//   process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+//   process_start_time_seconds, process_open_fds, process_max_fds   this process, named as
+//                                                          Prometheus' standard process collector names them
+//   meshrt_gpu_utilization_ratio{gpu}                      gauge: busy time of each GPU (NVML), 0-1
+//   meshrt_gpu_memory_used_bytes{gpu}, meshrt_gpu_memory_total_bytes{gpu}  gauges: each GPU's memory
+//                                                          (none without NVML's libnvidia-ml.so.1)
 // Thread-safe.
 #pragma once
 
@@ -68,6 +77,8 @@ class Metrics {
  public:
   void add_model(const std::string& model, const std::string& version);
   void request(const std::string& model, const std::string& version, int status);
+  // An infer or generate request answered (any status), seconds after it arrived.
+  void request_duration(const std::string& model, const std::string& version, double seconds);
   void http_request(int status);
   // code: the gRPC status code's name ("OK", "INVALID_ARGUMENT", ...).
   void grpc_request(const std::string& method, const std::string& code);
@@ -88,6 +99,7 @@ class Metrics {
   struct Model {
     std::map<int, long long> requests;  // by status
     long long failures = 0;
+    Histogram duration{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};
     Histogram queue{{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     Histogram compute{{0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     Histogram batch_rows{{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}};

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "device/log.h"
+
 namespace meshrt::serving {
 
 namespace {
@@ -188,8 +190,8 @@ void Scheduler::finish_batch(int model, std::vector<Request>& batch, std::chrono
       q.failed_at = std::chrono::steady_clock::now();
       q.next_recovery = q.failed_at + kRecoveryInterval;
       q.recovery_note.clear();
-      std::fprintf(stderr, "meshrt-serve: model '%s' version %s failed (the server is not ready until it recovers): %s\n",
-                   def.name.c_str(), def.version.c_str(), reason.c_str());
+      log::error("model '" + def.name + "' version " + def.version +
+                 " failed (the server is not ready until it recovers): " + reason);
     }
   }
   int64_t row = 0;
@@ -205,7 +207,7 @@ void Scheduler::finish_batch(int model, std::vector<Request>& batch, std::chrono
         r.done(std::move(ok));
       }
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "meshrt: answering a request of model '%s' failed: %s\n", def.name.c_str(), e.what());
+      log::error("answering a request of model '" + def.name + "' failed: " + e.what());
       try {
         r.done({500, std::string("internal error: ") + e.what(), HostTensor()});
       } catch (const std::exception&) {
@@ -261,8 +263,8 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
         q.failed_at = now;
         q.next_recovery = now + kRecoveryInterval;
         q.recovery_note.clear();
-        std::fprintf(stderr, "meshrt-serve: model '%s' version %s failed (the server is not ready until it recovers): %s\n",
-                     engine_.servable(m).name.c_str(), engine_.servable(m).version.c_str(), failed.c_str());
+        log::error("model '" + engine_.servable(m).name + "' version " + engine_.servable(m).version +
+                   " failed (the server is not ready until it recovers): " + failed);
       }
       // Look again in a while: nothing wakes the scheduler when another thread's batch fails.
       *wake = std::min(*wake, now + kRecoveryInterval);
@@ -283,15 +285,16 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
     lock.lock();
     if (why_not.empty()) {
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - q.failed_at).count();
-      std::fprintf(stderr, "meshrt-serve: model '%s' version %s recovered %.1f s after it failed (generation %llu: new "
-                   "communicators, same processes); ready again\n", def.name.c_str(), def.version.c_str(), seconds,
-                   static_cast<unsigned long long>(engine_.generation(m)));
+      char after[32];
+      std::snprintf(after, sizeof after, "%.1f", seconds);
+      log::info(detail::cat("model '", def.name, "' version ", def.version, " recovered ", after,
+                            " s after it failed (generation ", engine_.generation(m),
+                            ": new communicators, same processes); ready again"));
       q.failure.clear();
     } else {
       if (why_not != q.recovery_note) {
-        std::fprintf(stderr, "meshrt-serve: model '%s' version %s cannot recover yet (trying every %lld ms): %s\n",
-                     def.name.c_str(), def.version.c_str(), static_cast<long long>(kRecoveryInterval.count()),
-                     why_not.c_str());
+        log::warn(detail::cat("model '", def.name, "' version ", def.version, " cannot recover yet (trying every ",
+                              kRecoveryInterval.count(), " ms): ", why_not));
         q.recovery_note = why_not;
       }
       q.next_recovery = std::chrono::steady_clock::now() + kRecoveryInterval;

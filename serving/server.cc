@@ -15,6 +15,7 @@
 
 #include "comm/world.h"
 #include "models/tokenizer.h"
+#include "device/log.h"
 #include "serving/engine.h"
 #include "serving/frontend.h"
 #include "serving/generator.h"
@@ -41,10 +42,13 @@ HttpResponse error_response(int status, const std::string& message) { return jso
 // The KServe v2 routes on rank 0, over the protocol-neutral core (frontend.h).
 class HttpFrontend {
  public:
-  HttpFrontend(Frontend& core, Metrics& metrics) : core_(core), metrics_(metrics), router_(error_response) {
-    router_.add("GET", "/metrics", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
+  HttpFrontend(Frontend& core, Metrics& metrics)
+      : core_(core), metrics_(metrics), router_(error_response), metrics_router_(error_response) {
+    RouteHandler metrics_route = [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond({200, metrics_.render(), "text/plain; version=0.0.4", {}});
-    });
+    };
+    router_.add("GET", "/metrics", metrics_route);
+    metrics_router_.add("GET", "/metrics", metrics_route);  // the metrics port's one route
     router_.add("GET", "/v2", [](const HttpRequest&, const RouteParams&, const Responder& respond) {
       respond(json_response(200, server_metadata_json()));
     });
@@ -79,11 +83,20 @@ class HttpFrontend {
   }
 
   void handle(const HttpRequest& request, const Responder& respond) {
-    router_.handle(request, [this, respond](HttpResponse r) {
+    auto arrival = std::chrono::steady_clock::now();
+    router_.handle(request, [this, respond, arrival, method = request.method, target = request.target](HttpResponse r) {
       metrics_.http_request(r.status);
+      if (log::verbose_enabled(1)) {
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - arrival).count();
+        char took[32];
+        std::snprintf(took, sizeof took, "%.3f", ms);
+        log::verbose(1, detail::cat("HTTP ", method, " ", target, ": ", r.status, " in ", took, " ms",
+                                    r.stream ? " (streamed: until its first bytes)" : ""));
+      }
       respond(std::move(r));
     });
   }
+  void handle_metrics_port(const HttpRequest& request, const Responder& respond) { metrics_router_.handle(request, respond); }
 
  private:
   // A route of one model: finds the model (and version) the path names, or answers 404.
@@ -98,8 +111,9 @@ class HttpFrontend {
   }
 
   void infer(int model, const HttpRequest& request, const Responder& respond) {
-    auto answer = [this, model, respond](HttpResponse r) {
-      core_.answered(model, r.status);
+    auto arrival = std::chrono::steady_clock::now();
+    auto answer = [this, model, respond, arrival](HttpResponse r) {
+      core_.answered(model, r.status, arrival);
       respond(std::move(r));
     };
     auto parsed = std::make_shared<InferRequest>();
@@ -134,8 +148,9 @@ class HttpFrontend {
   // cancels its generation (a non-streamed one runs to its end).
   void generate(int model, const HttpRequest& request, const Responder& respond, bool streamed) {
     const ServableDefinition& def = core_.servable(model);
-    auto answer = [this, model, respond](HttpResponse r) {
-      core_.answered(model, r.status);
+    auto arrival = std::chrono::steady_clock::now();
+    auto answer = [this, model, respond, arrival](HttpResponse r) {
+      core_.answered(model, r.status, arrival);
       respond(std::move(r));
     };
     if (!core_.generates(model)) {
@@ -154,7 +169,7 @@ class HttpFrontend {
       auto stream = std::make_shared<HttpStream>();
       // Each event's text: what the new token completes (a character split over tokens comes whole).
       auto text = std::make_shared<std::unique_ptr<models::DecodeStream>>();
-      Outcome admitted = core_.generate(model, std::move(parsed), [&def, stream, tokenizer, text](const GenerateUpdate& u) {
+      Outcome admitted = core_.generate(model, std::move(parsed), [this, model, &def, stream, tokenizer, text, arrival](const GenerateUpdate& u) {
         bool open = true;
         if (u.status != 200) {
           stream->write("event: error\ndata: " + error_json(u.error) + "\n\n");
@@ -165,7 +180,11 @@ class HttpFrontend {
           open = stream->write("data: " + generate_response_json(def.name, def.version, u.tokens, u.finish_reason, piece) +
                                "\n\n");
         }
-        if (u.done()) stream->close();
+        if (u.done()) {
+          stream->close();
+          // A streamed request lasts until its last event.
+          core_.lasted(model, arrival);
+        }
         return open;
       }, tokenizer.get());
       if (!admitted.ok()) return answer(error_response(admitted.status, admitted.error));
@@ -197,6 +216,7 @@ class HttpFrontend {
   Frontend& core_;
   Metrics& metrics_;
   HttpRouter router_;
+  HttpRouter metrics_router_;
 };
 
 void write_file(const std::string& path, const std::string& text) {
@@ -213,7 +233,7 @@ int run_server(const ServerOptions& o) {
   World& world = World::get();
   int rank = world.rank();
   auto say = [&](const std::string& line) {
-    if (rank == 0) std::fprintf(stderr, "meshrt-serve: %s\n", line.c_str());
+    if (rank == 0) log::info(line);
   };
   std::vector<ServableDefinition> servables;
   Device device = world.device(o.device);
@@ -234,7 +254,7 @@ int run_server(const ServerOptions& o) {
       servables.push_back(std::move(s));
     }
   } catch (const Error& e) {
-    say(e.message());  // every rank read the same files and fails alike
+    if (rank == 0) log::error(e.message());  // every rank read the same files and fails alike
     return 2;
   }
   // Every rank's process id, for operators and tests (rank 0's also at pid_file).
@@ -255,19 +275,42 @@ int run_server(const ServerOptions& o) {
   Frontend frontend(engine, scheduler, metrics);
   HttpFrontend http_frontend(frontend, metrics);
   HttpServer http(o.http, [&](const HttpRequest& r, Responder respond) { http_frontend.handle(r, respond); });
+  // gRPC, and the metrics port (Triton's): /metrics alone, on a server of its
+  // own, so that scraping does not queue behind inference connections. Either
+  // failing to bind ends the job (the other ranks are told to stop).
   std::unique_ptr<GrpcFrontend> grpc;
-  if (o.grpc_enabled) {
-    rpc::ServerOptions grpc_options = o.grpc;
-    grpc_options.max_message_bytes = o.http.max_body_bytes;
-    try {
-      grpc = std::make_unique<GrpcFrontend>(frontend, metrics, grpc_options);
-    } catch (const Error& e) {
-      say(e.message() + ": choose another port with --grpc-port (0: any free port), or turn gRPC off with --grpc-port -1");
-      http.stop();
-      scheduler.drain();  // stops the other ranks
-      return 2;
+  std::unique_ptr<HttpServer> metrics_http;
+  try {
+    if (o.grpc_enabled) {
+      rpc::ServerOptions grpc_options = o.grpc;
+      grpc_options.max_message_bytes = o.http.max_body_bytes;
+      try {
+        grpc = std::make_unique<GrpcFrontend>(frontend, metrics, grpc_options);
+      } catch (const Error& e) {
+        throw Error(e.kind(), e.message() + ": choose another port with --grpc-port (0: any free port), or turn gRPC off "
+                                            "with --grpc-port -1");
+      }
+      write_file(o.grpc_port_file, std::to_string(grpc->port()));
     }
-    write_file(o.grpc_port_file, std::to_string(grpc->port()));
+    if (o.metrics_port >= 0) {
+      HttpServerOptions m = o.http;
+      m.port = static_cast<uint16_t>(o.metrics_port);
+      m.threads = 1;
+      try {
+        metrics_http = std::make_unique<HttpServer>(
+            m, [&](const HttpRequest& r, Responder respond) { http_frontend.handle_metrics_port(r, respond); });
+      } catch (const Error& e) {
+        throw Error(e.kind(), "the metrics port (--metrics-port " + std::to_string(o.metrics_port) +
+                                  "; 0: any free port, -1: none): " + e.message());
+      }
+      write_file(o.metrics_port_file, std::to_string(metrics_http->port()));
+    }
+  } catch (const Error& e) {
+    log::error(e.message());
+    grpc.reset();
+    http.stop();
+    scheduler.drain();  // stops the other ranks
+    return 2;
   }
   write_file(o.port_file, std::to_string(http.port()));
   write_file(o.pid_file, std::to_string(::getpid()));
@@ -275,6 +318,9 @@ int run_server(const ServerOptions& o) {
   say(detail::cat("listening on http://", o.http.address, ":", http.port(), " (", world.size(), " rank(s), device ",
                   device.to_string(), ")"));
   if (grpc) say(detail::cat("listening on grpc://", o.grpc.address, ":", grpc->port(), " (KServe v2 gRPC)"));
+  if (metrics_http) say(detail::cat("metrics on http://", o.http.address, ":", metrics_http->port(), "/metrics"));
+  std::thread metrics_thread;
+  if (metrics_http) metrics_thread = std::thread([&] { metrics_http->run(); });
 
   if (signal_pipe_fd() < 0) install_drain_signal_handlers();
   std::thread signals([&] {
@@ -282,11 +328,13 @@ int run_server(const ServerOptions& o) {
     while (::read(signal_pipe_fd(), &signal, 1) < 0 && errno == EINTR) {
     }
     say(detail::cat("signal ", static_cast<int>(signal), ": draining (not ready; finishing accepted requests)"));
+    // One deadline for the whole drain (--exit-timeout-secs): the generations
+    // accepted, then the responses still being written.
+    auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     frontend.set_draining();
     metrics.ready(false);
     frontend.drain_generators(o.drain_timeout);  // generations accepted run to their end (or the drain timeout)
     scheduler.drain();  // runs what is queued, then stops the other ranks
-    auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     auto busy = [&] { return http.in_flight() > 0 || (grpc && grpc->in_flight() > 0); };
     while (busy() && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -296,9 +344,11 @@ int run_server(const ServerOptions& o) {
     // Streams still open (a client that keeps its ModelStreamInfer open) are cancelled.
     if (grpc) grpc->shutdown(std::chrono::milliseconds(100));
     http.stop();
+    if (metrics_http) metrics_http->stop();
   });
   http.run();
   signals.join();
+  if (metrics_thread.joinable()) metrics_thread.join();
   return 0;
 }
 

@@ -30,6 +30,8 @@ struct ServerOptions {
   std::chrono::milliseconds result_timeout{120000};
   std::chrono::milliseconds comm_timeout{60000};  // below result_timeout (see EngineOptions)
   std::string trace_file;  // EngineOptions::trace_file: "" = no trace
+  // How long a drain may take at most (meshrt-serve --exit-timeout-secs): the
+  // generations accepted and the responses being written; then it exits anyway.
   std::chrono::seconds drain_timeout{60};
   // After draining, keep answering (not ready; 503 to inference) this long
   // before exiting, so that load balancers see the server go unready.
@@ -37,6 +39,12 @@ struct ServerOptions {
   // Rank 0 writes its HTTP port / process id / gRPC port there; every rank
   // also writes its process id to "<pid_file>.<rank>".
   std::string port_file, pid_file, grpc_port_file;
+  // A second HTTP server on rank 0 that answers GET /metrics alone (Triton's
+  // metrics port), on http's address with one thread: its port (0: any free
+  // port), or -1 for none. Rank 0 writes the port it listens on to
+  // metrics_port_file, if given. /metrics on the HTTP port answers as well.
+  int metrics_port = -1;
+  std::string metrics_port_file;
   std::string device;               // "cpu", "cuda:N"; empty: the World's default
 };
 

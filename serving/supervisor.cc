@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -31,6 +32,7 @@
 #include <thread>
 
 #include "device/error.h"
+#include "device/log.h"
 #include "serving/protocol.h"
 #include "serving/signal_pipe.h"
 
@@ -54,8 +56,7 @@ void say(const char* format, ...) {
   va_start(args, format);
   std::vsnprintf(line, sizeof line, format, args);
   va_end(args);
-  std::fprintf(stderr, "meshrt-supervisor: %s\n", line);
-  std::fflush(stderr);
+  log::info(line);
 }
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
@@ -213,6 +214,7 @@ class Upstream {
     run();
     http::response_parser<http::string_body> parser;
     parser.body_limit(1ull << 32);
+    if (request.method() == http::verb::head) parser.skip(true);  // the answer to HEAD is its headers alone
     if (!error) {
       error = net::error::would_block;
       http::async_read(*stream_, buffer_, parser, [&](beast::error_code e, size_t) { error = e; });
@@ -414,7 +416,7 @@ class Supervisor {
     if (path == "/v2/health/live") {
       if (r.method != "GET" && r.method != "HEAD") {
         return respond({405, error_json("method " + r.method + " not allowed on /v2/health/live"), "application/json",
-                        {{"Allow", "GET"}}});
+                        {{"Allow", "GET, HEAD"}}});
       }
       return respond({200, R"({"live": true})", "application/json", {}});
     }
@@ -464,6 +466,11 @@ class Supervisor {
     }
     if (state != State::kUp) return unavailable(down_reason(state), state != State::kStopping);
     http::request<http::string_body> request = upstream_request(r);
+    // The supervisor appends its own lines to the job's metrics: it asks for
+    // them plain (its server compresses the whole as the client accepts). Other
+    // answers come back as rank 0 encoded them, Content-Encoding included.
+    bool metrics = path == "/metrics" && r.method == "GET";
+    if (metrics) request.erase(http::field::accept_encoding);
     HttpResponse response;
     ExchangeResult result = upstream.exchange(port, generation, request, o_.upstream_timeout, response);
     bool idempotent = r.method == "GET" || r.method == "HEAD";
@@ -471,7 +478,7 @@ class Supervisor {
       result = upstream.exchange(port, generation, request, o_.upstream_timeout, response);
     }
     if (result.kind == ExchangeResult::kAnswered) {
-      if (path == "/metrics" && r.method == "GET" && response.status == 200) {
+      if (metrics && response.status == 200) {
         if (!response.body.empty() && response.body.back() != '\n') response.body += '\n';
         response.body += supervisor_metrics();
       }
@@ -497,6 +504,12 @@ class Supervisor {
     args.insert(args.end(), o_.serve_args.begin(), o_.serve_args.end());
     args.insert(args.end(), {"--http-address", "127.0.0.1", "--http-port", "0", "--port-file", job_file("job.port").string(),
                              "--pid-file", job_file("job.pid").string()});
+    // The job's metrics port: any free one unless asked for (a fixed default
+    // would collide between supervisors on one machine; /metrics is relayed).
+    bool metrics_port_given = std::any_of(o_.serve_args.begin(), o_.serve_args.end(), [](const std::string& a) {
+      return a == "--metrics-port" || a.rfind("--metrics-port=", 0) == 0;
+    });
+    if (!metrics_port_given) args.insert(args.end(), {"--metrics-port", "0"});
     return args;
   }
 

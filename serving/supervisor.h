@@ -44,7 +44,9 @@ struct SupervisorOptions {
   std::string mpirun;       // the launcher (a path, or a name looked up on PATH)
   std::vector<std::string> mpirun_args;  // before -np
   std::string serve;        // the meshrt-serve executable
-  std::vector<std::string> serve_args;   // passed on to meshrt-serve (not the HTTP address, port, port and pid files)
+  // Passed on to meshrt-serve (not the HTTP address, port, port and pid files;
+  // "--metrics-port 0" is added unless they name a metrics port).
+  std::vector<std::string> serve_args;
   std::string port_file, pid_file;       // the supervisor's own HTTP port and process id
   // Where the job's port and pid files go (job.port, job.pid, job.pid.<rank>);
   // empty: a new folder under the temp directory, removed at exit.

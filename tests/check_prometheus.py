@@ -16,7 +16,13 @@ expected = {("plain", "1"), ('quote"d', 'v"1\\x'), ("line\nfeed", "back\\slash\\
 if labels != expected:
     sys.exit(f"label values did not round-trip: {sorted(labels)} != {sorted(expected)}")
 names = {f.name for f in families}
-for wanted in ["meshrt_inference_requests", "meshrt_batch_size", "meshrt_queue_requests", "meshrt_ready"]:
+for wanted in ["meshrt_inference_requests", "meshrt_batch_size", "meshrt_queue_requests", "meshrt_ready",
+               "meshrt_request_duration_seconds", "process_cpu_seconds", "process_resident_memory_bytes",
+               "process_start_time_seconds", "process_open_fds"]:
     if wanted not in names:
         sys.exit(f"family {wanted} is missing: {sorted(names)}")
+durations = [s for f in families if f.name == "meshrt_request_duration_seconds" for s in f.samples
+             if s.name.endswith("_count")]
+if not durations or any(s.value != 2 for s in durations):
+    sys.exit(f"meshrt_request_duration_seconds_count is not 2 per model: {durations}")
 print(f"prometheus exposition parses: {len(families)} families, {sum(len(f.samples) for f in families)} samples")

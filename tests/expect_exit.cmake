@@ -1,6 +1,8 @@
-# Runs COMMAND with ARGS and checks its exit code: EXIT_IS (one code) or
-# EXIT_IS_NOT (a list of codes it must not be).
-execute_process(COMMAND ${COMMAND} ${ARGS} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+# Runs COMMAND with ARGS (split at spaces, as a shell would) and checks its exit
+# code: EXIT_IS (one code) or EXIT_IS_NOT (a list of codes it must not be); and,
+# with OUTPUT_MATCHES, that its stdout and stderr together match that regex.
+separate_arguments(args UNIX_COMMAND "${ARGS}")
+execute_process(COMMAND ${COMMAND} ${args} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(DEFINED EXIT_IS AND NOT code EQUAL EXIT_IS)
   message(FATAL_ERROR "${COMMAND} ${ARGS} exited ${code}, expected ${EXIT_IS}\n${out}\n${err}")
 endif()
@@ -11,5 +13,8 @@ if(DEFINED EXIT_IS_NOT)
       message(FATAL_ERROR "${COMMAND} ${ARGS} exited ${code}, which it must not\n${out}\n${err}")
     endif()
   endforeach()
+endif()
+if(DEFINED OUTPUT_MATCHES AND NOT "${out}${err}" MATCHES "${OUTPUT_MATCHES}")
+  message(FATAL_ERROR "${COMMAND} ${ARGS}: its output does not match '${OUTPUT_MATCHES}':\n${out}\n${err}")
 endif()
 message(STATUS "${COMMAND} ${ARGS}: exit ${code} as expected")

@@ -28,6 +28,7 @@
 #include "device/error.h"
 #include "serving/http_client.h"
 #include "serving/http_server.h"
+#include "zlib_util.h"
 
 namespace meshrt::serving {
 namespace {
@@ -750,6 +751,211 @@ TEST(Streaming, Curl) {
   EXPECT_EQ(run(""), expected);
   std::string raw = run("--raw");
   EXPECT_EQ(decode_chunked(raw), expected) << raw;
+}
+
+// ---- Content codings (RFC 9110 section 8.4) ---------------------------------
+
+// Answers with the body it got, its Content-Encoding header (there should be
+// none once decoded) in X-Got-Encoding, and its Content-Length in X-Got-Length.
+void echo(const HttpRequest& r, Responder respond) {
+  HttpHeaders headers = {{"X-Got-Encoding", r.header("Content-Encoding").value_or("none")},
+                         {"X-Got-Length", r.header("Content-Length").value_or("none")}};
+  respond({200, r.body, "application/octet-stream", headers});
+}
+
+// A text that compresses well and is easy to compare, of about n bytes.
+std::string sample_text(size_t n) {
+  std::string out;
+  for (int i = 0; out.size() < n; ++i) out += "{\"row\": " + std::to_string(i) + ", \"value\": -48.0}\n";
+  return out;
+}
+
+TEST(ContentCoding, GzipAndDeflateRequestBodiesAreDecoded) {
+  Server server({}, echo);
+  HttpClient client("127.0.0.1", server.port());
+  std::string body = sample_text(100000);
+  struct Case {
+    const char* encoding;
+    std::string sent;
+  };
+  std::vector<Case> cases = {{"gzip", testing::gzip(body)},
+                             {"x-gzip", testing::gzip(body)},
+                             {"deflate", testing::deflate_zlib(body)},
+                             {"GZip", testing::gzip(body)},  // codings are case-insensitive
+                             {"identity", body},
+                             {"gzip, identity", testing::gzip(body)},
+                             {"deflate, gzip", testing::gzip(testing::deflate_zlib(body))},  // applied in order
+                             // gzip members one after another (RFC 1952 section 2.2) are one body
+                             {"gzip", testing::gzip(body.substr(0, 50000)) + testing::gzip(body.substr(50000))}};
+  for (const Case& c : cases) {
+    HttpResponse r = client.request("POST", "/x", c.sent, {{"Content-Encoding", c.encoding}});
+    ASSERT_EQ(r.status, 200) << c.encoding << ": " << r.body;
+    EXPECT_EQ(r.body.size(), body.size()) << c.encoding;
+    EXPECT_TRUE(r.body == body) << c.encoding << ": the handler gets the body decoded";
+    EXPECT_EQ(r.header("X-Got-Encoding"), "none") << c.encoding << ": the header goes with the coding";
+    EXPECT_EQ(r.header("X-Got-Length"), std::to_string(body.size())) << c.encoding;
+  }
+  // An empty body with a coding (nothing was sent): served as it is.
+  EXPECT_EQ(client.request("POST", "/x", "", {{"Content-Encoding", "gzip"}}).status, 200);
+}
+
+TEST(ContentCoding, BadBodiesAreRefusedAndTheConnectionServesOn) {
+  HttpServerOptions options;
+  options.max_body_bytes = 1 << 20;
+  Server server(options, echo);
+  HttpClient client("127.0.0.1", server.port());
+  // A coding it does not know: 415, saying which it knows.
+  HttpResponse unknown = client.request("POST", "/x", "abc", {{"Content-Encoding", "br"}});
+  EXPECT_EQ(unknown.status, 415) << unknown.body;
+  EXPECT_NE(unknown.body.find("'br' is not supported"), std::string::npos) << unknown.body;
+  EXPECT_EQ(unknown.header("Accept-Encoding"), "gzip, deflate, identity");
+  EXPECT_EQ(client.request("POST", "/x", testing::gzip("abc"), {{"Content-Encoding", "gzip, compress"}}).status, 415);
+  // Data that is not what it says: 400.
+  std::string text = sample_text(10000);
+  std::string gzipped = testing::gzip(text);
+  struct Case {
+    const char* name;
+    const char* encoding;
+    std::string sent;
+    std::string fragment;
+  };
+  std::string corrupt = gzipped;
+  corrupt[corrupt.size() / 2] ^= 0x55;
+  corrupt[corrupt.size() / 2 + 1] ^= 0x55;
+  std::vector<Case> cases = {
+      {"not gzip at all", "gzip", "hello, world", "not valid gzip"},
+      {"corrupt in the middle", "gzip", corrupt, "gzip"},
+      {"truncated", "gzip", gzipped.substr(0, gzipped.size() / 2), "truncated"},
+      {"gzip sent as deflate", "deflate", gzipped, "not valid deflate"},
+      {"bytes after the end", "deflate", testing::deflate_zlib(text) + "xyz", "after the end"},
+  };
+  for (const Case& c : cases) {
+    HttpResponse r = client.request("POST", "/x", c.sent, {{"Content-Encoding", c.encoding}});
+    EXPECT_EQ(r.status, 400) << c.name << ": " << r.body;
+    EXPECT_NE(r.body.find(c.fragment), std::string::npos) << c.name << ": " << r.body;
+  }
+  // A zip bomb: 256 KiB that inflate to 256 MiB are refused with 413 at the
+  // limit, without inflating the rest.
+  std::string bomb;
+  {
+    z_stream z{};
+    ASSERT_EQ(deflateInit2(&z, 9, Z_DEFLATED, testing::kGzipBits, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    std::string zeros(1 << 20, '\0'), out(1 << 20, '\0');
+    for (int i = 0; i < 256; ++i) {
+      z.next_in = reinterpret_cast<Bytef*>(zeros.data());
+      z.avail_in = static_cast<uInt>(zeros.size());
+      int flush = i == 255 ? Z_FINISH : Z_NO_FLUSH;
+      do {
+        z.next_out = reinterpret_cast<Bytef*>(out.data());
+        z.avail_out = static_cast<uInt>(out.size());
+        deflate(&z, flush);
+        bomb.append(out.data(), out.size() - z.avail_out);
+      } while (z.avail_out == 0);
+    }
+    deflateEnd(&z);
+  }
+  ASSERT_LT(bomb.size(), 1u << 20) << "the bomb is small on the wire";
+  auto start = std::chrono::steady_clock::now();
+  HttpResponse bombed = client.request("POST", "/x", bomb, {{"Content-Encoding", "gzip"}});
+  EXPECT_EQ(bombed.status, 413) << bombed.body;
+  EXPECT_NE(bombed.body.find("exceeds the limit of 1048576 bytes"), std::string::npos) << bombed.body;
+  std::printf("[ MEASURE  ] a gzip body of %zu bytes inflating to 256 MiB refused in %.3f s\n", bomb.size(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  // Just under the limit is fine.
+  std::string fits((1 << 20) - 10, 'a');
+  HttpResponse r = client.request("POST", "/x", testing::gzip(fits), {{"Content-Encoding", "gzip"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body.size(), fits.size());
+}
+
+TEST(ContentCoding, ResponsesAreCompressedAsTheClientAccepts) {
+  const std::string big = sample_text(20000), small = "{\"small\": true}";
+  Producers producers;
+  Server server({}, [&](const HttpRequest& r, Responder respond) {
+    if (r.target == "/small") return respond({200, small, "application/json", {}});
+    if (r.target == "/encoded") return respond({200, big, "application/json", {{"Content-Encoding", "br"}}});
+    if (r.target == "/vary") return respond({200, big, "application/json", {{"Vary", "Origin"}}});
+    if (r.target == "/stream") {
+      auto stream = std::make_shared<HttpStream>();
+      respond({200, "", "text/event-stream", {}, stream});
+      producers.spawn([stream, &big] {
+        stream->write(big);
+        stream->close();
+      });
+      return;
+    }
+    respond({200, big, "application/json", {}});
+  });
+  HttpClient client("127.0.0.1", server.port());
+  struct Case {
+    const char* accept;  // nullptr: no Accept-Encoding
+    const char* coding;  // the expected Content-Encoding, nullptr: none
+  };
+  std::vector<Case> cases = {
+      {nullptr, nullptr},
+      {"gzip", "gzip"},
+      {"deflate", "deflate"},
+      {"deflate, gzip", "gzip"},             // equal weights: gzip
+      {"gzip;q=0.5, deflate", "deflate"},    // the higher weight
+      {"gzip;q=0, deflate;q=0.1", "deflate"},
+      {"gzip; q=0, deflate;Q=0", nullptr},   // q=0: not acceptable
+      {"*", "gzip"},
+      {"*;q=0.3, gzip;q=0", "deflate"},      // "*" stands for the codings not named
+      {"identity", nullptr},
+      {"br", nullptr},
+      {"gzip;q=zero", nullptr},              // a malformed weight accepts nothing
+      {"x-gzip", "gzip"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::pair<std::string, std::string>> headers;
+    if (c.accept) headers.emplace_back("Accept-Encoding", c.accept);
+    HttpResponse r = client.request("GET", "/big", "", headers);
+    std::string name = c.accept ? c.accept : "(none)";
+    ASSERT_EQ(r.status, 200) << name;
+    EXPECT_EQ(r.header("Vary"), "Accept-Encoding") << name << ": on every response that could be compressed";
+    if (!c.coding) {
+      EXPECT_FALSE(r.header("Content-Encoding").has_value()) << name;
+      EXPECT_TRUE(r.body == big) << name;
+      continue;
+    }
+    EXPECT_EQ(r.header("Content-Encoding"), c.coding) << name;
+    EXPECT_LT(r.body.size(), big.size() / 4) << name << ": it compresses";
+    std::string decoded = std::string(c.coding) == "gzip" ? testing::gunzip(r.body) : testing::inflate_zlib(r.body);
+    EXPECT_TRUE(decoded == big) << name << ": zlib decodes it to the body";
+  }
+  const std::vector<std::pair<std::string, std::string>> gzip_please = {{"Accept-Encoding", "gzip"}};
+  // Small bodies go as they are, without Vary.
+  HttpResponse small_r = client.request("GET", "/small", "", gzip_please);
+  EXPECT_EQ(small_r.body, small);
+  EXPECT_FALSE(small_r.header("Content-Encoding").has_value());
+  EXPECT_FALSE(small_r.header("Vary").has_value());
+  // A body the handler encoded itself (a relayed one) is left alone.
+  HttpResponse encoded = client.request("GET", "/encoded", "", gzip_please);
+  EXPECT_EQ(encoded.header("Content-Encoding"), "br");
+  EXPECT_TRUE(encoded.body == big);
+  // The handler's Vary is kept, Accept-Encoding added to it.
+  EXPECT_EQ(client.request("GET", "/vary", "", gzip_please).header("Vary"), "Origin, Accept-Encoding");
+  // A streamed response is sent as written.
+  std::string streamed;
+  HttpResponse s = client.request_stream("GET", "/stream", "", gzip_please, [&](std::string_view d) { streamed.append(d); });
+  EXPECT_EQ(s.status, 200);
+  EXPECT_FALSE(s.header("Content-Encoding").has_value());
+  EXPECT_TRUE(streamed == big);
+  // HEAD: the headers GET would have, the compressed length, no body.
+  std::string head = exchange(server.port(), "HEAD /big HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n"
+                                             "GET /small HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(status_of(head), 200) << head;
+  EXPECT_NE(head.find("Content-Encoding: gzip"), std::string::npos) << head;
+  size_t end = head.find("\r\n\r\n");
+  ASSERT_NE(end, std::string::npos) << head;
+  EXPECT_EQ(head.compare(end + 4, 9, "HTTP/1.1 "), 0) << "no body after HEAD's headers: " << head;
+  // Off by option.
+  HttpServerOptions off;
+  off.compress_responses = false;
+  Server plain(off, [&](const HttpRequest&, Responder respond) { respond({200, big, "application/json", {}}); });
+  HttpResponse p = HttpClient("127.0.0.1", plain.port()).request("GET", "/big", "", gzip_please);
+  EXPECT_FALSE(p.header("Content-Encoding").has_value());
+  EXPECT_TRUE(p.body == big);
 }
 
 }  // namespace

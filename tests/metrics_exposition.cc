@@ -1,5 +1,6 @@
 // Prints the Prometheus exposition of a Metrics holding models whose names and
-// versions need escaping (quotes, backslashes, line feeds), after some traffic.
+// versions need escaping (quotes, backslashes, line feeds), after some traffic,
+// with the process's metrics (and the GPUs', where NVML is).
 // tests/check_prometheus.py parses it with a strict parser.
 #include <cstdio>
 
@@ -13,6 +14,8 @@ int main() {
     metrics.add_model(model, version);
     metrics.request(model, version, 200);
     metrics.request(model, version, 503);
+    metrics.request_duration(model, version, 0.004);
+    metrics.request_duration(model, version, 0.2);
     metrics.batch(model, version, 4, 2, {0.001, 0.002}, 0.01);
     metrics.queue_size(model, version, 3);
   }

@@ -59,6 +59,11 @@ TEST(HttpRouter, MatchesPatternsWithDecodedParameters) {
   EXPECT_EQ(wrong_method.allow, "POST");
   EXPECT_NE(wrong_method.body.find("use POST for /v2/models/m/infer"), std::string::npos);
   EXPECT_EQ(route(router, "DELETE", "/v2/health/live").status, 405);
+  // A GET route answers HEAD (the server drops the body), and says so in Allow.
+  EXPECT_EQ(route(router, "HEAD", "/v2/health/live").status, 200);
+  EXPECT_EQ(seen.back(), "live");
+  EXPECT_EQ(route(router, "DELETE", "/v2/health/live").allow, "GET, HEAD");
+  EXPECT_EQ(route(router, "HEAD", "/v2/models/m/infer").status, 405);  // HEAD only where GET is
   Answer missing = route(router, "GET", "/v3/whatever");
   EXPECT_EQ(missing.status, 404);
   EXPECT_NE(missing.body.find("no route for /v3/whatever"), std::string::npos);

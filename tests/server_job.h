@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -35,7 +36,12 @@ class ServerJob : public testing::Spawned {
     std::vector<std::string> args = {MPIEXEC_EXECUTABLE, "-n", std::to_string(ranks), MESHRT_SERVE,
                                      "--model-repository", repository, "--http-port", "0",
                                      "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string(),
-                                     "--grpc-port", "0", "--grpc-port-file", (dir_ / "grpc_port").string()};
+                                     "--grpc-port-file", (dir_ / "grpc_port").string(),
+                                     "--metrics-port-file", (dir_ / "metrics_port").string()};
+    // Any free gRPC and metrics port unless the test names one: jobs run side by side.
+    for (const char* flag : {"--grpc-port", "--metrics-port"}) {
+      if (std::find(extra.begin(), extra.end(), flag) == extra.end()) args.insert(args.end(), {flag, "0"});
+    }
     args.insert(args.end(), extra.begin(), extra.end());
     start(args, (dir_ / "log").string());
   }
@@ -79,6 +85,10 @@ class ServerJob : public testing::Spawned {
     return pid > 0 ? pid : -1;
   }
   uint16_t port() const { return port_; }
+  // The metrics port (--metrics-port 0: rank 0 writes it before it listens on the HTTP port).
+  uint16_t metrics_port() const {
+    return static_cast<uint16_t>(std::stoi(read_file((dir_ / "metrics_port").string())));
+  }
   // The gRPC port (0 when the job serves no gRPC).
   uint16_t grpc_port() const {
     fs::path file = dir_ / "grpc_port";

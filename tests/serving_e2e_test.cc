@@ -1,12 +1,16 @@
 // End-to-end: real meshrt-serve jobs under mpiexec, spoken to over loopback HTTP
 // (KServe v2). This binary is not an MPI program itself: it starts the jobs.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -15,12 +19,14 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "serving/http_client.h"
 #include "hf_test_util.h"
 #include "server_job.h"
 #include "spawn_util.h"
+#include "zlib_util.h"
 #include "io/safetensors.h"
 
 
@@ -63,10 +69,14 @@ class SharedServer : public ::testing::Test {
   static inline ServerJob* job_ = nullptr;
 };
 
-// The shared 4-rank server of the example repository.
+// The shared 4-rank server of the example repository; its log lines are JSON,
+// with a line per HTTP request (Examples.JsonLogLines).
 class Examples : public SharedServer<Examples> {
  protected:
-  static void SetUpTestSuite() { start(4, kExamples, {"--max-body-bytes", "1048576"}); }
+  static void SetUpTestSuite() {
+    start(4, kExamples, {"--max-body-bytes", "1048576", "--log-format", "json", "--log-verbose", "1",
+                         "--exit-timeout-secs", "30"});
+  }
 };
 
 TEST_F(Examples, HealthAndMetadata) {
@@ -270,6 +280,162 @@ TEST_F(Examples, MalformedRequestsGet400WithTheReason) {
   EXPECT_EQ(c.request("GET", "/v2/health/live", "", many).status, 431);
   // The server is still well after all that.
   EXPECT_EQ(c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 1, 96, 1), kJson).status, 200);
+}
+
+// A series' value in a Prometheus text ("name{labels} value"), if present.
+std::optional<double> metric_value(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return std::nullopt;
+}
+
+// Triton's metrics port: /metrics alone, on a port of its own, with the
+// process's metrics and the requests' durations; /metrics on the HTTP port
+// keeps answering.
+TEST_F(Examples, MetricsPortServesMetrics) {
+  HttpClient c = job_->client();
+  ASSERT_EQ(c.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 2, 96, 1.0), kJson).status, 200);
+  ASSERT_EQ(c.request("POST", "/v2/models/matmul_neg/infer", "{not json", kJson).status, 400);
+  uint16_t port = job_->metrics_port();
+  ASSERT_NE(port, 0);
+  ASSERT_NE(port, job_->port());
+  HttpClient m("127.0.0.1", port);
+  HttpResponse r = m.request("GET", "/metrics");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "text/plain; version=0.0.4");
+  const std::string count = "meshrt_request_duration_seconds_count{model=\"matmul_neg\",version=\"1\"}";
+  ASSERT_TRUE(metric_value(r.body, count)) << r.body;
+  EXPECT_GE(*metric_value(r.body, count), 2) << "both requests, the 400 too";
+  EXPECT_GT(*metric_value(r.body, "meshrt_request_duration_seconds_sum{model=\"matmul_neg\",version=\"1\"}"), 0);
+  EXPECT_GE(*metric_value(r.body, "meshrt_request_duration_seconds_bucket{model=\"matmul_neg\",version=\"1\",le=\"+Inf\"}"),
+            2);
+  for (const char* name : {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
+                           "process_open_fds"}) {
+    std::optional<double> v = metric_value(r.body, name);
+    ASSERT_TRUE(v) << name << " is missing:\n" << r.body;
+    EXPECT_GT(*v, 0) << name;
+  }
+  EXPECT_GT(*metric_value(r.body, "process_resident_memory_bytes"), 1 << 20);
+  double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  double started = *metric_value(r.body, "process_start_time_seconds");
+  EXPECT_LT(started, now + 5);
+  EXPECT_GT(started, now - 3600) << "rank 0 started within the hour";
+  // The same exposition on the HTTP port.
+  EXPECT_TRUE(metric_value(c.request("GET", "/metrics").body, count));
+  // The metrics port has /metrics alone.
+  EXPECT_EQ(m.request("GET", "/v2/health/ready").status, 404);
+  EXPECT_EQ(m.request("POST", "/v2/models/matmul_neg/infer", infer_body("x", 1, 96, 1.0), kJson).status, 404);
+  HttpResponse post = m.request("POST", "/metrics");
+  EXPECT_EQ(post.status, 405);
+  EXPECT_EQ(post.header("Allow"), "GET, HEAD");
+  HttpResponse head = m.request("HEAD", "/metrics");
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.body, "");
+}
+
+// HEAD on the health routes (and every GET route): GET's status and headers, no body.
+TEST_F(Examples, HeadAnswersAsGetWithoutTheBody) {
+  HttpClient c = job_->client();
+  for (const char* path : {"/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/matmul_neg/ready",
+                           "/v2/models/nothing/ready"}) {
+    HttpResponse get = c.request("GET", path), head = c.request("HEAD", path);
+    EXPECT_EQ(head.status, get.status) << path;
+    EXPECT_EQ(head.body, "") << path;
+    EXPECT_EQ(head.header("Content-Length"), std::to_string(get.body.size())) << path;
+    EXPECT_EQ(head.content_type, get.content_type) << path;
+  }
+  HttpResponse not_get = c.request("HEAD", "/v2/models/matmul_neg/infer");
+  EXPECT_EQ(not_get.status, 405);
+  EXPECT_EQ(not_get.header("Allow"), "POST");
+  EXPECT_EQ(c.request("GET", "/v2/health/live").body, R"({"live": true})") << "the connection serves on";
+}
+
+// Request bodies in gzip or deflate, responses compressed as Accept-Encoding
+// allows; the binary tensor extension's header length counts the bytes once
+// decompressed (as Triton's).
+TEST_F(Examples, CompressedRequestsAndResponses) {
+  HttpClient c = job_->client();
+  const std::string infer = "/v2/models/matmul_neg/infer";
+  std::string body = infer_body("x", 64, 96, 1.0, "zipped");
+  HttpResponse plain = c.request("POST", infer, body, kJson);
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_FALSE(plain.header("Content-Encoding").has_value()) << "not asked for";
+  HttpResponse gz = c.request("POST", infer, testing::gzip(body),
+                              {{"Content-Type", "application/json"}, {"Content-Encoding", "gzip"},
+                               {"Accept-Encoding", "gzip, deflate"}});
+  ASSERT_EQ(gz.status, 200) << gz.body;
+  EXPECT_EQ(gz.header("Content-Encoding"), "gzip");
+  EXPECT_LT(gz.body.size(), plain.body.size());
+  EXPECT_EQ(json::parse(testing::gunzip(gz.body)), json::parse(plain.body));
+  HttpResponse deflated = c.request("POST", infer, testing::deflate_zlib(body),
+                                    {{"Content-Encoding", "deflate"}, {"Accept-Encoding", "gzip;q=0, deflate"}});
+  ASSERT_EQ(deflated.status, 200) << deflated.body;
+  EXPECT_EQ(deflated.header("Content-Encoding"), "deflate");
+  EXPECT_EQ(json::parse(testing::inflate_zlib(deflated.body)), json::parse(plain.body));
+
+  // Binary tensor data, gzip both ways.
+  json header = {{"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {64, 96}},
+                              {"parameters", {{"binary_data_size", 64 * 96 * 4}}}}}},
+                 {"outputs", {{{"name", "y"}, {"parameters", {{"binary_data", true}}}}}}};
+  std::string binary = header.dump();
+  size_t header_length = binary.size();
+  std::vector<float> ones(64 * 96, 1.0f);
+  binary.append(reinterpret_cast<const char*>(ones.data()), ones.size() * 4);
+  HttpResponse b = c.request("POST", infer, testing::gzip(binary),
+                             {{"Inference-Header-Content-Length", std::to_string(header_length)},
+                              {"Content-Type", "application/octet-stream"}, {"Content-Encoding", "gzip"},
+                              {"Accept-Encoding", "gzip"}});
+  ASSERT_EQ(b.status, 200) << b.body;
+  ASSERT_EQ(b.header("Content-Encoding"), "gzip");
+  std::string out = testing::gunzip(b.body);
+  size_t out_header = std::stoul(b.header("Inference-Header-Content-Length").value_or("0"));
+  ASSERT_LE(out_header, out.size());
+  json meta = json::parse(out.substr(0, out_header));
+  EXPECT_EQ(meta["outputs"][0]["parameters"]["binary_data_size"], 64 * 16 * 4);
+  ASSERT_EQ(out.size() - out_header, 64u * 16u * 4u);
+  std::vector<float> y(64 * 16);
+  std::memcpy(y.data(), out.data() + out_header, y.size() * 4);
+  for (float v : y) ASSERT_EQ(v, -48.0f);
+
+  // What cannot be decoded.
+  EXPECT_EQ(c.request("POST", infer, body, {{"Content-Encoding", "br"}}).status, 415);
+  EXPECT_EQ(c.request("POST", infer, "not gzip", {{"Content-Encoding", "gzip"}}).status, 400);
+  std::string large = infer_body("x", 4000, 96, 1.0);  // past --max-body-bytes (1 MiB) once decoded
+  ASSERT_GT(large.size(), 1u << 20);
+  std::string zipped = testing::gzip(large);
+  ASSERT_LT(zipped.size(), 1u << 20);
+  HttpResponse over = c.request("POST", infer, zipped, {{"Content-Encoding", "gzip"}});
+  EXPECT_EQ(over.status, 413) << over.body;
+  EXPECT_EQ(c.request("POST", infer, body, kJson).status, 200) << "the server is well after all that";
+}
+
+// --log-format json: every line of meshrt-serve's is a JSON object with time,
+// level, rank and message; --log-verbose 1 adds a line per HTTP request.
+TEST_F(Examples, JsonLogLines) {
+  HttpClient c = job_->client();
+  ASSERT_EQ(c.request("GET", "/v2/health/live?probe=json-log").status, 200);
+  ASSERT_TRUE(job_->log_shows("probe=json-log")) << job_->log();  // mpiexec forwards output late
+  std::istringstream log(job_->log());
+  int objects = 0;
+  bool listening = false, request_line = false;
+  for (std::string line; std::getline(log, line);) {
+    EXPECT_NE(line.rfind("meshrt-serve:", 0), 0u) << "a line in the default format: " << line;
+    if (line.empty() || line[0] != '{') continue;  // mpiexec's own, say
+    json j;
+    ASSERT_NO_THROW(j = json::parse(line)) << line;
+    ASSERT_TRUE(j["time"].is_string() && j["level"].is_string() && j["message"].is_string()) << line;
+    ++objects;
+    std::string message = j["message"];
+    if (message.find("listening on http://") == 0 && j["level"] == "info" && j["rank"] == 0) listening = true;
+    if (message.find("HTTP GET /v2/health/live?probe=json-log: 200 in ") == 0 && j["level"] == "verbose") {
+      request_line = true;
+    }
+  }
+  EXPECT_GE(objects, 4) << job_->log();
+  EXPECT_TRUE(listening) << job_->log();
+  EXPECT_TRUE(request_line) << job_->log();
 }
 
 // A repository with one slow model (64 x 1024 @ 1024 x 1024 per request, no
@@ -841,6 +1007,28 @@ TEST(Serving, TheKvPoolRunsOutCleanly) {
   EXPECT_NE(metrics.find("meshrt_kv_cache_blocks_in_use{model=\"llama-small\",version=\"1\"} 0"), std::string::npos) << metrics;
   job.signal_rank0(SIGTERM);
   EXPECT_TRUE(job.exited(std::chrono::seconds(60))) << job.log();
+  fs::remove_all(root);
+}
+
+// A metrics port that is taken: the job ends, saying which port and why.
+TEST(Serving, ABusyMetricsPortFailsClearly) {
+  int taken = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(taken, 0);
+  sockaddr_in any{};
+  any.sin_family = AF_INET;
+  any.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t size = sizeof any;
+  ASSERT_EQ(::bind(taken, reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+  ASSERT_EQ(::listen(taken, 1), 0);
+  ASSERT_EQ(::getsockname(taken, reinterpret_cast<sockaddr*>(&any), &size), 0);
+  std::string port = std::to_string(ntohs(any.sin_port));
+  fs::path root = fs::temp_directory_path() / ("meshrt-busy-metrics-" + std::to_string(::getpid()));
+  ServerJob job(2, slow_repository(root, 2, 4, 0, false), {"--metrics-port", port});
+  EXPECT_TRUE(job.exited(std::chrono::seconds(120))) << job.log();
+  EXPECT_NE(job.exit_code(), 0) << job.log();
+  EXPECT_TRUE(job.log_shows("the metrics port (--metrics-port " + port)) << job.log();
+  EXPECT_NE(job.log().find("cannot listen on 0.0.0.0:" + port), std::string::npos) << job.log();
+  ::close(taken);
   fs::remove_all(root);
 }
 

@@ -97,7 +97,9 @@ class Supervised : public testing::Spawned {
                                      "--model-repository", repository, "--http-port", "0",
                                      "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string(),
                                      "--work-dir", (dir_ / "job").string(), "--restart-delay-ms", "200",
-                                     "--retry-after-s", "1", "--stop-timeout-s", std::to_string(kStopTimeoutS)};
+                                     "--retry-after-s", "1", "--stop-timeout-s", std::to_string(kStopTimeoutS),
+                                     // the job binds gRPC itself (passed on): any free port, as jobs run side by side
+                                     "--grpc-port", "0"};
     args.insert(args.end(), extra.begin(), extra.end());
     start(args, (dir_ / "log").string());
   }
