@@ -3,8 +3,8 @@
 # packages), configures and builds (CUDA too when nvcc is found), then runs.
 #
 #   ./run.sh demo          the main job: the MatMul+Neg servable, then a Llama checkpoint, each
-#                          served on 4 ranks of this machine (cpu backend), one request over
-#                          HTTP, then a clean stop
+#                          served on 4 ranks of this machine (cpu backend), requests over
+#                          HTTP and over gRPC, then a clean stop
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
@@ -82,19 +82,21 @@ mpi_environment() {
 
 # serve_and_ask TITLE REPOSITORY MODEL "INFER_ARGS" ["INFER_ARGS"...]: starts meshrt-serve on
 # $ranks ranks with one model of the repository, sends it one request per INFER_ARGS with
-# meshrt-infer, prints the answers and stops the server with SIGTERM (it drains, exits 0).
+# meshrt-infer (over HTTP, or over gRPC when INFER_ARGS starts with --grpc), prints the
+# answers and stops the server with SIGTERM (it drains, exits 0).
 serve_and_ask() {
   local title=$1 repository=$2 model=$3
   shift 3
-  local work port job rc
+  local work port grpc_port job rc
   work=$(mktemp -d)
   echo "== meshrt demo: $title =="
   echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-serve --model-repository $repository --model $model --device cpu --http-port 0 --grpc-port 0 --metrics-port 0"
   mpirun -np "$ranks" "$build_dir/apps/meshrt-serve" --model-repository "$repository" --model "$model" \
-    --device cpu --http-port 0 --grpc-port 0 --metrics-port 0 --port-file "$work/port" --pid-file "$work/pid" > "$work/server.log" 2>&1 &
+    --device cpu --http-port 0 --grpc-port 0 --metrics-port 0 --port-file "$work/port" --grpc-port-file "$work/grpc_port" \
+    --pid-file "$work/pid" > "$work/server.log" 2>&1 &
   job=$!
   for _ in $(seq 1 1200); do
-    [ -f "$work/port" ] && [ -f "$work/pid" ] && break
+    [ -f "$work/port" ] && [ -f "$work/pid" ] && [ -f "$work/grpc_port" ] && break
     if ! kill -0 "$job" 2>/dev/null; then
       cat "$work/server.log" >&2
       say "the server did not start"
@@ -104,13 +106,16 @@ serve_and_ask() {
     sleep 0.1
   done
   port=$(cat "$work/port")
+  grpc_port=$(cat "$work/grpc_port")
   sed 's/^/  server: /' "$work/server.log"
   rc=0
-  local ask
+  local ask url
   for ask in "$@"; do
-    echo "\$ $build_dir/apps/meshrt-infer --url 127.0.0.1:$port --model $model $ask"
+    url="127.0.0.1:$port"
+    [[ $ask == --grpc* ]] && url="127.0.0.1:$grpc_port"
+    echo "\$ $build_dir/apps/meshrt-infer --url $url --model $model $ask"
     # shellcheck disable=SC2086
-    "$build_dir/apps/meshrt-infer" --url "127.0.0.1:$port" --model "$model" $ask || rc=$?
+    "$build_dir/apps/meshrt-infer" --url "$url" --model "$model" $ask || rc=$?
   done
   echo "\$ kill -TERM <rank 0>   (drain and stop)"
   kill -TERM "$(cat "$work/pid")"
@@ -125,12 +130,14 @@ serve_and_ask() {
 # The MatMul+Neg servable (examples/models/matmul_neg: rank_size 4, 2 pipeline
 # stages x 2-way tensor parallel) with a 128x96 request of ones (-48 everywhere),
 # then a Llama-architecture Hugging Face checkpoint (examples/hf/llama-tiny, the
-# same split): token ids in and logits out, then 8 tokens generated and streamed.
+# same split): token ids in and logits out, then 8 tokens generated and streamed;
+# each over HTTP and then over gRPC (KServe v2 gRPC, streaming with ModelStreamInfer).
 serving_demo() {
-  serve_and_ask "the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend)" \
-    examples/models matmul_neg "--rows 128 --value 1"
-  serve_and_ask "a Llama checkpoint (Hugging Face layout) on $ranks ranks (2 stages x 2-way tensor parallel): logits, then generated tokens streamed" \
-    examples/hf llama-tiny "--rows 2 --extent 5 --value 42" "--generate 8 --prompt 60,193,243"
+  serve_and_ask "the MatMul+Neg servable on $ranks ranks (2 stages x 2-way tensor parallel, cpu backend), over HTTP and gRPC" \
+    examples/models matmul_neg "--rows 128 --value 1" "--grpc --rows 128 --value 1"
+  serve_and_ask "a Llama checkpoint (Hugging Face layout) on $ranks ranks (2 stages x 2-way tensor parallel): logits, then generated tokens streamed, over HTTP and gRPC" \
+    examples/hf llama-tiny "--rows 2 --extent 5 --value 42" "--generate 8 --prompt 60,193,243" \
+    "--grpc --generate 8 --prompt 60,193,243"
 }
 
 command=${1:-}
