@@ -264,11 +264,15 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   uint64_t id = next_batch_++;
   std::vector<int64_t> micro = split_rows(batch.dim(0), micro_batches);
   std::string command = detail::cat("run ", index, " ", id, " ", generation(index), " ", micro.size());
-  for (int64_t r : micro) command += " " + std::to_string(r);
-  command += " " + std::to_string(dims.size());
-  for (int64_t d : dims) command += " " + std::to_string(d);
-  command += " " + std::to_string(params.size());
-  for (int64_t v : params) command += " " + std::to_string(v);
+  auto append = [&command](auto number) {
+    command += ' ';
+    command += std::to_string(number);
+  };
+  for (int64_t r : micro) append(r);
+  append(dims.size());
+  for (int64_t d : dims) append(d);
+  append(params.size());
+  for (int64_t v : params) append(v);
   HostTensor input = def.hooks.distributed_preprocessing(batch);
   auto pending = std::make_unique<Pending>();
   pending->index = index;
@@ -321,7 +325,8 @@ int Engine::in_flight(int index) const {
 
 void Engine::wait_idle() const {
   std::unique_lock<std::mutex> lock(mutex_);
-  idle_cv_.wait(lock, [&] { return pending_.empty(); });
+  // Idle once every batch's done callback has returned, not only left pending_.
+  idle_cv_.wait(lock, [&] { return pending_.empty() && completing_ == 0; });
 }
 
 void Engine::finish(uint64_t id, HostTensor result, std::exception_ptr error) {
@@ -332,6 +337,7 @@ void Engine::finish(uint64_t id, HostTensor result, std::exception_ptr error) {
     if (it == pending_.end()) return;  // failed already (with its model)
     p = std::move(it->second);
     pending_.erase(it);
+    ++completing_;
   }
   BatchReport report{id, seconds_since(p->started), p->forward_seconds};
   if (!options_.trace_file.empty()) {
@@ -342,6 +348,10 @@ void Engine::finish(uint64_t id, HostTensor result, std::exception_ptr error) {
     p->done(std::move(result), error, report);
   } catch (const std::exception& e) {
     log::error(detail::cat("completing batch ", id, " failed: ", e.what()));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --completing_;
   }
   idle_cv_.notify_all();
 }

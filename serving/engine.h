@@ -167,6 +167,7 @@ class Engine {
   std::vector<std::string> failures_;     // per servable, "" while it works
   std::vector<uint64_t> generations_;     // per servable, 1 + recoveries
   std::map<uint64_t, std::unique_ptr<Pending>> pending_;  // rank 0: batches in flight by id
+  int completing_ = 0;  // batches out of pending_ whose done callback has not returned yet
   std::vector<TraceEvent> trace_;
   uint64_t next_ping_ = 1;
   Device device_;

@@ -264,7 +264,7 @@ TEST(Engine, PipelineOfEveryRankWithHooksInOrder) {
   s.input = {"x", DType::kF32, {-1, 3}};
   s.output = {"y", DType::kF32, {-1, 3}};
   for (int i = 0; i < n; ++i) {
-    s.stages.push_back({3, [i](const Mesh&) { return std::make_unique<AddStage>(static_cast<float>(i + 1)); }});
+    s.stages.push_back({3, [i](const Mesh&) { return std::make_unique<AddStage>(static_cast<float>(i + 1)); }, {}});
   }
   s.hooks.distributed_preprocessing = [me](const HostTensor& x) {
     log.entries.push_back("distributed_preprocessing@" + std::to_string(me));
@@ -336,7 +336,7 @@ TEST(Engine, AFailureGivesTheModelUpEverywhereAndSparesTheOthers) {
     fragile.stages.push_back({2, [i, n](const Mesh&) -> std::unique_ptr<StageModule> {
                                 if (i == n - 1) return std::make_unique<FailingStage>();
                                 return std::make_unique<AddStage>(0.0f);
-                              }});
+                              }, {}});
   }
   ServableDefinition sturdy = fragile;
   sturdy.name = "sturdy";
@@ -389,7 +389,7 @@ ServableDefinition slow_pipeline(const std::string& name, int n, std::chrono::mi
   s.input = {"x", DType::kF32, {-1, 2}};
   s.output = {"y", DType::kF32, {-1, 2}};
   for (int i = 0; i < n; ++i) {
-    s.stages.push_back({2, [i, per_stage](const Mesh&) { return std::make_unique<SlowStage>(per_stage, float(i + 1)); }});
+    s.stages.push_back({2, [i, per_stage](const Mesh&) { return std::make_unique<SlowStage>(per_stage, float(i + 1)); }, {}});
   }
   return s;
 }
