@@ -151,36 +151,46 @@ std::optional<size_t> parse_header_length(const std::optional<std::string>& valu
   return static_cast<size_t>(std::stoull(v));
 }
 
-InferInputs::InferInputs(const ModelSignature& model, int64_t max_rows)
-    : model_(model), max_rows_(max_rows), inputs_(model.inputs.size()) {}
+InferInputs::InferInputs(const ModelSignature& model, int64_t max_rows, size_t wire_bytes)
+    : model_(model), max_rows_(max_rows), wire_bytes_(wire_bytes), inputs_(model.inputs.size()) {}
+
+const TensorSpec& InferInputs::spec_of(const std::string& name) const {
+  for (size_t k = 0; k < model_.inputs.size(); ++k) {
+    if (model_.inputs[k].name != name) continue;
+    if (inputs_[k].defined()) bad("input '" + name + "' is given twice");
+    return model_.inputs[k];
+  }
+  std::string names;
+  for (const TensorSpec& t : model_.inputs) names += (names.empty() ? "'" : ", '") + t.name + "'";
+  bad("model '" + model_.name + "' has no input '" + name + "' (its input" + (model_.inputs.size() == 1 ? " is " : "s are ") +
+      names + ")");
+}
+
+const TensorSpec& InferInputs::check_datatype(const std::string& name, const std::string& datatype) const {
+  const TensorSpec& spec = spec_of(name);
+  if (datatype != kserve_datatype(spec.dtype)) {
+    bad("input '" + name + "': expected datatype " + kserve_datatype(spec.dtype) + ", got " + datatype);
+  }
+  return spec;
+}
 
 HostTensor& InferInputs::add(const std::string& name, const std::string& datatype, const std::vector<int64_t>& shape) {
   const TensorSpec& spec = check(name, datatype, shape);
   batch_rows_ = shape[0];
-  HostTensor& t = inputs_[static_cast<size_t>(&spec - model_.inputs.data())];
+  HostTensor& t = inputs_[static_cast<size_t>(&spec - model_.inputs.data())];  // spec is an element of model_.inputs
   t = HostTensor::empty(Shape(shape), spec.dtype);
   return t;
 }
 
 const TensorSpec& InferInputs::check(const std::string& name, const std::string& datatype,
                                      const std::vector<int64_t>& shape) const {
-  size_t index = model_.inputs.size();
-  for (size_t k = 0; k < model_.inputs.size(); ++k) {
-    if (model_.inputs[k].name == name) index = k;
-  }
-  if (index == model_.inputs.size()) {
-    std::string names;
-    for (const TensorSpec& t : model_.inputs) names += (names.empty() ? "'" : ", '") + t.name + "'";
-    bad("model '" + model_.name + "' has no input '" + name + "' (its input" +
-        (model_.inputs.size() == 1 ? " is " : "s are ") + names + ")");
-  }
-  const TensorSpec& spec = model_.inputs[index];
-  if (inputs_[index].defined()) bad("input '" + name + "' is given twice");
-  if (datatype != kserve_datatype(spec.dtype)) {
-    bad("input '" + name + "': expected datatype " + kserve_datatype(spec.dtype) + ", got " + datatype);
-  }
+  const TensorSpec& spec = check_datatype(name, datatype);
+  // Elements counted without overflow: past wire_bytes_ the input cannot have come.
+  uint64_t elements = 1, past = wire_bytes_ > 0 ? uint64_t{wire_bytes_} + 1 : uint64_t{1} << 62;
   for (int64_t d : shape) {
     if (d < 0) bad("input '" + name + "': shape " + shape_text(shape) + " must hold non-negative integers");
+    uint64_t extent = static_cast<uint64_t>(d);
+    elements = extent > 0 && elements > past / extent ? past : elements * extent;
   }
   bool fits = shape.size() == spec.shape.size() && !shape.empty() && shape[0] >= 1;
   for (size_t d = 1; fits && d < shape.size(); ++d) fits = spec.shape[d] < 0 || shape[d] == spec.shape[d];
@@ -198,6 +208,10 @@ const TensorSpec& InferInputs::check(const std::string& name, const std::string&
   if (batch_rows_ >= 0 && shape[0] != batch_rows_) {
     bad("input '" + name + "' has " + std::to_string(shape[0]) + " rows but the inputs before it have " +
         std::to_string(batch_rows_) + " (one batch axis for all inputs)");
+  }
+  if (wire_bytes_ > 0 && elements > wire_bytes_) {
+    bad("input '" + name + "': shape " + shape_text(shape) + " holds more elements than the request's " +
+        std::to_string(wire_bytes_) + " bytes can carry");
   }
   return spec;
 }
@@ -246,13 +260,15 @@ InferRequest parse_infer_request(std::string_view body, std::optional<size_t> he
   if (request.contains("parameters")) out.binary_output = binary_flag(request["parameters"], "binary_data_output");
   if (!request.contains("inputs") || !request["inputs"].is_array()) bad("the request has no \"inputs\" list");
 
-  InferInputs checked(model, max_rows);
+  InferInputs checked(model, max_rows, body.size());
   size_t binary_at = json_bytes;  // where the next input's binary data starts
   for (const json& in : request["inputs"]) {
     if (!in.is_object() || !in.contains("name") || !in["name"].is_string()) bad("every input needs a \"name\" string");
     std::string name = in["name"].get<std::string>();
+    checked.spec_of(name);
     if (!in.contains("datatype") || !in["datatype"].is_string()) bad("input '" + name + "': \"datatype\" is missing");
     std::string datatype = in["datatype"].get<std::string>();
+    checked.check_datatype(name, datatype);
     if (!in.contains("shape") || !in["shape"].is_array()) bad("input '" + name + "': \"shape\" is missing");
     std::vector<int64_t> shape;
     for (const auto& d : in["shape"]) {

@@ -48,7 +48,15 @@ struct InferRequest {
 // a RequestError(400).
 class InferInputs {
  public:
-  InferInputs(const ModelSignature& model, int64_t max_rows);
+  // wire_bytes: the size of what carried the request (a body). No element
+  // takes less than a byte on any wire, so an input of more elements than that
+  // cannot have come: it is refused before anything is allocated. 0: no such
+  // bound (the caller checks each input's data against its shape before add()).
+  InferInputs(const ModelSignature& model, int64_t max_rows, size_t wire_bytes);
+  // The model's input of this name, not given before (the first checks, in the order HTTP has always made them).
+  const TensorSpec& spec_of(const std::string& name) const;
+  // spec_of, then the datatype.
+  const TensorSpec& check_datatype(const std::string& name, const std::string& datatype) const;
   // Checks one input (as add() does, allocating nothing); returns its spec.
   const TensorSpec& check(const std::string& name, const std::string& datatype, const std::vector<int64_t>& shape) const;
   // Checks one input; returns its tensor (uninitialized) for the caller to fill.
@@ -62,6 +70,7 @@ class InferInputs {
  private:
   const ModelSignature& model_;
   int64_t max_rows_;
+  size_t wire_bytes_;
   int64_t batch_rows_ = -1;  // of the first input given
   std::vector<HostTensor> inputs_;
 };

@@ -121,6 +121,33 @@ TEST(Protocol, SeveralInputsInSignatureOrder) {
   EXPECT_NE(error_of(R"({"inputs": [{"name": "ids", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]}]})")
                 .find("input 'ids': expected shape [n, 3] with n >= 1 (the model's [-1, 3]), got [1, 4]"),
             std::string::npos);
+  // The checks' order: the name before a missing datatype, the datatype before the shape.
+  EXPECT_NE(error_of(R"({"inputs": [{"name": "bogus"}]})").find("has no input 'bogus'"), std::string::npos);
+  EXPECT_NE(error_of(R"({"inputs": [{"name": "ids", "datatype": "FP32"}]})").find("expected datatype INT64, got FP32"),
+            std::string::npos);
+}
+
+// A shape of more elements than the body has bytes cannot have come with it:
+// refused before anything is allocated (2^40 int64 would be 8 TiB).
+TEST(Protocol, ShapesLargerThanTheBodyAreRefusedUnallocated) {
+  ModelSignature m;
+  m.name = "tokens";
+  m.inputs = {{"input_ids", DType::kI64, {-1, -1}}};
+  m.outputs = {{"y", DType::kF32, {-1, 2}}};
+  std::string body = R"({"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 1099511627776], "data": [1]}]})";
+  try {
+    parse_infer_request(body, std::nullopt, m, 8);
+    ADD_FAILURE() << "no error";
+  } catch (const RequestError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_NE(std::string(e.what()).find("holds more elements than the request's " + std::to_string(body.size()) + " bytes"),
+              std::string::npos)
+        << e.what();
+  }
+  // A shape whose count overflows 64 bits, binary: the same.
+  std::string header = R"({"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [4611686018427387904, 8],
+                          "parameters": {"binary_data_size": 0}}]})";
+  EXPECT_THROW(parse_infer_request(header, header.size(), m, 1LL << 62), RequestError);
 }
 
 TEST(Protocol, ResponsesAndMetadataCarryEveryOutput) {
