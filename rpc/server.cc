@@ -21,9 +21,13 @@ Server::Server(const ServerOptions& options, const std::vector<grpc::Service*>& 
   int max_bytes = options.max_message_bytes > static_cast<size_t>(INT32_MAX) ? INT32_MAX
                                                                              : static_cast<int>(options.max_message_bytes);
   builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(-1);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(options.keepalive_timeout.count()));
+  // Keep pinging while nothing is sent (by default gRPC stops after two pings
+  // without data), so an idle stream of a vanished client is found out.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   for (grpc::Service* s : services) builder.RegisterService(s);
   server_ = builder.BuildAndStart();
   MESHRT_CHECK(server_ && selected > 0, ErrorKind::kUnavailable, "cannot serve gRPC on ", address,

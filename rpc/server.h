@@ -17,9 +17,11 @@ namespace meshrt::rpc {
 struct ServerOptions {
   std::string address = "0.0.0.0";
   uint16_t port = 0;  // 0: any free port
-  // The largest message received or sent (a request's tensors travel in one message).
+  // The largest message received (a request's tensors travel in one message);
+  // what is sent is not bounded (an answer may be larger than its question).
   size_t max_message_bytes = 64u << 20;
-  // Connections idle this long are pinged; one that does not answer within
+  // Connections idle this long are pinged, with or without calls on them (an
+  // open stream that carries nothing too); one that does not answer within
   // keepalive_timeout is closed (a client that vanished without a FIN).
   std::chrono::milliseconds keepalive_time{60000};
   std::chrono::milliseconds keepalive_timeout{20000};

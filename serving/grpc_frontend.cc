@@ -1,7 +1,9 @@
 #include "serving/grpc_frontend.h"
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
+#include <variant>
 #include <deque>
 #include <limits>
 #include <mutex>
@@ -67,7 +69,14 @@ bool copy_typed(const InferTensorContents& c, DType dtype, T* out, size_t numel,
   auto copy = [&](const auto& field) {
     given = static_cast<size_t>(field.size());
     if (given != numel) return;
-    for (size_t i = 0; i < numel; ++i) out[i] = static_cast<T>(field.Get(static_cast<int>(i)));
+    for (size_t i = 0; i < numel; ++i) {
+      auto v = field.Get(static_cast<int>(i));
+      // uint_contents carries UINT8 as 32 bits: a value past 255 is refused (as HTTP refuses it).
+      if constexpr (std::is_same_v<T, uint8_t> && !std::is_same_v<decltype(v), bool>) {
+        if (v > 255) bad("input '" + name + "': element " + std::to_string(i) + " = " + std::to_string(v) + " is out of range for UINT8");
+      }
+      out[i] = static_cast<T>(v);
+    }
   };
   switch (dtype) {
     case DType::kBool: copy(c.bool_contents()); return true;
@@ -97,23 +106,25 @@ std::vector<int64_t> shape_of(const ModelInferRequest::InferInputTensor& t) {
 }
 
 // Checks that the data given for an input fills `shape` of `dtype`, before
-// anything is allocated for it.
+// anything is allocated for it (the counts compared, not multiplied out).
 void check_data_size(const WireInput& in, DType dtype, const std::vector<int64_t>& shape) {
   const std::string& name = in.tensor.name();
   int64_t numel = element_count(shape);
   if (numel < 0) bad("input '" + name + "': shape " + shape_text(shape) + " is too large");
+  size_t elements = static_cast<size_t>(numel);
   if (in.raw) {
     if (typed_count(in.tensor.contents()) > 0) bad("input '" + name + "' has both contents and raw_input_contents");
-    size_t want = static_cast<size_t>(numel) * size_of(dtype);
-    if (in.raw->size() != want) {
+    size_t size = size_of(dtype);
+    if (in.raw->size() % size != 0 || in.raw->size() / size != elements) {
       bad("input '" + name + "': raw_input_contents holds " + std::to_string(in.raw->size()) + " bytes but " +
-          kserve_datatype(dtype) + shape_text(shape) + " needs " + std::to_string(want));
+          kserve_datatype(dtype) + shape_text(shape) +
+          (elements <= (size_t{1} << 40) ? " needs " + std::to_string(elements * size) : std::string(" needs far more")));
     }
     return;
   }
   const char* field = typed_field_name(dtype);
   if (!field) bad("input '" + name + "': " + kserve_datatype(dtype) + " has no typed contents: send it in raw_input_contents");
-  if (typed_count(in.tensor.contents()) != static_cast<size_t>(numel)) {
+  if (typed_count(in.tensor.contents()) != elements) {
     bad("input '" + name + "': shape " + shape_text(shape) + " needs " + std::to_string(numel) + " values in " + field +
         ", got " + std::to_string(typed_count(in.tensor.contents())) + " values");
   }
@@ -139,15 +150,16 @@ void fill(HostTensor& t, const WireInput& in) {
 
 // The request's inputs, checked as HTTP checks them, in the model's order.
 std::vector<HostTensor> infer_inputs(const ModelInferRequest& r, const ModelSignature& model, int64_t max_rows) {
-  InferInputs checked(model, max_rows);
+  InferInputs checked(model, max_rows, 0);  // check_data_size bounds each input by what the message carries
   for (const WireInput& in : wire_inputs(r)) {
     std::vector<int64_t> shape = shape_of(in.tensor);
     const TensorSpec& spec = checked.check(in.tensor.name(), in.tensor.datatype(), shape);
     check_data_size(in, spec.dtype, shape);
     fill(checked.add(in.tensor.name(), in.tensor.datatype(), shape), in);
   }
+  std::vector<HostTensor> inputs = checked.finish();
   for (const auto& o : r.outputs()) InferInputs::check_output(model, o.name());
-  return checked.finish();
+  return inputs;
 }
 
 void set_bool(google::protobuf::Map<std::string, InferParameter>& parameters, const std::string& key, bool value) {
@@ -201,8 +213,11 @@ std::string text_of(const WireInput& in) {
   return in.tensor.contents().bytes_contents(0);
 }
 
-// A numeric input of any numeric datatype, as doubles (ids and counts are exact below 2^53).
-std::vector<double> numbers_of(const WireInput& in) {
+// A number as it came: integers exactly (a seed may need all 64 bits), or a real.
+using Number = std::variant<int64_t, uint64_t, double>;
+
+// A numeric input of any numeric datatype, its elements as they are.
+std::vector<Number> numbers_of(const WireInput& in) {
   DType dtype;
   try {
     dtype = parse_kserve_datatype(in.tensor.datatype());
@@ -210,51 +225,73 @@ std::vector<double> numbers_of(const WireInput& in) {
     bad("input '" + in.tensor.name() + "': " + e.message());
   }
   std::vector<int64_t> shape = shape_of(in.tensor);
-  check_data_size(in, dtype, shape);
+  check_data_size(in, dtype, shape);  // the elements are those the message carries: bounded
   HostTensor t = HostTensor::empty(Shape(shape), dtype);
   fill(t, in);
-  std::vector<double> out(static_cast<size_t>(t.numel()));
+  std::vector<Number> out;
+  out.reserve(static_cast<size_t>(t.numel()));
   visit_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* p = t.data<T>();
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(static_cast<float>(p[i]));
-    if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>) {
-      for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if constexpr (std::is_integral_v<T>) {
+        out.emplace_back(static_cast<int64_t>(p[i]));
+      } else {
+        out.emplace_back(static_cast<double>(static_cast<float>(p[i])));
+        if constexpr (std::is_same_v<T, double>) out.back() = p[i];
+      }
     }
   });
   return out;
 }
 
-int64_t whole_number(double v, const std::string& name) {
-  if (v != static_cast<double>(static_cast<int64_t>(v))) bad("\"" + name + "\" must be an integer, got " + std::to_string(v));
-  return static_cast<int64_t>(v);
+// An integer field: exact, or a whole real within int64's range.
+int64_t integer(const Number& v, const std::string& key) {
+  if (auto* i = std::get_if<int64_t>(&v)) return *i;
+  if (auto* u = std::get_if<uint64_t>(&v)) {
+    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) bad("\"" + key + "\" is out of range");
+    return static_cast<int64_t>(*u);
+  }
+  double d = std::get<double>(v);
+  if (!(d >= -9.2e18 && d <= 9.2e18) || d != std::floor(d)) bad("\"" + key + "\" must be an integer, got " + std::to_string(d));
+  return static_cast<int64_t>(d);
+}
+
+double real(const Number& v) {
+  if (auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
+  if (auto* u = std::get_if<uint64_t>(&v)) return static_cast<double>(*u);
+  return std::get<double>(v);
 }
 
 // A generation request from a stream request: inputs and parameters named as
 // the HTTP generate fields.
 GenerateRequest generate_request_from(const ModelInferRequest& r) {
   GenerateRequest out;
-  auto set = [&](const std::string& key, const std::vector<double>& values, bool list) {
+  auto set = [&](const std::string& key, const std::vector<Number>& values) {
     if (key == "input_ids" || key == "stop_token_ids") {
       std::vector<int64_t> ids;
-      for (double v : values) ids.push_back(whole_number(v, key));
+      for (const Number& v : values) ids.push_back(integer(v, key));
       (key == "input_ids" ? out.input_ids : out.stop_token_ids) = ids;
       return;
     }
-    if (!list && values.size() != 1) bad("\"" + key + "\" takes one value, got " + std::to_string(values.size()));
-    double v = values.at(0);
+    if (values.size() != 1) bad("\"" + key + "\" takes one value, got " + std::to_string(values.size()));
+    const Number& v = values[0];
     if (key == "max_tokens") {
-      out.max_tokens = whole_number(v, key);
+      out.max_tokens = integer(v, key);
     } else if (key == "temperature") {
-      out.temperature = v;
+      out.temperature = real(v);
     } else if (key == "top_k") {
-      out.top_k = whole_number(v, key);
+      out.top_k = integer(v, key);
     } else if (key == "top_p") {
-      out.top_p = v;
+      out.top_p = real(v);
     } else if (key == "seed") {
-      int64_t seed = whole_number(v, key);
-      if (seed < 0) bad("\"seed\" must be a non-negative integer");
-      out.seed = static_cast<uint64_t>(seed);
+      if (auto* u = std::get_if<uint64_t>(&v)) {
+        out.seed = *u;
+      } else {
+        int64_t seed = integer(v, key);
+        if (seed < 0) bad("\"seed\" must be a non-negative integer");
+        out.seed = static_cast<uint64_t>(seed);
+      }
     } else {
       bad("unknown input or parameter '" + key + "' (a generation takes input_ids or text_input, max_tokens, "
           "temperature, top_k, top_p, seed, stop_token_ids)");
@@ -264,16 +301,16 @@ GenerateRequest generate_request_from(const ModelInferRequest& r) {
     if (in.tensor.name() == "text_input") {
       out.text_input = text_of(in);
     } else {
-      set(in.tensor.name(), numbers_of(in), false);
+      set(in.tensor.name(), numbers_of(in));
     }
   }
   for (const auto& [key, p] : r.parameters()) {
     // Triton's own flags and the binary-output switch say nothing about the generation.
     if (key.rfind("triton_", 0) == 0 || key == "binary_data_output" || key == "streaming") continue;
     switch (p.parameter_choice_case()) {
-      case InferParameter::kInt64Param: set(key, {static_cast<double>(p.int64_param())}, false); break;
-      case InferParameter::kUint64Param: set(key, {static_cast<double>(p.uint64_param())}, false); break;
-      case InferParameter::kDoubleParam: set(key, {p.double_param()}, false); break;
+      case InferParameter::kInt64Param: set(key, {Number(p.int64_param())}); break;
+      case InferParameter::kUint64Param: set(key, {Number(p.uint64_param())}); break;
+      case InferParameter::kDoubleParam: set(key, {Number(p.double_param())}); break;
       default: bad("parameter '" + key + "' must be a number");
     }
   }
@@ -362,30 +399,33 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     return reactor;
   }
 
-  // Checks and queues an infer request; done(status, response) once, from any thread.
-  using InferAnswer = std::function<void(const grpc::Status&, int model)>;
+  // Checks and queues an infer request; done(outcome, model) once, from any
+  // thread (model -1: no such model). Nothing thrown escapes: a bug is a 500.
+  using InferAnswer = std::function<void(const Outcome&, int model)>;
   void start_infer(const ModelInferRequest& request, ModelInferResponse* response, InferAnswer done) {
     std::string error;
     int model = core_.find(request.model_name(), request.model_version(), &error);
-    if (model < 0) return done(rpc::status_for_http(404, error), -1);
+    if (model < 0) return done({404, error}, -1);
     const ModelSignature& signature = core_.signature(model);
     std::vector<HostTensor> inputs;
     try {
       inputs = infer_inputs(request, signature, core_.servable(model).batching.max_batch_size);
     } catch (const RequestError& e) {
-      return done(rpc::status_for_http(e.status(), e.what()), model);
+      return done({e.status(), e.what()}, model);
     } catch (const Error& e) {
-      return done(rpc::status_for_error(e), model);
+      return done({e.kind() == ErrorKind::kInternal ? 500 : 400, e.message()}, model);
+    } catch (const std::exception& e) {
+      return done({500, std::string("internal error: ") + e.what()}, model);
     }
     core_.infer(model, std::move(inputs),
                 [&signature, id = request.id(), response, done, model](const Outcome& outcome, std::vector<HostTensor> outputs) {
-                  if (!outcome.ok()) return done(rpc::status_for_http(outcome.status, outcome.error), model);
+                  if (!outcome.ok()) return done(outcome, model);
                   try {
                     fill_infer_response(*response, signature, id, outputs);
                   } catch (const std::exception& e) {
-                    return done(grpc::Status(grpc::StatusCode::INTERNAL, std::string("internal error: ") + e.what()), model);
+                    return done({500, std::string("internal error: ") + e.what()}, model);
                   }
-                  done(grpc::Status::OK, model);
+                  done({}, model);
                 });
   }
 
@@ -394,9 +434,9 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     auto* reactor = context->DefaultReactor();
     ++in_flight_;
     auto arrival = Frontend::Clock::now();
-    start_infer(*request, response, [this, reactor, arrival](const grpc::Status& status, int model) {
-      if (model >= 0) core_.answered(model, rpc::http_status_for(status.error_code()), arrival);
-      finish(reactor, "ModelInfer", status);
+    start_infer(*request, response, [this, reactor, arrival](const Outcome& outcome, int model) {
+      if (model >= 0) core_.answered(model, outcome.status, arrival);
+      finish(reactor, "ModelInfer", outcome.ok() ? grpc::Status::OK : rpc::status_for_http(outcome.status, outcome.error));
       --in_flight_;
     });
     return reactor;
@@ -410,10 +450,16 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
 // One ModelStreamInfer call: reads requests one after the other, starts each,
 // and writes responses in the order they are ready, one write at a time.
 // Owned by itself (and by the callbacks of its requests) until gRPC is done
-// with it and no request refers to it.
+// with it and no request refers to it. At most kMaxPending requests of a
+// stream are in progress: past that it reads no more until one is answered
+// (a client that sends without reading cannot grow the server without bound).
+// Each request in progress counts in the service's in_flight_ (an idle open
+// stream does not: it does not hold a drain back).
 class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferRequest, ModelStreamInferResponse> {
  public:
-  explicit Stream(Service& service) : service_(service) { ++service_.in_flight_; }
+  static constexpr int kMaxPending = 64;
+
+  explicit Stream(Service& service) : service_(service) {}
 
   void start(std::shared_ptr<Stream> self) {
     self_ = std::move(self);
@@ -421,15 +467,27 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    {
       std::lock_guard<std::mutex> lock(mutex_);
-      reads_done_ = true;
-      maybe_finish_locked();
-      return;
+      if (!ok || broken_ || finished_) {  // the client closed its side, or the stream is over
+        reads_done_ = true;
+        maybe_finish_locked();
+        return;
+      }
+      ++pending_;
+      ++service_.in_flight_;
     }
     handle(request_);
     request_.Clear();
-    StartRead(&request_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (broken_ || finished_) {
+      reads_done_ = true;
+      maybe_finish_locked();
+    } else if (pending_ < kMaxPending) {
+      StartRead(&request_);
+    } else {
+      read_paused_ = true;  // resumed when a request is answered
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -452,16 +510,25 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
   }
 
   void OnDone() override {
-    --service_.in_flight_;
     std::shared_ptr<Stream> last = std::move(self_);  // may destroy this when it returns
   }
 
  private:
   // Queues a response; false once the stream is broken or finished (stop producing).
+  // A request ends with its last response, or with the first response that
+  // cannot be sent (its producer stops at that false): it leaves pending_ then.
   bool send(ModelStreamInferResponse response, bool last_of_request) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (last_of_request) --pending_;
-    if (broken_ || finished_) {
+    bool open = !broken_ && !finished_;
+    if (last_of_request || !open) {
+      --pending_;
+      --service_.in_flight_;
+      if (read_paused_ && open) {
+        read_paused_ = false;
+        StartRead(&request_);
+      }
+    }
+    if (!open) {
       maybe_finish_locked();
       return false;
     }
@@ -476,6 +543,7 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
 
   // Finishes when nothing more can come: the client closed its side and every
   // request was answered and written, or the stream broke (no write pending).
+  // A paused read (kMaxPending) counts as outstanding: the stream goes on.
   void maybe_finish_locked() {
     if (finished_ || writing_) return;
     if (broken_) {
@@ -489,53 +557,57 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
     }
   }
 
-  static ModelStreamInferResponse error_response(const std::string& id, const std::string& model,
-                                                 const grpc::Status& status) {
+  static ModelStreamInferResponse error_response(const std::string& id, const std::string& model, const Outcome& outcome) {
     ModelStreamInferResponse r;
-    r.set_error_message(std::string(rpc::code_name(status.error_code())) + ": " + status.error_message());
+    r.set_error_message(std::string(rpc::code_name(rpc::status_code_for_http(outcome.status))) + ": " + outcome.error);
     r.mutable_infer_response()->set_id(id);
     r.mutable_infer_response()->set_model_name(model);
     return r;
   }
 
+  // Starts one request; its last response is sent exactly once, whatever happens.
   void handle(const ModelInferRequest& request) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++pending_;
-    }
-    std::shared_ptr<Stream> self = self_;
     auto arrival = Frontend::Clock::now();
-    std::string error;
-    int model = service_.core_.find(request.model_name(), request.model_version(), &error);
-    if (model >= 0 && service_.core_.generates(model)) return generate(model, request, arrival);
-    // One response for one request, flagged final.
-    auto response = std::make_shared<ModelStreamInferResponse>();
-    service_.start_infer(request, response->mutable_infer_response(),
-                         [self, response, id = request.id(), name = request.model_name(), arrival, this](
-                             const grpc::Status& status, int model) {
-                           if (model >= 0) service_.core_.answered(model, rpc::http_status_for(status.error_code()), arrival);
-                           if (!status.ok()) {
-                             send(error_response(id, name, status), true);
-                             return;
-                           }
-                           set_bool(*response->mutable_infer_response()->mutable_parameters(), "triton_final_response", true);
-                           send(std::move(*response), true);
-                         });
+    try {
+      std::string error;
+      int model = service_.core_.find(request.model_name(), request.model_version(), &error);
+      if (model >= 0 && service_.core_.generates(model)) return generate(model, request, arrival);
+      // One response for one request, flagged final.
+      auto response = std::make_shared<ModelStreamInferResponse>();
+      std::shared_ptr<Stream> self = self_;
+      service_.start_infer(request, response->mutable_infer_response(),
+                           [self, response, id = request.id(), name = request.model_name(), arrival, this](
+                               const Outcome& outcome, int model) {
+                             if (model >= 0) service_.core_.answered(model, outcome.status, arrival);
+                             if (!outcome.ok()) {
+                               send(error_response(id, name, outcome), true);
+                               return;
+                             }
+                             set_bool(*response->mutable_infer_response()->mutable_parameters(), "triton_final_response", true);
+                             send(std::move(*response), true);
+                           });
+    } catch (const std::exception& e) {
+      send(error_response(request.id(), request.model_name(), {500, std::string("internal error: ") + e.what()}), true);
+    }
   }
 
+  // A generation: its request is checked here (400 as an error response),
+  // then each token is a response, then the final one.
   void generate(int model, const ModelInferRequest& request, Frontend::Clock::time_point arrival) {
     std::shared_ptr<Stream> self = self_;
     const ModelSignature& signature = service_.core_.signature(model);
     std::string id = request.id();
-    auto refuse = [&](int status, const std::string& message) {
-      service_.core_.answered(model, status, arrival);
-      send(error_response(id, signature.name, rpc::status_for_http(status, message)), true);
+    auto refuse = [&](const Outcome& outcome) {
+      service_.core_.answered(model, outcome.status, arrival);
+      send(error_response(id, signature.name, outcome), true);
     };
     GenerateRequest parsed;
     try {
       parsed = generate_request_from(request);
     } catch (const RequestError& e) {
-      return refuse(e.status(), e.what());
+      return refuse({e.status(), e.what()});
+    } catch (const Error& e) {
+      return refuse({400, e.message()});
     }
     auto tokenizer = std::make_shared<std::shared_ptr<const models::Tokenizer>>();
     auto text = std::make_shared<std::unique_ptr<models::DecodeStream>>();
@@ -574,7 +646,7 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
               out->add_raw_output_contents(serialized_bytes((*text)->step(u.tokens)));
             }
             set_bool(*out->mutable_parameters(), "triton_final_response", false);
-            if (!send(std::move(r), false)) return false;
+            if (!send(std::move(r), false)) return false;  // the stream broke: the generation is cancelled
           }
           if (!u.done()) return true;
           ModelStreamInferResponse r = base();
@@ -594,7 +666,7 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
           return send(std::move(r), true);
         },
         tokenizer.get());
-    if (!admitted.ok()) return refuse(admitted.status, admitted.error);
+    if (!admitted.ok()) return refuse(admitted);
     service_.core_.answered(model, 200);
   }
 
@@ -603,7 +675,7 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
   ModelInferRequest request_;
   std::mutex mutex_;
   std::deque<ModelStreamInferResponse> queue_;  // front: being written
-  bool writing_ = false, reads_done_ = false, broken_ = false, finished_ = false;
+  bool writing_ = false, reads_done_ = false, broken_ = false, finished_ = false, read_paused_ = false;
   int pending_ = 0;  // requests read whose last response is not queued yet
 };
 

@@ -290,7 +290,6 @@ int run_server(const ServerOptions& o) {
         throw Error(e.kind(), e.message() + ": choose another port with --grpc-port (0: any free port), or turn gRPC off "
                                             "with --grpc-port -1");
       }
-      write_file(o.grpc_port_file, std::to_string(grpc->port()));
     }
     if (o.metrics_port >= 0) {
       HttpServerOptions m = o.http;
@@ -303,7 +302,6 @@ int run_server(const ServerOptions& o) {
         throw Error(e.kind(), "the metrics port (--metrics-port " + std::to_string(o.metrics_port) +
                                   "; 0: any free port, -1: none): " + e.message());
       }
-      write_file(o.metrics_port_file, std::to_string(metrics_http->port()));
     }
   } catch (const Error& e) {
     log::error(e.message());
@@ -312,6 +310,9 @@ int run_server(const ServerOptions& o) {
     scheduler.drain();  // stops the other ranks
     return 2;
   }
+  // The port files once every port is bound (none is left pointing at a server that is not there).
+  if (grpc) write_file(o.grpc_port_file, std::to_string(grpc->port()));
+  if (metrics_http) write_file(o.metrics_port_file, std::to_string(metrics_http->port()));
   write_file(o.port_file, std::to_string(http.port()));
   write_file(o.pid_file, std::to_string(::getpid()));
   metrics.ready(true);

@@ -6,7 +6,9 @@
 // against the same job.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -42,12 +44,24 @@ class Grpc : public ::testing::Test {
     ASSERT_TRUE(job_->wait_ready()) << job_->log();
     ASSERT_GT(job_->grpc_port(), 0) << job_->log();
   }
+  // Drains with a stream left open and idle (as tritonclient's start_stream
+  // leaves one): it does not hold the drain back (the exit timeout is 60 s).
   static void TearDownTestSuite() {
     if (job_) {
-      if (job_->rank0() > 0) {
+      if (job_->rank0() > 0 && job_->grpc_port() > 0) {
+        auto stub = GRPCInferenceService::NewStub(rpc::make_channel("127.0.0.1:" + std::to_string(job_->grpc_port())));
+        grpc::ClientContext idle;
+        auto stream = stub->ModelStreamInfer(&idle);
+        ModelStreamInferResponse response;
+        EXPECT_TRUE(stream->Write(matmul_request(1, 1.0f, true, "before-drain")));
+        EXPECT_TRUE(stream->Read(&response));  // the stream is up, answered, and now idle
+        auto signalled = std::chrono::steady_clock::now();
         job_->signal_rank0(SIGTERM);
-        EXPECT_TRUE(job_->exited(std::chrono::seconds(60))) << job_->log();
+        EXPECT_TRUE(job_->exited(std::chrono::seconds(120))) << job_->log();
+        EXPECT_LT(std::chrono::steady_clock::now() - signalled, std::chrono::seconds(30))
+            << "an idle stream held the drain back";
         EXPECT_EQ(job_->exit_code(), 0) << job_->log();
+        idle.TryCancel();
       }
       delete job_;
       job_ = nullptr;
@@ -270,8 +284,17 @@ TEST_F(Grpc, BadRequestsGetTheirStatusAndTheHttpMessage) {
 }
 
 // 64 calls at once: every answer right, and batched as HTTP requests are.
+// The value of a metrics line that starts with `series` (-1 when absent).
+double metric(const std::string& metrics, const std::string& series) {
+  size_t at = metrics.find(series + " ");
+  return at == std::string::npos ? -1 : std::stod(metrics.substr(at + series.size() + 1));
+}
+
 TEST_F(Grpc, SixtyFourConcurrentCallsAreAllRight) {
   constexpr int kCalls = 64;
+  const std::string batched = "meshrt_batch_requests_sum{model=\"matmul_neg\",version=\"1\"}";
+  const std::string ok_calls = "meshrt_grpc_requests_total{method=\"ModelInfer\",code=\"OK\"}";
+  std::string before = job_->client().request("GET", "/metrics").body;
   std::vector<std::string> errors(kCalls);
   std::vector<std::thread> clients;
   for (int k = 0; k < kCalls; ++k) {
@@ -292,10 +315,10 @@ TEST_F(Grpc, SixtyFourConcurrentCallsAreAllRight) {
   }
   for (std::thread& t : clients) t.join();
   for (int k = 0; k < kCalls; ++k) EXPECT_EQ(errors[static_cast<size_t>(k)], "") << "call " << k;
-  // The calls are counted on /metrics, and went through the dynamic batcher.
-  std::string metrics = job_->client().request("GET", "/metrics").body;
-  EXPECT_NE(metrics.find("meshrt_grpc_requests_total{method=\"ModelInfer\",code=\"OK\"}"), std::string::npos);
-  EXPECT_NE(metrics.find("meshrt_batch_requests_count{model=\"matmul_neg\""), std::string::npos);
+  // The calls are counted on /metrics, and each went through the dynamic batcher.
+  std::string after = job_->client().request("GET", "/metrics").body;
+  EXPECT_EQ(metric(after, ok_calls) - std::max(0.0, metric(before, ok_calls)), kCalls) << after;
+  EXPECT_EQ(metric(after, batched) - std::max(0.0, metric(before, batched)), kCalls) << after;
 }
 
 // The logits of a Llama checkpoint are the same bytes over gRPC as over HTTP.
@@ -427,10 +450,14 @@ TEST_F(Grpc, StreamCarriesErrorsAndInferRequestsAndGoesOn) {
 // A client that cancels its stream mid-generation: the server stays well (the
 // next call is answered) and the cancelled generation leaves the batch.
 TEST_F(Grpc, CancelledStreamLeavesTheServerWell) {
+  const std::string tokens = "meshrt_generation_tokens_total{model=\"llama-tiny\",version=\"1\"}";
+  const std::string cancelled = "meshrt_grpc_requests_total{method=\"ModelStreamInfer\",code=\"CANCELLED\"}";
+  std::string before = job_->client().request("GET", "/metrics").body;
+  constexpr int kAsked = 200;
   {
     auto c = context();
     auto s = stub_->ModelStreamInfer(c.get());
-    ASSERT_TRUE(s->Write(generate_request({60, 193, 243}, 200, "long")));
+    ASSERT_TRUE(s->Write(generate_request({60, 193, 243}, kAsked, "long")));
     ModelStreamInferResponse first;
     ASSERT_TRUE(s->Read(&first));
     c->TryCancel();
@@ -438,20 +465,66 @@ TEST_F(Grpc, CancelledStreamLeavesTheServerWell) {
   }
   ModelInferResponse r;
   ASSERT_TRUE(stub_->ModelInfer(context().get(), matmul_request(1, 1.0f, true), &r).ok());
-  // Its KV-cache blocks come back (the gauge returns to 0 once it left the batch).
-  bool freed = false;
-  for (int i = 0; i < 600 && !freed; ++i) {
-    std::string metrics = job_->client().request("GET", "/metrics").body;
-    freed = metrics.find("meshrt_kv_cache_blocks_in_use{model=\"llama-tiny\",version=\"1\"} 0") != std::string::npos;
-    if (!freed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // The server saw the cancel, and the generation left the batch: its count of
+  // tokens stops short of what was asked, and its KV-cache blocks come back.
+  bool settled = false;
+  std::string metrics;
+  for (int i = 0; i < 600 && !settled; ++i) {
+    metrics = job_->client().request("GET", "/metrics").body;
+    settled = metric(metrics, cancelled) > std::max(0.0, metric(before, cancelled)) &&
+              metrics.find("meshrt_kv_cache_blocks_in_use{model=\"llama-tiny\",version=\"1\"} 0") != std::string::npos;
+    if (!settled) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  EXPECT_TRUE(freed);
+  ASSERT_TRUE(settled) << metrics;
+  double generated = metric(metrics, tokens) - std::max(0.0, metric(before, tokens));
+  EXPECT_GE(generated, 1);
+  EXPECT_LT(generated, kAsked) << "the cancelled generation ran to its end";
+}
+
+// Shapes whose element count would overflow a byte count, or that the
+// message could not carry: refused before anything is allocated, on ModelInfer
+// and on a stream (which goes on).
+TEST_F(Grpc, HugeShapesAreRefusedBeforeAllocation) {
+  ModelInferRequest huge;
+  huge.set_model_name("llama-tiny");
+  auto* in = huge.add_inputs();
+  in->set_name("input_ids");
+  in->set_datatype("INT64");
+  in->add_shape(1);
+  in->add_shape(int64_t{1} << 61);
+  huge.add_raw_input_contents("");
+  ModelInferResponse r;
+  grpc::Status s = stub_->ModelInfer(context().get(), huge, &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("raw_input_contents holds 0 bytes but INT64[1, 2305843009213693952] needs far more"),
+            std::string::npos)
+      << s.error_message();
+
+  ModelInferRequest huge_parameter = generate_request({60, 193}, 2, "huge");
+  huge_parameter.clear_parameters();
+  auto* max_tokens = huge_parameter.add_inputs();
+  max_tokens->set_name("max_tokens");
+  max_tokens->set_datatype("INT64");
+  max_tokens->add_shape(int64_t{1} << 61);
+  huge_parameter.add_raw_input_contents(std::string(2 * sizeof(int64_t), 0));  // input_ids: two tokens of id 0
+  huge_parameter.add_raw_input_contents("");
+  huge_parameter.mutable_inputs(0)->clear_contents();
+  grpc::Status status;
+  std::vector<ModelStreamInferResponse> responses =
+      stream({huge_parameter, matmul_request(1, 1.0f, true, "after")}, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::map<std::string, std::string> errors;
+  for (const auto& response : responses) errors[response.infer_response().id()] = response.error_message();
+  EXPECT_NE(errors["huge"].find("INVALID_ARGUMENT: input 'max_tokens': raw_input_contents holds 0 bytes"), std::string::npos)
+      << errors["huge"];
+  EXPECT_EQ(errors.count("after"), 1u);
+  EXPECT_EQ(errors["after"], "");
 }
 
 // The Python client (python3-grpcio, stubs generated from the same proto).
 TEST_F(Grpc, PythonClient) {
-  if (std::system("/usr/bin/python3 -c 'import grpc, google.protobuf' > /dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "python3-grpcio or python3-protobuf is not installed (./run.sh installs them)";
+  if (std::system("/usr/bin/python3 -c 'import grpc, google.protobuf, numpy' > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "python3-grpcio, python3-protobuf or python3-numpy is not installed (./run.sh installs them)";
   }
   std::string command = "/usr/bin/python3 " MESHRT_SOURCE_DIR "/tests/grpc_client_test.py --port " +
                         std::to_string(job_->grpc_port()) + " --http-port " + std::to_string(job_->port()) +
