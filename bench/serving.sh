@@ -7,9 +7,13 @@
 # copy of the example whose max_batch_size is 1024 (the example's is 256). The loadgen also prints the server's median
 # engine and forward time per batch and the raw batched compute in rows/s.
 #   bench/serving.sh [loadgen args...]      (from the repository root, after ./run.sh build)
+# MESHRT_BENCH_REQUESTS (default 1000) and MESHRT_BENCH_REQUESTS_LARGE (300): requests per
+# level of the 1-row and of the 1024-row runs (the smoke test, bench_serving_smoke, takes few).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${MESHRT_BUILD_DIR:-build}
+requests=${MESHRT_BENCH_REQUESTS:-1000}
+requests_large=${MESHRT_BENCH_REQUESTS_LARGE:-300}
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_rmaps_base_oversubscribe=1
 work=$(mktemp -d)
@@ -30,10 +34,10 @@ for run in "on 1" "off 1" "off 1024"; do
   echo "## dynamic batching $batching, $rows row(s) per request (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"
   if [ "$rows" = 1 ]; then
     "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --grpc-url "127.0.0.1:$(cat "$work/grpc_port")" \
-      --model matmul_neg --concurrency 1,8,64 --requests 1000 --rows 1 --format all --expect -48 "$@"
+      --model matmul_neg --concurrency 1,8,64 --requests "$requests" --rows 1 --format all --expect -48 "$@"
   else
     "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8 \
-      --requests 300 --rows "$rows" --format binary --expect -48 "$@"
+      --requests "$requests_large" --rows "$rows" --format binary --expect -48 "$@"
   fi
   kill -TERM "$(cat "$work/pid")"
   wait "$job"
