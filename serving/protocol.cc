@@ -185,8 +185,8 @@ HostTensor& InferInputs::add(const std::string& name, const std::string& datatyp
 const TensorSpec& InferInputs::check(const std::string& name, const std::string& datatype,
                                      const std::vector<int64_t>& shape) const {
   const TensorSpec& spec = check_datatype(name, datatype);
-  // Elements counted without overflow: past wire_bytes_ the input cannot have come.
-  uint64_t elements = 1, past = wire_bytes_ > 0 ? uint64_t{wire_bytes_} + 1 : uint64_t{1} << 62;
+  // Elements counted without overflow: past the bound the input cannot have come.
+  uint64_t elements = 1, past = bound() + 1;
   for (int64_t d : shape) {
     if (d < 0) bad("input '" + name + "': shape " + shape_text(shape) + " must hold non-negative integers");
     uint64_t extent = static_cast<uint64_t>(d);
@@ -209,7 +209,7 @@ const TensorSpec& InferInputs::check(const std::string& name, const std::string&
     bad("input '" + name + "' has " + std::to_string(shape[0]) + " rows but the inputs before it have " +
         std::to_string(batch_rows_) + " (one batch axis for all inputs)");
   }
-  if (wire_bytes_ > 0 && elements > wire_bytes_) {
+  if (elements > bound()) {
     bad("input '" + name + "': shape " + shape_text(shape) + " holds more elements than the request's " +
         std::to_string(wire_bytes_) + " bytes can carry");
   }

@@ -13,6 +13,7 @@
 // input) and a message naming the input, what was expected and what came.
 #pragma once
 
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -50,8 +51,10 @@ class InferInputs {
  public:
   // wire_bytes: the size of what carried the request (a body). No element
   // takes less than a byte on any wire, so an input of more elements than that
-  // cannot have come: it is refused before anything is allocated. 0: no such
-  // bound (the caller checks each input's data against its shape before add()).
+  // cannot have come: it is refused before anything is allocated (past 2^20
+  // elements; a smaller mistake gets the data's own message when it is read).
+  // 0: no such bound (the caller checks each input's data against its shape
+  // before add()).
   InferInputs(const ModelSignature& model, int64_t max_rows, size_t wire_bytes);
   // The model's input of this name, not given before (the first checks, in the order HTTP has always made them).
   const TensorSpec& spec_of(const std::string& name) const;
@@ -71,6 +74,8 @@ class InferInputs {
   const ModelSignature& model_;
   int64_t max_rows_;
   size_t wire_bytes_;
+  // The most elements an input may hold.
+  uint64_t bound() const { return wire_bytes_ > 0 ? std::max<uint64_t>(wire_bytes_, uint64_t{1} << 20) : uint64_t{1} << 62; }
   int64_t batch_rows_ = -1;  // of the first input given
   std::vector<HostTensor> inputs_;
 };
