@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   o.mpirun = fs::exists(MESHRT_MPIEXEC) ? MESHRT_MPIEXEC : "mpirun";
   o.serve = (own_folder() / "meshrt-serve").string();
   meshrt::apps::CommandLine app{
-      "meshrt-supervisor (also: meshrt-serve --supervise): owns the HTTP port of a meshrt-serve job and runs the job\n"
+      "meshrt-supervisor (also: meshrt-serve --supervise): owns the HTTP and gRPC ports of a meshrt-serve job and runs the job\n"
       "as its child (mpirun -np <ranks> meshrt-serve ... on 127.0.0.1, any port), relaying every request to its rank 0.\n"
       "When the job ends unasked (kill -9 of any rank makes OpenMPI end it), it is relaunched; meanwhile every request\n"
       "gets 503 with Retry-After, /v2/health/live stays 200 and /v2/health/ready is 503. Options it does not know go to\n"
@@ -64,6 +64,12 @@ int main(int argc, char** argv) {
   app.add("--serve", o.serve, "the meshrt-serve executable to run").show_default();
   app.add("--http-port", o.http.port, "public HTTP port (0: any free port)").show_default();
   app.add("--http-address", o.http.address, "public address to listen on").show_default();
+  int grpc_port = o.grpc.port;
+  app.add("--grpc-port", grpc_port,
+          "public KServe v2 gRPC port, relayed call by call to the job's (0: any free port; -1: no gRPC)")
+      .show_default();
+  app.add("--grpc-address", o.grpc.address, "public address of gRPC").show_default();
+  app.add("--grpc-port-file", o.grpc_port_file, "the supervisor writes its public gRPC port here");
   app.add("--http-threads", o.http.threads, "HTTP threads of the public side").show_default();
   app.add("--max-body-bytes", o.http.max_body_bytes,
           "largest request body accepted (413 above); passed on to meshrt-serve too").show_default();
@@ -101,6 +107,10 @@ int main(int argc, char** argv) {
     MESHRT_CHECK_ARG(header_timeout_ms > 0 && body_timeout_ms > 0, "--http-header-timeout-ms and --http-body-timeout-ms must be positive");
     MESHRT_CHECK_ARG(restart_delay_ms >= 0 && start_timeout_s > 0 && stop_timeout_s > 0 && upstream_timeout_s > 0,
                      "--restart-delay-ms must not be negative, the timeouts must be positive");
+    MESHRT_CHECK_ARG(grpc_port >= -1 && grpc_port <= 65535, "--grpc-port must be a port (0: any free one) or -1 (no gRPC), got ",
+                     grpc_port);
+    o.grpc_enabled = grpc_port >= 0;
+    if (o.grpc_enabled) o.grpc.port = static_cast<uint16_t>(grpc_port);
     o.http.header_timeout = std::chrono::milliseconds(header_timeout_ms);
     o.http.body_timeout = std::chrono::milliseconds(body_timeout_ms);
     o.restart_delay = std::chrono::milliseconds(restart_delay_ms);

@@ -3,7 +3,7 @@
 # batching on and then off, and runs meshrt-loadgen against each: requests per
 # second and p50/p90/p99 latency at concurrency 1, 8 and 64, HTTP with JSON and
 # binary tensors and gRPC with raw contents (each against HTTP binary's req/s),
-# 1 row per request; then 1024 rows per request, binary, batching off, from a
+# 1 row per request; then 1024 rows per request (the three formats), batching off, from a
 # copy of the example whose max_batch_size is 1024 (the example's is 256). The loadgen also prints the server's median
 # engine and forward time per batch and the raw batched compute in rows/s.
 #   bench/serving.sh [loadgen args...]      (from the repository root, after ./run.sh build)
@@ -37,7 +37,7 @@ for run in "on 1" "off 1" "off 1024"; do
       --model matmul_neg --concurrency 1,8,64 --requests "$requests" --rows 1 --format all --expect -48 "$@"
   else
     "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8 \
-      --requests "$requests_large" --rows "$rows" --format binary --expect -48 "$@"
+      --requests "$requests_large" --rows "$rows" --format all --expect -48 "$@"
   fi
   kill -TERM "$(cat "$work/pid")"
   wait "$job"

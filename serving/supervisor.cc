@@ -33,6 +33,7 @@
 
 #include "device/error.h"
 #include "device/log.h"
+#include "rpc/relay.h"
 #include "serving/protocol.h"
 #include "serving/signal_pipe.h"
 
@@ -322,6 +323,21 @@ class Supervisor {
       work_dir_ = o_.work_dir;
       fs::create_directories(work_dir_);
     }
+    if (o_.grpc_enabled) {
+      rpc::ServerOptions grpc = o_.grpc;
+      grpc.max_message_bytes = o_.http.max_body_bytes;
+      relay_ = std::make_unique<rpc::Relay>(grpc, [this](std::string* why_not) -> std::optional<std::string> {
+        std::lock_guard<std::mutex> lock(job_mutex_);
+        State state = state_;
+        if (state != State::kUp || grpc_port_ == 0) {
+          ++unavailable_total_;
+          *why_not = state != State::kUp ? down_reason(state) : "the inference job did not say its gRPC port";
+          return std::nullopt;
+        }
+        return "127.0.0.1:" + std::to_string(grpc_port_);
+      });
+      write_text(o_.grpc_port_file, std::to_string(relay_->port()));
+    }
     write_text(o_.port_file, std::to_string(http_->port()));
     write_text(o_.pid_file, std::to_string(::getpid()));
     for (int i = 0; i < o_.proxy_threads; ++i) workers_.emplace_back([this] { work(); });
@@ -329,6 +345,8 @@ class Supervisor {
     std::thread prober([this] { probe_readiness(); });
     say("listening on http://%s:%u; the job: %s", o_.http.address.c_str(), static_cast<unsigned>(http_->port()),
         command_line_text().c_str());
+    if (relay_) say("listening on grpc://%s:%u (relayed to the job's gRPC port)", o_.grpc.address.c_str(),
+                    static_cast<unsigned>(relay_->port()));
 
     int code = monitor();
     {
@@ -341,7 +359,9 @@ class Supervisor {
     state_ = State::kStopping;
     http_->stop_accepting();
     auto deadline = Clock::now() + std::chrono::seconds(10);
-    while (http_->in_flight() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    auto busy = [&] { return http_->in_flight() > 0 || (relay_ && relay_->in_flight() > 0); };
+    while (busy() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (relay_) relay_->shutdown(std::chrono::milliseconds(100));
     http_->stop();
     server.join();
     {
@@ -510,6 +530,13 @@ class Supervisor {
       return a == "--metrics-port" || a.rfind("--metrics-port=", 0) == 0;
     });
     if (!metrics_port_given) args.insert(args.end(), {"--metrics-port", "0"});
+    // The job's gRPC on loopback, any port: the public one is the relay's.
+    if (o_.grpc_enabled) {
+      args.insert(args.end(), {"--grpc-address", "127.0.0.1", "--grpc-port", "0", "--grpc-port-file",
+                               job_file("job.grpc_port").string()});
+    } else {
+      args.insert(args.end(), {"--grpc-port", "-1"});
+    }
     return args;
   }
 
@@ -592,8 +619,13 @@ class Supervisor {
   }
 
   void set_state(State state, uint16_t port = 0) {
+    // Rank 0 writes its gRPC port before its HTTP port: known once it is up.
+    long grpc = state == State::kUp && o_.grpc_enabled ? read_number(job_file("job.grpc_port")) : 0;
     std::lock_guard<std::mutex> lock(job_mutex_);
-    if (state == State::kUp) port_ = port;
+    if (state == State::kUp) {
+      port_ = port;
+      grpc_port_ = grpc > 0 && grpc <= 65535 ? static_cast<uint16_t>(grpc) : 0;
+    }
     state_ = state;
   }
 
@@ -675,7 +707,7 @@ class Supervisor {
     Clock::time_point lost_at;
     while (!stop_) {
       std::error_code ignored;
-      for (const char* name : {"job.port", "job.pid"}) fs::remove(job_file(name), ignored);
+      for (const char* name : {"job.port", "job.pid", "job.grpc_port"}) fs::remove(job_file(name), ignored);
       for (int r = 0; r < o_.ranks; ++r) fs::remove(job_file("job.pid." + std::to_string(r)), ignored);
       reap_strays();
       pid_t job = launch();
@@ -754,10 +786,11 @@ class Supervisor {
   fs::path work_dir_;
   bool own_work_dir_ = false;
   std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<rpc::Relay> relay_;  // the public gRPC port, when on
 
-  std::mutex job_mutex_;  // port_, generation_ and state_ change together
+  std::mutex job_mutex_;  // port_, grpc_port_, generation_ and state_ change together
   std::atomic<State> state_{State::kStarting};
-  uint16_t port_ = 0;
+  uint16_t port_ = 0, grpc_port_ = 0;
   std::atomic<uint64_t> generation_{0};
   bool stop_ = false;  // the monitor's thread only
 

@@ -1,4 +1,4 @@
-// meshrt-supervisor's core: owns the public HTTP port of a meshrt-serve job and
+// meshrt-supervisor's core: owns the public HTTP (and gRPC) port of a meshrt-serve job and
 // runs the job (mpirun -np <ranks> meshrt-serve ...) as its child, relaunching
 // it whenever it ends without being asked to, so that losing a rank (kill -9 of
 // any rank makes OpenMPI end the whole job) costs a restart, not the service.
@@ -15,6 +15,10 @@
 //     Retry-After header and {"error": "...restarting..."}; /v2/health/ready
 //     answers 503 {"ready": false} then. /metrics has the supervisor's
 //     counters (meshrt_supervisor_*) after the job's own lines.
+// The public gRPC port (grpc, unless off) is relayed the same way, call by
+// call (rpc/relay.h) to the job's gRPC port on loopback: while the job is up
+// every call goes through (streams too), otherwise it gets UNAVAILABLE with
+// the same reason; a call in flight when the job is lost ends UNAVAILABLE.
 // Nothing is re-sent on its own: an exchange that failed before a byte was
 // written (connection refused) gets 503 at once, like one that failed later (the
 // request may or may not have run); only GET and HEAD, being idempotent, are
@@ -34,12 +38,18 @@
 #include <string>
 #include <vector>
 
+#include "rpc/server.h"
 #include "serving/http_server.h"
 
 namespace meshrt::serving {
 
 struct SupervisorOptions {
   HttpServerOptions http;   // the public side (address, port, limits)
+  // The public gRPC port (relayed to the job's); grpc_enabled false: none,
+  // and the job serves no gRPC either.
+  rpc::ServerOptions grpc{"0.0.0.0", 8001};
+  bool grpc_enabled = true;
+  std::string grpc_port_file;  // the supervisor writes its public gRPC port here
   int ranks = 1;            // mpirun -np
   std::string mpirun;       // the launcher (a path, or a name looked up on PATH)
   std::vector<std::string> mpirun_args;  // before -np

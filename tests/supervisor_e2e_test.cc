@@ -23,6 +23,9 @@
 
 #include "io/safetensors.h"
 #include "serving/http_client.h"
+#include "rpc/client.h"
+#include "rpc/proto/grpc_service.grpc.pb.h"
+#include "rpc/status.h"
 #include "spawn_util.h"
 
 
@@ -98,8 +101,7 @@ class Supervised : public testing::Spawned {
                                      "--port-file", (dir_ / "port").string(), "--pid-file", (dir_ / "pid").string(),
                                      "--work-dir", (dir_ / "job").string(), "--restart-delay-ms", "200",
                                      "--retry-after-s", "1", "--stop-timeout-s", std::to_string(kStopTimeoutS),
-                                     // the job binds gRPC itself (passed on): any free port, as jobs run side by side
-                                     "--grpc-port", "0"};
+                                     "--grpc-port", "0", "--grpc-port-file", (dir_ / "grpc_port").string()};
     args.insert(args.end(), extra.begin(), extra.end());
     start(args, (dir_ / "log").string());
   }
@@ -137,6 +139,11 @@ class Supervised : public testing::Spawned {
     return port_;
   }
   HttpClient client() { return HttpClient("127.0.0.1", port()); }
+  // The supervisor's public gRPC port (relayed to the job's).
+  uint16_t grpc_port() const { return static_cast<uint16_t>(read_number(dir_ / "grpc_port")); }
+  std::unique_ptr<inference::GRPCInferenceService::Stub> grpc_stub() const {
+    return inference::GRPCInferenceService::NewStub(rpc::make_channel("127.0.0.1:" + std::to_string(grpc_port())));
+  }
   // The pid a rank of the current launch wrote (0 if none yet).
   pid_t rank_pid(int rank) const { return static_cast<pid_t>(read_number(dir_ / "job" / ("job.pid." + std::to_string(rank)))); }
   std::string log() const { return read_file(dir_ / "log"); }
@@ -227,6 +234,48 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
     });
   }
 
+  // gRPC through the supervisor's relay, at the same time: every call is
+  // answered OK (and right) or, while the job is down, UNAVAILABLE.
+  std::atomic<long> grpc_ok{0}, grpc_unavailable{0}, grpc_other{0}, grpc_ok_after_recovery{0};
+  std::string grpc_odd;
+  std::thread grpc_load([&] {
+    auto stub = job.grpc_stub();
+    for (int i = 0; !stop; ++i) {
+      inference::ModelInferRequest request;
+      request.set_model_name("ident");
+      auto* in = request.add_inputs();
+      in->set_name("x");
+      in->set_datatype("FP32");
+      in->add_shape(1);
+      in->add_shape(kWidth);
+      std::vector<float> data(kWidth, static_cast<float>(i % 1000));
+      request.add_raw_input_contents(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
+      grpc::ClientContext context;
+      rpc::set_timeout(context, std::chrono::seconds(60));
+      inference::ModelInferResponse response;
+      grpc::Status status = stub->ModelInfer(&context, request, &response);
+      if (status.ok()) {
+        float first = -1;
+        if (response.raw_output_contents_size() == 1 && response.raw_output_contents(0).size() == kWidth * sizeof(float)) {
+          std::memcpy(&first, response.raw_output_contents(0).data(), sizeof first);
+        }
+        if (first == static_cast<float>(i % 1000)) {
+          ++grpc_ok;
+          if (recovered) ++grpc_ok_after_recovery;
+        } else {
+          ++grpc_other;
+        }
+      } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        ++grpc_unavailable;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      } else {
+        ++grpc_other;
+        std::lock_guard<std::mutex> lock(mutex);
+        grpc_odd = std::string(rpc::code_name(status.error_code())) + ": " + status.error_message();
+      }
+    }
+  });
+
   // Liveness and readiness, every 25 ms.
   std::atomic<bool> killed{false}, saw_unready{false};
   Clock::time_point ready_again;  // set once, before recovered
@@ -266,10 +315,13 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
     killed = true;
   }
   bool healed = can_kill && wait_until([&] { return recovered.load(); }, std::chrono::seconds(120));
-  if (healed) wait_until([&] { return ok_after_recovery >= 20; }, std::chrono::seconds(30));
+  if (healed) {
+    wait_until([&] { return ok_after_recovery >= 20 && grpc_ok_after_recovery >= 5; }, std::chrono::seconds(30));
+  }
   stop = true;
   for (auto& t : load) t.join();
   health.join();
+  grpc_load.join();
   ASSERT_TRUE(loaded) << "no load got through before the kill: " << odd << "\n" << job.log();
   ASSERT_TRUE(can_kill) << "rank 1's pid " << victim << " is not a meshrt-serve process: " << victim_command;
   ASSERT_TRUE(healed) << "the job never got ready again after the kill\n" << job.log();
@@ -302,6 +354,40 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
   EXPECT_TRUE(saw_unready.load());
   EXPECT_GT(during_retry, 0) << "no request saw the restart";
   EXPECT_GE(ok_after_recovery.load(), 20) << "results after the recovery";
+  std::printf("gRPC through the relay: %ld OK, %ld UNAVAILABLE (the job down), %ld otherwise\n", grpc_ok.load(),
+              grpc_unavailable.load(), grpc_other.load());
+  EXPECT_EQ(grpc_other.load(), 0) << grpc_odd;
+  EXPECT_GE(grpc_ok_after_recovery.load(), 5) << "gRPC results after the recovery";
+
+  // A stream through the relay, after the recovery.
+  {
+    auto stub = job.grpc_stub();
+    grpc::ClientContext context;
+    rpc::set_timeout(context, std::chrono::seconds(60));
+    auto stream = stub->ModelStreamInfer(&context);
+    for (int k = 0; k < 3; ++k) {
+      inference::ModelInferRequest request;
+      request.set_model_name("ident");
+      request.set_id("s" + std::to_string(k));
+      auto* in = request.add_inputs();
+      in->set_name("x");
+      in->set_datatype("FP32");
+      in->add_shape(1);
+      in->add_shape(kWidth);
+      std::vector<float> data(kWidth, 7.0f + static_cast<float>(k));
+      request.add_raw_input_contents(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
+      EXPECT_TRUE(stream->Write(request));
+    }
+    stream->WritesDone();
+    inference::ModelStreamInferResponse response;
+    int answers = 0;
+    while (stream->Read(&response)) {
+      EXPECT_EQ(response.error_message(), "");
+      ++answers;
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+    EXPECT_EQ(answers, 3);
+  }
 
   std::string log = job.log();
   std::istringstream lines(log);
@@ -348,6 +434,34 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
   EXPECT_FALSE(rank1 > 1 && alive(rank1)) << "rank 1 outlived the supervisor";
   EXPECT_TRUE(processes_mentioning(job.dir().string()).empty()) << "a process of the job outlived the supervisor";
   EXPECT_NE(job.log().find("SIGTERM to the job's rank 0"), std::string::npos) << job.log();
+  fs::remove_all(root);
+}
+
+// While the job is not up (here a launcher that only sleeps: the job stays
+// "starting"), a gRPC call through the relay gets UNAVAILABLE with the reason.
+TEST(Supervisor, GrpcWhileTheJobIsDownIsUnavailable) {
+  fs::path root = fs::temp_directory_path() / ("meshrt-sup-grpc-" + std::to_string(::getpid()));
+  fs::create_directories(root);
+  fs::path launcher = root / "sleeping-launcher.sh";
+  {
+    std::ofstream out(launcher);
+    out << "#!/bin/sh\nexec sleep 300\n";
+  }
+  fs::permissions(launcher, fs::perms::owner_all);
+  Supervised job(identity_repository(root / "models", kWidth), 2, {"--mpirun", launcher.string()});
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (job.grpc_port() == 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_GT(job.grpc_port(), 0) << job.log();
+  auto stub = job.grpc_stub();
+  grpc::ClientContext context;
+  rpc::set_timeout(context, std::chrono::seconds(30));
+  inference::ServerReadyResponse ready;
+  grpc::Status status = stub->ServerReady(&context, {}, &ready);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_NE(status.error_message().find("the inference job is starting"), std::string::npos) << status.error_message();
+  ::kill(job.pid(), SIGTERM);
+  EXPECT_TRUE(job.exited(std::chrono::seconds(2 * Supervised::kStopTimeoutS + 10))) << job.log();
+  EXPECT_EQ(job.exit_code(), 0) << job.log();
   fs::remove_all(root);
 }
 
