@@ -172,23 +172,26 @@ int main(int argc, char** argv) {
       if (!wanted) continue;
       Request request = make_request(metadata, o.rows, o.value, format == "binary");
       inference::ModelInferRequest grpc_request = make_grpc_request(o.model, metadata, o.rows, o.value);
-      // One request of this format on a client of its own (each thread has one: a connection each).
-      using Sender = std::function<bool()>;
+      // One request of this format on a client of its own (each thread has
+      // one: a connection each); "" when answered right, else what went wrong.
+      using Sender = std::function<std::string()>;
       auto make_sender = [&]() -> Sender {
         if (format == "grpc") {
           auto stub = inference::GRPCInferenceService::NewStub(meshrt::rpc::make_channel(o.grpc_url, 64u << 20, true));
-          return [&, stub = std::shared_ptr<inference::GRPCInferenceService::Stub>(std::move(stub))] {
+          return [&, stub = std::shared_ptr<inference::GRPCInferenceService::Stub>(std::move(stub))]() -> std::string {
             grpc::ClientContext context;
             meshrt::rpc::set_timeout(context, std::chrono::seconds(300));
             inference::ModelInferResponse response;
             grpc::Status status = stub->ModelInfer(&context, grpc_request, &response);
-            return status.ok() && (!o.check || grpc_output_is(response, o.expect));
+            if (!status.ok()) return std::string(meshrt::rpc::code_name(status.error_code())) + ": " + status.error_message();
+            return !o.check || grpc_output_is(response, o.expect) ? "" : "a wrong answer";
           };
         }
         auto client = std::make_shared<HttpClient>(host, port);
-        return [&, client] {
+        return [&, client]() -> std::string {
           HttpResponse r = client->request("POST", "/v2/models/" + o.model + "/infer", request.body, request.headers);
-          return r.status == 200 && (!o.check || output_is(r, o.expect));
+          if (r.status != 200) return std::to_string(r.status) + ": " + r.body.substr(0, 200);
+          return !o.check || output_is(r, o.expect) ? "" : "a wrong answer";
         };
       };
       for (int level : levels) {
@@ -198,6 +201,7 @@ int main(int argc, char** argv) {
         std::string before = control.request("GET", "/metrics").body;
         std::atomic<int> next{0};
         std::atomic<int> errors{0};
+        std::string first_error;  // with mutex
         std::mutex mutex;
         std::vector<double> latencies;
         auto start = std::chrono::steady_clock::now();
@@ -208,10 +212,16 @@ int main(int argc, char** argv) {
             std::vector<double> mine;
             while (next.fetch_add(1) < o.requests) {
               auto t0 = std::chrono::steady_clock::now();
+              std::string failed;
               try {
-                if (!send()) ++errors;
-              } catch (const std::exception&) {
+                failed = send();
+              } catch (const std::exception& e) {
+                failed = e.what();
+              }
+              if (!failed.empty()) {
                 ++errors;
+                std::lock_guard<std::mutex> lock(mutex);
+                if (first_error.empty()) first_error = failed;
               }
               mine.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
             }
@@ -246,6 +256,7 @@ int main(int argc, char** argv) {
                     rows_batches > 0 ? rows_sum / rows_batches : 0.0, mean - queue_ms - batch_ms, engine_us,
                     forward_us, engine_overhead_us, static_cast<double>(latencies.size() * o.rows) / seconds,
                     forward_us > 0 && rows_batches > 0 ? 1e6 * (rows_sum / rows_batches) / forward_us : 0.0);
+        if (!first_error.empty()) std::printf("#   the first error: %s\n", first_error.c_str());
         std::fflush(stdout);
         rates[{format, level}] = latencies.size() / seconds;
         all_ok = all_ok && errors.load() == 0;

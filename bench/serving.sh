@@ -36,7 +36,8 @@ for run in "on 1" "off 1" "off 1024"; do
     "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --grpc-url "127.0.0.1:$(cat "$work/grpc_port")" \
       --model matmul_neg --concurrency 1,8,64 --requests "$requests" --rows 1 --format all --expect -48 "$@"
   else
-    "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --model matmul_neg --concurrency 1,8 \
+    "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --grpc-url "127.0.0.1:$(cat "$work/grpc_port")" \
+      --model matmul_neg --concurrency 1,8 \
       --requests "$requests_large" --rows "$rows" --format all --expect -48 "$@"
   fi
   kill -TERM "$(cat "$work/pid")"

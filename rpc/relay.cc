@@ -32,9 +32,7 @@ struct Relay::Impl : grpc::CallbackGenericService {
   std::mutex mutex_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
   std::atomic<size_t> in_flight_{0};
-  std::unique_ptr<grpc::Server> server_;
-  uint16_t port_ = 0;
-  bool shut_down_ = false;
+  std::unique_ptr<Server> server_;
 };
 
 namespace {
@@ -158,36 +156,15 @@ grpc::ServerGenericBidiReactor* Relay::Impl::CreateReactor(grpc::GenericCallback
 
 Relay::Relay(const ServerOptions& options, Upstream upstream)
     : impl_(std::make_unique<Impl>(options, std::move(upstream))) {
-  grpc::ServerBuilder builder;
-  std::string host = options.address.find(':') != std::string::npos && options.address.front() != '['
-                         ? "[" + options.address + "]"
-                         : options.address;
-  std::string address = host + ":" + std::to_string(options.port);
-  int selected = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected);
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes > static_cast<size_t>(INT32_MAX)
-                                       ? INT32_MAX
-                                       : static_cast<int>(options.max_message_bytes));
-  builder.SetMaxSendMessageSize(-1);
-  builder.RegisterCallbackGenericService(impl_.get());
-  impl_->server_ = builder.BuildAndStart();
-  MESHRT_CHECK(impl_->server_ && selected > 0, ErrorKind::kUnavailable, "cannot serve gRPC on ", address,
-               " (the port is taken, or the address is not this machine's)");
-  impl_->port_ = static_cast<uint16_t>(selected);
+  impl_->server_ = std::make_unique<Server>(options, std::vector<grpc::Service*>{}, impl_.get());
 }
 
 Relay::~Relay() { shutdown(std::chrono::milliseconds(0)); }
 
-uint16_t Relay::port() const { return impl_->port_; }
+uint16_t Relay::port() const { return impl_->server_->port(); }
 
 size_t Relay::in_flight() const { return impl_->in_flight_.load(); }
 
-void Relay::shutdown(std::chrono::milliseconds grace) {
-  if (impl_->shut_down_ || !impl_->server_) return;
-  impl_->shut_down_ = true;
-  impl_->server_->Shutdown(std::chrono::system_clock::now() + grace);
-  impl_->server_->Wait();
-}
+void Relay::shutdown(std::chrono::milliseconds grace) { impl_->server_->shutdown(grace); }
 
 }  // namespace meshrt::rpc

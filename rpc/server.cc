@@ -7,7 +7,8 @@
 
 namespace meshrt::rpc {
 
-Server::Server(const ServerOptions& options, const std::vector<grpc::Service*>& services) {
+Server::Server(const ServerOptions& options, const std::vector<grpc::Service*>& services,
+               grpc::CallbackGenericService* generic) {
   grpc::ServerBuilder builder;
   // An IPv6 literal needs brackets in a gRPC address.
   std::string host = options.address.find(':') != std::string::npos && options.address.front() != '['
@@ -29,6 +30,7 @@ Server::Server(const ServerOptions& options, const std::vector<grpc::Service*>& 
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   for (grpc::Service* s : services) builder.RegisterService(s);
+  if (generic) builder.RegisterCallbackGenericService(generic);
   server_ = builder.BuildAndStart();
   MESHRT_CHECK(server_ && selected > 0, ErrorKind::kUnavailable, "cannot serve gRPC on ", address,
                " (the port is taken, or the address is not this machine's)");

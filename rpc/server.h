@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/server.h>
 
 namespace meshrt::rpc {
@@ -29,9 +30,11 @@ struct ServerOptions {
 
 class Server {
  public:
-  // Registers the services (not owned: they must outlive the server), binds
-  // and starts. Throws Error(kUnavailable) naming the address when it cannot bind.
-  Server(const ServerOptions& options, const std::vector<grpc::Service*>& services);
+  // Registers the services (not owned: they must outlive the server), and the
+  // generic service that takes every method the others do not (rpc/relay.h),
+  // binds and starts. Throws Error(kUnavailable) naming the address when it cannot bind.
+  Server(const ServerOptions& options, const std::vector<grpc::Service*>& services,
+         grpc::CallbackGenericService* generic = nullptr);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

@@ -9,11 +9,7 @@
 namespace meshrt::serving {
 
 namespace {
-std::string number(double v) {
-  char text[64];
-  std::snprintf(text, sizeof text, "%.10g", v);
-  return text;
-}
+std::string number(double v) { return metric_number(v); }
 
 // A label value as the text format requires: backslash, double quote and line
 // feed escaped (model names and versions come from configs and folder names).

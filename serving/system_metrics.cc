@@ -15,13 +15,15 @@
 
 namespace meshrt::serving {
 
-namespace {
-
-std::string number(double v) {
+std::string metric_number(double v) {
   char text[64];
   std::snprintf(text, sizeof text, "%.10g", v);
   return text;
 }
+
+namespace {
+
+std::string number(double v) { return metric_number(v); }
 
 void family(std::string& out, const char* name, const char* type, const char* help) {
   out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";

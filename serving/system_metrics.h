@@ -14,6 +14,9 @@
 
 namespace meshrt::serving {
 
+// A sample value in the text format ("%.10g").
+std::string metric_number(double v);
+
 // Appends the process_* families (text format, with HELP and TYPE); a value
 // that cannot be read is left out.
 void render_process_metrics(std::string& out);
