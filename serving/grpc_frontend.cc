@@ -3,14 +3,15 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <variant>
 #include <deque>
 #include <limits>
 #include <mutex>
+#include <variant>
 
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
 
+#include "device/log.h"
 #include "models/tokenizer.h"
 #include "rpc/proto/grpc_service.grpc.pb.h"
 #include "rpc/status.h"
@@ -330,8 +331,17 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
 
   // Finishes a unary call, counting it.
   void finish(grpc::ServerUnaryReactor* reactor, const char* method, const grpc::Status& status) {
-    metrics_.grpc_request(method, rpc::code_name(status.error_code()));
+    counted(method, status);
     reactor->Finish(status);
+  }
+
+  // Counts a call and, at --log-verbose 1, logs it (as HTTP logs each request).
+  void counted(const char* method, const grpc::Status& status) {
+    metrics_.grpc_request(method, rpc::code_name(status.error_code()));
+    if (log::verbose_enabled(1)) {
+      log::verbose(1, detail::cat("gRPC ", method, ": ", rpc::code_name(status.error_code()),
+                                  status.ok() ? "" : ": " + status.error_message()));
+    }
   }
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context, const inference::ServerLiveRequest*,
@@ -417,16 +427,21 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     } catch (const std::exception& e) {
       return done({500, std::string("internal error: ") + e.what()}, model);
     }
-    core_.infer(model, std::move(inputs),
-                [&signature, id = request.id(), response, done, model](const Outcome& outcome, std::vector<HostTensor> outputs) {
-                  if (!outcome.ok()) return done(outcome, model);
-                  try {
-                    fill_infer_response(*response, signature, id, outputs);
-                  } catch (const std::exception& e) {
-                    return done({500, std::string("internal error: ") + e.what()}, model);
-                  }
-                  done({}, model);
-                });
+    try {
+      // (core_.infer calls done only once it queued the request, or to refuse it: a throw is before either.)
+      core_.infer(model, std::move(inputs),
+                  [&signature, id = request.id(), response, done, model](const Outcome& outcome, std::vector<HostTensor> outputs) {
+                    if (!outcome.ok()) return done(outcome, model);
+                    try {
+                      fill_infer_response(*response, signature, id, outputs);
+                    } catch (const std::exception& e) {
+                      return done({500, std::string("internal error: ") + e.what()}, model);
+                    }
+                    done({}, model);
+                  });
+    } catch (const std::exception& e) {
+      done({500, std::string("internal error: ") + e.what()}, model);
+    }
   }
 
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const ModelInferRequest* request,
@@ -548,12 +563,13 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
     if (finished_ || writing_) return;
     if (broken_) {
       finished_ = true;
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
-      service_.metrics_.grpc_request("ModelStreamInfer", "CANCELLED");
+      grpc::Status cancelled(grpc::StatusCode::CANCELLED, "the stream was cancelled");
+      Finish(cancelled);
+      service_.counted("ModelStreamInfer", cancelled);
     } else if (reads_done_ && pending_ == 0 && queue_.empty()) {
       finished_ = true;
       Finish(grpc::Status::OK);
-      service_.metrics_.grpc_request("ModelStreamInfer", "OK");
+      service_.counted("ModelStreamInfer", grpc::Status::OK);
     }
   }
 

@@ -14,8 +14,8 @@
 #include <thread>
 
 #include "comm/world.h"
-#include "models/tokenizer.h"
 #include "device/log.h"
+#include "models/tokenizer.h"
 #include "serving/engine.h"
 #include "serving/frontend.h"
 #include "serving/generator.h"

@@ -312,6 +312,26 @@ class Supervisor {
     http_ = std::make_unique<HttpServer>(o_.http, [this](const HttpRequest& r, Responder respond) {
       handle(r, std::move(respond));
     });
+    if (o_.grpc_enabled) {
+      rpc::ServerOptions grpc = o_.grpc;
+      grpc.max_message_bytes = o_.http.max_body_bytes;
+      auto upstream = [this](std::string* why_not) -> std::optional<std::string> {
+        std::lock_guard<std::mutex> lock(job_mutex_);
+        State state = state_;
+        if (state != State::kUp || grpc_port_ == 0) {
+          ++unavailable_total_;
+          *why_not = state != State::kUp ? down_reason(state) : "the inference job did not say its gRPC port";
+          return std::nullopt;
+        }
+        return "127.0.0.1:" + std::to_string(grpc_port_);
+      };
+      try {
+        relay_ = std::make_unique<rpc::Relay>(grpc, upstream);
+      } catch (const Error& e) {
+        throw Error(e.kind(), e.message() + ": choose another port with --grpc-port (0: any free port), or no gRPC with "
+                                            "--grpc-port -1");
+      }
+    }
     if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) say("cannot become a child subreaper: %s", std::strerror(errno));
     if (o_.work_dir.empty()) {
       std::string pattern = (fs::temp_directory_path() / "meshrt-supervisor-XXXXXX").string();
@@ -323,21 +343,7 @@ class Supervisor {
       work_dir_ = o_.work_dir;
       fs::create_directories(work_dir_);
     }
-    if (o_.grpc_enabled) {
-      rpc::ServerOptions grpc = o_.grpc;
-      grpc.max_message_bytes = o_.http.max_body_bytes;
-      relay_ = std::make_unique<rpc::Relay>(grpc, [this](std::string* why_not) -> std::optional<std::string> {
-        std::lock_guard<std::mutex> lock(job_mutex_);
-        State state = state_;
-        if (state != State::kUp || grpc_port_ == 0) {
-          ++unavailable_total_;
-          *why_not = state != State::kUp ? down_reason(state) : "the inference job did not say its gRPC port";
-          return std::nullopt;
-        }
-        return "127.0.0.1:" + std::to_string(grpc_port_);
-      });
-      write_text(o_.grpc_port_file, std::to_string(relay_->port()));
-    }
+    if (relay_) write_text(o_.grpc_port_file, std::to_string(relay_->port()));
     write_text(o_.port_file, std::to_string(http_->port()));
     write_text(o_.pid_file, std::to_string(::getpid()));
     for (int i = 0; i < o_.proxy_threads; ++i) workers_.emplace_back([this] { work(); });
@@ -359,9 +365,9 @@ class Supervisor {
     state_ = State::kStopping;
     http_->stop_accepting();
     auto deadline = Clock::now() + std::chrono::seconds(10);
-    auto busy = [&] { return http_->in_flight() > 0 || (relay_ && relay_->in_flight() > 0); };
-    while (busy() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    if (relay_) relay_->shutdown(std::chrono::milliseconds(100));
+    // gRPC calls in flight finish within the same 10 s (the relay takes no new ones meanwhile).
+    if (relay_) relay_->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+    while (http_->in_flight() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     http_->stop();
     server.join();
     {

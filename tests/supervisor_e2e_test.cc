@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -238,6 +239,7 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
   // answered OK (and right) or, while the job is down, UNAVAILABLE.
   std::atomic<long> grpc_ok{0}, grpc_unavailable{0}, grpc_other{0}, grpc_ok_after_recovery{0};
   std::string grpc_odd;
+  std::vector<Sample> grpc_samples;  // the load thread's own until it ends
   std::thread grpc_load([&] {
     auto stub = job.grpc_stub();
     for (int i = 0; !stop; ++i) {
@@ -253,7 +255,10 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
       grpc::ClientContext context;
       rpc::set_timeout(context, std::chrono::seconds(60));
       inference::ModelInferResponse response;
+      Sample sample{Clock::now(), kNoAnswer};
       grpc::Status status = stub->ModelInfer(&context, request, &response);
+      sample.outcome = status.ok() ? kOk : status.error_code() == grpc::StatusCode::UNAVAILABLE ? kRetryLater : kOtherStatus;
+      grpc_samples.push_back(sample);
       if (status.ok()) {
         float first = -1;
         if (response.raw_output_contents_size() == 1 && response.raw_output_contents(0).size() == kWidth * sizeof(float)) {
@@ -264,6 +269,8 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
           if (recovered) ++grpc_ok_after_recovery;
         } else {
           ++grpc_other;
+          std::lock_guard<std::mutex> lock(mutex);
+          grpc_odd = "a wrong answer: " + std::to_string(first) + " for " + std::to_string(i % 1000);
         }
       } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
         ++grpc_unavailable;
@@ -358,6 +365,13 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
               grpc_unavailable.load(), grpc_other.load());
   EXPECT_EQ(grpc_other.load(), 0) << grpc_odd;
   EXPECT_GE(grpc_ok_after_recovery.load(), 5) << "gRPC results after the recovery";
+  long grpc_ok_before_kill = 0, grpc_unavailable_during = 0;
+  for (const Sample& s : grpc_samples) {
+    grpc_ok_before_kill += s.outcome == kOk && s.sent < kill_time;
+    grpc_unavailable_during += s.outcome == kRetryLater && s.sent >= kill_time && s.sent <= ready_again;
+  }
+  EXPECT_GT(grpc_ok_before_kill, 0) << "no gRPC call went through the relay before the kill";
+  EXPECT_GT(grpc_unavailable_during, 0) << "no gRPC call saw the restart";
 
   // A stream through the relay, after the recovery.
   {
@@ -380,13 +394,18 @@ TEST(Supervisor, RankKilledUnderLoadIsRelaunchedAndEveryRequestIsAnswered) {
     }
     stream->WritesDone();
     inference::ModelStreamInferResponse response;
-    int answers = 0;
+    std::map<std::string, float> answers;
     while (stream->Read(&response)) {
       EXPECT_EQ(response.error_message(), "");
-      ++answers;
+      const auto& r = response.infer_response();
+      float first = -1;
+      if (r.raw_output_contents_size() == 1 && r.raw_output_contents(0).size() == kWidth * sizeof(float)) {
+        std::memcpy(&first, r.raw_output_contents(0).data(), sizeof first);
+      }
+      answers[r.id()] = first;
     }
     EXPECT_TRUE(stream->Finish().ok());
-    EXPECT_EQ(answers, 3);
+    EXPECT_EQ(answers, (std::map<std::string, float>{{"s0", 7.0f}, {"s1", 8.0f}, {"s2", 9.0f}}));
   }
 
   std::string log = job.log();
