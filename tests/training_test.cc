@@ -1,0 +1,298 @@
+// training/: every backward pass and every loss gradient against central
+// finite differences in float64 on random inputs, the embedding's sparse
+// gradient densified and compared, the f32 passes against the f64 ones, and a
+// few loss values by hand. cpu device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include "device/error.h"
+#include "training/layers.h"
+#include "training/losses.h"
+
+namespace meshrt::training {
+namespace {
+
+const Device kCpu = Device::cpu();
+
+std::vector<double> values(const DeviceTensor& t) { return cast_host(to_host(t), DType::kF64).to_vector<double>(); }
+
+DeviceTensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::kF64) {
+  return to_device(cast_host(HostTensor::from_vector(v, shape), dtype), kCpu);
+}
+
+std::vector<double> uniform(int64_t n, uint64_t seed, double lo = -1, double hi = 1) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v(static_cast<size_t>(n));
+  for (double& e : v) e = dist(rng);
+  return v;
+}
+
+DeviceTensor random(const Shape& shape, uint64_t seed, DType dtype = DType::kF64, double lo = -1, double hi = 1) {
+  return tensor(uniform(shape.numel(), seed, lo, hi), shape, dtype);
+}
+
+double dot(const DeviceTensor& a, const std::vector<double>& b) {
+  std::vector<double> va = values(a);
+  EXPECT_EQ(va.size(), b.size());
+  double s = 0;
+  for (size_t i = 0; i < va.size(); ++i) s += va[i] * b[i];
+  return s;
+}
+
+constexpr double kEps = 1e-6;
+constexpr double kTolerance = 1e-6;
+
+// Central differences of loss around x, element by element, against analytic:
+// |numeric - analytic| / max(|numeric|, |analytic|, 1e-2) < kTolerance (the
+// floor keeps gradients near 0 from dividing by nothing).
+void expect_gradient(const std::function<double(const std::vector<double>&)>& loss, const std::vector<double>& x,
+                     const std::vector<double>& analytic, const std::string& what) {
+  ASSERT_EQ(x.size(), analytic.size()) << what;
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    std::vector<double> plus = x, minus = x;
+    plus[i] += kEps;
+    minus[i] -= kEps;
+    double numeric = (loss(plus) - loss(minus)) / (2 * kEps);
+    double error = std::abs(numeric - analytic[i]) /
+                   std::max({std::abs(numeric), std::abs(analytic[i]), 1e-2});
+    worst = std::max(worst, error);
+    EXPECT_LT(error, kTolerance) << what << " element " << i << ": numeric " << numeric << ", analytic "
+                                 << analytic[i];
+  }
+  EXPECT_GT(x.size(), 0u) << what;
+  std::ostringstream text;
+  text << worst;
+  ::testing::Test::RecordProperty(what + "_max_relative_error", text.str());
+}
+
+// L = sum(layer(x) * r) for a fixed random r: dL/dy = r, so backward(r) must
+// give dL/dx and each parameter's dL/dp. x is f64.
+void check_layer(Layer& layer, const DeviceTensor& x, bool input_differentiable = true) {
+  DeviceTensor y = layer.forward(x);
+  std::vector<double> r = uniform(y.numel(), 99);
+  for (Parameter* p : layer.parameters()) p->zero_grad();
+  DeviceTensor dx = layer.backward(tensor(r, y.shape()));
+  std::vector<std::vector<double>> param_grads;
+  for (Parameter* p : layer.parameters()) param_grads.push_back(values(p->dense_grad()));
+
+  if (input_differentiable) {
+    ASSERT_TRUE(dx.defined()) << layer.name();
+    EXPECT_EQ(dx.shape(), x.shape()) << layer.name();
+    expect_gradient([&](const std::vector<double>& v) { return dot(layer.forward(tensor(v, x.shape())), r); },
+                    values(x), values(dx), layer.name() + " input");
+  } else {
+    EXPECT_FALSE(dx.defined()) << layer.name();
+  }
+  auto params = layer.parameters();
+  for (size_t k = 0; k < params.size(); ++k) {
+    Parameter* p = params[k];
+    DeviceTensor base = p->value();
+    expect_gradient(
+        [&](const std::vector<double>& v) {
+          p->set_value(tensor(v, base.shape()));
+          return dot(layer.forward(x), r);
+        },
+        values(base), param_grads[k], layer.name() + " " + p->name());
+    p->set_value(base);
+  }
+}
+
+TEST(TrainingLayers, DenseBackwardMatchesFiniteDifferences) {
+  for (Activation act : {Activation::kNone, Activation::kRelu, Activation::kSigmoid}) {
+    SCOPED_TRACE(to_string(act));
+    Dense dense(random(Shape{4, 3}, 1), random(Shape{3}, 2), act);
+    check_layer(dense, random(Shape{5, 4}, 3));
+    // Leading axes are rows.
+    check_layer(dense, random(Shape{2, 3, 4}, 4));
+  }
+}
+
+TEST(TrainingLayers, WeightlessBackwardsMatchFiniteDifferences) {
+  ReLU relu;
+  check_layer(relu, random(Shape{3, 7}, 5));
+  Sigmoid sigmoid;
+  check_layer(sigmoid, random(Shape{3, 7}, 6, DType::kF64, -4, 4));
+  Softmax softmax;
+  check_layer(softmax, random(Shape{2, 3, 5}, 7, DType::kF64, -3, 3));
+  for (int axis : {0, 1, 2, -1}) {
+    SCOPED_TRACE(axis);
+    Mean mean(axis);
+    check_layer(mean, random(Shape{2, 3, 4}, 8));
+  }
+}
+
+TEST(TrainingLayers, EmbeddingSparseGradientMatchesFiniteDifferences) {
+  for (DType id_type : {DType::kI64, DType::kI32}) {
+    Embedding embedding(random(Shape{6, 3}, 9));
+    // Repeats (1, 4) and unused rows (0, 2).
+    DeviceTensor ids = to_device(cast_host(HostTensor::from_vector<int64_t>({1, 4, 5, 1, 3, 4}, Shape{2, 3}), id_type),
+                                 kCpu);
+    DeviceTensor y = embedding.forward(ids);
+    ASSERT_EQ(y.shape(), (Shape{2, 3, 3}));
+    EXPECT_EQ(values(y)[3 * 3 + 2], values(embedding.table().value())[1 * 3 + 2]);  // ids[1, 0] = 1
+    check_layer(embedding, ids, /*input_differentiable=*/false);
+    // The gradient is sparse: one entry with a row per lookup, repeats kept.
+    ASSERT_EQ(embedding.table().sparse_grads().size(), 1u);
+    EXPECT_FALSE(embedding.table().grad().defined());
+    const SparseGrad& g = embedding.table().sparse_grads()[0];
+    EXPECT_EQ(to_host(g.ids).to_vector<int64_t>(), (std::vector<int64_t>{1, 4, 5, 1, 3, 4}));
+    EXPECT_EQ(g.rows.shape(), (Shape{6, 3}));
+    std::vector<double> dense = values(densify(g, Shape{6, 3}));
+    for (int k = 0; k < 3; ++k) {
+      EXPECT_EQ(dense[0 * 3 + k], 0.0);
+      EXPECT_EQ(dense[2 * 3 + k], 0.0);
+    }
+  }
+}
+
+TEST(TrainingLayers, DensifyRejectsIdsOutsideTheTable) {
+  SparseGrad g{to_device(HostTensor::from_vector<int64_t>({0, 6}, Shape{2}), kCpu), random(Shape{2, 3}, 1)};
+  EXPECT_THROW(densify(g, Shape{6, 3}), Error);
+}
+
+// The seed's classifier: embedding -> mean over the sequence -> dense(sigmoid)
+// -> binary cross-entropy, the chain's gradient of the table against finite
+// differences of the whole loss.
+TEST(TrainingLayers, EmbeddingMeanDenseChainMatchesFiniteDifferences) {
+  Embedding embedding(random(Shape{5, 4}, 11));
+  Mean mean(1);
+  Dense dense(random(Shape{4, 1}, 12), random(Shape{1}, 13), Activation::kSigmoid);
+  DeviceTensor ids = to_device(HostTensor::from_vector<int64_t>({0, 2, 2, 4, 1, 3}, Shape{2, 3}), kCpu);
+  DeviceTensor target = tensor({1, 0}, Shape{2, 1});
+  auto loss_of = [&]() { return binary_cross_entropy(dense.forward(mean.forward(embedding.forward(ids))), target); };
+  Loss loss = loss_of();
+  embedding.table().zero_grad();
+  embedding.backward(mean.backward(dense.backward(loss.grad)));
+  DeviceTensor table = embedding.table().value();
+  expect_gradient(
+      [&](const std::vector<double>& v) {
+        embedding.table().set_value(tensor(v, table.shape()));
+        return loss_of().value;
+      },
+      values(table), values(embedding.table().dense_grad()), "chain table");
+}
+
+TEST(TrainingLayers, ParameterGradientsAccumulate) {
+  Dense dense(random(Shape{3, 2}, 1), random(Shape{2}, 2));
+  DeviceTensor x = random(Shape{4, 3}, 3);
+  DeviceTensor g = random(Shape{4, 2}, 4);
+  dense.forward(x);
+  dense.backward(g);
+  std::vector<double> once = values(dense.weight().grad());
+  dense.forward(x);
+  dense.backward(g);
+  std::vector<double> twice = values(dense.weight().grad());
+  for (size_t i = 0; i < once.size(); ++i) EXPECT_NEAR(twice[i], 2 * once[i], 1e-12);
+  dense.weight().zero_grad();
+  EXPECT_FALSE(dense.weight().grad().defined());
+}
+
+TEST(TrainingLayers, BackwardBeforeForwardAndBadShapesAreErrors) {
+  ReLU relu;
+  EXPECT_THROW(relu.backward(random(Shape{2}, 1)), Error);
+  Dense dense(random(Shape{3, 2}, 1), random(Shape{2}, 2));
+  EXPECT_THROW(dense.forward(random(Shape{4, 5}, 3)), Error);
+  EXPECT_THROW(Dense(random(Shape{3, 2}, 1), random(Shape{3}, 2)), Error);
+  EXPECT_THROW(dense.forward(random(Shape{4, 3}, 3, DType::kF32)), Error);  // dtype of the weight
+}
+
+// The f32 passes give the f64 ones to f32 precision (inputs rounded to f32 alike).
+TEST(TrainingLayers, Float32MatchesFloat64) {
+  auto make = [](DType dtype) {
+    std::vector<std::unique_ptr<Layer>> layers;
+    layers.push_back(std::make_unique<Dense>(Dense::glorot(4, 6, Activation::kRelu, dtype, kCpu, 1)));
+    layers.push_back(std::make_unique<Dense>(Dense::glorot(6, 5, Activation::kSigmoid, dtype, kCpu, 2)));
+    layers.push_back(std::make_unique<Softmax>());
+    layers.push_back(std::make_unique<Mean>(-1));
+    return layers;
+  };
+  std::vector<double> x = uniform(3 * 4, 5);
+  // Round the f64 input to f32 values so both runs see one input.
+  x = values(tensor(x, Shape{3, 4}, DType::kF32));
+  std::vector<double> r = uniform(3, 6);
+  std::vector<std::vector<double>> results[2];
+  int k = 0;
+  for (DType dtype : {DType::kF64, DType::kF32}) {
+    auto layers = make(dtype);
+    DeviceTensor h = tensor(x, Shape{3, 4}, dtype);
+    for (auto& layer : layers) h = layer->forward(h);
+    ASSERT_EQ(h.dtype(), dtype);
+    results[k].push_back(values(h));
+    DeviceTensor g = tensor(r, Shape{3}, dtype);
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) g = (*it)->backward(g);
+    results[k].push_back(values(g));
+    for (auto& layer : layers)
+      for (Parameter* p : layer->parameters()) results[k].push_back(values(p->grad()));
+    ++k;
+  }
+  ASSERT_EQ(results[0].size(), results[1].size());
+  for (size_t i = 0; i < results[0].size(); ++i)
+    for (size_t j = 0; j < results[0][i].size(); ++j)
+      EXPECT_NEAR(results[1][i][j], results[0][i][j], 1e-5 + 1e-4 * std::abs(results[0][i][j])) << i << ", " << j;
+}
+
+// Loss gradients against finite differences of the loss value.
+void check_loss(const std::function<Loss(const DeviceTensor&)>& loss, const DeviceTensor& prediction,
+                const std::string& what) {
+  Loss at = loss(prediction);
+  ASSERT_EQ(at.grad.shape(), prediction.shape()) << what;
+  ASSERT_EQ(at.grad.dtype(), prediction.dtype()) << what;
+  expect_gradient([&](const std::vector<double>& v) { return loss(tensor(v, prediction.shape())).value; },
+                  values(prediction), values(at.grad), what);
+}
+
+TEST(TrainingLosses, GradientsMatchFiniteDifferences) {
+  DeviceTensor target = random(Shape{3, 4}, 21, DType::kF64, 0, 1);
+  check_loss([&](const DeviceTensor& p) { return mean_squared_error(p, target); }, random(Shape{3, 4}, 22), "mse");
+  check_loss([&](const DeviceTensor& p) { return binary_cross_entropy(p, target); },
+             random(Shape{3, 4}, 23, DType::kF64, 0.05, 0.95), "bce");
+  check_loss([&](const DeviceTensor& z) { return binary_cross_entropy_with_logits(z, target); },
+             random(Shape{3, 4}, 24, DType::kF64, -5, 5), "bce_logits");
+  DeviceTensor labels = to_device(HostTensor::from_vector<int64_t>({0, 3, 4, 1, 1, 2}, Shape{2, 3}), kCpu);
+  check_loss([&](const DeviceTensor& z) { return softmax_cross_entropy(z, labels); },
+             random(Shape{2, 3, 5}, 25, DType::kF64, -3, 3), "softmax_ce");
+}
+
+TEST(TrainingLosses, ValuesByHand) {
+  EXPECT_NEAR(mean_squared_error(tensor({1, 2}, Shape{2}), tensor({0, 0}, Shape{2})).value, 2.5, 1e-12);
+  // -(log 0.8 + log(1 - 0.4)) / 2
+  EXPECT_NEAR(binary_cross_entropy(tensor({0.8, 0.4}, Shape{2}), tensor({1, 0}, Shape{2})).value,
+              -(std::log(0.8) + std::log(0.6)) / 2, 1e-12);
+  // From logits equals from probabilities sigmoid(z), and stays finite far out.
+  std::vector<double> z = {-2, 0.5, 3};
+  std::vector<double> p;
+  for (double v : z) p.push_back(1 / (1 + std::exp(-v)));
+  DeviceTensor t = tensor({0, 1, 1}, Shape{3});
+  EXPECT_NEAR(binary_cross_entropy_with_logits(tensor(z, Shape{3}), t).value,
+              binary_cross_entropy(tensor(p, Shape{3}), t).value, 1e-12);
+  Loss far = binary_cross_entropy_with_logits(tensor({1000, -1000}, Shape{2}), tensor({0, 1}, Shape{2}));
+  EXPECT_NEAR(far.value, 1000, 1e-9);
+  EXPECT_NEAR(values(far.grad)[0], 0.5, 1e-12);
+  EXPECT_NEAR(values(far.grad)[1], -0.5, 1e-12);
+  // Saturated probabilities: finite through the clamp.
+  EXPECT_TRUE(std::isfinite(binary_cross_entropy(tensor({0, 1}, Shape{2}), tensor({1, 0}, Shape{2})).value));
+  // Two equal logits: log 2; a large gap: stable.
+  DeviceTensor label0 = to_device(HostTensor::from_vector<int32_t>({0}, Shape{1}), kCpu);
+  EXPECT_NEAR(softmax_cross_entropy(tensor({0, 0}, Shape{1, 2}), label0).value, std::log(2.0), 1e-12);
+  EXPECT_NEAR(softmax_cross_entropy(tensor({0, 1000}, Shape{1, 2}), label0).value, 1000, 1e-9);
+  // f32 works too.
+  Loss f32 = mean_squared_error(tensor({1, 2}, Shape{2}, DType::kF32), tensor({0, 0}, Shape{2}, DType::kF32));
+  EXPECT_NEAR(f32.value, 2.5, 1e-6);
+  EXPECT_EQ(f32.grad.dtype(), DType::kF32);
+}
+
+TEST(TrainingLosses, BadArgumentsAreErrors) {
+  EXPECT_THROW(mean_squared_error(tensor({1, 2}, Shape{2}), tensor({0, 0, 0}, Shape{3})), Error);
+  DeviceTensor bad = to_device(HostTensor::from_vector<int64_t>({2}, Shape{1}), kCpu);
+  EXPECT_THROW(softmax_cross_entropy(tensor({0, 0}, Shape{1, 2}), bad), Error);
+}
+
+}  // namespace
+}  // namespace meshrt::training

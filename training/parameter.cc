@@ -1,0 +1,67 @@
+#include "training/parameter.h"
+
+#include <utility>
+
+#include "device/error.h"
+#include "kernels/elementwise.h"
+#include "training/tensor_ops.h"
+
+namespace meshrt::training {
+
+Parameter::Parameter(std::string name, DeviceTensor value) : name_(std::move(name)) {
+  set_value(std::move(value));
+}
+
+void Parameter::set_value(DeviceTensor value) {
+  detail::check_float(value, "Parameter", name_.c_str());
+  if (value_.defined()) detail::check_same(value_, value, "Parameter::set_value");
+  value_ = std::move(value);
+}
+
+void Parameter::accumulate(const DeviceTensor& g) {
+  detail::check_same(value_, g, "Parameter::accumulate");
+  grad_ = grad_.defined() ? kernels::add(grad_, g) : g.clone();
+}
+
+void Parameter::accumulate_sparse(SparseGrad g) {
+  MESHRT_CHECK_SHAPE(g.ids.dtype() == DType::kI64 && g.ids.ndim() == 1, "Parameter ", name_,
+                     ": sparse ids must be i64 [count], got ", g.ids.description());
+  MESHRT_CHECK_SHAPE(g.rows.dtype() == value_.dtype() && g.rows.ndim() == value_.ndim() &&
+                         g.rows.shape()[0] == g.ids.numel() &&
+                         g.rows.shape().inner(0) == value_.shape().inner(0),
+                     "Parameter ", name_, ": sparse rows ", g.rows.description(), " do not fit ",
+                     g.ids.numel(), " rows of ", value_.description());
+  sparse_grads_.push_back(std::move(g));
+}
+
+void Parameter::zero_grad() {
+  grad_ = DeviceTensor();
+  sparse_grads_.clear();
+}
+
+DeviceTensor Parameter::dense_grad() const {
+  DeviceTensor total = grad_.defined() ? grad_.clone()
+                                       : DeviceTensor::zeros(value_.shape(), value_.dtype(), value_.device());
+  for (const SparseGrad& g : sparse_grads_) total = kernels::add(total, densify(g, value_.shape()));
+  return total;
+}
+
+// Host fallback: there is no scatter-add kernel yet (index_copy overwrites and
+// needs distinct ids), so the rows are added on the host.
+DeviceTensor densify(const SparseGrad& g, const Shape& table_shape) {
+  MESHRT_CHECK_SHAPE(g.ids.dtype() == DType::kI64, "densify: ids must be i64, got ", g.ids.description());
+  const int64_t rows = table_shape[0];
+  const int64_t width = table_shape.inner(0);
+  MESHRT_CHECK_SHAPE(g.rows.numel() == g.ids.numel() * width, "densify: rows ", g.rows.description(),
+                     " do not fit ", g.ids.numel(), " rows of ", to_string(table_shape));
+  std::vector<int64_t> ids = to_host(g.ids).to_vector<int64_t>();
+  std::vector<double> src = detail::to_doubles(g.rows);
+  std::vector<double> out(static_cast<size_t>(table_shape.numel()), 0.0);
+  for (size_t j = 0; j < ids.size(); ++j) {
+    MESHRT_CHECK_ARG(ids[j] >= 0 && ids[j] < rows, "densify: id ", ids[j], " outside [0, ", rows, ")");
+    for (int64_t k = 0; k < width; ++k) out[ids[j] * width + k] += src[j * width + k];
+  }
+  return detail::from_doubles(out, table_shape, g.rows.dtype(), g.rows.device());
+}
+
+}  // namespace meshrt::training
