@@ -1,11 +1,13 @@
 // training/: every backward pass and every loss gradient against central
 // finite differences in float64 on random inputs, the embedding's sparse
-// gradient densified and compared, the f32 passes against the f64 ones, and a
-// few loss values by hand. cpu device.
+// gradient densified and compared, the f32 passes against the f64 ones, a
+// few loss values by hand, and every optimizer's steps (dense and sparse)
+// against the formulas computed by hand. cpu device.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -13,6 +15,7 @@
 #include "device/error.h"
 #include "training/layers.h"
 #include "training/losses.h"
+#include "training/optimizers.h"
 
 namespace meshrt::training {
 namespace {
@@ -292,6 +295,184 @@ TEST(TrainingLosses, BadArgumentsAreErrors) {
   EXPECT_THROW(mean_squared_error(tensor({1, 2}, Shape{2}), tensor({0, 0, 0}, Shape{3})), Error);
   DeviceTensor bad = to_device(HostTensor::from_vector<int64_t>({2}, Shape{1}), kCpu);
   EXPECT_THROW(softmax_cross_entropy(tensor({0, 0}, Shape{1, 2}), bad), Error);
+}
+
+// ---------------------------------------------------------------------------
+// Optimizers: each step against the formulas computed here by hand.
+
+// The reference of one element's updates (the formulas of optimizers.h).
+struct Reference {
+  enum Kind { kSgd, kRmsprop, kAdam } kind;
+  double lr, a = 0, b = 0, eps = 0;  // momentum | rho | beta1, beta2
+  double w, s1 = 0, s2 = 0;
+  int t = 0;
+  void step(double g) {
+    ++t;
+    switch (kind) {
+      case kSgd:
+        s1 = a * s1 - lr * g;
+        w += a > 0 ? s1 : -lr * g;
+        break;
+      case kRmsprop:
+        s1 = a * s1 + (1 - a) * g * g;
+        w -= lr * g / (std::sqrt(s1) + eps);
+        break;
+      case kAdam:
+        s1 = a * s1 + (1 - a) * g;
+        s2 = b * s2 + (1 - b) * g * g;
+        w -= lr * std::sqrt(1 - std::pow(b, t)) / (1 - std::pow(a, t)) * s1 / (std::sqrt(s2) + eps);
+        break;
+    }
+  }
+};
+
+TEST(TrainingOptimizers, FirstStepsByHand) {
+  // w = [1, 2], g = [0.5, -1], lr 0.1.
+  Parameter p("w", tensor({1, 2}, Shape{2}));
+  SGD sgd(0.1, 0.9);
+  p.accumulate(tensor({0.5, -1}, Shape{2}));
+  sgd.step({&p});
+  // v = -lr g = [-0.05, 0.1]; w + v
+  EXPECT_NEAR(values(p.value())[0], 0.95, 1e-15);
+  EXPECT_NEAR(values(p.value())[1], 2.1, 1e-15);
+  sgd.step({&p});
+  // v = 0.9 v - lr g = [-0.095, 0.19]
+  EXPECT_NEAR(values(p.value())[0], 0.855, 1e-15);
+  EXPECT_NEAR(values(p.value())[1], 2.29, 1e-15);
+  EXPECT_NEAR(values(sgd.slots(p)[0])[1], 0.19, 1e-15);
+
+  Parameter q("w", tensor({1, 2}, Shape{2}));
+  RMSprop rmsprop(0.1);
+  q.accumulate(tensor({0.5, -1}, Shape{2}));
+  rmsprop.step({&q});
+  // s = 0.1 g^2 = [0.025, 0.1]; w -= 0.1 g / (sqrt(s) + 1e-7)
+  EXPECT_NEAR(values(q.value())[0], 1 - 0.05 / (std::sqrt(0.025) + 1e-7), 1e-15);
+  EXPECT_NEAR(values(q.value())[1], 2 + 0.1 / (std::sqrt(0.1) + 1e-7), 1e-15);
+  EXPECT_NEAR(values(rmsprop.slots(q)[0])[0], 0.025, 1e-15);
+
+  Parameter r("w", tensor({1, 2}, Shape{2}));
+  Adam adam(0.1);
+  r.accumulate(tensor({0.5, -1}, Shape{2}));
+  adam.step({&r});
+  // t = 1: m = 0.1 g, v = 0.001 g^2, lr_t = 0.1 sqrt(0.001) / 0.1: a step of
+  // about lr against the gradient's sign.
+  EXPECT_NEAR(values(r.value())[0], 1 - std::sqrt(0.001) * 0.05 / (std::sqrt(0.001) * 0.5 + 1e-7), 1e-15);
+  EXPECT_NEAR(values(r.value())[0], 0.9, 1e-6);
+  EXPECT_NEAR(values(r.value())[1], 2.1, 1e-6);
+  EXPECT_NEAR(values(adam.slots(r)[0])[1], -0.1, 1e-15);
+  EXPECT_NEAR(values(adam.slots(r)[1])[1], 0.001, 1e-15);
+  EXPECT_EQ(adam.iterations(), 1);
+}
+
+// Five steps of changing gradients, dense, every element against the reference.
+TEST(TrainingOptimizers, DenseStepsMatchTheReference) {
+  const std::vector<Reference> kinds = {{Reference::kSgd, 0.1, 0.0}, {Reference::kSgd, 0.05, 0.9},
+                                        {Reference::kRmsprop, 0.01, 0.9, 0, 1e-7},
+                                        {Reference::kAdam, 0.01, 0.9, 0.999, 1e-7}};
+  for (const Reference& kind : kinds) {
+    SCOPED_TRACE(static_cast<int>(kind.kind));
+    std::unique_ptr<Optimizer> optimizer;
+    if (kind.kind == Reference::kSgd) optimizer = std::make_unique<SGD>(kind.lr, kind.a);
+    if (kind.kind == Reference::kRmsprop) optimizer = std::make_unique<RMSprop>(kind.lr, kind.a, kind.eps);
+    if (kind.kind == Reference::kAdam) optimizer = std::make_unique<Adam>(kind.lr, kind.a, kind.b, kind.eps);
+    std::vector<double> w0 = uniform(6, 31);
+    Parameter p("w", tensor(w0, Shape{2, 3}));
+    std::vector<Reference> reference;
+    for (double w : w0) {
+      reference.push_back(kind);
+      reference.back().w = w;
+    }
+    for (int step = 0; step < 5; ++step) {
+      std::vector<double> g = uniform(6, 40 + step);
+      p.zero_grad();
+      p.accumulate(tensor(g, Shape{2, 3}));
+      optimizer->step({&p});
+      for (size_t i = 0; i < g.size(); ++i) reference[i].step(g[i]);
+      std::vector<double> w = values(p.value());
+      for (size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(w[i], reference[i].w, 1e-13) << "step " << step << " i " << i;
+    }
+  }
+}
+
+// Sparse: repeated ids add up, only the looked-up rows (value and state) move,
+// and a row absent from a later batch keeps its value and momentum (lazy).
+TEST(TrainingOptimizers, SparseStepsUpdateOnlyTheirRows) {
+  for (int which = 0; which < 3; ++which) {
+    SCOPED_TRACE(which);
+    std::unique_ptr<Optimizer> optimizer;
+    Reference kind{Reference::kSgd, 0.1, 0.9};
+    if (which == 0) optimizer = std::make_unique<SGD>(0.1, 0.9);
+    if (which == 1) {
+      kind = {Reference::kRmsprop, 0.1, 0.9, 0, 1e-7};
+      optimizer = std::make_unique<RMSprop>(0.1, 0.9, 1e-7);
+    }
+    if (which == 2) {
+      kind = {Reference::kAdam, 0.1, 0.9, 0.999, 1e-7};
+      optimizer = std::make_unique<Adam>(0.1, 0.9, 0.999, 1e-7);
+    }
+    Embedding embedding(random(Shape{4, 2}, 51));
+    std::vector<double> w0 = values(embedding.table().value());
+    std::vector<Reference> reference;
+    for (double w : w0) {
+      reference.push_back(kind);
+      reference.back().w = w;
+    }
+    // Step 1: ids 1, 3, 1 (row 1 twice); step 2: id 3 only.
+    const std::vector<std::vector<int64_t>> batches = {{1, 3, 1}, {3}};
+    for (size_t step = 0; step < batches.size(); ++step) {
+      const auto& ids = batches[step];
+      const int64_t n = static_cast<int64_t>(ids.size());
+      embedding.table().zero_grad();
+      embedding.forward(to_device(HostTensor::from_vector(ids, Shape{n}), kCpu));
+      std::vector<double> g = uniform(n * 2, 60 + step);
+      embedding.backward(tensor(g, Shape{n, 2}));
+      optimizer->step(embedding.parameters());
+      // The reference: each touched row once with its summed gradient.
+      std::map<int64_t, std::vector<double>> summed;
+      for (int64_t j = 0; j < n; ++j) {
+        auto& row = summed[ids[j]];
+        row.resize(2, 0.0);
+        for (int k = 0; k < 2; ++k) row[k] += g[j * 2 + k];
+      }
+      for (int64_t row = 0; row < 4; ++row) {
+        auto it = summed.find(row);
+        if (it == summed.end()) continue;
+        for (int k = 0; k < 2; ++k) {
+          Reference& e = reference[row * 2 + k];
+          // Adam's bias correction counts the optimizer's steps.
+          e.t = static_cast<int>(step);
+          e.step(it->second[k]);
+        }
+      }
+      std::vector<double> w = values(embedding.table().value());
+      for (size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(w[i], reference[i].w, 1e-13) << "step " << step << " i " << i;
+    }
+    // Rows 0 and 2 never looked up: value and state untouched.
+    std::vector<double> w = values(embedding.table().value());
+    std::vector<double> slot = values(optimizer->slots(embedding.table())[0]);
+    for (int64_t row : {0, 2})
+      for (int k = 0; k < 2; ++k) {
+        EXPECT_EQ(w[row * 2 + k], w0[row * 2 + k]);
+        EXPECT_EQ(slot[row * 2 + k], 0.0);
+      }
+    EXPECT_EQ(slot[1 * 2], reference[1 * 2].s1);  // row 1's state kept through step 2
+  }
+}
+
+TEST(TrainingOptimizers, Float32AndBadArguments) {
+  Parameter p("w", tensor({1, 2}, Shape{2}, DType::kF32));
+  p.accumulate(tensor({0.5, -1}, Shape{2}, DType::kF32));
+  Adam adam(0.1);
+  adam.step({&p});
+  EXPECT_EQ(p.value().dtype(), DType::kF32);
+  EXPECT_NEAR(values(p.value())[0], 0.9, 1e-6);
+  EXPECT_THROW(SGD(0.1, 1.0), Error);
+  EXPECT_THROW(SGD(-0.1), Error);
+  EXPECT_THROW(RMSprop(0.1, 0.9, 0.0), Error);
+  // A parameter without a gradient is left alone.
+  Parameter untouched("u", tensor({3}, Shape{1}));
+  adam.step({&untouched});
+  EXPECT_EQ(values(untouched.value())[0], 3.0);
 }
 
 }  // namespace

@@ -1,0 +1,148 @@
+#include "training/optimizers.h"
+
+#include <cmath>
+#include <map>
+
+#include "device/error.h"
+#include "kernels/elementwise.h"
+#include "kernels/movement.h"
+#include "training/tensor_ops.h"
+
+namespace meshrt::training {
+
+Optimizer::Optimizer(double learning_rate) { set_learning_rate(learning_rate); }
+
+void Optimizer::set_learning_rate(double learning_rate) {
+  MESHRT_CHECK_ARG(std::isfinite(learning_rate) && learning_rate >= 0, "optimizer: learning rate ",
+                   learning_rate, " must be finite and >= 0");
+  learning_rate_ = learning_rate;
+}
+
+const std::vector<DeviceTensor>& Optimizer::slots(const Parameter& parameter) const {
+  static const std::vector<DeviceTensor> kNone;
+  auto it = state_.find(&parameter);
+  return it == state_.end() ? kNone : it->second;
+}
+
+std::vector<DeviceTensor>& Optimizer::state(const Parameter& parameter) {
+  std::vector<DeviceTensor>& slots = state_[&parameter];
+  if (slots.empty()) {
+    const DeviceTensor& value = parameter.value();
+    for (int k = 0; k < slot_count(); ++k)
+      slots.push_back(DeviceTensor::zeros(value.shape(), value.dtype(), value.device()));
+  }
+  return slots;
+}
+
+void Optimizer::step(const std::vector<Parameter*>& parameters) {
+  ++iterations_;
+  for (Parameter* parameter : parameters) {
+    MESHRT_CHECK_ARG(parameter != nullptr, "optimizer: a null parameter");
+    if (parameter->grad().defined()) {
+      dense_step(*parameter, parameter->sparse_grads().empty() ? parameter->grad() : parameter->dense_grad());
+    } else if (!parameter->sparse_grads().empty()) {
+      sparse_step(*parameter);
+    }
+  }
+}
+
+void Optimizer::dense_step(Parameter& parameter, const DeviceTensor& grad) {
+  std::vector<DeviceTensor>& slots = state(parameter);
+  parameter.set_value(update(parameter.value(), grad, slots));
+}
+
+// The merge of repeated ids runs on the host (no segment-sum kernel yet); the
+// rows are gathered and written back with index_select and index_copy.
+void Optimizer::sparse_step(Parameter& parameter) {
+  const DeviceTensor& value = parameter.value();
+  const Shape& shape = value.shape();
+  const int64_t width = shape.inner(0);
+  std::map<int64_t, std::vector<double>> merged;  // id -> summed row, ids ascending
+  for (const SparseGrad& g : parameter.sparse_grads()) {
+    std::vector<int64_t> ids = to_host(g.ids).to_vector<int64_t>();
+    std::vector<double> rows = detail::to_doubles(g.rows);
+    for (size_t j = 0; j < ids.size(); ++j) {
+      MESHRT_CHECK_ARG(ids[j] >= 0 && ids[j] < shape[0], "optimizer: parameter ", parameter.name(), ": id ",
+                       ids[j], " outside [0, ", shape[0], ")");
+      std::vector<double>& row = merged[ids[j]];
+      row.resize(static_cast<size_t>(width), 0.0);
+      for (int64_t k = 0; k < width; ++k) row[k] += rows[j * width + k];
+    }
+  }
+  std::vector<int64_t> ids;
+  std::vector<double> rows;
+  for (const auto& [id, row] : merged) {
+    ids.push_back(id);
+    rows.insert(rows.end(), row.begin(), row.end());
+  }
+  const int64_t count = static_cast<int64_t>(ids.size());
+  const Shape row_shape = shape.with(0, count);
+  DeviceTensor index = to_device(HostTensor::from_vector(ids, Shape{count}), value.device());
+  DeviceTensor grad = detail::from_doubles(rows, row_shape, value.dtype(), value.device());
+
+  std::vector<DeviceTensor>& slots = state(parameter);
+  std::vector<DeviceTensor> slot_rows;
+  for (const DeviceTensor& slot : slots) slot_rows.push_back(kernels::index_select(slot, 0, index));
+  DeviceTensor new_rows = update(kernels::index_select(value, 0, index), grad, slot_rows);
+  // In place: the value and the slots keep their storage, only these rows change.
+  kernels::index_copy(value, 0, index, new_rows);
+  for (size_t k = 0; k < slots.size(); ++k) kernels::index_copy(slots[k], 0, index, slot_rows[k]);
+}
+
+// ---------------------------------------------------------------------------
+
+SGD::SGD(double learning_rate, double momentum) : Optimizer(learning_rate), momentum_(momentum) {
+  MESHRT_CHECK_ARG(momentum >= 0 && momentum < 1, "SGD: momentum ", momentum, " outside [0, 1)");
+}
+
+DeviceTensor SGD::update(const DeviceTensor& value, const DeviceTensor& grad, std::vector<DeviceTensor>& slots) {
+  DeviceTensor step = kernels::scale(grad, -learning_rate());
+  if (momentum_ > 0) {
+    slots[0] = kernels::add(kernels::scale(slots[0], momentum_), step);
+    step = slots[0];
+  }
+  return kernels::add(value, step);
+}
+
+RMSprop::RMSprop(double learning_rate, double rho, double epsilon)
+    : Optimizer(learning_rate), rho_(rho), epsilon_(epsilon) {
+  MESHRT_CHECK_ARG(rho >= 0 && rho < 1, "RMSprop: rho ", rho, " outside [0, 1)");
+  MESHRT_CHECK_ARG(epsilon > 0, "RMSprop: epsilon ", epsilon, " must be > 0");
+}
+
+// Host fallback: no sqrt or division kernel yet.
+DeviceTensor RMSprop::update(const DeviceTensor& value, const DeviceTensor& grad, std::vector<DeviceTensor>& slots) {
+  std::vector<double> w = detail::to_doubles(value), g = detail::to_doubles(grad), s = detail::to_doubles(slots[0]);
+  const double lr = learning_rate();
+  for (size_t i = 0; i < w.size(); ++i) {
+    s[i] = rho_ * s[i] + (1 - rho_) * g[i] * g[i];
+    w[i] -= lr * g[i] / (std::sqrt(s[i]) + epsilon_);
+  }
+  slots[0] = detail::from_doubles(s, value.shape(), value.dtype(), value.device());
+  return detail::from_doubles(w, value.shape(), value.dtype(), value.device());
+}
+
+Adam::Adam(double learning_rate, double beta1, double beta2, double epsilon)
+    : Optimizer(learning_rate), beta1_(beta1), beta2_(beta2), epsilon_(epsilon) {
+  MESHRT_CHECK_ARG(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "Adam: betas ", beta1, ", ", beta2,
+                   " outside [0, 1)");
+  MESHRT_CHECK_ARG(epsilon > 0, "Adam: epsilon ", epsilon, " must be > 0");
+}
+
+// Host fallback: no sqrt or division kernel yet.
+DeviceTensor Adam::update(const DeviceTensor& value, const DeviceTensor& grad, std::vector<DeviceTensor>& slots) {
+  std::vector<double> w = detail::to_doubles(value), g = detail::to_doubles(grad);
+  std::vector<double> m = detail::to_doubles(slots[0]), v = detail::to_doubles(slots[1]);
+  const double t = static_cast<double>(iterations());
+  const double lr_t = learning_rate() * std::sqrt(1 - std::pow(beta2_, t)) / (1 - std::pow(beta1_, t));
+  for (size_t i = 0; i < w.size(); ++i) {
+    m[i] = beta1_ * m[i] + (1 - beta1_) * g[i];
+    v[i] = beta2_ * v[i] + (1 - beta2_) * g[i] * g[i];
+    w[i] -= lr_t * m[i] / (std::sqrt(v[i]) + epsilon_);
+  }
+  slots[0] = detail::from_doubles(m, value.shape(), value.dtype(), value.device());
+  slots[1] = detail::from_doubles(v, value.shape(), value.dtype(), value.device());
+  return detail::from_doubles(w, value.shape(), value.dtype(), value.device());
+}
+
+}  // namespace meshrt::training
