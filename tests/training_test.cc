@@ -304,7 +304,7 @@ TEST(TrainingLosses, BadArgumentsAreErrors) {
 struct Reference {
   enum Kind { kSgd, kRmsprop, kAdam } kind;
   double lr, a = 0, b = 0, eps = 0;  // momentum | rho | beta1, beta2
-  double w, s1 = 0, s2 = 0;
+  double w = 0, s1 = 0, s2 = 0;
   int t = 0;
   void step(double g) {
     ++t;
