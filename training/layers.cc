@@ -116,26 +116,15 @@ DeviceTensor Dense::backward(const DeviceTensor& grad_out) {
 // ---------------------------------------------------------------------------
 // Weightless layers
 
-DeviceTensor ReLU::forward(const DeviceTensor& x) {
-  detail::check_float(x, "ReLU::forward", "x");
-  output_ = activate(Activation::kRelu, x);
+DeviceTensor ActivationLayer::forward(const DeviceTensor& x) {
+  detail::check_float(x, name().c_str(), "x");
+  output_ = activate(activation_, x);
   return output_;
 }
 
-DeviceTensor ReLU::backward(const DeviceTensor& grad_out) {
-  check_cached(output_, "ReLU::backward");
-  return activation_backward(Activation::kRelu, grad_out, output_);
-}
-
-DeviceTensor Sigmoid::forward(const DeviceTensor& x) {
-  detail::check_float(x, "Sigmoid::forward", "x");
-  output_ = activate(Activation::kSigmoid, x);
-  return output_;
-}
-
-DeviceTensor Sigmoid::backward(const DeviceTensor& grad_out) {
-  check_cached(output_, "Sigmoid::backward");
-  return activation_backward(Activation::kSigmoid, grad_out, output_);
+DeviceTensor ActivationLayer::backward(const DeviceTensor& grad_out) {
+  check_cached(output_, name().c_str());
+  return activation_backward(activation_, grad_out, output_);
 }
 
 DeviceTensor Softmax::forward(const DeviceTensor& x) {

@@ -59,25 +59,29 @@ class Dense : public Layer {
   DeviceTensor output_;  // [rows, out], after the activation
 };
 
-class ReLU : public Layer {
+// An activation alone, element by element (the same math as Dense's).
+class ActivationLayer : public Layer {
  public:
-  std::string name() const override { return "relu"; }
+  explicit ActivationLayer(Activation activation) : activation_(activation) {}
+  std::string name() const override { return to_string(activation_); }
   DeviceTensor forward(const DeviceTensor& x) override;
   DeviceTensor backward(const DeviceTensor& grad_out) override;
 
  private:
+  Activation activation_;
   DeviceTensor output_;
 };
 
-// 1 / (1 + exp(-x)).
-class Sigmoid : public Layer {
+// max(x, 0).
+class ReLU : public ActivationLayer {
  public:
-  std::string name() const override { return "sigmoid"; }
-  DeviceTensor forward(const DeviceTensor& x) override;
-  DeviceTensor backward(const DeviceTensor& grad_out) override;
+  ReLU() : ActivationLayer(Activation::kRelu) {}
+};
 
- private:
-  DeviceTensor output_;
+// 1 / (1 + exp(-x)).
+class Sigmoid : public ActivationLayer {
+ public:
+  Sigmoid() : ActivationLayer(Activation::kSigmoid) {}
 };
 
 // Softmax over the last axis.
