@@ -1,8 +1,9 @@
 // training/: every backward pass and every loss gradient against central
 // finite differences in float64 on random inputs, the embedding's sparse
 // gradient densified and compared, the f32 passes against the f64 ones, a
-// few loss values by hand, and every optimizer's steps (dense and sparse)
-// against the formulas computed by hand. cpu device.
+// few loss values by hand, every optimizer's steps (dense and sparse)
+// against the formulas computed by hand, the learning-rate schedules and an
+// optimizer following one, by hand. cpu device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,6 +17,7 @@
 #include "training/layers.h"
 #include "training/losses.h"
 #include "training/optimizers.h"
+#include "training/schedules.h"
 
 namespace meshrt::training {
 namespace {
@@ -473,6 +475,85 @@ TEST(TrainingOptimizers, Float32AndBadArguments) {
   Parameter untouched("u", tensor({3}, Shape{1}));
   adam.step({&untouched});
   EXPECT_EQ(values(untouched.value())[0], 3.0);
+}
+
+TEST(TrainingSchedules, ValuesByHand) {
+  ConstantSchedule constant(0.3);
+  EXPECT_EQ(constant(0), 0.3);
+  EXPECT_EQ(constant(1000), 0.3);
+
+  // 0.1 * 0.5^(step / 10)
+  ExponentialDecay smooth(0.1, 10, 0.5);
+  EXPECT_NEAR(smooth(0), 0.1, 1e-15);
+  EXPECT_NEAR(smooth(5), 0.1 / std::sqrt(2.0), 1e-15);
+  EXPECT_NEAR(smooth(10), 0.05, 1e-15);
+  EXPECT_NEAR(smooth(25), 0.1 * std::pow(0.5, 2.5), 1e-15);
+  // Staircase: 0.1 * 0.5^floor(step / 10).
+  ExponentialDecay stairs(0.1, 10, 0.5, true);
+  EXPECT_NEAR(stairs(0), 0.1, 1e-15);
+  EXPECT_NEAR(stairs(9), 0.1, 1e-15);
+  EXPECT_NEAR(stairs(10), 0.05, 1e-15);
+  EXPECT_NEAR(stairs(19), 0.05, 1e-15);
+  EXPECT_NEAR(stairs(25), 0.025, 1e-15);
+
+  // 1.0 for step <= 3, 0.5 for 3 < step <= 7, 0.1 after.
+  PiecewiseConstantDecay piecewise({3, 7}, {1.0, 0.5, 0.1});
+  EXPECT_EQ(piecewise(0), 1.0);
+  EXPECT_EQ(piecewise(3), 1.0);
+  EXPECT_EQ(piecewise(4), 0.5);
+  EXPECT_EQ(piecewise(7), 0.5);
+  EXPECT_EQ(piecewise(8), 0.1);
+  EXPECT_EQ(piecewise(100), 0.1);
+
+  EXPECT_THROW(ExponentialDecay(0.1, 0, 0.5), Error);
+  EXPECT_THROW(ExponentialDecay(0.1, 10, 0.0), Error);
+  EXPECT_THROW(PiecewiseConstantDecay({3, 7}, {1.0, 0.5}), Error);
+  EXPECT_THROW(PiecewiseConstantDecay({7, 3}, {1.0, 0.5, 0.1}), Error);
+  EXPECT_THROW(ConstantSchedule(-1.0), Error);
+  EXPECT_THROW(stairs(-1), Error);
+}
+
+// SGD (no momentum) on w = [1], g = [1] every step: w drops by the rate of
+// each step, the schedule read at the steps taken before it (0, 1, 2, ...).
+TEST(TrainingSchedules, OptimizerTakesTheScheduledRateAtEachStep) {
+  Parameter p("w", tensor({1}, Shape{1}));
+  SGD sgd(0.7);
+  EXPECT_EQ(sgd.schedule(), nullptr);
+  // 0.4 for steps 0 and 1, 0.2 for step 2, 0.1 after.
+  sgd.set_schedule(std::make_shared<PiecewiseConstantDecay>(std::vector<int64_t>{1, 2},
+                                                            std::vector<double>{0.4, 0.2, 0.1}));
+  const std::vector<double> rates = {0.4, 0.4, 0.2, 0.1, 0.1};
+  double w = 1;
+  for (double rate : rates) {
+    p.zero_grad();
+    p.accumulate(tensor({1}, Shape{1}));
+    sgd.step({&p});
+    w -= rate;
+    EXPECT_EQ(sgd.learning_rate(), rate);
+    EXPECT_NEAR(values(p.value())[0], w, 1e-15);
+  }
+  // A fixed rate drops the schedule.
+  sgd.set_learning_rate(0.05);
+  EXPECT_EQ(sgd.schedule(), nullptr);
+  p.zero_grad();
+  p.accumulate(tensor({1}, Shape{1}));
+  sgd.step({&p});
+  EXPECT_NEAR(values(p.value())[0], w - 0.05, 1e-15);
+  EXPECT_THROW(sgd.set_schedule(nullptr), Error);
+
+  // Adam's bias correction uses t as before; its lr is the schedule's:
+  // staircase 0.1 * 0.5^floor(step / 1) = 0.1, then 0.05. Two steps of g = 1
+  // keep m / sqrt(v) corrected at 1, so w moves by about the rate each step.
+  Parameter q("w", tensor({1}, Shape{1}));
+  Adam adam(0.9);
+  adam.set_schedule(std::make_shared<ExponentialDecay>(0.1, 1, 0.5, true));
+  for (double rate : {0.1, 0.05}) {
+    q.zero_grad();
+    q.accumulate(tensor({1}, Shape{1}));
+    adam.step({&q});
+    EXPECT_EQ(adam.learning_rate(), rate);
+  }
+  EXPECT_NEAR(values(q.value())[0], 1 - 0.1 - 0.05, 1e-6);
 }
 
 }  // namespace
