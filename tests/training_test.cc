@@ -3,7 +3,8 @@
 // gradient densified and compared, the f32 passes against the f64 ones, a
 // few loss values by hand, every optimizer's steps (dense and sparse)
 // against the formulas computed by hand, the learning-rate schedules and an
-// optimizer following one, by hand. cpu device.
+// optimizer following one and StringLookup's ids (OOV buckets, mask),
+// all by hand. cpu device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +18,7 @@
 #include "training/layers.h"
 #include "training/losses.h"
 #include "training/optimizers.h"
+#include "training/preprocessing.h"
 #include "training/schedules.h"
 
 namespace meshrt::training {
@@ -554,6 +556,52 @@ TEST(TrainingSchedules, OptimizerTakesTheScheduledRateAtEachStep) {
     EXPECT_EQ(adam.learning_rate(), rate);
   }
   EXPECT_NEAR(values(q.value())[0], 1 - 0.1 - 0.05, 1e-6);
+}
+
+std::vector<int64_t> ids(const DeviceTensor& t) { return to_host(t).to_vector<int64_t>(); }
+
+TEST(TrainingPreprocessing, StringLookupIdsWithOneOovBucket) {
+  // Default: 1 OOV bucket (id 0), the vocabulary from 1.
+  StringLookup lookup({"thor", "hulk", "loki"});
+  EXPECT_EQ(lookup.vocabulary_size(), 4);
+  DeviceTensor out = lookup({"hulk", "x", "thor", "loki", "", "hulk"}, Shape{2, 3});
+  EXPECT_EQ(out.dtype(), DType::kI64);
+  EXPECT_EQ(out.shape(), (Shape{2, 3}));
+  EXPECT_EQ(ids(out), (std::vector<int64_t>{2, 0, 1, 3, 0, 2}));
+
+  // With a mask token: mask 0, OOV 1, the vocabulary from 2.
+  StringLookup masked({"a", "b"}, {1, std::string("")});
+  EXPECT_EQ(masked.vocabulary_size(), 4);
+  EXPECT_EQ(ids(masked({"", "zz", "a", "b"}, Shape{4})), (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(masked.vocabulary(), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(TrainingPreprocessing, StringLookupSeveralOovBucketsHashStably) {
+  // The published FNV-1a 64 test vectors.
+  EXPECT_EQ(fnv1a64(""), 0xcbf29ce484222325ull);
+  EXPECT_EQ(fnv1a64("a"), 0xaf63dc4c8601ec8cull);
+  EXPECT_EQ(fnv1a64("foobar"), 0x85944171f73967e8ull);
+  // 3 buckets (ids 0..2), vocabulary from 3. Buckets: hash % 3:
+  // "" -> 0xcbf29ce484222325 % 3 = 2, "a" -> 1, "foobar" -> 0.
+  StringLookup lookup({"x", "y"}, {3, std::nullopt});
+  EXPECT_EQ(lookup.vocabulary_size(), 5);
+  EXPECT_EQ(ids(lookup({"", "a", "foobar", "x", "y", "a"}, Shape{6})), (std::vector<int64_t>{2, 1, 0, 3, 4, 1}));
+  // With a mask too, the buckets move up by one: ids 1..3.
+  StringLookup masked({"x"}, {3, std::string("[MASK]")});
+  EXPECT_EQ(masked.vocabulary_size(), 5);
+  EXPECT_EQ(ids(masked({"[MASK]", "", "a", "foobar", "x"}, Shape{5})), (std::vector<int64_t>{0, 3, 2, 1, 4}));
+}
+
+TEST(TrainingPreprocessing, StringLookupBadArgumentsAreErrors) {
+  EXPECT_THROW(StringLookup({"a", "b", "a"}), Error);
+  EXPECT_THROW(StringLookup({"a", ""}, {1, std::string("")}), Error);
+  EXPECT_THROW(StringLookup({"a"}, {-1, std::nullopt}), Error);
+  StringLookup strict({"a", "b"}, {0, std::nullopt});
+  EXPECT_EQ(strict.vocabulary_size(), 2);
+  EXPECT_EQ(strict.lookup("b"), 1);
+  EXPECT_THROW(strict.lookup("c"), Error);
+  StringLookup lookup({"a"});
+  EXPECT_THROW(lookup({"a", "b"}, Shape{3}), Error);
 }
 
 }  // namespace
