@@ -3,8 +3,8 @@
 // gradient densified and compared, the f32 passes against the f64 ones, a
 // few loss values by hand, every optimizer's steps (dense and sparse)
 // against the formulas computed by hand, the learning-rate schedules and an
-// optimizer following one and StringLookup's ids (OOV buckets, mask),
-// all by hand. cpu device.
+// optimizer following one, StringLookup's ids (OOV buckets, mask) and the
+// metrics over batches, all by hand. cpu device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +17,7 @@
 #include "device/error.h"
 #include "training/layers.h"
 #include "training/losses.h"
+#include "training/metrics.h"
 #include "training/optimizers.h"
 #include "training/preprocessing.h"
 #include "training/schedules.h"
@@ -602,6 +603,61 @@ TEST(TrainingPreprocessing, StringLookupBadArgumentsAreErrors) {
   EXPECT_THROW(strict.lookup("c"), Error);
   StringLookup lookup({"a"});
   EXPECT_THROW(lookup({"a", "b"}, Shape{3}), Error);
+}
+
+TEST(TrainingMetrics, MeanOverBatchesAndReset) {
+  metrics::Mean mean;
+  EXPECT_EQ(mean.result(), 0.0);
+  mean.update_state(1.0);
+  mean.update_state(2.0);
+  EXPECT_DOUBLE_EQ(mean.result(), 1.5);
+  // A batch of elements: (1 + 2 + 3 + 4 + 5) / 5 = 3.
+  mean.update_state(tensor({3, 4, 5}, Shape{3}, DType::kF32));
+  EXPECT_DOUBLE_EQ(mean.result(), 3.0);
+  // Weighted: (15 + 2 * 10) / (5 + 2) = 5.
+  mean.update_state(10.0, 2.0);
+  EXPECT_DOUBLE_EQ(mean.result(), 5.0);
+  EXPECT_EQ(mean.count(), 7.0);
+  mean.reset_state();
+  EXPECT_EQ(mean.result(), 0.0);
+  mean.update_state(-4.0);
+  EXPECT_EQ(mean.result(), -4.0);
+  EXPECT_THROW(mean.update_state(1.0, -1.0), Error);
+}
+
+TEST(TrainingMetrics, BinaryAccuracyOverBatchesAndReset) {
+  metrics::BinaryAccuracy accuracy;
+  // Batch 1: predicted 1, 0, 1, 0 (0.5 is not > 0.5) vs 1, 0, 0, 1: 2 of 4.
+  accuracy.update_state(tensor({0.9, 0.1, 0.6, 0.5}, Shape{2, 2}), tensor({1, 0, 0, 1}, Shape{2, 2}));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 0.5);
+  // Batch 2: predicted 1, 1 vs 1, 1: 4 of 6.
+  accuracy.update_state(tensor({0.7, 0.99}, Shape{2}), tensor({1, 1}, Shape{2}));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 4.0 / 6.0);
+  accuracy.reset_state();
+  EXPECT_EQ(accuracy.result(), 0.0);
+  accuracy.update_state(tensor({0.2}, Shape{1}, DType::kF32), tensor({0}, Shape{1}, DType::kF32));
+  EXPECT_EQ(accuracy.result(), 1.0);
+  // Another threshold: 0.6 > 0.7 is false.
+  metrics::BinaryAccuracy strict(0.7);
+  strict.update_state(tensor({0.6, 0.8}, Shape{2}), tensor({1, 1}, Shape{2}));
+  EXPECT_DOUBLE_EQ(strict.result(), 0.5);
+  EXPECT_THROW(accuracy.update_state(tensor({0.2}, Shape{1}), tensor({0.5}, Shape{1})), Error);
+  EXPECT_THROW(accuracy.update_state(tensor({0.2}, Shape{1}), tensor({0, 1}, Shape{2})), Error);
+}
+
+TEST(TrainingMetrics, SparseCategoricalAccuracyOverBatchesAndReset) {
+  metrics::SparseCategoricalAccuracy accuracy;
+  // Rows' argmax: 2, 0, 1 (the tie 0.5, 0.5 goes to the first) vs labels 2, 1, 1: 2 of 3.
+  DeviceTensor logits = tensor({0.1, 0.2, 3.0, 5.0, -1.0, 0.0, 0.0, 0.5, 0.5}, Shape{3, 3});
+  accuracy.update_state(logits, to_device(HostTensor::from_vector(std::vector<int64_t>{2, 1, 1}, Shape{3}), kCpu));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 2.0 / 3.0);
+  // Batch 2, i32 labels, leading axes [1, 2]: argmax 1, 0 vs 0, 0: 3 of 5.
+  DeviceTensor logits2 = tensor({-1, 1, 2, 1}, Shape{1, 2, 2}, DType::kF32);
+  accuracy.update_state(logits2, to_device(HostTensor::from_vector(std::vector<int32_t>{0, 0}, Shape{1, 2}), kCpu));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 3.0 / 5.0);
+  accuracy.reset_state();
+  EXPECT_EQ(accuracy.result(), 0.0);
+  EXPECT_THROW(accuracy.update_state(logits, tensor({2, 1, 1}, Shape{3})), Error);
 }
 
 }  // namespace
