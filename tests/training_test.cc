@@ -1,8 +1,10 @@
 // training/: every backward pass and every loss gradient against central
 // finite differences in float64 on random inputs, the embedding's sparse
 // gradient densified and compared, the f32 passes against the f64 ones, a
-// few loss values by hand, and every optimizer's steps (dense and sparse)
-// against the formulas computed by hand. cpu device.
+// few loss values by hand, every optimizer's steps (dense and sparse)
+// against the formulas computed by hand, the learning-rate schedules and an
+// optimizer following one, StringLookup's ids (OOV buckets, mask) and the
+// metrics over batches, all by hand. cpu device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,7 +17,10 @@
 #include "device/error.h"
 #include "training/layers.h"
 #include "training/losses.h"
+#include "training/metrics.h"
 #include "training/optimizers.h"
+#include "training/preprocessing.h"
+#include "training/schedules.h"
 
 namespace meshrt::training {
 namespace {
@@ -473,6 +478,186 @@ TEST(TrainingOptimizers, Float32AndBadArguments) {
   Parameter untouched("u", tensor({3}, Shape{1}));
   adam.step({&untouched});
   EXPECT_EQ(values(untouched.value())[0], 3.0);
+}
+
+TEST(TrainingSchedules, ValuesByHand) {
+  ConstantSchedule constant(0.3);
+  EXPECT_EQ(constant(0), 0.3);
+  EXPECT_EQ(constant(1000), 0.3);
+
+  // 0.1 * 0.5^(step / 10)
+  ExponentialDecay smooth(0.1, 10, 0.5);
+  EXPECT_NEAR(smooth(0), 0.1, 1e-15);
+  EXPECT_NEAR(smooth(5), 0.1 / std::sqrt(2.0), 1e-15);
+  EXPECT_NEAR(smooth(10), 0.05, 1e-15);
+  EXPECT_NEAR(smooth(25), 0.1 * std::pow(0.5, 2.5), 1e-15);
+  // Staircase: 0.1 * 0.5^floor(step / 10).
+  ExponentialDecay stairs(0.1, 10, 0.5, true);
+  EXPECT_NEAR(stairs(0), 0.1, 1e-15);
+  EXPECT_NEAR(stairs(9), 0.1, 1e-15);
+  EXPECT_NEAR(stairs(10), 0.05, 1e-15);
+  EXPECT_NEAR(stairs(19), 0.05, 1e-15);
+  EXPECT_NEAR(stairs(25), 0.025, 1e-15);
+
+  // 1.0 for step <= 3, 0.5 for 3 < step <= 7, 0.1 after.
+  PiecewiseConstantDecay piecewise({3, 7}, {1.0, 0.5, 0.1});
+  EXPECT_EQ(piecewise(0), 1.0);
+  EXPECT_EQ(piecewise(3), 1.0);
+  EXPECT_EQ(piecewise(4), 0.5);
+  EXPECT_EQ(piecewise(7), 0.5);
+  EXPECT_EQ(piecewise(8), 0.1);
+  EXPECT_EQ(piecewise(100), 0.1);
+
+  EXPECT_THROW(ExponentialDecay(0.1, 0, 0.5), Error);
+  EXPECT_THROW(ExponentialDecay(0.1, 10, 0.0), Error);
+  EXPECT_THROW(PiecewiseConstantDecay({3, 7}, {1.0, 0.5}), Error);
+  EXPECT_THROW(PiecewiseConstantDecay({7, 3}, {1.0, 0.5, 0.1}), Error);
+  EXPECT_THROW(ConstantSchedule(-1.0), Error);
+  EXPECT_THROW(stairs(-1), Error);
+}
+
+// SGD (no momentum) on w = [1], g = [1] every step: w drops by the rate of
+// each step, the schedule read at the steps taken before it (0, 1, 2, ...).
+TEST(TrainingSchedules, OptimizerTakesTheScheduledRateAtEachStep) {
+  Parameter p("w", tensor({1}, Shape{1}));
+  SGD sgd(0.7);
+  EXPECT_EQ(sgd.schedule(), nullptr);
+  // 0.4 for steps 0 and 1, 0.2 for step 2, 0.1 after.
+  sgd.set_schedule(std::make_shared<PiecewiseConstantDecay>(std::vector<int64_t>{1, 2},
+                                                            std::vector<double>{0.4, 0.2, 0.1}));
+  const std::vector<double> rates = {0.4, 0.4, 0.2, 0.1, 0.1};
+  double w = 1;
+  for (double rate : rates) {
+    p.zero_grad();
+    p.accumulate(tensor({1}, Shape{1}));
+    sgd.step({&p});
+    w -= rate;
+    EXPECT_EQ(sgd.learning_rate(), rate);
+    EXPECT_NEAR(values(p.value())[0], w, 1e-15);
+  }
+  // A fixed rate drops the schedule.
+  sgd.set_learning_rate(0.05);
+  EXPECT_EQ(sgd.schedule(), nullptr);
+  p.zero_grad();
+  p.accumulate(tensor({1}, Shape{1}));
+  sgd.step({&p});
+  EXPECT_NEAR(values(p.value())[0], w - 0.05, 1e-15);
+  EXPECT_THROW(sgd.set_schedule(nullptr), Error);
+
+  // Adam's bias correction uses t as before; its lr is the schedule's:
+  // staircase 0.1 * 0.5^floor(step / 1) = 0.1, then 0.05. Two steps of g = 1
+  // keep m / sqrt(v) corrected at 1, so w moves by about the rate each step.
+  Parameter q("w", tensor({1}, Shape{1}));
+  Adam adam(0.9);
+  adam.set_schedule(std::make_shared<ExponentialDecay>(0.1, 1, 0.5, true));
+  for (double rate : {0.1, 0.05}) {
+    q.zero_grad();
+    q.accumulate(tensor({1}, Shape{1}));
+    adam.step({&q});
+    EXPECT_EQ(adam.learning_rate(), rate);
+  }
+  EXPECT_NEAR(values(q.value())[0], 1 - 0.1 - 0.05, 1e-6);
+}
+
+std::vector<int64_t> ids(const DeviceTensor& t) { return to_host(t).to_vector<int64_t>(); }
+
+TEST(TrainingPreprocessing, StringLookupIdsWithOneOovBucket) {
+  // Default: 1 OOV bucket (id 0), the vocabulary from 1.
+  StringLookup lookup({"thor", "hulk", "loki"});
+  EXPECT_EQ(lookup.vocabulary_size(), 4);
+  DeviceTensor out = lookup({"hulk", "x", "thor", "loki", "", "hulk"}, Shape{2, 3});
+  EXPECT_EQ(out.dtype(), DType::kI64);
+  EXPECT_EQ(out.shape(), (Shape{2, 3}));
+  EXPECT_EQ(ids(out), (std::vector<int64_t>{2, 0, 1, 3, 0, 2}));
+
+  // With a mask token: mask 0, OOV 1, the vocabulary from 2.
+  StringLookup masked({"a", "b"}, {1, std::string("")});
+  EXPECT_EQ(masked.vocabulary_size(), 4);
+  EXPECT_EQ(ids(masked({"", "zz", "a", "b"}, Shape{4})), (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(masked.vocabulary(), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(TrainingPreprocessing, StringLookupSeveralOovBucketsHashStably) {
+  // The published FNV-1a 64 test vectors.
+  EXPECT_EQ(fnv1a64(""), 0xcbf29ce484222325ull);
+  EXPECT_EQ(fnv1a64("a"), 0xaf63dc4c8601ec8cull);
+  EXPECT_EQ(fnv1a64("foobar"), 0x85944171f73967e8ull);
+  // 3 buckets (ids 0..2), vocabulary from 3. Buckets: hash % 3:
+  // "" -> 0xcbf29ce484222325 % 3 = 2, "a" -> 1, "foobar" -> 0.
+  StringLookup lookup({"x", "y"}, {3, std::nullopt});
+  EXPECT_EQ(lookup.vocabulary_size(), 5);
+  EXPECT_EQ(ids(lookup({"", "a", "foobar", "x", "y", "a"}, Shape{6})), (std::vector<int64_t>{2, 1, 0, 3, 4, 1}));
+  // With a mask too, the buckets move up by one: ids 1..3.
+  StringLookup masked({"x"}, {3, std::string("[MASK]")});
+  EXPECT_EQ(masked.vocabulary_size(), 5);
+  EXPECT_EQ(ids(masked({"[MASK]", "", "a", "foobar", "x"}, Shape{5})), (std::vector<int64_t>{0, 3, 2, 1, 4}));
+}
+
+TEST(TrainingPreprocessing, StringLookupBadArgumentsAreErrors) {
+  EXPECT_THROW(StringLookup({"a", "b", "a"}), Error);
+  EXPECT_THROW(StringLookup({"a", ""}, {1, std::string("")}), Error);
+  EXPECT_THROW(StringLookup({"a"}, {-1, std::nullopt}), Error);
+  StringLookup strict({"a", "b"}, {0, std::nullopt});
+  EXPECT_EQ(strict.vocabulary_size(), 2);
+  EXPECT_EQ(strict.lookup("b"), 1);
+  EXPECT_THROW(strict.lookup("c"), Error);
+  StringLookup lookup({"a"});
+  EXPECT_THROW(lookup({"a", "b"}, Shape{3}), Error);
+}
+
+TEST(TrainingMetrics, MeanOverBatchesAndReset) {
+  metrics::Mean mean;
+  EXPECT_EQ(mean.result(), 0.0);
+  mean.update_state(1.0);
+  mean.update_state(2.0);
+  EXPECT_DOUBLE_EQ(mean.result(), 1.5);
+  // A batch of elements: (1 + 2 + 3 + 4 + 5) / 5 = 3.
+  mean.update_state(tensor({3, 4, 5}, Shape{3}, DType::kF32));
+  EXPECT_DOUBLE_EQ(mean.result(), 3.0);
+  // Weighted: (15 + 2 * 10) / (5 + 2) = 5.
+  mean.update_state(10.0, 2.0);
+  EXPECT_DOUBLE_EQ(mean.result(), 5.0);
+  EXPECT_EQ(mean.count(), 7.0);
+  mean.reset_state();
+  EXPECT_EQ(mean.result(), 0.0);
+  mean.update_state(-4.0);
+  EXPECT_EQ(mean.result(), -4.0);
+  EXPECT_THROW(mean.update_state(1.0, -1.0), Error);
+}
+
+TEST(TrainingMetrics, BinaryAccuracyOverBatchesAndReset) {
+  metrics::BinaryAccuracy accuracy;
+  // Batch 1: predicted 1, 0, 1, 0 (0.5 is not > 0.5) vs 1, 0, 0, 1: 2 of 4.
+  accuracy.update_state(tensor({0.9, 0.1, 0.6, 0.5}, Shape{2, 2}), tensor({1, 0, 0, 1}, Shape{2, 2}));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 0.5);
+  // Batch 2: predicted 1, 1 vs 1, 1: 4 of 6.
+  accuracy.update_state(tensor({0.7, 0.99}, Shape{2}), tensor({1, 1}, Shape{2}));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 4.0 / 6.0);
+  accuracy.reset_state();
+  EXPECT_EQ(accuracy.result(), 0.0);
+  accuracy.update_state(tensor({0.2}, Shape{1}, DType::kF32), tensor({0}, Shape{1}, DType::kF32));
+  EXPECT_EQ(accuracy.result(), 1.0);
+  // Another threshold: 0.6 > 0.7 is false.
+  metrics::BinaryAccuracy strict(0.7);
+  strict.update_state(tensor({0.6, 0.8}, Shape{2}), tensor({1, 1}, Shape{2}));
+  EXPECT_DOUBLE_EQ(strict.result(), 0.5);
+  EXPECT_THROW(accuracy.update_state(tensor({0.2}, Shape{1}), tensor({0.5}, Shape{1})), Error);
+  EXPECT_THROW(accuracy.update_state(tensor({0.2}, Shape{1}), tensor({0, 1}, Shape{2})), Error);
+}
+
+TEST(TrainingMetrics, SparseCategoricalAccuracyOverBatchesAndReset) {
+  metrics::SparseCategoricalAccuracy accuracy;
+  // Rows' argmax: 2, 0, 1 (the tie 0.5, 0.5 goes to the first) vs labels 2, 1, 1: 2 of 3.
+  DeviceTensor logits = tensor({0.1, 0.2, 3.0, 5.0, -1.0, 0.0, 0.0, 0.5, 0.5}, Shape{3, 3});
+  accuracy.update_state(logits, to_device(HostTensor::from_vector(std::vector<int64_t>{2, 1, 1}, Shape{3}), kCpu));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 2.0 / 3.0);
+  // Batch 2, i32 labels, leading axes [1, 2]: argmax 1, 0 vs 0, 0: 3 of 5.
+  DeviceTensor logits2 = tensor({-1, 1, 2, 1}, Shape{1, 2, 2}, DType::kF32);
+  accuracy.update_state(logits2, to_device(HostTensor::from_vector(std::vector<int32_t>{0, 0}, Shape{1, 2}), kCpu));
+  EXPECT_DOUBLE_EQ(accuracy.result(), 3.0 / 5.0);
+  accuracy.reset_state();
+  EXPECT_EQ(accuracy.result(), 0.0);
+  EXPECT_THROW(accuracy.update_state(logits, tensor({2, 1, 1}, Shape{3})), Error);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <utility>
 
 #include "device/error.h"
 #include "kernels/elementwise.h"
@@ -16,6 +17,12 @@ void Optimizer::set_learning_rate(double learning_rate) {
   MESHRT_CHECK_ARG(std::isfinite(learning_rate) && learning_rate >= 0, "optimizer: learning rate ",
                    learning_rate, " must be finite and >= 0");
   learning_rate_ = learning_rate;
+  schedule_.reset();
+}
+
+void Optimizer::set_schedule(std::shared_ptr<const LearningRateSchedule> schedule) {
+  MESHRT_CHECK_ARG(schedule != nullptr, "optimizer: a null learning-rate schedule");
+  schedule_ = std::move(schedule);
 }
 
 const std::vector<DeviceTensor>& Optimizer::slots(const Parameter& parameter) const {
@@ -35,6 +42,8 @@ std::vector<DeviceTensor>& Optimizer::state(const Parameter& parameter) {
 }
 
 void Optimizer::step(const std::vector<Parameter*>& parameters) {
+  // The schedules check their rates (finite, >= 0).
+  if (schedule_) learning_rate_ = (*schedule_)(iterations_);
   ++iterations_;
   for (Parameter* parameter : parameters) {
     MESHRT_CHECK_ARG(parameter != nullptr, "optimizer: a null parameter");

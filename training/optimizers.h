@@ -20,6 +20,12 @@
 // them); a dense one replaces the value (Parameter::set_value). Adam's t
 // counts steps of the optimizer, not of the parameter.
 //
+// The learning rate is fixed (the constructor's, or set_learning_rate's) or
+// follows a schedule (set_schedule, training/schedules.h): each step then
+// first sets learning_rate() to the schedule at iterations() as it was
+// before the step (0 on the first), as Keras evaluates a schedule at
+// optimizer.iterations.
+//
 // SGD runs on kernels (scale, add; index_select and index_copy for sparse
 // rows). RMSprop and Adam need a square root and a division, which the
 // elementwise table lacks: their update runs in a host fallback (double on
@@ -27,11 +33,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
 #include "device/tensor.h"
 #include "training/parameter.h"
+#include "training/schedules.h"
 
 namespace meshrt::training {
 
@@ -42,8 +50,14 @@ class Optimizer {
 
   void step(const std::vector<Parameter*>& parameters);
 
+  // The rate of the last step (with a schedule; before the first step, the
+  // constructor's) or the fixed rate.
   double learning_rate() const { return learning_rate_; }
+  // A fixed rate from now on (drops a schedule).
   void set_learning_rate(double learning_rate);
+  // A schedule from now on (non-null); shared so that optimizers may share one.
+  void set_schedule(std::shared_ptr<const LearningRateSchedule> schedule);
+  const LearningRateSchedule* schedule() const { return schedule_.get(); }
   // Steps taken (Adam's t after the step).
   int64_t iterations() const { return iterations_; }
   // The slots of a parameter (empty before its first update), in the order
@@ -64,6 +78,7 @@ class Optimizer {
   void sparse_step(Parameter& parameter);
 
   double learning_rate_;
+  std::shared_ptr<const LearningRateSchedule> schedule_;
   int64_t iterations_ = 0;
   // Keyed by the parameter's address: parameters live in their layers, which
   // outlive the optimizer's use of them.
