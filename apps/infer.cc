@@ -19,6 +19,7 @@
 #include "rpc/client.h"
 #include "rpc/proto/grpc_service.grpc.pb.h"
 #include "rpc/status.h"
+#include "serving/grpc_wire.h"
 #include "serving/http_client.h"
 #include "serving/protocol.h"
 
@@ -118,27 +119,14 @@ int over_grpc(const std::string& url, const std::string& model, const std::strin
   inference::ModelInferRequest request;
   request.set_model_name(model);
   request.set_model_version(version);
-  auto* in = request.add_inputs();
-  in->set_name(input.name());
-  in->set_datatype(input.datatype());
-  for (int64_t d : shape) in->add_shape(d);
-  request.add_raw_input_contents(static_cast<const char*>(data.raw_data()), data.nbytes());
+  serving::add_raw_input(request, input.name(), data);
   std::printf("ModelInfer %s: %s %s%s of %g (raw contents)\n", model.c_str(), input.name().c_str(), input.datatype().c_str(),
               data.shape().to_string().c_str(), value);
   inference::ModelInferResponse response;
   status = stub->ModelInfer(grpc_context().get(), request, &response);
   if (!status.ok()) return grpc_failed("ModelInfer", status);
-  if (response.outputs_size() < 1 || response.raw_output_contents_size() < 1) {
-    return grpc_failed("ModelInfer", {grpc::StatusCode::INTERNAL, "the response has no output"});
-  }
-  const auto& o = response.outputs(0);
-  HostTensor output = HostTensor::empty(Shape(std::vector<int64_t>(o.shape().begin(), o.shape().end())),
-                                        serving::parse_kserve_datatype(o.datatype()));
-  if (output.nbytes() != response.raw_output_contents(0).size()) {
-    return grpc_failed("ModelInfer", {grpc::StatusCode::INTERNAL, "the output's bytes do not fill its shape"});
-  }
-  std::memcpy(output.raw_data(), response.raw_output_contents(0).data(), output.nbytes());
-  print_output(o.name(), output, show);
+  HostTensor output = serving::raw_output(response);  // Error when malformed: reported by the caller
+  print_output(response.outputs(0).name(), output, show);
   return 0;
 }
 

@@ -24,6 +24,7 @@
 #include "rpc/client.h"
 #include "rpc/proto/grpc_service.grpc.pb.h"
 #include "rpc/status.h"
+#include "serving/grpc_wire.h"
 #include "serving/http_client.h"
 #include "serving/protocol.h"
 
@@ -97,22 +98,19 @@ inference::ModelInferRequest make_grpc_request(const std::string& model_name, co
   inference::ModelInferRequest r;
   r.set_model_name(model_name);
   r.set_id("loadgen");
-  auto* in = r.add_inputs();
-  in->set_name(input.name);
-  in->set_datatype(serving::kserve_datatype(input.dtype));
-  for (int64_t d : data.shape().dims()) in->add_shape(d);
-  r.add_raw_input_contents(static_cast<const char*>(data.raw_data()), data.nbytes());
+  serving::add_raw_input(r, input.name, data);
   return r;
 }
 
+// Whether every element of the first output equals expected (false for a malformed response).
 bool grpc_output_is(const inference::ModelInferResponse& r, double expected) {
   using namespace meshrt;
-  if (r.outputs_size() < 1 || r.raw_output_contents_size() < 1) return false;
-  const auto& o = r.outputs(0);
-  HostTensor t = HostTensor::empty(Shape(std::vector<int64_t>(o.shape().begin(), o.shape().end())),
-                                   serving::parse_kserve_datatype(o.datatype()));
-  if (t.nbytes() != r.raw_output_contents(0).size()) return false;
-  std::memcpy(t.raw_data(), r.raw_output_contents(0).data(), t.nbytes());
+  HostTensor t;
+  try {
+    t = serving::raw_output(r);
+  } catch (const Error&) {
+    return false;
+  }
   std::vector<double> values = cast_host(t, DType::kF64).to_vector<double>();
   return !values.empty() && std::all_of(values.begin(), values.end(), [&](double v) { return v == expected; });
 }

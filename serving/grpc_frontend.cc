@@ -15,6 +15,7 @@
 #include "models/tokenizer.h"
 #include "rpc/proto/grpc_service.grpc.pb.h"
 #include "rpc/status.h"
+#include "serving/grpc_wire.h"
 
 namespace meshrt::serving {
 
@@ -174,14 +175,7 @@ void fill_infer_response(ModelInferResponse& out, const ModelSignature& model, c
   out.set_model_name(model.name);
   out.set_model_version(model.version);
   if (!id.empty()) out.set_id(id);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const HostTensor& t = outputs[i];
-    auto* o = out.add_outputs();
-    o->set_name(model.outputs[i].name);
-    o->set_datatype(kserve_datatype(t.dtype()));
-    for (int64_t d : t.shape().dims()) o->add_shape(d);
-    out.add_raw_output_contents(static_cast<const char*>(t.raw_data()), t.nbytes());
-  }
+  for (size_t i = 0; i < outputs.size(); ++i) add_raw_output(out, model.outputs[i].name, outputs[i]);
 }
 
 // Triton's serialized BYTES element: a 4-byte little-endian length, then the bytes.
@@ -344,6 +338,15 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     }
   }
 
+  // The model a call names, or -1 after finishing the call with NOT_FOUND.
+  int find_or_finish(grpc::ServerUnaryReactor* reactor, const char* method, const std::string& name,
+                     const std::string& version) {
+    std::string error;
+    int model = core_.find(name, version, &error);
+    if (model < 0) finish(reactor, method, rpc::status_for_http(404, error));
+    return model;
+  }
+
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context, const inference::ServerLiveRequest*,
                                        inference::ServerLiveResponse* response) override {
     response->set_live(true);
@@ -363,22 +366,19 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
   grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context, const inference::ModelReadyRequest* request,
                                        inference::ModelReadyResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    std::string error;
-    int model = core_.find(request->name(), request->version(), &error);
-    if (model < 0) {
-      finish(reactor, "ModelReady", rpc::status_for_http(404, error));
-    } else {
-      response->set_ready(core_.model_ready(model, nullptr));
-      finish(reactor, "ModelReady", grpc::Status::OK);
-    }
+    int model = find_or_finish(reactor, "ModelReady", request->name(), request->version());
+    if (model < 0) return reactor;
+    response->set_ready(core_.model_ready(model, nullptr));
+    finish(reactor, "ModelReady", grpc::Status::OK);
     return reactor;
   }
 
   grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context, const inference::ServerMetadataRequest*,
                                            inference::ServerMetadataResponse* response) override {
-    response->set_name("meshrt");
-    response->set_version("0.1.0");
-    response->add_extensions("binary_tensor_data");
+    const ServerIdentity& id = server_identity();
+    response->set_name(id.name);
+    response->set_version(id.version);
+    for (const std::string& e : id.extensions) response->add_extensions(e);
     auto* reactor = context->DefaultReactor();
     finish(reactor, "ServerMetadata", grpc::Status::OK);
     return reactor;
@@ -388,12 +388,8 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
                                           const inference::ModelMetadataRequest* request,
                                           inference::ModelMetadataResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    std::string error;
-    int model = core_.find(request->name(), request->version(), &error);
-    if (model < 0) {
-      finish(reactor, "ModelMetadata", rpc::status_for_http(404, error));
-      return reactor;
-    }
+    int model = find_or_finish(reactor, "ModelMetadata", request->name(), request->version());
+    if (model < 0) return reactor;
     const ModelSignature& s = core_.signature(model);
     response->set_name(s.name);
     response->add_versions(s.version);
@@ -649,18 +645,9 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
           if (!u.tokens.empty()) {
             ModelStreamInferResponse r = base();
             ModelInferResponse* out = r.mutable_infer_response();
-            auto* ids = out->add_outputs();
-            ids->set_name("output_ids");
-            ids->set_datatype("INT64");
-            ids->add_shape(static_cast<int64_t>(u.tokens.size()));
-            out->add_raw_output_contents(reinterpret_cast<const char*>(u.tokens.data()), u.tokens.size() * sizeof(int64_t));
-            if (*text) {
-              auto* t = out->add_outputs();
-              t->set_name("text_output");
-              t->set_datatype("BYTES");
-              t->add_shape(1);
-              out->add_raw_output_contents(serialized_bytes((*text)->step(u.tokens)));
-            }
+            add_raw_output(*out, "output_ids", "INT64", {static_cast<int64_t>(u.tokens.size())},
+                           std::string(reinterpret_cast<const char*>(u.tokens.data()), u.tokens.size() * sizeof(int64_t)));
+            if (*text) add_raw_output(*out, "text_output", "BYTES", {1}, serialized_bytes((*text)->step(u.tokens)));
             set_bool(*out->mutable_parameters(), "triton_final_response", false);
             if (!send(std::move(r), false)) return false;  // the stream broke: the generation is cancelled
           }
@@ -669,13 +656,7 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
           ModelInferResponse* out = r.mutable_infer_response();
           if (*text) {
             std::string rest = (*text)->finish();
-            if (!rest.empty()) {
-              auto* t = out->add_outputs();
-              t->set_name("text_output");
-              t->set_datatype("BYTES");
-              t->add_shape(1);
-              out->add_raw_output_contents(serialized_bytes(rest));
-            }
+            if (!rest.empty()) add_raw_output(*out, "text_output", "BYTES", {1}, serialized_bytes(rest));
           }
           set_bool(*out->mutable_parameters(), "triton_final_response", true);
           (*out->mutable_parameters())["finish_reason"].set_string_param(u.finish_reason);
