@@ -439,8 +439,14 @@ std::string model_ready_json(const std::string& name, bool ready, const std::str
   return io::json_limits::dump(j);
 }
 
+const ServerIdentity& server_identity() {
+  static const ServerIdentity identity{"meshrt", "0.1.0", {"binary_tensor_data"}};
+  return identity;
+}
+
 std::string server_metadata_json() {
-  return json{{"name", "meshrt"}, {"version", "0.1.0"}, {"extensions", json::array({"binary_tensor_data"})}}.dump();
+  const ServerIdentity& id = server_identity();
+  return json{{"name", id.name}, {"version", id.version}, {"extensions", id.extensions}}.dump();
 }
 
 GenerateRequest parse_generate_request(std::string_view body) {

@@ -139,6 +139,12 @@ GenerateRequest parse_generate_request(std::string_view body);
 std::string generate_response_json(const std::string& model, const std::string& version,
                                    const std::vector<int64_t>& output_ids, const std::string& finish_reason,
                                    const std::optional<std::string>& text = std::nullopt);
+// What the server says of itself, over HTTP (server_metadata_json) and gRPC alike.
+struct ServerIdentity {
+  std::string name, version;
+  std::vector<std::string> extensions;
+};
+const ServerIdentity& server_identity();
 std::string server_metadata_json();
 std::string error_json(const std::string& message);
 
