@@ -83,16 +83,21 @@ class HttpFrontend {
   }
 
   void handle(const HttpRequest& request, const Responder& respond) {
+    if (!log::verbose_enabled(1)) {
+      return router_.handle(request, [this, respond](HttpResponse r) {
+        metrics_.http_request(r.status);
+        respond(std::move(r));
+      });
+    }
+    // At --log-verbose 1, a line per request (its method and target kept only then).
     auto arrival = std::chrono::steady_clock::now();
     router_.handle(request, [this, respond, arrival, method = request.method, target = request.target](HttpResponse r) {
       metrics_.http_request(r.status);
-      if (log::verbose_enabled(1)) {
-        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - arrival).count();
-        char took[32];
-        std::snprintf(took, sizeof took, "%.3f", ms);
-        log::verbose(1, detail::cat("HTTP ", method, " ", target, ": ", r.status, " in ", took, " ms",
-                                    r.stream ? " (streamed: until its first bytes)" : ""));
-      }
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - arrival).count();
+      char took[32];
+      std::snprintf(took, sizeof took, "%.3f", ms);
+      log::verbose(1, detail::cat("HTTP ", method, " ", target, ": ", r.status, " in ", took, " ms",
+                                  r.stream ? " (streamed: until its first bytes)" : ""));
       respond(std::move(r));
     });
   }
