@@ -176,12 +176,7 @@ ServableDefinition servable_from_hf(const ModelConfig& c, const Device& device) 
                                                  ", stage_size " + std::to_string(c.stage_size) + ": " + e.message());
   }
   DType compute = compute_dtype_of(c, device);
-  ServableDefinition s;
-  s.name = c.name;
-  s.version = c.version;
-  s.rank_size = c.rank_size;
-  s.stage_size = c.stage_size;
-  s.batching = c.batching;
+  ServableDefinition s = servable_shell(c);
   s.input = {"tokens", DType::kI64, {-1, 2, -1}};
   s.output = {"logits", DType::kF32, {-1, -1, config.vocab_size}};
   TensorSpec mask{"attention_mask", DType::kI64, {-1, -1}};

@@ -119,18 +119,23 @@ class ConfigStage : public StageModule {
 };
 }  // namespace
 
+ServableDefinition servable_shell(const ModelConfig& c) {
+  ServableDefinition s;
+  s.name = c.name;
+  s.version = c.version;
+  s.rank_size = c.rank_size;
+  s.stage_size = c.stage_size;
+  s.batching = c.batching;
+  return s;
+}
+
 ServableDefinition servable_from_config(const ModelConfig& c, const Device& device) {
   if (c.format == ModelFormat::kHuggingFace) return servable_from_hf(c, device);
   auto weights = std::make_shared<models::Weights>(c.weights_path, c.config_path);
   int tp = c.rank_size / c.stage_size;
-  ServableDefinition s;
-  s.name = c.name;
-  s.version = c.version;
+  ServableDefinition s = servable_shell(c);
   s.input = c.input;
   s.output = c.output;
-  s.rank_size = c.rank_size;
-  s.stage_size = c.stage_size;
-  s.batching = c.batching;
 
   // Follow the activation's width (its last axis) through every layer, checking the weights.
   int64_t width = c.input.shape.back();

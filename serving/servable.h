@@ -146,6 +146,10 @@ bool fits_spec(const TensorSpec& spec, const std::vector<int64_t>& dims_after_ro
 // max_batch_size and dynamic_batching.
 ModelSignature signature_of(const ServableDefinition& servable);
 
+// A servable with what every kind takes from its config as it is: name,
+// version, rank_size, stage_size, batching (the kinds fill in the rest).
+ServableDefinition servable_shell(const ModelConfig& config);
+
 // The servable a model config describes. Reads the weights' headers and checks
 // every layer against them (tensor names, dtypes, shapes, divisibility by the
 // tensor-parallel width); errors name the config file, the field and the
