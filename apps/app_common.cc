@@ -97,4 +97,17 @@ DeviceTensor random_device(const Shape& shape, DType dtype, uint64_t seed, const
   return out;
 }
 
+void ReferenceOptions::add_to(CommandLine& command_line) {
+  command_line.add("--python", python, "the python3 that runs the reference").show_default();
+  command_line.add("--reference", script, "the reference script").show_default();
+  command_line.flag("--no-reference", skip, "do not run the reference");
+}
+
+std::optional<std::string> ReferenceOptions::run(const std::string& arguments, std::string* why) const {
+  std::optional<std::string> out =
+      run_command("OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 " + python + " " + script + " " + arguments, why);
+  if (!out) *why = "the reference did not run (" + script + "): " + *why;
+  return out;
+}
+
 }  // namespace meshrt::apps

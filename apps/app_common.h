@@ -33,6 +33,17 @@ void raise_open_file_limit();
 // in *why. The benchmarks run their Python references so.
 std::optional<std::string> run_command(const std::string& command, std::string* why);
 
+// The Python reference a benchmark runs beside itself (tests/hf_reference.py
+// by default), and its --python, --reference and --no-reference options.
+struct ReferenceOptions {
+  std::string python = "/usr/bin/python3", script = "tests/hf_reference.py";
+  bool skip = false;
+  void add_to(CommandLine& command_line);
+  // Runs the script with arguments (one BLAS thread): its output, or nullopt
+  // with why in *why (naming the script).
+  std::optional<std::string> run(const std::string& arguments, std::string* why) const;
+};
+
 // "8", "64K", "1M", "2G" (binary multiples); throws Error(kInvalidArgument) otherwise.
 int64_t parse_size(const std::string& text);
 

@@ -33,8 +33,7 @@ struct Options {
   int64_t prompt = 16, tokens = 32;
   int stages = 1;
   std::string device, dtype;
-  std::string python = "/usr/bin/python3", reference = "tests/hf_reference.py";
-  bool no_reference = false;
+  ReferenceOptions reference;
 };
 
 struct Figures {
@@ -57,11 +56,10 @@ Figures reference_figures(const Options& o, const std::vector<std::vector<int64_
     json << "]";
   }
   json << "]";
-  std::string command = "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 " + o.python + " " + o.reference + " --model '" +
-                        o.model + "' --input-ids '" + json.str() + "' --time-generate " + std::to_string(o.tokens);
   Figures f;
   f.tokens_per_second = -1;
-  std::optional<std::string> out = run_command(command, why);
+  std::optional<std::string> out =
+      o.reference.run("--model '" + o.model + "' --input-ids '" + json.str() + "' --time-generate " + std::to_string(o.tokens), why);
   try {
     if (out) {
       nlohmann::json j = nlohmann::json::parse(*out);
@@ -71,9 +69,8 @@ Figures reference_figures(const Options& o, const std::vector<std::vector<int64_
       f.inter_token = o.tokens > 1 ? (seconds - first) / static_cast<double>(o.tokens - 1) : 0;
       return f;
     }
-    *why = "the reference did not run (" + o.reference + "): " + *why;
   } catch (const std::exception& e) {
-    *why = "the reference's output is not what was expected (" + o.reference + "): " + e.what();
+    *why = "the reference's output is not what was expected (" + o.reference.script + "): " + e.what();
   }
   return f;
 }
@@ -187,7 +184,7 @@ int run(const Options& o) {
       std::string why;
       Figures ref;
       ref.tokens_per_second = -1;
-      if (!o.no_reference) ref = reference_figures(o, prompts, &why);
+      if (!o.reference.skip) ref = reference_figures(o, prompts, &why);
       if (ref.tokens_per_second > 0) {
         std::printf(" %4d %4d %12.0f %10.3f %10.3f %14.0f %10.3f %10.3f %8.2f\n", n / o.stages, level, mine.tokens_per_second,
                     mine.first_token * 1e3, mine.inter_token * 1e3, ref.tokens_per_second, ref.first_token * 1e3,
@@ -195,7 +192,7 @@ int run(const Options& o) {
       } else {
         std::printf(" %4d %4d %12.0f %10.3f %10.3f %14s %10s %10s %8s\n", n / o.stages, level, mine.tokens_per_second,
                     mine.first_token * 1e3, mine.inter_token * 1e3, "-", "-", "-", "-");
-        if (!o.no_reference) std::printf("# no reference figure: %s\n", why.c_str());
+        if (!o.reference.skip) std::printf("# no reference figure: %s\n", why.c_str());
       }
       std::fflush(stdout);
     }
@@ -226,8 +223,6 @@ int main(int argc, char** argv) {
   app.add("--stages", o.stages, "pipeline stages (the rest of the ranks: tensor parallel)").show_default();
   app.add("--dtype", o.dtype, "compute dtype: float32, bfloat16 or float16 (default: meshrt.json's, else the device's)");
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
-  app.add("--python", o.python, "the python3 that runs the reference").show_default();
-  app.add("--reference", o.reference, "the reference script").show_default();
-  app.flag("--no-reference", o.no_reference, "do not run the reference");
+  o.reference.add_to(app);
   return meshrt::apps::run_mpi_app("meshrt-bench-generate", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }

@@ -30,8 +30,7 @@ struct Options {
   int64_t batch = 4, seq = 64;
   int iters = 10, warmup = 2, blas_threads = 1;
   std::string device, dtype = "f32";
-  std::string python = "/usr/bin/python3", reference = "tests/hf_reference.py";
-  bool no_reference = false;
+  ReferenceOptions reference;
 };
 
 // The reference's seconds per forward pass, or a negative number (with why) when it cannot run.
@@ -44,15 +43,13 @@ double reference_seconds(const Options& o, const std::vector<int64_t>& ids, std:
     json << "]";
   }
   json << "]";
-  std::string command = "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 " + o.python + " " + o.reference + " --model '" +
-                        o.model + "' --input-ids '" + json.str() + "' --time " + std::to_string(std::max(1, o.iters / 2)) +
-                        "";
-  std::optional<std::string> out = run_command(command, why);
+  std::optional<std::string> out = o.reference.run("--model '" + o.model + "' --input-ids '" + json.str() + "' --time " +
+                                                       std::to_string(std::max(1, o.iters / 2)),
+                                                   why);
   try {
     if (out) return nlohmann::json::parse(*out).at("seconds").get<double>();
-    *why = "the reference did not run (" + o.reference + "): " + *why;
   } catch (const std::exception& e) {
-    *why = "the reference's output is not what was expected (" + o.reference + "): " + e.what();
+    *why = "the reference's output is not what was expected (" + o.reference.script + "): " + e.what();
   }
   return -1;
 }
@@ -91,7 +88,7 @@ int run(const Options& o) {
   if (world.rank() != 0) return 0;
   double tokens = static_cast<double>(o.batch * o.seq);
   std::string why;
-  double ref = o.no_reference ? -1 : reference_seconds(o, ids, &why);
+  double ref = o.reference.skip ? -1 : reference_seconds(o, ids, &why);
   std::printf("# meshrt-bench-transformer: %s (%s, %lld layers, hidden %lld, %lld heads / %lld kv heads, vocab %lld), "
               "%d rank(s) tensor parallel, device %s, compute %s, %d BLAS thread(s) per rank\n",
               o.model.c_str(), models::hf::to_string(config.architecture), static_cast<long long>(config.num_layers),
@@ -109,7 +106,7 @@ int run(const Options& o) {
   } else {
     std::printf(" %5d %8lld %6lld %12.3f %14.0f %14s %16s %10s\n", n, static_cast<long long>(o.batch),
                 static_cast<long long>(o.seq), median * 1e3, tokens / median, "-", "-", "-");
-    if (!o.no_reference) std::printf("# no reference figure: %s\n", why.c_str());
+    if (!o.reference.skip) std::printf("# no reference figure: %s\n", why.c_str());
   }
   return 0;
 }
@@ -132,8 +129,6 @@ int main(int argc, char** argv) {
   app.add("--dtype", o.dtype, "compute dtype: f32, bf16 or f16").show_default();
   app.add("--blas-threads", o.blas_threads, "OpenBLAS threads per rank").show_default();
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
-  app.add("--python", o.python, "the python3 that runs the reference").show_default();
-  app.add("--reference", o.reference, "the reference script").show_default();
-  app.flag("--no-reference", o.no_reference, "do not run the reference");
+  o.reference.add_to(app);
   return meshrt::apps::run_mpi_app("meshrt-bench-transformer", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }
