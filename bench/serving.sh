@@ -30,7 +30,12 @@ for run in "on 1" "off 1" "off 1024"; do
     --http-port 0 --metrics-port 0 --port-file "$work/port" --pid-file "$work/pid" --grpc-port 0 --grpc-port-file "$work/grpc_port" \
     > "$work/server.log" 2>&1 &
   job=$!
-  for _ in $(seq 1 600); do [ -f "$work/port" ] && [ -f "$work/pid" ] && [ -f "$work/grpc_port" ] && break; sleep 0.1; done
+  for _ in $(seq 1 3000); do [ -f "$work/port" ] && [ -f "$work/pid" ] && [ -f "$work/grpc_port" ] && break; sleep 0.1; done
+  if [ ! -f "$work/port" ]; then
+    cat "$work/server.log" >&2
+    echo "serving.sh: the server did not start within 300 s" >&2
+    exit 1
+  fi
   echo "## dynamic batching $batching, $rows row(s) per request (matmul_neg: 4 ranks = 2 stages x 2-way tensor parallel, cpu backend)"
   if [ "$rows" = 1 ]; then
     "$build/apps/meshrt-loadgen" --url "127.0.0.1:$(cat "$work/port")" --grpc-url "127.0.0.1:$(cat "$work/grpc_port")" \
