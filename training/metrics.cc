@@ -25,6 +25,13 @@ double Mean::result() const { return count_ == 0 ? 0.0 : total_ / count_; }
 
 void Mean::reset_state() { total_ = count_ = 0; }
 
+void Mean::merge_state(double total, double count) {
+  MESHRT_CHECK_ARG(std::isfinite(total) && std::isfinite(count) && count >= 0, "Mean::merge_state: total ", total,
+                   " and count ", count, " must be finite, count >= 0");
+  total_ += total;
+  count_ += count;
+}
+
 BinaryAccuracy::BinaryAccuracy(double threshold) : threshold_(threshold) {
   MESHRT_CHECK_ARG(std::isfinite(threshold), "BinaryAccuracy: threshold ", threshold, " must be finite");
 }

@@ -22,6 +22,11 @@ class Mean {
   double result() const;
   void reset_state();
   double count() const { return count_; }
+  // The weighted total (result() is total() / count()).
+  double total() const { return total_; }
+  // Adds another state's total and count (Keras's merge_state: the metric
+  // over both sets of batches; the data-parallel loop sums the ranks' so).
+  void merge_state(double total, double count);
 
  protected:
   double total_ = 0, count_ = 0;

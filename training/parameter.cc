@@ -39,6 +39,16 @@ void Parameter::zero_grad() {
   sparse_grads_.clear();
 }
 
+void Parameter::set_grad(DeviceTensor grad) {
+  if (grad.defined()) detail::check_same(value_, grad, "Parameter::set_grad");
+  grad_ = std::move(grad);
+}
+
+void Parameter::set_sparse_grads(std::vector<SparseGrad> grads) {
+  sparse_grads_.clear();
+  for (SparseGrad& g : grads) accumulate_sparse(std::move(g));
+}
+
 DeviceTensor Parameter::dense_grad() const {
   DeviceTensor total = grad_.defined() ? grad_.clone()
                                        : DeviceTensor::zeros(value_.shape(), value_.dtype(), value_.device());

@@ -37,6 +37,11 @@ class Parameter {
   void accumulate_sparse(SparseGrad g);
   // Drops both gradients.
   void zero_grad();
+  // Replaces the gradients (the data-parallel loop puts the reduced ones
+  // back): a dense one of the value's shape and dtype, or undefined for none;
+  // sparse parts as accumulate_sparse takes them.
+  void set_grad(DeviceTensor grad);
+  void set_sparse_grads(std::vector<SparseGrad> grads);
 
   // The dense gradient, undefined until a dense backward has run.
   const DeviceTensor& grad() const { return grad_; }
