@@ -116,6 +116,7 @@ void run_case(const Case& c, const std::string& what) {
     EXPECT_EQ(r.prediction.defined() ? r.prediction.dim(0) : 0, mine.count) << what;
     expect_same(*dp_model, *one_model, what + " step " + std::to_string(s));
   }
+  EXPECT_TRUE(dp.parameters_agree()) << what;
 }
 
 Case dense_case(int64_t rows, std::function<std::unique_ptr<Optimizer>()> optimizer) {
@@ -232,6 +233,12 @@ TEST(DataParallel, MetricsSumOverRanks) {
   // Rank r adds r + 1 values of r: the mean over ranks is sum r(r+1) / sum (r+1).
   for (int i = 0; i <= comm.rank(); ++i) m.update_state(comm.rank());
   dp.all_reduce(m);
+  // Values differ on one rank only: no longer in agreement anywhere.
+  if (comm.size() > 1) {
+    EXPECT_TRUE(dp.parameters_agree());
+    if (comm.rank() == 1) model->parameters()[1]->set_value(random(Shape{8}, 77));
+    EXPECT_FALSE(dp.parameters_agree());
+  }
   double total = 0, count = 0;
   for (int r = 0; r < comm.size(); ++r) {
     total += r * (r + 1.0);

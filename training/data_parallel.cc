@@ -262,6 +262,24 @@ StepResult DataParallel::synchronize(int64_t local_rows, double local_loss) {
   return result;
 }
 
+bool DataParallel::parameters_agree() const {
+  uint64_t hash = 1469598103934665603ull;
+  for (Parameter* p : parameters_) {
+    HostTensor host = to_host(p->value());
+    const auto* bytes = static_cast<const unsigned char*>(host.raw_data());
+    for (size_t i = 0; i < host.nbytes(); ++i) {
+      hash ^= bytes[i];
+      hash *= 1099511628211ull;
+    }
+  }
+  std::vector<double> mine{static_cast<double>(hash >> 32), static_cast<double>(hash & 0xffffffffull)};
+  std::vector<double> all = comm_.size() == 1 ? mine : gather_doubles(comm_, mine);
+  for (int r = 0; r < comm_.size(); ++r) {
+    if (all[2 * r] != mine[0] || all[2 * r + 1] != mine[1]) return false;
+  }
+  return true;
+}
+
 void DataParallel::all_reduce(metrics::Mean& metric) const {
   std::vector<double> mine{metric.total(), metric.count()};
   std::vector<double> all = comm_.size() == 1 ? mine : gather_doubles(comm_, mine);

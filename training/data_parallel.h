@@ -92,6 +92,10 @@ class DataParallel {
   // result() is the metric over every rank's batches.
   void all_reduce(metrics::Mean& metric) const;
 
+  // Collective: whether every rank holds bit-identical parameter values
+  // (a hash of their bytes is compared), as synchronous training keeps them.
+  bool parameters_agree() const;
+
   const Communicator& communicator() const { return comm_; }
   const SyncStats& last_sync() const { return stats_; }
 
