@@ -6,9 +6,11 @@
 #                          served on 4 ranks of this machine (cpu backend), requests over
 #                          HTTP and over gRPC, then a clean stop
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
+#   ./run.sh demo-train    seed 003's two models trained data-parallel on 4 ranks (cpu backend):
+#                          a dense regression (SGD, MSE), then the "avenger" classifier (RMSprop, BCE)
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
-#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), transformer prefill, generation, pipeline and serving benchmarks and a server's
+#   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), transformer prefill, generation, pipeline, training and serving benchmarks and a server's
 #                          idle CPU, each against its baseline; recorded in bench/results/
 #
 # Environment: MESHRT_BUILD_DIR (default build), MESHRT_RANKS (demo ranks, default 4),
@@ -157,6 +159,17 @@ case "$command" in
     echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-matmul-neg --device cpu $*"
     exec mpirun -np "$ranks" "$build_dir/apps/meshrt-matmul-neg" --device cpu "$@"
     ;;
+  demo-train)
+    install_dependencies
+    configure_and_build
+    mpi_environment
+    echo "== meshrt demo: seed 003's dense regression, trained data-parallel on $ranks ranks (cpu backend) =="
+    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-train --model regression --expect-falling-loss --device cpu"
+    mpirun -np "$ranks" "$build_dir/apps/meshrt-train" --model regression --expect-falling-loss --device cpu
+    echo "== meshrt demo: seed 003's embedding + mean + dense(sigmoid) classifier on the avenger data =="
+    echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-train --model avenger --min-accuracy 0.95 --device cpu"
+    exec mpirun -np "$ranks" "$build_dir/apps/meshrt-train" --model avenger --min-accuracy 0.95 --device cpu
+    ;;
   test)
     install_dependencies
     configure_and_build
@@ -205,11 +218,13 @@ case "$command" in
     # reference's batched full-recompute generation in the same run
     for n in 1 2; do record "generate-llama-tiny-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-generate" --device cpu --model examples/hf/llama-tiny --concurrency 1,8,32; done
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
+    # Synchronous data-parallel training steps/s at 1, 2 and 4 ranks, beside one process on the whole batch
+    for n in 1 2 4; do record "train-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-train" --device cpu; done
     record serving-matmul_neg bench/serving.sh
     record idle-cpu bench/idle_cpu.sh
     ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || { say "unknown command '$command'"; exit 2; }
     ;;
 esac

@@ -76,7 +76,7 @@ int run(Options& o) {
     if (epoch == 0) first_loss = last_loss;
     last_accuracy = accuracy.result();
     if (root) {
-      std::printf("epoch %d/%d: loss %.6f", epoch + 1, epochs, last_loss);
+      std::printf("epoch %d/%d: loss %.6g", epoch + 1, epochs, last_loss);
       if (ex.classifier) std::printf(", accuracy %.6f", last_accuracy);
       std::printf(" (%.1f steps/s)\n", steps / seconds);
       std::fflush(stdout);
