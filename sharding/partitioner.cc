@@ -41,6 +41,27 @@ Partition MinSizePartitioner::operator()(const Shape& shape, DType dtype) const 
   return p;
 }
 
+MaxSizePartitioner::MaxSizePartitioner(int64_t max_shard_bytes, int max_shards, int axis)
+    : max_shard_bytes_(max_shard_bytes), max_shards_(max_shards), axis_(axis) {
+  MESHRT_CHECK_ARG(max_shard_bytes >= 1, "MaxSizePartitioner: max_shard_bytes must be >= 1, got ", max_shard_bytes);
+  MESHRT_CHECK_ARG(max_shards >= 0, "MaxSizePartitioner: max_shards must be >= 0 (0: no cap), got ", max_shards);
+}
+
+Partition MaxSizePartitioner::operator()(const Shape& shape, DType dtype) const {
+  check_axis(shape, axis_, "MaxSizePartitioner");
+  Partition p(static_cast<size_t>(shape.ndim()), 1);
+  int64_t rows = shape[axis_];
+  if (rows == 0) return p;
+  // TensorFlow's rule: rows that fit in a shard (at least one), then shards
+  // for every row, capped by max_shards.
+  int64_t row_bytes = shape.numel() / rows * static_cast<int64_t>(size_of(dtype));
+  int64_t rows_per_shard = row_bytes == 0 ? rows : std::max<int64_t>(1, max_shard_bytes_ / row_bytes);
+  int64_t shards = rows / rows_per_shard + (rows % rows_per_shard != 0 ? 1 : 0);
+  if (max_shards_ > 0) shards = std::min<int64_t>(shards, max_shards_);
+  p[static_cast<size_t>(axis_)] = static_cast<int>(std::max<int64_t>(1, shards));
+  return p;
+}
+
 std::vector<int64_t> shard_extents(int64_t extent, int shards) {
   MESHRT_CHECK_ARG(shards >= 1, "shard_extents: shards must be >= 1");
   std::vector<int64_t> out(static_cast<size_t>(shards), extent / shards);

@@ -6,6 +6,10 @@
 //   MinSizePartitioner(min_shard_bytes, max_shards): TensorFlow's rule,
 //     ceil(total bytes / min_shard_bytes) shards, capped by max_shards and by the
 //     axis length, at least one.
+//   MaxSizePartitioner(max_shard_bytes, max_shards): TensorFlow's rule
+//     (variable_axis_size_partitioner): as many rows per shard as fit in
+//     max_shard_bytes (at least one), ceil(rows / that) shards, capped by
+//     max_shards when it is > 0 (a shard may then exceed max_shard_bytes).
 //
 // Shards along the axis may be uneven: the first (extent mod n) shards get one
 // row more (TensorFlow's split for partitioned variables, which the
@@ -43,6 +47,17 @@ class MinSizePartitioner {
 
  private:
   int64_t min_shard_bytes_;
+  int max_shards_, axis_;
+};
+
+class MaxSizePartitioner {
+ public:
+  // max_shards 0: no cap.
+  explicit MaxSizePartitioner(int64_t max_shard_bytes, int max_shards = 0, int axis = 0);
+  Partition operator()(const Shape& shape, DType dtype) const;
+
+ private:
+  int64_t max_shard_bytes_;
   int max_shards_, axis_;
 };
 

@@ -167,6 +167,42 @@ TEST(Partitioners, MinSizeFollowsTensorFlowsFormula) {
   }
 }
 
+// MaxSizePartitioner against TensorFlow's documented examples and formula
+// (variable_axis_size_partitioner, which MaxSizePartitioner calls): rows per
+// shard = max(1, floor(max_shard_bytes / bytes of a row)), shards =
+// ceil(rows / rows per shard), capped by max_shards.
+TEST(Partitioners, MaxSizeFollowsTensorFlowsFormula) {
+  // The examples of TensorFlow's MaxSizePartitioner docstring.
+  EXPECT_EQ(MaxSizePartitioner(4)(Shape{6, 1}, DType::kF32), (Partition{6, 1}));
+  EXPECT_EQ(MaxSizePartitioner(4, 2)(Shape{6, 1}, DType::kF32), (Partition{2, 1}));
+  EXPECT_EQ(MaxSizePartitioner(1024)(Shape{6, 1}, DType::kF32), (Partition{1, 1}));
+  // The seed's embedding (8 x 16384 f32, 64 KiB a row) in shards of at most 256 KiB: 4 rows each.
+  EXPECT_EQ(MaxSizePartitioner(256 << 10)(Shape{8, 16384}, DType::kF32), (Partition{2, 1}));
+  for (int64_t rows : {1, 3, 7, 10, 64}) {
+    for (int64_t cols : {1, 5, 33}) {
+      for (int64_t max_bytes : {1, 4, 10, 100, 1000}) {
+        for (int max_shards : {0, 1, 3, 100}) {
+          for (DType dtype : {DType::kF32, DType::kF16, DType::kF64}) {
+            for (int axis : {0, 1}) {
+              Shape shape{rows, cols};
+              double row_bytes = static_cast<double>(rows * cols / shape[axis]) * static_cast<double>(size_of(dtype));
+              double per_shard = std::max(1.0, std::floor(static_cast<double>(max_bytes) / row_bytes));
+              auto expected = static_cast<int64_t>(std::ceil(static_cast<double>(shape[axis]) / per_shard));
+              if (max_shards > 0) expected = std::min<int64_t>(expected, max_shards);
+              Partition want(2, 1);
+              want[static_cast<size_t>(axis)] = static_cast<int>(expected);
+              ASSERT_EQ(MaxSizePartitioner(max_bytes, max_shards, axis)(shape, dtype), want)
+                  << shape << " " << to_string(dtype) << " max " << max_bytes << " shards " << max_shards << " axis " << axis;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_THROW(MaxSizePartitioner(0), Error);
+  EXPECT_THROW(MaxSizePartitioner(4, -1), Error);
+}
+
 TEST(Mesh, SizeMustMatchTheWorld) {
   int n = World::get().size();
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { Mesh({{"data", 2}, {"model", n}}, Device::cpu()); },
