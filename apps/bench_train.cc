@@ -8,9 +8,11 @@
 // Columns: the example, ranks, the global batch, data-parallel steps/s and
 // samples/s, what one step moves per rank (dense all-reduce and sparse
 // all-gather, KB), the one-process baseline's steps/s, and the ratio
-// data-parallel / one process. The batches are drawn before timing. With
-// ranks sharing cores (2 cores here) the ratio shows the cost of the
-// exchange, not a speed-up.
+// data-parallel / one process. The batches are drawn before timing. When
+// the ranks share fewer cores than there are ranks, the ratio shows the cost
+// of the exchange, not a speed-up. (The other ranks wait in a barrier while
+// rank 0 runs the baseline: keep --steps such that it ends within the
+// communicator's deadline, MESHRT_COMM_TIMEOUT.)
 #include <cstdio>
 #include <sstream>
 #include <string>

@@ -39,6 +39,8 @@ int run(Options& o) {
   Device device = world.device(o.device);
   o.example.dtype = parse_dtype(o.dtype);
   MESHRT_CHECK_ARG(o.seed >= 0, "--seed must be >= 0, got ", o.seed);
+  MESHRT_CHECK_ARG(o.epochs >= 0 && o.steps_per_epoch >= 0, "--epochs and --steps-per-epoch must be >= 0 (0: the default)");
+  MESHRT_CHECK_ARG(!o.expect_falling_loss || o.epochs != 1, "--expect-falling-loss needs at least two epochs");
   o.example.seed = static_cast<uint64_t>(o.seed);
   MESHRT_CHECK_ARG(o.example.dtype == DType::kF32 || o.example.dtype == DType::kF64,
                    "--dtype must be f32 or f64, got ", o.dtype);
@@ -67,7 +69,8 @@ int run(Options& o) {
       auto [inputs, targets] = ex.batch_of(step);
       DeviceTensor local_targets = training::shard_batch(targets, comm);
       training::StepResult r = dp.step(training::shard_batch(inputs, comm), local_targets);
-      loss.update_state(r.loss);  // the batch's loss, the same on every rank
+      // The batch's loss (the same on every rank), weighted by its rows as Keras's loss metric.
+      loss.update_state(r.loss, static_cast<double>(r.rows));
       if (ex.classifier && r.prediction.defined()) accuracy.update_state(r.prediction, local_targets);
     }
     double seconds = seconds_since(start);

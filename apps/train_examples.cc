@@ -167,8 +167,10 @@ const std::vector<std::string>& training_example_names() {
 
 TrainingExample make_training_example(const std::string& name, const TrainingExampleOptions& options,
                                       const Device& device) {
-  MESHRT_CHECK_ARG(options.batch >= 0 && options.embedding_dim > 0 && options.hidden > 0,
-                   "training example: --batch must be >= 0, --embedding-dim and --hidden > 0");
+  MESHRT_CHECK_ARG(options.batch >= 0 && options.embedding_dim > 0 && options.hidden > 0 &&
+                       options.learning_rate >= 0,
+                   "training example: --batch and --learning-rate must be >= 0 (0: the default), "
+                   "--embedding-dim and --hidden > 0");
   if (name == "regression") return regression(options, device);
   if (name == "avenger") return avenger(options, device);
   if (name == "mlp") return mlp(options, device);

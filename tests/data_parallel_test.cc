@@ -17,6 +17,8 @@
 #include "comm/communicator.h"
 #include "comm/world.h"
 #include "device/error.h"
+#include "kernels/elementwise.h"
+#include "kernels/movement.h"
 #include "training/data_parallel.h"
 #include "training/model.h"
 
@@ -130,6 +132,32 @@ Case dense_case(int64_t rows, std::function<std::unique_ptr<Optimizer>()> optimi
   return c;
 }
 
+// One table used three ways: rows of ids column 0 plus rows of ids column 1
+// (two sparse parts of one parameter), plus a dense gradient decay * table
+// (as a weight decay): the parameter has sparse and dense gradients at once.
+class SharedTable : public Layer {
+ public:
+  SharedTable(DeviceTensor table, double decay) : table_("shared", std::move(table)), decay_(decay) {}
+  std::string name() const override { return "shared_table"; }
+  DeviceTensor forward(const DeviceTensor& ids) override {
+    a_ = kernels::narrow(ids, 1, 0, 1).reshape(Shape{ids.dim(0)});
+    b_ = kernels::narrow(ids, 1, 1, 1).reshape(Shape{ids.dim(0)});
+    return kernels::add(kernels::embedding(table_.value(), a_), kernels::embedding(table_.value(), b_));
+  }
+  DeviceTensor backward(const DeviceTensor& grad_out) override {
+    table_.accumulate_sparse({a_.clone(), grad_out.clone()});
+    table_.accumulate_sparse({b_.clone(), grad_out.clone()});
+    table_.accumulate(kernels::scale(table_.value(), decay_));
+    return DeviceTensor();
+  }
+  std::vector<Parameter*> parameters() override { return {&table_}; }
+
+ private:
+  Parameter table_;
+  double decay_;
+  DeviceTensor a_, b_;
+};
+
 TEST(DataParallel, ShardRowsIsArraySplit) {
   // numpy.array_split(range(10), 4): 3, 3, 2, 2.
   std::vector<RowShard> expected{{0, 3}, {3, 3}, {6, 2}, {8, 2}};
@@ -206,6 +234,79 @@ TEST(DataParallel, EmbeddingAdamWithEmptyRanksMatchesOneProcess) {
     return std::make_pair(random_ids(Shape{3, 2}, 7, 500 + s), tensor({1, 0, 1}, Shape{3, 1}));
   };
   run_case(c, "embedding, adam, 3 rows");
+}
+
+TEST(DataParallel, ATableWithSeveralSparsePartsAndADenseOneMatchesOneProcess) {
+  Case c;
+  c.model = [](uint64_t seed) {
+    auto m = std::make_unique<Sequential>();
+    m->emplace<SharedTable>(random(Shape{9, 4}, seed, -0.5, 0.5), 0.01);
+    m->emplace<Dense>(Dense::glorot(4, 1, Activation::kNone, DType::kF64, kCpu, seed + 1));
+    return m;
+  };
+  c.optimizer = [] { return std::make_unique<Adam>(0.05); };
+  c.loss = mean_squared_error;
+  c.batch = [](int s) { return std::make_pair(random_ids(Shape{7, 2}, 9, 600 + s), random(Shape{7, 1}, 700 + s)); };
+  run_case(c, "shared table, adam");
+}
+
+TEST(DataParallel, Float32MatchesOneProcessClosely) {
+  Communicator comm = Communicator::world(kCpu, "f32");
+  auto make = [](uint64_t seed) {
+    auto m = std::make_unique<Sequential>();
+    m->emplace<Dense>(Dense::glorot(4, 8, Activation::kRelu, DType::kF32, kCpu, seed));
+    m->emplace<Dense>(Dense::glorot(8, 1, Activation::kNone, DType::kF32, kCpu, seed + 1));
+    return m;
+  };
+  auto dp_model = make(3), one_model = make(3);
+  SGD dp_opt(0.1, 0.9), one_opt(0.1, 0.9);
+  DataParallel dp(comm, *dp_model, dp_opt, mean_squared_error);
+  for (int s = 0; s < 5; ++s) {
+    DeviceTensor x = kernels::cast(random(Shape{10, 4}, 800 + s), DType::kF32);
+    DeviceTensor y = kernels::cast(random(Shape{10, 1}, 900 + s), DType::kF32);
+    dp.step(shard_batch(x, comm), shard_batch(y, comm));
+    Loss loss = mean_squared_error(one_model->forward(x), y);
+    one_model->backward(loss.grad);
+    one_opt.step(one_model->parameters());
+    one_model->zero_grad();
+  }
+  std::vector<Parameter*> a = dp_model->parameters(), b = one_model->parameters();
+  for (size_t i = 0; i < a.size(); ++i) {
+    std::vector<double> va = values(a[i]->value()), vb = values(b[i]->value());
+    for (size_t j = 0; j < va.size(); ++j) EXPECT_NEAR(va[j], vb[j], 1e-5 * (1 + std::abs(vb[j]))) << a[i]->name();
+  }
+  EXPECT_TRUE(dp.parameters_agree());
+}
+
+TEST(DataParallel, AFailureOnOneRankEndsTheStepOnEveryRank) {
+  Communicator comm = Communicator::world(kCpu, "failure");
+  auto model = embedding_model(1);
+  SGD sgd(0.1);
+  DataParallel dp(comm, *model, sgd, [](const DeviceTensor& p, const DeviceTensor& t) {
+    return binary_cross_entropy(p, t);
+  });
+  std::vector<double> before = values(model->parameters()[0]->value());
+  const bool last = comm.rank() == comm.size() - 1;
+  // The last rank's inputs and targets disagree on their rows: only it sees why.
+  DeviceTensor ids = random_ids(Shape{2, 3}, 7, 1);
+  DeviceTensor targets = last ? tensor({1, 0, 1}, Shape{3, 1}) : tensor({1, 0}, Shape{2, 1});
+  try {
+    dp.step(ids, targets);
+    ADD_FAILURE() << "the step went on at rank " << comm.rank();
+  } catch (const Error& e) {
+    std::string message = e.message();
+    if (last) {
+      EXPECT_NE(message.find("must have the same rows"), std::string::npos) << message;
+    } else {
+      EXPECT_NE(message.find("rank " + std::to_string(comm.size() - 1)), std::string::npos) << message;
+      EXPECT_NE(message.find("failed this step"), std::string::npos) << message;
+    }
+  }
+  // Nothing was applied, and the next step runs on every rank.
+  EXPECT_EQ(values(model->parameters()[0]->value()), before);
+  StepResult r = dp.step(ids, tensor({1, 0}, Shape{2, 1}));
+  EXPECT_EQ(r.rows, 2 * comm.size());
+  EXPECT_TRUE(dp.parameters_agree());
 }
 
 TEST(DataParallel, ADifferentModelOnOneRankIsRefusedEverywhere) {

@@ -1,6 +1,7 @@
 #include "training/data_parallel.h"
 
 #include <algorithm>
+#include <exception>
 #include <map>
 #include <string>
 #include <utility>
@@ -56,18 +57,25 @@ DataParallel::DataParallel(Communicator comm, Layer& model, Optimizer& optimizer
   MESHRT_CHECK_ARG(options_.bucket_bytes > 0, "DataParallel: bucket_bytes must be > 0, got ",
                    options_.bucket_bytes);
   parameters_ = model_.parameters();
+  // A parameter on another device is this rank's error, but every rank must
+  // learn of it in the same exchange (check_same_model), or the others would
+  // wait in a collective this rank never joins.
+  std::string misplaced;
   for (Parameter* p : parameters_) {
-    MESHRT_CHECK_ARG(p->value().device() == comm_.device(), "DataParallel: parameter ", p->name(), " is on ",
-                     p->value().device().to_string(), ", the communicator on ", comm_.device().to_string());
+    if (misplaced.empty() && p->value().device() != comm_.device()) {
+      misplaced = "DataParallel: parameter " + p->name() + " is on " + p->value().device().to_string() +
+                  ", the communicator on " + comm_.device().to_string();
+    }
   }
-  check_same_model();
+  check_same_model(misplaced);
   broadcast_parameters(0);
 }
 
 // Every rank gathers every rank's signature of the model (the count of
-// parameters, then each one's dtype, rank and extents) and compares it with
-// its own, so every rank throws alike before a collective could mismatch.
-void DataParallel::check_same_model() const {
+// parameters, then a hash of each one's dtype, rank and extents) and whether
+// its parameters are on the communicator's device, and compares, so every
+// rank throws alike before a collective could mismatch.
+void DataParallel::check_same_model(const std::string& misplaced) const {
   std::vector<double> mine{static_cast<double>(parameters_.size())};
   std::vector<double> shapes;
   for (Parameter* p : parameters_) {
@@ -77,7 +85,7 @@ void DataParallel::check_same_model() const {
   }
   // The count first (equal sizes for the all_gather), then the signature's
   // length and its FNV-1a hash in two exact 32-bit halves: the same on every
-  // rank unless the models differ.
+  // rank unless the models differ; last, whether this rank's are placed right.
   uint64_t hash = 1469598103934665603ull;
   for (double v : shapes) {
     hash ^= static_cast<uint64_t>(static_cast<int64_t>(v));
@@ -86,11 +94,16 @@ void DataParallel::check_same_model() const {
   mine.push_back(static_cast<double>(shapes.size()));
   mine.push_back(static_cast<double>(hash >> 32));
   mine.push_back(static_cast<double>(hash & 0xffffffffull));
+  mine.push_back(misplaced.empty() ? 1.0 : 0.0);
+  const size_t width = mine.size();
   std::vector<double> all = gather_doubles(comm_, mine);
+  MESHRT_CHECK_ARG(misplaced.empty(), misplaced);
   for (int r = 0; r < comm_.size(); ++r) {
-    for (size_t i = 0; i < mine.size(); ++i) {
-      MESHRT_CHECK_ARG(all[r * mine.size() + i] == mine[i], "DataParallel: rank ", r, " of ", comm_.name(),
-                       " has a different model (", static_cast<int64_t>(all[r * mine.size()]),
+    MESHRT_CHECK_ARG(all[r * width + width - 1] == 1.0, "DataParallel: rank ", r, " of ", comm_.name(),
+                     " has a parameter on another device than its communicator's");
+    for (size_t i = 0; i + 1 < width; ++i) {
+      MESHRT_CHECK_ARG(all[r * width + i] == mine[i], "DataParallel: rank ", r, " of ", comm_.name(),
+                       " has a different model (", static_cast<int64_t>(all[r * width]),
                        " parameters there, ", parameters_.size(),
                        " here, or different shapes): every rank must build the same model");
     }
@@ -105,20 +118,30 @@ void DataParallel::broadcast_parameters(int root) const {
 }
 
 StepResult DataParallel::step(const DeviceTensor& inputs, const DeviceTensor& targets) {
-  MESHRT_CHECK_SHAPE(inputs.defined() && targets.defined() && inputs.ndim() >= 1 && targets.ndim() >= 1 &&
-                         inputs.dim(0) == targets.dim(0),
-                     "DataParallel::step: inputs ", inputs.description(), " and targets ", targets.description(),
-                     " must have the same rows");
-  int64_t rows = inputs.dim(0);
+  // This rank's part may fail (a bad shard, an id outside a table): the
+  // failure is carried into the exchange, so that every rank ends the step
+  // with an error instead of waiting for this one in a collective.
+  int64_t rows = 0;
   DeviceTensor prediction;
   double local_loss = 0;
-  if (rows > 0) {
-    prediction = model_.forward(inputs);
-    Loss loss = loss_(prediction, targets);
-    local_loss = loss.value;
-    model_.backward(loss.grad);
+  std::exception_ptr failure;
+  try {
+    MESHRT_CHECK_SHAPE(inputs.defined() && targets.defined() && inputs.ndim() >= 1 && targets.ndim() >= 1 &&
+                           inputs.dim(0) == targets.dim(0),
+                       "DataParallel::step: inputs ", inputs.description(), " and targets ",
+                       targets.description(), " must have the same rows");
+    rows = inputs.dim(0);
+    if (rows > 0) {
+      prediction = model_.forward(inputs);
+      Loss loss = loss_(prediction, targets);
+      local_loss = loss.value;
+      model_.backward(loss.grad);
+    }
+  } catch (...) {
+    failure = std::current_exception();
+    rows = 0;
   }
-  StepResult result = synchronize(rows, local_loss);
+  StepResult result = exchange(rows, local_loss, failure);
   optimizer_.step(parameters_);
   for (Parameter* p : parameters_) p->zero_grad();
   result.prediction = prediction;
@@ -126,28 +149,45 @@ StepResult DataParallel::step(const DeviceTensor& inputs, const DeviceTensor& ta
 }
 
 StepResult DataParallel::synchronize(int64_t local_rows, double local_loss) {
-  MESHRT_CHECK_ARG(local_rows >= 0, "DataParallel::synchronize: ", local_rows, " rows");
+  std::exception_ptr failure;
+  if (local_rows < 0) {
+    failure = std::make_exception_ptr(
+        Error(ErrorKind::kInvalidArgument, "DataParallel::synchronize: " + std::to_string(local_rows) + " rows"));
+  }
+  return exchange(std::max<int64_t>(local_rows, 0), local_loss, failure);
+}
+
+StepResult DataParallel::exchange(int64_t local_rows, double local_loss, std::exception_ptr failure) {
   const size_t n = parameters_.size();
   const int size = comm_.size();
   stats_ = SyncStats{};
 
-  // Who has what: [rows, rows * loss, dense?[n], sparse rows[n]] from every rank.
-  const size_t width = 2 + 2 * n;
+  // Who has what: [ok, rows, rows * loss, dense?[n], sparse rows[n]] from every rank.
+  const size_t width = 3 + 2 * n;
   std::vector<double> mine(width, 0.0);
-  mine[0] = static_cast<double>(local_rows);
-  mine[1] = static_cast<double>(local_rows) * local_loss;
+  mine[0] = failure ? 0.0 : 1.0;
+  mine[1] = static_cast<double>(local_rows);
+  mine[2] = static_cast<double>(local_rows) * local_loss;
   for (size_t i = 0; i < n; ++i) {
-    mine[2 + i] = parameters_[i]->grad().defined() ? 1.0 : 0.0;
+    mine[3 + i] = parameters_[i]->grad().defined() ? 1.0 : 0.0;
     int64_t count = 0;
     for (const SparseGrad& g : parameters_[i]->sparse_grads()) count += g.ids.numel();
-    mine[2 + n + i] = static_cast<double>(count);
+    mine[3 + n + i] = static_cast<double>(count);
   }
   std::vector<double> all = size == 1 ? mine : gather_doubles(comm_, mine);
+  for (int r = 0; r < size; ++r) {
+    if (all[r * width] == 1.0) continue;
+    for (Parameter* p : parameters_) p->zero_grad();
+    if (failure) std::rethrow_exception(failure);
+    throw Error(ErrorKind::kInvalidArgument, "DataParallel: rank " + std::to_string(r) + " of " + comm_.name() +
+                                                 " failed this step (its error is on that rank); the step is "
+                                                 "dropped on every rank");
+  }
   StepResult result;
   double weighted_loss = 0;
   for (int r = 0; r < size; ++r) {
-    result.rows += static_cast<int64_t>(all[r * width]);
-    weighted_loss += all[r * width + 1];
+    result.rows += static_cast<int64_t>(all[r * width + 1]);
+    weighted_loss += all[r * width + 2];
   }
   MESHRT_CHECK_ARG(result.rows > 0, "DataParallel: the batch has no rows on any of the ", size, " ranks");
   result.loss = weighted_loss / static_cast<double>(result.rows);
@@ -171,7 +211,7 @@ StepResult DataParallel::synchronize(int64_t local_rows, double local_loss) {
   std::map<DType, size_t> open;  // dtype -> the bucket being filled
   for (size_t i = 0; i < n; ++i) {
     bool any = false;
-    for (int r = 0; r < size; ++r) any = any || all[r * width + 2 + i] != 0;
+    for (int r = 0; r < size; ++r) any = any || all[r * width + 3 + i] != 0;
     if (!any) continue;
     Parameter* p = parameters_[i];
     DType dtype = p->value().dtype();
@@ -202,7 +242,7 @@ StepResult DataParallel::synchronize(int64_t local_rows, double local_loss) {
       }
     }
     scale_in_place(b.flat, weight);
-    if (size > 1) works.push_back(comm_.all_reduce(b.flat));
+    works.push_back(comm_.all_reduce(b.flat));
     stats_.dense_bytes += static_cast<int64_t>(b.flat.nbytes());
   }
   stats_.buckets = static_cast<int>(buckets.size());
@@ -216,7 +256,7 @@ StepResult DataParallel::synchronize(int64_t local_rows, double local_loss) {
   for (size_t i = 0; i < n; ++i) {
     std::vector<int64_t> counts(size);
     int64_t total = 0;
-    for (int r = 0; r < size; ++r) total += counts[r] = static_cast<int64_t>(all[r * width + 2 + n + i]);
+    for (int r = 0; r < size; ++r) total += counts[r] = static_cast<int64_t>(all[r * width + 3 + n + i]);
     if (total == 0) continue;
     Parameter* p = parameters_[i];
     const Shape& table = p->value().shape();
@@ -229,19 +269,16 @@ StepResult DataParallel::synchronize(int64_t local_rows, double local_loss) {
     DeviceTensor local_ids = ids.empty() ? DeviceTensor::empty(Shape{0}, DType::kI64, comm_.device())
                              : ids.size() == 1 ? ids[0]
                                                : kernels::concat(ids, 0);
-    DeviceTensor local_rows = rows.empty() ? DeviceTensor::empty(Shape{0}, p->value().dtype(), comm_.device())
-                              : rows.size() == 1 ? rows[0].clone()
-                                                 : kernels::concat(rows, 0);
-    scale_in_place(local_rows, weight);
-    Gathered out{p, local_ids, local_rows};
-    if (size > 1) {
-      std::vector<int64_t> row_counts(counts);
-      for (int64_t& c : row_counts) c *= inner;
-      out.ids = DeviceTensor::empty(Shape{total}, DType::kI64, comm_.device());
-      out.rows = DeviceTensor::empty(Shape{total * inner}, p->value().dtype(), comm_.device());
-      works.push_back(comm_.all_gather(local_ids, out.ids, counts));
-      works.push_back(comm_.all_gather(local_rows, out.rows, row_counts));
-    }
+    DeviceTensor my_rows = rows.empty() ? DeviceTensor::empty(Shape{0}, p->value().dtype(), comm_.device())
+                           : rows.size() == 1 ? rows[0].clone()
+                                              : kernels::concat(rows, 0);
+    scale_in_place(my_rows, weight);
+    std::vector<int64_t> row_counts(counts);
+    for (int64_t& c : row_counts) c *= inner;
+    Gathered out{p, DeviceTensor::empty(Shape{total}, DType::kI64, comm_.device()),
+                 DeviceTensor::empty(Shape{total * inner}, p->value().dtype(), comm_.device())};
+    works.push_back(comm_.all_gather(local_ids, out.ids, counts));
+    works.push_back(comm_.all_gather(my_rows, out.rows, row_counts));
     stats_.sparse_bytes += static_cast<int64_t>(out.ids.nbytes() + out.rows.nbytes());
     gathered.push_back(std::move(out));
   }

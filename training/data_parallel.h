@@ -4,25 +4,38 @@
 // shard of each batch's rows, computes its gradients, and the gradients are
 // reduced so that every rank applies the same update to the same weights.
 //
-// The update equals one process's on the whole batch: a loss is a mean over
-// rows, so rank r's gradient over its n_r rows is scaled by n_r before the
-// sum and the sum by 1 / B (B the batch's rows on all ranks, any split,
-// ranks with no rows included). Dense gradients are summed with all_reduce
-// in flat buckets (DataParallelOptions::bucket_bytes, one collective per
-// bucket, as DDP's buckets); sparse ones (an embedding's looked-up rows) are
+// The update equals one process's on the whole batch, up to rounding (the
+// sums run in another order): a loss is a mean over rows, so rank r's
+// gradient over its n_r rows is scaled by n_r / B before the sum (B the
+// batch's rows on all ranks, any split, ranks with no rows included). Dense
+// gradients are summed with all_reduce in flat buckets
+// (DataParallelOptions::bucket_bytes, one collective per bucket, as DDP's
+// buckets, but reduced after the whole backward pass: no overlap with it
+// yet); sparse ones (an embedding's looked-up rows) are
 // all-gathered, ids and rows, in rank order, so the optimizer's lazy sparse
 // update sees every rank's rows, as one process would have seen them in
 // batch order. Before the gradients, one small all_gather carries each
 // rank's row count, loss and which parameters have which kind of gradient,
 // so a rank with no rows, or a parameter that got a gradient on some ranks
-// only, still takes part in the same collectives.
+// only, still takes part in the same collectives; a rank whose own part of a
+// step failed (a bad shard, an id outside a table) says so in it, and every
+// rank throws (that rank its own error), none waits.
 //
-// Gradients stay device tensors throughout: nothing leaves a rank except
-// through the communicator.
+// The reduction keeps gradients on the device: nothing leaves a rank except
+// through the communicator (the small exchange above is copied to the host
+// to be read).
+//
+// Contracts: every rank passes a fresh optimizer of the same kind and
+// settings (values are broadcast from rank 0 at construction, optimizer
+// state is not: it stays equal because every rank applies the same
+// updates); the parameters are those of the model at construction (layers
+// added later are neither reduced nor updated).
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -88,8 +101,9 @@ class DataParallel {
   // over every rank. Collective.
   StepResult synchronize(int64_t local_rows, double local_loss);
 
-  // Sums a metric's total and count over the ranks (collective), so that
-  // result() is the metric over every rank's batches.
+  // Replaces a metric's total and count with their sums over the ranks
+  // (collective), so that result() is the metric over every rank's batches.
+  // Call it once per aggregation: a second call would sum the sums.
   void all_reduce(metrics::Mean& metric) const;
 
   // Collective: whether every rank holds bit-identical parameter values
@@ -100,7 +114,8 @@ class DataParallel {
   const SyncStats& last_sync() const { return stats_; }
 
  private:
-  void check_same_model() const;
+  void check_same_model(const std::string& misplaced) const;
+  StepResult exchange(int64_t local_rows, double local_loss, std::exception_ptr failure);
   void broadcast_parameters(int root) const;
 
   Communicator comm_;

@@ -27,11 +27,14 @@ DeviceTensor Sequential::forward(const DeviceTensor& x) {
 }
 
 DeviceTensor Sequential::backward(const DeviceTensor& grad_out) {
+  MESHRT_CHECK_ARG(grad_out.defined(), "Sequential::backward: no output gradient");
   DeviceTensor g = grad_out;
   for (size_t i = layers_.size(); i-- > 0;) {
-    MESHRT_CHECK_ARG(g.defined(), "Sequential::backward: layer ", i + 1, " (", layers_[i + 1]->name(),
-                     ") returned no input gradient, so layer ", i, " (", layers_[i]->name(),
-                     ") cannot get one: only the first layer may take an input without a gradient");
+    if (i + 1 < layers_.size()) {
+      MESHRT_CHECK_ARG(g.defined(), "Sequential::backward: layer ", i + 1, " (", layers_[i + 1]->name(),
+                       ") returned no input gradient, so layer ", i, " (", layers_[i]->name(),
+                       ") cannot get one: only the first layer may take an input without a gradient");
+    }
     g = layers_[i]->backward(g);
   }
   return g;

@@ -31,7 +31,7 @@ class Sequential : public Layer {
   size_t size() const { return layers_.size(); }
   Layer& layer(size_t i) { return *layers_.at(i); }
 
-  // "sequential(embedding, mean, dense(16384->1, sigmoid))"
+  // "sequential(embedding, mean, dense(sigmoid))"
   std::string name() const override;
   DeviceTensor forward(const DeviceTensor& x) override;
   // Throws Error(kInvalidArgument) if a layer other than the first returns no
