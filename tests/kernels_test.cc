@@ -1339,15 +1339,21 @@ TEST(CudaIndexAdd, RepeatedIdsAddUpAsAPlainLoopOnTheGpu) {
   check_index_add(Device::cuda(0));
 }
 
-// As index_select's: the cpu checks every id before adding anything, so x is
-// unchanged by the failed call.
+// As index_select's: the kernel throws, at the call or at the next wait on
+// the stream (a stream of its own for each call here: the error is sticky). It
+// checks every id before adding anything, so x is unchanged by the failed call.
 TEST(IndexAdd, AnIdOutOfRangeOnTheCpuIsAnErrorAndAddsNothing) {
   HostTensor start = random_tensor({4, 3}, DType::kF32, 1);
   DeviceTensor x = on(start);
   DeviceTensor src = on(random_tensor({3, 3}, DType::kF32, 2));
   for (int64_t bad : {4, -1}) {
     DeviceTensor index = on(HostTensor::from_vector(std::vector<int64_t>{1, bad, 1}, {3}));
-    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { index_add(x, 0, index, src); },
+    Stream side = Stream::create(Device::cpu());
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
+                             [&] {
+                               index_add(x, 0, index, src, &side);
+                               side.synchronize();
+                             },
                              {"index_add", "index " + std::to_string(bad), "element 1", "[0, 4)", "dimension 0"}));
     EXPECT_TRUE(identical(to_host(x), start)) << "id " << bad;
   }
