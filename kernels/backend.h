@@ -101,6 +101,10 @@ enum class ReduceAxisOp { kMean, kMax, kMin, kArgmax };
   void gather(const GatherArgs& args, const void* x, const void* index, void* out __VA_ARGS__);   \
   /* gather's inverse, in place: x[o, index[j] - first_id, :] = src[o, j, :]; ids outside skipped */ \
   void scatter(const GatherArgs& args, const void* src, const void* index, void* x __VA_ARGS__);  \
+  /* the same with x[o, index[j] - first_id, :] += src[o, j, :]; dtype f32 or f64; the cpu   */ \
+  /* checks every id first (Error(kInvalidArgument) naming args.op), CUDA skips those outside */ \
+  void scatter_add(const GatherArgs& args, DType dtype, const void* src, const void* index,     \
+                   void* x __VA_ARGS__);                                                         \
   void where(const WhereArgs& args, const void* cond, const void* a, const void* b,              \
              void* out __VA_ARGS__);                                                             \
   void reduce_axis(ReduceAxisOp op, DType dtype, const void* x, void* out, int64_t outer,        \

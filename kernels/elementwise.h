@@ -6,8 +6,10 @@
 // stream when null) and return at once on CUDA; on the cpu they are done on
 // return. f16 and bf16 compute in f32; f64 in f64.
 //
-// dtypes: neg, add, mul, relu: f32, f64, f16, bf16, i32, i64.
-//         scale, gelu, gelu_tanh, silu, tanh, bias_add: f32, f64, f16, bf16.
+// dtypes: neg, add, sub, mul, relu: f32, f64, f16, bf16, i32, i64.
+//         the others (scale, add_scalar, clamp_min, clamp_max, gelu, gelu_tanh,
+//         silu, tanh, sigmoid, exp, log, log1p, sqrt, abs, div, relu_grad,
+//         sigmoid_grad, bias_add): f32, f64, f16, bf16.
 //         cast: any dtype to any dtype.
 #pragma once
 
@@ -53,7 +55,8 @@ void bias_add(const DeviceTensor& x, const DeviceTensor& bias, const DeviceTenso
 void cast(const DeviceTensor& x, const DeviceTensor& out, const Stream* stream = nullptr);
 
 // Allocating forms: one per row of the table (neg(x), relu(x), ..., scale(x,
-// alpha), add(a, b), mul(a, b)).
+// alpha), add(a, b), mul(a, b), ...). (exp, log, sqrt, abs take DeviceTensors:
+// inside namespace kernels, call the float functions qualified, std::exp.)
 #define MESHRT_DECLARE_UNARY(name, ...) DeviceTensor name(const DeviceTensor& x, const Stream* stream = nullptr);
 #define MESHRT_DECLARE_SCALAR_UNARY(name, ...) \
   DeviceTensor name(const DeviceTensor& x, double alpha, const Stream* stream = nullptr);

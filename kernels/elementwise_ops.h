@@ -4,8 +4,8 @@
 // A row names the op, its element function (a struct in ops:: below), the
 // dtypes it takes and, per operand, the pending partial reductions it commutes
 // with: f(reduce_i x_i) == reduce_i f(x_i). neg commutes with sum (it is
-// linear), relu with max and min (it is monotone), gelu, gelu_tanh and silu
-// with neither.
+// linear), relu, sigmoid and exp with max and min (they are monotone), gelu,
+// gelu_tanh and silu with neither.
 // A sharded op keeps an operand's partial axes whose reduction the op commutes
 // with and reduces the others first (sharding/ops.h).
 //
@@ -59,6 +59,14 @@ MESHRT_HOST_DEVICE inline float exp(float x) {
 MESHRT_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
 MESHRT_HOST_DEVICE inline float tanh(float x) { return ::tanhf(x); }
 MESHRT_HOST_DEVICE inline double tanh(double x) { return ::tanh(x); }
+// log, log1p and sqrt of float are libm's (calls: their loops do not vectorize,
+// which the training steps that use them can afford).
+MESHRT_HOST_DEVICE inline float log(float x) { return ::logf(x); }
+MESHRT_HOST_DEVICE inline double log(double x) { return ::log(x); }
+MESHRT_HOST_DEVICE inline float log1p(float x) { return ::log1pf(x); }
+MESHRT_HOST_DEVICE inline double log1p(double x) { return ::log1p(x); }
+MESHRT_HOST_DEVICE inline float sqrt(float x) { return ::sqrtf(x); }
+MESHRT_HOST_DEVICE inline double sqrt(double x) { return ::sqrt(x); }
 }  // namespace math
 
 // Element functions. A is the arithmetic type (acc_t of the stored type: float
@@ -98,17 +106,78 @@ struct Tanh {
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x) const { return math::tanh(x); }
 };
+// 1 / (1 + e^-x), with exp of -|x| only (never of a large positive number):
+// for x < 0 it is e^x / (1 + e^x). Exact 0 and 1 at the far ends; NaN gives NaN.
+struct Sigmoid {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const {
+    A e = math::exp(x > A(0) ? -x : x);
+    return x > A(0) ? A(1) / (A(1) + e) : e / (A(1) + e);
+  }
+};
+struct Exp {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const { return math::exp(x); }
+};
+struct Log {  // NaN below 0, -inf at 0
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const { return math::log(x); }
+};
+struct Log1p {  // log(1 + x), accurate for small |x| (softplus, binary cross-entropy)
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const { return math::log1p(x); }
+};
+struct Sqrt {  // NaN below 0
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const { return math::sqrt(x); }
+};
+struct Abs {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x) const { return x < A(0) ? -x : x; }
+};
 struct Scale {  // alpha * x
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A x, A alpha) const { return alpha * x; }
+};
+struct AddScalar {  // x + alpha
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x, A alpha) const { return x + alpha; }
+};
+// max(x, alpha) and min(x, alpha); NaN stays NaN (a clamp does not hide it).
+struct ClampMin {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x, A alpha) const { return x < alpha ? alpha : x; }
+};
+struct ClampMax {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A x, A alpha) const { return x > alpha ? alpha : x; }
 };
 struct Add {
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A a, A b) const { return a + b; }
 };
+struct Sub {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A a, A b) const { return a - b; }
+};
 struct Mul {
   template <class A>
   MESHRT_HOST_DEVICE A operator()(A a, A b) const { return a * b; }
+};
+struct Div {  // floats only: IEEE division (x / 0 is +-inf or NaN)
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A a, A b) const { return a / b; }
+};
+// The backward passes of activations, from the gradient g and the forward
+// output y (both are functions of y): relu'(x) = [y > 0] (0 at 0, as
+// PyTorch), sigmoid'(x) = y (1 - y).
+struct ReluGrad {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A g, A y) const { return y > A(0) ? g : A(0); }
+};
+struct SigmoidGrad {
+  template <class A>
+  MESHRT_HOST_DEVICE A operator()(A g, A y) const { return g * y * (A(1) - y); }
 };
 }  // namespace ops
 
@@ -119,19 +188,40 @@ struct Mul {
   X(gelu, Gelu, FloatTypes, kNoPartial)                    \
   X(gelu_tanh, GeluTanh, FloatTypes, kNoPartial)           \
   X(silu, Silu, FloatTypes, kNoPartial)                    \
-  X(tanh, Tanh, FloatTypes, kThroughMax | kThroughMin)
+  X(tanh, Tanh, FloatTypes, kThroughMax | kThroughMin)     \
+  X(sigmoid, Sigmoid, FloatTypes, kThroughMax | kThroughMin) \
+  X(exp, Exp, FloatTypes, kThroughMax | kThroughMin)       \
+  X(log, Log, FloatTypes, kNoPartial)                      \
+  X(log1p, Log1p, FloatTypes, kNoPartial)                  \
+  X(sqrt, Sqrt, FloatTypes, kNoPartial)                    \
+  X(abs, Abs, FloatTypes, kNoPartial)
+// (log, log1p and sqrt are monotone but keep no pending max or min: the ranks
+// that do not hold an element's maximum may hold any value, negative ones
+// included, outside their domain.)
 
 // y = f(x, alpha).         X(name, element function, dtypes, partial rule)
-#define MESHRT_SCALAR_UNARY_OPS(X) \
-  X(scale, Scale, FloatTypes, kThroughSum | kThroughAvg)
+// (add_scalar commutes with a mean over ranks, not with a sum: each rank would
+// add alpha.)
+#define MESHRT_SCALAR_UNARY_OPS(X)                                     \
+  X(scale, Scale, FloatTypes, kThroughSum | kThroughAvg)               \
+  X(add_scalar, AddScalar, FloatTypes, kThroughMax | kThroughMin | kThroughAvg) \
+  X(clamp_min, ClampMin, FloatTypes, kThroughMax | kThroughMin)        \
+  X(clamp_max, ClampMax, FloatTypes, kThroughMax | kThroughMin)
 
 // y = f(a, b), same shapes. X(name, element function, dtypes, rule for a, rule for b)
 // (add commutes with a sum over both operands: a replicated b then counts once,
 // at coordinate 0 of the axis; and with an avg: a replicated b counts on every
 // rank; see sharding/ops.h.)
+// sub is linear in both operands, as add. mul, div and the activation
+// gradients are linear in one operand only given the other, which a
+// per-operand rule cannot say: they reduce both first.
 #define MESHRT_BINARY_OPS(X)                          \
   X(add, Add, NumericTypes, kThroughSum | kThroughAvg, kThroughSum | kThroughAvg) \
-  X(mul, Mul, NumericTypes, kNoPartial, kNoPartial)
+  X(sub, Sub, NumericTypes, kThroughSum | kThroughAvg, kThroughSum | kThroughAvg) \
+  X(mul, Mul, NumericTypes, kNoPartial, kNoPartial)   \
+  X(div, Div, FloatTypes, kNoPartial, kNoPartial)     \
+  X(relu_grad, ReluGrad, FloatTypes, kNoPartial, kNoPartial) \
+  X(sigmoid_grad, SigmoidGrad, FloatTypes, kNoPartial, kNoPartial)
 
 #define MESHRT_ELEMENTWISE_ENUMERATOR(name, Element, ...) k##Element,
 enum class UnaryOp { MESHRT_UNARY_OPS(MESHRT_ELEMENTWISE_ENUMERATOR) MESHRT_SCALAR_UNARY_OPS(MESHRT_ELEMENTWISE_ENUMERATOR) };

@@ -11,6 +11,7 @@ namespace meshrt::kernels {
 namespace {
 constexpr DType kIndexTypes[] = {DType::kI32, DType::kI64};
 constexpr DType kMaskTypes[] = {DType::kBool, DType::kU8};
+constexpr DType kAddTypes[] = {DType::kF32, DType::kF64};  // index_add (CUDA's atomicAdd)
 
 // dim normalised against x's rank, or Error(kInvalidArgument) naming op and x.
 int axis_of(const char* op, const DeviceTensor& x, int dim) {
@@ -182,6 +183,23 @@ void index_copy(const DeviceTensor& x, int dim, const DeviceTensor& index, const
   detail::Launch launch = detail::launch_for("index_copy", x.device(), stream, {&x, &index, &src});
   MESHRT_DISPATCH(launch, scatter, args, static_cast<const void*>(src.raw_data()), static_cast<const void*>(index.raw_data()),
                   x.raw_data());
+}
+
+void index_add(const DeviceTensor& x, int dim, const DeviceTensor& index, const DeviceTensor& src, const Stream* stream) {
+  detail::check_same_device("index_add", {&x, &index, &src});
+  detail::check_dtype("index_add", index, kIndexTypes);
+  detail::check_dtype("index_add", x, kAddTypes);
+  const int a = axis_of("index_add", x, dim);
+  MESHRT_CHECK_SHAPE(index.ndim() == 1 && src.dtype() == x.dtype() && src.shape() == x.shape().with(a, index.numel()),
+                     "index_add: src must be x's shape with ", index.numel(), " (the index's count) along dimension ",
+                     dim, " and x's dtype, and the index 1-D; got x ", x.description(), ", index ",
+                     index.description(), ", src ", src.description());
+  if (src.numel() == 0) return;
+  GatherArgs args{static_cast<int>(x.element_size()), index.dtype(), x.shape().outer(a), x.dim(a),
+                  index.numel(), x.shape().inner(a), 0, false, "index_add", a};
+  detail::Launch launch = detail::launch_for("index_add", x.device(), stream, {&x, &index, &src});
+  MESHRT_DISPATCH(launch, scatter_add, args, x.dtype(), static_cast<const void*>(src.raw_data()),
+                  static_cast<const void*>(index.raw_data()), x.raw_data());
 }
 
 DeviceTensor embedding(const DeviceTensor& table, const DeviceTensor& ids, int64_t first_id, const Stream* stream) {

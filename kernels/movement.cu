@@ -1,7 +1,8 @@
 // CUDA twins of movement_cpu.cc: grid-stride loops, one output element per
 // thread per step; elements moved as unsigned integers of their size. Shapes
 // were checked by movement.cc. An index_select index out of range gives zeros
-// here (a kernel cannot throw; see movement.h).
+// here, an index_add index out of range adds nothing (a kernel cannot throw;
+// see movement.h).
 #include <cstring>
 
 #include "kernels/backend.h"
@@ -40,6 +41,16 @@ __global__ void scatter_kernel(GatherArgs args, const U* src, const I* index, U*
     int64_t j = rest % args.count, b = rest / args.count;
     int64_t local = static_cast<int64_t>(index[j]) - args.first_id;
     if (local >= 0 && local < args.extent) x[(b * args.extent + local) * args.inner + i] = src[e];
+  }
+}
+
+template <class T, class I>
+__global__ void scatter_add_kernel(GatherArgs args, const T* src, const I* index, T* x, int64_t n) {
+  MESHRT_GRID_STRIDE(e, n) {
+    int64_t i = e % args.inner, rest = e / args.inner;
+    int64_t j = rest % args.count, b = rest / args.count;
+    int64_t local = static_cast<int64_t>(index[j]) - args.first_id;
+    if (local >= 0 && local < args.extent) atomicAdd(&x[(b * args.extent + local) * args.inner + i], src[e]);
   }
 }
 
@@ -94,6 +105,28 @@ void scatter(const GatherArgs& args, const void* src, const void* index, void* x
           args, static_cast<const U*>(src), static_cast<const int64_t*>(index), static_cast<U*>(x), n);
     }
   });
+  check_launch();
+}
+
+void scatter_add(const GatherArgs& args, DType dtype, const void* src, const void* index, void* x, int,
+                 void* stream) {
+  int64_t n = args.outer * args.count * args.inner;
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    auto s = static_cast<cudaStream_t>(stream);
+    if (args.index_dtype == DType::kI32) {
+      scatter_add_kernel<T, int32_t><<<grid_for(n), kBlock, 0, s>>>(
+          args, static_cast<const T*>(src), static_cast<const int32_t*>(index), static_cast<T*>(x), n);
+    } else {
+      scatter_add_kernel<T, int64_t><<<grid_for(n), kBlock, 0, s>>>(
+          args, static_cast<const T*>(src), static_cast<const int64_t*>(index), static_cast<T*>(x), n);
+    }
+  };
+  switch (dtype) {
+    case DType::kF32: launch(float{}); break;
+    case DType::kF64: launch(double{}); break;
+    default: throw Error(ErrorKind::kInternal, ::meshrt::detail::cat("scatter_add got ", to_string(dtype)));
+  }
   check_launch();
 }
 

@@ -1,7 +1,8 @@
 // Data movement: permutes, concatenation, slices, gathers and selects, cpu and
 // CUDA behind one call. Every dtype (f32, f64, f16, bf16, i32, i64, u8, bool)
 // flows through: elements are copied, never computed (masked_fill converts its
-// value once, by meshrt's cast rule, device/convert.h). Each call queues its
+// value once, by meshrt's cast rule, device/convert.h), except by index_add
+// (f32 and f64), which adds them. Each call queues its
 // work on stream (the device's default stream when null) and returns a new
 // contiguous tensor; axes may be negative (from the end). Errors name the op and
 // the tensors: Error(kShape) for shapes and dtypes that do not fit,
@@ -49,6 +50,17 @@ DeviceTensor index_select(const DeviceTensor& x, int dim, const DeviceTensor& in
 // is not defined on CUDA).
 void index_copy(const DeviceTensor& x, int dim, const DeviceTensor& index, const DeviceTensor& src,
                 const Stream* stream = nullptr);
+// In place, x's slice index[j] along dim += src's slice j for each j
+// (PyTorch's index_add_): repeated ids add up (a scatter-add, the backward of
+// index_select and embedding). x f32 or f64; index i32 or i64 of [count]
+// elements; src has x's shape with extent count along dim and x's dtype. On the
+// cpu the slices are added in the order of j (deterministic) and an index
+// outside [0, x.shape[dim]) throws Error(kInvalidArgument) before anything is
+// added, reported as index_select's (see the limits above); on CUDA the adds
+// are atomic, in no fixed order (float sums may differ in the last bits from
+// run to run), and such an index adds nothing, unreported.
+void index_add(const DeviceTensor& x, int dim, const DeviceTensor& index, const DeviceTensor& src,
+               const Stream* stream = nullptr);
 // The embedding lookup of a (possibly vocabulary-sharded) table: table
 // [rows, hidden] holds vocabulary ids [first_id, first_id + rows); ids i32 or
 // i64 of any shape; out.shape = ids.shape + [hidden]. An id outside that range

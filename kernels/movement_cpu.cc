@@ -79,6 +79,37 @@ void scatter(const GatherArgs& args, const void* src, const void* index, void* x
   }
 }
 
+// Every id is checked before anything is added (as gather does), then the
+// slices are added in the order of j: repeated ids add up in one fixed order.
+void scatter_add(const GatherArgs& args, DType dtype, const void* src, const void* index, void* x) {
+  auto id_at = [&](int64_t j) -> int64_t {
+    return args.index_dtype == DType::kI32 ? static_cast<const int32_t*>(index)[j]
+                                           : static_cast<const int64_t*>(index)[j];
+  };
+  for (int64_t j = 0; j < args.count; ++j) {
+    int64_t id = id_at(j) - args.first_id;
+    MESHRT_CHECK_ARG(id >= 0 && id < args.extent, args.op, ": index ", id + args.first_id, " (element ", j,
+                     " of the index) is outside [0, ", args.extent, ") of dimension ", args.dim, " of x");
+  }
+  auto add = [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = static_cast<const T*>(src);
+    T* out = static_cast<T*>(x);
+    for (int64_t b = 0; b < args.outer; ++b) {
+      for (int64_t j = 0; j < args.count; ++j) {
+        const T* from = in + (b * args.count + j) * args.inner;
+        T* to = out + (b * args.extent + id_at(j) - args.first_id) * args.inner;
+        for (int64_t i = 0; i < args.inner; ++i) to[i] += from[i];
+      }
+    }
+  };
+  switch (dtype) {
+    case DType::kF32: add(float{}); return;
+    case DType::kF64: add(double{}); return;
+    default: throw Error(ErrorKind::kInternal, ::meshrt::detail::cat("scatter_add got ", to_string(dtype)));
+  }
+}
+
 void where(const WhereArgs& args, const void* cond, const void* a, const void* b, void* out) {
   visit_element_size(args.element_size, [&](auto tag) {
     using U = decltype(tag);

@@ -177,7 +177,7 @@ std::vector<OpCase> op_cases() {
     auto ref = testing::binary_references().find(i.name);
     if (ref == testing::binary_references().end()) continue;
     auto f = ref->second.f;
-    cases.push_back({i.name, {i.dtypes.begin(), i.dtypes.end()}, {{3, 5, 7}, {3, 5, 7}}, -50, 50, 1, 1,
+    cases.push_back({i.name, {i.dtypes.begin(), i.dtypes.end()}, {{3, 5, 7}, {3, 5, 7}}, ref->second.lo, ref->second.hi, 1, 1,
                      [op](const auto& in) {
                        DeviceTensor out = DeviceTensor::empty(in[0].shape(), in[0].dtype(), in[0].device());
                        binary(op, in[0], in[1], out);
@@ -862,17 +862,17 @@ TEST(Elementwise, SixteenBitLoopsComputeEveryValueAsTheScalarRule) {
   check(BFloat16{});
 }
 
-// gelu, gelu_tanh and silu at large |x|, infinities, signed zeros and NaN,
+// gelu, gelu_tanh, silu and sigmoid at large |x|, infinities, signed zeros and NaN,
 // against the float64 references at the kernel tolerances (NaN where the
 // reference is NaN, as at gelu(-inf) = -inf * 0 and silu(-inf) = -inf / inf).
-TEST(Elementwise, GeluAndSiluAtExtremeInputs) {
+TEST(Elementwise, GeluSiluAndSigmoidAtExtremeInputs) {
   const std::vector<double> inputs = {-INFINITY, -1e30, -1e4, -100, -88.5, -87, -40, -20, -13, -10, -7, -5.5, -4.2, -3,
                                       -1, -1e-3, -1e-20, -0.0, 0.0, 1e-20, 1e-3, 1, 3, 5.5, 10, 20, 88.5, 100, 1e4, 1e30,
                                       INFINITY, NAN};
   HostTensor source = HostTensor::from_vector(inputs, {static_cast<int64_t>(inputs.size())});
   for (DType dtype : kFloats) {
     HostTensor x = cast_host(source, dtype);
-    for (const char* name : {"gelu", "gelu_tanh", "silu"}) {
+    for (const char* name : {"gelu", "gelu_tanh", "silu", "sigmoid"}) {
       UnaryOp op = *find_unary_op(name);
       auto f = testing::unary_references().at(name).f;
       HostTensor want = cast_host(map_unary(f64(x), [&](double v) { return f(v, 1.0); }), dtype);
@@ -1275,6 +1275,96 @@ TEST(Movement, EveryOpAndDtypeMatchesTheReferenceOnTheCpu) { check_movement(Devi
 TEST(CudaMovement, EveryOpAndDtypeMatchesTheReferenceOnTheGpu) {
   MESHRT_REQUIRE_CUDA();
   check_movement(Device::cuda(0));
+}
+
+// ---- index_add
+
+// x with src's slices added at index along dim, by a plain loop in the order of
+// j in T (the cpu kernel's order: its result is identical; a GPU adds in
+// another order, so close).
+template <class T>
+HostTensor index_add_reference(HostTensor x, int dim, const std::vector<int64_t>& ids, const HostTensor& src) {
+  int64_t outer = x.shape().outer(dim), extent = x.dim(dim), inner = x.shape().inner(dim);
+  int64_t count = static_cast<int64_t>(ids.size());
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t i = 0; i < inner; ++i)
+        x.data<T>()[(o * extent + ids[static_cast<size_t>(j)]) * inner + i] += src.data<T>()[(o * count + j) * inner + i];
+  return x;
+}
+
+void check_index_add(const Device& device) {
+  uint64_t seed = 300;
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    for (DType idx : {DType::kI32, DType::kI64}) {
+      struct S {
+        Shape x;
+        int dim;
+        std::vector<int64_t> ids;
+      };
+      // Repeated ids (3 three times, 0 twice), every dimension, an empty index,
+      // and more slices than rows.
+      const std::vector<S> cases = {{{6, 5}, 0, {3, 0, 3, 5, 0, 3}},
+                                    {{4, 7, 3}, 1, {6, 6, 2}},
+                                    {{4, 7, 3}, -1, {0, 2, 2, 1}},
+                                    {{5, 8}, 0, {}},
+                                    {{3, 4}, 0, std::vector<int64_t>(200, 1)}};
+      for (const S& c : cases) {
+        int a = c.dim < 0 ? c.dim + c.x.ndim() : c.dim;
+        HostTensor x = random_tensor(c.x, dtype, seed++, -1, 1);
+        HostTensor src = random_tensor(c.x.with(a, static_cast<int64_t>(c.ids.size())), dtype, seed++, -1, 1);
+        HostTensor index = cast_host(HostTensor::from_vector(c.ids, {static_cast<int64_t>(c.ids.size())}), idx);
+        HostTensor want = dtype == DType::kF32 ? index_add_reference<float>(x.clone(), a, c.ids, src)
+                                               : index_add_reference<double>(x.clone(), a, c.ids, src);
+        DeviceTensor target = on(x, device);
+        index_add(target, c.dim, on(index, device), on(src, device));
+        HostTensor got = to_host(target);
+        std::string where = std::string("index_add ") + to_string(dtype) + " x " + to_string(c.x) + " dim " + std::to_string(c.dim) +
+                            " " + std::to_string(c.ids.size()) + " ids " + to_string(idx);
+        if (device.is_cpu()) {
+          EXPECT_TRUE(identical(got, want)) << where;
+        } else {
+          Tolerance t = tolerance(dtype, 200);
+          EXPECT_TRUE(all_close(got, want, t.rtol, t.atol)) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST(IndexAdd, RepeatedIdsAddUpAsAPlainLoopOnTheCpu) { check_index_add(Device::cpu()); }
+
+TEST(CudaIndexAdd, RepeatedIdsAddUpAsAPlainLoopOnTheGpu) {
+  MESHRT_REQUIRE_CUDA();
+  check_index_add(Device::cuda(0));
+}
+
+// As index_select's: the kernel throws, at the call or at the next wait on
+// the stream (a stream of its own for each call here: the error is sticky). It
+// checks every id before adding anything, so x is unchanged by the failed call.
+TEST(IndexAdd, AnIdOutOfRangeOnTheCpuIsAnErrorAndAddsNothing) {
+  HostTensor start = random_tensor({4, 3}, DType::kF32, 1);
+  DeviceTensor x = on(start);
+  DeviceTensor src = on(random_tensor({3, 3}, DType::kF32, 2));
+  for (int64_t bad : {4, -1}) {
+    DeviceTensor index = on(HostTensor::from_vector(std::vector<int64_t>{1, bad, 1}, {3}));
+    Stream side = Stream::create(Device::cpu());
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument,
+                             [&] {
+                               index_add(x, 0, index, src, &side);
+                               side.synchronize();
+                             },
+                             {"index_add", "index " + std::to_string(bad), "element 1", "[0, 4)", "dimension 0"}));
+    EXPECT_TRUE(identical(to_host(x), start)) << "id " << bad;
+  }
+  DeviceTensor i = on(HostTensor::from_vector(std::vector<int64_t>{0, 1}, {2}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { index_add(x, 0, i, src); },
+                           {"index_add", "src must be x's shape", "f32[3, 3]"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { index_add(on(random_tensor({4, 3}, DType::kBF16, 1)), 0, i,
+                                                              on(random_tensor({2, 3}, DType::kBF16, 1))); },
+                           {"index_add", "bf16[4, 3]", "f32, f64"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kShape, [&] { index_add(x, 0, src, src); }, {"index_add", "i32, i64"}));
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { index_add(x, 2, i, src); }, {"index_add", "dimension 2"}));
 }
 
 // ---- axis reductions and topk

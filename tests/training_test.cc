@@ -296,6 +296,18 @@ TEST(TrainingLosses, ValuesByHand) {
   EXPECT_EQ(f32.grad.dtype(), DType::kF32);
 }
 
+// The clamp to [eps, 1 - eps]: where it acts (p = 0, p = 1) the loss is finite
+// and the gradient 0; at p = eps it does not act.
+TEST(TrainingLosses, BinaryCrossEntropyGradientIsZeroWhereTheClampActs) {
+  Loss l = binary_cross_entropy(tensor({0, 1, 0.25, 0.1}, Shape{4}), tensor({1, 0, 1, 0}, Shape{4}), 0.1);
+  EXPECT_NEAR(l.value, -(std::log(0.1) + std::log(1 - 0.9) + std::log(0.25) + std::log(0.9)) / 4, 1e-12);
+  std::vector<double> g = values(l.grad);
+  EXPECT_EQ(g[0], 0.0);
+  EXPECT_EQ(g[1], 0.0);
+  EXPECT_NEAR(g[2], (0.25 - 1) / (0.25 * 0.75) / 4, 1e-12);
+  EXPECT_NEAR(g[3], 0.1 / (0.1 * 0.9) / 4, 1e-12);
+}
+
 TEST(TrainingLosses, BadArgumentsAreErrors) {
   EXPECT_THROW(mean_squared_error(tensor({1, 2}, Shape{2}), tensor({0, 0, 0}, Shape{3})), Error);
   DeviceTensor bad = to_device(HostTensor::from_vector<int64_t>({2}, Shape{1}), kCpu);

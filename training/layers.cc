@@ -19,8 +19,7 @@ DeviceTensor activate(Activation activation, const DeviceTensor& z) {
   switch (activation) {
     case Activation::kNone: return z;
     case Activation::kRelu: return kernels::relu(z);
-    // Host fallback: the elementwise table has no sigmoid row yet.
-    case Activation::kSigmoid: return detail::host_fallback::map(z, detail::sigmoid);
+    case Activation::kSigmoid: return kernels::sigmoid(z);
   }
   return z;
 }
@@ -31,11 +30,8 @@ DeviceTensor activation_backward(Activation activation, const DeviceTensor& grad
   detail::check_same(grad, y, "activation backward");
   switch (activation) {
     case Activation::kNone: return grad;
-    // Host fallbacks: no kernel yet for a mask by sign or for y (1 - y).
-    case Activation::kRelu:
-      return detail::host_fallback::map2(grad, y, [](double g, double v) { return v > 0 ? g : 0.0; });
-    case Activation::kSigmoid:
-      return detail::host_fallback::map2(grad, y, [](double g, double v) { return g * v * (1 - v); });
+    case Activation::kRelu: return kernels::relu_grad(grad, y);
+    case Activation::kSigmoid: return kernels::sigmoid_grad(grad, y);
   }
   return grad;
 }

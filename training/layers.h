@@ -7,9 +7,10 @@
 // to them (Parameter::accumulate). A layer whose input is not differentiable
 // (Embedding: integer ids) returns an undefined tensor.
 //
-// Compute goes through kernels/ (GEMM, the elementwise table, sum, mean,
-// softmax, embedding). What the kernels lack (sigmoid, the derivative masks of
-// relu, a scatter-add) runs in a host fallback for now (training/tensor_ops.h).
+// Compute goes through kernels/ (GEMM, the elementwise table with the
+// activations and their derivative rows relu_grad and sigmoid_grad, sum, mean,
+// softmax, embedding). Embedding's gradient is sparse rows, which
+// Parameter::dense_grad and the optimizers merge with index_add.
 #pragma once
 
 #include <cstdint>

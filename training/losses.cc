@@ -1,7 +1,6 @@
 #include "training/losses.h"
 
-#include <algorithm>
-#include <cmath>
+#include <vector>
 
 #include "device/error.h"
 #include "kernels/elementwise.h"
@@ -18,6 +17,9 @@ void check_pair(const DeviceTensor& prediction, const DeviceTensor& target, cons
   MESHRT_CHECK_SHAPE(prediction.numel() > 0, op, ": empty prediction ", prediction.description());
 }
 
+// 1 - x.
+DeviceTensor one_minus(const DeviceTensor& x) { return kernels::add_scalar(kernels::neg(x), 1.0); }
+
 }  // namespace
 
 Loss mean_squared_error(const DeviceTensor& prediction, const DeviceTensor& target) {
@@ -30,42 +32,37 @@ Loss mean_squared_error(const DeviceTensor& prediction, const DeviceTensor& targ
   return loss;
 }
 
-// Host fallback: the elementwise table has no log or exp row yet.
 Loss binary_cross_entropy(const DeviceTensor& probabilities, const DeviceTensor& target, double eps) {
   check_pair(probabilities, target, "binary_cross_entropy");
   MESHRT_CHECK_ARG(eps > 0 && eps < 0.5, "binary_cross_entropy: eps ", eps, " outside (0, 0.5)");
-  std::vector<double> p = detail::to_doubles(probabilities);
-  std::vector<double> t = detail::to_doubles(target);
-  const double count = static_cast<double>(p.size());
-  std::vector<double> grad(p.size());
-  double total = 0;
-  for (size_t i = 0; i < p.size(); ++i) {
-    double q = std::clamp(p[i], eps, 1 - eps);
-    total -= t[i] * std::log(q) + (1 - t[i]) * std::log(1 - q);
-    bool clamped = p[i] < eps || p[i] > 1 - eps;
-    grad[i] = clamped ? 0.0 : (q - t[i]) / (q * (1 - q)) / count;
-  }
+  const DeviceTensor& p = probabilities;
+  const DeviceTensor& t = target;
+  const double count = static_cast<double>(p.numel());
+  DeviceTensor q = kernels::clamp_max(kernels::clamp_min(p, eps), 1 - eps);
+  DeviceTensor one_minus_q = one_minus(q);
+  // -(t log q + (1 - t) log(1 - q)), summed.
+  DeviceTensor terms = kernels::add(kernels::mul(t, kernels::log(q)),
+                                    kernels::mul(one_minus(t), kernels::log(one_minus_q)));
   Loss loss;
-  loss.value = total / count;
-  loss.grad = detail::from_doubles(grad, probabilities.shape(), probabilities.dtype(), probabilities.device());
+  loss.value = -detail::sum_all(terms) / count;
+  // (q - t) / (q (1 - q)) / count where the clamp did not act (q == p); 0 where
+  // it did: relu_grad keeps g exactly where |q - p| > 0, and g - that is g
+  // where q == p and exactly 0 elsewhere.
+  DeviceTensor g = kernels::scale(kernels::div(kernels::sub(q, t), kernels::mul(q, one_minus_q)), 1 / count);
+  loss.grad = kernels::sub(g, kernels::relu_grad(g, kernels::abs(kernels::sub(q, p))));
   return loss;
 }
 
-// Host fallback: the elementwise table has no log, exp or sigmoid row yet.
 Loss binary_cross_entropy_with_logits(const DeviceTensor& logits, const DeviceTensor& target) {
   check_pair(logits, target, "binary_cross_entropy_with_logits");
-  std::vector<double> z = detail::to_doubles(logits);
-  std::vector<double> t = detail::to_doubles(target);
-  const double count = static_cast<double>(z.size());
-  std::vector<double> grad(z.size());
-  double total = 0;
-  for (size_t i = 0; i < z.size(); ++i) {
-    total += std::max(z[i], 0.0) - z[i] * t[i] + std::log1p(std::exp(-std::abs(z[i])));
-    grad[i] = (detail::sigmoid(z[i]) - t[i]) / count;
-  }
+  const DeviceTensor& z = logits;
+  const double count = static_cast<double>(z.numel());
+  // max(z, 0) - z t + log(1 + exp(-|z|)), summed.
+  DeviceTensor softplus = kernels::log1p(kernels::exp(kernels::neg(kernels::abs(z))));
+  DeviceTensor terms = kernels::add(kernels::sub(kernels::relu(z), kernels::mul(z, target)), softplus);
   Loss loss;
-  loss.value = total / count;
-  loss.grad = detail::from_doubles(grad, logits.shape(), logits.dtype(), logits.device());
+  loss.value = detail::sum_all(terms) / count;
+  loss.grad = kernels::scale(kernels::sub(kernels::sigmoid(z), target), 1 / count);
   return loss;
 }
 
@@ -79,25 +76,24 @@ Loss softmax_cross_entropy(const DeviceTensor& logits, const DeviceTensor& label
   const int64_t rows = labels.numel();
   MESHRT_CHECK_SHAPE(rows > 0 && classes > 0, "softmax_cross_entropy: empty logits ", logits.description());
   std::vector<int64_t> label = to_host(kernels::cast(labels, DType::kI64)).to_vector<int64_t>();
-  // The value on the host (no log or exp kernel yet): logsumexp with the
-  // row's maximum subtracted.
-  std::vector<double> z = detail::to_doubles(logits);
-  std::vector<double> onehot(z.size(), 0.0);
-  double total = 0;
+  std::vector<double> onehot(static_cast<size_t>(rows * classes), 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     MESHRT_CHECK_ARG(label[r] >= 0 && label[r] < classes, "softmax_cross_entropy: label ", label[r],
                      " of row ", r, " outside [0, ", classes, ")");
-    const double* row = z.data() + r * classes;
-    double m = *std::max_element(row, row + classes);
-    double s = 0;
-    for (int64_t c = 0; c < classes; ++c) s += std::exp(row[c] - m);
-    total += m + std::log(s) - row[label[r]];
     onehot[r * classes + label[r]] = 1.0;
   }
-  Loss loss;
-  loss.value = total / static_cast<double>(rows);
-  // The gradient with kernels: (softmax(z) - onehot) / rows.
   DeviceTensor targets = detail::from_doubles(onehot, logits.shape(), logits.dtype(), logits.device());
+  // The value with kernels: per row logsumexp(z) - z[label] = log(sum(exp(s))) - s[label]
+  // for s = z - max(z) (any shift gives the same value; the row's maximum keeps
+  // exp from overflowing, and both terms are >= 0: nothing cancels).
+  const Shape matrix{rows, classes};
+  DeviceTensor z = logits.reshape(matrix);
+  DeviceTensor shifted = kernels::sub(z, detail::broadcast_axis(kernels::amax(z, 1), rows, classes, 1).reshape(matrix));
+  double log_sums = detail::sum_all(kernels::log(kernels::sum(kernels::exp(shifted), 1)));
+  double picked = detail::sum_all(kernels::mul(targets.reshape(matrix), shifted));
+  Loss loss;
+  loss.value = (log_sums - picked) / static_cast<double>(rows);
+  // The gradient: (softmax(z) - onehot) / rows.
   loss.grad = kernels::scale(detail::sub(kernels::softmax(logits), targets), 1.0 / static_cast<double>(rows));
   return loss;
 }

@@ -60,34 +60,40 @@ void Optimizer::dense_step(Parameter& parameter, const DeviceTensor& grad) {
   parameter.set_value(update(parameter.value(), grad, slots));
 }
 
-// The merge of repeated ids runs on the host (no segment-sum kernel yet); the
-// rows are gathered and written back with index_select and index_copy.
+// Repeated ids are merged by index_add: the distinct ids (ascending) are found
+// on the host from the ids alone, each sparse gradient's rows are added at
+// their id's position among them, and the merged rows are gathered and written
+// back with index_select and index_copy.
 void Optimizer::sparse_step(Parameter& parameter) {
   const DeviceTensor& value = parameter.value();
   const Shape& shape = value.shape();
-  const int64_t width = shape.inner(0);
-  std::map<int64_t, std::vector<double>> merged;  // id -> summed row, ids ascending
+  std::vector<std::vector<int64_t>> batch_ids;
+  std::map<int64_t, int64_t> position;  // id -> its place among the distinct ids, ids ascending
   for (const SparseGrad& g : parameter.sparse_grads()) {
-    std::vector<int64_t> ids = to_host(g.ids).to_vector<int64_t>();
-    std::vector<double> rows = detail::to_doubles(g.rows);
-    for (size_t j = 0; j < ids.size(); ++j) {
-      MESHRT_CHECK_ARG(ids[j] >= 0 && ids[j] < shape[0], "optimizer: parameter ", parameter.name(), ": id ",
-                       ids[j], " outside [0, ", shape[0], ")");
-      std::vector<double>& row = merged[ids[j]];
-      row.resize(static_cast<size_t>(width), 0.0);
-      for (int64_t k = 0; k < width; ++k) row[k] += rows[j * width + k];
+    batch_ids.push_back(to_host(g.ids).to_vector<int64_t>());
+    for (int64_t id : batch_ids.back()) {
+      MESHRT_CHECK_ARG(id >= 0 && id < shape[0], "optimizer: parameter ", parameter.name(), ": id ", id,
+                       " outside [0, ", shape[0], ")");
+      position[id] = 0;
     }
   }
   std::vector<int64_t> ids;
-  std::vector<double> rows;
-  for (const auto& [id, row] : merged) {
+  for (auto& [id, place] : position) {
+    place = static_cast<int64_t>(ids.size());
     ids.push_back(id);
-    rows.insert(rows.end(), row.begin(), row.end());
   }
   const int64_t count = static_cast<int64_t>(ids.size());
   const Shape row_shape = shape.with(0, count);
   DeviceTensor index = to_device(HostTensor::from_vector(ids, Shape{count}), value.device());
-  DeviceTensor grad = detail::from_doubles(rows, row_shape, value.dtype(), value.device());
+  DeviceTensor grad = DeviceTensor::zeros(row_shape, value.dtype(), value.device());
+  for (size_t b = 0; b < batch_ids.size(); ++b) {
+    const SparseGrad& g = parameter.sparse_grads()[b];
+    std::vector<int64_t> places;
+    for (int64_t id : batch_ids[b]) places.push_back(position[id]);
+    const int64_t n = static_cast<int64_t>(places.size());
+    kernels::index_add(grad, 0, to_device(HostTensor::from_vector(places, Shape{n}), value.device()),
+                       g.rows.reshape(shape.with(0, n)));
+  }
 
   std::vector<DeviceTensor>& slots = state(parameter);
   std::vector<DeviceTensor> slot_rows;
@@ -119,16 +125,13 @@ RMSprop::RMSprop(double learning_rate, double rho, double epsilon)
   MESHRT_CHECK_ARG(epsilon > 0, "RMSprop: epsilon ", epsilon, " must be > 0");
 }
 
-// Host fallback: no sqrt or division kernel yet.
+// The kernels evaluate the formulas in the order they are written:
+// (1 - rho) g g is ((1 - rho) g) g.
 DeviceTensor RMSprop::update(const DeviceTensor& value, const DeviceTensor& grad, std::vector<DeviceTensor>& slots) {
-  std::vector<double> w = detail::to_doubles(value), g = detail::to_doubles(grad), s = detail::to_doubles(slots[0]);
-  const double lr = learning_rate();
-  for (size_t i = 0; i < w.size(); ++i) {
-    s[i] = rho_ * s[i] + (1 - rho_) * g[i] * g[i];
-    w[i] -= lr * g[i] / (std::sqrt(s[i]) + epsilon_);
-  }
-  slots[0] = detail::from_doubles(s, value.shape(), value.dtype(), value.device());
-  return detail::from_doubles(w, value.shape(), value.dtype(), value.device());
+  namespace k = kernels;
+  // s = rho s + (1 - rho) g^2; w -= lr g / (sqrt(s) + epsilon)
+  slots[0] = k::add(k::scale(slots[0], rho_), k::mul(k::scale(grad, 1 - rho_), grad));
+  return k::sub(value, k::div(k::scale(grad, learning_rate()), k::add_scalar(k::sqrt(slots[0]), epsilon_)));
 }
 
 Adam::Adam(double learning_rate, double beta1, double beta2, double epsilon)
@@ -138,20 +141,14 @@ Adam::Adam(double learning_rate, double beta1, double beta2, double epsilon)
   MESHRT_CHECK_ARG(epsilon > 0, "Adam: epsilon ", epsilon, " must be > 0");
 }
 
-// Host fallback: no sqrt or division kernel yet.
 DeviceTensor Adam::update(const DeviceTensor& value, const DeviceTensor& grad, std::vector<DeviceTensor>& slots) {
-  std::vector<double> w = detail::to_doubles(value), g = detail::to_doubles(grad);
-  std::vector<double> m = detail::to_doubles(slots[0]), v = detail::to_doubles(slots[1]);
+  namespace k = kernels;
   const double t = static_cast<double>(iterations());
   const double lr_t = learning_rate() * std::sqrt(1 - std::pow(beta2_, t)) / (1 - std::pow(beta1_, t));
-  for (size_t i = 0; i < w.size(); ++i) {
-    m[i] = beta1_ * m[i] + (1 - beta1_) * g[i];
-    v[i] = beta2_ * v[i] + (1 - beta2_) * g[i] * g[i];
-    w[i] -= lr_t * m[i] / (std::sqrt(v[i]) + epsilon_);
-  }
-  slots[0] = detail::from_doubles(m, value.shape(), value.dtype(), value.device());
-  slots[1] = detail::from_doubles(v, value.shape(), value.dtype(), value.device());
-  return detail::from_doubles(w, value.shape(), value.dtype(), value.device());
+  // m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2; w -= lr_t m / (sqrt(v) + epsilon)
+  slots[0] = k::add(k::scale(slots[0], beta1_), k::scale(grad, 1 - beta1_));
+  slots[1] = k::add(k::scale(slots[1], beta2_), k::mul(k::scale(grad, 1 - beta2_), grad));
+  return k::sub(value, k::div(k::scale(slots[0], lr_t), k::add_scalar(k::sqrt(slots[1]), epsilon_)));
 }
 
 }  // namespace meshrt::training

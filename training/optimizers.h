@@ -26,10 +26,11 @@
 // before the step (0 on the first), as Keras evaluates a schedule at
 // optimizer.iterations.
 //
-// SGD runs on kernels (scale, add; index_select and index_copy for sparse
-// rows). RMSprop and Adam need a square root and a division, which the
-// elementwise table lacks: their update runs in a host fallback (double on
-// the host, training/tensor_ops.h) for now.
+// Every update runs on kernels (the elementwise table's scale, add, mul, sub,
+// div, sqrt and add_scalar), in the parameter's dtype. Sparse rows: the
+// distinct ids are found on the host (from the ids alone), repeated ids' rows
+// are summed by index_add, and the touched rows are gathered and written back
+// with index_select and index_copy.
 #pragma once
 
 #include <cstdint>

@@ -4,6 +4,7 @@
 
 #include "device/error.h"
 #include "kernels/elementwise.h"
+#include "kernels/movement.h"
 #include "training/tensor_ops.h"
 
 namespace meshrt::training {
@@ -56,22 +57,22 @@ DeviceTensor Parameter::dense_grad() const {
   return total;
 }
 
-// Host fallback: there is no scatter-add kernel yet (index_copy overwrites and
-// needs distinct ids), so the rows are added on the host.
+// The rows are added by index_add (repeated ids add up). The ids are checked
+// on the host first: index_add on CUDA skips an id out of range unreported,
+// and the ids are small next to the rows.
 DeviceTensor densify(const SparseGrad& g, const Shape& table_shape) {
   MESHRT_CHECK_SHAPE(g.ids.dtype() == DType::kI64, "densify: ids must be i64, got ", g.ids.description());
   const int64_t rows = table_shape[0];
   const int64_t width = table_shape.inner(0);
-  MESHRT_CHECK_SHAPE(g.rows.numel() == g.ids.numel() * width, "densify: rows ", g.rows.description(),
-                     " do not fit ", g.ids.numel(), " rows of ", to_string(table_shape));
-  std::vector<int64_t> ids = to_host(g.ids).to_vector<int64_t>();
-  std::vector<double> src = detail::to_doubles(g.rows);
-  std::vector<double> out(static_cast<size_t>(table_shape.numel()), 0.0);
-  for (size_t j = 0; j < ids.size(); ++j) {
-    MESHRT_CHECK_ARG(ids[j] >= 0 && ids[j] < rows, "densify: id ", ids[j], " outside [0, ", rows, ")");
-    for (int64_t k = 0; k < width; ++k) out[ids[j] * width + k] += src[j * width + k];
+  const int64_t count = g.ids.numel();
+  MESHRT_CHECK_SHAPE(g.rows.numel() == count * width, "densify: rows ", g.rows.description(),
+                     " do not fit ", count, " rows of ", to_string(table_shape));
+  for (int64_t id : to_host(g.ids).to_vector<int64_t>()) {
+    MESHRT_CHECK_ARG(id >= 0 && id < rows, "densify: id ", id, " outside [0, ", rows, ")");
   }
-  return detail::from_doubles(out, table_shape, g.rows.dtype(), g.rows.device());
+  DeviceTensor out = DeviceTensor::zeros(table_shape, g.rows.dtype(), g.rows.device());
+  kernels::index_add(out, 0, g.ids.reshape(Shape{count}), g.rows.reshape(table_shape.with(0, count)));
+  return out;
 }
 
 }  // namespace meshrt::training

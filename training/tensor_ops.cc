@@ -1,6 +1,5 @@
 #include "training/tensor_ops.h"
 
-#include <cmath>
 
 #include "device/error.h"
 #include "kernels/elementwise.h"
@@ -24,9 +23,7 @@ DeviceTensor ones(const Shape& shape, DType dtype, const Device& device) {
   return to_device(cast_host(HostTensor::full(shape, 1.0), dtype), device);
 }
 
-DeviceTensor sub(const DeviceTensor& a, const DeviceTensor& b) {
-  return kernels::add(a, kernels::neg(b));
-}
+DeviceTensor sub(const DeviceTensor& a, const DeviceTensor& b) { return kernels::sub(a, b); }
 
 DeviceTensor broadcast_axis(const DeviceTensor& g, int64_t outer, int64_t n, int64_t inner,
                             double alpha) {
@@ -50,31 +47,6 @@ std::vector<double> to_doubles(const DeviceTensor& x) {
 DeviceTensor from_doubles(const std::vector<double>& values, const Shape& shape, DType dtype,
                           const Device& device) {
   return to_device(cast_host(HostTensor::from_vector(values, shape), dtype), device);
-}
-
-namespace host_fallback {
-
-DeviceTensor map(const DeviceTensor& x, const std::function<double(double)>& f) {
-  std::vector<double> v = to_doubles(x);
-  for (double& e : v) e = f(e);
-  return from_doubles(v, x.shape(), x.dtype(), x.device());
-}
-
-DeviceTensor map2(const DeviceTensor& a, const DeviceTensor& b,
-                  const std::function<double(double, double)>& f) {
-  check_same(a, b, "host_fallback::map2");
-  std::vector<double> va = to_doubles(a);
-  std::vector<double> vb = to_doubles(b);
-  for (size_t i = 0; i < va.size(); ++i) va[i] = f(va[i], vb[i]);
-  return from_doubles(va, a.shape(), a.dtype(), a.device());
-}
-
-}  // namespace host_fallback
-
-double sigmoid(double x) {
-  if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
-  double e = std::exp(x);
-  return e / (1.0 + e);
 }
 
 }  // namespace meshrt::training::detail

@@ -1,12 +1,9 @@
 // Internal to training/: small compositions of kernels the layers and losses
-// share, and the host fallbacks for the elementwise functions the kernel table
-// does not have yet (sigmoid, log, exp, the derivative masks). A host fallback
-// copies the tensor to the host, computes in double and copies the result back:
-// correct on every device, slow on a GPU. Each use names itself
-// host_fallback:: so the calls to replace by kernel rows are easy to find.
+// share, and the conversions to and from doubles on the host (initial values,
+// small constants, metrics). The math itself runs on kernels (the elementwise
+// table has the activations, their derivatives, exp, log, sqrt and division).
 #pragma once
 
-#include <functional>
 #include <vector>
 
 #include "device/tensor.h"
@@ -19,7 +16,7 @@ void check_float(const DeviceTensor& x, const char* op, const char* what);
 void check_same(const DeviceTensor& a, const DeviceTensor& b, const char* op);
 
 DeviceTensor ones(const Shape& shape, DType dtype, const Device& device);
-// a - b (kernels: add and neg).
+// a - b (kernels::sub).
 DeviceTensor sub(const DeviceTensor& a, const DeviceTensor& b);
 // out[o, i, k] = alpha * g[o, k] for i < n: g's elements repeated along a new
 // middle axis of extent n. One batched GEMM: ones[n, 1] @ g[outer, 1, inner].
@@ -32,16 +29,5 @@ double sum_all(const DeviceTensor& x);
 std::vector<double> to_doubles(const DeviceTensor& x);
 DeviceTensor from_doubles(const std::vector<double>& values, const Shape& shape, DType dtype,
                           const Device& device);
-
-namespace host_fallback {
-// y[i] = f(x[i]) computed in double on the host.
-DeviceTensor map(const DeviceTensor& x, const std::function<double(double)>& f);
-// y[i] = f(a[i], b[i]); a and b of one shape and dtype.
-DeviceTensor map2(const DeviceTensor& a, const DeviceTensor& b,
-                  const std::function<double(double, double)>& f);
-}  // namespace host_fallback
-
-// The logistic function, stable for large |x| (no exp of a large positive number).
-double sigmoid(double x);
 
 }  // namespace meshrt::training::detail
