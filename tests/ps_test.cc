@@ -244,7 +244,7 @@ TEST_F(Ps, AStepIdIsAppliedOnce) {
 // The atomicity test: concurrent updates of one variable from many clients
 // all land, none lost to a race (SGD with rate 1: value = initial - sum).
 TEST_F(Ps, ConcurrentUpdatesAddUpExactly) {
-  constexpr int kThreads = 8, kSteps = 25, kWidth = 64;
+  constexpr int kThreads = 8, kSteps = 100, kWidth = 4096;
   ASSERT_TRUE(client_.create_variable("w", HostTensor::zeros(Shape{kWidth}, DType::kF64), sgd(1)));
   ASSERT_TRUE(client_.create_variable("emb", HostTensor::zeros(Shape{4, kWidth}, DType::kF64), sgd(1)));
   // Integers: the sum is exact in any order.
