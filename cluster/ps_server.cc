@@ -156,12 +156,13 @@ class PsService final : public ParameterServer::CallbackService {
 
   grpc::ServerUnaryReactor* Save(grpc::CallbackServerContext* context, const SaveRequest* request,
                                  SaveResponse* response) override {
-    return answer(context, [&] { response->set_bytes(save(request->path())); });
+    return answer(context, [&] { checkpoint_io("Save", [&] { response->set_bytes(save(request->path())); }); });
   }
 
   grpc::ServerUnaryReactor* Restore(grpc::CallbackServerContext* context, const RestoreRequest* request,
                                     RestoreResponse* response) override {
-    return answer(context, [&] { response->set_variables(restore(request->path())); });
+    return answer(context,
+                  [&] { checkpoint_io("Restore", [&] { response->set_variables(restore(request->path())); }); });
   }
 
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context, const StatusRequest*,
@@ -201,6 +202,19 @@ class PsService final : public ParameterServer::CallbackService {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(status);
     return reactor;
+  }
+
+  // A file that cannot be written or read (io's kUnavailable) is the
+  // caller's to fix (a path, a full disk), not this server being down: the
+  // client must not take it for an unreachable server.
+  template <class F>
+  static void checkpoint_io(const char* method, F&& work) {
+    try {
+      work();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kUnavailable) throw;
+      throw Refusal{grpc::StatusCode::FAILED_PRECONDITION, std::string(method) + ": " + e.message()};
+    }
   }
 
   std::shared_ptr<Shard> find(const std::string& name) {
@@ -346,14 +360,10 @@ class PsService final : public ParameterServer::CallbackService {
     }
     std::map<std::string, std::string> metadata{
         {kFormatKey, kFormat}, {kOptimizersKey, optimizers.dump()}, {"meshrt.ps.task_index", std::to_string(task_index_)}};
-    try {
-      io::write_safetensors_file(path, tensors, metadata);
-      // The rename is durable once the directory is.
-      auto slash = path.find_last_of('/');
-      io::sync_directory(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
-    } catch (const Error& e) {
-      throw Refusal{grpc::StatusCode::FAILED_PRECONDITION, "Save: " + e.message()};
-    }
+    io::write_safetensors_file(path, tensors, metadata);
+    // The rename is durable once the directory is.
+    auto slash = path.find_last_of('/');
+    io::sync_directory(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
     struct stat st{};
     if (::stat(path.c_str(), &st) != 0) {
       throw Refusal{grpc::StatusCode::FAILED_PRECONDITION, "Save: cannot stat " + path + " after writing it"};
@@ -374,13 +384,7 @@ class PsService final : public ParameterServer::CallbackService {
   int restore(const std::string& path) {
     MESHRT_CHECK_ARG(!path.empty(), "Restore: an empty path");
     std::lock_guard<std::mutex> checkpoint(checkpoint_mu_);
-    io::SafetensorsHeader header;
-    try {
-      header = io::read_safetensors_header(path);
-    } catch (const Error& e) {
-      if (e.kind() != ErrorKind::kUnavailable) throw;
-      throw Refusal{grpc::StatusCode::FAILED_PRECONDITION, "Restore: " + e.message()};
-    }
+    io::SafetensorsHeader header = io::read_safetensors_header(path);
     auto meta = header.metadata.find(kOptimizersKey);
     MESHRT_CHECK_ARG(meta != header.metadata.end(), "Restore: ", path,
                      " is not a parameter server's checkpoint (no \"", kOptimizersKey, "\" metadata)");
