@@ -151,4 +151,29 @@ DeviceTensor Adam::update(const DeviceTensor& value, const DeviceTensor& grad, s
   return k::sub(value, k::div(k::scale(slots[0], lr_t), k::add_scalar(k::sqrt(slots[1]), epsilon_)));
 }
 
+// ---------------------------------------------------------------------------
+
+void Optimizer::set_slots(const Parameter& parameter, std::vector<DeviceTensor> slots) {
+  if (slots.empty()) {
+    state_.erase(&parameter);
+    return;
+  }
+  MESHRT_CHECK_ARG(static_cast<int>(slots.size()) == slot_count(), "optimizer: parameter ", parameter.name(),
+                   ": ", slots.size(), " slots given, the optimizer keeps ", slot_count());
+  const DeviceTensor& value = parameter.value();
+  for (size_t k = 0; k < slots.size(); ++k) {
+    MESHRT_CHECK_SHAPE(slots[k].defined() && slots[k].shape() == value.shape() && slots[k].dtype() == value.dtype() &&
+                           slots[k].device() == value.device(),
+                       "optimizer: parameter ", parameter.name(), ": slot ", k, " ",
+                       slots[k].defined() ? slots[k].description() : std::string("undefined"), " does not fit ",
+                       value.description());
+  }
+  state_[&parameter] = std::move(slots);
+}
+
+void Optimizer::set_iterations(int64_t iterations) {
+  MESHRT_CHECK_ARG(iterations >= 0, "optimizer: iterations ", iterations, " must be >= 0");
+  iterations_ = iterations;
+}
+
 }  // namespace meshrt::training

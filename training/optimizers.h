@@ -65,6 +65,14 @@ class Optimizer {
   // the class documents.
   const std::vector<DeviceTensor>& slots(const Parameter& parameter) const;
 
+  // Restoring a checkpoint (a parameter server's, cluster/ps_server.h): the
+  // slots a parameter has per update (the class's count), its slots (that
+  // many tensors of its value's shape and dtype and device, in the order the
+  // class documents; none: as before its first update), and the steps taken.
+  int num_slots() const { return slot_count(); }
+  void set_slots(const Parameter& parameter, std::vector<DeviceTensor> slots);
+  void set_iterations(int64_t iterations);
+
  protected:
   virtual int slot_count() const = 0;
   // The new value of rows of a parameter (all of it, or the rows of a sparse

@@ -1,0 +1,148 @@
+#include "cluster/ps_client.h"
+
+#include <utility>
+
+#include "cluster/wire.h"
+#include "device/error.h"
+#include "rpc/client.h"
+#include "rpc/status.h"
+
+namespace meshrt::cluster {
+
+PsClient::PsClient(int index, std::string address, PsClientOptions options)
+    : index_(index), address_(std::move(address)), options_(options) {
+  MESHRT_CHECK_ARG(options_.timeout.count() > 0, "PsClient: ps ", index_, ": timeout must be > 0 ms");
+  stub_ = ParameterServer::NewStub(rpc::make_channel(address_, options_.max_message_bytes));
+}
+
+std::string PsClient::describe() const { return meshrt::detail::cat("ps ", index_, " (", address_, ")"); }
+
+void PsClient::prepare(grpc::ClientContext& context) const { rpc::set_timeout(context, options_.timeout); }
+
+void PsClient::fail(const char* method, const grpc::Status& status) const {
+  const grpc::StatusCode code = status.error_code();
+  // Gone, unreachable or too slow: the caller may retry elsewhere or later
+  // (a worker's step goes to another worker; a restarted server is restored).
+  if (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+      code == grpc::StatusCode::CANCELLED) {
+    throw Error(ErrorKind::kUnavailable, meshrt::detail::cat(describe(), " is unavailable: ", method, ": ",
+                                                     rpc::code_name(code), ": ", status.error_message()));
+  }
+  throw Error(ErrorKind::kInvalidArgument, meshrt::detail::cat(describe(), " refused ", method, " (", rpc::code_name(code),
+                                                       "): ", status.error_message()));
+}
+
+bool PsClient::create_variable(const std::string& name, const HostTensor& initial, const OptimizerConfig& optimizer) {
+  CreateVariableRequest request;
+  request.set_name(name);
+  put_tensor(request.mutable_initial(), initial);
+  *request.mutable_optimizer() = optimizer;
+  CreateVariableResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->CreateVariable(&context, request, &response);
+  if (!status.ok()) fail("CreateVariable", status);
+  return response.created();
+}
+
+std::vector<HostTensor> PsClient::read(const std::vector<std::string>& names) {
+  ReadRequest request;
+  for (const std::string& name : names) request.add_names(name);
+  ReadResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->Read(&context, request, &response);
+  if (!status.ok()) fail("Read", status);
+  MESHRT_CHECK(static_cast<size_t>(response.values_size()) == names.size(), ErrorKind::kInternal, describe(),
+               ": Read answered ", response.values_size(), " values for ", names.size(), " names");
+  std::vector<HostTensor> values;
+  for (size_t i = 0; i < names.size(); ++i) {
+    values.push_back(get_tensor(response.values(static_cast<int>(i)), describe() + ": the value of " + names[i]));
+  }
+  return values;
+}
+
+HostTensor PsClient::read_rows(const std::string& name, const std::vector<int64_t>& ids) {
+  ReadRowsRequest request;
+  request.set_name(name);
+  for (int64_t id : ids) request.add_ids(id);
+  ReadRowsResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->ReadRows(&context, request, &response);
+  if (!status.ok()) fail("ReadRows", status);
+  return get_tensor(response.rows(), describe() + ": rows of " + name);
+}
+
+ApplyResult PsClient::apply(int64_t step_id, const std::vector<GradientUpdate>& gradients) {
+  ApplyRequest request;
+  request.set_step_id(step_id);
+  for (const GradientUpdate& g : gradients) {
+    Gradient* out = request.add_gradients();
+    out->set_name(g.name);
+    if (g.dense.defined()) put_tensor(out->mutable_dense(), g.dense);
+    for (int64_t id : g.ids) out->add_ids(id);
+    if (g.rows.defined()) put_tensor(out->mutable_rows(), g.rows);
+  }
+  ApplyResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->Apply(&context, request, &response);
+  if (!status.ok()) fail("Apply", status);
+  return {response.applied(), response.duplicates()};
+}
+
+int64_t PsClient::save(const std::string& path) {
+  SaveRequest request;
+  request.set_path(path);
+  SaveResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->Save(&context, request, &response);
+  if (!status.ok()) fail("Save", status);
+  return response.bytes();
+}
+
+int PsClient::restore(const std::string& path) {
+  RestoreRequest request;
+  request.set_path(path);
+  RestoreResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->Restore(&context, request, &response);
+  if (!status.ok()) fail("Restore", status);
+  return response.variables();
+}
+
+StatusResponse PsClient::status() {
+  StatusRequest request;
+  StatusResponse response;
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = stub_->Status(&context, request, &response);
+  if (!status.ok()) fail("Status", status);
+  return response;
+}
+
+std::unique_ptr<training::Optimizer> make_optimizer(const OptimizerConfig& config) {
+  // Keras's defaults for the fields a config leaves 0 (proto3 cannot tell 0
+  // from unset; a rate, rho, beta or epsilon of exactly 0 is not a useful one).
+  auto or_default = [](double value, double fallback) { return value == 0 ? fallback : value; };
+  const std::string& kind = config.kind();
+  if (kind == "sgd") {
+    return std::make_unique<training::SGD>(or_default(config.learning_rate(), 0.01), config.momentum());
+  }
+  if (kind == "rmsprop") {
+    return std::make_unique<training::RMSprop>(or_default(config.learning_rate(), 0.001), or_default(config.rho(), 0.9),
+                                               or_default(config.epsilon(), 1e-7));
+  }
+  if (kind == "adam") {
+    return std::make_unique<training::Adam>(or_default(config.learning_rate(), 0.001),
+                                            or_default(config.beta1(), 0.9), or_default(config.beta2(), 0.999),
+                                            or_default(config.epsilon(), 1e-7));
+  }
+  throw Error(ErrorKind::kInvalidArgument,
+              "optimizer \"" + kind + "\" is not one a parameter server applies (sgd, rmsprop, adam)");
+}
+
+}  // namespace meshrt::cluster
