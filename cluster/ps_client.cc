@@ -12,7 +12,9 @@ namespace meshrt::cluster {
 PsClient::PsClient(int index, std::string address, PsClientOptions options)
     : index_(index), address_(std::move(address)), options_(options) {
   MESHRT_CHECK_ARG(options_.timeout.count() > 0, "PsClient: ps ", index_, ": timeout must be > 0 ms");
-  stub_ = ParameterServer::NewStub(rpc::make_channel(address_, options_.max_message_bytes));
+  // Reconnects within a second of a restarted server coming back.
+  stub_ = ParameterServer::NewStub(
+      rpc::make_channel(address_, options_.max_message_bytes, false, std::chrono::milliseconds(1000)));
 }
 
 std::string PsClient::describe() const { return meshrt::detail::cat("ps ", index_, " (", address_, ")"); }

@@ -1,0 +1,149 @@
+#include "cluster/checkpoint.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "device/error.h"
+#include "io/file.h"
+#include "io/json_limits.h"
+
+namespace meshrt::cluster {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string join(const std::string& a, const std::string& b) { return a + "/" + b; }
+
+// Writes text to path atomically: a temporary file, fsync, rename, the folder synced.
+void write_atomically(const std::string& path, const std::string& text) {
+  const std::string temp = path + ".partial";
+  {
+    io::File file(temp, O_WRONLY | O_CREAT | O_TRUNC);
+    file.write_at(text.data(), text.size(), 0);
+    file.sync();
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) io::io_error("cannot commit", path);
+  io::sync_directory(fs::path(path).parent_path().string());
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  MESHRT_CHECK_ARG(static_cast<bool>(in), "cannot read ", path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+std::string CheckpointInfo::ps_file(int i) const { return join(path, "ps-" + std::to_string(i) + ".safetensors"); }
+
+CheckpointManager::CheckpointManager(std::string directory, int max_to_keep)
+    : directory_(std::move(directory)), max_to_keep_(max_to_keep) {
+  MESHRT_CHECK_ARG(!directory_.empty(), "CheckpointManager: no directory");
+  MESHRT_CHECK_ARG(max_to_keep >= 1, "CheckpointManager: max_to_keep must be >= 1, got ", max_to_keep);
+  std::error_code ec;
+  fs::create_directories(directory_, ec);
+  MESHRT_CHECK(!ec, ErrorKind::kUnavailable, "cannot create the checkpoint folder ", directory_, ": ", ec.message());
+}
+
+CheckpointInfo CheckpointManager::read_info(const std::string& name) const {
+  const std::string path = join(join(directory_, name), "checkpoint.json");
+  json j;
+  try {
+    j = io::json_limits::parse(read_text(path));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, path + " is not JSON: " + e.what());
+  }
+  MESHRT_CHECK_ARG(j.is_object() && j.contains("step") && j["step"].is_number_integer() && j.contains("num_ps") &&
+                       j["num_ps"].is_number_integer(),
+                   path, " needs an integer \"step\" and \"num_ps\"");
+  CheckpointInfo info;
+  info.step = j["step"].get<int64_t>();
+  info.num_ps = j["num_ps"].get<int>();
+  info.path = join(directory_, name);
+  info.extra = j.contains("extra") ? j["extra"].dump() : "{}";
+  return info;
+}
+
+std::vector<CheckpointInfo> CheckpointManager::all() const {
+  const std::string index = join(directory_, "checkpoint");
+  if (!fs::exists(index)) return {};
+  json j;
+  try {
+    j = io::json_limits::parse(read_text(index));
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, index + " is not JSON: " + e.what());
+  }
+  MESHRT_CHECK_ARG(j.is_object() && j.contains("all") && j["all"].is_array(), index,
+                   " needs \"all\", a list of checkpoint names");
+  std::vector<CheckpointInfo> out;
+  for (const json& name : j["all"]) {
+    MESHRT_CHECK_ARG(name.is_string(), index, ": a checkpoint name is not a string");
+    out.push_back(read_info(name.get<std::string>()));
+  }
+  return out;
+}
+
+std::optional<CheckpointInfo> CheckpointManager::latest() const {
+  std::vector<CheckpointInfo> kept = all();
+  if (kept.empty()) return std::nullopt;
+  return kept.back();
+}
+
+CheckpointInfo CheckpointManager::save(std::vector<PsClient>& ps, int64_t step, const std::string& extra) {
+  MESHRT_CHECK_ARG(step >= 0, "CheckpointManager::save: step ", step, " < 0");
+  json extra_json;
+  try {
+    extra_json = io::json_limits::parse(extra);
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("CheckpointManager::save: extra is not JSON: ") + e.what());
+  }
+  const std::string name = "ckpt-" + std::to_string(step);
+  CheckpointInfo info;
+  info.step = step;
+  info.path = join(directory_, name);
+  info.num_ps = static_cast<int>(ps.size());
+  info.extra = extra_json.dump();
+  std::error_code ec;
+  fs::create_directories(info.path, ec);
+  MESHRT_CHECK(!ec, ErrorKind::kUnavailable, "cannot create ", info.path, ": ", ec.message());
+  for (PsClient& server : ps) server.save(info.ps_file(server.index()));
+  json record = {{"step", step}, {"num_ps", info.num_ps}, {"extra", extra_json}};
+  write_atomically(join(info.path, "checkpoint.json"), record.dump());
+
+  std::vector<CheckpointInfo> kept = all();
+  std::vector<std::string> names;
+  for (const CheckpointInfo& c : kept) {
+    if (c.path != info.path) names.push_back(fs::path(c.path).filename().string());
+  }
+  names.push_back(name);
+  std::vector<std::string> dropped;
+  while (static_cast<int>(names.size()) > max_to_keep_) {
+    dropped.push_back(names.front());
+    names.erase(names.begin());
+  }
+  write_atomically(join(directory_, "checkpoint"), json{{"latest", name}, {"all", names}}.dump());
+  // Only after the index no longer names them.
+  for (const std::string& d : dropped) fs::remove_all(join(directory_, d), ec);
+  return info;
+}
+
+void CheckpointManager::restore(std::vector<PsClient>& ps, const CheckpointInfo& info) const {
+  MESHRT_CHECK_ARG(static_cast<int>(ps.size()) == info.num_ps, "checkpoint ", info.path, " was saved by ",
+                   info.num_ps, " parameter servers; the cluster has ", ps.size());
+  for (PsClient& server : ps) server.restore(info.ps_file(server.index()));
+}
+
+}  // namespace meshrt::cluster
