@@ -14,16 +14,6 @@ namespace {
 using training::Activation;
 using training::Dense;
 
-// The order of pass p over n examples, reshuffled each pass (tf.data's
-// shuffle(n) with reshuffle_each_iteration, seeded).
-std::vector<int64_t> pass_order(int64_t n, uint64_t seed, int64_t pass) {
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(pass));
-  std::shuffle(order.begin(), order.end(), rng);
-  return order;
-}
-
 // Rows of a host table picked by index, as a device tensor of dtype.
 DeviceTensor gather_rows(const std::vector<double>& table, int64_t width, const std::vector<int64_t>& rows,
                          DType dtype, const Device& device) {
@@ -43,30 +33,28 @@ std::vector<double> uniform(int64_t n, std::mt19937_64& rng, double lo = 0, doub
   return v;
 }
 
+std::pair<DeviceTensor, DeviceTensor> on_device(const ExampleData& d, const Device& device) {
+  return {to_device(d.inputs, device), to_device(d.targets, device)};
+}
+
 TrainingExample regression(const TrainingExampleOptions& o, const Device& device) {
   TrainingExample ex;
   ex.name = "regression";
   ex.batch = o.batch > 0 ? o.batch : 64;
   double lr = o.learning_rate > 0 ? o.learning_rate : 0.01;
-  ex.model = std::make_unique<training::Sequential>();
-  ex.model->emplace<Dense>(Dense::glorot(10, 10, Activation::kNone, o.dtype, device, o.seed));
+  ex.model = regression_model(o, device);
   ex.optimizer = std::make_unique<training::SGD>(lr);
   ex.loss = training::mean_squared_error;
   ex.description = "Dense(10) on 10 random examples, SGD (" + std::to_string(lr) + "), MSE, global batch " +
                    std::to_string(ex.batch);
-  std::mt19937_64 rng(o.seed + 17);
-  std::vector<double> x = uniform(100, rng), y = uniform(10, rng);
-  // The target of each example repeated over the 10 outputs.
-  std::vector<double> targets;
-  for (double v : y) targets.insert(targets.end(), 10, v);
+  ExampleData data = regression_data(o.seed, o.dtype);
   int64_t batch = ex.batch;
   uint64_t seed = o.seed;
-  DType dtype = o.dtype;
-  ex.batch_of = [x, targets, batch, seed, dtype, device](int64_t step) {
+  ex.batch_of = [data, batch, seed, device](int64_t step) {
     // shuffle(10).repeat().batch(batch): one stream of shuffled passes.
     std::vector<int64_t> rows;
     for (int64_t k = step * batch; k < (step + 1) * batch; ++k) rows.push_back(pass_order(10, seed, k / 10)[k % 10]);
-    return std::make_pair(gather_rows(x, 10, rows, dtype, device), gather_rows(targets, 10, rows, dtype, device));
+    return on_device(pick_rows(data, rows), device);
   };
   return ex;
 }
@@ -77,56 +65,23 @@ TrainingExample avenger(const TrainingExampleOptions& o, const Device& device) {
   ex.classifier = true;
   ex.batch = o.batch > 0 ? o.batch : 32;
   double lr = o.learning_rate > 0 ? o.learning_rate : 0.1;
-  const std::vector<std::string> heroes{"avenger", "ironman", "batman", "hulk", "spiderman", "kingkong",
-                                        "wonder_woman"};
-  training::StringLookup features(heroes);  // 1 OOV id (0), heroes 1..7
-  training::StringLookupOptions no_oov;
-  no_oov.num_oov_indices = 0;
-  training::StringLookup labels({"yes", "no"}, no_oov);
-  // feature_and_label_gen(200): random.sample(heroes, 3), "yes" if "avenger" is among them.
-  std::mt19937_64 rng(o.seed + 29);
-  std::vector<double> ids, targets;
-  for (int i = 0; i < 200; ++i) {
-    std::vector<std::string> pick = heroes;
-    std::shuffle(pick.begin(), pick.end(), rng);
-    pick.resize(3);
-    bool yes = std::find(pick.begin(), pick.end(), "avenger") != pick.end();
-    for (const std::string& s : pick) ids.push_back(static_cast<double>(features.lookup(s)));
-    targets.push_back(static_cast<double>(labels.lookup(yes ? "yes" : "no")));
-  }
-  ex.model = std::make_unique<training::Sequential>();
-  ex.model->emplace<training::Embedding>(
-      training::Embedding::uniform(features.vocabulary_size(), o.embedding_dim, o.dtype, device, o.seed));
-  ex.model->emplace<training::Mean>(1);
-  // The sigmoid is folded into the loss: Keras computes the binary
-  // cross-entropy of a Dense(sigmoid) output from its logits (it finds the
-  // Sigmoid op under the output), so a saturated prediction keeps its
-  // gradient; from clamped probabilities it would be 0 and RMSprop's first
-  // steps (lr / sqrt(1 - rho) = 0.32 per weight) saturate it. Accuracy
-  // thresholds the logit at 0 (the probability at 0.5).
-  ex.model->emplace<Dense>(Dense::glorot(o.embedding_dim, 1, Activation::kNone, o.dtype, device, o.seed + 1));
+  ex.model = avenger_model(o, device);
   ex.optimizer = std::make_unique<training::RMSprop>(lr);
   ex.loss = training::binary_cross_entropy_with_logits;
   ex.accuracy_threshold = 0.0;
-  ex.description = "StringLookup -> Embedding(" + std::to_string(features.vocabulary_size()) + ", " +
-                   std::to_string(o.embedding_dim) + ") -> mean -> Dense(1, sigmoid) on 200 examples, RMSprop (" +
-                   std::to_string(lr) + "), binary cross-entropy, batches of " + std::to_string(ex.batch);
+  ex.description = "StringLookup -> Embedding(8, " + std::to_string(o.embedding_dim) +
+                   ") -> mean -> Dense(1, sigmoid) on 200 examples, RMSprop (" + std::to_string(lr) +
+                   "), binary cross-entropy, batches of " + std::to_string(ex.batch);
+  ExampleData data = avenger_data(o.seed, o.dtype);
   int64_t batch = ex.batch;
   int64_t per_pass = (200 + batch - 1) / batch;
   uint64_t seed = o.seed;
-  DType dtype = o.dtype;
-  ex.batch_of = [ids, targets, batch, per_pass, seed, dtype, device](int64_t step) {
+  ex.batch_of = [data, batch, per_pass, seed, device](int64_t step) {
     // shuffle(200).batch(batch).repeat(): each pass reshuffled, its last batch short.
     int64_t pass = step / per_pass, first = (step % per_pass) * batch;
     std::vector<int64_t> order = pass_order(200, seed, pass);
     std::vector<int64_t> rows(order.begin() + first, order.begin() + std::min<int64_t>(first + batch, 200));
-    std::vector<int64_t> id_values;
-    for (int64_t r : rows) {
-      for (int j = 0; j < 3; ++j) id_values.push_back(static_cast<int64_t>(ids[r * 3 + j]));
-    }
-    DeviceTensor x = to_device(
-        HostTensor::from_vector(id_values, Shape{static_cast<int64_t>(rows.size()), 3}), device);
-    return std::make_pair(x, gather_rows(targets, 1, rows, dtype, device));
+    return on_device(pick_rows(data, rows), device);
   };
   return ex;
 }
@@ -159,6 +114,75 @@ TrainingExample mlp(const TrainingExampleOptions& o, const Device& device) {
 }
 
 }  // namespace
+
+std::vector<int64_t> pass_order(int64_t n, uint64_t seed, int64_t pass) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(pass));
+  std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
+ExampleData regression_data(uint64_t seed, DType dtype) {
+  std::mt19937_64 rng(seed + 17);
+  std::vector<double> x = uniform(100, rng), y = uniform(10, rng);
+  std::vector<double> targets;
+  for (double v : y) targets.insert(targets.end(), 10, v);
+  return {cast_host(HostTensor::from_vector(x, Shape{10, 10}), dtype),
+          cast_host(HostTensor::from_vector(targets, Shape{10, 10}), dtype)};
+}
+
+ExampleData avenger_data(uint64_t seed, DType dtype, int n) {
+  MESHRT_CHECK_ARG(n >= 1, "avenger_data: ", n, " examples");
+  const std::vector<std::string> heroes{"avenger", "ironman", "batman", "hulk", "spiderman", "kingkong",
+                                        "wonder_woman"};
+  training::StringLookup features(heroes);  // 1 OOV id (0), heroes 1..7
+  training::StringLookupOptions no_oov;
+  no_oov.num_oov_indices = 0;
+  training::StringLookup labels({"yes", "no"}, no_oov);
+  // feature_and_label_gen(n): random.sample(heroes, 3), "yes" if "avenger" is among them.
+  std::mt19937_64 rng(seed + 29);
+  std::vector<std::string> strings, answers;
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> pick = heroes;
+    std::shuffle(pick.begin(), pick.end(), rng);
+    pick.resize(3);
+    bool yes = std::find(pick.begin(), pick.end(), "avenger") != pick.end();
+    strings.insert(strings.end(), pick.begin(), pick.end());
+    answers.push_back(yes ? "yes" : "no");
+  }
+  return {to_host(features(strings, Shape{n, 3})),
+          cast_host(to_host(labels(answers, Shape{n, 1})), dtype)};
+}
+
+ExampleData pick_rows(const ExampleData& data, const std::vector<int64_t>& rows) {
+  std::vector<HostTensor> in, out;
+  for (int64_t r : rows) {
+    in.push_back(data.inputs.narrow(r, 1));
+    out.push_back(data.targets.narrow(r, 1));
+  }
+  return {concat_rows(in), concat_rows(out)};
+}
+
+std::unique_ptr<training::Sequential> regression_model(const TrainingExampleOptions& o, const Device& device) {
+  auto model = std::make_unique<training::Sequential>();
+  model->emplace<Dense>(Dense::glorot(10, 10, Activation::kNone, o.dtype, device, o.seed));
+  return model;
+}
+
+std::unique_ptr<training::Sequential> avenger_model(const TrainingExampleOptions& o, const Device& device) {
+  auto model = std::make_unique<training::Sequential>();
+  model->emplace<training::Embedding>(training::Embedding::uniform(8, o.embedding_dim, o.dtype, device, o.seed));
+  model->emplace<training::Mean>(1);
+  // The sigmoid is folded into the loss: Keras computes the binary
+  // cross-entropy of a Dense(sigmoid) output from its logits (it finds the
+  // Sigmoid op under the output), so a saturated prediction keeps its
+  // gradient; from clamped probabilities it would be 0 and RMSprop's first
+  // steps (lr / sqrt(1 - rho) = 0.32 per weight) saturate it. Accuracy
+  // thresholds the logit at 0 (the probability at 0.5).
+  model->emplace<Dense>(Dense::glorot(o.embedding_dim, 1, Activation::kNone, o.dtype, device, o.seed + 1));
+  return model;
+}
 
 const std::vector<std::string>& training_example_names() {
   static const std::vector<std::string> names{"regression", "avenger", "mlp"};

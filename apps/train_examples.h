@@ -59,6 +59,27 @@ struct TrainingExample {
   std::function<std::pair<DeviceTensor, DeviceTensor>(int64_t step)> batch_of;
 };
 
+// The seed's data on the host, one example per row.
+struct ExampleData {
+  HostTensor inputs, targets;
+};
+// regression: inputs [10, 10] uniform in [0, 1) of dtype, targets [10, 10]
+// (each example's uniform target repeated over the 10 outputs).
+ExampleData regression_data(uint64_t seed, DType dtype);
+// avenger: n examples, inputs i64 [n, 3] (StringLookup ids of 3 distinct
+// heroes), targets [n, 1] of dtype (the label's id: 0 "yes", 1 "no").
+ExampleData avenger_data(uint64_t seed, DType dtype, int n = 200);
+// The rows of data picked by index (host copies).
+ExampleData pick_rows(const ExampleData& data, const std::vector<int64_t>& rows);
+// The order of pass `pass` over n examples: shuffled, reshuffled each pass
+// (tf.data's shuffle(n) with reshuffle_each_iteration), seeded.
+std::vector<int64_t> pass_order(int64_t n, uint64_t seed, int64_t pass);
+// The seed's models with their initial values from options.seed:
+// regression Dense(10); avenger Embedding(8, embedding_dim) -> mean ->
+// Dense(1) giving the logit (the sigmoid is in the loss, as Keras computes it).
+std::unique_ptr<training::Sequential> regression_model(const TrainingExampleOptions& options, const Device& device);
+std::unique_ptr<training::Sequential> avenger_model(const TrainingExampleOptions& options, const Device& device);
+
 // "regression", "avenger" or "mlp"; throws Error(kInvalidArgument) otherwise.
 TrainingExample make_training_example(const std::string& name, const TrainingExampleOptions& options,
                                       const Device& device);

@@ -11,6 +11,7 @@
 #include "device/error.h"
 #include "io/file.h"
 #include "io/json_limits.h"
+#include "io/safetensors.h"
 
 namespace meshrt::cluster {
 
@@ -138,6 +139,28 @@ CheckpointInfo CheckpointManager::save(std::vector<PsClient>& ps, int64_t step, 
   // Only after the index no longer names them.
   for (const std::string& d : dropped) fs::remove_all(join(directory_, d), ec);
   return info;
+}
+
+std::map<std::string, HostTensor> CheckpointManager::read_values(const CheckpointInfo& info) const {
+  std::map<std::string, HostTensor> out;
+  for (int i = 0; i < info.num_ps; ++i) {
+    const std::string path = info.ps_file(i);
+    io::SafetensorsHeader header = io::read_safetensors_header(path);
+    auto it = header.metadata.find("meshrt.ps.optimizers");
+    MESHRT_CHECK_ARG(it != header.metadata.end(), path, " is not a parameter server's checkpoint (no meshrt.ps.optimizers)");
+    json variables = io::json_limits::parse(it->second);
+    MESHRT_CHECK_ARG(variables.is_object(), path, ": meshrt.ps.optimizers is not an object");
+    io::File file(path, O_RDONLY);
+    for (const auto& [name, _] : variables.items()) {
+      const io::SafetensorsEntry& e = header.find(name);
+      HostTensor t = HostTensor::empty(e.shape, e.dtype);
+      MESHRT_CHECK_ARG(e.end - e.begin == t.nbytes(), path, ": ", name, " has ", e.end - e.begin, " bytes, not ",
+                       t.nbytes());
+      if (t.nbytes() > 0) file.read_at(t.raw_data(), t.nbytes(), header.data_start + e.begin);
+      out.emplace(name, std::move(t));
+    }
+  }
+  return out;
 }
 
 void CheckpointManager::restore(std::vector<PsClient>& ps, const CheckpointInfo& info) const {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,6 +51,11 @@ class CheckpointManager {
   std::vector<CheckpointInfo> all() const;
   // Each server restores its file of info (there must be as many servers as it was saved with).
   void restore(std::vector<PsClient>& ps, const CheckpointInfo& info) const;
+
+  // The variables' values in a checkpoint, by shard name, read from the
+  // servers' files here (no server needed: the sidecar evaluator's way);
+  // optimizer slots and bookkeeping left out.
+  std::map<std::string, HostTensor> read_values(const CheckpointInfo& info) const;
 
   // Reads <directory>/ckpt-<step>/checkpoint.json; throws Error(kInvalidArgument) when absent or malformed.
   CheckpointInfo read_info(const std::string& name) const;
