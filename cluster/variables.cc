@@ -1,7 +1,6 @@
 #include "cluster/variables.h"
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 #include <set>
 
@@ -162,33 +161,46 @@ int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id) {
     bool has_sparse = !p.sparse_grads().empty(), has_dense = p.grad().defined();
     if (!has_sparse && !has_dense) continue;
     if (v.sparse && !has_dense) {
-      // Every part's ids and rows, cut by shard (repeated ids are sent as
-      // they are: the server's sparse update adds them up).
+      // Every part's rows, repeated ids summed here (on the device: a batch
+      // looks a row up many times, and only the distinct rows need to
+      // travel), then cut by shard.
       std::vector<int64_t> ids;
-      std::vector<HostTensor> row_parts;
+      std::vector<DeviceTensor> row_parts;
       for (const training::SparseGrad& g : p.sparse_grads()) {
         HostTensor gi = to_host(g.ids);
         ids.insert(ids.end(), gi.data<int64_t>(), gi.data<int64_t>() + gi.numel());
-        row_parts.push_back(to_host(g.rows));
+        row_parts.push_back(g.rows);
       }
-      HostTensor rows = row_parts.size() == 1 ? row_parts[0] : concat_rows(row_parts);
-      const size_t row_bytes = rows.nbytes() / std::max<size_t>(1, ids.size());
+      std::map<int64_t, int64_t> slot;  // id -> its row among the distinct ids (ascending)
+      for (int64_t id : ids) slot.emplace(id, 0);
+      std::vector<int64_t> distinct;
+      for (auto& [id, k] : slot) {
+        k = static_cast<int64_t>(distinct.size());
+        distinct.push_back(id);
+      }
+      std::vector<int64_t> inverse;
+      for (int64_t id : ids) inverse.push_back(slot.at(id));
+      DeviceTensor all_rows = row_parts.size() == 1 ? row_parts[0] : kernels::concat(row_parts, 0);
+      DeviceTensor merged = DeviceTensor::zeros(all_rows.shape().with(0, static_cast<int64_t>(distinct.size())),
+                                                all_rows.dtype(), all_rows.device());
+      kernels::index_add(merged, 0,
+                         to_device(HostTensor::from_vector(inverse, Shape{static_cast<int64_t>(inverse.size())}),
+                                   all_rows.device()),
+                         all_rows);
+      HostTensor rows = to_host(merged);
       for (const VariableShard& s : v.shards) {
         GradientUpdate u;
         u.name = s.name;
         std::vector<size_t> picked;
-        for (size_t j = 0; j < ids.size(); ++j) {
-          if (ids[j] >= s.row_begin && ids[j] < s.row_begin + s.rows) {
+        for (size_t j = 0; j < distinct.size(); ++j) {
+          if (distinct[j] >= s.row_begin && distinct[j] < s.row_begin + s.rows) {
             picked.push_back(j);
-            u.ids.push_back(ids[j] - s.row_begin);
+            u.ids.push_back(distinct[j] - s.row_begin);
           }
         }
         if (picked.empty()) continue;
-        u.rows = HostTensor::empty(rows.shape().with(0, static_cast<int64_t>(picked.size())), rows.dtype());
-        for (size_t k = 0; k < picked.size(); ++k) {
-          std::memcpy(static_cast<char*>(u.rows.raw_data()) + k * row_bytes,
-                      static_cast<const char*>(rows.raw_data()) + picked[k] * row_bytes, row_bytes);
-        }
+        // The distinct ids are ascending, so a shard's rows are consecutive.
+        u.rows = rows.narrow(static_cast<int64_t>(picked.front()), static_cast<int64_t>(picked.size())).clone();
         bytes += static_cast<int64_t>(u.rows.nbytes() + u.ids.size() * sizeof(int64_t));
         updates[s.ps].push_back(std::move(u));
       }

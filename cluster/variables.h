@@ -82,7 +82,8 @@ class RemoteModel {
   // are stale and not read). One Read per server for the dense ones.
   void pull(std::vector<PsClient>& ps, const HostTensor& ids);
   // Sends the gradients (to the host first) for step_id: dense ones cut by
-  // shard rows, sparse ones merged by id and cut by shard; then clears them.
+  // shard rows, sparse ones with repeated ids summed (on the device) and cut
+  // by shard; then clears them.
   // Returns the gradient bytes sent.
   int64_t push(std::vector<PsClient>& ps, int64_t step_id);
 

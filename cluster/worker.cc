@@ -33,23 +33,10 @@ void FunctionRegistry::add_function(const std::string& name, StepFunction functi
                    "\" is registered already");
 }
 
-void FunctionRegistry::add_dataset(const std::string& name, DatasetFunction function) {
-  MESHRT_CHECK_ARG(function != nullptr, "FunctionRegistry: dataset \"", name, "\" is empty");
-  MESHRT_CHECK_ARG(datasets_.emplace(name, std::move(function)).second, "FunctionRegistry: dataset \"", name,
-                   "\" is registered already");
-}
-
 const StepFunction& FunctionRegistry::function(const std::string& name) const {
   auto it = functions_.find(name);
   MESHRT_CHECK_ARG(it != functions_.end(), "no step function \"", name, "\" in this binary (registered: ",
                    names_of(functions_), ")");
-  return it->second;
-}
-
-const DatasetFunction& FunctionRegistry::dataset(const std::string& name) const {
-  auto it = datasets_.find(name);
-  MESHRT_CHECK_ARG(it != datasets_.end(), "no dataset \"", name, "\" in this binary (registered: ",
-                   names_of(datasets_), ")");
   return it->second;
 }
 
@@ -59,20 +46,16 @@ std::vector<std::string> FunctionRegistry::function_names() const {
   return out;
 }
 
-WorkerContext::WorkerContext(int worker_index, int num_workers, Device device, std::vector<PsClient> ps,
-                             const FunctionRegistry& registry)
-    : worker_index_(worker_index),
-      num_workers_(num_workers),
-      device_(device),
-      ps_(std::move(ps)),
-      registry_(registry) {}
+WorkerContext::WorkerContext(int worker_index, int num_workers, Device device, std::vector<PsClient> ps)
+    : worker_index_(worker_index), num_workers_(num_workers), device_(device), ps_(std::move(ps)) {}
 
-Dataset& WorkerContext::dataset(const std::string& name) {
-  auto it = datasets_.find(name);
+Dataset& WorkerContext::dataset(const std::string& key, const DatasetFunction& make) {
+  auto it = datasets_.find(key);
   if (it == datasets_.end()) {
-    std::unique_ptr<Dataset> made = registry_.dataset(name)(worker_index_, num_workers_);
-    MESHRT_CHECK_ARG(made != nullptr, "dataset \"", name, "\" made nothing");
-    it = datasets_.emplace(name, std::move(made)).first;
+    MESHRT_CHECK_ARG(make != nullptr, "dataset \"", key, "\": no dataset function");
+    std::unique_ptr<Dataset> made = make(worker_index_, num_workers_);
+    MESHRT_CHECK_ARG(made != nullptr, "dataset \"", key, "\" made nothing");
+    it = datasets_.emplace(key, std::move(made)).first;
   }
   return *it->second;
 }
@@ -85,7 +68,7 @@ class WorkerService final : public Worker::CallbackService {
   WorkerService(int index, const ClusterSpec& cluster, const FunctionRegistry& registry, const WorkerOptions& options)
       : index_(index),
         started_ms_(unix_ms()),
-        context_(index, cluster.num_tasks(TaskType::kWorker), options.device, clients(cluster, options.ps), registry),
+        context_(index, cluster.num_tasks(TaskType::kWorker), options.device, clients(cluster, options.ps)),
         registry_(registry),
         thread_([this] { loop(); }) {}
 

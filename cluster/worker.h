@@ -6,9 +6,9 @@
 //
 // A worker's dataset is created on first use by its dataset function, with
 // the worker's index and the number of workers (each worker reads its own
-// shard), and kept: each step continues where the last one left off. A
-// worker that is restarted creates it again (seed 003's per-worker datasets,
-// recreated when a worker comes back).
+// shard), and kept in the worker's process: each step continues where the
+// last one left off. A worker that is restarted creates it again (seed
+// 003's per-worker datasets, recreated when a worker comes back).
 //
 // Errors in a step: a parameter server that is unavailable (PsClient's
 // Error(kUnavailable)) answers ABORTED naming the server, which the
@@ -53,22 +53,18 @@ class FunctionRegistry {
  public:
   // Throws Error(kInvalidArgument) when the name is taken.
   void add_function(const std::string& name, StepFunction function);
-  void add_dataset(const std::string& name, DatasetFunction function);
   // Throws Error(kInvalidArgument) naming the registered ones when there is no such name.
   const StepFunction& function(const std::string& name) const;
-  const DatasetFunction& dataset(const std::string& name) const;
   std::vector<std::string> function_names() const;
 
  private:
   std::map<std::string, StepFunction> functions_;
-  std::map<std::string, DatasetFunction> datasets_;
 };
 
 // What a step function sees.
 class WorkerContext {
  public:
-  WorkerContext(int worker_index, int num_workers, Device device, std::vector<PsClient> ps,
-                const FunctionRegistry& registry);
+  WorkerContext(int worker_index, int num_workers, Device device, std::vector<PsClient> ps);
   int worker_index() const { return worker_index_; }
   int num_workers() const { return num_workers_; }
   const Device& device() const { return device_; }
@@ -77,8 +73,9 @@ class WorkerContext {
   // The running step's id (the coordinator's; a retried step keeps its id).
   int64_t step_id() const { return step_id_; }
   void set_step_id(int64_t id) { step_id_ = id; }
-  // The worker's dataset of this name, created on first use.
-  Dataset& dataset(const std::string& name);
+  // The worker's dataset under key, made on first use by make(worker_index,
+  // num_workers) (the key names the dataset and its settings).
+  Dataset& dataset(const std::string& key, const DatasetFunction& make);
   // State a program keeps on the worker between steps (its model, say),
   // created on first use by make.
   template <class T>
@@ -97,7 +94,6 @@ class WorkerContext {
   int worker_index_, num_workers_;
   Device device_;
   std::vector<PsClient> ps_;
-  const FunctionRegistry& registry_;
   int64_t step_id_ = -1;
   std::map<std::string, std::unique_ptr<Dataset>> datasets_;
   std::map<std::string, std::shared_ptr<void>> state_;
