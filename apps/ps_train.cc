@@ -191,7 +191,8 @@ int run_chief(const cluster::ClusterSpec& spec, Options o) {
     if (first_loss < 0) first_loss = last_loss;
     std::printf("epoch %d/%d: loss %.6g", epoch + 1, epochs, last_loss);
     if (program.classifier) std::printf(", accuracy %.6f", last_accuracy);
-    std::printf(" (%.1f steps/s, %.2f MB of gradients)\n", steps / seconds, static_cast<double>(totals.bytes) / 1e6);
+    std::printf(" (%.1f steps/s, %.2f MB of gradients, %.1f MB/s to the servers)\n", steps / seconds,
+                static_cast<double>(totals.bytes) / 1e6, static_cast<double>(totals.bytes) / 1e6 / seconds);
     if (manager) {
       cluster::CheckpointInfo saved =
           manager->save(ps, coordinator.next_step_id(), "{\"epoch\": " + std::to_string(epoch + 1) + "}");

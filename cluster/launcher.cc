@@ -19,6 +19,13 @@ extern char** environ;
 
 namespace meshrt::cluster {
 
+namespace {
+
+// A waitpid status as a shell reports it.
+int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
+}  // namespace
+
 int free_port(const std::string& host) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   MESHRT_CHECK(fd >= 0, ErrorKind::kUnavailable, "free_port: socket: ", std::strerror(errno));
@@ -94,6 +101,7 @@ void LocalCluster::start(const TaskId& task, const std::vector<std::string>& arg
   MESHRT_CHECK_ARG(c.pid <= 0, "LocalCluster: ", task.to_string(), " is running already (pid ", c.pid, ")");
   c.argv = argv;
   c.log = log;
+  c.status = -1;
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     if (std::strncmp(*e, "TF_CONFIG=", 10) != 0 && std::strncmp(*e, "MESHRT_EXIT_WITH_PARENT=", 24) != 0) {
@@ -143,6 +151,7 @@ void LocalCluster::kill(const TaskId& task, int signal) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   c.pid = -1;
+  c.status = decode(status);
 }
 
 bool LocalCluster::running(const TaskId& task) {
@@ -151,9 +160,15 @@ bool LocalCluster::running(const TaskId& task) {
   int status = 0;
   if (::waitpid(c.pid, &status, WNOHANG) == c.pid) {
     c.pid = -1;
+    c.status = decode(status);
     return false;
   }
   return true;
+}
+
+int LocalCluster::exit_status(const TaskId& task) {
+  if (running(task)) return -1;
+  return child(task).status;
 }
 
 pid_t LocalCluster::pid(const TaskId& task) const {

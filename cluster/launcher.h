@@ -45,6 +45,9 @@ class LocalCluster {
   // Sends signal and waits (up to 10 s) for it to end; reaps it.
   void kill(const TaskId& task, int signal);
   bool running(const TaskId& task);
+  // How the task's last process ended: its exit code, 128 + the signal that
+  // ended it, or -1 while it runs (or was never started).
+  int exit_status(const TaskId& task);
   // Waits until the task's port accepts a connection; throws Error(kUnavailable)
   // after timeout, or at once when the process ended (with its exit status).
   void wait_ready(const TaskId& task, std::chrono::milliseconds timeout);
@@ -53,6 +56,7 @@ class LocalCluster {
  private:
   struct Child {
     pid_t pid = -1;
+    int status = -1;
     std::vector<std::string> argv;
     std::string log;
   };

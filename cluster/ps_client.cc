@@ -19,7 +19,13 @@ PsClient::PsClient(int index, std::string address, PsClientOptions options)
 
 std::string PsClient::describe() const { return meshrt::detail::cat("ps ", index_, " (", address_, ")"); }
 
-void PsClient::prepare(grpc::ClientContext& context) const { rpc::set_timeout(context, options_.timeout); }
+// wait_for_ready: a call to a server that is restarting (its connection in
+// backoff) waits for it up to the deadline instead of failing at once; a
+// server that stays down is still an error within the deadline.
+void PsClient::prepare(grpc::ClientContext& context) const {
+  rpc::set_timeout(context, options_.timeout);
+  context.set_wait_for_ready(true);
+}
 
 void PsClient::fail(const char* method, const grpc::Status& status) const {
   const grpc::StatusCode code = status.error_code();

@@ -1,7 +1,8 @@
 // A client of one parameter server (rpc/proto/cluster.proto's
 // ParameterServer service), used by workers, the coordinator and the
 // checkpoint manager. Every call has a deadline (PsClientOptions::timeout):
-// a server that died or hangs is an Error within it, never a hang.
+// a server that died or hangs is an Error within it, never a hang; a server
+// that is restarting (its connection in backoff) is waited for within it.
 //
 // Errors: the server unreachable, gone or past the deadline (gRPC
 // UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED) is Error(kUnavailable) whose
