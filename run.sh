@@ -8,6 +8,8 @@
 #   ./run.sh demo-sharding [args]  the sharded MatMul+Neg program (args: meshrt-matmul-neg's)
 #   ./run.sh demo-train    seed 003's two models trained data-parallel on 4 ranks (cpu backend):
 #                          a dense regression (SGD, MSE), then the "avenger" classifier (RMSprop, BCE)
+#   ./run.sh demo-ps       the same two models with parameter-server training: 3 workers and 2 parameter
+#                          servers as processes on this machine, checkpoints and a sidecar evaluator
 #   ./run.sh test [args]   the whole test suite with CTest (args go to ctest, e.g. -L unit)
 #   ./run.sh build         install dependencies, configure and build only
 #   ./run.sh bench         the collectives, GEMM, sharding (and its overlap), transformer prefill, generation, pipeline, training and serving benchmarks and a server's
@@ -170,6 +172,19 @@ case "$command" in
     echo "\$ mpirun -np $ranks $build_dir/apps/meshrt-train --model avenger --min-accuracy 0.95 --device cpu"
     exec mpirun -np "$ranks" "$build_dir/apps/meshrt-train" --model avenger --min-accuracy 0.95 --device cpu
     ;;
+  demo-ps)
+    install_dependencies
+    configure_and_build
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    echo "== meshrt demo: seed 003's dense regression, parameter-server training: 3 workers, 2 parameter servers =="
+    echo "\$ $build_dir/apps/meshrt-ps-train --local-cluster --workers 3 --ps 2 --program regression --expect-falling-loss"
+    "$build_dir/apps/meshrt-ps-train" --local-cluster --workers 3 --ps 2 --program regression --expect-falling-loss
+    echo "== meshrt demo: the avenger classifier, with checkpoints, inline evaluation and a sidecar evaluator =="
+    echo "\$ $build_dir/apps/meshrt-ps-train --local-cluster --workers 3 --ps 2 --program avenger --checkpoint-dir <tmp> --inline-eval --sidecar-evaluator --min-eval-accuracy 0.95"
+    "$build_dir/apps/meshrt-ps-train" --local-cluster --workers 3 --ps 2 --program avenger --checkpoint-dir "$work/checkpoints" \
+      --inline-eval --sidecar-evaluator --min-eval-accuracy 0.95
+    ;;
   test)
     install_dependencies
     configure_and_build
@@ -220,11 +235,13 @@ case "$command" in
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
     # Synchronous data-parallel training steps/s at 1, 2 and 4 ranks, beside one process on the whole batch
     for n in 1 2 4; do record "train-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-train" --device cpu; done
+    # Parameter-server training: 1, 2, 4 workers x 1, 2 servers, update MB/s, beside the data-parallel loop
+    record ps-training bench/ps.sh
     record serving-matmul_neg bench/serving.sh
     record idle-cpu bench/idle_cpu.sh
     ;;
   *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$command" ] || [ "$command" = "-h" ] || [ "$command" = "--help" ] || { say "unknown command '$command'"; exit 2; }
     ;;
 esac
