@@ -117,6 +117,7 @@ std::string run_batch(cluster::WorkerContext& ctx, WorkerProgram& wp, const clus
   wp.remote->pull(ctx.ps(), batch.inputs);
   DeviceTensor x = to_device(batch.inputs, ctx.device()), y = to_device(batch.targets, ctx.device());
   training::Sequential& model = wp.remote->model();
+  model.zero_grad();  // a step that failed before its push left its gradients
   DeviceTensor prediction = model.forward(x);
   training::Loss loss = wp.program.loss(prediction, y);
   int64_t bytes = 0;

@@ -126,6 +126,24 @@ std::vector<cluster::PsClient> ps_clients(const cluster::ClusterSpec& spec, cons
 
 std::string done_marker(const std::string& dir) { return dir + "/training_done"; }
 
+// Whether a checkpoint of `saved` fits `now`: the same variables on the same servers.
+bool same_structure(const ProgramConfig& saved, const ProgramConfig& now) {
+  return saved.program == now.program && saved.embedding_dim == now.embedding_dim &&
+         saved.partitioner == now.partitioner && saved.num_ps == now.num_ps;
+}
+
+// Coordinator::join, with a step's own failure told apart from the
+// cluster's: the cluster's (kUnavailable: exit 4) as it is, a step's as an
+// internal error (exit 1: not the command line's).
+void join(cluster::Coordinator& coordinator) {
+  try {
+    coordinator.join();
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kUnavailable) throw;
+    throw Error(ErrorKind::kInternal, "a step failed: " + e.message());
+  }
+}
+
 int run_chief(const cluster::ClusterSpec& spec, Options o) {
   spec.require_parameter_server_cluster();
   o.program.num_ps = spec.num_tasks(cluster::TaskType::kPs);
@@ -150,39 +168,56 @@ int run_chief(const cluster::ClusterSpec& spec, Options o) {
     std::printf("\n");
   }
 
+  // Every variable is created (a server that has it keeps its value), then
+  // the latest checkpoint, if any, is restored over them.
+  std::vector<training::Parameter*> params = model->parameters();
+  for (size_t i = 0; i < variables.size(); ++i) {
+    cluster::create_variable(ps, variables[i], to_host(params[i]->value()), program.optimizer);
+  }
+  // This run's step ids start above every id an earlier run gave out (its
+  // start time in ms, shifted): a restored server drops the earlier run's
+  // steps still in flight, and applies each of this run's once.
+  const int64_t run_base =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count()
+      << 20;
   std::optional<cluster::CheckpointManager> manager;
-  int64_t start_step = 0;
-  if (!o.checkpoint_dir.empty()) manager.emplace(o.checkpoint_dir, o.max_to_keep);
+  if (!o.checkpoint_dir.empty()) {
+    manager.emplace(o.checkpoint_dir, o.max_to_keep);
+    std::filesystem::remove(done_marker(o.checkpoint_dir));  // an earlier run's
+  }
   int start_epoch = 0;
+  int64_t steps_before = 0;  // training steps of the runs before this one
   std::optional<cluster::CheckpointInfo> latest = manager ? manager->latest() : std::nullopt;
   if (latest) {
-    manager->restore(ps, *latest);
-    start_step = latest->step;
-    start_epoch = static_cast<int>(nlohmann::json::parse(latest->extra).value("epoch", 0));
+    nlohmann::json extra = nlohmann::json::parse(latest->extra);
+    std::string saved = extra.value("config", std::string());
+    MESHRT_CHECK_ARG(saved.empty() || same_structure(ProgramConfig::from_json(saved), config), "checkpoint ",
+                     latest->path, " was saved by another program or layout (", saved, "); this run is ",
+                     config.to_json(), ": use another --checkpoint-dir");
+    manager->restore(ps, *latest, run_base);
+    start_epoch = extra.value("epoch", 0);
+    steps_before = latest->step;
     std::printf("meshrt-ps-train: restored %s (step %lld, after epoch %d)\n", latest->path.c_str(),
                 static_cast<long long>(latest->step), start_epoch);
-  } else {
-    std::vector<training::Parameter*> params = model->parameters();
-    for (size_t i = 0; i < variables.size(); ++i) {
-      cluster::create_variable(ps, variables[i], to_host(params[i]->value()), program.optimizer);
-    }
   }
   std::fflush(stdout);
 
   cluster::CoordinatorOptions coordinator_options;
   coordinator_options.step_timeout = std::chrono::milliseconds(o.step_timeout_ms);
   cluster::Coordinator coordinator(spec, coordinator_options);
-  coordinator.set_next_step_id(start_step);
+  coordinator.set_next_step_id(run_base);
   const std::string args = config.to_json();
   double first_loss = -1, last_loss = 0, last_accuracy = 0, last_eval_accuracy = -1;
   int64_t scheduled_here = 0;
   int64_t last_checkpoint = latest ? latest->step : -1;
+  int64_t steps_done = 0;
   for (int epoch = start_epoch; epoch < epochs; ++epoch) {
     auto start = std::chrono::steady_clock::now();
     std::vector<cluster::RemoteValue> results;
     for (int s = 0; s < steps; ++s) results.push_back(coordinator.schedule(config.program + ".train_step", args));
     scheduled_here += steps;
-    coordinator.join();  // throws the cluster's failure (a parameter server lost)
+    join(coordinator);  // throws the cluster's failure (a parameter server lost)
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     StepTotals totals;
     for (const cluster::RemoteValue& r : results) totals.add(r.fetch());
@@ -193,9 +228,10 @@ int run_chief(const cluster::ClusterSpec& spec, Options o) {
     if (program.classifier) std::printf(", accuracy %.6f", last_accuracy);
     std::printf(" (%.1f steps/s, %.2f MB of gradients, %.1f MB/s to the servers)\n", steps / seconds,
                 static_cast<double>(totals.bytes) / 1e6, static_cast<double>(totals.bytes) / 1e6 / seconds);
+    steps_done += steps;
     if (manager) {
-      cluster::CheckpointInfo saved =
-          manager->save(ps, coordinator.next_step_id(), "{\"epoch\": " + std::to_string(epoch + 1) + "}");
+      nlohmann::json extra = {{"epoch", epoch + 1}, {"config", config.to_json()}};
+      cluster::CheckpointInfo saved = manager->save(ps, steps_before + steps_done, extra.dump());
       last_checkpoint = saved.step;
       std::printf("  checkpoint %s\n", saved.path.c_str());
     }
@@ -203,7 +239,7 @@ int run_chief(const cluster::ClusterSpec& spec, Options o) {
       StepTotals eval;
       std::vector<cluster::RemoteValue> evals;
       for (int s = 0; s < o.eval_steps; ++s) evals.push_back(coordinator.schedule(config.program + ".eval_step", args));
-      coordinator.join();
+      join(coordinator);
       for (const cluster::RemoteValue& r : evals) eval.add(r.fetch());
       last_eval_accuracy = eval.accuracy();
       std::printf("  evaluation: loss %.6g", eval.loss());
@@ -253,9 +289,17 @@ int run_evaluator(Options o, int num_ps) {
   std::set<int64_t> evaluated;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.evaluator_timeout_s);
   for (;;) {
-    std::optional<cluster::CheckpointInfo> latest = manager.latest();
+    std::optional<cluster::CheckpointInfo> latest;
+    StepTotals t;
+    try {
+      latest = manager.latest();
+      if (latest && !evaluated.count(latest->step)) t = evaluate_values(o.program, manager.read_values(*latest));
+    } catch (const Error& e) {
+      // A checkpoint removed (max_to_keep) while it was read: the next poll sees the index as it is now.
+      log::warn(meshrt::detail::cat("evaluator: ", e.message(), "; trying again"));
+      latest.reset();
+    }
     if (latest && !evaluated.count(latest->step)) {
-      StepTotals t = evaluate_values(o.program, manager.read_values(*latest));
       evaluated.insert(latest->step);
       std::printf("evaluator: %s (step %lld): loss %.6g", latest->path.c_str(), static_cast<long long>(latest->step),
                   t.loss());
@@ -272,7 +316,7 @@ int run_evaluator(Options o, int num_ps) {
       in >> last;
       if (last >= 0 && evaluated.count(last)) return 0;
     }
-    MESHRT_CHECK(std::chrono::steady_clock::now() < deadline, ErrorKind::kDeadlineExceeded,
+    MESHRT_CHECK(std::chrono::steady_clock::now() < deadline, ErrorKind::kInternal,
                  "evaluator: no finished training in ", o.checkpoint_dir, " within ", o.evaluator_timeout_s, " s");
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -309,14 +353,23 @@ int run_local_cluster(const Options& o) {
   for (const cluster::TaskId& t : tasks) local.wait_ready(t, std::chrono::seconds(60));
   if (o.sidecar_evaluator) {
     MESHRT_CHECK_ARG(!o.checkpoint_dir.empty(), "--sidecar-evaluator needs --checkpoint-dir");
+    std::filesystem::create_directories(o.checkpoint_dir);
+    std::filesystem::remove(done_marker(o.checkpoint_dir));  // an earlier run's
     local.start({cluster::TaskType::kEvaluator, 0}, task_argv(o));
   }
   std::fflush(stdout);
   int rc = run_chief(local.spec(), o);
   if (o.sidecar_evaluator) {
     // The evaluator ends once it has evaluated the last checkpoint.
-    for (int i = 0; i < 600 && local.running({cluster::TaskType::kEvaluator, 0}); ++i) {
+    const cluster::TaskId evaluator{cluster::TaskType::kEvaluator, 0};
+    for (int i = 0; i < 600 && local.running(evaluator); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    int status = local.exit_status(evaluator);
+    if (status != 0) {
+      std::printf("meshrt-ps-train: the sidecar evaluator %s\n",
+                  status < 0 ? "did not finish within 60 s" : ("exited with " + std::to_string(status)).c_str());
+      rc = 1;
     }
   }
   return rc;
@@ -329,6 +382,10 @@ int run(Options& o) {
                    "--epochs, --steps-per-epoch must be >= 0; --workers, --ps, --max-to-keep, --eval-steps and the "
                    "timeouts > 0");
   MESHRT_CHECK_ARG(!o.expect_falling_loss || o.epochs != 1, "--expect-falling-loss needs at least two epochs");
+  // A step makes a few calls to the servers, each up to --ps-timeout-ms: a
+  // shorter step deadline would read a lost server as lost workers.
+  MESHRT_CHECK_ARG(o.step_timeout_ms > 3 * o.ps_timeout_ms, "--step-timeout-ms (", o.step_timeout_ms,
+                   ") must be more than 3 x --ps-timeout-ms (", o.ps_timeout_ms, ")");
   o.program.seed = static_cast<uint64_t>(o.seed);
   if (o.local_cluster) return run_local_cluster(o);
   std::optional<cluster::TaskConfig> config =
@@ -336,6 +393,12 @@ int run(Options& o) {
                                : std::optional<cluster::TaskConfig>(cluster::TaskConfig::from_file(o.tf_config_file));
   MESHRT_CHECK_ARG(config.has_value(),
                    "no cluster: set TF_CONFIG (or MESHRT_TF_CONFIG_FILE, or --tf-config-file), or use --local-cluster");
+  // A parameter server or worker waits for SIGTERM/SIGINT to stop cleanly
+  // (blocked here, before any thread starts, and taken by sigwait); the
+  // chief and the evaluator end on them at once.
+  if (config->task.type == cluster::TaskType::kPs || config->task.type == cluster::TaskType::kWorker) {
+    block_stop_signals();
+  }
   cluster::exit_with_parent();
   switch (config->task.type) {
     case cluster::TaskType::kPs: return run_ps(*config);
@@ -350,7 +413,6 @@ int run(Options& o) {
 }  // namespace meshrt::apps
 
 int main(int argc, char** argv) {
-  meshrt::apps::block_stop_signals();
   meshrt::log::Options log_options;
   log_options.program = "meshrt-ps-train";
   meshrt::log::configure(log_options);

@@ -3,7 +3,8 @@
 # embedding read and updated by rows, a 16384-wide dense layer): steps/s and
 # samples/s with 1, 2 and 4 workers and 1 and 2 parameter servers
 # (meshrt-ps-train --local-cluster, every task a process on loopback), and the
-# update throughput to the servers (MB of gradients applied per second);
+# update throughput (MB of gradients the workers sent to the servers per
+# second, as the chief counts them; duplicates of retried steps included);
 # beside it, from the same run, the synchronous data-parallel loop on as many
 # ranks (meshrt-bench-train, a global batch of 32 per step as one worker's).
 # The figures of the last of --epochs epochs (the first ones warm up).

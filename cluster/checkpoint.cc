@@ -112,23 +112,26 @@ CheckpointInfo CheckpointManager::save(std::vector<PsClient>& ps, int64_t step, 
     throw Error(ErrorKind::kInvalidArgument, std::string("CheckpointManager::save: extra is not JSON: ") + e.what());
   }
   const std::string name = "ckpt-" + std::to_string(step);
+  std::vector<CheckpointInfo> kept = all();
+  for (const CheckpointInfo& c : kept) {
+    MESHRT_CHECK_ARG(c.step != step, "checkpoint ", name, " exists in ", directory_,
+                     ": a step is saved once (its files are not overwritten in place)");
+  }
+  std::error_code ec;
+  fs::remove_all(join(directory_, name), ec);  // the files of a save that did not finish
   CheckpointInfo info;
   info.step = step;
   info.path = join(directory_, name);
   info.num_ps = static_cast<int>(ps.size());
   info.extra = extra_json.dump();
-  std::error_code ec;
   fs::create_directories(info.path, ec);
   MESHRT_CHECK(!ec, ErrorKind::kUnavailable, "cannot create ", info.path, ": ", ec.message());
   for (PsClient& server : ps) server.save(info.ps_file(server.index()));
   json record = {{"step", step}, {"num_ps", info.num_ps}, {"extra", extra_json}};
   write_atomically(join(info.path, "checkpoint.json"), record.dump());
 
-  std::vector<CheckpointInfo> kept = all();
   std::vector<std::string> names;
-  for (const CheckpointInfo& c : kept) {
-    if (c.path != info.path) names.push_back(fs::path(c.path).filename().string());
-  }
+  for (const CheckpointInfo& c : kept) names.push_back(fs::path(c.path).filename().string());
   names.push_back(name);
   std::vector<std::string> dropped;
   while (static_cast<int>(names.size()) > max_to_keep_) {
@@ -163,10 +166,10 @@ std::map<std::string, HostTensor> CheckpointManager::read_values(const Checkpoin
   return out;
 }
 
-void CheckpointManager::restore(std::vector<PsClient>& ps, const CheckpointInfo& info) const {
+void CheckpointManager::restore(std::vector<PsClient>& ps, const CheckpointInfo& info, int64_t fence_step_id) const {
   MESHRT_CHECK_ARG(static_cast<int>(ps.size()) == info.num_ps, "checkpoint ", info.path, " was saved by ",
                    info.num_ps, " parameter servers; the cluster has ", ps.size());
-  for (PsClient& server : ps) server.restore(info.ps_file(server.index()));
+  for (PsClient& server : ps) server.restore(info.ps_file(server.index()), fence_step_id);
 }
 
 }  // namespace meshrt::cluster

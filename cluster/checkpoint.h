@@ -49,8 +49,10 @@ class CheckpointManager {
   std::optional<CheckpointInfo> latest() const;
   // Every kept checkpoint, oldest first.
   std::vector<CheckpointInfo> all() const;
-  // Each server restores its file of info (there must be as many servers as it was saved with).
-  void restore(std::vector<PsClient>& ps, const CheckpointInfo& info) const;
+  // Each server restores its file of info (there must be as many servers as
+  // it was saved with), then drops applies of step ids below fence_step_id
+  // (the steps of the run before, still in flight).
+  void restore(std::vector<PsClient>& ps, const CheckpointInfo& info, int64_t fence_step_id = 0) const;
 
   // The variables' values in a checkpoint, by shard name, read from the
   // servers' files here (no server needed: the sidecar evaluator's way);

@@ -75,7 +75,7 @@ struct Coordinator::State {
     WorkerStatus status;
     std::unique_ptr<Worker::Stub> stub;
     int64_t started_ms = -1;
-    grpc::ClientContext* in_flight = nullptr;  // the Run call being made (cancelled on stop)
+    grpc::ClientContext* in_flight = nullptr;  // the Run call being made (cancelled on stop or failure)
   };
 
   CoordinatorOptions options;
@@ -83,23 +83,44 @@ struct Coordinator::State {
   std::condition_variable work_cv, idle_cv;
   std::deque<std::shared_ptr<Closure>> queue;
   int64_t scheduled = 0, completed = 0, failed = 0, retried = 0, outstanding = 0, next_step = 0;
-  std::exception_ptr first_error;
+  std::exception_ptr first_error, cluster_failure;
   bool stopping = false;
+  std::chrono::steady_clock::time_point last_answer = std::chrono::steady_clock::now();
   std::vector<WorkerSlot> workers;
   std::vector<std::thread> threads;
 
+  // Counts the outcome, then wakes the closure's waiters (so that a fetch()
+  // sees the counters already updated) and join().
   void finish(const std::shared_ptr<Closure>& closure, std::string value, std::exception_ptr error, int worker) {
-    closure->finish(std::move(value), error, worker);
-    std::lock_guard<std::mutex> lock(mu);
-    if (error) {
-      ++failed;
-      if (!first_error) first_error = error;
-    } else {
-      ++completed;
-      if (worker >= 0) ++workers[static_cast<size_t>(worker)].status.steps;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (error) {
+        ++failed;
+        if (!first_error) first_error = error;
+      } else {
+        ++completed;
+        if (worker >= 0) ++workers[static_cast<size_t>(worker)].status.steps;
+      }
+      --outstanding;
     }
-    --outstanding;
+    closure->finish(std::move(value), error, worker);
     idle_cv.notify_all();
+  }
+
+  // The cluster failed (under mu): every waiting closure fails with error,
+  // calls in flight are cancelled; returns the closures to finish.
+  std::deque<std::shared_ptr<Closure>> fail_cluster_locked(std::exception_ptr error) {
+    if (!cluster_failure) cluster_failure = error;
+    for (WorkerSlot& w : workers) {
+      if (w.in_flight != nullptr) w.in_flight->TryCancel();
+    }
+    std::deque<std::shared_ptr<Closure>> waiting;
+    waiting.swap(queue);
+    return waiting;
+  }
+
+  void fail_all(std::deque<std::shared_ptr<Closure>> closures, std::exception_ptr error) {
+    for (const std::shared_ptr<Closure>& c : closures) finish(c, "", error, -1);
   }
 
   // Waits up to d unless stopping; returns false when stopping.
@@ -107,6 +128,17 @@ struct Coordinator::State {
     std::unique_lock<std::mutex> lock(mu);
     work_cv.wait_for(lock, d, [&] { return stopping; });
     return !stopping;
+  }
+
+  // Notes a worker's process start (from Ping or Run) under mu.
+  void note_start_locked(int i, int64_t started_ms) {
+    WorkerSlot& w = workers[static_cast<size_t>(i)];
+    if (w.started_ms != -1 && w.started_ms != started_ms) {
+      ++w.status.restarts;
+      log::info(meshrt::detail::cat("coordinator: worker ", i, " (", w.status.address, ") is back as a new process"));
+    }
+    w.started_ms = started_ms;
+    last_answer = std::chrono::steady_clock::now();
   }
 
   bool ping(int i) {
@@ -117,16 +149,29 @@ struct Coordinator::State {
     grpc::Status status = workers[static_cast<size_t>(i)].stub->Ping(&context, request, &response);
     if (!status.ok()) return false;
     std::lock_guard<std::mutex> lock(mu);
-    WorkerSlot& w = workers[static_cast<size_t>(i)];
-    if (w.started_ms != -1 && w.started_ms != response.started_unix_ms()) {
-      ++w.status.restarts;
-      log::info(meshrt::detail::cat("coordinator: worker ", i, " (", w.status.address, ") is back as a new process"));
-    } else if (w.started_ms != -1) {
-      log::info(meshrt::detail::cat("coordinator: worker ", i, " (", w.status.address, ") answers again"));
-    }
-    w.started_ms = response.started_unix_ms();
-    w.status.up = true;
+    note_start_locked(i, response.started_unix_ms());
+    workers[static_cast<size_t>(i)].status.up = true;
     return true;
+  }
+
+  // While no worker answers and closures wait, the cluster fails after worker_wait.
+  void check_worker_wait() {
+    std::deque<std::shared_ptr<Closure>> failed_now;
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      bool any_up = false;
+      for (const WorkerSlot& w : workers) any_up = any_up || w.status.up;
+      if (any_up || queue.empty() || cluster_failure ||
+          std::chrono::steady_clock::now() - last_answer < options.worker_wait) {
+        return;
+      }
+      error = std::make_exception_ptr(Error(
+          ErrorKind::kUnavailable, meshrt::detail::cat("no worker answered for ", options.worker_wait.count(),
+                                                       " ms while ", queue.size(), " step(s) waited")));
+      failed_now = fail_cluster_locked(error);
+    }
+    fail_all(std::move(failed_now), error);
   }
 
   void dispatch(int i) {
@@ -139,7 +184,9 @@ struct Coordinator::State {
         up = w.status.up;
       }
       if (!up) {
-        if (!ping(i) && !pause(options.ping_interval)) return;
+        if (ping(i)) continue;
+        check_worker_wait();
+        if (!pause(options.ping_interval)) return;
         continue;
       }
       std::shared_ptr<Closure> closure;
@@ -152,9 +199,10 @@ struct Coordinator::State {
         queue.pop_front();
         w.in_flight = &context;
       }
+      int attempts;
       {
         std::lock_guard<std::mutex> lock(closure->mu);
-        ++closure->attempts;
+        attempts = ++closure->attempts;
       }
       RunRequest request;
       request.set_function(closure->function);
@@ -163,47 +211,54 @@ struct Coordinator::State {
       RunResponse response;
       rpc::set_timeout(context, options.step_timeout);
       grpc::Status status = w.stub->Run(&context, request, &response);
-      bool stopped;
+      const grpc::StatusCode code = status.error_code();
+      std::exception_ptr failure;  // the closure's, when it ends here with an error
+      std::deque<std::shared_ptr<Closure>> failed_now;
       {
         std::lock_guard<std::mutex> lock(mu);
         w.in_flight = nullptr;
-        stopped = stopping;
+        if (status.ok()) {
+          note_start_locked(i, response.started_unix_ms());
+        } else if (stopping) {
+          failure = std::make_exception_ptr(Error(ErrorKind::kUnavailable, "the coordinator stopped"));
+        } else if (cluster_failure) {
+          failure = cluster_failure;
+        } else if (code == grpc::StatusCode::ABORTED) {
+          // The worker met a parameter server it could not reach: the cluster failed.
+          failure = std::make_exception_ptr(Error(ErrorKind::kUnavailable, status.error_message()));
+          failed_now = fail_cluster_locked(failure);
+        } else if (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                   code == grpc::StatusCode::CANCELLED) {
+          ++w.status.losses;
+          w.status.up = false;
+          log::warn(meshrt::detail::cat("coordinator: worker ", i, " (", w.status.address, ") lost during step ",
+                                        closure->step_id, " (", rpc::code_name(code), ": ", status.error_message(),
+                                        ")", attempts < options.max_attempts ? "; the step goes to another worker" : ""));
+          if (attempts < options.max_attempts) {
+            // The worker is lost: the closure goes to another one, first in line.
+            queue.push_front(closure);
+            ++retried;
+            work_cv.notify_all();
+            continue;
+          }
+          failure = std::make_exception_ptr(
+              Error(ErrorKind::kUnavailable, meshrt::detail::cat("step ", closure->step_id, " (", closure->function,
+                                                                 ") lost its worker ", attempts, " times")));
+        } else {
+          ErrorKind kind =
+              code == grpc::StatusCode::INVALID_ARGUMENT ? ErrorKind::kInvalidArgument : ErrorKind::kInternal;
+          failure = std::make_exception_ptr(Error(kind, meshrt::detail::cat("step function ", closure->function, " (step ",
+                                                                            closure->step_id, ") on worker ", i, ": ",
+                                                                            rpc::code_name(code), ": ",
+                                                                            status.error_message())));
+        }
       }
       if (status.ok()) {
         finish(closure, response.result(), nullptr, i);
-        continue;
-      }
-      const grpc::StatusCode code = status.error_code();
-      if (stopped) {
-        finish(closure, "", std::make_exception_ptr(Error(ErrorKind::kUnavailable, "the coordinator stopped")), -1);
-        return;
-      }
-      if (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
-          code == grpc::StatusCode::CANCELLED) {
-        // The worker is lost: the closure goes to another one, first in line.
-        log::warn(meshrt::detail::cat("coordinator: worker ", i, " (", w.status.address, ") lost during step ",
-                                      closure->step_id, " (", rpc::code_name(code), ": ", status.error_message(),
-                                      "); the step goes to another worker"));
-        std::lock_guard<std::mutex> lock(mu);
-        queue.push_front(closure);
-        ++retried;
-        ++w.status.losses;
-        w.status.up = false;
-        work_cv.notify_all();
-        continue;
-      }
-      std::exception_ptr error;
-      if (code == grpc::StatusCode::ABORTED) {
-        // The worker met a parameter server it could not reach.
-        error = std::make_exception_ptr(Error(ErrorKind::kUnavailable, status.error_message()));
       } else {
-        ErrorKind kind = code == grpc::StatusCode::INVALID_ARGUMENT ? ErrorKind::kInvalidArgument : ErrorKind::kInternal;
-        error = std::make_exception_ptr(Error(kind, "step function " + closure->function + " (step " +
-                                                        std::to_string(closure->step_id) + ") on worker " +
-                                                        std::to_string(i) + ": " + rpc::code_name(code) + ": " +
-                                                        status.error_message()));
+        finish(closure, "", failure, i);
+        fail_all(std::move(failed_now), failure);
       }
-      finish(closure, "", error, i);
     }
   }
 };
@@ -212,8 +267,8 @@ Coordinator::Coordinator(const ClusterSpec& cluster, CoordinatorOptions options)
     : state_(std::make_shared<State>()) {
   MESHRT_CHECK_ARG(cluster.num_tasks(TaskType::kWorker) > 0, "Coordinator: the cluster has no worker");
   MESHRT_CHECK_ARG(options.step_timeout.count() > 0 && options.ping_interval.count() > 0 &&
-                       options.ping_timeout.count() > 0,
-                   "Coordinator: timeouts and the ping interval must be > 0");
+                       options.ping_timeout.count() > 0 && options.worker_wait.count() > 0 && options.max_attempts >= 1,
+                   "Coordinator: timeouts, the ping interval and worker_wait must be > 0, max_attempts >= 1");
   state_->options = options;
   for (int i = 0; i < cluster.num_tasks(TaskType::kWorker); ++i) {
     State::WorkerSlot slot;
@@ -240,24 +295,36 @@ Coordinator::~Coordinator() {
   }
   state_->work_cv.notify_all();
   for (std::thread& t : state_->threads) t.join();
-  for (const std::shared_ptr<Closure>& c : left) {
-    state_->finish(c, "", std::make_exception_ptr(Error(ErrorKind::kUnavailable, "the coordinator stopped")), -1);
+  {
+    // Nothing is queued after the threads end, but a closure put back just
+    // before they saw the stop is still here.
+    std::lock_guard<std::mutex> lock(state_->mu);
+    for (const std::shared_ptr<Closure>& c : state_->queue) left.push_back(c);
+    state_->queue.clear();
   }
+  state_->fail_all(std::move(left), std::make_exception_ptr(Error(ErrorKind::kUnavailable, "the coordinator stopped")));
 }
 
 RemoteValue Coordinator::schedule(const std::string& function, const std::string& args) {
   auto closure = std::make_shared<Closure>();
   closure->function = function;
   closure->args = args;
+  std::exception_ptr failed;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     MESHRT_CHECK_ARG(!state_->stopping, "Coordinator::schedule: the coordinator is stopping");
     closure->step_id = state_->next_step++;
     ++state_->scheduled;
     ++state_->outstanding;
-    state_->queue.push_back(closure);
+    failed = state_->cluster_failure;
+    if (!failed) state_->queue.push_back(closure);
   }
-  state_->work_cv.notify_one();
+  if (failed) {
+    // The cluster failed: nothing more runs until it is started again.
+    state_->finish(closure, "", failed, -1);
+  } else {
+    state_->work_cv.notify_one();
+  }
   return RemoteValue(closure);
 }
 
@@ -294,6 +361,11 @@ int64_t Coordinator::failed() const {
 int64_t Coordinator::retried() const {
   std::lock_guard<std::mutex> lock(state_->mu);
   return state_->retried;
+}
+
+std::exception_ptr Coordinator::cluster_failure() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->cluster_failure;
 }
 
 std::vector<WorkerStatus> Coordinator::workers() const {

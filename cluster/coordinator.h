@@ -16,17 +16,28 @@
 //   passes step_timeout): the closure goes back to the front of the queue
 //   for another worker (counted in retried()), and the worker is pinged
 //   every ping_interval until it answers again; a restarted worker on the
-//   same address rejoins and gets work.
+//   same address rejoins and gets work. A closure that lost its worker
+//   max_attempts times fails (a step that kills or outlasts every worker),
+//   and when no worker has answered for worker_wait while closures wait,
+//   the cluster fails as below.
 // - A parameter server that is unavailable (the worker answers ABORTED, its
-//   message naming the server): the closure fails with Error(kUnavailable)
-//   naming the server, and join() throws it; restart the cluster and
-//   restore the latest checkpoint (cluster/checkpoint.h).
+//   message naming the server): the cluster has failed. Every waiting
+//   closure fails at once with Error(kUnavailable) naming the server, calls
+//   in flight are cancelled, later schedule() calls fail the same way, and
+//   join() throws it: restart the cluster and restore the latest checkpoint
+//   (cluster/checkpoint.h).
 // - Any other failure of the function: that closure fails with its error,
 //   and join() throws the first such error.
+//
+// A retried step keeps its id, and each variable shard applies an id at
+// most once; but a worker lost between its updates to two servers has
+// updated one of them, and the retry (another batch) then updates only the
+// other: at most once per shard, not all or nothing across shards.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +75,10 @@ struct CoordinatorOptions {
   // How often a lost worker is pinged, and each ping's deadline.
   std::chrono::milliseconds ping_interval{200};
   std::chrono::milliseconds ping_timeout{1000};
+  // Calls a closure may make before it fails (each lost worker is one).
+  int max_attempts = 5;
+  // How long closures may wait with no worker answering before the cluster fails.
+  std::chrono::milliseconds worker_wait{300000};
 };
 
 struct WorkerStatus {
@@ -97,6 +112,8 @@ class Coordinator {
   int64_t completed() const;  // finished with a value
   int64_t failed() const;     // finished with an error
   int64_t retried() const;    // calls repeated after a worker was lost
+  // The cluster's failure (a parameter server lost, no worker left), if any.
+  std::exception_ptr cluster_failure() const;
   std::vector<WorkerStatus> workers() const;
   // The next step id (after a restore, the saved step, so that ids never repeat).
   int64_t next_step_id() const;

@@ -122,8 +122,22 @@ void LocalCluster::start(const TaskId& task, const std::vector<std::string>& arg
     posix_spawn_file_actions_addopen(&files, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&files, 1, 2);
   }
+  // The child starts with no signal blocked and TERM, INT and PIPE at their
+  // defaults, whatever this process (its threads, a test harness) set.
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigmask(&attributes, &none);
+  posix_spawnattr_setsigdefault(&attributes, &defaults);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, args[0], &files, nullptr, args.data(), envp.data());
+  int rc = posix_spawn(&pid, args[0], &files, &attributes, args.data(), envp.data());
+  posix_spawnattr_destroy(&attributes);
   posix_spawn_file_actions_destroy(&files);
   MESHRT_CHECK(rc == 0, ErrorKind::kUnavailable, "LocalCluster: cannot start ", argv[0], " as ", task.to_string(),
                ": ", std::strerror(rc));

@@ -36,6 +36,13 @@ void PsClient::fail(const char* method, const grpc::Status& status) const {
     throw Error(ErrorKind::kUnavailable, meshrt::detail::cat(describe(), " is unavailable: ", method, ": ",
                                                      rpc::code_name(code), ": ", status.error_message()));
   }
+  // A variable the server does not hold: it restarted and lost them (a
+  // server that was never given them is the caller's bug, but reads the same).
+  if (code == grpc::StatusCode::NOT_FOUND) {
+    throw Error(ErrorKind::kUnavailable, meshrt::detail::cat(describe(), " is unavailable: it does not hold what ",
+                                                             method, " asked for (restarted, and lost its variables?): ",
+                                                             status.error_message()));
+  }
   throw Error(ErrorKind::kInvalidArgument, meshrt::detail::cat(describe(), " refused ", method, " (", rpc::code_name(code),
                                                        "): ", status.error_message()));
 }
@@ -111,9 +118,10 @@ int64_t PsClient::save(const std::string& path) {
   return response.bytes();
 }
 
-int PsClient::restore(const std::string& path) {
+int PsClient::restore(const std::string& path, int64_t fence_step_id) {
   RestoreRequest request;
   request.set_path(path);
+  request.set_fence_step_id(fence_step_id);
   RestoreResponse response;
   grpc::ClientContext context;
   prepare(context);

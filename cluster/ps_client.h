@@ -7,8 +7,9 @@
 // Errors: the server unreachable, gone or past the deadline (gRPC
 // UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED) is Error(kUnavailable) whose
 // message names the server ("ps 1 (localhost:2227) is unavailable: ...");
-// a refusal (INVALID_ARGUMENT, NOT_FOUND, ...) is Error(kInvalidArgument)
-// with the server's message, also naming the server.
+// a variable the server does not hold (NOT_FOUND: it restarted and lost
+// them) is Error(kUnavailable) too; a refusal (INVALID_ARGUMENT, ...) is
+// Error(kInvalidArgument) with the server's message, also naming the server.
 #pragma once
 
 #include <chrono>
@@ -61,7 +62,8 @@ class PsClient {
   ApplyResult apply(int64_t step_id, const std::vector<GradientUpdate>& gradients);
   // Checkpoints: the server writes (reads) path on its own file system.
   int64_t save(const std::string& path);
-  int restore(const std::string& path);
+  // After a restore the server drops applies of step ids below fence_step_id.
+  int restore(const std::string& path, int64_t fence_step_id = 0);
   StatusResponse status();
 
  private:

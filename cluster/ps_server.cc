@@ -161,8 +161,12 @@ class PsService final : public ParameterServer::CallbackService {
 
   grpc::ServerUnaryReactor* Restore(grpc::CallbackServerContext* context, const RestoreRequest* request,
                                     RestoreResponse* response) override {
-    return answer(context,
-                  [&] { checkpoint_io("Restore", [&] { response->set_variables(restore(request->path())); }); });
+    return answer(context, [&] {
+      checkpoint_io("Restore", [&] { response->set_variables(restore(request->path())); });
+      // From now on, applies of older step ids (the run before the restore,
+      // still in flight on workers) are dropped.
+      fence_.store(std::max(fence_.load(), request->fence_step_id()));
+    });
   }
 
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context, const StatusRequest*,
@@ -298,10 +302,11 @@ class PsService final : public ParameterServer::CallbackService {
     }
     const int64_t step_id = request.step_id();
     int applied = 0, duplicates = 0;
+    const bool fenced = step_id < fence_.load();
     for (CheckedGradient& g : gradients) {
       Shard& shard = *g.shard;
       std::lock_guard<std::mutex> lock(shard.mu);
-      if (shard.applied.count(step_id)) {
+      if (fenced || shard.applied.count(step_id)) {
         ++duplicates;
         continue;
       }
@@ -480,6 +485,7 @@ class PsService final : public ParameterServer::CallbackService {
   }
 
   const int task_index_;
+  std::atomic<int64_t> fence_{0};  // step ids below it are dropped (RestoreRequest::fence_step_id)
   std::mutex mu_;  // guards shards_ (the map; each shard has its own lock)
   std::map<std::string, std::shared_ptr<Shard>> shards_;
   std::mutex checkpoint_mu_;  // one Save or Restore at a time

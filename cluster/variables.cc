@@ -153,6 +153,14 @@ void RemoteModel::pull(std::vector<PsClient>& ps, const HostTensor& ids) {
 
 int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id) {
   std::vector<training::Parameter*> params = model_->parameters();
+  // The gradients are this step's only, sent or not: a failed push must not
+  // leave them to be added into the next step's.
+  struct ClearGradients {
+    std::vector<training::Parameter*>& params;
+    ~ClearGradients() {
+      for (training::Parameter* p : params) p->zero_grad();
+    }
+  } clear{params};
   std::map<int, std::vector<GradientUpdate>> updates;
   int64_t bytes = 0;
   for (size_t i = 0; i < variables_.size(); ++i) {
@@ -216,7 +224,6 @@ int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id) {
     }
   }
   for (auto& [index, list] : updates) server(ps, index, list.front().name).apply(step_id, list);
-  for (training::Parameter* p : params) p->zero_grad();
   return bytes;
 }
 

@@ -83,7 +83,7 @@ class RemoteModel {
   void pull(std::vector<PsClient>& ps, const HostTensor& ids);
   // Sends the gradients (to the host first) for step_id: dense ones cut by
   // shard rows, sparse ones with repeated ids summed (on the device) and cut
-  // by shard; then clears them.
+  // by shard; then clears them (also when a server fails).
   // Returns the gradient bytes sent.
   int64_t push(std::vector<PsClient>& ps, int64_t step_id);
 

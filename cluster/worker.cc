@@ -73,11 +73,7 @@ class WorkerService final : public Worker::CallbackService {
         thread_([this] { loop(); }) {}
 
   ~WorkerService() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
+    stop();
     thread_.join();
   }
 
@@ -87,7 +83,7 @@ class WorkerService final : public Worker::CallbackService {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!stopping_) {
-        jobs_.push_back(Job{request, response, reactor});
+        jobs_.push_back(Job{context, request, response, reactor});
         cv_.notify_one();
         return reactor;
       }
@@ -108,8 +104,19 @@ class WorkerService final : public Worker::CallbackService {
 
   int64_t steps_run() const { return steps_run_.load(); }
 
+  // From now on queued and new calls are answered UNAVAILABLE without running
+  // (the server's shutdown then waits for the running step only).
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
+
  private:
   struct Job {
+    grpc::CallbackServerContext* context;
     const RunRequest* request;
     RunResponse* response;
     grpc::ServerUnaryReactor* reactor;
@@ -126,14 +133,24 @@ class WorkerService final : public Worker::CallbackService {
   void loop() {
     for (;;) {
       Job job;
+      bool stopping;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
         if (jobs_.empty()) return;
         job = jobs_.front();
         jobs_.pop_front();
+        stopping = stopping_;
       }
-      job.reactor->Finish(run(*job.request, *job.response));
+      if (stopping) {
+        job.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker " + std::to_string(index_) + " is stopping"));
+      } else if (job.context->IsCancelled()) {
+        // The coordinator gave up on this call (its deadline, or a cluster
+        // failure) and may have sent the step elsewhere: do not run it too.
+        job.reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled before it ran"));
+      } else {
+        job.reactor->Finish(run(*job.request, *job.response));
+      }
     }
   }
 
@@ -143,12 +160,19 @@ class WorkerService final : public Worker::CallbackService {
       context_.set_step_id(request.step_id());
       response.set_result(function(context_, request.args()));
       response.set_worker_index(index_);
+      response.set_started_unix_ms(started_ms_);
       steps_run_.fetch_add(1);
       return grpc::Status::OK;
     } catch (const Error& e) {
       // A parameter server out of reach is the cluster's failure, not this worker's.
       if (e.kind() == ErrorKind::kUnavailable) return grpc::Status(grpc::StatusCode::ABORTED, e.message());
-      return rpc::status_for_error(e);
+      grpc::Status status = rpc::status_for_error(e);
+      // These codes tell the coordinator that this worker is lost; a step's own error is not that.
+      if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+          status.error_code() == grpc::StatusCode::UNAVAILABLE || status.error_code() == grpc::StatusCode::CANCELLED) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.message());
+      }
+      return status;
     } catch (const std::exception& e) {
       return grpc::Status(grpc::StatusCode::INTERNAL, std::string("step function ") + request.function() + ": " +
                                                           e.what());
@@ -181,6 +205,7 @@ uint16_t WorkerServer::port() const { return server_->port(); }
 int64_t WorkerServer::steps_run() const { return service_->steps_run(); }
 
 void WorkerServer::shutdown(std::chrono::milliseconds grace) {
+  service_->stop();
   if (server_) server_->shutdown(grace);
 }
 

@@ -116,7 +116,8 @@ class WorkerServer {
   WorkerServer& operator=(const WorkerServer&) = delete;
   uint16_t port() const;
   int64_t steps_run() const;
-  // Stops serving: a step in flight gets grace to finish.
+  // Stops serving: queued calls are answered UNAVAILABLE without running, a
+  // step in flight gets grace to finish.
   void shutdown(std::chrono::milliseconds grace);
 
  private:
