@@ -169,33 +169,12 @@ int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id) {
     bool has_sparse = !p.sparse_grads().empty(), has_dense = p.grad().defined();
     if (!has_sparse && !has_dense) continue;
     if (v.sparse && !has_dense) {
-      // Every part's rows, repeated ids summed here (on the device: a batch
+      // Every part's rows, repeated ids summed first (on the device: a batch
       // looks a row up many times, and only the distinct rows need to
       // travel), then cut by shard.
-      std::vector<int64_t> ids;
-      std::vector<DeviceTensor> row_parts;
-      for (const training::SparseGrad& g : p.sparse_grads()) {
-        HostTensor gi = to_host(g.ids);
-        ids.insert(ids.end(), gi.data<int64_t>(), gi.data<int64_t>() + gi.numel());
-        row_parts.push_back(g.rows);
-      }
-      std::map<int64_t, int64_t> slot;  // id -> its row among the distinct ids (ascending)
-      for (int64_t id : ids) slot.emplace(id, 0);
-      std::vector<int64_t> distinct;
-      for (auto& [id, k] : slot) {
-        k = static_cast<int64_t>(distinct.size());
-        distinct.push_back(id);
-      }
-      std::vector<int64_t> inverse;
-      for (int64_t id : ids) inverse.push_back(slot.at(id));
-      DeviceTensor all_rows = row_parts.size() == 1 ? row_parts[0] : kernels::concat(row_parts, 0);
-      DeviceTensor merged = DeviceTensor::zeros(all_rows.shape().with(0, static_cast<int64_t>(distinct.size())),
-                                                all_rows.dtype(), all_rows.device());
-      kernels::index_add(merged, 0,
-                         to_device(HostTensor::from_vector(inverse, Shape{static_cast<int64_t>(inverse.size())}),
-                                   all_rows.device()),
-                         all_rows);
-      HostTensor rows = to_host(merged);
+      training::SparseGrad merged = training::merge_sparse(p.sparse_grads(), v.shape, v.name);
+      std::vector<int64_t> distinct = to_host(merged.ids).to_vector<int64_t>();
+      HostTensor rows = to_host(merged.rows);
       for (const VariableShard& s : v.shards) {
         GradientUpdate u;
         u.name = s.name;

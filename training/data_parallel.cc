@@ -162,6 +162,20 @@ StepResult DataParallel::exchange(int64_t local_rows, double local_loss, std::ex
   const int size = comm_.size();
   stats_ = SyncStats{};
 
+  // A rank's repeated ids are summed before they travel (an embedding row
+  // looked up many times in a batch is sent once).
+  if (!failure && size > 1) {
+    try {
+      for (Parameter* p : parameters_) {
+        if (!p->sparse_grads().empty()) {
+          p->set_sparse_grads({merge_sparse(p->sparse_grads(), p->value().shape(), p->name())});
+        }
+      }
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+
   // Who has what: [ok, rows, rows * loss, dense?[n], sparse rows[n]] from every rank.
   const size_t width = 3 + 2 * n;
   std::vector<double> mine(width, 0.0);

@@ -11,7 +11,7 @@
 // gradients are summed with all_reduce in flat buckets
 // (DataParallelOptions::bucket_bytes, one collective per bucket, as DDP's
 // buckets, but reduced after the whole backward pass: no overlap with it
-// yet); sparse ones (an embedding's looked-up rows) are
+// yet); sparse ones, each rank's repeated ids summed first, (an embedding's looked-up rows) are
 // all-gathered, ids and rows, in rank order, so the optimizer's lazy sparse
 // update sees every rank's rows, as one process would have seen them in
 // batch order. Before the gradients, one small all_gather carries each

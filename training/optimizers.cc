@@ -60,40 +60,14 @@ void Optimizer::dense_step(Parameter& parameter, const DeviceTensor& grad) {
   parameter.set_value(update(parameter.value(), grad, slots));
 }
 
-// Repeated ids are merged by index_add: the distinct ids (ascending) are found
-// on the host from the ids alone, each sparse gradient's rows are added at
-// their id's position among them, and the merged rows are gathered and written
-// back with index_select and index_copy.
+// Repeated ids are merged first (merge_sparse: the distinct ids, each with
+// its rows summed); the merged rows are gathered and written back with
+// index_select and index_copy.
 void Optimizer::sparse_step(Parameter& parameter) {
   const DeviceTensor& value = parameter.value();
-  const Shape& shape = value.shape();
-  std::vector<std::vector<int64_t>> batch_ids;
-  std::map<int64_t, int64_t> position;  // id -> its place among the distinct ids, ids ascending
-  for (const SparseGrad& g : parameter.sparse_grads()) {
-    batch_ids.push_back(to_host(g.ids).to_vector<int64_t>());
-    for (int64_t id : batch_ids.back()) {
-      MESHRT_CHECK_ARG(id >= 0 && id < shape[0], "optimizer: parameter ", parameter.name(), ": id ", id,
-                       " outside [0, ", shape[0], ")");
-      position[id] = 0;
-    }
-  }
-  std::vector<int64_t> ids;
-  for (auto& [id, place] : position) {
-    place = static_cast<int64_t>(ids.size());
-    ids.push_back(id);
-  }
-  const int64_t count = static_cast<int64_t>(ids.size());
-  const Shape row_shape = shape.with(0, count);
-  DeviceTensor index = to_device(HostTensor::from_vector(ids, Shape{count}), value.device());
-  DeviceTensor grad = DeviceTensor::zeros(row_shape, value.dtype(), value.device());
-  for (size_t b = 0; b < batch_ids.size(); ++b) {
-    const SparseGrad& g = parameter.sparse_grads()[b];
-    std::vector<int64_t> places;
-    for (int64_t id : batch_ids[b]) places.push_back(position[id]);
-    const int64_t n = static_cast<int64_t>(places.size());
-    kernels::index_add(grad, 0, to_device(HostTensor::from_vector(places, Shape{n}), value.device()),
-                       g.rows.reshape(shape.with(0, n)));
-  }
+  SparseGrad merged = merge_sparse(parameter.sparse_grads(), value.shape(), parameter.name());
+  const DeviceTensor& index = merged.ids;
+  const DeviceTensor& grad = merged.rows;
 
   std::vector<DeviceTensor>& slots = state(parameter);
   std::vector<DeviceTensor> slot_rows;

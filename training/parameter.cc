@@ -1,5 +1,6 @@
 #include "training/parameter.h"
 
+#include <map>
 #include <utility>
 
 #include "device/error.h"
@@ -72,6 +73,38 @@ DeviceTensor densify(const SparseGrad& g, const Shape& table_shape) {
   }
   DeviceTensor out = DeviceTensor::zeros(table_shape, g.rows.dtype(), g.rows.device());
   kernels::index_add(out, 0, g.ids.reshape(Shape{count}), g.rows.reshape(table_shape.with(0, count)));
+  return out;
+}
+
+SparseGrad merge_sparse(const std::vector<SparseGrad>& parts, const Shape& table_shape, const std::string& name) {
+  MESHRT_CHECK_ARG(!parts.empty(), "merge_sparse: parameter ", name, " has no sparse gradient");
+  std::vector<std::vector<int64_t>> part_ids;
+  std::map<int64_t, int64_t> position;  // id -> its place among the distinct ids, ids ascending
+  for (const SparseGrad& g : parts) {
+    part_ids.push_back(to_host(g.ids).to_vector<int64_t>());
+    for (int64_t id : part_ids.back()) {
+      MESHRT_CHECK_ARG(id >= 0 && id < table_shape[0], "parameter ", name, ": id ", id, " outside [0, ",
+                       table_shape[0], ")");
+      position[id] = 0;
+    }
+  }
+  std::vector<int64_t> ids;
+  for (auto& [id, place] : position) {
+    place = static_cast<int64_t>(ids.size());
+    ids.push_back(id);
+  }
+  const int64_t count = static_cast<int64_t>(ids.size());
+  const Device& device = parts.front().rows.device();
+  SparseGrad out;
+  out.ids = to_device(HostTensor::from_vector(ids, Shape{count}), device);
+  out.rows = DeviceTensor::zeros(table_shape.with(0, count), parts.front().rows.dtype(), device);
+  for (size_t b = 0; b < parts.size(); ++b) {
+    std::vector<int64_t> places;
+    for (int64_t id : part_ids[b]) places.push_back(position[id]);
+    const int64_t n = static_cast<int64_t>(places.size());
+    kernels::index_add(out.rows, 0, to_device(HostTensor::from_vector(places, Shape{n}), device),
+                       parts[b].rows.reshape(table_shape.with(0, n)));
+  }
   return out;
 }
 

@@ -57,6 +57,12 @@ class Parameter {
   std::vector<SparseGrad> sparse_grads_;
 };
 
+// The sparse parts as one: the distinct ids (ascending) and, for each, the
+// sum of its rows over every part (index_add on the device; the ids are read
+// on the host). Throws Error(kInvalidArgument) for an id outside
+// [0, table_shape[0]); name names the parameter in it.
+SparseGrad merge_sparse(const std::vector<SparseGrad>& parts, const Shape& table_shape, const std::string& name);
+
 // The dense tensor of table_shape (dtype of g.rows, on its device) that g
 // stands for: zeros except row ids[j] += rows[j] for each j. Throws
 // Error(kInvalidArgument) for an id outside [0, table_shape[0]).
