@@ -34,12 +34,17 @@ void write_atomically(const std::string& path, const std::string& text) {
   io::sync_directory(fs::path(path).parent_path().string());
 }
 
-std::string read_text(const std::string& path) {
+// The JSON in a file; throws Error(kInvalidArgument) naming it when it cannot be read or parsed.
+json read_json(const std::string& path) {
   std::ifstream in(path);
   MESHRT_CHECK_ARG(static_cast<bool>(in), "cannot read ", path);
   std::stringstream text;
   text << in.rdbuf();
-  return text.str();
+  try {
+    return io::json_limits::parse(text.str());
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, path + " is not JSON: " + e.what());
+  }
 }
 
 }  // namespace
@@ -57,14 +62,7 @@ CheckpointManager::CheckpointManager(std::string directory, int max_to_keep)
 
 CheckpointInfo CheckpointManager::read_info(const std::string& name) const {
   const std::string path = join(join(directory_, name), "checkpoint.json");
-  json j;
-  try {
-    j = io::json_limits::parse(read_text(path));
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument, path + " is not JSON: " + e.what());
-  }
+  json j = read_json(path);
   MESHRT_CHECK_ARG(j.is_object() && j.contains("step") && j["step"].is_number_integer() && j.contains("num_ps") &&
                        j["num_ps"].is_number_integer(),
                    path, " needs an integer \"step\" and \"num_ps\"");
@@ -79,14 +77,7 @@ CheckpointInfo CheckpointManager::read_info(const std::string& name) const {
 std::vector<CheckpointInfo> CheckpointManager::all() const {
   const std::string index = join(directory_, "checkpoint");
   if (!fs::exists(index)) return {};
-  json j;
-  try {
-    j = io::json_limits::parse(read_text(index));
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument, index + " is not JSON: " + e.what());
-  }
+  json j = read_json(index);
   MESHRT_CHECK_ARG(j.is_object() && j.contains("all") && j["all"].is_array(), index,
                    " needs \"all\", a list of checkpoint names");
   std::vector<CheckpointInfo> out;

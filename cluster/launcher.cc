@@ -24,6 +24,21 @@ namespace {
 // A waitpid status as a shell reports it.
 int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
+// Waits for pid to end until deadline, then kills it (SIGKILL); reaps it and
+// returns its status as decode() reads it.
+int reap(pid_t pid, std::chrono::steady_clock::time_point deadline) {
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return decode(status);
+}
+
 }  // namespace
 
 int free_port(const std::string& host) {
@@ -68,15 +83,7 @@ LocalCluster::~LocalCluster() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (auto& [name, c] : children_) {
     if (c.pid <= 0) continue;
-    int status = 0;
-    while (::waitpid(c.pid, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        ::kill(c.pid, SIGKILL);
-        ::waitpid(c.pid, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    c.status = reap(c.pid, deadline);
     c.pid = -1;
   }
 }
@@ -154,18 +161,8 @@ void LocalCluster::kill(const TaskId& task, int signal) {
   Child& c = child(task);
   if (c.pid <= 0) return;
   ::kill(c.pid, signal);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  int status = 0;
-  while (::waitpid(c.pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(c.pid, SIGKILL);
-      ::waitpid(c.pid, &status, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  c.status = reap(c.pid, std::chrono::steady_clock::now() + std::chrono::seconds(10));
   c.pid = -1;
-  c.status = decode(status);
 }
 
 bool LocalCluster::running(const TaskId& task) {

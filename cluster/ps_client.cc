@@ -27,6 +27,16 @@ void PsClient::prepare(grpc::ClientContext& context) const {
   context.set_wait_for_ready(true);
 }
 
+template <class Request, class Response>
+void PsClient::call(const char* method,
+                    grpc::Status (ParameterServer::Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+                    const Request& request, Response& response) {
+  grpc::ClientContext context;
+  prepare(context);
+  grpc::Status status = (stub_.get()->*rpc)(&context, request, &response);
+  if (!status.ok()) fail(method, status);
+}
+
 void PsClient::fail(const char* method, const grpc::Status& status) const {
   const grpc::StatusCode code = status.error_code();
   // Gone, unreachable or too slow: the caller may retry elsewhere or later
@@ -53,10 +63,7 @@ bool PsClient::create_variable(const std::string& name, const HostTensor& initia
   put_tensor(request.mutable_initial(), initial);
   *request.mutable_optimizer() = optimizer;
   CreateVariableResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->CreateVariable(&context, request, &response);
-  if (!status.ok()) fail("CreateVariable", status);
+  call("CreateVariable", &ParameterServer::Stub::CreateVariable, request, response);
   return response.created();
 }
 
@@ -64,10 +71,7 @@ std::vector<HostTensor> PsClient::read(const std::vector<std::string>& names) {
   ReadRequest request;
   for (const std::string& name : names) request.add_names(name);
   ReadResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->Read(&context, request, &response);
-  if (!status.ok()) fail("Read", status);
+  call("Read", &ParameterServer::Stub::Read, request, response);
   MESHRT_CHECK(static_cast<size_t>(response.values_size()) == names.size(), ErrorKind::kInternal, describe(),
                ": Read answered ", response.values_size(), " values for ", names.size(), " names");
   std::vector<HostTensor> values;
@@ -82,10 +86,7 @@ HostTensor PsClient::read_rows(const std::string& name, const std::vector<int64_
   request.set_name(name);
   for (int64_t id : ids) request.add_ids(id);
   ReadRowsResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->ReadRows(&context, request, &response);
-  if (!status.ok()) fail("ReadRows", status);
+  call("ReadRows", &ParameterServer::Stub::ReadRows, request, response);
   return get_tensor(response.rows(), describe() + ": rows of " + name);
 }
 
@@ -100,10 +101,7 @@ ApplyResult PsClient::apply(int64_t step_id, const std::vector<GradientUpdate>& 
     if (g.rows.defined()) put_tensor(out->mutable_rows(), g.rows);
   }
   ApplyResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->Apply(&context, request, &response);
-  if (!status.ok()) fail("Apply", status);
+  call("Apply", &ParameterServer::Stub::Apply, request, response);
   return {response.applied(), response.duplicates()};
 }
 
@@ -111,10 +109,7 @@ int64_t PsClient::save(const std::string& path) {
   SaveRequest request;
   request.set_path(path);
   SaveResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->Save(&context, request, &response);
-  if (!status.ok()) fail("Save", status);
+  call("Save", &ParameterServer::Stub::Save, request, response);
   return response.bytes();
 }
 
@@ -123,20 +118,14 @@ int PsClient::restore(const std::string& path, int64_t fence_step_id) {
   request.set_path(path);
   request.set_fence_step_id(fence_step_id);
   RestoreResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->Restore(&context, request, &response);
-  if (!status.ok()) fail("Restore", status);
+  call("Restore", &ParameterServer::Stub::Restore, request, response);
   return response.variables();
 }
 
 StatusResponse PsClient::status() {
   StatusRequest request;
   StatusResponse response;
-  grpc::ClientContext context;
-  prepare(context);
-  grpc::Status status = stub_->Status(&context, request, &response);
-  if (!status.ok()) fail("Status", status);
+  call("Status", &ParameterServer::Stub::Status, request, response);
   return response;
 }
 

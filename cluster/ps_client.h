@@ -70,6 +70,11 @@ class PsClient {
   // Throws the Error for a failed call of method.
   [[noreturn]] void fail(const char* method, const grpc::Status& status) const;
   void prepare(grpc::ClientContext& context) const;
+  // One call of method with the deadline; throws its failure.
+  template <class Request, class Response>
+  void call(const char* method,
+            grpc::Status (ParameterServer::Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+            const Request& request, Response& response);
 
   int index_;
   std::string address_;

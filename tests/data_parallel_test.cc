@@ -22,25 +22,18 @@
 #include "kernels/movement.h"
 #include "training/data_parallel.h"
 #include "training/model.h"
+#include "training_test_util.h"
 
 namespace meshrt::training {
 namespace {
 
-const Device kCpu = Device::cpu();
-
-std::vector<double> values(const DeviceTensor& t) { return cast_host(to_host(t), DType::kF64).to_vector<double>(); }
-
-DeviceTensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::kF64) {
-  return to_device(cast_host(HostTensor::from_vector(v, shape), dtype), kCpu);
-}
+using testing::kCpu;
+using testing::tensor;
+using testing::values;
 
 // The same values on every rank (a fixed seed).
 DeviceTensor random(const Shape& shape, uint64_t seed, double lo = -1, double hi = 1) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<size_t>(shape.numel()));
-  for (double& e : v) e = dist(rng);
-  return tensor(v, shape);
+  return testing::random(shape, seed, DType::kF64, lo, hi);
 }
 
 DeviceTensor random_ids(const Shape& shape, int64_t vocabulary, uint64_t seed) {

@@ -21,29 +21,12 @@
 #include "training/optimizers.h"
 #include "training/preprocessing.h"
 #include "training/schedules.h"
+#include "training_test_util.h"
 
 namespace meshrt::training {
 namespace {
 
-const Device kCpu = Device::cpu();
-
-std::vector<double> values(const DeviceTensor& t) { return cast_host(to_host(t), DType::kF64).to_vector<double>(); }
-
-DeviceTensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype = DType::kF64) {
-  return to_device(cast_host(HostTensor::from_vector(v, shape), dtype), kCpu);
-}
-
-std::vector<double> uniform(int64_t n, uint64_t seed, double lo = -1, double hi = 1) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<size_t>(n));
-  for (double& e : v) e = dist(rng);
-  return v;
-}
-
-DeviceTensor random(const Shape& shape, uint64_t seed, DType dtype = DType::kF64, double lo = -1, double hi = 1) {
-  return tensor(uniform(shape.numel(), seed, lo, hi), shape, dtype);
-}
+using namespace testing;
 
 double dot(const DeviceTensor& a, const std::vector<double>& b) {
   std::vector<double> va = values(a);
