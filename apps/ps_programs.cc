@@ -123,7 +123,7 @@ std::string run_batch(cluster::WorkerContext& ctx, WorkerProgram& wp, const clus
   int64_t bytes = 0;
   if (train) {
     model.backward(loss.grad);
-    bytes = wp.remote->push(ctx.ps(), ctx.step_id());
+    bytes = wp.remote->push(ctx.ps(), ctx.step_id(), ctx.done_below());
   }
   if (wp.config.step_sleep_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(wp.config.step_sleep_ms));
   return totals_json(loss.value, x.dim(0), count_correct(wp.program, prediction, batch.targets), bytes);

@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "device/error.h"
@@ -84,6 +85,7 @@ struct Coordinator::State {
   std::deque<std::shared_ptr<Closure>> queue;
   int64_t scheduled = 0, completed = 0, failed = 0, retried = 0, outstanding = 0, next_step = 0;
   std::exception_ptr first_error, cluster_failure;
+  std::set<int64_t> unfinished;  // step ids scheduled and not finished
   bool stopping = false;
   std::chrono::steady_clock::time_point last_answer = std::chrono::steady_clock::now();
   std::vector<WorkerSlot> workers;
@@ -102,6 +104,7 @@ struct Coordinator::State {
         if (worker >= 0) ++workers[static_cast<size_t>(worker)].status.steps;
       }
       --outstanding;
+      unfinished.erase(closure->step_id);
     }
     closure->finish(std::move(value), error, worker);
     idle_cv.notify_all();
@@ -191,6 +194,7 @@ struct Coordinator::State {
       }
       std::shared_ptr<Closure> closure;
       grpc::ClientContext context;
+      RunRequest request;
       {
         std::unique_lock<std::mutex> lock(mu);
         work_cv.wait(lock, [&] { return stopping || !queue.empty(); });
@@ -198,13 +202,13 @@ struct Coordinator::State {
         closure = queue.front();
         queue.pop_front();
         w.in_flight = &context;
+        request.set_done_below(unfinished.empty() ? next_step : *unfinished.begin());
       }
       int attempts;
       {
         std::lock_guard<std::mutex> lock(closure->mu);
         attempts = ++closure->attempts;
       }
-      RunRequest request;
       request.set_function(closure->function);
       request.set_step_id(closure->step_id);
       request.set_args(closure->args);
@@ -316,6 +320,7 @@ RemoteValue Coordinator::schedule(const std::string& function, const std::string
     closure->step_id = state_->next_step++;
     ++state_->scheduled;
     ++state_->outstanding;
+    state_->unfinished.insert(closure->step_id);
     failed = state_->cluster_failure;
     if (!failed) state_->queue.push_back(closure);
   }

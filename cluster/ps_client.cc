@@ -90,9 +90,10 @@ HostTensor PsClient::read_rows(const std::string& name, const std::vector<int64_
   return get_tensor(response.rows(), describe() + ": rows of " + name);
 }
 
-ApplyResult PsClient::apply(int64_t step_id, const std::vector<GradientUpdate>& gradients) {
+ApplyResult PsClient::apply(int64_t step_id, const std::vector<GradientUpdate>& gradients, int64_t done_below) {
   ApplyRequest request;
   request.set_step_id(step_id);
+  request.set_done_below(done_below);
   for (const GradientUpdate& g : gradients) {
     Gradient* out = request.add_gradients();
     out->set_name(g.name);

@@ -58,8 +58,10 @@ class PsClient {
   std::vector<HostTensor> read(const std::vector<std::string>& names);
   // Rows of a variable by ids local to it: [ids, row...].
   HostTensor read_rows(const std::string& name, const std::vector<int64_t>& ids);
-  // Applies the gradients of step_id (each variable at most once per step id).
-  ApplyResult apply(int64_t step_id, const std::vector<GradientUpdate>& gradients);
+  // Applies the gradients of step_id (each variable at most once per step
+  // id); done_below: every step id below it has finished (the server drops
+  // late applies of those and forgets their ids).
+  ApplyResult apply(int64_t step_id, const std::vector<GradientUpdate>& gradients, int64_t done_below = 0);
   // Checkpoints: the server writes (reads) path on its own file system.
   int64_t save(const std::string& path);
   // After a restore the server drops applies of step ids below fence_step_id.

@@ -90,7 +90,8 @@ struct Shard {
   // The optimizer keys its slots by the parameter's address: both live here.
   std::unique_ptr<training::Parameter> parameter;
   std::unique_ptr<training::Optimizer> optimizer;
-  std::set<int64_t> applied;  // step ids
+  std::set<int64_t> applied;  // step ids at or above the server's fence (those below are done)
+  int64_t updates = 0;        // steps applied, ever (checkpointed)
 };
 
 // A gradient of an Apply request, checked against its shard before any is applied.
@@ -180,7 +181,7 @@ class PsService final : public ParameterServer::CallbackService {
         info->set_dtype(to_string(shard->dtype));
         for (int64_t d : shard->shape) info->add_shape(d);
         std::lock_guard<std::mutex> lock(shard->mu);
-        info->set_updates(static_cast<int64_t>(shard->applied.size()));
+        info->set_updates(shard->updates);
         updates += info->updates();
       }
       response->set_updates(updates);
@@ -302,10 +303,17 @@ class PsService final : public ParameterServer::CallbackService {
     }
     const int64_t step_id = request.step_id();
     int applied = 0, duplicates = 0;
-    const bool fenced = step_id < fence_.load();
+    // Every step below done_below has finished (the coordinator's word): a
+    // late apply of one is dropped, and its id need not be kept.
+    int64_t fence = fence_.load();
+    while (request.done_below() > fence && !fence_.compare_exchange_weak(fence, request.done_below())) {
+    }
+    fence = fence_.load();
+    const bool fenced = step_id < fence;
     for (CheckedGradient& g : gradients) {
       Shard& shard = *g.shard;
       std::lock_guard<std::mutex> lock(shard.mu);
+      shard.applied.erase(shard.applied.begin(), shard.applied.lower_bound(fence));
       if (fenced || shard.applied.count(step_id)) {
         ++duplicates;
         continue;
@@ -328,6 +336,7 @@ class PsService final : public ParameterServer::CallbackService {
         parameter.zero_grad();
       }
       shard.applied.insert(step_id);
+      ++shard.updates;
       update_bytes_ += static_cast<int64_t>(g.bytes);
       ++applied;
     }
@@ -358,9 +367,11 @@ class PsService final : public ParameterServer::CallbackService {
       for (size_t k = 0; k < slots.size(); ++k) add(meshrt::detail::cat(shard->name, "/slot_", k), to_host(slots[k]));
       add(shard->name + "/iterations",
           HostTensor::from_vector(std::vector<int64_t>{shard->optimizer->iterations()}, Shape{1}));
+      shard->applied.erase(shard->applied.begin(), shard->applied.lower_bound(fence_.load()));
       std::vector<int64_t> steps(shard->applied.begin(), shard->applied.end());
       add(shard->name + "/applied_steps",
           HostTensor::from_vector(steps, Shape{static_cast<int64_t>(steps.size())}));
+      add(shard->name + "/updates", HostTensor::from_vector(std::vector<int64_t>{shard->updates}, Shape{1}));
       optimizers[shard->name] = config_json(shard->config);
     }
     std::map<std::string, std::string> metadata{
@@ -384,6 +395,7 @@ class PsService final : public ParameterServer::CallbackService {
     std::vector<HostTensor> slots;
     int64_t iterations = 0;
     std::set<int64_t> applied;
+    int64_t updates = 0;
   };
 
   int restore(const std::string& path) {
@@ -439,6 +451,10 @@ class PsService final : public ParameterServer::CallbackService {
       HostTensor steps = read(name + "/applied_steps", true);
       MESHRT_CHECK_ARG(steps.dtype() == DType::kI64 && steps.ndim() == 1, what, ": applied_steps must be i64 [n]");
       for (int64_t step : steps.to_vector<int64_t>()) s.applied.insert(step);
+      HostTensor updates = read(name + "/updates", false);
+      MESHRT_CHECK_ARG(!updates.defined() || (updates.dtype() == DType::kI64 && updates.numel() == 1), what,
+                       ": updates must be one i64");
+      s.updates = updates.defined() ? updates.to_vector<int64_t>()[0] : static_cast<int64_t>(s.applied.size());
       {
         // A shard that exists keeps its dtype and shape.
         std::lock_guard<std::mutex> lock(mu_);
@@ -480,6 +496,7 @@ class PsService final : public ParameterServer::CallbackService {
       shard->optimizer = std::move(optimizer);
       shard->config = s.config;
       shard->applied = std::move(s.applied);
+      shard->updates = s.updates;
     }
     return static_cast<int>(saved.size());
   }

@@ -151,7 +151,7 @@ void RemoteModel::pull(std::vector<PsClient>& ps, const HostTensor& ids) {
   }
 }
 
-int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id) {
+int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id, int64_t done_below) {
   std::vector<training::Parameter*> params = model_->parameters();
   // The gradients are this step's only, sent or not: a failed push must not
   // leave them to be added into the next step's.
@@ -202,7 +202,7 @@ int64_t RemoteModel::push(std::vector<PsClient>& ps, int64_t step_id) {
       updates[s.ps].push_back(std::move(u));
     }
   }
-  for (auto& [index, list] : updates) server(ps, index, list.front().name).apply(step_id, list);
+  for (auto& [index, list] : updates) server(ps, index, list.front().name).apply(step_id, list, done_below);
   return bytes;
 }
 

@@ -85,7 +85,7 @@ class RemoteModel {
   // shard rows, sparse ones with repeated ids summed (on the device) and cut
   // by shard; then clears them (also when a server fails).
   // Returns the gradient bytes sent.
-  int64_t push(std::vector<PsClient>& ps, int64_t step_id);
+  int64_t push(std::vector<PsClient>& ps, int64_t step_id, int64_t done_below = 0);
 
  private:
   std::unique_ptr<training::Sequential> model_;

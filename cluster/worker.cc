@@ -158,6 +158,7 @@ class WorkerService final : public Worker::CallbackService {
     try {
       const StepFunction& function = registry_.function(request.function());
       context_.set_step_id(request.step_id());
+      context_.set_done_below(request.done_below());
       response.set_result(function(context_, request.args()));
       response.set_worker_index(index_);
       response.set_started_unix_ms(started_ms_);

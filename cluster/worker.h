@@ -73,6 +73,10 @@ class WorkerContext {
   // The running step's id (the coordinator's; a retried step keeps its id).
   int64_t step_id() const { return step_id_; }
   void set_step_id(int64_t id) { step_id_ = id; }
+  // Every step id below this has finished (the coordinator's word, for the
+  // servers: PsClient::apply's done_below).
+  int64_t done_below() const { return done_below_; }
+  void set_done_below(int64_t id) { done_below_ = id; }
   // The worker's dataset under key, made on first use by make(worker_index,
   // num_workers) (the key names the dataset and its settings).
   Dataset& dataset(const std::string& key, const DatasetFunction& make);
@@ -94,7 +98,7 @@ class WorkerContext {
   int worker_index_, num_workers_;
   Device device_;
   std::vector<PsClient> ps_;
-  int64_t step_id_ = -1;
+  int64_t step_id_ = -1, done_below_ = 0;
   std::map<std::string, std::unique_ptr<Dataset>> datasets_;
   std::map<std::string, std::shared_ptr<void>> state_;
 };

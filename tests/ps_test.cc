@@ -249,6 +249,30 @@ TEST_F(Ps, AStepIdIsAppliedOnce) {
   EXPECT_EQ(status.variables(1).updates(), 2);
 }
 
+// done_below: the coordinator's word that every lower step id finished. A
+// late apply of one is dropped, the server keeps only the ids at or above it
+// (its memory and checkpoints stay bounded), and the update count goes on.
+TEST_F(Ps, StepsBelowDoneBelowAreDroppedAndForgotten) {
+  ASSERT_TRUE(client_.create_variable("a", HostTensor::from_vector<float>({0}, Shape{1}), sgd(1)));
+  auto g = [] { return std::vector<GradientUpdate>{dense("a", HostTensor::from_vector<float>({1}, Shape{1}))}; };
+  for (int64_t step = 0; step < 5; ++step) EXPECT_EQ(client_.apply(step, g()).applied, 1);
+  EXPECT_EQ(client_.apply(6, g(), 5).applied, 1);
+  // Steps 2 and 4 retried late: their ids are forgotten, the fence (5) drops them.
+  EXPECT_EQ(client_.apply(2, g()).duplicates, 1);
+  EXPECT_EQ(client_.apply(4, g(), 3).duplicates, 1);
+  EXPECT_EQ(value("a"), (std::vector<float>{-6}));
+  EXPECT_EQ(client_.status().variables(0).updates(), 6);
+  TempDir dir;
+  const std::string path = dir.path + "/ps.safetensors";
+  client_.save(path);
+  EXPECT_EQ(io::read_safetensors_header(path).find("a/applied_steps").shape, (Shape{1}));  // only step 6
+  PsServer fresh(0, local_options());
+  PsClient restored(0, address_of(fresh), options());
+  restored.restore(path);
+  EXPECT_EQ(restored.status().variables(0).updates(), 6);
+  EXPECT_EQ(restored.apply(6, g()).duplicates, 1);
+}
+
 // The atomicity test: concurrent updates of one variable from many clients
 // all land, none lost to a race (SGD with rate 1: value = initial - sum).
 TEST_F(Ps, ConcurrentUpdatesAddUpExactly) {
