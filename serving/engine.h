@@ -81,6 +81,7 @@ class Engine {
   ~Engine();
 
   int servable_count() const { return static_cast<int>(servables_.size()); }
+  const Device& device() const { return device_; }
   const ServableDefinition& servable(int index) const { return servables_.at(static_cast<size_t>(index)); }
   // Index of the servable with this name (and version, unless empty), or -1.
   int find(const std::string& name, const std::string& version = "") const;

@@ -43,15 +43,32 @@ void Frontend::drain_generators(std::chrono::milliseconds within) {
   }
 }
 
+TritonModelConfig Frontend::config(int model) const {
+  return triton_model_config(engine_.servable(model), signature(model), engine_.device());
+}
+
+std::vector<ModelStatistics> Frontend::statistics(const std::string& name, const std::string& version) const {
+  std::vector<ModelStatistics> out;
+  for (ModelStatistics& s : metrics_.statistics()) {
+    if ((name.empty() || s.name == name) && (version.empty() || s.version == version)) out.push_back(std::move(s));
+  }
+  return out;
+}
+
 void Frontend::answered(int model, int status, std::optional<Clock::time_point> arrival) const {
   const ServableDefinition& def = engine_.servable(model);
   metrics_.request(def.name, def.version, status);
-  if (arrival) lasted(model, *arrival);
+  if (!arrival) return;
+  double seconds = std::chrono::duration<double>(Clock::now() - *arrival).count();
+  metrics_.request_duration(def.name, def.version, seconds);
+  metrics_.outcome(def.name, def.version, status == 200, seconds);
 }
 
 void Frontend::lasted(int model, Clock::time_point arrival) const {
   const ServableDefinition& def = engine_.servable(model);
-  metrics_.request_duration(def.name, def.version, std::chrono::duration<double>(Clock::now() - arrival).count());
+  double seconds = std::chrono::duration<double>(Clock::now() - arrival).count();
+  metrics_.request_duration(def.name, def.version, seconds);
+  metrics_.outcome(def.name, def.version, true, seconds);
 }
 
 void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) {

@@ -18,6 +18,7 @@
 #include "serving/engine.h"
 #include "serving/generator.h"
 #include "serving/metrics.h"
+#include "serving/model_reports.h"
 #include "serving/protocol.h"
 #include "serving/scheduler.h"
 #include "serving/signature.h"
@@ -46,6 +47,11 @@ class Frontend {
   int find(const std::string& name, const std::string& version, std::string* error) const;
   const ServableDefinition& servable(int model) const { return engine_.servable(model); }
   const ModelSignature& signature(int model) const { return signatures_.at(static_cast<size_t>(model)); }
+  // Triton's model configuration of a model (serving/model_reports.h).
+  TritonModelConfig config(int model) const;
+  // The statistics of the models of this name ("": every model) and version
+  // ("": every version), as Triton's statistics extension reports them.
+  std::vector<ModelStatistics> statistics(const std::string& name, const std::string& version) const;
 
   // Strict readiness (as Triton's): not ready while draining or while any model is failed.
   bool ready() const;

@@ -405,6 +405,88 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     return reactor;
   }
 
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context,
+                                        const inference::ModelConfigRequest* request,
+                                        inference::ModelConfigResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    int model = find_or_finish(reactor, "ModelConfig", request->name(), request->version());
+    if (model < 0) return reactor;
+    const TritonModelConfig c = core_.config(model);
+    inference::ModelConfig* out = response->mutable_config();
+    out->set_name(c.name);
+    out->set_platform(c.platform);
+    out->set_backend(c.backend);
+    out->mutable_version_policy()->mutable_latest()->set_num_versions(1);
+    out->set_max_batch_size(static_cast<int32_t>(c.max_batch_size));
+    for (const TritonTensorConfig& t : c.inputs) {
+      inference::ModelInput* in = out->add_input();
+      in->set_name(t.name);
+      in->set_data_type(static_cast<inference::DataType>(triton_data_type_number(t.dtype)));
+      for (int64_t d : t.dims) in->add_dims(d);
+      in->set_optional(t.optional);
+    }
+    for (const TritonTensorConfig& t : c.outputs) {
+      inference::ModelOutput* o = out->add_output();
+      o->set_name(t.name);
+      o->set_data_type(static_cast<inference::DataType>(triton_data_type_number(t.dtype)));
+      for (int64_t d : t.dims) o->add_dims(d);
+    }
+    if (c.dynamic_batching) {
+      inference::ModelDynamicBatching* b = out->mutable_dynamic_batching();
+      for (int64_t size : c.preferred_batch_sizes) b->add_preferred_batch_size(static_cast<int32_t>(size));
+      b->set_max_queue_delay_microseconds(static_cast<uint64_t>(c.max_queue_delay_us));
+    }
+    inference::ModelInstanceGroup* group = out->add_instance_group();
+    group->set_name(c.name);
+    group->set_kind(c.gpu ? inference::ModelInstanceGroup::KIND_GPU : inference::ModelInstanceGroup::KIND_CPU);
+    group->set_count(1);
+    (*out->mutable_parameters())["rank_size"].set_string_value(std::to_string(c.rank_size));
+    (*out->mutable_parameters())["stage_size"].set_string_value(std::to_string(c.stage_size));
+    finish(reactor, "ModelConfig", grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* context,
+                                            const inference::ModelStatisticsRequest* request,
+                                            inference::ModelStatisticsResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    // A named model (and version) must exist; no name: every model.
+    if (!request->name().empty() &&
+        find_or_finish(reactor, "ModelStatistics", request->name(), request->version()) < 0) {
+      return reactor;
+    }
+    auto duration = [](const DurationStat& d, inference::StatisticDuration* out) {
+      out->set_count(d.count);
+      out->set_ns(d.ns);
+    };
+    for (const serving::ModelStatistics& s : core_.statistics(request->name(), request->version())) {
+      inference::ModelStatistics* m = response->add_model_stats();
+      m->set_name(s.name);
+      m->set_version(s.version);
+      m->set_last_inference(s.last_inference_ms);
+      m->set_inference_count(s.inference_count);
+      m->set_execution_count(s.execution_count);
+      inference::InferStatistics* i = m->mutable_inference_stats();
+      duration(s.success, i->mutable_success());
+      duration(s.fail, i->mutable_fail());
+      duration(s.queue, i->mutable_queue());
+      duration(s.compute_input, i->mutable_compute_input());
+      duration(s.compute_infer, i->mutable_compute_infer());
+      duration(s.compute_output, i->mutable_compute_output());
+      duration(s.cache_hit, i->mutable_cache_hit());
+      duration(s.cache_miss, i->mutable_cache_miss());
+      for (const auto& [size, b] : s.batches) {
+        inference::InferBatchStatistics* bs = m->add_batch_stats();
+        bs->set_batch_size(static_cast<uint64_t>(size));
+        duration(b.compute_input, bs->mutable_compute_input());
+        duration(b.compute_infer, bs->mutable_compute_infer());
+        duration(b.compute_output, bs->mutable_compute_output());
+      }
+    }
+    finish(reactor, "ModelStatistics", grpc::Status::OK);
+    return reactor;
+  }
+
   // Checks and queues an infer request; done(outcome, model) once, from any
   // thread (model -1: no such model). Nothing thrown escapes: a bug is a 500.
   using InferAnswer = std::function<void(const Outcome&, int model)>;

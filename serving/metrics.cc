@@ -1,6 +1,7 @@
 #include "serving/metrics.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -81,8 +82,34 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
   out += name + "_count{" + labels + "} " + std::to_string(count_) + "\n";
 }
 
+void DurationStat::add(double seconds, uint64_t times) {
+  count += times;
+  ns += static_cast<uint64_t>(std::max(0.0, seconds) * 1e9) * times;
+}
+
 Metrics::Model& Metrics::model(const std::string& model, const std::string& version) {
-  return models_[{model, version}];
+  Model& m = models_[{model, version}];
+  if (m.stats.name.empty()) {
+    m.stats.name = model;
+    m.stats.version = version;
+  }
+  return m;
+}
+
+void Metrics::outcome(const std::string& m, const std::string& v, bool ok, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ModelStatistics& s = model(m, v).stats;
+  (ok ? s.success : s.fail).add(seconds);
+  s.last_inference_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+std::vector<ModelStatistics> Metrics::statistics() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<ModelStatistics> out;
+  for (const auto& [key, m] : models_) out.push_back(m.stats);
+  return out;
 }
 
 void Metrics::add_model(const std::string& m, const std::string& v) {
@@ -113,13 +140,26 @@ void Metrics::http_request(int status) {
 }
 
 void Metrics::batch(const std::string& m, const std::string& v, int64_t rows, int64_t requests,
-                    const std::vector<double>& queue_seconds, double compute_seconds) {
+                    const std::vector<double>& queue_seconds, double compute_seconds, bool ok) {
   std::lock_guard<std::mutex> lock(mutex_);
   Model& x = model(m, v);
   x.batch_rows.observe(static_cast<double>(rows));
   x.batch_requests.observe(static_cast<double>(requests));
   for (double q : queue_seconds) x.queue.observe(q);
   x.compute.observe(compute_seconds);
+  if (!ok) return;
+  ModelStatistics& s = x.stats;
+  ++s.execution_count;
+  s.inference_count += static_cast<uint64_t>(rows);
+  for (double q : queue_seconds) s.queue.add(q);
+  const auto n = static_cast<uint64_t>(requests);
+  s.compute_infer.add(compute_seconds, n);
+  s.compute_input.add(0, n);
+  s.compute_output.add(0, n);
+  BatchStat& b = s.batches[rows];
+  b.compute_infer.add(compute_seconds);
+  b.compute_input.add(0);
+  b.compute_output.add(0);
 }
 
 void Metrics::engine(const std::string& m, const std::string& v, double engine_seconds, double forward_seconds) {

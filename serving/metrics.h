@@ -32,6 +32,7 @@
 #pragma once
 
 #include <map>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -73,6 +74,30 @@ class Summary {
   long long count_ = 0;
 };
 
+// Triton's statistics extension (GET /v2/models/{m}/stats, gRPC
+// ModelStatistics): per model and version, since the server started.
+struct DurationStat {
+  uint64_t count = 0, ns = 0;
+  void add(double seconds, uint64_t times = 1);
+};
+struct BatchStat {
+  DurationStat compute_input, compute_infer, compute_output;
+};
+struct ModelStatistics {
+  std::string name, version;
+  uint64_t last_inference_ms = 0;  // the last request's answer, ms since the epoch
+  uint64_t inference_count = 0;    // rows of the successful batches (Triton counts each row)
+  uint64_t execution_count = 0;    // successful batches
+  // success and fail: requests and their durations from arrival to answer;
+  // queue: each request's wait until its batch started; compute_infer: each
+  // request's batch time in the engine (one count per request, as Triton
+  // counts). meshrt does not time input and output preparation apart from
+  // the engine: compute_input and compute_output count the same requests with
+  // 0 ns. No response cache: cache_hit and cache_miss stay 0.
+  DurationStat success, fail, queue, compute_input, compute_infer, compute_output, cache_hit, cache_miss;
+  std::map<int64_t, BatchStat> batches;  // by batch size (rows): one count per batch
+};
+
 class Metrics {
  public:
   void add_model(const std::string& model, const std::string& version);
@@ -82,8 +107,14 @@ class Metrics {
   void http_request(int status);
   // code: the gRPC status code's name ("OK", "INVALID_ARGUMENT", ...).
   void grpc_request(const std::string& method, const std::string& code);
+  // A batch the engine ran (ok: it succeeded; the statistics count only those).
   void batch(const std::string& model, const std::string& version, int64_t rows, int64_t requests,
-             const std::vector<double>& queue_seconds, double compute_seconds);
+             const std::vector<double>& queue_seconds, double compute_seconds, bool ok = true);
+  // An infer or generate request ended (ok or not), seconds after it arrived:
+  // the statistics' success / fail and last inference.
+  void outcome(const std::string& model, const std::string& version, bool ok, double seconds);
+  // Every model's statistics (name, version order).
+  std::vector<ModelStatistics> statistics() const;
   // What the engine measured of a batch that succeeded (serving/engine.h BatchReport).
   void engine(const std::string& model, const std::string& version, double engine_seconds, double forward_seconds);
   void queue_size(const std::string& model, const std::string& version, int64_t waiting);
@@ -110,6 +141,7 @@ class Metrics {
     int64_t waiting = 0;
     long long tokens = 0;
     int64_t kv_in_use = 0, kv_total = -1;  // -1: the model does not generate
+    ModelStatistics stats;
   };
   Model& model(const std::string& model, const std::string& version);
 

@@ -440,7 +440,7 @@ std::string model_ready_json(const std::string& name, bool ready, const std::str
 }
 
 const ServerIdentity& server_identity() {
-  static const ServerIdentity identity{"meshrt", "0.1.0", {"binary_tensor_data"}};
+  static const ServerIdentity identity{"meshrt", "0.1.0", {"binary_tensor_data", "model_configuration", "statistics"}};
   return identity;
 }
 

@@ -180,7 +180,8 @@ void Scheduler::finish_batch(int model, std::vector<Request>& batch, std::chrono
   if (failure.status == 503) failure.error = "model '" + def.name + "' is unavailable: " + reason;
   bool engine_failed = failure.status == 503 && !engine_.failure(model).empty();
   double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  metrics_.batch(def.name, def.version, rows, static_cast<int64_t>(batch.size()), queued, compute);
+  metrics_.batch(def.name, def.version, rows, static_cast<int64_t>(batch.size()), queued, compute,
+                 failure.status == 200);
   if (failure.status == 200) metrics_.engine(def.name, def.version, report.engine_seconds, report.forward_seconds);
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -59,8 +59,26 @@ class HttpFrontend {
       bool ready = core_.ready();
       respond(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
     });
+    // The statistics extension: every model's (before the model routes, so that
+    // "stats" is not taken for a model's name).
+    router_.add("GET", "/v2/models/stats", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {
+      respond(json_response(200, statistics_json(core_.statistics("", ""))));
+    });
     // Every model route with and without /versions/{version}.
     for (const std::string& base : {std::string("/v2/models/{model}"), std::string("/v2/models/{model}/versions/{version}")}) {
+      // The model configuration extension (Triton's ModelConfig JSON) and one
+      // model's statistics (every version of it unless the path names one).
+      router_.add("GET", base + "/config", model_route([this](int model, const HttpRequest&, const Responder& respond) {
+        respond(json_response(200, model_config_json(core_.config(model))));
+      }));
+      router_.add("GET", base + "/stats",
+                  [this](const HttpRequest&, const RouteParams& params, const Responder& respond) {
+                    auto version = params.find("version");
+                    const std::string v = version == params.end() ? "" : version->second;
+                    std::string error;
+                    if (core_.find(params.at("model"), v, &error) < 0) return respond(error_response(404, error));
+                    respond(json_response(200, statistics_json(core_.statistics(params.at("model"), v))));
+                  });
       router_.add("GET", base, model_route([this](int model, const HttpRequest&, const Responder& respond) {
         respond(json_response(200, model_metadata_json(core_.signature(model), core_.model_failure(model))));
       }));

@@ -521,13 +521,14 @@ TEST_F(Grpc, HugeShapesAreRefusedBeforeAllocation) {
   EXPECT_EQ(errors["after"], "");
 }
 
-// The Python client (python3-grpcio, stubs generated from the same proto).
-TEST_F(Grpc, PythonClient) {
+// Runs a Python check of the running job (its gRPC and HTTP ports, the
+// generated stubs): it prints OK and exits 0 when every check passes.
+void run_python_check(const char* script, int grpc_port, int http_port) {
   if (std::system("/usr/bin/python3 -c 'import grpc, google.protobuf, numpy' > /dev/null 2>&1") != 0) {
     GTEST_SKIP() << "python3-grpcio, python3-protobuf or python3-numpy is not installed (./run.sh installs them)";
   }
-  std::string command = "/usr/bin/python3 " MESHRT_SOURCE_DIR "/tests/grpc_client_test.py --port " +
-                        std::to_string(job_->grpc_port()) + " --http-port " + std::to_string(job_->port()) +
+  std::string command = std::string("/usr/bin/python3 " MESHRT_SOURCE_DIR "/tests/") + script + " --port " +
+                        std::to_string(grpc_port) + " --http-port " + std::to_string(http_port) +
                         " --stubs " MESHRT_RPC_PYTHON_DIR " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
@@ -537,6 +538,15 @@ TEST_F(Grpc, PythonClient) {
   int rc = ::pclose(pipe);
   EXPECT_EQ(rc, 0) << output;
   EXPECT_NE(output.find("OK"), std::string::npos) << output;
+}
+
+// The Python client (python3-grpcio, stubs generated from the same proto).
+TEST_F(Grpc, PythonClient) { run_python_check("grpc_client_test.py", job_->grpc_port(), job_->port()); }
+
+// Triton's model configuration and statistics extensions, over HTTP and
+// gRPC, read by Python written against Triton's documented formats.
+TEST_F(Grpc, ConfigAndStatisticsAsTritonReportsThem) {
+  run_python_check("model_reports_test.py", job_->grpc_port(), job_->port());
 }
 
 }  // namespace

@@ -1,0 +1,134 @@
+#include "serving/model_reports.h"
+
+#include <nlohmann/json.hpp>
+
+#include "device/error.h"
+
+namespace meshrt::serving {
+
+namespace {
+
+using nlohmann::json;
+
+json duration(const DurationStat& d) { return {{"count", d.count}, {"ns", d.ns}}; }
+
+json tensors(const std::vector<TritonTensorConfig>& list, bool input) {
+  json out = json::array();
+  for (const TritonTensorConfig& t : list) {
+    json j = {{"name", t.name}, {"data_type", triton_data_type(t.dtype)}, {"dims", t.dims}};
+    if (input) {
+      j["format"] = "FORMAT_NONE";
+      j["optional"] = t.optional;
+    }
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* triton_data_type(DType dtype) {
+  switch (dtype) {
+    case DType::kBool: return "TYPE_BOOL";
+    case DType::kU8: return "TYPE_UINT8";
+    case DType::kI32: return "TYPE_INT32";
+    case DType::kI64: return "TYPE_INT64";
+    case DType::kF16: return "TYPE_FP16";
+    case DType::kF32: return "TYPE_FP32";
+    case DType::kF64: return "TYPE_FP64";
+    case DType::kBF16: return "TYPE_BF16";
+  }
+  return "TYPE_INVALID";
+}
+
+int triton_data_type_number(DType dtype) {
+  switch (dtype) {
+    case DType::kBool: return 1;
+    case DType::kU8: return 2;
+    case DType::kI32: return 8;
+    case DType::kI64: return 9;
+    case DType::kF16: return 10;
+    case DType::kF32: return 11;
+    case DType::kF64: return 12;
+    case DType::kBF16: return 14;
+  }
+  return 0;
+}
+
+TritonModelConfig triton_model_config(const ServableDefinition& servable, const ModelSignature& signature,
+                                      const Device& device) {
+  TritonModelConfig c;
+  c.name = signature.name;
+  const BatchingConfig& b = servable.batching;
+  c.max_batch_size = b.enabled ? b.max_batch_size : 0;
+  auto convert = [&](const TensorSpec& spec) {
+    TritonTensorConfig t;
+    t.name = spec.name;
+    t.dtype = spec.dtype;
+    t.optional = spec.optional;
+    // With batching the batch axis (the first, -1) is not part of dims.
+    t.dims = spec.shape;
+    if (c.max_batch_size > 0 && !t.dims.empty()) t.dims.erase(t.dims.begin());
+    return t;
+  };
+  for (const TensorSpec& s : signature.inputs) c.inputs.push_back(convert(s));
+  for (const TensorSpec& s : signature.outputs) c.outputs.push_back(convert(s));
+  c.dynamic_batching = b.enabled;
+  c.preferred_batch_sizes = b.preferred_batch_sizes;
+  c.max_queue_delay_us = b.max_queue_delay_us;
+  c.gpu = device.is_cuda();
+  c.rank_size = servable.rank_size;
+  c.stage_size = servable.stage_size;
+  return c;
+}
+
+std::string model_config_json(const TritonModelConfig& c) {
+  json j = {{"name", c.name},
+            {"platform", c.platform},
+            {"backend", c.backend},
+            {"version_policy", {{"latest", {{"num_versions", 1}}}}},
+            {"max_batch_size", c.max_batch_size},
+            {"input", tensors(c.inputs, true)},
+            {"output", tensors(c.outputs, false)},
+            {"instance_group",
+             json::array({{{"name", c.name}, {"kind", c.gpu ? "KIND_GPU" : "KIND_CPU"}, {"count", 1}}})},
+            {"parameters",
+             {{"rank_size", {{"string_value", std::to_string(c.rank_size)}}},
+              {"stage_size", {{"string_value", std::to_string(c.stage_size)}}}}}};
+  if (c.dynamic_batching) {
+    j["dynamic_batching"] = {{"preferred_batch_size", c.preferred_batch_sizes},
+                             {"max_queue_delay_microseconds", c.max_queue_delay_us}};
+  }
+  return j.dump();
+}
+
+std::string statistics_json(const std::vector<ModelStatistics>& stats) {
+  json models = json::array();
+  for (const ModelStatistics& s : stats) {
+    json batches = json::array();
+    for (const auto& [size, b] : s.batches) {
+      batches.push_back({{"batch_size", size},
+                         {"compute_input", duration(b.compute_input)},
+                         {"compute_infer", duration(b.compute_infer)},
+                         {"compute_output", duration(b.compute_output)}});
+    }
+    models.push_back({{"name", s.name},
+                      {"version", s.version},
+                      {"last_inference", s.last_inference_ms},
+                      {"inference_count", s.inference_count},
+                      {"execution_count", s.execution_count},
+                      {"inference_stats",
+                       {{"success", duration(s.success)},
+                        {"fail", duration(s.fail)},
+                        {"queue", duration(s.queue)},
+                        {"compute_input", duration(s.compute_input)},
+                        {"compute_infer", duration(s.compute_infer)},
+                        {"compute_output", duration(s.compute_output)},
+                        {"cache_hit", duration(s.cache_hit)},
+                        {"cache_miss", duration(s.cache_miss)}}},
+                      {"batch_stats", std::move(batches)}});
+  }
+  return json{{"model_stats", std::move(models)}}.dump();
+}
+
+}  // namespace meshrt::serving
