@@ -164,10 +164,24 @@ Engine::~Engine() {
 }
 
 int Engine::find(const std::string& name, const std::string& version) const {
+  // "10" after "9": longer digit strings are larger (version folders have no leading zeros).
+  auto later = [](const std::string& a, const std::string& b) {
+    bool numeric = a.find_first_not_of("0123456789") == std::string::npos &&
+                   b.find_first_not_of("0123456789") == std::string::npos;
+    if (numeric && a.size() != b.size()) return a.size() > b.size();
+    return a > b;
+  };
+  int found = -1;
   for (size_t i = 0; i < servables_.size(); ++i) {
-    if (servables_[i].name == name && (version.empty() || servables_[i].version == version)) return static_cast<int>(i);
+    const ServableDefinition& s = servables_[i];
+    if (s.name != name) continue;
+    if (!version.empty()) {
+      if (s.version == version) return static_cast<int>(i);
+      continue;
+    }
+    if (found < 0 || later(s.version, servables_[static_cast<size_t>(found)].version)) found = static_cast<int>(i);
   }
-  return -1;
+  return found;
 }
 
 HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,

@@ -83,7 +83,9 @@ class Engine {
   int servable_count() const { return static_cast<int>(servables_.size()); }
   const Device& device() const { return device_; }
   const ServableDefinition& servable(int index) const { return servables_.at(static_cast<size_t>(index)); }
-  // Index of the servable with this name (and version, unless empty), or -1.
+  // Index of the servable with this name and version, or -1. No version: the
+  // latest of that name (the highest number, as Triton serves when a request
+  // names none; versions that are not numbers: the greatest name).
   int find(const std::string& name, const std::string& version = "") const;
 
   // Rank 0 only, one call at a time: runs batch ([rows, ...] host, fitting the

@@ -416,7 +416,16 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     out->set_name(c.name);
     out->set_platform(c.platform);
     out->set_backend(c.backend);
-    out->mutable_version_policy()->mutable_latest()->set_num_versions(1);
+    switch (c.version_policy.kind) {
+      case VersionPolicy::Kind::kAll: out->mutable_version_policy()->mutable_all(); break;
+      case VersionPolicy::Kind::kSpecific:
+        for (int64_t v : c.version_policy.versions) out->mutable_version_policy()->mutable_specific()->add_versions(v);
+        break;
+      case VersionPolicy::Kind::kLatest:
+        out->mutable_version_policy()->mutable_latest()->set_num_versions(
+            static_cast<uint32_t>(c.version_policy.num_versions));
+        break;
+    }
     out->set_max_batch_size(static_cast<int32_t>(c.max_batch_size));
     for (const TritonTensorConfig& t : c.inputs) {
       inference::ModelInput* in = out->add_input();

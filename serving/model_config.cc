@@ -237,6 +237,39 @@ json parse_config_json(std::string_view text, const Reader& r) {
   return v;
 }
 
+// "version_policy": {"latest": {"num_versions": N}} | {"all": {}} |
+// {"specific": {"versions": [...]}} (Triton's JSON form).
+void read_version_policy(const Reader& r, const json& v, VersionPolicy& p) {
+  if (!v.contains("version_policy")) return;
+  const json& j = v["version_policy"];
+  if (!j.is_object() || j.size() != 1) {
+    r.fail("version_policy", "expected one of {\"latest\": {\"num_versions\": N}}, {\"all\": {}}, "
+                             "{\"specific\": {\"versions\": [...]}}");
+  }
+  const std::string choice = j.begin().key();
+  if (!j.begin()->is_object()) r.fail("version_policy." + choice, "expected an object");
+  if (j.contains("latest")) {
+    p.kind = VersionPolicy::Kind::kLatest;
+    r.only(j["latest"], {"num_versions"}, "version_policy.latest");
+    if (j["latest"].contains("num_versions")) {
+      p.num_versions = static_cast<int>(r.integer(j["latest"]["num_versions"], "version_policy.latest.num_versions", 1, 1 << 20));
+    }
+  } else if (j.contains("all")) {
+    p.kind = VersionPolicy::Kind::kAll;
+    r.only(j["all"], {}, "version_policy.all");
+  } else if (j.contains("specific")) {
+    p.kind = VersionPolicy::Kind::kSpecific;
+    r.only(j["specific"], {"versions"}, "version_policy.specific");
+    const json& list = r.need(j["specific"], "versions", "version_policy.specific.versions");
+    if (!list.is_array() || list.empty()) r.fail("version_policy.specific.versions", "expected a non-empty list of versions");
+    for (size_t i = 0; i < list.size(); ++i) {
+      p.versions.push_back(r.integer(list[i], detail::cat("version_policy.specific.versions[", i, "]"), 0, int64_t{1} << 62));
+    }
+  } else {
+    r.fail("version_policy", "expected \"latest\", \"all\" or \"specific\"");
+  }
+}
+
 // name (the folder's), version, rank_size and stage_size, shared by both formats.
 void read_identity(const Reader& r, const json& v, const std::string& model_dir, bool name_required, ModelConfig& c) {
   std::string folder = model_dir.substr(model_dir.find_last_of('/') + 1);
@@ -261,21 +294,22 @@ ModelConfig load_model_config(const std::string& model_dir) {
   return parse_model_config(read_config_text(model_dir + "/config.json"), model_dir);
 }
 
-ModelConfig parse_hf_serving_config(std::string_view text, const std::string& model_dir) {
+ModelConfig parse_hf_serving_config(std::string_view text, const std::string& model_dir, const std::string& files_dir) {
+  const std::string& files = files_dir.empty() ? model_dir : files_dir;
   ModelConfig c;
   c.format = ModelFormat::kHuggingFace;
-  c.directory = model_dir;
+  c.directory = files;
   c.config_path = model_dir + "/" + kHfServingConfig;
-  c.weights_path = model_dir;
+  c.weights_path = files;
   c.batching.max_batch_size = kHfDefaultMaxBatchSize;
   Reader r(c.config_path);
   json v = parse_config_json(text, r);
   static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "compute_dtype", "batching",
-                                              "kv_cache", "description"};
+                                              "kv_cache", "description", "version_policy"};
   for (auto it = v.begin(); it != v.end(); ++it) {
     if (!known.count(it.key())) {
       r.fail(it.key(), "unknown field (meshrt.json takes rank_size, stage_size, name, version, compute_dtype, batching, "
-                       "kv_cache, description)");
+                       "kv_cache, description, version_policy)");
     }
   }
   if (v.contains("kv_cache")) {
@@ -294,18 +328,23 @@ ModelConfig parse_hf_serving_config(std::string_view text, const std::string& mo
     c.compute_dtype = dtype;
   }
   read_batching(r, v, c.batching);
-  if (!is_file(model_dir + "/config.json")) r.fail("(folder)", "a Hugging Face model folder needs its config.json beside meshrt.json");
+  read_version_policy(r, v, c.version_policy);
+  if (!is_file(files + "/config.json")) {
+    r.fail("(folder)", files == model_dir ? "a Hugging Face model folder needs its config.json beside meshrt.json"
+                                          : "version folder " + files + " needs the checkpoint's config.json");
+  }
   return c;
 }
 
-ModelConfig parse_model_config(std::string_view text, const std::string& model_dir) {
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir, const std::string& files_dir) {
+  const std::string& files = files_dir.empty() ? model_dir : files_dir;
   ModelConfig c;
-  c.directory = model_dir;
+  c.directory = files;
   c.config_path = model_dir + "/config.json";
   Reader r(c.config_path);
   json v = parse_config_json(text, r);
   static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
-                                              "weights", "stages", "batching", "description"};
+                                              "weights", "stages", "batching", "description", "version_policy"};
   for (auto it = v.begin(); it != v.end(); ++it) {
     if (!known.count(it.key())) r.fail(it.key(), "unknown field");
   }
@@ -331,7 +370,7 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
   if (weights.empty() || weights.find("..") != std::string::npos || weights[0] == '/') {
     r.fail("weights", "expected a file or folder name inside the model folder, got \"" + weights + "\"");
   }
-  c.weights_path = model_dir + "/" + weights;
+  c.weights_path = files + "/" + weights;
   if (!is_file(c.weights_path) && !is_file(c.weights_path + "/model.safetensors.index.json")) {
     r.fail("weights", "expected a safetensors file or checkpoint folder, but " + c.weights_path + " is neither");
   }
@@ -356,6 +395,7 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
   }
 
   read_batching(r, v, c.batching);
+  read_version_policy(r, v, c.version_policy);
   return c;
 }
 
@@ -379,7 +419,65 @@ std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
   }
   std::sort(names.begin(), names.end());
   std::vector<ModelConfig> out;
-  for (const auto& n : names) out.push_back(load_model_config(repository_dir + "/" + n));
+  for (const auto& n : names) {
+    for (ModelConfig& c : load_model_versions(repository_dir + "/" + n)) out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::vector<ModelConfig> load_model_versions(const std::string& model_dir) {
+  std::vector<int64_t> found;
+  if (DIR* d = ::opendir(model_dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      bool numeric = !name.empty() && name.size() <= 18 && name.find_first_not_of("0123456789") == std::string::npos &&
+                     (name == "0" || name[0] != '0');
+      if (numeric && is_directory(model_dir + "/" + name)) found.push_back(std::stoll(name));
+    }
+    ::closedir(d);
+  }
+  if (found.empty()) return {load_model_config(model_dir)};
+  std::sort(found.begin(), found.end());
+  const bool hf = is_file(model_dir + "/" + kHfServingConfig);
+  const std::string config_path = model_dir + "/" + (hf ? kHfServingConfig : "config.json");
+  const std::string text = read_config_text(config_path);
+  auto parse = [&](const std::string& files) {
+    return hf ? parse_hf_serving_config(text, model_dir, files) : parse_model_config(text, model_dir, files);
+  };
+  Reader r(config_path);
+  // The policy and the version key, read before any version folder is looked at.
+  json v = parse_config_json(text, r);
+  if (v.contains("version")) {
+    r.fail("version", "a model with version folders (" + model_dir + "/" + std::to_string(found.front()) +
+                          ", ...) takes its versions from them: remove \"version\"");
+  }
+  VersionPolicy policy;
+  read_version_policy(r, v, policy);
+  std::vector<int64_t> chosen;
+  switch (policy.kind) {
+    case VersionPolicy::Kind::kAll: chosen = found; break;
+    case VersionPolicy::Kind::kLatest: {
+      size_t n = std::min(found.size(), static_cast<size_t>(policy.num_versions));
+      chosen.assign(found.end() - static_cast<std::ptrdiff_t>(n), found.end());
+      break;
+    }
+    case VersionPolicy::Kind::kSpecific:
+      for (int64_t want : policy.versions) {
+        if (!std::binary_search(found.begin(), found.end(), want)) {
+          r.fail("version_policy.specific.versions", detail::cat("version ", want, " has no folder ", model_dir, "/", want));
+        }
+      }
+      chosen = policy.versions;
+      std::sort(chosen.begin(), chosen.end());
+      chosen.erase(std::unique(chosen.begin(), chosen.end()), chosen.end());
+      break;
+  }
+  std::vector<ModelConfig> out;
+  for (int64_t version : chosen) {
+    ModelConfig c = parse(model_dir + "/" + std::to_string(version));
+    c.version = std::to_string(version);
+    out.push_back(std::move(c));
+  }
   return out;
 }
 

@@ -96,6 +96,16 @@ struct KvCacheConfig {
   int64_t num_blocks = 256;
 };
 
+// Which numeric version folders of a model are served (Triton's
+// version_policy): the latest num_versions (the default, 1), all, or the
+// listed ones.
+struct VersionPolicy {
+  enum class Kind { kLatest, kAll, kSpecific };
+  Kind kind = Kind::kLatest;
+  int num_versions = 1;
+  std::vector<int64_t> versions;  // kSpecific
+};
+
 struct ModelConfig {
   ModelFormat format = ModelFormat::kLayers;
   std::string name, version = "1";
@@ -108,19 +118,36 @@ struct ModelConfig {
   std::string compute_dtype;         // kHuggingFace: "" (the device's default) or torch_dtype's name
   KvCacheConfig kv_cache;            // kHuggingFace
   BatchingConfig batching;
+  VersionPolicy version_policy;
 };
 
 // Reads and checks model_dir/meshrt.json when there is one, else
 // model_dir/config.json (not the weights: those are checked when the model is
 // built, against the config).
 ModelConfig load_model_config(const std::string& model_dir);
-// The same for the text of a Hugging Face folder's meshrt.json.
-ModelConfig parse_hf_serving_config(std::string_view text, const std::string& model_dir);
+// The same for the text of a Hugging Face folder's meshrt.json. files_dir:
+// where the checkpoint is (a version folder; "" : model_dir itself).
+ModelConfig parse_hf_serving_config(std::string_view text, const std::string& model_dir,
+                                    const std::string& files_dir = "");
 // The same for the text of model_dir/config.json (at most kMaxModelConfigBytes):
-// the checks that need the folder (its name, the weights file) look at model_dir.
+// the checks that need the folder look at model_dir (its name) and files_dir
+// (the weights file; "": model_dir).
 inline constexpr size_t kMaxModelConfigBytes = 1 << 20;
-ModelConfig parse_model_config(std::string_view text, const std::string& model_dir);
-// Every model of the repository (folders with a config.json or a meshrt.json), sorted by name.
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir, const std::string& files_dir = "");
+
+// Versions as Triton lays them out: the model's config (config.json, or
+// meshrt.json for a Hugging Face model) in model_dir beside numeric version
+// folders (1/, 2/, ...) holding the weights (or the checkpoint) of each; the
+// config's "version_policy" ({"latest": {"num_versions": N}}, {"all": {}},
+// {"specific": {"versions": [1, 3]}}; default latest 1) picks the ones served,
+// one ModelConfig each (version = the folder's number), in ascending order.
+// A folder without numeric subfolders is one version: its config's "version"
+// ("1" unless it says), as before. Throws Error(kInvalidArgument) naming the
+// folder: a "version" key beside version folders, a policy naming a version
+// that has no folder, or a policy that selects none.
+std::vector<ModelConfig> load_model_versions(const std::string& model_dir);
+// Every model of the repository (folders with a config.json or a meshrt.json),
+// sorted by name, each version of it (load_model_versions) in ascending order.
 // Throws Error(kInvalidArgument) if the folder is missing or holds no model.
 std::vector<ModelConfig> load_repository(const std::string& repository_dir);
 

@@ -12,6 +12,15 @@ using nlohmann::json;
 
 json duration(const DurationStat& d) { return {{"count", d.count}, {"ns", d.ns}}; }
 
+json version_policy_json(const VersionPolicy& p) {
+  switch (p.kind) {
+    case VersionPolicy::Kind::kAll: return {{"all", json::object()}};
+    case VersionPolicy::Kind::kSpecific: return {{"specific", {{"versions", p.versions}}}};
+    case VersionPolicy::Kind::kLatest: break;
+  }
+  return {{"latest", {{"num_versions", p.num_versions}}}};
+}
+
 json tensors(const std::vector<TritonTensorConfig>& list, bool input) {
   json out = json::array();
   for (const TritonTensorConfig& t : list) {
@@ -79,6 +88,7 @@ TritonModelConfig triton_model_config(const ServableDefinition& servable, const 
   c.gpu = device.is_cuda();
   c.rank_size = servable.rank_size;
   c.stage_size = servable.stage_size;
+  c.version_policy = servable.version_policy;
   return c;
 }
 
@@ -86,7 +96,7 @@ std::string model_config_json(const TritonModelConfig& c) {
   json j = {{"name", c.name},
             {"platform", c.platform},
             {"backend", c.backend},
-            {"version_policy", {{"latest", {{"num_versions", 1}}}}},
+            {"version_policy", version_policy_json(c.version_policy)},
             {"max_batch_size", c.max_batch_size},
             {"input", tensors(c.inputs, true)},
             {"output", tensors(c.outputs, false)},

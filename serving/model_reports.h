@@ -8,7 +8,7 @@
 // whole shape, batch axis -1 included; else dims leave the batch axis out);
 // inputs and outputs with TYPE_* data types; dynamic_batching when batching
 // is on (preferred sizes, max queue delay); one instance group (KIND_GPU or
-// KIND_CPU) and parameters rank_size and stage_size; version policy latest 1.
+// KIND_CPU) and parameters rank_size and stage_size; the config's version policy.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +42,7 @@ struct TritonModelConfig {
   int64_t max_queue_delay_us = 0;
   bool gpu = false;  // the instance group's kind
   int64_t rank_size = 1, stage_size = 1;
+  VersionPolicy version_policy;
 };
 
 TritonModelConfig triton_model_config(const ServableDefinition& servable, const ModelSignature& signature,

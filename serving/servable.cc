@@ -126,6 +126,7 @@ ServableDefinition servable_shell(const ModelConfig& c) {
   s.rank_size = c.rank_size;
   s.stage_size = c.stage_size;
   s.batching = c.batching;
+  s.version_policy = c.version_policy;
   return s;
 }
 

@@ -124,6 +124,7 @@ struct ServableDefinition {
   std::vector<StageDefinition> stages;  // stage_size of them
   Hooks hooks;
   BatchingConfig batching;
+  VersionPolicy version_policy;  // of its model's versions (the config's; reported by /config)
   // Set when the servable generates (POST .../generate): its stages take generation steps.
   std::shared_ptr<const GenerationSpec> generation;
 };

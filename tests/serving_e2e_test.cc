@@ -481,6 +481,52 @@ TEST(Serving, AnIdleEngineStartsABatchAtOnce) {
   fs::remove_all(root);
 }
 
+// Versions over HTTP: a model with version folders 1, 2 and 3 under the
+// policy "specific [1, 3]" (version v multiplies by v): each version answers
+// with its own weights at /versions/{v}, no version is the latest (3), an
+// unserved or unknown version is 404; its config reports the policy and the
+// statistics count each version apart.
+TEST(Serving, VersionsAnswerWithTheirOwnWeights) {
+  fs::path root = fs::temp_directory_path() / ("meshrt-versions-" + std::to_string(::getpid()));
+  fs::create_directories(root / "scale");
+  json config = {{"name", "scale"}, {"rank_size", 2}, {"stage_size", 1},
+                 {"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {-1, 4}}}}},
+                 {"outputs", {{{"name", "y"}, {"datatype", "FP32"}, {"shape", {-1, 4}}}}},
+                 {"weights", "weights.safetensors"},
+                 {"stages", {{{"layers", {{{"type", "linear"}, {"weight", "w"}, {"parallel", "column"}}}}}}},
+                 {"version_policy", {{"specific", {{"versions", {1, 3}}}}}}};
+  std::ofstream(root / "scale" / "config.json") << config.dump(2);
+  for (int v : {1, 2, 3}) {
+    fs::create_directories(root / "scale" / std::to_string(v));
+    HostTensor w = HostTensor::zeros({4, 4}, DType::kF32);
+    for (int i = 0; i < 4; ++i) w.data<float>()[i * 4 + i] = static_cast<float>(v);
+    io::write_safetensors_file((root / "scale" / std::to_string(v) / "weights.safetensors").string(), {{"w", w}});
+  }
+  ServerJob job(2, root.string());
+  ASSERT_TRUE(job.wait_ready()) << job.log();
+  HttpClient c = job.client();
+  auto first_output = [&](const std::string& path) {
+    HttpResponse r = c.request("POST", path, infer_body("x", 1, 4, 1.0), kJson);
+    EXPECT_EQ(r.status, 200) << path << ": " << r.body;
+    return r.status == 200 ? json::parse(r.body)["outputs"][0]["data"][0].get<double>() : -1.0;
+  };
+  EXPECT_EQ(first_output("/v2/models/scale/versions/1/infer"), 1.0);
+  EXPECT_EQ(first_output("/v2/models/scale/versions/3/infer"), 3.0);
+  EXPECT_EQ(first_output("/v2/models/scale/infer"), 3.0);  // the latest
+  EXPECT_EQ(c.request("POST", "/v2/models/scale/versions/2/infer", infer_body("x", 1, 4, 1.0), kJson).status, 404);
+  EXPECT_EQ(c.request("GET", "/v2/models/scale/versions/7").status, 404);
+  json cfg = json::parse(c.request("GET", "/v2/models/scale/config").body);
+  EXPECT_EQ(cfg["version_policy"], json({{"specific", {{"versions", {1, 3}}}}})) << cfg.dump();
+  json stats = json::parse(c.request("GET", "/v2/models/scale/stats").body);
+  ASSERT_EQ(stats["model_stats"].size(), 2u) << stats.dump();
+  for (const json& m : stats["model_stats"]) {
+    EXPECT_EQ(m["inference_stats"]["success"]["count"].get<int>(), m["version"] == "3" ? 2 : 1) << m.dump();
+  }
+  job.signal_rank0(SIGTERM);
+  EXPECT_TRUE(job.exited(std::chrono::seconds(60)));
+  fs::remove_all(root);
+}
+
 TEST(Serving, QueueOverflowAnswersEveryRequest) {
   fs::path root = fs::temp_directory_path() / ("meshrt-slow-" + std::to_string(::getpid()));
   ServerJob job(2, slow_repository(root, 2, 2, 0, false));

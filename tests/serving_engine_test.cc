@@ -125,6 +125,81 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
   std::filesystem::remove_all(root);
 }
 
+// Versions as Triton lays them out: the config beside numeric version folders,
+// each with its weights; the policy picks the served ones; a folder without
+// version folders is one version, as before; the latest answers when a
+// request names no version.
+TEST(ModelConfig, VersionFoldersAndPolicies) {
+  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-versions-" + std::to_string(World::get().rank()))).string();
+  std::filesystem::remove_all(root);
+  auto model = [&](const std::string& name, const std::string& extra, const std::vector<int>& versions) {
+    std::string dir = root + "/" + name;
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir + "/config.json") << R"({"name": ")" + name + R"(", "rank_size": 1, "stage_size": 1,
+      "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+      "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+      "weights": "weights.safetensors", "stages": [{"layers": [{"type": "linear", "weight": "w"}]}])" + extra + "}";
+    for (int v : versions) {
+      // Version v multiplies by v: y = x @ (v I).
+      std::filesystem::create_directories(dir + "/" + std::to_string(v));
+      io::write_safetensors_file(dir + "/" + std::to_string(v) + "/weights.safetensors",
+                                 {{"w", HostTensor::from_vector<float>({float(v), 0, 0, float(v)}, Shape{2, 2})}});
+    }
+    return dir;
+  };
+  auto versions_of = [](const std::vector<ModelConfig>& configs) {
+    std::vector<std::string> out;
+    for (const ModelConfig& c : configs) out.push_back(c.version);
+    return out;
+  };
+  // Default policy: the latest one (10 is later than 9).
+  EXPECT_EQ(versions_of(load_model_versions(model("latest", "", {1, 9, 10}))), (std::vector<std::string>{"10"}));
+  EXPECT_EQ(versions_of(load_model_versions(model("two", R"(, "version_policy": {"latest": {"num_versions": 2}})", {1, 2, 3}))),
+            (std::vector<std::string>{"2", "3"}));
+  EXPECT_EQ(versions_of(load_model_versions(model("all", R"(, "version_policy": {"all": {}})", {3, 1, 2}))),
+            (std::vector<std::string>{"1", "2", "3"}));
+  std::vector<ModelConfig> specific =
+      load_model_versions(model("specific", R"(, "version_policy": {"specific": {"versions": [3, 1]}})", {1, 2, 3}));
+  EXPECT_EQ(versions_of(specific), (std::vector<std::string>{"1", "3"}));
+  EXPECT_EQ(specific[1].name, "specific");
+  EXPECT_EQ(specific[1].weights_path, root + "/specific/3/weights.safetensors");
+  // Refusals name the folder and the field.
+  std::string dir = model("missing", R"(, "version_policy": {"specific": {"versions": [4]}})", {1});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_versions(dir); },
+                           {"version_policy.specific.versions: version 4 has no folder"}));
+  dir = model("both", R"(, "version": "7")", {1});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_versions(dir); },
+                           {"takes its versions from them: remove \"version\""}));
+  dir = model("bad_policy", R"(, "version_policy": {"newest": {}})", {1});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_versions(dir); },
+                           {"version_policy: expected \"latest\", \"all\" or \"specific\""}));
+  // No version folders: one version, the config's (today's layout).
+  std::string flat = write_model(root, "flat", R"({"name": "flat", "version": "5", "rank_size": 1, "stage_size": 1,
+      "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+      "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+      "weights": "weights.safetensors", "stages": [{"layers": [{"type": "neg"}]}]})", {});
+  EXPECT_EQ(versions_of(load_model_versions(flat)), (std::vector<std::string>{"5"}));
+
+  // Each version its own weights, through the engine; no version: the latest.
+  if (World::get().size() == 1) {
+    std::vector<ServableDefinition> servables;
+    for (const ModelConfig& c : load_model_versions(model("engine", R"(, "version_policy": {"all": {}})", {2, 3}))) {
+      servables.push_back(servable_from_config(c));
+    }
+    Engine engine(servables, Device::cpu());
+    int v2 = engine.find("engine", "2"), v3 = engine.find("engine", "3");
+    ASSERT_GE(v2, 0);
+    ASSERT_GE(v3, 0);
+    EXPECT_EQ(engine.find("engine"), v3);
+    with_engine(engine, [&] {
+      HostTensor x = HostTensor::from_vector<float>({1, 2}, Shape{1, 2});
+      EXPECT_EQ(engine.run(v2, x, 1).to_vector<float>(), (std::vector<float>{2, 4}));
+      EXPECT_EQ(engine.run(v3, x, 1).to_vector<float>(), (std::vector<float>{3, 6}));
+    });
+  }
+  std::filesystem::remove_all(root);
+}
+
 // Layer configs with more axes than [rows, width] (the layers act on the last
 // one) and integer tensors, through the engine at this job's size (2 pipeline
 // stages from 2 ranks on).
