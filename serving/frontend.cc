@@ -55,6 +55,18 @@ std::vector<ModelStatistics> Frontend::statistics(const std::string& name, const
   return out;
 }
 
+std::vector<RepositoryEntry> Frontend::repository_index(bool ready_only) const {
+  std::vector<RepositoryEntry> out;
+  for (int m = 0; m < engine_.servable_count(); ++m) {
+    std::string reason;
+    bool ready = model_ready(m, &reason);
+    if (ready_only && !ready) continue;
+    const ServableDefinition& def = engine_.servable(m);
+    out.push_back({def.name, def.version, ready ? "READY" : "UNAVAILABLE", ready ? "" : reason});
+  }
+  return out;
+}
+
 void Frontend::answered(int model, int status, std::optional<Clock::time_point> arrival) const {
   const ServableDefinition& def = engine_.servable(model);
   metrics_.request(def.name, def.version, status);

@@ -52,6 +52,8 @@ class Frontend {
   // The statistics of the models of this name ("": every model) and version
   // ("": every version), as Triton's statistics extension reports them.
   std::vector<ModelStatistics> statistics(const std::string& name, const std::string& version) const;
+  // The loaded models, each version, with their state (ready_only: the ready ones).
+  std::vector<RepositoryEntry> repository_index(bool ready_only) const;
 
   // Strict readiness (as Triton's): not ready while draining or while any model is failed.
   bool ready() const;

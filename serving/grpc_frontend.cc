@@ -496,6 +496,21 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     return reactor;
   }
 
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context,
+                                            const inference::RepositoryIndexRequest* request,
+                                            inference::RepositoryIndexResponse* response) override {
+    for (const RepositoryEntry& e : core_.repository_index(request->ready())) {
+      inference::RepositoryIndexResponse::ModelIndex* m = response->add_models();
+      m->set_name(e.name);
+      m->set_version(e.version);
+      m->set_state(e.state);
+      m->set_reason(e.reason);
+    }
+    auto* reactor = context->DefaultReactor();
+    finish(reactor, "RepositoryIndex", grpc::Status::OK);
+    return reactor;
+  }
+
   // Checks and queues an infer request; done(outcome, model) once, from any
   // thread (model -1: no such model). Nothing thrown escapes: a bug is a 500.
   using InferAnswer = std::function<void(const Outcome&, int model)>;

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "device/error.h"
+#include "io/json_limits.h"
 
 namespace meshrt::serving {
 
@@ -110,6 +111,32 @@ std::string model_config_json(const TritonModelConfig& c) {
                              {"max_queue_delay_microseconds", c.max_queue_delay_us}};
   }
   return j.dump();
+}
+
+std::string repository_index_json(const std::vector<RepositoryEntry>& entries) {
+  json out = json::array();
+  for (const RepositoryEntry& e : entries) {
+    json j = {{"name", e.name}, {"version", e.version}, {"state", e.state}};
+    if (!e.reason.empty()) j["reason"] = e.reason;
+    out.push_back(std::move(j));
+  }
+  return out.dump();
+}
+
+bool parse_repository_index_request(const std::string& body) {
+  if (body.empty()) return false;
+  json j;
+  try {
+    j = io::json_limits::parse(body);
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("the index request is not JSON: ") + e.what());
+  }
+  MESHRT_CHECK_ARG(j.is_object(), "the index request must be a JSON object ({} or {\"ready\": true})");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    MESHRT_CHECK_ARG(it.key() == "ready", "the index request has an unknown field \"", it.key(), "\" (it takes \"ready\")");
+    MESHRT_CHECK_ARG(it->is_boolean(), "the index request's \"ready\" must be true or false");
+  }
+  return j.value("ready", false);
 }
 
 std::string statistics_json(const std::vector<ModelStatistics>& stats) {

@@ -47,6 +47,17 @@ struct TritonModelConfig {
 
 TritonModelConfig triton_model_config(const ServableDefinition& servable, const ModelSignature& signature,
                                       const Device& device);
+// A model of the repository index (Triton's model repository extension): the
+// models this server loaded, each version, "READY" or "UNAVAILABLE" with why.
+struct RepositoryEntry {
+  std::string name, version, state, reason;
+};
+// Triton's index JSON: [{"name", "version", "state", "reason"?}, ...].
+std::string repository_index_json(const std::vector<RepositoryEntry>& entries);
+// The "ready" flag of an index request body ({} or {"ready": true}); throws
+// Error(kInvalidArgument) for a body that is not such an object.
+bool parse_repository_index_request(const std::string& body);
+
 // Triton's ModelConfig JSON.
 std::string model_config_json(const TritonModelConfig& config);
 // Triton's $stats_model_response: {"model_stats": [...]}.

@@ -59,6 +59,27 @@ class HttpFrontend {
       bool ready = core_.ready();
       respond(json_response(ready ? 200 : 503, ready ? R"({"ready": true})" : R"({"ready": false})"));
     });
+    // The model repository extension's index: the models loaded, by version, with their state.
+    router_.add("POST", "/v2/repository/index", [this](const HttpRequest& request, const RouteParams&,
+                                                       const Responder& respond) {
+      bool ready_only;
+      try {
+        ready_only = parse_repository_index_request(request.body);
+      } catch (const Error& e) {
+        return respond(error_response(400, e.message()));
+      }
+      respond(json_response(200, repository_index_json(core_.repository_index(ready_only))));
+    });
+    // Load and unload: models are loaded at start (Triton's model control mode
+    // "none"), and Triton answers them in that mode with an error, as here.
+    for (const char* action : {"load", "unload"}) {
+      router_.add("POST", std::string("/v2/repository/models/{model}/") + action,
+                  [action](const HttpRequest&, const RouteParams& params, const Responder& respond) {
+                    respond(error_response(400, std::string("cannot ") + action + " model '" + params.at("model") +
+                                                    "': models are loaded when the server starts (model control "
+                                                    "mode none)"));
+                  });
+    }
     // The statistics extension: every model's (before the model routes, so that
     // "stats" is not taken for a model's name).
     router_.add("GET", "/v2/models/stats", [this](const HttpRequest&, const RouteParams&, const Responder& respond) {

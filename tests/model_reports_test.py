@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Triton's model configuration and statistics extensions, read by code
+"""Triton's model configuration and statistics extensions and the model
+repository index, read by code
 written against Triton's documented formats (docs/protocol/extension_model_configuration.md
 and extension_statistics.md of triton-inference-server/server): GET
 /v2/models/{m}/config (ModelConfig JSON), GET /v2/models[/{m}[/versions/{v}]]/stats,
@@ -117,6 +118,27 @@ def main():
     status, missing = get("/v2/models/no_such_model/stats")
     check(status == 404, f"an unknown model's stats: {status}")
 
+    # --- the repository index (Triton's model repository extension)
+    def post(path, body):
+        request = urllib.request.Request(base + path, data=body.encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    status, index = post("/v2/repository/index", "{}")
+    check(status == 200 and isinstance(index, list), f"index: {status} {index}")
+    states = {(m["name"], m["version"]): m["state"] for m in index}
+    check(states.get(("matmul_neg", "1")) == "READY" and states.get(("llama-tiny", "1")) == "READY",
+          f"index states: {index}")
+    status, ready = post("/v2/repository/index", '{"ready": true}')
+    check(status == 200 and len(ready) == len(index), f"ready index: {ready}")
+    status, error = post("/v2/repository/index", '{"ready": "yes"}')
+    check(status == 400 and "ready" in error.get("error", ""), f"a bad index request: {status} {error}")
+    status, error = post("/v2/repository/models/matmul_neg/unload", "{}")
+    check(status == 400 and "model control mode none" in error.get("error", ""), f"unload: {status} {error}")
+
     # --- the same over gRPC
     sys.path.insert(0, args.stubs)
     import grpc
@@ -141,6 +163,9 @@ def main():
     check(g.inference_count == after["inference_count"] and g.execution_count == after["execution_count"],
           f"gRPC and HTTP statistics differ: {g} vs {after}")
     check(g.inference_stats.success.count == inf["success"]["count"], "gRPC success count")
+    grpc_index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=120)
+    check({(m.name, m.version, m.state) for m in grpc_index.models} >=
+          {("matmul_neg", "1", "READY"), ("llama-tiny", "1", "READY")}, f"gRPC index: {grpc_index}")
     every = stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=120)
     check({m.name for m in every.model_stats} >= {"matmul_neg", "llama-tiny"}, "gRPC statistics of every model")
     print("OK")
