@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -298,42 +299,77 @@ ModelConfig parse_hf_serving_config(std::string_view text, const std::string& mo
   return c;
 }
 
-ModelConfig parse_model_config(std::string_view text, const std::string& model_dir) {
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir,
+                               const std::string& servable_library) {
   ModelConfig c;
   c.directory = model_dir;
   c.config_path = model_dir + "/config.json";
   Reader r(c.config_path);
   json v = parse_config_json(text, r);
-  static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
-                                              "weights", "stages", "batching", "description"};
+  static const std::set<std::string> known = {"name",    "version", "rank_size", "stage_size",       "inputs",
+                                              "outputs", "weights", "stages",    "batching",         "description",
+                                              "servable_library", "parameters"};
   for (auto it = v.begin(); it != v.end(); ++it) {
     if (!known.count(it.key())) r.fail(it.key(), "unknown field");
   }
   read_identity(r, v, model_dir, true, c);
-  const json& inputs = r.need(v, "inputs", "inputs");
-  if (!inputs.is_array() || inputs.size() != 1) r.fail("inputs", "expected a list of exactly one input");
-  c.input = r.tensor(inputs[0], "inputs[0]");
-  const json& outputs = r.need(v, "outputs", "outputs");
-  if (!outputs.is_array() || outputs.size() != 1) r.fail("outputs", "expected a list of exactly one output");
-  c.output = r.tensor(outputs[0], "outputs[0]");
-  if (c.output.shape.size() != c.input.shape.size() ||
-      !std::equal(c.input.shape.begin(), c.input.shape.end() - 1, c.output.shape.begin())) {
+  if (v.contains("servable_library")) {
+    std::string library = r.string(v["servable_library"], "servable_library");
+    if (library.empty()) r.fail("servable_library", "expected the path of a shared library");
+    c.servable_library = library[0] == '/' ? library : model_dir + "/" + library;
+  }
+  if (!servable_library.empty()) c.servable_library = servable_library;
+  // A library defines the servable from what the config gives it: inputs,
+  // outputs and weights are then optional, and stages are its own.
+  bool library = !c.servable_library.empty();
+  if (v.contains("parameters")) {
+    const json& p = v["parameters"];
+    if (!p.is_object()) r.fail("parameters", "expected an object of strings, numbers or booleans");
+    for (auto it = p.begin(); it != p.end(); ++it) {
+      if (it->is_string()) {
+        c.parameters[it.key()] = it->get<std::string>();
+      } else if (it->is_number() || it->is_boolean()) {
+        c.parameters[it.key()] = it->dump();
+      } else {
+        r.fail("parameters." + it.key(), "expected a string, a number or a boolean, got " + io::json_limits::brief(*it));
+      }
+    }
+  }
+  // One input and one output, both or neither (a library's servable sets its own then).
+  if (!library || v.contains("inputs") || v.contains("outputs")) {
+    const json& inputs = r.need(v, "inputs", "inputs");
+    if (!inputs.is_array() || inputs.size() != 1) r.fail("inputs", "expected a list of exactly one input");
+    c.input = r.tensor(inputs[0], "inputs[0]");
+    const json& outputs = r.need(v, "outputs", "outputs");
+    if (!outputs.is_array() || outputs.size() != 1) r.fail("outputs", "expected a list of exactly one output");
+    c.output = r.tensor(outputs[0], "outputs[0]");
+  }
+  // The layers' rules; a library's servable may map shapes and dtypes as it likes.
+  if (!library && (c.output.shape.size() != c.input.shape.size() ||
+                   !std::equal(c.input.shape.begin(), c.input.shape.end() - 1, c.output.shape.begin()))) {
     std::string expected = "[";
     for (size_t d = 0; d + 1 < c.input.shape.size(); ++d) expected += std::to_string(c.input.shape[d]) + ", ";
     r.fail("outputs[0].shape", "expected " + expected + "width]: the layers act on the last axis and keep the others");
   }
-  if (c.output.dtype != c.input.dtype) {
+  if (!library && c.output.dtype != c.input.dtype) {
     r.fail("outputs[0].datatype", std::string("expected ") + kserve_datatype(c.input.dtype) +
                                       " like the input (one dtype flows through the stages)");
   }
 
-  std::string weights = r.string(r.need(v, "weights", "weights"), "weights");
-  if (weights.empty() || weights.find("..") != std::string::npos || weights[0] == '/') {
-    r.fail("weights", "expected a file or folder name inside the model folder, got \"" + weights + "\"");
+  // A library's stages may bring or compute their own weights.
+  if (!library || v.contains("weights")) {
+    std::string weights = r.string(r.need(v, "weights", "weights"), "weights");
+    if (weights.empty() || weights.find("..") != std::string::npos || weights[0] == '/') {
+      r.fail("weights", "expected a file or folder name inside the model folder, got \"" + weights + "\"");
+    }
+    c.weights_path = model_dir + "/" + weights;
+    if (!is_file(c.weights_path) && !is_file(c.weights_path + "/model.safetensors.index.json")) {
+      r.fail("weights", "expected a safetensors file or checkpoint folder, but " + c.weights_path + " is neither");
+    }
   }
-  c.weights_path = model_dir + "/" + weights;
-  if (!is_file(c.weights_path) && !is_file(c.weights_path + "/model.safetensors.index.json")) {
-    r.fail("weights", "expected a safetensors file or checkpoint folder, but " + c.weights_path + " is neither");
+  if (library && !v.contains("stages")) {
+    read_batching(r, v, c.batching);
+    return c;
   }
 
   const json& stages = r.need(v, "stages", "stages");
@@ -359,7 +395,8 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
   return c;
 }
 
-std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
+std::vector<ModelConfig> load_repository(const std::string& repository_dir,
+                                         const std::map<std::string, std::string>& servable_libraries) {
   if (!is_directory(repository_dir)) {
     throw Error(ErrorKind::kInvalidArgument, "model repository " + repository_dir + " is not a folder");
   }
@@ -378,8 +415,21 @@ std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
                 "model repository " + repository_dir + " holds no model (no folder with a config.json or a meshrt.json)");
   }
   std::sort(names.begin(), names.end());
+  for (const auto& [name, library] : servable_libraries) {
+    MESHRT_CHECK_ARG(std::find(names.begin(), names.end(), name) != names.end(), "servable library ", library,
+                     " is given for model '", name, "', which is not in the repository ", repository_dir);
+    MESHRT_CHECK_ARG(!is_file(repository_dir + "/" + name + "/" + kHfServingConfig), "servable library ", library,
+                     " is given for model '", name, "', a Hugging Face folder (meshrt.json): only config.json models "
+                     "are served by a library");
+  }
   std::vector<ModelConfig> out;
-  for (const auto& n : names) out.push_back(load_model_config(repository_dir + "/" + n));
+  for (const auto& n : names) {
+    std::string dir = repository_dir + "/" + n;
+    auto library = servable_libraries.find(n);
+    out.push_back(library == servable_libraries.end()
+                      ? load_model_config(dir)
+                      : parse_model_config(read_config_text(dir + "/config.json"), dir, library->second));
+  }
   return out;
 }
 
