@@ -76,7 +76,7 @@
 #endif
 
 // The build ABI of the code that includes this header, e.g.
-// "meshrt 0.1.0 (C++ ABI 1018, libstdc++ cxx11 strings, cuda)".
+// "meshrt 0.1.0 (C++ ABI 1017, libstdc++ cxx11 strings, cuda)".
 #define MESHRT_SERVABLE_ABI \
   "meshrt " MESHRT_VERSION_STRING " (" MESHRT_PLUGIN_CXX_ABI MESHRT_PLUGIN_STRING_ABI MESHRT_PLUGIN_FLAVOUR ")"
 
