@@ -72,6 +72,10 @@ int main(int argc, char** argv) {
                "  meshrt-serve --supervise --ranks 4 --model-repository examples/models --http-port 8000"};
   app.add("--model-repository", o.repository, "folder with one folder per model (config.json + weights)").required();
   app.add("--model", o.models, "load only this model (repeatable; default: every model)");
+  std::vector<std::string> servable_libraries;
+  app.add("--servable-library", servable_libraries,
+          "<model>=<path>: the model's servable is defined by this shared library (a C++ servable built with "
+          "serving/servable_plugin.h against this meshrt), over its config.json's servable_library (repeatable)");
   app.add("--http-port", o.http.port, "HTTP port on rank 0 (0: any free port)").show_default();
   app.add("--http-address", o.http.address, "address to listen on").show_default();
   app.add("--http-threads", o.http.threads, "HTTP threads").show_default();
@@ -159,6 +163,16 @@ int main(int argc, char** argv) {
     meshrt::apps::raise_open_file_limit();
     meshrt::World::set_finalize_timeout(std::chrono::milliseconds(finalize_timeout_ms));
     o.batching = batching == "on";
+    for (const std::string& given : servable_libraries) {
+      size_t eq = given.find('=');
+      MESHRT_CHECK_ARG(eq != std::string::npos && eq > 0 && eq + 1 < given.size(),
+                       "--servable-library expects <model>=<path>, got '", given, "'");
+      std::string model = given.substr(0, eq);
+      MESHRT_CHECK_ARG(!o.servable_libraries.count(model), "--servable-library names model '", model, "' twice");
+      std::string path = given.substr(eq + 1);
+      // Relative to the working directory (dlopen would search the library path for a bare name).
+      o.servable_libraries[model] = path.find('/') == std::string::npos ? "./" + path : path;
+    }
     o.drain_grace = std::chrono::milliseconds(grace_ms);
     o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
     MESHRT_CHECK_ARG(comm_timeout > 0, "--comm-timeout must be positive, got ", comm_timeout);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -336,43 +337,79 @@ ModelConfig parse_hf_serving_config(std::string_view text, const std::string& mo
   return c;
 }
 
-ModelConfig parse_model_config(std::string_view text, const std::string& model_dir, const std::string& files_dir) {
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir, const std::string& files_dir,
+                               const std::string& servable_library) {
   const std::string& files = files_dir.empty() ? model_dir : files_dir;
   ModelConfig c;
   c.directory = files;
   c.config_path = model_dir + "/config.json";
   Reader r(c.config_path);
   json v = parse_config_json(text, r);
-  static const std::set<std::string> known = {"name", "version", "rank_size", "stage_size", "inputs", "outputs",
-                                              "weights", "stages", "batching", "description", "version_policy"};
+  static const std::set<std::string> known = {"name",    "version", "rank_size", "stage_size",       "inputs",
+                                              "outputs", "weights", "stages",    "batching",         "description",
+                                              "servable_library", "parameters", "version_policy"};
   for (auto it = v.begin(); it != v.end(); ++it) {
     if (!known.count(it.key())) r.fail(it.key(), "unknown field");
   }
   read_identity(r, v, model_dir, true, c);
-  const json& inputs = r.need(v, "inputs", "inputs");
-  if (!inputs.is_array() || inputs.size() != 1) r.fail("inputs", "expected a list of exactly one input");
-  c.input = r.tensor(inputs[0], "inputs[0]");
-  const json& outputs = r.need(v, "outputs", "outputs");
-  if (!outputs.is_array() || outputs.size() != 1) r.fail("outputs", "expected a list of exactly one output");
-  c.output = r.tensor(outputs[0], "outputs[0]");
-  if (c.output.shape.size() != c.input.shape.size() ||
-      !std::equal(c.input.shape.begin(), c.input.shape.end() - 1, c.output.shape.begin())) {
+  if (v.contains("servable_library")) {
+    std::string library = r.string(v["servable_library"], "servable_library");
+    if (library.empty()) r.fail("servable_library", "expected the path of a shared library");
+    c.servable_library = library[0] == '/' ? library : model_dir + "/" + library;
+  }
+  if (!servable_library.empty()) c.servable_library = servable_library;
+  // A library defines the servable from what the config gives it: inputs,
+  // outputs and weights are then optional, and stages are its own.
+  bool library = !c.servable_library.empty();
+  if (v.contains("parameters")) {
+    const json& p = v["parameters"];
+    if (!p.is_object()) r.fail("parameters", "expected an object of strings, numbers or booleans");
+    for (auto it = p.begin(); it != p.end(); ++it) {
+      if (it->is_string()) {
+        c.parameters[it.key()] = it->get<std::string>();
+      } else if (it->is_number() || it->is_boolean()) {
+        c.parameters[it.key()] = it->dump();
+      } else {
+        r.fail("parameters." + it.key(), "expected a string, a number or a boolean, got " + io::json_limits::brief(*it));
+      }
+    }
+  }
+  // One input and one output, both or neither (a library's servable sets its own then).
+  if (!library || v.contains("inputs") || v.contains("outputs")) {
+    const json& inputs = r.need(v, "inputs", "inputs");
+    if (!inputs.is_array() || inputs.size() != 1) r.fail("inputs", "expected a list of exactly one input");
+    c.input = r.tensor(inputs[0], "inputs[0]");
+    const json& outputs = r.need(v, "outputs", "outputs");
+    if (!outputs.is_array() || outputs.size() != 1) r.fail("outputs", "expected a list of exactly one output");
+    c.output = r.tensor(outputs[0], "outputs[0]");
+  }
+  // The layers' rules; a library's servable may map shapes and dtypes as it likes.
+  if (!library && (c.output.shape.size() != c.input.shape.size() ||
+                   !std::equal(c.input.shape.begin(), c.input.shape.end() - 1, c.output.shape.begin()))) {
     std::string expected = "[";
     for (size_t d = 0; d + 1 < c.input.shape.size(); ++d) expected += std::to_string(c.input.shape[d]) + ", ";
     r.fail("outputs[0].shape", "expected " + expected + "width]: the layers act on the last axis and keep the others");
   }
-  if (c.output.dtype != c.input.dtype) {
+  if (!library && c.output.dtype != c.input.dtype) {
     r.fail("outputs[0].datatype", std::string("expected ") + kserve_datatype(c.input.dtype) +
                                       " like the input (one dtype flows through the stages)");
   }
 
-  std::string weights = r.string(r.need(v, "weights", "weights"), "weights");
-  if (weights.empty() || weights.find("..") != std::string::npos || weights[0] == '/') {
-    r.fail("weights", "expected a file or folder name inside the model folder, got \"" + weights + "\"");
+  // A library's stages may bring or compute their own weights.
+  if (!library || v.contains("weights")) {
+    std::string weights = r.string(r.need(v, "weights", "weights"), "weights");
+    if (weights.empty() || weights.find("..") != std::string::npos || weights[0] == '/') {
+      r.fail("weights", "expected a file or folder name inside the model folder, got \"" + weights + "\"");
+    }
+    c.weights_path = files + "/" + weights;
+    if (!is_file(c.weights_path) && !is_file(c.weights_path + "/model.safetensors.index.json")) {
+      r.fail("weights", "expected a safetensors file or checkpoint folder, but " + c.weights_path + " is neither");
+    }
   }
-  c.weights_path = files + "/" + weights;
-  if (!is_file(c.weights_path) && !is_file(c.weights_path + "/model.safetensors.index.json")) {
-    r.fail("weights", "expected a safetensors file or checkpoint folder, but " + c.weights_path + " is neither");
+  if (library && !v.contains("stages")) {
+    read_batching(r, v, c.batching);
+    read_version_policy(r, v, c.version_policy);
+    return c;
   }
 
   const json& stages = r.need(v, "stages", "stages");
@@ -399,7 +436,8 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
   return c;
 }
 
-std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
+std::vector<ModelConfig> load_repository(const std::string& repository_dir,
+                                         const std::map<std::string, std::string>& servable_libraries) {
   if (!is_directory(repository_dir)) {
     throw Error(ErrorKind::kInvalidArgument, "model repository " + repository_dir + " is not a folder");
   }
@@ -418,14 +456,25 @@ std::vector<ModelConfig> load_repository(const std::string& repository_dir) {
                 "model repository " + repository_dir + " holds no model (no folder with a config.json or a meshrt.json)");
   }
   std::sort(names.begin(), names.end());
+  for (const auto& [name, library] : servable_libraries) {
+    MESHRT_CHECK_ARG(std::find(names.begin(), names.end(), name) != names.end(), "servable library ", library,
+                     " is given for model '", name, "', which is not in the repository ", repository_dir);
+    MESHRT_CHECK_ARG(!is_file(repository_dir + "/" + name + "/" + kHfServingConfig), "servable library ", library,
+                     " is given for model '", name, "', a Hugging Face folder (meshrt.json): only config.json models "
+                     "are served by a library");
+  }
   std::vector<ModelConfig> out;
   for (const auto& n : names) {
-    for (ModelConfig& c : load_model_versions(repository_dir + "/" + n)) out.push_back(std::move(c));
+    auto library = servable_libraries.find(n);
+    for (ModelConfig& c : load_model_versions(repository_dir + "/" + n,
+                                              library == servable_libraries.end() ? "" : library->second)) {
+      out.push_back(std::move(c));
+    }
   }
   return out;
 }
 
-std::vector<ModelConfig> load_model_versions(const std::string& model_dir) {
+std::vector<ModelConfig> load_model_versions(const std::string& model_dir, const std::string& servable_library) {
   std::vector<int64_t> found;
   if (DIR* d = ::opendir(model_dir.c_str())) {
     while (dirent* e = ::readdir(d)) {
@@ -436,13 +485,17 @@ std::vector<ModelConfig> load_model_versions(const std::string& model_dir) {
     }
     ::closedir(d);
   }
-  if (found.empty()) return {load_model_config(model_dir)};
+  if (found.empty()) {
+    if (servable_library.empty()) return {load_model_config(model_dir)};
+    return {parse_model_config(read_config_text(model_dir + "/config.json"), model_dir, "", servable_library)};
+  }
   std::sort(found.begin(), found.end());
   const bool hf = is_file(model_dir + "/" + kHfServingConfig);
   const std::string config_path = model_dir + "/" + (hf ? kHfServingConfig : "config.json");
   const std::string text = read_config_text(config_path);
   auto parse = [&](const std::string& files) {
-    return hf ? parse_hf_serving_config(text, model_dir, files) : parse_model_config(text, model_dir, files);
+    return hf ? parse_hf_serving_config(text, model_dir, files)
+              : parse_model_config(text, model_dir, files, servable_library);
   };
   Reader r(config_path);
   // The policy and the version key, read before any version folder is looked at.

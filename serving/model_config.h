@@ -31,6 +31,24 @@
 // the others, so the output has the input's shape but for its width. The C++
 // API (servable.h) defines other servables.
 //
+// A model written in C++ (serving/servable_plugin.h) names its shared library
+// instead of stages; inputs, outputs and weights are then optional (the
+// library reads those given and defines the servable), and "parameters" are
+// the library's own settings (strings, numbers or booleans; it gets them as
+// text):
+//
+// {
+//   "name": "scaled", "rank_size": 2, "stage_size": 2,
+//   "servable_library": "libscale_servable.so",     // in the model folder, or an absolute path
+//   "inputs":  [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+//   "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+//   "parameters": {"factor": 2.5}
+// }
+//
+// meshrt-serve --servable-library <model>=<path> sets or replaces it (a path
+// relative to the working directory), also for a config with stages, which
+// are then not used.
+//
 // A folder that holds meshrt.json is a Hugging Face model instead: the rest of
 // the folder is a checkpoint as save_pretrained writes it (config.json of
 // model_type gpt2 or llama, model.safetensors or the sharded files of
@@ -50,6 +68,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -114,7 +133,11 @@ struct ModelConfig {
   std::string directory, config_path, weights_path;
   int rank_size = 1, stage_size = 1;
   TensorSpec input, output;          // kLayers
-  std::vector<StageConfig> stages;   // kLayers
+  std::vector<StageConfig> stages;   // kLayers, unless servable_library is set
+  // kLayers: the shared library that defines the servable (serving/servable_plugin.h),
+  // its path resolved ("" for a layer config); its "parameters", as text.
+  std::string servable_library;
+  std::map<std::string, std::string> parameters;
   std::string compute_dtype;         // kHuggingFace: "" (the device's default) or torch_dtype's name
   KvCacheConfig kv_cache;            // kHuggingFace
   BatchingConfig batching;
@@ -133,7 +156,10 @@ ModelConfig parse_hf_serving_config(std::string_view text, const std::string& mo
 // the checks that need the folder look at model_dir (its name) and files_dir
 // (the weights file; "": model_dir).
 inline constexpr size_t kMaxModelConfigBytes = 1 << 20;
-ModelConfig parse_model_config(std::string_view text, const std::string& model_dir, const std::string& files_dir = "");
+// servable_library, when not empty, is used as if config.json named it (a path
+// as given, not relative to model_dir): the config may then lack stages.
+ModelConfig parse_model_config(std::string_view text, const std::string& model_dir, const std::string& files_dir = "",
+                               const std::string& servable_library = "");
 
 // Versions as Triton lays them out: the model's config (config.json, or
 // meshrt.json for a Hugging Face model) in model_dir beside numeric version
@@ -144,11 +170,16 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
 // A folder without numeric subfolders is one version: its config's "version"
 // ("1" unless it says), as before. Throws Error(kInvalidArgument) naming the
 // folder: a "version" key beside version folders, a policy naming a version
-// that has no folder, or a policy that selects none.
-std::vector<ModelConfig> load_model_versions(const std::string& model_dir);
+// that has no folder, or a policy that selects none. servable_library: as
+// parse_model_config's, for every version.
+std::vector<ModelConfig> load_model_versions(const std::string& model_dir, const std::string& servable_library = "");
 // Every model of the repository (folders with a config.json or a meshrt.json),
 // sorted by name, each version of it (load_model_versions) in ascending order.
-// Throws Error(kInvalidArgument) if the folder is missing or holds no model.
-std::vector<ModelConfig> load_repository(const std::string& repository_dir);
+// servable_libraries: model name -> the library it is served by, over what its
+// config.json says (meshrt-serve --servable-library). Throws
+// Error(kInvalidArgument) if the folder is missing or holds no model, or a
+// servable_libraries entry names a model that is not there or a Hugging Face one.
+std::vector<ModelConfig> load_repository(const std::string& repository_dir,
+                                         const std::map<std::string, std::string>& servable_libraries = {});
 
 }  // namespace meshrt::serving

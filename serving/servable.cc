@@ -4,6 +4,7 @@
 
 #include "models/layers.h"
 #include "serving/hf_servable.h"
+#include "serving/servable_plugin.h"
 #include "sharding/redistribute.h"
 
 namespace meshrt::serving {
@@ -132,6 +133,7 @@ ServableDefinition servable_shell(const ModelConfig& c) {
 
 ServableDefinition servable_from_config(const ModelConfig& c, const Device& device) {
   if (c.format == ModelFormat::kHuggingFace) return servable_from_hf(c, device);
+  if (!c.servable_library.empty()) return load_servable_library(c.servable_library, c, device);
   auto weights = std::make_shared<models::Weights>(c.weights_path, c.config_path);
   int tp = c.rank_size / c.stage_size;
   ServableDefinition s = servable_shell(c);

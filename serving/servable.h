@@ -26,7 +26,6 @@
 
 #include <functional>
 #include <memory>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -109,6 +108,10 @@ struct GenerationSpec {
 };
 
 struct ServableDefinition {
+  // A servable from a shared library (serving/servable_plugin.h): the open
+  // library, first so that it is released after everything else here. Every
+  // function of the definition and every stage it builds hold it too.
+  std::shared_ptr<void> library;
   std::string name, version = "1";
   // The engine's input and output, [-1, ...] (-1 after the batch axis: any
   // extent; requests stacked into one batch share their extents).
@@ -156,6 +159,8 @@ ServableDefinition servable_shell(const ModelConfig& config);
 // tensor-parallel width); errors name the config file, the field and the
 // weights file. Weights are read when a stage is built, each rank reading only
 // the bytes of its shard.
+// A config with servable_library is defined by that shared library
+// (serving/servable_plugin.h: load_servable_library).
 // A Hugging Face folder (config.format == kHuggingFace) becomes a transformer
 // servable (serving/hf_servable.h) whose compute dtype, unless meshrt.json
 // names one, is bf16 on a CUDA device and f32 on the cpu.

@@ -282,7 +282,7 @@ int run_server(const ServerOptions& o) {
   std::vector<ServableDefinition> servables;
   Device device = world.device(o.device);
   try {
-    std::vector<ModelConfig> configs = load_repository(o.repository);
+    std::vector<ModelConfig> configs = load_repository(o.repository, o.servable_libraries);
     std::set<std::string> wanted(o.models.begin(), o.models.end());
     for (const std::string& name : wanted) {
       bool found = std::any_of(configs.begin(), configs.end(), [&](const ModelConfig& c) { return c.name == name; });

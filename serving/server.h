@@ -9,6 +9,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,9 @@ namespace meshrt::serving {
 struct ServerOptions {
   std::string repository;
   std::vector<std::string> models;  // to load; empty: every model of the repository
+  // Model name -> the shared library that defines its servable, over its
+  // config.json's "servable_library" (serving/servable_plugin.h).
+  std::map<std::string, std::string> servable_libraries;
   HttpServerOptions http;
   // KServe v2 over gRPC on rank 0 (grpc_frontend.h); its port: 8001 by
   // default, 0 any free port, and no gRPC at all when grpc_enabled is false.

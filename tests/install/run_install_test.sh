@@ -10,8 +10,9 @@
 #
 # The consumer links meshrt::serving (on top of every other library), so the
 # link interface of each installed library is resolved and linked. With BUILD_DIR
-# it also compiles every installed header on its own, so a header that needs one
-# that is not installed fails here; the static package installs the same headers
+# it also builds examples/plugin (a servable library) against the installed
+# package, which the consumer loads and runs, and compiles every installed
+# header on its own, so a header that needs one that is not installed fails here; the static package installs the same headers
 # (the same files with the same usage requirements), so --static does not compile
 # them a second time.
 set -euo pipefail
@@ -59,4 +60,13 @@ fi
 cmake -S "$source_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" "${consumer_args[@]}" \
   > "$work/configure.log" 2>&1 || { cat "$work/configure.log"; exit 1; }
 cmake --build "$work/build" -j 2 > "$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
-"$work/build/consumer"
+if [ "$static" = 1 ]; then
+  "$work/build/consumer"
+else
+  # A servable library built as docs/USER_GUIDE.md says (examples/plugin/CMakeLists.txt),
+  # loaded and run by the consumer through the installed meshrt::serving.
+  cmake -S "$source_dir/../../examples/plugin" -B "$work/plugin" -DCMAKE_PREFIX_PATH="$work/prefix" \
+    > "$work/plugin-configure.log" 2>&1 || { cat "$work/plugin-configure.log"; exit 1; }
+  cmake --build "$work/plugin" -j 2 > "$work/plugin-build.log" 2>&1 || { cat "$work/plugin-build.log"; exit 1; }
+  "$work/build/consumer" "$work/plugin/libscale_servable.so"
+fi
