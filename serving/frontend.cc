@@ -55,6 +55,14 @@ std::vector<ModelStatistics> Frontend::statistics(const std::string& name, const
   return out;
 }
 
+std::vector<std::string> Frontend::versions(const std::string& name) const {
+  std::vector<std::string> out;
+  for (int m = 0; m < engine_.servable_count(); ++m) {
+    if (engine_.servable(m).name == name) out.push_back(engine_.servable(m).version);
+  }
+  return out;
+}
+
 std::vector<RepositoryEntry> Frontend::repository_index(bool ready_only) const {
   std::vector<RepositoryEntry> out;
   for (int m = 0; m < engine_.servable_count(); ++m) {
@@ -76,11 +84,11 @@ void Frontend::answered(int model, int status, std::optional<Clock::time_point> 
   metrics_.outcome(def.name, def.version, status == 200, seconds);
 }
 
-void Frontend::lasted(int model, Clock::time_point arrival) const {
+void Frontend::lasted(int model, Clock::time_point arrival, bool ok) const {
   const ServableDefinition& def = engine_.servable(model);
   double seconds = std::chrono::duration<double>(Clock::now() - arrival).count();
   metrics_.request_duration(def.name, def.version, seconds);
-  metrics_.outcome(def.name, def.version, true, seconds);
+  metrics_.outcome(def.name, def.version, ok, seconds);
 }
 
 void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) {

@@ -52,6 +52,8 @@ class Frontend {
   // The statistics of the models of this name ("": every model) and version
   // ("": every version), as Triton's statistics extension reports them.
   std::vector<ModelStatistics> statistics(const std::string& name, const std::string& version) const;
+  // Every served version of the model of this name, in the order loaded.
+  std::vector<std::string> versions(const std::string& name) const;
   // The loaded models, each version, with their state (ready_only: the ready ones).
   std::vector<RepositoryEntry> repository_index(bool ready_only) const;
 
@@ -70,8 +72,9 @@ class Frontend {
   // Counts an answer to a request for model (the infer and generate metrics)
   // and, given its arrival, its end-to-end duration (arrival to answer).
   void answered(int model, int status, std::optional<Clock::time_point> arrival = std::nullopt) const;
-  // A streamed answer (counted when it began) ended: its duration, arrival to last response.
-  void lasted(int model, Clock::time_point arrival) const;
+  // A streamed answer (counted when it began) ended, well or not (a failure
+  // mid-stream, a client gone): its duration, arrival to last response.
+  void lasted(int model, Clock::time_point arrival, bool ok) const;
 
   // Queues a request whose inputs the wire checked (InferInputs): in the
   // model's order. done is called exactly once, from any thread: with the

@@ -392,7 +392,7 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     if (model < 0) return reactor;
     const ModelSignature& s = core_.signature(model);
     response->set_name(s.name);
-    response->add_versions(s.version);
+    for (const std::string& v : core_.versions(s.name)) response->add_versions(v);
     response->set_platform("meshrt");
     auto add = [](const TensorSpec& spec, inference::ModelMetadataResponse::TensorMetadata* t) {
       t->set_name(spec.name);
@@ -740,7 +740,7 @@ class GrpcFrontend::Service::Stream : public grpc::ServerBidiReactor<ModelInferR
     Outcome admitted = service_.core_.generate(
         model, std::move(parsed),
         [this, self, base, tokenizer, text, model, arrival](const GenerateUpdate& u) {
-          if (u.done()) service_.core_.lasted(model, arrival);
+          if (u.done()) service_.core_.lasted(model, arrival, u.status == 200);
           if (u.status != 200) {
             ModelStreamInferResponse r = base();
             r.set_error_message(std::string(rpc::code_name(rpc::status_code_for_http(u.status))) + ": " + u.error);

@@ -479,15 +479,23 @@ std::vector<ModelConfig> load_model_versions(const std::string& model_dir, const
   if (DIR* d = ::opendir(model_dir.c_str())) {
     while (dirent* e = ::readdir(d)) {
       std::string name = e->d_name;
+      // Positive numbers without leading zeros, as Triton takes them ("0", "01": not versions).
       bool numeric = !name.empty() && name.size() <= 18 && name.find_first_not_of("0123456789") == std::string::npos &&
-                     (name == "0" || name[0] != '0');
+                     name[0] != '0';
       if (numeric && is_directory(model_dir + "/" + name)) found.push_back(std::stoll(name));
     }
     ::closedir(d);
   }
   if (found.empty()) {
-    if (servable_library.empty()) return {load_model_config(model_dir)};
-    return {parse_model_config(read_config_text(model_dir + "/config.json"), model_dir, "", servable_library)};
+    ModelConfig c = servable_library.empty()
+                        ? load_model_config(model_dir)
+                        : parse_model_config(read_config_text(model_dir + "/config.json"), model_dir, "", servable_library);
+    // A policy picks among version folders; without any it would be reported and not followed.
+    if (c.version_policy.kind != VersionPolicy::Kind::kLatest || c.version_policy.num_versions != 1) {
+      throw Error(ErrorKind::kInvalidArgument, c.config_path + ": version_policy: the model has no version folders (" +
+                                                   model_dir + "/1, ...) to choose from");
+    }
+    return {std::move(c)};
   }
   std::sort(found.begin(), found.end());
   const bool hf = is_file(model_dir + "/" + kHfServingConfig);

@@ -372,14 +372,16 @@ HttpPayload make_infer_response(const ModelSignature& model, const InferRequest&
   return with_tensors(std::move(response), "outputs", named, request.binary_output);
 }
 
-std::string model_metadata_json(const ModelSignature& model, const std::string& unavailable) {
+std::string model_metadata_json(const ModelSignature& model, const std::string& unavailable,
+                                const std::vector<std::string>& versions) {
   json inputs = json::array(), outputs = json::array(), parameters = json::object();
   for (const TensorSpec& t : model.inputs) inputs.push_back(tensor_metadata(t));
   for (const TensorSpec& t : model.outputs) outputs.push_back(tensor_metadata(t));
   for (const auto& [key, value] : model.parameters) {
     std::visit([&, key = key](const auto& v) { parameters[key] = v; }, value);
   }
-  json m = {{"name", model.name}, {"versions", json::array({model.version})}, {"platform", "meshrt"},
+  json m = {{"name", model.name}, {"versions", versions.empty() ? json::array({model.version}) : json(versions)},
+            {"platform", "meshrt"},
             {"inputs", inputs},   {"outputs", outputs},                        {"parameters", parameters}};
   if (!unavailable.empty()) {
     m["state"] = "UNAVAILABLE";

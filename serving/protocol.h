@@ -102,7 +102,9 @@ HttpPayload make_infer_response(const ModelSignature& model, const InferRequest&
                                 const std::vector<HostTensor>& outputs);
 // unavailable: why the model cannot serve now ("" when it can): adds
 // "state": "UNAVAILABLE" and "reason" (as Triton's repository index does).
-std::string model_metadata_json(const ModelSignature& model, const std::string& unavailable = "");
+// versions: every served version of the model (empty: the signature's own).
+std::string model_metadata_json(const ModelSignature& model, const std::string& unavailable = "",
+                                const std::vector<std::string>& versions = {});
 
 // The client side (meshrt-infer, meshrt-loadgen), with the same encodings.
 // A model's signature, from the body of GET /v2/models/{name}.

@@ -8,7 +8,7 @@
 
 namespace meshrt::serving {
 
-const char* servable_abi() { return MESHRT_SERVABLE_ABI; }
+const char* servable_abi() { return plugin_detail::servable_abi_with_layout(); }
 
 namespace {
 
@@ -52,6 +52,11 @@ using DefineFunction = void (*)(const ModelConfig&, const Device&, ServableDefin
 ServableDefinition load_servable_library(const std::string& path, const ModelConfig& config, const Device& device) {
   std::string where = "model '" + config.name + "' (" + config.config_path + "): servable library " + path;
   auto fail = [&](const std::string& what) { throw Error(ErrorKind::kInvalidArgument, where + ": " + what); };
+#if !MESHRT_SHARED_LIBS
+  // A library linked against a static meshrt would carry a second copy of
+  // every singleton (the MPI world, allocators, the log).
+  fail("servable libraries need meshrt built as shared libraries (BUILD_SHARED_LIBS=ON); this server is static");
+#endif
   ::dlerror();
   void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) {

@@ -75,16 +75,37 @@
 #define MESHRT_PLUGIN_FLAVOUR ", cpu only"
 #endif
 
+#if MESHRT_SHARED_LIBS
+#define MESHRT_PLUGIN_LINKAGE ", shared"
+#else
+#define MESHRT_PLUGIN_LINKAGE ", static"
+#endif
+
 // The build ABI of the code that includes this header, e.g.
-// "meshrt 0.1.0 (C++ ABI 1017, libstdc++ cxx11 strings, cuda)".
-#define MESHRT_SERVABLE_ABI \
-  "meshrt " MESHRT_VERSION_STRING " (" MESHRT_PLUGIN_CXX_ABI MESHRT_PLUGIN_STRING_ABI MESHRT_PLUGIN_FLAVOUR ")"
+// "meshrt 0.1.0 (C++ ABI 1017, libstdc++ cxx11 strings, cuda, shared)".
+#define MESHRT_SERVABLE_ABI                                                                              \
+  "meshrt " MESHRT_VERSION_STRING " (" MESHRT_PLUGIN_CXX_ABI MESHRT_PLUGIN_STRING_ABI MESHRT_PLUGIN_FLAVOUR \
+      MESHRT_PLUGIN_LINKAGE ")"
+
+namespace meshrt::serving::plugin_detail {
+// MESHRT_SERVABLE_ABI and the sizes of the types that cross the library's
+// boundary, as the including code sees them ("..., layout 1234/567/89/64"):
+// one version of meshrt whose ServableDefinition or ModelConfig changed
+// between builds is refused too.
+inline const char* servable_abi_with_layout() {
+  static const std::string abi = std::string(MESHRT_SERVABLE_ABI) + ", layout " +
+                                 std::to_string(sizeof(ServableDefinition)) + "/" + std::to_string(sizeof(ModelConfig)) +
+                                 "/" + std::to_string(sizeof(StageDefinition)) + "/" + std::to_string(sizeof(TensorSpec)) +
+                                 "/" + std::to_string(sizeof(Hooks));
+  return abi.c_str();
+}
+}  // namespace meshrt::serving::plugin_detail
 
 // The two symbols a servable library exports (see above); define_function:
 // ServableDefinition(const ModelConfig&, const Device&).
 #define MESHRT_SERVABLE_PLUGIN(define_function)                                                             \
   extern "C" __attribute__((visibility("default"))) const char* meshrt_servable_abi() {                    \
-    return MESHRT_SERVABLE_ABI;                                                                           \
+    return ::meshrt::serving::plugin_detail::servable_abi_with_layout();                                        \
   }                                                                                                       \
   extern "C" __attribute__((visibility("default"))) void meshrt_define_servable(                           \
       const ::meshrt::serving::ModelConfig& config, const ::meshrt::Device& device,                        \
@@ -98,7 +119,8 @@ namespace meshrt::serving {
 inline constexpr const char* kServableAbiSymbol = "meshrt_servable_abi";
 inline constexpr const char* kDefineServableSymbol = "meshrt_define_servable";
 
-// The server's own build ABI (MESHRT_SERVABLE_ABI as libmeshrt_serving was compiled).
+// The server's own build ABI (as libmeshrt_serving was compiled: MESHRT_SERVABLE_ABI
+// and the layout of the types a library hands over).
 const char* servable_abi();
 
 // The servable that the library at `path` defines for `config` (what

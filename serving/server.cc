@@ -101,7 +101,8 @@ class HttpFrontend {
                     respond(json_response(200, statistics_json(core_.statistics(params.at("model"), v))));
                   });
       router_.add("GET", base, model_route([this](int model, const HttpRequest&, const Responder& respond) {
-        respond(json_response(200, model_metadata_json(core_.signature(model), core_.model_failure(model))));
+        const ModelSignature& s = core_.signature(model);
+        respond(json_response(200, model_metadata_json(s, core_.model_failure(model), core_.versions(s.name))));
       }));
       router_.add("GET", base + "/ready", model_route([this](int model, const HttpRequest&, const Responder& respond) {
         std::string reason;
@@ -227,7 +228,9 @@ class HttpFrontend {
         if (u.done()) {
           stream->close();
           // A streamed request lasts until its last event.
-          core_.lasted(model, arrival);
+          core_.lasted(model, arrival, u.status == 200);
+        } else if (!open) {
+          core_.lasted(model, arrival, false);  // the client went away: no more updates come
         }
         return open;
       }, tokenizer.get());

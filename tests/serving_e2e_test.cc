@@ -515,6 +515,8 @@ TEST(Serving, VersionsAnswerWithTheirOwnWeights) {
   EXPECT_EQ(first_output("/v2/models/scale/infer"), 3.0);  // the latest
   EXPECT_EQ(c.request("POST", "/v2/models/scale/versions/2/infer", infer_body("x", 1, 4, 1.0), kJson).status, 404);
   EXPECT_EQ(c.request("GET", "/v2/models/scale/versions/7").status, 404);
+  json metadata = json::parse(c.request("GET", "/v2/models/scale").body);
+  EXPECT_EQ(metadata["versions"], json({"1", "3"})) << metadata.dump();
   json cfg = json::parse(c.request("GET", "/v2/models/scale/config").body);
   EXPECT_EQ(cfg["version_policy"], json({{"specific", {{"versions", {1, 3}}}}})) << cfg.dump();
   json stats = json::parse(c.request("GET", "/v2/models/scale/stats").body);

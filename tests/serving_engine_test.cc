@@ -163,6 +163,11 @@ TEST(ModelConfig, VersionFoldersAndPolicies) {
   EXPECT_EQ(versions_of(specific), (std::vector<std::string>{"1", "3"}));
   EXPECT_EQ(specific[1].name, "specific");
   EXPECT_EQ(specific[1].weights_path, root + "/specific/3/weights.safetensors");
+  // "0" and "01" are not version folders (Triton's rule).
+  std::string zeros = model("zeros", "", {1});
+  std::filesystem::create_directories(zeros + "/0");
+  std::filesystem::create_directories(zeros + "/01");
+  EXPECT_EQ(versions_of(load_model_versions(zeros)), (std::vector<std::string>{"1"}));
   // Refusals name the folder and the field.
   std::string dir = model("missing", R"(, "version_policy": {"specific": {"versions": [4]}})", {1});
   EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_versions(dir); },
@@ -179,22 +184,28 @@ TEST(ModelConfig, VersionFoldersAndPolicies) {
       "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
       "weights": "weights.safetensors", "stages": [{"layers": [{"type": "neg"}]}]})", {});
   EXPECT_EQ(versions_of(load_model_versions(flat)), (std::vector<std::string>{"5"}));
+  std::string policy_alone = write_model(root, "policy_alone", R"({"name": "policy_alone", "rank_size": 1, "stage_size": 1,
+      "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+      "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}], "version_policy": {"all": {}},
+      "weights": "weights.safetensors", "stages": [{"layers": [{"type": "neg"}]}]})", {});
+  EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { load_model_versions(policy_alone); },
+                           {"version_policy: the model has no version folders"}));
 
   // Each version its own weights, through the engine; no version: the latest.
   if (World::get().size() == 1) {
     std::vector<ServableDefinition> servables;
-    for (const ModelConfig& c : load_model_versions(model("engine", R"(, "version_policy": {"all": {}})", {2, 3}))) {
+    for (const ModelConfig& c : load_model_versions(model("engine", R"(, "version_policy": {"all": {}})", {9, 10}))) {
       servables.push_back(servable_from_config(c));
     }
     Engine engine(servables, Device::cpu());
-    int v2 = engine.find("engine", "2"), v3 = engine.find("engine", "3");
-    ASSERT_GE(v2, 0);
-    ASSERT_GE(v3, 0);
-    EXPECT_EQ(engine.find("engine"), v3);
+    int v9 = engine.find("engine", "9"), v10 = engine.find("engine", "10");
+    ASSERT_GE(v9, 0);
+    ASSERT_GE(v10, 0);
+    EXPECT_EQ(engine.find("engine"), v10);  // 10 is later than 9, though "9" > "10" as text
     with_engine(engine, [&] {
       HostTensor x = HostTensor::from_vector<float>({1, 2}, Shape{1, 2});
-      EXPECT_EQ(engine.run(v2, x, 1).to_vector<float>(), (std::vector<float>{2, 4}));
-      EXPECT_EQ(engine.run(v3, x, 1).to_vector<float>(), (std::vector<float>{3, 6}));
+      EXPECT_EQ(engine.run(v9, x, 1).to_vector<float>(), (std::vector<float>{9, 18}));
+      EXPECT_EQ(engine.run(v10, x, 1).to_vector<float>(), (std::vector<float>{10, 20}));
     });
   }
   std::filesystem::remove_all(root);

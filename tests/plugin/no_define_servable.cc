@@ -2,4 +2,6 @@
 // meshrt_define_servable): servable_plugin_test checks it is refused by name.
 #include "serving/servable_plugin.h"
 
-extern "C" __attribute__((visibility("default"))) const char* meshrt_servable_abi() { return MESHRT_SERVABLE_ABI; }
+extern "C" __attribute__((visibility("default"))) const char* meshrt_servable_abi() {
+  return ::meshrt::serving::plugin_detail::servable_abi_with_layout();
+}
