@@ -83,9 +83,9 @@ struct Coordinator::State {
   mutable std::mutex mu;
   std::condition_variable work_cv, idle_cv;
   std::deque<std::shared_ptr<Closure>> queue;
-  int64_t scheduled = 0, completed = 0, failed = 0, retried = 0, outstanding = 0, next_step = 0;
+  int64_t scheduled = 0, completed = 0, failed = 0, retried = 0, next_step = 0;
   std::exception_ptr first_error, cluster_failure;
-  std::set<int64_t> unfinished;  // step ids scheduled and not finished
+  std::set<int64_t> unfinished;  // step ids scheduled and not finished (join waits for it to empty)
   bool stopping = false;
   std::chrono::steady_clock::time_point last_answer = std::chrono::steady_clock::now();
   std::vector<WorkerSlot> workers;
@@ -103,7 +103,6 @@ struct Coordinator::State {
         ++completed;
         if (worker >= 0) ++workers[static_cast<size_t>(worker)].status.steps;
       }
-      --outstanding;
       unfinished.erase(closure->step_id);
     }
     closure->finish(std::move(value), error, worker);
@@ -319,7 +318,6 @@ RemoteValue Coordinator::schedule(const std::string& function, const std::string
     MESHRT_CHECK_ARG(!state_->stopping, "Coordinator::schedule: the coordinator is stopping");
     closure->step_id = state_->next_step++;
     ++state_->scheduled;
-    ++state_->outstanding;
     state_->unfinished.insert(closure->step_id);
     failed = state_->cluster_failure;
     if (!failed) state_->queue.push_back(closure);
@@ -335,7 +333,7 @@ RemoteValue Coordinator::schedule(const std::string& function, const std::string
 
 void Coordinator::join() {
   std::unique_lock<std::mutex> lock(state_->mu);
-  state_->idle_cv.wait(lock, [&] { return state_->outstanding == 0; });
+  state_->idle_cv.wait(lock, [&] { return state_->unfinished.empty(); });
   if (state_->first_error) {
     std::exception_ptr error = state_->first_error;
     state_->first_error = nullptr;
@@ -345,7 +343,7 @@ void Coordinator::join() {
 
 bool Coordinator::done() const {
   std::lock_guard<std::mutex> lock(state_->mu);
-  return state_->outstanding == 0;
+  return state_->unfinished.empty();
 }
 
 int64_t Coordinator::scheduled() const {
