@@ -52,8 +52,11 @@ TrainingExample regression(const TrainingExampleOptions& o, const Device& device
   uint64_t seed = o.seed;
   ex.batch_of = [data, batch, seed, device](int64_t step) {
     // shuffle(10).repeat().batch(batch): one stream of shuffled passes.
-    std::vector<int64_t> rows;
-    for (int64_t k = step * batch; k < (step + 1) * batch; ++k) rows.push_back(pass_order(10, seed, k / 10)[k % 10]);
+    std::vector<int64_t> rows, order;
+    for (int64_t k = step * batch, pass = -1; k < (step + 1) * batch; ++k) {
+      if (k / 10 != pass) order = pass_order(10, seed, pass = k / 10);  // each pass shuffled once
+      rows.push_back(order[static_cast<size_t>(k % 10)]);
+    }
     return on_device(pick_rows(data, rows), device);
   };
   return ex;
