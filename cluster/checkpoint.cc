@@ -74,24 +74,31 @@ CheckpointInfo CheckpointManager::read_info(const std::string& name) const {
   return info;
 }
 
-std::vector<CheckpointInfo> CheckpointManager::all() const {
+std::vector<std::string> CheckpointManager::kept_names() const {
   const std::string index = join(directory_, "checkpoint");
   if (!fs::exists(index)) return {};
   json j = read_json(index);
   MESHRT_CHECK_ARG(j.is_object() && j.contains("all") && j["all"].is_array(), index,
                    " needs \"all\", a list of checkpoint names");
-  std::vector<CheckpointInfo> out;
+  std::vector<std::string> out;
   for (const json& name : j["all"]) {
     MESHRT_CHECK_ARG(name.is_string(), index, ": a checkpoint name is not a string");
-    out.push_back(read_info(name.get<std::string>()));
+    out.push_back(name.get<std::string>());
   }
   return out;
 }
 
+std::vector<CheckpointInfo> CheckpointManager::all() const {
+  std::vector<CheckpointInfo> out;
+  for (const std::string& name : kept_names()) out.push_back(read_info(name));
+  return out;
+}
+
+// Only the newest's record is read (the sidecar evaluator asks at every poll).
 std::optional<CheckpointInfo> CheckpointManager::latest() const {
-  std::vector<CheckpointInfo> kept = all();
-  if (kept.empty()) return std::nullopt;
-  return kept.back();
+  std::vector<std::string> names = kept_names();
+  if (names.empty()) return std::nullopt;
+  return read_info(names.back());
 }
 
 CheckpointInfo CheckpointManager::save(std::vector<PsClient>& ps, int64_t step, const std::string& extra) {
@@ -103,9 +110,9 @@ CheckpointInfo CheckpointManager::save(std::vector<PsClient>& ps, int64_t step, 
     throw Error(ErrorKind::kInvalidArgument, std::string("CheckpointManager::save: extra is not JSON: ") + e.what());
   }
   const std::string name = "ckpt-" + std::to_string(step);
-  std::vector<CheckpointInfo> kept = all();
-  for (const CheckpointInfo& c : kept) {
-    MESHRT_CHECK_ARG(c.step != step, "checkpoint ", name, " exists in ", directory_,
+  std::vector<std::string> names = kept_names();
+  for (const std::string& kept : names) {
+    MESHRT_CHECK_ARG(kept != name, "checkpoint ", name, " exists in ", directory_,
                      ": a step is saved once (its files are not overwritten in place)");
   }
   std::error_code ec;
@@ -121,8 +128,6 @@ CheckpointInfo CheckpointManager::save(std::vector<PsClient>& ps, int64_t step, 
   json record = {{"step", step}, {"num_ps", info.num_ps}, {"extra", extra_json}};
   write_atomically(join(info.path, "checkpoint.json"), record.dump());
 
-  std::vector<std::string> names;
-  for (const CheckpointInfo& c : kept) names.push_back(fs::path(c.path).filename().string());
   names.push_back(name);
   std::vector<std::string> dropped;
   while (static_cast<int>(names.size()) > max_to_keep_) {

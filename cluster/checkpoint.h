@@ -63,6 +63,8 @@ class CheckpointManager {
   CheckpointInfo read_info(const std::string& name) const;
 
  private:
+  // The names the index lists, oldest first.
+  std::vector<std::string> kept_names() const;
   std::string directory_;
   int max_to_keep_;
 };
