@@ -78,17 +78,12 @@ std::vector<RepositoryEntry> Frontend::repository_index(bool ready_only) const {
 void Frontend::answered(int model, int status, std::optional<Clock::time_point> arrival) const {
   const ServableDefinition& def = engine_.servable(model);
   metrics_.request(def.name, def.version, status);
-  if (!arrival) return;
-  double seconds = std::chrono::duration<double>(Clock::now() - *arrival).count();
-  metrics_.request_duration(def.name, def.version, seconds);
-  metrics_.outcome(def.name, def.version, status == 200, seconds);
+  if (arrival) lasted(model, *arrival, status == 200);
 }
 
 void Frontend::lasted(int model, Clock::time_point arrival, bool ok) const {
   const ServableDefinition& def = engine_.servable(model);
-  double seconds = std::chrono::duration<double>(Clock::now() - arrival).count();
-  metrics_.request_duration(def.name, def.version, seconds);
-  metrics_.outcome(def.name, def.version, ok, seconds);
+  metrics_.outcome(def.name, def.version, ok, std::chrono::duration<double>(Clock::now() - arrival).count());
 }
 
 void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) {

@@ -98,7 +98,9 @@ Metrics::Model& Metrics::model(const std::string& model, const std::string& vers
 
 void Metrics::outcome(const std::string& m, const std::string& v, bool ok, double seconds) {
   std::lock_guard<std::mutex> lock(mutex_);
-  ModelStatistics& s = model(m, v).stats;
+  Model& x = model(m, v);
+  x.duration.observe(seconds);
+  ModelStatistics& s = x.stats;
   (ok ? s.success : s.fail).add(seconds);
   s.last_inference_ms = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())

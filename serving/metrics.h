@@ -111,7 +111,7 @@ class Metrics {
   void batch(const std::string& model, const std::string& version, int64_t rows, int64_t requests,
              const std::vector<double>& queue_seconds, double compute_seconds, bool ok = true);
   // An infer or generate request ended (ok or not), seconds after it arrived:
-  // the statistics' success / fail and last inference.
+  // its request_duration, and the statistics' success / fail and last inference.
   void outcome(const std::string& model, const std::string& version, bool ok, double seconds);
   // Every model's statistics (name, version order).
   std::vector<ModelStatistics> statistics() const;
