@@ -90,13 +90,8 @@ int run(Options& o) {
   if (root) {
     std::printf("meshrt-train: weights %s on all %d rank(s)\n", agree ? "identical" : "DIFFER", comm.size());
     if (!agree) rc = 1;
-    if (o.expect_falling_loss && !(last_loss < first_loss)) {
-      std::printf("meshrt-train: the loss did not fall (first epoch %.6f, last %.6f)\n", first_loss, last_loss);
-      rc = 1;
-    }
-    if (o.min_accuracy >= 0 && !(last_accuracy >= o.min_accuracy)) {
-      std::printf("meshrt-train: the last epoch's accuracy %.6f is below --min-accuracy %.6f\n", last_accuracy,
-                  o.min_accuracy);
+    if (!training_checks_hold("meshrt-train", o.expect_falling_loss, o.min_accuracy, first_loss, last_loss,
+                              last_accuracy)) {
       rc = 1;
     }
   }

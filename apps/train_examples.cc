@@ -1,6 +1,7 @@
 #include "apps/train_examples.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 #include <random>
 
@@ -185,6 +186,21 @@ std::unique_ptr<training::Sequential> avenger_model(const TrainingExampleOptions
   // thresholds the logit at 0 (the probability at 0.5).
   model->emplace<Dense>(Dense::glorot(o.embedding_dim, 1, Activation::kNone, o.dtype, device, o.seed + 1));
   return model;
+}
+
+bool training_checks_hold(const char* program, bool expect_falling_loss, double min_accuracy, double first_loss,
+                          double last_loss, double last_accuracy) {
+  bool hold = true;
+  if (expect_falling_loss && !(last_loss < first_loss)) {
+    std::printf("%s: the loss did not fall (first epoch %.6g, last %.6g)\n", program, first_loss, last_loss);
+    hold = false;
+  }
+  if (min_accuracy >= 0 && !(last_accuracy >= min_accuracy)) {
+    std::printf("%s: the last epoch's accuracy %.6f is below --min-accuracy %.6f\n", program, last_accuracy,
+                min_accuracy);
+    hold = false;
+  }
+  return hold;
 }
 
 const std::vector<std::string>& training_example_names() {

@@ -80,6 +80,12 @@ std::vector<int64_t> pass_order(int64_t n, uint64_t seed, int64_t pass);
 std::unique_ptr<training::Sequential> regression_model(const TrainingExampleOptions& options, const Device& device);
 std::unique_ptr<training::Sequential> avenger_model(const TrainingExampleOptions& options, const Device& device);
 
+// --expect-falling-loss and --min-accuracy over a run's first and last
+// epochs (meshrt-train, meshrt-ps-train): prints each check that failed,
+// prefixed with program, and returns whether all held.
+bool training_checks_hold(const char* program, bool expect_falling_loss, double min_accuracy, double first_loss,
+                          double last_loss, double last_accuracy);
+
 // "regression", "avenger" or "mlp"; throws Error(kInvalidArgument) otherwise.
 TrainingExample make_training_example(const std::string& name, const TrainingExampleOptions& options,
                                       const Device& device);
