@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "cluster/cluster_spec.h"
+#include "cluster/wire.h"
 #include "device/error.h"
 
 namespace meshrt::cluster {
@@ -101,6 +102,36 @@ TEST(ClusterSpec, FromTheEnvironmentOrAFile) {
   EXPECT_THROW(TaskConfig::from_environment(), Error);
   ::unsetenv("MESHRT_TF_CONFIG_FILE");
   std::remove(path.c_str());
+}
+
+// Tensors on cluster messages: a round trip, and what a malformed one gets
+// (an unknown dtype, a negative extent, bytes that do not fill the shape),
+// each refused naming the message part.
+TEST(ClusterWire, TensorsRoundTripAndMalformedOnesAreRefused) {
+  TensorProto proto;
+  put_tensor(&proto, HostTensor::from_vector<float>({1, 2, 3, 4, 5, 6}, Shape{2, 3}));
+  HostTensor back = get_tensor(proto, "the value");
+  EXPECT_EQ(back.shape(), (Shape{2, 3}));
+  EXPECT_EQ(back.to_vector<float>(), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  auto refused = [](const TensorProto& p, const std::string& fragment) {
+    try {
+      get_tensor(p, "the value");
+      ADD_FAILURE() << "accepted: " << p.DebugString();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      EXPECT_NE(e.message().find("the value"), std::string::npos) << e.message();
+      EXPECT_NE(e.message().find(fragment), std::string::npos) << e.message();
+    }
+  };
+  TensorProto bad_dtype = proto;
+  bad_dtype.set_dtype("f128");
+  refused(bad_dtype, "unknown dtype \"f128\"");
+  TensorProto short_data = proto;
+  short_data.set_data(proto.data().substr(0, 8));
+  refused(short_data, "8 bytes do not fill f32 [2, 3] (24 bytes)");
+  TensorProto negative = proto;
+  negative.set_shape(0, -2);
+  refused(negative, "extent -2 out of range");
 }
 
 }  // namespace
