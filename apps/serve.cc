@@ -71,7 +71,27 @@ int main(int argc, char** argv) {
                "the job under mpirun itself and relaunches it when a rank is lost (see meshrt-supervisor --help):\n"
                "  meshrt-serve --supervise --ranks 4 --model-repository examples/models --http-port 8000"};
   app.add("--model-repository", o.repository, "folder with one folder per model (config.json + weights)").required();
-  app.add("--model", o.models, "load only this model (repeatable; default: every model)");
+  app.add("--model", o.models, "load only this model at start (repeatable; default: every model, none with "
+                               "--model-control-mode explicit)");
+  std::vector<std::string> load_models;
+  app.add("--load-model", load_models, "the same as --model (Triton's name): a model to load at start (repeatable)");
+  app.add("--model-control-mode", o.model_control_mode,
+          "none: models load at start only; explicit: also load and unload on request (POST "
+          "/v2/repository/models/<m>/load|unload, gRPC RepositoryModelLoad/Unload); poll: the repository is watched "
+          "and new, changed and removed models are loaded, reloaded and unloaded")
+      .one_of({"none", "explicit", "poll"})
+      .show_default();
+  double poll_secs = 5;
+  app.add("--repository-poll-secs", poll_secs, "with --model-control-mode poll: how often the repository is looked at")
+      .show_default();
+  int64_t unload_timeout_secs = 60;
+  app.add("--unload-timeout-secs", unload_timeout_secs,
+          "how long an unload waits for the requests the model accepted before it gives up (the model stays loaded, "
+          "closed to new requests)")
+      .show_default();
+  bool exclusive_ranks = false;
+  app.flag("--exclusive-ranks", exclusive_ranks, "never let two models share ranks: a model that finds no free ranks is refused, "
+          "saying which models hold them (default: it shares the least busy ones)");
   std::vector<std::string> servable_libraries;
   app.add("--servable-library", servable_libraries,
           "<model>=<path>: the model's servable is defined by this shared library (a C++ servable built with "
@@ -174,6 +194,12 @@ int main(int argc, char** argv) {
       o.servable_libraries[model] = path.find('/') == std::string::npos ? "./" + path : path;
     }
     o.drain_grace = std::chrono::milliseconds(grace_ms);
+    MESHRT_CHECK_ARG(poll_secs > 0 && unload_timeout_secs > 0, "--repository-poll-secs and --unload-timeout-secs must "
+                     "be positive, got ", poll_secs, " and ", unload_timeout_secs);
+    o.repository_poll = std::chrono::milliseconds(static_cast<long long>(poll_secs * 1000));
+    o.unload_timeout = std::chrono::seconds(unload_timeout_secs);
+    o.share_ranks = !exclusive_ranks;
+    o.models.insert(o.models.end(), load_models.begin(), load_models.end());
     o.result_timeout = std::chrono::milliseconds(result_timeout_ms);
     MESHRT_CHECK_ARG(comm_timeout > 0, "--comm-timeout must be positive, got ", comm_timeout);
     o.comm_timeout = std::chrono::milliseconds(static_cast<long long>(comm_timeout * 1000));

@@ -1,10 +1,13 @@
 #include "serving/engine.h"
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdio>
 #include <deque>
 #include <fstream>
 #include <future>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -29,12 +32,19 @@ namespace {
 //   fail <index> <generation>      rank 0 gave the servable up (a batch failed)
 //   ping <token>                   answer "pong <token>" (recovery)
 //   rebuild <index> <generation>   new communicators for the servable (recovery)
+//   load <n> (<rank_size> <stage_size> <first rank>)*n <request>
+//                                  add the n servables loader(request) gives, placed
+//                                  so (every rank; each answers on kLoadTag)
+//   drop <index>                   unload the servable (every rank)
 //   stop
+// "run" and "fail" go to the ranks of the servable's placement, the others to every rank.
 constexpr int kCommandTag = 1000;
 constexpr int kResultTag = 1002;   // last stage -> rank 0: "<batch id> <forward seconds>" then the result
 constexpr int kErrorTag = 1003;    // any rank -> rank 0: "<batch id> <message>"
 constexpr int kPongTag = 1004;     // any rank -> rank 0: "pong <token>"
 constexpr int kTimingTag = 1005;   // a middle stage's first rank -> rank 0: "<batch id> <forward seconds>"
+constexpr int kInputTag = 1006;    // rank 0 -> a placement's first rank (rank 0 not in it): the batch
+constexpr int kLoadTag = 1007;     // any rank -> rank 0: "ok", or why it could not load
 // At most this many trace events are kept per rank (the oldest are kept).
 constexpr size_t kMaxTraceEvents = 1000000;
 constexpr int kEngineTid = 1000;  // the trace's row of rank 0's "batch" events
@@ -62,10 +72,9 @@ std::vector<int64_t> split_rows(int64_t rows, int parts) {
 }
 
 struct Engine::Placed {
-  Mesh mesh;        // {stage, model} over all ranks
+  Mesh mesh;        // {stage, model} over the placement's ranks
   Mesh stage_mesh;  // this rank's stage
   int stage = 0, stages = 1, model_coordinate = 0, tensor_parallel = 1;
-  int result_rank = 0;                // world rank of the last stage's first rank
   std::unique_ptr<StageModule> module;
   // Activations this rank sent to the next stage and not yet seen taken (they
   // keep their buffers alive; the next batch does not wait for them).
@@ -82,25 +91,130 @@ struct Engine::Pending {
   int result_rank = 0;  // the world rank its result comes from
 };
 
+struct Engine::Slot {
+  ServableDefinition def;
+  int first_rank = 0;  // placed on the world ranks [first_rank, first_rank + def.rank_size)
+  std::atomic<ServableState> state{ServableState::kLoading};
+  // The rest under mutex_:
+  std::unique_ptr<Placed> placed;  // null off the placement, and once unloaded
+  std::string failure;             // "" while it works
+  uint64_t generation = 1;         // 1 + recoveries
+
+  // The world rank of the last stage's first rank (the mesh is row-major {stage, model}).
+  int result_rank() const { return first_rank + (def.stage_size - 1) * (def.rank_size / def.stage_size); }
+  bool holds(int rank) const { return rank >= first_rank && rank < first_rank + def.rank_size; }
+};
+
 Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, EngineOptions options)
-    : servables_(std::move(servables)), device_(device), options_(options), channel_(Channel::world()) {
-  World& world = World::get();
+    : device_(device), options_(std::move(options)), channel_(Channel::world()) {
   channel_.set_timeout(options_.result_timeout);
-  for (ServableDefinition& s : servables_) {
-    complete_servable(s);
-    MESHRT_CHECK_ARG(s.rank_size == world.size(), "model '", s.name, "' needs rank_size = ", s.rank_size,
-                     " ranks but this job has ", world.size(), ": start it with mpirun -np ", s.rank_size);
+  for (ServableDefinition& s : servables) complete_servable(s);
+  std::vector<int> firsts = plan(servables);
+  for (size_t i = 0; i < servables.size(); ++i) {
+    int index = add_slot(std::move(servables[i]), firsts[i], ServableState::kServing);
+    Slot& sl = slot(index);
+    sl.placed = place(sl.def, sl.first_rank);
   }
-  for (const ServableDefinition& s : servables_) placed_.push_back(place(s));
-  failures_.resize(servables_.size());
-  generations_.assign(servables_.size(), 1);
-  if (world.rank() == 0) collector_ = std::thread([this] { collect(); });
+  if (World::get().rank() == 0) collector_ = std::thread([this] { collect(); });
 }
 
-// Collective over all ranks (the mesh's communicators are new duplicates of the world).
-std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s) {
+Engine::Slot& Engine::slot(int index) const {
+  std::shared_lock<std::shared_mutex> lock(slots_mutex_);
+  MESHRT_CHECK_ARG(index >= 0 && static_cast<size_t>(index) < slots_.size(), "no servable ", index, " (the engine has ",
+                   slots_.size(), ")");
+  return const_cast<Slot&>(slots_[static_cast<size_t>(index)]);
+}
+
+int Engine::servable_count() const {
+  std::shared_lock<std::shared_mutex> lock(slots_mutex_);
+  return static_cast<int>(slots_.size());
+}
+
+const ServableDefinition& Engine::servable(int index) const { return slot(index).def; }
+
+ServableState Engine::state(int index) const { return slot(index).state.load(); }
+
+std::vector<int> Engine::ranks(int index) const {
+  const Slot& sl = slot(index);
+  std::vector<int> out;
+  for (int r = 0; r < sl.def.rank_size; ++r) out.push_back(sl.first_rank + r);
+  return out;
+}
+
+int Engine::add_slot(ServableDefinition def, int first_rank, ServableState state) {
+  std::unique_lock<std::shared_mutex> lock(slots_mutex_);
+  Slot& sl = slots_.emplace_back();
+  sl.def = std::move(def);
+  sl.first_rank = first_rank;
+  sl.state = state;
+  return static_cast<int>(slots_.size()) - 1;
+}
+
+std::vector<int> Engine::plan(const std::vector<ServableDefinition>& defs) const {
+  const int world = World::get().size();
+  // How many placed servables hold each rank, and which (for the refusal).
+  std::vector<int> load(static_cast<size_t>(world), 0);
+  std::vector<std::string> holders(static_cast<size_t>(world));
+  auto take = [&](const std::string& name, const std::string& version, int first, int size) {
+    for (int r = first; r < first + size; ++r) {
+      ++load[static_cast<size_t>(r)];
+      holders[static_cast<size_t>(r)] += detail::cat(holders[static_cast<size_t>(r)].empty() ? "" : ", ", "'", name,
+                                                     "' version ", version);
+    }
+  };
+  for (int i = 0; i < servable_count(); ++i) {
+    const Slot& sl = slot(i);
+    if (sl.state != ServableState::kUnloaded) take(sl.def.name, sl.def.version, sl.first_rank, sl.def.rank_size);
+  }
+  std::vector<int> firsts;
+  for (const ServableDefinition& s : defs) {
+    MESHRT_CHECK_ARG(s.rank_size >= 1 && s.rank_size <= world, "model '", s.name, "' needs rank_size = ", s.rank_size,
+                     " ranks but this job has ", world, ": start it with mpirun -np ", s.rank_size, " (or more)");
+    // The window whose busiest rank is least busy, the first of those (a free one if there is one).
+    int best = 0, best_load = -1;
+    for (int first = 0; first + s.rank_size <= world; ++first) {
+      int busiest = *std::max_element(load.begin() + first, load.begin() + first + s.rank_size);
+      if (best_load < 0 || busiest < best_load) {
+        best = first;
+        best_load = busiest;
+      }
+    }
+    if (best_load > 0 && !options_.share_ranks) {
+      std::string held;
+      for (int r = 0; r < world; ++r) {
+        if (load[static_cast<size_t>(r)] > 0) held += detail::cat("; rank ", r, ": ", holders[static_cast<size_t>(r)]);
+      }
+      throw Error(ErrorKind::kInvalidArgument,
+                  detail::cat("model '", s.name, "' version ", s.version, " needs ", s.rank_size,
+                              " consecutive free ranks and this job of ", world,
+                              " has none (ranks are not shared between models)", held,
+                              ": start more ranks, unload a model, or let models share ranks"));
+    }
+    if (best_load > 0 && World::get().rank() == 0) {
+      log::info(detail::cat("model '", s.name, "' version ", s.version, " shares ranks ", best, "-",
+                            best + s.rank_size - 1, " with other models (no ", s.rank_size, " free ranks left)"));
+    }
+    take(s.name, s.version, best, s.rank_size);
+    firsts.push_back(best);
+  }
+  return firsts;
+}
+
+// Collective over all ranks: the mesh's communicators are new (a duplicate of
+// the world, or of the placement's ranks split from it).
+std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s, int first_rank) {
+  World& world = World::get();
+  std::vector<sharding::MeshAxis> axes{{"stage", s.stage_size}, {"model", s.rank_size / s.stage_size}};
   auto p = std::make_unique<Placed>();
-  p->mesh = Mesh({{"stage", s.stage_size}, {"model", s.rank_size / s.stage_size}}, device_);
+  if (s.rank_size == world.size()) {
+    p->mesh = Mesh(axes, device_);
+  } else {
+    Communicator all = Communicator::world(device_, "placement");
+    bool member = world.rank() >= first_rank && world.rank() < first_rank + s.rank_size;
+    Communicator over = all.split(member ? 0 : Communicator::kNoColor, world.rank(), "model '" + s.name + "'");
+    if (!member) return nullptr;
+    p->mesh = Mesh(axes, over);
+  }
   if (options_.comm_timeout.count() > 0) p->mesh.set_timeout(options_.comm_timeout);
   // A stalled rank must not leave its peers' threads inside MPI: the model is
   // given up at the deadline, and later rebuilt (try_recover).
@@ -110,41 +224,44 @@ std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s) {
   p->stages = s.stage_size;
   p->model_coordinate = p->mesh.coordinate("model");
   p->tensor_parallel = s.rank_size / s.stage_size;
-  p->result_rank = p->mesh.rank_at({p->stages - 1, 0});
+  // After the collectives above: a rank that cannot build its stage leaves its peers in step.
+  MESHRT_CHECK(static_cast<size_t>(p->stage) < s.stages.size(), ErrorKind::kInvalidArgument, "model '", s.name,
+               "' has no stage ", p->stage, " on this rank");
   p->module = s.stages[static_cast<size_t>(p->stage)].build(p->stage_mesh);
   return p;
 }
 
 void Engine::rebuild(int index, uint64_t generation) {
-  auto i = static_cast<size_t>(index);
+  Slot& sl = slot(index);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    placed_[i].reset();  // the old communicators (aborted) go first
+    sl.placed.reset();  // the old communicators (aborted) go first
   }
-  std::unique_ptr<Placed> placed = place(servables_[i]);
+  std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
   std::lock_guard<std::mutex> lock(mutex_);
-  placed_[i] = std::move(placed);
-  failures_[i].clear();
-  generations_[i] = generation;
+  sl.placed = std::move(placed);
+  sl.failure.clear();
+  sl.generation = generation;
 }
 
 void Engine::mark_failed(int index, const std::string& reason) {
+  Slot& sl = slot(index);
   std::lock_guard<std::mutex> lock(mutex_);
-  std::string& failure = failures_[static_cast<size_t>(index)];
-  if (!failure.empty()) return;
-  failure = reason;
-  placed_[static_cast<size_t>(index)]->mesh.abort("model '" + servables_[static_cast<size_t>(index)].name +
-                                                  "' failed: " + reason);
+  if (!sl.failure.empty()) return;
+  sl.failure = reason;
+  if (sl.placed) sl.placed->mesh.abort("model '" + sl.def.name + "' failed: " + reason);
 }
 
 std::string Engine::failure(int index) const {
+  const Slot& sl = slot(index);
   std::lock_guard<std::mutex> lock(mutex_);
-  return failures_.at(static_cast<size_t>(index));
+  return sl.failure;
 }
 
 uint64_t Engine::generation(int index) const {
+  const Slot& sl = slot(index);
   std::lock_guard<std::mutex> lock(mutex_);
-  return generations_.at(static_cast<size_t>(index));
+  return sl.generation;
 }
 
 Engine::~Engine() {
@@ -172,14 +289,16 @@ int Engine::find(const std::string& name, const std::string& version) const {
     return a > b;
   };
   int found = -1;
-  for (size_t i = 0; i < servables_.size(); ++i) {
-    const ServableDefinition& s = servables_[i];
-    if (s.name != name) continue;
-    if (!version.empty()) {
-      if (s.version == version) return static_cast<int>(i);
-      continue;
+  std::string found_version;
+  for (int i = 0; i < servable_count(); ++i) {
+    const Slot& sl = slot(i);
+    if (sl.def.name != name || sl.state != ServableState::kServing) continue;
+    if (!version.empty() && sl.def.version != version) continue;
+    // Ties go to the later index: a reload's servables come after the ones they replace.
+    if (found < 0 || !later(found_version, sl.def.version)) {
+      found = i;
+      found_version = sl.def.version;
     }
-    if (found < 0 || later(s.version, servables_[static_cast<size_t>(found)].version)) found = static_cast<int>(i);
   }
   return found;
 }
@@ -187,8 +306,11 @@ int Engine::find(const std::string& name, const std::string& version) const {
 HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int64_t>& micro_rows,
                              const std::vector<int64_t>& input_dims, const BatchParams& params, const HostTensor& input,
                              double* forward_seconds) {
-  const ServableDefinition& def = servables_[static_cast<size_t>(index)];
-  Placed& p = *placed_[static_cast<size_t>(index)];
+  const Slot& sl = slot(index);
+  const ServableDefinition& def = sl.def;
+  MESHRT_CHECK(sl.placed, ErrorKind::kInternal, "rank ", World::get().rank(), " is not in the placement of model '",
+               def.name, "'");
+  Placed& p = *sl.placed;
   const Communicator& across = p.mesh.communicator("stage");       // rank there = stage index
   const Communicator& within = p.stage_mesh.communicator("model");  // rank there = model coordinate
   bool first = p.stage == 0, last = p.stage == p.stages - 1;
@@ -202,15 +324,23 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
   };
   while (!p.sends.empty() && p.sends.front().is_completed()) p.sends.pop_front();
   int64_t start_us = wall_us();
+  // The placement's first rank when rank 0 is not in it: the batch comes from rank 0.
+  HostTensor received;
+  if (first && p.model_coordinate == 0 && !input.defined()) {
+    received = channel_.recv_tensor(0, kInputTag);
+    MESHRT_CHECK(received.ndim() >= 1, ErrorKind::kInternal, "model '", def.name, "' got ", received.description(),
+                 " as its batch");
+  }
+  const HostTensor& batch = input.defined() ? input : received;
   std::vector<HostTensor> outputs;
   double forward = 0;
   int64_t row = 0, total_rows = 0;
   for (int64_t rows : micro_rows) {
     std::vector<DTensor> xs;
     if (first) {
-      // Rank 0 holds the batch; the stage's other ranks get it by broadcast.
+      // The stage's first rank holds the batch; the others get it by broadcast.
       Shape shape = shape_of(rows, input_dims);
-      DeviceTensor buffer = p.model_coordinate == 0 ? to_device(input.narrow(row, rows), device_)
+      DeviceTensor buffer = p.model_coordinate == 0 ? to_device(batch.narrow(row, rows), device_)
                                                     : DeviceTensor::empty(shape, def.input.dtype, device_);
       if (p.tensor_parallel > 1) within.broadcast(buffer, 0).wait();
       xs.push_back(def.hooks.client_preprocessing(
@@ -266,7 +396,10 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   World& world = World::get();
   MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::start is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
-  const ServableDefinition& def = servables_.at(static_cast<size_t>(index));
+  const Slot& sl = slot(index);
+  const ServableDefinition& def = sl.def;
+  MESHRT_CHECK(sl.state != ServableState::kUnloaded && sl.state != ServableState::kLoading, ErrorKind::kUnavailable,
+               "model '", def.name, "' version ", def.version, " is not loaded");
   std::string failed = failure(index);
   MESHRT_CHECK(failed.empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", failed);
   std::vector<int64_t> dims(batch.shape().dims().begin() + (batch.ndim() > 0 ? 1 : 0), batch.shape().dims().end());
@@ -296,14 +429,20 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   pending->start_us = wall_us();
   pending->rows = batch.dim(0);
   pending->micro_batches = static_cast<int>(micro.size());
-  pending->result_rank = placed_[static_cast<size_t>(index)]->result_rank;
+  pending->result_rank = sl.result_rank();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     pending_[id] = std::move(pending);
   }
   idle_cv_.notify_all();  // the result thread starts listening
   try {
-    for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+    for (int r = std::max(sl.first_rank, 1); r < sl.first_rank + def.rank_size; ++r) channel_.send(command, r, kCommandTag);
+    if (!sl.holds(0)) {
+      // Rank 0 is not in the placement: its first rank takes the batch from here.
+      // (A large batch waits here until that rank has finished its earlier work.)
+      channel_.send(input, sl.first_rank, kInputTag);
+      return;
+    }
     double forward = 0;
     HostTensor result = run_local(index, id, micro, dims, params, input, &forward);
     add_forward_time(id, forward);
@@ -355,7 +494,7 @@ void Engine::finish(uint64_t id, HostTensor result, std::exception_ptr error) {
   }
   BatchReport report{id, seconds_since(p->started), p->forward_seconds};
   if (!options_.trace_file.empty()) {
-    record({"batch", servables_[static_cast<size_t>(p->index)].name, id, 0, 0, p->micro_batches, p->rows, p->start_us,
+    record({"batch", servable(p->index).name, id, 0, 0, p->micro_batches, p->rows, p->start_us,
             wall_us()});
   }
   try {
@@ -375,16 +514,16 @@ void Engine::fail_model(int index, const std::string& reason, uint64_t batch_id)
   // and tell the others, so a rank that comes back late drops this generation's
   // batches still waiting for it instead of running them into aborted peers.
   mark_failed(index, reason);
-  World& world = World::get();
+  const Slot& sl = slot(index);
   uint64_t gen = generation(index);
-  for (int r = 1; r < world.size(); ++r) {
+  for (int r = std::max(sl.first_rank, 1); r < sl.first_rank + sl.def.rank_size; ++r) {
     try {
       channel_.send(detail::cat("fail ", index, " ", gen), r, kCommandTag);
     } catch (const std::exception&) {
       // a lost rank cannot be told; recovery asks every rank first anyway
     }
   }
-  const std::string& name = servables_[static_cast<size_t>(index)].name;
+  const std::string& name = sl.def.name;
   std::vector<uint64_t> ids;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -484,7 +623,7 @@ void Engine::collect() {
           silent += (silent.empty() ? "" : ", ") + world.describe_rank(r);
         }
         fail_model(late_index,
-                   detail::cat("the result of batch ", late, " of '", servables_[static_cast<size_t>(late_index)].name,
+                   detail::cat("the result of batch ", late, " of '", servable(late_index).name,
                                "' did not come from ", world.describe_rank(from), " within ",
                                options_.result_timeout.count(), " ms: ",
                                silent.empty() ? "every rank answers, so a worker is stuck in its work"
@@ -509,7 +648,7 @@ void Engine::collect() {
   for (const auto& [id, index] : left) {
     finish(id, HostTensor(),
            std::make_exception_ptr(Error(ErrorKind::kUnavailable,
-                                         detail::cat("batch ", id, " of model '", servables_[static_cast<size_t>(index)].name,
+                                         detail::cat("batch ", id, " of model '", servable(index).name,
                                                      "' was in flight when the engine was destroyed"))));
   }
 }
@@ -559,6 +698,13 @@ void Engine::handle_command(const std::string& command) {
   }
   int index = -1;
   uint64_t generation = 0;
+  if (verb == "load") return handle_load(in);
+  if (verb == "drop") {
+    in >> index;
+    MESHRT_CHECK(!in.fail() && index >= 0 && index < servable_count(), ErrorKind::kInternal, "unknown engine command '",
+                 command, "'");
+    return drop(index);
+  }
   if (verb == "fail" || verb == "rebuild") {
     in >> index >> generation;
     MESHRT_CHECK(index >= 0 && index < servable_count(), ErrorKind::kInternal, "unknown engine command '", command, "'");
@@ -589,7 +735,7 @@ void Engine::handle_command(const std::string& command) {
     if (generation != this->generation(index) || !failure(index).empty()) return;
     double forward = 0;
     HostTensor result = run_local(index, id, micro, dims, params, HostTensor(), &forward);
-    const Placed& p = *placed_[static_cast<size_t>(index)];
+    const Placed& p = *slot(index).placed;
     if (p.model_coordinate != 0) return;
     // "%.9f": the stage's time to the nanosecond, whatever the locale.
     char timing[64];
@@ -606,6 +752,145 @@ void Engine::handle_command(const std::string& command) {
     if (index >= 0 && index < servable_count()) mark_failed(index, reason);
     channel_.send(std::to_string(id) + " " + reason, 0, kErrorTag);
   }
+}
+
+std::vector<int> Engine::load(const std::string& request) {
+  World& world = World::get();
+  MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::load is for rank 0");
+  MESHRT_CHECK_ARG(options_.loader != nullptr, "this server loads no models while it runs");
+  MESHRT_CHECK_ARG(!request.empty() && request.find_first_of(" \t\r\n") == std::string::npos, "cannot load '", request,
+                   "': a model name has no spaces");
+  // Rank 0 reads it first: a config that does not parse is refused with nothing sent.
+  std::vector<ServableDefinition> defs = options_.loader(request);
+  MESHRT_CHECK_ARG(!defs.empty(), "'", request, "' names no servable to load");
+  for (ServableDefinition& d : defs) complete_servable(d);
+  std::lock_guard<std::mutex> starting(start_mutex_);
+  MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
+  std::vector<int> firsts = plan(defs);
+  std::string command = detail::cat("load ", defs.size());
+  for (size_t i = 0; i < defs.size(); ++i) {
+    command += detail::cat(" ", defs[i].rank_size, " ", defs[i].stage_size, " ", firsts[i]);
+  }
+  command += " " + request;
+  for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+  std::vector<int> indices;
+  std::string failed;
+  for (size_t i = 0; i < defs.size(); ++i) {
+    int index = add_slot(defs[i], firsts[i], ServableState::kLoading);
+    indices.push_back(index);
+    Slot& sl = slot(index);
+    try {
+      std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
+      std::lock_guard<std::mutex> lock(mutex_);
+      sl.placed = std::move(placed);
+    } catch (const std::exception& e) {
+      failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(0), ": ", reason_of(e));
+    }
+  }
+  // Every other rank says whether it built its part.
+  for (int r = 1; r < world.size(); ++r) {
+    std::string answer;
+    try {
+      answer = channel_.recv_string(r, kLoadTag);
+    } catch (const std::exception& e) {
+      answer = reason_of(e);
+    }
+    if (answer != "ok") failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(r), ": ", answer);
+  }
+  if (!failed.empty()) {
+    for (int index : indices) {
+      for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("drop ", index), r, kCommandTag);
+      drop(index);
+    }
+    throw Error(ErrorKind::kUnavailable, detail::cat("loading '", request, "' failed: ", failed));
+  }
+  return indices;
+}
+
+void Engine::handle_load(std::istringstream& in) {
+  World& world = World::get();
+  size_t n = 0;
+  in >> n;
+  std::vector<std::array<int, 3>> shapes(in.fail() ? 0 : n);  // rank_size, stage_size, first rank
+  for (auto& shape : shapes) in >> shape[0] >> shape[1] >> shape[2];
+  std::string request;
+  in >> request;
+  MESHRT_CHECK(!in.fail() && n > 0, ErrorKind::kInternal, "malformed load command");
+  std::string failed;
+  std::vector<ServableDefinition> defs;
+  try {
+    defs = options_.loader ? options_.loader(request) : std::vector<ServableDefinition>{};
+    for (ServableDefinition& d : defs) complete_servable(d);
+    MESHRT_CHECK(defs.size() == n, ErrorKind::kInvalidArgument, "'", request, "' gives ", defs.size(),
+                 " servable(s) here and ", n, " on rank 0 (do all ranks read the same files?)");
+    for (size_t i = 0; i < n; ++i) {
+      MESHRT_CHECK(defs[i].rank_size == shapes[i][0] && defs[i].stage_size == shapes[i][1], ErrorKind::kInvalidArgument,
+                   "model '", defs[i].name, "' has rank_size ", defs[i].rank_size, " and stage_size ",
+                   defs[i].stage_size, " here, ", shapes[i][0], " and ", shapes[i][1], " on rank 0");
+    }
+  } catch (const std::exception& e) {
+    failed = reason_of(e);
+    defs.clear();
+  }
+  for (size_t i = 0; i < n; ++i) {
+    // Without a definition of its own, the rank still takes part in making the
+    // placement's communicators (its peers do), then fails.
+    ServableDefinition def;
+    if (!defs.empty()) {
+      def = std::move(defs[i]);
+    } else {
+      def.name = request;
+      def.rank_size = shapes[i][0];
+      def.stage_size = shapes[i][1];
+    }
+    int index = add_slot(std::move(def), shapes[i][2], ServableState::kLoading);
+    Slot& sl = slot(index);
+    try {
+      std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
+      std::lock_guard<std::mutex> lock(mutex_);
+      sl.placed = std::move(placed);
+    } catch (const std::exception& e) {
+      if (failed.empty()) failed = reason_of(e);
+    }
+  }
+  if (!failed.empty()) log::error(detail::cat(world.describe_rank(world.rank()), ": loading '", request, "' failed: ", failed));
+  channel_.send(failed.empty() ? std::string("ok") : failed, 0, kLoadTag);
+}
+
+void Engine::publish(const std::vector<int>& indices) {
+  for (int index : indices) slot(index).state = ServableState::kServing;
+}
+
+void Engine::close(int index) {
+  Slot& sl = slot(index);
+  ServableState serving = ServableState::kServing;
+  sl.state.compare_exchange_strong(serving, ServableState::kClosed);
+}
+
+void Engine::unload(int index) {
+  std::lock_guard<std::mutex> starting(start_mutex_);
+  World& world = World::get();
+  MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::unload is for rank 0");
+  const Slot& sl = slot(index);
+  MESHRT_CHECK_ARG(in_flight(index) == 0, "model '", sl.def.name, "' version ", sl.def.version, " has ",
+                   in_flight(index), " batch(es) in flight: finish them before unloading it");
+  if (sl.state == ServableState::kUnloaded) return;
+  if (!stopped_) {
+    for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("drop ", index), r, kCommandTag);
+  }
+  drop(index);
+}
+
+void Engine::drop(int index) {
+  Slot& sl = slot(index);
+  sl.state = ServableState::kUnloaded;
+  std::unique_ptr<Placed> placed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    placed = std::move(sl.placed);
+    if (sl.failure.empty()) sl.failure = "unloaded";
+  }
+  placed.reset();  // its stage, weights and communicators, outside the lock
 }
 
 void Engine::serve() {
@@ -630,6 +915,7 @@ void Engine::serve() {
 }
 
 void Engine::stop() {
+  std::lock_guard<std::mutex> starting(start_mutex_);  // after a load that is running (its ranks are needed)
   World& world = World::get();
   if (stopped_ || world.rank() != 0) return;
   stopped_ = true;
@@ -669,10 +955,14 @@ void Engine::write_trace() const {
   }
   // Names for the rows: the process is the rank, a thread each stage (and the engine on rank 0).
   events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", detail::cat("rank ", rank)}}}});
-  for (const auto& p : placed_) {
-    if (!p) continue;
-    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", rank}, {"tid", p->stage},
-                      {"args", {{"name", detail::cat("stage ", p->stage)}}}});
+  std::set<int> stages;
+  for (int i = 0; i < servable_count(); ++i) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (slot(i).placed) stages.insert(slot(i).placed->stage);
+  }
+  for (int stage : stages) {
+    events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", rank}, {"tid", stage},
+                      {"args", {{"name", detail::cat("stage ", stage)}}}});
   }
   if (rank == 0) {
     events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", rank}, {"tid", kEngineTid},

@@ -1,10 +1,15 @@
-// The pipeline engine: runs batches of servables across all ranks.
+// The pipeline engine: runs batches of servables across the job's ranks.
 //
-// Every servable gets the mesh {stage: stage_size, model: rank_size / stage_size}
-// over all ranks; each rank builds its own stage on its slice of the mesh. Rank 0
-// (the front end, also rank 0 of the first stage) tells the other ranks what to
-// run over the host Channel and broadcasts the batch over the first stage's
-// "model" communicator (the input leaves rank 0 once, not once per rank). The
+// Every servable is placed on rank_size consecutive ranks of the job (its
+// placement: the first ones no other servable holds; when none are free, the
+// least busy ones, whose servables then take turns, unless share_ranks is
+// off) and gets the mesh {stage: stage_size, model: rank_size / stage_size}
+// over them; each rank of it builds its own stage on its slice of the mesh.
+// Rank 0 (the front end) tells the ranks of a placement what to run over the
+// host Channel; the placement's first rank (rank 0 itself when it is in it,
+// else it receives the batch from rank 0) broadcasts the batch over the first
+// stage's "model" communicator (the input leaves rank 0 once). Servables on
+// disjoint placements run at the same time. The
 // batch flows as micro-batches: stage s sends each micro-batch's activations
 // (one or more tensors: the stage definition's outputs) to
 // stage s+1 (device tensors: NCCL on GPUs, MPI on the cpu) and goes on with the
@@ -16,16 +21,24 @@
 // on batch b; results come back on rank 0's result thread, which parks on a
 // condition variable while nothing is in flight. Every rank runs the batches in
 // the order rank 0 started them.
+//
+// Servables are added and removed while others serve (Engine::load and
+// unload, from rank 0, as commands in the same order as the batches): each has
+// an index that stays its own for the life of the engine (an unloaded one
+// keeps its definition; find() no longer returns it).
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,7 +57,18 @@ struct EngineOptions {
   // Chrome trace (chrome://tracing, Perfetto) of every batch on every rank:
   // each rank writes "<trace_file>.<world rank>.json" when the engine ends. "" = off.
   std::string trace_file;
+  // When the job has no free ranks left for a servable: true places it on the
+  // least busy ones (it then takes turns with the servables there); false
+  // refuses it (Error(kInvalidArgument) saying which servables hold the ranks).
+  bool share_ranks = true;
+  // Every rank: the servables a load request names (Engine::load), in order;
+  // each rank calls it with the same request and must get the same list (the
+  // same files). Null: the engine refuses loads.
+  std::function<std::vector<ServableDefinition>(const std::string& request)> loader;
 };
+
+// Where a servable is in its life: find() returns only kServing ones.
+enum class ServableState { kLoading, kServing, kClosed, kUnloaded };
 
 // What the engine measured of one batch (rank 0).
 struct BatchReport {
@@ -74,19 +98,45 @@ using BatchDone = std::function<void(HostTensor result, std::exception_ptr error
 class Engine {
  public:
   // Collective: every rank passes the same servables in the same order; each
-  // builds its stage of each (loading its shards of the weights). Throws
-  // Error(kInvalidArgument) when a servable's rank_size differs from the number
-  // of ranks, naming both.
+  // rank of a servable's placement builds its stage of it (loading its shards
+  // of the weights). Throws Error(kInvalidArgument) when a servable's
+  // rank_size exceeds the number of ranks, naming both, or (share_ranks off)
+  // when one does not find free ranks.
   Engine(std::vector<ServableDefinition> servables, const Device& device, EngineOptions options = {});
   ~Engine();
 
-  int servable_count() const { return static_cast<int>(servables_.size()); }
+  // Servables ever added (unloaded ones included: indices stay).
+  int servable_count() const;
   const Device& device() const { return device_; }
-  const ServableDefinition& servable(int index) const { return servables_.at(static_cast<size_t>(index)); }
-  // Index of the servable with this name and version, or -1. No version: the
-  // latest of that name (the highest number, as Triton serves when a request
-  // names none; versions that are not numbers: the greatest name).
+  // The definition of servable `index` (a reference that stays valid while the engine lives).
+  const ServableDefinition& servable(int index) const;
+  ServableState state(int index) const;
+  // The world ranks servable `index` is placed on, in its mesh's order.
+  std::vector<int> ranks(int index) const;
+  // Index of the serving servable with this name and version, or -1. No
+  // version: the latest of that name (the highest number, as Triton serves
+  // when a request names none; versions that are not numbers: the greatest
+  // name). Of two with the same name and version (a reload), the newer.
   int find(const std::string& name, const std::string& version = "") const;
+
+  // Rank 0, one at a time with start(): adds the servables options.loader
+  // returns for request on every rank (placed after those there now) and
+  // returns their indices, in state kLoading (publish() makes find() return
+  // them). Throws, with nothing added: the loader's error on rank 0 (nothing
+  // was sent), Error(kInvalidArgument) for a servable that does not fit, and
+  // Error(kUnavailable) with each rank's reason when a rank could not load
+  // or build its part (what the others built is dropped again). Blocks the
+  // start of batches while it runs.
+  std::vector<int> load(const std::string& request);
+  // Rank 0: find() returns these servables from now on.
+  void publish(const std::vector<int>& indices);
+  // Rank 0: find() no longer returns servable index; batches already started
+  // (and start() calls) go on, for the caller to finish before unload().
+  void close(int index);
+  // Rank 0: drops servable index on every rank (its stages, weights and
+  // communicators; its ranks are free again). Throws Error(kInvalidArgument)
+  // while a batch of it is in flight.
+  void unload(int index);
 
   // Rank 0 only, one call at a time: runs batch ([rows, ...] host, fitting the
   // servable's input spec) of servable `index` on every rank in `micro_batches`
@@ -137,7 +187,21 @@ class Engine {
  private:
   struct Placed;
   struct Pending;
-  std::unique_ptr<Placed> place(const ServableDefinition& s);
+  struct Slot;
+  // A stable reference to servable index's slot (Error(kInvalidArgument) for no such index).
+  Slot& slot(int index) const;
+  // The first rank of a placement for each of defs, after the servables there
+  // now (every rank computes the same); throws when one does not fit.
+  std::vector<int> plan(const std::vector<ServableDefinition>& defs) const;
+  // Collective over all ranks: the servable's communicators over its
+  // placement, and (on its ranks) its stage. Null off the placement.
+  std::unique_ptr<Placed> place(const ServableDefinition& s, int first_rank);
+  // Adds a slot (every rank, in the same order).
+  int add_slot(ServableDefinition def, int first_rank, ServableState state);
+  // Every rank: drops servable index's stage and communicators.
+  void drop(int index);
+  // The other ranks: a load command ("load <n> (<rank_size> <stage_size> <first rank>)*n <request>").
+  void handle_load(std::istringstream& in);
   void rebuild(int index, uint64_t generation);
   // This rank's part of a batch: its stage's forward passes on every
   // micro-batch. Returns the result on the last stage's first rank (which, when
@@ -162,13 +226,15 @@ class Engine {
   void record(TraceEvent event);
   void write_trace() const;
 
-  std::vector<ServableDefinition> servables_;
-  std::vector<std::unique_ptr<Placed>> placed_;
-  std::mutex start_mutex_;                // one start() or try_recover() at a time
-  mutable std::mutex mutex_;              // failures_, generations_, pending_, trace_
+  // Every servable ever added, by index (a deque: references stay valid as
+  // loads add to it). slots_mutex_ guards its structure (indexing against a
+  // load's push_back), mutex_ what a slot says of its failure, generation and
+  // placed stage.
+  std::deque<Slot> slots_;
+  mutable std::shared_mutex slots_mutex_;
+  std::mutex start_mutex_;                // one start(), load(), unload() or try_recover() at a time
+  mutable std::mutex mutex_;              // the slots' failure, generation, placed; pending_, trace_
   mutable std::condition_variable idle_cv_;  // pending_ shrank or grew
-  std::vector<std::string> failures_;     // per servable, "" while it works
-  std::vector<uint64_t> generations_;     // per servable, 1 + recoveries
   std::map<uint64_t, std::unique_ptr<Pending>> pending_;  // rank 0: batches in flight by id
   int completing_ = 0;  // batches out of pending_ whose done callback has not returned yet
   std::vector<TraceEvent> trace_;

@@ -1,11 +1,14 @@
 #include "serving/frontend.h"
 
 #include "models/tokenizer.h"
+#include "serving/model_control.h"
 
 namespace meshrt::serving {
 
 Frontend::Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics)
     : engine_(engine), scheduler_(scheduler), metrics_(metrics) {
+  // The scheduler made its queues for these already.
+  std::unique_lock<std::shared_mutex> lock(models_mutex_);
   for (int i = 0; i < engine_.servable_count(); ++i) {
     signatures_.push_back(signature_of(engine_.servable(i)));
     generators_.push_back(engine_.servable(i).generation ? std::make_unique<Generator>(engine_, i, metrics_) : nullptr);
@@ -14,18 +17,75 @@ Frontend::Frontend(Engine& engine, Scheduler& scheduler, Metrics& metrics)
 
 Frontend::~Frontend() = default;
 
+void Frontend::add(const std::vector<int>& models) {
+  scheduler_.add(models);
+  std::unique_lock<std::shared_mutex> lock(models_mutex_);
+  for (int m : models) {
+    if (signatures_.size() <= static_cast<size_t>(m)) {
+      signatures_.resize(static_cast<size_t>(m) + 1);
+      generators_.resize(static_cast<size_t>(m) + 1);
+    }
+    signatures_[static_cast<size_t>(m)] = signature_of(engine_.servable(m));
+    if (engine_.servable(m).generation) generators_[static_cast<size_t>(m)] = std::make_unique<Generator>(engine_, m, metrics_);
+  }
+}
+
+const ModelSignature& Frontend::signature(int model) const {
+  std::shared_lock<std::shared_mutex> lock(models_mutex_);
+  return signatures_.at(static_cast<size_t>(model));
+}
+
+Generator* Frontend::generator(int model) const {
+  std::shared_lock<std::shared_mutex> lock(models_mutex_);
+  return generators_.at(static_cast<size_t>(model)).get();
+}
+
+std::string Frontend::retire(int model, std::chrono::milliseconds within) {
+  const ServableDefinition& def = engine_.servable(model);
+  engine_.close(model);
+  scheduler_.close(model, "model '" + def.name + "' version " + def.version + " is being unloaded");
+  // The generations it accepted run to their end; then the scheduler's batches.
+  if (Generator* g = generator(model)) g->drain(within);
+  if (!scheduler_.wait_idle(model, within)) {
+    return detail::cat("model '", def.name, "' version ", def.version, " still had requests after ", within.count(),
+                       " ms (closed to new ones; try the unload again)");
+  }
+  try {
+    engine_.unload(model);
+  } catch (const Error& e) {
+    return e.message();
+  }
+  scheduler_.close(model, "model '" + def.name + "' version " + def.version + " was unloaded");
+  return "";
+}
+
+std::optional<Outcome> Frontend::unloaded(int model) const {
+  if (engine_.state(model) == ServableState::kServing) return std::nullopt;
+  const ServableDefinition& def = engine_.servable(model);
+  return Outcome{503, "model '" + def.name + "' version " + def.version + " is unavailable: it was unloaded"};
+}
+
 int Frontend::find(const std::string& name, const std::string& version, std::string* error) const {
   int model = engine_.find(name, version);
   if (model < 0 && error) {
-    *error = engine_.find(name) >= 0 ? "model '" + name + "' has no version '" + version + "'"
-                                     : "unknown model '" + name + "'";
+    bool known = false;
+    for (int m = 0; !known && m < engine_.servable_count(); ++m) known = engine_.servable(m).name == name;
+    if (engine_.find(name) >= 0) {
+      *error = "model '" + name + "' has no version '" + version + "'";
+    } else if (known) {
+      *error = "model '" + name + "' is not loaded (it was unloaded)";
+    } else {
+      *error = "unknown model '" + name + "'";
+    }
   }
   return model;
 }
 
 bool Frontend::ready() const {
   bool ready = !draining_;
-  for (int m = 0; ready && m < engine_.servable_count(); ++m) ready = scheduler_.model_ready(m);
+  for (int m = 0; ready && m < engine_.servable_count(); ++m) {
+    ready = engine_.state(m) != ServableState::kServing || scheduler_.model_ready(m);
+  }
   return ready;
 }
 
@@ -38,9 +98,26 @@ bool Frontend::model_ready(int model, std::string* reason) const {
 std::string Frontend::model_failure(int model) const { return scheduler_.model_failure(model); }
 
 void Frontend::drain_generators(std::chrono::milliseconds within) {
+  std::shared_lock<std::shared_mutex> lock(models_mutex_);
   for (auto& g : generators_) {
     if (g) g->drain(within);
   }
+}
+
+Outcome Frontend::load_model(const std::string& name) {
+  if (!control_) {
+    return {400, "cannot load model '" + name + "': models are loaded when the server starts (model control mode "
+                 "none; start meshrt-serve with --model-control-mode explicit)"};
+  }
+  return control_->load(name);
+}
+
+Outcome Frontend::unload_model(const std::string& name) {
+  if (!control_) {
+    return {400, "cannot unload model '" + name + "': models are loaded when the server starts (model control mode "
+                 "none; start meshrt-serve with --model-control-mode explicit)"};
+  }
+  return control_->unload(name);
 }
 
 TritonModelConfig Frontend::config(int model) const {
@@ -58,14 +135,18 @@ std::vector<ModelStatistics> Frontend::statistics(const std::string& name, const
 std::vector<std::string> Frontend::versions(const std::string& name) const {
   std::vector<std::string> out;
   for (int m = 0; m < engine_.servable_count(); ++m) {
-    if (engine_.servable(m).name == name) out.push_back(engine_.servable(m).version);
+    if (engine_.servable(m).name == name && engine_.state(m) == ServableState::kServing) {
+      out.push_back(engine_.servable(m).version);
+    }
   }
   return out;
 }
 
 std::vector<RepositoryEntry> Frontend::repository_index(bool ready_only) const {
+  if (control_) return control_->index(ready_only);
   std::vector<RepositoryEntry> out;
   for (int m = 0; m < engine_.servable_count(); ++m) {
+    if (engine_.state(m) != ServableState::kServing) continue;
     std::string reason;
     bool ready = model_ready(m, &reason);
     if (ready_only && !ready) continue;
@@ -97,6 +178,7 @@ void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) 
   } catch (const Error& e) {
     return done({400, e.message()}, {});
   }
+  if (auto refused = unloaded(model)) return done(*refused, {});
   Admission admitted = scheduler_.submit(model, std::move(input), [done](InferOutcome outcome) {
     if (outcome.status != 200) return done({outcome.status, outcome.error}, {});
     done({}, {std::move(outcome.output)});
@@ -116,7 +198,8 @@ void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) 
 Outcome Frontend::generate(int model, GenerateRequest request, GenerateSink sink,
                            std::shared_ptr<const models::Tokenizer>* tokenizer) {
   const ServableDefinition& def = engine_.servable(model);
-  Generator* g = generators_.at(static_cast<size_t>(model)).get();
+  Generator* g = generator(model);
+  if (auto refused = unloaded(model)) return *refused;
   if (!g) {
     return {400, "model '" + def.name + "' does not generate: generate is for Hugging Face decoder-only models (use infer)"};
   }
@@ -147,7 +230,9 @@ Outcome Frontend::generate(int model, GenerateRequest request, GenerateSink sink
     case GenerateAdmission::kQueueFull:
       return {503, "model '" + def.name + "' is overloaded: its generate queue holds " +
                        std::to_string(def.batching.max_queue_size) + " requests; retry later"};
-    case GenerateAdmission::kDraining: return {503, "the server is shutting down"};
+    case GenerateAdmission::kDraining:
+      if (auto refused = unloaded(model)) return *refused;  // retired while this request was checked
+      return {503, "the server is shutting down"};
     case GenerateAdmission::kModelUnavailable:
       return {503, "model '" + def.name + "' is unavailable: " + engine_.failure(model)};
   }

@@ -8,9 +8,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,8 @@ class Tokenizer;
 
 namespace meshrt::serving {
 
+class ModelControl;
+
 // How a request ended: 200, or an HTTP status with a message.
 struct Outcome {
   int status = 200;
@@ -42,11 +46,12 @@ class Frontend {
   ~Frontend();
 
   int model_count() const { return engine_.servable_count(); }
-  // The model of this name and version ("" or absent: its only version), or
-  // -1 with *error saying whether the name or the version is unknown (404).
+  // The model of this name and version ("" or absent: its latest), or -1
+  // with *error saying whether the name is unknown, not loaded, or has no
+  // such version (404).
   int find(const std::string& name, const std::string& version, std::string* error) const;
   const ServableDefinition& servable(int model) const { return engine_.servable(model); }
-  const ModelSignature& signature(int model) const { return signatures_.at(static_cast<size_t>(model)); }
+  const ModelSignature& signature(int model) const;
   // Triton's model configuration of a model (serving/model_reports.h).
   TritonModelConfig config(int model) const;
   // The statistics of the models of this name ("": every model) and version
@@ -54,8 +59,23 @@ class Frontend {
   std::vector<ModelStatistics> statistics(const std::string& name, const std::string& version) const;
   // Every served version of the model of this name, in the order loaded.
   std::vector<std::string> versions(const std::string& name) const;
-  // The loaded models, each version, with their state (ready_only: the ready ones).
+  // The repository's models, each version, with their state (ready_only: the
+  // ready ones): every model of the repository with a model control
+  // (unloaded ones too, UNAVAILABLE with why), else the loaded ones.
   std::vector<RepositoryEntry> repository_index(bool ready_only) const;
+
+  // The repository extension's load and unload (model_control.h): 200, or
+  // 400 with why (model control mode none: always).
+  void set_model_control(ModelControl* control) { control_ = control; }
+  Outcome load_model(const std::string& name);
+  Outcome unload_model(const std::string& name);
+  // Models the engine loaded while serving: their queues, signatures and generators.
+  void add(const std::vector<int>& models);
+  // Takes model out of service: find() no longer returns it, it takes no new
+  // requests (503), those it accepted finish (up to `within`), then the
+  // engine drops it. Returns "" or why it could not (it is then closed, and
+  // still loaded).
+  std::string retire(int model, std::chrono::milliseconds within);
 
   // Strict readiness (as Triton's): not ready while draining or while any model is failed.
   bool ready() const;
@@ -84,7 +104,7 @@ class Frontend {
   void infer(int model, std::vector<HostTensor> inputs, InferDone done);
 
   // Whether model generates (a Hugging Face decoder-only model).
-  bool generates(int model) const { return generators_.at(static_cast<size_t>(model)) != nullptr; }
+  bool generates(int model) const { return generator(model) != nullptr; }
   // Queues a generation: text_input (if any) is tokenized with the model's
   // tokenizer (then *tokenizer is set, for the answer's text), the request is
   // checked and queued. Returns 200 when queued (then sink is called until an
@@ -93,11 +113,18 @@ class Frontend {
                    std::shared_ptr<const models::Tokenizer>* tokenizer);
 
  private:
+  Generator* generator(int model) const;
+  // A refusal of a model no longer serving (being unloaded), or nullopt.
+  std::optional<Outcome> unloaded(int model) const;
+
   Engine& engine_;
   Scheduler& scheduler_;
   Metrics& metrics_;
-  std::vector<std::unique_ptr<Generator>> generators_;  // per servable; null unless it generates
-  std::vector<ModelSignature> signatures_;              // per servable of the engine
+  ModelControl* control_ = nullptr;
+  // Per servable of the engine (deques: add() keeps references valid), under models_mutex_.
+  mutable std::shared_mutex models_mutex_;
+  std::deque<std::unique_ptr<Generator>> generators_;  // null unless it generates
+  std::deque<ModelSignature> signatures_;
   std::atomic<bool> draining_{false};
 };
 

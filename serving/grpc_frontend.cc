@@ -511,6 +511,32 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
     return reactor;
   }
 
+  // Load and unload answer when done (on this callback thread: a load builds
+  // the model on every rank first). Parameters are refused, as over HTTP.
+  grpc::ServerUnaryReactor* RepositoryModelLoad(grpc::CallbackServerContext* context,
+                                                const inference::RepositoryModelLoadRequest* request,
+                                                inference::RepositoryModelLoadResponse*) override {
+    return repository_action(context, "RepositoryModelLoad", request->model_name(), request->parameters_size(), true);
+  }
+  grpc::ServerUnaryReactor* RepositoryModelUnload(grpc::CallbackServerContext* context,
+                                                  const inference::RepositoryModelUnloadRequest* request,
+                                                  inference::RepositoryModelUnloadResponse*) override {
+    return repository_action(context, "RepositoryModelUnload", request->model_name(), request->parameters_size(), false);
+  }
+  grpc::ServerUnaryReactor* repository_action(grpc::CallbackServerContext* context, const char* method,
+                                              const std::string& model, int parameters, bool load) {
+    Outcome o;
+    if (parameters > 0) {
+      o = {400, std::string(load ? "load" : "unload") + " '" + model +
+                    "': parameters are not supported: meshrt loads the model's config and files from the repository"};
+    } else {
+      o = load ? core_.load_model(model) : core_.unload_model(model);
+    }
+    auto* reactor = context->DefaultReactor();
+    finish(reactor, method, o.ok() ? grpc::Status::OK : rpc::status_for_http(o.status, o.error));
+    return reactor;
+  }
+
   // Checks and queues an infer request; done(outcome, model) once, from any
   // thread (model -1: no such model). Nothing thrown escapes: a bug is a 500.
   using InferAnswer = std::function<void(const Outcome&, int model)>;

@@ -436,8 +436,7 @@ ModelConfig parse_model_config(std::string_view text, const std::string& model_d
   return c;
 }
 
-std::vector<ModelConfig> load_repository(const std::string& repository_dir,
-                                         const std::map<std::string, std::string>& servable_libraries) {
+std::vector<std::string> repository_models(const std::string& repository_dir) {
   if (!is_directory(repository_dir)) {
     throw Error(ErrorKind::kInvalidArgument, "model repository " + repository_dir + " is not a folder");
   }
@@ -451,11 +450,17 @@ std::vector<ModelConfig> load_repository(const std::string& repository_dir,
     }
     ::closedir(d);
   }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<ModelConfig> load_repository(const std::string& repository_dir,
+                                         const std::map<std::string, std::string>& servable_libraries) {
+  std::vector<std::string> names = repository_models(repository_dir);
   if (names.empty()) {
     throw Error(ErrorKind::kInvalidArgument,
                 "model repository " + repository_dir + " holds no model (no folder with a config.json or a meshrt.json)");
   }
-  std::sort(names.begin(), names.end());
   for (const auto& [name, library] : servable_libraries) {
     MESHRT_CHECK_ARG(std::find(names.begin(), names.end(), name) != names.end(), "servable library ", library,
                      " is given for model '", name, "', which is not in the repository ", repository_dir);

@@ -181,5 +181,9 @@ std::vector<ModelConfig> load_model_versions(const std::string& model_dir, const
 // servable_libraries entry names a model that is not there or a Hugging Face one.
 std::vector<ModelConfig> load_repository(const std::string& repository_dir,
                                          const std::map<std::string, std::string>& servable_libraries = {});
+// The names of the repository's models (its folders with a config.json or a
+// meshrt.json), sorted; empty when it holds none. Throws
+// Error(kInvalidArgument) if the folder is missing.
+std::vector<std::string> repository_models(const std::string& repository_dir);
 
 }  // namespace meshrt::serving

@@ -139,6 +139,25 @@ bool parse_repository_index_request(const std::string& body) {
   return j.value("ready", false);
 }
 
+std::string parse_repository_load_parameters(const std::string& body) {
+  json j;
+  try {
+    j = io::json_limits::parse(body);
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("the request body is not JSON: ") + e.what());
+  }
+  MESHRT_CHECK_ARG(j.is_object(), "the request body must be a JSON object ({} or {\"parameters\": {}})");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() != "parameters") return "unknown field \"" + it.key() + "\" (the body takes \"parameters\")";
+    if (!it->is_object()) return "\"parameters\" must be an object";
+    if (!it->empty()) {
+      return "load parameters (\"" + it->begin().key() +
+             "\") are not supported: meshrt loads the model's config and files from the repository";
+    }
+  }
+  return "";
+}
+
 std::string statistics_json(const std::vector<ModelStatistics>& stats) {
   json models = json::array();
   for (const ModelStatistics& s : stats) {

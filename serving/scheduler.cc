@@ -16,13 +16,32 @@ bool stackable(const HostTensor& a, const HostTensor& b) {
 }
 }  // namespace
 
-Scheduler::Scheduler(Engine& engine, Metrics& metrics)
-    : engine_(engine), metrics_(metrics), queues_(static_cast<size_t>(engine.servable_count())) {
-  for (int m = 0; m < engine_.servable_count(); ++m) {
-    metrics_.add_model(engine_.servable(m).name, engine_.servable(m).version);
-    queues_[static_cast<size_t>(m)].max_in_flight = std::max(1, engine_.servable(m).stage_size);
-  }
+Scheduler::Scheduler(Engine& engine, Metrics& metrics) : engine_(engine), metrics_(metrics) {
+  std::vector<int> models;
+  for (int m = 0; m < engine_.servable_count(); ++m) models.push_back(m);
+  add(models);
   thread_ = std::thread([this] { loop(); });
+}
+
+void Scheduler::add(const std::vector<int>& models) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int m : models) {
+    const ServableDefinition& def = engine_.servable(m);
+    metrics_.add_model(def.name, def.version);
+    if (queues_.size() <= static_cast<size_t>(m)) queues_.resize(static_cast<size_t>(m) + 1);
+    queues_[static_cast<size_t>(m)].max_in_flight = std::max(1, def.stage_size);
+  }
+}
+
+void Scheduler::close(int model, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  queues_.at(static_cast<size_t>(model)).closed = why;
+}
+
+bool Scheduler::wait_idle(int model, std::chrono::milliseconds within) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const Queue& q = queues_.at(static_cast<size_t>(model));
+  return idle_cv_.wait_for(lock, within, [&] { return q.requests.empty() && q.in_flight == 0; });
 }
 
 Scheduler::~Scheduler() {
@@ -35,7 +54,7 @@ Admission Scheduler::submit(int model, HostTensor input, Completion done) {
   std::lock_guard<std::mutex> lock(mutex_);
   Queue& q = queues_.at(static_cast<size_t>(model));
   if (draining_) return Admission::kDraining;
-  if (!q.failure.empty()) return Admission::kModelUnavailable;
+  if (!q.failure.empty() || !q.closed.empty()) return Admission::kModelUnavailable;
   if (static_cast<int64_t>(q.requests.size()) >= def.batching.max_queue_size) return Admission::kQueueFull;
   q.rows += input.dim(0);
   q.requests.push_back({std::move(input), std::move(done), std::chrono::steady_clock::now()});
@@ -59,6 +78,7 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
       }
       q.rows = 0;
       *model = m;
+      ++q.in_flight;  // counted with the lock still held: wait_idle never sees it between queue and engine
       return true;
     }
     const BatchingConfig& b = engine_.servable(m).batching;
@@ -92,6 +112,7 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
       q.requests.pop_front();
     }
     *model = m;
+    ++q.in_flight;
     next_model_ = (m + 1) % count;
     metrics_.queue_size(engine_.servable(m).name, engine_.servable(m).version, static_cast<int64_t>(q.requests.size()));
     return true;
@@ -135,7 +156,6 @@ void Scheduler::run_batch(int model, std::vector<Request> batch) {
       failure.status = 503;
       failure.error = q.failure;
     }
-    ++q.in_flight;
   }
   if (failure.status != 200) {
     finish_batch(model, batch, start, std::move(queued), rows, failure, HostTensor(), BatchReport{});
@@ -219,6 +239,7 @@ void Scheduler::finish_batch(int model, std::vector<Request>& batch, std::chrono
   std::lock_guard<std::mutex> lock(mutex_);
   --queues_[static_cast<size_t>(model)].in_flight;
   cv_.notify_all();
+  idle_cv_.notify_all();
 }
 
 void Scheduler::loop() {
@@ -256,6 +277,7 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
                                std::chrono::steady_clock::time_point* wake) {
   for (int m = 0; m < static_cast<int>(queues_.size()); ++m) {
     Queue& q = queues_[static_cast<size_t>(m)];
+    if (!q.closed.empty()) continue;  // being unloaded (or unloaded): not brought back
     // A failure the scheduler did not see (a generation step failed): recover it too.
     if (q.failure.empty()) {
       std::string failed = engine_.failure(m);
@@ -314,13 +336,15 @@ void Scheduler::drain() {
 
 bool Scheduler::model_ready(int model) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return !draining_ && queues_.at(static_cast<size_t>(model)).failure.empty() && engine_.failure(model).empty();
+  const Queue& q = queues_.at(static_cast<size_t>(model));
+  return !draining_ && q.failure.empty() && q.closed.empty() && engine_.failure(model).empty();
 }
 
 std::string Scheduler::model_failure(int model) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string& failure = queues_.at(static_cast<size_t>(model)).failure;
-  return failure.empty() ? engine_.failure(model) : failure;
+  const Queue& q = queues_.at(static_cast<size_t>(model));
+  if (!q.closed.empty()) return q.closed;
+  return q.failure.empty() ? engine_.failure(model) : q.failure;
 }
 
 }  // namespace meshrt::serving

@@ -59,6 +59,15 @@ class Scheduler {
   bool model_ready(int model) const;
   std::string model_failure(int model) const;
 
+  // Models added to the engine while serving (Engine::load): their queues.
+  void add(const std::vector<int>& models);
+  // Stops taking requests for model (submit answers kModelUnavailable, saying
+  // why); those queued and in flight still run.
+  void close(int model, const std::string& why);
+  // Waits until model has nothing queued or in flight, at most `within`;
+  // returns whether it has not.
+  bool wait_idle(int model, std::chrono::milliseconds within);
+
  private:
   struct Request {
     HostTensor input;
@@ -73,6 +82,7 @@ class Scheduler {
     std::string recovery_note;  // why the last recovery attempt failed (logged when it changes)
     int in_flight = 0;          // batches started and not yet answered
     int max_in_flight = 1;      // the model's stage_size
+    std::string closed;         // non-empty: takes no more requests (being unloaded), why
   };
   static constexpr std::chrono::milliseconds kRecoveryInterval{1000};
   static constexpr std::chrono::milliseconds kRecoveryAnswerTime{500};
@@ -97,7 +107,8 @@ class Scheduler {
   Metrics& metrics_;
   mutable std::mutex mutex_;
   std::condition_variable cv_;
-  std::vector<Queue> queues_;
+  std::deque<Queue> queues_;  // by engine index (a deque: add() keeps references to the others valid)
+  std::condition_variable idle_cv_;  // a batch finished (wait_idle)
   int next_model_ = 0;  // round-robin start among models with work
   bool draining_ = false;
   bool finished_ = false;

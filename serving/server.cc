@@ -22,6 +22,7 @@
 #include "serving/grpc_frontend.h"
 #include "serving/http_router.h"
 #include "serving/metrics.h"
+#include "serving/model_control.h"
 #include "serving/protocol.h"
 #include "serving/scheduler.h"
 #include "serving/signal_pipe.h"
@@ -38,6 +39,19 @@ namespace {
 
 HttpResponse json_response(int status, std::string body) { return {status, std::move(body), "application/json", {}}; }
 HttpResponse error_response(int status, const std::string& message) { return json_response(status, error_json(message)); }
+
+// "" when the body of a load or unload request is one this server takes (empty,
+// or a JSON object without parameters), else why not: Triton's load parameters
+// (a config to use, files to write) are not taken here, and are refused rather
+// than ignored.
+std::string repository_request_refusal(const std::string& body) {
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return "";
+  try {
+    return parse_repository_load_parameters(body);
+  } catch (const Error& e) {
+    return e.message();
+  }
+}
 
 // The KServe v2 routes on rank 0, over the protocol-neutral core (frontend.h).
 class HttpFrontend {
@@ -70,14 +84,16 @@ class HttpFrontend {
       }
       respond(json_response(200, repository_index_json(core_.repository_index(ready_only))));
     });
-    // Load and unload: models are loaded at start (Triton's model control mode
-    // "none"), and Triton answers them in that mode with an error, as here.
-    for (const char* action : {"load", "unload"}) {
-      router_.add("POST", std::string("/v2/repository/models/{model}/") + action,
-                  [action](const HttpRequest&, const RouteParams& params, const Responder& respond) {
-                    respond(error_response(400, std::string("cannot ") + action + " model '" + params.at("model") +
-                                                    "': models are loaded when the server starts (model control "
-                                                    "mode none)"));
+    // Load and unload (model_control.h): refused unless the server runs in
+    // model control mode explicit, as Triton does. They answer when done.
+    for (const std::string action : {"load", "unload"}) {
+      router_.add("POST", "/v2/repository/models/{model}/" + action,
+                  [this, action](const HttpRequest& request, const RouteParams& params, const Responder& respond) {
+                    std::string refused = repository_request_refusal(request.body);
+                    if (!refused.empty()) return respond(error_response(400, action + " '" + params.at("model") + "': " + refused));
+                    Outcome o = action == "load" ? core_.load_model(params.at("model"))
+                                                 : core_.unload_model(params.at("model"));
+                    respond(o.ok() ? json_response(200, "{}") : error_response(o.status, o.error));
                   });
     }
     // The statistics extension: every model's (before the model routes, so that
@@ -284,21 +300,30 @@ int run_server(const ServerOptions& o) {
   };
   std::vector<ServableDefinition> servables;
   Device device = world.device(o.device);
+  ModelControlMode mode;
+  // A model's servables, each version its policy selects (every rank reads the same files).
+  auto servables_of = [&o, &world, device](const ModelConfig& c) {
+    MESHRT_CHECK_ARG(c.rank_size <= world.size(), "model '", c.name, "' (", c.config_path, ") has rank_size ",
+                     c.rank_size, " but meshrt-serve runs on ", world.size(), " rank(s): start it with mpirun -np ",
+                     c.rank_size, " (or more), or load other models with --model");
+    ServableDefinition s = servable_from_config(c, device);
+    if (!o.batching) s.batching.enabled = false;
+    return s;
+  };
   try {
-    std::vector<ModelConfig> configs = load_repository(o.repository, o.servable_libraries);
+    mode = parse_model_control_mode(o.model_control_mode);
+    std::vector<std::string> names = repository_models(o.repository);
     std::set<std::string> wanted(o.models.begin(), o.models.end());
     for (const std::string& name : wanted) {
-      bool found = std::any_of(configs.begin(), configs.end(), [&](const ModelConfig& c) { return c.name == name; });
-      MESHRT_CHECK_ARG(found, "model '", name, "' is not in the repository ", o.repository);
+      MESHRT_CHECK_ARG(std::find(names.begin(), names.end(), name) != names.end(), "model '", name,
+                       "' is not in the repository ", o.repository);
     }
-    for (const ModelConfig& c : configs) {
-      if (!wanted.empty() && !wanted.count(c.name)) continue;
-      MESHRT_CHECK_ARG(c.rank_size == world.size(), "model '", c.name, "' (", c.config_path, ") has rank_size ",
-                       c.rank_size, " but meshrt-serve runs on ", world.size(), " rank(s): start it with mpirun -np ",
-                       c.rank_size, ", or load other models with --model");
-      ServableDefinition s = servable_from_config(c, device);
-      if (!o.batching) s.batching.enabled = false;
-      servables.push_back(std::move(s));
+    // Mode explicit loads only the models named at start (maybe none).
+    if (mode != ModelControlMode::kExplicit || !wanted.empty()) {
+      for (const ModelConfig& c : load_repository(o.repository, o.servable_libraries)) {
+        if (!wanted.empty() && !wanted.count(c.name)) continue;
+        servables.push_back(servables_of(c));
+      }
     }
   } catch (const Error& e) {
     if (rank == 0) log::error(e.message());  // every rank read the same files and fails alike
@@ -306,11 +331,32 @@ int run_server(const ServerOptions& o) {
   }
   // Every rank's process id, for operators and tests (rank 0's also at pid_file).
   if (!o.pid_file.empty()) write_file(o.pid_file + "." + std::to_string(rank), std::to_string(::getpid()));
-  Engine engine(servables, device, EngineOptions{o.result_timeout, o.comm_timeout, o.trace_file});
-  for (const ServableDefinition& s : servables) {
-    say(detail::cat("loaded model '", s.name, "' version ", s.version, ": rank_size ", s.rank_size, ", stage_size ",
-                    s.stage_size, " (", s.rank_size / s.stage_size, "-way tensor parallel per stage), batching ",
-                    s.batching.enabled ? "on" : "off", ", max_batch_size ", s.batching.max_batch_size));
+  EngineOptions engine_options{o.result_timeout, o.comm_timeout, o.trace_file, o.share_ranks};
+  // A load request names a model of the repository (rank 0 checked the name).
+  engine_options.loader = [&o, &servables_of](const std::string& name) {
+    auto library = o.servable_libraries.find(name);
+    std::vector<ServableDefinition> out;
+    for (const ModelConfig& c : load_model_versions(o.repository + "/" + name,
+                                                    library == o.servable_libraries.end() ? "" : library->second)) {
+      out.push_back(servables_of(c));
+    }
+    return out;
+  };
+  std::unique_ptr<Engine> engine_holder;
+  try {
+    engine_holder = std::make_unique<Engine>(servables, device, engine_options);
+  } catch (const Error& e) {
+    if (rank == 0) log::error(e.message());  // the placement is the same on every rank: all refuse alike
+    return 2;
+  }
+  Engine& engine = *engine_holder;
+  for (int m = 0; m < engine.servable_count(); ++m) {
+    const ServableDefinition& s = engine.servable(m);
+    std::vector<int> ranks = engine.ranks(m);
+    say(detail::cat("loaded model '", s.name, "' version ", s.version, " on ranks ", ranks.front(), "-", ranks.back(),
+                    ": rank_size ", s.rank_size, ", stage_size ", s.stage_size, " (", s.rank_size / s.stage_size,
+                    "-way tensor parallel per stage), batching ", s.batching.enabled ? "on" : "off",
+                    ", max_batch_size ", s.batching.max_batch_size));
   }
   if (rank != 0) {
     engine.serve();
@@ -320,6 +366,8 @@ int run_server(const ServerOptions& o) {
   Metrics metrics;
   Scheduler scheduler(engine, metrics);
   Frontend frontend(engine, scheduler, metrics);
+  ModelControl control({mode, o.repository, o.repository_poll, o.unload_timeout}, engine, frontend);
+  frontend.set_model_control(&control);
   HttpFrontend http_frontend(frontend, metrics);
   HttpServer http(o.http, [&](const HttpRequest& r, Responder respond) { http_frontend.handle(r, respond); });
   // gRPC, and the metrics port (Triton's): /metrics alone, on a server of its
@@ -380,6 +428,7 @@ int run_server(const ServerOptions& o) {
     // accepted, then the responses still being written.
     auto deadline = std::chrono::steady_clock::now() + o.drain_timeout;
     frontend.set_draining();
+    control.stop();  // no poll starts a load now (one running ends first: the engine stops after it)
     metrics.ready(false);
     frontend.drain_generators(o.drain_timeout);  // generations accepted run to their end (or the drain timeout)
     scheduler.drain();  // runs what is queued, then stops the other ranks

@@ -20,7 +20,14 @@ namespace meshrt::serving {
 
 struct ServerOptions {
   std::string repository;
-  std::vector<std::string> models;  // to load; empty: every model of the repository
+  std::vector<std::string> models;  // to load at start; empty: every model of the repository (mode explicit: none)
+  // Triton's model control mode (model_control.h): "none", "explicit", "poll".
+  std::string model_control_mode = "none";
+  std::chrono::milliseconds repository_poll{5000};  // "poll": how often the repository is looked at
+  // How long an unload waits for the requests the model accepted.
+  std::chrono::milliseconds unload_timeout{60000};
+  // false: a model that finds no free ranks is refused (EngineOptions::share_ranks).
+  bool share_ranks = true;
   // Model name -> the shared library that defines its servable, over its
   // config.json's "servable_library" (serving/servable_plugin.h).
   std::map<std::string, std::string> servable_libraries;

@@ -29,7 +29,12 @@ std::string axes_text(const std::vector<MeshAxis>& axes) {
 
 Mesh::Mesh(std::vector<MeshAxis> axes) : Mesh(std::move(axes), World::get().default_device()) {}
 
-Mesh::Mesh(std::vector<MeshAxis> axes, const Device& device) {
+Mesh::Mesh(std::vector<MeshAxis> axes, const Device& device)
+    : Mesh(std::move(axes), Communicator(), device) {}
+
+Mesh::Mesh(std::vector<MeshAxis> axes, const Communicator& over) : Mesh(std::move(axes), over, over.device()) {}
+
+Mesh::Mesh(std::vector<MeshAxis> axes, const Communicator& over, const Device& device) {
   World& world = World::get();
   MESHRT_CHECK_ARG(!axes.empty(), "a mesh needs at least one axis");
   std::set<std::string> names;
@@ -41,14 +46,19 @@ Mesh::Mesh(std::vector<MeshAxis> axes, const Device& device) {
     MESHRT_CHECK_ARG(a.size >= 1, "mesh axis '", a.name, "' has size ", a.size, ": sizes must be >= 1");
     product *= a.size;
   }
-  MESHRT_CHECK_ARG(product == world.size(), "Mesh(", axes_text(axes), ") has ", product,
-                   " devices but the world has ", world.size(), " ranks: start ", product,
-                   " ranks (mpirun -np ", product, ") or change the mesh");
+  if (over.valid()) {
+    MESHRT_CHECK_ARG(product == over.size(), "Mesh(", axes_text(axes), ") has ", product, " devices but communicator '",
+                     over.name(), "' has ", over.size(), " ranks");
+  } else {
+    MESHRT_CHECK_ARG(product == world.size(), "Mesh(", axes_text(axes), ") has ", product,
+                     " devices but the world has ", world.size(), " ranks: start ", product,
+                     " ranks (mpirun -np ", product, ") or change the mesh");
+  }
   impl_ = std::make_shared<Impl>();
   impl_->axes = std::move(axes);
   impl_->device = device;
-  impl_->rank = world.rank();
-  impl_->world = Communicator::world(device, "mesh");
+  impl_->world = over.valid() ? over : Communicator::world(device, "mesh");
+  impl_->rank = over.valid() ? over.rank() : world.rank();
   for (const MeshAxis& a : impl_->axes) communicator(a.name);  // every rank, same order
 }
 

@@ -31,6 +31,11 @@ class Mesh {
   // World's default device).
   explicit Mesh(std::vector<MeshAxis> axes);
   Mesh(std::vector<MeshAxis> axes, const Device& device);
+  // A mesh over the ranks of `over` (a communicator over some of the world's
+  // ranks, e.g. one model's placement in a server), in its rank order:
+  // collective over `over` only. rank() and the coordinates then count within
+  // `over`; the device is over's. The same checks as above, against over.size().
+  Mesh(std::vector<MeshAxis> axes, const Communicator& over);
   // "data=2,model=2" (also "2x2" for axes named x, y, z in order).
   static std::vector<MeshAxis> parse_axes(const std::string& text);
 
@@ -41,7 +46,7 @@ class Mesh {
   int axis_index(const std::string& name) const;
   int axis_size(const std::string& name) const;
   int size() const;  // number of ranks
-  int rank() const;  // this rank (world rank)
+  int rank() const;  // this rank (world rank, or its rank in the communicator the mesh was made over)
   const Device& device() const;
 
   // Coordinates of rank, and the rank at coordinates.
@@ -84,6 +89,8 @@ class Mesh {
   bool operator==(const Mesh& other) const;
 
  private:
+  // over invalid: a new communicator over the world.
+  Mesh(std::vector<MeshAxis> axes, const Communicator& over, const Device& device);
   struct Impl;
   std::shared_ptr<Impl> impl_;
 };

@@ -166,6 +166,12 @@ def main():
     grpc_index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=120)
     check({(m.name, m.version, m.state) for m in grpc_index.models} >=
           {("matmul_neg", "1", "READY"), ("llama-tiny", "1", "READY")}, f"gRPC index: {grpc_index}")
+    try:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="matmul_neg"), timeout=120)
+        check(False, "gRPC unload in model control mode none")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "model control mode none" in e.details(),
+              f"gRPC unload in mode none: {e.code()} {e.details()}")
     every = stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=120)
     check({m.name for m in every.model_stats} >= {"matmul_neg", "llama-tiny"}, "gRPC statistics of every model")
     print("OK")
