@@ -127,7 +127,9 @@ TritonModelConfig Frontend::config(int model) const {
 std::vector<ModelStatistics> Frontend::statistics(const std::string& name, const std::string& version) const {
   std::vector<ModelStatistics> out;
   for (ModelStatistics& s : metrics_.statistics()) {
-    if ((name.empty() || s.name == name) && (version.empty() || s.version == version)) out.push_back(std::move(s));
+    if ((name.empty() || s.name == name) && (version.empty() || s.version == version) && engine_.find(s.name, s.version) >= 0) {
+      out.push_back(std::move(s));  // the versions loaded now (an unloaded one's counts come back with it)
+    }
   }
   return out;
 }

@@ -55,7 +55,7 @@ class Frontend {
   // Triton's model configuration of a model (serving/model_reports.h).
   TritonModelConfig config(int model) const;
   // The statistics of the models of this name ("": every model) and version
-  // ("": every version), as Triton's statistics extension reports them.
+  // ("": every version) loaded now, as Triton's statistics extension reports them.
   std::vector<ModelStatistics> statistics(const std::string& name, const std::string& version) const;
   // Every served version of the model of this name, in the order loaded.
   std::vector<std::string> versions(const std::string& name) const;
