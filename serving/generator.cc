@@ -226,19 +226,35 @@ bool Generator::step(std::vector<Sequence*>& rows, bool prefill) {
       row[width - 1] = 0;
     }
   }
+  // The statistics (Metrics::generation_step): this step is one execution
+  // of batch size n; a prefill starts its requests (their queue waits end here).
+  auto start = std::chrono::steady_clock::now();
+  std::vector<double> queued;
+  if (prefill) {
+    for (Sequence* s : rows) queued.push_back(seconds_between(s->arrived, start));
+  }
+  auto counted = [&](bool ok) {
+    metrics_.generation_step(def_.name, def_.version, n, queued,
+                             seconds_between(start, std::chrono::steady_clock::now()), ok);
+  };
   HostTensor logits;
+  BatchReport report;
   try {
-    logits = engine_.run(model_, in, 1, nullptr, {kGenerationStep, q, kv});
+    logits = engine_.run(model_, in, 1, &report, {kGenerationStep, q, kv});
     MESHRT_CHECK(logits.shape() == (Shape{n, spec_.vocab_size}) && logits.dtype() == DType::kF32, ErrorKind::kInternal,
                  "a generation step of '", def_.name, "' returned ", logits.description());
   } catch (const Error& e) {
+    counted(false);
     int status = e.kind() == ErrorKind::kUnavailable ? 503 : 500;
     for (Sequence* s : rows) finish(*s, {{}, "", status, "model '" + def_.name + "' failed: " + e.message()});
     return status != 503;  // a failed model (503) fails everything waiting too
   } catch (const std::exception& e) {
+    counted(false);
     for (Sequence* s : rows) finish(*s, {{}, "", 500, std::string("internal error: ") + e.what()});
     return true;
   }
+  counted(true);
+  metrics_.engine(def_.name, def_.version, report.engine_seconds, report.forward_seconds);
   for (int64_t r = 0; r < n; ++r) {
     Sequence& s = *rows[static_cast<size_t>(r)];
     s.cached = prefill ? static_cast<int64_t>(s.request.input_ids.size()) : s.cached + 1;

@@ -27,6 +27,15 @@
 // stop_token_ids; it is part of the output, as in transformers' generate) with
 // finish_reason "stop", or after max_tokens tokens (or the model's last
 // position) with "length".
+//
+// Statistics (Triton's extension, Metrics::generation_step): every step is one
+// model execution of batch size "sequences in the step" (execution_count,
+// batch_stats), as the dynamic batcher counts a batch; a request is one
+// inference, counted when its prefill step succeeds (inference_count, queue:
+// arrival to that step); compute_infer counts it then and adds the time of
+// every step it is in. A failed step counts in no statistic but the requests'
+// fail (the front end counts success and fail when they are answered); a
+// request that fails after its prefill stays counted as an inference.
 #pragma once
 
 #include <chrono>

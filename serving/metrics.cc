@@ -164,6 +164,33 @@ void Metrics::batch(const std::string& m, const std::string& v, int64_t rows, in
   b.compute_output.add(0);
 }
 
+void Metrics::generation_step(const std::string& m, const std::string& v, int64_t sequences,
+                              const std::vector<double>& prefill_queue_seconds, double compute_seconds, bool ok) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Model& x = model(m, v);
+  x.batch_rows.observe(static_cast<double>(sequences));
+  x.batch_requests.observe(static_cast<double>(sequences));
+  for (double q : prefill_queue_seconds) x.queue.observe(q);
+  x.compute.observe(compute_seconds);
+  if (!ok) return;
+  ModelStatistics& s = x.stats;
+  ++s.execution_count;
+  const auto started = static_cast<uint64_t>(prefill_queue_seconds.size());
+  s.inference_count += started;
+  for (double q : prefill_queue_seconds) s.queue.add(q);
+  // One count per request (when it starts), the time of every step it is in.
+  DurationStat charged;
+  charged.add(compute_seconds, static_cast<uint64_t>(sequences));
+  s.compute_infer.count += started;
+  s.compute_infer.ns += charged.ns;
+  s.compute_input.add(0, started);
+  s.compute_output.add(0, started);
+  BatchStat& b = s.batches[sequences];
+  b.compute_infer.add(compute_seconds);
+  b.compute_input.add(0);
+  b.compute_output.add(0);
+}
+
 void Metrics::engine(const std::string& m, const std::string& v, double engine_seconds, double forward_seconds) {
   std::lock_guard<std::mutex> lock(mutex_);
   Model& x = model(m, v);
@@ -255,10 +282,13 @@ std::string Metrics::render() const {
       {"meshrt_request_duration_seconds",
        "Time from an infer or generate request's arrival to its answer (a streamed one: to its last event).",
        &Model::duration},
-      {"meshrt_inference_queue_seconds", "Time from a request's arrival to its batch's dispatch.", &Model::queue},
-      {"meshrt_inference_compute_seconds", "Time of each batch in the engine (all stages).", &Model::compute},
-      {"meshrt_batch_size", "Rows per batch.", &Model::batch_rows},
-      {"meshrt_batch_requests", "Requests per batch.", &Model::batch_requests},
+      {"meshrt_inference_queue_seconds",
+       "Time from a request's arrival to its batch's dispatch (a generate request: to its prefill step).",
+       &Model::queue},
+      {"meshrt_inference_compute_seconds", "Time of each batch (and generation step) in the engine (all stages).",
+       &Model::compute},
+      {"meshrt_batch_size", "Rows per batch (sequences per generation step).", &Model::batch_rows},
+      {"meshrt_batch_requests", "Requests per batch (sequences per generation step).", &Model::batch_requests},
       {"meshrt_generation_time_to_first_token_seconds", "Time from a generate request's arrival to its first token.",
        &Model::first_token},
       {"meshrt_generation_inter_token_seconds", "Time between a generate request's consecutive tokens.",

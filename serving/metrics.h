@@ -4,15 +4,18 @@
 //   meshrt_request_duration_seconds{model,version}         histogram: infer and generate requests, from
 //                                                          arrival to answer (a streamed one: to its last event)
 //   meshrt_inference_queue_seconds{model,version}          histogram: time from arrival to dispatch
+//                                                          (a generate request: to its prefill step)
 //   meshrt_inference_compute_seconds{model,version}        histogram: time of each batch in the engine
+//                                                          (and of each generation step)
 //   meshrt_inference_engine_seconds{model,version,quantile} summary over the last 1000 batches: the
 //                                                          same time (from start to result on rank 0)
 //   meshrt_inference_forward_seconds{model,version,quantile} summary: the stages' forward passes of
 //                                                          each batch, summed over the stages
 //   meshrt_inference_engine_overhead_seconds{model,version,quantile} summary: engine - forward of each
 //                                                          batch: what moving it between ranks cost
-//   meshrt_batch_size{model,version}                       histogram: rows per batch
-//   meshrt_batch_requests{model,version}                   histogram: requests per batch
+//   meshrt_batch_size{model,version}                       histogram: rows per batch (sequences per
+//                                                          generation step)
+//   meshrt_batch_requests{model,version}                   histogram: requests per batch (and step)
 //   meshrt_queue_requests{model,version}                   gauge: requests waiting
 //   meshrt_generation_time_to_first_token_seconds{model,version} histogram: arrival to the first token
 //   meshrt_generation_inter_token_seconds{model,version}  histogram: between a request's tokens
@@ -86,16 +89,21 @@ struct BatchStat {
 struct ModelStatistics {
   std::string name, version;
   uint64_t last_inference_ms = 0;  // the last request's answer, ms since the epoch
-  uint64_t inference_count = 0;    // rows of the successful batches (Triton counts each row)
-  uint64_t execution_count = 0;    // successful batches
+  // Infer: rows of the successful batches (Triton counts each row).
+  // Generate: requests whose prefill step succeeded (each request once).
+  uint64_t inference_count = 0;
+  uint64_t execution_count = 0;    // successful batches (generation: prefill and decode steps)
   // success and fail: requests and their durations from arrival to answer;
   // queue: each request's wait until its batch started; compute_infer: each
   // request's batch time in the engine (one count per request, as Triton
   // counts). meshrt does not time input and output preparation apart from
   // the engine: compute_input and compute_output count the same requests with
   // 0 ns. No response cache: cache_hit and cache_miss stay 0.
+  // Generate: queue is arrival to the request's prefill; compute_infer counts
+  // the request once (at its prefill) and adds every step it is part of, so
+  // its ns are the requests' whole time in the engine (see generation_step).
   DurationStat success, fail, queue, compute_input, compute_infer, compute_output, cache_hit, cache_miss;
-  std::map<int64_t, BatchStat> batches;  // by batch size (rows): one count per batch
+  std::map<int64_t, BatchStat> batches;  // by batch size (rows; generation: sequences): one count per batch
 };
 
 class Metrics {
@@ -110,6 +118,17 @@ class Metrics {
   // A batch the engine ran (ok: it succeeded; the statistics count only those).
   void batch(const std::string& model, const std::string& version, int64_t rows, int64_t requests,
              const std::vector<double>& queue_seconds, double compute_seconds, bool ok = true);
+  // A generation step the engine ran (serving/generator.h: a prefill or a
+  // decode step over `sequences` sequences; ok: it succeeded, and only then
+  // is it counted in the statistics). Triton counts one model execution per
+  // batch, so a step is one execution of batch size `sequences`; a request is
+  // one inference, counted once, by the step that prefills it:
+  // prefill_queue_seconds holds the waits (arrival to this step) of the
+  // requests it prefills (empty for a decode step). compute_infer counts
+  // those requests and charges the step's time to each of the `sequences`,
+  // as a batch's time is charged to each of its requests.
+  void generation_step(const std::string& model, const std::string& version, int64_t sequences,
+                       const std::vector<double>& prefill_queue_seconds, double compute_seconds, bool ok);
   // An infer or generate request ended (ok or not), seconds after it arrived:
   // its request_duration, and the statistics' success / fail and last inference.
   void outcome(const std::string& model, const std::string& version, bool ok, double seconds);

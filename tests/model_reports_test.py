@@ -12,6 +12,7 @@ every check passes, else names the first that failed and exits 1.
   model_reports_test.py --http-port <port> --port <grpc port> --stubs <build>/rpc/python
 """
 import argparse
+import concurrent.futures
 import json
 import sys
 import urllib.error
@@ -118,6 +119,38 @@ def main():
     status, missing = get("/v2/models/no_such_model/stats")
     check(status == 404, f"an unknown model's stats: {status}")
 
+    # --- a generation model: each step (prefill or decode) is one execution of
+    # its sequences, each request one inference (counted at its prefill)
+    def generate(prompt, max_tokens):
+        body = json.dumps({"input_ids": prompt, "max_tokens": max_tokens}).encode()
+        request = urllib.request.Request(base + "/v2/models/llama-tiny/generate", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            return json.loads(r.read())["output_ids"]
+
+    status, gen0 = get("/v2/models/llama-tiny/stats")
+    gen0 = gen0["model_stats"][0]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        outputs = list(pool.map(lambda k: generate([60 + k, 193, 243][:k + 1], 3 + k), range(3)))
+    tokens = sum(len(o) for o in outputs)
+    check(tokens >= 3, f"generated {outputs}")
+    status, gen1 = get("/v2/models/llama-tiny/stats")
+    gen1 = gen1["model_stats"][0]
+    ginf, ginf0 = gen1["inference_stats"], gen0["inference_stats"]
+    check(gen1["inference_count"] - gen0["inference_count"] == 3, f"generate inference_count: {gen0} -> {gen1}")
+    steps = gen1["execution_count"] - gen0["execution_count"]
+    check(steps >= 1, f"generate execution_count moved by {steps}")
+    for key in ("success", "queue", "compute_infer", "compute_input", "compute_output"):
+        check(ginf[key]["count"] - ginf0[key]["count"] == 3, f"generate {key}: {ginf0} -> {ginf}")
+    check(ginf["compute_infer"]["ns"] > ginf0["compute_infer"]["ns"], "generate compute_infer ns did not grow")
+
+    def batch_totals(stat):  # (steps, sequences summed over the steps)
+        return (sum(b["compute_infer"]["count"] for b in stat["batch_stats"]),
+                sum(b["batch_size"] * b["compute_infer"]["count"] for b in stat["batch_stats"]))
+    (b1, rows1), (b0, rows0) = batch_totals(gen1), batch_totals(gen0)
+    check(b1 - b0 == steps, f"generate batch_stats counts {b1 - b0} != executions {steps}")
+    check(rows1 - rows0 == tokens, f"a step gives each of its sequences a token: {rows1 - rows0} != {tokens}")
+
     # --- the repository index (Triton's model repository extension)
     def post(path, body):
         request = urllib.request.Request(base + path, data=body.encode(), headers={"Content-Type": "application/json"})
@@ -163,6 +196,9 @@ def main():
     check(g.inference_count == after["inference_count"] and g.execution_count == after["execution_count"],
           f"gRPC and HTTP statistics differ: {g} vs {after}")
     check(g.inference_stats.success.count == inf["success"]["count"], "gRPC success count")
+    g = stub.ModelStatistics(pb.ModelStatisticsRequest(name="llama-tiny"), timeout=120).model_stats[0]
+    check(g.inference_count == gen1["inference_count"] and g.execution_count == gen1["execution_count"],
+          f"gRPC and HTTP statistics of llama-tiny differ: {g} vs {gen1}")
     grpc_index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=120)
     check({(m.name, m.version, m.state) for m in grpc_index.models} >=
           {("matmul_neg", "1", "READY"), ("llama-tiny", "1", "READY")}, f"gRPC index: {grpc_index}")

@@ -456,6 +456,69 @@ TEST_P(HfGeneration, ARequestJoinsWhileAnotherDecodes) {
   });
 }
 
+// Triton's statistics of a generation model (Metrics::generation_step): each
+// step is one execution of its sequences (batch_stats by that size), each
+// request one inference counted at its prefill, with its queue wait and one
+// compute_infer count charged every step it was in.
+TEST_P(HfGeneration, StepsAndRequestsAreCountedAsTritonStatistics) {
+  using namespace generation;
+  int n = World::get().size();
+  ServableDefinition s = servable_from_config(generation::generating(GetParam(), n >= 2 ? 2 : 1), Device::cpu());
+  Engine engine({s}, Device::cpu());
+  meshrt::testing::with_engine(engine, [&] {
+    Metrics metrics;
+    Generator g(engine, 0, metrics);
+    const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7}, {40, 41}, {100, 3, 9, 27, 8}, {11}, {250, 251, 252}};
+    std::vector<std::shared_ptr<Collected>> got;
+    for (size_t i = 0; i < prompts.size(); ++i) got.push_back(submit(g, request(prompts[i], 4 + static_cast<int64_t>(i))));
+    uint64_t tokens = 0;
+    for (const auto& c : got) {
+      ASSERT_TRUE(finished(*c));
+      ASSERT_EQ(c->status, 200) << c->error;
+      tokens += c->tokens.size();
+    }
+    g.drain();
+    std::vector<ModelStatistics> all = metrics.statistics();
+    ASSERT_EQ(all.size(), 1u);
+    const ModelStatistics& st = all[0];
+    EXPECT_EQ(st.name, GetParam());
+    const uint64_t k = prompts.size();
+    EXPECT_EQ(st.inference_count, k) << "each request is one inference";
+    EXPECT_GE(st.execution_count, 2u) << "at least a prefill and a decode step";
+    EXPECT_EQ(st.queue.count, k);
+    EXPECT_EQ(st.compute_infer.count, k);
+    EXPECT_GT(st.compute_infer.ns, 0u);
+    EXPECT_EQ(st.compute_input.count, k);
+    EXPECT_EQ(st.compute_input.ns, 0u);
+    EXPECT_EQ(st.compute_output.count, k);
+    // One batch_stats count per step; every sequence of a step gets a token
+    // from it, so sizes times counts add up to the tokens generated, and the
+    // requests' compute_infer time is each step's time once per sequence.
+    uint64_t steps = 0, sequences = 0, charged_ns = 0;
+    for (const auto& [size, b] : st.batches) {
+      EXPECT_GE(size, 1);
+      EXPECT_LE(size, s.batching.max_batch_size);
+      EXPECT_EQ(b.compute_input.count, b.compute_infer.count);
+      steps += b.compute_infer.count;
+      sequences += static_cast<uint64_t>(size) * b.compute_infer.count;
+      charged_ns += static_cast<uint64_t>(size) * b.compute_infer.ns;
+    }
+    EXPECT_EQ(steps, st.execution_count);
+    EXPECT_EQ(sequences, tokens);
+    EXPECT_EQ(charged_ns, st.compute_infer.ns);
+    EXPECT_EQ(st.success.count + st.fail.count, 0u) << "the front end counts answers, not the generator";
+    // The Prometheus view counts the same steps.
+    std::string text = metrics.render();
+    std::string labels = "{model=\"" + GetParam() + "\",version=\"1\"}";
+    EXPECT_NE(text.find("meshrt_batch_size_count" + labels + " " + std::to_string(st.execution_count) + "\n"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("meshrt_inference_queue_seconds_count" + labels + " " + std::to_string(k) + "\n"),
+              std::string::npos)
+        << text;
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Examples, HfGeneration, ::testing::Values("gpt2-tiny", "llama-tiny"), [](const auto& info) {
   std::string s = info.param;
   for (char& c : s) c = c == '-' ? '_' : c;
