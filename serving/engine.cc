@@ -141,6 +141,12 @@ std::vector<int> Engine::ranks(int index) const {
   return out;
 }
 
+std::string Engine::placement(int index) const {
+  const Slot& sl = slot(index);
+  if (sl.def.rank_size == 1) return detail::cat("rank ", sl.first_rank);
+  return detail::cat("ranks ", sl.first_rank, "-", sl.first_rank + sl.def.rank_size - 1);
+}
+
 int Engine::add_slot(ServableDefinition def, int first_rank, ServableState state) {
   std::unique_lock<std::shared_mutex> lock(slots_mutex_);
   Slot& sl = slots_.emplace_back();

@@ -113,6 +113,8 @@ class Engine {
   ServableState state(int index) const;
   // The world ranks servable `index` is placed on, in its mesh's order.
   std::vector<int> ranks(int index) const;
+  // The same in words: "rank 3", "ranks 0-2".
+  std::string placement(int index) const;
   // Index of the serving servable with this name and version, or -1. No
   // version: the latest of that name (the highest number, as Triton serves
   // when a request names none; versions that are not numbers: the greatest

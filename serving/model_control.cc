@@ -157,9 +157,8 @@ Outcome ModelControl::load_locked(const std::string& name) {
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
   for (int m : added) {
     const ServableDefinition& s = engine_.servable(m);
-    std::vector<int> ranks = engine_.ranks(m);
-    log::info(detail::cat(old.empty() ? "loaded" : "reloaded", " model '", s.name, "' version ", s.version, " on ranks ",
-                          ranks.front(), "-", ranks.back(), " in ", static_cast<int64_t>(seconds * 1000), " ms"));
+    log::info(detail::cat(old.empty() ? "loaded" : "reloaded", " model '", s.name, "' version ", s.version, " on ",
+                          engine_.placement(m), " in ", static_cast<int64_t>(seconds * 1000), " ms"));
   }
   // A reload: the new versions serve already; the old ones finish what they took.
   for (int m : old) {

@@ -352,8 +352,7 @@ int run_server(const ServerOptions& o) {
   Engine& engine = *engine_holder;
   for (int m = 0; m < engine.servable_count(); ++m) {
     const ServableDefinition& s = engine.servable(m);
-    std::vector<int> ranks = engine.ranks(m);
-    say(detail::cat("loaded model '", s.name, "' version ", s.version, " on ranks ", ranks.front(), "-", ranks.back(),
+    say(detail::cat("loaded model '", s.name, "' version ", s.version, " on ", engine.placement(m),
                     ": rank_size ", s.rank_size, ", stage_size ", s.stage_size, " (", s.rank_size / s.stage_size,
                     "-way tensor parallel per stage), batching ", s.batching.enabled ? "on" : "off",
                     ", max_batch_size ", s.batching.max_batch_size));

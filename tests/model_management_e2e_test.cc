@@ -31,14 +31,14 @@ const std::vector<std::pair<std::string, std::string>> kJson = {{"Content-Type",
 
 // A model of the repository at root/name: y = factor * x for x of [-1, 4],
 // over rank_size ranks in stage_size stages (a column-parallel linear
-// layer, then, with 2 stages, a negation in the second: factor then counts
-// negative). version_dirs: weights in these version folders (version v
+// layer, then a negation in each later stage: with 2 stages factor counts
+// negative, with 3 positive again). version_dirs: weights in these version folders (version v
 // multiplies by v * factor), else beside the config.
 void write_model(const fs::path& root, const std::string& name, int rank_size, int stage_size, float factor,
                  std::vector<int> version_dirs = {}) {
   fs::create_directories(root / name);
   json layers = {{{"layers", {{{"type", "linear"}, {"weight", "w"}, {"parallel", "column"}}}}}};
-  if (stage_size == 2) layers.push_back({{"layers", {{{"type", "neg"}}}}});
+  for (int s = 1; s < stage_size; ++s) layers.push_back({{"layers", {{{"type", "neg"}}}}});
   json config = {{"name", name}, {"rank_size", rank_size}, {"stage_size", stage_size},
                  {"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {-1, 4}}}}},
                  {"outputs", {{{"name", "y"}, {"datatype", "FP32"}, {"shape", {-1, 4}}}}},
@@ -167,36 +167,36 @@ bool eventually(F f, std::chrono::seconds within = std::chrono::seconds(60)) {
   return f();
 }
 
-// Two models of rank_size 2 in a 4-rank job, each on its own two ranks
-// (--exclusive-ranks: sharing would be refused), answering at once: "pair"
-// (2-way tensor parallel) on ranks 0-1, "pipe" (2 stages) on ranks 2-3,
-// where rank 0, the front end, is not: its batches travel there.
-TEST(ModelManagement, TwoModelsOfDifferentPlacementsAnswerAtOnce) {
+// Two models of different rank_size in a 4-rank job, each on its own ranks
+// (--exclusive-ranks: sharing would be refused), answering at once: "pipe"
+// (3 pipeline stages) on ranks 0-2, "solo" (one rank) on rank 3, where rank
+// 0, the front end, is not: its batches travel there and back.
+TEST(ModelManagement, TwoModelsOfDifferentRankSizeAnswerAtOnce) {
   fs::path root = temp_root("placement");
-  write_model(root, "pair", 2, 1, 2.0f);
-  write_model(root, "pipe", 2, 2, 3.0f);  // -3x
-  write_model(root, "solo", 1, 1, 5.0f);  // does not fit beside them: loaded only in the next job
-  ServerJob job(4, root.string(), {"--exclusive-ranks", "--model", "pair", "--model", "pipe"});
+  write_model(root, "pipe", 3, 3, 3.0f);  // 3 stages: x * 3, negated twice
+  write_model(root, "solo", 1, 1, 5.0f);
+  write_model(root, "extra", 1, 1, 7.0f);  // the three do not fit 4 ranks: loaded only in the next job
+  ServerJob job(4, root.string(), {"--exclusive-ranks", "--model", "pipe", "--model", "solo"});
   ASSERT_TRUE(job.wait_ready()) << job.log();
-  EXPECT_NE(job.log().find("model 'pair' version 1 on ranks 0-1"), std::string::npos) << job.log();
-  EXPECT_NE(job.log().find("model 'pipe' version 1 on ranks 2-3"), std::string::npos) << job.log();
+  EXPECT_NE(job.log().find("model 'pipe' version 1 on ranks 0-2"), std::string::npos) << job.log();
+  EXPECT_NE(job.log().find("model 'solo' version 1 on rank 3"), std::string::npos) << job.log();
   {
-    Traffic pair(job, "pair", {2.0}), pipe(job, "pipe", {-3.0}), pipe2(job, "pipe", {-3.0});
-    ASSERT_TRUE(eventually([&] { return pair.ok() >= 30 && pipe.ok() >= 30 && pipe2.ok() >= 30; })) << job.log();
-    pair.stop();
+    Traffic pipe(job, "pipe", {3.0}), solo(job, "solo", {5.0}), solo2(job, "solo", {5.0});
+    ASSERT_TRUE(eventually([&] { return pipe.ok() >= 30 && solo.ok() >= 30 && solo2.ok() >= 30; })) << job.log();
     pipe.stop();
-    pipe2.stop();
-    EXPECT_EQ(pair.lost(), std::vector<std::string>{});
+    solo.stop();
+    solo2.stop();
     EXPECT_EQ(pipe.lost(), std::vector<std::string>{});
-    EXPECT_EQ(pipe2.lost(), std::vector<std::string>{});
+    EXPECT_EQ(solo.lost(), std::vector<std::string>{});
+    EXPECT_EQ(solo2.lost(), std::vector<std::string>{});
   }
   // Batches of several rows over the travelling path too.
   HttpClient c = job.client();
   json body = {{"inputs", {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {3, 4}},
                             {"data", {1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3}}}}}};
-  HttpResponse r = c.request("POST", "/v2/models/pipe/infer", body.dump(), kJson);
+  HttpResponse r = c.request("POST", "/v2/models/solo/infer", body.dump(), kJson);
   ASSERT_EQ(r.status, 200) << r.body;
-  EXPECT_EQ(json::parse(r.body)["outputs"][0]["data"][8].get<double>(), -9.0) << r.body;
+  EXPECT_EQ(json::parse(r.body)["outputs"][0]["data"][8].get<double>(), 15.0) << r.body;
   job.signal_rank0(SIGTERM);
   EXPECT_TRUE(job.exited(std::chrono::seconds(60)));
   EXPECT_EQ(job.exit_code(), 0) << job.log();
@@ -208,7 +208,7 @@ TEST(ModelManagement, TwoModelsOfDifferentPlacementsAnswerAtOnce) {
   EXPECT_NE(refused.log().find("model 'solo' version 1 needs 1 consecutive free ranks and this job of 4 has none"),
             std::string::npos)
       << refused.log();
-  EXPECT_NE(refused.log().find("rank 2: 'pipe' version 1"), std::string::npos) << refused.log();
+  EXPECT_NE(refused.log().find("rank 0: 'extra' version 1; rank 1: 'pipe' version 1"), std::string::npos) << refused.log();
   fs::remove_all(root);
 }
 
