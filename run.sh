@@ -233,6 +233,8 @@ case "$command" in
     # reference's batched full-recompute generation in the same run
     for n in 1 2; do record "generate-llama-tiny-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-generate" --device cpu --model examples/hf/llama-tiny --concurrency 1,8,32; done
     for p in 2 4; do record "pipeline-np$p" mpirun -np "$p" "$build_dir/apps/meshrt-bench-pipeline" --device cpu --stage-ms 20; done
+    # Models on disjoint ranks of one job: 2 models of 2 stages, 4 of 1, one after another and at once (same run)
+    for k in 2 4; do record "placement-models$k-np4" mpirun -np 4 "$build_dir/apps/meshrt-bench-pipeline" --device cpu --models "$k" --micro-batches 2 --stage-ms 20; done
     # Synchronous data-parallel training steps/s at 1, 2 and 4 ranks, beside one process on the whole batch
     for n in 1 2 4; do record "train-np$n" mpirun -np "$n" "$build_dir/apps/meshrt-bench-train" --device cpu; done
     # Parameter-server training: 1, 2, 4 workers x 1, 2 servers, update MB/s, beside the data-parallel loop

@@ -17,6 +17,13 @@
 // batch), the share of the p ranks' time spent working, next to its ideal:
 // m / (m + p - 1) for one batch at a time, N m / (N m + p - 1) for N batches
 // streamed. The sequential baseline (no overlap at all) is efficiency 1 / p.
+//
+// With --models K (K dividing p): K models of p/K stages each (sleep stages),
+// which the engine places on disjoint ranks (model k on ranks k p/K ..), run
+// one after another and then all at once (batches started round-robin, up to
+// p/K in flight per model, as the server's scheduler keeps them): ms per batch
+// of either, and the speedup of running them at once (ideal K: no model waits
+// for another's ranks).
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
@@ -44,6 +51,7 @@ struct Options {
   std::string stage = "sleep";
   int64_t rows = 64, gemm_size = 256;
   int batches = 16, warmup = 2;
+  int models = 1;
   std::string device;
 };
 
@@ -82,7 +90,93 @@ std::vector<int> parse_ints(const std::string& text) {
   return out;
 }
 
+// Streams `batches` batches of each of `models` (round-robin), up to `depth`
+// in flight per model; returns the seconds it took.
+double stream(Engine& engine, const std::vector<int>& models, const HostTensor& batch, int m, int batches, int depth) {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<int> outstanding(static_cast<size_t>(engine.servable_count()), 0);
+  std::string failed;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < batches; ++i) {
+    for (int model : models) {
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        cv.wait(lock, [&] { return outstanding[static_cast<size_t>(model)] < depth; });
+        ++outstanding[static_cast<size_t>(model)];
+      }
+      engine.start(model, batch, m, [&, model](HostTensor, std::exception_ptr error, const serving::BatchReport&) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (error && failed.empty()) {
+          try {
+            std::rethrow_exception(error);
+          } catch (const std::exception& e) {
+            failed = e.what();
+          }
+        }
+        --outstanding[static_cast<size_t>(model)];
+        cv.notify_all();
+      });
+    }
+  }
+  engine.wait_idle();
+  MESHRT_CHECK(failed.empty(), ErrorKind::kInternal, failed);
+  return seconds_since(start);
+}
+
+// --models K: K models on disjoint ranks, one after another, then at once.
+int run_models(const Options& o) {
+  World& world = World::get();
+  int p = world.size();
+  MESHRT_CHECK_ARG(o.models >= 2 && p % o.models == 0, "--models must be at least 2 and divide the ", p,
+                   " ranks, got ", o.models);
+  Device device = world.device(o.device);
+  int stages = p / o.models;
+  double us_per_row = o.stage_ms * 1000.0 / static_cast<double>(o.rows);
+  std::vector<ServableDefinition> defs;
+  for (int k = 0; k < o.models; ++k) {
+    ServableDefinition s;
+    s.name = "model" + std::to_string(k);
+    s.rank_size = stages;
+    s.stage_size = stages;
+    s.input = {"x", DType::kF32, {-1, 8}};
+    s.output = {"y", DType::kF32, {-1, 8}};
+    for (int i = 0; i < stages; ++i) {
+      s.stages.push_back({8, [us_per_row](const serving::Mesh&) -> std::unique_ptr<StageModule> {
+                            return std::make_unique<SleepStage>(us_per_row);
+                          }, {}});
+    }
+    defs.push_back(std::move(s));
+  }
+  serving::EngineOptions options;
+  options.share_ranks = false;  // disjoint, or refused
+  Engine engine(defs, device, options);
+  if (world.rank() != 0) {
+    engine.serve();
+    return 0;
+  }
+  HostTensor batch = HostTensor::full<float>({o.rows, 8}, 1.0f);
+  int m = parse_ints(o.micro).front();
+  std::printf("# meshrt-bench-pipeline --models %d: %d models of %d stage(s) (a timed wait of %.3f ms per batch each), "
+              "each on its own ranks (%s ... %s), %d node(s), %d micro-batch(es); %d batches per model per figure\n",
+              o.models, o.models, stages, o.stage_ms, engine.placement(0).c_str(),
+              engine.placement(o.models - 1).c_str(), world.node_count(), m, o.batches);
+  std::vector<int> all;
+  for (int k = 0; k < o.models; ++k) all.push_back(k);
+  stream(engine, all, batch, m, o.warmup, stages);
+  double apart = 0;
+  for (int k = 0; k < o.models; ++k) apart += stream(engine, {k}, batch, m, o.batches, stages);
+  double together = stream(engine, all, batch, m, o.batches, stages);
+  double per_batch = 1e3 / (o.batches * o.models);
+  std::printf("#%7s %14s %14s %9s %6s\n", "models", "apart ms/b", "at once ms/b", "speedup", "ideal");
+  std::printf(" %7d %14.3f %14.3f %9.3f %6d\n", o.models, apart * per_batch, together * per_batch, apart / together,
+              o.models);
+  engine.stop();
+  return 0;
+}
+
 int run(const Options& o) {
+  if (o.models > 1) return run_models(o);
   World& world = World::get();
   int p = world.size();
   Device device = world.device(o.device);
@@ -189,6 +283,10 @@ int main(int argc, char** argv) {
   app.add("--gemm-size", o.gemm_size, "k of a gemm stage's [rows, k] @ [k, k]").show_default();
   app.add("-n,--batches", o.batches, "timed batches per figure").show_default();
   app.add("-w,--warmup", o.warmup, "untimed batches per figure").show_default();
+  app.add("--models", o.models,
+          "K > 1: K models of p/K sleep stages on disjoint ranks, one after another and then at once (the speedup of "
+          "placing them apart; the first --micro-batches count is used)")
+      .show_default();
   app.add("--device", o.device, "cpu or cuda:N (default: cuda:<local rank> when GPUs exist, else cpu)");
   return meshrt::apps::run_mpi_app("meshrt-bench-pipeline", app, argc, argv, [&] { return meshrt::apps::run(o); });
 }
