@@ -607,5 +607,76 @@ TEST(Engine, AFailureFailsEveryBatchInFlight) {
   });
 }
 
+// Placements on part of the job and models loaded while serving: "one"
+// (rank_size 1) takes rank 0; "rest" (n - 1 stages, each adding its index + 1)
+// is loaded later onto ranks 1 .. n-1, which rank 0 is not part of (its
+// batches travel there); a load that fails on the last rank only is refused
+// everywhere, naming that rank, and leaves every rank's indices in step (the
+// loads after it work); an unloaded model frees its ranks for the next load,
+// and a failed model placed on a subset recovers in place.
+TEST(Engine, LoadsAndUnloadsModelsOnPartOfTheJob) {
+  int n = World::get().size(), me = World::get().rank();
+  if (n < 2) GTEST_SKIP() << "a placement beside rank 0 needs 2 ranks";
+  auto adder = [](const std::string& name, int ranks, float first) {
+    ServableDefinition s;
+    s.name = name;
+    s.rank_size = ranks;
+    s.stage_size = ranks;
+    s.input = {"x", DType::kF32, {-1, 3}};
+    s.output = {"y", DType::kF32, {-1, 3}};
+    for (int i = 0; i < ranks; ++i) {
+      s.stages.push_back({3, [first, i](const Mesh&) { return std::make_unique<AddStage>(first + float(i)); }, {}});
+    }
+    return s;
+  };
+  EngineOptions options;
+  options.share_ranks = false;
+  options.loader = [&](const std::string& request) -> std::vector<ServableDefinition> {
+    if (request == "rest") return {adder("rest", n - 1, 1.0f)};
+    if (request == "bad") {
+      if (me == n - 1) throw Error(ErrorKind::kInvalidArgument, "no such file here");
+      return {adder("bad", n - 1, 1.0f)};
+    }
+    if (request == "wide") return {adder("wide", n, 1.0f)};
+    throw Error(ErrorKind::kInvalidArgument, "unknown model '" + request + "'");
+  };
+  Engine engine({adder("one", 1, 100.0f)}, Device::cpu(), options);
+  with_engine(engine, [&] {
+    EXPECT_EQ(engine.placement(0), "rank 0");
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { engine.load("nothing"); }, {"unknown model 'nothing'"}));
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.load("bad"); },
+                             {"loading 'bad' failed", "rank " + std::to_string(n - 1), "no such file here"}));
+    EXPECT_EQ(engine.find("bad"), -1);
+    // No free window of n ranks beside "one": refused, saying who holds rank 0.
+    EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { engine.load("wide"); },
+                             {"needs " + std::to_string(n) + " consecutive free ranks", "rank 0: 'one' version 1"}));
+    for (int round = 0; round < 2; ++round) {
+      std::vector<int> rest = engine.load("rest");
+      ASSERT_EQ(rest.size(), 1u);
+      EXPECT_EQ(engine.state(rest[0]), ServableState::kLoading);
+      EXPECT_EQ(engine.find("rest"), -1);  // not until published
+      engine.publish(rest);
+      ASSERT_EQ(engine.find("rest"), rest[0]);
+      EXPECT_EQ(engine.ranks(rest[0]).front(), 1);
+      EXPECT_EQ(engine.ranks(rest[0]).back(), n - 1);
+      HostTensor y = engine.run(rest[0], HostTensor::full<float>({5, 3}, 10.0f), 2);
+      ASSERT_EQ(y.dim(0), 5);
+      for (float v : y.span<float>()) ASSERT_EQ(v, 10.0f + float((n - 1) * n / 2));
+      EXPECT_EQ(engine.run(0, HostTensor::full<float>({1, 3}, 1.0f), 1).data<float>()[0], 101.0f);
+      if (round == 0) {
+        // Recovery of a model on a subset: communicators rebuilt, same ranks.
+        EXPECT_EQ(engine.try_recover(rest[0], std::chrono::seconds(30)), "");
+        EXPECT_EQ(engine.run(rest[0], HostTensor::full<float>({1, 3}, 0.0f), 1).data<float>()[0], float((n - 1) * n / 2));
+      }
+      engine.close(rest[0]);
+      EXPECT_EQ(engine.find("rest"), -1);
+      engine.unload(rest[0]);
+      EXPECT_EQ(engine.state(rest[0]), ServableState::kUnloaded);
+      EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(rest[0], HostTensor::full<float>({1, 3}, 1.0f), 1); },
+                               {"is not loaded"}));
+    }
+  });
+}
+
 }  // namespace
 }  // namespace meshrt::serving
