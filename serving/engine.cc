@@ -197,8 +197,11 @@ std::vector<int> Engine::plan(const std::vector<ServableDefinition>& defs) const
                               ": start more ranks, unload a model, or let models share ranks"));
     }
     if (best_load > 0 && World::get().rank() == 0) {
-      log::info(detail::cat("model '", s.name, "' version ", s.version, " shares ranks ", best, "-",
-                            best + s.rank_size - 1, " with other models (no ", s.rank_size, " free ranks left)"));
+      std::string where = s.rank_size == 1 ? detail::cat("rank ", best)
+                                           : detail::cat("ranks ", best, "-", best + s.rank_size - 1);
+      std::string free = s.rank_size == 1 ? "no free rank" : detail::cat("no ", s.rank_size, " free ranks");
+      log::info(detail::cat("model '", s.name, "' version ", s.version, " shares ", where,
+                            " with other models (", free, " left: they take turns)"));
     }
     take(s.name, s.version, best, s.rank_size);
     firsts.push_back(best);

@@ -72,7 +72,7 @@ std::string write_model(const std::string& root, const std::string& name, const 
 }
 
 TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
-  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-config-" + std::to_string(World::get().rank()))).string();
+  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-config-" + std::to_string(::getpid()))).string();
   std::filesystem::remove_all(root);
   auto w = HostTensor::full<float>({8, 4}, 1.0f);
   auto config = [](const std::string& name, const std::string& stages, const std::string& extra = "") {
@@ -130,7 +130,7 @@ TEST(ModelConfig, BadConfigsNameFileFieldAndExpectation) {
 // version folders is one version, as before; the latest answers when a
 // request names no version.
 TEST(ModelConfig, VersionFoldersAndPolicies) {
-  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-versions-" + std::to_string(World::get().rank()))).string();
+  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-versions-" + std::to_string(::getpid()))).string();
   std::filesystem::remove_all(root);
   auto model = [&](const std::string& name, const std::string& extra, const std::vector<int>& versions) {
     std::string dir = root + "/" + name;
@@ -217,7 +217,7 @@ TEST(ModelConfig, VersionFoldersAndPolicies) {
 TEST(Engine, ConfigModelsOfMoreAxesAndIntegers) {
   World& world = World::get();
   int n = world.size(), stages = n >= 2 ? 2 : 1;
-  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-nd-" + std::to_string(world.rank()))).string();
+  std::string root = (std::filesystem::temp_directory_path() / ("meshrt-nd-" + std::to_string(::getpid()))).string();
   std::filesystem::remove_all(root);
   HostTensor w = random_tensor({8, 4}, DType::kF32, 3);
   auto header = [&](const std::string& name, const std::string& dtype, const std::string& in, const std::string& out) {
