@@ -227,33 +227,7 @@ int run(const Options& o) {
     // forward passes, summed over the stages: p T).
     double stage_seconds = forward / o.batches / p;
     // Streamed: up to p batches in flight, as the server's scheduler keeps them.
-    std::mutex mutex;
-    std::condition_variable cv;
-    int outstanding = 0;
-    std::string failed;
-    start = std::chrono::steady_clock::now();
-    for (int i = 0; i < o.batches; ++i) {
-      {
-        std::unique_lock<std::mutex> lock(mutex);
-        cv.wait(lock, [&] { return outstanding < p; });
-        ++outstanding;
-      }
-      engine.start(0, batch, m, [&](HostTensor, std::exception_ptr error, const serving::BatchReport&) {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (error && failed.empty()) {
-          try {
-            std::rethrow_exception(error);
-          } catch (const std::exception& e) {
-            failed = e.what();
-          }
-        }
-        --outstanding;
-        cv.notify_all();
-      });
-    }
-    engine.wait_idle();
-    MESHRT_CHECK(failed.empty(), ErrorKind::kInternal, failed);
-    double streamed = seconds_since(start) / o.batches;
+    double streamed = stream(engine, {0}, batch, m, o.batches, p) / o.batches;
     int parts = static_cast<int>(std::min<int64_t>(m, o.rows));
     double ideal_one = static_cast<double>(parts) / (parts + p - 1);
     double ideal_streamed = static_cast<double>(o.batches) * parts / (static_cast<double>(o.batches) * parts + p - 1);

@@ -785,16 +785,9 @@ std::vector<int> Engine::load(const std::string& request) {
   std::vector<int> indices;
   std::string failed;
   for (size_t i = 0; i < defs.size(); ++i) {
-    int index = add_slot(defs[i], firsts[i], ServableState::kLoading);
-    indices.push_back(index);
-    Slot& sl = slot(index);
-    try {
-      std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
-      std::lock_guard<std::mutex> lock(mutex_);
-      sl.placed = std::move(placed);
-    } catch (const std::exception& e) {
-      failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(0), ": ", reason_of(e));
-    }
+    std::string why;
+    indices.push_back(add_placed(defs[i], firsts[i], &why));
+    if (!why.empty()) failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(0), ": ", why);
   }
   // Every other rank says whether it built its part.
   for (int r = 1; r < world.size(); ++r) {
@@ -852,18 +845,25 @@ void Engine::handle_load(std::istringstream& in) {
       def.rank_size = shapes[i][0];
       def.stage_size = shapes[i][1];
     }
-    int index = add_slot(std::move(def), shapes[i][2], ServableState::kLoading);
-    Slot& sl = slot(index);
-    try {
-      std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
-      std::lock_guard<std::mutex> lock(mutex_);
-      sl.placed = std::move(placed);
-    } catch (const std::exception& e) {
-      if (failed.empty()) failed = reason_of(e);
-    }
+    std::string why;
+    add_placed(std::move(def), shapes[i][2], &why);
+    if (failed.empty()) failed = why;
   }
   if (!failed.empty()) log::error(detail::cat(world.describe_rank(world.rank()), ": loading '", request, "' failed: ", failed));
   channel_.send(failed.empty() ? std::string("ok") : failed, 0, kLoadTag);
+}
+
+int Engine::add_placed(ServableDefinition def, int first_rank, std::string* failed) {
+  int index = add_slot(std::move(def), first_rank, ServableState::kLoading);
+  Slot& sl = slot(index);
+  try {
+    std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
+    std::lock_guard<std::mutex> lock(mutex_);
+    sl.placed = std::move(placed);
+  } catch (const std::exception& e) {
+    *failed = reason_of(e);
+  }
+  return index;
 }
 
 void Engine::publish(const std::vector<int>& indices) {

@@ -200,6 +200,9 @@ class Engine {
   std::unique_ptr<Placed> place(const ServableDefinition& s, int first_rank);
   // Adds a slot (every rank, in the same order).
   int add_slot(ServableDefinition def, int first_rank, ServableState state);
+  // Every rank, for a load: adds a kLoading slot and places it (collective);
+  // *failed gets why this rank could not build its part ("" if it could).
+  int add_placed(ServableDefinition def, int first_rank, std::string* failed);
   // Every rank: drops servable index's stage and communicators.
   void drop(int index);
   // The other ranks: a load command ("load <n> (<rank_size> <stage_size> <first rank>)*n <request>").

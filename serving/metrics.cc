@@ -141,43 +141,44 @@ void Metrics::http_request(int status) {
   ++http_[status];
 }
 
-void Metrics::batch(const std::string& m, const std::string& v, int64_t rows, int64_t requests,
-                    const std::vector<double>& queue_seconds, double compute_seconds, bool ok) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Model& x = model(m, v);
-  x.batch_rows.observe(static_cast<double>(rows));
+ModelStatistics* Metrics::execution(Model& x, int64_t size, int64_t requests, const std::vector<double>& queue_seconds,
+                                    double compute_seconds, bool ok) {
+  x.batch_rows.observe(static_cast<double>(size));
   x.batch_requests.observe(static_cast<double>(requests));
   for (double q : queue_seconds) x.queue.observe(q);
   x.compute.observe(compute_seconds);
-  if (!ok) return;
+  if (!ok) return nullptr;
   ModelStatistics& s = x.stats;
   ++s.execution_count;
-  s.inference_count += static_cast<uint64_t>(rows);
   for (double q : queue_seconds) s.queue.add(q);
+  BatchStat& b = s.batches[size];
+  b.compute_infer.add(compute_seconds);
+  b.compute_input.add(0);
+  b.compute_output.add(0);
+  return &s;
+}
+
+void Metrics::batch(const std::string& m, const std::string& v, int64_t rows, int64_t requests,
+                    const std::vector<double>& queue_seconds, double compute_seconds, bool ok) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ModelStatistics* stats = execution(model(m, v), rows, requests, queue_seconds, compute_seconds, ok);
+  if (!stats) return;
+  ModelStatistics& s = *stats;
+  s.inference_count += static_cast<uint64_t>(rows);
   const auto n = static_cast<uint64_t>(requests);
   s.compute_infer.add(compute_seconds, n);
   s.compute_input.add(0, n);
   s.compute_output.add(0, n);
-  BatchStat& b = s.batches[rows];
-  b.compute_infer.add(compute_seconds);
-  b.compute_input.add(0);
-  b.compute_output.add(0);
 }
 
 void Metrics::generation_step(const std::string& m, const std::string& v, int64_t sequences,
                               const std::vector<double>& prefill_queue_seconds, double compute_seconds, bool ok) {
   std::lock_guard<std::mutex> lock(mutex_);
-  Model& x = model(m, v);
-  x.batch_rows.observe(static_cast<double>(sequences));
-  x.batch_requests.observe(static_cast<double>(sequences));
-  for (double q : prefill_queue_seconds) x.queue.observe(q);
-  x.compute.observe(compute_seconds);
-  if (!ok) return;
-  ModelStatistics& s = x.stats;
-  ++s.execution_count;
+  ModelStatistics* stats = execution(model(m, v), sequences, sequences, prefill_queue_seconds, compute_seconds, ok);
+  if (!stats) return;
+  ModelStatistics& s = *stats;
   const auto started = static_cast<uint64_t>(prefill_queue_seconds.size());
   s.inference_count += started;
-  for (double q : prefill_queue_seconds) s.queue.add(q);
   // One count per request (when it starts), the time of every step it is in.
   DurationStat charged;
   charged.add(compute_seconds, static_cast<uint64_t>(sequences));
@@ -185,10 +186,6 @@ void Metrics::generation_step(const std::string& m, const std::string& v, int64_
   s.compute_infer.ns += charged.ns;
   s.compute_input.add(0, started);
   s.compute_output.add(0, started);
-  BatchStat& b = s.batches[sequences];
-  b.compute_infer.add(compute_seconds);
-  b.compute_input.add(0);
-  b.compute_output.add(0);
 }
 
 void Metrics::engine(const std::string& m, const std::string& v, double engine_seconds, double forward_seconds) {

@@ -163,6 +163,11 @@ class Metrics {
     ModelStatistics stats;
   };
   Model& model(const std::string& model, const std::string& version);
+  // Under the lock: one execution of `size` rows (or sequences) in the
+  // histograms, and (ok) in the statistics' execution count and batch_stats.
+  // Returns the statistics to add the requests' counts to, or null when not ok.
+  ModelStatistics* execution(Model& x, int64_t size, int64_t requests, const std::vector<double>& queue_seconds,
+                             double compute_seconds, bool ok);
 
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, std::string>, Model> models_;

@@ -331,7 +331,11 @@ int run_server(const ServerOptions& o) {
   }
   // Every rank's process id, for operators and tests (rank 0's also at pid_file).
   if (!o.pid_file.empty()) write_file(o.pid_file + "." + std::to_string(rank), std::to_string(::getpid()));
-  EngineOptions engine_options{o.result_timeout, o.comm_timeout, o.trace_file, o.share_ranks};
+  EngineOptions engine_options;
+  engine_options.result_timeout = o.result_timeout;
+  engine_options.comm_timeout = o.comm_timeout;
+  engine_options.trace_file = o.trace_file;
+  engine_options.share_ranks = o.share_ranks;
   // A load request names a model of the repository (rank 0 checked the name).
   engine_options.loader = [&o, &servables_of](const std::string& name) {
     auto library = o.servable_libraries.find(name);
