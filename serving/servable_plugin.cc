@@ -58,7 +58,11 @@ ServableDefinition load_servable_library(const std::string& path, const ModelCon
   fail("servable libraries need meshrt built as shared libraries (BUILD_SHARED_LIBS=ON); this server is static");
 #endif
   ::dlerror();
-  void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  // RTLD_NODELETE: never unmapped, even once nothing it made is left (memory
+  // it allocated, a vtable or a string of it, may outlive its last object).
+  // The same path then gives the same code until the server restarts: a
+  // rebuilt library is reloaded under a new path.
+  void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (!handle) {
     const char* why = ::dlerror();
     fail(std::string("cannot be loaded: ") + (why ? why : "dlopen failed"));
