@@ -85,7 +85,7 @@ TEST(ServablePlugin, TheExampleScalesThroughTheEngineOnEveryRank) {
   fs::remove_all(root);
 }
 
-TEST(ServablePlugin, TheLibraryStaysLoadedWhileAnythingItMadeLives) {
+TEST(ServablePlugin, TheLibraryStaysLoaded) {
   std::string root = temp_root("lifetime");
   std::string dir = write_model(root, "scaled", scaled_config("scaled", 1, 1, "3"));
   std::string path = dir + "/libscale_servable.so";
@@ -99,7 +99,9 @@ TEST(ServablePlugin, TheLibraryStaysLoadedWhileAnythingItMadeLives) {
   EXPECT_TRUE(loaded(path)) << "a function of the library's still lives";
   EXPECT_EQ(outputs({4}, {})[0].dims, (std::vector<int64_t>{4}));
   outputs = nullptr;
-  EXPECT_FALSE(loaded(path)) << "nothing of the library's is left: it is closed";
+  // Nothing of the library's is left, and it stays mapped (RTLD_NODELETE):
+  // memory it allocated may outlive its last object.
+  EXPECT_TRUE(loaded(path)) << "a servable library is never unmapped";
   fs::remove_all(root);
 }
 
