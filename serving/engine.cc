@@ -211,7 +211,7 @@ std::vector<int> Engine::plan(const std::vector<ServableDefinition>& defs) const
 
 // Collective over all ranks: the mesh's communicators are new (a duplicate of
 // the world, or of the placement's ranks split from it).
-std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s, int first_rank) {
+std::unique_ptr<Engine::Placed> Engine::place_communicators(const ServableDefinition& s, int first_rank) {
   World& world = World::get();
   std::vector<sharding::MeshAxis> axes{{"stage", s.stage_size}, {"model", s.rank_size / s.stage_size}};
   auto p = std::make_unique<Placed>();
@@ -233,10 +233,19 @@ std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s, int f
   p->stages = s.stage_size;
   p->model_coordinate = p->mesh.coordinate("model");
   p->tensor_parallel = s.rank_size / s.stage_size;
-  // After the collectives above: a rank that cannot build its stage leaves its peers in step.
+  return p;
+}
+
+void Engine::build(const ServableDefinition& s, Placed* p) {
+  if (!p) return;  // off the placement
   MESHRT_CHECK(static_cast<size_t>(p->stage) < s.stages.size(), ErrorKind::kInvalidArgument, "model '", s.name,
                "' has no stage ", p->stage, " on this rank");
   p->module = s.stages[static_cast<size_t>(p->stage)].build(p->stage_mesh);
+}
+
+std::unique_ptr<Engine::Placed> Engine::place(const ServableDefinition& s, int first_rank) {
+  std::unique_ptr<Placed> p = place_communicators(s, first_rank);
+  build(s, p.get());
   return p;
 }
 
@@ -333,14 +342,10 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
   };
   while (!p.sends.empty() && p.sends.front().is_completed()) p.sends.pop_front();
   int64_t start_us = wall_us();
-  // The placement's first rank when rank 0 is not in it: the batch comes from rank 0.
-  HostTensor received;
-  if (first && p.model_coordinate == 0 && !input.defined()) {
-    received = channel_.recv_tensor(0, kInputTag);
-    MESHRT_CHECK(received.ndim() >= 1, ErrorKind::kInternal, "model '", def.name, "' got ", received.description(),
-                 " as its batch");
-  }
-  const HostTensor& batch = input.defined() ? input : received;
+  // The stage's first rank holds the batch (rank 0's, or what rank 0 sent the placement's first rank).
+  const HostTensor& batch = input;
+  MESHRT_CHECK(!first || p.model_coordinate != 0 || (batch.defined() && batch.ndim() >= 1), ErrorKind::kInternal,
+               "model '", def.name, "': the first stage's first rank has no batch");
   std::vector<HostTensor> outputs;
   double forward = 0;
   int64_t row = 0, total_rows = 0;
@@ -667,6 +672,10 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   World& world = World::get();
   MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::try_recover is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
+  ServableState now = state(index);
+  if (now == ServableState::kUnloaded || now == ServableState::kLoading) {
+    return detail::cat("model '", servable(index).name, "' version ", servable(index).version, " is not loaded");
+  }
   uint64_t token = next_ping_++;
   std::vector<bool> answered(static_cast<size_t>(world.size()), false);
   answered[0] = true;
@@ -718,7 +727,7 @@ void Engine::handle_command(const std::string& command) {
     in >> index >> generation;
     MESHRT_CHECK(index >= 0 && index < servable_count(), ErrorKind::kInternal, "unknown engine command '", command, "'");
     if (verb == "rebuild") {
-      rebuild(index, generation);
+      if (state(index) != ServableState::kUnloaded) rebuild(index, generation);
     } else if (generation == this->generation(index)) {
       mark_failed(index, "rank 0 gave the model up (generation " + std::to_string(generation) + ")");
     }
@@ -739,11 +748,17 @@ void Engine::handle_command(const std::string& command) {
   try {
     MESHRT_CHECK(verb == "run" && !in.fail() && index >= 0 && index < servable_count() && !micro.empty(),
                  ErrorKind::kInternal, "unknown engine command '", command, "'");
+    // The placement's first rank, when rank 0 is not in it, gets the batch from
+    // rank 0: taken whatever becomes of the run, so that a dropped run's batch
+    // is never left for the next one.
+    const Slot& sl = slot(index);
+    HostTensor input;
+    if (sl.first_rank == World::get().rank() && !sl.holds(0)) input = channel_.recv_tensor(0, kInputTag);
     // A batch of an older generation, or of one rank 0 already gave up: its
     // peers will not run it. Dropped (rank 0 has answered it already).
     if (generation != this->generation(index) || !failure(index).empty()) return;
     double forward = 0;
-    HostTensor result = run_local(index, id, micro, dims, params, HostTensor(), &forward);
+    HostTensor result = run_local(index, id, micro, dims, params, input, &forward);
     const Placed& p = *slot(index).placed;
     if (p.model_coordinate != 0) return;
     // "%.9f": the stage's time to the nanosecond, whatever the locale.
@@ -769,37 +784,74 @@ std::vector<int> Engine::load(const std::string& request) {
   MESHRT_CHECK_ARG(options_.loader != nullptr, "this server loads no models while it runs");
   MESHRT_CHECK_ARG(!request.empty() && request.find_first_of(" \t\r\n") == std::string::npos, "cannot load '", request,
                    "': a model name has no spaces");
+  std::lock_guard<std::mutex> loading(load_mutex_);  // one load at a time: its answers are read in order
   // Rank 0 reads it first: a config that does not parse is refused with nothing sent.
   std::vector<ServableDefinition> defs = options_.loader(request);
   MESHRT_CHECK_ARG(!defs.empty(), "'", request, "' names no servable to load");
-  for (ServableDefinition& d : defs) complete_servable(d);
-  std::lock_guard<std::mutex> starting(start_mutex_);
-  MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
-  std::vector<int> firsts = plan(defs);
-  std::string command = detail::cat("load ", defs.size());
-  for (size_t i = 0; i < defs.size(); ++i) {
-    command += detail::cat(" ", defs[i].rank_size, " ", defs[i].stage_size, " ", firsts[i]);
+  for (ServableDefinition& d : defs) {
+    complete_servable(d);
+    MESHRT_CHECK_ARG(!d.version.empty() && d.version.find_first_of(" \t\r\n") == std::string::npos, "model '", d.name,
+                     "' has version '", d.version, "': a version has no spaces");
   }
-  command += " " + request;
-  for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+  uint64_t sequence = 0;
   std::vector<int> indices;
-  std::string failed;
-  for (size_t i = 0; i < defs.size(); ++i) {
-    std::string why;
-    indices.push_back(add_placed(defs[i], firsts[i], &why));
-    if (!why.empty()) failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(0), ": ", why);
+  std::vector<std::unique_ptr<Placed>> placed;
+  {
+    // The commands and the communicators (collective) in rank 0's one order of
+    // commands; building the stages (the weights) happens without holding up
+    // the start of other batches.
+    std::lock_guard<std::mutex> starting(start_mutex_);
+    MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
+    std::vector<int> firsts = plan(defs);
+    sequence = next_load_++;
+    std::string command = detail::cat("load ", sequence, " ", defs.size());
+    for (size_t i = 0; i < defs.size(); ++i) {
+      command += detail::cat(" ", defs[i].rank_size, " ", defs[i].stage_size, " ", firsts[i], " ", defs[i].version);
+    }
+    command += " " + request;
+    for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+    for (size_t i = 0; i < defs.size(); ++i) {
+      indices.push_back(add_slot(defs[i], firsts[i], ServableState::kLoading));
+      placed.push_back(place_communicators(defs[i], firsts[i]));
+    }
   }
-  // Every other rank says whether it built its part.
+  std::string failed;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    Slot& sl = slot(indices[i]);
+    try {
+      build(sl.def, placed[i].get());
+      std::lock_guard<std::mutex> lock(mutex_);
+      sl.placed = std::move(placed[i]);
+    } catch (const std::exception& e) {
+      failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(0), ": ", reason_of(e));
+    }
+  }
+  // Every other rank says whether it built its part: "<sequence> ok" or "<sequence> <why not>"
+  // (answers of an earlier load that timed out are dropped).
+  auto deadline = std::chrono::steady_clock::now() + options_.load_timeout;
   for (int r = 1; r < world.size(); ++r) {
     std::string answer;
-    try {
-      answer = channel_.recv_string(r, kLoadTag);
-    } catch (const std::exception& e) {
-      answer = reason_of(e);
+    PollPause pause(std::chrono::milliseconds(1));
+    for (;;) {
+      if (channel_.probe(r, kLoadTag)) {
+        std::string message = channel_.recv_string(r, kLoadTag);
+        std::istringstream in(message);
+        uint64_t of = 0;
+        in >> of;
+        if (of != sequence) continue;
+        answer = message.substr(std::min(message.size(), message.find(' ') + 1));
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        answer = detail::cat("did not answer within ", options_.load_timeout.count(), " ms");
+        break;
+      }
+      pause();
     }
     if (answer != "ok") failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(r), ": ", answer);
   }
   if (!failed.empty()) {
+    std::lock_guard<std::mutex> starting(start_mutex_);
     for (int index : indices) {
       for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("drop ", index), r, kCommandTag);
       drop(index);
@@ -811,10 +863,15 @@ std::vector<int> Engine::load(const std::string& request) {
 
 void Engine::handle_load(std::istringstream& in) {
   World& world = World::get();
+  uint64_t sequence = 0;
   size_t n = 0;
-  in >> n;
-  std::vector<std::array<int, 3>> shapes(in.fail() ? 0 : n);  // rank_size, stage_size, first rank
-  for (auto& shape : shapes) in >> shape[0] >> shape[1] >> shape[2];
+  in >> sequence >> n;
+  struct Shape {
+    int rank_size = 0, stage_size = 0, first_rank = 0;
+    std::string version;
+  };
+  std::vector<Shape> shapes(in.fail() ? 0 : n);
+  for (Shape& shape : shapes) in >> shape.rank_size >> shape.stage_size >> shape.first_rank >> shape.version;
   std::string request;
   in >> request;
   MESHRT_CHECK(!in.fail() && n > 0, ErrorKind::kInternal, "malformed load command");
@@ -826,9 +883,13 @@ void Engine::handle_load(std::istringstream& in) {
     MESHRT_CHECK(defs.size() == n, ErrorKind::kInvalidArgument, "'", request, "' gives ", defs.size(),
                  " servable(s) here and ", n, " on rank 0 (do all ranks read the same files?)");
     for (size_t i = 0; i < n; ++i) {
-      MESHRT_CHECK(defs[i].rank_size == shapes[i][0] && defs[i].stage_size == shapes[i][1], ErrorKind::kInvalidArgument,
-                   "model '", defs[i].name, "' has rank_size ", defs[i].rank_size, " and stage_size ",
-                   defs[i].stage_size, " here, ", shapes[i][0], " and ", shapes[i][1], " on rank 0");
+      // The same versions, of the same shape, as rank 0 read (a folder may change in between).
+      MESHRT_CHECK(defs[i].rank_size == shapes[i].rank_size && defs[i].stage_size == shapes[i].stage_size &&
+                       defs[i].version == shapes[i].version,
+                   ErrorKind::kInvalidArgument, "model '", defs[i].name, "' is version ", defs[i].version,
+                   " with rank_size ", defs[i].rank_size, " and stage_size ", defs[i].stage_size, " here, version ",
+                   shapes[i].version, " with ", shapes[i].rank_size, " and ", shapes[i].stage_size,
+                   " on rank 0 (do all ranks read the same files?)");
     }
   } catch (const std::exception& e) {
     failed = reason_of(e);
@@ -842,15 +903,16 @@ void Engine::handle_load(std::istringstream& in) {
       def = std::move(defs[i]);
     } else {
       def.name = request;
-      def.rank_size = shapes[i][0];
-      def.stage_size = shapes[i][1];
+      def.version = shapes[i].version;
+      def.rank_size = shapes[i].rank_size;
+      def.stage_size = shapes[i].stage_size;
     }
     std::string why;
-    add_placed(std::move(def), shapes[i][2], &why);
+    add_placed(std::move(def), shapes[i].first_rank, &why);
     if (failed.empty()) failed = why;
   }
   if (!failed.empty()) log::error(detail::cat(world.describe_rank(world.rank()), ": loading '", request, "' failed: ", failed));
-  channel_.send(failed.empty() ? std::string("ok") : failed, 0, kLoadTag);
+  channel_.send(detail::cat(sequence, " ", failed.empty() ? std::string("ok") : failed), 0, kLoadTag);
 }
 
 int Engine::add_placed(ServableDefinition def, int first_rank, std::string* failed) {
@@ -913,12 +975,22 @@ void Engine::serve() {
     // failures first, so that no stale batch enters a collective its peers
     // abandoned (a blocking MPI collective cannot be taken back).
     while (channel_.probe(0, kCommandTag)) commands.push_back(channel_.recv_string(0, kCommandTag));
+    // A command that fails here (a run reports its own failure to rank 0) is
+    // logged, and serving goes on: the rank is needed by the other models.
+    auto handle = [&](const std::string& c) {
+      try {
+        handle_command(c);
+      } catch (const std::exception& e) {
+        log::error(detail::cat(world.describe_rank(world.rank()), ": engine command '", c.substr(0, 80),
+                               "' failed: ", reason_of(e)));
+      }
+    };
     for (const std::string& c : commands) {
-      if (c.rfind("fail ", 0) == 0) handle_command(c);
+      if (c.rfind("fail ", 0) == 0) handle(c);
     }
     for (const std::string& c : commands) {
       if (c == "stop") return;
-      handle_command(c);
+      if (c.rfind("fail ", 0) != 0) handle(c);
     }
   }
 }

@@ -65,6 +65,8 @@ struct EngineOptions {
   // each rank calls it with the same request and must get the same list (the
   // same files). Null: the engine refuses loads.
   std::function<std::vector<ServableDefinition>(const std::string& request)> loader;
+  // How long Engine::load waits for every rank to have built its part.
+  std::chrono::milliseconds load_timeout{std::chrono::minutes(30)};
 };
 
 // Where a servable is in its life: find() returns only kServing ones.
@@ -121,14 +123,16 @@ class Engine {
   // name). Of two with the same name and version (a reload), the newer.
   int find(const std::string& name, const std::string& version = "") const;
 
-  // Rank 0, one at a time with start(): adds the servables options.loader
+  // Rank 0: adds the servables options.loader
   // returns for request on every rank (placed after those there now) and
   // returns their indices, in state kLoading (publish() makes find() return
   // them). Throws, with nothing added: the loader's error on rank 0 (nothing
   // was sent), Error(kInvalidArgument) for a servable that does not fit, and
   // Error(kUnavailable) with each rank's reason when a rank could not load
-  // or build its part (what the others built is dropped again). Blocks the
-  // start of batches while it runs.
+  // or build its part (what the others built is dropped again). Batches of
+  // other models start while the stages are built (the ranks of this
+  // placement run them after it).
+
   std::vector<int> load(const std::string& request);
   // Rank 0: find() returns these servables from now on.
   void publish(const std::vector<int>& indices);
@@ -198,6 +202,10 @@ class Engine {
   // Collective over all ranks: the servable's communicators over its
   // placement, and (on its ranks) its stage. Null off the placement.
   std::unique_ptr<Placed> place(const ServableDefinition& s, int first_rank);
+  // place() in two: the communicators (collective over all ranks; null off
+  // the placement), then this rank's stage (local).
+  std::unique_ptr<Placed> place_communicators(const ServableDefinition& s, int first_rank);
+  void build(const ServableDefinition& s, Placed* placed);
   // Adds a slot (every rank, in the same order).
   int add_slot(ServableDefinition def, int first_rank, ServableState state);
   // Every rank, for a load: adds a kLoading slot and places it (collective);
@@ -237,7 +245,9 @@ class Engine {
   // placed stage.
   std::deque<Slot> slots_;
   mutable std::shared_mutex slots_mutex_;
-  std::mutex start_mutex_;                // one start(), load(), unload() or try_recover() at a time
+  std::mutex start_mutex_;                // one start(), unload(), try_recover() or a load's commands at a time
+  std::mutex load_mutex_;                 // one load() at a time (its answers come on one tag)
+  uint64_t next_load_ = 1;                // loads are numbered: an answer names its load
   mutable std::mutex mutex_;              // the slots' failure, generation, placed; pending_, trace_
   mutable std::condition_variable idle_cv_;  // pending_ shrank or grew
   std::map<uint64_t, std::unique_ptr<Pending>> pending_;  // rank 0: batches in flight by id

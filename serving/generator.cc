@@ -98,6 +98,7 @@ void Generator::drain(std::chrono::milliseconds within) {
     drain_deadline_ = std::chrono::steady_clock::now() + within;
     cv_.notify_all();
   }
+  std::lock_guard<std::mutex> joining(join_mutex_);
   if (thread_.joinable()) thread_.join();
 }
 

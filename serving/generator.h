@@ -118,6 +118,7 @@ class Generator {
   bool draining_ = false, stopped_ = false;
   std::chrono::steady_clock::time_point drain_deadline_;
   std::thread thread_;
+  std::mutex join_mutex_;  // drain() from two threads (an unload and the server's drain) joins once
 };
 
 }  // namespace meshrt::serving

@@ -112,8 +112,15 @@ Outcome ModelControl::load(const std::string& name) {
                                                                : " (models load when it starts)") +
                      ": start meshrt-serve with --model-control-mode explicit"};
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  return load_locked(name);
+  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return busy("load", name);
+  return load_locked(name, fingerprint(name));
+}
+
+Outcome ModelControl::busy(const std::string& action, const std::string& name) {
+  // One load or unload at a time; the others are refused rather than left to
+  // hold the front end's threads while it runs.
+  return {503, "cannot " + action + " model '" + name + "' now: another load or unload is running; retry when it ends"};
 }
 
 Outcome ModelControl::unload(const std::string& name) {
@@ -121,11 +128,13 @@ Outcome ModelControl::unload(const std::string& name) {
     return {400, "cannot unload model '" + name + "': the server runs in model control mode " +
                      to_string(options_.mode) + ": start meshrt-serve with --model-control-mode explicit"};
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  if (frontend_.draining()) return {503, "cannot unload model '" + name + "': the server is shutting down"};
+  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return busy("unload", name);
   return unload_locked(name);
 }
 
-Outcome ModelControl::load_locked(const std::string& name) {
+Outcome ModelControl::load_locked(const std::string& name, const std::string& folder) {
   if (frontend_.draining()) return {503, "cannot load model '" + name + "': the server is shutting down"};
   auto refuse = [&](const std::string& why) {
     notes_[name] = why;
@@ -166,7 +175,7 @@ Outcome ModelControl::load_locked(const std::string& name) {
     if (!why.empty()) log::warn("retiring the replaced version of model '" + name + "': " + why);
   }
   notes_.erase(name);
-  fingerprints_[name] = fingerprint(name);
+  fingerprints_[name] = folder;  // what it looked like before loading: a change during the load is seen next time
   return {};
 }
 
@@ -178,7 +187,10 @@ Outcome ModelControl::unload_locked(const std::string& name) {
     std::string why = frontend_.retire(m, options_.unload_timeout);
     if (!why.empty()) failed += (failed.empty() ? "" : "; ") + why;
   }
-  if (!failed.empty()) return {400, "failed to unload '" + name + "': " + failed};
+  if (!failed.empty()) {
+    fingerprints_.erase(name);  // poll: looked at again, whatever the folder holds then
+    return {400, "failed to unload '" + name + "': " + failed};
+  }
   notes_[name] = "unloaded";
   fingerprints_.erase(name);
   log::info("unloaded model '" + name + "'");
@@ -227,13 +239,15 @@ void ModelControl::poll() {
     std::string now = fingerprint(name);
     auto seen = fingerprints_.find(name);
     if (seen != fingerprints_.end() && seen->second == now) continue;  // unchanged (or failed, unchanged since)
-    fingerprints_[name] = now;
-    if (Outcome o = load_locked(name); !o.ok()) log::warn("poll: " + o.error);
+    fingerprints_[name] = now;  // a load that fails is tried again once the folder changes
+    if (Outcome o = load_locked(name, now); !o.ok()) log::warn("poll: " + o.error);
   }
   std::set<std::string> gone;
   for (int m = 0; m < engine_.servable_count(); ++m) {
     const std::string& name = engine_.servable(m).name;
-    if (!present.count(name) && engine_.state(m) == ServableState::kServing) gone.insert(name);
+    ServableState state = engine_.state(m);
+    // Closed ones too: an unload that timed out is tried again.
+    if (!present.count(name) && (state == ServableState::kServing || state == ServableState::kClosed)) gone.insert(name);
   }
   for (const std::string& name : gone) {
     if (Outcome o = unload_locked(name); !o.ok()) log::warn("poll: " + o.error);

@@ -55,11 +55,13 @@ class ModelControl {
   // Loads (or reloads) model name from the repository, every version its
   // policy selects: 200, or 400 with why (mode none or poll, a name that is
   // not a model of the repository, a config that does not parse, a model that
-  // does not fit the job, a rank that could not build it; nothing changed).
+  // does not fit the job, a rank that could not build it; nothing changed),
+  // 503 while another load or unload runs or the server drains.
   Outcome load(const std::string& name);
   // Unloads every version of model name: 200 once they are dropped, or 400
   // with why (not loaded, mode none or poll, requests still running after
-  // unload_timeout: the model is then closed to new ones and still loaded).
+  // unload_timeout: the model is then closed to new ones and still loaded),
+  // 503 while another load or unload runs or the server drains.
   Outcome unload(const std::string& name);
   // Every model of the repository and every loaded one: each loaded version
   // with READY or UNAVAILABLE (and why), a model not loaded as one entry
@@ -74,7 +76,9 @@ class ModelControl {
   void stop();
 
  private:
-  Outcome load_locked(const std::string& name);
+  // folder: the model folder's fingerprint before loading (kept as what was loaded).
+  Outcome load_locked(const std::string& name, const std::string& folder);
+  static Outcome busy(const std::string& action, const std::string& name);
   Outcome unload_locked(const std::string& name);
   // The engine's indices of name's versions still loaded (serving, or closed by an unload that timed out).
   std::vector<int> loaded(const std::string& name) const;

@@ -28,8 +28,11 @@ void Scheduler::add(const std::vector<int>& models) {
   for (int m : models) {
     const ServableDefinition& def = engine_.servable(m);
     metrics_.add_model(def.name, def.version);
-    if (queues_.size() <= static_cast<size_t>(m)) queues_.resize(static_cast<size_t>(m) + 1);
-    queues_[static_cast<size_t>(m)].max_in_flight = std::max(1, def.stage_size);
+    // Indices in between are servables that never served (a load that failed): closed.
+    while (queues_.size() <= static_cast<size_t>(m)) queues_.emplace_back().closed = "not loaded";
+    Queue& q = queues_[static_cast<size_t>(m)];
+    q.closed.clear();
+    q.max_in_flight = std::max(1, def.stage_size);
   }
 }
 
@@ -277,7 +280,8 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
                                std::chrono::steady_clock::time_point* wake) {
   for (int m = 0; m < static_cast<int>(queues_.size()); ++m) {
     Queue& q = queues_[static_cast<size_t>(m)];
-    if (!q.closed.empty()) continue;  // being unloaded (or unloaded): not brought back
+    // Being unloaded, unloaded, or never loaded: not brought back.
+    if (!q.closed.empty() || engine_.state(m) != ServableState::kServing) continue;
     // A failure the scheduler did not see (a generation step failed): recover it too.
     if (q.failure.empty()) {
       std::string failed = engine_.failure(m);

@@ -647,6 +647,9 @@ TEST(Engine, LoadsAndUnloadsModelsOnPartOfTheJob) {
     EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.load("bad"); },
                              {"loading 'bad' failed", "rank " + std::to_string(n - 1), "no such file here"}));
     EXPECT_EQ(engine.find("bad"), -1);
+    int bad = engine.servable_count() - 1;  // its slot stays, unloaded, on every rank
+    EXPECT_EQ(engine.state(bad), ServableState::kUnloaded);
+    EXPECT_NE(engine.try_recover(bad, std::chrono::seconds(5)).find("is not loaded"), std::string::npos);
     // No free window of n ranks beside "one": refused, saying who holds rank 0.
     EXPECT_TRUE(throws_error(ErrorKind::kInvalidArgument, [&] { engine.load("wide"); },
                              {"needs " + std::to_string(n) + " consecutive free ranks", "rank 0: 'one' version 1"}));
@@ -674,6 +677,60 @@ TEST(Engine, LoadsAndUnloadsModelsOnPartOfTheJob) {
       EXPECT_EQ(engine.state(rest[0]), ServableState::kUnloaded);
       EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(rest[0], HostTensor::full<float>({1, 3}, 1.0f), 1); },
                                {"is not loaded"}));
+    }
+  });
+}
+
+// A model beside rank 0 fails a batch while later ones wait on its first
+// rank: those are dropped there, and their batches (sent by rank 0) with them,
+// so that after recovery each batch computes on its own input, not on a
+// dropped one's.
+class SlowFailingStage : public StageModule {
+ public:
+  DTensor forward(const DTensor& x) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (x.gather().data<float>()[0] == 13.0f) throw Error(ErrorKind::kInternal, "boom on 13");
+    return x;
+  }
+};
+
+TEST(Engine, ABatchDroppedBesideRankZeroTakesItsInputAlong) {
+  int n = World::get().size();
+  if (n < 2) GTEST_SKIP() << "a placement beside rank 0 needs 2 ranks";
+  ServableDefinition one;
+  one.name = "one";
+  one.rank_size = 1;
+  one.stage_size = 1;
+  one.input = one.output = {"x", DType::kF32, {-1, 2}};
+  one.stages.push_back({2, [](const Mesh&) { return std::make_unique<AddStage>(1.0f); }, {}});
+  ServableDefinition beside = one;
+  beside.name = "beside";
+  beside.stages[0].build = [](const Mesh&) { return std::make_unique<SlowFailingStage>(); };
+  EngineOptions options;
+  options.share_ranks = false;
+  Engine engine({one, beside}, Device::cpu(), options);
+  with_engine(engine, [&] {
+    ASSERT_EQ(engine.placement(1), "rank 1");
+    std::atomic<int> answered{0};
+    auto count = [&](HostTensor, std::exception_ptr, const BatchReport&) { ++answered; };
+    int started = 0;
+    engine.start(1, HostTensor::full<float>({1, 2}, 13.0f), 1, count);
+    ++started;
+    for (float v : {5.0f, 6.0f}) {
+      try {
+        engine.start(1, HostTensor::full<float>({1, 2}, v), 1, count);
+        ++started;
+      } catch (const Error&) {
+        // the failure came back first
+      }
+    }
+    engine.wait_idle();
+    EXPECT_EQ(answered.load(), started);
+    EXPECT_FALSE(engine.failure(1).empty());
+    ASSERT_EQ(engine.try_recover(1, std::chrono::seconds(30)), "");
+    for (float v : {7.0f, 8.0f}) {
+      HostTensor y = engine.run(1, HostTensor::full<float>({1, 2}, v), 1);
+      EXPECT_EQ(y.data<float>()[0], v) << "a batch computed on another batch's input";
     }
   });
 }
