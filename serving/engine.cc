@@ -32,9 +32,11 @@ namespace {
 //   fail <index> <generation>      rank 0 gave the servable up (a batch failed)
 //   ping <token>                   answer "pong <token>" (recovery)
 //   rebuild <index> <generation>   new communicators for the servable (recovery)
-//   load <n> (<rank_size> <stage_size> <first rank>)*n <request>
+//   load <sequence> <n> (<rank_size> <stage_size> <first rank> <version>)*n <request>
 //                                  add the n servables loader(request) gives, placed
-//                                  so (every rank; each answers on kLoadTag)
+//                                  so: every rank makes their communicators, one
+//                                  after another, then builds its stages, then
+//                                  answers "<sequence> ok" (or why not) on kLoadTag
 //   drop <index>                   unload the servable (every rank)
 //   stop
 // "run" and "fail" go to the ranks of the servable's placement, the others to every rank.
@@ -43,8 +45,8 @@ constexpr int kResultTag = 1002;   // last stage -> rank 0: "<batch id> <forward
 constexpr int kErrorTag = 1003;    // any rank -> rank 0: "<batch id> <message>"
 constexpr int kPongTag = 1004;     // any rank -> rank 0: "pong <token>"
 constexpr int kTimingTag = 1005;   // a middle stage's first rank -> rank 0: "<batch id> <forward seconds>"
-constexpr int kInputTag = 1006;    // rank 0 -> a placement's first rank (rank 0 not in it): the batch
-constexpr int kLoadTag = 1007;     // any rank -> rank 0: "ok", or why it could not load
+constexpr int kInputTag = 1006;    // rank 0 -> a placement's first rank (rank 0 not in it): "<batch id>", the batch
+constexpr int kLoadTag = 1007;     // any rank -> rank 0: "<sequence> ok", or "<sequence> <why not>"
 // At most this many trace events are kept per rank (the oldest are kept).
 constexpr size_t kMaxTraceEvents = 1000000;
 constexpr int kEngineTid = 1000;  // the trace's row of rank 0's "batch" events
@@ -98,6 +100,7 @@ struct Engine::Slot {
   // The rest under mutex_:
   std::unique_ptr<Placed> placed;  // null off the placement, and once unloaded
   std::string failure;             // "" while it works
+  std::string broken;              // another rank: why its rebuild failed here (its runs fail, saying so)
   uint64_t generation = 1;         // 1 + recoveries
 
   // The world rank of the last stage's first rank (the mesh is row-major {stage, model}).
@@ -108,6 +111,7 @@ struct Engine::Slot {
 Engine::Engine(std::vector<ServableDefinition> servables, const Device& device, EngineOptions options)
     : device_(device), options_(std::move(options)), channel_(Channel::world()) {
   channel_.set_timeout(options_.result_timeout);
+  building_.assign(static_cast<size_t>(World::get().size()), 0);
   for (ServableDefinition& s : servables) complete_servable(s);
   std::vector<int> firsts = plan(servables);
   for (size_t i = 0; i < servables.size(); ++i) {
@@ -255,10 +259,21 @@ void Engine::rebuild(int index, uint64_t generation) {
     std::lock_guard<std::mutex> lock(mutex_);
     sl.placed.reset();  // the old communicators (aborted) go first
   }
-  std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
+  std::unique_ptr<Placed> placed;
+  std::string broken;
+  try {
+    placed = place(sl.def, sl.first_rank);
+  } catch (const std::exception& e) {
+    if (World::get().rank() == 0) throw;  // try_recover says why
+    // Here, on another rank: the new generation's runs fail at once, saying
+    // why (rank 0 does not wait for their results).
+    broken = detail::cat(World::get().describe_rank(World::get().rank()), " could not rebuild model '", sl.def.name,
+                         "': ", reason_of(e));
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   sl.placed = std::move(placed);
-  sl.failure.clear();
+  sl.failure = broken;
+  sl.broken = broken;
   sl.generation = generation;
 }
 
@@ -406,7 +421,24 @@ HostTensor Engine::run_local(int index, uint64_t batch_id, const std::vector<int
 }
 
 void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchDone done, const BatchParams& params) {
-  std::lock_guard<std::mutex> starting(start_mutex_);
+  // Not while a load builds on this servable's ranks: the batch would wait
+  // there behind the weights (and past its deadline). Checked again under the
+  // lock, which a load takes to begin.
+  std::unique_lock<std::mutex> starting(start_mutex_);
+  while (busy(index)) {
+    starting.unlock();
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      building_cv_.wait(lock, [&] {
+        const Slot& sl = slot(index);
+        for (int r = sl.first_rank; r < sl.first_rank + sl.def.rank_size; ++r) {
+          if (building_[static_cast<size_t>(r)] > 0) return false;
+        }
+        return true;
+      });
+    }
+    starting.lock();
+  }
   World& world = World::get();
   MESHRT_CHECK(world.rank() == 0, ErrorKind::kInternal, "Engine::start is for rank 0");
   MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
@@ -454,6 +486,7 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
     if (!sl.holds(0)) {
       // Rank 0 is not in the placement: its first rank takes the batch from here.
       // (A large batch waits here until that rank has finished its earlier work.)
+      channel_.send(std::to_string(id), sl.first_rank, kInputTag);
       channel_.send(input, sl.first_rank, kInputTag);
       return;
     }
@@ -704,6 +737,27 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   return "";
 }
 
+HostTensor Engine::take_input(uint64_t id) {
+  // Each batch comes as "<batch id>" and the tensor. One whose run has not
+  // come yet is kept for it; one of an earlier batch (its run never came) is
+  // dropped; when a later batch comes first, this one's did not come at all.
+  auto kept = early_inputs_.find(id);
+  if (kept != early_inputs_.end()) {
+    HostTensor input = std::move(kept->second);
+    early_inputs_.erase(kept);
+    return input;
+  }
+  for (;;) {
+    uint64_t of = std::stoull(channel_.recv_string(0, kInputTag));
+    HostTensor input = channel_.recv_tensor(0, kInputTag);
+    if (of == id) return input;
+    if (of > id) {
+      early_inputs_.emplace(of, std::move(input));
+      throw Error(ErrorKind::kUnavailable, detail::cat("the batch of batch ", id, " never came from rank 0"));
+    }
+  }
+}
+
 void Engine::handle_command(const std::string& command) {
   std::istringstream in(command);
   std::string verb;
@@ -753,10 +807,15 @@ void Engine::handle_command(const std::string& command) {
     // is never left for the next one.
     const Slot& sl = slot(index);
     HostTensor input;
-    if (sl.first_rank == World::get().rank() && !sl.holds(0)) input = channel_.recv_tensor(0, kInputTag);
+    if (sl.first_rank == World::get().rank() && !sl.holds(0)) input = take_input(id);
     // A batch of an older generation, or of one rank 0 already gave up: its
     // peers will not run it. Dropped (rank 0 has answered it already).
-    if (generation != this->generation(index) || !failure(index).empty()) return;
+    if (generation != this->generation(index)) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!sl.broken.empty()) throw Error(ErrorKind::kUnavailable, sl.broken);  // reported to rank 0 below
+    }
+    if (!failure(index).empty()) return;
     double forward = 0;
     HostTensor result = run_local(index, id, micro, dims, params, input, &forward);
     const Placed& p = *slot(index).placed;
@@ -795,11 +854,16 @@ std::vector<int> Engine::load(const std::string& request) {
   }
   uint64_t sequence = 0;
   std::vector<int> indices;
-  std::vector<std::unique_ptr<Placed>> placed;
+  std::vector<std::unique_ptr<Placed>> placed(defs.size());
+  std::string failed;
+  auto note = [&](int rank, const std::string& why) {
+    failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(rank), ": ", why);
+  };
   {
     // The commands and the communicators (collective) in rank 0's one order of
-    // commands; building the stages (the weights) happens without holding up
-    // the start of other batches.
+    // commands; building the stages (the weights) happens after, without
+    // holding up the start of other batches (those of models on the ranks
+    // that build wait: busy()).
     std::lock_guard<std::mutex> starting(start_mutex_);
     MESHRT_CHECK(!stopped_, ErrorKind::kUnavailable, "the engine was stopped");
     std::vector<int> firsts = plan(defs);
@@ -810,20 +874,30 @@ std::vector<int> Engine::load(const std::string& request) {
     }
     command += " " + request;
     for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+    // Every slot first (as every other rank adds them), then their communicators.
+    for (size_t i = 0; i < defs.size(); ++i) indices.push_back(add_slot(defs[i], firsts[i], ServableState::kLoading));
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t i = 0; i < defs.size(); ++i) {
+        for (int r = firsts[i]; r < firsts[i] + defs[i].rank_size; ++r) ++building_[static_cast<size_t>(r)];
+      }
+    }
     for (size_t i = 0; i < defs.size(); ++i) {
-      indices.push_back(add_slot(defs[i], firsts[i], ServableState::kLoading));
-      placed.push_back(place_communicators(defs[i], firsts[i]));
+      try {
+        placed[i] = place_communicators(defs[i], firsts[i]);
+      } catch (const std::exception& e) {
+        note(0, reason_of(e));
+      }
     }
   }
-  std::string failed;
   for (size_t i = 0; i < indices.size(); ++i) {
     Slot& sl = slot(indices[i]);
     try {
-      build(sl.def, placed[i].get());
+      if (placed[i]) build(sl.def, placed[i].get());
       std::lock_guard<std::mutex> lock(mutex_);
       sl.placed = std::move(placed[i]);
     } catch (const std::exception& e) {
-      failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(0), ": ", reason_of(e));
+      note(0, reason_of(e));
     }
   }
   // Every other rank says whether it built its part: "<sequence> ok" or "<sequence> <why not>"
@@ -832,33 +906,62 @@ std::vector<int> Engine::load(const std::string& request) {
   for (int r = 1; r < world.size(); ++r) {
     std::string answer;
     PollPause pause(std::chrono::milliseconds(1));
-    for (;;) {
-      if (channel_.probe(r, kLoadTag)) {
-        std::string message = channel_.recv_string(r, kLoadTag);
-        std::istringstream in(message);
-        uint64_t of = 0;
-        in >> of;
-        if (of != sequence) continue;
-        answer = message.substr(std::min(message.size(), message.find(' ') + 1));
-        break;
+    try {
+      for (;;) {
+        if (channel_.probe(r, kLoadTag)) {
+          std::string message = channel_.recv_string(r, kLoadTag);
+          std::istringstream in(message);
+          uint64_t of = 0;
+          in >> of;
+          if (of != sequence) continue;
+          answer = message.substr(std::min(message.size(), message.find(' ') + 1));
+          break;
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+          answer = detail::cat("did not answer within ", options_.load_timeout.count(), " ms");
+          break;
+        }
+        pause();
       }
-      if (std::chrono::steady_clock::now() > deadline) {
-        answer = detail::cat("did not answer within ", options_.load_timeout.count(), " ms");
-        break;
-      }
-      pause();
+    } catch (const std::exception& e) {
+      answer = reason_of(e);
     }
-    if (answer != "ok") failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(r), ": ", answer);
+    if (answer != "ok") note(r, answer);
   }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int index : indices) {
+      const Slot& sl = slot(index);
+      for (int r = sl.first_rank; r < sl.first_rank + sl.def.rank_size; ++r) --building_[static_cast<size_t>(r)];
+    }
+  }
+  building_cv_.notify_all();
   if (!failed.empty()) {
     std::lock_guard<std::mutex> starting(start_mutex_);
     for (int index : indices) {
-      for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("drop ", index), r, kCommandTag);
+      if (!stopped_) {
+        for (int r = 1; r < world.size(); ++r) {
+          try {
+            channel_.send(detail::cat("drop ", index), r, kCommandTag);
+          } catch (const std::exception&) {
+            // a lost rank: the job is going anyway
+          }
+        }
+      }
       drop(index);
     }
     throw Error(ErrorKind::kUnavailable, detail::cat("loading '", request, "' failed: ", failed));
   }
   return indices;
+}
+
+bool Engine::busy(int index) const {
+  const Slot& sl = slot(index);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int r = sl.first_rank; r < sl.first_rank + sl.def.rank_size; ++r) {
+    if (building_[static_cast<size_t>(r)] > 0) return true;
+  }
+  return false;
 }
 
 void Engine::handle_load(std::istringstream& in) {
@@ -874,7 +977,11 @@ void Engine::handle_load(std::istringstream& in) {
   for (Shape& shape : shapes) in >> shape.rank_size >> shape.stage_size >> shape.first_rank >> shape.version;
   std::string request;
   in >> request;
-  MESHRT_CHECK(!in.fail() && n > 0, ErrorKind::kInternal, "malformed load command");
+  if (in.fail() || n == 0) {
+    // Without its shapes this rank cannot take part: rank 0 hears why (the job is then out of step).
+    channel_.send(detail::cat(sequence, " malformed load command"), 0, kLoadTag);
+    return;
+  }
   std::string failed;
   std::vector<ServableDefinition> defs;
   try {
@@ -895,9 +1002,11 @@ void Engine::handle_load(std::istringstream& in) {
     failed = reason_of(e);
     defs.clear();
   }
+  // As rank 0: every slot, then every placement's communicators (a rank
+  // without a definition of its own still takes part: its peers do), then
+  // the stages.
+  std::vector<int> indices;
   for (size_t i = 0; i < n; ++i) {
-    // Without a definition of its own, the rank still takes part in making the
-    // placement's communicators (its peers do), then fails.
     ServableDefinition def;
     if (!defs.empty()) {
       def = std::move(defs[i]);
@@ -907,25 +1016,28 @@ void Engine::handle_load(std::istringstream& in) {
       def.rank_size = shapes[i].rank_size;
       def.stage_size = shapes[i].stage_size;
     }
-    std::string why;
-    add_placed(std::move(def), shapes[i].first_rank, &why);
-    if (failed.empty()) failed = why;
+    indices.push_back(add_slot(std::move(def), shapes[i].first_rank, ServableState::kLoading));
+  }
+  std::vector<std::unique_ptr<Placed>> placed(n);
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      placed[i] = place_communicators(slot(indices[i]).def, shapes[i].first_rank);
+    } catch (const std::exception& e) {
+      if (failed.empty()) failed = reason_of(e);
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    Slot& sl = slot(indices[i]);
+    try {
+      if (placed[i]) build(sl.def, placed[i].get());
+      std::lock_guard<std::mutex> lock(mutex_);
+      sl.placed = std::move(placed[i]);
+    } catch (const std::exception& e) {
+      if (failed.empty()) failed = reason_of(e);
+    }
   }
   if (!failed.empty()) log::error(detail::cat(world.describe_rank(world.rank()), ": loading '", request, "' failed: ", failed));
   channel_.send(detail::cat(sequence, " ", failed.empty() ? std::string("ok") : failed), 0, kLoadTag);
-}
-
-int Engine::add_placed(ServableDefinition def, int first_rank, std::string* failed) {
-  int index = add_slot(std::move(def), first_rank, ServableState::kLoading);
-  Slot& sl = slot(index);
-  try {
-    std::unique_ptr<Placed> placed = place(sl.def, sl.first_rank);
-    std::lock_guard<std::mutex> lock(mutex_);
-    sl.placed = std::move(placed);
-  } catch (const std::exception& e) {
-    *failed = reason_of(e);
-  }
-  return index;
 }
 
 void Engine::publish(const std::vector<int>& indices) {
@@ -996,7 +1108,8 @@ void Engine::serve() {
 }
 
 void Engine::stop() {
-  std::lock_guard<std::mutex> starting(start_mutex_);  // after a load that is running (its ranks are needed)
+  std::lock_guard<std::mutex> loading(load_mutex_);    // after a load that is running (its ranks are needed)
+  std::lock_guard<std::mutex> starting(start_mutex_);
   World& world = World::get();
   if (stopped_ || world.rank() != 0) return;
   stopped_ = true;

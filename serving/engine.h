@@ -134,6 +134,10 @@ class Engine {
   // placement run them after it).
 
   std::vector<int> load(const std::string& request);
+  // Rank 0: whether some rank of servable index's placement is building a
+  // servable being loaded (its batches would wait behind it there: the
+  // scheduler holds them back, and start() waits until it is done).
+  bool busy(int index) const;
   // Rank 0: find() returns these servables from now on.
   void publish(const std::vector<int>& indices);
   // Rank 0: find() no longer returns servable index; batches already started
@@ -208,9 +212,6 @@ class Engine {
   void build(const ServableDefinition& s, Placed* placed);
   // Adds a slot (every rank, in the same order).
   int add_slot(ServableDefinition def, int first_rank, ServableState state);
-  // Every rank, for a load: adds a kLoading slot and places it (collective);
-  // *failed gets why this rank could not build its part ("" if it could).
-  int add_placed(ServableDefinition def, int first_rank, std::string* failed);
   // Every rank: drops servable index's stage and communicators.
   void drop(int index);
   // The other ranks: a load command ("load <n> (<rank_size> <stage_size> <first rank>)*n <request>").
@@ -234,6 +235,8 @@ class Engine {
   void collect();
   // Completes batch id (removing it from pending_) with a result or an error.
   void finish(uint64_t id, HostTensor result, std::exception_ptr error);
+  // The placement's first rank (rank 0 not in it): batch id's input from rank 0.
+  HostTensor take_input(uint64_t id);
   // The other ranks: one command from rank 0 (any stale input is consumed).
   void handle_command(const std::string& command);
   void record(TraceEvent event);
@@ -246,8 +249,12 @@ class Engine {
   std::deque<Slot> slots_;
   mutable std::shared_mutex slots_mutex_;
   std::mutex start_mutex_;                // one start(), unload(), try_recover() or a load's commands at a time
-  std::mutex load_mutex_;                 // one load() at a time (its answers come on one tag)
+  std::mutex load_mutex_;                 // one load() at a time (its answers come on one tag); before start_mutex_
   uint64_t next_load_ = 1;                // loads are numbered: an answer names its load
+  std::vector<int> building_;             // rank 0, per rank: loads building there (mutex_)
+  mutable std::condition_variable building_cv_;  // building_ went down
+  // The other ranks: batches rank 0 sent ahead of their run command's turn, by batch id.
+  std::map<uint64_t, HostTensor> early_inputs_;
   mutable std::mutex mutex_;              // the slots' failure, generation, placed; pending_, trace_
   mutable std::condition_variable idle_cv_;  // pending_ shrank or grew
   std::map<uint64_t, std::unique_ptr<Pending>> pending_;  // rank 0: batches in flight by id

@@ -112,8 +112,8 @@ Outcome ModelControl::load(const std::string& name) {
                                                                : " (models load when it starts)") +
                      ": start meshrt-serve with --model-control-mode explicit"};
   }
-  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
-  if (!lock.owns_lock()) return busy("load", name);
+  std::unique_lock<std::mutex> acting(action_mutex_, std::try_to_lock);
+  if (!acting.owns_lock()) return busy("load", name);
   return load_locked(name, fingerprint(name));
 }
 
@@ -129,15 +129,15 @@ Outcome ModelControl::unload(const std::string& name) {
                      to_string(options_.mode) + ": start meshrt-serve with --model-control-mode explicit"};
   }
   if (frontend_.draining()) return {503, "cannot unload model '" + name + "': the server is shutting down"};
-  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
-  if (!lock.owns_lock()) return busy("unload", name);
+  std::unique_lock<std::mutex> acting(action_mutex_, std::try_to_lock);
+  if (!acting.owns_lock()) return busy("unload", name);
   return unload_locked(name);
 }
 
 Outcome ModelControl::load_locked(const std::string& name, const std::string& folder) {
   if (frontend_.draining()) return {503, "cannot load model '" + name + "': the server is shutting down"};
   auto refuse = [&](const std::string& why) {
-    notes_[name] = why;
+    note(name, why);
     log::error("loading model '" + name + "' failed: " + why);
     return Outcome{400, "failed to load '" + name + "': " + why};
   };
@@ -174,6 +174,7 @@ Outcome ModelControl::load_locked(const std::string& name, const std::string& fo
     std::string why = frontend_.retire(m, options_.unload_timeout);
     if (!why.empty()) log::warn("retiring the replaced version of model '" + name + "': " + why);
   }
+  std::lock_guard<std::mutex> lock(mutex_);
   notes_.erase(name);
   fingerprints_[name] = folder;  // what it looked like before loading: a change during the load is seen next time
   return {};
@@ -187,12 +188,10 @@ Outcome ModelControl::unload_locked(const std::string& name) {
     std::string why = frontend_.retire(m, options_.unload_timeout);
     if (!why.empty()) failed += (failed.empty() ? "" : "; ") + why;
   }
-  if (!failed.empty()) {
-    fingerprints_.erase(name);  // poll: looked at again, whatever the folder holds then
-    return {400, "failed to unload '" + name + "': " + failed};
-  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  fingerprints_.erase(name);  // poll: looked at again (a failed unload too), whatever the folder holds then
+  if (!failed.empty()) return {400, "failed to unload '" + name + "': " + failed};
   notes_[name] = "unloaded";
-  fingerprints_.erase(name);
   log::info("unloaded model '" + name + "'");
   return {};
 }
@@ -230,16 +229,27 @@ std::vector<RepositoryEntry> ModelControl::index(bool ready_only) const {
   return out;
 }
 
-void ModelControl::poll() {
+void ModelControl::note(const std::string& name, const std::string& why) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_) return;
+  notes_[name] = why;
+}
+
+void ModelControl::poll() {
+  std::lock_guard<std::mutex> acting(action_mutex_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopped_) return;
+  }
   std::vector<std::string> models = repository_models(options_.repository);
   std::set<std::string> present(models.begin(), models.end());
   for (const std::string& name : models) {
     std::string now = fingerprint(name);
-    auto seen = fingerprints_.find(name);
-    if (seen != fingerprints_.end() && seen->second == now) continue;  // unchanged (or failed, unchanged since)
-    fingerprints_[name] = now;  // a load that fails is tried again once the folder changes
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto seen = fingerprints_.find(name);
+      if (seen != fingerprints_.end() && seen->second == now) continue;  // unchanged (or failed, unchanged since)
+      fingerprints_[name] = now;  // a load that fails is tried again once the folder changes
+    }
     if (Outcome o = load_locked(name, now); !o.ok()) log::warn("poll: " + o.error);
   }
   std::set<std::string> gone;

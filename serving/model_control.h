@@ -79,6 +79,7 @@ class ModelControl {
   // folder: the model folder's fingerprint before loading (kept as what was loaded).
   Outcome load_locked(const std::string& name, const std::string& folder);
   static Outcome busy(const std::string& action, const std::string& name);
+  void note(const std::string& name, const std::string& why);  // notes_[name] = why
   Outcome unload_locked(const std::string& name);
   // The engine's indices of name's versions still loaded (serving, or closed by an unload that timed out).
   std::vector<int> loaded(const std::string& name) const;
@@ -88,7 +89,8 @@ class ModelControl {
   ModelControlOptions options_;
   Engine& engine_;
   Frontend& frontend_;
-  mutable std::mutex mutex_;                          // one load or unload at a time; the maps
+  std::mutex action_mutex_;                           // one load, unload or poll at a time
+  mutable std::mutex mutex_;                          // the maps and stopped_ (held briefly)
   std::map<std::string, std::string> notes_;          // model -> why it is not loaded
   std::map<std::string, std::string> fingerprints_;   // kPoll: each model's folder when last loaded (or tried)
   std::condition_variable stop_cv_;

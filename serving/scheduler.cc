@@ -84,6 +84,12 @@ bool Scheduler::next_batch(std::chrono::steady_clock::time_point now, int* model
       ++q.in_flight;  // counted with the lock still held: wait_idle never sees it between queue and engine
       return true;
     }
+    if (engine_.busy(m)) {
+      // A load builds on its ranks: its batch would wait behind it there. Held
+      // here (nothing signals the end of the build: look again soon).
+      *wake = std::min(*wake, now + std::chrono::milliseconds(20));
+      continue;
+    }
     const BatchingConfig& b = engine_.servable(m).batching;
     int64_t limit = 0;
     if (!b.enabled) {

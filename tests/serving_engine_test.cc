@@ -735,5 +735,49 @@ TEST(Engine, ABatchDroppedBesideRankZeroTakesItsInputAlong) {
   });
 }
 
+// A load whose stages take long to build, on ranks another model uses:
+// that model's batches wait for the build instead of being sent into it and
+// failing at the result deadline (1 s here, the build 1.5 s).
+TEST(Engine, BatchesWaitForALoadBuildingOnTheirRanks) {
+  int n = World::get().size();
+  if (n < 2) GTEST_SKIP() << "a placement beside rank 0 needs 2 ranks";
+  ServableDefinition beside;
+  beside.name = "beside";
+  beside.rank_size = 1;
+  beside.stage_size = 1;
+  beside.input = beside.output = {"x", DType::kF32, {-1, 2}};
+  beside.stages.push_back({2, [](const Mesh&) { return std::make_unique<AddStage>(1.0f); }, {}});
+  ServableDefinition first = beside;
+  first.name = "first";
+  EngineOptions options;
+  options.result_timeout = std::chrono::milliseconds(1000);
+  options.loader = [n](const std::string&) {
+    ServableDefinition slow;
+    slow.name = "slow";
+    slow.rank_size = n;
+    slow.stage_size = 1;
+    slow.input = slow.output = {"x", DType::kF32, {-1, 2}};
+    slow.stages.push_back({2, [](const Mesh&) {
+                             std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+                             return std::make_unique<AddStage>(0.0f);
+                           }, {}});
+    return std::vector<ServableDefinition>{slow};
+  };
+  Engine engine({first, beside}, Device::cpu(), options);  // "beside" on rank 1; "slow" will share every rank
+  with_engine(engine, [&] {
+    ASSERT_EQ(engine.placement(1), "rank 1");
+    std::vector<int> loaded;
+    std::thread loading([&] { loaded = engine.load("slow"); });
+    while (!engine.busy(1)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    HostTensor y = engine.run(1, HostTensor::full<float>({1, 2}, 4.0f), 1);
+    EXPECT_EQ(y.data<float>()[0], 5.0f);
+    loading.join();
+    ASSERT_EQ(loaded.size(), 1u);
+    EXPECT_EQ(engine.failure(1), "");
+    engine.publish(loaded);
+    EXPECT_EQ(engine.run(loaded[0], HostTensor::full<float>({1, 2}, 4.0f), 1).data<float>()[0], 4.0f);
+  });
+}
+
 }  // namespace
 }  // namespace meshrt::serving
