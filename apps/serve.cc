@@ -63,8 +63,10 @@ int main(int argc, char** argv) {
   int result_timeout_ms = static_cast<int>(o.result_timeout.count());
   std::string batching = "on";
   meshrt::apps::CommandLine app{"meshrt-serve: serves the models of a repository over HTTP and gRPC (KServe v2 / Open Inference Protocol)\n"
-               "on all the ranks of the job: pipeline stages on the 'stage' axis, tensor parallel within.\n"
-               "Run it under mpirun with the models' rank_size, e.g.:\n"
+               "on the ranks of the job: pipeline stages on the 'stage' axis, tensor parallel within; a model smaller than\n"
+               "the job runs on ranks of its own (--exclusive-ranks: never shared), models load and unload while it serves\n"
+               "with --model-control-mode explicit or poll.\n"
+               "Run it under mpirun with at least the largest model's rank_size ranks, e.g.:\n"
                "  mpirun -np 4 meshrt-serve --model-repository examples/models --http-port 8000\n"
                "Stop it with SIGTERM to rank 0 (or SIGUSR1 to mpirun): it drains, then exits 0.\n"
                "With --supervise (first, or anywhere) it runs meshrt-supervisor instead, which owns the HTTP port, runs\n"

@@ -1,6 +1,8 @@
-// meshrt-serve's server: every rank loads the model repository and builds its
-// stages; rank 0 serves KServe v2 over HTTP, batches requests and drives the
-// engine; the other ranks run what rank 0 sends.
+// meshrt-serve's server: every rank reads the model repository and builds its
+// stages of the models placed on it (engine.h: each model on rank_size ranks
+// of its own where the job has them); rank 0 serves KServe v2 over HTTP and
+// gRPC, batches requests, drives the engine and loads and unloads models
+// (model_control.h); the other ranks run what rank 0 sends.
 //
 // Draining: SIGTERM or SIGINT to rank 0 (or SIGUSR1 to mpirun, which forwards
 // it to every rank) makes readiness false and new inference requests get 503;
