@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <cstdio>
 #include <deque>
 #include <fstream>
@@ -47,6 +48,7 @@ constexpr int kPongTag = 1004;     // any rank -> rank 0: "pong <token>"
 constexpr int kTimingTag = 1005;   // a middle stage's first rank -> rank 0: "<batch id> <forward seconds>"
 constexpr int kInputTag = 1006;    // rank 0 -> a placement's first rank (rank 0 not in it): "<batch id>", the batch
 constexpr int kLoadTag = 1007;     // any rank -> rank 0: "<sequence> ok", or "<sequence> <why not>"
+constexpr int kRebuildTag = 1008;  // any rank -> rank 0: "rebuilt <index> <generation> ok", or "... <why not>"
 // At most this many trace events are kept per rank (the oldest are kept).
 constexpr size_t kMaxTraceEvents = 1000000;
 constexpr int kEngineTid = 1000;  // the trace's row of rank 0's "batch" events
@@ -482,10 +484,11 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   }
   idle_cv_.notify_all();  // the result thread starts listening
   try {
-    for (int r = std::max(sl.first_rank, 1); r < sl.first_rank + def.rank_size; ++r) channel_.send(command, r, kCommandTag);
+    for (int r = std::max(sl.first_rank, 1); r < sl.first_rank + def.rank_size; ++r) send_command(command, r);
     if (!sl.holds(0)) {
       // Rank 0 is not in the placement: its first rank takes the batch from here.
       // (A large batch waits here until that rank has finished its earlier work.)
+      std::lock_guard<std::mutex> sending(send_mutex_);  // the two go together
       channel_.send(std::to_string(id), sl.first_rank, kInputTag);
       channel_.send(input, sl.first_rank, kInputTag);
       return;
@@ -565,7 +568,7 @@ void Engine::fail_model(int index, const std::string& reason, uint64_t batch_id)
   uint64_t gen = generation(index);
   for (int r = std::max(sl.first_rank, 1); r < sl.first_rank + sl.def.rank_size; ++r) {
     try {
-      channel_.send(detail::cat("fail ", index, " ", gen), r, kCommandTag);
+      send_command(detail::cat("fail ", index, " ", gen), r);
     } catch (const std::exception&) {
       // a lost rank cannot be told; recovery asks every rank first anyway
     }
@@ -712,7 +715,7 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   uint64_t token = next_ping_++;
   std::vector<bool> answered(static_cast<size_t>(world.size()), false);
   answered[0] = true;
-  for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("ping ", token), r, kCommandTag);
+  for (int r = 1; r < world.size(); ++r) send_command(detail::cat("ping ", token), r);
   std::string expected = detail::cat("pong ", token);
   auto deadline = std::chrono::steady_clock::now() + within;
   PollPause pause(std::chrono::microseconds(500));
@@ -732,15 +735,76 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   }
   if (!missing.empty()) return missing + " did not answer within " + std::to_string(within.count()) + " ms";
   uint64_t next = generation(index) + 1;
-  for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("rebuild ", index, " ", next), r, kCommandTag);
+  for (int r = 1; r < world.size(); ++r) send_command(detail::cat("rebuild ", index, " ", next), r);
   rebuild(index, next);
-  return "";
+  // Every rank says whether it rebuilt its part (a rank that could not would
+  // otherwise fail the next batch only once its peers are inside it).
+  std::string key = detail::cat("rebuilt ", index, " ", next);
+  std::vector<std::string> answers =
+      collect_answers(kRebuildTag, key, std::chrono::steady_clock::now() + options_.load_timeout, nullptr);
+  std::string failed;
+  for (int r = 1; r < world.size(); ++r) {
+    if (answers[static_cast<size_t>(r)] != "ok") {
+      failed += detail::cat(failed.empty() ? "" : "; ", world.describe_rank(r), ": ", answers[static_cast<size_t>(r)]);
+    }
+  }
+  if (failed.empty()) return "";
+  mark_failed(index, failed);
+  const Slot& sl = slot(index);
+  for (int r = std::max(sl.first_rank, 1); r < sl.first_rank + sl.def.rank_size; ++r) {
+    try {
+      send_command(detail::cat("fail ", index, " ", next), r);
+    } catch (const std::exception&) {
+      // a lost rank cannot be told; the next recovery asks every rank first
+    }
+  }
+  return "the ranks rebuilt it, but " + failed;
+}
+
+std::vector<std::string> Engine::collect_answers(int tag, const std::string& key,
+                                                 std::chrono::steady_clock::time_point deadline,
+                                                 const std::function<void(int rank)>& answered) {
+  World& world = World::get();
+  std::vector<std::string> out(static_cast<size_t>(world.size()));
+  for (int r = 1; r < world.size(); ++r) {
+    std::string& answer = out[static_cast<size_t>(r)];
+    PollPause pause(std::chrono::milliseconds(1));
+    try {
+      for (;;) {
+        if (channel_.probe(r, tag)) {
+          std::string message = channel_.recv_string(r, tag);
+          if (message.rfind(key + " ", 0) != 0) continue;  // an answer to an earlier request that gave up
+          answer = message.substr(key.size() + 1);
+          break;
+        }
+        if (stopping_) {
+          answer = "the engine is stopping";
+          break;
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+          answer = "did not answer in time";
+          break;
+        }
+        pause();
+      }
+    } catch (const std::exception& e) {
+      answer = reason_of(e);
+    }
+    if (answered) answered(r);
+  }
+  return out;
+}
+
+void Engine::send_command(const std::string& command, int rank) {
+  std::lock_guard<std::mutex> sending(send_mutex_);
+  channel_.send(command, rank, kCommandTag);
 }
 
 HostTensor Engine::take_input(uint64_t id) {
   // Each batch comes as "<batch id>" and the tensor. One whose run has not
   // come yet is kept for it; one of an earlier batch (its run never came) is
   // dropped; when a later batch comes first, this one's did not come at all.
+  early_inputs_.erase(early_inputs_.begin(), early_inputs_.lower_bound(id));  // of runs that never came
   auto kept = early_inputs_.find(id);
   if (kept != early_inputs_.end()) {
     HostTensor input = std::move(kept->second);
@@ -748,7 +812,11 @@ HostTensor Engine::take_input(uint64_t id) {
     return input;
   }
   for (;;) {
-    uint64_t of = std::stoull(channel_.recv_string(0, kInputTag));
+    std::string text = channel_.recv_string(0, kInputTag);
+    uint64_t of = 0;
+    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), of);
+    MESHRT_CHECK(error == std::errc() && end == text.data() + text.size(), ErrorKind::kInternal,
+                 "a batch's id from rank 0 reads '", text, "'");
     HostTensor input = channel_.recv_tensor(0, kInputTag);
     if (of == id) return input;
     if (of > id) {
@@ -782,6 +850,13 @@ void Engine::handle_command(const std::string& command) {
     MESHRT_CHECK(index >= 0 && index < servable_count(), ErrorKind::kInternal, "unknown engine command '", command, "'");
     if (verb == "rebuild") {
       if (state(index) != ServableState::kUnloaded) rebuild(index, generation);
+      std::string broken;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        broken = slot(index).broken;
+      }
+      channel_.send(detail::cat("rebuilt ", index, " ", generation, " ", broken.empty() ? std::string("ok") : broken), 0,
+                    kRebuildTag);
     } else if (generation == this->generation(index)) {
       mark_failed(index, "rank 0 gave the model up (generation " + std::to_string(generation) + ")");
     }
@@ -873,7 +948,7 @@ std::vector<int> Engine::load(const std::string& request) {
       command += detail::cat(" ", defs[i].rank_size, " ", defs[i].stage_size, " ", firsts[i], " ", defs[i].version);
     }
     command += " " + request;
-    for (int r = 1; r < world.size(); ++r) channel_.send(command, r, kCommandTag);
+    for (int r = 1; r < world.size(); ++r) send_command(command, r);
     // Every slot first (as every other rank adds them), then their communicators.
     for (size_t i = 0; i < defs.size(); ++i) indices.push_back(add_slot(defs[i], firsts[i], ServableState::kLoading));
     {
@@ -890,6 +965,17 @@ std::vector<int> Engine::load(const std::string& request) {
       }
     }
   }
+  // A rank's builds are over once it answers (rank 0's: once its own are):
+  // the batches held for its ranks may go then.
+  auto release = [&](int rank) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (int index : indices) {
+        if (slot(index).holds(rank)) --building_[static_cast<size_t>(rank)];
+      }
+    }
+    building_cv_.notify_all();
+  };
   for (size_t i = 0; i < indices.size(); ++i) {
     Slot& sl = slot(indices[i]);
     try {
@@ -900,49 +986,21 @@ std::vector<int> Engine::load(const std::string& request) {
       note(0, reason_of(e));
     }
   }
-  // Every other rank says whether it built its part: "<sequence> ok" or "<sequence> <why not>"
-  // (answers of an earlier load that timed out are dropped).
-  auto deadline = std::chrono::steady_clock::now() + options_.load_timeout;
+  release(0);
+  // Every other rank says whether it built its part: "<sequence> ok" or
+  // "<sequence> <why not>" (answers of an earlier load that gave up are dropped).
+  std::vector<std::string> answers = collect_answers(
+      kLoadTag, std::to_string(sequence), std::chrono::steady_clock::now() + options_.load_timeout, release);
   for (int r = 1; r < world.size(); ++r) {
-    std::string answer;
-    PollPause pause(std::chrono::milliseconds(1));
-    try {
-      for (;;) {
-        if (channel_.probe(r, kLoadTag)) {
-          std::string message = channel_.recv_string(r, kLoadTag);
-          std::istringstream in(message);
-          uint64_t of = 0;
-          in >> of;
-          if (of != sequence) continue;
-          answer = message.substr(std::min(message.size(), message.find(' ') + 1));
-          break;
-        }
-        if (std::chrono::steady_clock::now() > deadline) {
-          answer = detail::cat("did not answer within ", options_.load_timeout.count(), " ms");
-          break;
-        }
-        pause();
-      }
-    } catch (const std::exception& e) {
-      answer = reason_of(e);
-    }
-    if (answer != "ok") note(r, answer);
+    if (answers[static_cast<size_t>(r)] != "ok") note(r, answers[static_cast<size_t>(r)]);
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (int index : indices) {
-      const Slot& sl = slot(index);
-      for (int r = sl.first_rank; r < sl.first_rank + sl.def.rank_size; ++r) --building_[static_cast<size_t>(r)];
-    }
-  }
-  building_cv_.notify_all();
   if (!failed.empty()) {
     std::lock_guard<std::mutex> starting(start_mutex_);
     for (int index : indices) {
       if (!stopped_) {
         for (int r = 1; r < world.size(); ++r) {
           try {
-            channel_.send(detail::cat("drop ", index), r, kCommandTag);
+            send_command(detail::cat("drop ", index), r);
           } catch (const std::exception&) {
             // a lost rank: the job is going anyway
           }
@@ -1036,6 +1094,16 @@ void Engine::handle_load(std::istringstream& in) {
       if (failed.empty()) failed = reason_of(e);
     }
   }
+  bool member = std::any_of(shapes.begin(), shapes.end(), [&](const Shape& shape) {
+    return world.rank() >= shape.first_rank && world.rank() < shape.first_rank + shape.rank_size;
+  });
+  if (!failed.empty() && !member) {
+    // This rank holds no part of it (it only took part in making the
+    // communicators): its own reading does not decide the load.
+    log::warn(detail::cat(world.describe_rank(world.rank()), ": reading '", request, "' failed here (", failed,
+                          "); this rank holds no part of it"));
+    failed.clear();
+  }
   if (!failed.empty()) log::error(detail::cat(world.describe_rank(world.rank()), ": loading '", request, "' failed: ", failed));
   channel_.send(detail::cat(sequence, " ", failed.empty() ? std::string("ok") : failed), 0, kLoadTag);
 }
@@ -1059,7 +1127,7 @@ void Engine::unload(int index) {
                    in_flight(index), " batch(es) in flight: finish them before unloading it");
   if (sl.state == ServableState::kUnloaded) return;
   if (!stopped_) {
-    for (int r = 1; r < world.size(); ++r) channel_.send(detail::cat("drop ", index), r, kCommandTag);
+    for (int r = 1; r < world.size(); ++r) send_command(detail::cat("drop ", index), r);
   }
   drop(index);
 }
@@ -1108,12 +1176,13 @@ void Engine::serve() {
 }
 
 void Engine::stop() {
+  stopping_ = true;  // a load waiting for answers gives up (the ranks answer it before they stop)
   std::lock_guard<std::mutex> loading(load_mutex_);    // after a load that is running (its ranks are needed)
   std::lock_guard<std::mutex> starting(start_mutex_);
   World& world = World::get();
   if (stopped_ || world.rank() != 0) return;
   stopped_ = true;
-  for (int r = 1; r < world.size(); ++r) channel_.send(std::string("stop"), r, kCommandTag);
+  for (int r = 1; r < world.size(); ++r) send_command("stop", r);
 }
 
 void Engine::record(TraceEvent event) {

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <chrono>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <cstdint>
@@ -235,6 +236,14 @@ class Engine {
   void collect();
   // Completes batch id (removing it from pending_) with a result or an error.
   void finish(uint64_t id, HostTensor result, std::exception_ptr error);
+  // Rank 0: a command to rank (one sender at a time: a message is two MPI messages).
+  void send_command(const std::string& command, int rank);
+  // Rank 0: each other rank's answer on tag that begins with "<key> " (the
+  // rest of it), or why none came before deadline (or the engine stopping);
+  // answered(rank), if given, once each rank's is in (or given up on).
+  std::vector<std::string> collect_answers(int tag, const std::string& key,
+                                           std::chrono::steady_clock::time_point deadline,
+                                           const std::function<void(int rank)>& answered);
   // The placement's first rank (rank 0 not in it): batch id's input from rank 0.
   HostTensor take_input(uint64_t id);
   // The other ranks: one command from rank 0 (any stale input is consumed).
@@ -252,6 +261,8 @@ class Engine {
   std::mutex load_mutex_;                 // one load() at a time (its answers come on one tag); before start_mutex_
   uint64_t next_load_ = 1;                // loads are numbered: an answer names its load
   std::vector<int> building_;             // rank 0, per rank: loads building there (mutex_)
+  std::mutex send_mutex_;                 // rank 0: one command (or batch) being sent at a time
+  std::atomic<bool> stopping_{false};     // stop() was called: a load stops waiting for answers
   mutable std::condition_variable building_cv_;  // building_ went down
   // The other ranks: batches rank 0 sent ahead of their run command's turn, by batch id.
   std::map<uint64_t, HostTensor> early_inputs_;

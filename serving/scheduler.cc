@@ -303,6 +303,10 @@ bool Scheduler::try_recoveries(std::unique_lock<std::mutex>& lock, std::chrono::
       *wake = std::min(*wake, now + kRecoveryInterval);
     }
     if (q.failure.empty() || q.in_flight > 0) continue;  // its last batches are still being answered
+    if (engine_.busy(m)) {  // a load builds on its ranks: they answer after it
+      *wake = std::min(*wake, now + std::chrono::milliseconds(20));
+      continue;
+    }
     if (now < q.next_recovery) {
       *wake = std::min(*wake, q.next_recovery);
       continue;

@@ -779,5 +779,35 @@ TEST(Engine, BatchesWaitForALoadBuildingOnTheirRanks) {
   });
 }
 
+// A rank whose part cannot be rebuilt: the recovery says so, naming the rank,
+// and the model stays failed (no batch is sent into it); the next recovery,
+// which builds, brings it back.
+TEST(Engine, ARankThatCannotRebuildKeepsTheModelFailed) {
+  int n = World::get().size(), me = World::get().rank();
+  if (n < 2) GTEST_SKIP() << "needs another rank to fail";
+  static std::atomic<int> builds{0};
+  builds = 0;
+  ServableDefinition s = slow_pipeline("fragile", n, std::chrono::milliseconds(0));
+  s.stages.back().build = [me, n](const Mesh&) -> std::unique_ptr<StageModule> {
+    // The last rank's second build (the first rebuild) fails.
+    if (me == n - 1 && ++builds == 2) throw Error(ErrorKind::kUnavailable, "out of memory here");
+    return std::make_unique<FailingStage>();
+  };
+  Engine engine({s}, Device::cpu());
+  with_engine(engine, [&] {
+    float poison = 13.0f - float((n - 1) * n / 2);
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(0, HostTensor::full<float>({1, 2}, poison), 1); },
+                             {"boom on 13"}));
+    std::string why = engine.try_recover(0, std::chrono::seconds(30));
+    EXPECT_NE(why.find("could not rebuild model 'fragile'"), std::string::npos) << why;
+    EXPECT_NE(why.find("out of memory here"), std::string::npos) << why;
+    EXPECT_FALSE(engine.failure(0).empty());
+    EXPECT_TRUE(throws_error(ErrorKind::kUnavailable, [&] { engine.run(0, HostTensor::full<float>({1, 2}, 1.0f), 1); },
+                             {"failed earlier"}));
+    EXPECT_EQ(engine.try_recover(0, std::chrono::seconds(30)), "");
+    EXPECT_EQ(engine.run(0, HostTensor::full<float>({1, 2}, 1.0f), 1).data<float>()[0], 1.0f + float((n - 1) * n / 2));
+  });
+}
+
 }  // namespace
 }  // namespace meshrt::serving
