@@ -957,13 +957,7 @@ std::vector<int> Engine::load(const std::string& request) {
         for (int r = firsts[i]; r < firsts[i] + defs[i].rank_size; ++r) ++building_[static_cast<size_t>(r)];
       }
     }
-    for (size_t i = 0; i < defs.size(); ++i) {
-      try {
-        placed[i] = place_communicators(defs[i], firsts[i]);
-      } catch (const std::exception& e) {
-        note(0, reason_of(e));
-      }
-    }
+    placed = place_slots(indices, [&](const std::string& why) { note(0, why); });
   }
   // A rank's builds are over once it answers (rank 0's: once its own are):
   // the batches held for its ranks may go then.
@@ -976,16 +970,7 @@ std::vector<int> Engine::load(const std::string& request) {
     }
     building_cv_.notify_all();
   };
-  for (size_t i = 0; i < indices.size(); ++i) {
-    Slot& sl = slot(indices[i]);
-    try {
-      if (placed[i]) build(sl.def, placed[i].get());
-      std::lock_guard<std::mutex> lock(mutex_);
-      sl.placed = std::move(placed[i]);
-    } catch (const std::exception& e) {
-      note(0, reason_of(e));
-    }
-  }
+  build_slots(indices, placed, [&](const std::string& why) { note(0, why); });
   release(0);
   // Every other rank says whether it built its part: "<sequence> ok" or
   // "<sequence> <why not>" (answers of an earlier load that gave up are dropped).
@@ -1011,6 +996,34 @@ std::vector<int> Engine::load(const std::string& request) {
     throw Error(ErrorKind::kUnavailable, detail::cat("loading '", request, "' failed: ", failed));
   }
   return indices;
+}
+
+std::vector<std::unique_ptr<Engine::Placed>> Engine::place_slots(const std::vector<int>& indices,
+                                                                  const std::function<void(const std::string&)>& failed) {
+  std::vector<std::unique_ptr<Placed>> placed(indices.size());
+  for (size_t i = 0; i < indices.size(); ++i) {
+    const Slot& sl = slot(indices[i]);
+    try {
+      placed[i] = place_communicators(sl.def, sl.first_rank);
+    } catch (const std::exception& e) {
+      failed(reason_of(e));
+    }
+  }
+  return placed;
+}
+
+void Engine::build_slots(const std::vector<int>& indices, std::vector<std::unique_ptr<Placed>>& placed,
+                         const std::function<void(const std::string&)>& failed) {
+  for (size_t i = 0; i < indices.size(); ++i) {
+    Slot& sl = slot(indices[i]);
+    try {
+      if (placed[i]) build(sl.def, placed[i].get());
+      std::lock_guard<std::mutex> lock(mutex_);
+      sl.placed = std::move(placed[i]);
+    } catch (const std::exception& e) {
+      failed(reason_of(e));
+    }
+  }
 }
 
 bool Engine::busy(int index) const {
@@ -1076,24 +1089,11 @@ void Engine::handle_load(std::istringstream& in) {
     }
     indices.push_back(add_slot(std::move(def), shapes[i].first_rank, ServableState::kLoading));
   }
-  std::vector<std::unique_ptr<Placed>> placed(n);
-  for (size_t i = 0; i < n; ++i) {
-    try {
-      placed[i] = place_communicators(slot(indices[i]).def, shapes[i].first_rank);
-    } catch (const std::exception& e) {
-      if (failed.empty()) failed = reason_of(e);
-    }
-  }
-  for (size_t i = 0; i < n; ++i) {
-    Slot& sl = slot(indices[i]);
-    try {
-      if (placed[i]) build(sl.def, placed[i].get());
-      std::lock_guard<std::mutex> lock(mutex_);
-      sl.placed = std::move(placed[i]);
-    } catch (const std::exception& e) {
-      if (failed.empty()) failed = reason_of(e);
-    }
-  }
+  auto first_failure = [&](const std::string& why) {
+    if (failed.empty()) failed = why;
+  };
+  std::vector<std::unique_ptr<Placed>> placed = place_slots(indices, first_failure);
+  build_slots(indices, placed, first_failure);
   bool member = std::any_of(shapes.begin(), shapes.end(), [&](const Shape& shape) {
     return world.rank() >= shape.first_rank && world.rank() < shape.first_rank + shape.rank_size;
   });

@@ -211,6 +211,13 @@ class Engine {
   // the placement), then this rank's stage (local).
   std::unique_ptr<Placed> place_communicators(const ServableDefinition& s, int first_rank);
   void build(const ServableDefinition& s, Placed* placed);
+  // A load's slots, on every rank in the same order: every placement's
+  // communicators (collective), then this rank's stages (kept in the slots);
+  // failed(why) for each one that could not be made.
+  std::vector<std::unique_ptr<Placed>> place_slots(const std::vector<int>& indices,
+                                                   const std::function<void(const std::string&)>& failed);
+  void build_slots(const std::vector<int>& indices, std::vector<std::unique_ptr<Placed>>& placed,
+                   const std::function<void(const std::string&)>& failed);
   // Adds a slot (every rank, in the same order).
   int add_slot(ServableDefinition def, int first_rank, ServableState state);
   // Every rank: drops servable index's stage and communicators.
