@@ -488,7 +488,9 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
     if (!sl.holds(0)) {
       // Rank 0 is not in the placement: its first rank takes the batch from here.
       // (A large batch waits here until that rank has finished its earlier work.)
-      std::lock_guard<std::mutex> sending(send_mutex_);  // the two go together
+      // Under start_mutex_, the only sender on this tag: the two go together.
+      // (Not under send_mutex_: a command, the result thread's "fail" say,
+      // must not wait for a large batch to be taken.)
       channel_.send(std::to_string(id), sl.first_rank, kInputTag);
       channel_.send(input, sl.first_rank, kInputTag);
       return;

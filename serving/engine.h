@@ -268,7 +268,7 @@ class Engine {
   std::mutex load_mutex_;                 // one load() at a time (its answers come on one tag); before start_mutex_
   uint64_t next_load_ = 1;                // loads are numbered: an answer names its load
   std::vector<int> building_;             // rank 0, per rank: loads building there (mutex_)
-  std::mutex send_mutex_;                 // rank 0: one command (or batch) being sent at a time
+  std::mutex send_mutex_;                 // rank 0: one command being sent at a time
   std::atomic<bool> stopping_{false};     // stop() was called: a load stops waiting for answers
   mutable std::condition_variable building_cv_;  // building_ went down
   // The other ranks: batches rank 0 sent ahead of their run command's turn, by batch id.
