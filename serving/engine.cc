@@ -32,7 +32,10 @@ namespace {
 //                                  broadcast of each micro-batch from rank 0)
 //   fail <index> <generation>      rank 0 gave the servable up (a batch failed)
 //   ping <token>                   answer "pong <token>" (recovery)
-//   rebuild <index> <generation>   new communicators for the servable (recovery)
+//   rebuild <index> <generation> <attempt>
+//                                  new communicators for the servable (recovery);
+//                                  every rank answers "rebuilt <index> <generation>
+//                                  <attempt> ok" (or why not) on kRebuildTag
 //   load <sequence> <n> (<rank_size> <stage_size> <first rank> <version>)*n <request>
 //                                  add the n servables loader(request) gives, placed
 //                                  so: every rank makes their communicators, one
@@ -480,6 +483,9 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
   pending->result_rank = sl.result_rank();
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    // Again with the lock the result thread fails models under: a model failed
+    // since the check above would never answer this batch (its ranks drop it).
+    MESHRT_CHECK(sl.failure.empty(), ErrorKind::kUnavailable, "model '", def.name, "' failed earlier: ", sl.failure);
     pending_[id] = std::move(pending);
   }
   idle_cv_.notify_all();  // the result thread starts listening
@@ -620,32 +626,38 @@ void Engine::collect() {
     PollPause pause = running();
     for (;;) {
       bool got = false;
-      // Stage times first: a middle stage sends its time before the result exists.
-      while (auto from = channel_.probe(Channel::kAnySource, kTimingTag)) {
-        add_forward_time(channel_.recv_string(*from, kTimingTag));
-        got = true;
-      }
-      if (auto from = channel_.probe(Channel::kAnySource, kErrorTag)) {
-        std::string message = channel_.recv_string(*from, kErrorTag);
-        std::istringstream in(message);
-        uint64_t id = 0;
-        in >> id;
-        int index = -1;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          auto it = pending_.find(id);
-          if (it != pending_.end()) index = it->second->index;
+      try {
+        // Stage times first: a middle stage sends its time before the result exists.
+        while (auto from = channel_.probe(Channel::kAnySource, kTimingTag)) {
+          add_forward_time(channel_.recv_string(*from, kTimingTag));
+          got = true;
         }
-        // A report of a batch no longer in flight (failed with its model) is stale.
-        if (index >= 0) {
-          fail_model(index, detail::cat(World::get().describe_rank(*from), " failed: ", message.substr(message.find(' ') + 1)),
-                     id);
+        if (auto from = channel_.probe(Channel::kAnySource, kErrorTag)) {
+          std::string message = channel_.recv_string(*from, kErrorTag);
+          std::istringstream in(message);
+          uint64_t id = 0;
+          in >> id;
+          int index = -1;
+          {
+            std::lock_guard<std::mutex> lock(mutex_);
+            auto it = pending_.find(id);
+            if (it != pending_.end()) index = it->second->index;
+          }
+          // A report of a batch no longer in flight (failed with its model) is stale.
+          if (index >= 0) {
+            fail_model(index, detail::cat(World::get().describe_rank(*from), " failed: ", message.substr(message.find(' ') + 1)),
+                       id);
+          }
+          got = true;
         }
-        got = true;
-      }
-      if (auto from = channel_.probe(Channel::kAnySource, kResultTag)) {
-        uint64_t id = add_forward_time(channel_.recv_string(*from, kResultTag));
-        finish(id, channel_.recv_tensor(*from, kResultTag), nullptr);
+        if (auto from = channel_.probe(Channel::kAnySource, kResultTag)) {
+          uint64_t id = add_forward_time(channel_.recv_string(*from, kResultTag));
+          finish(id, channel_.recv_tensor(*from, kResultTag), nullptr);
+          got = true;
+        }
+      } catch (const std::exception& e) {
+        // A message that could not be read: its batch is answered at its deadline.
+        log::error(std::string("the engine's result thread: ") + reason_of(e));
         got = true;
       }
       // The oldest batch past its deadline: which ranks are gone rather than busy?
@@ -714,6 +726,14 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   if (now == ServableState::kUnloaded || now == ServableState::kLoading) {
     return detail::cat("model '", servable(index).name, "' version ", servable(index).version, " is not loaded");
   }
+  {
+    // Every rank takes part in a rebuild, and a rank that builds a load
+    // answers only after it.
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t r = 0; r < building_.size(); ++r) {
+      if (building_[r] > 0) return detail::cat("a load is building on rank ", r, ": recovery waits for it");
+    }
+  }
   uint64_t token = next_ping_++;
   std::vector<bool> answered(static_cast<size_t>(world.size()), false);
   answered[0] = true;
@@ -737,11 +757,18 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   }
   if (!missing.empty()) return missing + " did not answer within " + std::to_string(within.count()) + " ms";
   uint64_t next = generation(index) + 1;
-  for (int r = 1; r < world.size(); ++r) send_command(detail::cat("rebuild ", index, " ", next), r);
-  rebuild(index, next);
+  for (int r = 1; r < world.size(); ++r) send_command(detail::cat("rebuild ", index, " ", next, " ", token), r);
   // Every rank says whether it rebuilt its part (a rank that could not would
-  // otherwise fail the next batch only once its peers are inside it).
-  std::string key = detail::cat("rebuilt ", index, " ", next);
+  // otherwise fail the next batch only once its peers are inside it); the
+  // answers name this attempt, so a later one never reads them.
+  std::string key = detail::cat("rebuilt ", index, " ", next, " ", token);
+  try {
+    rebuild(index, next);
+  } catch (const std::exception&) {
+    // Rank 0's own part failed: this attempt's answers are read (and dropped) first.
+    collect_answers(kRebuildTag, key, std::chrono::steady_clock::now() + options_.load_timeout, nullptr);
+    throw;
+  }
   std::vector<std::string> answers =
       collect_answers(kRebuildTag, key, std::chrono::steady_clock::now() + options_.load_timeout, nullptr);
   std::string failed;
@@ -768,31 +795,39 @@ std::vector<std::string> Engine::collect_answers(int tag, const std::string& key
                                                  const std::function<void(int rank)>& answered) {
   World& world = World::get();
   std::vector<std::string> out(static_cast<size_t>(world.size()));
-  for (int r = 1; r < world.size(); ++r) {
-    std::string& answer = out[static_cast<size_t>(r)];
-    PollPause pause(std::chrono::milliseconds(1));
-    try {
-      for (;;) {
-        if (channel_.probe(r, tag)) {
-          std::string message = channel_.recv_string(r, tag);
-          if (message.rfind(key + " ", 0) != 0) continue;  // an answer to an earlier request that gave up
-          answer = message.substr(key.size() + 1);
-          break;
-        }
-        if (stopping_) {
-          answer = "the engine is stopping";
-          break;
-        }
-        if (std::chrono::steady_clock::now() > deadline) {
-          answer = "did not answer in time";
-          break;
-        }
-        pause();
+  std::vector<bool> done(static_cast<size_t>(world.size()), false);
+  done[0] = true;
+  auto settle = [&](int r, std::string answer) {
+    out[static_cast<size_t>(r)] = std::move(answer);
+    done[static_cast<size_t>(r)] = true;
+    if (answered) answered(r);  // as each comes, in whatever order
+  };
+  PollPause pause(std::chrono::milliseconds(1));
+  while (!std::all_of(done.begin(), done.end(), [](bool d) { return d; })) {
+    bool got = false;
+    for (int r = 1; r < world.size(); ++r) {
+      if (done[static_cast<size_t>(r)]) continue;
+      try {
+        if (!channel_.probe(r, tag)) continue;
+        got = true;
+        std::string message = channel_.recv_string(r, tag);
+        if (message.rfind(key + " ", 0) != 0) continue;  // an answer to an earlier request that gave up
+        settle(r, message.substr(key.size() + 1));
+      } catch (const std::exception& e) {
+        settle(r, reason_of(e));
       }
-    } catch (const std::exception& e) {
-      answer = reason_of(e);
     }
-    if (answered) answered(r);
+    if (got) continue;
+    std::string why = stopping_ ? "the engine is stopping"
+                      : std::chrono::steady_clock::now() > deadline ? "did not answer in time"
+                                                                     : "";
+    if (!why.empty()) {
+      for (int r = 1; r < world.size(); ++r) {
+        if (!done[static_cast<size_t>(r)]) settle(r, why);
+      }
+      break;
+    }
+    pause();
   }
   return out;
 }
@@ -851,14 +886,19 @@ void Engine::handle_command(const std::string& command) {
     in >> index >> generation;
     MESHRT_CHECK(index >= 0 && index < servable_count(), ErrorKind::kInternal, "unknown engine command '", command, "'");
     if (verb == "rebuild") {
-      if (state(index) != ServableState::kUnloaded) rebuild(index, generation);
+      std::string attempt;
+      in >> attempt;
       std::string broken;
-      {
+      try {
+        if (state(index) != ServableState::kUnloaded) rebuild(index, generation);
         std::lock_guard<std::mutex> lock(mutex_);
         broken = slot(index).broken;
+      } catch (const std::exception& e) {
+        broken = reason_of(e);
       }
-      channel_.send(detail::cat("rebuilt ", index, " ", generation, " ", broken.empty() ? std::string("ok") : broken), 0,
-                    kRebuildTag);
+      channel_.send(detail::cat("rebuilt ", index, " ", generation, " ", attempt, " ",
+                                broken.empty() ? std::string("ok") : broken),
+                    0, kRebuildTag);
     } else if (generation == this->generation(index)) {
       mark_failed(index, "rank 0 gave the model up (generation " + std::to_string(generation) + ")");
     }
