@@ -123,15 +123,24 @@ std::string repository_index_json(const std::vector<RepositoryEntry>& entries) {
   return out.dump();
 }
 
-bool parse_repository_index_request(const std::string& body) {
-  if (body.empty()) return false;
+namespace {
+// A repository request's body: a JSON object (Error(kInvalidArgument) naming
+// `what` and the `expected` form otherwise).
+json parse_request_object(const std::string& body, const std::string& what, const std::string& expected) {
   json j;
   try {
     j = io::json_limits::parse(body);
   } catch (const std::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument, std::string("the index request is not JSON: ") + e.what());
+    throw Error(ErrorKind::kInvalidArgument, what + " is not JSON: " + e.what());
   }
-  MESHRT_CHECK_ARG(j.is_object(), "the index request must be a JSON object ({} or {\"ready\": true})");
+  MESHRT_CHECK_ARG(j.is_object(), what, " must be a JSON object (", expected, ")");
+  return j;
+}
+}  // namespace
+
+bool parse_repository_index_request(const std::string& body) {
+  if (body.empty()) return false;
+  json j = parse_request_object(body, "the index request", "{} or {\"ready\": true}");
   for (auto it = j.begin(); it != j.end(); ++it) {
     MESHRT_CHECK_ARG(it.key() == "ready", "the index request has an unknown field \"", it.key(), "\" (it takes \"ready\")");
     MESHRT_CHECK_ARG(it->is_boolean(), "the index request's \"ready\" must be true or false");
@@ -139,23 +148,15 @@ bool parse_repository_index_request(const std::string& body) {
   return j.value("ready", false);
 }
 
-std::string parse_repository_load_parameters(const std::string& body) {
-  json j;
-  try {
-    j = io::json_limits::parse(body);
-  } catch (const std::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument, std::string("the request body is not JSON: ") + e.what());
-  }
-  MESHRT_CHECK_ARG(j.is_object(), "the request body must be a JSON object ({} or {\"parameters\": {}})");
+void check_repository_load_request(const std::string& body) {
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return;
+  json j = parse_request_object(body, "the request body", "{} or {\"parameters\": {}}");
   for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() != "parameters") return "unknown field \"" + it.key() + "\" (the body takes \"parameters\")";
-    if (!it->is_object()) return "\"parameters\" must be an object";
-    if (!it->empty()) {
-      return "load parameters (\"" + it->begin().key() +
-             "\") are not supported: meshrt loads the model's config and files from the repository";
-    }
+    MESHRT_CHECK_ARG(it.key() == "parameters", "unknown field \"", it.key(), "\" (the body takes \"parameters\")");
+    MESHRT_CHECK_ARG(it->is_object(), "\"parameters\" must be an object");
+    MESHRT_CHECK_ARG(it->empty(), "load parameters (\"", it->begin().key(),
+                     "\") are not supported: meshrt loads the model's config and files from the repository");
   }
-  return "";
 }
 
 std::string statistics_json(const std::vector<ModelStatistics>& stats) {

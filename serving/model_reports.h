@@ -58,11 +58,11 @@ std::string repository_index_json(const std::vector<RepositoryEntry>& entries);
 // The "ready" flag of an index request body ({} or {"ready": true}); throws
 // Error(kInvalidArgument) for a body that is not such an object.
 bool parse_repository_index_request(const std::string& body);
-// The body of a load or unload request: "" when it is a JSON object without
-// "parameters" (or with an empty one), else why it is refused (Triton's load
-// parameters, a config or files to use, are not taken here). Throws
-// Error(kInvalidArgument) for a body that is not a JSON object.
-std::string parse_repository_load_parameters(const std::string& body);
+// The body of a load or unload request: empty, or a JSON object without
+// "parameters" (or with an empty one). Throws Error(kInvalidArgument) saying
+// why otherwise: Triton's load parameters (a config or files to use) are
+// refused rather than ignored.
+void check_repository_load_request(const std::string& body);
 
 // Triton's ModelConfig JSON.
 std::string model_config_json(const TritonModelConfig& config);

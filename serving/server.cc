@@ -40,19 +40,6 @@ namespace {
 HttpResponse json_response(int status, std::string body) { return {status, std::move(body), "application/json", {}}; }
 HttpResponse error_response(int status, const std::string& message) { return json_response(status, error_json(message)); }
 
-// "" when the body of a load or unload request is one this server takes (empty,
-// or a JSON object without parameters), else why not: Triton's load parameters
-// (a config to use, files to write) are not taken here, and are refused rather
-// than ignored.
-std::string repository_request_refusal(const std::string& body) {
-  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return "";
-  try {
-    return parse_repository_load_parameters(body);
-  } catch (const Error& e) {
-    return e.message();
-  }
-}
-
 // The KServe v2 routes on rank 0, over the protocol-neutral core (frontend.h).
 class HttpFrontend {
  public:
@@ -89,8 +76,11 @@ class HttpFrontend {
     for (const std::string action : {"load", "unload"}) {
       router_.add("POST", "/v2/repository/models/{model}/" + action,
                   [this, action](const HttpRequest& request, const RouteParams& params, const Responder& respond) {
-                    std::string refused = repository_request_refusal(request.body);
-                    if (!refused.empty()) return respond(error_response(400, action + " '" + params.at("model") + "': " + refused));
+                    try {
+                      check_repository_load_request(request.body);
+                    } catch (const Error& e) {
+                      return respond(error_response(400, action + " '" + params.at("model") + "': " + e.message()));
+                    }
                     Outcome o = action == "load" ? core_.load_model(params.at("model"))
                                                  : core_.unload_model(params.at("model"));
                     respond(o.ok() ? json_response(200, "{}") : error_response(o.status, o.error));

@@ -273,6 +273,15 @@ TEST(ModelManagement, LoadReloadAndUnloadUnderTrafficLoseNothing) {
   r = c.request("POST", "/v2/repository/models/moving/load", R"({"parameters": {"config": "{}"}})", kJson);
   EXPECT_EQ(r.status, 400);
   EXPECT_NE(r.body.find("load parameters (\\\"config\\\") are not supported"), std::string::npos) << r.body;
+  for (const auto& [body, says] : std::vector<std::pair<std::string, std::string>>{
+           {"nope", "the request body is not JSON"},
+           {"[1]", "must be a JSON object"},
+           {R"({"config": "{}"})", "unknown field \\\"config\\\""},
+           {R"({"parameters": 3})", "\\\"parameters\\\" must be an object"}}) {
+    r = c.request("POST", "/v2/repository/models/moving/load", body, kJson);
+    EXPECT_EQ(r.status, 400) << body;
+    EXPECT_NE(r.body.find(says), std::string::npos) << body << ": " << r.body;
+  }
   write_model(root, "broken", 3, 1, 1.0f);  // 3 consecutive ranks: it would share ranks 0-2, but its weights are gone
   fs::remove(root / "broken" / "weights.safetensors");
   r = c.request("POST", "/v2/repository/models/broken/load", "", kJson);
