@@ -434,13 +434,7 @@ void Engine::start(int index, const HostTensor& batch, int micro_batches, BatchD
     starting.unlock();
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      building_cv_.wait(lock, [&] {
-        const Slot& sl = slot(index);
-        for (int r = sl.first_rank; r < sl.first_rank + sl.def.rank_size; ++r) {
-          if (building_[static_cast<size_t>(r)] > 0) return false;
-        }
-        return true;
-      });
+      building_cv_.wait(lock, [&] { return !building_on(slot(index)); });
     }
     starting.lock();
   }
@@ -729,10 +723,7 @@ std::string Engine::try_recover(int index, std::chrono::milliseconds within) {
   {
     // Every rank takes part in a rebuild, and a rank that builds a load
     // answers only after it.
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t r = 0; r < building_.size(); ++r) {
-      if (building_[r] > 0) return detail::cat("a load is building on rank ", r, ": recovery waits for it");
-    }
+    if (loads_building_ > 0) return "a load is building: recovery waits for it";
   }
   uint64_t token = next_ping_++;
   std::vector<bool> answered(static_cast<size_t>(world.size()), false);
@@ -998,6 +989,7 @@ std::vector<int> Engine::load(const std::string& request) {
       for (size_t i = 0; i < defs.size(); ++i) {
         for (int r = firsts[i]; r < firsts[i] + defs[i].rank_size; ++r) ++building_[static_cast<size_t>(r)];
       }
+      ++loads_building_;
     }
     placed = place_slots(indices, [&](const std::string& why) { note(0, why); });
   }
@@ -1021,6 +1013,7 @@ std::vector<int> Engine::load(const std::string& request) {
   for (int r = 1; r < world.size(); ++r) {
     if (answers[static_cast<size_t>(r)] != "ok") note(r, answers[static_cast<size_t>(r)]);
   }
+  --loads_building_;  // every rank is released by now
   if (!failed.empty()) {
     std::lock_guard<std::mutex> starting(start_mutex_);
     for (int index : indices) {
@@ -1068,13 +1061,19 @@ void Engine::build_slots(const std::vector<int>& indices, std::vector<std::uniqu
   }
 }
 
-bool Engine::busy(int index) const {
-  const Slot& sl = slot(index);
-  std::lock_guard<std::mutex> lock(mutex_);
+bool Engine::building_on(const Slot& sl) const {
   for (int r = sl.first_rank; r < sl.first_rank + sl.def.rank_size; ++r) {
     if (building_[static_cast<size_t>(r)] > 0) return true;
   }
   return false;
+}
+
+bool Engine::busy(int index) const {
+  // Asked before every batch: no lock unless some load is building.
+  if (loads_building_ == 0) return false;
+  const Slot& sl = slot(index);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return building_on(sl);
 }
 
 void Engine::handle_load(std::istringstream& in) {

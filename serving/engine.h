@@ -268,6 +268,9 @@ class Engine {
   std::mutex load_mutex_;                 // one load() at a time (its answers come on one tag); before start_mutex_
   uint64_t next_load_ = 1;                // loads are numbered: an answer names its load
   std::vector<int> building_;             // rank 0, per rank: loads building there (mutex_)
+  std::atomic<int> loads_building_{0};    // loads with ranks in building_ (busy() needs no lock at 0)
+  // Under mutex_: whether a load builds on one of sl's ranks.
+  bool building_on(const Slot& sl) const;
   std::mutex send_mutex_;                 // rank 0: one command being sent at a time
   std::atomic<bool> stopping_{false};     // stop() was called: a load stops waiting for answers
   mutable std::condition_variable building_cv_;  // building_ went down
