@@ -180,7 +180,7 @@ void Frontend::infer(int model, std::vector<HostTensor> inputs, InferDone done) 
   } catch (const Error& e) {
     return done({400, e.message()}, {});
   }
-  if (auto refused = unloaded(model)) return done(*refused, {});
+  // A model being unloaded: its queue is closed (Scheduler::close), which refuses with why.
   Admission admitted = scheduler_.submit(model, std::move(input), [done](InferOutcome outcome) {
     if (outcome.status != 200) return done({outcome.status, outcome.error}, {});
     done({}, {std::move(outcome.output)});
@@ -201,7 +201,6 @@ Outcome Frontend::generate(int model, GenerateRequest request, GenerateSink sink
                            std::shared_ptr<const models::Tokenizer>* tokenizer) {
   const ServableDefinition& def = engine_.servable(model);
   Generator* g = generator(model);
-  if (auto refused = unloaded(model)) return *refused;
   if (!g) {
     return {400, "model '" + def.name + "' does not generate: generate is for Hugging Face decoder-only models (use infer)"};
   }
@@ -233,7 +232,8 @@ Outcome Frontend::generate(int model, GenerateRequest request, GenerateSink sink
       return {503, "model '" + def.name + "' is overloaded: its generate queue holds " +
                        std::to_string(def.batching.max_queue_size) + " requests; retry later"};
     case GenerateAdmission::kDraining:
-      if (auto refused = unloaded(model)) return *refused;  // retired while this request was checked
+      // A retired model's generator was drained: it refuses as the server's drain does.
+      if (auto refused = unloaded(model)) return *refused;
       return {503, "the server is shutting down"};
     case GenerateAdmission::kModelUnavailable:
       return {503, "model '" + def.name + "' is unavailable: " + engine_.failure(model)};
