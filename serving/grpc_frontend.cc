@@ -427,19 +427,18 @@ struct GrpcFrontend::Service : inference::GRPCInferenceService::CallbackService 
         break;
     }
     out->set_max_batch_size(static_cast<int32_t>(c.max_batch_size));
+    // ModelInput and ModelOutput share these fields.
+    auto tensor = [](const TritonTensorConfig& t, auto* m) {
+      m->set_name(t.name);
+      m->set_data_type(static_cast<inference::DataType>(triton_data_type_number(t.dtype)));
+      for (int64_t d : t.dims) m->add_dims(d);
+    };
     for (const TritonTensorConfig& t : c.inputs) {
       inference::ModelInput* in = out->add_input();
-      in->set_name(t.name);
-      in->set_data_type(static_cast<inference::DataType>(triton_data_type_number(t.dtype)));
-      for (int64_t d : t.dims) in->add_dims(d);
+      tensor(t, in);
       in->set_optional(t.optional);
     }
-    for (const TritonTensorConfig& t : c.outputs) {
-      inference::ModelOutput* o = out->add_output();
-      o->set_name(t.name);
-      o->set_data_type(static_cast<inference::DataType>(triton_data_type_number(t.dtype)));
-      for (int64_t d : t.dims) o->add_dims(d);
-    }
+    for (const TritonTensorConfig& t : c.outputs) tensor(t, out->add_output());
     if (c.dynamic_batching) {
       inference::ModelDynamicBatching* b = out->mutable_dynamic_batching();
       for (int64_t size : c.preferred_batch_sizes) b->add_preferred_batch_size(static_cast<int32_t>(size));
